@@ -1,0 +1,31 @@
+"""The composition root: the ``stagemesh`` command and ``python -m mesh``.
+
+This is the only module that wires the ``roles`` and ``registry_bridge`` extensions into the
+mesh; the ``mesh`` library itself imports neither.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from mesh._cli import Command, main as cli_main
+
+__all__ = ["commands", "main"]
+
+
+def commands() -> list[Command]:
+    """Every ``stagemesh`` subcommand, in the order ``--help`` lists them."""
+    from mesh._sim_cli import SimCommand
+
+    found: list[Command] = [SimCommand()]
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``stagemesh`` console script."""
+    return cli_main(commands(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

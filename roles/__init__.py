@@ -1,0 +1,1 @@
+"""Conference stations: role configurations, role factories, the process supervisor."""
