@@ -1,0 +1,1006 @@
+"""SWIM membership with Lifeguard's refinements, as a sans-IO state machine.
+
+The core never touches a socket or a clock. The driver (the trio runtime, or the simulator)
+feeds it inputs with the current time and drains what it wants done::
+
+    core = Membership(me, get_profile("lan"), now=0.0, rng=random.Random(1))
+    core.add_candidate(now, ("10.0.0.2", 7471))     # "maybe a peer here" (discovery)
+    core.handle_message(now, src, sender, body)     # a decoded datagram
+    core.handle_timer(now)                          # when now >= core.next_deadline()
+    for out in core.take_outputs(): ...             # SendDatagram / OpenStream
+    for ev in core.take_events(): ...               # MemberEvent / UpdateReceived / PathConflict
+
+Protocol (memberlist's SWIM + Lifeguard):
+
+- Every probe period one member is pinged, in a shuffled round-robin order. No ack within the
+  probe timeout: ``indirect_checks`` members are asked to ping it (they nack if it stays
+  silent). No ack by the end of the period: the member is suspected.
+- A suspicion times out after ``max`` seconds, shrunk towards ``min`` by independent
+  confirmations; then the member is declared dead. A suspected node refutes by raising its
+  incarnation; it is told directly (Lifeguard's buddy system).
+- Lifeguard's local health: failed probes with missing nacks raise an awareness score that
+  stretches our own probe interval and timeout, so a slow node stops accusing healthy ones.
+  A timer that fires far too late (the process was stalled) blames nobody.
+- Updates ride on pings and acks and in gossip datagrams to ``gossip_fanout`` members every
+  gossip interval, each sent ``retransmit_mult x ceil(log10(N + 1))`` times.
+- A periodic TCP push-pull exchanges full state and heals what gossip missed; dead members are
+  retried every reconnect interval, which heals partitions.
+- Dead and left members stay as tombstones, so a restarted node (higher incarnation) is told
+  apart from an old message.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Literal, TypeAlias
+
+import attrs
+
+from mesh._profiles import Profile
+from mesh._wire import (
+    Ack,
+    Address,
+    Dead,
+    Gossip,
+    Lease,
+    MemberRecord,
+    MemberStatus,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    Publish,
+    PushPull,
+    Suspect,
+    Update,
+    Value,
+    update_size,
+)
+
+__all__ = [
+    "MemberEvent",
+    "MemberView",
+    "Membership",
+    "MembershipOutput",
+    "MembershipStatistics",
+    "OpenStream",
+    "PathConflict",
+    "SendDatagram",
+    "Snapshot",
+    "UpdateReceived",
+]
+
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberStatus.ALIVE,
+    MemberStatus.SUSPECT,
+    MemberStatus.DEAD,
+    MemberStatus.LEFT,
+)
+_LIVE = (ALIVE, SUSPECT)
+INF = math.inf
+
+# ---------------------------------------------------------------------------------------------
+# Outputs and events
+
+
+@attrs.frozen
+class SendDatagram:
+    """Send *body* to *dest* as one UDP datagram."""
+
+    dest: Address
+    body: Message
+
+
+@attrs.frozen
+class OpenStream:
+    """Open a TCP stream to *dest*, send *body*, and feed the reply (or ``None`` on failure)
+    back with :meth:`Membership.handle_stream_reply` quoting *exchange*."""
+
+    dest: Address
+    body: PushPull
+    exchange: int
+
+
+MembershipOutput: TypeAlias = SendDatagram | OpenStream
+
+
+@attrs.frozen
+class MemberView:
+    """A member as this node sees it."""
+
+    node_id: str
+    name: str
+    orchestra: str
+    address: Address
+    incarnation: int
+    status: Literal["alive", "suspect", "dead", "left"]
+    meta: Mapping[str, Value]
+    since: float
+    """When the member last changed status (0.0 if it was known from the start)."""
+
+    @property
+    def path(self) -> str:
+        """``/<orchestra>/<name>``."""
+        return f"/{self.orchestra}/{self.name}"
+
+    @property
+    def is_live(self) -> bool:
+        """Alive or suspect: still counted as a member."""
+        return self.status in ("alive", "suspect")
+
+
+EventKind: TypeAlias = Literal["joined", "updated", "suspect", "alive", "dead", "left", "reaped"]
+
+
+@attrs.frozen
+class MemberEvent:
+    """A member changed: ``joined`` (new, or back from dead/left), ``updated`` (address or
+    metadata), ``suspect``, ``alive`` (suspicion refuted), ``dead``, ``left``, ``reaped``
+    (tombstone forgotten)."""
+
+    kind: EventKind
+    member: MemberView
+
+
+@attrs.frozen
+class UpdateReceived:
+    """A new non-membership update (lease, publication) arrived; it is relayed by gossip."""
+
+    update: Lease | Publish
+
+
+@attrs.frozen
+class PathConflict:
+    """Another live node (``holder``) announces the same path as this node."""
+
+    holder: MemberView
+
+
+MembershipEvent: TypeAlias = MemberEvent | UpdateReceived | PathConflict
+
+
+@attrs.frozen
+class MembershipStatistics:
+    """Counters of what the core has done (a frozen snapshot)."""
+
+    members_live: int
+    members_dead: int
+    probes_sent: int
+    probes_failed: int
+    indirect_probes: int
+    suspicions_raised: int
+    refutations: int
+    deaths_declared: int
+    late_wakeups: int
+    awareness: int
+    pending_broadcasts: int
+
+
+@attrs.frozen
+class Snapshot:
+    """A membership table shared (never mutated) by many cores, so a simulated group of
+    thousands of nodes can start converged without copying the table into every node."""
+
+    records: Mapping[str, MemberRecord]
+    ids: tuple[str, ...]
+
+    @classmethod
+    def of(cls, records: Iterable[MemberRecord]) -> Snapshot:
+        """A snapshot of *records*."""
+        table = {r.node_id: r for r in records}
+        return cls(table, tuple(table))
+
+
+# ---------------------------------------------------------------------------------------------
+# Internal state
+
+
+_MISSING = object()
+
+
+class _Table:
+    """Member records: a shared base snapshot plus this node's own changes."""
+
+    __slots__ = ("base", "base_ids", "new_ids", "overlay")
+
+    def __init__(self, snapshot: Snapshot | None) -> None:
+        self.base: Mapping[str, MemberRecord] = snapshot.records if snapshot else {}
+        self.base_ids: tuple[str, ...] = snapshot.ids if snapshot else ()
+        self.overlay: dict[str, MemberRecord | None] = {}
+        self.new_ids: list[str] = []
+
+    def get(self, node_id: str) -> MemberRecord | None:
+        rec = self.overlay.get(node_id, _MISSING)
+        if rec is _MISSING:
+            return self.base.get(node_id)
+        return rec  # type: ignore[return-value]
+
+    def put(self, rec: MemberRecord) -> None:
+        node_id = rec.node_id
+        if node_id not in self.overlay and node_id not in self.base:
+            self.new_ids.append(node_id)
+        self.overlay[node_id] = rec
+
+    def remove(self, node_id: str) -> None:
+        if node_id in self.base:
+            self.overlay[node_id] = None
+        else:
+            self.overlay.pop(node_id, None)
+            self.new_ids.remove(node_id)
+
+    def slots(self) -> int:
+        return len(self.base_ids) + len(self.new_ids)
+
+    def id_at(self, index: int) -> str:
+        n = len(self.base_ids)
+        return self.base_ids[index] if index < n else self.new_ids[index - n]
+
+    def records(self) -> Iterator[MemberRecord]:
+        for node_id in self.base_ids:
+            rec = self.get(node_id)
+            if rec is not None:
+                yield rec
+        for node_id in self.new_ids:
+            rec = self.overlay.get(node_id)
+            if rec is not None:
+                yield rec
+
+
+@attrs.define
+class _Suspicion:
+    start: float
+    confirmations: dict[str, None]  # ordered, so runs are reproducible
+    k: int
+    low: float
+    high: float
+    deadline: float = 0.0
+
+    def recompute(self) -> None:
+        c = len(self.confirmations) - 1
+        if self.k < 1 or c <= 0:
+            timeout = self.high if self.k >= 1 else self.low
+        else:
+            frac = math.log(c + 1) / math.log(self.k + 1)
+            timeout = max(self.low, self.high - frac * (self.high - self.low))
+        self.deadline = self.start + timeout
+
+
+@attrs.define
+class _Probe:
+    number: int
+    target: str
+    address: Address
+    indirect_at: float
+    end_at: float
+    acked: bool = False
+    indirect_sent: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@attrs.define
+class _Relay:
+    requester: Address
+    requester_probe: int
+    target: str
+    deadline: float
+
+
+@attrs.define
+class _Broadcast:
+    update: Update
+    size: int
+    transmits: int = 0
+
+
+def _key(update: Update) -> tuple[str, ...]:
+    """The queue key: a newer update with the same key replaces an older one."""
+    if isinstance(update, MemberRecord | Suspect | Dead):
+        return ("m", update.node_id)
+    if isinstance(update, Lease):
+        return ("l", update.post)
+    return ("p", update.origin, str(update.number))
+
+
+def _seen_key(update: Lease | Publish) -> tuple[str, ...]:
+    """Identity of an extension update, so each distinct one is relayed once per node."""
+    if isinstance(update, Lease):
+        return ("l", update.post, update.holder, str(update.term), repr(update.tenure_start))
+    return ("p", update.origin, str(update.number))
+
+
+class _BroadcastQueue:
+    """Updates waiting to be gossiped, each sent a limited number of times; a newer update
+    about the same thing (member, post) replaces the older one."""
+
+    def __init__(self) -> None:
+        self.items: OrderedDict[tuple[str, ...], _Broadcast] = OrderedDict()
+
+    def put(self, update: Update) -> None:
+        key = _key(update)
+        self.items.pop(key, None)
+        self.items[key] = _Broadcast(update, update_size(update))
+
+    def take(self, budget: int, limit: int) -> list[Update]:
+        if not self.items:
+            return []
+        # Fewest transmissions first, newest first among equals.
+        ordered = sorted(
+            enumerate(self.items.items()), key=lambda ikv: (ikv[1][1].transmits, -ikv[0])
+        )
+        out: list[Update] = []
+        spent = 0
+        for _, (key, item) in ordered:
+            if spent + item.size > budget:
+                continue
+            spent += item.size
+            out.append(item.update)
+            item.transmits += 1
+            if item.transmits >= limit:
+                del self.items[key]
+        return out
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _view(rec: MemberRecord, since: float) -> MemberView:
+    return MemberView(
+        rec.node_id,
+        rec.name,
+        rec.orchestra,
+        rec.address,
+        rec.incarnation,
+        MemberStatus.NAMES[rec.status],  # type: ignore[arg-type]
+        rec.meta,
+        since,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The core
+
+
+class Membership:
+    """The SWIM/Lifeguard membership state machine of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        me: MemberRecord,
+        profile: Profile,
+        *,
+        now: float,
+        rng: random.Random,
+        snapshot: Snapshot | None = None,
+        piggyback_budget: int = 900,
+        join_retry: float = 1.0,
+    ) -> None:
+        self.profile = profile
+        self.piggyback_budget = piggyback_budget
+        self.join_retry = join_retry
+        self._rng = rng
+        self._me = attrs.evolve(me, status=ALIVE)
+        self._left = False
+        self._table = _Table(snapshot)
+        self._since: dict[str, float] = {}
+        self._suspicions: dict[str, _Suspicion] = {}
+        self._relays: dict[int, _Relay] = {}
+        self._streams: dict[int, Address] = {}
+        self._queue = _BroadcastQueue()
+        self._seen_extensions: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._state_extras: tuple[Update, ...] = ()
+        self._join_attempts: dict[Address, float] = {}
+        self._outputs: list[MembershipOutput] = []
+        self._events: list[MembershipEvent] = []
+        self._live = 1
+        self._dead = 0
+        if snapshot is not None:
+            for rec in snapshot.records.values():
+                if rec.node_id == me.node_id:
+                    continue
+                if rec.status in _LIVE:
+                    self._live += 1
+                else:
+                    self._dead += 1
+            if me.node_id in snapshot.records:
+                self._table.remove(me.node_id)
+        self._awareness = 0
+        self._probe_counter = 0
+        self._exchange_counter = 0
+        self._probe: _Probe | None = None
+        self._round_start = 0
+        self._round_stride = 1
+        self._round_index = 0
+        self._round_size = 0
+        jitter = rng.random()
+        self._next_probe_at = now + jitter * profile.probe_interval
+        self._next_gossip_at = now + jitter * profile.gossip_interval
+        self._next_push_pull_at = now + (0.5 + jitter) * self._push_pull_period()
+        self._next_reconnect_at = now + (0.5 + jitter) * profile.reconnect_interval
+        self._next_reap_at = now + profile.tombstone_timeout / 10
+        self._stats = {
+            "probes_sent": 0,
+            "probes_failed": 0,
+            "indirect_probes": 0,
+            "suspicions_raised": 0,
+            "refutations": 0,
+            "deaths_declared": 0,
+            "late_wakeups": 0,
+        }
+
+    # -- queries ------------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        """This node's id."""
+        return self._me.node_id
+
+    @property
+    def incarnation(self) -> int:
+        """This node's current incarnation (goes in every envelope it sends)."""
+        return self._me.incarnation
+
+    @property
+    def me(self) -> MemberRecord:
+        """This node's own current record."""
+        return self._me
+
+    @property
+    def has_left(self) -> bool:
+        """Whether :meth:`leave` was called."""
+        return self._left
+
+    def member(self, node_id: str) -> MemberView | None:
+        """The view of one member (``None`` if unknown); this node itself included."""
+        if node_id == self._me.node_id:
+            return _view(self._me, 0.0)
+        rec = self._table.get(node_id)
+        return None if rec is None else _view(rec, self._since.get(node_id, 0.0))
+
+    def members(self) -> list[MemberView]:
+        """Every member known, this node first, tombstones included."""
+        out = [_view(self._me, 0.0)]
+        out.extend(_view(r, self._since.get(r.node_id, 0.0)) for r in self._table.records())
+        return out
+
+    def live_count(self) -> int:
+        """Alive and suspect members, this node included."""
+        return self._live
+
+    def knows_alive(self, node_id: str) -> bool:
+        """Whether *node_id* is this node or a member it considers alive (not suspect)."""
+        if node_id == self._me.node_id:
+            return True
+        rec = self._table.get(node_id)
+        return rec is not None and rec.status == ALIVE
+
+    def statistics(self) -> MembershipStatistics:
+        """A frozen snapshot of the counters."""
+        return MembershipStatistics(
+            members_live=self._live,
+            members_dead=self._dead,
+            awareness=self._awareness,
+            pending_broadcasts=len(self._queue),
+            **self._stats,
+        )
+
+    # -- draining -----------------------------------------------------------------------------
+
+    def take_outputs(self) -> list[MembershipOutput]:
+        """Return and clear what the driver must send."""
+        out, self._outputs = self._outputs, []
+        return out
+
+    def take_events(self) -> list[MembershipEvent]:
+        """Return and clear what happened since the last call."""
+        out, self._events = self._events, []
+        return out
+
+    def next_deadline(self) -> float:
+        """The time at which :meth:`handle_timer` must next be called."""
+        if self._left:
+            return INF
+        t = min(self._next_probe_at, self._next_push_pull_at, self._next_reap_at)
+        if self._probe is not None:
+            p = self._probe
+            t = min(t, p.end_at if p.indirect_sent or p.acked else p.indirect_at)
+        if self._queue.items:
+            t = min(t, self._next_gossip_at)
+        if self._dead:
+            t = min(t, self._next_reconnect_at)
+        for s in self._suspicions.values():
+            t = min(t, s.deadline)
+        for r in self._relays.values():
+            t = min(t, r.deadline)
+        return t
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def add_candidate(self, now: float, address: Address) -> None:
+        """Discovery says a peer may be at *address*: join through it unless it is known."""
+        if self._left or address == self._me.address:
+            return
+        last = self._join_attempts.get(address)
+        if last is not None and now - last < self.join_retry:
+            return
+        if self._live > 1 and self._known_address(address):
+            return
+        self._join_attempts[address] = now
+        if len(self._join_attempts) > 4096:
+            self._join_attempts.pop(next(iter(self._join_attempts)))
+        self._open_push_pull(address, join=True)
+
+    def broadcast(self, update: Lease | Publish) -> None:
+        """Gossip a non-membership update to every node (it is not echoed back as an event)."""
+        self._remember_extension(update)
+        self._queue.put(update)
+
+    def set_state_extras(self, updates: Sequence[Lease]) -> None:
+        """Replicated records (current leases) to include in every push-pull exchange."""
+        self._state_extras = tuple(updates)
+
+    def update_meta(self, now: float, meta: Mapping[str, Value]) -> None:
+        """Change this node's metadata; a new incarnation carries it to every node."""
+        self._me = attrs.evolve(self._me, meta=dict(meta), incarnation=self._me.incarnation + 1)
+        self._queue.put(self._me)
+
+    def leave(self, now: float) -> None:
+        """Leave gracefully: tell members directly and by gossip, then stop probing."""
+        if self._left:
+            return
+        self._left = True
+        notice = Dead(self._me.node_id, self._me.incarnation, self._me.node_id, left=True)
+        self._me = attrs.evolve(self._me, status=LEFT)
+        self._queue.put(notice)
+        live = self._live_ids()
+        targets = live if len(live) <= 64 else self._rng.sample(live, 16)
+        for node_id in targets:
+            rec = self._table.get(node_id)
+            if rec is not None:
+                self._send(rec.address, Gossip((notice,)))
+
+    def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
+        """Handle one decoded datagram *body* from *sender* at *src*. Non-membership messages
+        are ignored (the runtime routes them elsewhere)."""
+        if isinstance(body, Ping):
+            if body.target == self._me.node_id and not self._left:
+                self._send(src, Ack(body.probe, self._me.node_id, tuple(self._piggyback())))
+        elif isinstance(body, Ack):
+            self._handle_ack(body)
+        elif isinstance(body, PingReq):
+            self._handle_ping_req(now, src, body)
+        elif isinstance(body, Nack):
+            p = self._probe
+            if p is not None and p.number == body.probe:
+                p.nacks += 1
+            return
+        elif not isinstance(body, Gossip):
+            return
+        for update in body.updates:
+            self._apply(now, update, src)
+
+    def handle_stream(self, now: float, src: Address, sender: str, body: PushPull) -> PushPull:
+        """Handle an incoming push-pull over TCP and return the reply to send back."""
+        reply = self._state(join=False, reply=True)
+        self._merge(now, body, src)
+        return reply
+
+    def handle_stream_reply(self, now: float, exchange: int, reply: PushPull | None) -> None:
+        """The outcome of an :class:`OpenStream`: the peer's state, or ``None`` if it failed."""
+        address = self._streams.pop(exchange, None)
+        if address is None or reply is None:
+            return
+        self._merge(now, reply, address)
+
+    def handle_timer(self, now: float) -> None:
+        """Run every timer that is due at *now*."""
+        if self._left:
+            return
+        p = self._probe
+        if p is not None:
+            if not p.acked and not p.indirect_sent and now >= p.indirect_at:
+                self._send_indirect(now, p)
+            if now >= p.end_at:
+                self._finish_probe(now, p)
+        if now >= self._next_probe_at:
+            late = now - self._next_probe_at > 2 * self.profile.probe_interval
+            if late:
+                self._stats["late_wakeups"] += 1
+            self._start_probe(now)
+        for node_id in [n for n, s in self._suspicions.items() if now >= s.deadline]:
+            self._suspicion_expired(now, node_id)
+        for number in [n for n, r in self._relays.items() if now >= r.deadline]:
+            r = self._relays.pop(number)
+            self._send(r.requester, Nack(r.requester_probe, r.target))
+        if now >= self._next_gossip_at:
+            self._next_gossip_at = now + self.profile.gossip_interval
+            self._gossip(now)
+        if now >= self._next_push_pull_at:
+            self._next_push_pull_at = now + self._push_pull_period() * (
+                0.75 + self._rng.random() / 2
+            )
+            peer = self._random_live(1)
+            if peer:
+                rec = self._table.get(peer[0])
+                if rec is not None:
+                    self._open_push_pull(rec.address, join=False)
+        if now >= self._next_reconnect_at:
+            self._next_reconnect_at = now + self.profile.reconnect_interval * (
+                0.75 + self._rng.random() / 2
+            )
+            self._reconnect()
+        if now >= self._next_reap_at:
+            self._next_reap_at = now + self.profile.tombstone_timeout / 10
+            self._reap(now)
+
+    # -- probing ------------------------------------------------------------------------------
+
+    def _scale(self) -> int:
+        return self._awareness + 1
+
+    def _next_target(self) -> str | None:
+        """The next live member in this round's shuffled order (an affine permutation of the
+        table, so no per-node list is needed even for thousands of members)."""
+        for _ in range(2):
+            while self._round_index < self._round_size:
+                i = (self._round_start + self._round_index * self._round_stride) % self._round_size
+                self._round_index += 1
+                if i >= self._table.slots():
+                    continue
+                node_id = self._table.id_at(i)
+                rec = self._table.get(node_id)
+                if rec is not None and rec.status in _LIVE:
+                    return node_id
+            n = self._table.slots()
+            if n == 0:
+                return None
+            self._round_size = n
+            self._round_index = 0
+            self._round_start = self._rng.randrange(n)
+            stride = self._rng.randrange(1, n) if n > 1 else 1
+            while math.gcd(stride, n) != 1:
+                stride = stride % (n - 1) + 1
+            self._round_stride = stride
+        return None
+
+    def _start_probe(self, now: float) -> None:
+        scale = self._scale()
+        self._next_probe_at = now + self.profile.probe_interval * scale
+        target = self._next_target()
+        if target is None:
+            return
+        rec = self._table.get(target)
+        assert rec is not None
+        self._probe_counter += 1
+        self._probe = _Probe(
+            number=self._probe_counter,
+            target=target,
+            address=rec.address,
+            indirect_at=now + self.profile.probe_timeout * scale,
+            end_at=self._next_probe_at - 1e-6,
+        )
+        updates = self._piggyback()
+        if rec.status == SUSPECT:
+            # Buddy system: tell a suspect it is suspected so it can refute at once.
+            suspicion = self._suspicions.get(target)
+            reporter = self._me.node_id
+            if suspicion:
+                reporter = next(iter(suspicion.confirmations))
+            updates = [Suspect(target, rec.incarnation, reporter), *updates]
+        self._stats["probes_sent"] += 1
+        self._send(rec.address, Ping(self._probe_counter, target, tuple(updates)))
+
+    def _send_indirect(self, now: float, p: _Probe) -> None:
+        p.indirect_sent = True
+        helpers = self._random_live(self.profile.indirect_checks, exclude={p.target})
+        p.expected_nacks = len(helpers)
+        for node_id in helpers:
+            rec = self._table.get(node_id)
+            if rec is not None:
+                self._stats["indirect_probes"] += 1
+                self._send(rec.address, PingReq(p.number, p.target, p.address))
+
+    def _finish_probe(self, now: float, p: _Probe) -> None:
+        self._probe = None
+        if p.acked:
+            self._awareness = max(0, self._awareness - 1)
+            return
+        if now - p.end_at > self.profile.probe_interval:
+            # We woke up far too late: we were stalled, the target probably was not.
+            self._stats["late_wakeups"] += 1
+            self._awareness = min(self.profile.awareness_max - 1, self._awareness + 1)
+            return
+        missing = p.expected_nacks - p.nacks if p.expected_nacks else 1
+        if missing > 0:
+            self._awareness = min(self.profile.awareness_max - 1, self._awareness + missing)
+        self._stats["probes_failed"] += 1
+        rec = self._table.get(p.target)
+        if rec is None or rec.status not in _LIVE:
+            return
+        self._apply(now, Suspect(p.target, rec.incarnation, self._me.node_id), None)
+
+    def _handle_ack(self, ack: Ack) -> None:
+        p = self._probe
+        if p is not None and p.number == ack.probe and ack.target == p.target:
+            p.acked = True
+            return
+        relay = self._relays.pop(ack.probe, None)
+        if relay is not None and relay.target == ack.target:
+            self._send(relay.requester, Ack(relay.requester_probe, relay.target))
+
+    def _handle_ping_req(self, now: float, src: Address, req: PingReq) -> None:
+        if self._left:
+            return
+        self._probe_counter += 1
+        self._relays[self._probe_counter] = _Relay(
+            src, req.probe, req.target, now + self.profile.probe_timeout * self._scale()
+        )
+        self._send(req.target_address, Ping(self._probe_counter, req.target))
+
+    # -- dissemination ------------------------------------------------------------------------
+
+    def _piggyback(self) -> list[Update]:
+        return self._queue.take(self.piggyback_budget, self.profile.retransmit_limit(self._live))
+
+    def _gossip(self, now: float) -> None:
+        if not self._queue.items:
+            return
+        targets = self._random_live(self.profile.gossip_fanout)
+        if self._dead:
+            targets += self._recently_dead(now, 1)
+        for node_id in targets:
+            updates = self._piggyback()
+            if not updates:
+                return
+            rec = self._table.get(node_id)
+            if rec is not None:
+                self._send(rec.address, Gossip(tuple(updates)))
+
+    def _state(self, join: bool, reply: bool) -> PushPull:
+        members = (self._me, *self._table.records())
+        return PushPull(members, self._state_extras, join, reply)
+
+    def _open_push_pull(self, address: Address, join: bool) -> None:
+        self._exchange_counter += 1
+        self._streams[self._exchange_counter] = address
+        self._outputs.append(
+            OpenStream(address, self._state(join, reply=False), self._exchange_counter)
+        )
+
+    def _merge(self, now: float, state: PushPull, src: Address) -> None:
+        refuted = False
+        # Re-gossip only a bounded number of what a merge teaches us: the rest is state the
+        # peer spreads itself, and a node joining a big group must not flood it.
+        budget = 64
+        for rec in state.members:
+            if rec.node_id == self._me.node_id:
+                if rec.status in (DEAD, LEFT, SUSPECT) and rec.incarnation >= self._me.incarnation:
+                    refuted = self._refute(rec.incarnation) or refuted
+                continue
+            if rec.status in _LIVE:
+                budget -= 1
+                self._alive(now, attrs.evolve(rec, status=ALIVE), rebroadcast=budget >= 0)
+            elif rec.status == LEFT:
+                self._apply(now, Dead(rec.node_id, rec.incarnation, rec.node_id, True), src)
+            else:
+                # A remote "dead" only makes us suspect, so a push-pull after a partition does
+                # not kill nodes we can still reach (memberlist does the same).
+                cur = self._table.get(rec.node_id)
+                if cur is not None and cur.status == ALIVE:
+                    sender = state.members[0].node_id if state.members else self._me.node_id
+                    self._apply(now, Suspect(rec.node_id, rec.incarnation, sender), src)
+        for extra in state.extras:
+            self._apply(now, extra, src, rebroadcast=False)
+        if refuted:
+            self._send(src, Gossip((self._me,)))
+
+    def _reconnect(self) -> None:
+        dead = (
+            [r for r in self._table.records() if r.status == DEAD]
+            if self._table.slots() <= 4096
+            else []
+        )
+        if dead:
+            rec = self._rng.choice(dead)
+            self._open_push_pull(rec.address, join=False)
+
+    def _reap(self, now: float) -> None:
+        limit = now - self.profile.tombstone_timeout
+        for node_id, since in list(self._since.items()):
+            rec = self._table.get(node_id)
+            if rec is not None and rec.status in (DEAD, LEFT) and since < limit:
+                self._table.remove(node_id)
+                del self._since[node_id]
+                self._dead -= 1
+                self._events.append(MemberEvent("reaped", _view(rec, since)))
+
+    # -- applying updates ---------------------------------------------------------------------
+
+    def _apply(
+        self, now: float, update: Update, src: Address | None, rebroadcast: bool = True
+    ) -> None:
+        if isinstance(update, MemberRecord):
+            self._alive(now, update, rebroadcast)
+        elif isinstance(update, Suspect):
+            self._suspect(now, update, src)
+        elif isinstance(update, Dead):
+            self._dead_update(now, update, src)
+        elif self._remember_extension(update):
+            self._events.append(UpdateReceived(update))
+            if rebroadcast:
+                self._queue.put(update)
+
+    def _remember_extension(self, update: Lease | Publish) -> bool:
+        key = _seen_key(update)
+        if key in self._seen_extensions:
+            self._seen_extensions.move_to_end(key)
+            return False
+        self._seen_extensions[key] = None
+        if len(self._seen_extensions) > 8192:
+            self._seen_extensions.popitem(last=False)
+        return True
+
+    def _refute(self, incarnation: int) -> bool:
+        if self._left:
+            return False
+        self._me = attrs.evolve(self._me, incarnation=max(self._me.incarnation, incarnation) + 1)
+        self._stats["refutations"] += 1
+        self._queue.put(self._me)
+        return True
+
+    def _set(self, now: float, rec: MemberRecord) -> None:
+        self._table.put(rec)
+        self._since[rec.node_id] = now
+
+    def _alive(self, now: float, rec: MemberRecord, rebroadcast: bool = True) -> None:
+        me = self._me
+        if rec.node_id == me.node_id:
+            if rec.incarnation > me.incarnation or (
+                rec.incarnation == me.incarnation and rec != me
+            ):
+                self._refute(rec.incarnation)
+            return
+        cur = self._table.get(rec.node_id)
+        if cur is not None and rec.incarnation <= cur.incarnation:
+            return
+        self._set(now, rec)
+        if rebroadcast:
+            self._queue.put(rec)
+        view = _view(rec, now)
+        if cur is None or cur.status in (DEAD, LEFT):
+            self._live += 1
+            if cur is not None:
+                self._dead -= 1
+            self._events.append(MemberEvent("joined", view))
+        elif cur.status == SUSPECT:
+            self._suspicions.pop(rec.node_id, None)
+            self._events.append(MemberEvent("alive", view))
+        elif (cur.address, cur.meta, cur.name, cur.orchestra) != (
+            rec.address,
+            rec.meta,
+            rec.name,
+            rec.orchestra,
+        ):
+            self._events.append(MemberEvent("updated", view))
+        if rec.path == me.path and not self._left:
+            self._events.append(PathConflict(view))
+
+    def _suspect(self, now: float, s: Suspect, src: Address | None) -> None:
+        if s.node_id == self._me.node_id:
+            refuted = s.incarnation >= self._me.incarnation and self._refute(s.incarnation)
+            if refuted and src is not None:
+                self._send(src, Gossip((self._me,)))
+            return
+        cur = self._table.get(s.node_id)
+        if cur is None or cur.status in (DEAD, LEFT) or s.incarnation < cur.incarnation:
+            return
+        if cur.status == SUSPECT:
+            suspicion = self._suspicions.get(s.node_id)
+            if suspicion is not None and s.reporter not in suspicion.confirmations:
+                suspicion.confirmations[s.reporter] = None
+                suspicion.recompute()
+                if len(suspicion.confirmations) <= suspicion.k + 1:
+                    # Beyond k confirmations the timeout cannot shrink further: stop spreading.
+                    self._queue.put(s)
+            return
+        rec = attrs.evolve(cur, status=SUSPECT, incarnation=s.incarnation)
+        self._set(now, rec)
+        low, high = self.profile.suspicion_bounds(self._live)
+        k = min(self.profile.indirect_checks, max(0, self._live - 2))
+        suspicion = _Suspicion(now, {s.reporter: None}, k, low, high)
+        suspicion.recompute()
+        self._suspicions[s.node_id] = suspicion
+        if s.reporter == self._me.node_id:
+            self._stats["suspicions_raised"] += 1
+            # Tell the suspect directly so it can refute before the news spreads.
+            self._send(cur.address, Gossip((s,)))
+        self._queue.put(s)
+        self._events.append(MemberEvent("suspect", _view(rec, now)))
+
+    def _suspicion_expired(self, now: float, node_id: str) -> None:
+        self._suspicions.pop(node_id, None)
+        rec = self._table.get(node_id)
+        if rec is None or rec.status != SUSPECT:
+            return
+        self._stats["deaths_declared"] += 1
+        self._apply(now, Dead(node_id, rec.incarnation, self._me.node_id), None)
+
+    def _dead_update(self, now: float, d: Dead, src: Address | None) -> None:
+        if d.node_id == self._me.node_id:
+            refuted = (
+                not d.left and d.incarnation >= self._me.incarnation and self._refute(d.incarnation)
+            )
+            if refuted and src is not None:
+                self._send(src, Gossip((self._me,)))
+            return
+        cur = self._table.get(d.node_id)
+        if cur is None or cur.status in (DEAD, LEFT) or d.incarnation < cur.incarnation:
+            return
+        status = LEFT if d.left else DEAD
+        rec = attrs.evolve(cur, status=status, incarnation=d.incarnation)
+        self._set(now, rec)
+        self._suspicions.pop(d.node_id, None)
+        self._live -= 1
+        self._dead += 1
+        self._queue.put(d)
+        self._events.append(MemberEvent("left" if d.left else "dead", _view(rec, now)))
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _send(self, dest: Address, body: Message) -> None:
+        self._outputs.append(SendDatagram(dest, body))
+
+    def _push_pull_period(self) -> float:
+        return self.profile.push_pull_period(self._live)
+
+    def _known_address(self, address: Address) -> bool:
+        if self._table.slots() > 4096:
+            return False
+        return any(r.address == address and r.status in _LIVE for r in self._table.records())
+
+    def _live_ids(self) -> list[str]:
+        return [r.node_id for r in self._table.records() if r.status in _LIVE]
+
+    def _random_live(
+        self, count: int, exclude: set[str] | frozenset[str] = frozenset()
+    ) -> list[str]:
+        n = self._table.slots()
+        if n == 0 or count <= 0:
+            return []
+        if n <= 64:
+            pool = [
+                r.node_id
+                for r in self._table.records()
+                if r.status in _LIVE and r.node_id not in exclude
+            ]
+            return self._rng.sample(pool, min(count, len(pool)))
+        chosen: list[str] = []
+        for _ in range(count * 8):
+            node_id = self._table.id_at(self._rng.randrange(n))
+            if node_id in exclude or node_id in chosen:
+                continue
+            rec = self._table.get(node_id)
+            if rec is not None and rec.status in _LIVE:
+                chosen.append(node_id)
+                if len(chosen) == count:
+                    break
+        return chosen
+
+    def _recently_dead(self, now: float, count: int) -> list[str]:
+        limit = now - self.profile.gossip_to_dead
+        pool = [
+            node_id
+            for node_id, since in self._since.items()
+            if since >= limit
+            and (rec := self._table.get(node_id)) is not None
+            and rec.status == DEAD
+        ]
+        return self._rng.sample(pool, min(count, len(pool)))
+
+
+def live_members(views: Sequence[MemberView]) -> list[MemberView]:
+    """The alive and suspect members among *views*."""
+    return [v for v in views if v.is_live]

@@ -1,0 +1,349 @@
+"""The deterministic simulator: a virtual clock and network driving the real protocol cores.
+
+Every node is a real sans-IO core (:class:`~mesh._membership.Membership`, or anything with the
+same driver-facing methods, see :class:`SimCore`). The network can lose, delay, jitter (and so
+reorder), duplicate and partition datagrams; nodes can crash, restart, leave and stall. All
+randomness comes from one seed, and every datagram is really encoded with the wire codec (so
+sizes are true and the encoder's 1200-byte limit is exercised); the hash of everything delivered
+is the run's ``trace_hash``: the same seed gives the same hash.
+
+Models: FoundationDB's simulation testing, TigerBeetle's VOPR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import attrs
+
+from mesh._membership import (
+    MemberEvent,
+    Membership,
+    OpenStream,
+    SendDatagram,
+    Snapshot,
+)
+from mesh._profiles import Profile
+from mesh._wire import Address, Envelope, MemberRecord, Message, PushPull, WireCodec
+
+__all__ = ["LinkModel", "SimCore", "SimNode", "Simulator", "new_node_id"]
+
+_UDP_IP_HEADERS = 28
+_TCP_OVERHEAD = 40 + 4
+
+
+class SimCore(Protocol):
+    """What the simulator needs of a node's protocol core."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def incarnation(self) -> int: ...
+
+    def add_candidate(self, now: float, address: Address) -> None: ...
+
+    def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None: ...
+
+    def handle_stream(self, now: float, src: Address, sender: str, body: PushPull) -> PushPull: ...
+
+    def handle_stream_reply(self, now: float, exchange: int, reply: PushPull | None) -> None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def next_deadline(self) -> float: ...
+
+    def take_outputs(self) -> list[Any]: ...
+
+    def take_events(self) -> list[Any]: ...
+
+
+@attrs.frozen
+class LinkModel:
+    """How the virtual network treats a datagram: lost with probability ``loss``, delayed by
+    ``delay`` plus a uniform ``jitter`` (which reorders), duplicated with ``duplicate``."""
+
+    loss: float = 0.0
+    delay: float = 0.0005
+    jitter: float = 0.001
+    duplicate: float = 0.0
+
+
+def new_node_id(rng: random.Random) -> str:
+    """A random 128-bit node id as 32 hex characters, from *rng* (reproducible)."""
+    return f"{rng.getrandbits(128):032x}"
+
+
+@attrs.define(eq=False)
+class SimNode:
+    """One simulated process: its core, and whether it is up."""
+
+    address: Address
+    record: MemberRecord
+    core: SimCore
+    up: bool = True
+    stalled_until: float = 0.0
+    timer_at: float = float("inf")
+    seq: int = 0
+    sent_messages: int = 0
+    sent_bytes: int = 0
+
+    @property
+    def node_id(self) -> str:
+        return self.record.node_id
+
+
+_TIMER, _DATAGRAM, _STREAM, _STREAM_REPLY, _CALL = range(5)
+
+CoreFactory = Callable[[MemberRecord, float, random.Random, Snapshot | None], SimCore]
+EventHook = Callable[[SimNode, Any, float], None]
+
+
+class Simulator:
+    """A seeded virtual network of simulated nodes (see the module docstring).
+
+    Time only advances inside :meth:`run_until`; everything else is immediate. ``on_event`` is
+    called with every event a core emits, at the virtual time it was emitted.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        profile: Profile,
+        link: LinkModel | None = None,
+        *,
+        federation: str = "sim",
+        core_factory: CoreFactory | None = None,
+        on_event: EventHook | None = None,
+    ) -> None:
+        self.seed = seed
+        self.profile = profile
+        self.link = link or LinkModel()
+        self.federation = federation
+        self.now = 0.0
+        self.rng = random.Random(seed)
+        self._net_rng = random.Random(self.rng.getrandbits(64))
+        self._codec = WireCodec()
+        self._heap: list[tuple[float, int, int, Any]] = []
+        self._counter = 0
+        self.nodes: dict[Address, SimNode] = {}
+        self._groups: dict[Address, int] = {}
+        self._hash = hashlib.blake2b(digest_size=16)
+        self.on_event = on_event
+        self.core_factory: CoreFactory = core_factory or self._membership_factory
+        self.delivered = 0
+        self.dropped = 0
+        self._next_host = 1
+
+    def _membership_factory(
+        self, me: MemberRecord, now: float, rng: random.Random, snapshot: Snapshot | None
+    ) -> SimCore:
+        return Membership(me, self.profile, now=now, rng=rng, snapshot=snapshot)
+
+    # -- building the group -------------------------------------------------------------------
+
+    def new_record(self, name: str, orchestra: str = "sim") -> MemberRecord:
+        """A fresh member record with a new id and the next free virtual address."""
+        host = self._next_host
+        self._next_host += 1
+        address = (f"10.{host >> 16 & 255}.{host >> 8 & 255}.{host & 255}", 7471)
+        return MemberRecord(new_node_id(self.rng), name, orchestra, address, 0)
+
+    def add_node(
+        self,
+        record: MemberRecord,
+        *,
+        snapshot: Snapshot | None = None,
+        seeds: Iterable[Address] = (),
+    ) -> SimNode:
+        """Start a node for *record* now, optionally knowing *snapshot*, joining via *seeds*."""
+        core_rng = random.Random(self.rng.getrandbits(64))
+        core = self.core_factory(record, self.now, core_rng, snapshot)
+        node = SimNode(record.address, record, core)
+        self.nodes[record.address] = node
+        for seed in seeds:
+            core.add_candidate(self.now, seed)
+        self._after_input(node)
+        return node
+
+    def converged_group(self, count: int, orchestras: int = 1) -> list[SimNode]:
+        """Start *count* nodes that all know each other already (one shared snapshot)."""
+        records = [self.new_record(f"n{i}", f"o{i % orchestras}") for i in range(count)]
+        snapshot = Snapshot.of(records)
+        return [self.add_node(r, snapshot=snapshot) for r in records]
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def crash(self, node: SimNode) -> None:
+        """Stop *node* at once, as ``kill -9`` would: it sends and answers nothing more."""
+        node.up = False
+
+    def restart(self, node: SimNode, seeds: Iterable[Address]) -> SimNode:
+        """Start a crashed node again: same id, higher incarnation, joining via *seeds*."""
+        record = attrs.evolve(node.record, incarnation=node.core.incarnation + 1)
+        return self.add_node(record, seeds=seeds)
+
+    def leave(self, node: SimNode) -> None:
+        """Make *node* leave gracefully, then stop it once its notices are out."""
+        leave = getattr(node.core, "leave", None)
+        if leave is not None:
+            leave(self.now)
+            self._after_input(node)
+        self.schedule(0.05, lambda: self.crash(node))
+
+    def stall(self, node: SimNode, duration: float) -> None:
+        """Freeze *node* for *duration*: what arrives meanwhile is handled when it resumes."""
+        node.stalled_until = max(node.stalled_until, self.now + duration)
+
+    def partition(self, *groups: Iterable[SimNode]) -> None:
+        """Split the network: nodes in different *groups* cannot reach each other; nodes not
+        named form one more group."""
+        self._groups = {}
+        for index, group in enumerate(groups, start=1):
+            for node in group:
+                self._groups[node.address] = index
+
+    def heal(self) -> None:
+        """Join every partition again."""
+        self._groups = {}
+
+    def reachable(self, a: Address, b: Address) -> bool:
+        """Whether the network currently carries traffic from *a* to *b*."""
+        return self._groups.get(a, 0) == self._groups.get(b, 0)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def schedule(self, delay: float, action: Callable[[], None]) -> None:
+        """Run *action* at virtual time ``now + delay``."""
+        self._push(self.now + delay, _CALL, action)
+
+    def run_until(self, t: float, stop: Callable[[], bool] | None = None) -> bool:
+        """Advance virtual time to *t*, or until *stop()* is true (checked after every step).
+        Return whether *stop* ended the run."""
+        heap = self._heap
+        while heap and heap[0][0] <= t:
+            when, _, kind, data = heapq.heappop(heap)
+            self.now = when
+            self._step(kind, data)
+            if stop is not None and stop():
+                return True
+        self.now = max(self.now, t)
+        return False
+
+    def _push(self, when: float, kind: int, data: Any) -> None:
+        self._counter += 1
+        heapq.heappush(self._heap, (when, self._counter, kind, data))
+
+    def _step(self, kind: int, data: Any) -> None:
+        if kind == _CALL:
+            data()
+            return
+        node: SimNode = data[0]
+        if not node.up or self.nodes.get(node.address) is not node:
+            if kind == _STREAM:  # the peer is gone: the opener's exchange times out
+                _, origin, exchange, _, _ = data
+                timeout = self.now + self.profile.stream_timeout
+                self._push(timeout, _STREAM_REPLY, (origin, exchange, None))
+            return
+        if node.stalled_until > self.now:
+            # Frozen: keep the input for when it resumes (timers after messages).
+            self._push(node.stalled_until + (1e-6 if kind == _TIMER else 0.0), kind, data)
+            return
+        now = self.now
+        core = node.core
+        if kind == _TIMER:
+            if data[1] != node.timer_at:
+                return
+            node.timer_at = float("inf")
+            core.handle_timer(now)
+        elif kind == _DATAGRAM:
+            _, src, sender, body = data
+            core.handle_message(now, src, sender, body)
+        elif kind == _STREAM:
+            _, origin, exchange, body, sender = data
+            reply = core.handle_stream(now, origin.address, sender, body)
+            size = self._size(node, reply, stream=True)
+            node.sent_bytes += size
+            self._push(now + self._latency(), _STREAM_REPLY, (origin, exchange, reply))
+        elif kind == _STREAM_REPLY:
+            _, exchange, reply = data
+            core.handle_stream_reply(now, exchange, reply)
+        self._after_input(node)
+
+    def _after_input(self, node: SimNode) -> None:
+        core = node.core
+        now = self.now
+        for out in core.take_outputs():
+            if type(out) is SendDatagram:
+                self._send(node, out.dest, out.body)
+            elif type(out) is OpenStream:
+                self._open_stream(node, out)
+        events = core.take_events()
+        if events and self.on_event is not None:
+            for event in events:
+                self.on_event(node, event, now)
+        deadline = core.next_deadline()
+        if deadline < node.timer_at:
+            node.timer_at = deadline
+            self._push(max(deadline, now), _TIMER, (node, deadline))
+
+    def _latency(self) -> float:
+        return self.link.delay + self._net_rng.random() * self.link.jitter
+
+    def _size(self, node: SimNode, body: Message, stream: bool = False) -> int:
+        node.seq += 1
+        core = node.core
+        env = Envelope(self.federation, node.node_id, core.incarnation, node.seq, self.now, body)
+        if stream:
+            return len(self._codec.encode_frame(env)) + _TCP_OVERHEAD
+        data = self._codec.encode(env)  # raises MessageTooLarge above 1200 bytes
+        self._hash.update(data)
+        return len(data) + _UDP_IP_HEADERS
+
+    def _send(self, node: SimNode, dest: Address, body: Message) -> None:
+        node.sent_messages += 1
+        node.sent_bytes += self._size(node, body)
+        target = self.nodes.get(dest)
+        rng = self._net_rng
+        lost = rng.random() < self.link.loss
+        if target is None or lost or not self.reachable(node.address, dest):
+            self.dropped += 1
+            return
+        self.delivered += 1
+        data = (target, node.address, node.node_id, body)
+        self._push(self.now + self._latency(), _DATAGRAM, data)
+        if self.link.duplicate and rng.random() < self.link.duplicate:
+            self._push(self.now + self._latency(), _DATAGRAM, data)
+
+    def _open_stream(self, node: SimNode, out: OpenStream) -> None:
+        node.sent_messages += 1
+        node.sent_bytes += self._size(node, out.body, stream=True)
+        target = self.nodes.get(out.dest)
+        if target is None or not target.up or not self.reachable(node.address, out.dest):
+            timeout = self.profile.stream_timeout
+            self._push(self.now + timeout, _STREAM_REPLY, (node, out.exchange, None))
+            return
+        self._push(
+            self.now + self._latency(),
+            _STREAM,
+            (target, node, out.exchange, out.body, node.node_id),
+        )
+
+    # -- observing ----------------------------------------------------------------------------
+
+    def trace_hash(self) -> str:
+        """The hash of every datagram sent so far (same seed, same hash)."""
+        return self._hash.hexdigest()
+
+    def up_nodes(self) -> list[SimNode]:
+        """The nodes that are running."""
+        return [n for n in self.nodes.values() if n.up]
+
+
+def member_events(kind: str) -> Callable[[Any], bool]:
+    """A predicate selecting :class:`MemberEvent` of one *kind* (for ``on_event`` hooks)."""
+    return lambda event: type(event) is MemberEvent and event.kind == kind
