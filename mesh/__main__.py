@@ -10,16 +10,28 @@ import sys
 from collections.abc import Sequence
 
 from mesh._cli import Command, main as cli_main
+from mesh._node_cli import ExtensionFactory
 
 __all__ = ["commands", "main"]
 
 
 def commands() -> list[Command]:
     """Every ``stagemesh`` subcommand, in the order ``--help`` lists them."""
+    from mesh._node_cli import KeygenCommand, NodeCommand, StatusCommand
     from mesh._sim_cli import SimCommand
 
-    found: list[Command] = [SimCommand()]
+    found: list[Command] = [
+        NodeCommand(extensions=node_extensions()),
+        StatusCommand(),
+        KeygenCommand(),
+        SimCommand(),
+    ]
     return found
+
+
+def node_extensions() -> list[ExtensionFactory]:
+    """The extension factories ``stagemesh node`` offers (roles, registry bridge)."""
+    return []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,44 @@
+"""How a node takes extensions: things to run beside it, fields for its status and metadata,
+and handlers for requests.
+
+The roles of a conference station and the registry bridge are extensions; the composition root
+(``mesh.__main__``) passes them to :class:`~mesh._node.NodeConfig` so the ``mesh`` library never
+imports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from mesh._wire import Value
+
+if TYPE_CHECKING:
+    from mesh._node import Node
+
+__all__ = ["Extension"]
+
+
+class Extension:
+    """Base class of node extensions; override what you need (every hook has a no-op default)."""
+
+    name: str = "extension"
+    """The key of this extension's fields in the status document."""
+
+    def meta(self) -> Mapping[str, Value]:
+        """Small fields to add to this node's member metadata (gossiped to every node)."""
+        return {}
+
+    def status(self) -> Mapping[str, Any]:
+        """JSON-able fields for ``/api/status`` under :attr:`name`."""
+        return {}
+
+    def handlers(self) -> Mapping[str, Callable[[str | None, Value], Awaitable[Value]]]:
+        """Request handlers by request kind (see :meth:`Node.request`)."""
+        return {}
+
+    async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run beside the node until it stops; call ``task_status.started()`` when ready."""
+        task_status.started()
