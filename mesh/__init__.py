@@ -4,7 +4,25 @@ Public names are re-exported here from private modules (trio's habit); ``tests/t
 checks the list.
 """
 
+from mesh._extensions import Extension as Extension
+from mesh._membership import (
+    MemberEvent as MemberEvent,
+    MemberView as MemberView,
+    PathConflict as PathConflict,
+)
 from mesh._names import InvalidName as InvalidName, check_name as check_name
+from mesh._node import (
+    Node as Node,
+    NodeConfig as NodeConfig,
+    NoSuchMember as NoSuchMember,
+    PathHeld as PathHeld,
+    PeerUnreachable as PeerUnreachable,
+    RemoteError as RemoteError,
+    RequestError as RequestError,
+    RequestTimeout as RequestTimeout,
+    open_node as open_node,
+)
+from mesh._nodecore import Publication as Publication
 from mesh._wire import (
     Envelope as Envelope,
     InvalidMessage as InvalidMessage,

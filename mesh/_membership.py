@@ -327,13 +327,12 @@ class _BroadcastQueue:
     def take(self, budget: int, limit: int) -> list[Update]:
         if not self.items:
             return []
-        # Fewest transmissions first, newest first among equals.
-        ordered = sorted(
-            enumerate(self.items.items()), key=lambda ikv: (ikv[1][1].transmits, -ikv[0])
-        )
+        # Fewest transmissions first, oldest first among equals (so publications from one
+        # origin usually arrive in order; sorted() is stable).
+        ordered = sorted(self.items.items(), key=lambda kv: kv[1].transmits)
         out: list[Update] = []
         spent = 0
-        for _, (key, item) in ordered:
+        for key, item in ordered:
             if spent + item.size > budget:
                 continue
             spent += item.size

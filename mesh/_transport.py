@@ -90,6 +90,7 @@ class Transport:
         self._send, self._outbox = trio.open_memory_channel[tuple[Address, bytes]](_SEND_QUEUE)
         self._stream_slots = trio.Semaphore(_MAX_STREAMS)
         self._drained = trio.Event()
+        self._pending = 0
         self._counts: Counter[str] = Counter()
         self._rejected: Counter[str] = Counter()
 
@@ -135,6 +136,7 @@ class Transport:
             return
         try:
             self._send.send_nowait((dest, data))
+            self._pending += 1
         except trio.WouldBlock:
             self._counts["send_dropped"] += 1
 
@@ -147,13 +149,16 @@ class Transport:
             except OSError as exc:
                 self._counts["send_errors"] += 1
                 logger.debug("sendto %s failed: %s", dest, exc)
-            if not self._send.statistics().current_buffer_used:
+            # Counted here, not by the channel's buffer: a datagram handed straight to this
+            # waiting task is in no buffer, yet not sent.
+            self._pending -= 1
+            if not self._pending:
                 self._drained.set()
 
     async def flush(self) -> None:
         """Wait until the datagrams queued so far have been handed to the kernel (bound it
         with a cancel scope)."""
-        if self._send.statistics().current_buffer_used:
+        if self._pending:
             self._drained = trio.Event()
             await self._drained.wait()
 

@@ -1,1 +1,123 @@
-"""Conference stations: role configurations, role factories, the process supervisor."""
+"""Conference stations: role configurations, role factories, the process supervisor.
+
+A station runs *roles* (record, encode, upload, stream, or any command) as supervised child
+processes, following a role configuration (role -> uuid -> options with a millisecond
+timestamp) that the conductor pushes. See ``docs/roles.md``.
+
+Errors (all carry a message that alone explains the problem to whoever sent the update)::
+
+    RolesError
+    ├── InvalidConfiguration
+    │   ├── ConfigFileError
+    │   ├── BlockedRole
+    │   ├── MissingRoleFactory
+    │   ├── TooManyInstances
+    │   └── InvalidOptions
+    └── InvalidRequest
+"""
+
+from roles._config import (
+    RoleConfig as RoleConfig,
+    RoleEntry as RoleEntry,
+    StationFile as StationFile,
+    canonical_json as canonical_json,
+    load_role_config as load_role_config,
+    load_station_file as load_station_file,
+    parse_role_config as parse_role_config,
+)
+from roles._desired import (
+    DesiredState as DesiredState,
+    StationAnswer as StationAnswer,
+    check_station_path as check_station_path,
+)
+from roles._errors import (
+    BlockedRole as BlockedRole,
+    ConfigFileError as ConfigFileError,
+    InvalidConfiguration as InvalidConfiguration,
+    InvalidOptions as InvalidOptions,
+    InvalidRequest as InvalidRequest,
+    MissingRoleFactory as MissingRoleFactory,
+    RolesError as RolesError,
+    TooManyInstances as TooManyInstances,
+    error_from_dict as error_from_dict,
+    error_from_wire as error_from_wire,
+)
+from roles._factories import (
+    BuildContext as BuildContext,
+    FactoryRegistry as FactoryRegistry,
+    OptionSpec as OptionSpec,
+    ProcessSpec as ProcessSpec,
+    RoleFactory as RoleFactory,
+    command_factory as command_factory,
+    default_factories as default_factories,
+    validate_update as validate_update,
+)
+from roles._identity import (
+    StationIdentity as StationIdentity,
+    read_identity as read_identity,
+)
+from roles._station import (
+    REQUEST_KINDS as REQUEST_KINDS,
+    STATE_FILE_NAME as STATE_FILE_NAME,
+    ApplyResult as ApplyResult,
+    Station as Station,
+    open_station as open_station,
+)
+from roles._supervisor import (
+    BackoffPolicy as BackoffPolicy,
+    ProcessStatus as ProcessStatus,
+    Supervisor as Supervisor,
+    SupervisorEvent as SupervisorEvent,
+    SupervisorSnapshot as SupervisorSnapshot,
+    SupervisorStatistics as SupervisorStatistics,
+    describe_exit as describe_exit,
+    open_supervisor as open_supervisor,
+    process_group_alive as process_group_alive,
+)
+
+__all__ = [
+    "REQUEST_KINDS",
+    "STATE_FILE_NAME",
+    "ApplyResult",
+    "BackoffPolicy",
+    "BlockedRole",
+    "BuildContext",
+    "ConfigFileError",
+    "DesiredState",
+    "FactoryRegistry",
+    "InvalidConfiguration",
+    "InvalidOptions",
+    "InvalidRequest",
+    "MissingRoleFactory",
+    "OptionSpec",
+    "ProcessSpec",
+    "ProcessStatus",
+    "RoleConfig",
+    "RoleEntry",
+    "RoleFactory",
+    "RolesError",
+    "Station",
+    "StationAnswer",
+    "StationFile",
+    "StationIdentity",
+    "Supervisor",
+    "SupervisorEvent",
+    "SupervisorSnapshot",
+    "SupervisorStatistics",
+    "TooManyInstances",
+    "canonical_json",
+    "check_station_path",
+    "command_factory",
+    "default_factories",
+    "describe_exit",
+    "error_from_dict",
+    "error_from_wire",
+    "load_role_config",
+    "load_station_file",
+    "open_station",
+    "open_supervisor",
+    "parse_role_config",
+    "process_group_alive",
+    "read_identity",
+    "validate_update",
+]

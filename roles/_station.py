@@ -1,0 +1,567 @@
+"""A station: the role configuration it runs, its factories and policy, and its supervisor.
+
+:func:`open_station` loads the last applied configuration from the state directory (so a
+station keeps running it when no conductor is reachable), starts its processes, and yields a
+:class:`Station`. :meth:`Station.apply` validates a whole update first (raising the typed
+:class:`~roles.InvalidConfiguration` and changing nothing), persists it (temp file, fsync,
+``os.replace``), then reconciles: new instances start, removed ones stop, changed ones restart.
+
+Hooks for the node (the node imports nothing of this module's internals):
+
+* :meth:`Station.roles_summary`: a small dict for gossip metadata;
+* :meth:`Station.status`: a JSON-able dict for the status API;
+* :meth:`Station.handle_request`: ``(kind, payload) -> dict`` for requests arriving over
+  ``node.request``: ``roles.apply``, ``roles.show``, ``roles.status``, ``roles.start``,
+  ``roles.stop``, ``roles.restart``, ``roles.logs``. Errors are :class:`~roles.RolesError`
+  subclasses; send ``error.to_wire()`` back and rebuild with :func:`~roles.error_from_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from roles._config import RoleConfig
+from roles._errors import ConfigFileError, InvalidConfiguration, InvalidRequest, RolesError
+from roles._factories import FactoryRegistry, ProcessSpec, default_factories, validate_update
+from roles._identity import StationIdentity, read_identity
+from roles._supervisor import (
+    BackoffPolicy,
+    ProcessStatus,
+    Supervisor,
+    SupervisorEvent,
+    SupervisorSnapshot,
+    open_supervisor,
+)
+
+__all__ = ["REQUEST_KINDS", "STATE_FILE_NAME", "ApplyResult", "Station", "open_station"]
+
+logger = logging.getLogger(__name__)
+
+#: The file in the state directory that holds the last applied configuration.
+STATE_FILE_NAME = "roles.json"
+_STATE_FORMAT = 1
+#: Request kinds :meth:`Station.handle_request` answers.
+REQUEST_KINDS = (
+    "roles.apply",
+    "roles.show",
+    "roles.status",
+    "roles.start",
+    "roles.stop",
+    "roles.restart",
+    "roles.logs",
+)
+InstanceKey = tuple[str, str]
+
+
+@attrs.frozen
+class ApplyResult:
+    """What :meth:`Station.apply` did: the applied configuration's ``digest`` and the
+    instances ``started``, ``stopped`` (removed), ``restarted`` (changed) and ``unchanged``."""
+
+    digest: str
+    started: tuple[InstanceKey, ...]
+    stopped: tuple[InstanceKey, ...]
+    restarted: tuple[InstanceKey, ...]
+    unchanged: tuple[InstanceKey, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-able answer of ``roles.apply``."""
+
+        def names(keys: tuple[InstanceKey, ...]) -> list[str]:
+            return [f"{role}/{uuid}" for role, uuid in keys]
+
+        return {
+            "applied": True,
+            "digest": self.digest,
+            "started": names(self.started),
+            "stopped": names(self.stopped),
+            "restarted": names(self.restarted),
+            "unchanged": names(self.unchanged),
+        }
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_state(path: str) -> tuple[RoleConfig, frozenset[InstanceKey]] | None:
+    """Return the saved (config, held instances), ``None`` if there is no file; raises
+    :class:`ConfigFileError` if it is unreadable or malformed."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigFileError.at(path, "$", f"cannot read the saved state: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigFileError.at(
+            path, f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != _STATE_FORMAT:
+        raise ConfigFileError.at(path, "$.format", f"not a format {_STATE_FORMAT} state file")
+    config = RoleConfig.from_dict(data.get("config", {}), source=path)
+    held_raw = data.get("held", [])
+    held: set[InstanceKey] = set()
+    if isinstance(held_raw, list):
+        for item in held_raw:
+            if (
+                isinstance(item, list)
+                and len(item) == 2
+                and all(isinstance(part, str) for part in item)
+            ):
+                held.add((item[0], item[1]))
+    return config, frozenset(held)
+
+
+class Station:
+    """A running station; made by :func:`open_station`. See the module docstring."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        *,
+        state_dir: str | os.PathLike[str],
+        factories: FactoryRegistry,
+        blocked_roles: Iterable[str],
+        variables: Mapping[str, str],
+        identity: StationIdentity,
+    ) -> None:
+        self.supervisor = supervisor
+        self.state_path = os.path.join(os.fspath(state_dir), STATE_FILE_NAME)
+        self.factories = factories
+        self.blocked_roles = frozenset(blocked_roles)
+        self.variables: Mapping[str, str] = {"hostname": identity.hostname, **variables}
+        self.identity = identity
+        self._config = RoleConfig()
+        self._specs: dict[InstanceKey, ProcessSpec] = {}
+        self._held: set[InstanceKey] = set()
+        self._lock = trio.Lock()
+        self.load_error: str | None = None
+        self.persist_error: str | None = None
+        self.last_apply: dict[str, Any] | None = None
+
+    # --- configuration ----------------------------------------------------------------------
+
+    @property
+    def config(self) -> RoleConfig:
+        """The configuration last applied (tombstones included)."""
+        return self._config
+
+    def validate(self, config: RoleConfig) -> dict[InstanceKey, ProcessSpec]:
+        """Check *config* as :meth:`apply` would, changing nothing; return the process specs.
+
+        Raises :class:`~roles.BlockedRole`, :class:`~roles.MissingRoleFactory`,
+        :class:`~roles.TooManyInstances` or :class:`~roles.InvalidOptions`.
+        """
+        return validate_update(
+            config, self.factories, blocked_roles=self.blocked_roles, variables=self.variables
+        )
+
+    async def apply(self, config: RoleConfig, *, merge: bool = False) -> ApplyResult:
+        """Make *config* this station's configuration (or merge it in, with *merge*).
+
+        The whole update is validated first: on a problem the typed
+        :class:`~roles.InvalidConfiguration` is raised and nothing changes (configuration,
+        processes, state file). Then it is persisted and the processes reconciled.
+        """
+        async with self._lock:
+            new = self._config.merge(config) if merge else config
+            specs = self.validate(new)
+            return await self._apply_valid(new, specs)
+
+    async def _apply_valid(
+        self, new: RoleConfig, specs: dict[InstanceKey, ProcessSpec]
+    ) -> ApplyResult:
+        old = self._specs
+        started = tuple(sorted(k for k in specs if k not in old))
+        stopped = tuple(sorted(k for k in old if k not in specs))
+        restarted = tuple(sorted(k for k in specs if k in old and old[k] != specs[k]))
+        unchanged = tuple(sorted(k for k in specs if k in old and old[k] == specs[k]))
+        self._held &= set(specs)
+        self._config = new
+        self._specs = specs
+        await self._persist()
+        began = time.time()
+        for key in stopped:
+            self.supervisor.remove(*key)
+        for key in (*started, *restarted):
+            self.supervisor.set(*key, specs[key], running=key not in self._held)
+        # Answer once the processes have followed (bounded: a slow stop does not hang us).
+        grace = max((s.stop_grace for s in (*old.values(), *specs.values())), default=0.0)
+        with trio.move_on_after(grace + 5.0):
+            for key in stopped:
+                await self.supervisor.wait_for(*key, lambda status: status is None)
+            for key in (*started, *restarted):
+                await self.supervisor.wait_for(
+                    *key, _settled("stop" if key in self._held else "start", began)
+                )
+        result = ApplyResult(
+            digest=new.digest(),
+            started=started,
+            stopped=stopped,
+            restarted=restarted,
+            unchanged=unchanged,
+        )
+        self.last_apply = {"time": time.time(), **result.to_dict()}
+        logger.info(
+            "applied role configuration %s: %d started, %d stopped, %d restarted",
+            result.digest,
+            len(started),
+            len(stopped),
+            len(restarted),
+        )
+        return result
+
+    async def _persist(self) -> None:
+        state = {
+            "format": _STATE_FORMAT,
+            "saved_at": time.time(),
+            "config": self._config.to_dict(),
+            "held": sorted([role, uuid] for role, uuid in self._held),
+        }
+        data = json.dumps(state, indent=2, sort_keys=True).encode() + b"\n"
+        try:
+            await trio.to_thread.run_sync(_write_atomically, self.state_path, data)
+        except OSError as exc:
+            self.persist_error = f"cannot save {self.state_path}: {exc}"
+            logger.error("%s", self.persist_error)
+        else:
+            self.persist_error = None
+
+    async def _load(self, initial: RoleConfig | None) -> None:
+        """Start with the saved configuration (merged with *initial*, the station file's)."""
+        try:
+            saved = await trio.to_thread.run_sync(_read_state, self.state_path)
+        except RolesError as exc:
+            saved = None
+            self.load_error = str(exc)
+            logger.error("ignoring the saved role configuration: %s", exc)
+        held: frozenset[InstanceKey] = frozenset()
+        candidates: list[RoleConfig] = []
+        if saved is not None:
+            held = saved[1]
+            candidates.append(saved[0] if initial is None else saved[0].merge(initial))
+        if initial is not None:
+            candidates.append(initial)
+        for candidate in candidates:
+            try:
+                specs = self.validate(candidate)
+            except InvalidConfiguration as exc:
+                self.load_error = f"the saved role configuration is refused: {exc}"
+                logger.error("%s", self.load_error)
+                continue
+            self._held = set(held)
+            async with self._lock:
+                await self._apply_valid(candidate, specs)
+            return
+
+    # --- control ----------------------------------------------------------------------------
+
+    def _select(self, role: str | None, uuid: str | None) -> list[InstanceKey]:
+        keys = sorted(self._specs)
+        if role is None and uuid is None:
+            return keys
+        chosen = [
+            k for k in keys if (role is None or k[0] == role) and (uuid is None or k[1] == uuid)
+        ]
+        if not chosen:
+            what = "/".join(part for part in (role, uuid) if part is not None)
+            known = ", ".join(f"{r}/{u}" for r, u in keys) or "none"
+            raise InvalidRequest(
+                f"this station has no role instance {what!r}; configured instances: {known}",
+                role=role,
+                uuid=uuid,
+            )
+        return chosen
+
+    async def _control(
+        self, action: str, role: str | None, uuid: str | None, patience: float
+    ) -> list[ProcessStatus]:
+        async with self._lock:
+            keys = self._select(role, uuid)
+            began = time.time()
+            for key in keys:
+                if action == "stop":
+                    self._held.add(key)
+                    self.supervisor.stop(*key)
+                else:
+                    self._held.discard(key)
+                    if action == "start":
+                        self.supervisor.start(*key)
+                    else:
+                        self.supervisor.restart(*key)
+            await self._persist()
+        with trio.move_on_after(patience):
+            for key in keys:
+                await self.supervisor.wait_for(*key, _settled(action, began))
+        return [s for key in keys if (s := self.supervisor.status(*key)) is not None]
+
+    async def start(self, role: str | None = None, uuid: str | None = None) -> list[ProcessStatus]:
+        """Start instances stopped by hand (all, a role's, or one); wait briefly for them."""
+        return await self._control("start", role, uuid, patience=5.0)
+
+    async def stop(self, role: str | None = None, uuid: str | None = None) -> list[ProcessStatus]:
+        """Stop instances and keep them stopped (also across restarts) until started."""
+        grace = max((self._specs[k].stop_grace for k in self._select(role, uuid)), default=0.0)
+        return await self._control("stop", role, uuid, patience=grace + 5.0)
+
+    async def restart(
+        self, role: str | None = None, uuid: str | None = None
+    ) -> list[ProcessStatus]:
+        """Restart instances at once (stopped by hand ones too)."""
+        grace = max((self._specs[k].stop_grace for k in self._select(role, uuid)), default=0.0)
+        return await self._control("restart", role, uuid, patience=grace + 5.0)
+
+    def logs(self, role: str, uuid: str, lines: int = 100) -> tuple[str, ...]:
+        """Return the last *lines* lines of one instance's output."""
+        self._select(role, uuid)
+        return self.supervisor.tail(role, uuid, lines)
+
+    # --- views (extension hooks) -------------------------------------------------------------
+
+    def snapshot(self) -> SupervisorSnapshot:
+        """Return the supervisor's frozen view of every instance."""
+        return self.supervisor.snapshot()
+
+    def roles_summary(self) -> dict[str, dict[str, int]]:
+        """Return role -> {configured, running, failed} counts: small, for gossip metadata.
+
+        ``failed`` counts instances in ``failed`` or ``backoff`` (wanted but not running).
+        """
+        summary: dict[str, dict[str, int]] = {}
+        for role, uuid in sorted(self._specs):
+            counts = summary.setdefault(role, {"configured": 0, "running": 0, "failed": 0})
+            counts["configured"] += 1
+            status = self.supervisor.status(role, uuid)
+            if status is None:
+                continue
+            if status.state == "running":
+                counts["running"] += 1
+            elif status.state in ("failed", "backoff"):
+                counts["failed"] += 1
+        return summary
+
+    def status(self, *, tail_lines: int = 5) -> dict[str, Any]:
+        """Return the JSON-able status for the status API and dashboards."""
+        return {
+            "identity": self.identity.to_dict(),
+            "config_digest": self._config.digest(),
+            "blocked_roles": sorted(self.blocked_roles),
+            "roles": self.roles_summary(),
+            "instances": [
+                {
+                    **status.to_dict(tail_lines=tail_lines),
+                    "held": (status.role, status.uuid) in self._held,
+                }
+                for status in self.supervisor.snapshot().processes
+            ],
+            "load_error": self.load_error,
+            "persist_error": self.persist_error,
+            "last_apply": self.last_apply,
+        }
+
+    def show(self) -> dict[str, Any]:
+        """Return the configuration, policy and factories (the answer of ``roles.show``)."""
+        return {
+            "config": self._config.to_dict(),
+            "digest": self._config.digest(),
+            "blocked_roles": sorted(self.blocked_roles),
+            "variables": dict(self.variables),
+            "factories": {
+                name: f.describe()
+                for name in self.factories.names()
+                if (f := self.factories.get(name))
+            },
+            "held": sorted(f"{r}/{u}" for r, u in self._held),
+            "status": self.status(),
+        }
+
+    def subscribe(self, max_buffer: int = 256) -> trio.MemoryReceiveChannel[SupervisorEvent]:
+        """Return a channel of every later process state change (see the supervisor)."""
+        return self.supervisor.subscribe(max_buffer)
+
+    # --- requests ---------------------------------------------------------------------------
+
+    async def handle_request(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Answer a request from another node; see the module docstring for the kinds.
+
+        Raises :class:`~roles.InvalidConfiguration` subclasses for a refused update and
+        :class:`~roles.InvalidRequest` for an unknown kind or a malformed payload.
+        """
+        handler = self._handlers.get(kind)
+        if handler is None:
+            raise InvalidRequest(
+                f"unknown request kind {kind!r}; a station answers {', '.join(REQUEST_KINDS)}"
+            )
+        if not isinstance(payload, Mapping):
+            raise InvalidRequest(f"{kind}: the payload must be an object (a map)")
+        return await handler(self, payload)
+
+    def request_handlers(
+        self,
+    ) -> dict[str, Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]]:
+        """Return kind -> ``async handler(payload) -> dict`` for every kind in
+        :data:`REQUEST_KINDS` (each calls :meth:`handle_request`), for a node's handler table."""
+
+        def bind(kind: str) -> Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]:
+            async def handler(payload: Mapping[str, Any]) -> dict[str, Any]:
+                return await self.handle_request(kind, payload)
+
+            return handler
+
+        return {kind: bind(kind) for kind in REQUEST_KINDS}
+
+    async def _handle_apply(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        if "config" not in payload:
+            raise InvalidRequest(
+                "roles.apply: the payload needs 'config' (role -> uuid -> options)"
+            )
+        merge = payload.get("merge", False)
+        if not isinstance(merge, bool):
+            raise InvalidRequest("roles.apply: 'merge' must be true or false")
+        config = RoleConfig.from_dict(payload["config"], source="roles.apply payload")
+        return (await self.apply(config, merge=merge)).to_dict()
+
+    async def _handle_show(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return self.show()
+
+    async def _handle_status(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    async def _handle_control(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        role, uuid = _target(kind, payload)
+        action = kind.removeprefix("roles.")
+        method = {"start": self.start, "stop": self.stop, "restart": self.restart}[action]
+        statuses = await method(role, uuid)
+        return {"instances": [s.to_dict() for s in statuses]}
+
+    async def _handle_logs(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        role, uuid = _target("roles.logs", payload)
+        lines = payload.get("lines", 100)
+        if isinstance(lines, bool) or not isinstance(lines, int) or lines < 0:
+            raise InvalidRequest("roles.logs: 'lines' must be a non-negative integer")
+        if role is None or uuid is None:
+            keys = self._select(role, uuid)
+            if len(keys) != 1:
+                raise InvalidRequest(
+                    "roles.logs: name one instance with 'role' and 'uuid'; matching: "
+                    + ", ".join(f"{r}/{u}" for r, u in keys),
+                    role=role,
+                    uuid=uuid,
+                )
+            role, uuid = keys[0]
+        return {"role": role, "uuid": uuid, "lines": list(self.logs(role, uuid, lines))}
+
+    _handlers: Mapping[str, Callable[[Station, Mapping[str, Any]], Awaitable[dict[str, Any]]]] = {
+        "roles.apply": _handle_apply,
+        "roles.show": _handle_show,
+        "roles.status": _handle_status,
+        "roles.start": lambda self, p: self._handle_control("roles.start", p),
+        "roles.stop": lambda self, p: self._handle_control("roles.stop", p),
+        "roles.restart": lambda self, p: self._handle_control("roles.restart", p),
+        "roles.logs": _handle_logs,
+    }
+
+
+def _settled(action: str, began: float) -> Callable[[ProcessStatus | None], bool]:
+    """Return a predicate: has an instance followed a start/stop/restart made at *began*?"""
+
+    def check(status: ProcessStatus | None) -> bool:
+        if status is None:
+            return True
+        if action == "stop":
+            return status.state in ("stopped", "exited")
+        if action == "start" and status.state in ("running", "waiting"):
+            return True
+        return status.since >= began and status.state in (
+            "running",
+            "backoff",
+            "failed",
+            "exited",
+            "waiting",
+        )
+
+    return check
+
+
+def _target(kind: str, payload: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    role = payload.get("role")
+    uuid = payload.get("uuid")
+    for name, value in (("role", role), ("uuid", uuid)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"{kind}: {name!r} must be a string")
+    if uuid is not None and role is None:
+        raise InvalidRequest(f"{kind}: give 'role' with 'uuid'", uuid=uuid)
+    return role, uuid
+
+
+@asynccontextmanager
+async def open_station(
+    state_dir: str | os.PathLike[str],
+    *,
+    initial: RoleConfig | None = None,
+    factories: FactoryRegistry | None = None,
+    blocked_roles: Iterable[str] = (),
+    variables: Mapping[str, str] | None = None,
+    identity: StationIdentity | None = None,
+    backoff: BackoffPolicy | None = None,
+    tail_lines: int = 200,
+    on_event: Callable[[SupervisorEvent], None] | None = None,
+) -> AsyncIterator[Station]:
+    """Run a :class:`Station` for the duration of the block.
+
+    Starts from the configuration saved in *state_dir* (merged with *initial*, e.g. from
+    ``--roles FILE``, entry by entry by timestamp). If *initial* alone is refused, its
+    :class:`~roles.InvalidConfiguration` is raised; a refused saved configuration is logged,
+    shown as ``load_error`` in the status, and *initial* (or nothing) runs instead. On exit
+    every process is stopped and its process group cleared.
+    """
+    factories = factories if factories is not None else default_factories()
+    if identity is None:
+        identity = await trio.to_thread.run_sync(read_identity)
+    station_variables = {"hostname": identity.hostname, **(variables or {})}
+    blocked_roles = frozenset(blocked_roles)
+    if initial is not None:
+        validate_update(
+            initial, factories, blocked_roles=blocked_roles, variables=station_variables
+        )
+    async with open_supervisor(backoff=backoff, tail_lines=tail_lines, on_event=on_event) as sup:
+        station = Station(
+            sup,
+            state_dir=state_dir,
+            factories=factories,
+            blocked_roles=blocked_roles,
+            variables=dict(variables or {}),
+            identity=identity,
+        )
+        await station._load(initial)
+        yield station

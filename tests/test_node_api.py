@@ -1,0 +1,159 @@
+"""The Python API of an embedded node: members, events, publish/subscribe, request/reply,
+status and clock endpoints. Real nodes in one trio run, on loopback, joined by seeds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+import mesh
+from mesh._node import Node, NodeConfig, NoSuchMember, RemoteError, open_node
+from mesh._nodecore import Publication
+from mesh._wire import Value
+
+
+def config(tmp: Path, name: str, seeds: tuple[tuple[str, int], ...] = ()) -> NodeConfig:
+    return NodeConfig(
+        federation="api",
+        orchestra="o1",
+        name=name,
+        bind="127.0.0.1",
+        port=0,
+        port_is_default=False,
+        mdns=False,
+        broadcast=False,
+        seeds=seeds,
+        profile="loopback",
+        state_dir=tmp / "state",
+        runtime_dir=tmp / "run",
+    )
+
+
+@asynccontextmanager
+async def group(tmp: Path, count: int) -> AsyncIterator[list[Node]]:
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(open_node(config(tmp, "n0")))
+        nodes = [first]
+        for i in range(1, count):
+            node = open_node(config(tmp, f"n{i}", (first.address,)))
+            nodes.append(await stack.enter_async_context(node))
+        with trio.fail_after(15):
+            while not all(sum(m.status == "alive" for m in n.members()) == count for n in nodes):
+                await trio.sleep(0.02)
+        yield nodes
+
+
+async def test_members_and_public_names(tmp_path: Path) -> None:
+    async with group(tmp_path, 3) as nodes:
+        paths = {m.path for m in nodes[2].members()}
+        assert paths == {"/o1/n0", "/o1/n1", "/o1/n2"}
+        assert nodes[0].member("/o1/n2") is not None
+        assert nodes[0].member("/o1/nobody") is None
+    assert mesh.open_node is open_node
+    assert mesh.NodeConfig is NodeConfig
+
+
+async def test_publish_reaches_every_node_once(tmp_path: Path) -> None:
+    async with group(tmp_path, 3) as nodes, AsyncExitStack() as stack:
+        inboxes = [await stack.enter_async_context(n.subscribe("tempo")) for n in nodes]
+        for bpm in (120, 121, 122):
+            nodes[1].publish("tempo", {"bpm": bpm})
+        for inbox in inboxes:
+            got: list[Publication] = []
+            with trio.fail_after(5):
+                while len(got) < 3:
+                    got.append(await inbox.receive())
+            got.sort(key=lambda p: p.number)  # gossip does not promise order; numbers do
+            assert [p.payload for p in got] == [{"bpm": 120}, {"bpm": 121}, {"bpm": 122}]
+            assert {p.origin_path for p in got} == {"/o1/n1"}
+        # Each delivered once: nothing more arrives, even as gossip keeps retransmitting.
+        with trio.move_on_after(1.0):
+            extra = await inboxes[0].receive()
+            raise AssertionError(f"delivered twice: {extra}")
+
+
+async def test_publish_refuses_oversized_and_non_plain_payloads(tmp_path: Path) -> None:
+    async with group(tmp_path, 1) as nodes:
+        with pytest.raises(ValueError, match="limit"):
+            nodes[0].publish("big", "x" * 5000)
+        with pytest.raises(ValueError):
+            nodes[0].publish("bad", {"set": {1, 2}})  # type: ignore[dict-item]
+
+
+async def test_request_reply_and_typed_errors(tmp_path: Path) -> None:
+    async with group(tmp_path, 2) as nodes:
+
+        async def echo(sender: str | None, payload: Value) -> Value:
+            return {"from": sender, "echo": payload}
+
+        async def fail(sender: str | None, payload: Value) -> Value:
+            raise KeyError("no such take")
+
+        nodes[1].handle("echo", echo)
+        nodes[1].handle("fail", fail)
+        answer = await nodes[0].request("/o1/n1", "echo", [1, "two"])
+        assert answer == {"from": "/o1/n0", "echo": [1, "two"]}
+        with pytest.raises(RemoteError) as info:
+            await nodes[0].request("/o1/n1", "fail", None)
+        assert info.value.error_type == "KeyError"
+        with pytest.raises(RemoteError) as info:
+            await nodes[0].request("/o1/n1", "nope", None)
+        assert info.value.error_type == "UnknownRequest" and "echo" in info.value.message
+        with pytest.raises(NoSuchMember):
+            await nodes[0].request("/o1/ghost", "echo", None)
+
+
+async def test_events_report_joins_and_leaves(tmp_path: Path) -> None:
+    async with open_node(config(tmp_path, "n0")) as first, first.events() as events:
+        async with open_node(config(tmp_path, "n1", (first.address,))) as second:
+            with trio.fail_after(10):
+                while True:
+                    event = await events.receive()
+                    if isinstance(event, mesh.MemberEvent) and event.kind == "joined":
+                        assert event.member.path == "/o1/n1"
+                        break
+                while second.member("/o1/n0") is None:  # it must know whom to tell it leaves
+                    await trio.sleep(0.01)
+        with trio.fail_after(5):
+            while True:
+                event = await events.receive()
+                if isinstance(event, mesh.MemberEvent) and event.kind == "left":
+                    assert event.member.path == "/o1/n1"
+                    break
+
+
+async def test_status_api_and_dashboard(tmp_path: Path) -> None:
+    async with group(tmp_path, 2) as nodes:
+        url = nodes[0].status_url
+        assert url is not None
+        async with httpx.AsyncClient() as client:
+            doc = (await client.get(url + "/api/status")).json()
+            clock = (await client.get(url + "/api/clock")).json()
+            page = await client.get(url + "/")
+        assert doc["node"]["path"] == "/o1/n0"
+        assert set(doc) >= {"node", "members", "supernodes", "conductor", "clock", "registry"}
+        member = doc["members"][1]
+        assert set(member) >= {
+            "id",
+            "path",
+            "address",
+            "state",
+            "incarnation",
+            "supernode",
+            "conductor",
+            "roles",
+        }
+        assert set(doc["clock"]) >= {
+            "federation_time",
+            "offset",
+            "error_bound",
+            "reference",
+            "synced",
+        }
+        assert set(clock) == {"federation_time", "host_time"}
+        assert page.status_code == 200 and "/o1/n1" in page.text
