@@ -3,11 +3,15 @@
 - ``GET /api/status``: the node's view (:meth:`Node.status`), stable field names.
 - ``GET /api/clock``: ``{"federation_time", "host_time"}`` read at one instant, so a test on
   one host can compare the clocks of several nodes.
+- ``POST /api/request``: ``{"path", "kind", "payload", "timeout"}`` sends a request into the
+  mesh through this node (how command-line tools such as ``stagemesh roles`` reach any member)
+  and answers ``{"ok": true, "payload": ...}`` or ``{"ok": false, "error_type", "error"}``.
 - ``GET /``: the HTML dashboard, which refreshes itself from ``/api/status``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +31,13 @@ if TYPE_CHECKING:
 
 __all__ = ["create_status_app", "serve_status"]
 
+_MAX_BODY = 1024 * 1024
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"ok": False, "error_type": "BadRequest", "error": message}, status)
+
+
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("mesh", "templates"),
     autoescape=jinja2.select_autoescape(default=True),
@@ -42,6 +53,40 @@ def create_status_app(node: Node) -> Starlette:
     async def clock(request: Request) -> Response:
         return JSONResponse({"federation_time": node.now(), "host_time": time.time()})
 
+    async def forward(request: Request) -> Response:
+        from mesh._node import NoSuchMember, RemoteError, RequestError
+
+        body = await request.body()
+        if len(body) > _MAX_BODY:
+            return _error(413, f"request body over {_MAX_BODY} bytes")
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            return _error(400, f"body is not JSON: {exc}")
+        if not isinstance(doc, dict):
+            return _error(400, "body must be a JSON object")
+        path, kind = doc.get("path"), doc.get("kind")
+        timeout = doc.get("timeout", 10.0)
+        if not isinstance(path, str) or not path.startswith("/"):
+            return _error(400, "'path' must be a member path such as /room-a/station1")
+        if not isinstance(kind, str) or not kind:
+            return _error(400, "'kind' must be a non-empty string")
+        if not isinstance(timeout, int | float) or not 0 < timeout <= 300:
+            return _error(400, "'timeout' must be a number of seconds in (0, 300]")
+        try:
+            payload = await node.request(path, kind, doc.get("payload"), timeout=float(timeout))
+        except NoSuchMember as exc:
+            return JSONResponse({"ok": False, "error_type": "NoSuchMember", "error": str(exc)}, 404)
+        except RemoteError as exc:
+            return JSONResponse({"ok": False, "error_type": exc.error_type, "error": exc.message})
+        except RequestError as exc:
+            return JSONResponse(
+                {"ok": False, "error_type": type(exc).__name__, "error": str(exc)}, 502
+            )
+        except ValueError as exc:
+            return _error(400, f"payload is not plain data: {exc}")
+        return JSONResponse({"ok": True, "payload": payload})
+
     async def dashboard(request: Request) -> Response:
         html = _templates.get_template("dashboard.html").render(status=node.status())
         return HTMLResponse(html)
@@ -51,6 +96,7 @@ def create_status_app(node: Node) -> Starlette:
             Route("/", dashboard),
             Route("/api/status", status),
             Route("/api/clock", clock),
+            Route("/api/request", forward, methods=["POST"]),
         ]
     )
 

@@ -157,3 +157,24 @@ async def test_status_api_and_dashboard(tmp_path: Path) -> None:
         }
         assert set(clock) == {"federation_time", "host_time"}
         assert page.status_code == 200 and "/o1/n1" in page.text
+
+
+async def test_status_api_forwards_requests_into_the_mesh(tmp_path: Path) -> None:
+    async with group(tmp_path, 2) as nodes:
+
+        async def echo(sender: str | None, payload: Value) -> Value:
+            return {"echo": payload}
+
+        nodes[1].handle("echo", echo)
+        url = f"{nodes[0].status_url}/api/request"
+        async with httpx.AsyncClient() as client:
+            ok = await client.post(url, json={"path": "/o1/n1", "kind": "echo", "payload": 7})
+            missing = await client.post(url, json={"path": "/o1/zz", "kind": "echo"})
+            unknown = await client.post(url, json={"path": "/o1/n1", "kind": "nope"})
+            bad_json = await client.post(url, content=b"{not json")
+            bad_path = await client.post(url, json={"path": "n1", "kind": "echo"})
+        assert ok.json() == {"ok": True, "payload": {"echo": 7}}
+        assert missing.status_code == 404 and missing.json()["error_type"] == "NoSuchMember"
+        assert unknown.json()["error_type"] == "UnknownRequest"
+        assert bad_json.status_code == 400 and "JSON" in bad_json.json()["error"]
+        assert bad_path.status_code == 400 and "path" in bad_path.json()["error"]
