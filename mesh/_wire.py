@@ -791,7 +791,8 @@ class WireCodec:
         sequence number from ``env.seq``. An update that alone cannot fit raises
         :class:`MessageTooLarge`.
         """
-        empty = attrs.evolve(env, body=Gossip(()))
+        # Measured with the highest seq this call may use: a larger int may encode longer.
+        empty = attrs.evolve(env, seq=env.seq + len(updates), body=Gossip(()))
         base = len(self.encode(empty, limit)) + 4  # room for the array header to grow
         out: list[bytes] = []
         batch: list[Update] = []
@@ -802,7 +803,8 @@ class WireCodec:
             if base + cost > limit:
                 raise MessageTooLarge("too large", f"one {type(update).__name__} is {cost} bytes")
             if size + cost > limit:
-                out.append(self.encode(attrs.evolve(env, seq=seq, body=Gossip(tuple(batch)))))
+                batch_env = attrs.evolve(env, seq=seq, body=Gossip(tuple(batch)))
+                out.append(self.encode(batch_env, limit))
                 seq += 1
                 batch, size = [], base
             batch.append(update)
