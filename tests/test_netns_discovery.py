@@ -8,7 +8,6 @@ the address it has on the bridge. Nothing here touches the machine's real interf
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sys
 from pathlib import Path
@@ -16,10 +15,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from netns import Lan, NetnsError, Spawned, lan, list_namespaces
-
-__all__ = ["lan"]  # the fixture, imported for the tests below
+from tests.netns import Lan, NetnsError, Spawned, list_namespaces
 
 pytestmark = pytest.mark.netns
 
