@@ -546,20 +546,25 @@ class Membership:
         self._me = attrs.evolve(self._me, meta=dict(meta), incarnation=self._me.incarnation + 1)
         self._queue.put(self._me)
 
-    def leave(self, now: float) -> None:
-        """Leave gracefully: tell members directly and by gossip, then stop probing."""
+    def leave(self, now: float, extras: Sequence[Lease] = ()) -> None:
+        """Leave gracefully: tell members directly and by gossip, then stop probing.
+
+        *extras* (lease handoffs) ride in the same direct notices, so a successor takes over
+        at once."""
         if self._left:
             return
         self._left = True
         notice = Dead(self._me.node_id, self._me.incarnation, self._me.node_id, left=True)
         self._me = attrs.evolve(self._me, status=LEFT)
         self._queue.put(notice)
+        for extra in extras:
+            self.broadcast(extra)
         live = self._live_ids()
         targets = live if len(live) <= 64 else self._rng.sample(live, 16)
         for node_id in targets:
             rec = self._table.get(node_id)
             if rec is not None:
-                self._send(rec.address, Gossip((notice,)))
+                self._send(rec.address, Gossip((notice, *extras)))
 
     def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
         """Handle one decoded datagram *body* from *sender* at *src*. Non-membership messages
@@ -734,9 +739,13 @@ class Membership:
         if self._left:
             return
         self._probe_counter += 1
-        self._relays[self._probe_counter] = _Relay(
-            src, req.probe, req.target, now + self.profile.probe_timeout * self._scale()
-        )
+        # The nack must reach the requester before its probe period ends. It asked us
+        # probe_timeout into its period, so it waits (probe_interval - probe_timeout) more; we
+        # answer after 80% of that, leaving the rest for the two hops. (Waiting a whole
+        # probe_timeout x our scale made every nack arrive just after the requester gave up, so
+        # a failed probe with healthy helpers still raised its awareness by indirect_checks.)
+        window = self.profile.probe_interval - self.profile.probe_timeout
+        self._relays[self._probe_counter] = _Relay(src, req.probe, req.target, now + 0.8 * window)
         self._send(req.target_address, Ping(self._probe_counter, req.target))
 
     # -- dissemination ------------------------------------------------------------------------
@@ -790,7 +799,15 @@ class Membership:
                 cur = self._table.get(rec.node_id)
                 if cur is not None and cur.status == ALIVE:
                     sender = state.members[0].node_id if state.members else self._me.node_id
-                    self._apply(now, Suspect(rec.node_id, rec.incarnation, sender), src)
+                    suspicion = Suspect(rec.node_id, rec.incarnation, sender)
+                    self._apply(now, suspicion, src)
+                    # Buddy system here too: tell the member at once so it can refute. Without
+                    # this, after a partition healed, the far side's "dead" views (distinct
+                    # reporters, so the timeout shrank to its minimum) killed live members that
+                    # random gossip had not yet told they were suspected.
+                    now_rec = self._table.get(rec.node_id)
+                    if now_rec is not None and now_rec.status == SUSPECT:
+                        self._send(cur.address, Gossip((suspicion,)))
         for extra in state.extras:
             self._apply(now, extra, src, rebroadcast=False)
         if refuted:
@@ -827,9 +844,14 @@ class Membership:
             self._suspect(now, update, src)
         elif isinstance(update, Dead):
             self._dead_update(now, update, src)
-        elif self._remember_extension(update):
-            self._events.append(UpdateReceived(update))
-            if rebroadcast:
+        else:
+            new = self._remember_extension(update)
+            # A lease is always handed up (the election dedupes and needs re-announcements and
+            # push-pull state to repair its view); a publication only once. Either is relayed
+            # by gossip only the first time this node sees it.
+            if new or isinstance(update, Lease):
+                self._events.append(UpdateReceived(update))
+            if new and rebroadcast:
                 self._queue.put(update)
 
     def _remember_extension(self, update: Lease | Publish) -> bool:

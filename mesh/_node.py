@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import logging
+import math
 import random
 import re
 import socket
@@ -33,7 +34,7 @@ from typing import Any
 import attrs
 import trio
 
-from mesh._clock import SkewedClock
+from mesh._clock import ClockSnapshot, SkewedClock
 from mesh._discovery import (
     DEFAULT_BEACON_PORT,
     DiscoveryConfig,
@@ -41,6 +42,7 @@ from mesh._discovery import (
     serve_beacons,
     serve_mdns,
 )
+from mesh._election import PostChanged, SteppedDown
 from mesh._extensions import Extension
 from mesh._interfaces import choose_interfaces, local_addresses
 from mesh._membership import MemberEvent, MemberView, OpenStream, PathConflict, SendDatagram
@@ -206,6 +208,9 @@ class Node:
             get_profile(config.profile),
             now=self.local_now(),
             rng=random.Random(),
+            supernode=config.supernode,
+            conductor=config.conductor,
+            joined_at=self.started_at,
         )
         transport.incarnation = incarnation
         self._handlers: dict[str, RequestHandler] = {}
@@ -215,7 +220,6 @@ class Node:
         self._request_ids = 0
         self.fatal: Exception | None = None
         self.status_url: str | None = None
-        self._epoch_local = self.local_now()
         self.discovery_stats: dict[str, Callable[[], Any]] = {}
         for ext in config.extensions:
             for kind, handler in ext.handlers().items():
@@ -254,8 +258,23 @@ class Node:
         return self._clock(time.monotonic())
 
     def now(self) -> float:
-        """Federation time: seconds since the federation's epoch, the same on every node."""
-        return self.local_now() - self._epoch_local
+        """Federation time: seconds since the federation's epoch, the same on every node
+        (never decreases; see :attr:`clock` for its error bound)."""
+        return self.core.federation_time(self.local_now())
+
+    @property
+    def clock(self) -> ClockSnapshot:
+        """The federation clock's state: offset, error bound, reference, synced."""
+        return self.core.clock_snapshot(self.local_now())
+
+    @property
+    def conductor(self) -> str | None:
+        """The path of the federation's conductor in this node's view, or ``None``."""
+        return self.core.path_of(self.core.conductor())
+
+    def supernode(self, orchestra: str) -> str | None:
+        """The path of *orchestra*'s supernode in this node's view, or ``None``."""
+        return self.core.path_of(self.core.supernode(orchestra))
 
     # -- application API ----------------------------------------------------------------------
 
@@ -336,6 +355,10 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         """The status document served at ``/api/status`` (stable field names)."""
+        core = self.core
+        conductor = core.conductor()
+        supernodes = core.supernodes()
+        holders = set(supernodes.values())
         members = [
             {
                 "id": view.node_id,
@@ -343,12 +366,17 @@ class Node:
                 "address": _fmt(view.address),
                 "state": view.status,
                 "incarnation": view.incarnation,
-                "supernode": False,
-                "conductor": False,
+                "supernode": view.node_id in holders,
+                "conductor": view.node_id == conductor,
+                "candidate": {
+                    "supernode": view.meta.get("s") is True,
+                    "conductor": view.meta.get("c") is True,
+                },
                 "roles": view.meta.get("r", {}),
             }
             for view in self.members()
         ]
+        clock = self.clock
         doc: dict[str, Any] = {
             "node": {
                 "id": self.id,
@@ -359,18 +387,23 @@ class Node:
                 "address": _fmt(self.address),
             },
             "members": members,
-            "supernodes": {},
-            "conductor": None,
+            "supernodes": {o: core.path_of(h) for o, h in sorted(supernodes.items())},
+            "conductor": core.path_of(conductor),
+            "standby": core.election.standby_for_conductor(),
             "clock": {
-                "federation_time": self.now(),
-                "offset": 0.0,
-                "error_bound": None,
-                "reference": None,
-                "synced": False,
+                "federation_time": clock.federation_time,
+                "offset": clock.offset,
+                "error_bound": clock.error_bound if math.isfinite(clock.error_bound) else None,
+                "reference": None if clock.is_reference else core.path_of(clock.reference),
+                "is_reference": clock.is_reference,
+                "synced": clock.synced,
+                "drift_ppm": clock.drift_ppm,
+                "rtt": clock.rtt,
             },
             "registry": None,
             "statistics": {
                 "membership": attrs.asdict(self.core.membership.statistics()),
+                "election": attrs.asdict(self.core.election.statistics()),
                 "transport": attrs.asdict(self.transport.statistics()),
                 "discovery": {
                     k: _plain(attrs.asdict(f())) for k, f in self.discovery_stats.items()
@@ -384,11 +417,7 @@ class Node:
     # -- the driver ---------------------------------------------------------------------------
 
     def _base_meta(self) -> dict[str, Value]:
-        meta: dict[str, Value] = {"j": self.started_at}
-        if self.config.supernode:
-            meta["s"] = True
-        if self.config.conductor:
-            meta["c"] = True
+        meta: dict[str, Value] = {}
         for ext in self.config.extensions:
             meta.update(ext.meta())
         return meta
@@ -421,6 +450,21 @@ class Node:
             self._path_conflict(event.holder)
         elif isinstance(event, MemberEvent):
             logger.info("%s %s at %s", event.member.path, event.kind, _fmt(event.member.address))
+        elif isinstance(event, PostChanged):
+            logger.info(
+                "%s: %s -> %s (term %d)",
+                event.post,
+                self.core.path_of(event.old_holder),
+                self.core.path_of(event.new_holder),
+                event.term,
+            )
+        elif isinstance(event, SteppedDown):
+            logger.warning(
+                "stepped down as %s (%s); now held by %s",
+                event.post,
+                event.reason,
+                self.core.path_of(event.successor),
+            )
         if isinstance(event, Publication):
             for sink in self._subscribers.get(event.topic, ()):
                 try:

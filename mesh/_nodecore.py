@@ -1,23 +1,43 @@
 """The whole protocol of one node as one sans-IO state machine.
 
-:class:`NodeCore` composes the membership core with publications (and, as they land, the
-election and clock cores) and is what both drivers run: the trio runtime (:mod:`mesh._node`)
-and the simulator (:mod:`mesh._sim`). It owns the routing between the cores, so neither driver
-knows how a lease or a publication travels.
+:class:`NodeCore` composes the membership, election and clock cores and publications, and is
+what both drivers run: the trio runtime (:mod:`mesh._node`) and the simulator
+(:mod:`mesh._sim`). It owns the routing between the cores, so neither driver knows how a lease,
+a clock sample or a publication travels:
+
+- membership events rebuild the election's view of the candidates;
+- lease records travel as gossip updates (and in every push-pull);
+- election events choose the clock's time reference: the conductor if there is one, else the
+  longest-serving supernode (``set_time_source`` can override this, e.g. a registry bridge);
+- clock requests go to the reference's gossip address; every node answers them.
+
+``now`` is the node's local time everywhere (monotonic, plus injected skew and drift); the
+election runs on federation time, which this class converts.
 
 Member metadata carries what other cores need to know of a node, under short keys:
-``j`` its join time (seconds, wall clock at start; only used to rank candidates), ``s`` / ``c``
-whether it is a supernode / conductor candidate, and whatever the extensions add.
+``j`` its join time (wall clock at start; only used to rank candidates), ``s`` / ``c`` whether it
+is a supernode / conductor candidate, and whatever the extensions add.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import attrs
 
+from mesh._clock import ClockConfig, ClockCore, ClockSnapshot
+from mesh._election import (
+    Candidate,
+    ConductorArbiter,
+    ElectionCore,
+    ElectionEvent,
+    PostChanged,
+    SteppedDown,
+    post_orchestra,
+)
 from mesh._membership import (
     MemberEvent,
     Membership,
@@ -30,6 +50,8 @@ from mesh._membership import (
 from mesh._profiles import Profile
 from mesh._wire import (
     Address,
+    ClockReply,
+    ClockRequest,
     MemberRecord,
     Message,
     Publish,
@@ -39,7 +61,7 @@ from mesh._wire import (
     update_size,
 )
 
-__all__ = ["NodeCore", "NodeEvent", "Publication"]
+__all__ = ["NodeCore", "NodeEvent", "Publication", "TimeSourceChanged"]
 
 
 @attrs.frozen
@@ -55,13 +77,28 @@ class Publication:
     number: int
 
 
-NodeEvent: TypeAlias = MemberEvent | PathConflict | Publication
+@attrs.frozen
+class TimeSourceChanged:
+    """The node now follows another time reference (a node id, or ``None`` for itself)."""
+
+    reference: str | None
+    is_self: bool
+
+
+NodeEvent: TypeAlias = (
+    MemberEvent | PathConflict | Publication | PostChanged | SteppedDown | TimeSourceChanged
+)
 
 _MAX_PUBLISH = 800
 
 
 class NodeCore:
-    """Membership plus publications for one node; drive it like :class:`Membership`."""
+    """Membership, elections, the federation clock and publications of one node.
+
+    Drive it like :class:`~mesh._membership.Membership` (the simulator's ``SimCore``).
+    *supernode* / *conductor* are the node's candidacy flags; *joined_at* ranks it among
+    candidates (earlier is better) and goes in its metadata.
+    """
 
     def __init__(
         self,
@@ -71,10 +108,36 @@ class NodeCore:
         now: float,
         rng: random.Random,
         snapshot: Snapshot | None = None,
+        supernode: bool = False,
+        conductor: bool = False,
+        joined_at: float = 0.0,
+        clock_config: ClockConfig | None = None,
+        arbiter: ConductorArbiter | None = None,
+        election_settle: float = 1.0,
     ) -> None:
+        meta = dict(me.meta)
+        meta["j"] = joined_at
+        if supernode:
+            meta["s"] = True
+        if conductor:
+            meta["c"] = True
+        me = attrs.evolve(me, meta=meta)
         self.membership = Membership(me, profile, now=now, rng=rng, snapshot=snapshot)
+        self.clock = ClockCore(now, reference_id=me.node_id, config=clock_config)
+        self.election = ElectionCore(
+            me.node_id,
+            self.clock.federation_time(now),
+            arbiter=arbiter,
+            settle_time=election_settle,
+        )
         self._events: list[NodeEvent] = []
+        self._outputs: list[MembershipOutput] = []
         self._published = 0
+        self._time_source: tuple[str | None, bool] | None = None
+        self._time_override: tuple[str | None, bool] | None = None
+        self._candidates_dirty = True
+        self._last_now = now
+        self._refresh(now)
 
     # -- identity -----------------------------------------------------------------------------
 
@@ -88,46 +151,100 @@ class NodeCore:
         """This node's incarnation."""
         return self.membership.incarnation
 
-    # -- driver interface (same as Membership) -------------------------------------------------
+    # -- driver interface ---------------------------------------------------------------------
 
     def add_candidate(self, now: float, address: Address) -> None:
         """Discovery proposes a peer address."""
         self.membership.add_candidate(now, address)
-        self._collect()
+        self._refresh(now)
 
     def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
         """One decoded datagram."""
-        self.membership.handle_message(now, src, sender, body)
-        self._collect()
+        if isinstance(body, ClockRequest):
+            self._outputs.append(SendDatagram(src, self.clock.handle_request(now, body)))
+        elif isinstance(body, ClockReply):
+            self.clock.handle_reply(now, body, sender)
+        else:
+            self.membership.handle_message(now, src, sender, body)
+        self._refresh(now)
 
     def handle_stream(self, now: float, src: Address, sender: str, body: PushPull) -> PushPull:
         """One incoming push-pull; returns the reply."""
         reply = self.membership.handle_stream(now, src, sender, body)
-        self._collect()
+        self._refresh(now)
         return reply
 
     def handle_stream_reply(self, now: float, exchange: int, reply: PushPull | None) -> None:
         """The reply to an outgoing push-pull (``None`` if it failed)."""
         self.membership.handle_stream_reply(now, exchange, reply)
-        self._collect()
+        self._refresh(now)
 
     def handle_timer(self, now: float) -> None:
         """Run due timers."""
         self.membership.handle_timer(now)
-        self._collect()
+        self.clock.handle_timer(now)
+        self.election.handle_timer(self.clock.federation_time(now))
+        self._refresh(now)
 
     def next_deadline(self) -> float:
-        """When :meth:`handle_timer` is next due."""
-        return self.membership.next_deadline()
+        """When :meth:`handle_timer` is next due (local time)."""
+        deadline = self.membership.next_deadline()
+        clock = self.clock.next_deadline()
+        if clock is not None:
+            deadline = min(deadline, clock)
+        election = self.election.next_deadline()
+        if election is not None:
+            # Federation time runs at (almost) the local rate: convert through the offset.
+            snapshot_now = self._last_now
+            fed_now = self.clock.federation_time(snapshot_now)
+            deadline = min(deadline, snapshot_now + max(0.0, election - fed_now) + 1e-6)
+        return deadline
 
     def take_outputs(self) -> list[MembershipOutput]:
         """What to send."""
-        return self.membership.take_outputs()
+        out = self._outputs + self.membership.take_outputs()
+        self._outputs = []
+        return out
 
     def take_events(self) -> list[NodeEvent]:
         """What happened."""
         out, self._events = self._events, []
         return out
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def federation_time(self, now: float) -> float:
+        """Federation time at local time *now* (never decreases)."""
+        return self.clock.federation_time(now)
+
+    def clock_snapshot(self, now: float) -> ClockSnapshot:
+        """The clock's state (offset, error bound, reference, synced...)."""
+        return self.clock.snapshot(now)
+
+    def conductor(self) -> str | None:
+        """The conductor's node id in this node's view."""
+        return self.election.conductor()
+
+    def supernode(self, orchestra: str) -> str | None:
+        """The node id of *orchestra*'s supernode in this node's view."""
+        return self.election.supernode(orchestra)
+
+    def supernodes(self) -> dict[str, str]:
+        """orchestra -> supernode id, for every orchestra with a supernode."""
+        out = {}
+        for lease in self.election.leases():
+            orchestra = post_orchestra(lease.post)
+            holder = self.election.holder(lease.post)
+            if orchestra is not None and holder is not None:
+                out[orchestra] = holder
+        return out
+
+    def path_of(self, node_id: str | None) -> str | None:
+        """The path of *node_id*, if known."""
+        if node_id is None:
+            return None
+        view = self.membership.member(node_id)
+        return None if view is None else view.path
 
     # -- application --------------------------------------------------------------------------
 
@@ -136,36 +253,63 @@ class NodeCore:
         :class:`Publication` is also emitted as an event here). Raises ValueError if the
         payload is not plain data or does not fit in one datagram."""
         check_value(payload, "payload")
-        self._published += 1
-        update = Publish(self.node_id, self._published, topic, payload)
-        if update_size(update) > _MAX_PUBLISH:
-            self._published -= 1
+        update = Publish(self.node_id, self._published + 1, topic, payload)
+        size = update_size(update)
+        if size > _MAX_PUBLISH:
             raise ValueError(
-                f"publication of {update_size(update)} bytes is over the {_MAX_PUBLISH}-byte "
-                "limit; send large data with node.request"
+                f"publication of {size} bytes is over the {_MAX_PUBLISH}-byte limit; "
+                "send large data with node.request"
             )
+        self._published += 1
         self.membership.broadcast(update)
         publication = Publication(
-            topic, payload, self.node_id, self._path(self.node_id), self._published
+            topic, payload, self.node_id, self.path_of(self.node_id), self._published
         )
         self._events.append(publication)
         return publication
 
     def update_meta(self, now: float, meta: Mapping[str, Value]) -> None:
-        """Replace this node's metadata (it travels with a new incarnation)."""
-        self.membership.update_meta(now, meta)
+        """Replace this node's extension metadata (the core's own keys are kept)."""
+        own = {k: v for k, v in self.membership.me.meta.items() if k in ("j", "s", "c")}
+        self.membership.update_meta(now, {**meta, **own})
+        self._refresh(now)
+
+    def set_time_source(self, now: float, reference: str | None, is_self: bool) -> None:
+        """Override the elected time reference (a registry bridge makes a supernode follow the
+        registry's clock); ``reference=None, is_self=False`` returns to the elected one."""
+        self._time_override = None if (reference is None and not is_self) else (reference, is_self)
+        self._choose_time_source(now)
 
     def leave(self, now: float) -> None:
-        """Leave the group gracefully."""
-        self.membership.leave(now)
+        """Leave gracefully, handing every post this node holds to its best successor."""
+        handoffs = self.election.handoff(self.clock.federation_time(now))
+        self.membership.leave(now, extras=handoffs)
+        self._refresh(now)
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _path(self, node_id: str) -> str | None:
-        view = self.membership.member(node_id)
-        return None if view is None else view.path
+    def _candidates(self) -> list[Candidate]:
+        out = []
+        for view in self.membership.members():
+            meta = view.meta
+            joined = meta.get("j", math.inf)
+            out.append(
+                Candidate(
+                    view.node_id,
+                    view.orchestra,
+                    supernode_flag=meta.get("s") is True,
+                    conductor_flag=meta.get("c") is True,
+                    joined_at=float(joined) if isinstance(joined, int | float) else math.inf,
+                    alive=view.is_live
+                    and not (view.node_id == self.node_id and self.membership.has_left),
+                )
+            )
+        return out
 
-    def _collect(self) -> None:
+    def _refresh(self, now: float) -> None:
+        """Route what the cores produced after an input."""
+        self._last_now = now
+        fed = self.clock.federation_time(now)
         for event in self.membership.take_events():
             if isinstance(event, UpdateReceived):
                 update = event.update
@@ -175,14 +319,56 @@ class NodeCore:
                             update.topic,
                             update.payload,
                             update.origin,
-                            self._path(update.origin),
+                            self.path_of(update.origin),
                             update.number,
                         )
                     )
+                else:
+                    self.election.handle_lease(fed, update)
             else:
+                if isinstance(event, MemberEvent):
+                    self._candidates_dirty = True
                 self._events.append(event)
+        if self._candidates_dirty:
+            self._candidates_dirty = False
+            self.election.update_members(fed, self._candidates())
+        leases = self.election.take_outputs()
+        for lease in leases:
+            self.membership.broadcast(lease)
+        if leases:
+            self.membership.set_state_extras(self.election.leases())
+        events: list[ElectionEvent] = self.election.take_events()
+        self._events.extend(events)
+        if events or self._time_source is None:
+            self._choose_time_source(now)
+        for dest, request in self.clock.take_outputs():
+            view = self.membership.member(dest)
+            if view is not None and view.is_live:
+                self._outputs.append(SendDatagram(view.address, request))
 
+    def _elected_reference(self) -> str | None:
+        conductor = self.election.conductor()
+        if conductor is not None:
+            return conductor
+        best: tuple[float, str] | None = None
+        for lease in self.election.leases():
+            if post_orchestra(lease.post) is None:
+                continue
+            holder = self.election.holder(lease.post)
+            if holder is not None and (best is None or (lease.tenure_start, holder) < best):
+                best = (lease.tenure_start, holder)
+        return None if best is None else best[1]
 
-def datagrams(outputs: list[Any]) -> list[SendDatagram]:
-    """The datagram outputs among *outputs* (a convenience for tests)."""
-    return [o for o in outputs if isinstance(o, SendDatagram)]
+    def _choose_time_source(self, now: float) -> None:
+        if self._time_override is not None:
+            source = self._time_override
+        else:
+            reference = self._elected_reference()
+            if reference is None or reference == self.node_id:
+                source = (self.node_id, True)
+            else:
+                source = (reference, False)
+        if source != self._time_source:
+            self._time_source = source
+            self.clock.set_reference(now, source[0], source[1])
+            self._events.append(TimeSourceChanged(None if source[1] else source[0], source[1]))

@@ -38,6 +38,7 @@ class LiveNode:
         self.process = process
         self.tmp = tmp
         self.ready: dict[str, str] = {}
+        self.client: httpx.AsyncClient | None = None
         self.output: list[str] = []
 
     @property
@@ -54,11 +55,13 @@ class LiveNode:
         return host, int(port)
 
     async def status(self) -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.get(self.status_url + "/api/status")
-            response.raise_for_status()
-            doc: dict[str, Any] = response.json()
-            return doc
+        # One client per group: creating one costs tens of milliseconds (its TLS context),
+        # which would dominate the timings the tests measure.
+        assert self.client is not None, "use the node inside start_nodes"
+        response = await self.client.get(self.status_url + "/api/status")
+        response.raise_for_status()
+        doc: dict[str, Any] = response.json()
+        return doc
 
     async def states(self) -> dict[str, str]:
         """path -> state, as this node sees its members."""
@@ -107,10 +110,11 @@ async def start_nodes(
     and kill whatever is left at the end."""
     beacon = beacon_port or free_udp_port()
     nodes: list[LiveNode] = []
-    async with trio.open_nursery() as nursery:
+    async with httpx.AsyncClient(timeout=5.0) as client, trio.open_nursery() as nursery:
         try:
             for index, name in enumerate(names):
                 nodes.append(await start_node(tmp, name, args, index, orchestra, beacon, env))
+                nodes[-1].client = client
             with trio.fail_after(30):
                 async with trio.open_nursery() as ready:
                     for node in nodes:

@@ -1,0 +1,152 @@
+"""Elections and the federation clock with real ``stagemesh node`` processes on loopback:
+6 nodes in 2 orchestras, 2 conductor candidates, +-2 s skew and 100 ppm drift injected."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests.livenodes import LiveNode, start_nodes, wait_for
+
+pytestmark = pytest.mark.slow
+
+NAMES = ["a1", "a2", "a3", "b1", "b2", "b3"]
+SKEWS = {"a1": 2.0, "a2": -2.0, "a3": 1.3, "b1": -1.7, "b2": 0.4, "b3": -0.9}
+
+
+def node_args(index: int, name: str) -> list[str]:
+    args = [
+        "--no-mdns",
+        "--orchestra",
+        "o" + name[0],
+        "--clock-skew",
+        str(SKEWS[name]),
+        "--clock-drift",
+        "100" if index % 2 else "-100",
+    ]
+    if name in ("a1", "b1"):
+        args.append("--conductor")
+    return args
+
+
+async def agreed(nodes: list[LiveNode]) -> dict[str, Any] | None:
+    """The common view (conductor, supernodes) if every node agrees and is synced, else None."""
+    views = [await n.status() for n in nodes]
+    first = views[0]
+    for doc in views:
+        if doc["conductor"] is None or not doc["clock"]["synced"]:
+            return None
+        if (doc["conductor"], doc["supernodes"]) != (first["conductor"], first["supernodes"]):
+            return None
+        if len([m for m in doc["members"] if m["state"] == "alive"]) != len(nodes):
+            return None
+    return {"conductor": first["conductor"], "supernodes": first["supernodes"]}
+
+
+async def clock_offsets(client: httpx.AsyncClient, nodes: list[LiveNode]) -> list[float]:
+    """federation_time - host_time on each node (each read at one instant on that node)."""
+    out = []
+    for node in nodes:
+        doc = (await client.get(node.status_url + "/api/clock")).json()
+        out.append(doc["federation_time"] - doc["host_time"])
+    return out
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+async def test_one_conductor_one_supernode_per_orchestra_and_clocks_agree(tmp_path: Path) -> None:
+    async with start_nodes(tmp_path, NAMES, node_args) as nodes:
+        view: dict[str, Any] = {}
+
+        async def settled() -> bool:
+            nonlocal view
+            view = await agreed(nodes) or {}
+            return bool(view)
+
+        await wait_for(settled, 30, every=0.1, what="one agreed conductor and synced clocks")
+        assert view["conductor"] in ("/oa/a1", "/ob/b1")
+        assert set(view["supernodes"]) == {"oa", "ob"}
+        assert view["supernodes"]["oa"].startswith("/oa/")
+        assert view["supernodes"]["ob"].startswith("/ob/")
+        # Pairwise agreement of federation time, despite +-2 s skew and 100 ppm drift.
+        diffs: list[float] = []
+        async with httpx.AsyncClient(timeout=5) as client:
+            for _ in range(40):
+                offsets = await clock_offsets(client, nodes)
+                diffs += [abs(a - b) for a, b in itertools.combinations(offsets, 2)]
+        assert p99(diffs) <= 0.001, f"p99 pairwise disagreement {p99(diffs) * 1e6:.0f} us"
+
+
+async def statuses(nodes: list[LiveNode]) -> list[dict[str, Any]]:
+    """Every node's status, fetched concurrently (so one poll costs one round trip)."""
+    out: list[dict[str, Any]] = [{} for _ in nodes]
+
+    async def fetch(index: int) -> None:
+        out[index] = await nodes[index].status()
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(nodes)):
+            nursery.start_soon(fetch, index)
+    return out
+
+
+def path_of(node: LiveNode) -> str:
+    return f"/o{node.name[0]}/{node.name}"
+
+
+async def test_conductor_failover_and_planned_handoff(tmp_path: Path) -> None:
+    candidates = {"a1", "b1", "b2"}
+
+    def args(index: int, name: str) -> list[str]:
+        extra = node_args(index, name)
+        if name in candidates and "--conductor" not in extra:
+            extra.append("--conductor")
+        return extra
+
+    async with start_nodes(tmp_path, NAMES, args) as nodes:
+        view: dict[str, Any] = {}
+
+        async def settled(group: list[LiveNode]) -> bool:
+            nonlocal view
+            view = await agreed(group) or {}
+            return bool(view)
+
+        await wait_for(lambda: settled(nodes), 30, every=0.1, what="initial agreement")
+        by_path = {path_of(n): n for n in nodes}
+        first = by_path[view["conductor"]]
+        rest = [n for n in nodes if n is not first]
+        before = {n.name: (await n.status())["clock"]["federation_time"] for n in rest}
+
+        # Crash: a standby takes over within the failover target.
+        first.kill()
+
+        async def one_new_conductor() -> bool:
+            seen = {doc["conductor"] for doc in await statuses(rest)}
+            return len(seen) == 1 and None not in seen and view["conductor"] not in seen
+
+        took = await wait_for(one_new_conductor, 15, every=0.02, what="failover")
+        assert took <= 5.0, f"failover took {took:.2f} s"
+        for doc in await statuses(rest):  # federation time kept going forward
+            name = doc["node"]["name"]
+            assert doc["clock"]["federation_time"] > before[name]
+
+        # Planned handoff: SIGTERM the new conductor; the last candidate takes over at once.
+        await wait_for(lambda: settled(rest), 20, every=0.1, what="agreement after failover")
+        second = by_path[view["conductor"]]
+        remaining = [n for n in rest if n is not second]
+        (last,) = [n for n in remaining if n.name in candidates]
+        second.terminate()
+
+        async def handed_over() -> bool:
+            return all(doc["conductor"] == path_of(last) for doc in await statuses(remaining))
+
+        took = await wait_for(handed_over, 5, every=0.01, what="planned handoff")
+        assert took <= 0.5, f"handoff took {took:.2f} s"
