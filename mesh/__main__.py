@@ -19,19 +19,25 @@ def commands() -> list[Command]:
     """Every ``stagemesh`` subcommand, in the order ``--help`` lists them."""
     from mesh._node_cli import KeygenCommand, NodeCommand, StatusCommand
     from mesh._sim_cli import SimCommand
+    from registry_bridge._command import RegistryCommand
+    from roles._cli import RolesCommand
 
     found: list[Command] = [
         NodeCommand(extensions=node_extensions()),
         StatusCommand(),
         KeygenCommand(),
         SimCommand(),
+        RegistryCommand(),
+        RolesCommand(),
     ]
     return found
 
 
 def node_extensions() -> list[ExtensionFactory]:
     """The extension factories ``stagemesh node`` offers (roles, registry bridge)."""
-    return []
+    from roles._extension import roles_extension_factory
+
+    return [roles_extension_factory]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -129,6 +129,10 @@ class NodeCore:
             self.clock.federation_time(now),
             arbiter=arbiter,
             settle_time=election_settle,
+            # Holders re-announce often enough that a node whose view went stale (a stall, a
+            # partition that healed without deaths) is corrected within seconds; a lease is a
+            # 70-byte update, so this costs little.
+            reannounce_interval=3.0,
         )
         self._events: list[NodeEvent] = []
         self._outputs: list[MembershipOutput] = []

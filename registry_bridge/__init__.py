@@ -1,1 +1,49 @@
-"""The HTTP registry (JSON API, legacy text API, HTML pages, SQLite store) and the node-side bridge."""
+"""The HTTP registry (JSON API, legacy text API, HTML pages, SQLite store) and the node-side bridge."""  # noqa: E501
+
+from registry_bridge._app import create_app as create_app
+from registry_bridge._client import (
+    ConductorConflict as ConductorConflict,
+    ConductorState as ConductorState,
+    ElapsedSample as ElapsedSample,
+    Heartbeat as Heartbeat,
+    Peer as Peer,
+    Registration as Registration,
+    RegistryClient as RegistryClient,
+    RegistryConflict as RegistryConflict,
+    RegistryError as RegistryError,
+    RegistryNotFound as RegistryNotFound,
+    RegistryRejected as RegistryRejected,
+    RegistryUnreachable as RegistryUnreachable,
+)
+from registry_bridge._command import RegistryCommand as RegistryCommand
+from registry_bridge._server import serve_registry as serve_registry
+from registry_bridge._store import (
+    AsyncStore as AsyncStore,
+    Conflict as Conflict,
+    NotFound as NotFound,
+    RegistryStore as RegistryStore,
+    StoreError as StoreError,
+)
+
+__all__ = [
+    "AsyncStore",
+    "ConductorConflict",
+    "ConductorState",
+    "Conflict",
+    "ElapsedSample",
+    "Heartbeat",
+    "NotFound",
+    "Peer",
+    "Registration",
+    "RegistryClient",
+    "RegistryCommand",
+    "RegistryConflict",
+    "RegistryError",
+    "RegistryNotFound",
+    "RegistryRejected",
+    "RegistryStore",
+    "RegistryUnreachable",
+    "StoreError",
+    "create_app",
+    "serve_registry",
+]

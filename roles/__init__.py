@@ -13,7 +13,8 @@ Errors (all carry a message that alone explains the problem to whoever sent the 
     │   ├── MissingRoleFactory
     │   ├── TooManyInstances
     │   └── InvalidOptions
-    └── InvalidRequest
+    ├── InvalidRequest
+    └── NotConductor            roles.push sent to a node that is not the conductor
 """
 
 from roles._config import (
@@ -41,6 +42,17 @@ from roles._errors import (
     TooManyInstances as TooManyInstances,
     error_from_dict as error_from_dict,
     error_from_wire as error_from_wire,
+)
+from roles._extension import (
+    DESIRED_FILE_NAME as DESIRED_FILE_NAME,
+    MANAGER_KINDS as MANAGER_KINDS,
+    META_BUDGET as META_BUDGET,
+    NotConductor as NotConductor,
+    RolesExtension as RolesExtension,
+    push_config as push_config,
+    remote_error as remote_error,
+    roles_extension_factory as roles_extension_factory,
+    station_meta as station_meta,
 )
 from roles._factories import (
     BuildContext as BuildContext,
@@ -76,6 +88,9 @@ from roles._supervisor import (
 )
 
 __all__ = [
+    "DESIRED_FILE_NAME",
+    "MANAGER_KINDS",
+    "META_BUDGET",
     "REQUEST_KINDS",
     "STATE_FILE_NAME",
     "ApplyResult",
@@ -89,6 +104,7 @@ __all__ = [
     "InvalidOptions",
     "InvalidRequest",
     "MissingRoleFactory",
+    "NotConductor",
     "OptionSpec",
     "ProcessSpec",
     "ProcessStatus",
@@ -96,6 +112,7 @@ __all__ = [
     "RoleEntry",
     "RoleFactory",
     "RolesError",
+    "RolesExtension",
     "Station",
     "StationAnswer",
     "StationFile",
@@ -118,6 +135,10 @@ __all__ = [
     "open_supervisor",
     "parse_role_config",
     "process_group_alive",
+    "push_config",
     "read_identity",
+    "remote_error",
+    "roles_extension_factory",
+    "station_meta",
     "validate_update",
 ]

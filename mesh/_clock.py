@@ -1,0 +1,669 @@
+"""The federation clock: a sans-IO estimator of the time reference's clock, slewed, monotonic.
+
+A node's **local time** is a monotonic reading the driver passes in as ``now`` (``time.monotonic()``
+through a :class:`SkewedClock` when skew or drift is injected). Its **federation time** is local
+time plus an offset that the :class:`ClockCore` estimates against a **time reference**, the node
+the runtime names with :meth:`ClockCore.set_reference` (the conductor, else the longest-serving
+supernode). The reference answers :class:`~mesh._wire.ClockRequest` with its own federation time.
+
+How it works (docs/clock.md has the full story):
+
+- **Exchanges.** The core emits ``ClockRequest(probe, t1)`` to the reference: 10/s during the first
+  second (or until ``burst_samples`` replies), then less and less often, up to every
+  ``max_interval`` seconds. A reply gives the NTP sample ``offset = ((t2 - t1) + (t3 - t4)) / 2``
+  at local time ``(t1 + t4) / 2``, round trip ``rtt = (t4 - t1) - (t3 - t2)``, and the
+  worst-case error ``rtt / 2 + the reference's own error bound``.
+- **Estimate.** A weighted least-squares line (offset and drift) through the lowest-round-trip
+  quarter of the last ``history`` samples; early on, or right after a reference change, a
+  weighted mean of the best few recent samples projected along the previous drift instead.
+- **Slewing.** Federation time never decreases. A correction is absorbed at ``slew_rate`` (5%
+  of elapsed time), or ``fast_slew_rate`` (50%) for the part beyond ``step_threshold``; the clock
+  steps, only forward, on its first sync and when it is behind by more than ``step_threshold``.
+- **Error bound.** A worst-case bound carried with every estimate: each sample's error bound
+  propagated through the estimator (and a worst-case drift interval), plus the unslewed
+  correction. It holds as long as the clocks' rates are constant and stay within
+  ``max_drift_ppm`` of each other (it does not rely on delays being symmetric).
+
+Drive it h11-style: feed inputs (:meth:`~ClockCore.handle_timer`, :meth:`~ClockCore.handle_reply`,
+:meth:`~ClockCore.handle_request`, :meth:`~ClockCore.set_reference`), then send what
+:meth:`~ClockCore.take_outputs` returns and sleep until :meth:`~ClockCore.next_deadline`.
+All times are seconds as floats; ``now`` is always the node's local time.
+
+Nothing here raises on bad input from the network: an unknown, stale or malformed reply is
+counted (``rejected``) and ignored. :class:`ClockCore` and :class:`ClockConfig` raise
+``ValueError`` for an invalid configuration.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import attrs
+
+from mesh._wire import ClockReply, ClockRequest
+
+__all__ = [
+    "MAX_REPORTED_ERROR",
+    "ClockConfig",
+    "ClockCore",
+    "ClockSnapshot",
+    "SkewedClock",
+]
+
+MAX_REPORTED_ERROR = 1e6
+"""What a node puts in a :class:`ClockReply` when its own error bound is unknown (infinite):
+the wire carries only finite numbers. Samples this bad carry no weight."""
+
+_MIN_BOUND = 1e-9  # floor of a sample's error bound (keeps the weights finite)
+
+
+@attrs.frozen
+class SkewedClock:
+    """A node's local clock made from a true monotonic reading: skewed and drifting.
+
+    ``local = true + skew_s + (true - origin) * drift_ppm / 1e6``, so a positive ``drift_ppm``
+    makes the local clock run fast. The driver of a node started with ``--clock-skew`` and
+    ``--clock-drift`` reads ``SkewedClock(skew, drift, origin=time.monotonic())(time.monotonic())``;
+    the simulator uses the same mapping with virtual time.
+    """
+
+    skew_s: float = 0.0
+    drift_ppm: float = 0.0
+    origin: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        if not (math.isfinite(self.skew_s) and math.isfinite(self.origin)):
+            raise ValueError("skew and origin must be finite")
+        if not (math.isfinite(self.drift_ppm) and abs(self.drift_ppm) < 1e5):
+            raise ValueError("drift_ppm must be finite and below 100000 in magnitude")
+
+    def __call__(self, true_now: float) -> float:
+        """The local reading at true monotonic time *true_now*."""
+        return true_now + self.skew_s + (true_now - self.origin) * self.drift_ppm * 1e-6
+
+    def to_true(self, local: float) -> float:
+        """The true monotonic time at which the local clock reads *local* (to sleep until a
+        local deadline)."""
+        return self.origin + (local - self.skew_s - self.origin) / (1.0 + self.drift_ppm * 1e-6)
+
+
+def _positive(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attr.name} must be a positive finite number, not {value!r}")
+
+
+def _non_negative(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attr.name} must be a non-negative finite number, not {value!r}")
+
+
+def _count(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{attr.name} must be at least 1, not {value!r}")
+
+
+@attrs.frozen
+class ClockConfig:
+    """The knobs of a :class:`ClockCore`; the defaults suit a LAN and loopback.
+
+    Raises ``ValueError`` when a value is out of range (for example a slew rate of 1 or more,
+    which could stop or reverse the clock).
+    """
+
+    fast_interval: float = attrs.field(default=0.1, validator=_positive)
+    """Seconds between requests during the start burst (10/s)."""
+    burst_duration: float = attrs.field(default=1.0, validator=_non_negative)
+    """The burst lasts this long after the reference is set ..."""
+    burst_samples: int = attrs.field(default=10, validator=_count)
+    """... or until this many replies were accepted, whichever comes first."""
+    backoff: float = attrs.field(default=0.125, validator=_positive)
+    """After the burst the interval is ``backoff`` times the time since the reference was set ..."""
+    max_interval: float = attrs.field(default=1.0, validator=_positive)
+    """... capped at this many seconds."""
+    reply_timeout: float = attrs.field(default=1.0, validator=_positive)
+    """A reply later than this (round trip) is stale and ignored."""
+    max_outstanding: int = attrs.field(default=8, validator=_count)
+    """Requests awaiting a reply that are remembered (the oldest is forgotten first)."""
+    window: int = attrs.field(default=16, validator=_count)
+    """The offset is taken from the best of this many most recent samples ..."""
+    best: int = attrs.field(default=3, validator=_count)
+    """... using this many of them (the lowest-error ones), weighted."""
+    history: int = attrs.field(default=64, validator=_count)
+    """Samples kept for the fit of offset and drift ..."""
+    fit_fraction: float = attrs.field(default=0.25, validator=_positive)
+    """... which uses this fraction of them with the lowest round trips (at least ``best``)."""
+    min_samples: int = attrs.field(default=4, validator=_count)
+    """Samples from the current reference needed before the clock says it is synced (it also
+    needs a synced reference and an error bound within ``step_threshold``)."""
+    stale_after: float = attrs.field(default=20.0, validator=_positive)
+    """Without an accepted sample for this long, the clock no longer says it is synced."""
+    max_drift_ppm: float = attrs.field(default=500.0, validator=_positive)
+    """The assumed limit on the rate difference of any two clocks (crystals: ~50 ppm)."""
+    wander_ppm_per_s: float = attrs.field(default=0.01, validator=_non_negative)
+    """How fast an earlier drift interval is widened as it ages (temperature changes)."""
+    reference_drift_ppm: float = attrs.field(default=5.0, validator=_non_negative)
+    """How much less precise the rate is taken to be after the reference changes (the new
+    reference followed the old one, so their rates nearly agree). It decides whether the old
+    rate or a fresh fit is used; the error bound does not rely on it."""
+    slew_rate: float = attrs.field(default=0.05, validator=_positive)
+    """Corrections are absorbed at this fraction of elapsed local time (5%)."""
+    fast_slew_rate: float = attrs.field(default=0.5, validator=_positive)
+    """The part of a correction beyond ``step_threshold`` is absorbed this fast."""
+    step_threshold: float = attrs.field(default=0.1, validator=_positive)
+    """Behind by more than this (seconds), the clock steps forward instead of slewing."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.slew_rate > self.fast_slew_rate:
+            raise ValueError("slew_rate must not exceed fast_slew_rate")
+        if self.fast_slew_rate + self.max_drift_ppm * 1e-6 >= 1.0:
+            raise ValueError("fast_slew_rate plus max drift must stay below 1 (time must advance)")
+        if self.best > self.window or self.window > self.history:
+            raise ValueError("need best <= window <= history")
+
+
+@attrs.frozen
+class ClockSnapshot:
+    """The state of a node's federation clock at one local instant (``ClockCore.snapshot``).
+
+    ``error_bound`` is a worst-case bound on the difference between ``federation_time`` and the
+    reference's (when the reference itself follows another node, its own bound is included, so
+    the bound is against the node at the top of the chain); ``math.inf`` when the node has no
+    estimate against its current reference. ``drift_ppm`` is how fast the local clock runs
+    against federation time (positive: local is fast).
+    """
+
+    local_time: float
+    federation_time: float
+    offset: float
+    """``federation_time - local_time``."""
+    drift_ppm: float
+    drift_bound_ppm: float
+    """Worst-case error of ``drift_ppm``."""
+    error_bound: float
+    reference: str | None
+    is_reference: bool
+    synced: bool
+    samples: int
+    """Samples held from the current reference."""
+    rtt: float | None
+    """The lowest round trip among the recent samples, if any."""
+    requests: int
+    replies: int
+    rejected: int
+    steps: int
+    resets: int
+    """Times the samples contradicted the estimate (a rate change, or the reference's time
+    changed) and were discarded."""
+
+
+@attrs.frozen
+class _Sample:
+    mid: float  # local time of the measurement (midpoint of t1 and t4)
+    offset: float  # federation time minus local time there
+    rtt: float
+    bound: float  # worst-case |offset error|
+
+
+class ClockCore:
+    """The federation clock of one node, as a pure state machine (see the module docstring).
+
+    *now* is the node's local time. *initial_time* is its federation time at *now* before any
+    sync: the default 0.0 makes the node's start the federation's epoch, which is what the first
+    node of a federation (no registry) wants; a node joining later steps forward to the
+    federation's time at its first sync. *is_reference* starts the node as the time reference
+    (same as ``set_reference(now, reference_id, is_self=True)``). *reference_id* names itself
+    in snapshots.
+    """
+
+    def __init__(
+        self,
+        now: float,
+        *,
+        is_reference: bool = False,
+        reference_id: str | None = None,
+        initial_time: float = 0.0,
+        config: ClockConfig | None = None,
+    ) -> None:
+        if not (math.isfinite(now) and math.isfinite(initial_time)):
+            raise ValueError("now and initial_time must be finite")
+        self._cfg = config if config is not None else ClockConfig()
+        self._max_drift = self._cfg.max_drift_ppm * 1e-6
+        self._last_now = now
+        self._last_fed = -math.inf  # the largest federation time handed out (rounding guard)
+        # The estimate: federation time = line(L) - residual(L), line(L) = a_fed + (1+rate)(L-a)
+        self._a_local = now
+        self._a_fed = initial_time
+        self._rate = 0.0
+        self._res0 = 0.0
+        self._res_at = now
+        # What the line's error bound is made of; None = unknown (infinite). A second estimate
+        # (_alt, same anchor) tightens the bound: the truth lies within both.
+        self._est: _Bound | None = None
+        self._alt: tuple[float, float, _Bound] | None = None  # (federation time at a, rate, bound)
+        # Drift (the line's rate) as a worst-case interval, widened as it ages.
+        self._d_lo = -self._max_drift
+        self._d_hi = self._max_drift
+        self._d_at = now
+        self._rate_err = self._max_drift  # how precise the rate is thought to be (not a bound)
+        self._ever_estimated = False
+        # Reference and polling.
+        self._reference: str | None = None
+        self._is_self = False
+        self._poll_start = now
+        self._next_poll: float | None = None
+        self._probe = 0
+        self._outstanding: dict[int, tuple[float, str]] = {}
+        self._outputs: list[tuple[str, ClockRequest]] = []
+        # Samples from the current reference.
+        self._samples: deque[_Sample] = deque(maxlen=self._cfg.history)
+        self._accepted = 0
+        self._ref_synced = False
+        self._last_sample_at = -math.inf
+        # Counters.
+        self._requests = 0
+        self._replies = 0
+        self._rejected = 0
+        self._steps = 0
+        self._resets = 0
+        if is_reference:
+            self.set_reference(now, reference_id, is_self=True)
+
+    # -----------------------------------------------------------------------------------------
+    # Inputs
+
+    def set_reference(self, now: float, reference_id: str | None, is_self: bool) -> None:
+        """Follow *reference_id* (a node id), or be the reference (*is_self*), or follow no one
+        (``None`` and not self: between elections; the clock runs on its last estimate).
+
+        Federation time stays continuous: a node that becomes the reference keeps its current
+        federation time and rate; a node that follows a new reference starts a new burst of
+        requests and slews to it. Calling it again with the same arguments changes nothing.
+        """
+        now = self._tick(now)
+        if reference_id == self._reference and is_self == self._is_self:
+            return
+        self._reference = reference_id
+        self._is_self = is_self
+        self._outstanding.clear()
+        self._samples.clear()
+        self._accepted = 0
+        self._ref_synced = False
+        self._last_sample_at = -math.inf
+        if is_self:
+            # Freeze the current federation time and rate as the definition of time.
+            fed = self._read(now)
+            self._a_local, self._a_fed = now, fed
+            self._res0, self._res_at = 0.0, now
+            self._est, self._alt = _EXACT, None
+            self._rate_err = 0.0  # its rate is the federation's, by definition
+            self._next_poll = None
+            return
+        if reference_id is None:
+            # Nobody to follow: run on the last estimate (its bound keeps growing with age).
+            self._next_poll = None
+            return
+        # Follow: keep the line (continuity) but nothing is known of the new reference yet.
+        self._est, self._alt = None, None
+        # The rate is kept (it is likely still right) but the worst-case interval restarts.
+        self._d_lo, self._d_hi, self._d_at = -self._max_drift, self._max_drift, now
+        extra = self._cfg.reference_drift_ppm * 1e-6
+        self._rate_err = min(self._rate_err + extra, self._max_drift)
+        self._poll_start = now
+        self._next_poll = now
+
+    def handle_timer(self, now: float) -> None:
+        """Send a request to the reference if one is due, forget requests too old to answer."""
+        now = self._tick(now)
+        limit = now - self._cfg.reply_timeout
+        for probe in [p for p, (t1, _) in self._outstanding.items() if t1 < limit]:
+            del self._outstanding[probe]
+        if self._next_poll is None or now < self._next_poll or self._reference is None:
+            return
+        self._probe += 1
+        while len(self._outstanding) >= self._cfg.max_outstanding:
+            del self._outstanding[next(iter(self._outstanding))]
+        self._outstanding[self._probe] = (now, self._reference)
+        self._outputs.append((self._reference, ClockRequest(self._probe, now)))
+        self._requests += 1
+        self._next_poll = now + self._interval(now)
+
+    def handle_request(self, now: float, request: ClockRequest) -> ClockReply:
+        """Answer a peer's request with this node's federation time (any node answers; the
+        reply carries its error bound and whether it is synced, and the asker judges)."""
+        now = self._tick(now)
+        t = self._read(now)
+        bound = self._bound(now)
+        return ClockReply(
+            probe=request.probe,
+            t1=request.t1,
+            t2=t,
+            t3=t,
+            error_bound=min(bound, MAX_REPORTED_ERROR),
+            synced=self._synced(now),
+        )
+
+    def handle_reply(self, now: float, reply: ClockReply, sender: str | None = None) -> bool:
+        """Take the reference's answer (received at local time *now*) into the estimate.
+
+        Returns whether it was used. A reply to an unknown or already answered probe, from
+        another node than the one asked (when *sender* is given), with a changed ``t1``, older
+        than ``reply_timeout`` or with a negative round trip is counted as rejected and ignored.
+        """
+        now = self._tick(now)
+        pending = self._outstanding.get(reply.probe)
+        if (
+            pending is None
+            or self._is_self
+            or pending[1] != self._reference
+            or (sender is not None and sender != pending[1])
+            or reply.t1 != pending[0]
+            or now - pending[0] > self._cfg.reply_timeout
+            or reply.t3 < reply.t2
+        ):
+            self._rejected += 1
+            return False
+        t1, t4 = pending[0], now
+        rtt = (t4 - t1) - (reply.t3 - reply.t2)
+        if rtt < 0:
+            self._rejected += 1
+            return False
+        del self._outstanding[reply.probe]
+        ref_bound = reply.error_bound if reply.error_bound < MAX_REPORTED_ERROR else math.inf
+        bound = max(rtt / 2 + self._max_drift * (t4 - t1) + ref_bound, _MIN_BOUND)
+        sample = _Sample(
+            mid=(t1 + t4) / 2,
+            offset=((reply.t2 - t1) + (reply.t3 - t4)) / 2,
+            rtt=rtt,
+            bound=bound,
+        )
+        self._replies += 1
+        self._ref_synced = reply.synced
+        if not math.isfinite(bound):
+            # The reference does not know its own time: nothing to learn but that it is there.
+            return True
+        if not self._consistent(sample):
+            # Samples and estimate cannot both be right: the reference's time or a rate changed.
+            self._resets += 1
+            self._samples.clear()
+            self._accepted = 0
+            self._d_lo, self._d_hi, self._d_at = -self._max_drift, self._max_drift, now
+            self._rate_err = self._max_drift
+            self._poll_start = now
+            self._next_poll = now + self._cfg.fast_interval
+        self._samples.append(sample)
+        self._accepted += 1
+        self._last_sample_at = now
+        self._update(now)
+        return True
+
+    # -----------------------------------------------------------------------------------------
+    # Outputs and queries
+
+    def take_outputs(self) -> list[tuple[str, ClockRequest]]:
+        """Return and forget the requests to send, as ``(destination node id, request)``."""
+        out, self._outputs = self._outputs, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The local time at which :meth:`handle_timer` should next be called (None: never)."""
+        return self._next_poll
+
+    def federation_time(self, now: float) -> float:
+        """Federation time at local time *now*; never less than an earlier answer."""
+        return self._read(self._tick(now))
+
+    @property
+    def reference(self) -> str | None:
+        """The node id followed (or this node's own id if it is the reference, when known)."""
+        return self._reference
+
+    @property
+    def is_reference(self) -> bool:
+        """Whether this node is the time reference."""
+        return self._is_self
+
+    def snapshot(self, now: float) -> ClockSnapshot:
+        """The clock's state at local time *now* as a frozen value (for status and tests)."""
+        now = self._tick(now)
+        fed = self._read(now)
+        recent = list(self._samples)[-self._cfg.window :]
+        lo, hi = self._drift_interval(now)
+        d = self._rate
+        local_per_fed = 1.0 / (1.0 + d) - 1.0
+        return ClockSnapshot(
+            local_time=now,
+            federation_time=fed,
+            offset=fed - now,
+            drift_ppm=local_per_fed * 1e6,
+            drift_bound_ppm=0.0 if self._est is _EXACT else max(d - lo, hi - d, 0.0) * 1e6,
+            error_bound=self._bound(now),
+            reference=self._reference,
+            is_reference=self._is_self,
+            synced=self._synced(now),
+            samples=len(self._samples),
+            rtt=min((s.rtt for s in recent), default=None),
+            requests=self._requests,
+            replies=self._replies,
+            rejected=self._rejected,
+            steps=self._steps,
+            resets=self._resets,
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # Internals
+
+    def _tick(self, now: float) -> float:
+        # A driver's clock may not go backwards; if it does, time stands still instead.
+        if now > self._last_now:
+            self._last_now = now
+        return self._last_now
+
+    def _read(self, now: float) -> float:
+        # Rounding when the line is re-anchored may cost an ulp; never hand out less than before.
+        fed = max(self._fed(now), self._last_fed)
+        self._last_fed = fed
+        return fed
+
+    def _residual(self, at: float) -> float:
+        r = self._res0
+        dt = at - self._res_at
+        if r == 0.0 or dt <= 0.0:
+            return r
+        a = abs(r)
+        excess = a - self._cfg.step_threshold
+        if excess > 0:
+            t_fast = excess / self._cfg.fast_slew_rate
+            if dt <= t_fast:
+                return math.copysign(a - self._cfg.fast_slew_rate * dt, r)
+            dt -= t_fast
+            a = self._cfg.step_threshold
+        return math.copysign(max(0.0, a - self._cfg.slew_rate * dt), r)
+
+    def _line(self, at: float) -> float:
+        return self._a_fed + (1.0 + self._rate) * (at - self._a_local)
+
+    def _fed(self, at: float) -> float:
+        return self._line(at) - self._residual(at)
+
+    def _est_bound(self, at: float) -> float:
+        if self._est is None:
+            return math.inf
+        bound = self._est.at(at, self._a_local)
+        if self._alt is not None:
+            fed, rate, alt = self._alt
+            gap = fed + (1.0 + rate) * (at - self._a_local) - self._line(at)
+            bound = min(bound, alt.at(at, self._a_local) + abs(gap))
+        return bound
+
+    def _bound(self, at: float) -> float:
+        return self._est_bound(at) + abs(self._residual(at))
+
+    def _synced(self, now: float) -> bool:
+        if self._is_self:
+            return True
+        if self._reference is None or self._est is None:
+            return False
+        return (
+            self._ref_synced
+            and self._accepted >= self._cfg.min_samples
+            and now - self._last_sample_at <= self._cfg.stale_after
+            and self._bound(now) <= self._cfg.step_threshold
+        )
+
+    def _interval(self, now: float) -> float:
+        cfg = self._cfg
+        elapsed = now - self._poll_start
+        if elapsed < cfg.burst_duration and self._accepted < cfg.burst_samples:
+            return cfg.fast_interval
+        return min(cfg.max_interval, max(cfg.fast_interval, cfg.backoff * elapsed))
+
+    def _drift_interval(self, now: float) -> tuple[float, float]:
+        widen = self._cfg.wander_ppm_per_s * 1e-6 * max(0.0, now - self._d_at)
+        return (max(self._d_lo - widen, -self._max_drift), min(self._d_hi + widen, self._max_drift))
+
+    def _widen_drift(self, now: float) -> None:
+        self._d_lo, self._d_hi = self._drift_interval(now)
+        self._d_at = now
+
+    def _consistent(self, s: _Sample) -> bool:
+        if self._est is None or self._est is _EXACT:
+            return True
+        predicted = self._line(s.mid) - s.mid
+        return abs(s.offset - predicted) <= s.bound + self._est_bound(s.mid) + 1e-9
+
+    def _fit(self, now: float) -> _Fit | None:
+        """Weighted least squares of offset against time over the lowest-error samples."""
+        cfg = self._cfg
+        keep = max(cfg.best, math.ceil(len(self._samples) * cfg.fit_fraction))
+        pts = sorted(self._samples, key=lambda s: s.bound)[:keep]
+        if len(pts) < 2:
+            return None
+        ws = [1.0 / (s.bound * s.bound) for s in pts]
+        wsum = sum(ws)
+        mbar = sum(w * s.mid for w, s in zip(ws, pts, strict=True)) / wsum
+        sxx = sum(w * (s.mid - mbar) ** 2 for w, s in zip(ws, pts, strict=True))
+        if sxx <= 0.0:
+            return None
+        cs = [w * (s.mid - mbar) / sxx for w, s in zip(ws, pts, strict=True)]
+        hs = [w / wsum + c * (now - mbar) for w, c in zip(ws, cs, strict=True)]
+        rate = sum(c * s.offset for c, s in zip(cs, pts, strict=True))
+        rate_error = sum(abs(c) * s.bound for c, s in zip(cs, pts, strict=True))
+        # The statistical error of the rate, from the residuals when there are enough of them.
+        sigma = rate_error
+        if len(pts) >= 8:
+            obar = sum(w * s.offset for w, s in zip(ws, pts, strict=True)) / wsum
+            k = sum(
+                w * (s.offset - obar - rate * (s.mid - mbar)) ** 2
+                for w, s in zip(ws, pts, strict=True)
+            ) / (len(pts) - 2)
+            sigma = min(math.sqrt(k / sxx), rate_error)
+        return _Fit(
+            rate=rate,
+            rate_error=rate_error,
+            sigma=sigma,
+            offset=sum(h * s.offset for h, s in zip(hs, pts, strict=True)),
+            bound=_Bound(
+                0.0,
+                tuple(
+                    _Term(h, c, s.mid, s.bound, 0.0) for h, c, s in zip(hs, cs, pts, strict=True)
+                ),
+            ),
+        )
+
+    def _update(self, now: float) -> None:
+        cfg = self._cfg
+        # 1. Drift: intersect the aged worst-case interval with the fit's; take the fit's rate
+        #    unless it is statistically vaguer than the current rate and agrees with it.
+        self._widen_drift(now)
+        lo, hi = self._d_lo, self._d_hi
+        hint = self._rate
+        fit = self._fit(now)
+        if fit is not None and abs(fit.rate) > self._max_drift + fit.rate_error:
+            # Not a clock rate: the reference's time is not running straight (it is slewing a
+            # large correction itself; its error bound says so). Take nothing from the fit.
+            fit = None
+        if fit is not None:
+            f_lo, f_hi = fit.rate - fit.rate_error, fit.rate + fit.rate_error
+            n_lo, n_hi = max(lo, f_lo), min(hi, f_hi)
+            if n_lo > n_hi:  # the old interval was wrong: trust the data
+                n_lo, n_hi = max(f_lo, -self._max_drift), min(f_hi, self._max_drift)
+            disagree = abs(fit.rate - self._rate) > 4.0 * math.hypot(fit.sigma, self._rate_err)
+            if fit.sigma <= 1.25 * self._rate_err or disagree:
+                hint = fit.rate
+                self._rate_err = fit.sigma
+            lo, hi = n_lo, n_hi
+        self._d_lo, self._d_hi = lo, hi
+        hint = min(max(hint, -self._max_drift), self._max_drift)
+        rate = min(max(hint, lo), hi)
+        u = max(rate - lo, hi - rate)
+        # 2. Offset, two ways: (a) the fitted line (best once the samples span a long time),
+        #    (b) a weighted mean of the best recent samples projected to now along the drift
+        #    estimate (best early, and after a reference change, when the old rate is better
+        #    known than the fit's). The fit is used when it was also the better drift source.
+        recent = list(self._samples)[-cfg.window :]
+        # (Chosen and weighted by how precise the rate is thought to be; bounded honestly.)
+        err = max(self._rate_err, 1e-9)
+        scored = sorted(((s.bound + err * (now - s.mid), s) for s in recent), key=lambda x: x[0])
+        chosen = scored[: cfg.best]
+        weights = [1.0 / (score * score) for score, _ in chosen]
+        wsum = sum(weights)
+        offset = 0.0
+        terms = []
+        for w, (_, s) in zip(weights, chosen, strict=True):
+            offset += w / wsum * (s.offset + rate * (now - s.mid))
+            terms.append(_Term(w / wsum, 0.0, s.mid, s.bound, w / wsum))
+        mean = (now + offset, rate, _Bound(u, tuple(terms)))
+        current = self._fed(now)
+        self._a_local = now
+        if fit is not None and hint == fit.rate:
+            self._a_fed, self._rate, self._est = now + fit.offset, fit.rate, fit.bound
+            self._alt = mean
+        else:
+            self._a_fed, self._rate, self._est = mean
+            self._alt = None if fit is None else (now + fit.offset, fit.rate, fit.bound)
+        # 3. The line is re-anchored at now: keep federation time continuous via the residual.
+        r = self._a_fed - current
+        if r > 0 and (not self._ever_estimated or r > cfg.step_threshold):
+            step = r - self._est_bound(now)  # never step past the estimate's lower edge
+            if step > 0:
+                r -= step
+                self._steps += 1
+        self._res0, self._res_at = r, now
+        self._ever_estimated = True
+
+
+@attrs.frozen
+class _Term:
+    # One sample's share in the estimate's error bound at local time L (line anchored at a):
+    # |h + g * (L - a)| * bound + w * drift_uncertainty * |L - mid|
+    h: float
+    g: float
+    mid: float
+    bound: float
+    w: float
+
+
+@attrs.frozen
+class _Bound:
+    # The error bound of an estimate: the sum of its terms (none: exact).
+    u: float  # drift uncertainty
+    terms: tuple[_Term, ...]
+
+    def at(self, at: float, anchor: float) -> float:
+        dt = at - anchor
+        return sum(
+            abs(t.h + t.g * dt) * t.bound + t.w * self.u * abs(at - t.mid) for t in self.terms
+        )
+
+
+_EXACT = _Bound(0.0, ())
+
+
+@attrs.frozen
+class _Fit:
+    rate: float
+    rate_error: float  # worst case
+    sigma: float  # statistical
+    offset: float  # at the time the fit was made for
+    bound: _Bound

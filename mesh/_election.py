@@ -1,0 +1,654 @@
+"""Elections: who is the conductor of the federation and the supernode of each orchestra.
+
+Sans-IO (no trio, no sockets, no clock: ``now`` is federation time, passed in). Each elected
+*post* (``"conductor"``, ``"supernode:<orchestra>"``) is a :class:`~mesh._wire.Lease` record that
+travels with the gossip. An :class:`ElectionCore` keeps, per post, the one record that wins under
+:func:`pick_lease`, given which members may hold the post in this node's membership view (the
+runtime passes that view in as :class:`Candidate` values). The rules (DESIGN.md "Elections"):
+
+* An alive incumbent keeps its post: a "better" node joining changes nothing.
+* When the holder leaves or is declared dead, the post is vacant; the best candidate (flagged
+  before unflagged, then earliest join, then lowest id) claims it with ``term + 1`` after a short
+  claim delay. Lower-ranked candidates wait longer (one ``rank_delay`` per place), so a stale or
+  disagreeing view still ends in a claim, and normally only one node claims.
+* Every orchestra with a live member has a supernode (any member may hold it if no
+  ``--supernode`` one is alive); only ``--conductor`` nodes may conduct.
+* Two holders at once (a healed partition, a race): the longer tenure wins, then the lower id
+  (on equal tenure, which a handoff chain shares, the higher term first); the loser steps down
+  at once and says so with a :class:`SteppedDown` event.
+* A leaving holder hands each post to its best successor (:meth:`ElectionCore.handoff`); the
+  successor inherits the tenure, so the handoff wins at once, even where the leaver still
+  looks alive.
+
+The order on records is total for a given set of valid holders, so :func:`pick_lease` is
+commutative, associative and idempotent: every node that has seen the same records and has the
+same membership view keeps the same winner, whatever the order messages arrived in.
+
+With a registry, the registry arbitrates the conductor; :class:`ConductorArbiter` is the hook
+(the default, :class:`LocalArbiter`, applies the local rule).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Container, Iterable
+from typing import Protocol
+
+import attrs
+
+from mesh._names import is_valid_name
+from mesh._wire import Lease
+
+__all__ = [
+    "CONDUCTOR",
+    "Candidate",
+    "ConductorArbiter",
+    "ElectionCore",
+    "ElectionEvent",
+    "ElectionStatistics",
+    "LocalArbiter",
+    "PostChanged",
+    "SteppedDown",
+    "best_candidate",
+    "candidate_rank",
+    "is_eligible",
+    "pick_lease",
+    "post_orchestra",
+    "supernode_post",
+]
+
+CONDUCTOR = "conductor"
+"""The post of the federation's conductor."""
+
+_SUPERNODE = "supernode:"
+
+
+def supernode_post(orchestra: str) -> str:
+    """The post of *orchestra*'s supernode: ``"supernode:<orchestra>"``."""
+    return _SUPERNODE + orchestra
+
+
+def post_orchestra(post: str) -> str | None:
+    """The orchestra of a supernode post, or None for the conductor post.
+
+    Raises ValueError for anything that is not a valid post (a lease from the wire may carry
+    any short string; the core drops such leases).
+    """
+    if post == CONDUCTOR:
+        return None
+    if post.startswith(_SUPERNODE) and is_valid_name(post[len(_SUPERNODE) :]):
+        return post[len(_SUPERNODE) :]
+    raise ValueError(f"not an elected post: {post!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs, events and statistics
+
+
+@attrs.frozen
+class Candidate:
+    """One member as the election sees it; the runtime makes these from its membership view.
+
+    ``alive`` is true for members membership calls alive or suspect, false for dead or left
+    ones. ``joined_at`` is the federation time at which the member's current run started (a
+    restarted node ranks as a newcomer). Flags are the ``--supernode``/``--conductor`` options.
+    """
+
+    node_id: str
+    orchestra: str
+    supernode_flag: bool = False
+    conductor_flag: bool = False
+    joined_at: float = 0.0
+    alive: bool = True
+
+
+@attrs.frozen
+class PostChanged:
+    """The holder of ``post`` changed in this node's view.
+
+    ``new_holder`` is None when the post fell vacant (its holder died, left or became
+    ineligible); ``old_holder`` is None when a vacant (or unknown) post got a holder. ``term``
+    is the term of the record now in force (of the last record when vacant, 0 if none).
+    """
+
+    post: str
+    old_holder: str | None
+    new_holder: str | None
+    term: int
+
+
+@attrs.frozen
+class SteppedDown:
+    """This node no longer holds ``post`` (it held it in ``term``).
+
+    ``reason`` is ``"conflict"`` (another holder's record won: longer tenure or lower id),
+    ``"handoff"`` (this node handed the post over while leaving) or ``"ineligible"`` (this node
+    may no longer hold the post, e.g. it lost the flag). ``successor`` is the new holder, if
+    known.
+    """
+
+    post: str
+    term: int
+    reason: str
+    successor: str | None
+
+
+ElectionEvent = PostChanged | SteppedDown
+"""What :meth:`ElectionCore.take_events` returns."""
+
+
+@attrs.frozen
+class ElectionStatistics:
+    """Counters of one :class:`ElectionCore` (for status pages and tests)."""
+
+    claims: int
+    step_downs: int
+    handoffs: int
+    leases_received: int
+    leases_adopted: int
+    leases_dropped: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranking and the merge rule (pure functions)
+
+
+def is_eligible(post: str, candidate: Candidate) -> bool:
+    """Whether *candidate* may hold *post* now: alive, and ``--conductor`` for the conductor
+    post or a member of the orchestra for its supernode post."""
+    if not candidate.alive:
+        return False
+    if post == CONDUCTOR:
+        return candidate.conductor_flag
+    return post == _SUPERNODE + candidate.orchestra
+
+
+def candidate_rank(post: str, candidate: Candidate) -> tuple[bool, float, str]:
+    """Sort key of candidates for *post*, best first: flagged before unflagged, then earliest
+    join, then lowest id."""
+    flagged = candidate.conductor_flag if post == CONDUCTOR else candidate.supernode_flag
+    return (not flagged, candidate.joined_at, candidate.node_id)
+
+
+def best_candidate(post: str, candidates: Iterable[Candidate]) -> Candidate | None:
+    """The eligible candidate that should claim *post* when it is vacant, or None."""
+    eligible = [c for c in candidates if is_eligible(post, c)]
+    return min(eligible, key=lambda c: candidate_rank(post, c)) if eligible else None
+
+
+def _lease_key(lease: Lease, valid: bool) -> tuple[int, float, float, str]:
+    # Smaller is better. Valid records: longest tenure, then (same tenure: a handoff chain) the
+    # higher term, then the lowest holder id. Records of holders that may not hold the post:
+    # the highest term, so the newest knowledge of a vacant post wins. The key holds every
+    # field, so the order is total and the winner of any set is unique.
+    if valid:
+        return (0, lease.tenure_start, float(-lease.term), lease.holder)
+    return (1, float(-lease.term), lease.tenure_start, lease.holder)
+
+
+def pick_lease(a: Lease, b: Lease, valid: Container[str]) -> Lease:
+    """The winner of two lease records for the same post; *valid* holds the ids of the members
+    that may hold the post now (alive and eligible).
+
+    A valid holder's record beats an invalid one; among valid ones the longer tenure (earlier
+    ``tenure_start``) wins, then the higher term (a handoff keeps the tenure and raises the
+    term), then the lower holder id; among invalid ones the higher term wins (a claim after a
+    death supersedes the dead holder's record). Pure, commutative, associative and
+    idempotent. Raises ValueError if the posts differ.
+    """
+    if a.post != b.post:
+        raise ValueError(f"lease records of different posts: {a.post!r} and {b.post!r}")
+    ka = _lease_key(a, a.holder in valid)
+    kb = _lease_key(b, b.holder in valid)
+    return a if ka <= kb else b
+
+
+# ---------------------------------------------------------------------------------------------
+# The arbiter hook
+
+
+class ConductorArbiter(Protocol):
+    """Decides conflicts and claims for the conductor post.
+
+    Without a registry the local rule (:class:`LocalArbiter`) applies. A registry arbiter
+    (compare-and-set at the registry with the term as fencing token) answers ``False`` from
+    :meth:`may_claim` while it asks the registry, and its driver then feeds the registry's
+    answer back with :meth:`ElectionCore.handle_lease`; its :meth:`pick` prefers the record
+    the registry confirmed.
+    """
+
+    def may_claim(self, now: float, claim: Lease) -> bool:
+        """Whether this node may announce *claim* now (asked again after ``claim_delay``)."""
+        ...
+
+    def pick(self, a: Lease, b: Lease, valid: Container[str]) -> Lease:
+        """The winner of two conductor records (see :func:`pick_lease`)."""
+        ...
+
+
+class LocalArbiter:
+    """The arbiter without a registry: always may claim, conflicts by :func:`pick_lease`."""
+
+    def may_claim(self, now: float, claim: Lease) -> bool:
+        """Always true: the local rule needs nobody's permission."""
+        return True
+
+    def pick(self, a: Lease, b: Lease, valid: Container[str]) -> Lease:
+        """:func:`pick_lease`."""
+        return pick_lease(a, b, valid)
+
+
+# ---------------------------------------------------------------------------------------------
+# The core
+
+
+class _Valid:
+    """``holder in _Valid(core, post)``: may *holder* hold *post* in the core's view?"""
+
+    __slots__ = ("_core", "_post")
+
+    def __init__(self, core: ElectionCore, post: str) -> None:
+        self._core = core
+        self._post = post
+
+    def __contains__(self, holder: object) -> bool:
+        return isinstance(holder, str) and self._core._may_hold(self._post, holder)
+
+
+class ElectionCore:
+    """The election state machine of one node (sans-IO; see the module docstring).
+
+    Feed it the membership view (:meth:`update_members` for the whole view,
+    :meth:`update_member` / :meth:`remove_member` for one change), lease records from gossip
+    and push-pull (:meth:`handle_lease`) and timer ticks (:meth:`handle_timer` at
+    :meth:`next_deadline`); gossip what :meth:`take_outputs` returns, send what
+    :meth:`handoff` returns with the leave announcement, carry :meth:`leases` in push-pull and
+    publish what :meth:`take_events` returns. ``now`` is always federation time.
+
+    Knobs: ``claim_delay`` (seconds a post stays vacant before the best candidate claims it),
+    ``rank_delay`` (extra wait per place behind the best candidate, so somebody claims even if
+    the best one cannot), ``settle_time`` (no claims this long after start, so a new node first
+    learns the leases in force), ``reannounce_interval`` (a holder re-gossips its records this
+    often), ``conflict_resend_interval`` (at most this often, answer a conflicting live claim
+    with the winning record so its holder steps down fast).
+    """
+
+    def __init__(
+        self,
+        self_id: str,
+        now: float,
+        *,
+        claim_delay: float = 0.3,
+        rank_delay: float = 1.0,
+        settle_time: float = 1.0,
+        reannounce_interval: float = 10.0,
+        conflict_resend_interval: float = 0.5,
+        arbiter: ConductorArbiter | None = None,
+    ) -> None:
+        self.self_id = self_id
+        self.claim_delay = claim_delay
+        self.rank_delay = rank_delay
+        self.reannounce_interval = reannounce_interval
+        self.conflict_resend_interval = conflict_resend_interval
+        self.arbiter: ConductorArbiter = arbiter if arbiter is not None else LocalArbiter()
+        self._settle_until = now + settle_time
+        self._candidates: dict[str, Candidate] = {}
+        self._known: Counter[str] = Counter()  # orchestra -> members known (alive or not)
+        self._alive: Counter[str] = Counter()  # orchestra -> live members
+        self._records: dict[str, Lease] = {}  # post -> winning record (maybe invalid)
+        self._max_term: dict[str, int] = {}
+        self._holders: dict[str, str] = {}  # post -> holder in force, as last reported
+        self._vacant_since: dict[str, float] = {}
+        self._claim_due: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}  # post -> when to ask a refusing arbiter again
+        self._held_terms: dict[str, int] = {}  # post -> term of this node's record in force
+        self._last_resent: dict[str, float] = {}
+        self._next_reannounce: float | None = None
+        self._last_reannounce = -math.inf
+        self._leaving = False
+        self._outputs: list[Lease] = []
+        self._events: list[ElectionEvent] = []
+        self._claims = 0
+        self._step_downs = 0
+        self._handoffs = 0
+        self._received = 0
+        self._adopted = 0
+        self._dropped = 0
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def update_members(self, now: float, candidates: Iterable[Candidate]) -> None:
+        """Replace the membership view (every known member, alive or not, this node included).
+
+        O(members); :meth:`update_member` and :meth:`remove_member` take one change at a time.
+        """
+        before = set(self._known)
+        alive_before = {i for i, c in self._candidates.items() if c.alive}
+        self._candidates = {c.node_id: c for c in candidates}
+        if any(c.alive and c.node_id not in alive_before for c in self._candidates.values()):
+            self._member_came_alive(now)
+        self._known = Counter(c.orchestra for c in self._candidates.values())
+        self._alive = Counter(c.orchestra for c in self._candidates.values() if c.alive)
+        for orchestra in before.difference(self._known):
+            self._forget(supernode_post(orchestra))  # membership forgot its last member
+        self._reconcile(now)
+
+    def update_member(self, now: float, candidate: Candidate) -> None:
+        """Add or change one member of the view (same meaning as :meth:`update_members`)."""
+        old = self._candidates.get(candidate.node_id)
+        if old == candidate:
+            return
+        if old is not None:
+            self._uncount(old)
+        self._candidates[candidate.node_id] = candidate
+        if candidate.alive and (old is None or not old.alive):
+            self._member_came_alive(now)
+        self._known[candidate.orchestra] += 1
+        if candidate.alive:
+            self._alive[candidate.orchestra] += 1
+        self._reconcile_changed(now, old, candidate)
+
+    def remove_member(self, now: float, node_id: str) -> None:
+        """Drop one member from the view (membership reaped its tombstone)."""
+        old = self._candidates.pop(node_id, None)
+        if old is not None:
+            self._uncount(old)
+            self._reconcile_changed(now, old, None)
+
+    def handle_lease(self, now: float, lease: Lease) -> None:
+        """Take a lease record received by gossip or push-pull (or from the arbiter)."""
+        self._received += 1
+        current = self._records.get(lease.post)
+        if lease == current:
+            return  # a duplicate: nothing can change
+        try:
+            post_orchestra(lease.post)
+        except ValueError:
+            self._dropped += 1
+            return
+        if lease.term > self._max_term.get(lease.post, 0):
+            self._max_term[lease.post] = lease.term
+        winner = lease if current is None else self._pick(current, lease)
+        if winner != current:
+            self._records[lease.post] = winner
+            self._adopted += 1
+            self._outputs.append(winner)  # infection-style: pass news on
+        elif (
+            self._may_hold(lease.post, lease.holder)
+            and self._may_hold(current.post, current.holder)
+            and now - self._last_resent.get(lease.post, -math.inf) >= self.conflict_resend_interval
+        ):
+            # A live competitor still believes it holds the post: tell it who won.
+            self._last_resent[lease.post] = now
+            self._outputs.append(current)
+        self._reconcile_post(now, lease.post)
+        self._after_reconcile(now)
+
+    def handle_timer(self, now: float) -> None:
+        """Do what is due: claim vacant posts this node should claim, re-announce held posts."""
+        for post in sorted(p for p, due in self._claim_due.items() if due <= now):
+            self._claim(now, post)
+            self._reconcile_post(now, post)
+        if self._next_reannounce is not None and now >= self._next_reannounce:
+            self._reannounce(now)
+        self._after_reconcile(now)
+
+    def handoff(self, now: float) -> list[Lease]:
+        """Leave: give every post this node holds to its best successor and stop claiming.
+
+        Returns the records to gossip together with the leave announcement: each names the
+        successor with ``term + 1`` and the same tenure start, so it wins at once everywhere.
+        A post with no eligible successor falls vacant. Emits :class:`SteppedDown` events with
+        reason ``"handoff"``.
+        """
+        held = self.posts_held()
+        self._leaving = True
+        out: list[Lease] = []
+        for post in held:
+            others = (c for c in self._candidates.values() if c.node_id != self.self_id)
+            successor = best_candidate(post, others)
+            if successor is None:
+                continue
+            tenure = self._records[post].tenure_start
+            record = Lease(post, successor.node_id, self._max_term[post] + 1, tenure)
+            self._max_term[post] = record.term
+            self._records[post] = record
+            self._handoffs += 1
+            out.append(record)
+        self._reconcile(now)
+        return out
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` should next be called (federation time), or None."""
+        times = list(self._claim_due.values())
+        if self._next_reannounce is not None:
+            times.append(self._next_reannounce)
+        return min(times) if times else None
+
+    def take_outputs(self) -> list[Lease]:
+        """Lease records to gossip to every node (claims, handoffs, news, re-announcements)."""
+        out, self._outputs = self._outputs, []
+        return out
+
+    def take_events(self) -> list[ElectionEvent]:
+        """Events since the last call: :class:`PostChanged`, :class:`SteppedDown`."""
+        out, self._events = self._events, []
+        return out
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def holder(self, post: str) -> str | None:
+        """Who holds *post* in this node's view, or None if it is vacant."""
+        record = self._records.get(post)
+        if record is not None and self._may_hold(post, record.holder):
+            return record.holder
+        return None
+
+    def conductor(self) -> str | None:
+        """The conductor's node id in this node's view, or None."""
+        return self.holder(CONDUCTOR)
+
+    def supernode(self, orchestra: str) -> str | None:
+        """The node id of *orchestra*'s supernode in this node's view, or None."""
+        return self.holder(supernode_post(orchestra))
+
+    def supernodes(self) -> dict[str, str]:
+        """Orchestra -> supernode id, for every orchestra that has one in this node's view."""
+        out: dict[str, str] = {}
+        for post in sorted(self._holders):
+            orchestra = post_orchestra(post)
+            if orchestra is not None:
+                out[orchestra] = self._holders[post]
+        return out
+
+    def lease(self, post: str) -> Lease | None:
+        """The record in force for *post* (None if the post is vacant)."""
+        return self._records[post] if self.holder(post) is not None else None
+
+    def leases(self) -> list[Lease]:
+        """Every record this node keeps, vacant posts' too (what push-pull carries)."""
+        return [self._records[post] for post in sorted(self._records)]
+
+    def holds(self, post: str) -> bool:
+        """Whether this node holds *post* in its own view."""
+        return self.holder(post) == self.self_id
+
+    def posts_held(self) -> list[str]:
+        """The posts this node holds, sorted."""
+        me = self.self_id
+        return sorted(
+            p for p, r in self._records.items() if r.holder == me and self._may_hold(p, me)
+        )
+
+    def standby_for_conductor(self) -> bool:
+        """Whether this node is a conductor candidate that does not conduct (a standby; the
+        holder is :meth:`conductor`)."""
+        me = self._candidates.get(self.self_id)
+        return (
+            me is not None
+            and not self._leaving
+            and is_eligible(CONDUCTOR, me)
+            and not self.holds(CONDUCTOR)
+        )
+
+    def statistics(self) -> ElectionStatistics:
+        """A snapshot of the counters."""
+        return ElectionStatistics(
+            claims=self._claims,
+            step_downs=self._step_downs,
+            handoffs=self._handoffs,
+            leases_received=self._received,
+            leases_adopted=self._adopted,
+            leases_dropped=self._dropped,
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _may_hold(self, post: str, holder: str) -> bool:
+        if holder == self.self_id and self._leaving:
+            return False
+        candidate = self._candidates.get(holder)
+        return candidate is not None and is_eligible(post, candidate)
+
+    def _pick(self, a: Lease, b: Lease) -> Lease:
+        valid = _Valid(self, a.post)
+        if a.post == CONDUCTOR:
+            return self.arbiter.pick(a, b, valid)
+        return pick_lease(a, b, valid)
+
+    def _reannounce(self, now: float) -> None:
+        for post in self.posts_held():
+            self._outputs.append(self._records[post])
+        self._last_reannounce = now
+        self._next_reannounce = now + self.reannounce_interval
+
+    def _member_came_alive(self, now: float) -> None:
+        """A member joined, returned from a partition or refuted a suspicion: a holder tells it
+        (and a competing holder it may have) its records now, rather than at the next
+        re-announcement, so a healed partition merges within a gossip round. Rate-limited."""
+        if not self._holders or self.self_id not in self._holders.values():
+            return
+        soon = self._last_reannounce + self.conflict_resend_interval
+        if now >= soon:
+            self._reannounce(now)
+        elif self._next_reannounce is None or soon < self._next_reannounce:
+            self._next_reannounce = soon
+
+    def _uncount(self, old: Candidate) -> None:
+        self._known[old.orchestra] -= 1
+        if not self._known[old.orchestra]:
+            del self._known[old.orchestra]
+        if old.alive:
+            self._alive[old.orchestra] -= 1
+            if not self._alive[old.orchestra]:
+                del self._alive[old.orchestra]
+
+    def _reconcile_changed(self, now: float, old: Candidate | None, new: Candidate | None) -> None:
+        """Reconcile the posts one member's change can affect (its orchestras, the conductor)."""
+        posts = {CONDUCTOR}
+        for c in (old, new):
+            if c is not None:
+                if c.orchestra in self._known:
+                    posts.add(supernode_post(c.orchestra))
+                else:
+                    self._forget(supernode_post(c.orchestra))
+        for post in sorted(posts):
+            self._reconcile_post(now, post)
+        self._after_reconcile(now)
+
+    def _forget(self, post: str) -> None:
+        self._records.pop(post, None)
+        self._max_term.pop(post, None)
+        self._holders.pop(post, None)
+        self._held_terms.pop(post, None)
+        self._vacant_since.pop(post, None)
+        self._claim_due.pop(post, None)
+        self._retry_at.pop(post, None)
+        self._last_resent.pop(post, None)
+
+    def _self_rank(self, post: str) -> int | None:
+        """This node's place among the eligible candidates for *post* (0 = best), or None."""
+        me = self._candidates.get(self.self_id)
+        if me is None or self._leaving or not is_eligible(post, me):
+            return None
+        mine = candidate_rank(post, me)
+        return sum(
+            1
+            for c in self._candidates.values()
+            if is_eligible(post, c) and candidate_rank(post, c) < mine
+        )
+
+    def _claim(self, now: float, post: str) -> None:
+        if self.holder(post) is not None:
+            return
+        claim = Lease(post, self.self_id, self._max_term.get(post, 0) + 1, now)
+        if post == CONDUCTOR and not self.arbiter.may_claim(now, claim):
+            self._retry_at[post] = now + self.claim_delay  # ask again later
+            return
+        self._retry_at.pop(post, None)
+        self._claims += 1
+        self._max_term[post] = claim.term
+        self._records[post] = claim
+        self._claim_due.pop(post, None)
+        self._outputs.append(claim)
+
+    def _reconcile(self, now: float) -> None:
+        """Bring every post up to date (after the view or the node's own state changed)."""
+        posts = {CONDUCTOR, *self._records, *self._holders, *self._vacant_since}
+        posts.update(supernode_post(o) for o in self._alive)
+        for post in sorted(posts):
+            self._reconcile_post(now, post)
+        self._after_reconcile(now)
+
+    def _reconcile_post(self, now: float, post: str) -> None:
+        """Report a change of *post*'s holder, track its vacancy, schedule this node's claim."""
+        record = self._records.get(post)
+        holder = self.holder(post)
+        old = self._holders.get(post)
+        if holder != old:
+            term = record.term if record is not None else 0
+            self._events.append(PostChanged(post, old, holder, term))
+            if old == self.self_id:
+                if self._leaving:
+                    reason = "handoff"
+                elif record is not None and record.holder != self.self_id:
+                    reason = "conflict"
+                else:
+                    reason = "ineligible"
+                self._step_downs += 1
+                term_held = self._held_terms.pop(post, 0)
+                self._events.append(SteppedDown(post, term_held, reason, holder))
+            if holder is None:
+                del self._holders[post]
+            else:
+                self._holders[post] = holder
+        if holder is not None:
+            if holder == self.self_id and record is not None:
+                self._held_terms[post] = record.term
+            self._vacant_since.pop(post, None)
+            self._claim_due.pop(post, None)
+            self._retry_at.pop(post, None)
+            return
+        orchestra = post_orchestra(post)
+        if orchestra is not None and orchestra not in self._alive:
+            # Nobody could hold it: no vacancy to time (it starts when a member comes alive).
+            self._vacant_since.pop(post, None)
+            self._claim_due.pop(post, None)
+            return
+        since = self._vacant_since.setdefault(post, now)
+        rank = self._self_rank(post)
+        if rank is None:
+            self._claim_due.pop(post, None)
+        else:
+            due = since + self.claim_delay + rank * self.rank_delay
+            self._claim_due[post] = max(due, self._settle_until, self._retry_at.get(post, due))
+
+    def _after_reconcile(self, now: float) -> None:
+        if self.self_id in self._holders.values():
+            if self._next_reannounce is None:
+                self._next_reannounce = now + self.reannounce_interval
+        else:
+            self._next_reannounce = None

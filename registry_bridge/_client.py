@@ -1,0 +1,311 @@
+"""An HTTP client for the registry's JSON API, used by the node-side bridge.
+
+Exceptions::
+
+    RegistryError                   anything the registry client raises
+    +-- RegistryUnreachable         no answer (connection refused, timeout, bad reply)
+    +-- RegistryRejected            a 4xx answer; ``status`` and the registry's ``message``
+        +-- RegistryNotFound        404 (e.g. a token that expired: register again)
+        +-- RegistryConflict        409
+            +-- ConductorConflict   the conductor compare-and-set saw another term
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Any
+
+import attrs
+import httpx
+
+__all__ = [
+    "ConductorConflict",
+    "ConductorState",
+    "ElapsedSample",
+    "Heartbeat",
+    "Peer",
+    "Registration",
+    "RegistryClient",
+    "RegistryConflict",
+    "RegistryError",
+    "RegistryNotFound",
+    "RegistryRejected",
+    "RegistryUnreachable",
+]
+
+
+class RegistryError(Exception):
+    """Base of every error :class:`RegistryClient` raises."""
+
+
+class RegistryUnreachable(RegistryError):
+    """Raised when the registry does not answer (connection error, timeout, non-JSON reply,
+    or a 5xx status)."""
+
+
+class RegistryRejected(RegistryError):
+    """Raised when the registry answers with a 4xx status; ``message`` is its explanation."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class RegistryNotFound(RegistryRejected):
+    """Raised on 404: unknown federation or orchestra, or an unknown/expired token."""
+
+
+class RegistryConflict(RegistryRejected):
+    """Raised on 409: the name exists, or the path is held by another live node."""
+
+
+class ConductorConflict(RegistryConflict):
+    """Raised by :meth:`RegistryClient.set_conductor` when the term was not the expected one;
+    ``current`` is the registry's conductor state."""
+
+    def __init__(self, status: int, message: str, current: ConductorState) -> None:
+        super().__init__(status, message)
+        self.current = current
+
+
+@attrs.frozen
+class Peer:
+    """A registered node as the registry reports it."""
+
+    federation: str
+    orchestra: str
+    name: str
+    path: str
+    host: str
+    port: int
+    node_id: str | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Peer:
+        return cls(
+            d["federation"],
+            d["orchestra"],
+            d["name"],
+            d["path"],
+            d["host"],
+            d["port"],
+            d.get("node_id"),
+        )
+
+
+@attrs.frozen
+class ConductorState:
+    """The federation's conductor (``holder`` is ``None`` when free) and its fencing term."""
+
+    holder: str | None
+    term: int
+    node_id: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ConductorState:
+        return cls(d["holder"], d["term"], d.get("node_id"), d.get("host"), d.get("port"))
+
+
+@attrs.frozen
+class Registration:
+    """The answer to :meth:`RegistryClient.register`."""
+
+    token: str
+    federation: str
+    path: str
+    elapsed: float
+    epoch: float | None
+    ttl: float
+    version: int
+    supernode_granted: bool
+    conductor_granted: bool
+    supernode: Peer | None
+    other_supernodes: tuple[Peer, ...]
+    conductor: Peer | None
+    conductor_term: int
+
+
+@attrs.frozen
+class Heartbeat:
+    """The answer to a heartbeat; ``version`` changes whenever the federation's members do."""
+
+    elapsed: float
+    ttl: float
+    version: int
+    conductor_term: int
+
+
+@attrs.frozen
+class ElapsedSample:
+    """One clock-sync exchange: local send/receive times (``t1``, ``t4``, from the clock given
+    to the client) and the registry's federation times on receive and send (``t2``, ``t3``)."""
+
+    t1: float
+    t2: float
+    t3: float
+    t4: float
+    epoch: float | None
+
+    @property
+    def offset(self) -> float:
+        """Federation time minus local time (NTP's estimate)."""
+        return ((self.t2 - self.t1) + (self.t3 - self.t4)) / 2
+
+    @property
+    def round_trip(self) -> float:
+        """Network round trip, excluding the registry's processing time."""
+        return (self.t4 - self.t1) - (self.t3 - self.t2)
+
+
+class RegistryClient:
+    """Async client of one registry (``base_url`` like ``http://host:7480``).
+
+    Use as ``async with RegistryClient(url) as client: ...``; *transport* lets tests pass an
+    ``httpx.ASGITransport``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/api/v1", timeout=timeout, transport=transport
+        )
+        self._clock = clock
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _call(self, method: str, url: str, body: Any = None) -> Any:
+        try:
+            response = await self._http.request(method, url, json=body)
+        except httpx.HTTPError as exc:
+            raise RegistryUnreachable(f"{method} {url}: {exc!r}") from exc
+        try:
+            data = response.json()
+        except ValueError:
+            raise RegistryUnreachable(
+                f"{method} {url}: non-JSON answer with status {response.status_code}"
+            ) from None
+        status = response.status_code
+        if status < 400:
+            return data
+        message = data.get("error", "") if isinstance(data, dict) else str(data)
+        if status == 404:
+            raise RegistryNotFound(status, message)
+        if status == 409:
+            if isinstance(data, dict) and isinstance(data.get("current"), dict):
+                raise ConductorConflict(status, message, ConductorState.from_json(data["current"]))
+            raise RegistryConflict(status, message)
+        if status < 500:
+            raise RegistryRejected(status, message)
+        raise RegistryUnreachable(f"{method} {url}: status {status}: {message}")
+
+    async def register(
+        self,
+        federation: str,
+        orchestra: str,
+        name: str,
+        *,
+        port: int = 7471,
+        host: str | None = None,
+        node_id: str | None = None,
+        supernode: bool = False,
+        conductor: bool = False,
+        create: bool = True,
+        takeover: bool = False,
+    ) -> Registration:
+        """Register ``/<orchestra>/<name>`` (creating federation and orchestra when *create*)."""
+        body: dict[str, Any] = {
+            "orchestra": orchestra,
+            "name": name,
+            "port": port,
+            "supernode": supernode,
+            "conductor": conductor,
+            "create": create,
+            "takeover": takeover,
+        }
+        if host is not None:
+            body["host"] = host
+        if node_id is not None:
+            body["node_id"] = node_id
+        d = await self._call("POST", f"/federations/{federation}/registrations", body)
+        return Registration(
+            token=d["token"],
+            federation=d["federation"],
+            path=d["path"],
+            elapsed=d["elapsed"],
+            epoch=d["epoch"],
+            ttl=d["ttl"],
+            version=d["version"],
+            supernode_granted=d["supernode_granted"],
+            conductor_granted=d["conductor_granted"],
+            supernode=None if d["supernode"] is None else Peer.from_json(d["supernode"]),
+            other_supernodes=tuple(Peer.from_json(p) for p in d["other_supernodes"]),
+            conductor=None if d["conductor"] is None else Peer.from_json(d["conductor"]),
+            conductor_term=d["conductor_term"],
+        )
+
+    async def heartbeat(self, token: str) -> Heartbeat:
+        """Keep the registration alive; :class:`RegistryNotFound` once it has expired."""
+        d = await self._call("POST", f"/registrations/{token}/heartbeat")
+        return Heartbeat(d["elapsed"], d["ttl"], d["version"], d["conductor_term"])
+
+    async def unregister(self, token: str) -> None:
+        """Remove the registration; :class:`RegistryNotFound` if it is already gone."""
+        await self._call("DELETE", f"/registrations/{token}")
+
+    async def federation(self, federation: str) -> dict[str, Any]:
+        """The registry's whole view of a federation (as JSON)."""
+        result: dict[str, Any] = await self._call("GET", f"/federations/{federation}")
+        return result
+
+    async def conductor(self, federation: str) -> ConductorState:
+        """The federation's conductor and term."""
+        return ConductorState.from_json(
+            await self._call("GET", f"/federations/{federation}/conductor")
+        )
+
+    async def set_conductor(
+        self,
+        federation: str,
+        *,
+        expected_term: int,
+        holder: str | None,
+        node_id: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> ConductorState:
+        """Compare-and-set the conductor; :class:`ConductorConflict` if the term moved on."""
+        body: dict[str, Any] = {"expected_term": expected_term, "holder": holder}
+        extra = {"node_id": node_id, "host": host, "port": port}
+        body.update({k: v for k, v in extra.items() if v is not None})
+        d = await self._call("POST", f"/federations/{federation}/conductor", body)
+        return ConductorState.from_json(d)
+
+    async def elapsed(self, federation: str) -> ElapsedSample:
+        """One clock-sync exchange with the registry."""
+        t1 = self._clock()
+        d = await self._call("GET", f"/federations/{federation}/elapsed")
+        t4 = self._clock()
+        return ElapsedSample(t1, d["t2"], d["t3"], t4, d["epoch"])

@@ -1,0 +1,312 @@
+"""The OpenAPI 3.1 document of the JSON API (written by hand; a test checks it names every
+route under ``/api/v1``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi_document"]
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ok(description: str, schema: dict[str, Any], status: str = "200") -> dict[str, Any]:
+    return {
+        status: {"description": description, "content": {"application/json": {"schema": schema}}}
+    }
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "bad input (name, field, type)",
+        401: "admin login required or wrong password",
+        403: "admin actions disabled (no password configured)",
+        404: "no such federation, orchestra or registration token",
+        409: "name taken, path held by another node, or conductor term mismatch",
+        413: "body too large",
+        415: "wrong content type",
+    }
+    return {
+        str(c): {
+            "description": text[c],
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
+        for c in codes
+    }
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_FED = {"name": "federation", "in": "path", "required": True, "schema": _ref("Name")}
+_TOKEN = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+_NULLSTR = {"type": ["string", "null"]}
+_NULLINT = {"type": ["integer", "null"]}
+
+
+def openapi_document() -> dict[str, Any]:
+    """Return the OpenAPI document served at ``/api/v1/openapi.json``."""
+    entry = {
+        "type": "object",
+        "properties": {
+            "federation": _ref("Name"),
+            "orchestra": _ref("Name"),
+            "name": _ref("Name"),
+            "path": {"type": "string", "example": "/cmu/rbd"},
+            "node_id": _NULLSTR,
+            "host": {"type": "string"},
+            "port": {"type": "integer"},
+        },
+    }
+    schemas: dict[str, Any] = {
+        "Name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string"}, "current": _ref("Conductor")},
+        },
+        "Conductor": {
+            "type": "object",
+            "properties": {
+                "holder": _NULLSTR,
+                "node_id": _NULLSTR,
+                "host": _NULLSTR,
+                "port": _NULLINT,
+                "term": {"type": "integer", "description": "fencing token; +1 on every change"},
+            },
+        },
+        "Federation": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "name": _ref("Name"),
+                "created_at": {"type": "number"},
+                "epoch": {"type": ["number", "null"]},
+                "elapsed": {"type": "number"},
+                "version": {"type": "integer"},
+                "orchestras": {"description": "a count, or the list in the full view"},
+                "registrations": {"type": "integer"},
+                "conductor": _ref("Conductor"),
+            },
+        },
+        "Orchestra": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "federation": _ref("Name"),
+                "name": _ref("Name"),
+                "created_at": {"type": "number"},
+                "registrations": {"type": "integer"},
+            },
+        },
+        "Entry": entry,
+        "RegistrationRequest": {
+            "type": "object",
+            "required": ["orchestra", "name"],
+            "additionalProperties": False,
+            "properties": {
+                "orchestra": _ref("Name"),
+                "name": _ref("Name"),
+                "host": {"type": "string", "description": "default: the caller's address"},
+                "port": {"type": "integer", "default": 7471},
+                "node_id": {"type": "string"},
+                "supernode": {"type": "boolean", "default": False},
+                "conductor": {"type": "boolean", "default": False},
+                "create": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "create the federation and orchestra if absent",
+                },
+                "takeover": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "a supernode claim replaces the orchestra's supernode",
+                },
+            },
+        },
+        "Registration": {
+            "type": "object",
+            "properties": {
+                "token": {"type": "string", "description": "for heartbeat and unregister"},
+                "federation": _ref("Name"),
+                "path": {"type": "string"},
+                "epoch": {"type": ["number", "null"]},
+                "elapsed": {"type": "number"},
+                "ttl": {"type": "number"},
+                "version": {"type": "integer"},
+                "supernode": {"oneOf": [_ref("Entry"), {"type": "null"}]},
+                "other_supernodes": {"type": "array", "items": _ref("Entry")},
+                "conductor": {"oneOf": [_ref("Entry"), {"type": "null"}]},
+                "conductor_term": {"type": "integer"},
+                "supernode_granted": {"type": "boolean"},
+                "conductor_granted": {"type": "boolean"},
+            },
+        },
+        "Heartbeat": {
+            "type": "object",
+            "properties": {
+                "elapsed": {"type": "number"},
+                "epoch": {"type": ["number", "null"]},
+                "ttl": {"type": "number"},
+                "version": {"type": "integer", "description": "changes when membership does"},
+                "conductor_term": {"type": "integer"},
+            },
+        },
+        "ConductorSet": {
+            "type": "object",
+            "required": ["expected_term", "holder"],
+            "additionalProperties": False,
+            "properties": {
+                "expected_term": {"type": "integer"},
+                "holder": {"type": ["string", "null"], "description": "a path, null releases"},
+                "node_id": {"type": "string"},
+                "host": {"type": "string"},
+                "port": {"type": "integer"},
+            },
+        },
+        "Elapsed": {
+            "type": "object",
+            "properties": {
+                "federation": _ref("Name"),
+                "epoch": {"type": ["number", "null"]},
+                "elapsed": {"type": "number"},
+                "t2": {"type": "number", "description": "federation time the request arrived"},
+                "t3": {"type": "number", "description": "federation time the answer left"},
+            },
+        },
+        "NameBody": {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": False,
+            "properties": {"name": _ref("Name")},
+        },
+    }
+    admin: list[dict[str, list[str]]] = [{"basic": []}]
+    paths: dict[str, Any] = {
+        "/api/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": _ok("the document", {"type": "object"}),
+            }
+        },
+        "/api/v1/federations": {
+            "get": {
+                "summary": "List federations",
+                "responses": _ok(
+                    "all federations",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "federations": {"type": "array", "items": _ref("Federation")}
+                        },
+                    },
+                ),
+            },
+            "post": {
+                "summary": "Create a federation",
+                "requestBody": _json_body(_ref("NameBody")),
+                "responses": _ok("created", _ref("Federation"), "201") | _errors(400, 409, 413),
+            },
+        },
+        "/api/v1/federations/{federation}": {
+            "parameters": [_FED],
+            "get": {
+                "summary": "Show a federation: orchestras, registrations, conductor, elapsed",
+                "responses": _ok("the federation", _ref("Federation")) | _errors(400, 404),
+            },
+            "delete": {
+                "summary": "Delete a federation (admin)",
+                "security": admin,
+                "responses": _ok("deleted", {"type": "object"}) | _errors(400, 401, 403, 404),
+            },
+        },
+        "/api/v1/federations/{federation}/reset": {
+            "parameters": [_FED],
+            "post": {
+                "summary": "Drop all registrations, release the conductor, clear the epoch (admin)",
+                "security": admin,
+                "requestBody": _json_body({"type": "object"}),
+                "responses": _ok("reset", _ref("Federation"))
+                | _errors(400, 401, 403, 404, 413, 415),
+            },
+        },
+        "/api/v1/federations/{federation}/orchestras": {
+            "parameters": [_FED],
+            "get": {
+                "summary": "List orchestras",
+                "responses": _ok(
+                    "orchestras",
+                    {
+                        "type": "object",
+                        "properties": {"orchestras": {"type": "array", "items": _ref("Orchestra")}},
+                    },
+                )
+                | _errors(400, 404),
+            },
+            "post": {
+                "summary": "Create an orchestra",
+                "requestBody": _json_body(_ref("NameBody")),
+                "responses": _ok("created", _ref("Orchestra"), "201") | _errors(400, 404, 409, 413),
+            },
+        },
+        "/api/v1/federations/{federation}/registrations": {
+            "parameters": [_FED],
+            "post": {
+                "summary": "Register a node: token, elapsed time, supernode(s), conductor",
+                "requestBody": _json_body(_ref("RegistrationRequest")),
+                "responses": _ok("registered", _ref("Registration"), "201")
+                | _errors(400, 404, 409, 413),
+            },
+        },
+        "/api/v1/federations/{federation}/conductor": {
+            "parameters": [_FED],
+            "get": {
+                "summary": "The conductor and its term",
+                "responses": _ok("conductor", _ref("Conductor")) | _errors(400, 404),
+            },
+            "post": {
+                "summary": "Compare-and-set the conductor; the term is the fencing token",
+                "requestBody": _json_body(_ref("ConductorSet")),
+                "responses": _ok("set; term increased by one", _ref("Conductor"))
+                | _errors(400, 404, 409, 413),
+            },
+        },
+        "/api/v1/federations/{federation}/elapsed": {
+            "parameters": [_FED],
+            "get": {
+                "summary": "Federation time with receive (t2) and send (t3) stamps for clock sync",
+                "responses": _ok("elapsed time", _ref("Elapsed")) | _errors(400, 404),
+            },
+        },
+        "/api/v1/registrations/{token}/heartbeat": {
+            "parameters": [_TOKEN],
+            "post": {
+                "summary": "Keep a registration alive (it expires after ttl seconds without)",
+                "responses": _ok("alive", _ref("Heartbeat")) | _errors(404),
+            },
+        },
+        "/api/v1/registrations/{token}": {
+            "parameters": [_TOKEN],
+            "delete": {
+                "summary": "Unregister",
+                "responses": _ok("unregistered", {"type": "object"}) | _errors(404),
+            },
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "stagemesh registry",
+            "version": "1",
+            "description": "Federations, orchestras, registrations, conductor and time for "
+            "stagemesh nodes. Errors are JSON objects with an 'error' message.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+        },
+    }

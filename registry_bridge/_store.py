@@ -1,0 +1,843 @@
+"""The registry's SQLite store: federations, orchestras, registrations and the conductor.
+
+The store is plain blocking code around one :mod:`sqlite3` connection (WAL journal). Every
+public method is one transaction that is committed before it returns, so an answer the HTTP
+layer sends after a call has reached the database file; a process killed with ``kill -9``
+afterwards loses nothing it acknowledged (WAL with ``synchronous=NORMAL`` survives a process
+crash; choose ``synchronous="FULL"`` to survive a power cut as well). :class:`AsyncStore` runs the
+calls on a worker thread, one at a time, from trio.
+
+Time is injected (``clock``, wall-clock seconds) so expiry can be tested without waiting.
+
+Errors (all :class:`StoreError`, carrying the HTTP status the layer above should use)::
+
+    StoreError (400, bad input)
+    +-- NotFound (404)
+    +-- Conflict (409, may carry a ``detail`` mapping)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import trio
+
+from mesh._names import InvalidName, check_name
+
+__all__ = ["DEFAULT_TTL", "AsyncStore", "Conflict", "NotFound", "RegistryStore", "StoreError"]
+
+DEFAULT_TTL = 30.0
+"""Seconds without a heartbeat after which a JSON registration expires."""
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS federations (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    epoch REAL,
+    version INTEGER NOT NULL DEFAULT 0,
+    conductor_path TEXT,
+    conductor_node_id TEXT,
+    conductor_host TEXT,
+    conductor_port INTEGER,
+    conductor_term INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS orchestras (
+    id INTEGER PRIMARY KEY,
+    federation_id INTEGER NOT NULL REFERENCES federations(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (federation_id, name)
+);
+CREATE TABLE IF NOT EXISTS registrations (
+    token TEXT PRIMARY KEY,
+    federation_id INTEGER NOT NULL REFERENCES federations(id) ON DELETE CASCADE,
+    orchestra_id INTEGER NOT NULL REFERENCES orchestras(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    node_id TEXT,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    supernode INTEGER NOT NULL,
+    conductor INTEGER NOT NULL,
+    heartbeat INTEGER NOT NULL,
+    registered_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    UNIQUE (orchestra_id, name)
+);
+CREATE INDEX IF NOT EXISTS registrations_federation ON registrations (federation_id);
+CREATE INDEX IF NOT EXISTS registrations_expiry ON registrations (heartbeat, last_seen);
+"""
+
+_REG_COLUMNS = (
+    "r.token, o.name, r.name, r.node_id, r.host, r.port, r.supernode, r.conductor,"
+    " r.heartbeat, r.registered_at, r.last_seen"
+)
+
+
+class StoreError(Exception):
+    """Raised by :class:`RegistryStore` for input it refuses (a bad name, field or value)."""
+
+    status = 400
+
+    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class NotFound(StoreError):
+    """Raised when the named federation, orchestra or registration token does not exist."""
+
+    status = 404
+
+
+class Conflict(StoreError):
+    """Raised when a create finds the name taken, a path is held by another live node, a
+    conductor claim loses (legacy API), or a conductor compare-and-set sees another term."""
+
+    status = 409
+
+
+def _name(value: object, what: str) -> str:
+    try:
+        return check_name(value, what)
+    except InvalidName as exc:
+        raise StoreError(str(exc)) from None
+
+
+def _entry(federation: str, row: tuple[Any, ...]) -> dict[str, Any]:
+    _, orchestra, name, node_id, host, port, supernode, conductor, hb, reg_at, seen = row
+    return {
+        "federation": federation,
+        "orchestra": orchestra,
+        "name": name,
+        "path": f"/{orchestra}/{name}",
+        "node_id": node_id,
+        "host": host,
+        "port": port,
+        "supernode": bool(supernode),
+        "conductor": bool(conductor),
+        "heartbeat": bool(hb),
+        "registered_at": reg_at,
+        "last_seen": seen,
+    }
+
+
+class RegistryStore:
+    """The registry's state in one SQLite file; every method is one committed transaction.
+
+    Thread-safe: calls are serialised by a lock (the connection is shared by threads).
+    *ttl* is how long a heartbeat registration lives without a heartbeat; registrations made
+    through the legacy text API have no heartbeat and live until unregistered or reset.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.time,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
+        if not ttl > 0:
+            raise ValueError(f"ttl must be positive, not {ttl!r}")
+        self.path = str(path)
+        self.ttl = float(ttl)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_sweep = float("-inf")
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def now(self) -> float:
+        """The store's clock (wall-clock seconds); federation time is ``now() - epoch``."""
+        return self._clock()
+
+    def close(self) -> None:
+        """Close the database connection (everything is already committed)."""
+        with self._lock:
+            self._db.close()
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _tx(self, fn: Callable[[float], _T]) -> _T:
+        with self._lock:
+            now = self._clock()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if now - self._last_sweep >= min(1.0, self.ttl / 4):
+                    self._sweep(now)
+                    self._last_sweep = now
+                result = fn(now)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return result
+
+    def _sweep(self, now: float) -> None:
+        rows = self._db.execute(
+            "SELECT token FROM registrations WHERE heartbeat = 1 AND last_seen < ?",
+            (now - self.ttl,),
+        ).fetchall()
+        for (token,) in rows:
+            self._drop(token)
+
+    def _drop(self, token: str) -> None:
+        """Delete one registration, releasing the conductor if it held it."""
+        row = self._db.execute(
+            "SELECT r.federation_id, o.name, r.name, r.conductor FROM registrations r"
+            " JOIN orchestras o ON o.id = r.orchestra_id WHERE r.token = ?",
+            (token,),
+        ).fetchone()
+        if row is None:
+            return
+        fed_id, orchestra, name, conductor = row
+        self._db.execute("DELETE FROM registrations WHERE token = ?", (token,))
+        if conductor:
+            self._db.execute(
+                "UPDATE federations SET conductor_path = NULL, conductor_node_id = NULL,"
+                " conductor_host = NULL, conductor_port = NULL,"
+                " conductor_term = conductor_term + 1"
+                " WHERE id = ? AND conductor_path = ?",
+                (fed_id, f"/{orchestra}/{name}"),
+            )
+        self._db.execute("UPDATE federations SET version = version + 1 WHERE id = ?", (fed_id,))
+
+    def _fed(self, name: object) -> tuple[Any, ...]:
+        fed = _name(name, "federation")
+        row = self._db.execute(
+            "SELECT id, name, created_at, epoch, version, conductor_path, conductor_node_id,"
+            " conductor_host, conductor_port, conductor_term FROM federations WHERE name = ?",
+            (fed,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no federation {fed!r}")
+        return tuple(row)
+
+    def _orch_id(self, fed_id: int, fed: str, name: object) -> int:
+        orch = _name(name, "orchestra")
+        row = self._db.execute(
+            "SELECT id FROM orchestras WHERE federation_id = ? AND name = ?", (fed_id, orch)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no orchestra {orch!r} in federation {fed!r}")
+        return int(row[0])
+
+    @staticmethod
+    def _conductor(fed: tuple[Any, ...]) -> dict[str, Any]:
+        return {
+            "holder": fed[5],
+            "node_id": fed[6],
+            "host": fed[7],
+            "port": fed[8],
+            "term": fed[9],
+        }
+
+    @staticmethod
+    def _elapsed(fed: tuple[Any, ...], now: float) -> float:
+        return 0.0 if fed[3] is None else max(0.0, now - fed[3])
+
+    def _summary(self, fed: tuple[Any, ...], now: float) -> dict[str, Any]:
+        counts = self._db.execute(
+            "SELECT (SELECT count(*) FROM orchestras WHERE federation_id = ?),"
+            " (SELECT count(*) FROM registrations WHERE federation_id = ?)",
+            (fed[0], fed[0]),
+        ).fetchone()
+        return {
+            "id": fed[0],
+            "name": fed[1],
+            "created_at": fed[2],
+            "epoch": fed[3],
+            "elapsed": self._elapsed(fed, now),
+            "version": fed[4],
+            "orchestras": counts[0],
+            "registrations": counts[1],
+            "conductor": self._conductor(fed),
+        }
+
+    # ----------------------------------------------------------------- federations
+
+    def create_federation(self, name: object) -> dict[str, Any]:
+        """Create a federation; :class:`Conflict` if the name exists."""
+        fed = _name(name, "federation")
+
+        def run(now: float) -> dict[str, Any]:
+            try:
+                self._db.execute(
+                    "INSERT INTO federations (name, created_at) VALUES (?, ?)", (fed, now)
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"federation {fed!r} already exists") from None
+            return self._summary(self._fed(fed), now)
+
+        return self._tx(run)
+
+    def federation_id(self, name: object, *, create: bool = False) -> int:
+        """Return the federation's id, ``-1`` if absent (created first when *create*)."""
+        fed = _name(name, "federation")
+
+        def run(now: float) -> int:
+            row = self._db.execute("SELECT id FROM federations WHERE name = ?", (fed,)).fetchone()
+            if row is not None:
+                return int(row[0])
+            if not create:
+                return -1
+            cur = self._db.execute(
+                "INSERT INTO federations (name, created_at) VALUES (?, ?)", (fed, now)
+            )
+            return int(cur.lastrowid or 0)
+
+        return self._tx(run)
+
+    def list_federations(self) -> list[dict[str, Any]]:
+        """Every federation with its counts, by name."""
+
+        def run(now: float) -> list[dict[str, Any]]:
+            names = [r[0] for r in self._db.execute("SELECT name FROM federations ORDER BY name")]
+            return [self._summary(self._fed(n), now) for n in names]
+
+        return self._tx(run)
+
+    def federation(self, name: object) -> dict[str, Any]:
+        """The whole view of one federation: orchestras with their registrations, conductor."""
+
+        def run(now: float) -> dict[str, Any]:
+            fed = self._fed(name)
+            view = self._summary(fed, now)
+            orchestras: dict[str, dict[str, Any]] = {}
+            for oname, created in self._db.execute(
+                "SELECT name, created_at FROM orchestras WHERE federation_id = ? ORDER BY name",
+                (fed[0],),
+            ):
+                orchestras[oname] = {
+                    "name": oname,
+                    "created_at": created,
+                    "supernode": None,
+                    "nodes": [],
+                }
+            for row in self._db.execute(
+                f"SELECT {_REG_COLUMNS} FROM registrations r JOIN orchestras o"
+                " ON o.id = r.orchestra_id WHERE r.federation_id = ? ORDER BY o.name, r.name",
+                (fed[0],),
+            ):
+                entry = _entry(fed[1], row)
+                orch = orchestras[entry["orchestra"]]
+                orch["nodes"].append(entry)
+                if entry["supernode"]:
+                    orch["supernode"] = entry["path"]
+            view["orchestras"] = list(orchestras.values())
+            return view
+
+        return self._tx(run)
+
+    def delete_federation(self, name: object) -> None:
+        """Delete a federation and everything in it; :class:`NotFound` if absent."""
+
+        def run(now: float) -> None:
+            fed = self._fed(name)
+            self._db.execute("DELETE FROM registrations WHERE federation_id = ?", (fed[0],))
+            self._db.execute("DELETE FROM orchestras WHERE federation_id = ?", (fed[0],))
+            self._db.execute("DELETE FROM federations WHERE id = ?", (fed[0],))
+
+        self._tx(run)
+
+    def reset_federation(self, name: object) -> dict[str, Any]:
+        """Start a federation afresh: drop its registrations, release the conductor (the term
+        still increases, so fencing stays valid) and clear the epoch; orchestras stay."""
+
+        def run(now: float) -> dict[str, Any]:
+            fed = self._fed(name)
+            self._db.execute("DELETE FROM registrations WHERE federation_id = ?", (fed[0],))
+            self._db.execute(
+                "UPDATE federations SET epoch = NULL, version = version + 1,"
+                " conductor_path = NULL, conductor_node_id = NULL, conductor_host = NULL,"
+                " conductor_port = NULL, conductor_term = conductor_term + 1 WHERE id = ?",
+                (fed[0],),
+            )
+            return self._summary(self._fed(name), now)
+
+        return self._tx(run)
+
+    # ----------------------------------------------------------------- orchestras
+
+    def create_orchestra(self, federation: object, name: object) -> dict[str, Any]:
+        """Create an orchestra; :class:`NotFound` without the federation, :class:`Conflict`
+        if it exists."""
+        orch = _name(name, "orchestra")
+
+        def run(now: float) -> dict[str, Any]:
+            fed = self._fed(federation)
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO orchestras (federation_id, name, created_at) VALUES (?, ?, ?)",
+                    (fed[0], orch, now),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"orchestra {orch!r} already exists in {fed[1]!r}") from None
+            self._db.execute("UPDATE federations SET version = version + 1 WHERE id = ?", (fed[0],))
+            return {"id": cur.lastrowid, "federation": fed[1], "name": orch, "created_at": now}
+
+        return self._tx(run)
+
+    def orchestra_id(self, federation: object, name: object, *, create: bool = False) -> int:
+        """Return the orchestra's id, ``-1`` if absent (created first when *create*).
+        :class:`NotFound` if the federation does not exist."""
+        orch = _name(name, "orchestra")
+
+        def run(now: float) -> int:
+            fed = self._fed(federation)
+            row = self._db.execute(
+                "SELECT id FROM orchestras WHERE federation_id = ? AND name = ?", (fed[0], orch)
+            ).fetchone()
+            if row is not None:
+                return int(row[0])
+            if not create:
+                return -1
+            cur = self._db.execute(
+                "INSERT INTO orchestras (federation_id, name, created_at) VALUES (?, ?, ?)",
+                (fed[0], orch, now),
+            )
+            return int(cur.lastrowid or 0)
+
+        return self._tx(run)
+
+    def list_orchestras(self, federation: object) -> list[dict[str, Any]]:
+        """The orchestras of a federation with their registration counts."""
+
+        def run(now: float) -> list[dict[str, Any]]:
+            fed = self._fed(federation)
+            return [
+                {"id": oid, "federation": fed[1], "name": n, "created_at": c, "registrations": k}
+                for oid, n, c, k in self._db.execute(
+                    "SELECT o.id, o.name, o.created_at,"
+                    " (SELECT count(*) FROM registrations r WHERE r.orchestra_id = o.id)"
+                    " FROM orchestras o WHERE o.federation_id = ? ORDER BY o.name",
+                    (fed[0],),
+                )
+            ]
+
+        return self._tx(run)
+
+    # ----------------------------------------------------------------- registrations
+
+    def register(
+        self,
+        federation: object,
+        orchestra: object,
+        name: object,
+        *,
+        host: str,
+        port: int,
+        supernode: bool = False,
+        conductor: bool = False,
+        node_id: str | None = None,
+        heartbeat: bool = True,
+        create: bool = False,
+        takeover: bool = False,
+        conductor_required: bool = False,
+    ) -> dict[str, Any]:
+        """Register ``/<orchestra>/<name>`` and return what the node needs to know.
+
+        The supernode claim is granted when the orchestra has no supernode (or *takeover*,
+        which demotes the old one); the conductor claim when the federation has no conductor or
+        this path holds it. A lost conductor claim raises :class:`Conflict` when
+        *conductor_required* (the legacy API), else the node is registered without it. A path
+        registered by a different live *node_id* is refused with :class:`Conflict`.
+        """
+        node = _name(name, "name")
+        orch_name = _name(orchestra, "orchestra")
+        path = f"/{orch_name}/{node}"
+
+        def run(now: float) -> dict[str, Any]:
+            if create:
+                fed_name = _name(federation, "federation")
+                self._db.execute(
+                    "INSERT OR IGNORE INTO federations (name, created_at) VALUES (?, ?)",
+                    (fed_name, now),
+                )
+                fid = self._fed(fed_name)[0]
+                self._db.execute(
+                    "INSERT OR IGNORE INTO orchestras (federation_id, name, created_at)"
+                    " VALUES (?, ?, ?)",
+                    (fid, orch_name, now),
+                )
+            fed = self._fed(federation)
+            fed_id = fed[0]
+            orch_id = self._orch_id(fed_id, fed[1], orch_name)
+            old = self._db.execute(
+                "SELECT token, node_id, host, port FROM registrations"
+                " WHERE orchestra_id = ? AND name = ?",
+                (orch_id, node),
+            ).fetchone()
+            if old is not None and old[1] is not None and node_id is not None and old[1] != node_id:
+                raise Conflict(
+                    f"{path} is already registered by node {old[1]} at {old[2]}:{old[3]}"
+                )
+            holder = fed[5]
+            conductor_granted = conductor and (holder is None or holder == path)
+            if conductor and not conductor_granted and conductor_required:
+                raise Conflict(f"conductor already registered: {holder}", {"holder": holder})
+            if old is not None:
+                if holder == path and conductor_granted:
+                    self._db.execute("DELETE FROM registrations WHERE token = ?", (old[0],))
+                else:
+                    self._drop(old[0])
+            sup_row = self._db.execute(
+                "SELECT token FROM registrations WHERE orchestra_id = ? AND supernode = 1",
+                (orch_id,),
+            ).fetchone()
+            supernode_granted = supernode and (sup_row is None or takeover)
+            if supernode_granted and sup_row is not None:
+                self._db.execute(
+                    "UPDATE registrations SET supernode = 0 WHERE orchestra_id = ?", (orch_id,)
+                )
+            token = secrets.token_urlsafe(18)
+            self._db.execute(
+                "INSERT INTO registrations (token, federation_id, orchestra_id, name, node_id,"
+                " host, port, supernode, conductor, heartbeat, registered_at, last_seen)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token,
+                    fed_id,
+                    orch_id,
+                    node,
+                    node_id,
+                    host,
+                    port,
+                    int(supernode_granted),
+                    int(conductor_granted),
+                    int(heartbeat),
+                    now,
+                    now,
+                ),
+            )
+            epoch = fed[3]
+            if epoch is None:
+                epoch = now
+                self._db.execute("UPDATE federations SET epoch = ? WHERE id = ?", (now, fed_id))
+            if conductor_granted:
+                term_bump = 0 if holder == path else 1
+                self._db.execute(
+                    "UPDATE federations SET conductor_path = ?, conductor_node_id = ?,"
+                    " conductor_host = ?, conductor_port = ?,"
+                    " conductor_term = conductor_term + ? WHERE id = ?",
+                    (path, node_id, host, port, term_bump, fed_id),
+                )
+            self._db.execute("UPDATE federations SET version = version + 1 WHERE id = ?", (fed_id,))
+            fed = self._fed(fed[1])
+            return self._answer(fed, orch_id, token, path, now, supernode_granted) | {
+                "supernode_granted": supernode_granted,
+                "conductor_granted": conductor_granted,
+            }
+
+        return self._tx(run)
+
+    def _answer(
+        self,
+        fed: tuple[Any, ...],
+        orch_id: int,
+        token: str,
+        path: str,
+        now: float,
+        is_supernode: bool,
+    ) -> dict[str, Any]:
+        supernode: dict[str, Any] | None = None
+        others: list[dict[str, Any]] = []
+        if is_supernode:
+            others = [
+                _entry(fed[1], row)
+                for row in self._db.execute(
+                    f"SELECT {_REG_COLUMNS} FROM registrations r JOIN orchestras o"
+                    " ON o.id = r.orchestra_id WHERE r.federation_id = ? AND r.supernode = 1"
+                    " AND r.token != ? ORDER BY o.name, r.name",
+                    (fed[0], token),
+                )
+            ]
+        else:
+            row = self._db.execute(
+                f"SELECT {_REG_COLUMNS} FROM registrations r JOIN orchestras o"
+                " ON o.id = r.orchestra_id WHERE r.orchestra_id = ? AND r.supernode = 1",
+                (orch_id,),
+            ).fetchone()
+            supernode = None if row is None else _entry(fed[1], row)
+        conductor: dict[str, Any] | None = None
+        if fed[5] is not None:
+            orch, _, cname = fed[5][1:].partition("/")
+            conductor = {
+                "federation": fed[1],
+                "orchestra": orch,
+                "name": cname,
+                "path": fed[5],
+                "node_id": fed[6],
+                "host": fed[7],
+                "port": fed[8],
+            }
+        return {
+            "token": token,
+            "federation": fed[1],
+            "path": path,
+            "epoch": fed[3],
+            "elapsed": self._elapsed(fed, now),
+            "ttl": self.ttl,
+            "version": fed[4],
+            "supernode": supernode,
+            "other_supernodes": others,
+            "conductor": conductor,
+            "conductor_term": fed[9],
+        }
+
+    def heartbeat(self, token: str) -> dict[str, Any]:
+        """Keep a registration alive; :class:`NotFound` if the token is unknown or expired."""
+
+        def run(now: float) -> dict[str, Any]:
+            row = self._db.execute(
+                "SELECT r.federation_id, f.epoch, f.version, f.conductor_term"
+                " FROM registrations r JOIN federations f ON f.id = r.federation_id"
+                " WHERE r.token = ?",
+                (token,),
+            ).fetchone()
+            if row is None:
+                raise NotFound("unknown or expired registration token")
+            self._db.execute("UPDATE registrations SET last_seen = ? WHERE token = ?", (now, token))
+            epoch = row[1]
+            return {
+                "elapsed": 0.0 if epoch is None else max(0.0, now - epoch),
+                "epoch": epoch,
+                "ttl": self.ttl,
+                "version": row[2],
+                "conductor_term": row[3],
+            }
+
+        return self._tx(run)
+
+    def unregister(self, token: str) -> None:
+        """Remove a registration by token; :class:`NotFound` if unknown."""
+
+        def run(now: float) -> None:
+            row = self._db.execute(
+                "SELECT 1 FROM registrations WHERE token = ?", (token,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("unknown or expired registration token")
+            self._drop(token)
+
+        self._tx(run)
+
+    def unregister_path(self, federation: object, orchestra: object, name: object) -> bool:
+        """Remove ``/<orchestra>/<name>`` (legacy API); return whether it was registered."""
+        node = _name(name, "name")
+
+        def run(now: float) -> bool:
+            fed = self._fed(federation)
+            orch_id = self._orch_id(fed[0], fed[1], orchestra)
+            row = self._db.execute(
+                "SELECT token FROM registrations WHERE orchestra_id = ? AND name = ?",
+                (orch_id, node),
+            ).fetchone()
+            if row is None:
+                return False
+            self._drop(row[0])
+            return True
+
+        return self._tx(run)
+
+    # ----------------------------------------------------------------- conductor and time
+
+    def conductor(self, federation: object) -> dict[str, Any]:
+        """The federation's conductor: ``holder`` path (or ``None``), node id, address, term."""
+        return self._tx(lambda now: self._conductor(self._fed(federation)))
+
+    def set_conductor(
+        self,
+        federation: object,
+        *,
+        expected_term: int,
+        holder: str | None,
+        node_id: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> dict[str, Any]:
+        """Compare-and-set the conductor: if the term is *expected_term*, make *holder* (a
+        path, or ``None`` to release) the conductor and increase the term by one; otherwise
+        raise :class:`Conflict` whose ``detail`` is the current conductor."""
+        if holder is not None:
+            orch, sep, rest = holder[1:].partition("/") if holder.startswith("/") else ("", "", "")
+            if not sep:
+                raise StoreError(f"holder must be a path /<orchestra>/<name>, not {holder!r}")
+            _name(orch, "orchestra")
+            _name(rest, "name")
+
+        def run(now: float) -> dict[str, Any]:
+            fed = self._fed(federation)
+            current = self._conductor(fed)
+            if current["term"] != expected_term:
+                raise Conflict(f"conductor term is {current['term']}, not {expected_term}", current)
+            h_host, h_port = host, port
+            if holder is not None and (h_host is None or h_port is None):
+                o, _, n = holder[1:].partition("/")
+                row = self._db.execute(
+                    "SELECT r.host, r.port FROM registrations r JOIN orchestras o"
+                    " ON o.id = r.orchestra_id WHERE r.federation_id = ? AND o.name = ?"
+                    " AND r.name = ?",
+                    (fed[0], o, n),
+                ).fetchone()
+                if row is not None:
+                    h_host = row[0] if h_host is None else h_host
+                    h_port = row[1] if h_port is None else h_port
+            self._db.execute(
+                "UPDATE federations SET conductor_path = ?, conductor_node_id = ?,"
+                " conductor_host = ?, conductor_port = ?, conductor_term = conductor_term + 1,"
+                " version = version + 1 WHERE id = ?",
+                (holder, node_id, h_host, h_port, fed[0]),
+            )
+            self._db.execute(
+                "UPDATE registrations SET conductor = 0 WHERE federation_id = ?", (fed[0],)
+            )
+            if holder is not None:
+                o, _, n = holder[1:].partition("/")
+                self._db.execute(
+                    "UPDATE registrations SET conductor = 1 WHERE federation_id = ? AND name = ?"
+                    " AND orchestra_id IN (SELECT id FROM orchestras WHERE name = ?)",
+                    (fed[0], n, o),
+                )
+            return self._conductor(self._fed(fed[1]))
+
+        return self._tx(run)
+
+    def elapsed(self, federation: object) -> dict[str, Any]:
+        """Seconds since the federation's epoch (0.0 before its first registration)."""
+
+        def run(now: float) -> dict[str, Any]:
+            fed = self._fed(federation)
+            return {"federation": fed[1], "epoch": fed[3], "elapsed": self._elapsed(fed, now)}
+
+        return self._tx(run)
+
+    def epoch(self, federation: object) -> float | None:
+        """The federation's epoch (wall-clock seconds), ``None`` before its first registration."""
+        return self._tx(lambda now: self._fed(federation)[3])  # type: ignore[no-any-return]
+
+    def check_consistency(self) -> list[str]:
+        """Return every broken invariant (empty when the state is sound); used by tests."""
+
+        def run(now: float) -> list[str]:
+            problems: list[str] = []
+            for (oid,) in self._db.execute(
+                "SELECT orchestra_id FROM registrations WHERE supernode = 1"
+                " GROUP BY orchestra_id HAVING count(*) > 1"
+            ):
+                problems.append(f"orchestra {oid} has more than one supernode")
+            for fid, path in self._db.execute(
+                "SELECT id, conductor_path FROM federations WHERE conductor_path IS NOT NULL"
+            ):
+                n = self._db.execute(
+                    "SELECT count(*) FROM registrations WHERE federation_id = ? AND conductor = 1",
+                    (fid,),
+                ).fetchone()[0]
+                if n > 1:
+                    problems.append(f"federation {fid} has {n} conductor registrations")
+                del path
+            for (fid,) in self._db.execute(
+                "SELECT DISTINCT r.federation_id FROM registrations r JOIN federations f"
+                " ON f.id = r.federation_id WHERE r.conductor = 1 AND f.conductor_path IS NULL"
+            ):
+                problems.append(f"federation {fid}: conductor flag without holder")
+            for (fid,) in self._db.execute(
+                "SELECT DISTINCT federation_id FROM registrations"
+                " WHERE federation_id NOT IN (SELECT id FROM federations)"
+            ):
+                problems.append(f"registration of missing federation {fid}")
+            return problems
+
+        return self._tx(run)
+
+
+class _Job:
+    __slots__ = ("done", "error", "fn", "token", "value")
+
+    def __init__(self, fn: Callable[[], Any], token: trio.lowlevel.TrioToken) -> None:
+        self.fn = fn
+        self.token = token
+        self.done = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+def _deliver(jobs: list[_Job]) -> None:
+    for job in jobs:
+        job.done.set()
+
+
+class AsyncStore:
+    """Runs :class:`RegistryStore` calls from trio on one dedicated worker thread.
+
+    Calls queue up; the thread runs whatever is queued, one committed transaction per call, and
+    wakes trio once per batch (cheaper under load than a thread hop per call). The thread
+    starts on demand and ends after half a second without work. A call's answer is returned
+    only after its transaction committed; cancelling the caller does not abandon the call.
+    """
+
+    def __init__(self, store: RegistryStore) -> None:
+        self.store = store
+        self._cond = threading.Condition()
+        self._pending: list[_Job] = []
+        self._running = False
+
+    async def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run ``fn(*args, **kwargs)`` (a bound :class:`RegistryStore` method) in the thread."""
+
+        def run() -> _T:
+            return fn(*args, **kwargs)
+
+        job = _Job(run, trio.lowlevel.current_trio_token())
+        with self._cond:
+            self._pending.append(job)
+            if self._running:
+                self._cond.notify()
+            else:
+                self._running = True
+                threading.Thread(target=self._work, name="registry-store", daemon=True).start()
+        with trio.CancelScope(shield=True):
+            await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.value  # type: ignore[no-any-return]
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending:
+                    self._cond.wait(timeout=0.5)
+                if not self._pending:
+                    self._running = False
+                    return
+                batch, self._pending = self._pending, []
+            by_token: dict[trio.lowlevel.TrioToken, list[_Job]] = {}
+            for job in batch:
+                try:
+                    job.value = job.fn()
+                except BaseException as exc:
+                    job.error = exc
+                by_token.setdefault(job.token, []).append(job)
+            for token, jobs in by_token.items():
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(_deliver, jobs)

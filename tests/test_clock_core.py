@@ -1,0 +1,358 @@
+"""The federation clock core driven by hand: cores back to back, no event loop, no sockets."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import attrs
+import pytest
+
+from mesh._clock import MAX_REPORTED_ERROR, ClockConfig, ClockCore, SkewedClock
+from mesh._wire import ClockReply, ClockRequest
+
+
+@attrs.define
+class Node:
+    """A core with its local clock (a SkewedClock of true time)."""
+
+    name: str
+    clock: SkewedClock
+    core: ClockCore
+
+    def fed(self, t: float) -> float:
+        return self.core.federation_time(self.clock(t))
+
+
+def make(
+    name: str,
+    t: float = 0.0,
+    skew: float = 0.0,
+    drift: float = 0.0,
+    *,
+    reference: bool = False,
+    initial_time: float = 0.0,
+    config: ClockConfig | None = None,
+) -> Node:
+    clock = SkewedClock(skew, drift)
+    core = ClockCore(
+        clock(t),
+        is_reference=reference,
+        reference_id=name if reference else None,
+        initial_time=initial_time,
+        config=config,
+    )
+    return Node(name, clock, core)
+
+
+class Wire:
+    """Delivers the requests of followers to the nodes they name, with given delays."""
+
+    def __init__(self, *nodes: Node, delay: float = 50e-6, jitter: float = 0.0, seed: int = 1):
+        self.nodes = {n.name: n for n in nodes}
+        self.delay = delay
+        self.jitter = jitter
+        self.rng = random.Random(seed)
+        self.fwd_extra = 0.0  # added to every request's delay
+
+    def _d(self) -> float:
+        return self.delay + self.rng.uniform(0.0, self.jitter)
+
+    def step(self, t: float) -> float:
+        """Let every node act at true time *t*: timers, then each exchange to completion.
+        Returns the latest true time used."""
+        latest = t
+        for node in list(self.nodes.values()):
+            node.core.handle_timer(node.clock(t))
+            for dest, req in node.core.take_outputs():
+                t2 = t + self._d() + self.fwd_extra
+                ref = self.nodes[dest]
+                reply = ref.core.handle_request(ref.clock(t2), req)
+                t4 = t2 + self._d()
+                assert node.core.handle_reply(node.clock(t4), reply, sender=dest)
+                latest = max(latest, t4)
+        return latest
+
+    def run(
+        self, start: float, end: float, tick: float = 0.01, watch: list[Node] | None = None
+    ) -> float:
+        """Step from *start* to *end*; check every watched node's time never decreases."""
+        last = {n.name: -math.inf for n in watch or []}
+        t = start
+        while t < end - 1e-9:
+            done = self.step(t)
+            for n in watch or []:
+                f = n.fed(done)
+                assert f >= last[n.name], f"{n.name} went back at t={t}"
+                last[n.name] = f
+            t += tick
+        return t
+
+
+def follow(node: Node, ref: Node, t: float) -> None:
+    node.core.set_reference(node.clock(t), ref.name, is_self=False)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_skewed_clock_maps_true_to_local_and_back() -> None:
+    c = SkewedClock(1.5, 100.0, origin=10.0)
+    assert c(10.0) == pytest.approx(11.5)
+    assert c(1010.0) == pytest.approx(1011.5 + 0.1)
+    for t in (0.0, 10.0, 12345.678):
+        assert c.to_true(c(t)) == pytest.approx(t, abs=1e-9)
+    with pytest.raises(ValueError, match="drift"):
+        SkewedClock(0.0, math.inf)
+
+
+def test_invalid_config_is_refused() -> None:
+    with pytest.raises(ValueError, match="slew"):
+        ClockConfig(slew_rate=0.6, fast_slew_rate=0.5)
+    with pytest.raises(ValueError, match="advance"):
+        ClockConfig(fast_slew_rate=1.0)
+    with pytest.raises(ValueError, match="best <= window"):
+        ClockConfig(best=20, window=16)
+    with pytest.raises(ValueError, match="max_interval"):
+        ClockConfig(max_interval=0.0)
+
+
+def test_reference_answers_with_its_own_federation_time() -> None:
+    ref = make("r", skew=3.0, reference=True, initial_time=100.0)
+    reply = ref.core.handle_request(ref.clock(2.0), ClockRequest(7, 55.5))
+    assert reply.probe == 7 and reply.t1 == 55.5
+    assert reply.t2 == reply.t3 == pytest.approx(102.0)
+    assert reply.error_bound == 0.0 and reply.synced
+    snap = ref.core.snapshot(ref.clock(2.0))
+    assert snap.is_reference and snap.synced and snap.error_bound == 0.0
+    assert ref.core.next_deadline() is None and ref.core.take_outputs() == []
+
+
+def test_unsynced_node_reports_unknown_error() -> None:
+    n = make("n", skew=1.0)
+    snap = n.core.snapshot(n.clock(0.5))
+    assert not snap.synced and snap.error_bound == math.inf and snap.reference is None
+    reply = n.core.handle_request(n.clock(0.5), ClockRequest(1, 0.0))
+    assert reply.error_bound == MAX_REPORTED_ERROR and not reply.synced
+    assert n.core.next_deadline() is None  # no reference: no polling
+
+
+def test_polls_fast_at_start_then_backs_off() -> None:
+    ref = make("r", reference=True)
+    n = make("n")
+    follow(n, ref, 0.0)
+    wire = Wire(ref, n)
+    sent: list[float] = []
+    t = 0.0
+    while t < 30.0:
+        before = n.core.snapshot(n.clock(t)).requests
+        wire.step(t)
+        if n.core.snapshot(n.clock(t)).requests > before:
+            sent.append(t)
+        deadline = n.core.next_deadline()
+        assert deadline is not None
+        t = max(t + 1e-4, n.clock.to_true(deadline) + 1e-9)
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert gaps[:9] == pytest.approx([0.1] * 9, abs=1e-3)  # 10/s for the first second
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(gaps))  # backs off
+    assert max(gaps) == pytest.approx(1.0, abs=1e-3)  # up to max_interval
+    assert 30 <= len(sent) <= 60
+
+
+def test_first_sync_steps_forward_and_agrees() -> None:
+    ref = make("r", skew=-0.7, reference=True, initial_time=1000.0)
+    n = make("n", skew=1.3)  # a fresh node: federation time starts at 0
+    follow(n, ref, 0.0)
+    wire = Wire(ref, n, delay=40e-6, jitter=20e-6)
+    wire.run(0.0, 1.0, watch=[n])
+    snap = n.core.snapshot(n.clock(1.0))
+    assert snap.synced and snap.steps == 1
+    assert abs(n.fed(1.0) - ref.fed(1.0)) <= snap.error_bound
+    wire.run(1.0, 10.0, watch=[n])
+    diff = n.fed(10.0) - ref.fed(10.0)
+    snap = n.core.snapshot(n.clock(10.0))
+    assert abs(diff) < 10e-6 and abs(diff) <= snap.error_bound
+    assert snap.offset == pytest.approx(1000.0 - 1.3, abs=1e-4)  # ref: 1000 + t; n: t + 1.3
+    assert snap.error_bound < 200e-6 and snap.rtt is not None and snap.rtt >= 80e-6
+
+
+def test_node_ahead_slews_back_without_going_backwards() -> None:
+    ref = make("r", reference=True, initial_time=50.0)
+    n = make("n", initial_time=52.0)  # 2 s ahead of the reference
+    follow(n, ref, 0.0)
+    wire = Wire(ref, n)
+    wire.run(0.0, 3.0, tick=0.005, watch=[n])
+    mid = n.core.snapshot(n.clock(3.0))
+    assert mid.steps == 0 and n.fed(3.0) > ref.fed(3.0) + 0.1  # still slewing, never stepped
+    assert mid.error_bound >= n.fed(3.0) - ref.fed(3.0)  # the bound owns up to it
+    wire.run(3.0, 8.0, tick=0.005, watch=[n])
+    assert abs(n.fed(8.0) - ref.fed(8.0)) < 5e-6
+
+
+def test_later_sample_saying_ahead_is_slewed_not_stepped_back() -> None:
+    ref = make("r", reference=True, initial_time=10.0)
+    late = make("late", reference=True, initial_time=10.0 - 0.05)  # 50 ms behind `ref`
+    n = make("n")
+    follow(n, ref, 0.0)
+    wire = Wire(ref, late, n)
+    wire.run(0.0, 5.0, watch=[n])
+    assert abs(n.fed(5.0) - ref.fed(5.0)) < 5e-6
+    follow(n, late, 5.0)  # a new reference whose samples say n is 50 ms ahead
+    before = n.fed(5.0)
+    t, prev = 5.0, before
+    while t < 5.4:
+        wire.step(t)
+        f = n.fed(t + 0.001)
+        assert f >= prev
+        # Slewing at 5%: federation time still advances at >= 0.95 of local time.
+        assert f - prev >= 0.94 * (n.clock(t + 0.001) - n.clock(t - 0.009)) or t == 5.0
+        prev = f
+        t += 0.01
+    assert n.core.snapshot(n.clock(5.4)).steps == 1  # only the first sync stepped
+    wire.run(5.4, 7.0, watch=[n])
+    assert abs(n.fed(7.0) - late.fed(7.0)) < 10e-6  # 50 ms absorbed in about 1 s
+
+
+def test_large_error_behind_steps_forward() -> None:
+    ref = make("r", reference=True, initial_time=10.0)
+    ahead = make("ahead", reference=True, initial_time=11.0)  # 1 s ahead of `ref`
+    n = make("n")
+    follow(n, ref, 0.0)
+    wire = Wire(ref, ahead, n)
+    wire.run(0.0, 3.0, watch=[n])
+    steps = n.core.snapshot(n.clock(3.0)).steps
+    follow(n, ahead, 3.0)
+    wire.run(3.0, 3.5, watch=[n])
+    assert n.core.snapshot(n.clock(3.5)).steps == steps + 1
+    assert abs(n.fed(3.5) - ahead.fed(3.5)) < 100e-6
+
+
+def test_drift_is_estimated_within_a_few_ppm() -> None:
+    ref = make("r", skew=0.3, reference=True)
+    n = make("n", skew=-1.9, drift=100.0)
+    follow(n, ref, 0.0)
+    wire = Wire(ref, n, delay=30e-6, jitter=150e-6, seed=4)
+    wire.run(0.0, 60.0, watch=[n])
+    snap = n.core.snapshot(n.clock(60.0))
+    assert snap.drift_ppm == pytest.approx(100.0, abs=2.0)
+    assert abs(snap.drift_ppm - 100.0) <= snap.drift_bound_ppm + 0.01
+    assert abs(n.fed(60.0) - ref.fed(60.0)) <= snap.error_bound
+    assert abs(n.fed(60.0) - ref.fed(60.0)) < 50e-6
+
+
+def test_reference_change_is_continuous() -> None:
+    a = make("a", skew=0.5, drift=-40.0, reference=True, initial_time=500.0)
+    b = make("b", skew=-1.0, drift=80.0)
+    c = make("c", skew=1.7, drift=150.0)
+    for n in (b, c):
+        follow(n, a, 0.0)
+    wire = Wire(a, b, c, delay=30e-6, jitter=60e-6, seed=2)
+    wire.run(0.0, 30.0, watch=[b, c])
+    t = 30.0
+    before = {n.name: n.fed(t) for n in (a, b, c)}
+    b.core.set_reference(b.clock(t), "b", is_self=True)  # b takes over as the reference
+    follow(a, b, t)
+    follow(c, b, t)
+    for n in (a, b, c):  # no jump at the switch
+        assert n.fed(t) == pytest.approx(before[n.name], abs=1e-9)
+    assert b.core.snapshot(b.clock(t)).drift_ppm == pytest.approx(80.0 + 40.0, abs=1.0)
+    wire.run(t, 60.0, watch=[a, b, c])
+    for n in (a, c):
+        snap = n.core.snapshot(n.clock(60.0))
+        diff = n.fed(60.0) - b.fed(60.0)
+        assert snap.synced and snap.reference == "b"
+        assert abs(diff) <= snap.error_bound and abs(diff) < 20e-6
+
+
+def test_bad_replies_are_rejected() -> None:
+    ref = make("r", reference=True)
+    n = make("n")
+    follow(n, ref, 0.0)
+    n.core.handle_timer(0.0)
+    [(dest, req)] = n.core.take_outputs()
+    assert dest == "r"
+    good = ref.core.handle_request(0.0001, req)
+    bad = [
+        (attrs.evolve(good, probe=req.probe + 100), None),  # unknown probe
+        (attrs.evolve(good, t1=req.t1 + 1e-3), None),  # t1 not echoed
+        (good, "someone-else"),  # not the node asked
+        (attrs.evolve(good, t3=good.t2 - 1.0), None),  # t3 before t2
+    ]
+    for reply, sender in bad:
+        assert not n.core.handle_reply(0.0002, reply, sender=sender)
+    assert n.core.handle_reply(0.0002, good, sender="r")
+    assert not n.core.handle_reply(0.0003, good, sender="r")  # duplicate
+    n.core.handle_timer(0.1)
+    [(_, late_req)] = n.core.take_outputs()
+    late = ref.core.handle_request(0.2, late_req)
+    assert not n.core.handle_reply(0.1 + 1.5, late)  # older than reply_timeout
+    snap = n.core.snapshot(2.0)
+    assert snap.rejected == 6 and snap.replies == 1
+
+
+def test_reply_with_negative_round_trip_is_rejected() -> None:
+    n = make("n")
+    follow(n, make("r", reference=True), 0.0)
+    n.core.handle_timer(1.0)
+    [(_, req)] = n.core.take_outputs()
+    reply = ClockReply(req.probe, req.t1, 5.0, 5.5, 0.0, True)  # held 0.5 s, answered in 0.1
+    assert not n.core.handle_reply(1.1, reply)
+
+
+def test_synced_lapses_without_samples_and_time_runs_on() -> None:
+    ref = make("r", reference=True, initial_time=7.0)
+    n = make("n")
+    follow(n, ref, 0.0)
+    Wire(ref, n).run(0.0, 5.0, watch=[n])
+    assert n.core.snapshot(n.clock(5.0)).synced
+    n.core.set_reference(n.clock(5.0), None, is_self=False)  # between elections
+    assert n.core.next_deadline() is None
+    assert not n.core.snapshot(n.clock(5.0)).synced
+    f1, f2 = n.fed(6.0), n.fed(40.0)
+    assert f2 - f1 == pytest.approx(34.0, abs=1e-3)
+    snap = n.core.snapshot(n.clock(40.0))
+    assert abs(n.fed(40.0) - ref.fed(40.0)) <= snap.error_bound < 0.1
+
+
+def test_stale_reference_loses_synced() -> None:
+    ref = make("r", reference=True)
+    n = make("n")
+    follow(n, ref, 0.0)
+    Wire(ref, n).run(0.0, 3.0)
+    assert n.core.snapshot(n.clock(3.0)).synced
+    for t in (4.0, 10.0, 20.0):  # requests go out but nothing comes back
+        n.core.handle_timer(n.clock(t))
+        n.core.take_outputs()
+    assert not n.core.snapshot(n.clock(24.0)).synced
+
+
+def test_becoming_reference_keeps_time_and_rate() -> None:
+    ref = make("r", reference=True)
+    n = make("n", drift=-150.0)
+    follow(n, ref, 0.0)
+    Wire(ref, n).run(0.0, 20.0)
+    f = n.fed(20.0)
+    n.core.set_reference(n.clock(20.0), "n", is_self=True)
+    assert n.fed(20.0) == f
+    snap = n.core.snapshot(n.clock(20.0))
+    assert snap.is_reference and snap.error_bound == 0.0 and n.core.next_deadline() is None
+    # It keeps running at the federation's rate, not its own local rate.
+    assert n.fed(120.0) - ref.fed(120.0) == pytest.approx(n.fed(20.0) - ref.fed(20.0), abs=1e-4)
+
+
+def test_local_clock_going_backwards_does_not_move_time_back() -> None:
+    core = ClockCore(100.0, is_reference=True, reference_id="x")
+    f = core.federation_time(105.0)
+    assert core.federation_time(101.0) == f
+    assert core.snapshot(101.0).local_time == 105.0
+
+
+def test_set_reference_twice_is_a_no_op() -> None:
+    ref = make("r", reference=True)
+    n = make("n")
+    follow(n, ref, 0.0)
+    Wire(ref, n).run(0.0, 2.0)
+    samples = n.core.snapshot(n.clock(2.0)).samples
+    follow(n, ref, 2.0)
+    assert n.core.snapshot(n.clock(2.0)).samples == samples > 0

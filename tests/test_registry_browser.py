@@ -1,0 +1,124 @@
+"""Headless Chromium (Debian's, driven by Playwright) opens the registry's pages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    env = dict(os.environ, STAGEMESH_ADMIN_PASSWORD="hunter2")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mesh",
+            "registry",
+            "--bind",
+            "127.0.0.1:0",
+            "--db",
+            str(tmp_path / "registry.db"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the process prints it once serving (or exits)
+        assert line.startswith("ready registry="), line
+        yield line.split()[1].removeprefix("registry=")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        assert proc.returncode == 0
+
+
+def test_federation_page_in_chromium(registry: str, tmp_path: Path) -> None:
+    with httpx.Client(base_url=registry, timeout=10) as http:
+        for orch, name, sup, cond in [
+            ("cmu", "alice", True, True),
+            ("cmu", "rbd", False, False),
+            ("cmu", "max", False, False),
+            ("colorado", "bob", True, False),
+            ("colorado", "eve", False, False),
+            ("stanford", "sam", True, False),
+        ]:
+            r = http.post(
+                "/api/v1/federations/sleo/registrations",
+                json={
+                    "orchestra": orch,
+                    "name": name,
+                    "supernode": sup,
+                    "conductor": cond,
+                    "create": True,
+                },
+            )
+            assert r.status_code == 201
+    shot = tmp_path / "federation.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(registry + "/")
+            page.click("text=sleo")
+            assert page.url.endswith("/federations/sleo")
+            body = page.inner_text("body")
+            for path in [
+                "/cmu/alice",
+                "/cmu/rbd",
+                "/cmu/max",
+                "/colorado/bob",
+                "/colorado/eve",
+                "/stanford/sam",
+            ]:
+                assert path in body
+            assert "Conductor: /cmu/alice" in body
+            svg = page.locator("svg#mesh")
+            assert svg.is_visible()
+            assert page.locator("svg#mesh g.orchestra").count() == 3
+            assert page.locator("svg#mesh circle.node").count() == 6
+            assert page.locator("svg#mesh circle.supernode").count() == 3
+            assert page.locator("svg#mesh circle.conductor").count() == 1
+            assert page.locator("svg#mesh line.link").count() == 3
+            box = svg.bounding_box()
+            assert box is not None and box["width"] > 300 and box["height"] > 200
+            page.screenshot(path=str(shot), full_page=True)
+            with page.expect_response(lambda r: r.url.endswith("/federations/sleo/delete")) as info:
+                page.click("#delete")
+            response = info.value
+            assert response.status == 401
+            assert response.headers["www-authenticate"].startswith("Basic")
+        finally:
+            browser.close()
+    if os.environ.get("STAGEMESH_KEEP_SCREENSHOT"):
+        Path(os.environ["STAGEMESH_KEEP_SCREENSHOT"]).write_bytes(shot.read_bytes())
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    with httpx.Client(base_url=registry, timeout=10) as http:
+        assert http.get("/api/v1/federations/sleo").status_code == 200  # not deleted

@@ -1,0 +1,144 @@
+"""The 2012 client flow against a real registry socket, parsing text like the old client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from registry_bridge import RegistryStore, create_app, serve_registry
+
+
+@pytest.fixture
+async def base(tmp_path: Path) -> AsyncIterator[str]:
+    store = RegistryStore(tmp_path / "registry.db")
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(
+            lambda task_status: serve_registry(
+                create_app(store),
+                "127.0.0.1:0",
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
+            )
+        )
+        yield url
+        stop.set()
+    store.close()
+
+
+async def get(http: httpx.AsyncClient, path: str, **params: str) -> tuple[int, str]:
+    r = await http.get(path, params=params)
+    assert r.headers["content-type"].startswith("text/plain")
+    return r.status_code, r.text
+
+
+def find_supernode(text: str) -> tuple[str, str] | None:
+    """What the 2012 client did: find 'Your supernode:', take fields 3 and 4 of the next line."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() == "Your supernode:":
+            fields = lines[i + 1].split()
+            return fields[2], fields[3]
+    return None
+
+
+async def test_2012_client_flow(base: str) -> None:
+    with trio.fail_after(20):
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert await get(http, "/federation", federation="sleo") == (200, "-1\n")
+            status, fid = await get(http, "/federation", federation="sleo", create="yes")
+            assert status == 200 and int(fid) > 0
+            assert await get(http, "/federation", federation="sleo") == (200, fid)
+            assert await get(http, "/orchestra", federation="sleo", orchestra="cmu") == (
+                200,
+                "-1\n",
+            )
+            status, oid = await get(
+                http, "/orchestra", federation="sleo", orchestra="cmu", create="yes"
+            )
+            assert status == 200 and int(oid) > 0
+
+            status, text = await get(
+                http,
+                "/register",
+                federation="sleo",
+                orchestra="cmu",
+                name="alice",
+                supernode="yes",
+                conductor="yes",
+                port="7471",
+            )
+            assert status == 200
+            lines = text.splitlines()
+            assert lines[0] == "Registered /cmu/alice as supernode and conductor in federation sleo"
+            assert lines[1].startswith("Elapsed: ")
+            assert len(lines[1].split()[1].split(".")[1]) == 6
+            assert "Other supernodes:" in lines and find_supernode(text) is None
+
+            status, text = await get(
+                http,
+                "/register",
+                federation="sleo",
+                orchestra="cmu",
+                name="rbd",
+                supernode="no",
+                conductor="no",
+            )
+            assert status == 200
+            assert text.splitlines()[0] == "Registered /cmu/rbd as node in federation sleo"
+            assert find_supernode(text) == ("/cmu/alice", "127.0.0.1")
+            assert "Conductor:\nsleo cmu /cmu/alice 127.0.0.1 7471\n" in text
+
+            status, text = await get(
+                http,
+                "/register",
+                federation="sleo",
+                orchestra="cmu",
+                name="bob",
+                supernode="no",
+                conductor="yes",
+            )
+            assert (status, text) == (409, "Error: conductor already registered: /cmu/alice\n")
+
+            assert await get(
+                http, "/unregister", federation="sleo", orchestra="cmu", name="alice"
+            ) == (200, "OK\n")
+            status, text = await get(
+                http,
+                "/register",
+                federation="sleo",
+                orchestra="cmu",
+                name="bob",
+                supernode="no",
+                conductor="yes",
+            )
+            assert status == 200 and "as node and conductor" in text
+            assert find_supernode(text) is None  # alice (the supernode) left
+
+
+async def test_legacy_bad_input_is_400_with_error_line(base: str) -> None:
+    with trio.fail_after(20):
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await get(http, "/federation"))[0] == 400
+            status, text = await get(http, "/federation", federation="bad name")
+            assert status == 400 and text.startswith("Error: federation 'bad name' may hold")
+            status, text = await get(http, "/federation", federation="f", create="maybe")
+            assert (status, text) == (400, "Error: create must be yes or no, not 'maybe'\n")
+            status, text = await get(http, "/register", federation="nope", orchestra="o", name="n")
+            assert (status, text) == (400, "Error: no federation 'nope'\n")
+            await get(http, "/orchestra", federation="f", orchestra="o", create="yes")
+            assert (await get(http, "/orchestra", federation="f", orchestra="o", create="yes"))[
+                0
+            ] == 400
+            await get(http, "/federation", federation="f", create="yes")
+            await get(http, "/orchestra", federation="f", orchestra="o", create="yes")
+            status, text = await get(
+                http, "/register", federation="f", orchestra="o", name="n", port="99999"
+            )
+            assert status == 400 and "port" in text
+            status, text = await get(http, "/register", federation="f", orchestra="o")
+            assert (status, text) == (400, "Error: missing parameter name\n")

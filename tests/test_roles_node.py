@@ -1,0 +1,415 @@
+"""Roles wired into real in-process nodes (loopback, seeds, no mDNS or broadcast): the
+conductor manages stations; typed errors cross the mesh; the desired state is replicated and
+restored; the ``stagemesh roles`` command talks to a node's HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+
+import roles
+from mesh.__main__ import main as stagemesh
+from mesh._cli import UsageError
+from mesh._node import Node, NodeConfig, RemoteError, open_node
+from mesh._wire import Value
+from roles import (
+    BackoffPolicy,
+    BlockedRole,
+    NotConductor,
+    RoleConfig,
+    RolesExtension,
+    StationFile,
+    push_config,
+    roles_extension_factory,
+)
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
+FAST = BackoffPolicy(base=0.1, max_delay=0.5)
+
+
+def sleeper(*uuids: str, timestamp: int = 1000) -> RoleConfig:
+    """A configuration of harmless `command` instances."""
+    return RoleConfig.from_dict(
+        {"command": {u: {"timestamp": timestamp, "command": SLEEP} for u in uuids}}
+    )
+
+
+def extension(station: bool) -> RolesExtension:
+    station_file = (
+        StationFile(blocked_roles=frozenset({"stream"}), variables={"room": "a"})
+        if station
+        else None
+    )
+    return RolesExtension(
+        station_file,
+        backoff=FAST,
+        meta_interval=0.05,
+        manager_interval=0.3,
+        sync_interval=0.5,
+    )
+
+
+def config(
+    tmp: Path,
+    path: str,
+    ext: RolesExtension,
+    seeds: tuple[tuple[str, int], ...] = (),
+    conductor: bool = False,
+) -> NodeConfig:
+    _, orchestra, name = path.split("/")
+    return NodeConfig(
+        federation="rolesnode",
+        orchestra=orchestra,
+        name=name,
+        bind="127.0.0.1",
+        port=0,
+        port_is_default=False,
+        mdns=False,
+        broadcast=False,
+        seeds=seeds,
+        profile="loopback",
+        conductor=conductor,
+        state_dir=tmp / "state",
+        runtime_dir=tmp / "run",
+        extensions=(ext,),
+    )
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], timeout: float, what: str
+) -> None:
+    """Poll *check* until it is true; fail naming *what* after *timeout* seconds."""
+    try:
+        with trio.fail_after(timeout):
+            while True:
+                result = check()
+                if not isinstance(result, bool):
+                    result = await result
+                if result:
+                    return
+                await trio.sleep(0.05)
+    except trio.TooSlowError:
+        raise AssertionError(f"{what} not reached within {timeout} s") from None
+
+
+class Group:
+    """Nodes and their roles extensions, by path; each node runs in its own task so any one
+    can stop first."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.nodes: dict[str, Node] = {}
+        self.exts: dict[str, RolesExtension] = {}
+        self.stops: dict[str, trio.Event] = {}
+        self.done: dict[str, trio.Event] = {}
+
+    def station(self, path: str) -> roles.Station:
+        station = self.exts[path].station
+        assert station is not None
+        return station
+
+    async def start(self, node_config: NodeConfig, ext: RolesExtension) -> Node:
+        path = f"/{node_config.orchestra}/{node_config.name}"
+        self.stops[path], self.done[path] = trio.Event(), trio.Event()
+
+        async def run(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                async with open_node(node_config) as node:
+                    task_status.started(node)
+                    await self.stops[path].wait()
+            finally:
+                self.done[path].set()
+
+        node: Node = await self.nursery.start(run)
+        self.nodes[path], self.exts[path] = node, ext
+        return node
+
+    async def stop(self, path: str) -> None:
+        self.stops[path].set()
+        with trio.fail_after(10):
+            await self.done[path].wait()
+        del self.nodes[path]
+
+
+@asynccontextmanager
+async def group(tmp: Path, candidates: list[str], stations: list[str]) -> AsyncIterator[Group]:
+    """Start the candidates (the first one first, so it conducts) and the stations; yield
+    once every node sees every other alive and the first candidate conducts."""
+    async with trio.open_nursery() as nursery:
+        out = Group(nursery)
+        seeds: tuple[tuple[str, int], ...] = ()
+        for path in [*candidates, *stations]:
+            ext = extension(station=path in stations)
+            node = await out.start(config(tmp, path, ext, seeds, path in candidates), ext)
+            seeds = seeds or (node.address,)
+
+        def settled() -> bool:
+            for node in out.nodes.values():
+                alive = sum(m.status == "alive" for m in node.members())
+                if alive != len(out.nodes) or node.conductor != candidates[0]:
+                    return False
+                for path in stations:
+                    member = node.member(path)
+                    if member is None or "d" not in member.meta:
+                        return False
+            return True
+
+        try:
+            await eventually(settled, 20, "every node alive, a conductor, station metadata")
+            yield out
+        finally:
+            for path in reversed(list(out.nodes)):
+                out.stops[path].set()
+
+
+def pids(station: roles.Station) -> dict[str, int | None]:
+    return {f"{s.role}/{s.uuid}": s.pid for s in station.snapshot().processes}
+
+
+async def test_push_through_conductor_runs_and_a_blocked_role_is_typed(tmp_path: Path) -> None:
+    async with group(tmp_path, ["/ctl/c1"], ["/room-a/s1", "/room-b/s2"]) as g:
+        conductor, s1 = g.nodes["/ctl/c1"], g.nodes["/room-a/s1"]
+        # Pushed from any node (here the station itself) through the conductor.
+        answer = await push_config(s1, "/room-a/s1", sleeper("cam-1", "cam-2"))
+        assert answer["applied"] is True and answer["station"] == "/room-a/s1"
+        assert sorted(answer["started"]) == ["command/cam-1", "command/cam-2"]
+        station = g.station("/room-a/s1")
+        running = {s.uuid: s for s in station.snapshot().processes}
+        assert {u: s.state for u, s in running.items()} == {"cam-1": "running", "cam-2": "running"}
+        assert all(s.pid is not None and roles.process_group_alive(s.pid) for s in running.values())
+        assert station.config.digest() == answer["digest"]
+
+        # Every node sees the station's roles summary and identity in its member record.
+        def summary_seen() -> bool:
+            member = conductor.member("/room-a/s1")
+            assert member is not None
+            return member.meta.get("r") == {"command": {"configured": 2, "running": 2, "failed": 0}}
+
+        await eventually(summary_seen, 5, "the roles summary in the conductor's view")
+        member = conductor.member("/room-a/s1")
+        assert member is not None
+        assert member.meta["i"] == station.identity.to_meta()
+        assert member.meta["d"] == answer["digest"]
+        assert len(msgpack.packb({k: member.meta[k] for k in "rid"})) <= roles.META_BUDGET
+        status = conductor.status()
+        assert status["roles"]["manager"]["active"] is True
+        assert status["roles"]["station"] is None  # a conductor without --roles: manager only
+        view = status["roles"]["manager"]["stations"]["/room-a/s1"]
+        assert view["in_sync"] is True and view["answer"]["applied"] is True
+        assert [m["roles"] for m in status["members"] if m["path"] == "/room-a/s1"] == [
+            {"command": {"configured": 2, "running": 2, "failed": 0}}
+        ]
+
+        # A blocked role: the sender gets the typed error naming role and uuid; nothing changes.
+        before = (pids(station), station.config, g.exts["/ctl/c1"].desired)
+        blocked = sleeper("cam-1", "cam-2").merge(
+            RoleConfig.from_dict({"stream": {"hall-a": {"timestamp": 1, "command": SLEEP}}})
+        )
+        with pytest.raises(BlockedRole) as refused:
+            await push_config(s1, "/room-a/s1", blocked)
+        assert "'stream'" in str(refused.value) and "'hall-a'" in str(refused.value)
+        assert (pids(station), station.config, g.exts["/ctl/c1"].desired) == before
+        last = conductor.status()["roles"]["manager"]["stations"]["/room-a/s1"]["last_push"]
+        assert last["error_type"] == "BlockedRole" and last["applied"] is False
+
+        # A station that is not live: the desired configuration is kept, to push later.
+        pending = await push_config(s1, "/room-c/later", sleeper("cam-9"))
+        assert pending["pending"] is True and pending["error_type"] == "NoSuchMember"
+        later = conductor.status()["roles"]["manager"]["stations"]["/room-c/later"]
+        assert later["live"] is False and later["digest"] == pending["digest"]
+
+        # roles.push sent to a node that does not conduct names the conductor.
+        with pytest.raises(RemoteError) as not_conductor:
+            payload: Value = {"station": "/room-a/s1", "config": {}}
+            await s1.request("/room-b/s2", "roles.push", payload)
+        assert not_conductor.value.error_type == "NotConductor"
+        assert "/ctl/c1" in not_conductor.value.message
+        error = roles.remote_error("NotConductor", not_conductor.value.message)
+        assert isinstance(error, NotConductor)
+
+
+async def test_desired_state_is_replicated_restored_and_survives_the_conductor(
+    tmp_path: Path,
+) -> None:
+    async with group(tmp_path, ["/ctl/c1", "/ctl/c2"], ["/room-a/s1"]) as g:
+        c1, s1 = g.nodes["/ctl/c1"], g.nodes["/room-a/s1"]
+        wanted = sleeper("cam-1")
+        answer = await push_config(c1, "/room-a/s1", wanted)
+        digest = answer["digest"]
+        standby = g.exts["/ctl/c2"]
+        await eventually(
+            lambda: standby.desired.config_for("/room-a/s1").digest() == digest,
+            5,
+            "the desired configuration replicated to the standby",
+        )
+        saved = tmp_path / "state" / "rolesnode" / "ctl" / "c2" / "roles" / "desired.json"
+        await eventually(saved.exists, 5, "the standby saving the desired state")
+        on_disk = json.loads(saved.read_text())["desired"]
+        assert roles.DesiredState.from_dict(on_disk).config_for("/room-a/s1").digest() == digest
+
+        # Someone changes the station behind the manager's back: the manager puts it back.
+        station = g.station("/room-a/s1")
+        other = sleeper("other", timestamp=5)
+        await s1.request(
+            "/room-a/s1", "roles.apply", {"config": json.loads(json.dumps(other.to_dict()))}
+        )
+        assert station.config.digest() != digest
+
+        def restored() -> bool:
+            running = [(s.uuid, s.state) for s in station.snapshot().processes]
+            return station.config.digest() == digest and running == [("cam-1", "running")]
+
+        await eventually(restored, 10, "the manager restoring the station")
+        pid = pids(station)["command/cam-1"]
+        assert pid is not None
+
+        # The conductor leaves: the standby conducts and pushes the same desired configuration.
+        await g.stop("/ctl/c1")
+        c2 = g.nodes["/ctl/c2"]
+        await eventually(lambda: c2.conductor == "/ctl/c2", 10, "the standby conducting")
+        again = await push_config(s1, "/room-a/s1", wanted)
+        assert again["applied"] is True and again["digest"] == digest
+        assert again["unchanged"] == ["command/cam-1"] and pids(station)["command/cam-1"] == pid
+        assert c2.status()["roles"]["manager"]["active"] is True
+        await eventually(
+            lambda: c2.status()["roles"]["manager"]["stations"]["/room-a/s1"]["in_sync"],
+            5,
+            "the new conductor reporting the station in sync",
+        )
+
+
+async def test_station_requests_and_the_roles_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with group(tmp_path, ["/ctl/c1"], ["/room-a/s1"]) as g:
+        c1 = g.nodes["/ctl/c1"]
+        url = c1.status_url
+        assert url is not None
+        pushed = tmp_path / "push.json"
+        pushed.write_text(
+            json.dumps(
+                {
+                    "command": {
+                        "cam-1": {
+                            "command": [*SLEEP[:2], "print('hello'); import time; time.sleep(60)"]
+                        }
+                    }
+                }
+            )
+        )
+
+        async def cli(*argv: str) -> tuple[int, str, str]:
+            root = logging.getLogger()
+            saved = (root.handlers[:], root.level)
+            try:
+                code = await trio.to_thread.run_sync(
+                    stagemesh, ["--log-level", "error", "roles", *argv, "--node", url]
+                )
+            finally:
+                root.handlers[:], root.level = saved[0], saved[1]
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        code, out, err = await cli("push", str(pushed), "--station", "/room-a/s1")
+        assert (code, err) == (0, "") and "/room-a/s1: applied" in out
+        station = g.station("/room-a/s1")
+        await eventually(
+            lambda: "hello" in station.logs("command", "cam-1"), 10, "the instance printing"
+        )
+        code, out, _ = await cli(
+            "logs", "--station", "/room-a/s1", "--role", "command", "--uuid", "cam-1"
+        )
+        assert code == 0 and "hello" in out.splitlines()
+        code, out, _ = await cli("stop", "--station", "/room-a/s1", "--role", "command")
+        assert code == 0 and "stopped" in out
+        assert {s.state for s in station.snapshot().processes} == {"stopped"}
+        code, out, _ = await cli("start", "--station", "/room-a/s1")
+        assert code == 0 and "running" in out
+        code, out, _ = await cli("show")
+        assert code == 0 and "conductor=/ctl/c1" in out and "/room-a/s1" in out
+        code, out, _ = await cli("show", "--station", "/room-a/s1", "--json")
+        assert code == 0 and json.loads(out)["config"]["command"]["cam-1"]["command"][0] == SLEEP[0]
+        # Typed errors are one line and exit 1; usage errors exit 2.
+        code, out, err = await cli("logs", "--station", "/room-a/s1", "--role", "x", "--uuid", "y")
+        assert code == 1 and err.startswith("error: InvalidRequest: ") and err.count("\n") == 1
+        code, _, err = await cli("stop", "--station", "room-a")
+        assert code == 2 and "/<orchestra>/<name>" in err
+        bad = tmp_path / "bad.json"
+        bad.write_text('{"command": {"x": {"timestamp": "soon"}}}')
+        code, _, err = await cli("push", str(bad), "--station", "/room-a/s1")
+        assert code == 2 and "bad.json: at $.command.x.timestamp" in err
+
+
+def test_factory_builds_the_extension_for_stations_and_candidates(tmp_path: Path) -> None:
+    def args(roles_file: Path | None, conductor: bool = False) -> argparse.Namespace:
+        return argparse.Namespace(roles=roles_file, conductor=conductor)
+
+    assert roles_extension_factory(args(None)) is None
+    manager_only = roles_extension_factory(args(None, conductor=True))
+    assert manager_only is not None and manager_only.station_file is None
+    assert set(manager_only.handlers()) == set(roles.MANAGER_KINDS)
+    good = tmp_path / "station.json"
+    good.write_text(json.dumps({"blocked_roles": ["stream"], "roles": {}}))
+    station = roles_extension_factory(args(good))
+    assert station is not None and station.name == "roles"
+    assert station.station_file is not None
+    assert station.station_file.blocked_roles == {"stream"}
+    assert {"roles.apply", "roles.logs", "roles.check", "roles.push"} <= set(station.handlers())
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"roles": {"command": {"x": {"timestamp": "soon"}}}}))
+    with pytest.raises(UsageError, match=r"bad\.json: at \$\.roles\.command\.x\.timestamp"):
+        roles_extension_factory(args(bad))
+    blocked = tmp_path / "blocked.json"
+    blocked.write_text(
+        json.dumps({"blocked_roles": ["stream"], "roles": {"stream": {"h": {"command": "x"}}}})
+    )
+    with pytest.raises(UsageError, match=r"BlockedRole: role 'stream'"):
+        roles_extension_factory(args(blocked))
+
+
+def test_station_meta_stays_under_budget() -> None:
+    identity = {"h": "h" * 64, "m": "aa:bb:cc:dd:ee:ff", "a": ["10.0.0.1", "fe80::1" * 3]}
+    summary = {f"role-{i:02d}": {"configured": 4, "running": 3, "failed": 1} for i in range(12)}
+    meta = roles.station_meta(summary, identity, "0123456789abcdef")
+    assert len(msgpack.packb(meta)) <= roles.META_BUDGET
+    ident = meta["i"]
+    assert isinstance(ident, dict) and ident["h"] == "h" * 64 and meta["d"] == "0123456789abcdef"
+    small = roles.station_meta(
+        {"record": {"configured": 1, "running": 1, "failed": 0}}, identity, "d"
+    )
+    assert small["r"] == {"record": {"configured": 1, "running": 1, "failed": 0}}
+
+
+def test_the_node_command_accepts_roles(tmp_path: Path) -> None:
+    from mesh.__main__ import commands
+
+    station = tmp_path / "station.json"
+    station.write_text(json.dumps({"roles": {}}))
+    node = next(c for c in commands() if c.name == "node")
+    parser = argparse.ArgumentParser()
+    node.configure(parser)
+    parsed = parser.parse_args(["--roles", str(station), "--name", "s1", "--orchestra", "r"])
+    built = node.config(parsed)  # type: ignore[attr-defined]
+    assert [e.name for e in built.extensions] == ["roles"]
+    ext = built.extensions[0]
+    assert isinstance(ext, RolesExtension) and ext.station_file is not None
+
+
+def test_saved_desired_state_is_loaded_and_a_bad_file_ignored(tmp_path: Path) -> None:
+    state = roles.DesiredState().merge_config("/room-a/s1", sleeper("cam-1"))
+    saved = tmp_path / roles.DESIRED_FILE_NAME
+    saved.write_text(json.dumps({"format": 1, "desired": state.to_dict()}))
+    assert RolesExtension._load_desired(saved) == state
+    saved.write_text('{"format": 1, "desired": {"stations": {"nope": {}}}}')
+    assert RolesExtension._load_desired(saved) == roles.DesiredState()
+    assert RolesExtension._load_desired(tmp_path / "missing.json") == roles.DesiredState()
