@@ -348,6 +348,11 @@ class Node:
             raise RemoteError(reply.error_type, reply.error)
         return reply.payload
 
+    def add_peer(self, address: Address, source: str = "extension") -> None:
+        """Propose a peer address (as discovery does): the node joins through it unless it
+        already knows a live member there. Used by the registry bridge."""
+        self._on_hint(PeerHint(address, source))
+
     def update_meta(self) -> None:
         """Re-read the extensions' metadata and announce it (a new incarnation)."""
         self.core.update_meta(self.local_now(), self._base_meta())

@@ -39,8 +39,11 @@ async def agreed(nodes: list[LiveNode]) -> dict[str, Any] | None:
     views = [await n.status() for n in nodes]
     first = views[0]
     for doc in views:
-        if doc["conductor"] is None or not doc["clock"]["synced"]:
+        clock = doc["clock"]
+        if doc["conductor"] is None or not clock["synced"]:
             return None
+        if not clock["is_reference"] and (clock["error_bound"] or 1.0) > 0.002:
+            return None  # still converging (the bound is honest: it includes what is unslewed)
         if (doc["conductor"], doc["supernodes"]) != (first["conductor"], first["supernodes"]):
             return None
         if len([m for m in doc["members"] if m["state"] == "alive"]) != len(nodes):
