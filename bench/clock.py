@@ -6,8 +6,9 @@ settle it reads ``/api/clock`` of every node many times; each reading gives
 ``federation_time - host_time`` taken at one instant on that node, so the difference between
 two nodes is their disagreement. Samples are reported for the first and the last third of the
 sampling period (drift estimates need a long baseline). Prints p50/p99/max per run beside
-the targets (p99 <= 1 ms required, <= 50 us the aim) and writes ``bench/results/clock.json``. The simulated figures
-(many seeds, LAN and loopback delay models) come from ``bench/clock_sim.py``.
+the targets (p99 <= 1 ms required, <= 50 us the aim) and writes
+``bench/results/clock.json``. The simulated figures (many seeds, LAN and loopback delay
+models) come from ``bench/clock_sim.py``.
 
     python3 bench/clock.py [--duration 90]
 """

@@ -35,9 +35,10 @@ def commands() -> list[Command]:
 
 def node_extensions() -> list[ExtensionFactory]:
     """The extension factories ``stagemesh node`` offers (roles, registry bridge)."""
+    from registry_bridge._bridge import registry_extension_factory
     from roles._extension import roles_extension_factory
 
-    return [roles_extension_factory]
+    return [roles_extension_factory, registry_extension_factory]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,11 @@
 """The HTTP registry (JSON API, legacy text API, HTML pages, SQLite store) and the node-side bridge."""  # noqa: E501
 
 from registry_bridge._app import create_app as create_app
+from registry_bridge._bridge import (
+    BridgeState as BridgeState,
+    RegistryBridge as RegistryBridge,
+    registry_extension_factory as registry_extension_factory,
+)
 from registry_bridge._client import (
     ConductorConflict as ConductorConflict,
     ConductorState as ConductorState,
@@ -27,6 +32,7 @@ from registry_bridge._store import (
 
 __all__ = [
     "AsyncStore",
+    "BridgeState",
     "ConductorConflict",
     "ConductorState",
     "Conflict",
@@ -35,6 +41,7 @@ __all__ = [
     "NotFound",
     "Peer",
     "Registration",
+    "RegistryBridge",
     "RegistryClient",
     "RegistryCommand",
     "RegistryConflict",
@@ -45,5 +52,6 @@ __all__ = [
     "RegistryUnreachable",
     "StoreError",
     "create_app",
+    "registry_extension_factory",
     "serve_registry",
 ]
