@@ -4,9 +4,34 @@ Public names are re-exported here from private modules (trio's habit); ``tests/t
 checks the list.
 """
 
+from mesh._clock import (
+    ClockConfig as ClockConfig,
+    ClockCore as ClockCore,
+    ClockSnapshot as ClockSnapshot,
+    SkewedClock as SkewedClock,
+)
+from mesh._discovery import (
+    DiscoveryConfig as DiscoveryConfig,
+    InvalidSeed as InvalidSeed,
+    PeerHint as PeerHint,
+    parse_seed as parse_seed,
+)
+from mesh._election import (
+    CONDUCTOR as CONDUCTOR,
+    Candidate as Candidate,
+    ConductorArbiter as ConductorArbiter,
+    ElectionCore as ElectionCore,
+    LocalArbiter as LocalArbiter,
+    PostChanged as PostChanged,
+    SteppedDown as SteppedDown,
+    pick_lease as pick_lease,
+    supernode_post as supernode_post,
+)
 from mesh._extensions import Extension as Extension
+from mesh._interfaces import InterfaceError as InterfaceError
 from mesh._membership import (
     MemberEvent as MemberEvent,
+    Membership as Membership,
     MemberView as MemberView,
     PathConflict as PathConflict,
 )
@@ -22,7 +47,13 @@ from mesh._node import (
     RequestTimeout as RequestTimeout,
     open_node as open_node,
 )
-from mesh._nodecore import Publication as Publication
+from mesh._nodecore import (
+    NodeCore as NodeCore,
+    Publication as Publication,
+    TimeSourceChanged as TimeSourceChanged,
+)
+from mesh._profiles import PROFILES as PROFILES, Profile as Profile, get_profile as get_profile
+from mesh._sim import LinkModel as LinkModel, Simulator as Simulator
 from mesh._wire import (
     Envelope as Envelope,
     InvalidMessage as InvalidMessage,

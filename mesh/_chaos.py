@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -91,14 +92,14 @@ def _agreement(sim: Simulator, orchestras: set[str]) -> tuple[bool, bool]:
     up_ids = {n.node_id for n in up}
     candidates = {n.node_id for n in up if _core(n).membership.me.meta.get("c") is True}
     running_orchestras = {n.record.orchestra for n in up}
-    views = set()
+    views: set[tuple[str | None, tuple[tuple[str, str | None], ...]]] = set()
     for node in up:
         core = _core(node)
         alive = {m.node_id for m in core.membership.members() if m.status == "alive"}
         if alive != up_ids:
             return False, bool(candidates)  # membership has not healed yet
-        supernodes = {o: core.supernode(o) for o in running_orchestras}
-        views.add((core.conductor(), tuple(sorted(supernodes.items(), key=str))))
+        posts = tuple(sorted((o, core.supernode(o)) for o in running_orchestras))
+        views.add((core.conductor(), posts))
     if len(views) != 1:
         return False, bool(candidates)
     ((conductor, supernodes),) = views
@@ -108,7 +109,7 @@ def _agreement(sim: Simulator, orchestras: set[str]) -> tuple[bool, bool]:
         return False, False
     by_id = {n.node_id: n for n in up}
     for orchestra, holder in supernodes:
-        if holder not in up_ids or by_id[holder].record.orchestra != orchestra:
+        if holder is None or holder not in up_ids or by_id[holder].record.orchestra != orchestra:
             return False, bool(candidates)
     return True, bool(candidates)
 
@@ -143,13 +144,15 @@ def run_chaos(
     }
     first = records[0]
     sim.add_node(first, clock=clocks[first.node_id])
+
+    def starter(record: MemberRecord) -> Callable[[], None]:
+        def start() -> None:
+            sim.add_node(record, seeds=[first.address], clock=clocks[record.node_id])
+
+        return start
+
     for record in records[1:]:
-        sim.schedule(
-            rng.uniform(0.0, 2.0),
-            lambda r=record: sim.add_node(  # type: ignore[misc]
-                r, seeds=[first.address], clock=clocks[r.node_id]
-            ),
-        )
+        sim.schedule(rng.uniform(0.0, 2.0), starter(record))
     last_fed: dict[str, float] = {}
     backwards = 0
 

@@ -34,6 +34,9 @@ class Profile:
     """Minimum suspicion timeout = mult x max(1, log10 N) x probe_interval."""
     suspicion_max_mult: float
     """Maximum suspicion timeout = this x minimum; confirmations shrink it towards the minimum."""
+    suspicion_floor: float
+    """No minimum suspicion timeout is shorter than this: in a small group the formula gives
+    0.6 s, less than a laptop's 1 s stall (a busy audio machine), which would be declared dead."""
     retransmit_mult: int
     """An update is sent ``mult x ceil(log10(N + 1))`` times."""
     push_pull_interval: float
@@ -52,6 +55,7 @@ class Profile:
     def suspicion_bounds(self, members: int) -> tuple[float, float]:
         """Return (min, max) suspicion timeouts for a group of *members*."""
         low = self.suspicion_mult * max(1.0, math.log10(max(members, 1))) * self.probe_interval
+        low = max(low, self.suspicion_floor)
         return low, low * self.suspicion_max_mult
 
     def retransmit_limit(self, members: int) -> int:
@@ -75,7 +79,8 @@ PROFILES: dict[str, Profile] = {
         gossip_fanout=3,
         suspicion_mult=2.0,
         suspicion_max_mult=3.0,
-        retransmit_mult=4,
+        suspicion_floor=1.0,
+        retransmit_mult=6,
         push_pull_interval=30.0,
         stream_timeout=5.0,
         reconnect_interval=5.0,
@@ -92,6 +97,7 @@ PROFILES: dict[str, Profile] = {
         gossip_fanout=4,
         suspicion_mult=4.0,
         suspicion_max_mult=4.0,
+        suspicion_floor=4.0,
         retransmit_mult=4,
         push_pull_interval=60.0,
         stream_timeout=20.0,
@@ -109,6 +115,7 @@ PROFILES: dict[str, Profile] = {
         gossip_fanout=3,
         suspicion_mult=2.5,
         suspicion_max_mult=3.0,
+        suspicion_floor=0.5,
         retransmit_mult=3,
         push_pull_interval=15.0,
         stream_timeout=2.0,

@@ -1,0 +1,709 @@
+"""The SWIM/Lifeguard membership core (mesh/_membership.py), driven by hand with no event loop.
+
+Two or three :class:`Membership` cores are wired back to back by :class:`Wire`, a tiny in-test
+network: it encodes every datagram and stream frame with the real codec (so the 1200-byte cap
+is checked on everything any core sends here), decodes it again, and hands it to the peer at
+the same virtual instant. Time advances only when a test says so (:meth:`Wire.run`), by calling
+``handle_timer`` at each core's next deadline. One test per protocol transition.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import pytest
+
+from mesh._membership import (
+    MemberEvent,
+    Membership,
+    OpenStream,
+    PathConflict,
+    SendDatagram,
+    Snapshot,
+    UpdateReceived,
+)
+from mesh._profiles import Profile, get_profile
+from mesh._wire import (
+    MAX_DATAGRAM,
+    Ack,
+    Address,
+    Dead,
+    Envelope,
+    Gossip,
+    Keyring,
+    Lease,
+    MemberRecord,
+    MemberStatus,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    Publish,
+    PushPull,
+    Suspect,
+    WireCodec,
+    update_size,
+)
+
+LAN = get_profile("lan")
+FEDERATION = "f" * 64  # the longest federation name: the largest header a datagram can have
+CODECS = (WireCodec(), WireCodec(Keyring.single(b"k" * 32)))  # unsigned, and signed (+16 bytes)
+
+
+def record(i: int, *, name: str | None = None, orchestra: str = "o", **kw: Any) -> MemberRecord:
+    """Member *i*: id ``i`` as 32 hex digits, address 10.0.<i>."""
+    address = (f"10.0.{i >> 8}.{i & 255}", 7471)
+    return MemberRecord(f"{i:032x}", name or f"n{i}", orchestra, address, 0, **kw)
+
+
+def core(
+    rec: MemberRecord,
+    seed: int,
+    *,
+    now: float = 0.0,
+    snapshot: Snapshot | None = None,
+    profile: Profile = LAN,
+) -> Membership:
+    return Membership(rec, profile, now=now, rng=random.Random(seed), snapshot=snapshot)
+
+
+def converged(count: int, seed: int = 1, profile: Profile = LAN) -> list[Membership]:
+    """*count* cores that already know each other (one shared snapshot)."""
+    records = [record(i + 1) for i in range(count)]
+    snapshot = Snapshot.of(records)
+    return [
+        core(r, seed * 1000 + i, snapshot=snapshot, profile=profile) for i, r in enumerate(records)
+    ]
+
+
+class Wire:
+    """Moves outputs between cores instantly, through the real codec; see the module docstring."""
+
+    def __init__(self, cores: Iterable[Membership], now: float = 0.0) -> None:
+        self.cores: dict[Address, Membership] = {}
+        self.now = now
+        self.seq = 0
+        self.events: list[tuple[float, str, Any]] = []  # (time, observer id, event)
+        self.sent: list[tuple[float, Address, Address, Message]] = []  # every datagram
+        self.blocked: set[tuple[Address, Address]] = set()  # (src, dest): datagrams vanish
+        self.paused: set[Address] = set()  # stalled: no timers, datagrams to it vanish
+        self.largest = 0
+        for c in cores:
+            self.add(c)
+
+    # -- the network ----------------------------------------------------------------------------
+
+    def add(self, c: Membership) -> None:
+        self.cores[c.me.address] = c
+
+    def crash(self, c: Membership) -> None:
+        """*c* stops: it answers nothing, and streams to it fail."""
+        del self.cores[c.me.address]
+
+    def cut(self, a: Membership, b: Membership) -> None:
+        self.blocked |= {(a.me.address, b.me.address), (b.me.address, a.me.address)}
+
+    def isolate(self, c: Membership) -> None:
+        for other in self.cores.values():
+            if other is not c:
+                self.cut(c, other)
+
+    def heal(self) -> None:
+        self.blocked.clear()
+
+    def _envelope(self, src: Membership, body: Message) -> Envelope:
+        self.seq += 1
+        return Envelope(FEDERATION, src.node_id, src.incarnation, self.seq, self.now, body)
+
+    def _datagram(self, src: Membership, out: SendDatagram) -> None:
+        env = self._envelope(src, out.body)
+        for codec in CODECS:
+            data = codec.encode(env)  # raises MessageTooLarge above 1200 bytes
+            self.largest = max(self.largest, len(data))
+        body = codec.decode(data).body  # the peer gets what crossed the wire
+        assert body == out.body
+        self.sent.append((self.now, src.me.address, out.dest, body))
+        if (src.me.address, out.dest) in self.blocked or out.dest in self.paused:
+            return
+        peer = self.cores.get(out.dest)
+        if peer is not None:
+            peer.handle_message(self.now, src.me.address, src.node_id, body)
+
+    def _stream(self, src: Membership, out: OpenStream) -> None:
+        codec = CODECS[1]
+        frame = codec.encode_frame(self._envelope(src, out.body))
+        body = codec.decode_frame(frame[4:]).body
+        assert isinstance(body, PushPull)
+        peer = self.cores.get(out.dest)
+        reply: PushPull | None = None
+        if peer is not None and (src.me.address, out.dest) not in self.blocked:
+            reply = peer.handle_stream(self.now, src.me.address, src.node_id, body)
+        src.handle_stream_reply(self.now, out.exchange, reply)
+
+    def flush(self) -> None:
+        """Deliver outputs until no core has anything more to send."""
+        for _ in range(10_000):
+            work = [(c, out) for c in list(self.cores.values()) for out in c.take_outputs()]
+            for c in self.cores.values():
+                self.events.extend((self.now, c.node_id, ev) for ev in c.take_events())
+            if not work:
+                return
+            for c, out in work:
+                if isinstance(out, SendDatagram):
+                    self._datagram(c, out)
+                else:
+                    self._stream(c, out)
+        raise AssertionError("the cores never stopped sending")
+
+    def run(self, until: float, stop: Callable[[], bool] | None = None) -> bool:
+        """Advance time to *until* (or until *stop()*), firing each due timer; return whether
+        *stop* ended the run."""
+        for _ in range(1_000_000):
+            self.flush()
+            if stop is not None and stop():
+                return True
+            running = [c for a, c in self.cores.items() if a not in self.paused]
+            due = min((c.next_deadline() for c in running), default=math.inf)
+            if due > until:
+                self.now = until
+                return False
+            self.now = max(self.now, due)
+            for c in running:
+                if c.next_deadline() <= self.now:
+                    c.handle_timer(self.now)
+        raise AssertionError("timers never settled")
+
+    # -- observing ----------------------------------------------------------------------------
+
+    def member_events(
+        self, kind: str, *, about: Membership, seen_by: Membership | None = None
+    ) -> list[tuple[float, MemberEvent]]:
+        return [
+            (t, ev)
+            for t, observer, ev in self.events
+            if isinstance(ev, MemberEvent)
+            and ev.kind == kind
+            and ev.member.node_id == about.node_id
+            and (seen_by is None or observer == seen_by.node_id)
+        ]
+
+    def first(self, kind: str, *, about: Membership, seen_by: Membership) -> float | None:
+        found = self.member_events(kind, about=about, seen_by=seen_by)
+        return found[0][0] if found else None
+
+    def of_kind(self, kind: type, src: Membership | None = None) -> list[Any]:
+        return [
+            (t, s, d, b)
+            for t, s, d, b in self.sent
+            if isinstance(b, kind) and (src is None or s == src.me.address)
+        ]
+
+
+def status(observer: Membership, member: Membership) -> str | None:
+    view = observer.member(member.node_id)
+    return None if view is None else view.status
+
+
+# ---------------------------------------------------------------------------------------------
+# Join
+
+
+def test_join_push_pull_makes_both_know_each_other() -> None:
+    a, b = core(record(1), 1), core(record(2), 2)
+    wire = Wire([a, b])
+    b.add_candidate(0.0, a.me.address)
+    opened = b.take_outputs()
+    assert len(opened) == 1 and isinstance(opened[0], OpenStream) and opened[0].body.join
+    wire._stream(b, opened[0])
+    wire.flush()
+    assert status(a, b) == "alive" and status(b, a) == "alive"
+    assert wire.first("joined", about=b, seen_by=a) == 0.0
+    assert wire.first("joined", about=a, seen_by=b) == 0.0
+    assert a.live_count() == b.live_count() == 2
+    # A peer already known at that address is not joined again.
+    b.add_candidate(5.0, a.me.address)
+    assert b.take_outputs() == []
+
+
+def test_join_through_one_member_reaches_the_others_by_gossip() -> None:
+    a, b = converged(2)
+    c = core(record(3), 3)
+    wire = Wire([a, b, c])
+    c.add_candidate(0.0, a.me.address)
+    wire.flush()
+    assert status(c, b) == "alive"  # from a's push-pull reply
+    assert wire.run(2.0, stop=lambda: status(b, c) == "alive")  # a gossips c on
+    joined = wire.first("joined", about=c, seen_by=b)
+    assert joined is not None and joined <= LAN.gossip_interval + 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# Probing
+
+
+def test_probe_gets_an_ack_and_raises_no_suspicion() -> None:
+    a, b = converged(2)
+    wire = Wire([a, b])
+    wire.run(3.0)
+    pings = wire.of_kind(Ping, src=a)
+    acks = wire.of_kind(Ack, src=b)
+    assert len(pings) >= 8  # one per probe period
+    answered = {body.probe for _, _, _, body in acks}
+    assert all(body.probe in answered and body.target == b.node_id for *_, body in pings)
+    assert not [e for e in wire.events if isinstance(e[2], MemberEvent)]
+    stats = a.statistics()
+    assert stats.probes_failed == 0 and stats.awareness == 0 and stats.indirect_probes == 0
+
+
+def test_indirect_ack_through_a_helper_prevents_suspicion() -> None:
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    wire.cut(a, c)  # a and c cannot talk directly; both can talk to b
+    wire.run(5.0)
+    assert a.statistics().indirect_probes > 0 and c.statistics().indirect_probes > 0
+    # b relayed: it pinged c on a's behalf and forwarded c's ack to a.
+    assert any(d == c.me.address for _, _, d, _ in wire.of_kind(Ping, src=b))
+    assert any(
+        d == a.me.address and body.target == c.node_id for _, _, d, body in wire.of_kind(Ack, src=b)
+    )
+    assert a.statistics().probes_failed == 0 and c.statistics().probes_failed == 0
+    assert not wire.member_events("suspect", about=a) + wire.member_events("suspect", about=c)
+    assert status(a, c) == status(c, a) == "alive"
+
+
+def test_silent_target_is_suspected_at_the_end_of_the_probe_period() -> None:
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    wire.run(1.0)
+    wire.crash(c)
+    assert wire.run(5.0, stop=lambda: bool(wire.member_events("suspect", about=c)))
+    # The peer that found out itself: its ping went unanswered for probe_timeout, so it asked
+    # the other peer (PingReq); that one nacked in time, and at the end of the probe period
+    # the target is suspected - and the prober does not blame itself (Lifeguard).
+    (prober,) = [p for p in (a, b) if p.statistics().suspicions_raised]
+    (helper,) = [p for p in (a, b) if p is not prober]
+    suspected = wire.first("suspect", about=c, seen_by=prober)
+    assert suspected is not None
+    (asked, *_), *_ = wire.of_kind(PingReq, src=prober)
+    nacks = [t for t, _, d, body in wire.of_kind(Nack, src=helper) if d == prober.me.address]
+    window = LAN.probe_interval - LAN.probe_timeout
+    assert suspected - asked == pytest.approx(window, abs=1e-5)
+    assert nacks and asked < nacks[0] < suspected
+    assert prober.statistics().awareness == 0 and prober.statistics().probes_failed == 1
+    # The suspicion is gossiped: the other peer suspects c too.
+    assert wire.run(wire.now + 1.0, stop=lambda: status(helper, c) == "suspect")
+
+
+def test_suspect_refutes_by_raising_its_incarnation() -> None:
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    wire.run(1.0)
+    wire.isolate(c)
+    assert wire.run(5.0, stop=lambda: bool(wire.member_events("suspect", about=c)))
+    wire.heal()
+    # c hears it is suspected (gossip, or the suspect piggybacked on a probe) and refutes.
+    wire.run(wire.now + 3.0)
+    # (A probe begun while c was cut off may still fail after the heal: another refutation.)
+    assert c.incarnation >= 1 and c.statistics().refutations == c.incarnation
+    for peer in (a, b):
+        view = peer.member(c.node_id)
+        assert view is not None and (view.status, view.incarnation) == ("alive", c.incarnation)
+        assert wire.member_events("alive", about=c, seen_by=peer)
+    assert not wire.member_events("dead", about=c)
+
+
+def test_stale_suspicion_is_answered_with_the_newer_incarnation() -> None:
+    records = [record(i) for i in (1, 2, 3)]
+    snapshot = Snapshot.of(records)
+    a, b = (core(r, i, snapshot=snapshot) for i, r in enumerate(records[:2]))
+    c = core(attrs.evolve(records[2], incarnation=1), 3, snapshot=snapshot)  # refuted once
+    wire = Wire([a, b, c])
+    old_news = Gossip((Suspect(c.node_id, 0, b.node_id),))
+    # a missed c's refutation and hears an old suspicion of c (incarnation 0) from b. It tells
+    # c directly; c answers with its current record, and a's suspicion is over at once.
+    a.handle_message(0.0, b.me.address, b.node_id, old_news)
+    assert status(a, c) == "suspect"
+    wire.flush()
+    view = a.member(c.node_id)
+    assert view is not None and (view.status, view.incarnation) == ("alive", 1)
+    assert wire.member_events("alive", about=c, seen_by=a)
+    assert c.incarnation == 1 and c.statistics().refutations == 0  # nothing new to refute
+    # The same through a buddy ping: b's direct notice is lost, then its probe carries it.
+    wire.blocked.add((b.me.address, c.me.address))
+    b.handle_message(0.1, a.me.address, a.node_id, old_news)
+    wire.flush()
+    assert status(b, c) == "suspect"
+    wire.heal()
+    c.handle_message(0.2, b.me.address, b.node_id, Ping(1, c.node_id, old_news.updates))
+    wire.flush()
+    view = b.member(c.node_id)
+    assert view is not None and (view.status, view.incarnation) == ("alive", 1)
+    # And the other way round: c probes a node that still suspects it; the ack says so.
+    wire.blocked.add((a.me.address, c.me.address))
+    a.handle_message(0.3, b.me.address, b.node_id, Gossip((Suspect(c.node_id, 1, b.node_id),)))
+    wire.flush()
+    assert status(a, c) == "suspect"  # its direct notice was lost; c's refutation not yet heard
+    a.handle_message(0.4, c.me.address, c.node_id, Ping(7, a.node_id))
+    (ack,) = [o for o in a.take_outputs() if isinstance(o.body, Ack)]  # type: ignore[union-attr]
+    assert isinstance(ack, SendDatagram) and ack.body.updates[0] == Suspect(c.node_id, 1, a.node_id)
+    wire.heal()
+    wire._datagram(a, ack)
+    wire.flush()
+    view = a.member(c.node_id)
+    assert view is not None and (view.status, view.incarnation) == ("alive", 2)
+    wire.run(10.0)
+    assert not wire.member_events("dead", about=c)
+
+
+def test_every_new_suspecter_tells_the_suspect_directly() -> None:
+    a, b, c, d = converged(4)
+    suspicion = Gossip((Suspect(d.node_id, 0, a.node_id),))
+    for peer in (b, c):  # learned by gossip from a, the reporter
+        peer.handle_message(0.0, a.me.address, a.node_id, suspicion)
+        told = [o for o in peer.take_outputs() if isinstance(o, SendDatagram)]
+        assert SendDatagram(d.me.address, suspicion) in told
+    # In a big group only about 64 of the suspecters do, so the suspect's fan-in is bounded.
+    records = [record(i) for i in range(1, 641)]
+    big = core(records[0], 5, snapshot=Snapshot.of(records))
+    notices = 0
+    for rec in records[2:202]:
+        big.handle_message(
+            0.0,
+            records[1].address,
+            records[1].node_id,
+            Gossip((Suspect(rec.node_id, 0, records[1].node_id),)),
+        )
+        notices += sum(1 for o in big.take_outputs() if getattr(o, "dest", None) == rec.address)
+    assert 200 * 64 / 640 / 2 < notices < 200 * 64 / 640 * 2  # about 20 of 200
+
+
+def test_remote_dead_in_push_pull_only_suspects_and_tells_the_member() -> None:
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    # b's full state says c is dead (say b was cut off from c for a while).
+    state = PushPull((b.me, attrs.evolve(c.me, status=MemberStatus.DEAD)))
+    a.handle_stream(0.5, b.me.address, b.node_id, state)
+    assert status(a, c) == "suspect"  # not dead: a can still reach c
+    told = [o for o in a.take_outputs() if isinstance(o, SendDatagram) and o.dest == c.me.address]
+    assert told and isinstance(told[0].body, Gossip)
+    assert told[0].body.updates == (Suspect(c.node_id, 0, b.node_id),)
+    wire.now = 0.5
+    wire._datagram(a, told[0])
+    wire.flush()
+    # c refuted at once and a took it back.
+    assert c.incarnation == 1 and status(a, c) == "alive"
+    wire.run(10.0)
+    assert not wire.member_events("dead", about=c)
+
+
+def test_suspicion_times_out_into_dead() -> None:
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    wire.run(1.0)
+    wire.crash(c)
+    assert wire.run(10.0, stop=lambda: status(a, c) == status(b, c) == "dead")
+    _, high = LAN.suspicion_bounds(3)
+    for peer in (a, b):
+        suspected = wire.first("suspect", about=c, seen_by=peer)
+        dead = wire.first("dead", about=c, seen_by=peer)
+        assert suspected is not None and dead is not None
+        # Declared by this peer after its own timeout, or learned from the other one earlier.
+        assert dead - suspected <= high + 1e-6
+    declared = a.statistics().deaths_declared + b.statistics().deaths_declared
+    assert declared >= 1
+    assert a.live_count() == b.live_count() == 2
+
+
+class Responder:
+    """A stand-in member that acks every ping and understands nothing else (so it never
+    refutes): its prober never doubts it, and a suspicion about it only grows by the reports
+    a test feeds in."""
+
+    def __init__(self, rec: MemberRecord) -> None:
+        self.me = rec
+        self.node_id = rec.node_id
+        self.incarnation = rec.incarnation
+        self._out: list[SendDatagram] = []
+
+    def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
+        if isinstance(body, Ping):
+            self._out.append(SendDatagram(src, Ack(body.probe, self.node_id)))
+
+    def take_outputs(self) -> list[SendDatagram]:
+        out, self._out = self._out, []
+        return out
+
+    def take_events(self) -> list[Any]:
+        return []
+
+    def next_deadline(self) -> float:
+        return math.inf
+
+
+def test_confirmations_shorten_the_suspicion_timeout() -> None:
+    members = [record(i) for i in range(1, 7)]
+    me, target, *others = members  # four others: a first report and up to 3 confirmations
+    low, high = LAN.suspicion_bounds(6)
+    k = LAN.indirect_checks  # 3 independent confirmations bring the timeout to the minimum
+    expected = {0: high, 1: high - (high - low) * math.log(2) / math.log(k + 1), 3: low}
+    for confirmations, timeout in expected.items():
+        m = core(me, 7, snapshot=Snapshot.of(members))
+        wire = Wire([m], now=1.0)
+        for rec in [target, *others]:
+            wire.cores[rec.address] = Responder(rec)  # type: ignore[assignment]
+        for rec in others[: confirmations + 1]:  # the first report, then the confirmations
+            suspicion = Gossip((Suspect(target.node_id, 0, rec.node_id),))
+            m.handle_message(1.0, rec.address, rec.node_id, suspicion)
+        assert status(m, wire.cores[target.address]) == "suspect"  # type: ignore[arg-type]
+        assert wire.run(10.0, stop=lambda m=m: m.statistics().deaths_declared > 0)  # type: ignore[misc]
+        assert wire.now - 1.0 == pytest.approx(timeout, abs=1e-6), confirmations
+        assert m.statistics().probes_failed == 0  # no confirmation of its own
+
+
+# ---------------------------------------------------------------------------------------------
+# Leave and restart
+
+
+def test_leave_is_known_at_once() -> None:
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    wire.run(1.0)
+    c.leave(wire.now)
+    wire.flush()
+    for peer in (a, b):
+        assert status(peer, c) == "left"
+        assert wire.first("left", about=c, seen_by=peer) == 1.0
+    assert c.has_left and c.next_deadline() == math.inf
+    assert a.live_count() == 2
+    # c answers no more probes and nobody suspects or kills it later.
+    wire.run(6.0)
+    assert all(t <= 1.0 for t, *_ in wire.of_kind(Ack, src=c))
+    assert not wire.member_events("dead", about=c) + wire.member_events("suspect", about=c)
+
+
+def test_rejoin_after_restart_replaces_the_tombstone() -> None:
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    wire.run(1.0)
+    old = c.me
+    wire.crash(c)
+    assert wire.run(10.0, stop=lambda: status(a, c) == status(b, c) == "dead")
+    # An old message from the dead incarnation is told apart from a restart: ignored.
+    a.handle_message(wire.now, old.address, old.node_id, Gossip((old,)))
+    assert status(a, c) == "dead" and a.take_events() == []
+    # Restart: same id, incarnation + 1, joining through a.
+    c2 = core(attrs.evolve(old, incarnation=old.incarnation + 1), 99, now=wire.now)
+    wire.add(c2)
+    c2.add_candidate(wire.now, a.me.address)
+    restarted = wire.now
+    assert wire.run(restarted + 3.0, stop=lambda: status(b, c2) == "alive")
+    for peer in (a, b):
+        view = peer.member(c2.node_id)
+        assert view is not None and view.status == "alive" and view.incarnation == 1
+        joins = [t for t, _ in wire.member_events("joined", about=c2, seen_by=peer)]
+        assert joins and joins[0] >= restarted
+    assert status(c2, a) == status(c2, b) == "alive"
+    assert a.live_count() == b.live_count() == c2.live_count() == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata, paths, extension updates
+
+
+def test_metadata_update_travels_with_a_new_incarnation() -> None:
+    a, b = converged(2)
+    wire = Wire([a, b])
+    wire.run(0.5)
+    a.update_meta(wire.now, {"roles": ["record"], "sn": True})
+    assert a.incarnation == 1
+    assert wire.run(2.0, stop=lambda: bool(wire.member_events("updated", about=a)))
+    view = b.member(a.node_id)
+    assert view is not None
+    assert view.incarnation == 1 and view.meta == {"roles": ["record"], "sn": True}
+    (_, event), *_ = wire.member_events("updated", about=a, seen_by=b)
+    assert event.member.meta == {"roles": ["record"], "sn": True}
+
+
+def test_same_path_on_two_live_nodes_is_a_path_conflict() -> None:
+    a = core(record(1, name="rbd", orchestra="cmu"), 1)
+    b = core(record(2, name="rbd", orchestra="cmu"), 2)
+    c = core(record(3), 3)
+    wire = Wire([a, b, c])
+    b.add_candidate(0.0, a.me.address)
+    c.add_candidate(0.0, a.me.address)
+    wire.flush()
+    conflicts = [(obs, ev) for _, obs, ev in wire.events if isinstance(ev, PathConflict)]
+    seen = {(obs, ev.holder.node_id) for obs, ev in conflicts}
+    assert (a.node_id, b.node_id) in seen and (b.node_id, a.node_id) in seen
+    assert all(obs != c.node_id for obs, _ in conflicts)
+    assert all(ev.holder.path == "/cmu/rbd" for _, ev in conflicts)
+
+
+def test_extension_updates_reach_every_other_node() -> None:
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    publication = Publish(a.node_id, 1, "cue", {"bar": 12})
+    lease = Lease("conductor", a.node_id, 3, 100.5)
+    a.broadcast(publication)
+    a.broadcast(lease)
+    wire.run(5.0)  # long enough for every retransmission
+    for peer in (b, c):
+        got = [
+            ev.update
+            for _, obs, ev in wire.events
+            if obs == peer.node_id and isinstance(ev, UpdateReceived)
+        ]
+        assert got.count(publication) == 1  # a publication is handed up exactly once
+        assert lease in got and all(u in (publication, lease) for u in got)
+    echoed = [ev for _, obs, ev in wire.events if obs == a.node_id]
+    assert all(ev == UpdateReceived(lease) for ev in echoed)  # the publication is not echoed
+    # Each node relays each update only the first time it sees it.
+    relayed = [
+        (s, u)
+        for _, s, _, body in wire.sent
+        for u in getattr(body, "updates", ())
+        if isinstance(u, Publish | Lease)
+    ]
+    limit = LAN.retransmit_limit(3)
+    for sender in (a, b, c):
+        for update in (publication, lease):
+            assert relayed.count((sender.me.address, update)) <= limit
+    # A duplicate datagram carrying the publication again is not a new event; a lease is
+    # handed up again (the election dedupes leases and needs re-announcements) but not relayed.
+    b.handle_message(wire.now, a.me.address, a.node_id, Gossip((publication, lease)))
+    assert b.take_events() == [UpdateReceived(lease)]
+    assert b.statistics().pending_broadcasts == 0
+    assert a.statistics().pending_broadcasts == 0  # retransmit budget spent, queue drained
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifeguard: local health
+
+
+def test_awareness_grows_when_nacks_are_missing_and_recovers() -> None:
+    a, *others = converged(5)
+    wire = Wire([a, *others])
+    wire.run(1.0)
+    # a is the sick one: nothing reaches it (no acks, no nacks), while it can still send.
+    wire.blocked |= {(o.me.address, a.me.address) for o in others}
+    starts: list[float] = []  # when a started each of its probes
+
+    def failed(count: int) -> Callable[[], bool]:
+        def check() -> bool:
+            starts.extend([wire.now] * (a.statistics().probes_sent - len(starts)))
+            return a.statistics().probes_failed == count
+
+        return check
+
+    assert wire.run(10.0, stop=failed(1))
+    helpers = LAN.indirect_checks
+    assert a.statistics().awareness == helpers  # one point per nack that never came
+    assert wire.run(10.0, stop=failed(2))
+    assert a.statistics().awareness == min(2 * helpers, LAN.awareness_max - 1)  # capped
+    # The score stretches a's probe period: the second failed probe lasted (1 + 3) periods.
+    assert wire.now - starts[-1] == pytest.approx(LAN.probe_interval * (1 + helpers), abs=1e-5)
+    # The healthy peers kept their scores: their helpers' nacks did arrive in time.
+    assert all(o.statistics().awareness == 0 for o in others)
+    wire.heal()
+    assert wire.run(60.0, stop=lambda: a.statistics().awareness == 0)  # one off per good probe
+    assert all(o.statistics().awareness == 0 for o in others)
+
+
+def test_late_wakeup_blames_nobody() -> None:
+    a, b = converged(2)
+    wire = Wire([a, b])
+    assert wire.run(2.0, stop=lambda: bool(wire.of_kind(Ping, src=a)))
+    wire.flush()
+    # a sent a ping and is then frozen for 2 s: the ack is lost, no timer runs.
+    wire.paused.add(a.me.address)
+    wire.run(wire.now + 2.0)
+    wire.paused.clear()
+    wire.run(wire.now + 0.01)
+    stats = a.statistics()
+    assert stats.late_wakeups >= 1
+    assert stats.probes_failed == 0 and stats.suspicions_raised == 0
+    assert status(a, b) == "alive"
+    assert not wire.member_events("suspect", about=b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Datagram size
+
+
+def test_piggyback_stays_under_the_datagram_limit_in_a_large_busy_group() -> None:
+    meta = {"roles": ["record", "encode", "upload"], "sn": True, "note": "x" * 40}
+    records = [record(i, meta=meta) for i in range(1, 301)]
+    snapshot = Snapshot.of(records)
+    a = core(records[0], 1, snapshot=snapshot)
+    b = core(records[1], 2, snapshot=snapshot)
+    wire = Wire([a, b])  # the other 298 members are addresses nobody answers from
+    # Many pending updates at once: a push-pull teaching a newer incarnation of everyone,
+    # suspicions, deaths and publications with sizeable payloads.
+    newer = tuple(attrs.evolve(r, incarnation=5) for r in records[2:])
+    a.handle_stream(0.0, b.me.address, b.node_id, PushPull(newer))
+    suspects = tuple(Suspect(r.node_id, 5, b.node_id) for r in records[100:110])
+    deaths = tuple(Dead(r.node_id, 5, b.node_id) for r in records[110:115])
+    a.handle_message(0.0, b.me.address, b.node_id, Gossip(suspects))
+    a.handle_message(0.0, b.me.address, b.node_id, Gossip(deaths))
+    for number in range(1, 31):
+        a.broadcast(Publish(a.node_id, number, "t" * 100, "p" * 600))
+    assert a.statistics().pending_broadcasts > 90
+    wire.run(20.0)
+    assert wire.largest <= MAX_DATAGRAM
+    assert wire.largest > 900  # the piggyback budget was really filled
+    # Nothing was held back for its size: every publication went out.
+    sent = {
+        u.number
+        for *_, body in wire.sent
+        for u in getattr(body, "updates", ())
+        if isinstance(u, Publish)
+    }
+    assert sent == set(range(1, 31))
+
+
+def test_a_full_ping_with_a_buddy_notice_fits_at_the_largest_header() -> None:
+    """The worst case: the longest federation name, a signed codec, 9-byte integers in the
+    header, a piggyback filled to its budget, and the suspicion prepended beyond it."""
+    big = 2**63 - 1000
+    a_rec, b_rec = (attrs.evolve(record(i), incarnation=big) for i in (1, 2))
+    a = core(a_rec, 1, snapshot=Snapshot.of([a_rec, b_rec]))
+    b = core(b_rec, 2, snapshot=Snapshot.of([a_rec, b_rec]))
+    wire = Wire([a, b])
+    wire.seq = big
+    a.handle_message(0.0, b.me.address, b.node_id, Gossip((Suspect(b.node_id, big, a.node_id),)))
+    a.take_outputs()  # the direct notice
+    for number in range(1, 200):  # many small updates, so the budget is filled to the byte
+        a.broadcast(Publish(a.node_id, number, "t", "x" * (number % 7)))
+    wire.blocked.add((a.me.address, b.me.address))
+    assert wire.run(
+        2.0,
+        stop=lambda: any(
+            isinstance(body, Ping) and body.updates and isinstance(body.updates[0], Suspect)
+            for *_, body in wire.sent
+        ),
+    )
+    (ping,) = [body for *_, body in wire.sent if isinstance(body, Ping) and body.updates]
+    assert sum(update_size(u) for u in ping.updates[1:]) > a.piggyback_budget - 20
+    assert wire.largest <= MAX_DATAGRAM
+
+
+def test_every_datagram_of_a_protocol_run_fits() -> None:
+    """A busy three-node run through join, suspicion, refutation and leave never sends more
+    than 1200 bytes (:class:`Wire` encodes and checks every datagram)."""
+    a, b = converged(2)
+    c = core(record(3, meta={"roles": ["stream"] * 20}), 3)
+    wire = Wire([a, b, c])
+    c.add_candidate(0.0, a.me.address)
+    wire.run(2.0)
+    wire.isolate(b)
+    wire.run(3.0)
+    wire.heal()
+    wire.run(6.0)
+    c.leave(wire.now)
+    wire.run(8.0)
+    assert wire.sent and wire.largest <= MAX_DATAGRAM
+    assert {type(body) for *_, body in wire.sent} >= {Ping, Ack, PingReq, Gossip}

@@ -1,0 +1,197 @@
+"""Two sites joined only by a registry, in network namespaces (real processes, real sockets).
+
+Layout (one :class:`~tests.netns.Lan` of five hosts): host 0 runs ``stagemesh registry``;
+hosts 1-2 are site A (orchestra ``a``), hosts 3-4 site B (orchestra ``b``). Within a site the
+nodes find each other with real UDP broadcast beacons; the sites use **different beacon
+ports** and no mDNS, which models "broadcast and mDNS cannot cross from one site to the
+other" (the harness has a single bridge, so the isolation is by port, not by wire). No seeds
+cross the sites either: only the registry can join them. One ``--conductor`` candidate per
+site: after the merge exactly one conductor must remain federation-wide.
+
+The registry is started only once both sites have formed (and say it is unreachable), so the
+test also shows the LAN working without it and the bridges reconnecting with back-off.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.netns import Host, Lan, Spawned
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+FEDERATION = "twosites"
+REGISTRY_PORT = 7480
+SITE_BEACON_PORT = {"a": 17470, "b": 17490}
+
+CLOCK_SCRIPT = """
+import json, sys, urllib.request
+out = []
+for url in sys.argv[1:]:
+    with urllib.request.urlopen(url + "/api/clock", timeout=5) as r:
+        d = json.load(r)
+    out.append(d["federation_time"] - d["host_time"])
+print(json.dumps(out))
+"""
+
+
+def start_node(
+    lan: Lan, host: Host, tmp: Path, orchestra: str, registry: str, *flags: str
+) -> tuple[Spawned, str]:
+    proc = lan.spawn(
+        host,
+        sys.executable,
+        "-m",
+        "mesh",
+        "node",
+        "--federation",
+        FEDERATION,
+        "--bind",
+        "0.0.0.0",
+        "--orchestra",
+        orchestra,
+        "--name",
+        f"h{host.index}",
+        "--state-dir",
+        str(tmp / f"state{host.index}"),
+        "--no-mdns",
+        "--broadcast-port",
+        str(SITE_BEACON_PORT[orchestra]),
+        "--registry",
+        registry,
+        *flags,
+    )
+    line = proc.wait_for(lambda text: text.startswith("ready "), timeout=30)
+    url = dict(part.split("=", 1) for part in line.split()[1:])["status"]
+    return proc, url
+
+
+def status(lan: Lan, host: Host, url: str) -> dict[str, Any]:
+    out = lan.run(host, sys.executable, "-m", "mesh", "status", url, "--json").stdout
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    start_at = time.monotonic()
+    while time.monotonic() - start_at < timeout:
+        if check():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{what} not reached within {timeout} s")
+
+
+def test_two_sites_merge_through_the_registry(tmp_path: Path) -> None:
+    with Lan(5) as lan:
+        reg_host = lan.hosts[0]
+        url = f"http://{reg_host.address}:{REGISTRY_PORT}"
+        sites = {"a": lan.hosts[1:3], "b": lan.hosts[3:5]}
+        nodes: list[tuple[Host, str]] = []
+        for orchestra, hosts in sites.items():
+            for i, host in enumerate(hosts):
+                flags = ("--conductor",) if i == 0 else ()
+                _, status_url = start_node(lan, host, tmp_path, orchestra, url, *flags)
+                nodes.append((host, status_url))
+        everyone = {f"/{o}/h{h.index}" for o, hosts in sites.items() for h in hosts}
+        docs: list[dict[str, Any]] = []
+
+        # First the registry is down: each site forms on its own LAN with its own conductor,
+        # the sites stay apart, and every node says the registry is unreachable.
+        def sites_apart() -> bool:
+            docs[:] = [status(lan, host, u) for host, u in nodes]
+            return all(
+                {m["path"] for m in d["members"] if m["state"] == "alive"}
+                == {p for p in everyone if p.startswith(f"/{d['node']['orchestra']}/")}
+                and d["registry"]["state"] == "unreachable"
+                and d["conductor"]
+                == f"/{d['node']['orchestra']}/h{sites[d['node']['orchestra']][0].index}"
+                for d in docs
+            )
+
+        wait_until(sites_apart, 30, "two separate sites with the registry unreachable")
+
+        # The registry starts: the bridges reconnect (with back-off) and the sites merge.
+        registry = lan.spawn(
+            reg_host,
+            sys.executable,
+            "-m",
+            "mesh",
+            "registry",
+            "--bind",
+            f"0.0.0.0:{REGISTRY_PORT}",
+            "--db",
+            str(tmp_path / "registry.db"),
+        )
+        registry.wait_for(lambda text: text.startswith("ready "), timeout=30)
+
+        def merged() -> bool:
+            docs[:] = [status(lan, host, u) for host, u in nodes]
+            return all(
+                {m["path"] for m in d["members"] if m["state"] == "alive"} == everyone
+                and set(d["supernodes"]) == {"a", "b"}
+                and d["conductor"] is not None
+                for d in docs
+            )
+
+        wait_until(merged, 60, "both sites in every node's view")
+
+        def one_conductor() -> bool:
+            docs[:] = [status(lan, host, u) for host, u in nodes]
+            conductors = {d["conductor"] for d in docs}
+            flagged = [sum(m["conductor"] for m in d["members"]) for d in docs]
+            same_supernodes = len({json.dumps(d["supernodes"], sort_keys=True) for d in docs})
+            return len(conductors) == 1 and flagged == [1] * len(docs) and same_supernodes == 1
+
+        wait_until(one_conductor, 30, "exactly one conductor, the same everywhere")
+        conductor = docs[0]["conductor"]
+        assert conductor in {f"/{o}/h{hosts[0].index}" for o, hosts in sites.items()}
+        # Every node reached the other site through the registry, not through its LAN
+        # discovery, and the supernodes are the registered ones.
+        for doc in docs:
+            assert doc["registry"]["url"] == url
+            assert doc["registry"]["state"] in ("connected", "idle")
+            if doc["node"]["path"] in doc["supernodes"].values():
+                assert doc["registry"]["registered_as"] == doc["node"]["path"]
+                assert doc["registry"]["state"] == "connected"
+                other = next(o for o in sites if o != doc["node"]["orchestra"])
+                other_host = next(
+                    h for h in sites[other] if doc["supernodes"][other].endswith(f"/h{h.index}")
+                )
+                assert any(p.startswith(other_host.address + ":") for p in doc["registry"]["peers"])
+        view = json.loads(
+            lan.run(
+                reg_host,
+                sys.executable,
+                "-c",
+                "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read()"
+                ".decode())",
+                f"{url}/api/v1/federations/{FEDERATION}",
+            ).stdout
+        )
+        registered = {o["name"]: o["supernode"] for o in view["orchestras"]}
+        assert registered == docs[0]["supernodes"]
+
+        # Clocks agree: federation time minus host time, read at one instant per node (all
+        # namespaces share the host's clock), within 50 ms across both sites.
+        offsets: list[float] = []
+
+        def clocks_agree() -> bool:
+            offsets.clear()
+            for host, u in nodes:
+                out = lan.run(host, sys.executable, "-c", CLOCK_SCRIPT, u).stdout
+                offsets.extend(json.loads(out))
+            synced = all(
+                status(lan, host, u)["clock"]["synced"]
+                or status(lan, host, u)["clock"]["is_reference"]
+                for host, u in nodes
+            )
+            return synced and max(offsets) - min(offsets) < 0.05
+
+        wait_until(clocks_agree, 60, f"clocks agree (offsets {offsets})")

@@ -1,0 +1,218 @@
+"""The node-side registry bridge, in process: a real registry (hypercorn on 127.0.0.1:0, SQLite
+in tmp_path) and real nodes (``mesh.open_node`` on loopback, no mDNS, no broadcast) whose
+orchestras have no seeds between them, so only the registry can join them."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+import mesh.__main__
+from mesh import Node, NodeConfig, open_node
+from mesh._cli import UsageError
+from registry_bridge import (
+    RegistryBridge,
+    RegistryClient,
+    RegistryStore,
+    create_app,
+    registry_extension_factory,
+    serve_registry,
+)
+
+FEDERATION = "bridged"
+INTERVAL = 0.2
+
+
+class Registry:
+    """A registry process-in-a-task that can be stopped and started again on the same port."""
+
+    def __init__(self, nursery: trio.Nursery, db: Path) -> None:
+        self.nursery = nursery
+        self.db = db
+        self.url = ""
+        self._stop = trio.Event()
+        self._store: RegistryStore | None = None
+
+    async def start(self, bind: str = "127.0.0.1:0") -> str:
+        self._stop = trio.Event()
+        self._store = RegistryStore(self.db, ttl=30.0)
+        app = create_app(self._store, None)
+        self.url = await self.nursery.start(
+            lambda task_status: serve_registry(
+                app, bind, shutdown_trigger=self._stop.wait, task_status=task_status
+            )
+        )
+        return self.url
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+@contextlib.asynccontextmanager
+async def registry(tmp: Path) -> AsyncIterator[Registry]:
+    async with trio.open_nursery() as nursery:
+        made = Registry(nursery, tmp / "registry.db")
+        await made.start()
+        try:
+            yield made
+        finally:
+            made.stop()
+    made.close()
+
+
+def config(
+    tmp: Path,
+    orchestra: str,
+    name: str,
+    url: str,
+    seeds: tuple[tuple[str, int], ...] = (),
+    *,
+    conductor: bool = False,
+) -> NodeConfig:
+    return NodeConfig(
+        federation=FEDERATION,
+        orchestra=orchestra,
+        name=name,
+        bind="127.0.0.1",
+        port=0,
+        port_is_default=False,
+        mdns=False,
+        broadcast=False,
+        seeds=seeds,
+        registry=url,
+        conductor=conductor,
+        profile="loopback",
+        state_dir=tmp / "state",
+        runtime_dir=tmp / "run",
+        status=None,
+        extensions=(RegistryBridge(url, interval=INTERVAL, max_backoff=1.0, timeout=2.0),),
+    )
+
+
+def live_paths(node: Node) -> set[str]:
+    return {view.path for view in node.members() if view.is_live}
+
+
+def bridge_of(node: Node) -> RegistryBridge:
+    ext = node.config.extensions[0]
+    assert isinstance(ext, RegistryBridge)
+    return ext
+
+
+async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    with trio.fail_after(timeout):
+        while not check():
+            await trio.sleep(0.05)
+    assert check(), what
+
+
+async def test_orchestras_without_common_lan_find_each_other_through_the_registry(
+    tmp_path: Path,
+) -> None:
+    async with registry(tmp_path) as reg, contextlib.AsyncExitStack() as stack:
+        a0 = await stack.enter_async_context(open_node(config(tmp_path, "a", "n0", reg.url)))
+        a1 = await stack.enter_async_context(
+            open_node(config(tmp_path, "a", "n1", reg.url, (a0.address,)))
+        )
+        b0 = await stack.enter_async_context(open_node(config(tmp_path, "b", "n0", reg.url)))
+        b1 = await stack.enter_async_context(
+            open_node(config(tmp_path, "b", "n1", reg.url, (b0.address,)))
+        )
+        nodes = [a0, a1, b0, b1]
+        everyone = {"/a/n0", "/a/n1", "/b/n0", "/b/n1"}
+        await wait_for(
+            lambda: all(live_paths(n) == everyone for n in nodes), 20, "every node sees all"
+        )
+        await wait_for(
+            lambda: all(
+                n.supernode("a") is not None
+                and n.supernode("b") is not None
+                and n.supernode("a") == a0.supernode("a")
+                and n.supernode("b") == a0.supernode("b")
+                for n in nodes
+            ),
+            10,
+            "every node sees both orchestras' supernodes",
+        )
+        # The supernodes are registered (and only they), and say so in their status.
+        async with RegistryClient(reg.url) as client:
+            view = await client.federation(FEDERATION)
+        registered = {
+            entry["path"] for o in view["orchestras"] for entry in o["nodes"] if entry["supernode"]
+        }
+        assert registered == {a0.supernode("a"), a0.supernode("b")}
+        for node in nodes:
+            doc = node.status()["registry"]
+            assert doc["url"] == reg.url
+            assert doc["state"] in ("connected", "idle")
+            is_super = node.supernode(node.config.orchestra) == node.path
+            assert doc["registered_as"] == (node.path if is_super else None)
+            if is_super:
+                assert doc["state"] == "connected"
+
+
+async def test_a_node_with_no_lan_peer_finds_its_supernode_through_the_registry(
+    tmp_path: Path,
+) -> None:
+    async with registry(tmp_path) as reg, contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(open_node(config(tmp_path, "a", "n0", reg.url)))
+        await wait_for(
+            lambda: bridge_of(first).status()["registered_as"] == "/a/n0", 10, "registered"
+        )
+        lonely = await stack.enter_async_context(open_node(config(tmp_path, "a", "n1", reg.url)))
+        await wait_for(
+            lambda: live_paths(lonely) == {"/a/n0", "/a/n1"} == live_paths(first),
+            10,
+            "the lonely node joined its supernode",
+        )
+        assert lonely.supernode("a") == "/a/n0"
+        assert bridge_of(lonely).status()["registered_as"] is None
+
+
+async def test_registry_down_leaves_the_lan_working_and_the_bridge_reconnects(
+    tmp_path: Path,
+) -> None:
+    async with registry(tmp_path) as reg, contextlib.AsyncExitStack() as stack:
+        a0 = await stack.enter_async_context(open_node(config(tmp_path, "a", "n0", reg.url)))
+        await wait_for(lambda: bridge_of(a0).state == "connected", 10, "connected")
+        await wait_for(lambda: bridge_of(a0).status()["registered_as"] == "/a/n0", 10, "registered")
+        bind = reg.url.removeprefix("http://")
+        reg.stop()
+        await wait_for(lambda: bridge_of(a0).state == "unreachable", 10, "unreachable")
+        assert a0.status()["registry"]["state"] == "unreachable"
+        assert a0.status()["registry"]["last_error"]
+        # The LAN keeps working: a node seeded with a0 joins while the registry is down.
+        a1 = await stack.enter_async_context(
+            open_node(config(tmp_path, "a", "n1", reg.url, (a0.address,)))
+        )
+        await wait_for(
+            lambda: live_paths(a0) == {"/a/n0", "/a/n1"} == live_paths(a1), 10, "LAN join"
+        )
+        assert bridge_of(a0).failures >= 1
+        # The registry comes back on the same address: the bridge reconnects by itself.
+        reg.close()
+        await reg.start(bind)
+        await wait_for(lambda: bridge_of(a0).state == "connected", 10, "reconnected")
+        assert bridge_of(a0).status()["registered_as"] == "/a/n0"
+        assert bridge_of(a0).failures == 0
+
+
+def test_factory_builds_the_bridge_only_for_a_registry_url() -> None:
+    assert registry_extension_factory(argparse.Namespace(registry=None)) is None
+    bridge = registry_extension_factory(argparse.Namespace(registry="http://10.0.0.1:7480"))
+    assert isinstance(bridge, RegistryBridge)
+    assert bridge.name == "registry"
+    assert bridge.status()["state"] == "idle"
+    with pytest.raises(UsageError):
+        registry_extension_factory(argparse.Namespace(registry="10.0.0.1:7480"))
+    assert registry_extension_factory in mesh.__main__.node_extensions()
