@@ -464,7 +464,8 @@ class Node:
                 event.term,
             )
         elif isinstance(event, SteppedDown):
-            logger.warning(
+            logger.log(
+                logging.WARNING if event.reason == "conflict" else logging.INFO,
                 "stepped down as %s (%s); now held by %s",
                 event.post,
                 event.reason,
