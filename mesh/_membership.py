@@ -994,6 +994,12 @@ class Membership:
         cur = self._table.get(d.node_id)
         if cur is None or cur.status in (DEAD, LEFT) or d.incarnation < cur.incarnation:
             return
+        if not d.left and cur.status == ALIVE:
+            # A death we saw no suspicion of: after a healed partition it is the other side's
+            # verdict on a member this side can still reach. Suspect it instead: if it lives,
+            # it refutes (we tell it); if it is dead, our own timer agrees within seconds.
+            self._suspect(now, Suspect(d.node_id, d.incarnation, d.reporter), src)
+            return
         status = LEFT if d.left else DEAD
         rec = attrs.evolve(cur, status=status, incarnation=d.incarnation)
         self._set(now, rec)

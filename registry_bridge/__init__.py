@@ -3,6 +3,7 @@
 from registry_bridge._app import create_app as create_app
 from registry_bridge._bridge import (
     BridgeState as BridgeState,
+    RegistryArbiter as RegistryArbiter,
     RegistryBridge as RegistryBridge,
     registry_extension_factory as registry_extension_factory,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "NotFound",
     "Peer",
     "Registration",
+    "RegistryArbiter",
     "RegistryBridge",
     "RegistryClient",
     "RegistryCommand",

@@ -15,6 +15,9 @@ node and joins orchestras whose broadcasts and mDNS cannot reach each other:
   supernode through the registry. While the registry names another live supernode for its own
   orchestra, such a node does not register itself (it waits to merge, and the LAN election
   then decides who stays supernode).
+* The registry **arbitrates the conductor** (:class:`RegistryArbiter`): a ``--conductor``
+  candidate claims the post only after the registry granted it (a registration with
+  ``conductor: true``), so sites that cannot hear each other never both have one.
 * The registry being **unreachable** never stops the node: the LAN keeps working, the status
   says ``unreachable`` and the bridge retries with exponential back-off (``interval`` doubling
   up to ``max_backoff``).
@@ -23,24 +26,26 @@ Its status (``/api/status`` field ``registry``): ``url``; ``state``: ``connected
 last exchange with the registry succeeded, ``unreachable`` when it failed (``last_error`` says
 how; cleared by the next success), ``idle`` while the node has nothing to ask it (it is not
 supernode and has live peers; its supernode speaks for it); ``registered_as`` (this node's
-path while it is registered as supernode); ``peers`` (the supernode addresses learned) and
-``conductor_granted``.
+path while it is registered, as supernode or conductor candidate), ``registered_supernode``;
+``peers`` (the supernode addresses learned) and ``conductor_granted``.
 
-Not done here (needs NodeCore hooks; see docs/registry.md, "The node-side bridge"): the registry as
-the conductor's arbiter, and supernodes taking the registry's elapsed time as clock reference.
+Not done here (needs a NodeCore hook; see docs/registry.md, "The node-side bridge"): supernodes
+taking the registry's elapsed time as their clock reference.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import trio
 
+from mesh._election import pick_lease
 from mesh._extensions import Extension
+from mesh._wire import Lease
 from registry_bridge._client import (
     Peer,
     RegistryClient,
@@ -53,12 +58,41 @@ from registry_bridge._client import (
 if TYPE_CHECKING:
     from mesh._node import Node
 
-__all__ = ["BridgeState", "RegistryBridge", "registry_extension_factory"]
+__all__ = ["BridgeState", "RegistryArbiter", "RegistryBridge", "registry_extension_factory"]
 
 logger = logging.getLogger(__name__)
 
 BridgeState = Literal["connected", "unreachable", "idle"]
 """What :meth:`RegistryBridge.status` reports as ``state``."""
+
+
+class RegistryArbiter:
+    """The conductor's arbiter when a registry is configured (a :class:`mesh._election.
+    ConductorArbiter`): a conductor claim is allowed only once the registry granted this node
+    the conductor (its registration with ``conductor: true``), so orchestras on networks that
+    cannot hear each other never both have one. While the registry is known to be unreachable
+    the local rule applies (the LAN keeps working). Conflicts are decided by the local rule
+    (:func:`~mesh._election.pick_lease`), the same on every node.
+    """
+
+    def __init__(self, bridge: RegistryBridge) -> None:
+        self._bridge = bridge
+        self.wanted = False
+        """This node asked to claim the conductor and the bridge should ask the registry."""
+        self.granted = False
+        """The registry records this node as the federation's conductor."""
+
+    def may_claim(self, now: float, claim: Lease) -> bool:
+        """Whether this node may claim the conductor now (see the class docstring)."""
+        if self.granted or self._bridge.state == "unreachable":
+            return True
+        self.wanted = True
+        self._bridge.wake()
+        return False
+
+    def pick(self, a: Lease, b: Lease, valid: Container[str]) -> Lease:
+        """:func:`~mesh._election.pick_lease` (the local rule)."""
+        return pick_lease(a, b, valid)
 
 
 class RegistryBridge(Extension):
@@ -93,6 +127,10 @@ class RegistryBridge(Extension):
         self._version: int | None = None
         self._conductor_granted = False
         self._peers: dict[str, tuple[str, int]] = {}  # node id (or path) -> gossip address
+        self._flags: tuple[bool, bool] = (False, False)  # registered (supernode, conductor)
+        self._wake = trio.Event()
+        self.arbiter = RegistryArbiter(self)
+        """Installed as the node's conductor arbiter by :meth:`run`."""
 
     # -- extension hooks ----------------------------------------------------------------------
 
@@ -104,19 +142,29 @@ class RegistryBridge(Extension):
             "last_error": self.last_error,
             "registered_as": self._registered_as,
             "peers": sorted(f"{h}:{p}" for h, p in self._peers.values()),
+            "registered_supernode": self._token is not None and self._flags[0],
             "conductor_granted": self._conductor_granted,
         }
+
+    def wake(self) -> None:
+        """Run the next round now (the arbiter wants an answer from the registry)."""
+        self._wake.set()
 
     async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run the bridge loop until the node stops; unregister on the way out."""
         async with RegistryClient(
             self.url, timeout=self.timeout, transport=self._transport
         ) as client:
+            # The node core takes an arbiter only at construction; install ours before the
+            # node's first conductor claim (a claim waits ``claim_delay`` after start).
+            node.core.election.arbiter = self.arbiter
             task_status.started()
             try:
                 while True:
                     ok = await self._guarded_step(node, client)
-                    await trio.sleep(self._next_delay(ok))
+                    with trio.move_on_after(self._next_delay(ok)):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await self._unregister(client)
@@ -148,16 +196,24 @@ class RegistryBridge(Extension):
         return True
 
     async def step(self, node: Node, client: RegistryClient) -> None:
-        """One round of the bridge: look up a supernode when alone, register or heartbeat as
-        supernode, unregister when no longer supernode, and propose the learned peers."""
+        """One round of the bridge: look up a supernode when alone; register (again when the
+        role changed, or to ask for the conductor) or heartbeat while supernode or conductor
+        candidate asking for or holding the post; unregister otherwise; propose the learned
+        peers."""
         orchestra = node.config.orchestra
         alone = not _has_live_peer(node)
-        if alone and await self._lookup(node, client):
-            self._propose(node)
-            return
-        if node.supernode(orchestra) == node.path:
-            if self._token is None:
-                await self._register(node, client)
+        conductor = node.conductor
+        if conductor is not None and conductor != node.path:
+            self.arbiter.wanted = False  # another node conducts
+        want_conductor = node.config.conductor and (self.arbiter.wanted or conductor == node.path)
+        # Alone, and the registry names another supernode of this orchestra: join it rather
+        # than register as a second one (the LAN election decides once merged).
+        found_own = alone and await self._lookup(node, client)
+        flags = (node.supernode(orchestra) == node.path and not found_own, want_conductor)
+        if any(flags):
+            retry_claim = want_conductor and not self._conductor_granted
+            if self._token is None or flags != self._flags or retry_claim:
+                await self._register(node, client, flags)
             else:
                 await self._heartbeat(node, client)
         elif self._token is not None:
@@ -182,8 +238,9 @@ class RegistryBridge(Extension):
             self._learn(peer)
         return bool(own)
 
-    async def _register(self, node: Node, client: RegistryClient) -> None:
+    async def _register(self, node: Node, client: RegistryClient, flags: tuple[bool, bool]) -> None:
         host, port = node.address
+        supernode, conductor = flags
         registration = await client.register(
             node.config.federation,
             node.config.orchestra,
@@ -191,21 +248,25 @@ class RegistryBridge(Extension):
             port=port,
             host=host,
             node_id=node.id,
-            supernode=True,
-            conductor=node.conductor == node.path,
+            supernode=supernode,
+            conductor=conductor,
             create=True,
-            takeover=True,
+            takeover=supernode,
         )
         self._connected()
         self._token = registration.token
+        self._flags = flags
         self._registered_as = registration.path
         self._version = registration.version
-        self._conductor_granted = registration.conductor_granted
-        self._replace_peers(node, registration.other_supernodes)
+        self._set_granted(registration.conductor_granted)
+        if supernode:
+            self._replace_peers(node, registration.other_supernodes)
         logger.info(
-            "registered %s as supernode at %s; %d other supernode(s)",
+            "registered %s at %s (supernode %s, conductor %s); %d other supernode(s)",
             registration.path,
             self.url,
+            registration.supernode_granted,
+            registration.conductor_granted,
             len(registration.other_supernodes),
         )
 
@@ -215,11 +276,12 @@ class RegistryBridge(Extension):
             beat = await client.heartbeat(self._token)
         except RegistryNotFound:
             logger.info("registration at %s expired; registering again", self.url)
+            flags = self._flags
             self._forget_registration()
-            await self._register(node, client)
+            await self._register(node, client, flags)
             return
         self._connected()
-        if beat.version != self._version:
+        if beat.version != self._version and self._flags[0]:
             view = await client.federation(node.config.federation)
             self._version = beat.version
             self._replace_peers(node, _supernodes(view))
@@ -248,7 +310,12 @@ class RegistryBridge(Extension):
         self._token = None
         self._registered_as = None
         self._version = None
-        self._conductor_granted = False
+        self._flags = (False, False)
+        self._set_granted(False)
+
+    def _set_granted(self, granted: bool) -> None:
+        self._conductor_granted = granted
+        self.arbiter.granted = granted
 
     def _replace_peers(self, node: Node, peers: Iterable[Peer]) -> None:
         self._peers.clear()

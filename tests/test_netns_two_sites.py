@@ -31,6 +31,9 @@ FEDERATION = "twosites"
 REGISTRY_PORT = 7480
 SITE_BEACON_PORT = {"a": 17470, "b": 17490}
 
+FETCH_SCRIPT = (
+    "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())"
+)
 CLOCK_SCRIPT = """
 import json, sys, urllib.request
 out = []
@@ -102,14 +105,16 @@ def test_two_sites_merge_through_the_registry(tmp_path: Path) -> None:
         everyone = {f"/{o}/h{h.index}" for o, hosts in sites.items() for h in hosts}
         docs: list[dict[str, Any]] = []
 
-        # First the registry is down: each site forms on its own LAN with its own conductor,
-        # the sites stay apart, and every node says the registry is unreachable.
+        # First the registry is down: each site forms on its own LAN with its own conductor
+        # (the arbiter falls back to the local rule), the sites stay apart, and each supernode
+        # says the registry is unreachable (the others are idle: their supernode speaks for them).
         def sites_apart() -> bool:
             docs[:] = [status(lan, host, u) for host, u in nodes]
             return all(
                 {m["path"] for m in d["members"] if m["state"] == "alive"}
                 == {p for p in everyone if p.startswith(f"/{d['node']['orchestra']}/")}
-                and d["registry"]["state"] == "unreachable"
+                and d["registry"]["state"]
+                == ("unreachable" if d["node"]["path"] in d["supernodes"].values() else "idle")
                 and d["conductor"]
                 == f"/{d['node']['orchestra']}/h{sites[d['node']['orchestra']][0].index}"
                 for d in docs
@@ -165,18 +170,19 @@ def test_two_sites_merge_through_the_registry(tmp_path: Path) -> None:
                     h for h in sites[other] if doc["supernodes"][other].endswith(f"/h{h.index}")
                 )
                 assert any(p.startswith(other_host.address + ":") for p in doc["registry"]["peers"])
-        view = json.loads(
-            lan.run(
-                reg_host,
-                sys.executable,
-                "-c",
-                "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read()"
-                ".decode())",
-                f"{url}/api/v1/federations/{FEDERATION}",
-            ).stdout
-        )
+
+        def registry_get(path: str) -> Any:
+            target = f"{url}/api/v1/federations/{FEDERATION}{path}"
+            out = lan.run(reg_host, sys.executable, "-c", FETCH_SCRIPT, target).stdout
+            return json.loads(out)
+
+        view = registry_get("")
         registered = {o["name"]: o["supernode"] for o in view["orchestras"]}
         assert registered == docs[0]["supernodes"]
+        # The registry (the conductor's arbiter) records the mesh's conductor.
+        wait_until(
+            lambda: registry_get("/conductor")["holder"] == conductor, 20, "registry conductor"
+        )
 
         # Clocks agree: federation time minus host time, read at one instant per node (all
         # namespaces share the host's clock), within 50 ms across both sites.

@@ -161,6 +161,39 @@ async def test_orchestras_without_common_lan_find_each_other_through_the_registr
                 assert doc["state"] == "connected"
 
 
+async def test_the_registry_arbitrates_the_conductor_so_two_sites_never_both_have_one(
+    tmp_path: Path,
+) -> None:
+    async with registry(tmp_path) as reg, contextlib.AsyncExitStack() as stack:
+        a0 = await stack.enter_async_context(
+            open_node(config(tmp_path, "a", "n0", reg.url, conductor=True))
+        )
+        b0 = await stack.enter_async_context(
+            open_node(config(tmp_path, "b", "n0", reg.url, conductor=True))
+        )
+        nodes = [a0, b0]
+        seen: set[str] = set()
+        with trio.fail_after(20):
+            while True:
+                views = {n.conductor for n in nodes} - {None}
+                assert len(views) <= 1, f"two conductors at once: {views}"
+                seen |= {v for v in views if v is not None}
+                conductors = {n.conductor for n in nodes}
+                merged = live_paths(a0) == live_paths(b0) == {"/a/n0", "/b/n0"}
+                if merged and len(conductors) == 1 and None not in conductors:
+                    break
+                await trio.sleep(0.02)
+        assert seen == {a0.conductor}
+        winner = a0 if a0.conductor == a0.path else b0
+        async with RegistryClient(reg.url) as client:
+            state = await client.conductor(FEDERATION)
+        assert state.holder == winner.path
+        assert state.node_id == winner.id
+        assert bridge_of(winner).status()["conductor_granted"] is True
+        loser = b0 if winner is a0 else a0
+        assert bridge_of(loser).status()["conductor_granted"] is False
+
+
 async def test_a_node_with_no_lan_peer_finds_its_supernode_through_the_registry(
     tmp_path: Path,
 ) -> None:

@@ -20,7 +20,7 @@ PATHS = st.one_of(
     st.builds(
         lambda parts: "/" + "/".join(parts),
         st.lists(SEGMENT, max_size=5),
-    ),
+    ).filter(lambda p: not p.startswith("//")),  # httpx refuses such a URL before sending
     st.builds(
         lambda tpl, a, b: tpl.format(a=a, b=b),
         st.sampled_from(
