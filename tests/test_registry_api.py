@@ -77,7 +77,7 @@ def test_public_names_are_what_init_exports() -> None:
     assert set(registry_bridge.__all__) <= public
     for name in registry_bridge.__all__:
         value = getattr(registry_bridge, name)
-        if isinstance(value, type) or callable(value) and hasattr(value, "__code__"):
+        if isinstance(value, type) or (callable(value) and hasattr(value, "__code__")):
             assert value.__module__.startswith("registry_bridge._"), name
 
 
