@@ -377,7 +377,7 @@ class Node:
                     "supernode": view.meta.get("s") is True,
                     "conductor": view.meta.get("c") is True,
                 },
-                "roles": view.meta.get("r", {}),
+                "roles": _roles_summary(view.meta.get("r")),
             }
             for view in self.members()
         ]
@@ -603,6 +603,23 @@ class Node:
         self._pump()
         with trio.move_on_after(0.5):
             await self.transport.flush()
+
+
+def _roles_summary(value: object) -> dict[str, dict[str, int]]:
+    """A member's roles summary (metadata key ``r``, set by station extensions) in the status
+    API's form, ``role -> {configured, running, failed}``. It came over the network: the full
+    and the compact (``role -> [configured, running, failed]``) forms are read, anything else
+    is dropped."""
+    out: dict[str, dict[str, int]] = {}
+    if not isinstance(value, dict):
+        return out
+    keys = ("configured", "running", "failed")
+    for role, counts in value.items():
+        if isinstance(counts, list) and len(counts) == 3:
+            counts = dict(zip(keys, counts, strict=True))
+        if isinstance(counts, dict) and all(isinstance(counts.get(k), int) for k in keys):
+            out[str(role)] = {k: int(counts[k]) for k in keys}
+    return out
 
 
 def _plain(value: Any) -> Any:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgpack
 import pytest
 import trio
@@ -203,6 +204,13 @@ async def test_push_through_conductor_runs_and_a_blocked_role_is_typed(tmp_path:
         assert len(msgpack.packb({k: member.meta[k] for k in "rid"})) <= roles.META_BUDGET
         status = conductor.status()
         assert status["roles"]["manager"]["active"] is True
+        # The status API and the conductor's dashboard show the station's roles.
+        seen = {m["path"]: m["roles"] for m in status["members"]}
+        assert seen["/room-a/s1"] == {"command": {"configured": 2, "running": 2, "failed": 0}}
+        assert conductor.status_url is not None
+        async with httpx.AsyncClient() as client:
+            page = (await client.get(conductor.status_url + "/")).text
+        assert "command 2/2" in page
         assert status["roles"]["station"] is None  # a conductor without --roles: manager only
         view = status["roles"]["manager"]["stations"]["/room-a/s1"]
         assert view["in_sync"] is True and view["answer"]["applied"] is True
