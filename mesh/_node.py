@@ -53,6 +53,8 @@ from mesh._state import default_runtime_dir, default_state_dir, locked_identity,
 from mesh._transport import Transport, open_transport
 from mesh._wire import (
     Address,
+    ClockReply,
+    ClockRequest,
     Envelope,
     Keyring,
     MemberRecord,
@@ -352,6 +354,25 @@ class Node:
         """Propose a peer address (as discovery does): the node joins through it unless it
         already knows a live member there. Used by the registry bridge."""
         self._on_hint(PeerHint(address, source))
+
+    def use_external_clock(self, source: str | None) -> None:
+        """Take federation time from a clock outside the mesh named *source* (the registry
+        bridge uses this): this orchestra's supernode follows it, the other members follow
+        their supernode. The caller carries the requests (:meth:`external_clock_requests`) and
+        brings back the answers (:meth:`external_clock_reply`). ``None`` undoes it."""
+        self.core.use_external_clock(self.local_now(), source)
+        self._pump()
+
+    def external_clock_requests(self) -> list[ClockRequest]:
+        """The clock requests waiting for the external source (oldest first)."""
+        return [request for _, request in self.core.take_external_clock_requests()]
+
+    def external_clock_reply(self, reply: ClockReply, source: str) -> bool:
+        """Hand in the external source's answer; call it as soon as the answer arrives (its
+        arrival time is the fourth timestamp). Returns whether the sample was used."""
+        used = self.core.handle_external_clock_reply(self.local_now(), reply, source)
+        self._pump()
+        return used
 
     def update_meta(self) -> None:
         """Re-read the extensions' metadata and announce it (a new incarnation)."""

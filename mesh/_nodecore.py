@@ -139,6 +139,8 @@ class NodeCore:
         self._published = 0
         self._time_source: tuple[str | None, bool] | None = None
         self._time_override: tuple[str | None, bool] | None = None
+        self._external_clock: str | None = None
+        self._external_requests: list[tuple[str, ClockRequest]] = []
         self._candidates_dirty = True
         self._last_now = now
         self._refresh(now)
@@ -279,10 +281,30 @@ class NodeCore:
         self._refresh(now)
 
     def set_time_source(self, now: float, reference: str | None, is_self: bool) -> None:
-        """Override the elected time reference (a registry bridge makes a supernode follow the
-        registry's clock); ``reference=None, is_self=False`` returns to the elected one."""
+        """Override the elected time reference; ``reference=None, is_self=False`` returns to
+        the elected one."""
         self._time_override = None if (reference is None and not is_self) else (reference, is_self)
         self._choose_time_source(now)
+
+    def use_external_clock(self, now: float, source: str | None) -> None:
+        """Take time from *source*, a clock outside the mesh (the registry), with a registry's
+        rule: this orchestra's supernode follows *source*, every other member follows its
+        supernode. ``None`` returns to the elected reference. Requests to *source* come out of
+        :meth:`take_external_clock_requests`; answers go to :meth:`handle_external_clock_reply`.
+        """
+        self._external_clock = source
+        self._choose_time_source(now)
+
+    def take_external_clock_requests(self) -> list[tuple[str, ClockRequest]]:
+        """Clock requests for the external source, for the driver to carry (e.g. over HTTP)."""
+        out, self._external_requests = self._external_requests, []
+        return out
+
+    def handle_external_clock_reply(self, now: float, reply: ClockReply, source: str) -> bool:
+        """The external source's answer to a request, received at local time *now*."""
+        used = self.clock.handle_reply(now, reply, source)
+        self._refresh(now)
+        return used
 
     def leave(self, now: float) -> None:
         """Leave gracefully, handing every post this node holds to its best successor."""
@@ -346,11 +368,20 @@ class NodeCore:
         if events or self._time_source is None:
             self._choose_time_source(now)
         for dest, request in self.clock.take_outputs():
+            if dest == self._external_clock:
+                self._external_requests = [*self._external_requests[-7:], (dest, request)]
+                continue
             view = self.membership.member(dest)
             if view is not None and view.is_live:
                 self._outputs.append(SendDatagram(view.address, request))
 
     def _elected_reference(self) -> str | None:
+        if self._external_clock is not None:
+            orchestra = self.membership.me.orchestra
+            supernode = self.election.supernode(orchestra)
+            if supernode is None or supernode == self.node_id:
+                return self._external_clock
+            return supernode
         conductor = self.election.conductor()
         if conductor is not None:
             return conductor

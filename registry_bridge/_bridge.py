@@ -45,7 +45,7 @@ import trio
 
 from mesh._election import pick_lease
 from mesh._extensions import Extension
-from mesh._wire import Lease
+from mesh._wire import ClockReply, Lease
 from registry_bridge._client import (
     Peer,
     RegistryClient,
@@ -65,6 +65,10 @@ logger = logging.getLogger(__name__)
 BridgeState = Literal["connected", "unreachable", "idle"]
 """What :meth:`RegistryBridge.status` reports as ``state``."""
 
+
+REGISTRY_CLOCK = "registry"
+"""The name of the registry's clock as a time source of the node."""
+_CLOCK_POLL = 0.05
 
 class RegistryArbiter:
     """The conductor's arbiter when a registry is configured (a :class:`mesh._election.
@@ -122,6 +126,8 @@ class RegistryBridge(Extension):
         self.state: BridgeState = "idle"
         self.last_error: str | None = None
         self.failures = 0
+        self.clock_samples = 0
+        """Registry clock samples the node's clock took."""
         self._token: str | None = None
         self._registered_as: str | None = None
         self._version: int | None = None
@@ -144,6 +150,7 @@ class RegistryBridge(Extension):
             "peers": sorted(f"{h}:{p}" for h, p in self._peers.values()),
             "registered_supernode": self._token is not None and self._flags[0],
             "conductor_granted": self._conductor_granted,
+            "clock_samples": self.clock_samples,
         }
 
     def wake(self) -> None:
@@ -158,16 +165,36 @@ class RegistryBridge(Extension):
             # The node core takes an arbiter only at construction; install ours before the
             # node's first conductor claim (a claim waits ``claim_delay`` after start).
             node.core.election.arbiter = self.arbiter
+            node.use_external_clock(REGISTRY_CLOCK)
             task_status.started()
             try:
-                while True:
-                    ok = await self._guarded_step(node, client)
-                    with trio.move_on_after(self._next_delay(ok)):
-                        await self._wake.wait()
-                    self._wake = trio.Event()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._serve_clock, node, client)
+                    while True:
+                        ok = await self._guarded_step(node, client)
+                        with trio.move_on_after(self._next_delay(ok)):
+                            await self._wake.wait()
+                        self._wake = trio.Event()
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await self._unregister(client)
+
+    async def _serve_clock(self, node: Node, client: RegistryClient) -> None:
+        """Carry the node's clock requests to the registry (only a supernode sends any: the
+        rest of its orchestra follows it) and bring back the registry's elapsed time."""
+        federation = node.config.federation
+        while True:
+            await trio.sleep(_CLOCK_POLL)  # the clock core paces its own requests
+            for request in node.external_clock_requests():
+                try:
+                    sample = await client.elapsed(federation)
+                except RegistryError as exc:
+                    logger.debug("registry clock sample failed: %s", exc)
+                    continue
+                if sample.epoch is None:
+                    continue  # nobody registered yet: the registry has no federation time
+                reply = ClockReply(request.probe, request.t1, sample.t2, sample.t3, 0.0, True)
+                self.clock_samples += int(node.external_clock_reply(reply, REGISTRY_CLOCK))
 
     # -- the loop -----------------------------------------------------------------------------
 

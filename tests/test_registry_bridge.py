@@ -249,3 +249,34 @@ def test_factory_builds_the_bridge_only_for_a_registry_url() -> None:
     with pytest.raises(UsageError):
         registry_extension_factory(argparse.Namespace(registry="10.0.0.1:7480"))
     assert registry_extension_factory in mesh.__main__.node_extensions()
+
+
+async def test_supernodes_follow_the_registry_clock_and_their_orchestra_follows_them(
+    tmp_path: Path,
+) -> None:
+    async with registry(tmp_path) as reg, contextlib.AsyncExitStack() as stack:
+        a0 = await stack.enter_async_context(open_node(config(tmp_path, "a", "n0", reg.url)))
+        a1 = await stack.enter_async_context(
+            open_node(config(tmp_path, "a", "n1", reg.url, (a0.address,)))
+        )
+        b0 = await stack.enter_async_context(open_node(config(tmp_path, "b", "n0", reg.url)))
+        nodes = [a0, a1, b0]
+
+        def synced() -> bool:
+            for node in nodes:
+                clock = node.clock
+                supernode = node.core.supernode(node.config.orchestra)
+                wanted = "registry" if supernode == node.id else supernode
+                if not clock.synced or clock.reference != wanted or clock.error_bound > 0.005:
+                    return False  # (the bound is honest: it counts what is still to slew)
+            return True
+
+        await wait_for(synced, 20, "supernodes on the registry clock, members on theirs")
+        assert all(bridge_of(n).clock_samples > 0 for n in nodes if n.supernode(
+            n.config.orchestra) == n.path)  # fmt: skip
+        # Federation time is the registry's elapsed time, on every node of both orchestras.
+        async with RegistryClient(reg.url) as client:
+            sample = await client.elapsed(FEDERATION)
+        registry_now = (sample.t2 + sample.t3) / 2
+        for node in nodes:
+            assert abs(node.now() - registry_now) < 0.02, (node.path, node.now(), registry_now)
