@@ -19,7 +19,38 @@ from typing import Any
 import httpx
 import trio
 
-__all__ = ["LiveNode", "free_udp_port", "start_nodes", "wait_for"]
+from mesh._node import NodeConfig
+
+__all__ = ["LiveNode", "free_udp_port", "loopback_config", "start_nodes", "wait_for"]
+
+
+def loopback_config(
+    tmp: Path,
+    path: str,
+    *,
+    federation: str,
+    seeds: Sequence[tuple[str, int]] = (),
+    **overrides: Any,
+) -> NodeConfig:
+    """The config of an in-process node at *path* (``/orchestra/name``) that stays on
+    loopback: no mDNS, no broadcast (peers come from *seeds*), the loopback timing profile,
+    state under *tmp*. *overrides* set any other :class:`NodeConfig` field."""
+    _, orchestra, name = path.split("/")
+    return NodeConfig(
+        federation=federation,
+        orchestra=orchestra,
+        name=name,
+        bind="127.0.0.1",
+        port=0,
+        port_is_default=False,
+        mdns=False,
+        broadcast=False,
+        seeds=tuple(seeds),
+        profile="loopback",
+        state_dir=tmp / "state",
+        runtime_dir=tmp / "run",
+        **overrides,
+    )
 
 
 def free_udp_port() -> int:

@@ -15,23 +15,11 @@ import mesh
 from mesh._node import Node, NodeConfig, NoSuchMember, RemoteError, open_node
 from mesh._nodecore import Publication
 from mesh._wire import Value
+from tests.livenodes import loopback_config
 
 
 def config(tmp: Path, name: str, seeds: tuple[tuple[str, int], ...] = ()) -> NodeConfig:
-    return NodeConfig(
-        federation="api",
-        orchestra="o1",
-        name=name,
-        bind="127.0.0.1",
-        port=0,
-        port_is_default=False,
-        mdns=False,
-        broadcast=False,
-        seeds=seeds,
-        profile="loopback",
-        state_dir=tmp / "state",
-        runtime_dir=tmp / "run",
-    )
+    return loopback_config(tmp, f"/o1/{name}", federation="api", seeds=seeds)
 
 
 @asynccontextmanager

@@ -23,6 +23,7 @@ from registry_bridge import (
     registry_extension_factory,
     serve_registry,
 )
+from tests.livenodes import loopback_config
 
 FEDERATION = "bridged"
 INTERVAL = 0.2
@@ -79,21 +80,13 @@ def config(
     *,
     conductor: bool = False,
 ) -> NodeConfig:
-    return NodeConfig(
+    return loopback_config(
+        tmp,
+        f"/{orchestra}/{name}",
         federation=FEDERATION,
-        orchestra=orchestra,
-        name=name,
-        bind="127.0.0.1",
-        port=0,
-        port_is_default=False,
-        mdns=False,
-        broadcast=False,
         seeds=seeds,
         registry=url,
         conductor=conductor,
-        profile="loopback",
-        state_dir=tmp / "state",
-        runtime_dir=tmp / "run",
         status=None,
         extensions=(RegistryBridge(url, interval=INTERVAL, max_backoff=1.0, timeout=2.0),),
     )
@@ -267,8 +260,9 @@ async def test_supernodes_follow_the_registry_clock_and_their_orchestra_follows_
                 clock = node.clock
                 supernode = node.core.supernode(node.config.orchestra)
                 wanted = "registry" if supernode == node.id else supernode
-                if not clock.synced or clock.reference != wanted or clock.error_bound > 0.005:
-                    return False  # (the bound is honest: it counts what is still to slew)
+                if not clock.synced or clock.reference != wanted or clock.error_bound > 0.05:
+                    # The bound is honest: an HTTP round trip (ms) and what is still to slew.
+                    return False
             return True
 
         await wait_for(synced, 20, "supernodes on the registry clock, members on theirs")
@@ -276,7 +270,10 @@ async def test_supernodes_follow_the_registry_clock_and_their_orchestra_follows_
             n.config.orchestra) == n.path)  # fmt: skip
         # Federation time is the registry's elapsed time, on every node of both orchestras.
         async with RegistryClient(reg.url) as client:
+            before = [n.now() for n in nodes]
             sample = await client.elapsed(FEDERATION)
-        registry_now = (sample.t2 + sample.t3) / 2
-        for node in nodes:
-            assert abs(node.now() - registry_now) < 0.02, (node.path, node.now(), registry_now)
+            after = [n.now() for n in nodes]
+        registry_now = (sample.t2 + sample.t3) / 2  # read between "before" and "after"
+        for node, low, high in zip(nodes, before, after, strict=True):
+            slack = node.clock.error_bound + 0.002
+            assert low - slack <= registry_now <= high + slack, (node.path, low, high, registry_now)

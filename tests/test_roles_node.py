@@ -33,6 +33,7 @@ from roles import (
     push_config,
     roles_extension_factory,
 )
+from tests.livenodes import loopback_config
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
 FAST = BackoffPolicy(base=0.1, max_delay=0.5)
@@ -67,22 +68,8 @@ def config(
     seeds: tuple[tuple[str, int], ...] = (),
     conductor: bool = False,
 ) -> NodeConfig:
-    _, orchestra, name = path.split("/")
-    return NodeConfig(
-        federation="rolesnode",
-        orchestra=orchestra,
-        name=name,
-        bind="127.0.0.1",
-        port=0,
-        port_is_default=False,
-        mdns=False,
-        broadcast=False,
-        seeds=seeds,
-        profile="loopback",
-        conductor=conductor,
-        state_dir=tmp / "state",
-        runtime_dir=tmp / "run",
-        extensions=(ext,),
+    return loopback_config(
+        tmp, path, federation="rolesnode", seeds=seeds, conductor=conductor, extensions=(ext,)
     )
 
 
