@@ -408,6 +408,7 @@ class Membership:
             if me.node_id in snapshot.records:
                 self._table.remove(me.node_id)
         self._awareness = 0
+        self._reconnect_turn = 0
         self._probe_counter = 0
         self._exchange_counter = 0
         self._probe: _Probe | None = None
@@ -833,10 +834,16 @@ class Membership:
             if self._table.slots() <= 4096
             else []
         )
-        # A few at a time: after a partition most dead records may be truly dead, and the
-        # one that is not must be found quickly (memberlist tries one every 30 s).
-        for rec in self._rng.sample(dead, min(_RECONNECT_TRIES, len(dead))):
-            self._open_push_pull(rec.address, join=False)
+        # A few at a time, in turn (not at random): after a partition most dead records may be
+        # truly dead, and the one that is not must be found within a bounded time (memberlist
+        # tries one at random every 30 s).
+        if not dead:
+            return
+        count = min(_RECONNECT_TRIES, len(dead))
+        start = self._reconnect_turn % len(dead)
+        self._reconnect_turn += count
+        for i in range(count):
+            self._open_push_pull(dead[(start + i) % len(dead)].address, join=False)
 
     def _reap(self, now: float) -> None:
         limit = now - self.profile.tombstone_timeout
