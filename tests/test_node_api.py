@@ -3,6 +3,8 @@ status and clock endpoints. Real nodes in one trio run, on loopback, joined by s
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -166,3 +168,24 @@ async def test_status_api_forwards_requests_into_the_mesh(tmp_path: Path) -> Non
         assert unknown.json()["error_type"] == "UnknownRequest"
         assert bad_json.status_code == 400 and "JSON" in bad_json.json()["error"]
         assert bad_path.status_code == 400 and "path" in bad_path.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--orchestra", "bad name"], "orchestra 'bad name' may hold only"),
+        (["--seed", "host:xx"], "port 'xx' is not a number"),
+        (["--key-file", "/nonexistent/key"], "cannot read key file"),
+    ],
+)
+def test_node_usage_errors_exit_2_with_one_line(flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mesh", "node", "--bind", "127.0.0.1", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
