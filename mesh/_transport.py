@@ -296,7 +296,10 @@ async def open_transport(
     """Bind UDP and TCP on *port* (0 = any free port; with *next_free*, the next free port
     above a taken one) and yield the :class:`Transport`."""
     last: OSError | None = None
-    for candidate in range(port, port + (50 if next_free and port else 1)):
+    # Port 0: the kernel picks a free UDP port, but the same TCP port may be taken (by any
+    # connection's ephemeral port), so try again with another pick.
+    candidates = [0] * 20 if port == 0 else range(port, port + (50 if next_free else 1))
+    for candidate in candidates:
         try:
             udp, listener = await _bind_pair(bind, candidate)
             break

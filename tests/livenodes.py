@@ -54,9 +54,10 @@ def loopback_config(
 
 
 def free_udp_port() -> int:
-    """A UDP port that is free on 127.0.0.1 right now (for a test's beacons)."""
+    """A UDP port that is free on every address right now (for a test's beacons); it is only
+    bound, never used for traffic, here."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("0.0.0.0", 0))
         return int(s.getsockname()[1])
 
 
