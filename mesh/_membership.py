@@ -1067,8 +1067,3 @@ class Membership:
             and rec.status == DEAD
         ]
         return self._rng.sample(pool, min(count, len(pool)))
-
-
-def live_members(views: Sequence[MemberView]) -> list[MemberView]:
-    """The alive and suspect members among *views*."""
-    return [v for v in views if v.is_live]

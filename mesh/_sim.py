@@ -22,7 +22,6 @@ import attrs
 
 from mesh._clock import SkewedClock
 from mesh._membership import (
-    MemberEvent,
     Membership,
     OpenStream,
     SendDatagram,
@@ -358,8 +357,3 @@ class Simulator:
     def up_nodes(self) -> list[SimNode]:
         """The nodes that are running."""
         return [n for n in self.nodes.values() if n.up]
-
-
-def member_events(kind: str) -> Callable[[Any], bool]:
-    """A predicate selecting :class:`MemberEvent` of one *kind* (for ``on_event`` hooks)."""
-    return lambda event: type(event) is MemberEvent and event.kind == kind

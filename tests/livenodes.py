@@ -6,12 +6,13 @@ directory, and the beacon port the test picked (so tests running side by side ne
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -203,14 +204,22 @@ async def start_node(
 
 
 async def wait_for(
-    check: Callable[[], Any], timeout: float, every: float = 0.05, what: str = "condition"
+    check: Callable[[], Awaitable[Any] | Any],
+    timeout: float,
+    what: str = "condition",
+    every: float = 0.05,
 ) -> float:
-    """Poll the async *check* until it returns true; return the seconds it took. Fails the
-    test with *what* after *timeout* seconds."""
+    """Poll *check* (a plain or an async function) until it returns true; return the seconds
+    it took. Fails the test naming *what* after *timeout* seconds."""
     start = trio.current_time()
     try:
         with trio.fail_after(timeout):
-            while not await check():
+            while True:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    break
                 await trio.sleep(every)
     except trio.TooSlowError:
         raise AssertionError(f"{what} not reached within {timeout} s") from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from registry_bridge import (
     registry_extension_factory,
     serve_registry,
 )
-from tests.livenodes import loopback_config
+from tests.livenodes import loopback_config, wait_for
 
 FEDERATION = "bridged"
 INTERVAL = 0.2
@@ -100,13 +100,6 @@ def bridge_of(node: Node) -> RegistryBridge:
     ext = node.config.extensions[0]
     assert isinstance(ext, RegistryBridge)
     return ext
-
-
-async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    with trio.fail_after(timeout):
-        while not check():
-            await trio.sleep(0.05)
-    assert check(), what
 
 
 async def test_orchestras_without_common_lan_find_each_other_through_the_registry(

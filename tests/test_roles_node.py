@@ -8,7 +8,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from roles import (
     push_config,
     roles_extension_factory,
 )
-from tests.livenodes import loopback_config
+from tests.livenodes import loopback_config, wait_for
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
 FAST = BackoffPolicy(base=0.1, max_delay=0.5)
@@ -71,23 +71,6 @@ def config(
     return loopback_config(
         tmp, path, federation="rolesnode", seeds=seeds, conductor=conductor, extensions=(ext,)
     )
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool] | bool], timeout: float, what: str
-) -> None:
-    """Poll *check* until it is true; fail naming *what* after *timeout* seconds."""
-    try:
-        with trio.fail_after(timeout):
-            while True:
-                result = check()
-                if not isinstance(result, bool):
-                    result = await result
-                if result:
-                    return
-                await trio.sleep(0.05)
-    except trio.TooSlowError:
-        raise AssertionError(f"{what} not reached within {timeout} s") from None
 
 
 class Group:
@@ -153,7 +136,7 @@ async def group(tmp: Path, candidates: list[str], stations: list[str]) -> AsyncI
             return True
 
         try:
-            await eventually(settled, 20, "every node alive, a conductor, station metadata")
+            await wait_for(settled, 20, "every node alive, a conductor, station metadata")
             yield out
         finally:
             for path in reversed(list(out.nodes)):
@@ -183,7 +166,7 @@ async def test_push_through_conductor_runs_and_a_blocked_role_is_typed(tmp_path:
             assert member is not None
             return member.meta.get("r") == {"command": {"configured": 2, "running": 2, "failed": 0}}
 
-        await eventually(summary_seen, 5, "the roles summary in the conductor's view")
+        await wait_for(summary_seen, 5, "the roles summary in the conductor's view")
         member = conductor.member("/room-a/s1")
         assert member is not None
         assert member.meta["i"] == station.identity.to_meta()
@@ -242,13 +225,13 @@ async def test_desired_state_is_replicated_restored_and_survives_the_conductor(
         answer = await push_config(c1, "/room-a/s1", wanted)
         digest = answer["digest"]
         standby = g.exts["/ctl/c2"]
-        await eventually(
+        await wait_for(
             lambda: standby.desired.config_for("/room-a/s1").digest() == digest,
             5,
             "the desired configuration replicated to the standby",
         )
         saved = tmp_path / "state" / "rolesnode" / "ctl" / "c2" / "roles" / "desired.json"
-        await eventually(saved.exists, 5, "the standby saving the desired state")
+        await wait_for(saved.exists, 5, "the standby saving the desired state")
         on_disk = json.loads(saved.read_text())["desired"]
         assert roles.DesiredState.from_dict(on_disk).config_for("/room-a/s1").digest() == digest
 
@@ -264,19 +247,19 @@ async def test_desired_state_is_replicated_restored_and_survives_the_conductor(
             running = [(s.uuid, s.state) for s in station.snapshot().processes]
             return station.config.digest() == digest and running == [("cam-1", "running")]
 
-        await eventually(restored, 10, "the manager restoring the station")
+        await wait_for(restored, 10, "the manager restoring the station")
         pid = pids(station)["command/cam-1"]
         assert pid is not None
 
         # The conductor leaves: the standby conducts and pushes the same desired configuration.
         await g.stop("/ctl/c1")
         c2 = g.nodes["/ctl/c2"]
-        await eventually(lambda: c2.conductor == "/ctl/c2", 10, "the standby conducting")
+        await wait_for(lambda: c2.conductor == "/ctl/c2", 10, "the standby conducting")
         again = await push_config(s1, "/room-a/s1", wanted)
         assert again["applied"] is True and again["digest"] == digest
         assert again["unchanged"] == ["command/cam-1"] and pids(station)["command/cam-1"] == pid
         assert c2.status()["roles"]["manager"]["active"] is True
-        await eventually(
+        await wait_for(
             lambda: c2.status()["roles"]["manager"]["stations"]["/room-a/s1"]["in_sync"],
             5,
             "the new conductor reporting the station in sync",
@@ -318,7 +301,7 @@ async def test_station_requests_and_the_roles_command(
         code, out, err = await cli("push", str(pushed), "--station", "/room-a/s1")
         assert (code, err) == (0, "") and "/room-a/s1: applied" in out
         station = g.station("/room-a/s1")
-        await eventually(
+        await wait_for(
             lambda: "hello" in station.logs("command", "cam-1"), 10, "the instance printing"
         )
         code, out, _ = await cli(
