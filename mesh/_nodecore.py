@@ -8,7 +8,9 @@ a clock sample or a publication travels:
 - membership events rebuild the election's view of the candidates;
 - lease records travel as gossip updates (and in every push-pull);
 - election events choose the clock's time reference: the conductor if there is one, else the
-  longest-serving supernode (``set_time_source`` can override this, e.g. a registry bridge);
+  longest-serving supernode (``use_external_clock`` makes a registry the supernodes' reference);
+  a node that has never been synced checks its clock's lineage first (:mod:`mesh._lineage`), so
+  a restarted conductor adopts the federation's time instead of imposing its young clock;
 - clock requests go to the reference's gossip address; every node answers them.
 
 ``now`` is the node's local time everywhere (monotonic, plus injected skew and drift); the
@@ -28,7 +30,7 @@ from typing import TypeAlias
 
 import attrs
 
-from mesh._clock import ClockConfig, ClockCore, ClockSnapshot
+from mesh._clock import MAX_REPORTED_ERROR, ClockConfig, ClockCore, ClockSnapshot
 from mesh._election import (
     Candidate,
     ConductorArbiter,
@@ -38,6 +40,7 @@ from mesh._election import (
     SteppedDown,
     post_orchestra,
 )
+from mesh._lineage import ClockLineage
 from mesh._membership import (
     MemberEvent,
     Membership,
@@ -138,7 +141,8 @@ class NodeCore:
         self._outputs: list[MembershipOutput] = []
         self._published = 0
         self._time_source: tuple[str | None, bool] | None = None
-        self._time_override: tuple[str | None, bool] | None = None
+        self.lineage = ClockLineage()
+        self._lineage_due: float | None = None
         self._external_clock: str | None = None
         self._external_requests: list[tuple[str, ClockRequest]] = []
         self._candidates_dirty = True
@@ -167,9 +171,16 @@ class NodeCore:
     def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
         """One decoded datagram."""
         if isinstance(body, ClockRequest):
-            self._outputs.append(SendDatagram(src, self.clock.handle_request(now, body)))
+            reply = self.clock.handle_request(now, body)
+            if self._provisional():
+                # A young clock that may yet adopt the federation's time: nothing to learn from.
+                reply = attrs.evolve(reply, error_bound=MAX_REPORTED_ERROR, synced=False)
+            self._outputs.append(SendDatagram(src, reply))
         elif isinstance(body, ClockReply):
-            self.clock.handle_reply(now, body, sender)
+            if ClockLineage.owns(body):
+                self.lineage.handle_reply(now, self.clock.federation_time(now), body, sender)
+            else:
+                self.clock.handle_reply(now, body, sender)
         else:
             self.membership.handle_message(now, src, sender, body)
         self._refresh(now)
@@ -198,6 +209,8 @@ class NodeCore:
         clock = self.clock.next_deadline()
         if clock is not None:
             deadline = min(deadline, clock)
+        if self._lineage_due is not None and self._provisional():
+            deadline = min(deadline, self._lineage_due)
         election = self.election.next_deadline()
         if election is not None:
             # Federation time runs at (almost) the local rate: convert through the offset.
@@ -280,12 +293,6 @@ class NodeCore:
         self.membership.update_meta(now, {**meta, **own})
         self._refresh(now)
 
-    def set_time_source(self, now: float, reference: str | None, is_self: bool) -> None:
-        """Override the elected time reference; ``reference=None, is_self=False`` returns to
-        the elected one."""
-        self._time_override = None if (reference is None and not is_self) else (reference, is_self)
-        self._choose_time_source(now)
-
     def use_external_clock(self, now: float, source: str | None) -> None:
         """Take time from *source*, a clock outside the mesh (the registry), with a registry's
         rule: this orchestra's supernode follows *source*, every other member follows its
@@ -365,7 +372,7 @@ class NodeCore:
             self.membership.set_state_extras(self.election.leases())
         events: list[ElectionEvent] = self.election.take_events()
         self._events.extend(events)
-        if events or self._time_source is None:
+        if events or self._time_source is None or not self.lineage.settled:
             self._choose_time_source(now)
         for dest, request in self.clock.take_outputs():
             if dest == self._external_clock:
@@ -395,15 +402,50 @@ class NodeCore:
         return None if best is None else best[1]
 
     def _choose_time_source(self, now: float) -> None:
-        if self._time_override is not None:
-            source = self._time_override
+        lineage = self.lineage
+        if not lineage.settled and self._time_source is not None and not self._time_source[1]:
+            snap = self.clock.snapshot(now)
+            adopted = (
+                lineage.adopting == self._time_source[0]
+                and snap.samples >= lineage.samples_to_adopt
+                and math.isfinite(snap.error_bound)
+            )
+            # Synced to a reference, or holding the adopted peer's time (the peer may not say it
+            # is synced: its own reference may be this very node, still provisional).
+            if snap.synced or adopted:
+                lineage.settle()
+        reference = self._elected_reference()
+        if reference is None or reference == self.node_id:
+            source: tuple[str | None, bool] = (self.node_id, True)
+            if lineage.adopting is not None:
+                view = self.membership.member(lineage.adopting)
+                if view is not None and view.is_live:
+                    source = (lineage.adopting, False)  # take the federation's time first
+                else:
+                    lineage.adopting = None
         else:
-            reference = self._elected_reference()
-            if reference is None or reference == self.node_id:
-                source = (self.node_id, True)
-            else:
-                source = (reference, False)
+            source = (reference, False)
         if source != self._time_source:
             self._time_source = source
             self.clock.set_reference(now, source[0], source[1])
             self._events.append(TimeSourceChanged(None if source[1] else source[0], source[1]))
+        self._probe_lineage(now)
+
+    def _provisional(self) -> bool:
+        return not self.lineage.settled and self._time_source == (self.node_id, True)
+
+    def _probe_lineage(self, now: float) -> None:
+        self._lineage_due = None
+        if not self._provisional():
+            return
+        peers = [
+            v.node_id for v in self.membership.members() if v.is_live and v.node_id != self.node_id
+        ]
+        if not peers:
+            return
+        probe = self.lineage.probe(now, self.clock.federation_time(now), peers)
+        if probe is not None:
+            view = self.membership.member(probe[0])
+            if view is not None:
+                self._outputs.append(SendDatagram(view.address, probe[1]))
+        self._lineage_due = self.lineage.next_deadline()
