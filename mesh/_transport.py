@@ -68,7 +68,7 @@ class Transport:
 
     def __init__(
         self,
-        udp: trio.socket.SocketType,
+        udp: socket.socket,
         listener: trio.SocketListener,
         advertised: Address,
         federation: str,
@@ -76,7 +76,8 @@ class Transport:
         codec: WireCodec,
         stream_timeout: float,
     ) -> None:
-        self._udp = udp
+        self._raw = udp  # non-blocking; sent on directly when nothing is queued
+        self._udp = trio.socket.from_stdlib_socket(udp)
         self._listener = listener
         self.address = advertised
         self.federation = federation
@@ -126,14 +127,33 @@ class Transport:
         )
 
     def send_nowait(self, dest: Address, body: Message) -> None:
-        """Queue one datagram; if the queue is full (the network is stuck) it is dropped and
-        counted, as UDP would."""
+        """Send one datagram now, or queue it if the socket would block (or others wait
+        before it); if the queue is full (the network is stuck) it is dropped and counted, as
+        UDP would.
+
+        Sending at once matters for the clock: an NTP-style exchange assumes the time stamped
+        in a request or reply is the time it leaves, and a queue adds a scheduling delay that
+        differs between the two directions.
+        """
         try:
             data = self.codec.encode(self.envelope(body))
         except InvalidMessage as exc:
             logger.error("not sending %s to %s: %s", type(body).__name__, dest, exc)
             self._counts["send_errors"] += 1
             return
+        if not self._pending:
+            try:
+                self._raw.sendto(data, dest)
+            except BlockingIOError:
+                pass  # the socket buffer is full: queue it behind
+            except OSError as exc:
+                self._counts["send_errors"] += 1
+                logger.debug("sendto %s failed: %s", dest, exc)
+                return
+            else:
+                self._counts["datagrams_sent"] += 1
+                self._counts["bytes_sent"] += len(data)
+                return
         try:
             self._send.send_nowait((dest, data))
             self._pending += 1
@@ -262,10 +282,11 @@ async def _receive_exactly(stream: trio.SocketStream, count: int) -> bytes:
     return bytes(buf)
 
 
-async def _bind_pair(host: str, port: int) -> tuple[trio.socket.SocketType, trio.SocketListener]:
-    udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+async def _bind_pair(host: str, port: int) -> tuple[socket.socket, trio.SocketListener]:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.setblocking(False)
     try:
-        await udp.bind((host, port))
+        udp.bind((host, port))
         bound = udp.getsockname()[1]
         tcp = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
