@@ -328,6 +328,24 @@ class ClockCore:
         self._requests += 1
         self._next_poll = now + self._interval(now)
 
+    def stamp_request(self, now: float, request: ClockRequest) -> ClockRequest:
+        """*request* (one of :meth:`take_outputs`) with ``t1`` moved to *now*, the moment the
+        driver sends it, so the node's own work between making and sending the request is not
+        counted as network delay on the way out only (that would bias the offset by half of
+        it). Anything else is returned unchanged."""
+        pending = self._outstanding.get(request.probe)
+        if pending is None or pending[0] != request.t1:
+            return request
+        now = self._tick(now)
+        self._outstanding[request.probe] = (now, pending[1])
+        return ClockRequest(request.probe, now)
+
+    def stamp_reply(self, now: float, reply: ClockReply) -> ClockReply:
+        """*reply* (from :meth:`handle_request`) with ``t3`` moved to this node's federation
+        time at *now*, the moment the driver sends it (``t3 - t2`` is then the time spent here,
+        which the asker takes out of the round trip)."""
+        return attrs.evolve(reply, t3=max(reply.t2, self._read(self._tick(now))))
+
     def handle_request(self, now: float, request: ClockRequest) -> ClockReply:
         """Answer a peer's request with this node's federation time (any node answers; the
         reply carries its error bound and whether it is synced, and the asker judges)."""

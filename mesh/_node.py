@@ -453,7 +453,7 @@ class Node:
         core = self.core
         for out in core.take_outputs():
             if isinstance(out, SendDatagram):
-                self.transport.send_nowait(out.dest, out.body)
+                self.transport.send_nowait(out.dest, core.stamp(self.local_now(), out.body))
             elif isinstance(out, OpenStream):
                 self._nursery.start_soon(self._push_pull, out)
         incarnation = core.incarnation

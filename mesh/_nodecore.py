@@ -185,6 +185,18 @@ class NodeCore:
             self.membership.handle_message(now, src, sender, body)
         self._refresh(now)
 
+    def stamp(self, now: float, body: Message) -> Message:
+        """*body*, about to be sent at local time *now*, with its clock timestamps moved to
+        *now* (a clock request's ``t1``, a clock reply's ``t3``); other messages unchanged.
+
+        A driver whose sending takes real time (the trio runtime) calls it right before
+        encoding each datagram, so the timestamps say when the exchange really left."""
+        if isinstance(body, ClockRequest):
+            return self.clock.stamp_request(now, body)
+        if isinstance(body, ClockReply):
+            return self.clock.stamp_reply(now, body)
+        return body
+
     def handle_stream(self, now: float, src: Address, sender: str, body: PushPull) -> PushPull:
         """One incoming push-pull; returns the reply."""
         reply = self.membership.handle_stream(now, src, sender, body)

@@ -356,3 +356,38 @@ def test_set_reference_twice_is_a_no_op() -> None:
     samples = n.core.snapshot(n.clock(2.0)).samples
     follow(n, ref, 2.0)
     assert n.core.snapshot(n.clock(2.0)).samples == samples > 0
+
+
+def test_send_time_stamps_remove_the_bias_of_local_work() -> None:
+    # The follower spends 300 us (its other timers) between making a request and sending it,
+    # and the reference 200 us between answering and sending. Stamped at sending, the offset
+    # is exact; stamped at making, it is off by half the difference of those delays.
+    def run(stamped: bool) -> float:
+        ref = make("r", skew=0.4, reference=True, initial_time=50.0)
+        n = make("n", skew=-1.1)
+        follow(n, ref, 0.0)
+        t = 0.0
+        while t < 5.0:
+            n.core.handle_timer(n.clock(t))
+            for _dest, req in n.core.take_outputs():
+                sent = t + 300e-6
+                if stamped:
+                    req = n.core.stamp_request(n.clock(sent), req)
+                t2 = sent + 50e-6
+                reply = ref.core.handle_request(ref.clock(t2), req)
+                if stamped:
+                    reply = ref.core.stamp_reply(ref.clock(t2 + 200e-6), reply)
+                    assert reply.t3 - reply.t2 == pytest.approx(200e-6, abs=1e-9)
+                assert n.core.handle_reply(n.clock(t2 + 200e-6 + 50e-6), reply, sender="r")
+            t += 0.01
+        return n.fed(t) - ref.fed(t)
+
+    assert abs(run(stamped=True)) < 1e-6
+    # Unstamped, the way out looks 350 us long and the way back 250 us: off by 50 us.
+    assert run(stamped=False) == pytest.approx(50e-6, abs=1e-6)
+
+
+def test_stamping_leaves_unknown_requests_alone() -> None:
+    n = make("n")
+    foreign = ClockRequest(99, 1.0)
+    assert n.core.stamp_request(2.0, foreign) is foreign
