@@ -119,8 +119,12 @@ class ClockConfig:
     """... or until this many replies were accepted, whichever comes first."""
     backoff: float = attrs.field(default=0.125, validator=_positive)
     """After the burst the interval is ``backoff`` times the time since the reference was set ..."""
-    max_interval: float = attrs.field(default=1.0, validator=_positive)
-    """... capped at this many seconds."""
+    max_interval: float = attrs.field(default=0.25, validator=_positive)
+    """... capped at this many seconds (more samples, and so a better drift estimate, are what
+    buy agreement within tens of microseconds) ..."""
+    reference_load: float = attrs.field(default=400.0, validator=_positive)
+    """... unless the group is large: the cap grows so that the followers of one reference send
+    it at most this many requests a second in all (see :meth:`ClockCore.set_group_size`)."""
     reply_timeout: float = attrs.field(default=1.0, validator=_positive)
     """A reply later than this (round trip) is stale and ignored."""
     max_outstanding: int = attrs.field(default=8, validator=_count)
@@ -129,7 +133,7 @@ class ClockConfig:
     """The offset is taken from the best of this many most recent samples ..."""
     best: int = attrs.field(default=3, validator=_count)
     """... using this many of them (the lowest-error ones), weighted."""
-    history: int = attrs.field(default=64, validator=_count)
+    history: int = attrs.field(default=256, validator=_count)
     """Samples kept for the fit of offset and drift ..."""
     fit_fraction: float = attrs.field(default=0.25, validator=_positive)
     """... which uses this fraction of them with the lowest round trips (at least ``best``)."""
@@ -253,6 +257,7 @@ class ClockCore:
         self._poll_start = now
         self._next_poll: float | None = None
         self._probe = 0
+        self._group_size = 1
         self._outstanding: dict[int, tuple[float, str]] = {}
         self._outputs: list[tuple[str, ClockRequest]] = []
         # Samples from the current reference.
@@ -327,6 +332,11 @@ class ClockCore:
         self._outputs.append((self._reference, ClockRequest(self._probe, now)))
         self._requests += 1
         self._next_poll = now + self._interval(now)
+
+    def set_group_size(self, members: int) -> None:
+        """Tell the clock how many nodes may follow the same reference (the live members), so
+        the steady polling interval keeps the reference's load within ``reference_load``."""
+        self._group_size = max(1, members)
 
     def stamp_request(self, now: float, request: ClockRequest) -> ClockRequest:
         """*request* (one of :meth:`take_outputs`) with ``t1`` moved to *now*, the moment the
@@ -534,7 +544,8 @@ class ClockCore:
         elapsed = now - self._poll_start
         if elapsed < cfg.burst_duration and self._accepted < cfg.burst_samples:
             return cfg.fast_interval
-        return min(cfg.max_interval, max(cfg.fast_interval, cfg.backoff * elapsed))
+        cap = max(cfg.max_interval, self._group_size / cfg.reference_load)
+        return min(cap, max(cfg.fast_interval, cfg.backoff * elapsed))
 
     def _drift_interval(self, now: float) -> tuple[float, float]:
         widen = self._cfg.wander_ppm_per_s * 1e-6 * max(0.0, now - self._d_at)

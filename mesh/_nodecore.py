@@ -376,7 +376,9 @@ class NodeCore:
                 self._events.append(event)
         if self._candidates_dirty:
             self._candidates_dirty = False
-            self.election.update_members(fed, self._candidates())
+            candidates = self._candidates()
+            self.election.update_members(fed, candidates)
+            self.clock.set_group_size(sum(c.alive for c in candidates))
         leases = self.election.take_outputs()
         for lease in leases:
             self.membership.broadcast(lease)

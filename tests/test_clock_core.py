@@ -156,8 +156,8 @@ def test_polls_fast_at_start_then_backs_off() -> None:
     gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert gaps[:9] == pytest.approx([0.1] * 9, abs=1e-3)  # 10/s for the first second
     assert all(b >= a - 1e-9 for a, b in itertools.pairwise(gaps))  # backs off
-    assert max(gaps) == pytest.approx(1.0, abs=1e-3)  # up to max_interval
-    assert 30 <= len(sent) <= 60
+    assert max(gaps) == pytest.approx(ClockConfig().max_interval, abs=1e-3)  # up to the cap
+    assert 100 <= len(sent) <= 140  # 10 in the first second, then 4/s
 
 
 def test_first_sync_steps_forward_and_agrees() -> None:
@@ -391,3 +391,21 @@ def test_stamping_leaves_unknown_requests_alone() -> None:
     n = make("n")
     foreign = ClockRequest(99, 1.0)
     assert n.core.stamp_request(2.0, foreign) is foreign
+
+
+def test_steady_polling_slows_in_a_large_group_to_spare_the_reference() -> None:
+    def steady_gap(members: int) -> float:
+        ref = make("r", reference=True)
+        n = make("n")
+        n.core.set_group_size(members)
+        follow(n, ref, 0.0)
+        wire = Wire(ref, n)
+        wire.run(0.0, 60.0, tick=0.01)
+        before = n.core.snapshot(n.clock(60.0)).requests
+        wire.run(60.0, 80.0, tick=0.01)
+        return 20.0 / (n.core.snapshot(n.clock(80.0)).requests - before)
+
+    cfg = ClockConfig()
+    assert steady_gap(10) == pytest.approx(cfg.max_interval, rel=0.1)
+    # 1000 followers: each polls every 2.5 s, so the reference gets 400 requests a second.
+    assert steady_gap(1000) == pytest.approx(1000 / cfg.reference_load, rel=0.1)
