@@ -267,7 +267,7 @@ def test_reference_change_is_continuous() -> None:
 
 def test_bad_replies_are_rejected() -> None:
     ref = make("r", reference=True)
-    n = make("n")
+    n = make("n", config=ClockConfig(pairs=False))  # one request per poll, to count them
     follow(n, ref, 0.0)
     n.core.handle_timer(0.0)
     [(dest, req)] = n.core.take_outputs()
@@ -403,9 +403,11 @@ def test_steady_polling_slows_in_a_large_group_to_spare_the_reference() -> None:
         wire.run(0.0, 60.0, tick=0.01)
         before = n.core.snapshot(n.clock(60.0)).requests
         wire.run(60.0, 80.0, tick=0.01)
-        return 20.0 / (n.core.snapshot(n.clock(80.0)).requests - before)
+        polls = (n.core.snapshot(n.clock(80.0)).requests - before) / 2  # a pair each
+        return 20.0 / polls
 
     cfg = ClockConfig()
     assert steady_gap(10) == pytest.approx(cfg.max_interval, rel=0.1)
-    # 1000 followers: each polls every 2.5 s, so the reference gets 400 requests a second.
-    assert steady_gap(1000) == pytest.approx(1000 / cfg.reference_load, rel=0.1)
+    # 1000 followers: each polls (a pair of requests) every 5 s, so the reference gets 400
+    # requests a second.
+    assert steady_gap(1000) == pytest.approx(2 * 1000 / cfg.reference_load, rel=0.1)
