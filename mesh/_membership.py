@@ -14,7 +14,8 @@ Protocol (memberlist's SWIM + Lifeguard):
 
 - Every probe period one member is pinged, in a shuffled round-robin order. No ack within the
   probe timeout: ``indirect_checks`` members are asked to ping it (they nack if it stays
-  silent). No ack by the end of the period: the member is suspected.
+  silent). No ack by the end of the period: the member is suspected. Any datagram from the
+  member meanwhile counts as its ack.
 - A suspicion times out after ``max`` seconds, shrunk towards ``min`` by independent
   confirmations; then the member is declared dead. A suspected node refutes by raising its
   incarnation; it is told directly (Lifeguard's buddy system).
@@ -571,6 +572,13 @@ class Membership:
     def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
         """Handle one decoded datagram *body* from *sender* at *src*. Non-membership messages
         are ignored (the runtime routes them elsewhere)."""
+        p = self._probe
+        if p is not None and sender == p.target:
+            # Any datagram from the member being probed shows it is alive and reaches us: count
+            # it as the ack. Without this, a probe begun during a partition (or whose ping was
+            # lost) and stretched by awareness ended after the heal in a suspicion of a member
+            # that had been talking to us all along (chaos seeds 8747, 3079).
+            p.acked = True
         if isinstance(body, Ping):
             if body.target == self._me.node_id and not self._left:
                 updates = self._piggyback()
@@ -798,14 +806,27 @@ class Membership:
         # Re-gossip only a bounded number of what a merge teaches us: the rest is state the
         # peer spreads itself, and a node joining a big group must not flood it.
         budget = 64
+        sender = state.members[0].node_id if state.members else self._me.node_id
         for rec in state.members:
             if rec.node_id == self._me.node_id:
                 if rec.status in (DEAD, LEFT, SUSPECT) and rec.incarnation >= self._me.incarnation:
                     refuted = self._refute(rec.incarnation) or refuted
                 continue
-            if rec.status in _LIVE:
+            if rec.status == ALIVE:
                 budget -= 1
-                self._alive(now, attrs.evolve(rec, status=ALIVE), rebroadcast=budget >= 0)
+                self._alive(now, rec, rebroadcast=budget >= 0)
+            elif rec.status == SUSPECT:
+                # A remote suspect is a suspicion, not news of life (memberlist does the same).
+                # Taking it for "alive" brought a crashed member back to life: a node that had
+                # declared it dead met, in a push-pull, the suspicion at the newer incarnation
+                # the member refuted with before it crashed, and saw it "joined" (chaos seed
+                # 8716). So a tombstone stays; a member unknown here, or known only at an older
+                # incarnation, is learned (its record may carry new metadata) and suspected.
+                cur = self._table.get(rec.node_id)
+                if cur is None or (cur.status in _LIVE and cur.incarnation < rec.incarnation):
+                    budget -= 1
+                    self._alive(now, attrs.evolve(rec, status=ALIVE), rebroadcast=budget >= 0)
+                self._apply(now, Suspect(rec.node_id, rec.incarnation, sender), src)
             elif rec.status == LEFT:
                 self._apply(now, Dead(rec.node_id, rec.incarnation, rec.node_id, True), src)
             else:
@@ -813,7 +834,6 @@ class Membership:
                 # not kill nodes we can still reach (memberlist does the same).
                 cur = self._table.get(rec.node_id)
                 if cur is not None and cur.status == ALIVE:
-                    sender = state.members[0].node_id if state.members else self._me.node_id
                     suspicion = Suspect(rec.node_id, rec.incarnation, sender)
                     self._apply(now, suspicion, src)
                     # Buddy system here too: tell the member at once so it can refute. Without

@@ -298,6 +298,30 @@ def test_silent_target_is_suspected_at_the_end_of_the_probe_period() -> None:
     assert wire.run(wire.now + 1.0, stop=lambda: status(helper, c) == "suspect")
 
 
+@pytest.mark.parametrize("heard", [False, True], ids=["silent", "heard-from"])
+def test_a_datagram_from_the_probed_member_counts_as_its_ack(heard: bool) -> None:
+    # Chaos seeds 8747 and 3079: a probe whose ping was lost (or sent into a partition) ended,
+    # stretched by awareness, after the target had been heard from (its own pings, gossip),
+    # and suspected it anyway. Hearing from the target during the probe is as good as its ack.
+    records = [record(i) for i in (1, 2, 3)]
+    a = core(records[0], 11, snapshot=Snapshot.of(records))
+    wire = Wire([a])  # a alone: everything it sends is lost
+    assert wire.run(1.0, stop=lambda: bool(wire.of_kind(Ping, src=a)))
+    ((started, _, dest, _),) = wire.of_kind(Ping, src=a)
+    target = next(r for r in records if r.address == dest)
+    if heard:  # the target's own probe of a arrives while a's probe is out
+        wire.now = started + LAN.probe_timeout / 2
+        a.handle_message(wire.now, target.address, target.node_id, Ping(1, a.node_id))
+    wire.run(started + LAN.probe_interval + 1e-3)
+    view = a.member(target.node_id)
+    assert view is not None
+    if heard:
+        assert view.status == "alive" and a.statistics().probes_failed == 0
+        assert not wire.of_kind(PingReq, src=a)  # no indirect probe needed either
+    else:
+        assert view.status == "suspect" and a.statistics().probes_failed == 1
+
+
 def test_suspect_refutes_by_raising_its_incarnation() -> None:
     a, b, c = converged(3)
     wire = Wire([a, b, c])
@@ -348,8 +372,8 @@ def test_stale_suspicion_is_answered_with_the_newer_incarnation() -> None:
     wire.flush()
     assert status(a, c) == "suspect"  # its direct notice was lost; c's refutation not yet heard
     a.handle_message(0.4, c.me.address, c.node_id, Ping(7, a.node_id))
-    (ack,) = [o for o in a.take_outputs() if isinstance(o.body, Ack)]  # type: ignore[union-attr]
-    assert isinstance(ack, SendDatagram) and ack.body.updates[0] == Suspect(c.node_id, 1, a.node_id)
+    (ack,) = [o for o in a.take_outputs() if isinstance(o, SendDatagram)]
+    assert isinstance(ack.body, Ack) and ack.body.updates[0] == Suspect(c.node_id, 1, a.node_id)
     wire.heal()
     wire._datagram(a, ack)
     wire.flush()
@@ -398,6 +422,50 @@ def test_remote_dead_in_push_pull_only_suspects_and_tells_the_member() -> None:
     assert c.incarnation == 1 and status(a, c) == "alive"
     wire.run(10.0)
     assert not wire.member_events("dead", about=c)
+
+
+def test_remote_suspect_in_push_pull_is_a_suspicion_and_never_revives_a_tombstone() -> None:
+    # Chaos seed 8716: a member refuted a suspicion (incarnation 1) on one side of a partition,
+    # then crashed; this side had declared it dead at incarnation 0. After the heal a push-pull
+    # carried "suspect at 1", which the merge took for "alive at 1": the crashed member
+    # "joined" again.
+    me, peer, gone, new, known = (record(i) for i in range(1, 6))
+    dead = attrs.evolve(gone, status=MemberStatus.DEAD)
+    a = core(me, 5, snapshot=Snapshot.of([me, peer, dead, known]))
+    wire = Wire([a])
+    suspect = MemberStatus.SUSPECT
+    state = PushPull(
+        (
+            peer,
+            attrs.evolve(gone, incarnation=1, status=suspect),
+            attrs.evolve(new, status=suspect),
+            attrs.evolve(known, incarnation=1, status=suspect, meta={"sn": True}),
+        )
+    )
+    a.handle_stream(1.0, peer.address, peer.node_id, state)
+    wire.now = 1.0
+    wire.flush()
+    gone_view, new_view, known_view = (a.member(r.node_id) for r in (gone, new, known))
+    # The tombstone stays: no "joined" for a member this node saw die.
+    assert gone_view is not None and (gone_view.status, gone_view.incarnation) == ("dead", 0)
+    assert not [
+        e
+        for _, _, e in wire.events
+        if isinstance(e, MemberEvent) and e.member.node_id == gone.node_id
+    ]
+    # A member first heard of as suspect is learned, as a suspect.
+    assert new_view is not None and new_view.status == "suspect"
+    # A live member suspected at a newer incarnation: its newer record, suspected.
+    assert known_view is not None
+    assert (known_view.status, known_view.incarnation) == ("suspect", 1)
+    assert known_view.meta == {"sn": True}
+    # Each suspect is told directly (so it can refute), and the suspicions run out here too.
+    told = {
+        d for _, _, d, body in wire.of_kind(Gossip, src=a) if isinstance(body.updates[0], Suspect)
+    }
+    assert {new.address, known.address} <= told
+    wire.run(10.0)
+    assert all(a.member(r.node_id).status == "dead" for r in (new, known))  # type: ignore[union-attr]
 
 
 def test_suspicion_times_out_into_dead() -> None:
@@ -458,7 +526,7 @@ def test_confirmations_shorten_the_suspicion_timeout() -> None:
         for rec in others[: confirmations + 1]:  # the first report, then the confirmations
             suspicion = Gossip((Suspect(target.node_id, 0, rec.node_id),))
             m.handle_message(1.0, rec.address, rec.node_id, suspicion)
-        assert status(m, wire.cores[target.address]) == "suspect"  # type: ignore[arg-type]
+        assert status(m, wire.cores[target.address]) == "suspect"
         assert wire.run(10.0, stop=lambda m=m: m.statistics().deaths_declared > 0)  # type: ignore[misc]
         assert wire.now - 1.0 == pytest.approx(timeout, abs=1e-6), confirmations
         assert m.statistics().probes_failed == 0  # no confirmation of its own

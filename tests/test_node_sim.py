@@ -28,6 +28,26 @@ def test_one_conductor_one_supernode_per_orchestra_and_honest_clocks(chunk: int)
     print(f"chunk {chunk}: worst time to agreement {worst:.1f} s")
 
 
+# Seeds that once lost agreement after reaching it (a membership flap once the faults had
+# ended), each named for its root cause; the hand-driven tests in tests/test_membership.py show
+# each transition. (8747, 3079 and 8716 came from the 10,000-seed sweep; after a change to the
+# clock they run differently; 2031 and 7894 show the two causes on the current code.)
+REGRESSION_SEEDS = {
+    8747: "probe begun in a partition suspected a member heard from since the heal",
+    3079: "probe with a lost ping suspected a member that kept talking to the prober",
+    2031: "probe begun in a partition suspected a member heard from since the heal",
+    8716: "a push-pull's suspect record revived a member declared dead (it had crashed)",
+    7894: "a push-pull's suspect record revived a member declared dead (it had crashed)",
+}
+
+
+@pytest.mark.parametrize("seed", sorted(REGRESSION_SEEDS))
+def test_agreement_once_reached_holds_regression_seeds(seed: int) -> None:
+    result = run_chaos(seed)
+    assert result.ok, f"seed {seed} ({REGRESSION_SEEDS[seed]}): {result.failure}"
+    assert result.agreement_s is not None and result.agreement_s <= AGREEMENT_BOUND_S
+
+
 def test_larger_group_with_more_orchestras() -> None:
     for seed in range(10):
         result = run_chaos(seed, nodes=12, orchestras=3, candidates=3)
