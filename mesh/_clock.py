@@ -263,6 +263,7 @@ class ClockCore:
         self._probe = 0
         self._group_size = 1
         self._outstanding: dict[int, tuple[float, str]] = {}
+        self._start_over_on_next_sample = False
         self._pair_first: set[int] = set()  # probes whose answer triggers a second request
         self._outputs: list[tuple[str, ClockRequest]] = []
         # Samples from the current reference.
@@ -302,6 +303,7 @@ class ClockCore:
         self._accepted = 0
         self._ref_synced = False
         self._last_sample_at = -math.inf
+        self._start_over_on_next_sample = False
         if is_self:
             # Freeze the current federation time and rate as the definition of time.
             fed = self._read(now)
@@ -315,7 +317,13 @@ class ClockCore:
             # Nobody to follow: run on the last estimate (its bound keeps growing with age).
             self._next_poll = None
             return
-        # Follow: keep the line (continuity) but nothing is known of the new reference yet.
+        self._start_following(now)
+
+    def _start_following(self, now: float) -> None:
+        # Keep the line (continuity) but nothing is known of the new reference yet.
+        self._samples.clear()
+        self._accepted = 0
+        self._start_over_on_next_sample = False
         self._est, self._alt = None, None
         # The rate is kept (it is likely still right) but the worst-case interval restarts.
         self._d_lo, self._d_hi, self._d_at = -self._max_drift, self._max_drift, now
@@ -323,6 +331,16 @@ class ClockCore:
         self._rate_err = min(self._rate_err + extra, self._max_drift)
         self._poll_start = now
         self._next_poll = now
+
+    def reference_restarted(self, now: float) -> None:
+        """The followed reference is a new process under the same id (it restarted): what it
+        answered before described another process's clock. Its first answer with a known error
+        bound starts the estimate over, as with a new reference (no jump; the difference is
+        slewed). Until then this node keeps its estimate, which a restarted reference may be
+        adopting (:mod:`mesh._lineage`). Nothing happens if this node follows no one or is the
+        reference."""
+        if not self._is_self and self._reference is not None:
+            self._start_over_on_next_sample = True
 
     def handle_timer(self, now: float) -> None:
         """Send a request to the reference if one is due, forget requests too old to answer."""
@@ -427,6 +445,8 @@ class ClockCore:
         if not math.isfinite(bound):
             # The reference does not know its own time: nothing to learn but that it is there.
             return True
+        if self._start_over_on_next_sample:
+            self._start_following(now)
         if not self._consistent(sample):
             # Samples and estimate cannot both be right: the reference's time or a rate changed.
             self._resets += 1

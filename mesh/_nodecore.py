@@ -142,6 +142,7 @@ class NodeCore:
         self._published = 0
         self._time_source: tuple[str | None, bool] | None = None
         self.lineage = ClockLineage()
+        self._reference_start: object = None  # the followed node's start time ("j")
         self._lineage_due: float | None = None
         self._external_clock: str | None = None
         self._external_requests: list[tuple[str, ClockRequest]] = []
@@ -388,6 +389,7 @@ class NodeCore:
         self._events.extend(events)
         if events or self._time_source is None or not self.lineage.settled:
             self._choose_time_source(now)
+        self._watch_reference_restart(now)
         for dest, request in self.clock.take_outputs():
             if dest == self._external_clock:
                 self._external_requests = [*self._external_requests[-7:], (dest, request)]
@@ -443,7 +445,23 @@ class NodeCore:
             self._time_source = source
             self.clock.set_reference(now, source[0], source[1])
             self._events.append(TimeSourceChanged(None if source[1] else source[0], source[1]))
+            self._reference_start = self._start_of(source)
         self._probe_lineage(now)
+
+    def _start_of(self, source: tuple[str | None, bool]) -> object:
+        view = None if source[1] or source[0] is None else self.membership.member(source[0])
+        return None if view is None else view.meta.get("j")
+
+    def _watch_reference_restart(self, now: float) -> None:
+        # A followed node that restarted keeps its id but not its clock: its start time ("j"
+        # in its metadata) tells. Its earlier answers must not be mixed with the new ones.
+        if self._time_source is None:
+            return
+        start = self._start_of(self._time_source)
+        if start is not None and start != self._reference_start:
+            if self._reference_start is not None:
+                self.clock.reference_restarted(now)
+            self._reference_start = start
 
     def _provisional(self) -> bool:
         return not self.lineage.settled and self._time_source == (self.node_id, True)

@@ -411,3 +411,27 @@ def test_steady_polling_slows_in_a_large_group_to_spare_the_reference() -> None:
     # 1000 followers: each polls (a pair of requests) every 5 s, so the reference gets 400
     # requests a second.
     assert steady_gap(1000) == pytest.approx(2 * 1000 / cfg.reference_load, rel=0.1)
+
+
+def test_a_restarted_reference_is_followed_afresh() -> None:
+    # The reference restarts under the same id, its time now 0.4 ms later than before (what
+    # it adopted): the follower forgets the old process's samples and slews to the new time.
+    old = make("r", reference=True, initial_time=20.0)
+    n = make("n", skew=0.3)
+    follow(n, old, 0.0)
+    wire = Wire(old, n)
+    wire.run(0.0, 10.0, watch=[n])
+    new = make("r", t=10.0, reference=True, initial_time=30.0 + 0.0004)
+    wire.nodes["r"] = new
+    n.core.reference_restarted(n.clock(10.0))
+    before = n.core.snapshot(n.clock(10.0))
+    assert before.synced and before.samples > 0  # kept until the new process answers
+    t = 10.0
+    while n.core.snapshot(n.clock(t)).replies == before.replies:  # the next poll is answered
+        t += 0.01
+        wire.step(t)
+    snap = n.core.snapshot(n.clock(t))
+    assert not snap.synced and snap.samples == 1 and snap.resets == before.resets
+    wire.run(t, 13.0, watch=[n])
+    snap = n.core.snapshot(n.clock(13.0))
+    assert snap.synced and abs(n.fed(13.0) - new.fed(13.0)) <= min(snap.error_bound, 5e-6)
