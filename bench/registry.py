@@ -1,37 +1,54 @@
-"""Registry throughput: 1000 clients registering and heartbeating, beside a CGI baseline.
+"""Registry benchmark: 1000 clients registering and heartbeating, beside a CGI baseline.
 
-Runs ``stagemesh registry`` as its own process on loopback (a fresh SQLite file), then:
+Targets (DESIGN.md): register+heartbeat for 1000 clients at >= 2000 req/s with p99 <= 50 ms,
+and >= 20x a process-per-request CGI baseline. Each run starts ``stagemesh registry`` on
+loopback (a fresh SQLite file) once per ``--workers`` setting and measures:
 
-1. 1000 clients (httpx, one client with a bounded connection pool) each register through the
-   JSON API and send heartbeats; req/s over the whole phase and per-request latency (from the
-   request being handed to a pooled connection to its answer: p50/p99).
-2. The legacy ``register`` URL on the same registry.
-3. A process-per-request CGI baseline: a tiny HTTP server that runs ``python3 -c ...`` for every
-   request, doing the same SQLite work as the legacy ``register`` (the 2012 deployment model).
+1. **Open loop at the target rate** (the p99 that counts). 1000 clients, each with its own
+   keep-alive connection, register once and then heartbeat on a fixed schedule; together they
+   offer ``--rate`` requests per second (2000) whatever the registry does, the way real nodes
+   would. A client whose previous answer is late sends its next request as soon as it can,
+   and latency is measured from the moment the request was *due*, not when it was sent, so
+   a stalled server cannot hide its stall (coordinated omission corrected, as wrk2 does). The
+   generator is a lean epoll loop in this process (its CPU per request is printed).
+2. **Closed loop, saturation throughput**: ``wrk`` with 1000 connections, each request sent as
+   soon as the previous answer arrived; 1000 registrations, then heartbeats round-robin over
+   their tokens. wrk is C and uses little CPU, so the registry gets the machine. Without wrk
+   (``apt-get install -y wrk``) the lean generator runs closed-loop instead (it says so).
+3. **Legacy ``register``** on the same registry and on a **CGI baseline** (a tiny HTTP server
+   that runs ``python3 -c ...`` per request doing the same SQLite work, the 2012 deployment
+   model), both closed-loop with the same tool and concurrency: the ratio of their req/s.
 
-Prints a table against the targets (>= 2000 req/s, p99 <= 50 ms, >= 20x CGI) and writes
-``bench/results/registry.json``. Usage: ``python3 bench/registry.py [--clients 1000]``.
+Server CPU per request (user+system of every registry process over the phase) is printed for
+every phase: it depends much less on what else the machine is doing than req/s do.
+
+Prints a table beside the targets, says plainly which are not met, and writes
+``bench/results/registry.json``. Usage::
+
+    apt-get install -y wrk   # optional, for the closed-loop phases
+    python3 bench/registry.py [--workers 1,2] [--rate 2000] [--clients 1000] [--seconds 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import http.server
 import json
 import os
 import platform
+import re
 import resource
-import statistics
+import select
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
-
-import httpx
-import trio
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,6 +102,9 @@ class _CgiHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+# ----------------------------------------------------------------------------- load generator
+
+
 def _pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -92,222 +112,644 @@ def _pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-async def _load(
-    base: str, requests: list[tuple[str, str, Any]], connections: int, clients: int
+_TOKEN = re.compile(rb'"token":"([^"]+)"')
+
+
+class _Client:
+    __slots__ = ("buf", "busy", "due", "i", "k", "sent_at", "sock", "token")
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+        self.k = 0  # requests sent so far
+        self.sock: socket.socket | None = None
+        self.token = b""
+        self.buf = b""
+        self.busy = False
+        self.due = 0.0  # when the request in flight (or the next one) was due
+        self.sent_at = 0.0
+
+
+def json_request(host: str, port: int, federation: str, prefix: str) -> Any:
+    """Client i's k-th request: register (k = 0), then heartbeats with its token."""
+    head = f"Host: {host}:{port}\r\nContent-Type: application/json\r\n"
+
+    def make(c: _Client) -> bytes:
+        if c.k == 0 or not c.token:
+            body = json.dumps(
+                {
+                    "orchestra": f"o{c.i % 20}",
+                    "name": f"{prefix}{c.i}",
+                    "create": True,
+                    "supernode": c.i < 20,
+                }
+            ).encode()
+            return (
+                f"POST /api/v1/federations/{federation}/registrations HTTP/1.1\r\n{head}"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+        return (
+            b"POST /api/v1/registrations/"
+            + c.token
+            + b"/heartbeat HTTP/1.1\r\n"
+            + head.encode()
+            + b"Content-Length: 0\r\n\r\n"
+        )
+
+    return make
+
+
+def legacy_request(host: str, port: int, prefix: str) -> Any:
+    """Every request a legacy ``register`` of a new name (as the wrk script does)."""
+
+    def make(c: _Client) -> bytes:
+        sup = "yes" if c.k == 0 and c.i < 20 else "no"
+        return (
+            f"GET /register?federation=legacy&orchestra=o{c.i % 20}&name={prefix}{c.i}_{c.k}"
+            f"&supernode={sup}&conductor=no HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+        ).encode()
+
+    return make
+
+
+def run_load(
+    host: str,
+    port: int,
+    make: Any,
+    *,
+    clients: int,
+    seconds: float,
+    rate: float | None,
+    drain: float = 15.0,
 ) -> dict[str, Any]:
-    """Run *clients* logical clients; each gets its slice of *requests* in order.
+    """Drive *clients* keep-alive connections; open loop at *rate* req/s, else closed loop.
 
-    ``requests`` items are (method, url, json-or-None); a url containing ``{token}`` uses the
-    token from the client's previous registration.
+    Open loop: client i's n-th request is due at ``i / rate + n * clients / rate``; latency
+    runs from that due time to the end of the answer. Closed loop: each client sends its next
+    request as soon as its previous answer is complete; latency runs from sending.
     """
-    latencies: list[float] = []
-    errors = 0
-    gate = trio.Semaphore(connections)
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    per_client = [requests[i::clients] for i in range(clients)]
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
+    ep = select.epoll()
+    cs = [_Client(i) for i in range(clients)]
+    by_fd: dict[int, _Client] = {}
+    lat: list[float] = []
+    dues: list[float] = []  # when each request in *lat* was due
+    service: list[float] = []
+    status_errors = 0
+    conn_errors = 0
+    period = clients / rate if rate else 0.0
+    t0 = time.perf_counter() + 0.05
+    end = t0 + seconds
+    cpu0 = time.process_time()
 
-        async def client(mine: list[tuple[str, str, Any]]) -> None:
-            nonlocal errors
-            token = ""
-            for method, url, body in mine:
-                async with gate:
-                    t0 = time.perf_counter()
-                    r = await http.request(method, url.replace("{token}", token), json=body)
-                    latencies.append(time.perf_counter() - t0)
-                if r.status_code >= 300:
-                    errors += 1
-                elif r.headers["content-type"].startswith("application/json"):
-                    token = r.json().get("token", token)
+    def due_of(c: _Client) -> float:
+        return t0 + (c.i / rate + c.k * period if rate else 0.0)
 
-        t0 = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for mine in per_client:
-                nursery.start_soon(client, mine)
-        wall = time.perf_counter() - t0
+    def connect(c: _Client) -> socket.socket:
+        s = socket.create_connection((host, port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        by_fd[s.fileno()] = c
+        ep.register(s.fileno(), select.EPOLLIN)
+        return s
+
+    def drop(c: _Client) -> None:
+        if c.sock is not None:
+            del by_fd[c.sock.fileno()]
+            ep.unregister(c.sock.fileno())
+            c.sock.close()
+            c.sock = None
+        c.buf = b""
+
+    def send(c: _Client, now: float) -> None:
+        nonlocal conn_errors
+        c.due = due_of(c) if rate else now
+        data = make(c)
+        for _ in range(2):
+            try:
+                if c.sock is None:
+                    c.sock = connect(c)
+                c.sent_at = time.perf_counter()
+                c.sock.sendall(data)
+                break
+            except OSError:
+                conn_errors += 1
+                drop(c)
+        else:
+            c.k += 1
+            _next(c)
+            return
+        c.busy = True
+        c.k += 1
+
+    def _next(c: _Client) -> None:
+        """Queue client *c*'s next request if it is due before the end."""
+        due = due_of(c) if rate else time.perf_counter()
+        if due < end:
+            heapq.heappush(heap, (due, c.i))
+
+    heap: list[tuple[float, int]] = [(due_of(c), c.i) for c in cs]
+    heapq.heapify(heap)
+    while True:
+        now = time.perf_counter()
+        # every request due before the end is sent, even after the end (when its client was
+        # still busy): dropping late ones would hide exactly the slow answers
+        while heap and heap[0][0] <= now:
+            _, i = heapq.heappop(heap)
+            send(cs[i], now)
+        busy = any(c.busy for c in cs)
+        if (not heap and not busy) or now >= end + drain:
+            break
+        timeout = 0.05
+        if heap:
+            timeout = max(0.0, min(timeout, heap[0][0] - now))
+        for fd, _ev in ep.poll(timeout):
+            c = by_fd.get(fd)
+            if c is None or c.sock is None:
+                continue
+            try:
+                chunk = c.sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if c.busy:
+                    conn_errors += 1
+                    c.busy = False
+                    lat.append(time.perf_counter() - c.due)
+                    dues.append(c.due)
+                    _next(c)
+                drop(c)
+                continue
+            c.buf += chunk
+            head_end = c.buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                continue
+            head = c.buf[:head_end].lower()
+            m = re.search(rb"\r\ncontent-length: *(\d+)", head)
+            length = int(m.group(1)) if m else 0
+            if len(c.buf) < head_end + 4 + length:
+                continue
+            t = time.perf_counter()
+            body = c.buf[head_end + 4 : head_end + 4 + length]
+            c.buf = c.buf[head_end + 4 + length :]
+            c.busy = False
+            lat.append(t - c.due)
+            dues.append(c.due)
+            service.append(t - c.sent_at)
+            if int(head[9:12]) >= 300:
+                status_errors += 1
+            tm = _TOKEN.search(body)
+            if tm:
+                c.token = tm.group(1)
+            if b"\r\nconnection: close" in head:
+                drop(c)
+            _next(c)
+    unfinished = 0
+    for c in cs:
+        if c.busy:
+            unfinished += 1
+            lat.append(time.perf_counter() - c.due)
+            dues.append(c.due)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    for c in cs:
+        drop(c)
+    ep.close()
+    n = len(lat)
+    # after every client has registered (and connected): heartbeats only
+    steady_from = t0 + (clients / rate if rate else 0.0) + 0.5
+    steady = [x for x, d in zip(lat, dues, strict=True) if d >= steady_from]
+    seconds_lat: dict[int, float] = {}
+    for x, d in zip(lat, dues, strict=True):
+        k = int(d - t0)
+        seconds_lat[k] = max(seconds_lat.get(k, 0.0), x)
     return {
-        "requests": len(latencies),
-        "errors": errors,
+        "mode": f"open loop, {rate:.0f} req/s offered" if rate else "closed loop",
+        "tool": "lean epoll generator (this script)",
+        "clients": clients,
+        "requests": n,
+        "errors": status_errors + conn_errors + unfinished,
+        "status_errors": status_errors,
+        "connection_errors": conn_errors,
+        "unfinished": unfinished,
+        "offered_req_per_s": rate,
+        # until the last answer: below the offered rate when the registry fell behind
         "seconds": wall,
-        "req_per_s": len(latencies) / wall,
-        "p50_ms": _pct(latencies, 50) * 1000,
-        "p99_ms": _pct(latencies, 99) * 1000,
-        "mean_ms": statistics.fmean(latencies) * 1000,
+        "req_per_s": n / wall,
+        "p50_ms": _pct(lat, 50) * 1000,
+        "p99_ms": _pct(lat, 99) * 1000,
+        "p999_ms": _pct(lat, 99.9) * 1000,
+        "max_ms": max(lat, default=float("nan")) * 1000,
+        "p99_service_ms": _pct(service, 99) * 1000,
+        "steady_p50_ms": _pct(steady, 50) * 1000,
+        "steady_p99_ms": _pct(steady, 99) * 1000,
+        "max_ms_by_second": [round(seconds_lat[k] * 1000, 1) for k in sorted(seconds_lat)],
+        "generator_cpu_us_per_req": cpu / n * 1e6 if n else float("nan"),
     }
 
 
-def _proc_cpu(pid: int) -> float:
-    """User+system CPU seconds used so far by process *pid* (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+# ----------------------------------------------------------------------------- wrk
+
+_WRK_JSON = r"""
+local clients = tonumber(os.getenv("BENCH_CLIENTS"))
+local prefix = os.getenv("BENCH_PREFIX")
+local counter = 0
+function setup(thread) thread:set("tid", counter); counter = counter + 1 end
+function init(args)
+  nthreads = tonumber(os.getenv("BENCH_THREADS"))
+  quota = math.floor(clients / nthreads)
+  made = 0; tokens = {}; ntok = 0; nxt = 0
+  hdrs = {["Content-Type"] = "application/json"}
+end
+function request()
+  if made < quota or ntok == 0 then
+    local c = tid * quota + made
+    made = made + 1
+    local body = string.format(
+      '{"orchestra":"o%d","name":"%s%d","create":true,"supernode":%s}',
+      c % 20, prefix, c, (c < 20) and "true" or "false")
+    return wrk.format("POST", "/api/v1/federations/closed/registrations", hdrs, body)
+  end
+  nxt = nxt % ntok + 1
+  return wrk.format("POST", "/api/v1/registrations/" .. tokens[nxt] .. "/heartbeat")
+end
+function response(status, headers, body)
+  local t = string.match(body, '"token":"([^"]+)"')
+  if t then ntok = ntok + 1; tokens[ntok] = t end
+end
+"""
+
+_WRK_LEGACY = r"""
+local prefix = os.getenv("BENCH_PREFIX")
+local counter = 0
+function setup(thread) thread:set("tid", counter); counter = counter + 1 end
+function init(args) n = 0 end
+function request()
+  n = n + 1
+  return wrk.format("GET", string.format(
+    "/register?federation=legacy&orchestra=o%d&name=%s%d_%d&supernode=%s&conductor=no",
+    n % 20, prefix, tid, n, (n <= 20 and tid == 0) and "yes" or "no"))
+end
+"""
+
+_WRK_DONE = r"""
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
 
 
-def _children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+def run_wrk(
+    url: str, script: str, *, connections: int, seconds: float, env: dict[str, str]
+) -> dict[str, Any]:
+    """Closed loop with wrk (one thread); the Lua *script* makes the requests."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script + _WRK_DONE)
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds:g}s",
+                "--timeout",
+                "10s",
+                "-s",
+                f.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, BENCH_THREADS="1", **env),
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    w = json.loads(line.removeprefix("WRKJSON "))
+    wall = w["duration_us"] / 1e6
+    errors = w["connect"] + w["read"] + w["write"] + w["status"] + w["timeout"]
+    return {
+        "mode": "closed loop",
+        "tool": "wrk -t1",
+        "clients": connections,
+        "requests": w["requests"],
+        "errors": errors,
+        "wrk_errors": {k: w[k] for k in ("connect", "read", "write", "status", "timeout")},
+        "seconds": wall,
+        "req_per_s": w["requests"] / wall,
+        "p50_ms": w["p50_us"] / 1000,
+        "p99_ms": w["p99_us"] / 1000,
+        "max_ms": w["max_us"] / 1000,
+    }
 
 
-def _start_registry(db: Path) -> tuple[subprocess.Popen[str], str]:
+# ----------------------------------------------------------------------------- servers
+
+
+class _CgiServer(http.server.ThreadingHTTPServer):
+    request_queue_size = 256
+    daemon_threads = True
+
+
+def _cgi_serve(db: str) -> int:
+    """``--cgi-serve DB``: run the CGI baseline server (its own process, so its CPU and its
+    CGI processes' CPU can be read from /proc without counting the load generator)."""
+    _CgiHandler.db = db
+    server = _CgiServer(("127.0.0.1", 0), _CgiHandler)
+    print(f"cgi http://127.0.0.1:{server.server_address[1]}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def _proc_cpu(pid: int, *, children: bool = False) -> float:
+    """CPU seconds of process *pid* (with *children*: plus its reaped children's)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    ticks = int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(x) for x in (task / "children").read_text().split()]
+    return kids
+
+
+def _start(cmd: list[str], prefix: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mesh", "registry", "--bind", "127.0.0.1:0", "--db", str(db)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=HERE.parent
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    if not line.startswith("ready registry="):
+    if not line.startswith(prefix):
         proc.kill()
-        raise SystemExit(f"registry did not start: {line!r}")
+        raise SystemExit(f"{cmd[3:5]} did not start: {line!r}")
     return proc, line.split()[1].removeprefix("registry=")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _measure(pids: list[int], run: Any, *, cgi: bool = False) -> dict[str, Any]:
+    c0 = sum(_proc_cpu(p, children=cgi) for p in pids)
+    result: dict[str, Any] = run()
+    cpu = sum(_proc_cpu(p, children=cgi) for p in pids) - c0
+    result["server_cpu_s"] = cpu
+    result["server_cpu_us_per_req"] = cpu / result["requests"] * 1e6 if result["requests"] else 0
+    # how many CPUs' worth the registry got: near 1.0 with --workers 2 means it was starved
+    result["server_cpus_used"] = cpu / result["seconds"] if result["seconds"] else 0
+    return result
+
+
+def _bench_registry(args: argparse.Namespace, workers: int, tmp: Path) -> dict[str, Any]:
+    proc, url = _start(
+        [
+            sys.executable,
+            "-m",
+            "mesh",
+            "registry",
+            "--bind",
+            "127.0.0.1:0",
+            "--db",
+            str(tmp / f"registry{workers}.db"),
+            "--workers",
+            str(workers),
+        ],
+        "ready registry=",
+    )
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    pids = [proc.pid, *_children(proc.pid)]
+    out: dict[str, Any] = {"workers": workers, "processes": len(pids)}
+    try:
+        out["json_open_loop"] = _measure(
+            pids,
+            lambda: run_load(
+                host,
+                int(port),
+                json_request(host, int(port), f"open{workers}", "n"),
+                clients=args.clients,
+                seconds=args.seconds,
+                rate=args.rate,
+            ),
+        )
+        if args.wrk:
+            out["json_saturation"] = _measure(
+                pids,
+                lambda: run_wrk(
+                    url,
+                    _WRK_JSON,
+                    connections=args.clients,
+                    seconds=args.seconds,
+                    env={"BENCH_CLIENTS": str(args.clients), "BENCH_PREFIX": f"s{workers}_"},
+                ),
+            )
+        else:
+            out["json_saturation"] = _measure(
+                pids,
+                lambda: run_load(
+                    host,
+                    int(port),
+                    json_request(host, int(port), "closed", f"s{workers}_"),
+                    clients=args.clients,
+                    seconds=args.seconds,
+                    rate=None,
+                ),
+            )
+        urllib.request.urlopen(f"{url}/federation?federation=legacy&create=yes").read()
+        for o in range(20):
+            urllib.request.urlopen(
+                f"{url}/orchestra?federation=legacy&orchestra=o{o}&create=yes"
+            ).read()
+        out["legacy_saturation"] = _measure(
+            pids,
+            lambda: _legacy(
+                args, url, f"l{workers}_", args.legacy_connections, args.legacy_seconds
+            ),
+        )
+    finally:
+        _stop(proc)
+    return out
+
+
+def _legacy(
+    args: argparse.Namespace, url: str, prefix: str, connections: int, seconds: float
+) -> dict[str, Any]:
+    if args.wrk:
+        return run_wrk(
+            url,
+            _WRK_LEGACY,
+            connections=connections,
+            seconds=seconds,
+            env={"BENCH_PREFIX": prefix},
+        )
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return run_load(
+        host,
+        int(port),
+        legacy_request(host, int(port), prefix),
+        clients=connections,
+        seconds=seconds,
+        rate=None,
+    )
+
+
+def _bench_cgi(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    proc, url = _start(
+        [sys.executable, str(Path(__file__).resolve()), "--cgi-serve", str(tmp / "cgi.db")],
+        "cgi ",
+    )
+    try:
+        return _measure(
+            [proc.pid],
+            lambda: _legacy(args, url, "c", args.cgi_connections, args.cgi_seconds),
+            cgi=True,
+        )
+    finally:
+        _stop(proc)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _row(label: str, r: dict[str, Any]) -> str:
+    tool = "wrk" if r["tool"].startswith("wrk") else "lean"
+    return (
+        f"{label:44} {tool:>4} {r['req_per_s']:>7.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>8.1f} "
+        f"{r['errors']:>6} {r['server_cpu_us_per_req']:>10.0f} {r['server_cpus_used']:>5.2f}"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="1,2", help="registry --workers settings to run")
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--heartbeats", type=int, default=3, help="per client")
-    parser.add_argument("--connections", type=int, default=64, help="httpx pool size")
-    parser.add_argument("--cgi-requests", type=int, default=120)
+    parser.add_argument("--rate", type=float, default=2000.0, help="open-loop offered req/s")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per JSON phase")
+    parser.add_argument("--legacy-connections", type=int, default=32)
+    parser.add_argument("--legacy-seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--cgi-connections", type=int, default=8, help="enough to keep 2 CPUs busy with CGI"
+    )
+    parser.add_argument("--cgi-seconds", type=float, default=8.0)
+    parser.add_argument("--no-wrk", dest="wrk", action="store_false", help="lean generator only")
     parser.add_argument("--out", default=str(HERE / "results" / "registry.json"))
+    parser.add_argument("--cgi-serve", metavar="DB", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cgi_serve:
+        return _cgi_serve(args.cgi_serve)
+    if args.wrk and shutil.which("wrk") is None:
+        print("wrk not found (apt-get install -y wrk): closed loops use the lean generator")
+        args.wrk = False
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
+    settings = [int(w) for w in args.workers.split(",")]
 
     results: dict[str, Any] = {
+        "command": " ".join(["python3", "bench/registry.py", *sys.argv[1:]]),
         "clients": args.clients,
-        "heartbeats_per_client": args.heartbeats,
-        "connections": args.connections,
+        "offered_rate": args.rate,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_start": os.getloadavg(),
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        proc, base = _start_registry(Path(tmp) / "registry.db")
-        try:
-            # round k of the load: client c's k-th request (its register, then heartbeats)
-            register_url = "/api/v1/federations/bench/registrations"
-            heartbeat = ("POST", "/api/v1/registrations/{token}/heartbeat", None)
-            interleaved: list[tuple[str, str, Any]] = [
-                (
-                    "POST",
-                    register_url,
-                    {
-                        "orchestra": f"o{c % 20}",
-                        "name": f"n{c}",
-                        "create": True,
-                        "supernode": c < 20,
-                    },
-                )
-                for c in range(args.clients)
-            ]
-            interleaved += [heartbeat] * (args.clients * args.heartbeats)
-            c0 = _proc_cpu(proc.pid)
-            results["json_register_heartbeat"] = trio.run(
-                _load, base, interleaved, args.connections, args.clients
-            )
-            results["json_register_heartbeat"]["server_cpu_s"] = _proc_cpu(proc.pid) - c0
-            legacy = [
-                (
-                    "GET",
-                    f"/register?federation=legacy&orchestra=o{i % 20}&name=n{i}"
-                    f"&supernode={'yes' if i < 20 else 'no'}&conductor=no",
-                    None,
-                )
-                for i in range(min(args.clients, 1000))
-            ]
-            httpx.get(base + "/federation?federation=legacy&create=yes")
-            for o in range(20):
-                httpx.get(base + f"/orchestra?federation=legacy&orchestra=o{o}&create=yes")
-            c0 = _proc_cpu(proc.pid)
-            results["legacy_register"] = trio.run(
-                _load, base, legacy, args.connections, len(legacy)
-            )
-            results["legacy_register"]["server_cpu_s"] = _proc_cpu(proc.pid) - c0
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp_name:
+        tmp = Path(tmp_name)
+        runs = {str(w): _bench_registry(args, w, tmp) for w in settings}
+        cgi = _bench_cgi(args, tmp)
+    results["runs"] = runs
+    results["cgi_legacy_register"] = cgi
+    results["load_average_end"] = os.getloadavg()
+    targets: dict[str, Any] = {}
+    for w, run in runs.items():
+        op, sat, leg = run["json_open_loop"], run["json_saturation"], run["legacy_saturation"]
+        targets[w] = {
+            "saturation_req_per_s": {
+                "target": ">= 2000",
+                "value": sat["req_per_s"],
+                "met": sat["req_per_s"] >= 2000,
+            },
+            "open_loop_p99_ms": {
+                "target": "<= 50",
+                "value": op["p99_ms"],
+                "met": op["p99_ms"] <= 50 and op["errors"] == 0,
+            },
+            "json_vs_cgi": {
+                "target": ">= 20x",
+                "value": sat["req_per_s"] / cgi["req_per_s"],
+                "met": sat["req_per_s"] / cgi["req_per_s"] >= 20,
+            },
+            "legacy_vs_cgi": {
+                "target": ">= 20x",
+                "value": leg["req_per_s"] / cgi["req_per_s"],
+                "met": leg["req_per_s"] / cgi["req_per_s"] >= 20,
+            },
+        }
+    results["targets"] = targets
 
-        _CgiHandler.db = str(Path(tmp) / "cgi.db")
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CgiHandler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            cgi_base = f"http://127.0.0.1:{server.server_address[1]}"
-            cgi = [
-                (
-                    "GET",
-                    f"/register?federation=legacy&orchestra=o{i % 20}&name=n{i}"
-                    f"&supernode={'yes' if i < 20 else 'no'}&conductor=no",
-                    None,
-                )
-                for i in range(args.cgi_requests)
-            ]
-            c0 = _children_cpu()
-            results["cgi_legacy_register"] = trio.run(
-                _load, cgi_base, cgi, min(16, args.connections), len(cgi)
-            )
-            results["cgi_legacy_register"]["server_cpu_s"] = _children_cpu() - c0
-        finally:
-            server.shutdown()
-            server.server_close()
-
-    for key in ("json_register_heartbeat", "legacy_register", "cgi_legacy_register"):
-        r = results[key]
-        r["server_cpu_us_per_req"] = r["server_cpu_s"] / r["requests"] * 1e6
-        r["req_per_server_cpu_s"] = r["requests"] / r["server_cpu_s"] if r["server_cpu_s"] else 0
-    results["load_average"] = os.getloadavg()
-    results["ratio_cpu_legacy_vs_cgi"] = (
-        results["cgi_legacy_register"]["server_cpu_us_per_req"]
-        / results["legacy_register"]["server_cpu_us_per_req"]
-    )
-    j = results["json_register_heartbeat"]
-    leg = results["legacy_register"]
-    cgi_r = results["cgi_legacy_register"]
-    results["ratio_legacy_vs_cgi"] = leg["req_per_s"] / cgi_r["req_per_s"]
-    results["ratio_json_vs_cgi"] = j["req_per_s"] / cgi_r["req_per_s"]
-    results["targets"] = {
-        "req_per_s": {"target": ">= 2000", "value": j["req_per_s"], "met": j["req_per_s"] >= 2000},
-        "p99_ms": {"target": "<= 50", "value": j["p99_ms"], "met": j["p99_ms"] <= 50},
-        "vs_cgi": {
-            "target": ">= 20x",
-            "value": results["ratio_legacy_vs_cgi"],
-            "met": results["ratio_legacy_vs_cgi"] >= 20,
-        },
-    }
-
+    la0 = " ".join(f"{x:.2f}" for x in results["load_average_start"])
+    la1 = " ".join(f"{x:.2f}" for x in results["load_average_end"])
     print(
-        f"registry bench: {args.clients} clients, {args.connections} connections, "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
+        f"registry bench: {args.clients} clients, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, closed loops with "
+        f"{'wrk' if args.wrk else 'the lean generator'}"
     )
-    print(f"load average during the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"load average: {la0} at start, {la1} at end")
     print(
-        f"{'workload':34} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'srv CPU us/req':>14}"
+        f"{'phase':44} {'tool':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>8} {'errors':>6} "
+        f"{'CPU us/req':>10} {'CPUs':>5}"
     )
-    for key, label in [
-        ("json_register_heartbeat", "JSON register + heartbeats"),
-        ("legacy_register", "legacy register (stagemesh)"),
-        ("cgi_legacy_register", "legacy register (CGI baseline)"),
-    ]:
-        r = results[key]
+    for w, run in runs.items():
+        op = run["json_open_loop"]
+        print(_row(f"workers={w} JSON open loop, {args.rate:.0f}/s offered", op))
+        print(_row(f"workers={w} JSON saturation, {args.clients} conns", run["json_saturation"]))
         print(
-            f"{label:34} {r['requests']:>8} {r['errors']:>6} {r['req_per_s']:>8.0f} "
-            f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['server_cpu_us_per_req']:>14.0f}"
+            _row(
+                f"workers={w} legacy register, {args.legacy_connections} conns",
+                run["legacy_saturation"],
+            )
+        )
+    print(_row(f"CGI legacy register, {args.cgi_connections} conns", cgi))
+    print(
+        "(CPU us/req and CPUs: all registry processes; CPUs = CPU seconds / wall seconds; "
+        "open loop: latency from when each request was due)"
+    )
+    for w, run in runs.items():
+        op = run["json_open_loop"]
+        print(
+            f"workers={w} open loop: p99.9 {op['p999_ms']:.1f} ms, max {op['max_ms']:.1f} ms; "
+            f"once all {args.clients} registered (heartbeats only): p50 "
+            f"{op['steady_p50_ms']:.1f} ms, p99 {op['steady_p99_ms']:.1f} ms; worst latency per "
+            f"second: {', '.join(f'{x:.0f}' for x in op['max_ms_by_second'])} ms; "
+            f"generator {op['generator_cpu_us_per_req']:.0f} us CPU/req"
         )
     print()
-    print(f"{'target':34} {'wanted':>10} {'measured':>10}  met")
+    header = "".join(f"{'workers=' + w:>18}" for w in runs)
+    print(f"{'target':32} {'wanted':>9}{header}")
     for key, label, fmt in [
-        ("req_per_s", "throughput (JSON)", "{:.0f} req/s"),
-        ("p99_ms", "p99 latency (JSON)", "{:.1f} ms"),
-        ("vs_cgi", "legacy register vs CGI", "{:.1f}x"),
+        ("saturation_req_per_s", "JSON saturation req/s", "{:.0f}"),
+        ("open_loop_p99_ms", f"p99 at {args.rate:.0f}/s offered, ms", "{:.1f}"),
+        ("json_vs_cgi", "JSON req/s vs CGI", "{:.0f}x"),
+        ("legacy_vs_cgi", "legacy register vs CGI", "{:.0f}x"),
     ]:
-        t = results["targets"][key]
-        print(
-            f"{label:34} {t['target']:>10} {fmt.format(t['value']):>10}  "
-            f"{'yes' if t['met'] else 'NO'}"
-        )
-    print(
-        f"{'legacy register vs CGI, CPU per request':34} {'':>10} "
-        f"{results['ratio_cpu_legacy_vs_cgi']:>9.1f}x  (not a target; robust to load)"
-    )
+        cells = ""
+        for w in runs:
+            t = targets[w][key]
+            cells += f"{fmt.format(t['value']) + (' yes' if t['met'] else ' NO'):>18}"
+        print(f"{label:32} {targets[next(iter(runs))][key]['target']:>9}{cells}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -25,16 +25,18 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 import jinja2
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from registry_bridge._openapi import openapi_document
 from registry_bridge._picture import mesh_picture
@@ -68,9 +70,38 @@ class HttpError(Exception):
         self.headers = headers
 
 
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    return Response(_dumps(obj), status_code=status, media_type="application/json", headers=headers)
+
+
+def _decode_json(raw: bytes) -> Any:
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise HttpError(400, "the body is not valid JSON") from None
+
+
+def _param(query: Mapping[str, str], key: str) -> str:
+    value = query.get(key)
+    if value is None or value == "":
+        raise HttpError(400, f"missing parameter {key}")
+    return value
+
+
+def _yes(query: Mapping[str, str], key: str) -> bool:
+    value = query.get(key)
+    if value is None or value == "":
+        return False
+    try:
+        return _YES[value.lower()]
+    except KeyError:
+        raise HttpError(400, f"{key} must be yes or no, not {value!r}") from None
 
 
 def _when(ts: float | None) -> str:
@@ -180,24 +211,24 @@ def _templates() -> jinja2.Environment:
 class _Registry:
     """The handlers, sharing the store, the templates and the admin secret."""
 
-    def __init__(self, store: RegistryStore, admin_password: str | None, max_body: int) -> None:
+    def __init__(
+        self,
+        store: RegistryStore,
+        admin_password: str | None,
+        max_body: int,
+        secret: bytes | None,
+    ) -> None:
         self.raw = store
         self.store = AsyncStore(store)
         self.admin_password = admin_password or None
         self.max_body = max_body
-        self.secret = secrets.token_bytes(32)
+        self.secret = secret or secrets.token_bytes(32)
         self.templates = _templates()
 
     # ------------------------------------------------------------ helpers
 
     async def json_body(self, request: Request) -> Any:
-        raw = await _read_body(request, self.max_body)
-        if not raw.strip():
-            return {}
-        try:
-            return json.loads(raw)
-        except (ValueError, RecursionError):
-            raise HttpError(400, "the body is not valid JSON") from None
+        return _decode_json(await _read_body(request, self.max_body))
 
     def html(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         text = self.templates.get_template(template).render(**context)
@@ -235,6 +266,86 @@ class _Registry:
     def client_host(self, request: Request) -> str:
         client = request.client
         return client.host if client is not None and client.host else "0.0.0.0"
+
+    # ------------------------------------------------------------ the hot calls
+    # Shared by the Starlette routes and the raw-ASGI fast path (_HotPaths): same checks,
+    # same store call, same answer.
+
+    async def do_register(self, federation: str, body: object, client_host: str) -> bytes:
+        """JSON register: validate *body*, register, return the JSON answer (status 201)."""
+        allowed = {"orchestra", "name", "host", "port", "node_id", "supernode", "conductor"}
+        fields = _Fields(body, allowed | {"create", "takeover"})
+        host = fields.string("host")
+        port = fields.integer("port")
+        node_id = fields.string("node_id")
+        if node_id is not None and not 1 <= len(node_id) <= 128:
+            raise HttpError(400, "node_id must be 1-128 characters")
+        answer = await self.store.call(
+            self.raw.register,
+            federation,
+            fields.string("orchestra", required=True),
+            fields.string("name", required=True),
+            host=client_host if host is None else _check_host(host),
+            port=DEFAULT_NODE_PORT if port is None else _check_port(port),
+            supernode=fields.flag("supernode"),
+            conductor=fields.flag("conductor"),
+            node_id=node_id,
+            heartbeat=True,
+            create=fields.flag("create"),
+            takeover=fields.flag("takeover"),
+        )
+        return _dumps(answer)
+
+    async def do_heartbeat(self, token: str) -> bytes:
+        """JSON heartbeat: return the JSON answer (status 200)."""
+        return _dumps(await self.store.call(self.raw.heartbeat, _check_token(token)))
+
+    async def do_legacy_register(self, query: Mapping[str, str], client_host: str) -> str:
+        """Legacy ``register``: return the text answer (status 200)."""
+        fed = _param(query, "federation")
+        orch = _param(query, "orchestra")
+        name = _param(query, "name")
+        supernode = _yes(query, "supernode")
+        conductor = _yes(query, "conductor")
+        raw_port = query.get("port")
+        port = DEFAULT_NODE_PORT
+        if raw_port:
+            if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
+                raise HttpError(400, f"port must be an integer 1-65535, not {raw_port!r}")
+            port = int(raw_port)
+        a = await self.store.call(
+            self.raw.register,
+            fed,
+            orch,
+            name,
+            host=client_host,
+            port=port,
+            supernode=supernode,
+            conductor=conductor,
+            heartbeat=False,
+            conductor_required=True,
+        )
+        role = "supernode" if a["supernode_granted"] else "node"
+        if a["conductor_granted"]:
+            role += " and conductor"
+
+        def line(e: dict[str, Any]) -> str:
+            return f"{e['federation']} {e['orchestra']} {e['path']} {e['host']} {e['port']}"
+
+        lines = [
+            f"Registered {a['path']} as {role} in federation {a['federation']}",
+            f"Elapsed: {a['elapsed']:.6f}",
+        ]
+        if a["supernode_granted"]:
+            lines.append("Other supernodes:")
+            lines.extend(line(e) for e in a["other_supernodes"])
+        elif a["supernode"] is not None:
+            lines.append("Your supernode:")
+            lines.append(line(a["supernode"]))
+        if a["conductor"] is not None:
+            lines.append("Conductor:")
+            lines.append(line(a["conductor"]))
+        return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------ JSON API
 
@@ -280,32 +391,16 @@ class _Registry:
         return _json(await self.store.call(self.raw.create_orchestra, fed, name), 201)
 
     async def register(self, request: Request) -> Response:
-        allowed = {"orchestra", "name", "host", "port", "node_id", "supernode", "conductor"}
-        fields = _Fields(await self.json_body(request), allowed | {"create", "takeover"})
-        host = fields.string("host")
-        port = fields.integer("port")
-        node_id = fields.string("node_id")
-        if node_id is not None and not 1 <= len(node_id) <= 128:
-            raise HttpError(400, "node_id must be 1-128 characters")
-        answer = await self.store.call(
-            self.raw.register,
+        body = await self.do_register(
             request.path_params["federation"],
-            fields.string("orchestra", required=True),
-            fields.string("name", required=True),
-            host=self.client_host(request) if host is None else _check_host(host),
-            port=DEFAULT_NODE_PORT if port is None else _check_port(port),
-            supernode=fields.flag("supernode"),
-            conductor=fields.flag("conductor"),
-            node_id=node_id,
-            heartbeat=True,
-            create=fields.flag("create"),
-            takeover=fields.flag("takeover"),
+            await self.json_body(request),
+            self.client_host(request),
         )
-        return _json(answer, 201)
+        return Response(body, status_code=201, media_type="application/json")
 
     async def heartbeat(self, request: Request) -> Response:
-        token = _check_token(request.path_params["token"])
-        return _json(await self.store.call(self.raw.heartbeat, token))
+        body = await self.do_heartbeat(request.path_params["token"])
+        return Response(body, media_type="application/json")
 
     async def unregister(self, request: Request) -> Response:
         token = _check_token(request.path_params["token"])
@@ -348,85 +443,29 @@ class _Registry:
 
     # ------------------------------------------------------------ legacy text API
 
-    def _param(self, request: Request, key: str) -> str:
-        value = request.query_params.get(key)
-        if value is None or value == "":
-            raise HttpError(400, f"missing parameter {key}")
-        return value
-
-    def _yes(self, request: Request, key: str) -> bool:
-        value = request.query_params.get(key)
-        if value is None or value == "":
-            return False
-        try:
-            return _YES[value.lower()]
-        except KeyError:
-            raise HttpError(400, f"{key} must be yes or no, not {value!r}") from None
-
     async def legacy_federation(self, request: Request) -> Response:
-        fed = self._param(request, "federation")
-        fid = await self.store.call(
-            self.raw.federation_id, fed, create=self._yes(request, "create")
-        )
+        query = request.query_params
+        fed = _param(query, "federation")
+        fid = await self.store.call(self.raw.federation_id, fed, create=_yes(query, "create"))
         return PlainTextResponse(f"{fid}\n")
 
     async def legacy_orchestra(self, request: Request) -> Response:
-        fed = self._param(request, "federation")
-        orch = self._param(request, "orchestra")
-        create = self._yes(request, "create")
+        query = request.query_params
+        fed = _param(query, "federation")
+        orch = _param(query, "orchestra")
+        create = _yes(query, "create")
         oid = await self.store.call(self.raw.orchestra_id, fed, orch, create=create)
         return PlainTextResponse(f"{oid}\n")
 
     async def legacy_register(self, request: Request) -> Response:
-        fed = self._param(request, "federation")
-        orch = self._param(request, "orchestra")
-        name = self._param(request, "name")
-        supernode = self._yes(request, "supernode")
-        conductor = self._yes(request, "conductor")
-        raw_port = request.query_params.get("port")
-        port = DEFAULT_NODE_PORT
-        if raw_port:
-            if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
-                raise HttpError(400, f"port must be an integer 1-65535, not {raw_port!r}")
-            port = int(raw_port)
-        a = await self.store.call(
-            self.raw.register,
-            fed,
-            orch,
-            name,
-            host=self.client_host(request),
-            port=port,
-            supernode=supernode,
-            conductor=conductor,
-            heartbeat=False,
-            conductor_required=True,
-        )
-        role = "supernode" if a["supernode_granted"] else "node"
-        if a["conductor_granted"]:
-            role += " and conductor"
-
-        def line(e: dict[str, Any]) -> str:
-            return f"{e['federation']} {e['orchestra']} {e['path']} {e['host']} {e['port']}"
-
-        lines = [
-            f"Registered {a['path']} as {role} in federation {a['federation']}",
-            f"Elapsed: {a['elapsed']:.6f}",
-        ]
-        if a["supernode_granted"]:
-            lines.append("Other supernodes:")
-            lines.extend(line(e) for e in a["other_supernodes"])
-        elif a["supernode"] is not None:
-            lines.append("Your supernode:")
-            lines.append(line(a["supernode"]))
-        if a["conductor"] is not None:
-            lines.append("Conductor:")
-            lines.append(line(a["conductor"]))
-        return PlainTextResponse("\n".join(lines) + "\n")
+        text = await self.do_legacy_register(request.query_params, self.client_host(request))
+        return PlainTextResponse(text)
 
     async def legacy_unregister(self, request: Request) -> Response:
-        fed = self._param(request, "federation")
-        orch = self._param(request, "orchestra")
-        name = self._param(request, "name")
+        query = request.query_params
+        fed = _param(query, "federation")
+        orch = _param(query, "orchestra")
+        name = _param(query, "name")
         await self.store.call(self.raw.unregister_path, fed, orch, name)
         return PlainTextResponse("OK\n")
 
@@ -468,10 +507,20 @@ class _Registry:
 
     # ------------------------------------------------------------ errors
 
+    def render_error(self, path: str, exc: HttpError | StoreError) -> Response:
+        """The answer to *exc* raised while serving *path* (routes and fast path alike)."""
+        if isinstance(exc, HttpError):
+            return self.error_response(path, exc.status, exc.message, exc.headers)
+        status = exc.status
+        if path in LEGACY_PATHS and status == 404:
+            status = 400
+        if isinstance(exc.detail, dict) and path.startswith("/api/"):
+            return _json({"error": exc.message, "current": exc.detail}, status)
+        return self.error_response(path, status, exc.message, None)
+
     def error_response(
-        self, request: Request, status: int, message: str, headers: dict[str, str] | None
+        self, path: str, status: int, message: str, headers: dict[str, str] | None
     ) -> Response:
-        path = request.url.path
         if path.startswith("/api/"):
             return _json({"error": message}, status, headers)
         if path in LEGACY_PATHS:
@@ -490,18 +539,132 @@ class _Registry:
         return response
 
 
+_HEARTBEAT = ("/api/v1/registrations/", "/heartbeat")
+_REGISTER = ("/api/v1/federations/", "/registrations")
+_JSON_TYPE = (b"content-type", b"application/json")
+_TEXT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
+
+
+def _between(path: str, ends: tuple[str, str]) -> str | None:
+    """The one path segment between ``ends[0]`` and ``ends[1]``, or ``None``."""
+    head, tail = ends
+    if len(path) > len(head) + len(tail) and path.startswith(head) and path.endswith(tail):
+        middle = path[len(head) : -len(tail)]
+        if "/" not in middle:
+            return middle
+    return None
+
+
+class _HotPaths:
+    """Raw-ASGI fast path for the calls every node makes: JSON register and heartbeat, and the
+    legacy ``GET /register``.
+
+    It sits in front of Starlette's routing (inside its ServerErrorMiddleware) and answers
+    exactly what the routes would (it calls the same ``_Registry.do_*`` code and renders
+    errors with the same ``render_error``), without building a Request, matching ~20 route
+    regexes and running the exception middleware for every heartbeat. Everything else, and
+    any request it does not recognise exactly (other methods, HEAD, a ``root_path``), goes
+    on to Starlette.
+    """
+
+    def __init__(self, app: ASGIApp, registry: _Registry) -> None:
+        self.app = app
+        self.reg = registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            path: str = scope["path"]
+            method: str = scope["method"]
+            if method == "POST":
+                token = _between(path, _HEARTBEAT)
+                if token is not None:
+                    try:
+                        body = await self.reg.do_heartbeat(token)
+                    except (HttpError, StoreError) as exc:
+                        await self.reg.render_error(path, exc)(scope, receive, send)
+                        return
+                    await _send(send, 200, body, _JSON_TYPE)
+                    return
+                federation = _between(path, _REGISTER)
+                if federation is not None:
+                    try:
+                        raw = await self._body(scope, receive)
+                        if raw is None:
+                            return  # the client went away before sending its body
+                        client = scope.get("client")
+                        host = client[0] if client and client[0] else "0.0.0.0"
+                        body = await self.reg.do_register(federation, _decode_json(raw), host)
+                    except (HttpError, StoreError) as exc:
+                        await self.reg.render_error(path, exc)(scope, receive, send)
+                        return
+                    await _send(send, 201, body, _JSON_TYPE)
+                    return
+            elif method == "GET" and path == "/register":
+                try:
+                    query = dict(
+                        parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+                    )
+                    client = scope.get("client")
+                    host = client[0] if client and client[0] else "0.0.0.0"
+                    text = await self.reg.do_legacy_register(query, host)
+                except (HttpError, StoreError) as exc:
+                    await self.reg.render_error(path, exc)(scope, receive, send)
+                    return
+                await _send(send, 200, text.encode(), _TEXT_TYPE)
+                return
+        await self.app(scope, receive, send)
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The request body (at most ``max_body`` bytes, else 413), ``None`` on disconnect."""
+        limit = self.reg.max_body
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value.decode("latin-1"))
+                except ValueError:
+                    raise HttpError(400, "bad Content-Length") from None
+                if declared > limit:
+                    raise HttpError(413, f"body larger than {limit} bytes")
+                break
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"body larger than {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+async def _send(send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes]) -> None:
+    headers = [(b"content-length", str(len(body)).encode()), content_type]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def create_app(
     store: RegistryStore,
     admin_password: str | None = None,
     *,
     max_body: int = DEFAULT_MAX_BODY,
+    csrf_secret: bytes | None = None,
+    fast_path: bool = True,
 ) -> Starlette:
     """Return the registry's ASGI app over *store*.
 
     *admin_password* enables delete and reset (HTTP Basic, any user name); ``None`` or empty
     refuses them with a page that says how to set one. *max_body* limits request bodies.
+    *csrf_secret* keys the admin forms' CSRF tokens (random per app when ``None``); worker
+    processes serving one registry must share it, so a form served by one is accepted by all.
+    *fast_path* answers register, heartbeat and legacy register in front of the routing (same
+    answers, less work per request); ``False`` leaves them to the routes (for comparison).
     """
-    reg = _Registry(store, admin_password, max_body)
+    reg = _Registry(store, admin_password, max_body, csrf_secret)
     v1 = "/api/v1"
     routes = [
         Route(f"{v1}/openapi.json", reg.openapi, methods=["GET"]),
@@ -529,18 +692,9 @@ def create_app(
         Route("/federations/{federation}/{action}", reg.admin_action, methods=["POST"]),
     ]
 
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HttpError)
-        return reg.error_response(request, exc.status, exc.message, exc.headers)
-
-    async def on_store_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StoreError)
-        status = exc.status
-        if request.url.path in LEGACY_PATHS and status == 404:
-            status = 400
-        if isinstance(exc.detail, dict) and request.url.path.startswith("/api/"):
-            return _json({"error": exc.message, "current": exc.detail}, status)
-        return reg.error_response(request, status, exc.message, None)
+    async def on_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HttpError | StoreError)
+        return reg.render_error(request.url.path, exc)
 
     async def on_starlette_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -548,17 +702,18 @@ def create_app(
             exc.status_code, str(exc.detail)
         )
         return reg.error_response(
-            request, exc.status_code, message, dict(exc.headers) if exc.headers else None
+            request.url.path, exc.status_code, message, dict(exc.headers) if exc.headers else None
         )
 
     async def on_unicode_error(request: Request, exc: Exception) -> Response:
-        return reg.error_response(request, 400, "the request is not valid UTF-8", None)
+        return reg.error_response(request.url.path, 400, "the request is not valid UTF-8", None)
 
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(_HotPaths, registry=reg)] if fast_path else [],
         exception_handlers={
-            HttpError: on_http_error,
-            StoreError: on_store_error,
+            HttpError: on_error,
+            StoreError: on_error,
             HTTPException: on_starlette_error,
             UnicodeDecodeError: on_unicode_error,
         },

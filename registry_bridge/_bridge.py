@@ -70,6 +70,7 @@ REGISTRY_CLOCK = "registry"
 """The name of the registry's clock as a time source of the node."""
 _CLOCK_POLL = 0.05
 
+
 class RegistryArbiter:
     """The conductor's arbiter when a registry is configured (a :class:`mesh._election.
     ConductorArbiter`): a conductor claim is allowed only once the registry granted this node

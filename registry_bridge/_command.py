@@ -1,18 +1,36 @@
-"""``stagemesh registry``: run the registry server."""
+"""``stagemesh registry``: run the registry server.
+
+With ``--workers N`` (N > 1) the command binds the listening socket itself, then forks N - 1
+worker processes; the first process serves too and supervises the others. Every process has
+its own SQLite connection to the same file (WAL; writers serialised by SQLite and, for prompt
+hand-over, by an ``flock`` on ``<db>-lock``) and the same CSRF secret, so all state the API
+promises (tokens, the conductor's compare-and-set and term) is the same whichever process
+answers. The workers hold the read end of a pipe whose write end only the first process has:
+when it dies, even by ``kill -9``, they see end-of-file and stop. SIGINT/SIGTERM to the first
+process stops all of them; a worker that dies on its own stops the registry with status 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import logging
 import os
+import secrets
 import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
 
 from mesh._cli import CommandFailed, UsageError
 from registry_bridge._app import create_app
-from registry_bridge._server import DEFAULT_BIND, parse_bind, serve_registry
+from registry_bridge._server import DEFAULT_BIND, listen_socket, parse_bind, serve_registry
 from registry_bridge._store import DEFAULT_TTL, RegistryStore
 
 __all__ = ["RegistryCommand", "default_db_path"]
@@ -70,6 +88,14 @@ class RegistryCommand:
             metavar="SECONDS",
             help="a registration expires this long after its last heartbeat (default %(default)s)",
         )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            metavar="N",
+            help="processes serving the same port and database (default %(default)s); "
+            "2 on a 2-core machine roughly doubles the requests per second",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         try:
@@ -78,13 +104,18 @@ class RegistryCommand:
             raise UsageError(str(exc)) from None
         if not args.ttl > 0:
             raise UsageError(f"--ttl must be positive, not {args.ttl}")
+        if not 1 <= args.workers <= 64:
+            raise UsageError(f"--workers must be 1-64, not {args.workers}")
         db = Path(args.db) if args.db else default_db_path()
         password = _read_password(args)
+        if args.workers > 1:
+            return self._run_workers(args, db, password)
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
             store = RegistryStore(db, ttl=args.ttl)
         except Exception as exc:
             raise CommandFailed(f"cannot open database {db}: {exc}") from None
+        _tune_gc()
         try:
             trio.run(self._serve, store, args.bind, db, password)
         except OSError as exc:
@@ -110,3 +141,221 @@ class RegistryCommand:
                     logger.info("stopping on %s", signal.Signals(signum).name)
                     stop.set()
                     break
+
+    # ------------------------------------------------------------ --workers N
+
+    def _run_workers(self, args: argparse.Namespace, db: Path, password: str | None) -> int:
+        lock_file = Path(f"{db}-lock")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # Create the schema once, then close: no SQLite connection may cross a fork.
+            RegistryStore(db, ttl=args.ttl, lock_file=lock_file).close()
+        except Exception as exc:
+            raise CommandFailed(f"cannot open database {db}: {exc}") from None
+        try:
+            sock = listen_socket(args.bind)
+        except OSError as exc:
+            raise CommandFailed(f"cannot serve on {args.bind}: {exc}") from None
+        secret = secrets.token_bytes(32)
+        life_r, life_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        children: list[int] = []
+        for _ in range(args.workers - 1):
+            pid = os.fork()
+            if pid == 0:  # a worker: never returns
+                os.close(life_w)
+                os.close(ready_r)
+                status = 1
+                try:
+                    status = self._worker(
+                        args, db, lock_file, password, secret, sock, life_r, ready_w
+                    )
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(status)
+            children.append(pid)
+        os.close(life_r)
+        os.close(ready_w)
+        try:
+            store = RegistryStore(db, ttl=args.ttl, lock_file=lock_file)
+            try:
+                app = create_app(store, password, csrf_secret=secret)
+                _tune_gc()
+                ok = trio.run(
+                    self._supervise, app, args.bind, db, password, sock, children, ready_r
+                )
+            finally:
+                store.close()
+        finally:
+            for pid in children:
+                _stop_and_reap(pid)
+            sock.close()
+            os.close(life_w)
+            os.close(ready_r)
+        if not ok:
+            raise CommandFailed("a registry worker process exited unexpectedly")
+        return 0
+
+    def _worker(
+        self,
+        args: argparse.Namespace,
+        db: Path,
+        lock_file: Path,
+        password: str | None,
+        secret: bytes,
+        sock: socket.socket,
+        life_r: int,
+        ready_w: int,
+    ) -> int:
+        store = RegistryStore(db, ttl=args.ttl, lock_file=lock_file)
+        try:
+            app = create_app(store, password, csrf_secret=secret)
+            _tune_gc()
+            trio.run(_worker_serve, app, sock, life_r, ready_w)
+        finally:
+            store.close()
+        return 0
+
+    async def _supervise(
+        self,
+        app: object,
+        bind: str,
+        db: Path,
+        password: str | None,
+        sock: socket.socket,
+        children: list[int],
+        ready_r: int,
+    ) -> bool:
+        """Serve, and watch the workers; return ``False`` if one exited on its own."""
+        stop = trio.Event()
+        announce = trio.CancelScope()
+        failed = False
+        running = len(children)
+        all_exited = trio.Event()
+
+        async def watch(pid: int) -> None:
+            nonlocal failed, running
+            fd = os.pidfd_open(pid)
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            finally:
+                os.close(fd)
+            if not stop.is_set():
+                logger.error("registry worker %d exited unexpectedly; stopping", pid)
+                failed = True
+                stop.set()
+                announce.cancel()
+            running -= 1
+            if running == 0:
+                all_exited.set()
+
+        async def on_signal(signals: AsyncIterator[int]) -> None:
+            async for signum in signals:
+                logger.info("stopping on %s", signal.Signals(signum).name)
+                stop.set()
+                announce.cancel()
+                return
+
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as outer:
+                for pid in children:
+                    outer.start_soon(watch, pid)
+                outer.start_soon(on_signal, signals)
+                async with trio.open_nursery() as inner:
+                    url = await inner.start(
+                        lambda task_status: serve_registry(
+                            app,  # type: ignore[arg-type]
+                            bind,
+                            sock=sock,
+                            shutdown_trigger=stop.wait,
+                            task_status=task_status,
+                        )
+                    )
+                    with announce:
+                        ready = 0
+                        while ready < len(children):
+                            await trio.lowlevel.wait_readable(ready_r)
+                            got = os.read(ready_r, 64)
+                            if not got:
+                                break
+                            ready += len(got)
+                        if password is None:
+                            logger.warning(
+                                "no admin password configured: delete and reset are disabled"
+                            )
+                        logger.info("serving with %d worker processes", len(children) + 1)
+                        print(f"ready registry={url} db={db}", flush=True)
+                    await stop.wait()
+                    for pid in children:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGTERM)
+                with trio.move_on_after(10):
+                    await all_exited.wait()
+                outer.cancel_scope.cancel()
+        return not failed
+
+
+async def _worker_serve(app: object, sock: socket.socket, life_r: int, ready_w: int) -> None:
+    """One worker: serve *sock* until SIGINT/SIGTERM or until the first process is gone."""
+    stop = trio.Event()
+
+    async def parent_gone() -> None:
+        await trio.lowlevel.wait_readable(life_r)  # only end-of-file can come: parent died
+        stop.set()
+
+    async def on_signal(signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            stop.set()
+            return
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(parent_gone)
+            outer.start_soon(on_signal, signals)
+            async with trio.open_nursery() as inner:
+                await inner.start(
+                    lambda task_status: serve_registry(
+                        app,  # type: ignore[arg-type]
+                        sock=sock,
+                        shutdown_trigger=stop.wait,
+                        task_status=task_status,
+                    )
+                )
+                os.write(ready_w, b"r")
+                os.close(ready_w)
+            outer.cancel_scope.cancel()
+
+
+def _tune_gc() -> None:
+    """Tune the cyclic garbage collector for a server process (called once everything is
+    imported and built, just before serving).
+
+    Every HTTP request allocates hundreds of short-lived objects (h11 events, trio cancel
+    scopes, ASGI dicts), so with the default threshold (700) the collector runs every couple
+    of requests, and each full collection walks every long-lived object. ``gc.freeze()``
+    moves what exists at start-up out of the collector's sight; a young-generation threshold
+    of 10,000 makes collections rarer. Measured: 5-20 % less CPU per request (A/B runs on a
+    shared, noisy machine).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+
+
+def _stop_and_reap(pid: int) -> None:
+    """Make sure worker *pid* is gone and reaped (SIGTERM, then SIGKILL after 10 s)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(1000):
+        done, _status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.01)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)

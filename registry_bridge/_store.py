@@ -5,7 +5,8 @@ public method is one transaction that is committed before it returns, so an answ
 layer sends after a call has reached the database file; a process killed with ``kill -9``
 afterwards loses nothing it acknowledged (WAL with ``synchronous=NORMAL`` survives a process
 crash; choose ``synchronous="FULL"`` to survive a power cut as well). :class:`AsyncStore` runs the
-calls on a worker thread, one at a time, from trio.
+calls from trio on a worker thread; calls queued together share one transaction (group
+commit), each in its own savepoint, and none is answered before that transaction committed.
 
 Time is injected (``clock``, wall-clock seconds) so expiry can be tested without waiting.
 
@@ -19,11 +20,15 @@ Errors (all :class:`StoreError`, carrying the HTTP status the layer above should
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
+import os
+import queue
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -76,6 +81,12 @@ CREATE TABLE IF NOT EXISTS registrations (
 );
 CREATE INDEX IF NOT EXISTS registrations_federation ON registrations (federation_id);
 CREATE INDEX IF NOT EXISTS registrations_expiry ON registrations (heartbeat, last_seen);
+-- "the supernode of this orchestra" / "the supernodes of this federation" are asked by every
+-- registration: without these (tiny, partial) indexes each one scans the orchestra's nodes
+CREATE INDEX IF NOT EXISTS registrations_orchestra_supernode ON registrations (orchestra_id)
+    WHERE supernode = 1;
+CREATE INDEX IF NOT EXISTS registrations_federation_supernode ON registrations (federation_id)
+    WHERE supernode = 1;
 """
 
 _REG_COLUMNS = (
@@ -137,6 +148,9 @@ class RegistryStore:
     """The registry's state in one SQLite file; every method is one committed transaction.
 
     Thread-safe: calls are serialised by a lock (the connection is shared by threads).
+    Several processes may share one file (``stagemesh registry --workers N``): SQLite
+    serialises their write transactions; give each store the same *lock_file* so a writer
+    waits on an ``flock`` (handed over at once) rather than SQLite's sleep-and-retry.
     *ttl* is how long a heartbeat registration lives without a heartbeat; registrations made
     through the legacy text API have no heartbeat and live until unregistered or reset.
     """
@@ -148,6 +162,7 @@ class RegistryStore:
         ttl: float = DEFAULT_TTL,
         clock: Callable[[], float] = time.time,
         synchronous: str = "NORMAL",
+        lock_file: str | Path | None = None,
     ) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -158,6 +173,10 @@ class RegistryStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._last_sweep = float("-inf")
+        self._group_thread: int | None = None
+        self._lock_fd: int | None = None
+        if lock_file is not None:
+            self._lock_fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, cached_statements=256
         )
@@ -175,23 +194,93 @@ class RegistryStore:
         """Close the database connection (everything is already committed)."""
         with self._lock:
             self._db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     # ----------------------------------------------------------------- plumbing
 
     def _tx(self, fn: Callable[[float], _T]) -> _T:
-        with self._lock:
-            now = self._clock()
-            self._db.execute("BEGIN IMMEDIATE")
+        if self._group_thread == threading.get_ident():
+            # Inside run_group: one savepoint of the group's transaction, so a failing call
+            # undoes only its own changes.
+            self._db.execute("SAVEPOINT call")
             try:
-                if now - self._last_sweep >= min(1.0, self.ttl / 4):
-                    self._sweep(now)
-                    self._last_sweep = now
-                result = fn(now)
+                result = fn(self._clock())
+            except BaseException:
+                self._db.execute("ROLLBACK TO call")
+                self._db.execute("RELEASE call")
+                raise
+            self._db.execute("RELEASE call")
+            return result
+        with self._lock, self._write_lock():
+            self._begin()
+            try:
+                result = fn(self._clock())
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
             return result
+
+    def _begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        now = self._clock()
+        if now - self._last_sweep >= min(1.0, self.ttl / 4):
+            try:
+                self._sweep(now)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._last_sweep = now
+
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """Hold the inter-process lock file (if any) for one write transaction.
+
+        SQLite serialises writers of one file itself, but a writer that finds the file locked
+        polls with sleeps of 1, 2, 5, 10 ... ms; a ``flock`` hands the lock over as soon as the
+        other process releases it.
+        """
+        if self._lock_fd is None:
+            yield
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def run_group(self, calls: Sequence[Callable[[], _T]]) -> list[tuple[bool, Any]]:
+        """Run *calls* (each one call of a public method) in ONE transaction (group commit).
+
+        Each call runs in its own savepoint: one that raises leaves no trace and does not
+        disturb the others. Returns ``(True, value)`` or ``(False, exception)`` per call, in
+        order, only after the transaction committed; if the commit itself fails every call
+        gets that error (nothing of the group was acknowledged, nothing of it was stored).
+        """
+        results: list[tuple[bool, Any]] = []
+        with self._lock, self._write_lock():
+            try:
+                self._begin()
+            except Exception as exc:
+                return [(False, exc)] * len(calls)
+            self._group_thread = threading.get_ident()
+            try:
+                for call in calls:
+                    try:
+                        results.append((True, call()))
+                    except Exception as exc:
+                        results.append((False, exc))
+            finally:
+                self._group_thread = None
+            try:
+                self._db.execute("COMMIT")
+            except Exception as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                return [(False, exc)] * len(calls)
+        return results
 
     def _sweep(self, now: float) -> None:
         rows = self._db.execute(
@@ -771,72 +860,93 @@ class RegistryStore:
         return self._tx(run)
 
 
-class _Job:
-    __slots__ = ("done", "error", "fn", "token", "value")
+_MAX_GROUP = 256
+"""At most this many queued calls share one transaction."""
 
-    def __init__(self, fn: Callable[[], Any], token: trio.lowlevel.TrioToken) -> None:
+
+class _Job:
+    __slots__ = ("error", "fn", "task", "token", "value")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
-        self.token = token
-        self.done = trio.Event()
+        self.token = trio.lowlevel.current_trio_token()
+        self.task = trio.lowlevel.current_task()
         self.value: Any = None
         self.error: BaseException | None = None
 
 
 def _deliver(jobs: list[_Job]) -> None:
     for job in jobs:
-        job.done.set()
+        trio.lowlevel.reschedule(job.task)
+
+
+def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
+    # The call cannot be abandoned once queued: its transaction may commit, and its caller
+    # must not be told otherwise. Cancellation is delivered at the caller's next checkpoint.
+    return trio.lowlevel.Abort.FAILED
 
 
 class AsyncStore:
     """Runs :class:`RegistryStore` calls from trio on one dedicated worker thread.
 
-    Calls queue up; the thread runs whatever is queued, one committed transaction per call, and
-    wakes trio once per batch (cheaper under load than a thread hop per call). The thread
-    starts on demand and ends after half a second without work. A call's answer is returned
-    only after its transaction committed; cancelling the caller does not abandon the call.
+    Calls queue up; the thread takes whatever is queued (up to 256 calls) and runs it as one
+    transaction, each call in its own savepoint (group commit: under load many writes share
+    one commit, see :meth:`RegistryStore.run_group`), then wakes trio once for the whole
+    group. The thread starts on demand and ends after half a second without work. A call's
+    answer is returned only after the transaction holding it committed; cancelling the caller
+    does not abandon the call.
     """
 
     def __init__(self, store: RegistryStore) -> None:
         self.store = store
-        self._cond = threading.Condition()
-        self._pending: list[_Job] = []
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
         self._running = False
 
     async def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run ``fn(*args, **kwargs)`` (a bound :class:`RegistryStore` method) in the thread."""
 
-        def run() -> _T:
-            return fn(*args, **kwargs)
-
-        job = _Job(run, trio.lowlevel.current_trio_token())
-        with self._cond:
-            self._pending.append(job)
-            if self._running:
-                self._cond.notify()
-            else:
-                self._running = True
-                threading.Thread(target=self._work, name="registry-store", daemon=True).start()
-        with trio.CancelScope(shield=True):
-            await job.done.wait()
+        job = _Job(functools.partial(fn, *args, **kwargs))
+        self._queue.put(job)
+        if not self._running:
+            with self._lock:
+                if not self._running:
+                    self._running = True
+                    threading.Thread(target=self._work, name="registry-store", daemon=True).start()
+        await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
         if job.error is not None:
             raise job.error
         return job.value  # type: ignore[no-any-return]
 
     def _work(self) -> None:
         while True:
-            with self._cond:
-                if not self._pending:
-                    self._cond.wait(timeout=0.5)
-                if not self._pending:
-                    self._running = False
-                    return
-                batch, self._pending = self._pending, []
+            try:
+                batch = [self._queue.get(timeout=0.5)]
+            except queue.Empty:
+                # a call queued after this check finds _running False and starts a thread
+                with self._lock:
+                    if self._queue.empty():
+                        self._running = False
+                        return
+                continue
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < _MAX_GROUP:
+                    batch.append(self._queue.get_nowait())
             by_token: dict[trio.lowlevel.TrioToken, list[_Job]] = {}
-            for job in batch:
+            if len(batch) == 1:
+                job = batch[0]
                 try:
                     job.value = job.fn()
                 except BaseException as exc:
                     job.error = exc
+            else:
+                outcomes = self.store.run_group([job.fn for job in batch])
+                for job, (ok, value) in zip(batch, outcomes, strict=True):
+                    if ok:
+                        job.value = value
+                    else:
+                        job.error = value
+            for job in batch:
                 by_token.setdefault(job.token, []).append(job)
             for token, jobs in by_token.items():
                 with contextlib.suppress(trio.RunFinishedError):

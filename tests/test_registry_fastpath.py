@@ -1,0 +1,101 @@
+"""The raw-ASGI fast path answers exactly what the Starlette routes answer.
+
+The same requests go to two registries on identical stores (same clock), one with the fast
+path and one without; status, content type, length and body must match byte for byte once
+the random registration tokens are masked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry_bridge import RegistryStore, create_app
+
+T0 = 1_800_000_000.0
+TOKEN = re.compile(rb'"token":"[A-Za-z0-9_-]+"')
+
+# (method, url, body): register, heartbeat, legacy register, and their errors
+REQUESTS: list[tuple[str, str, bytes | None]] = [
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"orchestra":"o","name":"a"}'),
+    (
+        "POST",
+        "/api/v1/federations/sleo/registrations",
+        b'{"orchestra":"o","name":"a","create":true,"supernode":true,"conductor":true}',
+    ),
+    (
+        "POST",
+        "/api/v1/federations/sleo/registrations",
+        b'{"orchestra":"o","name":"b","port":9000,"host":"10.0.0.7","node_id":"x"}',
+    ),
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"orchestra":"o","name":"b"}'),
+    ("POST", "/api/v1/federations/sleo/registrations", b""),
+    ("POST", "/api/v1/federations/sleo/registrations", b"{not json"),
+    ("POST", "/api/v1/federations/sleo/registrations", b"\xff\xfe\x00"),
+    ("POST", "/api/v1/federations/sleo/registrations", b"[1, 2]"),
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"orchestra":"o","name":"c","x":1}'),
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"orchestra":"o","name":"c","port":0}'),
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"orchestra":"o","name":"bad name"}'),
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"orchestra":"nope","name":"c"}'),
+    ("POST", "/api/v1/federations/nope/registrations", b'{"orchestra":"o","name":"c"}'),
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"name":"c"}'),
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"name":"' + b"x" * 70_000 + b'"}'),
+    ("POST", "/api/v1/federations/sleo/registrations/", b'{"orchestra":"o","name":"c"}'),
+    ("GET", "/api/v1/federations/sleo/registrations", None),
+    ("POST", "/api/v1/registrations/unknowntoken/heartbeat", None),
+    ("POST", "/api/v1/registrations/bad$token/heartbeat", None),
+    ("POST", "/api/v1/registrations//heartbeat", None),
+    ("GET", "/api/v1/registrations/abc/heartbeat", None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=l1&supernode=no&conductor=no", None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=l2&conductor=yes", None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=l3&port=70000", None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=l3&supernode=maybe", None),
+    ("GET", "/register?federation=sleo&orchestra=o", None),
+    ("GET", "/register?federation=none&orchestra=o&name=l4", None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=l5&name=l6&port=7000", None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=%C3%A9", None),
+    ("HEAD", "/register?federation=sleo&orchestra=o&name=l7", None),
+]
+
+
+@pytest.fixture
+async def clients(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    stores = [RegistryStore(tmp_path / f"{i}.db", clock=lambda: T0) for i in range(2)]
+    apps = [create_app(stores[0], "pw"), create_app(stores[1], "pw", fast_path=False)]
+    transports = [httpx.ASGITransport(app=app, client=("10.1.2.3", 4000)) for app in apps]
+    async with (
+        httpx.AsyncClient(transport=transports[0], base_url="http://r") as fast,
+        httpx.AsyncClient(transport=transports[1], base_url="http://r") as slow,
+    ):
+        yield fast, slow
+    for s in stores:
+        s.close()
+
+
+async def test_fast_path_answers_like_the_routes(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    fast, slow = clients
+    tokens: list[str] = []
+    for method, url, body in REQUESTS:
+        answers = [await c.request(method, url, content=body) for c in (fast, slow)]
+        a, b = answers
+        where = f"{method} {url}"
+        assert a.status_code == b.status_code, where
+        assert a.headers.get("content-type") == b.headers.get("content-type"), where
+        assert a.headers.get("content-length") == b.headers.get("content-length"), where
+        assert TOKEN.sub(b"T", a.content) == TOKEN.sub(b"T", b.content), where
+        if a.status_code == 201:
+            tokens.append(a.json()["token"])
+            tokens.append(b.json()["token"])
+    # heartbeats with real tokens: each registry knows its own
+    for i in range(0, len(tokens), 2):
+        url = "/api/v1/registrations/{}/heartbeat"
+        a = await fast.post(url.format(tokens[i]))
+        b = await slow.post(url.format(tokens[i + 1]))
+        assert a.status_code == b.status_code and a.content == b.content
+    assert tokens, "some registrations succeeded"

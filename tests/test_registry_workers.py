@@ -1,0 +1,160 @@
+"""``stagemesh registry --workers 2``: two processes, one port, one database, one state.
+
+Which process answers is made deterministic by stopping the other one (SIGSTOP): a stopped
+process accepts no connection, so every fresh connection goes to the running one.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import trio
+
+PASSWORD = "s3cret"
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
+
+
+async def start_registry(db: Path, workers: int = 2) -> tuple[trio.Process, str, list[int]]:
+    proc = await trio.lowlevel.open_process(
+        [
+            *(sys.executable, "-m", "mesh", "registry", "--bind", "127.0.0.1:0"),
+            *("--db", str(db), "--workers", str(workers)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, STAGEMESH_ADMIN_PASSWORD=PASSWORD),
+    )
+    assert proc.stdout is not None
+    buf = b""
+    while b"\n" not in buf:
+        chunk = await proc.stdout.receive_some(4096)
+        assert chunk, "registry exited before it was ready"
+        buf += chunk
+    line = buf.split(b"\n")[0].decode()
+    assert line.startswith("ready registry=http://127.0.0.1:") and line.endswith(f"db={db}")
+    return proc, line.split()[1].removeprefix("registry="), children(proc.pid)
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of *pid* (Linux /proc)."""
+    return [
+        int(kid)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for kid in (task / "children").read_text().split()
+    ]
+
+
+@asynccontextmanager
+async def only(pid: int, others: list[int], url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client whose connections are all served by process *pid* (the *others* stopped)."""
+    for other in others:
+        os.kill(other, signal.SIGSTOP)
+    try:
+        limits = httpx.Limits(max_keepalive_connections=0)  # a fresh connection per request
+        async with httpx.AsyncClient(base_url=url, timeout=5, limits=limits) as http:
+            yield http
+    finally:
+        for other in others:
+            os.kill(other, signal.SIGCONT)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent) is not alive either
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+
+
+async def wait_gone(pid: int) -> None:
+    while alive(pid):
+        await trio.sleep(0.02)
+
+
+async def test_tokens_cas_and_csrf_hold_across_workers(tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        proc, url, kids = await start_registry(tmp_path / "r.db")
+        try:
+            assert len(kids) == 1
+            first, second = proc.pid, kids[0]
+            reg = "/api/v1/federations/sleo/registrations"
+            cas = "/api/v1/federations/sleo/conductor"
+            async with only(first, [second], url) as http:
+                a = await http.post(reg, json={"orchestra": "o", "name": "a", "create": True})
+                assert a.status_code == 201
+                token_a = a.json()["token"]
+                r = await http.post(cas, json={"expected_term": 0, "holder": "/o/a"})
+                assert r.status_code == 200 and r.json()["term"] == 1
+                page = await http.get("/federations/sleo")
+                match = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+                assert match is not None
+                csrf_reset = match.group(1)
+            async with only(second, [first], url) as http:
+                # a token issued by the first process is known to the second
+                assert (await http.post(f"/api/v1/registrations/{token_a}/heartbeat")).is_success
+                # the compare-and-set sees the term the first process set, and fences by it
+                stale = await http.post(cas, json={"expected_term": 0, "holder": None})
+                assert stale.status_code == 409
+                assert stale.json()["current"]["term"] == 1
+                assert stale.json()["current"]["holder"] == "/o/a"
+                b = await http.post(reg, json={"orchestra": "o", "name": "b"})
+                assert b.status_code == 201
+                token_b = b.json()["token"]
+                r = await http.post(cas, json={"expected_term": 1, "holder": "/o/b"})
+                assert r.status_code == 200 and r.json()["term"] == 2
+                # the admin form served by the first process is accepted by the second
+                reset = await http.post(
+                    "/federations/sleo/reset", data={"csrf": csrf_reset}, headers=AUTH
+                )
+                assert reset.status_code == 303
+            async with only(first, [second], url) as http:
+                # the reset done by the second process dropped both tokens and bumped the term
+                for token in (token_a, token_b):
+                    hb = await http.post(f"/api/v1/registrations/{token}/heartbeat")
+                    assert hb.status_code == 404
+                conductor = (await http.get(cas)).json()
+                assert conductor["holder"] is None and conductor["term"] == 3
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+            await wait_gone(second)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_workers_stop_when_the_first_process_is_killed(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        proc, _, kids = await start_registry(tmp_path / "r.db", workers=3)
+        try:
+            assert len(kids) == 2
+            proc.kill()  # SIGKILL: no chance to stop the others itself
+            assert await proc.wait() == -signal.SIGKILL
+            for kid in kids:  # reparented; they see the pipe close and stop
+                await wait_gone(kid)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_a_dead_worker_stops_the_registry_with_failure(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        proc, _, kids = await start_registry(tmp_path / "r.db")
+        try:
+            os.kill(kids[0], signal.SIGKILL)
+            assert await proc.wait() == 1
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
