@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from mesh._election import ConductorArbiter
 from mesh._wire import Value
 
 if TYPE_CHECKING:
@@ -34,6 +35,11 @@ class Extension:
     def status(self) -> Mapping[str, Any]:
         """JSON-able fields for ``/api/status`` under :attr:`name`."""
         return {}
+
+    def arbiter(self) -> ConductorArbiter | None:
+        """The judge of conductor claims this extension provides (a registry), or ``None``.
+        The node takes the first one offered when it is built, before its first claim."""
+        return None
 
     def handlers(self) -> Mapping[str, Callable[[str | None, Value], Awaitable[Value]]]:
         """Request handlers by request kind (see :meth:`Node.request`)."""

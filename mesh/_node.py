@@ -213,6 +213,7 @@ class Node:
             supernode=config.supernode,
             conductor=config.conductor,
             joined_at=self.started_at,
+            arbiter=next((a for e in config.extensions if (a := e.arbiter()) is not None), None),
         )
         transport.incarnation = incarnation
         self._handlers: dict[str, RequestHandler] = {}

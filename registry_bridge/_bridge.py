@@ -136,10 +136,13 @@ class RegistryBridge(Extension):
         self._peers: dict[str, tuple[str, int]] = {}  # node id (or path) -> gossip address
         self._flags: tuple[bool, bool] = (False, False)  # registered (supernode, conductor)
         self._wake = trio.Event()
-        self.arbiter = RegistryArbiter(self)
-        """Installed as the node's conductor arbiter by :meth:`run`."""
+        self._arbiter = RegistryArbiter(self)
 
     # -- extension hooks ----------------------------------------------------------------------
+
+    def arbiter(self) -> RegistryArbiter:
+        """The registry judges conductor claims: the node takes this when it is built."""
+        return self._arbiter
 
     def status(self) -> Mapping[str, Any]:
         """The bridge's state for ``/api/status`` (see the module docstring)."""
@@ -163,9 +166,6 @@ class RegistryBridge(Extension):
         async with RegistryClient(
             self.url, timeout=self.timeout, transport=self._transport
         ) as client:
-            # The node core takes an arbiter only at construction; install ours before the
-            # node's first conductor claim (a claim waits ``claim_delay`` after start).
-            node.core.election.arbiter = self.arbiter
             node.use_external_clock(REGISTRY_CLOCK)
             task_status.started()
             try:
@@ -232,8 +232,8 @@ class RegistryBridge(Extension):
         alone = not _has_live_peer(node)
         conductor = node.conductor
         if conductor is not None and conductor != node.path:
-            self.arbiter.wanted = False  # another node conducts
-        want_conductor = node.config.conductor and (self.arbiter.wanted or conductor == node.path)
+            self._arbiter.wanted = False  # another node conducts
+        want_conductor = node.config.conductor and (self._arbiter.wanted or conductor == node.path)
         # Alone, and the registry names another supernode of this orchestra: join it rather
         # than register as a second one (the LAN election decides once merged).
         found_own = alone and await self._lookup(node, client)
@@ -343,7 +343,7 @@ class RegistryBridge(Extension):
 
     def _set_granted(self, granted: bool) -> None:
         self._conductor_granted = granted
-        self.arbiter.granted = granted
+        self._arbiter.granted = granted
 
     def _replace_peers(self, node: Node, peers: Iterable[Peer]) -> None:
         self._peers.clear()
