@@ -4,31 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-
-async def start_registry(db: Path) -> tuple[trio.Process, str]:
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "mesh", "registry", "--bind", "127.0.0.1:0", "--db", str(db)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    buf = b""
-    while b"\n" not in buf:
-        chunk = await proc.stdout.receive_some(4096)
-        assert chunk, "registry exited before it was ready"
-        buf += chunk
-    line = buf.split(b"\n")[0].decode()
-    assert line.startswith("ready registry=http://127.0.0.1:"), line
-    assert line.endswith(f"db={db}")
-    return proc, line.split()[1].removeprefix("registry=")
+from tests.registries import start_registry
 
 
 # httpx leaves its request-body generator unfinished when the server dies mid-request; that

@@ -10,8 +10,6 @@ import base64
 import os
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,29 +17,18 @@ from pathlib import Path
 import httpx
 import trio
 
+from tests.registries import start_registry
+
 PASSWORD = "s3cret"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
 
 
-async def start_registry(db: Path, workers: int = 2) -> tuple[trio.Process, str, list[int]]:
-    proc = await trio.lowlevel.open_process(
-        [
-            *(sys.executable, "-m", "mesh", "registry", "--bind", "127.0.0.1:0"),
-            *("--db", str(db), "--workers", str(workers)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, STAGEMESH_ADMIN_PASSWORD=PASSWORD),
+async def start_workers(db: Path, workers: int = 2) -> tuple[trio.Process, str, list[int]]:
+    """A registry with *workers* processes: the process, its URL and its worker children."""
+    proc, url = await start_registry(
+        db, "--workers", str(workers), env={"STAGEMESH_ADMIN_PASSWORD": PASSWORD}
     )
-    assert proc.stdout is not None
-    buf = b""
-    while b"\n" not in buf:
-        chunk = await proc.stdout.receive_some(4096)
-        assert chunk, "registry exited before it was ready"
-        buf += chunk
-    line = buf.split(b"\n")[0].decode()
-    assert line.startswith("ready registry=http://127.0.0.1:") and line.endswith(f"db={db}")
-    return proc, line.split()[1].removeprefix("registry="), children(proc.pid)
+    return proc, url, children(proc.pid)
 
 
 def children(pid: int) -> list[int]:
@@ -83,7 +70,7 @@ async def wait_gone(pid: int) -> None:
 
 async def test_tokens_cas_and_csrf_hold_across_workers(tmp_path: Path) -> None:
     with trio.fail_after(40):
-        proc, url, kids = await start_registry(tmp_path / "r.db")
+        proc, url, kids = await start_workers(tmp_path / "r.db")
         try:
             assert len(kids) == 1
             first, second = proc.pid, kids[0]
@@ -135,7 +122,7 @@ async def test_tokens_cas_and_csrf_hold_across_workers(tmp_path: Path) -> None:
 
 async def test_workers_stop_when_the_first_process_is_killed(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        proc, _, kids = await start_registry(tmp_path / "r.db", workers=3)
+        proc, _, kids = await start_workers(tmp_path / "r.db", workers=3)
         try:
             assert len(kids) == 2
             proc.kill()  # SIGKILL: no chance to stop the others itself
@@ -150,7 +137,7 @@ async def test_workers_stop_when_the_first_process_is_killed(tmp_path: Path) -> 
 
 async def test_a_dead_worker_stops_the_registry_with_failure(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        proc, _, kids = await start_registry(tmp_path / "r.db")
+        proc, _, kids = await start_workers(tmp_path / "r.db")
         try:
             os.kill(kids[0], signal.SIGKILL)
             assert await proc.wait() == 1
