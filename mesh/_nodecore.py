@@ -180,8 +180,8 @@ class NodeCore:
         elif isinstance(body, ClockReply):
             if ClockLineage.owns(body):
                 self.lineage.handle_reply(now, self.clock.federation_time(now), body, sender)
-            else:
-                self.clock.handle_reply(now, body, sender)
+            elif self.clock.handle_reply(now, body, sender):
+                self._settle_if_synced(now)
         else:
             self.membership.handle_message(now, src, sender, body)
         self._refresh(now)
@@ -323,6 +323,8 @@ class NodeCore:
     def handle_external_clock_reply(self, now: float, reply: ClockReply, source: str) -> bool:
         """The external source's answer to a request, received at local time *now*."""
         used = self.clock.handle_reply(now, reply, source)
+        if used:
+            self._settle_if_synced(now)
         self._refresh(now)
         return used
 
@@ -417,19 +419,25 @@ class NodeCore:
                 best = (lease.tenure_start, holder)
         return None if best is None else best[1]
 
+    def _settle_if_synced(self, now: float) -> None:
+        # After a clock sample: synced to a reference, or holding the adopted peer's time (the
+        # peer may not say it is synced: its own reference may be this very node, still
+        # provisional), this clock is in the federation's lineage.
+        lineage = self.lineage
+        if lineage.settled or self._time_source is None or self._time_source[1]:
+            return
+        snap = self.clock.snapshot(now)
+        adopted = (
+            lineage.adopting == self._time_source[0]
+            and snap.samples >= lineage.samples_to_adopt
+            and math.isfinite(snap.error_bound)
+        )
+        if snap.synced or adopted:
+            lineage.settle()
+            self._choose_time_source(now)  # an adopting node becomes the reference now
+
     def _choose_time_source(self, now: float) -> None:
         lineage = self.lineage
-        if not lineage.settled and self._time_source is not None and not self._time_source[1]:
-            snap = self.clock.snapshot(now)
-            adopted = (
-                lineage.adopting == self._time_source[0]
-                and snap.samples >= lineage.samples_to_adopt
-                and math.isfinite(snap.error_bound)
-            )
-            # Synced to a reference, or holding the adopted peer's time (the peer may not say it
-            # is synced: its own reference may be this very node, still provisional).
-            if snap.synced or adopted:
-                lineage.settle()
         reference = self._elected_reference()
         if reference is None or reference == self.node_id:
             source: tuple[str | None, bool] = (self.node_id, True)

@@ -76,8 +76,8 @@ class Transport:
         codec: WireCodec,
         stream_timeout: float,
     ) -> None:
-        self._raw = udp  # non-blocking; sent on directly when nothing is queued
-        self._udp = trio.socket.from_stdlib_socket(udp)
+        self._raw = udp  # non-blocking; every datagram is sent by _try_send
+        self._udp = trio.socket.from_stdlib_socket(udp)  # for receiving
         self._listener = listener
         self.address = advertised
         self.federation = federation
@@ -141,34 +141,33 @@ class Transport:
             logger.error("not sending %s to %s: %s", type(body).__name__, dest, exc)
             self._counts["send_errors"] += 1
             return
-        if not self._pending:
-            try:
-                self._raw.sendto(data, dest)
-            except BlockingIOError:
-                pass  # the socket buffer is full: queue it behind
-            except OSError as exc:
-                self._counts["send_errors"] += 1
-                logger.debug("sendto %s failed: %s", dest, exc)
-                return
-            else:
-                self._counts["datagrams_sent"] += 1
-                self._counts["bytes_sent"] += len(data)
-                return
+        if not self._pending and self._try_send(dest, data):
+            return
         try:
             self._send.send_nowait((dest, data))
             self._pending += 1
         except trio.WouldBlock:
             self._counts["send_dropped"] += 1
 
+    def _try_send(self, dest: Address, data: bytes) -> bool:
+        """Hand one datagram to the kernel and count it; ``False`` (nothing sent) if the
+        socket buffer is full."""
+        try:
+            self._raw.sendto(data, dest)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._counts["send_errors"] += 1
+            logger.debug("sendto %s failed: %s", dest, exc)
+            return True
+        self._counts["datagrams_sent"] += 1
+        self._counts["bytes_sent"] += len(data)
+        return True
+
     async def _serve_sender(self) -> None:
         async for dest, data in self._outbox:
-            try:
-                await self._udp.sendto(data, dest)
-                self._counts["datagrams_sent"] += 1
-                self._counts["bytes_sent"] += len(data)
-            except OSError as exc:
-                self._counts["send_errors"] += 1
-                logger.debug("sendto %s failed: %s", dest, exc)
+            while not self._try_send(dest, data):
+                await trio.lowlevel.wait_writable(self._raw)
             # Counted here, not by the channel's buffer: a datagram handed straight to this
             # waiting task is in no buffer, yet not sent.
             self._pending -= 1
