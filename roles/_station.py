@@ -554,7 +554,9 @@ async def open_station(
         validate_update(
             initial, factories, blocked_roles=blocked_roles, variables=station_variables
         )
-    async with open_supervisor(backoff=backoff, tail_lines=tail_lines, on_event=on_event) as sup:
+    async with open_supervisor(
+        backoff=backoff, tail_lines=tail_lines, on_event=on_event, state_dir=state_dir
+    ) as sup:
         station = Station(
             sup,
             state_dir=state_dir,

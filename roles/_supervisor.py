@@ -1,27 +1,17 @@
-"""The process supervisor: every role instance is a child process kept in the wanted state.
+"""The process supervisor: runs every role instance as a child process, as its state machine says.
+
+What to do with an instance (start, stop, back off, give up for a while, run again) is decided by
+its :class:`~roles._instance.InstanceCore` (pure, see :mod:`roles._instance` for the states and
+the back-off); this module is the trio driver that starts and stops the processes, reads their
+output, keeps the clock, and turns the core's transitions into :class:`SupervisorEvent` values.
 
 Each instance runs in its own session (``start_new_session=True``), so its process group holds
 the command and everything it starts; stopping sends SIGTERM to the whole group, waits
 ``stop_grace`` seconds for the group to be gone, then sends SIGKILL. The group is also cleared
 when the command exits by itself, and when the supervisor's nursery exits (also on
-cancellation), so no orphan survives the supervisor.
-
-States (:data:`ProcessState`)::
-
-    stopped  --start-->        starting --spawned--> running
-    starting --spawn error-->  backoff  (or failed)
-    running  --exits, should run-->  backoff --delay--> starting
-                                     failed  --failed_retry--> starting   (5 failures in window)
-    running  --stop/remove-->  stopping --> stopped
-    running  --exit 0, restart="on-failure"-->  exited
-    running  --exit 0, restart="periodic"-->    waiting --interval--> starting
-
-A failure is an exit while the instance should run (for ``restart="always"`` any exit; otherwise
-a non-zero exit or a signal) or a command that cannot be started. The delay before the next
-start grows: ``base * factor ** (consecutive_failures - 1)`` up to ``max_delay``; a run that
-lasted ``reset_after`` seconds resets the count. ``failure_threshold`` failures within
-``failure_window`` seconds mark the instance ``failed``; it is then retried every
-``failed_retry`` seconds (EventStreamr: quick retries, then one every 10 s).
+cancellation). If the supervisor's process dies without doing so (``kill -9``), the guardian
+process stops the groups (:mod:`roles._leftovers`); with a ``state_dir`` the running processes
+are also recorded there, and leftovers of an earlier run are stopped before anything starts.
 
 Every state change is a :class:`SupervisorEvent`, given to the ``on_event`` callback and to every
 channel from :meth:`Supervisor.subscribe`; :meth:`Supervisor.snapshot` returns a frozen view.
@@ -38,12 +28,28 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import trio
 
 from roles._factories import ProcessSpec
+from roles._guardian import process_group_alive, stop_processes
+from roles._instance import (
+    BackoffPolicy,
+    InstanceCore,
+    ProcessState,
+    Spawn,
+    Terminate,
+    Transition,
+)
+from roles._leftovers import (
+    Guardian,
+    ProcessRecord,
+    RecordedProcess,
+    SupervisorInUse,
+    start_time_of,
+)
 
 __all__ = [
     "BackoffPolicy",
@@ -51,6 +57,7 @@ __all__ = [
     "ProcessStatus",
     "Supervisor",
     "SupervisorEvent",
+    "SupervisorInUse",
     "SupervisorSnapshot",
     "SupervisorStatistics",
     "describe_exit",
@@ -60,30 +67,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ProcessState = Literal[
-    "starting", "running", "stopping", "stopped", "backoff", "failed", "exited", "waiting"
-]
 InstanceKey = tuple[str, str]
-
-
-@attrs.frozen
-class BackoffPolicy:
-    """When to start a failed instance again (all durations in seconds); see the module doc."""
-
-    base: float = 1.0
-    factor: float = 2.0
-    max_delay: float = 30.0
-    failure_threshold: int = 5
-    failure_window: float = 60.0
-    failed_retry: float = 60.0
-    reset_after: float = 10.0
-
-    def delay(self, consecutive_failures: int) -> float:
-        """Return the delay after the *consecutive_failures*-th failure in a row (1-based)."""
-        exponent = max(consecutive_failures - 1, 0)
-        if exponent > 64:
-            return self.max_delay
-        return min(self.base * self.factor**exponent, self.max_delay)
 
 
 @attrs.frozen
@@ -193,36 +177,20 @@ def describe_exit(status: int | None) -> str | None:
     return f"exit {status}"
 
 
+def _spawn_error(spec: ProcessSpec, exc: OSError) -> str:
+    """Say in one line why *spec* could not be started (for ``last_error``)."""
+    program = spec.argv[0]
+    reason = exc.strerror or str(exc)
+    if spec.cwd is not None and exc.filename == spec.cwd:
+        return f"cannot start {program!r}: working directory {spec.cwd!r}: {reason}"
+    if isinstance(exc, FileNotFoundError) and "/" not in program:
+        return f"cannot start {program!r}: {reason} (not found on PATH)"
+    return f"cannot start {program!r}: {reason}"
+
+
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def process_group_alive(pgid: int) -> bool:
-    """Return whether any live (not zombie) process is in process group *pgid*.
-
-    Zombies are ignored: they hold nothing and disappear once their parent (init) reaps them.
-    """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        pids = [name for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return True
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 3 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
 
 
 async def _group_gone(pgid: int) -> None:
@@ -231,52 +199,6 @@ async def _group_gone(pgid: int) -> None:
         if not process_group_alive(pgid):
             return
         await trio.sleep(0.02)
-
-
-class _Managed:
-    """The supervisor's mutable record of one instance (only touched from trio tasks)."""
-
-    def __init__(self, role: str, uuid: str, spec: ProcessSpec, tail_lines: int) -> None:
-        self.role = role
-        self.uuid = uuid
-        self.spec = spec
-        self.want_running = True
-        self.restart_pending = False
-        self.removed = False
-        self.wake = trio.Event()
-        self.done = trio.Event()
-        self.previous: _Managed | None = None
-        self.state: ProcessState = "stopped"
-        self.pid: int | None = None
-        self.run_count = 0
-        self.failures = 0
-        self.failure_times: collections.deque[float] = collections.deque()
-        self.last_exit: int | None = None
-        self.last_error: str | None = None
-        self.since = time.time()
-        self.delay: float | None = None
-        self.retry_at: float | None = None
-        self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-
-    def poke(self) -> None:
-        self.wake.set()
-
-    def status(self) -> ProcessStatus:
-        return ProcessStatus(
-            role=self.role,
-            uuid=self.uuid,
-            state=self.state,
-            argv=self.spec.argv,
-            pid=self.pid,
-            run_count=self.run_count,
-            failures=self.failures,
-            last_exit=self.last_exit,
-            last_error=self.last_error,
-            since=self.since,
-            delay=self.delay,
-            retry_at=self.retry_at,
-            tail=tuple(self.tail),
-        )
 
 
 async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
@@ -289,6 +211,39 @@ async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
 
         for wait in waits:
             nursery.start_soon(run, wait)
+
+
+class _Managed:
+    """One instance: its state machine, the wall-clock times of its last change, its output."""
+
+    def __init__(self, role: str, uuid: str, core: InstanceCore, tail_lines: int) -> None:
+        self.role = role
+        self.uuid = uuid
+        self.core = core
+        self.wake = trio.Event()
+        self.done = trio.Event()
+        self.previous: _Managed | None = None
+        self.since = time.time()
+        self.retry_at: float | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+
+    def status(self) -> ProcessStatus:
+        core = self.core
+        return ProcessStatus(
+            role=self.role,
+            uuid=self.uuid,
+            state=core.state,
+            argv=core.spec.argv,
+            pid=core.pid,
+            run_count=core.run_count,
+            failures=core.failures,
+            last_exit=core.last_exit,
+            last_error=core.last_error,
+            since=self.since,
+            delay=core.delay,
+            retry_at=self.retry_at,
+            tail=tuple(self.tail),
+        )
 
 
 class Supervisor:
@@ -306,11 +261,15 @@ class Supervisor:
         backoff: BackoffPolicy | None = None,
         tail_lines: int = 200,
         on_event: Callable[[SupervisorEvent], None] | None = None,
+        guardian: Guardian | None = None,
+        record: ProcessRecord | None = None,
     ) -> None:
         self._nursery = nursery
         self.backoff = backoff or BackoffPolicy()
         self._tail_lines = tail_lines
         self._on_event = on_event
+        self._guardian = guardian
+        self._record = record
         self._managed: dict[InstanceKey, _Managed] = {}
         self._changed = trio.Event()
         self._subscribers: list[trio.MemorySendChannel[SupervisorEvent]] = []
@@ -326,61 +285,44 @@ class Supervisor:
             raise RuntimeError("the supervisor is closing")
         key = (role, uuid)
         current = self._managed.get(key)
-        if current is not None and not current.removed:
-            changed = False
-            if current.spec != spec:
-                current.spec = spec
-                current.failures = 0
-                current.failure_times.clear()
-                current.restart_pending = True
-                changed = True
-            if running and not current.want_running:
-                current.want_running = True
-                changed = True
-            if changed:
-                current.poke()
+        if current is not None and not current.core.removed:
+            if current.core.update(trio.current_time(), spec, running=running):
+                self._publish(current)
             return
-        managed = _Managed(role, uuid, spec, self._tail_lines)
-        managed.want_running = running
-        managed.previous = current
+        core = InstanceCore(trio.current_time(), spec, policy=self.backoff, running=running)
+        managed = _Managed(role, uuid, core, self._tail_lines)
+        managed.previous = current  # a removed copy still stopping: the new one waits for it
         self._managed[key] = managed
+        self._publish(managed)
         self._nursery.start_soon(self._run, managed, name=f"role {role}/{uuid}")
 
     def start(self, role: str, uuid: str) -> None:
         """Run the instance (again) if it is stopped, exited, backing off or failed."""
         managed = self._get(role, uuid)
-        if managed.want_running and managed.state in ("starting", "running"):
-            return
-        managed.want_running = True
-        managed.failures = 0
-        managed.failure_times.clear()
-        managed.poke()
+        managed.core.start(trio.current_time())
+        self._publish(managed)
 
     def stop(self, role: str, uuid: str) -> None:
         """Stop the instance (SIGTERM to its group, SIGKILL after ``stop_grace``); keep it."""
         managed = self._get(role, uuid)
-        managed.want_running = False
-        managed.poke()
+        managed.core.stop(trio.current_time())
+        self._publish(managed)
 
     def restart(self, role: str, uuid: str) -> None:
         """Stop the instance if it runs and start it again at once (not counted a failure)."""
         managed = self._get(role, uuid)
-        managed.want_running = True
-        managed.restart_pending = True
-        managed.failures = 0
-        managed.failure_times.clear()
-        managed.poke()
+        managed.core.restart(trio.current_time())
+        self._publish(managed)
 
     def remove(self, role: str, uuid: str) -> None:
         """Stop the instance and forget it once it is stopped."""
         managed = self._get(role, uuid)
-        managed.removed = True
-        managed.want_running = False
-        managed.poke()
+        managed.core.remove(trio.current_time())
+        self._publish(managed)
 
     def _get(self, role: str, uuid: str) -> _Managed:
         managed = self._managed.get((role, uuid))
-        if managed is None or managed.removed:
+        if managed is None or managed.core.removed:
             raise KeyError(f"no role instance {role}/{uuid}")
         return managed
 
@@ -389,9 +331,9 @@ class Supervisor:
         self._closing = True
         everything = list(self._managed.values())
         for managed in everything:
-            managed.removed = True
-            managed.want_running = False
-            managed.poke()
+            if not managed.core.removed:
+                managed.core.remove(trio.current_time())
+                self._publish(managed)
         for managed in everything:
             await managed.done.wait()
 
@@ -399,7 +341,7 @@ class Supervisor:
 
     def keys(self) -> tuple[InstanceKey, ...]:
         """Return the (role, uuid) of every instance not being removed."""
-        return tuple(sorted(k for k, m in self._managed.items() if not m.removed))
+        return tuple(sorted(k for k, m in self._managed.items() if not m.core.removed))
 
     def status(self, role: str, uuid: str) -> ProcessStatus | None:
         """Return the status of one instance, or ``None`` if the supervisor has none."""
@@ -409,7 +351,7 @@ class Supervisor:
     def spec(self, role: str, uuid: str) -> ProcessSpec | None:
         """Return the spec the instance runs with, or ``None``."""
         managed = self._managed.get((role, uuid))
-        return None if managed is None else managed.spec
+        return None if managed is None else managed.core.spec
 
     def snapshot(self) -> SupervisorSnapshot:
         """Return a frozen view of every instance."""
@@ -421,7 +363,7 @@ class Supervisor:
         """Return counters: instances by state, events emitted and dropped."""
         states: dict[str, int] = {}
         for managed in self._managed.values():
-            states[managed.state] = states.get(managed.state, 0) + 1
+            states[managed.core.state] = states.get(managed.core.state, 0) + 1
         return SupervisorStatistics(
             states=states,
             events_emitted=self._events_emitted,
@@ -454,43 +396,40 @@ class Supervisor:
         self._subscribers.append(send)
         return receive
 
-    # --- the runner -------------------------------------------------------------------------
+    # --- events -----------------------------------------------------------------------------
 
-    def _transition(
-        self,
-        m: _Managed,
-        state: ProcessState,
-        *,
-        exit_status: int | None = None,
-        error: str | None = None,
-    ) -> None:
-        previous = m.state
-        m.state = state
+    def _publish(self, m: _Managed) -> None:
+        """Turn the core's new transitions into events, and wake the instance's runner."""
+        for transition in m.core.take_events():
+            self._emit(m, transition)
+        m.wake.set()
+
+    def _emit(self, m: _Managed, t: Transition) -> None:
         m.since = time.time()
-        if state not in ("backoff", "failed", "waiting"):
-            m.retry_at = None
+        m.retry_at = None if t.delay is None else m.since + t.delay  # only in a waiting state
         event = SupervisorEvent(
             role=m.role,
             uuid=m.uuid,
-            state=state,
-            previous=previous,
-            pid=m.pid,
-            run_count=m.run_count,
-            exit_status=exit_status,
-            delay=m.delay if state in ("backoff", "failed", "waiting") else None,
-            error=error,
+            state=t.state,
+            previous=t.previous,
+            pid=t.pid,
+            run_count=t.run_count,
+            exit_status=t.exit_status,
+            delay=t.delay,
+            error=t.error,
             time=m.since,
         )
-        level = logging.WARNING if state in ("backoff", "failed") else logging.INFO
+        level = logging.WARNING if t.state in ("backoff", "failed") else logging.INFO
         logger.log(
             level,
-            "role %s/%s: %s -> %s%s%s",
+            "role %s/%s: %s -> %s%s%s%s",
             m.role,
             m.uuid,
-            previous,
-            state,
-            f" ({describe_exit(exit_status)})" if exit_status is not None else "",
-            f" (next start in {event.delay:.2f}s)" if event.delay is not None else "",
+            t.previous,
+            t.state,
+            f" ({describe_exit(t.exit_status)})" if t.exit_status is not None else "",
+            f" ({t.error})" if t.error is not None else "",
+            f" (next start in {t.delay:.2f}s)" if t.delay is not None else "",
         )
         self._events_emitted += 1
         if self._on_event is not None:
@@ -512,83 +451,44 @@ class Supervisor:
         self._changed.set()
         self._changed = trio.Event()
 
+    # --- the runner -------------------------------------------------------------------------
+
     async def _run(self, m: _Managed) -> None:
+        """Drive one instance's core until it is finished (removed and stopped)."""
         try:
             if m.previous is not None:
                 await m.previous.done.wait()
                 m.previous = None
-            while not m.removed:
+            while not m.core.finished:
                 m.wake = trio.Event()
-                if not m.want_running:
-                    if m.state not in ("stopped", "exited"):
-                        self._transition(m, "stopped")
+                spawns = [o for o in m.core.take_outputs() if isinstance(o, Spawn)]
+                if spawns:  # (a Terminate here is stale: its process is already gone)
+                    await self._run_process(m, spawns[-1].spec)
+                    continue
+                deadline = m.core.next_deadline()
+                if deadline is None:
                     await m.wake.wait()
                     continue
-                m.restart_pending = False
-                spec = m.spec
-                started = trio.current_time()
-                outcome = await self._run_once(m, spec)
-                if outcome is None:
-                    continue  # interrupted by stop/restart/remove/new spec: decide again
-                exit_status, error = outcome
-                await self._after_exit(m, spec, exit_status, error, trio.current_time() - started)
+                with trio.move_on_at(deadline):
+                    await m.wake.wait()
+                m.core.handle_timer(trio.current_time())
+                self._publish(m)
         finally:
-            if m.state not in ("stopped", "exited"):
-                self._transition(m, "stopped")
+            m.core.close(trio.current_time())
+            self._publish(m)
             if self._managed.get((m.role, m.uuid)) is m:
                 del self._managed[(m.role, m.uuid)]
                 self._notify()
             m.done.set()
 
-    async def _after_exit(
-        self,
-        m: _Managed,
-        spec: ProcessSpec,
-        exit_status: int | None,
-        error: str | None,
-        duration: float,
-    ) -> None:
-        clean = exit_status == 0 and error is None
-        if clean and spec.restart == "on-failure":
-            m.want_running = False
-            m.failures = 0
-            self._transition(m, "exited", exit_status=exit_status)
-            return
-        if clean and spec.restart == "periodic":
-            m.failures = 0
-            m.delay = spec.interval
-            state: ProcessState = "waiting"
-        else:
-            now = trio.current_time()
-            if duration >= self.backoff.reset_after:
-                m.failures = 0
-            m.failures += 1
-            m.failure_times.append(now)
-            while m.failure_times and m.failure_times[0] < now - self.backoff.failure_window:
-                m.failure_times.popleft()
-            if len(m.failure_times) >= self.backoff.failure_threshold:
-                state = "failed"
-                m.delay = self.backoff.failed_retry
-            else:
-                state = "backoff"
-                m.delay = self.backoff.delay(m.failures)
-        m.retry_at = time.time() + m.delay
-        self._transition(m, state, exit_status=exit_status, error=error)
-        with trio.move_on_after(m.delay):
-            await m.wake.wait()
-
-    async def _run_once(
-        self, m: _Managed, spec: ProcessSpec
-    ) -> tuple[int | None, str | None] | None:
-        """Start the process and wait for it. Return ``None`` if interrupted (stop, restart,
-        remove, new spec), else ``(exit_status, error)`` (``error`` when it could not start)."""
-        m.pid = None
-        self._transition(m, "starting")
+    async def _run_process(self, m: _Managed, spec: ProcessSpec) -> None:
+        """Start one process of *m*, watch it until it is gone, and tell the core each step."""
         try:
             for directory in spec.ensure_dirs:
                 os.makedirs(directory, exist_ok=True)
         except OSError as exc:
-            return self._spawn_failed(m, f"cannot create directory {exc.filename}: {exc.strerror}")
+            self._spawn_failed(m, f"cannot create directory {exc.filename}: {exc.strerror}")
+            return
         env = {**os.environ, **spec.env} if spec.env else None
         try:
             process = await trio.lowlevel.open_process(
@@ -601,22 +501,21 @@ class Supervisor:
                 env=env,
             )
         except OSError as exc:
-            return self._spawn_failed(m, f"cannot start {spec.argv[0]!r}: {exc.strerror or exc}")
+            self._spawn_failed(m, _spawn_error(spec, exc))
+            return
         pgid = process.pid
-        m.pid = process.pid
-        m.run_count += 1
-        m.last_error = None
-        m.tail.append(f"[stagemesh] run {m.run_count} started (pid {process.pid})")
-        self._transition(m, "running")
-        reader_done = trio.Event()
-        interrupted = False
+        start_time = start_time_of(pgid)
         try:
+            if start_time is not None:
+                await self._watch(m, pgid, start_time, spec)
+            m.tail.append(f"[stagemesh] run {m.core.run_count + 1} started (pid {pgid})")
+            m.core.spawned(trio.current_time(), pgid)
+            self._publish(m)
+            reader_done = trio.Event()
             async with trio.open_nursery() as nursery:
                 assert process.stdout is not None
                 nursery.start_soon(self._read_output, m, process.stdout, reader_done)
-                interrupted = await self._wait_exit_or_wake(m, process)
-                if interrupted:
-                    self._transition(m, "stopping")
+                await self._wait_exit_or_terminate(m, process)
                 await self._clear_group(process, pgid, spec.stop_grace)
                 with trio.move_on_after(1.0):
                     await reader_done.wait()
@@ -627,30 +526,41 @@ class Supervisor:
                     await self._clear_group(process, pgid, spec.stop_grace)
                 if process.stdout is not None:
                     await process.stdout.aclose()
+                await self._unwatch(pgid)
         status = process.returncode
-        m.pid = None
-        m.last_exit = status
-        m.tail.append(f"[stagemesh] run {m.run_count} ended: {describe_exit(status)}")
-        if interrupted:
-            return None
-        return (status, None)
+        m.tail.append(f"[stagemesh] run {m.core.run_count} ended: {describe_exit(status)}")
+        m.core.exited(trio.current_time(), status)
+        self._publish(m)
 
-    def _spawn_failed(self, m: _Managed, error: str) -> tuple[int | None, str | None]:
-        m.last_error = error
+    def _spawn_failed(self, m: _Managed, error: str) -> None:
         m.tail.append(f"[stagemesh] {error}")
-        return (None, error)
+        m.core.spawn_failed(trio.current_time(), error)
+        self._publish(m)
 
-    async def _wait_exit_or_wake(self, m: _Managed, process: trio.Process) -> bool:
-        """Return ``True`` if the process must stop (stop/restart/remove), ``False`` if it
-        exited by itself."""
+    async def _watch(self, m: _Managed, pid: int, start_time: int, spec: ProcessSpec) -> None:
+        """Record a new process group where the guardian and the next start find it."""
+        if self._record is not None:
+            self._record.add(
+                RecordedProcess(m.role, m.uuid, pid, start_time, spec.stop_grace, spec.argv)
+            )
+        if self._guardian is not None:
+            await self._guardian.watch(pid, start_time, spec.stop_grace)
+
+    async def _unwatch(self, pid: int) -> None:
+        if self._guardian is not None:
+            await self._guardian.forget(pid)
+        if self._record is not None:
+            self._record.remove(pid)
+
+    async def _wait_exit_or_terminate(self, m: _Managed, process: trio.Process) -> None:
+        """Return when the core asks to stop the process, or when it exited by itself."""
         while True:
-            if m.removed or not m.want_running or m.restart_pending:
-                return True
+            m.wake = trio.Event()
+            if any(isinstance(o, Terminate) for o in m.core.take_outputs()):
+                return
             if process.returncode is not None:
-                return False
+                return
             await _first_of(process.wait, m.wake.wait)
-            if m.wake.is_set():
-                m.wake = trio.Event()
 
     async def _clear_group(self, process: trio.Process, pgid: int, grace: float) -> None:
         """SIGTERM the group, wait up to *grace* for it to be gone, then SIGKILL; reap."""
@@ -690,24 +600,70 @@ class Supervisor:
             done.set()
 
 
+async def _stop_leftovers(leftovers: list[RecordedProcess]) -> None:
+    """Stop role processes an earlier run of this station left running (before anything
+    starts); a recycled pid (another start time) is left alone."""
+    if not leftovers:
+        return
+    grace = max(r.grace for r in leftovers)
+    stopped = await trio.to_thread.run_sync(
+        stop_processes, [(r.pid, r.start_time) for r in leftovers], grace
+    )
+    for r in leftovers:
+        if r.pid in stopped:
+            logger.warning(
+                "stopped role process %s/%s (pid %d, %s) left running by an earlier run",
+                r.role,
+                r.uuid,
+                r.pid,
+                " ".join(r.argv)[:200],
+            )
+
+
 @asynccontextmanager
 async def open_supervisor(
     *,
     backoff: BackoffPolicy | None = None,
     tail_lines: int = 200,
     on_event: Callable[[SupervisorEvent], None] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Supervisor]:
     """Run a :class:`Supervisor` for the duration of the block.
 
-    On exit (normal, error or cancellation) every instance is stopped and its process group
-    cleared before this returns.
+    With *state_dir*, the running processes are recorded in ``processes.json`` there, and
+    processes an earlier run recorded and left running are stopped before this yields (another
+    live supervisor using *state_dir* raises :class:`SupervisorInUse`). A guardian process
+    stops every process group if this process dies. On exit (normal, error or cancellation)
+    every instance is stopped and its process group cleared before this returns.
     """
-    async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(nursery, backoff=backoff, tail_lines=tail_lines, on_event=on_event)
-        try:
-            yield supervisor
-        finally:
-            grace = max((m.spec.stop_grace for m in supervisor._managed.values()), default=0.0)
-            with trio.CancelScope(shield=True), trio.move_on_after(grace + 5.0):
-                await supervisor.aclose()
-            nursery.cancel_scope.cancel()
+    record = None if state_dir is None else ProcessRecord(state_dir)
+    leftovers = [] if record is None else await trio.to_thread.run_sync(record.acquire)
+    try:
+        if record is not None:
+            await _stop_leftovers(leftovers)
+            record.write()
+        guardian = Guardian()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(guardian.run)
+            supervisor = Supervisor(
+                nursery,
+                backoff=backoff,
+                tail_lines=tail_lines,
+                on_event=on_event,
+                guardian=guardian,
+                record=record,
+            )
+            try:
+                yield supervisor
+            finally:
+                grace = max(
+                    (m.core.spec.stop_grace for m in supervisor._managed.values()), default=0.0
+                )
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(grace + 5.0):
+                        await supervisor.aclose()
+                    await guardian.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        if record is not None:
+            record.release()
