@@ -119,7 +119,7 @@ class Spawn:
 @attrs.frozen
 class Terminate:
     """Stop the process group of ``pid`` (SIGTERM, up to ``grace`` seconds, SIGKILL) and answer
-    with :meth:`InstanceCore.exited` once it is gone."""
+    with :meth:`InstanceCore.exited` once it is gone (withdrawn if the process exited first)."""
 
     pid: int
     grace: float
@@ -311,6 +311,8 @@ class InstanceCore:
         self._expect("exited", "running", "stopping")
         self.pid = None
         self.last_exit = status
+        # A Terminate not taken yet is moot (and its pid may soon name another process).
+        self._outputs = [o for o in self._outputs if not isinstance(o, Terminate)]
         if self.state == "stopping":
             if self._want:
                 self._begin(now)
@@ -341,6 +343,7 @@ class InstanceCore:
         self._want = False
         self._replace = False
         self.pid = None
+        self._outputs = []
         if self.state not in _IDLE_STATES:
             self._enter(now, "stopped")
 

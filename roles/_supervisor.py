@@ -462,7 +462,7 @@ class Supervisor:
             while not m.core.finished:
                 m.wake = trio.Event()
                 spawns = [o for o in m.core.take_outputs() if isinstance(o, Spawn)]
-                if spawns:  # (a Terminate here is stale: its process is already gone)
+                if spawns:
                     await self._run_process(m, spawns[-1].spec)
                     continue
                 deadline = m.core.next_deadline()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import trio
 
@@ -11,7 +12,10 @@ from roles import (
     BackoffPolicy,
     ProcessSpec,
     ProcessStatus,
+    RoleConfig,
+    StationIdentity,
     SupervisorEvent,
+    open_station,
     open_supervisor,
     process_group_alive,
 )
@@ -26,6 +30,7 @@ FAST = BackoffPolicy(
     reset_after=10.0,
 )
 PY = sys.executable
+IDENTITY = StationIdentity(hostname="test-host", mac="02:00:00:00:00:01", addresses=("127.0.0.1",))
 
 
 def sh(script: str, **kwargs: object) -> ProcessSpec:
@@ -266,3 +271,46 @@ async def test_new_spec_restarts_and_same_spec_does_not() -> None:
     assert seen == ["starting", "running", "stopping", "starting", "running", "stopping", "stopped"]
     stats = sup.statistics()
     assert stats.events_emitted == len(seen) and stats.events_dropped == 0
+
+
+async def test_last_error_says_why_a_role_cannot_start_in_the_station_status(
+    tmp_path: Path,
+) -> None:
+    config = RoleConfig.from_dict(
+        {
+            "command": {
+                "ghost": {"timestamp": 1, "command": ["stagemesh-no-such-program", "-x"]},
+                "lost": {"timestamp": 1, "command": ["true"], "cwd": str(tmp_path / "nowhere")},
+            }
+        }
+    )
+    with trio.fail_after(15):
+        async with open_station(
+            tmp_path / "state", initial=config, identity=IDENTITY, backoff=FAST
+        ) as station:
+            for uuid in ("ghost", "lost"):
+                await station.supervisor.wait_for("command", uuid, state_is("backoff", "failed"))
+            instances = {i["uuid"]: i for i in station.status()["instances"]}
+    assert instances["ghost"]["last_error"] == (
+        "cannot start 'stagemesh-no-such-program': No such file or directory (not found on PATH)"
+    )
+    assert instances["lost"]["last_error"] == (
+        f"cannot start 'true': working directory '{tmp_path / 'nowhere'}': "
+        "No such file or directory"
+    )
+    assert instances["ghost"]["run_count"] == 0
+    assert instances["ghost"]["state"] in ("backoff", "failed")
+
+
+async def test_a_stop_right_after_set_starts_no_process() -> None:
+    events: list[SupervisorEvent] = []
+    with trio.fail_after(15):
+        async with open_supervisor(backoff=FAST, on_event=events.append) as sup:
+            sup.set("svc", "a", sh("exec sleep 60"))
+            sup.stop("svc", "a")  # before the runner took the spawn: withdrawn
+            status = await sup.wait_for("svc", "a", state_is("stopped"))
+            assert status is not None and status.run_count == 0
+            sup.start("svc", "a")
+            running = await sup.wait_for("svc", "a", state_is("running"))
+            assert running is not None and running.run_count == 1
+    assert [e.state for e in events][:2] == ["starting", "stopped"]
