@@ -521,12 +521,14 @@ class Supervisor:
                     await reader_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(spec.stop_grace + 2.0):
-                if process.returncode is None or process_group_alive(pgid):
-                    await self._clear_group(process, pgid, spec.stop_grace)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(spec.stop_grace + 2.0):
+                    if process.returncode is None or process_group_alive(pgid):
+                        await self._clear_group(process, pgid, spec.stop_grace)
                 if process.stdout is not None:
                     await process.stdout.aclose()
-                await self._unwatch(pgid)
+                if process.returncode is not None and not process_group_alive(pgid):
+                    await self._unwatch(pgid)  # else the guardian and the record keep it
         status = process.returncode
         m.tail.append(f"[stagemesh] run {m.core.run_count} ended: {describe_exit(status)}")
         m.core.exited(trio.current_time(), status)
@@ -547,10 +549,12 @@ class Supervisor:
             await self._guardian.watch(pid, start_time, spec.stop_grace)
 
     async def _unwatch(self, pid: int) -> None:
-        if self._guardian is not None:
-            await self._guardian.forget(pid)
+        """The group *pid* is gone: forget it."""
         if self._record is not None:
             self._record.remove(pid)
+        if self._guardian is not None:
+            with trio.move_on_after(1.0):
+                await self._guardian.forget(pid)
 
     async def _wait_exit_or_terminate(self, m: _Managed, process: trio.Process) -> None:
         """Return when the core asks to stop the process, or when it exited by itself."""
@@ -569,7 +573,8 @@ class Supervisor:
             with trio.move_on_after(grace):
                 await process.wait()
                 await _group_gone(pgid)
-            _killpg(pgid, signal.SIGKILL)
+            if process.returncode is None or process_group_alive(pgid):
+                _killpg(pgid, signal.SIGKILL)  # (not once gone: the number could be reused)
         await process.wait()
         # SIGKILL cannot be ignored; give the kernel a moment to finish the stragglers.
         with trio.move_on_after(1.0):

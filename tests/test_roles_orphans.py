@@ -25,12 +25,12 @@ from roles import (
     RoleConfig,
     StationIdentity,
     SupervisorEvent,
+    SupervisorInUse,
     open_station,
     process_group_alive,
 )
 from roles._guardian import boot_id, proc_stat
 from roles._leftovers import RECORD_FILE_NAME
-from roles._supervisor import SupervisorInUse
 from tests.livenodes import LiveNode, start_nodes, wait_for
 
 PY = sys.executable
