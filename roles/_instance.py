@@ -248,12 +248,7 @@ class InstanceCore:
     def stop(self, now: float) -> None:
         """Stop the instance and keep it stopped until :meth:`start` or :meth:`restart`."""
         self._check_control()
-        self._want = False
-        self._replace = False
-        if self.state == "running":
-            self._terminate(now)
-        elif self.state in WAITING_STATES or self._withdraw_spawn():
-            self._enter(now, "stopped")
+        self._stand_down(now)
 
     def restart(self, now: float) -> None:
         """Stop the process if there is one and start again at once (not a failure)."""
@@ -271,12 +266,7 @@ class InstanceCore:
         """Stop the instance for good; it is :attr:`finished` once no process is left."""
         self._check_control()
         self._removed = True
-        self._want = False
-        self._replace = False
-        if self.state == "running":
-            self._terminate(now)
-        elif self.state in WAITING_STATES or self._withdraw_spawn():
-            self._enter(now, "stopped")
+        self._stand_down(now)
 
     # --- process inputs ---------------------------------------------------------------------
 
@@ -356,6 +346,16 @@ class InstanceCore:
     def _expect(self, what: str, *states: ProcessState) -> None:
         if self.state not in states:
             raise InstanceError(f"{what} in state {self.state!r} (expected {' or '.join(states)})")
+
+    def _stand_down(self, now: float) -> None:
+        """No longer wanted: stop the process, or cancel the start that is planned."""
+        self._want = False
+        self._replace = False
+        if self.state == "running":
+            self._terminate(now)
+        elif self.state in WAITING_STATES or self._withdraw_spawn():
+            self._enter(now, "stopped")
+        # starting (spawn taken): stopped once the outcome is known; stopping: on its way.
 
     def _has_pending_spawn(self) -> bool:
         """Whether a :class:`Spawn` waits to be taken (the driver has not begun it)."""

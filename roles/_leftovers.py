@@ -13,8 +13,7 @@ Two guards, for two ways a station can end without stopping its processes:
   another start time, is left alone). This catches what the guardian could not (it was killed
   too, or the machine's processes were killed together).
 
-The record is written without fsync: it only has to survive the death of a process (the page
-cache does), and after a reboot it names nothing (its boot id no longer matches).
+After a reboot the record names nothing: its boot id no longer matches, and it is ignored.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from typing import IO, Any
 import attrs
 import trio
 
+from mesh._state import write_json_atomic
 from roles._guardian import boot_id, proc_stat
 
 __all__ = [
@@ -108,7 +108,8 @@ class ProcessRecord:
 
     :meth:`acquire` takes the directory (raising :class:`SupervisorInUse` if another supervisor
     has it) and returns what an earlier run left recorded; :meth:`add`/:meth:`remove` keep the
-    file current; :meth:`release` empties it and lets the directory go.
+    file current; :meth:`release` writes it a last time and lets the directory go. (acquire and
+    release block: run them in a thread.)
     """
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
@@ -117,6 +118,7 @@ class ProcessRecord:
         self._boot = boot_id()
         self._lock: IO[str] | None = None
         self._running: dict[int, RecordedProcess] = {}
+        self._save_lock = trio.Lock()
         #: problems met reading the file of an earlier run (logged; the file is then ignored)
         self.read_error: str | None = None
 
@@ -172,28 +174,31 @@ class ProcessRecord:
         logger.warning("ignoring the record of an earlier run: %s", self.read_error)
         return []
 
-    def add(self, record: RecordedProcess) -> None:
+    async def add(self, record: RecordedProcess) -> None:
         """Record a process that was just started."""
         self._running[record.pid] = record
-        self.write()
+        await self.save()
 
-    def remove(self, pid: int) -> None:
+    async def remove(self, pid: int) -> None:
         """Forget a process that is gone."""
         if self._running.pop(pid, None) is not None:
-            self.write()
+            await self.save()
 
-    def write(self) -> None:
-        """Write the file as it is now (temporary file, then rename: never a torn file)."""
+    async def save(self) -> None:
+        """Write the file as it is now (in a thread; one write at a time, each of the latest
+        state, so the last one written is the current one)."""
+        async with self._save_lock:
+            await trio.to_thread.run_sync(self._write)
+
+    def _write(self) -> None:
         doc = {
             "format": _RECORD_FORMAT,
             "boot_id": self._boot,
             "station_pid": os.getpid(),
             "processes": [r.to_dict() for _, r in sorted(self._running.items())],
         }
-        tmp = self.path.with_name(f".{RECORD_FILE_NAME}.{os.getpid()}")
         try:
-            tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_json_atomic(self.path, doc)
         except OSError as exc:
             logger.error("cannot write %s: %s", self.path, exc)
 
@@ -201,7 +206,7 @@ class ProcessRecord:
         """Write the (normally empty) record and unlock the directory."""
         if self._lock is None:
             return
-        self.write()
+        self._write()
         fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
         self._lock.close()
         self._lock = None

@@ -541,20 +541,20 @@ class Supervisor:
 
     async def _watch(self, m: _Managed, pid: int, start_time: int, spec: ProcessSpec) -> None:
         """Record a new process group where the guardian and the next start find it."""
-        if self._record is not None:
-            self._record.add(
-                RecordedProcess(m.role, m.uuid, pid, start_time, spec.stop_grace, spec.argv)
-            )
         if self._guardian is not None:
             await self._guardian.watch(pid, start_time, spec.stop_grace)
+        if self._record is not None:
+            await self._record.add(
+                RecordedProcess(m.role, m.uuid, pid, start_time, spec.stop_grace, spec.argv)
+            )
 
     async def _unwatch(self, pid: int) -> None:
         """The group *pid* is gone: forget it."""
-        if self._record is not None:
-            self._record.remove(pid)
-        if self._guardian is not None:
-            with trio.move_on_after(1.0):
+        with trio.move_on_after(5.0):
+            if self._guardian is not None:
                 await self._guardian.forget(pid)
+            if self._record is not None:
+                await self._record.remove(pid)
 
     async def _wait_exit_or_terminate(self, m: _Managed, process: trio.Process) -> None:
         """Return when the core asks to stop the process, or when it exited by itself."""
@@ -646,7 +646,7 @@ async def open_supervisor(
     try:
         if record is not None:
             await _stop_leftovers(leftovers)
-            record.write()
+            await record.save()
         guardian = Guardian()
         async with trio.open_nursery() as nursery:
             await nursery.start(guardian.run)
@@ -671,4 +671,5 @@ async def open_supervisor(
                 nursery.cancel_scope.cancel()
     finally:
         if record is not None:
-            record.release()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(record.release)

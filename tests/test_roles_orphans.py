@@ -202,6 +202,12 @@ def entry(pid: int, start_time: int) -> dict[str, Any]:
     }
 
 
+def start_time(process: subprocess.Popen[bytes]) -> int:
+    stat = proc_stat(process.pid)
+    assert stat is not None
+    return stat.start_time
+
+
 CONFIG = RoleConfig.from_dict({"command": {"cam": {"timestamp": 1, "command": ["sleep", "300"]}}})
 
 
@@ -221,9 +227,7 @@ async def test_a_recorded_leftover_is_stopped_before_the_new_copy_starts(
 ) -> None:
     # A role process left by an earlier run (started with no guardian: nobody stopped it).
     leftover = bystander
-    stat = proc_stat(leftover.pid)
-    assert stat is not None
-    write_record(tmp_path, [entry(leftover.pid, stat.start_time)])
+    write_record(tmp_path, [entry(leftover.pid, start_time(leftover))])
     seen: list[tuple[str, bool]] = []
 
     def on_event(event: SupervisorEvent) -> None:
@@ -250,9 +254,7 @@ async def test_a_recycled_pid_is_not_killed(
 ) -> None:
     # A live, unrelated process holds the recorded pid, but it started at another time.
     unrelated = bystander
-    stat = proc_stat(unrelated.pid)
-    assert stat is not None
-    write_record(tmp_path, [entry(unrelated.pid, stat.start_time - 1)])
+    write_record(tmp_path, [entry(unrelated.pid, start_time(unrelated) - 1)])
     with trio.fail_after(20):
         async with open_station(
             tmp_path, initial=CONFIG, identity=IDENTITY, backoff=FAST
@@ -268,12 +270,10 @@ async def test_records_of_another_boot_or_malformed_are_ignored(
     tmp_path: Path, bystander: subprocess.Popen[bytes]
 ) -> None:
     unrelated = bystander
-    stat = proc_stat(unrelated.pid)
-    assert stat is not None
     doc = {
         "format": 1,
         "boot_id": "another-boot",
-        "processes": [entry(unrelated.pid, stat.start_time)],
+        "processes": [entry(unrelated.pid, start_time(unrelated))],
     }
     (tmp_path / RECORD_FILE_NAME).write_text(json.dumps(doc))
     with trio.fail_after(20):
