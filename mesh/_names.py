@@ -14,13 +14,19 @@ NAME_MAX_LENGTH = 64
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
+_DOTS = frozenset({".", ".."})
+"""Names that are path segments of their own (this folder, the parent): a name becomes a URL
+segment (registry pages) and a directory (role outputs), where these two mean something else."""
+
+
 class InvalidName(ValueError):
-    """Raised by :func:`check_name` for anything but 1-64 letters, digits, ``-_.``."""
+    """Raised by :func:`check_name` for anything but 1-64 letters, digits, ``-_.``, and for
+    ``.`` and ``..``."""
 
 
 def is_valid_name(value: object) -> bool:
     """Return whether *value* is a valid stagemesh name."""
-    return isinstance(value, str) and _NAME_RE.match(value) is not None
+    return isinstance(value, str) and _NAME_RE.match(value) is not None and value not in _DOTS
 
 
 def check_name(value: object, what: str = "name") -> str:
@@ -39,5 +45,9 @@ def check_name(value: object, what: str = "name") -> str:
         raise InvalidName(
             f"{what} {value!r} may hold only letters, digits, '-', '_' and '.'; "
             f"found {''.join(bad)!r}"
+        )
+    if value in _DOTS:
+        raise InvalidName(
+            f"{what} may not be '.' or '..' (they name a folder and its parent in paths and URLs)"
         )
     return value

@@ -26,6 +26,7 @@ from registry_bridge._server import serve_registry as serve_registry
 from registry_bridge._store import (
     AsyncStore as AsyncStore,
     Conflict as Conflict,
+    Forbidden as Forbidden,
     NotFound as NotFound,
     RegistryStore as RegistryStore,
     StoreError as StoreError,
@@ -38,6 +39,7 @@ __all__ = [
     "ConductorState",
     "Conflict",
     "ElapsedSample",
+    "Forbidden",
     "Heartbeat",
     "NotFound",
     "Peer",

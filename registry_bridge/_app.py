@@ -5,10 +5,15 @@ worker thread (:class:`AsyncStore`); every write is committed before the answer 
 
 Errors are answered in the caller's language: JSON ``{"error": "..."}`` under ``/api/v1``,
 ``Error: ...`` text on the legacy URLs, an HTML page elsewhere. Bodies are limited to
-``max_body`` bytes (413). Admin actions (delete, reset) need HTTP Basic with the admin password;
-the HTML forms also carry a CSRF token (an HMAC of the action and federation under a secret made
-per process); the JSON reset needs ``Content-Type: application/json`` so browsers cannot send it
-cross-site without a preflight.
+``max_body`` bytes (413); JSON writes need ``Content-Type: application/json`` (415), so a
+browser cannot send them cross-site without a preflight. Registrations (and creations) are
+limited per client address (429 with ``Retry-After``).
+
+Admin actions (delete, reset) need HTTP Basic with the admin password; an address that sent
+wrong passwords is slowed (429). The HTML forms are served only to a logged-in organiser, on
+``/federations/{f}/admin``, which also sets a random session cookie (``HttpOnly``,
+``SameSite=Strict``); each form carries a CSRF token, an HMAC of that session, the action and
+the federation, so no public page reveals one and a token is worthless without its cookie.
 """
 
 from __future__ import annotations
@@ -38,6 +43,14 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from registry_bridge._limits import (
+    DEFAULT_LOGIN_BURST,
+    DEFAULT_LOGIN_EVERY,
+    DEFAULT_REGISTER_BURST,
+    DEFAULT_REGISTER_RATE,
+    Buckets,
+    retry_after,
+)
 from registry_bridge._openapi import openapi_document
 from registry_bridge._picture import mesh_picture
 from registry_bridge._store import AsyncStore, RegistryStore, StoreError
@@ -54,7 +67,10 @@ ADMIN_HINTS = (
     "STAGEMESH_ADMIN_PASSWORD=... stagemesh registry",
 )
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
+_SESSION_RE = re.compile(r"[A-Za-z0-9_-]{43}\Z")
+_PORT_RE = re.compile(r"[0-9]{1,5}\Z")  # ASCII digits only (str.isdigit() takes "²" too)
+_HOST_MAX = 45  # the longest IP literal: ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255
+SESSION_COOKIE = "stagemesh_admin"
 _YES = {"yes": True, "no": False, "true": True, "false": False, "1": True, "0": False}
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -87,6 +103,18 @@ def _decode_json(raw: bytes) -> Any:
         raise HttpError(400, "the body is not valid JSON") from None
 
 
+def _shown(value: str, limit: int = 40) -> str:
+    """*value* quoted for an error message, cut to *limit* characters."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+
+
+def _require_json(content_type: str | None) -> None:
+    """Refuse a JSON write whose ``Content-Type`` is not ``application/json`` (415): browsers
+    send other types cross-site without asking the server first."""
+    if content_type is None or content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise HttpError(415, "this call needs Content-Type: application/json")
+
+
 def _param(query: Mapping[str, str], key: str) -> str:
     value = query.get(key)
     if value is None or value == "":
@@ -113,6 +141,16 @@ def _when(ts: float | None) -> str:
         return "-"
 
 
+def _duration(seconds: float) -> str:
+    """*seconds* for a person: ``45 s``, ``12 min``, ``5 h 59 min``."""
+    s = max(0, round(seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -132,21 +170,53 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _check_host(value: object) -> str:
+    """An IP literal (normalised), without a scope id: addresses go to other hosts and into
+    the 2012 clients' text answers, where a host name means a lookup and a ``%scope`` names
+    an interface of the sender's machine (and could carry any character)."""
     if not isinstance(value, str):
-        raise HttpError(400, "host must be a string")
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        pass
-    if _HOST_RE.match(value) is None:
-        raise HttpError(400, f"host {value!r} is neither an IP address nor a host name")
-    return value
+        raise HttpError(400, "host must be an IP address (a string)")
+    if len(value) <= _HOST_MAX and value.isprintable() and "%" not in value:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+    raise HttpError(
+        400,
+        "host must be an IP address such as 192.0.2.7 or 2001:db8::7 (no host name, no"
+        f" %scope), not {_shown(value)}",
+    )
 
 
 def _check_port(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise HttpError(400, f"port must be an integer 1-65535, not {value!r}")
+        shown = _shown(value) if isinstance(value, str) else repr(value)[:40]
+        raise HttpError(400, f"port must be an integer 1-65535, not {shown}")
     return value
+
+
+def _legacy_port(raw: str | None) -> int:
+    """The legacy ``port`` parameter: 1-5 ASCII digits, 1-65535 (default 7471)."""
+    if not raw:
+        return DEFAULT_NODE_PORT
+    if _PORT_RE.match(raw) is None or not 1 <= int(raw) <= 65535:
+        raise HttpError(400, f"port must be an integer 1-65535 in ASCII digits, not {_shown(raw)}")
+    return int(raw)
+
+
+def _legacy_host(host: str) -> str:
+    """*host* for an entry line of a 2012 answer; ``-`` if it could break the line format
+    (stored by a registry older than the checks above)."""
+    return host if host.isprintable() and " " not in host and host else "-"
+
+
+def _refuse_head(request: Request) -> None:
+    """The legacy URLs change the registry on GET; a HEAD must not (405)."""
+    if request.method == "HEAD":
+        raise HttpError(
+            405,
+            "HEAD is not allowed here: this URL changes the registry; use GET",
+            {"Allow": "GET"},
+        )
 
 
 def _check_token(value: str) -> str:
@@ -205,6 +275,7 @@ def _templates() -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
     )
     env.filters["when"] = _when
+    env.filters["duration"] = _duration
     return env
 
 
@@ -217,6 +288,7 @@ class _Registry:
         admin_password: str | None,
         max_body: int,
         secret: bytes | None,
+        registrations: Buckets | None,
     ) -> None:
         self.raw = store
         self.store = AsyncStore(store)
@@ -224,6 +296,8 @@ class _Registry:
         self.max_body = max_body
         self.secret = secret or secrets.token_bytes(32)
         self.templates = _templates()
+        self.registrations = registrations
+        self.failed_logins = Buckets(DEFAULT_LOGIN_BURST, 1 / DEFAULT_LOGIN_EVERY)
 
     # ------------------------------------------------------------ helpers
 
@@ -234,17 +308,45 @@ class _Registry:
         text = self.templates.get_template(template).render(**context)
         return HTMLResponse(text, status_code=status)
 
-    def csrf_token(self, action: str, federation: str) -> str:
-        msg = f"{action}\0{federation}".encode()
+    def csrf_token(self, session: str, action: str, federation: str) -> str:
+        """The token of one admin form: bound to the login *session* (its cookie), the action
+        and the federation, under the registry's secret."""
+        msg = f"{session}\0{action}\0{federation}".encode()
         return hmac.new(self.secret, msg, hashlib.sha256).hexdigest()
 
+    def limit_registrations(self, client_host: str) -> None:
+        """Spend one of *client_host*'s registrations, or raise :class:`HttpError` 429."""
+        if self.registrations is None:
+            return
+        wait = self.registrations.take(client_host)
+        if wait > 0:
+            after = retry_after(wait)
+            raise HttpError(
+                429,
+                f"too many registrations from {client_host} (at most"
+                f" {self.registrations.burst:.0f} at once, then {self.registrations.rate:g} a"
+                f" second); try again in {after} s",
+                {"Retry-After": after},
+            )
+
     def check_admin(self, request: Request) -> None:
-        """Raise :class:`HttpError` 403 (no password configured) or 401 (missing or wrong)."""
+        """Raise :class:`HttpError` 403 (no password configured), 429 (this address sent too
+        many wrong passwords: try later, the password is not even checked) or 401 (missing or
+        wrong)."""
         if self.admin_password is None:
             raise HttpError(
                 403,
                 "admin actions are disabled: no admin password is configured. Start the "
                 "registry with --admin-password-file PATH or set STAGEMESH_ADMIN_PASSWORD.",
+            )
+        address = self.client_host(request)
+        wait = self.failed_logins.wait(address)
+        if wait > 0:
+            after = retry_after(wait)
+            raise HttpError(
+                429,
+                f"too many wrong admin passwords from {address}; try again in {after} s",
+                {"Retry-After": after},
             )
         challenge = {"WWW-Authenticate": 'Basic realm="stagemesh registry admin", charset="UTF-8"'}
         header = request.headers.get("authorization", "")
@@ -254,10 +356,12 @@ class _Registry:
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
+            self.failed_logins.take(address)
             raise HttpError(401, "malformed Basic credentials", challenge) from None
         _, _, password = decoded.partition(":")
         if not hmac.compare_digest(password.encode(), self.admin_password.encode()):
-            logger.warning("wrong admin password from %s", self.client_host(request))
+            self.failed_logins.take(address)
+            logger.warning("wrong admin password from %s", address)
             raise HttpError(401, "wrong admin password", challenge)
         logger.info(
             "admin %s %s from %s", request.method, request.url.path, self.client_host(request)
@@ -273,6 +377,7 @@ class _Registry:
 
     async def do_register(self, federation: str, body: object, client_host: str) -> bytes:
         """JSON register: validate *body*, register, return the JSON answer (status 201)."""
+        self.limit_registrations(client_host)
         allowed = {"orchestra", "name", "host", "port", "node_id", "supernode", "conductor"}
         fields = _Fields(body, allowed | {"create", "takeover"})
         host = fields.string("host")
@@ -300,19 +405,22 @@ class _Registry:
         """JSON heartbeat: return the JSON answer (status 200)."""
         return _dumps(await self.store.call(self.raw.heartbeat, _check_token(token)))
 
-    async def do_legacy_register(self, query: Mapping[str, str], client_host: str) -> str:
-        """Legacy ``register``: return the text answer (status 200)."""
+    async def do_legacy_register(
+        self, query: Mapping[str, str], client_host: str
+    ) -> tuple[int, str]:
+        """Legacy ``register``: return the status and the text answer.
+
+        200, or 409 when the conductor claim was refused: the laptop is then registered as a
+        plain node all the same, and the first line says who holds the post (a 2012 client
+        reads only the body). A refused supernode claim is said on the first line too.
+        """
+        self.limit_registrations(client_host)
         fed = _param(query, "federation")
         orch = _param(query, "orchestra")
         name = _param(query, "name")
         supernode = _yes(query, "supernode")
         conductor = _yes(query, "conductor")
-        raw_port = query.get("port")
-        port = DEFAULT_NODE_PORT
-        if raw_port:
-            if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
-                raise HttpError(400, f"port must be an integer 1-65535, not {raw_port!r}")
-            port = int(raw_port)
+        port = _legacy_port(query.get("port"))
         a = await self.store.call(
             self.raw.register,
             fed,
@@ -323,19 +431,28 @@ class _Registry:
             supernode=supernode,
             conductor=conductor,
             heartbeat=False,
-            conductor_required=True,
         )
         role = "supernode" if a["supernode_granted"] else "node"
         if a["conductor_granted"]:
             role += " and conductor"
 
         def line(e: dict[str, Any]) -> str:
-            return f"{e['federation']} {e['orchestra']} {e['path']} {e['host']} {e['port']}"
+            host = _legacy_host(e["host"])
+            return f"{e['federation']} {e['orchestra']} {e['path']} {host} {e['port']}"
 
-        lines = [
-            f"Registered {a['path']} as {role} in federation {a['federation']}",
-            f"Elapsed: {a['elapsed']:.6f}",
-        ]
+        first = f"Registered {a['path']} as {role} in federation {a['federation']}"
+        refused = []
+        if supernode and not a["supernode_granted"] and a["supernode"] is not None:
+            sup = a["supernode"]
+            refused.append(
+                f"not as supernode: {sup['path']} is already orchestra {sup['orchestra']}'s"
+                " supernode"
+            )
+        if conductor and not a["conductor_granted"] and a["conductor"] is not None:
+            refused.append(f"not as conductor: {a['conductor']['path']} already is the conductor")
+        if refused:
+            first += ", " + "; ".join(refused)
+        lines = [first, f"Elapsed: {a['elapsed']:.6f}"]
         if a["supernode_granted"]:
             lines.append("Other supernodes:")
             lines.extend(line(e) for e in a["other_supernodes"])
@@ -345,7 +462,8 @@ class _Registry:
         if a["conductor"] is not None:
             lines.append("Conductor:")
             lines.append(line(a["conductor"]))
-        return "\n".join(lines) + "\n"
+        status = 409 if conductor and not a["conductor_granted"] else 200
+        return status, "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------ JSON API
 
@@ -357,6 +475,8 @@ class _Registry:
         return _json({"federations": feds})
 
     async def create_federation(self, request: Request) -> Response:
+        _require_json(request.headers.get("content-type"))
+        self.limit_registrations(self.client_host(request))
         fields = _Fields(await self.json_body(request), {"name"})
         name = fields.string("name", required=True)
         return _json(await self.store.call(self.raw.create_federation, name), 201)
@@ -373,9 +493,7 @@ class _Registry:
 
     async def reset_federation(self, request: Request) -> Response:
         self.check_admin(request)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            raise HttpError(415, "reset needs Content-Type: application/json")
+        _require_json(request.headers.get("content-type"))
         _Fields(await self.json_body(request), set())
         name = request.path_params["federation"]
         return _json(await self.store.call(self.raw.reset_federation, name))
@@ -385,12 +503,15 @@ class _Registry:
         return _json({"orchestras": await self.store.call(self.raw.list_orchestras, fed)})
 
     async def create_orchestra(self, request: Request) -> Response:
+        _require_json(request.headers.get("content-type"))
+        self.limit_registrations(self.client_host(request))
         fields = _Fields(await self.json_body(request), {"name"})
         name = fields.string("name", required=True)
         fed = request.path_params["federation"]
         return _json(await self.store.call(self.raw.create_orchestra, fed, name), 201)
 
     async def register(self, request: Request) -> Response:
+        _require_json(request.headers.get("content-type"))
         body = await self.do_register(
             request.path_params["federation"],
             await self.json_body(request),
@@ -412,23 +533,21 @@ class _Registry:
         return _json(await self.store.call(self.raw.conductor, fed))
 
     async def set_conductor(self, request: Request) -> Response:
-        fields = _Fields(
-            await self.json_body(request), {"expected_term", "holder", "node_id", "host", "port"}
-        )
+        _require_json(request.headers.get("content-type"))
+        fields = _Fields(await self.json_body(request), {"token", "expected_term", "holder"})
+        token = fields.string("token")
+        if token is None:
+            raise HttpError(400, "missing field 'token' (the claimant's registration token)")
         expected = fields.integer("expected_term", required=True)
         assert expected is not None
         if not fields.has("holder"):
             raise HttpError(400, "missing field 'holder' (a path, or null to release)")
-        host = fields.string("host")
-        port = fields.integer("port")
         answer = await self.store.call(
             self.raw.set_conductor,
             request.path_params["federation"],
+            token=_check_token(token),
             expected_term=expected,
             holder=fields.string("holder"),
-            node_id=fields.string("node_id"),
-            host=None if host is None else _check_host(host),
-            port=None if port is None else _check_port(port),
         )
         return _json(answer)
 
@@ -444,24 +563,35 @@ class _Registry:
     # ------------------------------------------------------------ legacy text API
 
     async def legacy_federation(self, request: Request) -> Response:
+        _refuse_head(request)
         query = request.query_params
         fed = _param(query, "federation")
-        fid = await self.store.call(self.raw.federation_id, fed, create=_yes(query, "create"))
+        create = _yes(query, "create")
+        if create:
+            self.limit_registrations(self.client_host(request))
+        fid = await self.store.call(self.raw.federation_id, fed, create=create)
         return PlainTextResponse(f"{fid}\n")
 
     async def legacy_orchestra(self, request: Request) -> Response:
+        _refuse_head(request)
         query = request.query_params
         fed = _param(query, "federation")
         orch = _param(query, "orchestra")
         create = _yes(query, "create")
+        if create:
+            self.limit_registrations(self.client_host(request))
         oid = await self.store.call(self.raw.orchestra_id, fed, orch, create=create)
         return PlainTextResponse(f"{oid}\n")
 
     async def legacy_register(self, request: Request) -> Response:
-        text = await self.do_legacy_register(request.query_params, self.client_host(request))
-        return PlainTextResponse(text)
+        _refuse_head(request)
+        status, text = await self.do_legacy_register(
+            request.query_params, self.client_host(request)
+        )
+        return PlainTextResponse(text, status_code=status)
 
     async def legacy_unregister(self, request: Request) -> Response:
+        _refuse_head(request)
         query = request.query_params
         fed = _param(query, "federation")
         orch = _param(query, "orchestra")
@@ -477,15 +607,35 @@ class _Registry:
 
     async def federation_page(self, request: Request) -> Response:
         view = await self.store.call(self.raw.federation, request.path_params["federation"])
+        return self.html("federation.html", f=view, pic=mesh_picture(view), now=self.raw.now())
+
+    def session_of(self, request: Request) -> str | None:
+        """The admin session id of *request*'s cookie, if it carries a well-formed one."""
+        value = request.cookies.get(SESSION_COOKIE)
+        return value if value is not None and _SESSION_RE.match(value) else None
+
+    async def admin_page(self, request: Request) -> Response:
+        """The reset and delete forms, for a logged-in organiser only: their CSRF tokens are
+        bound to a session cookie this page sets (``HttpOnly``, ``SameSite=Strict``)."""
+        self.check_admin(request)
+        view = await self.store.call(self.raw.federation, request.path_params["federation"])
+        session = self.session_of(request)
+        fresh = session is None
+        if session is None:
+            session = secrets.token_urlsafe(32)
         name = view["name"]
-        return self.html(
-            "federation.html",
+        response = self.html(
+            "admin.html",
             f=view,
-            pic=mesh_picture(view),
-            now=self.raw.now(),
-            csrf_delete=self.csrf_token("delete", name),
-            csrf_reset=self.csrf_token("reset", name),
+            csrf_delete=self.csrf_token(session, "delete", name),
+            csrf_reset=self.csrf_token(session, "reset", name),
         )
+        response.headers["cache-control"] = "no-store"
+        if fresh:
+            response.headers["set-cookie"] = (
+                f"{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict"
+            )
+        return response
 
     async def admin_action(self, request: Request) -> Response:
         action = request.path_params["action"]
@@ -495,10 +645,14 @@ class _Registry:
         name = request.path_params["federation"]
         form = parse_qs((await _read_body(request, self.max_body)).decode("latin-1"))
         sent = form.get("csrf", [""])[0]
-        if not hmac.compare_digest(
-            sent.encode("utf-8", "replace"), self.csrf_token(action, name).encode()
+        session = self.session_of(request)
+        if session is None or not hmac.compare_digest(
+            sent.encode("utf-8", "replace"), self.csrf_token(session, action, name).encode()
         ):
-            raise HttpError(403, "missing or wrong CSRF token: use the button on the page")
+            raise HttpError(
+                403,
+                f"missing or wrong CSRF token: use the buttons of /federations/{name}/admin",
+            )
         if action == "delete":
             await self.store.call(self.raw.delete_federation, name)
             return RedirectResponse("/", status_code=303)
@@ -525,7 +679,12 @@ class _Registry:
             return _json({"error": message}, status, headers)
         if path in LEGACY_PATHS:
             return PlainTextResponse(f"Error: {message}\n", status_code=status, headers=headers)
-        titles = {401: "Login required", 403: "Not allowed", 404: "Not found"}
+        titles = {
+            401: "Login required",
+            403: "Not allowed",
+            404: "Not found",
+            429: "Too many attempts",
+        }
         hints = ADMIN_HINTS if status == 403 and "admin password" in message else ()
         response = self.html(
             "message.html",
@@ -588,6 +747,7 @@ class _HotPaths:
                 federation = _between(path, _REGISTER)
                 if federation is not None:
                     try:
+                        _require_json(_header(scope, b"content-type"))
                         raw = await self._body(scope, receive)
                         if raw is None:
                             return  # the client went away before sending its body
@@ -606,11 +766,11 @@ class _HotPaths:
                     )
                     client = scope.get("client")
                     host = client[0] if client and client[0] else "0.0.0.0"
-                    text = await self.reg.do_legacy_register(query, host)
+                    status, text = await self.reg.do_legacy_register(query, host)
                 except (HttpError, StoreError) as exc:
                     await self.reg.render_error(path, exc)(scope, receive, send)
                     return
-                await _send(send, 200, text.encode(), _TEXT_TYPE)
+                await _send(send, status, text.encode(), _TEXT_TYPE)
                 return
         await self.app(scope, receive, send)
 
@@ -641,6 +801,14 @@ class _HotPaths:
                 return b"".join(chunks)
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The value of header *name* (lower case) in an ASGI *scope*, if present."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
 async def _send(send: Send, status: int, body: bytes, content_type: tuple[bytes, bytes]) -> None:
     headers = [(b"content-length", str(len(body)).encode()), content_type]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -654,6 +822,8 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     csrf_secret: bytes | None = None,
     fast_path: bool = True,
+    register_burst: int = DEFAULT_REGISTER_BURST,
+    register_rate: float | None = DEFAULT_REGISTER_RATE,
 ) -> Starlette:
     """Return the registry's ASGI app over *store*.
 
@@ -663,8 +833,11 @@ def create_app(
     processes serving one registry must share it, so a form served by one is accepted by all.
     *fast_path* answers register, heartbeat and legacy register in front of the routing (same
     answers, less work per request); ``False`` leaves them to the routes (for comparison).
+    Each client address may make *register_burst* registrations (and creations) at once and
+    *register_rate* a second after that (``None``: no limit); more get 429.
     """
-    reg = _Registry(store, admin_password, max_body, csrf_secret)
+    limit = None if register_rate is None else Buckets(register_burst, register_rate)
+    reg = _Registry(store, admin_password, max_body, csrf_secret, limit)
     v1 = "/api/v1"
     routes = [
         Route(f"{v1}/openapi.json", reg.openapi, methods=["GET"]),
@@ -689,6 +862,7 @@ def create_app(
         Route("/unregister", reg.legacy_unregister, methods=["GET"]),
         Route("/", reg.index, methods=["GET"]),
         Route("/federations/{federation}", reg.federation_page, methods=["GET"]),
+        Route("/federations/{federation}/admin", reg.admin_page, methods=["GET"]),
         Route("/federations/{federation}/{action}", reg.admin_action, methods=["POST"]),
     ]
 

@@ -290,16 +290,15 @@ class RegistryClient:
         self,
         federation: str,
         *,
+        token: str,
         expected_term: int,
         holder: str | None,
-        node_id: str | None = None,
-        host: str | None = None,
-        port: int | None = None,
     ) -> ConductorState:
-        """Compare-and-set the conductor; :class:`ConductorConflict` if the term moved on."""
-        body: dict[str, Any] = {"expected_term": expected_term, "holder": holder}
-        extra = {"node_id": node_id, "host": host, "port": port}
-        body.update({k: v for k, v in extra.items() if v is not None})
+        """Compare-and-set the conductor as the registration *token* (the holder releasing or
+        handing over the post, or a registration claiming a free one for itself);
+        :class:`ConductorConflict` if the term moved on, :class:`RegistryRejected` (403) if the
+        registration may not make that change."""
+        body: dict[str, Any] = {"token": token, "expected_term": expected_term, "holder": holder}
         d = await self._call("POST", f"/federations/{federation}/conductor", body)
         return ConductorState.from_json(d)
 

@@ -10,9 +10,17 @@ commit), each in its own savepoint, and none is answered before that transaction
 
 Time is injected (``clock``, wall-clock seconds) so expiry can be tested without waiting.
 
+Ownership: a registration made through the JSON API is owned by its token (and, when it
+gave one, its ``node_id``): only that token removes it, only the same ``node_id`` registers
+that path again, and only the registration holding the conductor releases or hands it over.
+Registrations made through the legacy text API have no credential (the 2012 protocol has
+none): anyone may refresh, replace or remove them, never a JSON one, and a JSON conductor
+claim takes the post from a legacy holder.
+
 Errors (all :class:`StoreError`, carrying the HTTP status the layer above should use)::
 
     StoreError (400, bad input)
+    +-- Forbidden (403)
     +-- NotFound (404)
     +-- Conflict (409, may carry a ``detail`` mapping)
 """
@@ -36,10 +44,23 @@ import trio
 
 from mesh._names import InvalidName, check_name
 
-__all__ = ["DEFAULT_TTL", "AsyncStore", "Conflict", "NotFound", "RegistryStore", "StoreError"]
+__all__ = [
+    "DEFAULT_LEGACY_TTL",
+    "DEFAULT_TTL",
+    "AsyncStore",
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "RegistryStore",
+    "StoreError",
+]
 
 DEFAULT_TTL = 30.0
 """Seconds without a heartbeat after which a JSON registration expires."""
+DEFAULT_LEGACY_TTL = 6 * 3600.0
+"""Seconds after its last ``register`` after which a legacy (2012 API) registration expires:
+longer than a concert or a conference day, so a 2012 client that registers once at start is
+listed all along, and a crashed laptop goes away by itself."""
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -106,6 +127,14 @@ class StoreError(Exception):
         self.detail = detail
 
 
+class Forbidden(StoreError):
+    """Raised when a caller acts on what it does not own: a legacy ``unregister`` of a
+    registration made with a token, or a conductor change by a registration that neither
+    holds the post nor claims a free one for itself."""
+
+    status = 403
+
+
 class NotFound(StoreError):
     """Raised when the named federation, orchestra or registration token does not exist."""
 
@@ -113,8 +142,9 @@ class NotFound(StoreError):
 
 
 class Conflict(StoreError):
-    """Raised when a create finds the name taken, a path is held by another live node, a
-    conductor claim loses (legacy API), or a conductor compare-and-set sees another term."""
+    """Raised when a create finds the name taken, a path is held by another live registration
+    (a JSON one with another or no ``node_id``, or a JSON one for a legacy ``register``), or a
+    conductor compare-and-set sees another term."""
 
     status = 409
 
@@ -151,8 +181,9 @@ class RegistryStore:
     Several processes may share one file (``stagemesh registry --workers N``): SQLite
     serialises their write transactions; give each store the same *lock_file* so a writer
     waits on an ``flock`` (handed over at once) rather than SQLite's sleep-and-retry.
-    *ttl* is how long a heartbeat registration lives without a heartbeat; registrations made
-    through the legacy text API have no heartbeat and live until unregistered or reset.
+    *ttl* is how long a heartbeat registration lives without a heartbeat; *legacy_ttl* how
+    long one made through the legacy text API (which has no heartbeat) lives after its last
+    ``register``.
     """
 
     def __init__(
@@ -160,6 +191,7 @@ class RegistryStore:
         path: str | Path,
         *,
         ttl: float = DEFAULT_TTL,
+        legacy_ttl: float = DEFAULT_LEGACY_TTL,
         clock: Callable[[], float] = time.time,
         synchronous: str = "NORMAL",
         lock_file: str | Path | None = None,
@@ -168,8 +200,11 @@ class RegistryStore:
             raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
         if not ttl > 0:
             raise ValueError(f"ttl must be positive, not {ttl!r}")
+        if not legacy_ttl > 0:
+            raise ValueError(f"legacy_ttl must be positive, not {legacy_ttl!r}")
         self.path = str(path)
         self.ttl = float(ttl)
+        self.legacy_ttl = float(legacy_ttl)
         self._clock = clock
         self._lock = threading.Lock()
         self._last_sweep = float("-inf")
@@ -284,8 +319,9 @@ class RegistryStore:
 
     def _sweep(self, now: float) -> None:
         rows = self._db.execute(
-            "SELECT token FROM registrations WHERE heartbeat = 1 AND last_seen < ?",
-            (now - self.ttl,),
+            "SELECT token FROM registrations WHERE heartbeat = 1 AND last_seen < ?"
+            " UNION ALL SELECT token FROM registrations WHERE heartbeat = 0 AND last_seen < ?",
+            (now - self.ttl, now - self.legacy_ttl),
         ).fetchall()
         for (token,) in rows:
             self._drop(token)
@@ -429,11 +465,15 @@ class RegistryStore:
                 (fed[0],),
             ):
                 entry = _entry(fed[1], row)
+                life = self.ttl if entry["heartbeat"] else self.legacy_ttl
+                entry["expires_at"] = entry["last_seen"] + life
                 orch = orchestras[entry["orchestra"]]
                 orch["nodes"].append(entry)
                 if entry["supernode"]:
                     orch["supernode"] = entry["path"]
             view["orchestras"] = list(orchestras.values())
+            view["ttl"] = self.ttl
+            view["legacy_ttl"] = self.legacy_ttl
             return view
 
         return self._tx(run)
@@ -542,15 +582,19 @@ class RegistryStore:
         heartbeat: bool = True,
         create: bool = False,
         takeover: bool = False,
-        conductor_required: bool = False,
     ) -> dict[str, Any]:
         """Register ``/<orchestra>/<name>`` and return what the node needs to know.
 
+        *heartbeat* ``True`` is a JSON registration (owned by the token it gets, expiring
+        ``ttl`` after its last heartbeat), ``False`` a legacy one (no credential, expiring
+        ``legacy_ttl`` after its last registration). A path held by a JSON registration is
+        refused (:class:`Conflict`) to a legacy one, and to a JSON one unless it gives the same
+        ``node_id``; a legacy registration of the path is simply replaced.
+
         The supernode claim is granted when the orchestra has no supernode (or *takeover*,
-        which demotes the old one); the conductor claim when the federation has no conductor or
-        this path holds it. A lost conductor claim raises :class:`Conflict` when
-        *conductor_required* (the legacy API), else the node is registered without it. A path
-        registered by a different live *node_id* is refused with :class:`Conflict`.
+        which demotes the old one); the conductor claim when the federation has no conductor,
+        this path holds it, or (a JSON claim only) a legacy registration holds it. A lost claim
+        registers the node without it (``supernode_granted`` / ``conductor_granted`` false).
         """
         node = _name(name, "name")
         orch_name = _name(orchestra, "orchestra")
@@ -573,18 +617,33 @@ class RegistryStore:
             fed_id = fed[0]
             orch_id = self._orch_id(fed_id, fed[1], orch_name)
             old = self._db.execute(
-                "SELECT token, node_id, host, port FROM registrations"
+                "SELECT token, node_id, host, port, heartbeat, registered_at FROM registrations"
                 " WHERE orchestra_id = ? AND name = ?",
                 (orch_id, node),
             ).fetchone()
-            if old is not None and old[1] is not None and node_id is not None and old[1] != node_id:
-                raise Conflict(
-                    f"{path} is already registered by node {old[1]} at {old[2]}:{old[3]}"
-                )
+            registered_at = now
+            if old is not None:
+                if old[4]:  # held with a token
+                    who = f"by node {old[1]}" if old[1] is not None else "without a node id"
+                    if not heartbeat:
+                        raise Conflict(
+                            f"{path} is registered {who} at {old[2]}:{old[3]} through the JSON"
+                            " API (with a token); a legacy register cannot replace it"
+                        )
+                    if old[1] is None or node_id != old[1]:
+                        raise Conflict(
+                            f"{path} is already registered {who} at {old[2]}:{old[3]}; only the"
+                            " same node id registers it again (or wait until it expires)"
+                        )
+                    registered_at = old[5]
+                elif not heartbeat and old[2] == host:
+                    registered_at = old[5]  # a 2012 client refreshing its registration
             holder = fed[5]
-            conductor_granted = conductor and (holder is None or holder == path)
-            if conductor and not conductor_granted and conductor_required:
-                raise Conflict(f"conductor already registered: {holder}", {"holder": holder})
+            conductor_granted = conductor and (
+                holder is None
+                or holder == path
+                or (heartbeat and self._held_without_token(fed_id, holder))
+            )
             if old is not None:
                 if holder == path and conductor_granted:
                     self._db.execute("DELETE FROM registrations WHERE token = ?", (old[0],))
@@ -598,6 +657,13 @@ class RegistryStore:
             if supernode_granted and sup_row is not None:
                 self._db.execute(
                     "UPDATE registrations SET supernode = 0 WHERE orchestra_id = ?", (orch_id,)
+                )
+            if conductor_granted and holder != path:
+                # a legacy holder (or an orphaned post) gives way to a claim with a token
+                self._db.execute(
+                    "UPDATE registrations SET conductor = 0 WHERE federation_id = ?"
+                    " AND conductor = 1",
+                    (fed_id,),
                 )
             token = secrets.token_urlsafe(18)
             self._db.execute(
@@ -615,7 +681,7 @@ class RegistryStore:
                     int(supernode_granted),
                     int(conductor_granted),
                     int(heartbeat),
-                    now,
+                    registered_at,
                     now,
                 ),
             )
@@ -639,6 +705,23 @@ class RegistryStore:
             }
 
         return self._tx(run)
+
+    def _registration_of(self, fed_id: int, path: str) -> tuple[Any, ...] | None:
+        """``(token, node_id, host, port, heartbeat)`` of the registration of *path*, if any."""
+        orchestra, _, name = path[1:].partition("/")
+        row = self._db.execute(
+            "SELECT r.token, r.node_id, r.host, r.port, r.heartbeat FROM registrations r"
+            " JOIN orchestras o ON o.id = r.orchestra_id WHERE r.federation_id = ?"
+            " AND o.name = ? AND r.name = ?",
+            (fed_id, orchestra, name),
+        ).fetchone()
+        return None if row is None else tuple(row)
+
+    def _held_without_token(self, fed_id: int, holder: str) -> bool:
+        """Whether the conductor post held by *holder* is owned by no token: a legacy
+        registration holds it, or no registration does (a post left by an older registry)."""
+        row = self._registration_of(fed_id, holder)
+        return row is None or not row[4]
 
     def _answer(
         self,
@@ -732,18 +815,27 @@ class RegistryStore:
         self._tx(run)
 
     def unregister_path(self, federation: object, orchestra: object, name: object) -> bool:
-        """Remove ``/<orchestra>/<name>`` (legacy API); return whether it was registered."""
+        """Remove the legacy registration of ``/<orchestra>/<name>`` (legacy API); return
+        whether it was registered. :class:`Forbidden` if a JSON registration (owned by its
+        token) holds the path."""
         node = _name(name, "name")
+        orch_name = _name(orchestra, "orchestra")
 
         def run(now: float) -> bool:
             fed = self._fed(federation)
-            orch_id = self._orch_id(fed[0], fed[1], orchestra)
+            orch_id = self._orch_id(fed[0], fed[1], orch_name)
             row = self._db.execute(
-                "SELECT token FROM registrations WHERE orchestra_id = ? AND name = ?",
+                "SELECT token, node_id, host, port, heartbeat FROM registrations"
+                " WHERE orchestra_id = ? AND name = ?",
                 (orch_id, node),
             ).fetchone()
             if row is None:
                 return False
+            if row[4]:
+                raise Forbidden(
+                    f"/{orch_name}/{node} was registered with a token (JSON API, node"
+                    f" {row[1] or '-'} at {row[2]}:{row[3]}); only that token can remove it"
+                )
             self._drop(row[0])
             return True
 
@@ -759,15 +851,20 @@ class RegistryStore:
         self,
         federation: object,
         *,
+        token: str,
         expected_term: int,
         holder: str | None,
-        node_id: str | None = None,
-        host: str | None = None,
-        port: int | None = None,
     ) -> dict[str, Any]:
-        """Compare-and-set the conductor: if the term is *expected_term*, make *holder* (a
-        path, or ``None`` to release) the conductor and increase the term by one; otherwise
-        raise :class:`Conflict` whose ``detail`` is the current conductor."""
+        """Compare-and-set the conductor on behalf of the registration *token*: if the term is
+        *expected_term*, make *holder* (a registered path, or ``None`` to release) the
+        conductor and increase the term by one; otherwise raise :class:`Conflict` whose
+        ``detail`` is the current conductor.
+
+        The registration holding the post may release it or hand it to another registration;
+        any registration may claim it for itself when it is free or held without a token (a
+        legacy holder); anything else is :class:`Forbidden`. An unknown token (or one of
+        another federation) is :class:`NotFound`. The conductor's node id and address are its
+        registration's."""
         if holder is not None:
             orch, sep, rest = holder[1:].partition("/") if holder.startswith("/") else ("", "", "")
             if not sep:
@@ -777,36 +874,53 @@ class RegistryStore:
 
         def run(now: float) -> dict[str, Any]:
             fed = self._fed(federation)
+            me = self._db.execute(
+                "SELECT o.name, r.name FROM registrations r JOIN orchestras o"
+                " ON o.id = r.orchestra_id WHERE r.token = ? AND r.federation_id = ?",
+                (token, fed[0]),
+            ).fetchone()
+            if me is None:
+                raise NotFound("unknown or expired registration token")
+            mine = f"/{me[0]}/{me[1]}"
             current = self._conductor(fed)
             if current["term"] != expected_term:
                 raise Conflict(f"conductor term is {current['term']}, not {expected_term}", current)
-            h_host, h_port = host, port
-            if holder is not None and (h_host is None or h_port is None):
-                o, _, n = holder[1:].partition("/")
-                row = self._db.execute(
-                    "SELECT r.host, r.port FROM registrations r JOIN orchestras o"
-                    " ON o.id = r.orchestra_id WHERE r.federation_id = ? AND o.name = ?"
-                    " AND r.name = ?",
-                    (fed[0], o, n),
-                ).fetchone()
-                if row is not None:
-                    h_host = row[0] if h_host is None else h_host
-                    h_port = row[1] if h_port is None else h_port
+            held = current["holder"]
+            if held != mine:
+                if holder != mine:
+                    raise Forbidden(
+                        f"{mine} may claim the conductor only for itself"
+                        + ("" if held is None else f"; only its holder {held} can release it")
+                    )
+                if held is not None and not self._held_without_token(fed[0], held):
+                    raise Forbidden(
+                        f"the conductor is {held}; its holder must release it (or its"
+                        f" registration expire) before {mine} can claim it"
+                    )
+            target: tuple[Any, ...] | None = None
+            if holder is not None:
+                target = self._registration_of(fed[0], holder)
+                if target is None:
+                    raise NotFound(f"no registration {holder} in federation {fed[1]!r}")
             self._db.execute(
                 "UPDATE federations SET conductor_path = ?, conductor_node_id = ?,"
                 " conductor_host = ?, conductor_port = ?, conductor_term = conductor_term + 1,"
                 " version = version + 1 WHERE id = ?",
-                (holder, node_id, h_host, h_port, fed[0]),
+                (
+                    holder,
+                    None if target is None else target[1],
+                    None if target is None else target[2],
+                    None if target is None else target[3],
+                    fed[0],
+                ),
             )
             self._db.execute(
-                "UPDATE registrations SET conductor = 0 WHERE federation_id = ?", (fed[0],)
+                "UPDATE registrations SET conductor = 0 WHERE federation_id = ? AND conductor = 1",
+                (fed[0],),
             )
-            if holder is not None:
-                o, _, n = holder[1:].partition("/")
+            if target is not None:
                 self._db.execute(
-                    "UPDATE registrations SET conductor = 1 WHERE federation_id = ? AND name = ?"
-                    " AND orchestra_id IN (SELECT id FROM orchestras WHERE name = ?)",
-                    (fed[0], n, o),
+                    "UPDATE registrations SET conductor = 1 WHERE token = ?", (target[0],)
                 )
             return self._conductor(self._fed(fed[1]))
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -34,3 +37,25 @@ async def start_registry(
     assert line.startswith("ready registry=http://127.0.0.1:"), line
     assert line.endswith(f"db={db}"), line
     return proc, line.split()[1].removeprefix("registry=")
+
+
+@contextlib.asynccontextmanager
+async def running_registry(
+    db: Path, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[str]:
+    """:func:`start_registry` as a context: yields the URL, then stops the process (SIGTERM)
+    and checks that it exited cleanly."""
+    proc, url = await start_registry(db, *args, env=env)
+    try:
+        yield url
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(10):
+                await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if proc.stdout is not None:
+            await proc.stdout.aclose()
+    assert proc.returncode == 0, f"registry exited with {proc.returncode}"

@@ -22,6 +22,7 @@ from registry_bridge import (
     ConductorConflict,
     RegistryClient,
     RegistryNotFound,
+    RegistryRejected,
     RegistryStore,
     RegistryUnreachable,
     create_app,
@@ -29,6 +30,7 @@ from registry_bridge import (
 )
 
 PASSWORD = "s3cret"
+JSON_TYPE = {"content-type": "application/json"}
 
 
 def basic(password: str, user: str = "admin") -> dict[str, str]:
@@ -104,7 +106,7 @@ async def test_federation_create_list_show_and_errors(api: httpx.AsyncClient) ->
     assert (await api.post("/api/v1/federations", json={"name": "x" * 65})).status_code == 400
     assert (await api.post("/api/v1/federations", json={})).status_code == 400
     assert (await api.post("/api/v1/federations", json=[1])).status_code == 400
-    junk = await api.post("/api/v1/federations", content=b"{nope")
+    junk = await api.post("/api/v1/federations", content=b"{nope", headers=JSON_TYPE)
     assert junk.status_code == 400 and junk.json()["error"] == "the body is not valid JSON"
     extra = await api.post("/api/v1/federations", json={"name": "a", "zzz": 1})
     assert extra.status_code == 400 and "zzz" in extra.json()["error"]
@@ -118,7 +120,7 @@ async def test_federation_create_list_show_and_errors(api: httpx.AsyncClient) ->
 
 async def test_body_size_limited(api: httpx.AsyncClient) -> None:
     big = b'{"name": "' + b"a" * 70_000 + b'"}'
-    r = await api.post("/api/v1/federations", content=big)
+    r = await api.post("/api/v1/federations", content=big, headers=JSON_TYPE)
     assert r.status_code == 413 and "larger than" in r.json()["error"]
 
 
@@ -196,25 +198,37 @@ async def test_heartbeat_and_unregister_by_token(api: httpx.AsyncClient) -> None
 async def test_conductor_compare_and_set(api: httpx.AsyncClient) -> None:
     await setup_sleo(api)
     url = "/api/v1/federations/sleo/conductor"
+    a = (await register(api, "cmu", "a", node_id="n-a", host="10.0.0.9")).json()["token"]
+    z = (await register(api, "colorado", "z")).json()["token"]
     assert (await api.get(url)).json()["term"] == 0
-    ok = await api.post(url, json={"expected_term": 0, "holder": "/cmu/a", "host": "10.0.0.9"})
+    ok = await api.post(url, json={"token": a, "expected_term": 0, "holder": "/cmu/a"})
     assert ok.status_code == 200 and ok.json()["term"] == 1 and ok.json()["holder"] == "/cmu/a"
-    stale = await api.post(url, json={"expected_term": 0, "holder": "/colorado/z"})
+    assert ok.json()["host"] == "10.0.0.9" and ok.json()["node_id"] == "n-a"
+    stale = await api.post(url, json={"token": z, "expected_term": 0, "holder": "/colorado/z"})
     assert stale.status_code == 409
     assert stale.json()["current"]["holder"] == "/cmu/a" and "term is 1" in stale.json()["error"]
-    release = await api.post(url, json={"expected_term": 1, "holder": None})
+    handed = await api.post(url, json={"token": a, "expected_term": 1, "holder": "/colorado/z"})
+    assert handed.status_code == 200 and handed.json()["holder"] == "/colorado/z"
+    release = await api.post(url, json={"token": z, "expected_term": 2, "holder": None})
     assert release.json() == {
         "holder": None,
         "node_id": None,
         "host": None,
         "port": None,
-        "term": 2,
+        "term": 3,
     }
-    assert (await api.post(url, json={"expected_term": 2})).status_code == 400
-    assert (await api.post(url, json={"expected_term": True, "holder": None})).status_code == 400
-    assert (await api.post(url, json={"expected_term": 2, "holder": "x"})).status_code == 400
+    assert (await api.post(url, json={"token": a, "expected_term": 3})).status_code == 400
+    bad_term = {"token": a, "expected_term": True, "holder": None}
+    assert (await api.post(url, json=bad_term)).status_code == 400
+    bad_path = {"token": a, "expected_term": 3, "holder": "x"}
+    assert (await api.post(url, json=bad_path)).status_code == 400
+    nobody = await api.post(url, json={"token": a, "expected_term": 3, "holder": "/cmu/nobody"})
+    assert nobody.status_code == 403  # a claims only for itself
+    bad_token = await api.post(url, json={"token": "a b", "expected_term": 3, "holder": None})
+    assert bad_token.status_code == 404
     nofed = "/api/v1/federations/nope/conductor"
-    assert (await api.post(nofed, json={"expected_term": 0, "holder": None})).status_code == 404
+    gone = await api.post(nofed, json={"token": a, "expected_term": 0, "holder": None})
+    assert gone.status_code == 404
     assert (await api.get(nofed)).status_code == 404
 
 
@@ -258,13 +272,15 @@ async def test_admin_actions_refused_without_configured_password(
     await setup_sleo(open_api)
     j = await open_api.delete("/api/v1/federations/sleo", headers=basic(""))
     assert j.status_code == 403 and "STAGEMESH_ADMIN_PASSWORD" in j.json()["error"]
-    page = await open_api.get("/federations/sleo")
-    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
-    assert token is not None
-    h = await open_api.post("/federations/sleo/delete", data={"csrf": token.group(1)})
+    page = await open_api.get("/federations/sleo/admin")
+    assert page.status_code == 403 and "--admin-password-file" in page.text
+    h = await open_api.post("/federations/sleo/delete", data={"csrf": "x"})
     assert h.status_code == 403
     assert "--admin-password-file" in h.text and "STAGEMESH_ADMIN_PASSWORD" in h.text
     assert (await open_api.get("/api/v1/federations/sleo")).status_code == 200
+
+
+FORMS = re.compile(r'action="/federations/sleo/(\w+)">\s*<input[^>]*value="(\w+)"')
 
 
 async def test_html_admin_needs_login_and_csrf(api: httpx.AsyncClient) -> None:
@@ -272,10 +288,17 @@ async def test_html_admin_needs_login_and_csrf(api: httpx.AsyncClient) -> None:
     await register(api, "cmu", "alice", supernode=True, conductor=True)
     page = await api.get("/federations/sleo")
     assert page.status_code == 200 and "/cmu/alice" in page.text and "<svg" in page.text
-    tokens = dict(
-        re.findall(r'action="/federations/sleo/(\w+)">\s*<input[^>]*value="(\w+)"', page.text)
-    )
+    assert 'name="csrf"' not in page.text and 'href="/federations/sleo/admin"' in page.text
+    assert (await api.get("/federations/sleo/admin")).status_code == 401
+    assert (await api.get("/federations/sleo/admin", headers=basic("nope"))).status_code == 401
+    admin = await api.get("/federations/sleo/admin", headers=basic(PASSWORD))
+    assert admin.status_code == 200 and admin.headers["cache-control"] == "no-store"
+    session = admin.cookies["stagemesh_admin"]
+    tokens = dict(FORMS.findall(admin.text))
     assert set(tokens) == {"delete", "reset"}
+    again = await api.get("/federations/sleo/admin", headers=basic(PASSWORD))
+    assert "set-cookie" not in again.headers  # the session goes on: the same tokens
+    assert dict(FORMS.findall(again.text)) == tokens
     url = "/federations/sleo/delete"
     nologin = await api.post(url, data={"csrf": tokens["delete"]})
     assert nologin.status_code == 401 and "Basic" in nologin.headers["www-authenticate"]
@@ -285,6 +308,10 @@ async def test_html_admin_needs_login_and_csrf(api: httpx.AsyncClient) -> None:
     assert nocsrf.status_code == 403 and "CSRF" in nocsrf.text
     othercsrf = await api.post(url, data={"csrf": tokens["reset"]}, headers=basic(PASSWORD))
     assert othercsrf.status_code == 403
+    api.cookies.clear()
+    nocookie = await api.post(url, data={"csrf": tokens["delete"]}, headers=basic(PASSWORD))
+    assert nocookie.status_code == 403
+    api.cookies.set("stagemesh_admin", session)
     reset = await api.post(
         "/federations/sleo/reset", data={"csrf": tokens["reset"]}, headers=basic(PASSWORD)
     )
@@ -330,9 +357,18 @@ async def test_client_over_real_socket(served: str) -> None:
             state = await client.conductor("sleo")
             assert state.holder == "/cmu/a" and state.term == 1
             with pytest.raises(ConductorConflict) as info:
-                await client.set_conductor("sleo", expected_term=0, holder="/colorado/b")
+                await client.set_conductor(
+                    "sleo", token=b.token, expected_term=0, holder="/colorado/b"
+                )
             assert info.value.current.term == 1
-            moved = await client.set_conductor("sleo", expected_term=1, holder="/colorado/b")
+            with pytest.raises(RegistryRejected) as refused:
+                await client.set_conductor(
+                    "sleo", token=b.token, expected_term=1, holder="/colorado/b"
+                )
+            assert refused.value.status == 403 and "/cmu/a" in refused.value.message
+            moved = await client.set_conductor(
+                "sleo", token=a.token, expected_term=1, holder="/colorado/b"
+            )
             assert moved.holder == "/colorado/b" and moved.host == "127.0.0.1"
             sample = await client.elapsed("sleo")
             assert sample.t2 <= sample.t3 and sample.round_trip >= 0
@@ -385,6 +421,13 @@ async def test_registrations_expire_when_heartbeats_stop(tmp_path: Path) -> None
 
 async def test_odd_csrf_values_are_refused_not_crashing(api: httpx.AsyncClient) -> None:
     await setup_sleo(api)
+    await api.get("/federations/sleo/admin", headers=basic(PASSWORD))  # a session cookie
+    assert api.cookies.get("stagemesh_admin")
     for raw in [b"csrf=%ff%fe", b"csrf=%E2%82%AC", b"csrf=\xff", b"csrf&csrf=", b"%%%"]:
         r = await api.post("/federations/sleo/reset", content=raw, headers=basic(PASSWORD))
         assert r.status_code == 403, raw
+    api.cookies.clear()
+    for cookie in [b"", b"x", b"\xc3\xa9" * 43, b"a" * 4000, b"\xff" * 43, b'"' * 43]:
+        headers = {**basic(PASSWORD), "cookie": b"stagemesh_admin=" + cookie}
+        r = await api.post("/federations/sleo/reset", data={"csrf": "0"}, headers=headers)
+        assert r.status_code == 403, cookie[:5]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,12 +109,28 @@ def test_federation_page_in_chromium(registry: str, tmp_path: Path) -> None:
             assert page.locator("svg#mesh line.link").count() == 3
             box = svg.bounding_box()
             assert box is not None and box["width"] > 300 and box["height"] > 200
+            assert "expires" in body and re.search(r"in \d+ s \(without heartbeats\)", body)
             page.screenshot(path=str(shot), full_page=True)
-            with page.expect_response(lambda r: r.url.endswith("/federations/sleo/delete")) as info:
-                page.click("#delete")
+            assert page.locator("form").count() == 0  # no admin form on the public page
+            with page.expect_response(lambda r: r.url.endswith("/federations/sleo/admin")) as info:
+                page.click("#admin")
             response = info.value
             assert response.status == 401
             assert response.headers["www-authenticate"].startswith("Basic")
+
+            # the organiser logs in: the admin page's Reset button works
+            context = browser.new_context(
+                http_credentials={"username": "organiser", "password": "hunter2"}
+            )
+            admin = context.new_page()
+            admin.set_default_timeout(15_000)
+            admin.goto(registry + "/federations/sleo")
+            admin.click("#admin")
+            assert admin.url.endswith("/federations/sleo/admin")
+            admin.click("#reset")
+            admin.wait_for_url(registry + "/federations/sleo")
+            assert "No nodes." in admin.inner_text("body")
+            context.close()
         finally:
             browser.close()
     if os.environ.get("STAGEMESH_KEEP_SCREENSHOT"):
@@ -121,4 +138,5 @@ def test_federation_page_in_chromium(registry: str, tmp_path: Path) -> None:
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with httpx.Client(base_url=registry, timeout=10) as http:
-        assert http.get("/api/v1/federations/sleo").status_code == 200  # not deleted
+        view = http.get("/api/v1/federations/sleo").json()  # reset, not deleted
+        assert view["registrations"] == 0 and len(view["orchestras"]) == 3

@@ -19,8 +19,12 @@ from registry_bridge import RegistryStore, create_app
 T0 = 1_800_000_000.0
 TOKEN = re.compile(rb'"token":"[A-Za-z0-9_-]+"')
 
-# (method, url, body): register, heartbeat, legacy register, and their errors
-REQUESTS: list[tuple[str, str, bytes | None]] = [
+JSON = {"content-type": "application/json"}
+TEXT = {"content-type": "text/plain"}
+
+# (method, url, body[, headers]): register, heartbeat, legacy register, and their errors;
+# a body goes with Content-Type: application/json unless headers are given
+REQUESTS: list[tuple[str, str, bytes | None] | tuple[str, str, bytes | None, dict[str, str]]] = [
     ("POST", "/api/v1/federations/sleo/registrations", b'{"orchestra":"o","name":"a"}'),
     (
         "POST",
@@ -45,6 +49,27 @@ REQUESTS: list[tuple[str, str, bytes | None]] = [
     ("POST", "/api/v1/federations/sleo/registrations", b'{"name":"c"}'),
     ("POST", "/api/v1/federations/sleo/registrations", b'{"name":"' + b"x" * 70_000 + b'"}'),
     ("POST", "/api/v1/federations/sleo/registrations/", b'{"orchestra":"o","name":"c"}'),
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"orchestra":"o","name":"c"}', {}),
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"orchestra":"o","name":"c"}', TEXT),
+    (
+        "POST",
+        "/api/v1/federations/sleo/registrations",
+        b'{"orchestra":"o","name":"c"}',
+        {"content-type": "Application/JSON; charset=utf-8"},
+    ),
+    ("POST", "/api/v1/federations/sleo/registrations", b"x" * 70_000, TEXT),
+    (
+        "POST",
+        "/api/v1/federations/sleo/registrations",
+        b'{"orchestra":"o","name":"d","host":"fe80::1%x\\nConductor:"}',
+    ),
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"orchestra":"o","name":"d","host":"h"}'),
+    ("POST", "/api/v1/federations/sleo/registrations", b'{"orchestra":"o","name":".."}'),
+    (
+        "POST",
+        "/api/v1/federations/sleo/registrations",
+        b'{"orchestra":"o","name":"a","supernode":true,"node_id":"y"}',
+    ),
     ("GET", "/api/v1/federations/sleo/registrations", None),
     ("POST", "/api/v1/registrations/unknowntoken/heartbeat", None),
     ("POST", "/api/v1/registrations/bad$token/heartbeat", None),
@@ -58,6 +83,12 @@ REQUESTS: list[tuple[str, str, bytes | None]] = [
     ("GET", "/register?federation=none&orchestra=o&name=l4", None),
     ("GET", "/register?federation=sleo&orchestra=o&name=l5&name=l6&port=7000", None),
     ("GET", "/register?federation=sleo&orchestra=o&name=%C3%A9", None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=l8&port=%C2%B2", None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=l8&port=" + "9" * 5000, None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=l8&supernode=yes", None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=l8&supernode=yes&conductor=yes", None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=b", None),
+    ("GET", "/register?federation=sleo&orchestra=o&name=..", None),
     ("HEAD", "/register?federation=sleo&orchestra=o&name=l7", None),
 ]
 
@@ -81,8 +112,11 @@ async def test_fast_path_answers_like_the_routes(
 ) -> None:
     fast, slow = clients
     tokens: list[str] = []
-    for method, url, body in REQUESTS:
-        answers = [await c.request(method, url, content=body) for c in (fast, slow)]
+    for method, url, body, *given in REQUESTS:
+        headers = given[0] if given else JSON if body is not None else {}
+        answers = [
+            await c.request(method, url, content=body, headers=headers) for c in (fast, slow)
+        ]
         a, b = answers
         where = f"{method} {url}"
         assert a.status_code == b.status_code, where
@@ -99,3 +133,34 @@ async def test_fast_path_answers_like_the_routes(
         b = await slow.post(url.format(tokens[i + 1]))
         assert a.status_code == b.status_code and a.content == b.content
     assert tokens, "some registrations succeeded"
+
+
+async def test_fast_path_limits_registrations_like_the_routes(tmp_path: Path) -> None:
+    stores = [RegistryStore(tmp_path / f"{i}.db", clock=lambda: T0) for i in range(2)]
+    apps = [
+        create_app(stores[0], register_burst=3, register_rate=0.001),
+        create_app(stores[1], register_burst=3, register_rate=0.001, fast_path=False),
+    ]
+    for app in apps:
+        transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://r") as http:
+            url = "/register?federation=f&orchestra=o&name=n"
+            body = {"orchestra": "o", "name": "j", "create": True}
+            first = await http.post("/api/v1/federations/f/registrations", json=body)
+            assert first.status_code == 201
+            assert (await http.get(url)).status_code == 200
+            assert (await http.get(url)).status_code == 200
+            for _ in range(2):
+                late = await http.post("/api/v1/federations/f/registrations", json=body)
+                assert late.status_code == 429 and late.headers["retry-after"] == "1000"
+                assert late.json()["error"].startswith("too many registrations from 10.1.2.3")
+                legacy = await http.get(url)
+                assert legacy.status_code == 429 and legacy.text.startswith("Error: too many")
+            # heartbeats are not registrations
+            token = first.json()["token"]
+            assert (await http.post(f"/api/v1/registrations/{token}/heartbeat")).is_success
+        transport = httpx.ASGITransport(app=app, client=("10.9.9.9", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://r") as http:
+            assert (await http.get(url.replace("name=n", "name=m"))).status_code == 200
+    for s in stores:
+        s.close()

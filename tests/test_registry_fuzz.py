@@ -12,7 +12,7 @@ import pytest
 import trio
 from hypothesis import given, settings, strategies as st
 
-from registry_bridge import RegistryStore, create_app
+from registry_bridge import Conflict, RegistryStore, create_app
 
 NAMES = st.sampled_from(["sleo", "cmu", "colorado", "a", "bad name", "x" * 70, "%2F", "..", ""])
 SEGMENT = st.one_of(NAMES, st.text(max_size=12).map(lambda t: quote(t, safe="")))
@@ -73,6 +73,7 @@ FIELDS = st.sampled_from(
         "expected_term",
         "holder",
         "csrf",
+        "token",
     ]
 )
 BODIES = st.one_of(
@@ -95,6 +96,9 @@ HEADERS = st.sampled_from(
         {"authorization": "Basic YWRtaW46cHc="},
         {"authorization": "Basic !!!"},
         {"authorization": "Bearer x"},
+        {"content-type": "application/json", "authorization": "Basic YWRtaW46cHc="},
+        {"cookie": "stagemesh_admin=" + "a" * 43, "authorization": "Basic YWRtaW46cHc="},
+        {"content-type": "text/plain; charset=utf-8"},
     ]
 )
 
@@ -158,27 +162,34 @@ def test_arbitrary_requests_never_500(
             st.booleans(),
             st.booleans(),
             st.booleans(),
+            st.sampled_from([None, "n1", "n2", "legacy"]),
         ),
         max_size=12,
     )
 )
 def test_random_registrations_keep_one_supernode_and_one_conductor(
-    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str, bool, bool, bool]]
+    tmp_path_factory: pytest.TempPathFactory,
+    ops: list[tuple[str, str, bool, bool, bool, str | None]],
 ) -> None:
     s = RegistryStore(tmp_path_factory.mktemp("ops") / "r.db")
     s.federation_id("f", create=True)
-    for orch, name, sup, cond, takeover in ops:
-        s.register(
-            "f",
-            orch,
-            name,
-            host="10.0.0.1",
-            port=1,
-            supernode=sup,
-            conductor=cond,
-            takeover=takeover,
-            create=True,
-        )
+    for orch, name, sup, cond, takeover, owner in ops:
+        try:
+            s.register(
+                "f",
+                orch,
+                name,
+                host="10.0.0.1",
+                port=1,
+                supernode=sup,
+                conductor=cond,
+                takeover=takeover,
+                create=True,
+                node_id=None if owner == "legacy" else owner,
+                heartbeat=owner != "legacy",
+            )
+        except Conflict as exc:
+            assert "registered" in exc.message  # the path is held by a registration with a token
         assert s.check_consistency() == []
     view = s.federation("f")
     for orch in view["orchestras"]:

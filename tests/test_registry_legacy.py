@@ -102,7 +102,30 @@ async def test_2012_client_flow(base: str) -> None:
                 supernode="no",
                 conductor="yes",
             )
-            assert (status, text) == (409, "Error: conductor already registered: /cmu/alice\n")
+            # refused the conductor, bob is registered as a plain node all the same, and told
+            lines = text.splitlines()
+            assert status == 409
+            assert lines[0] == (
+                "Registered /cmu/bob as node in federation sleo,"
+                " not as conductor: /cmu/alice already is the conductor"
+            )
+            assert find_supernode(text) == ("/cmu/alice", "127.0.0.1")
+            assert lines[-2:] == ["Conductor:", "sleo cmu /cmu/alice 127.0.0.1 7471"]
+
+            status, text = await get(
+                http,
+                "/register",
+                federation="sleo",
+                orchestra="cmu",
+                name="carol",
+                supernode="yes",
+            )
+            assert status == 200
+            assert text.splitlines()[0] == (
+                "Registered /cmu/carol as node in federation sleo,"
+                " not as supernode: /cmu/alice is already orchestra cmu's supernode"
+            )
+            assert find_supernode(text) == ("/cmu/alice", "127.0.0.1")
 
             assert await get(
                 http, "/unregister", federation="sleo", orchestra="cmu", name="alice"
@@ -140,5 +163,10 @@ async def test_legacy_bad_input_is_400_with_error_line(base: str) -> None:
                 http, "/register", federation="f", orchestra="o", name="n", port="99999"
             )
             assert status == 400 and "port" in text
+            for port in ["\u00b2", "1" * 5000, "0x50"]:
+                status, text = await get(
+                    http, "/register", federation="f", orchestra="o", name="n", port=port
+                )
+                assert status == 400 and text.startswith("Error: port must be"), port[:5]
             status, text = await get(http, "/register", federation="f", orchestra="o")
             assert (status, text) == (400, "Error: missing parameter name\n")

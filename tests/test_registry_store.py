@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from registry_bridge import Conflict, NotFound, RegistryStore, StoreError
+from registry_bridge import Conflict, Forbidden, NotFound, RegistryStore, StoreError
 
 
 class FakeClock:
@@ -69,10 +69,28 @@ def test_heartbeat_keeps_alive_and_silence_expires(store: RegistryStore, clock: 
     assert store.federation("sleo")["orchestras"][0]["supernode"] is None
 
 
-def test_legacy_registrations_do_not_expire(store: RegistryStore, clock: FakeClock) -> None:
-    reg(store, "cmu", "old", heartbeat=False)
-    clock.now += 3600
-    assert store.federation("sleo")["registrations"] == 1
+def test_legacy_registrations_expire_after_legacy_ttl_unless_refreshed(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    store = RegistryStore(tmp_path / "l.db", ttl=30.0, legacy_ttl=3600.0, clock=clock)
+    store.federation_id("sleo", create=True)
+    store.orchestra_id("sleo", "cmu", create=True)
+    first = clock.now
+    reg(store, "cmu", "old", heartbeat=False, conductor=True)
+    reg(store, "cmu", "kept", heartbeat=False)
+    clock.now += 3000
+    reg(store, "cmu", "kept", heartbeat=False)  # the 2012 client registers again
+    view = store.federation("sleo")
+    kept = view["orchestras"][0]["nodes"][0]
+    assert view["legacy_ttl"] == 3600.0 and kept["path"] == "/cmu/kept"
+    assert kept["registered_at"] == first and kept["expires_at"] == clock.now + 3600
+    clock.now += 601  # "old" is 3601 s old, "kept" 601 s
+    view = store.federation("sleo")
+    assert [n["path"] for n in view["orchestras"][0]["nodes"]] == ["/cmu/kept"]
+    assert store.conductor("sleo")["holder"] is None  # released with its holder
+    clock.now += 3000
+    assert store.federation("sleo")["registrations"] == 0
+    store.close()
 
 
 def test_supernode_first_come_unless_takeover(store: RegistryStore) -> None:
@@ -93,28 +111,71 @@ def test_supernode_learns_other_supernodes(store: RegistryStore) -> None:
 
 
 def test_conductor_claim_and_legacy_refusal(store: RegistryStore) -> None:
-    a = reg(store, "cmu", "a", conductor=True)
+    a = reg(store, "cmu", "a", conductor=True, node_id="n-a")
     assert a["conductor_granted"] is True and a["conductor_term"] == 1
     b = reg(store, "cmu", "b", conductor=True)
     assert b["conductor_granted"] is False
-    with pytest.raises(Conflict, match="conductor already registered: /cmu/a"):
-        reg(store, "cmu", "c", conductor=True, conductor_required=True)
+    c = reg(store, "cmu", "c", conductor=True, heartbeat=False)
+    assert c["conductor_granted"] is False and c["conductor"]["path"] == "/cmu/a"  # type: ignore[index]
     # re-registering the holder keeps the term
-    assert reg(store, "cmu", "a", conductor=True)["conductor_term"] == 1
+    assert reg(store, "cmu", "a", conductor=True, node_id="n-a")["conductor_term"] == 1
+
+
+def test_a_claim_with_a_token_takes_the_conductor_from_a_legacy_holder(
+    store: RegistryStore,
+) -> None:
+    legacy = reg(store, "cmu", "old", conductor=True, heartbeat=False)
+    assert legacy["conductor_granted"] is True
+    other = reg(store, "cmu", "older", conductor=True, heartbeat=False)
+    assert other["conductor_granted"] is False  # legacy against legacy: first come
+    new = reg(store, "colorado", "z", conductor=True, node_id="n-z")
+    assert new["conductor_granted"] is True and new["conductor_term"] == 2
+    view = store.federation("sleo")
+    holders = [n["path"] for o in view["orchestras"] for n in o["nodes"] if n["conductor"]]
+    assert holders == ["/colorado/z"] and store.check_consistency() == []
 
 
 def test_conductor_compare_and_set_fences_by_term(store: RegistryStore) -> None:
-    reg(store, "cmu", "a", node_id="n-a")
-    reg(store, "colorado", "z")
-    state = store.set_conductor("sleo", expected_term=0, holder="/cmu/a", node_id="n-a")
+    a = str(reg(store, "cmu", "a", node_id="n-a")["token"])
+    z = str(reg(store, "colorado", "z")["token"])
+    state = store.set_conductor("sleo", token=a, expected_term=0, holder="/cmu/a")
     assert state["holder"] == "/cmu/a" and state["term"] == 1 and state["host"] == "10.0.0.1"
+    assert state["node_id"] == "n-a"
     with pytest.raises(Conflict) as info:
-        store.set_conductor("sleo", expected_term=0, holder="/colorado/z")
+        store.set_conductor("sleo", token=z, expected_term=0, holder="/colorado/z")
     assert info.value.detail is not None and info.value.detail["term"] == 1
-    assert store.set_conductor("sleo", expected_term=1, holder=None)["term"] == 2
+    with pytest.raises(Forbidden):
+        store.set_conductor("sleo", token=z, expected_term=1, holder="/colorado/z")
+    with pytest.raises(Forbidden):
+        store.set_conductor("sleo", token=z, expected_term=1, holder=None)
+    with pytest.raises(NotFound):
+        store.set_conductor("sleo", token="nope", expected_term=1, holder=None)
+    assert store.set_conductor("sleo", token=a, expected_term=1, holder=None)["term"] == 2
     with pytest.raises(StoreError):
-        store.set_conductor("sleo", expected_term=2, holder="no-slash")
+        store.set_conductor("sleo", token=a, expected_term=2, holder="no-slash")
     assert store.check_consistency() == []
+
+
+def test_tokens_own_registrations(store: RegistryStore) -> None:
+    owned = reg(store, "cmu", "a", node_id="one", conductor=True)
+    with pytest.raises(Forbidden, match="only that token can remove it"):
+        store.unregister_path("sleo", "cmu", "a")
+    with pytest.raises(Conflict, match="a legacy register cannot replace it"):
+        reg(store, "cmu", "a", heartbeat=False)
+    with pytest.raises(Conflict, match="already registered by node one"):
+        reg(store, "cmu", "a", takeover=True, supernode=True)
+    anonymous = reg(store, "cmu", "b")
+    with pytest.raises(Conflict, match="without a node id"):
+        reg(store, "cmu", "b")  # nobody can tell it is the same node: its token only
+    store.unregister(str(anonymous["token"]))
+    assert store.conductor("sleo")["holder"] == "/cmu/a"
+    store.heartbeat(str(owned["token"]))
+    # legacy registrations have no owner: replaced by anyone, a JSON one included
+    reg(store, "cmu", "old", heartbeat=False)
+    assert reg(store, "cmu", "old", heartbeat=False, node_id=None)["path"] == "/cmu/old"
+    assert store.unregister_path("sleo", "cmu", "old") is True
+    reg(store, "cmu", "old", heartbeat=False)
+    assert reg(store, "cmu", "old", node_id="upgraded")["path"] == "/cmu/old"
 
 
 def test_path_held_by_other_live_node_is_refused(store: RegistryStore) -> None:

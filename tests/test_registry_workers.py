@@ -80,26 +80,35 @@ async def test_tokens_cas_and_csrf_hold_across_workers(tmp_path: Path) -> None:
                 a = await http.post(reg, json={"orchestra": "o", "name": "a", "create": True})
                 assert a.status_code == 201
                 token_a = a.json()["token"]
-                r = await http.post(cas, json={"expected_term": 0, "holder": "/o/a"})
+                claim = {"token": token_a, "expected_term": 0, "holder": "/o/a"}
+                r = await http.post(cas, json=claim)
                 assert r.status_code == 200 and r.json()["term"] == 1
-                page = await http.get("/federations/sleo")
-                match = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text)
+                page = await http.get("/federations/sleo/admin", headers=AUTH)
+                match = re.search(
+                    r'action="/federations/sleo/reset">\s*<input[^>]*value="(\w+)"', page.text
+                )
                 assert match is not None
                 csrf_reset = match.group(1)
+                session = page.cookies["stagemesh_admin"]
             async with only(second, [first], url) as http:
                 # a token issued by the first process is known to the second
                 assert (await http.post(f"/api/v1/registrations/{token_a}/heartbeat")).is_success
                 # the compare-and-set sees the term the first process set, and fences by it
-                stale = await http.post(cas, json={"expected_term": 0, "holder": None})
+                stale = await http.post(
+                    cas, json={"token": token_a, "expected_term": 0, "holder": None}
+                )
                 assert stale.status_code == 409
                 assert stale.json()["current"]["term"] == 1
                 assert stale.json()["current"]["holder"] == "/o/a"
                 b = await http.post(reg, json={"orchestra": "o", "name": "b"})
                 assert b.status_code == 201
                 token_b = b.json()["token"]
-                r = await http.post(cas, json={"expected_term": 1, "holder": "/o/b"})
+                handover = {"token": token_a, "expected_term": 1, "holder": "/o/b"}
+                r = await http.post(cas, json=handover)
                 assert r.status_code == 200 and r.json()["term"] == 2
-                # the admin form served by the first process is accepted by the second
+                # the admin form (and session) served by the first process is accepted by the
+                # second
+                http.cookies.set("stagemesh_admin", session)
                 reset = await http.post(
                     "/federations/sleo/reset", data={"csrf": csrf_reset}, headers=AUTH
                 )
