@@ -17,6 +17,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -27,21 +28,52 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
+from starlette.applications import Starlette
 
 from mesh._cli import CommandFailed, UsageError
 from registry_bridge._app import create_app
-from registry_bridge._server import DEFAULT_BIND, listen_socket, parse_bind, serve_registry
-from registry_bridge._store import DEFAULT_TTL, RegistryStore
+from registry_bridge._limits import DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE
+from registry_bridge._server import (
+    DEFAULT_BIND,
+    listen_socket,
+    parse_bind,
+    reachable_urls,
+    serve_registry,
+)
+from registry_bridge._store import DEFAULT_LEGACY_TTL, DEFAULT_TTL, RegistryStore
 
-__all__ = ["RegistryCommand", "default_db_path"]
+__all__ = ["RegistryCommand", "check_db", "default_db_path"]
 
 logger = logging.getLogger(__name__)
+
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def default_db_path() -> Path:
     """``$XDG_STATE_HOME/stagemesh/registry.db``, else ``~/.local/state/stagemesh/registry.db``."""
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "stagemesh" / "registry.db"
+
+
+def check_db(value: str) -> Path:
+    """The SQLite file *value* names; :class:`UsageError` for a URL, said in one line before
+    anything is created: ``postgresql://`` (not in this build yet) or anything else that looks
+    like one (``sqlite:///x.db``, ``postgres://``, ``http://``), which would otherwise become
+    an oddly named file in the current folder. The URL itself is not repeated (it may hold a
+    password)."""
+    scheme = value.split(":", 1)[0].lower() if _URL_RE.match(value) else ""
+    if scheme == "postgresql" and value[len(scheme) :].startswith("://"):
+        raise UsageError(
+            "--db postgresql://...: PostgreSQL support is not in this build yet; give a file "
+            "path (SQLite)"
+        )
+    if "://" in value or scheme == "sqlite":
+        hint = {
+            "sqlite": "for SQLite give the file's path itself, e.g. --db registry.db",
+            "postgres": "PostgreSQL URLs start with postgresql:// (not in this build yet)",
+        }.get(scheme, "the registry takes a file path (SQLite)")
+        raise UsageError(f"--db {scheme}:...: not a supported database URL; {hint}")
+    return Path(value)
 
 
 def _read_password(args: argparse.Namespace) -> str | None:
@@ -72,7 +104,11 @@ class RegistryCommand:
             "network)",
         )
         parser.add_argument(
-            "--db", default=None, metavar="PATH", help=f"SQLite file (default {default_db_path()})"
+            "--db",
+            default=None,
+            metavar="PATH",
+            help=f"SQLite file (default {default_db_path()}); postgresql:// URLs are not "
+            "supported by this build yet",
         )
         parser.add_argument(
             "--admin-password-file",
@@ -89,6 +125,29 @@ class RegistryCommand:
             help="a registration expires this long after its last heartbeat (default %(default)s)",
         )
         parser.add_argument(
+            "--legacy-ttl",
+            type=float,
+            default=DEFAULT_LEGACY_TTL,
+            metavar="SECONDS",
+            help="a legacy (2012 API) registration expires this long after its last register "
+            "(default %(default)s, 6 h)",
+        )
+        parser.add_argument(
+            "--register-burst",
+            type=int,
+            default=DEFAULT_REGISTER_BURST,
+            metavar="N",
+            help="registrations one client address may make at once (default %(default)s)",
+        )
+        parser.add_argument(
+            "--register-rate",
+            type=float,
+            default=DEFAULT_REGISTER_RATE,
+            metavar="PER_SECOND",
+            help="registrations per second one client address may make after its burst "
+            "(default %(default)s; 0: no limit)",
+        )
+        parser.add_argument(
             "--workers",
             type=int,
             default=1,
@@ -102,30 +161,36 @@ class RegistryCommand:
             parse_bind(args.bind)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        if not args.ttl > 0:
-            raise UsageError(f"--ttl must be positive, not {args.ttl}")
+        for flag, value in (("--ttl", args.ttl), ("--legacy-ttl", args.legacy_ttl)):
+            if not 0 < value < float("inf"):
+                raise UsageError(f"{flag} must be a positive number of seconds, not {value}")
         if not 1 <= args.workers <= 64:
             raise UsageError(f"--workers must be 1-64, not {args.workers}")
-        db = Path(args.db) if args.db else default_db_path()
+        if args.register_burst < 1:
+            raise UsageError(f"--register-burst must be at least 1, not {args.register_burst}")
+        if not 0 <= args.register_rate < float("inf"):
+            raise UsageError(
+                f"--register-rate must be 0 (no limit) or more, not {args.register_rate}"
+            )
+        db = check_db(args.db) if args.db else default_db_path()
         password = _read_password(args)
         if args.workers > 1:
             return self._run_workers(args, db, password)
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
-            store = RegistryStore(db, ttl=args.ttl)
+            store = _open_store(args, db)
         except Exception as exc:
             raise CommandFailed(f"cannot open database {db}: {exc}") from None
         _tune_gc()
         try:
-            trio.run(self._serve, store, args.bind, db, password)
+            trio.run(self._serve, _app(args, store, password), args.bind, db, password)
         except OSError as exc:
             raise CommandFailed(f"cannot serve on {args.bind}: {exc}") from None
         finally:
             store.close()
         return 0
 
-    async def _serve(self, store: RegistryStore, bind: str, db: Path, password: str | None) -> None:
-        app = create_app(store, password)
+    async def _serve(self, app: Starlette, bind: str, db: Path, password: str | None) -> None:
         stop = trio.Event()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
@@ -136,7 +201,7 @@ class RegistryCommand:
                 )
                 if password is None:
                     logger.warning("no admin password configured: delete and reset are disabled")
-                print(f"ready registry={url} db={db}", flush=True)
+                print(f"ready registry={_shown_urls(bind, url)} db={db}", flush=True)
                 async for signum in signals:
                     logger.info("stopping on %s", signal.Signals(signum).name)
                     stop.set()
@@ -149,7 +214,7 @@ class RegistryCommand:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
             # Create the schema once, then close: no SQLite connection may cross a fork.
-            RegistryStore(db, ttl=args.ttl, lock_file=lock_file).close()
+            _open_store(args, db, lock_file).close()
         except Exception as exc:
             raise CommandFailed(f"cannot open database {db}: {exc}") from None
         try:
@@ -182,9 +247,9 @@ class RegistryCommand:
         os.close(life_r)
         os.close(ready_w)
         try:
-            store = RegistryStore(db, ttl=args.ttl, lock_file=lock_file)
+            store = _open_store(args, db, lock_file)
             try:
-                app = create_app(store, password, csrf_secret=secret)
+                app = _app(args, store, password, secret)
                 _tune_gc()
                 ok = trio.run(
                     self._supervise, app, args.bind, db, password, sock, children, ready_r
@@ -212,9 +277,9 @@ class RegistryCommand:
         life_r: int,
         ready_w: int,
     ) -> int:
-        store = RegistryStore(db, ttl=args.ttl, lock_file=lock_file)
+        store = _open_store(args, db, lock_file)
         try:
-            app = create_app(store, password, csrf_secret=secret)
+            app = _app(args, store, password, secret)
             _tune_gc()
             trio.run(_worker_serve, app, sock, life_r, ready_w)
         finally:
@@ -289,7 +354,7 @@ class RegistryCommand:
                                 "no admin password configured: delete and reset are disabled"
                             )
                         logger.info("serving with %d worker processes", len(children) + 1)
-                        print(f"ready registry={url} db={db}", flush=True)
+                        print(f"ready registry={_shown_urls(bind, url)} db={db}", flush=True)
                     await stop.wait()
                     for pid in children:
                         with contextlib.suppress(ProcessLookupError):
@@ -298,6 +363,33 @@ class RegistryCommand:
                     await all_exited.wait()
                 outer.cancel_scope.cancel()
         return not failed
+
+
+def _open_store(args: argparse.Namespace, db: Path, lock_file: Path | None = None) -> RegistryStore:
+    return RegistryStore(db, ttl=args.ttl, legacy_ttl=args.legacy_ttl, lock_file=lock_file)
+
+
+def _app(
+    args: argparse.Namespace,
+    store: RegistryStore,
+    password: str | None,
+    secret: bytes | None = None,
+) -> Starlette:
+    return create_app(
+        store,
+        password,
+        csrf_secret=secret,
+        register_burst=args.register_burst,
+        register_rate=args.register_rate or None,
+    )
+
+
+def _shown_urls(bind: str, served: str) -> str:
+    """What the ready line says the registry is at: *served* (the bound URL), or for a
+    wildcard bind every address of this host, loopback first, separated by commas."""
+    host, _ = parse_bind(bind)
+    port = int(served.rpartition(":")[2])
+    return ",".join(reachable_urls(host, port))
 
 
 async def _worker_serve(app: object, sock: socket.socket, life_r: int, ready_w: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -10,11 +11,21 @@ from typing import cast
 
 import hypercorn.config
 import hypercorn.trio
+import ifaddr
 import trio
 from hypercorn.typing import ASGIFramework
 from starlette.applications import Starlette
 
-__all__ = ["BACKLOG", "DEFAULT_BIND", "listen_socket", "parse_bind", "serve_registry"]
+from mesh._interfaces import local_addresses
+
+__all__ = [
+    "BACKLOG",
+    "DEFAULT_BIND",
+    "listen_socket",
+    "parse_bind",
+    "reachable_urls",
+    "serve_registry",
+]
 
 DEFAULT_BIND = "127.0.0.1:7480"
 BACKLOG = 2048
@@ -39,6 +50,34 @@ def parse_bind(bind: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"bind port must be 0-65535, not {port!r}")
     return host, int(port)
+
+
+def reachable_urls(host: str, port: int) -> list[str]:
+    """The URLs a registry bound to *host* and *port* is reached at: the bound address
+    itself, or for a wildcard (``0.0.0.0``, ``::``) one URL per address of this host (IPv4,
+    and IPv6 too for ``::``; no link-local IPv6, which needs an interface), loopback first.
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:  # a host name
+        return [_url(host, port)]
+    if not ip.is_unspecified:
+        return [_url(host, port)]
+    found = [a.address for a in local_addresses()]
+    if ip.version == 6:
+        for adapter in ifaddr.get_adapters():
+            for entry in adapter.ips:
+                if isinstance(entry.ip, tuple):
+                    v6 = ipaddress.IPv6Address(entry.ip[0].split("%")[0])
+                    if not v6.is_link_local:
+                        found.append(str(v6))
+    unique = list(dict.fromkeys(found))
+    unique.sort(key=lambda a: not ipaddress.ip_address(a).is_loopback)
+    return [_url(a, port) for a in unique] or [_url(host, port)]
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def listen_socket(bind: str) -> socket.socket:
