@@ -23,10 +23,21 @@ Server CPU per request (user+system of every registry process over the phase) is
 every phase: it depends much less on what else the machine is doing than req/s do.
 
 Prints a table beside the targets, says plainly which are not met, and writes
-``bench/results/registry.json``. Usage::
+``bench/results/registry.json``. The registry runs with its per-address registration limit
+set out of reach (every request comes from 127.0.0.1), so the limiter's code runs but never
+refuses.
+
+``--in-process`` measures only what the registry's own code costs, without HTTP: the app and
+its store in this process, driven through raw ASGI calls (no sockets, no h11), one request at
+a time and 50 at a time, for JSON register, heartbeat and legacy register; it prints wall and
+CPU microseconds per request and writes ``bench/results/registry_inprocess.json``. It imports
+``registry_bridge`` from ``PYTHONPATH``, so the same script measures another checkout
+(``PYTHONPATH=/path/to/other/checkout python3 bench/registry.py --in-process``) for a
+before/after comparison. Usage::
 
     apt-get install -y wrk   # optional, for the closed-loop phases
     python3 bench/registry.py [--workers 1,2] [--rate 2000] [--clients 1000] [--seconds 10]
+    python3 bench/registry.py --in-process [--requests 2000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -527,6 +538,7 @@ def _bench_registry(args: argparse.Namespace, workers: int, tmp: Path) -> dict[s
             str(tmp / f"registry{workers}.db"),
             "--workers",
             str(workers),
+            *("--register-burst", "1000000000", "--register-rate", "1000000000"),
         ],
         "ready registry=",
     )
@@ -621,6 +633,162 @@ def _bench_cgi(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         _stop(proc)
 
 
+# ----------------------------------------------------------------------------- in process
+
+
+def _bench_in_process(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """Per-request cost of the app and its store, driven through raw ASGI calls."""
+    import inspect
+    import statistics
+
+    import trio
+
+    from registry_bridge import RegistryStore, create_app
+
+    store = RegistryStore(tmp / "inprocess.db")
+    extra: dict[str, Any] = {}
+    if "register_rate" in inspect.signature(create_app).parameters:
+        extra = {"register_burst": 10**9, "register_rate": 1e9}  # runs, never refuses
+    app = create_app(store, **extra)
+    json_type = [(b"content-type", b"application/json")]
+
+    async def call(method: str, path: str, query: bytes, body: bytes, headers: Any) -> int:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query,
+            "root_path": "",
+            "headers": [(b"host", b"registry"), (b"content-length", b"%d" % len(body)), *headers],
+            "client": ("10.1.2.3", 40000),
+            "server": ("registry", 7480),
+        }
+        sent = False
+        status = 0
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await app(scope, receive, send)
+        return status
+
+    tokens: list[str] = []
+
+    def register(i: int, tag: str) -> tuple[str, str, bytes, bytes, Any]:
+        body = json.dumps(
+            {"orchestra": f"o{i % 20}", "name": f"{tag}{i}", "create": True, "supernode": i < 20}
+        ).encode()
+        return ("POST", "/api/v1/federations/inproc/registrations", b"", body, json_type)
+
+    def heartbeat(i: int, tag: str) -> tuple[str, str, bytes, bytes, Any]:
+        return ("POST", f"/api/v1/registrations/{tokens[i % len(tokens)]}/heartbeat", b"", b"", [])
+
+    def legacy(i: int, tag: str) -> tuple[str, str, bytes, bytes, Any]:
+        query = f"federation=inproc&orchestra=o{i % 20}&name=L{tag}{i}&supernode=no&conductor=no"
+        return ("GET", "/register", query.encode(), b"", [])
+
+    async def measure(make: Any, tag: str, concurrency: int) -> tuple[float, float]:
+        n = args.requests
+        bad = 0
+
+        async def worker(k: int) -> None:
+            nonlocal bad
+            for i in range(k, n, concurrency):
+                if await call(*make(i, tag)) >= 300:
+                    bad += 1
+
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        async with trio.open_nursery() as nursery:
+            for k in range(concurrency):
+                nursery.start_soon(worker, k)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        if bad:
+            raise RuntimeError(f"{bad} of {n} requests failed ({make.__name__})")
+        return wall / n * 1e6, cpu / n * 1e6
+
+    async def main() -> dict[str, Any]:
+        # a warm-up through the app, and 200 registrations whose tokens the heartbeats use
+        for i in range(200):
+            assert await call(*register(i, "warm")) == 201
+        for i in range(200):
+            answer = store.register(
+                "inproc", f"o{i % 20}", f"hb{i}", host="10.1.2.3", port=7471, node_id=f"hb{i}"
+            )
+            tokens.append(answer["token"])
+        out: dict[str, Any] = {}
+        for concurrency in (1, 50):
+            for make in (heartbeat, register, legacy):
+                walls, cpus = [], []
+                for r in range(args.rounds):
+                    wall, cpu = await measure(make, f"c{concurrency}r{r}_", concurrency)
+                    walls.append(wall)
+                    cpus.append(cpu)
+                out[f"{make.__name__}_{concurrency}"] = {
+                    "concurrency": concurrency,
+                    "call": make.__name__,
+                    "wall_us_per_req": statistics.median(walls),
+                    "cpu_us_per_req": statistics.median(cpus),
+                    "wall_us_rounds": walls,
+                    "cpu_us_rounds": cpus,
+                }
+        return out
+
+    try:
+        return trio.run(main)
+    finally:
+        store.close()
+
+
+def _main_in_process(args: argparse.Namespace) -> int:
+    import registry_bridge
+
+    source = str(Path(registry_bridge.__file__).resolve().parent.parent)
+    commit = subprocess.run(
+        ["git", "-C", source, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    results: dict[str, Any] = {
+        "command": " ".join(["python3", "bench/registry.py", *sys.argv[1:]]),
+        "registry_bridge_from": source,
+        "commit": commit,
+        "python": platform.python_version(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_start": os.getloadavg(),
+        "requests": args.requests,
+        "rounds": args.rounds,
+    }
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp_name:
+        results["calls"] = _bench_in_process(args, Path(tmp_name))
+    results["load_average_end"] = os.getloadavg()
+    la0 = " ".join(f"{x:.2f}" for x in results["load_average_start"])
+    la1 = " ".join(f"{x:.2f}" for x in results["load_average_end"])
+    print(f"registry in process (raw ASGI), registry_bridge from {source} ({commit})")
+    print(f"load average: {la0} at start, {la1} at end; median of {args.rounds} rounds")
+    print(f"{'call':12} {'at a time':>9} {'wall us/req':>12} {'CPU us/req':>11}")
+    for r in results["calls"].values():
+        print(
+            f"{r['call']:12} {r['concurrency']:>9} {r['wall_us_per_req']:>12.0f} "
+            f"{r['cpu_us_per_req']:>11.0f}"
+        )
+    out = Path(args.out if args.out_given else HERE / "results" / "registry_inprocess.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -645,11 +813,21 @@ def main() -> int:
     )
     parser.add_argument("--cgi-seconds", type=float, default=8.0)
     parser.add_argument("--no-wrk", dest="wrk", action="store_false", help="lean generator only")
-    parser.add_argument("--out", default=str(HERE / "results" / "registry.json"))
+    parser.add_argument("--out", default=None, help="JSON results file")
+    parser.add_argument(
+        "--in-process", action="store_true", help="only the app + store cost, raw ASGI calls"
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="per in-process round")
+    parser.add_argument("--rounds", type=int, default=5, help="in-process rounds (median)")
     parser.add_argument("--cgi-serve", metavar="DB", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.out_given = args.out is not None
     if args.cgi_serve:
         return _cgi_serve(args.cgi_serve)
+    if args.in_process:
+        return _main_in_process(args)
+    if args.out is None:
+        args.out = str(HERE / "results" / "registry.json")
     if args.wrk and shutil.which("wrk") is None:
         print("wrk not found (apt-get install -y wrk): closed loops use the lean generator")
         args.wrk = False

@@ -22,11 +22,14 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "bad input (name, field, type)",
         401: "admin login required or wrong password",
-        403: "admin actions disabled (no password configured)",
+        403: "admin actions disabled (no password configured), or the registration may not"
+        " make this change",
         404: "no such federation, orchestra or registration token",
-        409: "name taken, path held by another node, or conductor term mismatch",
+        409: "name taken, path held by another registration, or conductor term mismatch",
         413: "body too large",
-        415: "wrong content type",
+        415: "Content-Type must be application/json",
+        429: "too many registrations, or wrong admin passwords, from this address (see"
+        " Retry-After)",
     }
     return {
         str(c): {
@@ -59,10 +62,22 @@ def openapi_document() -> dict[str, Any]:
             "node_id": _NULLSTR,
             "host": {"type": "string"},
             "port": {"type": "integer"},
+            "heartbeat": {
+                "type": "boolean",
+                "description": "false: a legacy (2012 API) registration",
+            },
+            "expires_at": {
+                "type": "number",
+                "description": "wall-clock time it expires unless renewed (federation view)",
+            },
         },
     }
     schemas: dict[str, Any] = {
-        "Name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+        "Name": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9._-]{1,64}$",
+            "not": {"enum": [".", ".."]},
+        },
         "Error": {
             "type": "object",
             "required": ["error"],
@@ -90,6 +105,11 @@ def openapi_document() -> dict[str, Any]:
                 "orchestras": {"description": "a count, or the list in the full view"},
                 "registrations": {"type": "integer"},
                 "conductor": _ref("Conductor"),
+                "ttl": {"type": "number", "description": "JSON registrations (full view)"},
+                "legacy_ttl": {
+                    "type": "number",
+                    "description": "legacy registrations (full view)",
+                },
             },
         },
         "Orchestra": {
@@ -110,9 +130,18 @@ def openapi_document() -> dict[str, Any]:
             "properties": {
                 "orchestra": _ref("Name"),
                 "name": _ref("Name"),
-                "host": {"type": "string", "description": "default: the caller's address"},
+                "host": {
+                    "type": "string",
+                    "maxLength": 45,
+                    "description": "an IP address, no host name or %scope; default: the"
+                    " caller's address",
+                },
                 "port": {"type": "integer", "default": 7471},
-                "node_id": {"type": "string"},
+                "node_id": {
+                    "type": "string",
+                    "maxLength": 128,
+                    "description": "a stable id: the only way to register a held path again",
+                },
                 "supernode": {"type": "boolean", "default": False},
                 "conductor": {"type": "boolean", "default": False},
                 "create": {
@@ -157,14 +186,19 @@ def openapi_document() -> dict[str, Any]:
         },
         "ConductorSet": {
             "type": "object",
-            "required": ["expected_term", "holder"],
+            "required": ["token", "expected_term", "holder"],
             "additionalProperties": False,
             "properties": {
+                "token": {
+                    "type": "string",
+                    "description": "the registration token of the caller: the holder (release,"
+                    " hand over) or a registration claiming a free post for itself",
+                },
                 "expected_term": {"type": "integer"},
-                "holder": {"type": ["string", "null"], "description": "a path, null releases"},
-                "node_id": {"type": "string"},
-                "host": {"type": "string"},
-                "port": {"type": "integer"},
+                "holder": {
+                    "type": ["string", "null"],
+                    "description": "a registered path, null releases",
+                },
             },
         },
         "Elapsed": {
@@ -208,7 +242,8 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "summary": "Create a federation",
                 "requestBody": _json_body(_ref("NameBody")),
-                "responses": _ok("created", _ref("Federation"), "201") | _errors(400, 409, 413),
+                "responses": _ok("created", _ref("Federation"), "201")
+                | _errors(400, 409, 413, 415, 429),
             },
         },
         "/api/v1/federations/{federation}": {
@@ -220,7 +255,7 @@ def openapi_document() -> dict[str, Any]:
             "delete": {
                 "summary": "Delete a federation (admin)",
                 "security": admin,
-                "responses": _ok("deleted", {"type": "object"}) | _errors(400, 401, 403, 404),
+                "responses": _ok("deleted", {"type": "object"}) | _errors(400, 401, 403, 404, 429),
             },
         },
         "/api/v1/federations/{federation}/reset": {
@@ -230,7 +265,7 @@ def openapi_document() -> dict[str, Any]:
                 "security": admin,
                 "requestBody": _json_body({"type": "object"}),
                 "responses": _ok("reset", _ref("Federation"))
-                | _errors(400, 401, 403, 404, 413, 415),
+                | _errors(400, 401, 403, 404, 413, 415, 429),
             },
         },
         "/api/v1/federations/{federation}/orchestras": {
@@ -249,7 +284,8 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "summary": "Create an orchestra",
                 "requestBody": _json_body(_ref("NameBody")),
-                "responses": _ok("created", _ref("Orchestra"), "201") | _errors(400, 404, 409, 413),
+                "responses": _ok("created", _ref("Orchestra"), "201")
+                | _errors(400, 404, 409, 413, 415, 429),
             },
         },
         "/api/v1/federations/{federation}/registrations": {
@@ -258,7 +294,7 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Register a node: token, elapsed time, supernode(s), conductor",
                 "requestBody": _json_body(_ref("RegistrationRequest")),
                 "responses": _ok("registered", _ref("Registration"), "201")
-                | _errors(400, 404, 409, 413),
+                | _errors(400, 404, 409, 413, 415, 429),
             },
         },
         "/api/v1/federations/{federation}/conductor": {
@@ -268,10 +304,11 @@ def openapi_document() -> dict[str, Any]:
                 "responses": _ok("conductor", _ref("Conductor")) | _errors(400, 404),
             },
             "post": {
-                "summary": "Compare-and-set the conductor; the term is the fencing token",
+                "summary": "Compare-and-set the conductor as a registration (its token); the"
+                " term is the fencing token",
                 "requestBody": _json_body(_ref("ConductorSet")),
                 "responses": _ok("set; term increased by one", _ref("Conductor"))
-                | _errors(400, 404, 409, 413),
+                | _errors(400, 403, 404, 409, 413, 415),
             },
         },
         "/api/v1/federations/{federation}/elapsed": {

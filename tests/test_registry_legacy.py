@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import trio
 
 from registry_bridge import RegistryStore, create_app, serve_registry
+from tests.registries import running_registry
 
 
 @pytest.fixture
@@ -170,3 +172,32 @@ async def test_legacy_bad_input_is_400_with_error_line(base: str) -> None:
                 assert status == 400 and text.startswith("Error: port must be"), port[:5]
             status, text = await get(http, "/register", federation="f", orchestra="o")
             assert (status, text) == (400, "Error: missing parameter name\n")
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "registry.md"
+
+
+def doc_blocks_after(marker: str) -> tuple[str, str]:
+    """The shell block after *marker* in docs/registry.md and the output block after it."""
+    text = DOCS.read_text()
+    rest = text[text.index(marker) :]
+    blocks = re.findall(r"```(\w*)\n(.*?)```", rest, re.S)
+    (lang, script), (_, output) = blocks[0], blocks[1]
+    assert lang == "sh"
+    return script, output
+
+
+async def test_the_documented_curl_lines_run_the_2012_flow(tmp_path: Path) -> None:
+    script, expected = doc_blocks_after("### The 2012 flow with curl")
+    with trio.fail_after(30):
+        async with running_registry(tmp_path / "r.db") as url:
+            # the reader sets REGISTRY to their registry's URL: so does the test
+            pasted = re.sub(r"^REGISTRY=\S+", f"REGISTRY={url}", script, count=1, flags=re.M)
+            assert pasted != script
+            done = await trio.run_process(
+                ["bash", "-e", "-c", pasted], capture_stdout=True, capture_stderr=True
+            )
+    out = done.stdout.decode()
+    elapsed = re.compile(r"^Elapsed: \d+\.\d{6}$", re.M)
+    assert elapsed.search(out), out
+    assert elapsed.sub("Elapsed: X", out) == elapsed.sub("Elapsed: X", expected)
