@@ -639,11 +639,12 @@ class RegistryStore:
                 elif not heartbeat and old[2] == host:
                     registered_at = old[5]  # a 2012 client refreshing its registration
             holder = fed[5]
-            conductor_granted = conductor and (
-                holder is None
-                or holder == path
-                or (heartbeat and self._held_without_token(fed_id, holder))
-            )
+            conductor_granted = conductor and (holder is None or holder == path)
+            if conductor and not conductor_granted:
+                held = self._registration_of(fed_id, holder)
+                # a post nobody's registration holds (left by an older registry) is free; one
+                # a legacy registration holds gives way to a claim with a token
+                conductor_granted = held is None or (heartbeat and not held[4])
             if old is not None:
                 if holder == path and conductor_granted:
                     self._db.execute("DELETE FROM registrations WHERE token = ?", (old[0],))
