@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import trio
 
 
@@ -59,3 +60,15 @@ async def running_registry(
         if proc.stdout is not None:
             await proc.stdout.aclose()
     assert proc.returncode == 0, f"registry exited with {proc.returncode}"
+
+
+@contextlib.asynccontextmanager
+async def registry_http(
+    db: Path, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """:func:`running_registry` with an ``httpx`` client on its URL (10 s per request)."""
+    async with (
+        running_registry(db, *args, env=env) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
+        yield http

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import trio
 
-from tests.registries import running_registry
+from tests.registries import registry_http
 
 REG = "/api/v1/federations/sleo/registrations"
 LEGACY = {"federation": "sleo", "orchestra": "cmu"}
@@ -30,10 +30,7 @@ async def paths(http: httpx.AsyncClient) -> list[str]:
 
 async def test_legacy_port_must_be_ascii_digits_in_range(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with (
-            running_registry(tmp_path / "r.db") as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as http,
-        ):
+        async with registry_http(tmp_path / "r.db") as http:
             await setup(http)
             for port in ["\u00b2", "\u0663", "7" * 5000, "0", "65536", "-1", "+80", " 80", "8_0"]:
                 r = await http.get("/register", params={**LEGACY, "name": "n", "port": port})
@@ -47,10 +44,7 @@ async def test_legacy_port_must_be_ascii_digits_in_range(tmp_path: Path) -> None
 async def test_hosts_are_bounded_ip_literals_and_cannot_forge_a_line(tmp_path: Path) -> None:
     forged = "fe80::1%x\nConductor:\nsleo evil evil 6.6.6.6 7471"
     with trio.fail_after(30):
-        async with (
-            running_registry(tmp_path / "r.db") as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as http,
-        ):
+        async with registry_http(tmp_path / "r.db") as http:
             await setup(http)
             bad = [forged, "fe80::1%" + "x" * 60_000, "10.0.0.1\r\n", "a" * 60_000, "my-laptop"]
             for host in bad:
@@ -72,10 +66,7 @@ async def test_hosts_are_bounded_ip_literals_and_cannot_forge_a_line(tmp_path: P
 
 async def test_dot_names_are_refused_everywhere(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with (
-            running_registry(tmp_path / "r.db") as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as http,
-        ):
+        async with registry_http(tmp_path / "r.db") as http:
             for name in (".", ".."):
                 j = await http.post("/api/v1/federations", json={"name": name})
                 assert j.status_code == 400 and "'.' or '..'" in j.json()["error"], name
@@ -94,10 +85,7 @@ async def test_dot_names_are_refused_everywhere(tmp_path: Path) -> None:
 async def test_json_writes_need_application_json(tmp_path: Path) -> None:
     body = b'{"orchestra": "cmu", "name": "alice", "create": true}'
     with trio.fail_after(30):
-        async with (
-            running_registry(tmp_path / "r.db") as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as http,
-        ):
+        async with registry_http(tmp_path / "r.db") as http:
             writes = [
                 ("/api/v1/federations", b'{"name": "x"}'),
                 ("/api/v1/federations/sleo/orchestras", b'{"name": "cmu"}'),
@@ -117,10 +105,7 @@ async def test_json_writes_need_application_json(tmp_path: Path) -> None:
 
 async def test_head_never_writes(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with (
-            running_registry(tmp_path / "r.db") as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as http,
-        ):
+        async with registry_http(tmp_path / "r.db") as http:
             created = await http.head("/federation", params={"federation": "x", "create": "yes"})
             assert created.status_code == 405
             assert (await http.get("/federation", params={"federation": "x"})).text == "-1\n"

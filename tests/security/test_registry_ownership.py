@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import trio
 
-from tests.registries import running_registry
+from tests.registries import registry_http
 
 REG = "/api/v1/federations/sleo/registrations"
 CAS = "/api/v1/federations/sleo/conductor"
@@ -33,10 +33,7 @@ async def test_legacy_calls_cannot_remove_or_take_over_a_json_registration(
     tmp_path: Path,
 ) -> None:
     with trio.fail_after(30):
-        async with (
-            running_registry(tmp_path / "r.db") as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as http,
-        ):
+        async with registry_http(tmp_path / "r.db") as http:
             owner = await register(http, "alice", node_id="node-a", conductor=True)
             assert owner.status_code == 201 and owner.json()["conductor_granted"]
             token = owner.json()["token"]
@@ -69,10 +66,7 @@ async def test_legacy_calls_cannot_remove_or_take_over_a_json_registration(
 
 async def test_a_path_held_with_a_node_id_cannot_be_taken_without_it(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with (
-            running_registry(tmp_path / "r.db") as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as http,
-        ):
+        async with registry_http(tmp_path / "r.db") as http:
             owner = await register(http, "alice", node_id="node-a", supernode=True)
             assert owner.status_code == 201
             for attempt in ({}, {"node_id": "node-b"}):
@@ -87,10 +81,7 @@ async def test_a_path_held_with_a_node_id_cannot_be_taken_without_it(tmp_path: P
 
 async def test_conductor_compare_and_set_needs_the_claimants_token(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with (
-            running_registry(tmp_path / "r.db") as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as http,
-        ):
+        async with registry_http(tmp_path / "r.db") as http:
             a = (await register(http, "alice", node_id="node-a", conductor=True)).json()
             b = (await register(http, "bob", node_id="node-b")).json()
             assert a["conductor_granted"] and a["conductor_term"] == 1
@@ -130,10 +121,7 @@ async def test_anonymous_legacy_gets_cannot_squat_the_conductor_of_a_bridged_fed
     tmp_path: Path,
 ) -> None:
     with trio.fail_after(30):
-        async with (
-            running_registry(tmp_path / "r.db") as url,
-            httpx.AsyncClient(base_url=url, timeout=10) as http,
-        ):
+        async with registry_http(tmp_path / "r.db") as http:
             # a bridged orchestra's supernode is registered (no conductor candidate yet)
             sup = await register(http, "alice", node_id="node-a", supernode=True)
             assert sup.status_code == 201
