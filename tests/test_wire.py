@@ -58,7 +58,9 @@ CODECS = {"unkeyed": WireCodec(), "keyed": WireCodec(KEYRING)}
 # ---------------------------------------------------------------------------------------------
 # Strategies
 
-names = st.from_regex(rf"[A-Za-z0-9._-]{{1,{NAME_MAX_LENGTH}}}", fullmatch=True)
+names = st.from_regex(rf"[A-Za-z0-9._-]{{1,{NAME_MAX_LENGTH}}}", fullmatch=True).filter(
+    is_valid_name  # not "." or ".."
+)
 node_ids = st.text(alphabet="0123456789abcdef", min_size=NODE_ID_LENGTH, max_size=NODE_ID_LENGTH)
 u63 = st.integers(0, 2**63 - 1)
 small_u = st.integers(0, 2**40)
