@@ -54,6 +54,22 @@ from mesh._nodecore import (
 )
 from mesh._profiles import PROFILES as PROFILES, Profile as Profile, get_profile as get_profile
 from mesh._sim import LinkModel as LinkModel, Simulator as Simulator
+from mesh._tempo import (
+    TEMPO_TOPIC as TEMPO_TOPIC,
+    BeatPosition as BeatPosition,
+    InvalidTempo as InvalidTempo,
+    NotConductor as NotConductor,
+    Tempo as Tempo,
+    TempoChanged as TempoChanged,
+    TempoIgnored as TempoIgnored,
+    TempoReplica as TempoReplica,
+    TempoSegment as TempoSegment,
+)
+from mesh._tempo_node import (
+    TempoKeeper as TempoKeeper,
+    TempoStatistics as TempoStatistics,
+    open_tempo as open_tempo,
+)
 from mesh._wire import (
     Envelope as Envelope,
     InvalidMessage as InvalidMessage,
