@@ -34,11 +34,18 @@ def commands() -> list[Command]:
 
 
 def node_extensions() -> list[ExtensionFactory]:
-    """The extension factories ``stagemesh node`` offers (roles, registry bridge)."""
+    """The extension factories ``stagemesh node`` offers (roles, registry bridge, OSC and
+    Ableton Link bridges)."""
+    from mesh._bridges import link_extension_factory, osc_extension_factory
     from registry_bridge._bridge import registry_extension_factory
     from roles._extension import roles_extension_factory
 
-    return [roles_extension_factory, registry_extension_factory]
+    return [
+        roles_extension_factory,
+        registry_extension_factory,
+        osc_extension_factory,
+        link_extension_factory,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -118,6 +118,9 @@ class NodeCommand:
         add("--state-dir", type=Path, default=None, help="where the node keeps its identity")
         add("--clock-skew", type=float, default=0.0, help="inject clock skew (seconds)")
         add("--clock-drift", type=float, default=0.0, help="inject clock drift (ppm)")
+        add("--osc", default=None, metavar="[HOST:]PORT", help="OSC bridge (on 127.0.0.1)")
+        add("--osc-reply", default=None, metavar="HOST:PORT", help="where OSC answers go")
+        add("--link", action="store_true", help="align the local Ableton Link session")
 
     def config(self, args: argparse.Namespace) -> NodeConfig:
         """The :class:`NodeConfig` the flags describe (raises :class:`UsageError`)."""
