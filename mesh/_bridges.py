@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
-from mesh._cli import UsageError
+from mesh._cli import CommandFailed, UsageError
 from mesh._extensions import Extension
 from mesh._wire import Address
 
@@ -47,7 +47,10 @@ def osc_extension_factory(args: argparse.Namespace) -> Extension | None:
         raise UsageError("--osc-reply needs a port")
     from mesh._osc import OscBridge
 
-    return OscBridge(bind, reply_to)
+    try:
+        return OscBridge.bind(bind, reply_to)
+    except OSError as exc:
+        raise CommandFailed(str(exc.strerror)) from None
 
 
 def link_extension_factory(args: argparse.Namespace) -> Extension | None:

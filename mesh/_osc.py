@@ -84,20 +84,35 @@ class OscBridge(Extension):
     name = "osc"
 
     def __init__(
-        self, bind: Address, reply_to: Address | None = None, limits: OscLimits | None = None
+        self, sock: socket.socket, reply_to: Address | None = None, limits: OscLimits | None = None
     ) -> None:
-        self.bind = bind
         self.core = OscBridgeCore(limits, reply_to)
-        self.address: Address | None = None
+        self.address: Address = sock.getsockname()[:2]
         self.send_failures = 0
+        self._stdlib_socket = sock
         self._wake = trio.Event()
         self._socket: trio.socket.SocketType | None = None
+
+    @classmethod
+    def bind(
+        cls, address: Address, reply_to: Address | None = None, limits: OscLimits | None = None
+    ) -> OscBridge:
+        """A bridge on a UDP socket bound to *address* now (so a taken port is reported before
+        the node starts); raises ``OSError`` naming the address."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            message = f"cannot open the OSC port {address[0]}:{address[1]}: {exc.strerror}"
+            raise OSError(exc.errno, message) from None
+        return cls(sock, reply_to, limits)
 
     def status(self) -> Mapping[str, Any]:
         stats = attrs.asdict(self.core.statistics())
         address = self.address
         return {
-            "address": None if address is None else f"{address[0]}:{address[1]}",
+            "address": f"{address[0]}:{address[1]}",
             "reply_to": None
             if self.core.reply_to is None
             else f"{self.core.reply_to[0]}:{self.core.reply_to[1]}",
@@ -106,20 +121,12 @@ class OscBridge(Extension):
         }
 
     async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            await sock.bind(self.bind)
-        except OSError as exc:
-            sock.close()
-            host, port = self.bind
-            message = f"cannot open the OSC port {host}:{port}: {exc.strerror}"
-            raise OSError(exc.errno, message) from None
+        sock = trio.socket.from_stdlib_socket(self._stdlib_socket)
         logging.getLogger().addFilter(_quiet_python_osc)
         self._socket = sock
-        self.address = sock.getsockname()[:2]
-        if not self.bind[0].startswith("127."):
+        if not self.address[0].startswith("127."):
             logger.warning("the OSC bridge listens on %s: any host that reaches it can publish "
-                           "and schedule through this node", self.bind[0])  # fmt: skip
+                           "and schedule through this node", self.address[0])  # fmt: skip
         with sock:
             async with (
                 open_tempo(node) as keeper,
@@ -132,7 +139,6 @@ class OscBridge(Extension):
                 nursery.start_soon(self._follow, events, host)
                 nursery.start_soon(self._follow_tempo, tempos, host)
                 nursery.start_soon(self._scheduler, host)
-                assert self.address is not None
                 logger.info("OSC bridge on %s:%d", *self.address)
                 task_status.started()
 

@@ -284,7 +284,8 @@ class OscBridgeCore:
         now = host.now()
         for due, message in messages:
             if due is None or due <= now:
-                self._command(host, dest, message.address, list(message.params), out)
+                item = _Scheduled(now, 0, dest, message.address, tuple(message.params))
+                self._fire(host, item, out)
             else:
                 self._check_due(due, now)
                 self._enqueue(dest, due, message.address, tuple(message.params))
