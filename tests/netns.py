@@ -295,6 +295,14 @@ class Lan:
         self._spawned.append(spawned)
         return spawned
 
+    def keep_multicast_local(self) -> None:
+        """Stop the bridge from flooding multicast between hosts (broadcast and unicast still
+        pass): each host's multicast stays on that host, as on laptops at different sites.
+        Ableton Link finds its peers by multicast, so each host then has its own Link session."""
+        for host in self.hosts:
+            _ip("-n", self.bridge_netns, "link", "set", "dev", host.port,
+                "type", "bridge_slave", "mcast_flood", "off")  # fmt: skip
+
     def link_down(self, host: Host) -> None:
         """Unplug *host*: its bridge port goes down (its own interface keeps its address)."""
         _ip("-n", self.bridge_netns, "link", "set", host.port, "down")
