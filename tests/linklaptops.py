@@ -14,6 +14,7 @@ stands in for a DAW (``tests/link_probe.py watch``).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,10 +58,8 @@ class Laptops:
             for host in lan.hosts:
                 self._start_node(host)
             for host in lan.hosts:
-                self.probes.append(
-                    lan.spawn(host, sys.executable, PROBE, "watch", "--quantum", str(METER),
-                              "--duration", str(self.probe_seconds))  # fmt: skip
-                )
+                watch = ["watch", "--quantum", str(METER), "--duration", str(self.probe_seconds)]
+                self.probes.append(lan.spawn(host, sys.executable, PROBE, *watch))
         except BaseException:
             lan.close()
             raise
@@ -189,6 +188,4 @@ def _until(check: Any, timeout: float, what: str) -> float:
 
 
 def _environ() -> dict[str, str]:
-    import os
-
     return dict(os.environ)
