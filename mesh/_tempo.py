@@ -291,8 +291,8 @@ class Tempo:
 
 @attrs.frozen
 class TempoChanged:
-    """The tempo in force on this node changed (``tempo`` is ``None`` never: once known, a
-    tempo stays until a newer one replaces it). ``source`` is the publisher's node id."""
+    """The tempo in force on this node changed to ``tempo`` (once known, a tempo stays until a
+    newer one replaces it). ``source`` is the publisher's node id."""
 
     tempo: Tempo
     source: str

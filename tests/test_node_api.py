@@ -176,6 +176,9 @@ async def test_status_api_forwards_requests_into_the_mesh(tmp_path: Path) -> Non
         (["--orchestra", "bad name"], "orchestra 'bad name' may hold only"),
         (["--seed", "host:xx"], "port 'xx' is not a number"),
         (["--key-file", "/nonexistent/key"], "cannot read key file"),
+        (["--osc", "localhost:9000"], "--osc localhost:9000: give PORT or HOST:PORT"),
+        (["--osc", "127.0.0.1:99999"], "the port must be 0..65535"),
+        (["--osc-reply", "127.0.0.1:9001"], "--osc-reply needs --osc"),
     ],
 )
 def test_node_usage_errors_exit_2_with_one_line(flags: list[str], message: str) -> None:
