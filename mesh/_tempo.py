@@ -362,8 +362,11 @@ class TempoReplica:
         if origin == self.me:
             self._last_own_heard = now
         if origin != self.conductor:
-            self.ignored += 1
-            self._events.append(TempoIgnored(origin, origin_path, tempo.version))
+            # Reported once this node has heard its conductor's tempo: a node that just joined
+            # may know the conductor's publication before its lease (or an old lease first).
+            if self.conductor in self._latest:
+                self.ignored += 1
+                self._events.append(TempoIgnored(origin, origin_path, tempo.version))
             return
         self._follow(origin)
 

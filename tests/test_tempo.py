@@ -219,7 +219,7 @@ def test_a_publication_that_arrives_before_the_conductor_is_known_is_kept() -> N
     follower = TempoReplica("f")
     tempo = Tempo.start(140).with_version(3)
     follower.handle_publication(0.0, "c", "/o/c", tempo.to_payload())
-    assert follower.current is None
+    assert follower.current is None and follower.ignored == 0  # not reported: undecided
     follower.handle_conductor(0.1, "c")
     assert follower.current == tempo
 
@@ -263,3 +263,45 @@ async def test_a_late_joiner_learns_the_tempo_and_a_non_conductor_is_not_obeyed(
         assert took < 5.0
         position = l_tempo.at(origin + 2.0)
         assert position is not None and position.beat == pytest.approx(132 / 30, abs=1e-6)
+
+
+async def test_a_new_conductor_carries_the_tempo_on_to_late_joiners(tmp_path: Path) -> None:
+    fed = "tempo-handover"
+    leave = trio.Event()
+
+    async def first_conductor(*, task_status: trio.TaskStatus[tuple[Node, mesh.TempoKeeper]]
+                              = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
+        config = loopback_config(tmp_path, "/o1/first", federation=fed, conductor=True)
+        async with open_node(config) as node, mesh.open_tempo(node) as keeper:
+            task_status.started((node, keeper))
+            await leave.wait()  # then leaves gracefully, handing the post over
+
+    async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
+        first, first_tempo = await nursery.start(first_conductor)
+        second_config = loopback_config(
+            tmp_path, "/o1/second", federation=fed, conductor=True, seeds=(first.address,)
+        )
+        second = await stack.enter_async_context(open_node(second_config))
+        await wait_for(lambda: second.conductor == "/o1/first", 15, "the first conductor")
+        second_tempo = await stack.enter_async_context(mesh.open_tempo(second))
+        origin = first.now() + 0.5
+        sent = first_tempo.start(bpm=100, meter=4, origin=origin)
+        with trio.fail_after(10):
+            await second_tempo.wait()
+        leave.set()
+        await wait_for(lambda: second.conductor == "/o1/second", 15, "the handover")
+        await wait_for(
+            lambda: (
+                second_tempo.current is not None and second_tempo.current.version > sent.version
+            ),
+            10,
+            "the new conductor adopted the tempo",
+        )
+        late_config = loopback_config(tmp_path, "/o1/late", federation=fed, seeds=(second.address,))
+        late = await stack.enter_async_context(open_node(late_config))
+        late_tempo = await stack.enter_async_context(mesh.open_tempo(late))
+        with trio.fail_after(10):
+            known = await late_tempo.wait()
+        t = origin + 30.0
+        assert known.beat_at(t) == pytest.approx(sent.beat_at(t), abs=1e-9)
+        assert late_tempo.statistics().ignored == 0
