@@ -1,81 +1,33 @@
 """stagemesh's peer-to-peer core: wire format, membership, discovery, election, clock, node.
 
-Public names are re-exported here from private modules (trio's habit); ``tests/test_exports.py``
+Public names are re-exported here from private modules (trio's habit), listed once in
+``mesh/_api.py`` and imported on first use (PEP 562), so that importing a light submodule such as
+``mesh._cli`` does not import trio, zeroconf and every protocol core; ``tests/test_exports.py``
 checks the list.
 """
 
-from mesh._clock import (
-    ClockConfig as ClockConfig,
-    ClockCore as ClockCore,
-    ClockSnapshot as ClockSnapshot,
-    SkewedClock as SkewedClock,
-)
-from mesh._discovery import (
-    DiscoveryConfig as DiscoveryConfig,
-    InvalidSeed as InvalidSeed,
-    PeerHint as PeerHint,
-    parse_seed as parse_seed,
-)
-from mesh._election import (
-    CONDUCTOR as CONDUCTOR,
-    Candidate as Candidate,
-    ConductorArbiter as ConductorArbiter,
-    ElectionCore as ElectionCore,
-    LocalArbiter as LocalArbiter,
-    PostChanged as PostChanged,
-    SteppedDown as SteppedDown,
-    pick_lease as pick_lease,
-    supernode_post as supernode_post,
-)
-from mesh._extensions import Extension as Extension
-from mesh._interfaces import InterfaceError as InterfaceError
-from mesh._membership import (
-    MemberEvent as MemberEvent,
-    Membership as Membership,
-    MemberView as MemberView,
-    PathConflict as PathConflict,
-)
-from mesh._names import InvalidName as InvalidName, check_name as check_name
-from mesh._node import (
-    Node as Node,
-    NodeConfig as NodeConfig,
-    NoSuchMember as NoSuchMember,
-    PathHeld as PathHeld,
-    PeerUnreachable as PeerUnreachable,
-    RemoteError as RemoteError,
-    RequestError as RequestError,
-    RequestTimeout as RequestTimeout,
-    open_node as open_node,
-)
-from mesh._nodecore import (
-    NodeCore as NodeCore,
-    Publication as Publication,
-    TimeSourceChanged as TimeSourceChanged,
-)
-from mesh._profiles import PROFILES as PROFILES, Profile as Profile, get_profile as get_profile
-from mesh._sim import LinkModel as LinkModel, Simulator as Simulator
-from mesh._tempo import (
-    TEMPO_TOPIC as TEMPO_TOPIC,
-    BeatPosition as BeatPosition,
-    InvalidTempo as InvalidTempo,
-    NotConductor as NotConductor,
-    Tempo as Tempo,
-    TempoChanged as TempoChanged,
-    TempoIgnored as TempoIgnored,
-    TempoReplica as TempoReplica,
-    TempoSegment as TempoSegment,
-)
-from mesh._tempo_node import (
-    TempoKeeper as TempoKeeper,
-    TempoStatistics as TempoStatistics,
-    open_tempo as open_tempo,
-)
-from mesh._wire import (
-    Envelope as Envelope,
-    InvalidMessage as InvalidMessage,
-    Keyring as Keyring,
-    MessageTooLarge as MessageTooLarge,
-    WireCodec as WireCodec,
-)
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from mesh._api import *  # noqa: F403
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """Load the public names on first use; cache the one asked for in this module."""
+    if not name.startswith("_"):
+        from mesh import _api
+
+        if name in vars(_api) and not name.startswith("_"):
+            value = vars(_api)[name]
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module 'mesh' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    from mesh import _api
+
+    public = [n for n in vars(_api) if not n.startswith("_")]
+    return sorted({*globals(), *public})

@@ -1,0 +1,81 @@
+"""Every public name of the ``mesh`` package, imported from the private modules that define it.
+
+``mesh/__init__.py`` loads this module on the first use of any public name, not when the package
+is imported: ``stagemesh --help``, ``status`` and ``keygen`` import ``mesh._cli`` and friends
+without paying for trio, zeroconf and the protocol cores. Add a new public name here (and
+nowhere else); ``tests/test_exports.py`` checks the list.
+"""
+
+from mesh._clock import (
+    ClockConfig as ClockConfig,
+    ClockCore as ClockCore,
+    ClockSnapshot as ClockSnapshot,
+    SkewedClock as SkewedClock,
+)
+from mesh._discovery import (
+    DiscoveryConfig as DiscoveryConfig,
+    InvalidSeed as InvalidSeed,
+    PeerHint as PeerHint,
+    parse_seed as parse_seed,
+)
+from mesh._election import (
+    CONDUCTOR as CONDUCTOR,
+    Candidate as Candidate,
+    ConductorArbiter as ConductorArbiter,
+    ElectionCore as ElectionCore,
+    LocalArbiter as LocalArbiter,
+    PostChanged as PostChanged,
+    SteppedDown as SteppedDown,
+    pick_lease as pick_lease,
+    supernode_post as supernode_post,
+)
+from mesh._extensions import Extension as Extension
+from mesh._interfaces import InterfaceError as InterfaceError
+from mesh._membership import (
+    MemberEvent as MemberEvent,
+    Membership as Membership,
+    MemberView as MemberView,
+    PathConflict as PathConflict,
+)
+from mesh._names import InvalidName as InvalidName, check_name as check_name
+from mesh._node import (
+    Node as Node,
+    NodeConfig as NodeConfig,
+    NoSuchMember as NoSuchMember,
+    PathHeld as PathHeld,
+    PeerUnreachable as PeerUnreachable,
+    RemoteError as RemoteError,
+    RequestError as RequestError,
+    RequestTimeout as RequestTimeout,
+    open_node as open_node,
+)
+from mesh._nodecore import (
+    NodeCore as NodeCore,
+    Publication as Publication,
+    TimeSourceChanged as TimeSourceChanged,
+)
+from mesh._profiles import PROFILES as PROFILES, Profile as Profile, get_profile as get_profile
+from mesh._sim import LinkModel as LinkModel, Simulator as Simulator
+from mesh._tempo import (
+    TEMPO_TOPIC as TEMPO_TOPIC,
+    BeatPosition as BeatPosition,
+    InvalidTempo as InvalidTempo,
+    NotConductor as NotConductor,
+    Tempo as Tempo,
+    TempoChanged as TempoChanged,
+    TempoIgnored as TempoIgnored,
+    TempoReplica as TempoReplica,
+    TempoSegment as TempoSegment,
+)
+from mesh._tempo_node import (
+    TempoKeeper as TempoKeeper,
+    TempoStatistics as TempoStatistics,
+    open_tempo as open_tempo,
+)
+from mesh._wire import (
+    Envelope as Envelope,
+    InvalidMessage as InvalidMessage,
+    Keyring as Keyring,
+    MessageTooLarge as MessageTooLarge,
+    WireCodec as WireCodec,
+)
