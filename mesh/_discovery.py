@@ -40,6 +40,7 @@ import zeroconf
 
 from mesh._interfaces import DiscoveryInterfaces, choose_interfaces, local_addresses
 from mesh._names import check_name, is_valid_name
+from mesh._ports import DEFAULT_BEACON_PORT, DEFAULT_GOSSIP_PORT
 from mesh._wire import (
     MAX_DATAGRAM,
     NODE_ID_LENGTH,
@@ -79,8 +80,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_stagemesh._udp.local."
-DEFAULT_BEACON_PORT = 7470
-DEFAULT_GOSSIP_PORT = 7471
 BEACON_MAX_AGE = 30.0
 """Signed beacons whose ``sent_at`` is further than this from our wall clock are dropped."""
 ANSWER_GAP = 0.05

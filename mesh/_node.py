@@ -48,6 +48,7 @@ from mesh._interfaces import choose_interfaces, local_addresses
 from mesh._membership import MemberEvent, MemberView, OpenStream, PathConflict, SendDatagram
 from mesh._names import check_name
 from mesh._nodecore import NodeCore, NodeEvent, Publication
+from mesh._ports import DEFAULT_GOSSIP_PORT
 from mesh._profiles import get_profile
 from mesh._state import default_runtime_dir, default_state_dir, locked_identity, status_file
 from mesh._transport import Transport, open_transport
@@ -85,7 +86,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GOSSIP_PORT = 7471
+_WARNED_OPEN: set[str] = set()
+"""The open (keyless) federations this process has already warned about."""
 RequestHandler = Callable[[str | None, Value], Awaitable[Value]]
 """An async function answering a request: ``(sender path or None, payload) -> payload``."""
 
@@ -676,7 +678,8 @@ async def open_node(config: NodeConfig) -> AsyncIterator[Node]:
     """
     state_dir = config.state_dir or default_state_dir()
     runtime_dir = config.runtime_dir or default_runtime_dir()
-    if config.keyring is None:
+    if config.keyring is None and config.federation not in _WARNED_OPEN:
+        _WARNED_OPEN.add(config.federation)  # once per process: a program may run many nodes
         logger.warning(
             "federation %r is OPEN: no key is set, any host on the network can join or forge "
             "messages (use `stagemesh keygen` and --key-file)",

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import trio
 
+from mesh._ports import gossip_port_candidates
 from mesh._wire import (
     MAX_DATAGRAM,
     Address,
@@ -313,13 +314,11 @@ async def open_transport(
     stream_timeout: float = 5.0,
     next_free: bool = False,
 ) -> AsyncIterator[Transport]:
-    """Bind UDP and TCP on *port* (0 = any free port; with *next_free*, the next free port
-    above a taken one) and yield the :class:`Transport`."""
+    """Bind UDP and TCP on *port* (0 = any free port; with *next_free*, the next free port of
+    :data:`mesh._ports.GOSSIP_SEARCH`, then any) and yield the :class:`Transport`. Raises
+    ``OSError`` naming the port when it is taken."""
     last: OSError | None = None
-    # Port 0: the kernel picks a free UDP port, but the same TCP port may be taken (by any
-    # connection's ephemeral port), so try again with another pick.
-    candidates = [0] * 20 if port == 0 else range(port, port + (50 if next_free else 1))
-    for candidate in candidates:
+    for candidate in gossip_port_candidates(port, next_free):
         try:
             udp, listener = await _bind_pair(bind, candidate)
             break
@@ -329,7 +328,7 @@ async def open_transport(
             last = exc
     else:
         assert last is not None
-        raise last
+        raise OSError(last.errno, f"gossip port {port} on {bind} is taken") from last
     bound = udp.getsockname()[1]
     transport = Transport(
         udp, listener, (advertise_host, bound), federation, node_id, codec, stream_timeout
