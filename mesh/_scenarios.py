@@ -140,14 +140,23 @@ def run_scenario(
     churn_s: float = 60.0,
     timeout_s: float = 120.0,
 ) -> ScenarioResult:
-    """Run one scenario (see the module docstring) and return its figures."""
+    """Run one scenario (see the module docstring) and return its figures.
+
+    *loss* is the datagram loss of a plain link; *link* a whole link model instead (loss,
+    jitter, duplicates...). The result reports the loss of the link that was used. Raises
+    ``ValueError`` for an unknown scenario, fewer than 2 nodes, or a *loss* that *link*
+    contradicts.
+    """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
     if nodes < 2:
         raise ValueError("a scenario needs at least 2 nodes")
     started = time.perf_counter()
     watch = _Watch()
-    link = link or LinkModel(loss=loss)
+    if link is None:
+        link = LinkModel(loss=loss)
+    elif loss and loss != link.loss:
+        raise ValueError(f"loss={loss} and link.loss={link.loss} disagree; give one of them")
     sim = Simulator(seed, profile or get_profile("lan"), link, on_event=watch)
     watch.sim = sim
     group = sim.converged_group(nodes)
@@ -220,7 +229,7 @@ def run_scenario(
         scenario=scenario,
         nodes=nodes,
         seed=seed,
-        loss=loss,
+        loss=link.loss,
         join_all_s=join_all,
         dead_all_p50_s=percentile(detect, 50) if detect else None,
         dead_all_p99_s=percentile(detect, 99) if detect else None,
