@@ -1,36 +1,88 @@
 """The composition root: the ``stagemesh`` command and ``python -m mesh``.
 
 This is the only module that wires the ``roles`` and ``registry_bridge`` extensions into the
-mesh; the ``mesh`` library itself imports neither.
+mesh; the ``mesh`` library itself imports neither. Each command is imported only when it runs
+(``stagemesh --help``, ``status`` and ``keygen`` start in tens of milliseconds, not with the
+registry's, the roles' and zeroconf's imports): keep imports here inside the loaders.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from mesh._cli import Command, main as cli_main
-from mesh._node_cli import ExtensionFactory
+from mesh._cli import Command, CommandEntry, main as cli_main
 
-__all__ = ["commands", "main"]
+if TYPE_CHECKING:
+    from mesh._node_cli import ExtensionFactory
+
+__all__ = ["COMMANDS", "commands", "main", "node_extensions"]
+
+
+def _node() -> Command:
+    from mesh._node_cli import NodeCommand
+
+    return NodeCommand(extensions=node_extensions())
+
+
+def _status() -> Command:
+    from mesh._node_cli import StatusCommand
+
+    return StatusCommand()
+
+
+def _keygen() -> Command:
+    from mesh._node_cli import KeygenCommand
+
+    return KeygenCommand()
+
+
+def _sim() -> Command:
+    from mesh._sim_cli import SimCommand
+
+    return SimCommand()
+
+
+def _registry() -> Command:
+    from registry_bridge._command import RegistryCommand
+
+    return RegistryCommand()
+
+
+def _roles() -> Command:
+    from roles._cli import RolesCommand
+
+    return RolesCommand()
+
+
+COMMANDS: tuple[CommandEntry, ...] = (
+    CommandEntry("node", "run a stagemesh node", _node),
+    CommandEntry(
+        "status", "show the view of a running node (default: every node on this machine)", _status
+    ),
+    CommandEntry(
+        "keygen",
+        "write a new federation key to a file (then pass it to every node with --key-file)",
+        _keygen,
+    ),
+    CommandEntry("sim", "run a membership scenario in the deterministic simulator", _sim),
+    CommandEntry(
+        "registry", "run the HTTP registry that joins orchestras on different networks", _registry
+    ),
+    CommandEntry(
+        "roles",
+        "show and change the roles of conference stations (through a node's API)",
+        _roles,
+    ),
+)
+"""Every ``stagemesh`` subcommand, in the order ``--help`` lists them (each summary is its
+command's ``help``; ``tests/test_cli_startup.py`` checks they agree)."""
 
 
 def commands() -> list[Command]:
-    """Every ``stagemesh`` subcommand, in the order ``--help`` lists them."""
-    from mesh._node_cli import KeygenCommand, NodeCommand, StatusCommand
-    from mesh._sim_cli import SimCommand
-    from registry_bridge._command import RegistryCommand
-    from roles._cli import RolesCommand
-
-    found: list[Command] = [
-        NodeCommand(extensions=node_extensions()),
-        StatusCommand(),
-        KeygenCommand(),
-        SimCommand(),
-        RegistryCommand(),
-        RolesCommand(),
-    ]
-    return found
+    """Every ``stagemesh`` subcommand, loaded (this imports all of them)."""
+    return [entry.load() for entry in COMMANDS]
 
 
 def node_extensions() -> list[ExtensionFactory]:
@@ -50,7 +102,7 @@ def node_extensions() -> list[ExtensionFactory]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stagemesh`` console script."""
-    return cli_main(commands(), argv)
+    return cli_main(COMMANDS, argv)
 
 
 if __name__ == "__main__":

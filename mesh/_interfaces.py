@@ -162,7 +162,11 @@ def choose_interfaces(
     if bind != _WILDCARD and str(bind_ip) != _WILDCARD:
         holders = [e for e in local if e.address == str(bind_ip)]
         if not holders:
-            raise InterfaceError(f"bind address {bind} is not an address of this host")
+            mine = ", ".join(f"{e.address} ({e.interface})" for e in local) or "none"
+            raise InterfaceError(
+                f"bind address {bind} is not an address of this host (its addresses: {mine}; "
+                f"0.0.0.0 binds them all)"
+            )
         if names and holders[0].interface not in names:
             raise InterfaceError(
                 f"bind address {bind} is on interface {holders[0].interface}, "

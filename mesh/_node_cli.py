@@ -1,42 +1,49 @@
-"""``stagemesh node``, ``stagemesh status`` and ``stagemesh keygen``."""
+"""``stagemesh node``, ``stagemesh status`` and ``stagemesh keygen``.
+
+``status`` and ``keygen`` must start fast (``stagemesh status`` in well under 150 ms), and they
+import this module: the node's heavy imports (trio, the node runtime, zeroconf, the wire codec)
+happen inside :class:`NodeCommand`'s methods, and ``status`` reads the nodes with the standard
+library's HTTP client.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import ipaddress
 import json
 import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import httpx
-import trio
+from mesh._cli import CommandFailed, UsageError, first_cause
+from mesh._ports import DEFAULT_BEACON_PORT, DEFAULT_GOSSIP_PORT, GOSSIP_SEARCH
 
-from mesh._cli import CommandFailed, UsageError
-from mesh._discovery import DEFAULT_BEACON_PORT, InvalidSeed, parse_seed
-from mesh._extensions import Extension
-from mesh._interfaces import InterfaceError
-from mesh._names import InvalidName
-from mesh._node import DEFAULT_GOSSIP_PORT, NodeConfig, PathHeld, open_node
-from mesh._profiles import PROFILES
-from mesh._state import PathInUse, default_runtime_dir, find_status_files
-from mesh._wire import Keyring
+if TYPE_CHECKING:
+    from mesh._extensions import Extension
+    from mesh._node import NodeConfig
+    from mesh._wire import Keyring
 
 __all__ = [
     "ExtensionFactory",
     "KeygenCommand",
     "NodeCommand",
     "StatusCommand",
+    "format_status",
     "load_keyring",
     "write_key_file",
 ]
 
-ExtensionFactory = Callable[[argparse.Namespace], Extension | None]
+ExtensionFactory: TypeAlias = "Callable[[argparse.Namespace], Extension | None]"
 """Builds an extension from the parsed ``stagemesh node`` flags (or ``None`` if not asked for).
 The composition root passes these to :class:`NodeCommand`."""
+
+DEFAULT_STATUS_TIMEOUT = 2.0
+"""Seconds ``stagemesh status`` waits for each node."""
 
 
 def load_keyring(path: Path) -> Keyring:
@@ -44,6 +51,8 @@ def load_keyring(path: Path) -> Keyring:
 
     Raises :class:`UsageError` naming the line and what is wrong.
     """
+    from mesh._wire import Keyring
+
     try:
         text = path.read_text()
     except OSError as exc:
@@ -87,22 +96,55 @@ def _bind(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def bind_address(text: str) -> str:
+    """The IPv4 address ``--bind`` names: an address as given, ``localhost`` as 127.0.0.1.
+
+    Other host names are refused (a name may resolve to an address of no interface, such as
+    Debian's 127.0.1.1 for the host's own name, or wait on DNS): raises :class:`UsageError`.
+    """
+    if text.strip().lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.IPv4Address(text.strip()))
+    except ValueError:
+        raise UsageError(
+            f"--bind {text}: give an IPv4 address (0.0.0.0 for every interface, 127.0.0.1 for "
+            f"this machine only, or one address of this host), not a host name"
+        ) from None
+
+
 class NodeCommand:
     """``stagemesh node``: run a node until SIGINT/SIGTERM, then leave gracefully."""
 
     name = "node"
     help = "run a stagemesh node"
+    environment = {"--bind": "STAGEMESH_NODE_BIND"}
+    """``STAGEMESH_BIND`` is the registry's ``HOST:PORT``; the node's address has its own."""
 
     def __init__(self, extensions: Sequence[ExtensionFactory] = ()) -> None:
         self.extensions = list(extensions)
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
+        from mesh._profiles import PROFILES
+
+        search = f"{GOSSIP_SEARCH.start + 1}-{GOSSIP_SEARCH.stop - 1}"
         add = parser.add_argument
         add("--federation", default="default", help="federation name (default: default)")
         add("--orchestra", default=None, help="orchestra name (default: the host name)")
         add("--name", default=None, help="node name (default: the user name)")
-        add("--bind", default="0.0.0.0", help="address to bind (127.0.0.1 = loopback only)")
-        add("--port", type=int, default=None, help=f"gossip port (default {DEFAULT_GOSSIP_PORT})")
+        add(
+            "--bind",
+            default="0.0.0.0",
+            help="IPv4 address to bind: 0.0.0.0 (default, every interface), 127.0.0.1 (this "
+            "machine only; localhost means the same) or one address of this host",
+        )
+        add(
+            "--port",
+            type=int,
+            default=None,
+            help=f"gossip port (default {DEFAULT_GOSSIP_PORT}, else the first free of {search}, "
+            "else any free port; 0 = any free port)",
+        )
         add("--interface", action="append", default=[], help="interface for discovery")
         add("--supernode", action="store_true", help="prefer this node as supernode")
         add("--conductor", action="store_true", help="make this node a conductor candidate")
@@ -124,6 +166,18 @@ class NodeCommand:
 
     def config(self, args: argparse.Namespace) -> NodeConfig:
         """The :class:`NodeConfig` the flags describe (raises :class:`UsageError`)."""
+        from mesh._discovery import InvalidSeed, parse_seed
+        from mesh._interfaces import InterfaceError, choose_interfaces, local_addresses
+        from mesh._names import InvalidName
+        from mesh._node import NodeConfig
+
+        bind = bind_address(args.bind)
+        try:
+            # The rule discovery applies at start, applied now: a wrong address or interface
+            # is a usage error before anything starts (and the message lists what exists).
+            choose_interfaces(bind, tuple(args.interface), local_addresses())
+        except InterfaceError as exc:
+            raise UsageError(str(exc)) from None
         try:
             seeds = tuple(parse_seed(s) for s in args.seed)
         except InvalidSeed as exc:
@@ -134,7 +188,7 @@ class NodeCommand:
             raise UsageError("--registry is not available yet in this build")
         if args.roles and not any(e.name == "roles" for e in extensions):
             raise UsageError("--roles is not available yet in this build")
-        profile = args.profile or ("loopback" if args.bind.startswith("127.") else "lan")
+        profile = args.profile or ("loopback" if bind.startswith("127.") else "lan")
         kwargs: dict[str, Any] = {}
         if args.orchestra is not None:
             kwargs["orchestra"] = args.orchestra
@@ -143,7 +197,7 @@ class NodeCommand:
         try:
             return NodeConfig(
                 federation=args.federation,
-                bind=args.bind,
+                bind=bind,
                 port=DEFAULT_GOSSIP_PORT if args.port is None else args.port,
                 port_is_default=args.port is None,
                 interfaces=tuple(args.interface),
@@ -168,30 +222,80 @@ class NodeCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         config = self.config(args)
-        try:
-            trio.run(self._main, config)
-        except (PathInUse, PathHeld) as exc:
-            raise CommandFailed(str(exc)) from None
-        except InterfaceError as exc:
-            raise UsageError(str(exc)) from None
-        except OSError as exc:
-            raise CommandFailed(f"cannot start the node: {exc.strerror or exc}") from None
-        return 0
+        import trio
 
-    async def _main(self, config: NodeConfig) -> None:
+        try:
+            return trio.run(self._main, config)
+        except BaseException as raised:
+            failure = _start_failure(first_cause(raised))
+            if failure is None:
+                raise
+            raise failure from None
+
+    async def _main(self, config: NodeConfig) -> int:
+        """Run the node; return 0 after a signal once ready (it left gracefully), 128 + the
+        signal's number for a signal during start-up (nothing was left running)."""
+        import trio
+
+        from mesh._node import open_node
+
+        ready = False
+        stop = trio.Event()
+        interrupted: int | None = None
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with open_node(config) as node:
-                print(
-                    f"ready path={node.path} id={node.id} "
-                    f"gossip={node.address[0]}:{node.address[1]} status={node.status_url}",
-                    flush=True,
-                )
-                async for _ in signals:
-                    break
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    nonlocal interrupted
+                    async for signum in signals:
+                        if ready:
+                            stop.set()
+                        else:
+                            interrupted = signum
+                            nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(watch)
+                async with open_node(config) as node:
+                    ready = True
+                    print(
+                        f"ready path={node.path} id={node.id} "
+                        f"gossip={node.address[0]}:{node.address[1]} status={node.status_url}",
+                        flush=True,
+                    )
+                    await stop.wait()
+                nursery.cancel_scope.cancel()
+        return 0 if interrupted is None else 128 + interrupted
+
+
+def _start_failure(exc: BaseException) -> Exception | None:
+    """The one-line error for what stopped a node from starting (``None``: not ours to
+    explain). A wrong address or interface is a usage error; a taken port, a held path or a
+    refused file is a runtime failure."""
+    from mesh._interfaces import InterfaceError
+    from mesh._node import PathHeld
+    from mesh._state import PathInUse
+
+    if isinstance(exc, PathInUse | PathHeld):
+        return CommandFailed(str(exc))
+    if isinstance(exc, InterfaceError):
+        return UsageError(str(exc))
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        if exc.filename is not None:
+            reason = f"{exc.filename}: {reason}"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return UsageError(f"cannot start the node: {reason}")
+        return CommandFailed(f"cannot start the node: {reason}")
+    return None
 
 
 class StatusCommand:
-    """``stagemesh status``: print a node's view."""
+    """``stagemesh status``: print the view of every node on this machine (or of one).
+
+    Every node that answers is shown; one that does not (frozen, or too busy) is listed as not
+    answering. Exit 0 when at least one node answered, 1 when none did.
+    """
 
     name = "status"
     help = "show the view of a running node (default: every node on this machine)"
@@ -199,28 +303,111 @@ class StatusCommand:
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("url", nargs="?", help="status URL of a node")
         parser.add_argument("--json", action="store_true", help="print the raw status JSON")
+        parser.add_argument(
+            "--timeout",
+            type=float,
+            default=DEFAULT_STATUS_TIMEOUT,
+            help=f"seconds to wait for each node (default {DEFAULT_STATUS_TIMEOUT:g})",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
-        urls = (
-            [args.url]
-            if args.url
-            else [d["url"] for d in find_status_files(default_runtime_dir()) if d.get("url")]
-        )
-        if not urls:
-            raise CommandFailed("no running node found on this machine; give its status URL")
-        docs = []
-        for url in urls:
-            try:
-                response = httpx.get(url.rstrip("/") + "/api/status", timeout=5.0)
-                response.raise_for_status()
-                docs.append(response.json())
-            except (httpx.HTTPError, ValueError) as exc:
-                raise CommandFailed(f"cannot read {url}: {exc}") from None
-        if args.json:
-            print(json.dumps(docs[0] if args.url else docs, indent=2))
+        from mesh._state import default_runtime_dir, find_status_files
+
+        if not args.timeout > 0:
+            raise UsageError(f"--timeout must be positive, not {args.timeout}")
+        if args.url:
+            found: list[dict[str, Any]] = [{"url": args.url}]
         else:
-            print("\n\n".join(format_status(doc) for doc in docs))
+            found = [d for d in find_status_files(default_runtime_dir()) if d.get("url")]
+        if not found:
+            raise CommandFailed("no running node found on this machine; give its status URL")
+        answers = read_statuses([str(d["url"]) for d in found], args.timeout)
+        if args.url:
+            doc, error = answers[0]
+            if doc is None:
+                raise CommandFailed(f"{args.url} does not answer: {error}")
+            print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+            return 0
+        results: list[dict[str, Any]] = []
+        blocks: list[str] = []
+        for record, (doc, error) in zip(found, answers, strict=True):
+            if doc is not None:
+                results.append(doc)
+                blocks.append(format_status(doc))
+            else:
+                path = record.get("path") or "a node"
+                results.append({"url": record["url"], "path": record.get("path"), "error": error})
+                blocks.append(f"{path}  NOT ANSWERING at {record['url']}: {error}")
+        print(json.dumps(results, indent=2) if args.json else "\n\n".join(blocks))
+        if all(doc is None for doc, _ in answers):
+            raise CommandFailed(f"none of the {len(found)} nodes on this machine answered")
         return 0
+
+
+def read_statuses(
+    urls: Sequence[str], timeout: float
+) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """``GET /api/status`` of every URL at once; for each, ``(document, None)`` or ``(None,
+    why it failed)``. Each read waits at most *timeout* seconds for each step (connect, answer)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:
+        return list(pool.map(lambda url: _read_status(url, timeout), urls))
+
+
+def _read_status(url: str, timeout: float) -> tuple[dict[str, Any] | None, str | None]:
+    import urllib.error
+    import urllib.request
+
+    # No proxy: the nodes are on this machine or this network, never behind $http_proxy.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url.rstrip("/") + "/api/status", timeout=timeout) as response:
+            doc = json.load(response)
+    except urllib.error.HTTPError as exc:
+        return None, f"HTTP {exc.code} {exc.reason}"
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            return None, f"no answer within {timeout:g} s"
+        return None, str(reason.strerror if isinstance(reason, OSError) else reason)
+    except TimeoutError:
+        return None, f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    except ValueError as exc:  # a bad URL, or an answer that is not JSON
+        return None, str(exc)
+    if not isinstance(doc, dict) or not isinstance(doc.get("node"), dict):
+        return None, "the answer is not a stagemesh status document"
+    return doc, None
+
+
+def _security(value: object) -> str | None:
+    """The status line of the ``security`` field ("open" or "keyed")."""
+    if isinstance(value, Mapping):
+        value = next(
+            (value[k] for k in ("mode", "federation") if isinstance(value.get(k), str)), None
+        )
+    if not isinstance(value, str):
+        return None
+    if value == "open":
+        return (
+            "security=OPEN: no federation key, any host on the network can join "
+            "(stagemesh keygen, then --key-file on every node)"
+        )
+    return f"security={value}"
+
+
+def _registry(value: object) -> str | None:
+    """The status line of the ``registry`` field (``None`` without a registry)."""
+    if not isinstance(value, Mapping):
+        return None
+    line = f"registry={value.get('url')}  state={value.get('state')}"
+    if value.get("registered_as"):
+        line += f"  registered_as={value['registered_as']}"
+    if value.get("last_error"):
+        line += f"  last_error={value['last_error']}"
+    return line
 
 
 def format_status(doc: dict[str, Any]) -> str:
@@ -234,6 +421,7 @@ def format_status(doc: dict[str, Any]) -> str:
         f"federation_time={clock.get('federation_time', 0.0):.3f}  "
         f"synced={'yes' if clock.get('synced') else 'no'}",
     ]
+    lines += [x for x in (_security(doc.get("security")), _registry(doc.get("registry"))) if x]
     rows = [("PATH", "STATE", "ADDRESS", "INC", "POSTS")]
     for m in doc["members"]:
         posts = " ".join(

@@ -42,11 +42,13 @@ class SimCommand:
 
     name = "sim"
     help = "run a membership scenario in the deterministic simulator"
+    environment = {"--seed": "STAGEMESH_SIM_SEED"}
+    """``STAGEMESH_SEED`` is the node's list of static peers; the simulator's seed has its own."""
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--nodes", type=int, default=30, help="group size (default 30)")
         parser.add_argument("--scenario", choices=SCENARIOS, default="join")
-        parser.add_argument("--seed", type=int, default=1)
+        parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
         parser.add_argument("--loss", type=float, default=0.0, help="datagram loss, 0-1")
         parser.add_argument(
             "--stall-every",

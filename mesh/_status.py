@@ -101,6 +101,13 @@ def create_status_app(node: Node) -> Starlette:
     )
 
 
+def _bind_error(exc: BaseException) -> OSError | None:
+    """The ``OSError`` of hypercorn's failed bind, inside the groups its nurseries wrap it in."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
+
+
 async def serve_status(
     node: Node, bind: Address, *, task_status: Any = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -122,7 +129,14 @@ async def serve_status(
         )
 
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(run)
+        try:
+            binds = await nursery.start(run)
+        except BaseException as exc:
+            cause = _bind_error(exc)
+            if cause is None:
+                raise
+            where = f"status API port {bind[1]} on {bind[0]}"
+            raise OSError(cause.errno, f"{where}: {cause.strerror}") from exc
         task_status.started(str(binds[0]))
         try:
             await trio.sleep_forever()

@@ -30,7 +30,7 @@ from pathlib import Path
 import trio
 from starlette.applications import Starlette
 
-from mesh._cli import CommandFailed, UsageError
+from mesh._cli import CommandFailed, UsageError, first_cause
 from registry_bridge._app import create_app
 from registry_bridge._limits import DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE
 from registry_bridge._server import (
@@ -184,8 +184,11 @@ class RegistryCommand:
         _tune_gc()
         try:
             trio.run(self._serve, _app(args, store, password), args.bind, db, password)
-        except OSError as exc:
-            raise CommandFailed(f"cannot serve on {args.bind}: {exc}") from None
+        except BaseException as raised:
+            cause = first_cause(raised)  # hypercorn's bind error arrives in exception groups
+            if not isinstance(cause, OSError):
+                raise
+            raise CommandFailed(f"cannot serve on {args.bind}: {cause.strerror or cause}") from None
         finally:
             store.close()
         return 0
