@@ -138,15 +138,17 @@ async def start_nodes(
     orchestra: str = "o1",
     beacon_port: int | None = None,
     env: dict[str, str] | None = None,
+    bind: str | None = "127.0.0.1",
 ) -> AsyncIterator[list[LiveNode]]:
     """Start one node per name (all at once), yield them when every one printed ``ready``,
-    and kill whatever is left at the end."""
+    and kill whatever is left at the end. ``bind=None`` leaves ``--bind`` out (the test sets
+    the address another way, ``STAGEMESH_NODE_BIND`` in *env*)."""
     beacon = beacon_port or free_udp_port()
     nodes: list[LiveNode] = []
     async with httpx.AsyncClient(timeout=5.0) as client, trio.open_nursery() as nursery:
         try:
             for index, name in enumerate(names):
-                nodes.append(await start_node(tmp, name, args, index, orchestra, beacon, env))
+                nodes.append(await start_node(tmp, name, args, index, orchestra, beacon, env, bind))
                 nodes[-1].client = client
             with trio.fail_after(30):
                 async with trio.open_nursery() as ready:
@@ -174,6 +176,7 @@ async def start_node(
     orchestra: str,
     beacon_port: int,
     env: dict[str, str] | None,
+    bind: str | None = "127.0.0.1",
 ) -> LiveNode:
     """Spawn one node process (not waiting for it to be ready)."""
     extra = list(args(index, name) if callable(args) else args)
@@ -182,8 +185,7 @@ async def start_node(
         "-m",
         "mesh",
         "node",
-        "--bind",
-        "127.0.0.1",
+        *(("--bind", bind) if bind is not None else ()),
         "--port",
         "0",
         "--orchestra",
