@@ -69,3 +69,17 @@ def test_no_run_block_is_checked(snippet: Snippet, monkeypatch: pytest.MonkeyPat
         monkeypatch.delenv(name)
     for argv in [a for a in (stagemesh_argv(line) for line in commands(snippet.text)) if a]:
         build_parser(COMMANDS).parse_args(argv)
+
+
+def test_the_readme_try_it_is_a_block_the_docs_run() -> None:
+    """README.md is not run (its Quick start installs); its "Try it" commands are the start of
+    a block of docs/node.md that does run, so they cannot rot on their own."""
+    readme = snippets(ROOT / "README.md")
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Try it")
+    line = text[:start].count("\n") + 1
+    try_it = next(s for s in readme if s.line > line and s.lang == "sh")
+    node_md = [s for s in RUNS if Path(s.file).name == "node.md" and s.lang == "sh"]
+    assert any(
+        commands(s.text)[: len(commands(try_it.text))] == commands(try_it.text) for s in node_md
+    )
