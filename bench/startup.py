@@ -73,20 +73,9 @@ def start_node(env: dict[str, str], tmp: Path) -> subprocess.Popen[str]:
     """One node on loopback for ``status`` to read (its ready line awaited)."""
     node = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "mesh",
-            "node",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--no-mdns",
-            "--no-broadcast",
-            "--name",
-            "bench",
-            "--state-dir",
-            str(tmp / "state"),
+            *(sys.executable, "-m", "mesh", "node", "--name", "bench"),
+            *("--bind", "127.0.0.1", "--port", "0", "--no-mdns", "--no-broadcast"),
+            *("--state-dir", str(tmp / "state")),
         ],
         env=env,
         stdout=subprocess.PIPE,
