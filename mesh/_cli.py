@@ -253,7 +253,13 @@ def _preparer(entry: CommandEntry, parser: argparse.ArgumentParser) -> Callable[
         command = entry.load()
         command.configure(parser)
         parser.set_defaults(_command=command)
-        apply_environment_defaults(parser, names=getattr(command, "environment", None))
+        names: Mapping[str, str] = getattr(command, "environment", None) or {}
+        apply_environment_defaults(parser, names=names)
+        own = "".join(f"; {flag} from {variable}" for flag, variable in names.items())
+        parser.epilog = (
+            f"Each flag can also come from the environment, as STAGEMESH_<FLAG>{own}; "
+            "a flag beats the environment."
+        )
 
     return prepare
 
