@@ -16,9 +16,11 @@ ports (7471, 7480) are free. The driver:
 * ``sh``: runs the block line by line (``\\`` continues a line) with ``stagemesh`` meaning this
   checkout. A line ending in ``&``, and every ``stagemesh node`` or ``stagemesh registry`` (they
   run until stopped, as in a second terminal), starts in the background and must print its
-  ``ready`` line within 60 s; ``kill %1 %2`` stops those jobs with SIGTERM. Any other line runs in
-  the foreground (time limit 120 s) and must exit 0. Jobs left at the end get SIGINT; every job
-  must exit 0 (a graceful leave) and no output may hold a traceback.
+  ``ready`` line within 60 s; ``kill %1 %2`` stops those jobs with SIGTERM. A line that only
+  sets variables (``REGISTRY=http://...``, ``export NAME=value``) sets them for the lines after
+  it. Any other line runs in the foreground (time limit 120 s) and must exit 0. Jobs left at
+  the end get SIGINT; every job must exit 0 (a graceful leave) and no output may hold a
+  traceback.
 * Before a block, the driver starts what it uses but does not start itself: a registry on
   127.0.0.1:7480 when the block mentions port 7480, a node when it runs ``stagemesh status`` or
   ``stagemesh roles``.
@@ -222,6 +224,17 @@ def _fixtures(snippet: Snippet) -> list[str]:
     return needed
 
 
+def _assignments(line: str) -> dict[str, str] | None:
+    """The variables a line such as ``REGISTRY=http://...`` (or ``export ...``) sets, or
+    ``None`` when the line runs a command."""
+    parts = shlex.split(line, comments=True)
+    if parts and parts[0] == "export":
+        parts = parts[1:]
+    if not parts or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", p) for p in parts):
+        return None
+    return dict(p.split("=", 1) for p in parts)
+
+
 def _check_program(line: str) -> None:
     parts = words(line)
     if parts and parts[0] == "kill":
@@ -249,6 +262,10 @@ def run_block(snippet: Snippet, work: Path, env: dict[str, str]) -> None:
             lines = commands(snippet.text)
         mine: list[Job] = []
         for line in lines:
+            assigned = _assignments(line)
+            if assigned is not None:  # for the lines after it, as in a shell
+                env = {**env, **assigned}
+                continue
             _check_program(line)
             parts = words(line)
             if parts[0] == "kill":
