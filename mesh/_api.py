@@ -21,9 +21,10 @@ from mesh._discovery import (
 from mesh._election import (
     CONDUCTOR as CONDUCTOR,
     Candidate as Candidate,
+    ClaimAnswer as ClaimAnswer,
+    ClaimRequest as ClaimRequest,
     ConductorArbiter as ConductorArbiter,
     ElectionCore as ElectionCore,
-    LocalArbiter as LocalArbiter,
     PostChanged as PostChanged,
     SteppedDown as SteppedDown,
     pick_lease as pick_lease,
@@ -50,6 +51,8 @@ from mesh._node import (
     open_node as open_node,
 )
 from mesh._nodecore import (
+    ClockStepped as ClockStepped,
+    EpochOffer as EpochOffer,
     NodeCore as NodeCore,
     Publication as Publication,
     TimeSourceChanged as TimeSourceChanged,

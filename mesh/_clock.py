@@ -16,13 +16,17 @@ How it works (docs/clock.md has the full story):
 - **Estimate.** A weighted least-squares line (offset and drift) through the lowest-round-trip
   quarter of the last ``history`` samples; early on, or right after a reference change, a
   weighted mean of the best few recent samples projected along the previous drift instead.
-- **Slewing.** Federation time never decreases. A correction is absorbed at ``slew_rate`` (5%
-  of elapsed time), or ``fast_slew_rate`` (50%) for the part beyond ``step_threshold``; the clock
-  steps, only forward, on its first sync and when it is behind by more than ``step_threshold``.
+- **Slewing.** Federation time never decreases and runs at the local rate within
+  ``slew_rate`` (0.4%): a correction is absorbed at most 4 ms per second. The clock steps, only
+  forward, on its first sync (``step_on_first_sync``, for a clock used on its own) and when its
+  owner says so (:meth:`ClockCore.step`: two clock lineages met, see :mod:`mesh._lineage`).
 - **Error bound.** A worst-case bound carried with every estimate: each sample's error bound
   propagated through the estimator (and a worst-case drift interval), plus the unslewed
   correction. It holds as long as the clocks' rates are constant and stay within
-  ``max_drift_ppm`` of each other (it does not rely on delays being symmetric).
+  ``max_drift_ppm`` of each other (it does not rely on delays being symmetric). Two bounds are
+  kept: ``error_bound`` against the top of the chain of references (a reference's own bound
+  included) and ``lan_error_bound`` against the followed node alone, which ``synced`` uses, so
+  a site's agreement never depends on how well its reference knows an outside clock.
 
 Drive it h11-style: feed inputs (:meth:`~ClockCore.handle_timer`, :meth:`~ClockCore.handle_reply`,
 :meth:`~ClockCore.handle_request`, :meth:`~ClockCore.set_reference`), then send what
@@ -154,12 +158,14 @@ class ClockConfig:
     """How much less precise the rate is taken to be after the reference changes (the new
     reference followed the old one, so their rates nearly agree). It decides whether the old
     rate or a fresh fit is used; the error bound does not rely on it."""
-    slew_rate: float = attrs.field(default=0.05, validator=_positive)
-    """Corrections are absorbed at this fraction of elapsed local time (5%)."""
-    fast_slew_rate: float = attrs.field(default=0.5, validator=_positive)
-    """The part of a correction beyond ``step_threshold`` is absorbed this fast."""
+    slew_rate: float = attrs.field(default=0.004, validator=_positive)
+    """Corrections are absorbed at this fraction of elapsed local time (0.4%: federation time
+    runs within 0.5% of real time even with a few hundred ppm of clock drift on top)."""
+    fast_slew_rate: float = attrs.field(default=0.004, validator=_positive)
+    """The part of a correction beyond ``step_threshold`` is absorbed this fast (by default as
+    fast as the rest: large corrections are steps, when lineages meet)."""
     step_threshold: float = attrs.field(default=0.1, validator=_positive)
-    """Behind by more than this (seconds), the clock steps forward instead of slewing."""
+    """``synced`` needs an error bound within this many seconds."""
 
     def __attrs_post_init__(self) -> None:
         if self.slew_rate > self.fast_slew_rate:
@@ -189,6 +195,9 @@ class ClockSnapshot:
     drift_bound_ppm: float
     """Worst-case error of ``drift_ppm``."""
     error_bound: float
+    lan_error_bound: float
+    """Worst-case error against the followed node alone (its own bound left out): what the
+    agreement within a site rests on; ``synced`` uses it."""
     reference: str | None
     is_reference: bool
     synced: bool
@@ -210,7 +219,8 @@ class _Sample:
     mid: float  # local time of the measurement (midpoint of t1 and t4)
     offset: float  # federation time minus local time there
     rtt: float
-    bound: float  # worst-case |offset error|
+    bound: float  # worst-case |offset error| against the top of the chain of references
+    lan: float  # ... against the followed node's time alone
 
 
 class ClockCore:
@@ -221,7 +231,9 @@ class ClockCore:
     node of a federation (no registry) wants; a node joining later steps forward to the
     federation's time at its first sync. *is_reference* starts the node as the time reference
     (same as ``set_reference(now, reference_id, is_self=True)``). *reference_id* names itself
-    in snapshots.
+    in snapshots. *step_on_first_sync* lets the first estimate (made on ``min_samples``
+    samples) step the clock forward (a node joining a federation jumps to its time); without
+    it the clock only steps when :meth:`step` says so.
     """
 
     def __init__(
@@ -232,6 +244,7 @@ class ClockCore:
         reference_id: str | None = None,
         initial_time: float = 0.0,
         config: ClockConfig | None = None,
+        step_on_first_sync: bool = True,
     ) -> None:
         if not (math.isfinite(now) and math.isfinite(initial_time)):
             raise ValueError("now and initial_time must be finite")
@@ -245,6 +258,8 @@ class ClockCore:
         self._rate = 0.0
         self._res0 = 0.0
         self._res_at = now
+        self._res_floor = 0.0  # the residual stops shrinking here (deadband, see set_reference)
+        self._deadband = False
         # What the line's error bound is made of; None = unknown (infinite). A second estimate
         # (_alt, same anchor) tightens the bound: the truth lies within both.
         self._est: _Bound | None = None
@@ -254,7 +269,8 @@ class ClockCore:
         self._d_hi = self._max_drift
         self._d_at = now
         self._rate_err = self._max_drift  # how precise the rate is thought to be (not a bound)
-        self._ever_estimated = False
+        self._step_permit = step_on_first_sync  # the estimate may step the clock forward
+        self._stepped = 0.0  # stepped since the last take_stepped()
         # Reference and polling.
         self._reference: str | None = None
         self._is_self = False
@@ -271,6 +287,8 @@ class ClockCore:
         self._accepted = 0
         self._ref_synced = False
         self._last_sample_at = -math.inf
+        self._ref_bound = math.inf  # the followed node's own bound in its last reply
+        self._ref_bound_at = now
         # Counters.
         self._requests = 0
         self._replies = 0
@@ -283,15 +301,22 @@ class ClockCore:
     # -----------------------------------------------------------------------------------------
     # Inputs
 
-    def set_reference(self, now: float, reference_id: str | None, is_self: bool) -> None:
+    def set_reference(
+        self, now: float, reference_id: str | None, is_self: bool, *, deadband: bool = False
+    ) -> None:
         """Follow *reference_id* (a node id), or be the reference (*is_self*), or follow no one
         (``None`` and not self: between elections; the clock runs on its last estimate).
 
         Federation time stays continuous: a node that becomes the reference keeps its current
         federation time and rate; a node that follows a new reference starts a new burst of
         requests and slews to it. Calling it again with the same arguments changes nothing.
+
+        With *deadband* the clock moves only as far as it must to stay within the estimate's
+        error interval (a site's reference following the registry: a noisy outside clock must
+        not shake the site, whose members follow this node's every move).
         """
         now = self._tick(now)
+        self._deadband = deadband
         if reference_id == self._reference and is_self == self._is_self:
             return
         self._reference = reference_id
@@ -304,11 +329,12 @@ class ClockCore:
         self._ref_synced = False
         self._last_sample_at = -math.inf
         self._start_over_on_next_sample = False
+        self._ref_bound, self._ref_bound_at = math.inf, now
         if is_self:
             # Freeze the current federation time and rate as the definition of time.
             fed = self._read(now)
             self._a_local, self._a_fed = now, fed
-            self._res0, self._res_at = 0.0, now
+            self._res0, self._res_at, self._res_floor = 0.0, now, 0.0
             self._est, self._alt = _EXACT, None
             self._rate_err = 0.0  # its rate is the federation's, by definition
             self._next_poll = None
@@ -331,6 +357,34 @@ class ClockCore:
         self._rate_err = min(self._rate_err + extra, self._max_drift)
         self._poll_start = now
         self._next_poll = now
+
+    def take_stepped(self) -> float:
+        """Seconds the clock stepped forward since the last call (0.0 if none)."""
+        out, self._stepped = self._stepped, 0.0
+        return out
+
+    def step(self, now: float, delta: float) -> None:
+        """Step federation time forward by *delta* seconds now (an announced step: every node
+        of a site applies the same one at the same federation time). The estimate moves with
+        it (samples from a reference that stepped at the same moment stay consistent); requests
+        in flight are forgotten, as their answers may straddle the step. Raises ``ValueError``
+        for a negative or non-finite *delta*."""
+        if not (math.isfinite(delta) and delta >= 0.0):
+            raise ValueError(f"a step must be forward and finite, not {delta!r}")
+        now = self._tick(now)
+        self._read(now)
+        self._a_fed += delta
+        if self._alt is not None:
+            fed, rate, bound = self._alt
+            self._alt = (fed + delta, rate, bound)
+        self._samples = deque(
+            (attrs.evolve(x, offset=x.offset + delta) for x in self._samples),
+            maxlen=self._cfg.history,
+        )
+        self._outstanding.clear()
+        self._pair_first.clear()
+        self._steps += 1
+        self._stepped += delta
 
     def reference_restarted(self, now: float) -> None:
         """The followed reference is a new process under the same id (it restarted): what it
@@ -432,19 +486,23 @@ class ClockCore:
         del self._outstanding[reply.probe]
         first_of_pair = reply.probe in self._pair_first
         self._pair_first.discard(reply.probe)
-        ref_bound = reply.error_bound if reply.error_bound < MAX_REPORTED_ERROR else math.inf
-        bound = max(rtt / 2 + self._max_drift * (t4 - t1) + ref_bound, _MIN_BOUND)
+        ref_bound = min(reply.error_bound, MAX_REPORTED_ERROR)
+        lan = max(rtt / 2 + self._max_drift * (t4 - t1), _MIN_BOUND)
         sample = _Sample(
             mid=(t1 + t4) / 2,
             offset=((reply.t2 - t1) + (reply.t3 - t4)) / 2,
             rtt=rtt,
-            bound=bound,
+            bound=lan + ref_bound,
+            lan=lan,
         )
         self._replies += 1
         self._ref_synced = reply.synced
-        if not math.isfinite(bound):
-            # The reference does not know its own time: nothing to learn but that it is there.
+        if ref_bound >= MAX_REPORTED_ERROR and not reply.synced:
+            # The reference does not know its own time (a young clock that may yet adopt an
+            # older lineage): nothing to learn but that it is there.
             return True
+        self._ref_bound = math.inf if ref_bound >= MAX_REPORTED_ERROR else ref_bound
+        self._ref_bound_at = now
         if self._start_over_on_next_sample:
             self._start_following(now)
         if not self._consistent(sample):
@@ -465,6 +523,8 @@ class ClockCore:
             # The estimate is updated when that answer comes (or with the next one).
             self._request(now, pending[1], first_of_pair=False)
             return True
+        if self._step_permit and self._accepted < self._cfg.min_samples:
+            return True  # step once, on a few samples, rather than on the first and again
         self._update(now)
         return True
 
@@ -494,6 +554,22 @@ class ClockCore:
         """Whether this node is the time reference."""
         return self._is_self
 
+    @property
+    def max_drift(self) -> float:
+        """The assumed limit on any rate difference (``max_drift_ppm`` as a fraction)."""
+        return self._max_drift
+
+    def error_bound(self, now: float, *, lan: bool = False) -> float:
+        """The error bound at local time *now* (as in :meth:`snapshot`), against the top of
+        the chain of references, or with *lan* against the followed node alone."""
+        return self._bound(self._tick(now), lan=lan)
+
+    @property
+    def estimated(self) -> bool:
+        """Whether the clock holds an estimate against its current reference (it is the
+        reference, or it has taken enough samples of it)."""
+        return self._est is not None
+
     def snapshot(self, now: float) -> ClockSnapshot:
         """The clock's state at local time *now* as a frozen value (for status and tests)."""
         now = self._tick(now)
@@ -509,6 +585,7 @@ class ClockCore:
             drift_ppm=local_per_fed * 1e6,
             drift_bound_ppm=0.0 if self._est is _EXACT else max(d - lo, hi - d, 0.0) * 1e6,
             error_bound=self._bound(now),
+            lan_error_bound=self._bound(now, lan=True),
             reference=self._reference,
             is_reference=self._is_self,
             synced=self._synced(now),
@@ -542,14 +619,15 @@ class ClockCore:
         if r == 0.0 or dt <= 0.0:
             return r
         a = abs(r)
-        excess = a - self._cfg.step_threshold
+        floor = self._res_floor
+        excess = a - max(self._cfg.step_threshold, floor)
         if excess > 0:
             t_fast = excess / self._cfg.fast_slew_rate
             if dt <= t_fast:
                 return math.copysign(a - self._cfg.fast_slew_rate * dt, r)
             dt -= t_fast
-            a = self._cfg.step_threshold
-        return math.copysign(max(0.0, a - self._cfg.slew_rate * dt), r)
+            a -= excess
+        return math.copysign(max(floor, a - self._cfg.slew_rate * dt), r)
 
     def _line(self, at: float) -> float:
         return self._a_fed + (1.0 + self._rate) * (at - self._a_local)
@@ -557,18 +635,20 @@ class ClockCore:
     def _fed(self, at: float) -> float:
         return self._line(at) - self._residual(at)
 
-    def _est_bound(self, at: float) -> float:
+    def _est_bound(self, at: float, lan: bool = False) -> float:
         if self._est is None:
             return math.inf
-        bound = self._est.at(at, self._a_local)
+        bound = self._est.at(at, self._a_local, lan)
         if self._alt is not None:
             fed, rate, alt = self._alt
             gap = fed + (1.0 + rate) * (at - self._a_local) - self._line(at)
-            bound = min(bound, alt.at(at, self._a_local) + abs(gap))
+            bound = min(bound, alt.at(at, self._a_local, lan) + abs(gap))
+        if not lan and bound >= MAX_REPORTED_ERROR:
+            return math.inf  # the reference does not know its bound against the top
         return bound
 
-    def _bound(self, at: float) -> float:
-        return self._est_bound(at) + abs(self._residual(at))
+    def _bound(self, at: float, lan: bool = False) -> float:
+        return self._est_bound(at, lan) + abs(self._residual(at))
 
     def _synced(self, now: float) -> bool:
         if self._is_self:
@@ -579,7 +659,7 @@ class ClockCore:
             self._ref_synced
             and self._accepted >= self._cfg.min_samples
             and now - self._last_sample_at <= self._cfg.stale_after
-            and self._bound(now) <= self._cfg.step_threshold
+            and self._bound(now, lan=True) <= self._cfg.step_threshold
         )
 
     def _interval(self, now: float) -> float:
@@ -603,16 +683,22 @@ class ClockCore:
         if self._est is None or self._est is _EXACT:
             return True
         predicted = self._line(s.mid) - s.mid
-        return abs(s.offset - predicted) <= s.bound + self._est_bound(s.mid) + 1e-9
+        # The reference's own bound covers its moves (it slews what it has not yet absorbed);
+        # a move beyond step_threshold is a change of its time, not noise.
+        tolerance = min(s.bound, s.lan + self._cfg.step_threshold)
+        estimate = min(
+            self._est_bound(s.mid), self._est_bound(s.mid, lan=True) + self._cfg.step_threshold
+        )
+        return abs(s.offset - predicted) <= tolerance + estimate + 1e-9
 
     def _fit(self, now: float) -> _Fit | None:
         """Weighted least squares of offset against time over the lowest-error samples."""
         cfg = self._cfg
         keep = max(cfg.best, math.ceil(len(self._samples) * cfg.fit_fraction))
-        pts = sorted(self._samples, key=lambda s: s.bound)[:keep]
+        pts = sorted(self._samples, key=lambda s: s.lan)[:keep]
         if len(pts) < 2:
             return None
-        ws = [1.0 / (s.bound * s.bound) for s in pts]
+        ws = [1.0 / (s.lan * s.lan) for s in pts]
         wsum = sum(ws)
         mbar = sum(w * s.mid for w, s in zip(ws, pts, strict=True)) / wsum
         sxx = sum(w * (s.mid - mbar) ** 2 for w, s in zip(ws, pts, strict=True))
@@ -621,7 +707,7 @@ class ClockCore:
         cs = [w * (s.mid - mbar) / sxx for w, s in zip(ws, pts, strict=True)]
         hs = [w / wsum + c * (now - mbar) for w, c in zip(ws, cs, strict=True)]
         rate = sum(c * s.offset for c, s in zip(cs, pts, strict=True))
-        rate_error = sum(abs(c) * s.bound for c, s in zip(cs, pts, strict=True))
+        rate_error = sum(abs(c) * s.lan for c, s in zip(cs, pts, strict=True))
         # The statistical error of the rate, from the residuals when there are enough of them.
         sigma = rate_error
         if len(pts) >= 8:
@@ -639,7 +725,8 @@ class ClockCore:
             bound=_Bound(
                 0.0,
                 tuple(
-                    _Term(h, c, s.mid, s.bound, 0.0) for h, c, s in zip(hs, cs, pts, strict=True)
+                    _Term(h, c, s.mid, s.bound, 0.0, s.lan)
+                    for h, c, s in zip(hs, cs, pts, strict=True)
                 ),
             ),
         )
@@ -677,7 +764,7 @@ class ClockCore:
         recent = list(self._samples)[-cfg.window :]
         # (Chosen and weighted by how precise the rate is thought to be; bounded honestly.)
         err = max(self._rate_err, 1e-9)
-        scored = sorted(((s.bound + err * (now - s.mid), s) for s in recent), key=lambda x: x[0])
+        scored = sorted(((s.lan + err * (now - s.mid), s) for s in recent), key=lambda x: x[0])
         chosen = scored[: cfg.best]
         weights = [1.0 / (score * score) for score, _ in chosen]
         wsum = sum(weights)
@@ -685,7 +772,7 @@ class ClockCore:
         terms = []
         for w, (_, s) in zip(weights, chosen, strict=True):
             offset += w / wsum * (s.offset + rate * (now - s.mid))
-            terms.append(_Term(w / wsum, 0.0, s.mid, s.bound, w / wsum))
+            terms.append(_Term(w / wsum, 0.0, s.mid, s.bound, w / wsum, s.lan))
         mean = (now + offset, rate, _Bound(u, tuple(terms)))
         current = self._fed(now)
         self._a_local = now
@@ -697,24 +784,29 @@ class ClockCore:
             self._alt = None if fit is None else (now + fit.offset, fit.rate, fit.bound)
         # 3. The line is re-anchored at now: keep federation time continuous via the residual.
         r = self._a_fed - current
-        if r > 0 and (not self._ever_estimated or r > cfg.step_threshold):
-            step = r - self._est_bound(now)  # never step past the estimate's lower edge
+        if r > 0 and self._step_permit:
+            step = r - self._est_bound(now, lan=True)  # never past the estimate's lower edge
             if step > 0:
                 r -= step
                 self._steps += 1
+                self._stepped += step
+        self._step_permit = False
         self._res0, self._res_at = r, now
-        self._ever_estimated = True
+        # With a deadband, only what lies outside the estimate's error interval is corrected.
+        self._res_floor = min(abs(r), self._est_bound(now, lan=True)) if self._deadband else 0.0
 
 
 @attrs.frozen
 class _Term:
     # One sample's share in the estimate's error bound at local time L (line anchored at a):
-    # |h + g * (L - a)| * bound + w * drift_uncertainty * |L - mid|
+    # |h + g * (L - a)| * bound + w * drift_uncertainty * |L - mid|  (lan: the bound without
+    # the reference's own)
     h: float
     g: float
     mid: float
     bound: float
     w: float
+    lan: float
 
 
 @attrs.frozen
@@ -723,10 +815,11 @@ class _Bound:
     u: float  # drift uncertainty
     terms: tuple[_Term, ...]
 
-    def at(self, at: float, anchor: float) -> float:
+    def at(self, at: float, anchor: float, lan: bool = False) -> float:
         dt = at - anchor
         return sum(
-            abs(t.h + t.g * dt) * t.bound + t.w * self.u * abs(at - t.mid) for t in self.terms
+            abs(t.h + t.g * dt) * (t.lan if lan else t.bound) + t.w * self.u * abs(at - t.mid)
+            for t in self.terms
         )
 
 

@@ -24,8 +24,14 @@ The order on records is total for a given set of valid holders, so :func:`pick_l
 commutative, associative and idempotent: every node that has seen the same records and has the
 same membership view keeps the same winner, whatever the order messages arrived in.
 
-With a registry, the registry arbitrates the conductor; :class:`ConductorArbiter` is the hook
-(the default, :class:`LocalArbiter`, applies the local rule).
+With an arbiter (the registry), conductor claims are decided outside the mesh, as input and
+output like everything else: the core emits a :class:`ClaimRequest` through
+:meth:`ElectionCore.take_outputs` instead of claiming, and takes the arbiter's
+:class:`ClaimAnswer` with :meth:`ElectionCore.handle_claim_answer`; a holder confirms its post
+every ``renew`` seconds, and a holder the arbiter refuses steps down (``"arbiter"``) and stays
+out of the post until the arbiter grants it one (it is *deferred*). While the driver reports the
+arbiter unreachable (:meth:`ElectionCore.set_arbiter_available`) the local rule applies, so the
+LAN never waits for it. :class:`ConductorArbiter` holds the knobs.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Container, Iterable
-from typing import Protocol
 
 import attrs
 
@@ -43,11 +48,13 @@ from mesh._wire import Lease
 __all__ = [
     "CONDUCTOR",
     "Candidate",
+    "ClaimAnswer",
+    "ClaimRequest",
     "ConductorArbiter",
     "ElectionCore",
     "ElectionEvent",
+    "ElectionOutput",
     "ElectionStatistics",
-    "LocalArbiter",
     "PostChanged",
     "SteppedDown",
     "best_candidate",
@@ -123,9 +130,9 @@ class SteppedDown:
     """This node no longer holds ``post`` (it held it in ``term``).
 
     ``reason`` is ``"conflict"`` (another holder's record won: longer tenure or lower id),
-    ``"handoff"`` (this node handed the post over while leaving) or ``"ineligible"`` (this node
-    may no longer hold the post, e.g. it lost the flag). ``successor`` is the new holder, if
-    known.
+    ``"handoff"`` (this node handed the post over while leaving), ``"ineligible"`` (this node
+    may no longer hold the post, e.g. it lost the flag) or ``"arbiter"`` (the arbiter, the
+    registry, records another conductor). ``successor`` is the new holder, if known.
     """
 
     post: str
@@ -139,10 +146,49 @@ ElectionEvent = PostChanged | SteppedDown
 
 
 @attrs.frozen
+class ClaimRequest:
+    """The core asks its arbiter (the registry) to record this node as the conductor.
+
+    ``claim`` is the record this node would announce (``holder`` is this node). ``replaces`` is
+    the record this node last saw in force for the post, held by another node that is now dead,
+    gone or handed the post over (``None`` if it saw none): the arbiter may replace *that*
+    holder (compare-and-set), and no other live one. ``renewal`` is true when this node already
+    holds the post and confirms it (every ``renew`` seconds), false for a claim.
+    """
+
+    claim: Lease
+    replaces: Lease | None
+    renewal: bool
+
+
+@attrs.frozen
+class ClaimAnswer:
+    """The arbiter's answer to a :class:`ClaimRequest` (``claim`` is the request's).
+
+    ``granted``: the arbiter records this node as the conductor. Refused, ``holder`` names the
+    node the arbiter records instead (``None`` if it did not say) and ``term`` is the arbiter's
+    fencing term.
+    """
+
+    claim: Lease
+    granted: bool
+    holder: str | None = None
+    term: int = 0
+
+
+ElectionOutput = Lease | ClaimRequest
+"""What :meth:`ElectionCore.take_outputs` returns: records to gossip, requests for the arbiter."""
+
+
+@attrs.frozen
 class ElectionStatistics:
     """Counters of one :class:`ElectionCore` (for status pages and tests)."""
 
     claims: int
+    claim_requests: int
+    """Claims and renewals sent to the arbiter."""
+    refusals: int
+    """Arbiter answers that refused this node the conductor."""
     step_downs: int
     handoffs: int
     leases_received: int
@@ -205,38 +251,22 @@ def pick_lease(a: Lease, b: Lease, valid: Container[str]) -> Lease:
 
 
 # ---------------------------------------------------------------------------------------------
-# The arbiter hook
+# Arbitration by an outside arbiter
 
 
-class ConductorArbiter(Protocol):
-    """Decides conflicts and claims for the conductor post.
-
-    Without a registry the local rule (:class:`LocalArbiter`) applies. A registry arbiter
-    (compare-and-set at the registry with the term as fencing token) answers ``False`` from
-    :meth:`may_claim` while it asks the registry, and its driver then feeds the registry's
-    answer back with :meth:`ElectionCore.handle_lease`; its :meth:`pick` prefers the record
-    the registry confirmed.
+@attrs.frozen
+class ConductorArbiter:
+    """The knobs of conductor arbitration by an arbiter outside the mesh (the registry's
+    compare-and-set with the term as fencing token); giving one to :class:`ElectionCore` turns
+    arbitration on. Seconds of federation time.
     """
 
-    def may_claim(self, now: float, claim: Lease) -> bool:
-        """Whether this node may announce *claim* now (asked again after ``claim_delay``)."""
-        ...
-
-    def pick(self, a: Lease, b: Lease, valid: Container[str]) -> Lease:
-        """The winner of two conductor records (see :func:`pick_lease`)."""
-        ...
-
-
-class LocalArbiter:
-    """The arbiter without a registry: always may claim, conflicts by :func:`pick_lease`."""
-
-    def may_claim(self, now: float, claim: Lease) -> bool:
-        """Always true: the local rule needs nobody's permission."""
-        return True
-
-    def pick(self, a: Lease, b: Lease, valid: Container[str]) -> Lease:
-        """:func:`pick_lease`."""
-        return pick_lease(a, b, valid)
+    retry: float = 1.0
+    """A refused claim is asked again after this long (the arbiter's holder may expire)."""
+    renew: float = 2.0
+    """A holder confirms its post this often, so it learns soon if the arbiter gave it away."""
+    timeout: float = 3.0
+    """A claim unanswered for this long is asked again."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +321,16 @@ class ElectionCore:
         self.rank_delay = rank_delay
         self.reannounce_interval = reannounce_interval
         self.conflict_resend_interval = conflict_resend_interval
-        self.arbiter: ConductorArbiter = arbiter if arbiter is not None else LocalArbiter()
+        self.arbiter = arbiter
+        """Arbitration knobs, or ``None``: the local rule alone decides the conductor."""
+        self._arbiter_available = True  # until the driver says otherwise
+        self._pending: Lease | None = None  # the claim the arbiter has not answered yet
+        self._pending_until = -math.inf
+        self._next_renew: float | None = None
+        self._deferred = False  # the arbiter refused this node: it may not hold the conductor
+        self._superseded: Lease | None = None  # the other holder's record before this node's
+        self._claim_requests = 0
+        self._refusals = 0
         self._settle_until = now + settle_time
         self._candidates: dict[str, Candidate] = {}
         self._known: Counter[str] = Counter()  # orchestra -> members known (alive or not)
@@ -307,7 +346,7 @@ class ElectionCore:
         self._next_reannounce: float | None = None
         self._last_reannounce = -math.inf
         self._leaving = False
-        self._outputs: list[Lease] = []
+        self._outputs: list[ElectionOutput] = []
         self._events: list[ElectionEvent] = []
         self._claims = 0
         self._step_downs = 0
@@ -371,6 +410,13 @@ class ElectionCore:
             self._max_term[lease.post] = lease.term
         winner = lease if current is None else self._pick(current, lease)
         if winner != current:
+            if (
+                lease.post == CONDUCTOR
+                and winner.holder == self.self_id
+                and current is not None
+                and current.holder != self.self_id
+            ):
+                self._superseded = current  # e.g. a handoff to this node
             self._records[lease.post] = winner
             self._adopted += 1
             self._outputs.append(winner)  # infection-style: pass news on
@@ -392,7 +438,73 @@ class ElectionCore:
             self._reconcile_post(now, post)
         if self._next_reannounce is not None and now >= self._next_reannounce:
             self._reannounce(now)
+        if self._next_renew is not None and now >= self._next_renew:
+            self._renew(now)
         self._after_reconcile(now)
+
+    def handle_claim_answer(self, now: float, answer: ClaimAnswer) -> None:
+        """Take the arbiter's answer to a :class:`ClaimRequest`.
+
+        Granted, this node holds the conductor (even if its view shows another holder: that
+        holder will be refused at its next renewal and step down). Refused, a claim is asked
+        again after ``retry``; a refused renewal makes this node step down with reason
+        ``"arbiter"`` and stay out of the post (:attr:`deferred`) until the arbiter grants it
+        a claim, or the arbiter is unreachable while nobody holds the post. Answers to requests
+        this node no longer has in mind are ignored.
+        """
+        arbiter = self.arbiter
+        claim = answer.claim
+        if arbiter is None or claim.post != CONDUCTOR or claim.holder != self.self_id:
+            return
+        record = self._records.get(CONDUCTOR)
+        was_pending = claim == self._pending
+        if was_pending:
+            self._pending = None
+        if answer.granted:
+            if not was_pending or self._leaving:
+                return  # a renewal confirmed, or an answer too late to matter
+            self._deferred = False
+            self._retry_at.pop(CONDUCTOR, None)
+            if record is None or record.holder != self.self_id:
+                term = max(claim.term, self._max_term.get(CONDUCTOR, 0) + 1)
+                granted = Lease(CONDUCTOR, self.self_id, term, claim.tenure_start)
+                self._superseded = record
+                self._take(granted)
+            self._next_renew = now + arbiter.renew
+        else:
+            self._refusals += 1
+            if was_pending:
+                self._retry_at[CONDUCTOR] = now + arbiter.retry
+            elif record == claim and self._may_hold(CONDUCTOR, self.self_id):
+                self._deferred = True  # the arbiter gave the post away: step down
+                self._next_renew = None
+        self._reconcile_post(now, CONDUCTOR)
+        self._after_reconcile(now)
+
+    def set_arbiter_available(self, now: float, available: bool) -> None:
+        """The driver reached the arbiter (``True``) or failed to (``False``). While it is
+        unreachable the local rule applies: claims are made without asking, and a deferred
+        node may hold the post again if nobody holds it."""
+        if self.arbiter is None or available == self._arbiter_available:
+            return
+        self._arbiter_available = available
+        self._pending = None
+        self._retry_at.pop(CONDUCTOR, None)
+        if available:
+            if self.holds(CONDUCTOR):
+                self._next_renew = now  # confirm the post at once
+        else:
+            self._next_renew = None
+            if self._deferred and self.holder(CONDUCTOR) is None:
+                self._deferred = False
+        self._reconcile_post(now, CONDUCTOR)
+        self._after_reconcile(now)
+
+    @property
+    def deferred(self) -> bool:
+        """Whether the arbiter refused this node the conductor it held: it may not hold the
+        post until the arbiter grants it (other nodes learn it from the node's metadata)."""
+        return self._deferred
 
     def handoff(self, now: float) -> list[Lease]:
         """Leave: give every post this node holds to its best successor and stop claiming.
@@ -426,10 +538,13 @@ class ElectionCore:
         times = list(self._claim_due.values())
         if self._next_reannounce is not None:
             times.append(self._next_reannounce)
+        if self._next_renew is not None:
+            times.append(self._next_renew)
         return min(times) if times else None
 
-    def take_outputs(self) -> list[Lease]:
-        """Lease records to gossip to every node (claims, handoffs, news, re-announcements)."""
+    def take_outputs(self) -> list[ElectionOutput]:
+        """Lease records to gossip to every node (claims, handoffs, news, re-announcements)
+        and, with an arbiter, :class:`ClaimRequest` values for the driver to carry to it."""
         out, self._outputs = self._outputs, []
         return out
 
@@ -498,6 +613,8 @@ class ElectionCore:
         """A snapshot of the counters."""
         return ElectionStatistics(
             claims=self._claims,
+            claim_requests=self._claim_requests,
+            refusals=self._refusals,
             step_downs=self._step_downs,
             handoffs=self._handoffs,
             leases_received=self._received,
@@ -508,16 +625,33 @@ class ElectionCore:
     # -- internals ---------------------------------------------------------------------------
 
     def _may_hold(self, post: str, holder: str) -> bool:
-        if holder == self.self_id and self._leaving:
+        if holder == self.self_id and (self._leaving or (self._deferred and post == CONDUCTOR)):
             return False
         candidate = self._candidates.get(holder)
         return candidate is not None and is_eligible(post, candidate)
 
     def _pick(self, a: Lease, b: Lease) -> Lease:
-        valid = _Valid(self, a.post)
-        if a.post == CONDUCTOR:
-            return self.arbiter.pick(a, b, valid)
-        return pick_lease(a, b, valid)
+        return pick_lease(a, b, _Valid(self, a.post))
+
+    def _take(self, record: Lease) -> None:
+        """Hold *record* (this node's claim) and announce it."""
+        self._claims += 1
+        self._max_term[record.post] = max(record.term, self._max_term.get(record.post, 0))
+        self._records[record.post] = record
+        self._claim_due.pop(record.post, None)
+        self._outputs.append(record)
+
+    def _renew(self, now: float) -> None:
+        """Confirm the conductor post this node holds with the arbiter."""
+        arbiter = self.arbiter
+        record = self._records.get(CONDUCTOR)
+        if arbiter is None or not self._arbiter_available or not self.holds(CONDUCTOR):
+            self._next_renew = None
+            return
+        assert record is not None
+        self._claim_requests += 1
+        self._outputs.append(ClaimRequest(record, self._superseded, renewal=True))
+        self._next_renew = now + arbiter.renew
 
     def _reannounce(self, now: float) -> None:
         for post in self.posts_held():
@@ -585,15 +719,23 @@ class ElectionCore:
         if self.holder(post) is not None:
             return
         claim = Lease(post, self.self_id, self._max_term.get(post, 0) + 1, now)
-        if post == CONDUCTOR and not self.arbiter.may_claim(now, claim):
-            self._retry_at[post] = now + self.claim_delay  # ask again later
+        previous = self._records.get(post)
+        if previous is not None and previous.holder == self.self_id:
+            previous = None
+        if post == CONDUCTOR and self.arbiter is not None and self._arbiter_available:
+            # Ask the arbiter; claim when it grants (handle_claim_answer).
+            if self._pending is None or now >= self._pending_until:
+                self._pending = claim
+                self._pending_until = now + self.arbiter.timeout
+                self._claim_requests += 1
+                self._outputs.append(ClaimRequest(claim, previous, renewal=False))
+            self._retry_at[post] = self._pending_until
             return
         self._retry_at.pop(post, None)
-        self._claims += 1
-        self._max_term[post] = claim.term
-        self._records[post] = claim
-        self._claim_due.pop(post, None)
-        self._outputs.append(claim)
+        if post == CONDUCTOR:
+            self._deferred = False  # the local rule: the arbiter cannot be asked
+            self._superseded = previous
+        self._take(claim)
 
     def _reconcile(self, now: float) -> None:
         """Bring every post up to date (after the view or the node's own state changed)."""
@@ -616,6 +758,8 @@ class ElectionCore:
                     reason = "handoff"
                 elif record is not None and record.holder != self.self_id:
                     reason = "conflict"
+                elif self._deferred and post == CONDUCTOR:
+                    reason = "arbiter"
                 else:
                     reason = "ineligible"
                 self._step_downs += 1
@@ -628,6 +772,15 @@ class ElectionCore:
         if holder is not None:
             if holder == self.self_id and record is not None:
                 self._held_terms[post] = record.term
+                if (
+                    post == CONDUCTOR
+                    and self.arbiter is not None
+                    and self._arbiter_available
+                    and self._next_renew is None
+                ):
+                    # Holding without the arbiter's word (a handoff, a restart, the local
+                    # rule while it was unreachable): confirm with it now.
+                    self._next_renew = now
             self._vacant_since.pop(post, None)
             self._claim_due.pop(post, None)
             self._retry_at.pop(post, None)

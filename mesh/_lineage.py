@@ -1,111 +1,139 @@
-"""Whether a fresh node's own clock may define federation time, or must adopt the federation's.
+"""Clock lineages: when two clocks that kept time apart meet, which one is the federation's.
 
-A node starts with federation time 0 (its own start is the epoch). That is right for the first
-node of a federation, and wrong for a node that restarts while the federation goes on: if it is
-elected the time reference at once (a conductor restarted by its supervisor keeps its lease), its
-young clock would drag every follower back by the federation's age.
+A node's clock starts at 0: its own start is an epoch, and its time is the first of a new
+**lineage** of federation time, named by an id (``lineage_id``) that the node announces in its
+member metadata. Nodes that follow one another share a lineage. Two lineages meet when a node
+learns of a peer (or an outside clock, the registry) whose lineage differs from its own: a node
+joining a running federation, a restarted node, two sites that kept time separately while the
+registry was down or the network between them was cut.
 
-:class:`ClockLineage` settles the question with one NTP-style probe to a live peer, made only
-while the node is its own time reference and has never been synced to anyone:
+The **older lineage** (the one whose epoch is earlier: it shows the larger federation time at
+the same instant) is the federation's, and never moves. The younger one steps once, forward, to
+it: a follower when it starts to follow an older reference, a site's reference (with every node
+that follows it, at the same announced moment) when it finds an older peer or an older registry.
 
-- the peer is synced (it belongs to an established lineage) and its federation time is ahead of
-  ours by more than ``margin``: the federation is older than this node, so it **adopts** the
-  peer: follows it until its clock is synced, and only then acts as the reference (from the
-  adopted time, which it keeps continuous);
-- otherwise (the peer is behind, about equal, or not synced itself): this node's clock is the
-  federation's; it is **settled**.
-
-A node is also settled as soon as its clock syncs to any reference. Until it is settled, a node
-that is its own reference is *provisional*: it answers clock requests with an unknown error bound
-so that followers learn nothing from its young time. Sans-IO like the other cores: the caller
-passes local time ``now`` and its federation time ``fed``.
+:class:`LineageProbes` measures how far a peer's federation time is ahead of ours, with
+NTP-style probes (four timestamps, one round trip; probe numbers above 2^40, so they never mix
+with the clock core's), and :func:`is_older` decides, the same way on both sides of a meeting.
+Sans-IO like the other cores: the caller passes local time ``now`` and its federation time
+``fed``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+
+import attrs
 
 from mesh._wire import ClockReply, ClockRequest
 
-__all__ = ["ClockLineage"]
+__all__ = ["MAX_DECISION_BOUND", "LineageProbes", "Meeting", "is_older", "lineage_id"]
 
 _PROBE_BASE = 1 << 40  # lineage probes never collide with the clock core's (1, 2, 3, ...)
 
+MAX_DECISION_BOUND = 0.005
+"""A probe whose round trip leaves more uncertainty than this (seconds) decides nothing between
+two nodes (another probe follows): :func:`is_older` then needs only a small tie zone."""
 
-class ClockLineage:
-    """The lineage check of one node (see the module docstring).
+_MARGIN = 0.001  # seconds of extra margin in every decision
 
-    *margin* (seconds) is how far ahead a peer's time must be to be adopted; *interval* is the
-    time between probes while no answer settles the question; *reply_timeout* bounds a usable
-    round trip; *samples_to_adopt* is how many samples of an adopted peer's time the node needs
-    before it is settled (the peer may never say it is synced: its reference may be this node).
+
+def lineage_id(node_id: str, started: float) -> str:
+    """The id of the lineage a node founds when it starts: its node id's first 10 digits and
+    its start time in milliseconds (hex), unique per run of a node."""
+    return f"{node_id[:10]}{round(started * 1000) & 0xFFFFFFFF:08x}"
+
+
+@attrs.frozen
+class Meeting:
+    """What one probe found: ``ahead`` is the peer's federation time minus ours (seconds), good
+    to ``bound`` (half the round trip, the peer's own error ignored: a lineage is what its
+    members say it is)."""
+
+    peer: str
+    ahead: float
+    bound: float
+
+
+def is_older(ahead: float, bound: float, own: str, theirs: str, *, tie_zone: float) -> bool:
+    """Whether the lineage *theirs*, measured *ahead* seconds ahead of ours (within *bound*), is
+    the older one, so that ours should step to it.
+
+    Clearly ahead (more than the bound and a margin): older. Otherwise the lower lineage id
+    is the older one when the times are within the tie zone of each other. The zone is wider
+    on the higher-id side (*tie_zone*, at least twice the largest bound either side decides
+    with), so that of two nodes measuring each other with errors, at least one finds the other
+    older: a meeting never leaves both waiting for the other. (Both may step; then their times
+    agree and the ids decide the next meeting.)
+    """
+    if ahead > bound + _MARGIN:
+        return True
+    return theirs < own and ahead >= -(bound + _MARGIN + tie_zone)
+
+
+class LineageProbes:
+    """NTP-style probes of other clocks' federation time (see the module docstring).
+
+    *interval* is the least time between two probes of one peer; *reply_timeout* bounds a
+    usable round trip.
     """
 
-    def __init__(
-        self,
-        *,
-        margin: float = 0.1,
-        interval: float = 0.25,
-        reply_timeout: float = 1.0,
-        samples_to_adopt: int = 4,
-    ):
-        self.margin = margin
-        self.samples_to_adopt = samples_to_adopt
-        """Samples of the adopted peer's time after which this node's clock holds it."""
+    def __init__(self, *, interval: float = 0.25, reply_timeout: float = 1.0) -> None:
         self.interval = interval
         self.reply_timeout = reply_timeout
-        self.settled = False
-        self.adopting: str | None = None
-        """The peer being followed to adopt its time, until this node's clock is synced."""
         self._probe = _PROBE_BASE
-        self._turn = 0
         self._pending: dict[int, tuple[str, float, float]] = {}  # probe -> (peer, t1, fed at t1)
-        self._next = -math.inf
+        self._last: dict[str, float] = {}  # peer -> when it was last probed
 
     @staticmethod
-    def owns(reply: ClockReply) -> bool:
-        """Whether *reply* answers a lineage probe (not one of the clock core's requests)."""
-        return reply.probe > _PROBE_BASE
+    def owns(message: ClockRequest | ClockReply) -> bool:
+        """Whether *message* is (or answers) a lineage probe, not one of the clock core's."""
+        return message.probe > _PROBE_BASE
 
-    def settle(self) -> None:
-        """This node's clock is part of a lineage now (synced, or found to be the oldest)."""
-        self.settled = True
-        self.adopting = None
-        self._pending.clear()
+    def due(self, now: float, peer: str) -> bool:
+        """Whether *peer* may be probed now."""
+        return now >= self.next_due(peer)  # the same sum as next_due: a timer set there fires
 
-    def probe(
-        self, now: float, fed: float, peers: Sequence[str]
-    ) -> tuple[str, ClockRequest] | None:
-        """A probe to send now to one of the live *peers* (taken in turn), if one is due."""
-        if self.settled or self.adopting is not None or not peers or now < self._next:
+    def probe(self, now: float, fed: float, peer: str) -> ClockRequest | None:
+        """A probe of *peer* to send now, if one is due."""
+        if not self.due(now, peer):
             return None
-        self._next = now + self.interval
-        peer = peers[self._turn % len(peers)]
-        self._turn += 1
+        self._last[peer] = now
         self._probe += 1
         for old in [p for p, (_, t1, _) in self._pending.items() if now - t1 > self.reply_timeout]:
             del self._pending[old]
         self._pending[self._probe] = (peer, now, fed)
-        return peer, ClockRequest(self._probe, now)
+        return ClockRequest(self._probe, now)
 
-    def next_deadline(self) -> float | None:
-        """When :meth:`probe` may next return a probe (None: it will not)."""
-        return None if self.settled or self.adopting is not None else self._next
+    def stamp(self, now: float, fed: float, request: ClockRequest) -> ClockRequest:
+        """*request* with ``t1`` moved to *now*, the moment it is sent (and our federation time
+        then remembered), so local work before sending is not counted as delay."""
+        pending = self._pending.get(request.probe)
+        if pending is None or pending[1] != request.t1 or now < request.t1:
+            return request
+        self._pending[request.probe] = (pending[0], now, fed)
+        return ClockRequest(request.probe, now)
 
-    def handle_reply(self, now: float, fed: float, reply: ClockReply, sender: str) -> None:
-        """Judge a peer's answer (received at local time *now*, federation time *fed*)."""
+    def next_due(self, peer: str) -> float:
+        """When *peer* may next be probed."""
+        return self._last.get(peer, -math.inf) + self.interval
+
+    def forget(self, peer: str) -> None:
+        """Drop what is known of *peer* (it left, or its lineage changed)."""
+        self._last.pop(peer, None)
+
+    def handle_reply(
+        self, now: float, fed: float, reply: ClockReply, sender: str
+    ) -> Meeting | None:
+        """Judge a peer's answer (received at local time *now*, federation time *fed*); None
+        for an unknown, stale, misdirected or impossible one."""
         pending = self._pending.get(reply.probe)
-        if self.settled or self.adopting is not None or pending is None:
-            return
+        if pending is None:
+            return None
         peer, t1, fed1 = pending
         rtt = (now - t1) - (reply.t3 - reply.t2)
         if sender != peer or reply.t1 != t1 or rtt < 0 or now - t1 > self.reply_timeout:
-            return
+            return None
         del self._pending[reply.probe]
         ahead = ((reply.t2 - fed1) + (reply.t3 - fed)) / 2
-        if reply.synced and ahead > self.margin + rtt / 2:
-            self.adopting = peer
-            self._pending.clear()
-        else:
-            self.settle()
+        return Meeting(peer, ahead, rtt / 2)

@@ -42,12 +42,12 @@ from mesh._discovery import (
     serve_beacons,
     serve_mdns,
 )
-from mesh._election import PostChanged, SteppedDown
+from mesh._election import ClaimAnswer, PostChanged, SteppedDown
 from mesh._extensions import Extension
 from mesh._interfaces import choose_interfaces, local_addresses
 from mesh._membership import MemberEvent, MemberView, OpenStream, PathConflict, SendDatagram
 from mesh._names import check_name
-from mesh._nodecore import NodeCore, NodeEvent, Publication
+from mesh._nodecore import ClockStepped, ExternalRequest, NodeCore, NodeEvent, Publication
 from mesh._ports import DEFAULT_GOSSIP_PORT
 from mesh._profiles import get_profile
 from mesh._state import default_runtime_dir, default_state_dir, locked_identity, status_file
@@ -222,6 +222,7 @@ class Node:
         self._subscribers: dict[str, list[trio.MemorySendChannel[Publication]]] = {}
         self._event_sinks: list[trio.MemorySendChannel[NodeEvent]] = []
         self._timer_scope = trio.CancelScope()
+        self._external_ready = trio.Event()
         self._request_ids = 0
         self.fatal: Exception | None = None
         self.status_url: str | None = None
@@ -359,23 +360,49 @@ class Node:
         self._on_hint(PeerHint(address, source))
 
     def use_external_clock(self, source: str | None) -> None:
-        """Take federation time from a clock outside the mesh named *source* (the registry
-        bridge uses this): this orchestra's supernode follows it, the other members follow
-        their supernode. The caller carries the requests (:meth:`external_clock_requests`) and
-        brings back the answers (:meth:`external_clock_reply`). ``None`` undoes it."""
+        """Align federation time with a clock outside the mesh named *source* (the registry
+        bridge uses this): the node that is its site's time reference follows it while it
+        answers in the federation's lineage (see :meth:`NodeCore.use_external_clock`). The
+        caller carries the requests (:meth:`external_requests`) and brings back the answers
+        (:meth:`external_clock_reply`). ``None`` undoes it."""
         self.core.use_external_clock(self.local_now(), source)
         self._pump()
 
-    def external_clock_requests(self) -> list[ClockRequest]:
-        """The clock requests waiting for the external source (oldest first)."""
-        return [request for _, request in self.core.take_external_clock_requests()]
+    async def wait_external(self) -> None:
+        """Wait until the node has requests for the outside world (:meth:`external_requests`)."""
+        if not self.core.has_external_requests():
+            await self._external_ready.wait()
+        self._external_ready = trio.Event()
 
-    def external_clock_reply(self, reply: ClockReply, source: str) -> bool:
-        """Hand in the external source's answer; call it as soon as the answer arrives (its
-        arrival time is the fourth timestamp). Returns whether the sample was used."""
-        used = self.core.handle_external_clock_reply(self.local_now(), reply, source)
+    def external_requests(self) -> list[ExternalRequest]:
+        """Conductor claims for the arbiter, clock requests and epoch offers for the external
+        clock, oldest first (see :meth:`NodeCore.take_external_requests`)."""
+        return self.core.take_external_requests()
+
+    def stamp_external(self, request: ClockRequest) -> ClockRequest:
+        """*request* with its send time set to now: call it right before sending it."""
+        stamped = self.core.stamp(self.local_now(), request)
+        assert isinstance(stamped, ClockRequest)
+        return stamped
+
+    def external_clock_reply(self, reply: ClockReply, source: str, lineage: str | None) -> bool:
+        """Hand in the external clock's answer (its *lineage*, ``None`` when it has no epoch);
+        call it as soon as the answer arrives (its arrival time is the fourth timestamp).
+        Returns whether the sample was used."""
+        used = self.core.handle_external_clock_reply(self.local_now(), reply, source, lineage)
         self._pump()
         return used
+
+    def claim_answer(self, answer: ClaimAnswer) -> None:
+        """Hand in the arbiter's answer to a conductor claim."""
+        self.core.handle_claim_answer(self.local_now(), answer)
+        self._pump()
+
+    def external_available(self, available: bool) -> None:
+        """Say whether the outside world (the registry) answers: while it does not, the local
+        rule elects the conductor and the site's time runs on its own."""
+        self.core.set_external_available(self.local_now(), available)
+        self._pump()
 
     def update_meta(self) -> None:
         """Re-read the extensions' metadata and announce it (a new incarnation)."""
@@ -406,6 +433,7 @@ class Node:
             for view in self.members()
         ]
         clock = self.clock
+        lineage = core.lineage_status(self.local_now())
         doc: dict[str, Any] = {
             "node": {
                 "id": self.id,
@@ -423,11 +451,15 @@ class Node:
                 "federation_time": clock.federation_time,
                 "offset": clock.offset,
                 "error_bound": clock.error_bound if math.isfinite(clock.error_bound) else None,
+                "lan_error_bound": clock.lan_error_bound
+                if math.isfinite(clock.lan_error_bound)
+                else None,
                 "reference": None if clock.is_reference else core.path_of(clock.reference),
                 "is_reference": clock.is_reference,
                 "synced": clock.synced,
                 "drift_ppm": clock.drift_ppm,
                 "rtt": clock.rtt,
+                **lineage,
             },
             "registry": None,
             "statistics": {
@@ -465,6 +497,8 @@ class Node:
             self._save_incarnation(incarnation)
         for event in core.take_events():
             self._dispatch(event)
+        if core.has_external_requests():
+            self._external_ready.set()
         deadline = core.next_deadline()
         self._timer_scope.deadline = min(self._timer_scope.deadline, self._trio_time(deadline))
 
@@ -486,6 +520,13 @@ class Node:
                 self.core.path_of(event.old_holder),
                 self.core.path_of(event.new_holder),
                 event.term,
+            )
+        elif isinstance(event, ClockStepped):
+            logger.warning(
+                "federation time stepped forward by %.6f s: lineage %s met the older %s",
+                event.size,
+                event.old_lineage,
+                event.new_lineage,
             )
         elif isinstance(event, SteppedDown):
             logger.log(

@@ -8,17 +8,33 @@ a clock sample or a publication travels:
 - membership events rebuild the election's view of the candidates;
 - lease records travel as gossip updates (and in every push-pull);
 - election events choose the clock's time reference: the conductor if there is one, else the
-  longest-serving supernode (``use_external_clock`` makes a registry the supernodes' reference);
-  a node that has never been synced checks its clock's lineage first (:mod:`mesh._lineage`), so
-  a restarted conductor adopts the federation's time instead of imposing its young clock;
-- clock requests go to the reference's gossip address; every node answers them.
+  longest-serving supernode. That node is the *top* of its site's clock: it follows nobody on
+  the LAN, and with an outside clock (``use_external_clock``: the registry) it follows that
+  clock while it answers and shares this node's lineage, and runs on its own otherwise (the LAN
+  never waits for the registry);
+- clock lineages (:mod:`mesh._lineage`): a node whose clock has kept time apart from a peer's
+  (its lineage id, in its metadata, differs) probes it; the younger lineage steps once, forward,
+  to the older one. The node that finds out announces the step in its metadata (a federation
+  time of its lineage, a size, the older lineage), every node of its lineage copies the earliest
+  announcement it hears, and all of them step at that same federation time (at once, for a
+  node alone in its lineage: a node joining a federation). A follower never follows a
+  reference of another lineage: it keeps its own time until the two are one. A top older than
+  the registry hands the registry its epoch (:class:`EpochOffer`). Every step is a
+  :class:`ClockStepped` event;
+- clock requests go to the reference's gossip address; every node answers them;
+- requests for the outside world (conductor claims for the arbiter, clock requests and epoch
+  offers for the external clock) come out of :meth:`NodeCore.take_external_requests`, and the
+  answers come back through :meth:`NodeCore.handle_claim_answer` and
+  :meth:`NodeCore.handle_external_clock_reply`.
 
 ``now`` is the node's local time everywhere (monotonic, plus injected skew and drift); the
 election runs on federation time, which this class converts.
 
 Member metadata carries what other cores need to know of a node, under short keys:
 ``j`` its join time (wall clock at start; only used to rank candidates), ``s`` / ``c`` whether it
-is a supernode / conductor candidate, and whatever the extensions add.
+is a supernode / conductor candidate, ``a`` while the arbiter refuses it the conductor post,
+``l`` its clock lineage, ``ls`` a step it announced (``[federation time, size, new lineage]``),
+and whatever the extensions add.
 """
 
 from __future__ import annotations
@@ -26,13 +42,15 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import attrs
 
 from mesh._clock import MAX_REPORTED_ERROR, ClockConfig, ClockCore, ClockSnapshot
 from mesh._election import (
     Candidate,
+    ClaimAnswer,
+    ClaimRequest,
     ConductorArbiter,
     ElectionCore,
     ElectionEvent,
@@ -40,7 +58,7 @@ from mesh._election import (
     SteppedDown,
     post_orchestra,
 )
-from mesh._lineage import ClockLineage
+from mesh._lineage import MAX_DECISION_BOUND, LineageProbes, Meeting, is_older, lineage_id
 from mesh._membership import (
     MemberEvent,
     Membership,
@@ -55,6 +73,7 @@ from mesh._wire import (
     Address,
     ClockReply,
     ClockRequest,
+    Lease,
     MemberRecord,
     Message,
     Publish,
@@ -64,7 +83,15 @@ from mesh._wire import (
     update_size,
 )
 
-__all__ = ["NodeCore", "NodeEvent", "Publication", "TimeSourceChanged"]
+__all__ = [
+    "ClockStepped",
+    "EpochOffer",
+    "ExternalRequest",
+    "NodeCore",
+    "NodeEvent",
+    "Publication",
+    "TimeSourceChanged",
+]
 
 
 @attrs.frozen
@@ -88,11 +115,49 @@ class TimeSourceChanged:
     is_self: bool
 
 
+@attrs.frozen
+class ClockStepped:
+    """Federation time on this node jumped forward by ``size`` seconds: its clock lineage met
+    an older one (``old_lineage`` -> ``new_lineage``). The only jumps federation time makes;
+    ``federation_time`` is the time right after it. Every node of a site that steps together
+    does so at the same federation time."""
+
+    size: float
+    old_lineage: str
+    new_lineage: str
+    federation_time: float
+
+
+@attrs.frozen
+class EpochOffer:
+    """Hand the external clock (the registry) this federation's time: its lineage is older
+    than the registry's (or the registry has none, after a reset or an empty restart). The
+    driver sends the node's federation time read as the request leaves, with ``lineage``."""
+
+    lineage: str
+
+
+ExternalRequest: TypeAlias = ClaimRequest | ClockRequest | EpochOffer
+"""What :meth:`NodeCore.take_external_requests` returns for the driver to carry."""
+
 NodeEvent: TypeAlias = (
-    MemberEvent | PathConflict | Publication | PostChanged | SteppedDown | TimeSourceChanged
+    MemberEvent
+    | PathConflict
+    | Publication
+    | PostChanged
+    | SteppedDown
+    | TimeSourceChanged
+    | ClockStepped
 )
 
 _MAX_PUBLISH = 800
+_CORE_META = ("j", "s", "c", "l", "ls", "a")
+_STEP_LEAD = 1.0  # federation seconds between announcing a step and making it (with followers)
+_EXT_PROBE_INTERVAL = 1.0  # while not following the external clock, probe it this often
+_EXT_TIMEOUT = 3.0  # following it, without a usable answer for this long: run on our own
+_EXT_OFFER_INTERVAL = 1.0
+_EXT_DECISION_BOUND = 0.25  # an external probe this uncertain decides no lineage question
+_MAX_EXTERNAL = 32  # requests kept for the driver (the oldest go first)
 
 
 class NodeCore:
@@ -100,7 +165,9 @@ class NodeCore:
 
     Drive it like :class:`~mesh._membership.Membership` (the simulator's ``SimCore``).
     *supernode* / *conductor* are the node's candidacy flags; *joined_at* ranks it among
-    candidates (earlier is better) and goes in its metadata.
+    candidates (earlier is better), goes in its metadata and names the clock lineage it founds.
+    *arbiter* turns on arbitration of the conductor post by an outside arbiter (the registry):
+    claims then come out of :meth:`take_external_requests`.
     """
 
     def __init__(
@@ -118,15 +185,20 @@ class NodeCore:
         arbiter: ConductorArbiter | None = None,
         election_settle: float = 1.0,
     ) -> None:
+        self.lineage_id = lineage_id(me.node_id, joined_at)
+        """The clock lineage this node's federation time belongs to (see :mod:`mesh._lineage`)."""
         meta = dict(me.meta)
         meta["j"] = joined_at
+        meta["l"] = self.lineage_id
         if supernode:
             meta["s"] = True
         if conductor:
             meta["c"] = True
         me = attrs.evolve(me, meta=meta)
         self.membership = Membership(me, profile, now=now, rng=rng, snapshot=snapshot)
-        self.clock = ClockCore(now, reference_id=me.node_id, config=clock_config)
+        self.clock = ClockCore(
+            now, reference_id=me.node_id, config=clock_config, step_on_first_sync=False
+        )
         self.election = ElectionCore(
             me.node_id,
             self.clock.federation_time(now),
@@ -141,13 +213,31 @@ class NodeCore:
         self._outputs: list[MembershipOutput] = []
         self._published = 0
         self._time_source: tuple[str | None, bool] | None = None
-        self.lineage = ClockLineage()
+        self._top = True  # this node is its site's reference (follows nobody on the LAN)
+        self._follow: str | None = None  # the elected reference, when it is another node
         self._reference_start: object = None  # the followed node's start time ("j")
-        self._lineage_due: float | None = None
-        self._external_clock: str | None = None
-        self._external_requests: list[tuple[str, ClockRequest]] = []
         self._candidates_dirty = True
+        self._source_dirty = False
         self._last_now = now
+        # Lineages.
+        self._founded = True  # still in the lineage this run founded
+        self._settled = False  # ... and found to be the oldest around (see _provisional)
+        self._probes = LineageProbes()
+        self._meetings: dict[str, tuple[str, bool]] = {}  # peer -> (its lineage, it is older)
+        self._differing: list[str] = []  # live peers of another lineage
+        self._same = 0  # live peers of this node's lineage
+        self._lineage_due: float | None = None
+        self._pending_step: tuple[float, float, str] | None = None  # (at, size, lineage)
+        self._steps = 0
+        self._last_step: ClockStepped | None = None
+        # The external clock (the registry) and the arbiter.
+        self._external: str | None = None
+        self._ext_lineage: str | None = None  # its lineage as last answered (None: no epoch)
+        self._ext_last_ok = -math.inf  # local time of its last usable answer
+        self._ext_probe_due = -math.inf
+        self._ext_offer_due = -math.inf
+        self._ext_bound = (math.inf, now)  # cross-site bound when last following it, and when
+        self._external_requests: list[ExternalRequest] = []
         self._refresh(now)
 
     # -- identity -----------------------------------------------------------------------------
@@ -171,17 +261,28 @@ class NodeCore:
 
     def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
         """One decoded datagram."""
+        self._apply_step(now)
         if isinstance(body, ClockRequest):
             reply = self.clock.handle_request(now, body)
-            if self._provisional():
-                # A young clock that may yet adopt the federation's time: nothing to learn from.
+            if LineageProbes.owns(body):
+                pass  # a lineage question gets this clock's own time, young or not
+            elif self._provisional():
+                # A young clock that may yet adopt an older lineage: nothing to learn from it.
                 reply = attrs.evolve(reply, error_bound=MAX_REPORTED_ERROR, synced=False)
+            elif self._top:
+                # The site's reference: the LAN's time is synced whatever the registry does;
+                # the bound is against the registry (unknown: none was ever followed).
+                bound = min(self._cross_bound(now), MAX_REPORTED_ERROR)
+                reply = attrs.evolve(reply, error_bound=bound, synced=True)
             self._outputs.append(SendDatagram(src, reply))
         elif isinstance(body, ClockReply):
-            if ClockLineage.owns(body):
-                self.lineage.handle_reply(now, self.clock.federation_time(now), body, sender)
-            elif self.clock.handle_reply(now, body, sender):
-                self._settle_if_synced(now)
+            if LineageProbes.owns(body):
+                fed = self.clock.federation_time(now)
+                meeting = self._probes.handle_reply(now, fed, body, sender)
+                if meeting is not None:
+                    self._met_peer(now, meeting)
+            else:
+                self.clock.handle_reply(now, body, sender)
         else:
             self.membership.handle_message(now, src, sender, body)
         self._refresh(now)
@@ -190,9 +291,11 @@ class NodeCore:
         """*body*, about to be sent at local time *now*, with its clock timestamps moved to
         *now* (a clock request's ``t1``, a clock reply's ``t3``); other messages unchanged.
 
-        A driver whose sending takes real time (the trio runtime) calls it right before
-        encoding each datagram, so the timestamps say when the exchange really left."""
+        A driver whose sending takes real time (the trio runtime, the registry bridge) calls it
+        right before sending, so the timestamps say when the exchange really left."""
         if isinstance(body, ClockRequest):
+            if LineageProbes.owns(body):
+                return self._probes.stamp(now, self.clock.federation_time(now), body)
             return self.clock.stamp_request(now, body)
         if isinstance(body, ClockReply):
             return self.clock.stamp_reply(now, body)
@@ -211,9 +314,11 @@ class NodeCore:
 
     def handle_timer(self, now: float) -> None:
         """Run due timers."""
+        self._apply_step(now)
         self.membership.handle_timer(now)
         self.clock.handle_timer(now)
         self.election.handle_timer(self.clock.federation_time(now))
+        self._external_tick(now)
         self._refresh(now)
 
     def next_deadline(self) -> float:
@@ -222,14 +327,21 @@ class NodeCore:
         clock = self.clock.next_deadline()
         if clock is not None:
             deadline = min(deadline, clock)
-        if self._lineage_due is not None and self._provisional():
+        if self._lineage_due is not None:
             deadline = min(deadline, self._lineage_due)
+        local = self._last_now
+        fed_now = self.clock.federation_time(local)
         election = self.election.next_deadline()
         if election is not None:
             # Federation time runs at (almost) the local rate: convert through the offset.
-            snapshot_now = self._last_now
-            fed_now = self.clock.federation_time(snapshot_now)
-            deadline = min(deadline, snapshot_now + max(0.0, election - fed_now) + 1e-6)
+            deadline = min(deadline, local + max(0.0, election - fed_now) + 1e-6)
+        if self._pending_step is not None:
+            deadline = min(deadline, local + max(0.0, self._pending_step[0] - fed_now) + 1e-6)
+        if self._external is not None and self._top:
+            if self._time_source == (self._external, False):
+                deadline = min(deadline, self._ext_last_ok + _EXT_TIMEOUT + 1e-6)
+            else:
+                deadline = min(deadline, self._ext_probe_due)
         return deadline
 
     def take_outputs(self) -> list[MembershipOutput]:
@@ -243,6 +355,84 @@ class NodeCore:
         out, self._events = self._events, []
         return out
 
+    # -- the outside world: the arbiter and the external clock -------------------------------
+
+    def use_external_clock(self, now: float, source: str | None) -> None:
+        """Take time from *source*, a clock outside the mesh (the registry): this node follows
+        it while it is its site's reference and the source answers in this node's lineage
+        (an older source lineage is stepped to; a younger one, or none, is offered this one);
+        every other node follows its reference as always. ``None`` undoes it. Requests to
+        *source* come out of :meth:`take_external_requests`; answers go to
+        :meth:`handle_external_clock_reply`."""
+        self._external = source
+        self._ext_lineage = None
+        self._ext_last_ok = -math.inf
+        self._ext_probe_due = now
+        self._source_dirty = True
+        self._refresh(now)
+
+    def take_external_requests(self) -> list[ExternalRequest]:
+        """What the driver should carry outside the mesh: :class:`~mesh._election.ClaimRequest`
+        (to the arbiter), :class:`~mesh._wire.ClockRequest` (to the external clock; stamp it
+        with :meth:`stamp` as it leaves) and :class:`EpochOffer` (to the external clock)."""
+        out, self._external_requests = self._external_requests, []
+        return out
+
+    def has_external_requests(self) -> bool:
+        """Whether :meth:`take_external_requests` has anything (cheap; for a driver's wake-up)."""
+        return bool(self._external_requests)
+
+    def handle_external_clock_reply(
+        self, now: float, reply: ClockReply, source: str, lineage: str | None
+    ) -> bool:
+        """The external clock's answer to a request, received at local time *now*: its time
+        (``t2``, ``t3``) and its *lineage* (``None``: it has no epoch, after a reset or an empty
+        restart). Returns whether the clock took it as a sample."""
+        self._apply_step(now)
+        if source != self._external:
+            return False
+        self._set_available(now, True)
+        used = False
+        fed = self.clock.federation_time(now)
+        if LineageProbes.owns(reply):
+            meeting = self._probes.handle_reply(now, fed, reply, source)
+            if meeting is not None:
+                self._ext_last_ok = now
+                self._ext_lineage = lineage
+                self._met_external(now, meeting, lineage)
+        else:
+            following = self._time_source == (source, False)
+            if lineage is not None and lineage == self.lineage_id:
+                self._ext_lineage = lineage
+                used = self.clock.handle_reply(now, reply, source)
+                if used:
+                    self._ext_last_ok = now
+            elif following:
+                # The registry's time is no longer this lineage's (reset, emptied, or it took
+                # an older site's): run on our own, and find out at once.
+                self._ext_lineage = lineage
+                self._ext_probe_due = now
+                self._source_dirty = True
+        self._refresh(now)
+        return used
+
+    def set_external_available(self, now: float, available: bool) -> None:
+        """The driver reached the outside (``True``) or failed to (``False``): while the
+        registry is unreachable the local rule elects the conductor and the site's reference
+        runs on its own."""
+        self._set_available(now, available)
+        if not available and self._time_source == (self._external, False):
+            self._source_dirty = True
+            self._ext_last_ok = -math.inf
+        self._refresh(now)
+
+    def handle_claim_answer(self, now: float, answer: ClaimAnswer) -> None:
+        """The arbiter's answer to a conductor claim (see
+        :meth:`~mesh._election.ElectionCore.handle_claim_answer`)."""
+        self._apply_step(now)
+        self.election.handle_claim_answer(self.clock.federation_time(now), answer)
+        self._refresh(now)
+
     # -- queries ------------------------------------------------------------------------------
 
     def federation_time(self, now: float) -> float:
@@ -250,8 +440,46 @@ class NodeCore:
         return self.clock.federation_time(now)
 
     def clock_snapshot(self, now: float) -> ClockSnapshot:
-        """The clock's state (offset, error bound, reference, synced...)."""
-        return self.clock.snapshot(now)
+        """The clock's state (offset, error bound, reference, synced...). A site's reference
+        (the top of its clock) is synced and agrees with itself exactly on the LAN
+        (``lan_error_bound`` 0); its ``error_bound`` is against the external clock."""
+        snap = self.clock.snapshot(now)
+        if self._top:
+            snap = attrs.evolve(
+                snap,
+                is_reference=True,
+                synced=True,
+                lan_error_bound=0.0,
+                error_bound=self._cross_bound(now),
+            )
+        return snap
+
+    def lineage_status(self, now: float) -> dict[str, Any]:
+        """The clock's lineage and its outside clock, as plain data for the status API:
+        ``lineage``, ``steps`` (how many :class:`ClockStepped`), ``last_step``, ``pending_step``,
+        ``provisional``, and ``external`` (``source``, ``state`` following / free / unreached,
+        ``lineage``)."""
+        last = self._last_step
+        pending = self._pending_step
+        external: dict[str, Any] | None = None
+        if self._external is not None:
+            if self._time_source == (self._external, False):
+                state = "following"
+            elif now - self._ext_last_ok <= _EXT_TIMEOUT:
+                state = "free"  # answering, but not (yet) in this node's lineage
+            else:
+                state = "unreached"
+            external = {"source": self._external, "state": state, "lineage": self._ext_lineage}
+        return {
+            "lineage": self.lineage_id,
+            "steps": self._steps,
+            "last_step": None if last is None else attrs.asdict(last),
+            "pending_step": None
+            if pending is None
+            else {"federation_time": pending[0], "size": pending[1], "lineage": pending[2]},
+            "provisional": self._provisional(),
+            "external": external,
+        }
 
     def conductor(self) -> str | None:
         """The conductor's node id in this node's view."""
@@ -302,31 +530,9 @@ class NodeCore:
 
     def update_meta(self, now: float, meta: Mapping[str, Value]) -> None:
         """Replace this node's extension metadata (the core's own keys are kept)."""
-        own = {k: v for k, v in self.membership.me.meta.items() if k in ("j", "s", "c")}
+        own = {k: v for k, v in self.membership.me.meta.items() if k in _CORE_META}
         self.membership.update_meta(now, {**meta, **own})
         self._refresh(now)
-
-    def use_external_clock(self, now: float, source: str | None) -> None:
-        """Take time from *source*, a clock outside the mesh (the registry), with a registry's
-        rule: this orchestra's supernode follows *source*, every other member follows its
-        supernode. ``None`` returns to the elected reference. Requests to *source* come out of
-        :meth:`take_external_clock_requests`; answers go to :meth:`handle_external_clock_reply`.
-        """
-        self._external_clock = source
-        self._choose_time_source(now)
-
-    def take_external_clock_requests(self) -> list[tuple[str, ClockRequest]]:
-        """Clock requests for the external source, for the driver to carry (e.g. over HTTP)."""
-        out, self._external_requests = self._external_requests, []
-        return out
-
-    def handle_external_clock_reply(self, now: float, reply: ClockReply, source: str) -> bool:
-        """The external source's answer to a request, received at local time *now*."""
-        used = self.clock.handle_reply(now, reply, source)
-        if used:
-            self._settle_if_synced(now)
-        self._refresh(now)
-        return used
 
     def leave(self, now: float) -> None:
         """Leave gracefully, handing every post this node holds to its best successor."""
@@ -334,22 +540,24 @@ class NodeCore:
         self.membership.leave(now, extras=handoffs)
         self._refresh(now)
 
-    # -- internals ----------------------------------------------------------------------------
+    # -- internals: routing -------------------------------------------------------------------
 
     def _candidates(self) -> list[Candidate]:
         out = []
         for view in self.membership.members():
             meta = view.meta
             joined = meta.get("j", math.inf)
+            is_self = view.node_id == self.node_id
             out.append(
                 Candidate(
                     view.node_id,
                     view.orchestra,
                     supernode_flag=meta.get("s") is True,
-                    conductor_flag=meta.get("c") is True,
+                    # A node the arbiter refused stays out of the post (it says so in "a");
+                    # this node's own deferral is the election core's to apply.
+                    conductor_flag=meta.get("c") is True and (is_self or meta.get("a") is not True),
                     joined_at=float(joined) if isinstance(joined, int | float) else math.inf,
-                    alive=view.is_live
-                    and not (view.node_id == self.node_id and self.membership.has_left),
+                    alive=view.is_live and not (is_self and self.membership.has_left),
                 )
             )
         return out
@@ -358,6 +566,7 @@ class NodeCore:
         """Route what the cores produced after an input."""
         self._last_now = now
         fed = self.clock.federation_time(now)
+        members_changed = False
         for event in self.membership.take_events():
             if isinstance(event, UpdateReceived):
                 update = event.update
@@ -379,34 +588,64 @@ class NodeCore:
                 self._events.append(event)
         if self._candidates_dirty:
             self._candidates_dirty = False
+            members_changed = True
             candidates = self._candidates()
             self.election.update_members(fed, candidates)
             self.clock.set_group_size(sum(c.alive for c in candidates))
-        leases = self.election.take_outputs()
+            self._count_lineages()
+        leases: list[Lease] = []
+        for out in self.election.take_outputs():
+            if isinstance(out, ClaimRequest):
+                self._push_external(out)
+            else:
+                leases.append(out)
         for lease in leases:
             self.membership.broadcast(lease)
         if leases:
             self.membership.set_state_extras(self.election.leases())
         events: list[ElectionEvent] = self.election.take_events()
         self._events.extend(events)
-        if events or self._time_source is None or not self.lineage.settled:
+        self._sync_deferral(now)
+        if events or members_changed or self._source_dirty or self._time_source is None:
+            self._source_dirty = False
             self._choose_time_source(now)
         self._watch_reference_restart(now)
+        if members_changed:
+            self._watch_announced_steps(now)
+        self._probe_lineages(now)
         for dest, request in self.clock.take_outputs():
-            if dest == self._external_clock:
-                self._external_requests = [*self._external_requests[-7:], (dest, request)]
+            if dest == self._external:
+                self._push_external(request)
                 continue
             view = self.membership.member(dest)
             if view is not None and view.is_live:
                 self._outputs.append(SendDatagram(view.address, request))
 
+    def _push_external(self, request: ExternalRequest) -> None:
+        self._external_requests = [*self._external_requests[1 - _MAX_EXTERNAL :], request]
+
+    def _set_meta(self, now: float, **changes: Value) -> None:
+        """Change the core's own keys of this node's metadata (``None`` removes a key)."""
+        meta = dict(self.membership.me.meta)
+        for key, value in changes.items():
+            if value is None:
+                meta.pop(key, None)
+            else:
+                meta[key] = value
+        if meta != self.membership.me.meta:
+            self.membership.update_meta(now, meta)
+
+    def _sync_deferral(self, now: float) -> None:
+        deferred = self.election.deferred
+        if deferred != (self.membership.me.meta.get("a") is True):
+            self._set_meta(now, a=True if deferred else None)
+
+    def _set_available(self, now: float, available: bool) -> None:
+        self.election.set_arbiter_available(self.clock.federation_time(now), available)
+
+    # -- internals: the time reference --------------------------------------------------------
+
     def _elected_reference(self) -> str | None:
-        if self._external_clock is not None:
-            orchestra = self.membership.me.orchestra
-            supernode = self.election.supernode(orchestra)
-            if supernode is None or supernode == self.node_id:
-                return self._external_clock
-            return supernode
         conductor = self.election.conductor()
         if conductor is not None:
             return conductor
@@ -419,42 +658,42 @@ class NodeCore:
                 best = (lease.tenure_start, holder)
         return None if best is None else best[1]
 
-    def _settle_if_synced(self, now: float) -> None:
-        # After a clock sample: synced to a reference, or holding the adopted peer's time (the
-        # peer may not say it is synced: its own reference may be this very node, still
-        # provisional), this clock is in the federation's lineage.
-        lineage = self.lineage
-        if lineage.settled or self._time_source is None or self._time_source[1]:
-            return
-        snap = self.clock.snapshot(now)
-        adopted = (
-            lineage.adopting == self._time_source[0]
-            and snap.samples >= lineage.samples_to_adopt
-            and math.isfinite(snap.error_bound)
+    def _lineage_of(self, node_id: str) -> str | None:
+        view = self.membership.member(node_id)
+        value = None if view is None else view.meta.get("l")
+        return value if isinstance(value, str) else None
+
+    def _external_usable(self, now: float) -> bool:
+        return (
+            self._external is not None
+            and self._ext_lineage == self.lineage_id
+            and now - self._ext_last_ok <= _EXT_TIMEOUT
         )
-        if snap.synced or adopted:
-            lineage.settle()
-            self._choose_time_source(now)  # an adopting node becomes the reference now
 
     def _choose_time_source(self, now: float) -> None:
-        lineage = self.lineage
         reference = self._elected_reference()
         if reference is None or reference == self.node_id:
-            source: tuple[str | None, bool] = (self.node_id, True)
-            if lineage.adopting is not None:
-                view = self.membership.member(lineage.adopting)
-                if view is not None and view.is_live:
-                    source = (lineage.adopting, False)  # take the federation's time first
-                else:
-                    lineage.adopting = None
+            self._top, self._follow = True, None
+            if self._external is not None and self._external_usable(now):
+                source: tuple[str | None, bool] = (self._external, False)
+            else:
+                source = (self.node_id, True)
         else:
-            source = (reference, False)
+            self._top, self._follow = False, reference
+            theirs = self._lineage_of(reference)
+            if theirs is None or theirs == self.lineage_id:
+                source = (reference, False)
+            else:
+                source = (None, False)  # keep our own time until the lineages are one
         if source != self._time_source:
+            if self._time_source == (self._external, False) and self._external is not None:
+                # Leaving the registry: its bound is remembered, and grows with age.
+                self._ext_bound = (self.clock.error_bound(now), now)
             self._time_source = source
-            self.clock.set_reference(now, source[0], source[1])
+            external = source[0] is not None and source[0] == self._external
+            self.clock.set_reference(now, source[0], source[1], deadband=external)
             self._events.append(TimeSourceChanged(None if source[1] else source[0], source[1]))
             self._reference_start = self._start_of(source)
-        self._probe_lineage(now)
 
     def _start_of(self, source: tuple[str | None, bool]) -> object:
         view = None if source[1] or source[0] is None else self.membership.member(source[0])
@@ -471,21 +710,204 @@ class NodeCore:
                 self.clock.reference_restarted(now)
             self._reference_start = start
 
-    def _provisional(self) -> bool:
-        return not self.lineage.settled and self._time_source == (self.node_id, True)
+    # -- internals: lineages ------------------------------------------------------------------
 
-    def _probe_lineage(self, now: float) -> None:
+    def _provisional(self) -> bool:
+        """A site's reference whose clock was founded by this run and has not yet met the
+        other lineages around it: it answers clock requests with an unknown bound, so that
+        nobody follows a young clock that may yet step to an older lineage (a restarted
+        conductor). A lone node stays provisional, which changes nothing for it."""
+        return self._top and self._founded and not self._settled
+
+    def _count_lineages(self) -> None:
+        differing: list[str] = []
+        same = 0
+        for view in self.membership.members():
+            if not view.is_live or view.node_id == self.node_id:
+                continue
+            theirs = view.meta.get("l")
+            if theirs == self.lineage_id:
+                same += 1
+            elif isinstance(theirs, str):
+                differing.append(view.node_id)
+        self._differing, self._same = differing, same
+        for gone in [p for p in self._meetings if p not in differing]:
+            del self._meetings[gone]
+
+    def _probe_lineages(self, now: float) -> None:
+        """Probe the peers whose lineage question is open: for a site's reference, every live
+        peer of another lineage not yet measured; for a follower, its reference when that is
+        of another lineage."""
         self._lineage_due = None
-        if not self._provisional():
+        if self._pending_step is not None:
             return
-        peers = [
-            v.node_id for v in self.membership.members() if v.is_live and v.node_id != self.node_id
-        ]
-        if not peers:
+        if self._top:
+            targets = [
+                p
+                for p in self._differing
+                if self._meetings.get(p, ("", False))[0] != self._lineage_of(p)
+            ]
+            if (
+                self._founded
+                and not self._settled
+                and not targets
+                and (self._same or self._differing)
+            ):
+                self._settled = True  # every other lineage around is younger: ours is it
+        elif self._follow is not None and self._lineage_of(self._follow) not in (
+            None,
+            self.lineage_id,
+        ):
+            theirs = self._lineage_of(self._follow)
+            known = self._meetings.get(self._follow)
+            targets = [] if known is not None and known[0] == theirs else [self._follow]
+        else:
+            targets = []
+        if not targets:
             return
-        probe = self.lineage.probe(now, self.clock.federation_time(now), peers)
-        if probe is not None:
-            view = self.membership.member(probe[0])
-            if view is not None:
-                self._outputs.append(SendDatagram(view.address, probe[1]))
-        self._lineage_due = self.lineage.next_deadline()
+        fed = self.clock.federation_time(now)
+        for peer in targets:
+            request = self._probes.probe(now, fed, peer)
+            view = self.membership.member(peer)
+            if request is not None and view is not None:
+                self._outputs.append(SendDatagram(view.address, request))
+        self._lineage_due = min(self._probes.next_due(p) for p in targets)
+
+    def _met_peer(self, now: float, meeting: Meeting) -> None:
+        """A lineage probe of a peer came back: decide which lineage is older."""
+        theirs = self._lineage_of(meeting.peer)
+        if theirs is None or theirs == self.lineage_id or meeting.bound > MAX_DECISION_BOUND:
+            return  # nothing to decide, or too uncertain (the next probe will tell)
+        older = is_older(
+            meeting.ahead,
+            meeting.bound,
+            self.lineage_id,
+            theirs,
+            tie_zone=2 * MAX_DECISION_BOUND + 0.002,
+        )
+        self._meetings[meeting.peer] = (theirs, older)
+        if older:
+            self._announce_step(now, max(0.0, meeting.ahead - meeting.bound), theirs)
+        self._source_dirty = True
+
+    def _met_external(self, now: float, meeting: Meeting, lineage: str | None) -> None:
+        """A lineage probe of the external clock came back (this node is its site's top)."""
+        self._source_dirty = True
+        if not self._top or self._pending_step is not None or lineage == self.lineage_id:
+            return
+        if lineage is None:
+            self._offer_epoch(now)  # the registry has no time: it learns ours
+            return
+        if meeting.bound > _EXT_DECISION_BOUND:
+            return
+        if meeting.ahead >= -(meeting.bound + 0.001):
+            # The registry's lineage is older (or the same age): the site steps to it.
+            self._announce_step(now, max(0.0, meeting.ahead - meeting.bound), lineage)
+            self._ext_bound = (2 * meeting.bound, now)
+        else:
+            self._offer_epoch(now)  # ours is older: the registry takes it
+
+    def _offer_epoch(self, now: float) -> None:
+        if self._provisional() or now < self._ext_offer_due:
+            return  # a young clock that may yet meet an older lineage does not offer
+        self._ext_offer_due = now + _EXT_OFFER_INTERVAL
+        self._push_external(EpochOffer(self.lineage_id))
+
+    def _announce_step(self, now: float, size: float, lineage: str) -> None:
+        """This node's lineage steps by *size* to the older *lineage*: now, if no other node
+        shares it; else at a federation time a little ahead, announced in this node's metadata,
+        so that every node of the lineage steps at that same moment."""
+        if self._pending_step is not None:
+            return  # one step at a time (the earliest announced wins, see below)
+        fed = self.clock.federation_time(now)
+        at = fed + (_STEP_LEAD if self._same else 0.0)
+        self._pending_step = (at, size, lineage)
+        if self._same:
+            self._set_meta(now, ls=[at, size, lineage])
+        self._apply_step(now)
+
+    def _watch_announced_steps(self, now: float) -> None:
+        """Take the earliest step that a live node of this lineage announced (and that is
+        still ahead), unless this node already holds an earlier one."""
+        fed = self.clock.federation_time(now)
+        best = self._pending_step
+        for view in self.membership.members():
+            if not view.is_live or view.node_id == self.node_id:
+                continue
+            meta = view.meta
+            if meta.get("l") != self.lineage_id:
+                continue
+            step = _announced(meta.get("ls"))
+            if step is None or step[2] == self.lineage_id or step[0] <= fed:
+                continue
+            if best is None or step[:2] < best[:2]:
+                best = step
+        if best is not None and best != self._pending_step:
+            self._pending_step = best
+            self._set_meta(now, ls=list(best))  # passed on: every node of the lineage hears
+
+    def _apply_step(self, now: float) -> None:
+        pending = self._pending_step
+        if pending is None or self.clock.federation_time(now) < pending[0] - 1e-9:
+            return
+        self._pending_step = None
+        _, size, lineage = pending
+        self.clock.take_stepped()
+        self.clock.step(now, size)
+        self.clock.take_stepped()
+        self._change_lineage(now, lineage, size)
+
+    def _change_lineage(self, now: float, lineage: str, size: float) -> None:
+        old = self.lineage_id
+        self.lineage_id = lineage
+        self._founded = False
+        self._settled = True
+        self._meetings.clear()
+        if size > 0.0:
+            step = ClockStepped(size, old, lineage, self.clock.federation_time(now))
+            self._events.append(step)
+            self._last_step = step
+            self._steps += 1
+        self._set_meta(now, l=lineage, ls=None)
+        self._candidates_dirty = True  # recount the lineages around
+        self._source_dirty = True
+
+    # -- internals: the external clock --------------------------------------------------------
+
+    def _external_tick(self, now: float) -> None:
+        if self._external is None or not self._top:
+            return
+        if self._time_source == (self._external, False):
+            if not self._external_usable(now):
+                self._source_dirty = True  # no answer for a while: run on our own
+            return
+        if now >= self._ext_probe_due and self._pending_step is None:
+            request = self._probes.probe(now, self.clock.federation_time(now), self._external)
+            if request is not None:
+                self._push_external(request)
+            self._ext_probe_due = now + _EXT_PROBE_INTERVAL
+
+    def _cross_bound(self, now: float) -> float:
+        """A top's bound against the external clock (0 without one: it defines the time)."""
+        if self._external is None:
+            return 0.0
+        if self._time_source == (self._external, False):
+            return self.clock.error_bound(now)
+        bound, since = self._ext_bound
+        return bound + self.clock.max_drift * max(0.0, now - since)
+
+
+def _announced(value: object) -> tuple[float, float, str] | None:
+    """A step announced in member metadata (``[federation time, size, lineage]``), checked."""
+    if not (isinstance(value, list) and len(value) == 3):
+        return None
+    at, size, lineage = value
+    if (
+        isinstance(at, int | float)
+        and isinstance(size, int | float)
+        and isinstance(lineage, str)
+        and math.isfinite(at)
+        and 0.0 <= size < 1e9
+    ):
+        return float(at), float(size), lineage
+    return None

@@ -113,7 +113,11 @@ class ClockSim:
             )
             local = clock(0.0)
             # initial_time = local reading: the skew shows as a +-2 s disagreement at start.
-            core = ClockCore(local, initial_time=local, config=config)
+            # Node 0, the first reference, is 10 s older (its lineage is the federation's):
+            # every other node steps forward to it at its first sync. (A node ahead of its
+            # reference would slew back at 0.4%; the node runtime makes the younger lineage
+            # step instead, see mesh/_lineage.py and tests/test_lineage.py.)
+            core = ClockCore(local, initial_time=local + (10.0 if i == 0 else 0.0), config=config)
             self.nodes.append(SimNode(f"n{i}", clock, core))
         self.reference = 0
         self._ref_set_at: dict[int, float] = {}
@@ -280,7 +284,7 @@ def test_bound_holds_and_time_never_decreases_over_200_seeds() -> None:
         assert r.checks > 0
         followers = {node.node_id for node in sim.nodes[1:]}
         assert set(r.synced_at) == followers, seed  # everyone synced ...
-        assert max(r.synced_at.values()) <= 10.0, (seed, r.synced_at)  # ... even 4 s ahead
+        assert max(r.synced_at.values()) <= 2.0, (seed, r.synced_at)  # ... within 2 s
         diffs += r.diffs
     # DESIGN.md: p99 <= 1 ms required, even on this jittery, lossy LAN.
     assert percentile(diffs, 0.99) <= 1e-3

@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -28,9 +28,11 @@ from hypothesis import given, settings, strategies as st
 from mesh._election import (
     CONDUCTOR,
     Candidate,
+    ClaimAnswer,
+    ClaimRequest,
+    ConductorArbiter,
     ElectionCore,
     ElectionEvent,
-    LocalArbiter,
     PostChanged,
     SteppedDown,
     best_candidate,
@@ -517,47 +519,120 @@ def test_a_lease_that_arrives_before_its_holder_is_known_counts_once_it_is() -> 
     assert core.supernodes() == {"y": B}
 
 
-class RefusingArbiter(LocalArbiter):
-    """An arbiter that has not got the registry's answer yet (for the hook test)."""
-
-    def __init__(self) -> None:
-        self.allow = False
-        self.asked: list[Lease] = []
-
-    def may_claim(self, now: float, claim: Lease) -> bool:
-        self.asked.append(claim)
-        return self.allow
+def arbitrated(node_id: str, *others: Candidate) -> ElectionCore:
+    core = ElectionCore(node_id, 0.0, arbiter=ConductorArbiter())
+    core.update_members(0.0, [member(node_id, conductor=True), *others])
+    return core
 
 
-def test_the_conductor_arbiter_gates_claims() -> None:
-    arbiter = RefusingArbiter()
-    core = ElectionCore(A, 0.0, arbiter=arbiter)
-    core.update_members(0.0, [member(A, conductor=True)])
+def requests(core: ElectionCore) -> list[ClaimRequest]:
+    return [out for out in core.take_outputs() if isinstance(out, ClaimRequest)]
+
+
+def test_with_an_arbiter_a_claim_is_a_request_until_granted() -> None:
+    core = arbitrated(A)
     core.handle_timer(1.0)
     assert core.supernode("x") == A, "supernodes need no arbiter"
     assert core.conductor() is None
-    assert arbiter.asked == [Lease(CONDUCTOR, A, 1, 1.0)]
-    assert core.next_deadline() == pytest.approx(1.3), "asks again after the claim delay"
-    arbiter.allow = True
-    core.handle_timer(1.3)
+    (request,) = requests(core)
+    assert request == ClaimRequest(Lease(CONDUCTOR, A, 1, 1.0), None, renewal=False)
+    core.handle_timer(1.5)
+    assert requests(core) == [], "one request at a time"
+    core.handle_claim_answer(1.6, ClaimAnswer(request.claim, granted=True))
     assert core.conductor() == A
-    # Or the arbiter's driver feeds the registry's decision in as a lease record.
-    other = ElectionCore(B, 0.0, arbiter=RefusingArbiter())
-    other.update_members(0.0, [member(A, conductor=True), member(B, conductor=True)])
-    other.handle_lease(0.5, Lease(CONDUCTOR, A, 4, 0.5))
-    assert other.conductor() == A
+    assert Lease(CONDUCTOR, A, 1, 1.0) in core.take_outputs(), "the granted claim is gossiped"
+    # The holder confirms its post every `renew` seconds.
+    core.handle_timer(3.6)
+    (renewal,) = requests(core)
+    assert renewal.renewal and renewal.claim == Lease(CONDUCTOR, A, 1, 1.0)
+    core.handle_claim_answer(3.61, ClaimAnswer(renewal.claim, granted=True))
+    assert core.conductor() == A
+    assert core.statistics().claim_requests == 2
 
 
-def test_a_custom_arbiter_picks_conductor_conflicts() -> None:
-    class HighestTerm(LocalArbiter):
-        def pick(self, a: Lease, b: Lease, valid: Container[str]) -> Lease:
-            return a if a.term >= b.term else b
+def test_a_refused_claim_is_asked_again_after_retry() -> None:
+    core = arbitrated(A)
+    core.handle_timer(1.0)
+    (request,) = requests(core)
+    core.handle_claim_answer(1.1, ClaimAnswer(request.claim, granted=False, holder=B, term=7))
+    assert core.conductor() is None
+    assert core.next_deadline() == pytest.approx(2.1)
+    core.handle_timer(2.1)
+    (again,) = requests(core)
+    assert again.claim.tenure_start == 2.1
+    assert core.statistics().refusals == 1
 
-    core = ElectionCore(A, 0.0, arbiter=HighestTerm())
-    core.update_members(0.0, [member(A), member(B, conductor=True), member(C, conductor=True)])
-    core.handle_lease(0.0, Lease(CONDUCTOR, B, 1, 0.0))
-    core.handle_lease(0.0, Lease(CONDUCTOR, C, 2, 9.0))
-    assert core.conductor() == C
+
+def test_an_unanswered_claim_is_asked_again_after_the_timeout() -> None:
+    core = arbitrated(A)
+    core.handle_timer(1.0)
+    assert len(requests(core)) == 1
+    core.handle_timer(3.9)
+    assert requests(core) == []
+    core.handle_timer(4.0)
+    assert len(requests(core)) == 1
+
+
+def test_a_claim_replacing_a_dead_holder_names_its_record() -> None:
+    core = arbitrated(A, member(B, conductor=True))
+    core.handle_lease(0.5, Lease(CONDUCTOR, B, 3, 0.5))
+    assert core.conductor() == B
+    core.update_members(2.0, [member(A, conductor=True), member(B, conductor=True, alive=False)])
+    core.handle_timer(2.3)
+    (request,) = requests(core)
+    assert request.replaces == Lease(CONDUCTOR, B, 3, 0.5)
+    assert request.claim == Lease(CONDUCTOR, A, 4, 2.3)
+
+
+def test_a_refused_renewal_makes_the_holder_step_down_and_stay_out() -> None:
+    core = arbitrated(A, member(C))
+    core.handle_timer(1.0)
+    (request,) = requests(core)
+    core.handle_claim_answer(1.1, ClaimAnswer(request.claim, granted=True))
+    core.take_events()
+    core.handle_timer(3.1)
+    (renewal,) = requests(core)
+    # The arbiter gave the post away meanwhile (the registry was reset and another site asked).
+    core.handle_claim_answer(3.2, ClaimAnswer(renewal.claim, granted=False, holder=B))
+    assert core.conductor() is None and core.deferred
+    assert SteppedDown(CONDUCTOR, 1, "arbiter", None) in core.take_events()
+    # Deferred, the node still asks when the post is vacant, and holds it again once granted.
+    core.handle_timer(3.5)
+    (ask,) = requests(core)
+    assert not ask.renewal
+    core.handle_claim_answer(3.6, ClaimAnswer(ask.claim, granted=True))
+    assert core.conductor() == A and not core.deferred
+
+
+def test_without_the_arbiter_the_local_rule_claims_and_a_deferred_node_returns() -> None:
+    core = arbitrated(A)
+    core.set_arbiter_available(0.5, False)
+    core.handle_timer(1.0)
+    assert core.conductor() == A and requests(core) == [], "the LAN never waits"
+    core.set_arbiter_available(1.5, True)
+    (renewal,) = requests(core) or [None]
+    assert renewal is None  # confirmed at the next timer
+    core.handle_timer(1.5)
+    (renewal,) = requests(core)
+    assert renewal.renewal and renewal.claim.holder == A
+    core.handle_claim_answer(1.6, ClaimAnswer(renewal.claim, granted=False, holder=B))
+    assert core.deferred and core.conductor() is None
+    core.set_arbiter_available(2.0, False)  # unreachable again, and nobody holds the post
+    assert not core.deferred
+    core.handle_timer(2.3)
+    assert core.conductor() == A
+
+
+def test_a_grant_wins_over_a_holder_the_arbiter_does_not_record() -> None:
+    core = arbitrated(A, member(B, conductor=True))
+    core.handle_timer(1.0)
+    (request,) = requests(core)
+    core.handle_lease(1.05, Lease(CONDUCTOR, B, 1, 1.05))  # B claimed by the local rule
+    core.handle_claim_answer(1.1, ClaimAnswer(request.claim, granted=True))
+    # A holds by the arbiter's word; the mesh decides by tenure until B, refused at its next
+    # renewal, steps down and says so in its metadata (ineligible).
+    core.update_members(3.0, [member(A, conductor=True), member(B, conductor=False)])
+    assert core.conductor() == A
 
 
 changes = st.lists(

@@ -1,55 +1,204 @@
-"""The clock lineage check: a restarted node adopts the federation's time instead of imposing
-its young clock (mesh._lineage by hand, then whole nodes in the simulator)."""
+"""Clock lineages: when clocks that kept time apart meet, the younger steps once, forward, to
+the older (mesh._lineage by hand, then whole nodes in the simulator)."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import pytest
 
 from mesh._chaos import _core, _core_factory, run_chaos
-from mesh._lineage import ClockLineage
+from mesh._lineage import MAX_DECISION_BOUND, LineageProbes, is_older, lineage_id
+from mesh._nodecore import ClockStepped
 from mesh._profiles import get_profile
-from mesh._sim import LinkModel, Simulator
+from mesh._sim import LinkModel, SimNode, Simulator
 from mesh._wire import ClockReply
 
-
-def _answer(request_t1: float, probe: int, their_fed: float, synced: bool) -> ClockReply:
-    return ClockReply(probe, request_t1, their_fed, their_fed, 0.0, synced)
+TIE = 2 * MAX_DECISION_BOUND + 0.002
 
 
-def test_a_synced_peer_far_ahead_is_adopted() -> None:
-    lineage = ClockLineage()
-    sent = lineage.probe(now=5.0, fed=0.5, peers=["a", "b"])
-    assert sent is not None
-    peer, request = sent
-    assert peer == "a" and ClockLineage.owns(_answer(request.t1, request.probe, 0, True))
-    lineage.handle_reply(5.001, 0.501, _answer(request.t1, request.probe, 30.0, True), "a")
-    assert lineage.adopting == "a" and not lineage.settled
-    assert lineage.probe(now=9.0, fed=4.5, peers=["a"]) is None  # no more probes while adopting
+def _answer(request_t1: float, probe: int, their_fed: float) -> ClockReply:
+    return ClockReply(probe, request_t1, their_fed, their_fed, 0.0, True)
 
 
-def test_a_peer_behind_or_not_synced_settles_the_node_as_the_oldest() -> None:
-    for their_fed, synced in ((0.2, True), (30.0, False), (0.55, True)):
-        lineage = ClockLineage()
-        sent = lineage.probe(now=5.0, fed=0.5, peers=["a"])
-        assert sent is not None
-        reply = _answer(sent[1].t1, sent[1].probe, their_fed, synced)
-        lineage.handle_reply(5.001, 0.501, reply, "a")
-        assert lineage.settled and lineage.adopting is None, (their_fed, synced)
-        assert lineage.next_deadline() is None
+def test_a_probe_measures_how_far_ahead_a_peer_is() -> None:
+    probes = LineageProbes()
+    request = probes.probe(now=5.0, fed=0.5, peer="a")
+    assert request is not None and LineageProbes.owns(request)
+    meeting = probes.handle_reply(5.002, 0.502, _answer(request.t1, request.probe, 30.501), "a")
+    assert meeting is not None and meeting.peer == "a"
+    assert meeting.ahead == pytest.approx(30.0) and meeting.bound == pytest.approx(0.001)
+    assert probes.probe(now=5.1, fed=0.6, peer="a") is None  # not due yet
+    assert probes.next_due("a") == 5.25
 
 
 def test_answers_from_the_wrong_peer_or_too_late_are_ignored() -> None:
-    lineage = ClockLineage(interval=0.25)
-    sent = lineage.probe(now=5.0, fed=0.5, peers=["a", "b"])
-    assert sent is not None
-    reply = _answer(sent[1].t1, sent[1].probe, 30.0, True)
-    lineage.handle_reply(5.001, 0.501, reply, "b")  # not the peer asked
-    lineage.handle_reply(7.0, 2.5, reply, "a")  # later than the reply timeout
-    assert not lineage.settled and lineage.adopting is None
-    assert lineage.next_deadline() == 5.25
-    assert lineage.probe(now=5.1, fed=0.6, peers=["a", "b"]) is None  # not due yet
-    again = lineage.probe(now=5.25, fed=0.75, peers=["a", "b"])
-    assert again is not None and again[0] == "b"  # peers are asked in turn
+    probes = LineageProbes()
+    request = probes.probe(now=5.0, fed=0.5, peer="a")
+    assert request is not None
+    reply = _answer(request.t1, request.probe, 30.0)
+    assert probes.handle_reply(5.001, 0.501, reply, "b") is None  # not the peer asked
+    assert probes.handle_reply(7.0, 2.5, reply, "a") is None  # later than the reply timeout
+
+
+def test_send_time_stamp_moves_t1_and_the_federation_time_with_it() -> None:
+    probes = LineageProbes()
+    request = probes.probe(now=5.0, fed=0.5, peer="a")
+    assert request is not None
+    sent = probes.stamp(5.01, 0.51, request)
+    assert sent.t1 == 5.01
+    meeting = probes.handle_reply(5.011, 0.511, _answer(sent.t1, sent.probe, 30.5105), "a")
+    assert meeting is not None and meeting.ahead == pytest.approx(30.0)
+
+
+def test_clearly_ahead_is_older_and_ids_decide_a_tie() -> None:
+    assert is_older(30.0, 0.001, "b", "a", tie_zone=TIE)
+    assert is_older(30.0, 0.001, "a", "b", tie_zone=TIE)
+    assert not is_older(-30.0, 0.001, "b", "a", tie_zone=TIE)
+    assert is_older(0.0001, 0.001, "b", "a", tie_zone=TIE)  # a tie: the lower id
+    assert not is_older(0.0001, 0.001, "a", "b", tie_zone=TIE)
+
+
+@pytest.mark.parametrize("true_gap", [x / 1000 for x in range(-30, 31)])
+@pytest.mark.parametrize("error", [-MAX_DECISION_BOUND, 0.0, MAX_DECISION_BOUND])
+def test_at_least_one_side_of_a_meeting_finds_the_other_older(
+    true_gap: float, error: float
+) -> None:
+    # b's time is true_gap ahead of a's; each side measures with an error within its bound.
+    bound = MAX_DECISION_BOUND
+    a_sees_b = is_older(true_gap + error, bound, "a", "b", tie_zone=TIE)
+    b_sees_a = is_older(-true_gap + error, bound, "b", "a", tie_zone=TIE)
+    assert a_sees_b or b_sees_a, "both would wait for the other forever"
+
+
+def test_lineage_ids_are_unique_per_run() -> None:
+    node = "f" * 32
+    assert lineage_id(node, 1700000000.0) != lineage_id(node, 1700000000.5)
+    assert lineage_id(node, 1.0).startswith(node[:10])
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole nodes in the simulator
+
+
+class Recorder:
+    """Every ClockStepped event, with the node, its lineage before and the simulated time."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, ClockStepped, float]] = []
+
+    def __call__(self, node: SimNode, event: Any, now: float) -> None:
+        if isinstance(event, ClockStepped):
+            self.steps.append((node.node_id, event, now))
+
+
+def start_group(
+    sim: Simulator, flags: dict[str, tuple[bool, bool]], names: list[str], orchestra: str
+) -> list[SimNode]:
+    records = [sim.new_record(n, orchestra) for n in names]
+    for i, record in enumerate(records):
+        flags[record.node_id] = (False, i == 0)
+    nodes = [sim.add_node(records[0])]
+    nodes += [sim.add_node(r, seeds=[records[0].address]) for r in records[1:]]
+    return nodes
+
+
+def fed(node: SimNode, sim: Simulator) -> float:
+    return _core(node).federation_time(node.local(sim.now))
+
+
+def test_a_joining_node_steps_once_to_the_federations_time() -> None:
+    flags: dict[str, tuple[bool, bool]] = {}
+    recorder = Recorder()
+    link = LinkModel(delay=0.0003, jitter=0.0004)
+    sim = Simulator(3, get_profile("lan"), link, core_factory=_core_factory(flags))
+    sim.on_event = recorder
+    group = start_group(sim, flags, ["a0", "a1", "a2"], "a")
+    sim.run_until(20.0)
+    first_steps = len(recorder.steps)
+    assert first_steps == 0, "nodes started together join one lineage without a step"
+    assert len({_core(n).lineage_id for n in group}) == 1
+    record = sim.new_record("late", "a")
+    flags[record.node_id] = (False, False)
+    late = sim.add_node(record, seeds=[group[0].address])
+    sim.run_until(23.0)
+    (node, step, _), *_ = recorder.steps[first_steps:]
+    assert len(recorder.steps) == first_steps + 1 and node == late.node_id
+    assert step.new_lineage == _core(group[0]).lineage_id
+    assert step.old_lineage == lineage_id(late.node_id, 20.0)
+    assert step.size == pytest.approx(20.0, abs=0.01)
+    assert abs(fed(late, sim) - fed(group[0], sim)) < 0.001
+    assert _core(late).clock_snapshot(late.local(sim.now)).synced
+
+
+def test_two_sites_that_kept_time_apart_meet_and_the_younger_steps_together() -> None:
+    flags: dict[str, tuple[bool, bool]] = {}
+    recorder = Recorder()
+    link = LinkModel(delay=0.0003, jitter=0.0004)
+    sim = Simulator(5, get_profile("lan"), link, core_factory=_core_factory(flags))
+    sim.on_event = recorder
+    old = start_group(sim, flags, ["a0", "a1", "a2"], "a")
+    sim.run_until(30.0)
+    young = start_group(sim, flags, ["b0", "b1", "b2"], "b")
+    sim.run_until(60.0)
+    old_lineage = _core(old[0]).lineage_id
+    young_lineage = _core(young[0]).lineage_id
+    assert old_lineage != young_lineage
+    assert {_core(n).lineage_id for n in old} == {old_lineage}
+    assert {_core(n).lineage_id for n in young} == {young_lineage}
+    before = len(recorder.steps)
+    last = {n.node_id: fed(n, sim) for n in old + young}
+    # The sites meet (a partition between them healed, or the registry introduced them).
+    _core(young[1]).add_candidate(young[1].local(sim.now), old[2].address)
+    sim._after_input(young[1])
+    while sim.now < 70.0:
+        sim.run_until(sim.now + 0.01)
+        for node in old + young:
+            now_fed = fed(node, sim)
+            assert now_fed >= last[node.node_id], "federation time went backwards"
+            last[node.node_id] = now_fed
+    steps = recorder.steps[before:]
+    assert {n for n, _, _ in steps} == {n.node_id for n in young}, "only the younger stepped"
+    assert all(s.old_lineage == young_lineage and s.new_lineage == old_lineage for _, s, _ in steps)
+    assert all(s.size == pytest.approx(30.0, abs=0.01) for _, s, _ in steps)
+    # At the same moment on every node of the younger site (its announced federation time).
+    assert max(s.federation_time for _, s, _ in steps) - min(
+        s.federation_time for _, s, _ in steps
+    ) < 0.001
+    assert max(t for _, _, t in steps) - min(t for _, _, t in steps) < 0.001
+    everyone = old + young
+    assert {_core(n).lineage_id for n in everyone} == {old_lineage}
+    spread = max(fed(n, sim) for n in everyone) - min(fed(n, sim) for n in everyone)
+    assert spread < 0.001
+
+
+def test_a_younger_reference_steps_to_its_older_follower() -> None:
+    # The follower started first (its lineage is older) but the other node is elected the
+    # reference (the only conductor candidate): the reference steps, the follower never does.
+    flags: dict[str, tuple[bool, bool]] = {}
+    recorder = Recorder()
+    link = LinkModel(delay=0.0003, jitter=0.0004)
+    sim = Simulator(7, get_profile("lan"), link, core_factory=_core_factory(flags))
+    sim.on_event = recorder
+    elder_record = sim.new_record("elder", "a")
+    flags[elder_record.node_id] = (False, False)
+    elder = sim.add_node(elder_record)
+    sim.run_until(10.0)
+    chief_record = sim.new_record("chief", "a")
+    flags[chief_record.node_id] = (False, True)
+    chief = sim.add_node(chief_record, seeds=[elder.address])
+    last = -math.inf
+    while sim.now < 20.0:
+        sim.run_until(sim.now + 0.01)
+        now_fed = fed(elder, sim)
+        assert now_fed >= last
+        last = now_fed
+    assert _core(elder).conductor() == chief.node_id
+    assert [n for n, _, _ in recorder.steps] == [chief.node_id]
+    assert recorder.steps[0][1].size == pytest.approx(10.0, abs=0.01)
+    assert abs(fed(elder, sim) - sim.now) < 0.001, "the older lineage never moved"
+    assert abs(fed(chief, sim) - fed(elder, sim)) < 0.001
 
 
 def test_restarted_conductor_adopts_the_federation_time() -> None:
@@ -75,14 +224,14 @@ def test_restarted_conductor_adopts_the_federation_time() -> None:
         for node in nodes:
             # Unskewed clocks and the federation's epoch at simulated time 0: federation time
             # should read the simulated time.
-            fed = _core(node).federation_time(node.local(sim.now))
-            assert fed >= last[node.node_id]
-            last[node.node_id] = fed
+            now_fed = _core(node).federation_time(node.local(sim.now))
+            assert now_fed >= last[node.node_id]
+            last[node.node_id] = now_fed
             if node is nodes[0]:
                 if sim.now > 31.5:
-                    worst_restarted = max(worst_restarted, abs(fed - sim.now))
+                    worst_restarted = max(worst_restarted, abs(now_fed - sim.now))
             else:
-                worst_follower = max(worst_follower, abs(fed - sim.now))
+                worst_follower = max(worst_follower, abs(now_fed - sim.now))
     assert _core(nodes[0]).conductor() == records[0].node_id
     assert _core(nodes[0]).clock_snapshot(nodes[0].local(sim.now)).is_reference
     assert worst_follower < 0.005, worst_follower
