@@ -3,7 +3,6 @@
 from registry_bridge._app import create_app as create_app
 from registry_bridge._bridge import (
     BridgeState as BridgeState,
-    RegistryArbiter as RegistryArbiter,
     RegistryBridge as RegistryBridge,
     registry_extension_factory as registry_extension_factory,
 )
@@ -44,7 +43,6 @@ __all__ = [
     "NotFound",
     "Peer",
     "Registration",
-    "RegistryArbiter",
     "RegistryBridge",
     "RegistryClient",
     "RegistryCommand",

@@ -554,11 +554,33 @@ class _Registry:
     async def elapsed(self, request: Request) -> Response:
         received = self.raw.now()
         fed = request.path_params["federation"]
-        epoch = await self.store.call(self.raw.epoch, fed)
+        epoch, lineage = await self.store.call(self.raw.epoch_lineage, fed)
         base = received if epoch is None else epoch
         t2 = max(0.0, received - base) if epoch is not None else 0.0
         t3 = max(0.0, self.raw.now() - base) if epoch is not None else 0.0
-        return _json({"federation": fed, "epoch": epoch, "elapsed": t3, "t2": t2, "t3": t3})
+        return _json(
+            {
+                "federation": fed,
+                "epoch": epoch,
+                "lineage": lineage,
+                "elapsed": t3,
+                "t2": t2,
+                "t3": t3,
+            }
+        )
+
+    async def offer_epoch(self, request: Request) -> Response:
+        """A running node hands over the federation's time (see RegistryStore.offer_epoch)."""
+        fields = _Fields(await self.json_body(request), {"token", "federation_time", "lineage"})
+        token = _check_token(fields.string("token", required=True) or "")
+        value = fields.body.get("federation_time")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise HttpError(400, "federation_time must be a number of seconds")
+        lineage = fields.string("lineage", required=True) or ""
+        answer = await self.store.call(
+            self.raw.offer_epoch, request.path_params["federation"], token, float(value), lineage
+        )
+        return _json(answer)
 
     # ------------------------------------------------------------ legacy text API
 
@@ -854,6 +876,7 @@ def create_app(
         Route(f"{v1}/federations/{{federation}}/conductor", reg.get_conductor, methods=["GET"]),
         Route(f"{v1}/federations/{{federation}}/conductor", reg.set_conductor, methods=["POST"]),
         Route(f"{v1}/federations/{{federation}}/elapsed", reg.elapsed, methods=["GET"]),
+        Route(f"{v1}/federations/{{federation}}/epoch", reg.offer_epoch, methods=["POST"]),
         Route(f"{v1}/registrations/{{token}}/heartbeat", reg.heartbeat, methods=["POST"]),
         Route(f"{v1}/registrations/{{token}}", reg.unregister, methods=["DELETE"]),
         Route("/federation", reg.legacy_federation, methods=["GET"]),

@@ -1,52 +1,58 @@
 """The node side of the registry: ``stagemesh node --registry URL``.
 
 :class:`RegistryBridge` is a :class:`mesh.Extension` (named ``registry``) that runs beside a
-node and joins orchestras whose broadcasts and mDNS cannot reach each other:
+node. It decides nothing about the conductor or the clock: the node's cores do, and the bridge
+carries their requests to the registry and brings the answers back (a plain driver). It:
 
-* While this node is its orchestra's **supernode** (the LAN election decides; the registry
-  follows with ``takeover``), it registers with the registry (federation, orchestra, name,
-  node id, gossip host and port) and heartbeats with the token. From the answer, and whenever
-  the registry's ``version`` changes, it learns the other orchestras' supernodes and proposes
-  each to the node (:meth:`mesh.Node.add_peer`, source ``registry``), so the memberships merge
-  and every node sees every orchestra through gossip. When it stops being supernode (or the
-  node stops) it unregisters.
-* A node with **no live peer** (alone in its view) asks the registry for its orchestra's
-  supernode (else any supernode) and proposes it: a node whose LAN has no broadcast finds its
-  supernode through the registry. While the registry names another live supernode for its own
-  orchestra, such a node does not register itself (it waits to merge, and the LAN election
-  then decides who stays supernode).
-* The registry **arbitrates the conductor** (:class:`RegistryArbiter`): a ``--conductor``
-  candidate claims the post only after the registry granted it (a registration with
-  ``conductor: true``), so sites that cannot hear each other never both have one.
-* The registry being **unreachable** never stops the node: the LAN keeps working, the status
-  says ``unreachable`` and the bridge retries with exponential back-off (``interval`` doubling
-  up to ``max_backoff``).
+* registers the node while it is its orchestra's **supernode** (the LAN election decides; the
+  registry follows with ``takeover``) or a ``--conductor`` candidate, heartbeats with the
+  token, and learns the other orchestras' supernodes from the answers (and whenever the
+  registry's ``version`` changes), proposing each to the node (:meth:`mesh.Node.add_peer`,
+  source ``registry``), so the memberships merge and every node sees every orchestra. A node
+  that no longer needs a registration (or stops) unregisters;
+* lets a node with **no live peer** (alone in its view) ask the registry for its orchestra's
+  supernode (else any supernode) and proposes it; while the registry names another live
+  supernode for its own orchestra, such a node does not register as supernode itself;
+* carries **conductor claims** (:class:`~mesh._election.ClaimRequest`) to the registry's
+  compare-and-set, the registry's term as fencing token: granted when the registry records
+  this node already, records nobody, or records exactly the holder whose record the claim
+  replaces (dead, or handed over, in the claimant's view); refused otherwise. The answer goes
+  back as a :class:`~mesh._election.ClaimAnswer`. A node that no longer holds the post
+  releases it;
+* carries the node's **clock requests** to ``GET .../elapsed`` (stamped as they leave; the
+  answer's arrival is the fourth timestamp) with the registry's lineage of federation time,
+  and **epoch offers** (:class:`~mesh._nodecore.EpochOffer`) to ``POST .../epoch`` with the
+  node's federation time read as the request leaves;
+* never stops the node when the registry is **unreachable**: it tells the node
+  (:meth:`mesh.Node.external_available`: the LAN elects and keeps time by itself), says
+  ``unreachable`` in its status and retries with exponential back-off (``interval`` doubling up
+  to ``max_backoff``). It logs when the registry's state changes, not every request.
 
 Its status (``/api/status`` field ``registry``): ``url``; ``state``: ``connected`` when the
 last exchange with the registry succeeded, ``unreachable`` when it failed (``last_error`` says
-how; cleared by the next success), ``idle`` while the node has nothing to ask it (it is not
-supernode and has live peers; its supernode speaks for it); ``registered_as`` (this node's
-path while it is registered, as supernode or conductor candidate), ``registered_supernode``;
-``peers`` (the supernode addresses learned) and ``conductor_granted``.
-
-Not done here (needs a NodeCore hook; see docs/registry.md, "The node-side bridge"): supernodes
-taking the registry's elapsed time as their clock reference.
+how; cleared by the next success), ``idle`` while the node has nothing to ask it;
+``registered_as`` (this node's path while it is registered), ``registered_supernode``;
+``peers`` (the supernode addresses learned); ``conductor_granted`` (the registry records this
+node as the conductor); ``clock_samples`` and ``epoch_offers``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import trio
 
-from mesh._election import pick_lease
+from mesh._election import CONDUCTOR, ClaimAnswer, ClaimRequest, ConductorArbiter
 from mesh._extensions import Extension
-from mesh._wire import ClockReply, Lease
+from mesh._nodecore import EpochOffer
+from mesh._wire import ClockReply, ClockRequest
 from registry_bridge._client import (
+    ConductorConflict,
+    ConductorState,
     Peer,
     RegistryClient,
     RegistryError,
@@ -58,46 +64,15 @@ from registry_bridge._client import (
 if TYPE_CHECKING:
     from mesh._node import Node
 
-__all__ = ["BridgeState", "RegistryArbiter", "RegistryBridge", "registry_extension_factory"]
+__all__ = ["REGISTRY_CLOCK", "BridgeState", "RegistryBridge", "registry_extension_factory"]
 
 logger = logging.getLogger(__name__)
 
 BridgeState = Literal["connected", "unreachable", "idle"]
 """What :meth:`RegistryBridge.status` reports as ``state``."""
 
-
 REGISTRY_CLOCK = "registry"
-"""The name of the registry's clock as a time source of the node."""
-_CLOCK_POLL = 0.05
-
-
-class RegistryArbiter:
-    """The conductor's arbiter when a registry is configured (a :class:`mesh._election.
-    ConductorArbiter`): a conductor claim is allowed only once the registry granted this node
-    the conductor (its registration with ``conductor: true``), so orchestras on networks that
-    cannot hear each other never both have one. While the registry is known to be unreachable
-    the local rule applies (the LAN keeps working). Conflicts are decided by the local rule
-    (:func:`~mesh._election.pick_lease`), the same on every node.
-    """
-
-    def __init__(self, bridge: RegistryBridge) -> None:
-        self._bridge = bridge
-        self.wanted = False
-        """This node asked to claim the conductor and the bridge should ask the registry."""
-        self.granted = False
-        """The registry records this node as the federation's conductor."""
-
-    def may_claim(self, now: float, claim: Lease) -> bool:
-        """Whether this node may claim the conductor now (see the class docstring)."""
-        if self.granted or self._bridge.state == "unreachable":
-            return True
-        self.wanted = True
-        self._bridge.wake()
-        return False
-
-    def pick(self, a: Lease, b: Lease, valid: Container[str]) -> Lease:
-        """:func:`~mesh._election.pick_lease` (the local rule)."""
-        return pick_lease(a, b, valid)
+"""The name of the registry's clock as the node's external time source."""
 
 
 class RegistryBridge(Extension):
@@ -129,20 +104,24 @@ class RegistryBridge(Extension):
         self.failures = 0
         self.clock_samples = 0
         """Registry clock samples the node's clock took."""
+        self.epoch_offers = 0
+        """Times the node handed the registry the federation's time and it took it."""
         self._token: str | None = None
         self._registered_as: str | None = None
         self._version: int | None = None
-        self._conductor_granted = False
+        self._holder: str | None = None  # the registry's conductor (node id), as last seen
         self._peers: dict[str, tuple[str, int]] = {}  # node id (or path) -> gossip address
         self._flags: tuple[bool, bool] = (False, False)  # registered (supernode, conductor)
-        self._wake = trio.Event()
-        self._arbiter = RegistryArbiter(self)
+        self._registering = trio.Lock()
+        self._reached: bool | None = None  # what the node was last told
+        self._node_id: str | None = None
 
     # -- extension hooks ----------------------------------------------------------------------
 
-    def arbiter(self) -> RegistryArbiter:
-        """The registry judges conductor claims: the node takes this when it is built."""
-        return self._arbiter
+    def arbiter(self) -> ConductorArbiter:
+        """The registry judges conductor claims: the node's election asks it (through this
+        bridge) before it claims, and a holder confirms its post every ``renew`` seconds."""
+        return ConductorArbiter()
 
     def status(self) -> Mapping[str, Any]:
         """The bridge's state for ``/api/status`` (see the module docstring)."""
@@ -153,16 +132,14 @@ class RegistryBridge(Extension):
             "registered_as": self._registered_as,
             "peers": sorted(f"{h}:{p}" for h, p in self._peers.values()),
             "registered_supernode": self._token is not None and self._flags[0],
-            "conductor_granted": self._conductor_granted,
+            "conductor_granted": self._holder is not None and self._holder == self._node_id,
             "clock_samples": self.clock_samples,
+            "epoch_offers": self.epoch_offers,
         }
 
-    def wake(self) -> None:
-        """Run the next round now (the arbiter wants an answer from the registry)."""
-        self._wake.set()
-
     async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the bridge loop until the node stops; unregister on the way out."""
+        """Run the bridge until the node stops; unregister on the way out."""
+        self._node_id = node.id
         async with RegistryClient(
             self.url, timeout=self.timeout, transport=self._transport
         ) as client:
@@ -170,32 +147,110 @@ class RegistryBridge(Extension):
             task_status.started()
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._serve_clock, node, client)
+                    nursery.start_soon(self._serve_requests, node, client, nursery)
                     while True:
                         ok = await self._guarded_step(node, client)
-                        with trio.move_on_after(self._next_delay(ok)):
-                            await self._wake.wait()
-                        self._wake = trio.Event()
+                        await trio.sleep(self._next_delay(ok))
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await self._unregister(client)
 
-    async def _serve_clock(self, node: Node, client: RegistryClient) -> None:
-        """Carry the node's clock requests to the registry (only a supernode sends any: the
-        rest of its orchestra follows it) and bring back the registry's elapsed time."""
-        federation = node.config.federation
+    # -- carrying the node's requests ---------------------------------------------------------
+
+    async def _serve_requests(
+        self, node: Node, client: RegistryClient, nursery: trio.Nursery
+    ) -> None:
+        """Carry what the node asks of the registry: clock requests one after the other (a
+        pair's second request leaves as soon as the first is answered, on a warm connection),
+        claims and epoch offers beside them."""
         while True:
-            await trio.sleep(_CLOCK_POLL)  # the clock core paces its own requests
-            for request in node.external_clock_requests():
+            await node.wait_external()
+            for request in node.external_requests():
+                if isinstance(request, ClockRequest):
+                    await self._clock_exchange(node, client, request)
+                elif isinstance(request, ClaimRequest):
+                    nursery.start_soon(self._carry_claim, node, client, request)
+                elif isinstance(request, EpochOffer):
+                    nursery.start_soon(self._carry_offer, node, client, request)
+
+    async def _clock_exchange(
+        self, node: Node, client: RegistryClient, request: ClockRequest
+    ) -> None:
+        federation = node.config.federation
+        stamped = node.stamp_external(request)  # t1: as it leaves
+        try:
+            sample = await client.elapsed(federation)
+        except RegistryNotFound:
+            # The federation is gone (the registry restarted empty): it has no time.
+            reply = ClockReply(stamped.probe, stamped.t1, 0.0, 0.0, 0.0, True)
+            node.external_clock_reply(reply, REGISTRY_CLOCK, None)
+            self._connected(node)
+            return
+        except RegistryError as exc:
+            self._failed(node, exc)
+            return
+        reply = ClockReply(stamped.probe, stamped.t1, sample.t2, sample.t3, 0.0, True)
+        lineage = sample.lineage if sample.epoch is not None else None
+        self.clock_samples += int(node.external_clock_reply(reply, REGISTRY_CLOCK, lineage))
+        self._connected(node)
+
+    async def _carry_claim(self, node: Node, client: RegistryClient, request: ClaimRequest) -> None:
+        """The registry's compare-and-set for one conductor claim (or renewal)."""
+        federation = node.config.federation
+        try:
+            await self._ensure_registered(node, client)
+            state = await client.conductor(federation)
+            replaces = request.replaces
+            granted = state.node_id == node.id
+            if not granted and (
+                state.holder is None or (replaces is not None and replaces.holder == state.node_id)
+            ):
+                host, port = node.address
                 try:
-                    sample = await client.elapsed(federation)
-                except RegistryError as exc:
-                    logger.debug("registry clock sample failed: %s", exc)
-                    continue
-                if sample.epoch is None:
-                    continue  # nobody registered yet: the registry has no federation time
-                reply = ClockReply(request.probe, request.t1, sample.t2, sample.t3, 0.0, True)
-                self.clock_samples += int(node.external_clock_reply(reply, REGISTRY_CLOCK))
+                    state = await client.set_conductor(
+                        federation,
+                        expected_term=state.term,
+                        holder=node.path,
+                        node_id=node.id,
+                        host=host,
+                        port=port,
+                    )
+                except ConductorConflict as exc:
+                    state = exc.current  # another claim got there first
+                granted = state.node_id == node.id
+        except RegistryUnreachable as exc:
+            self._failed(node, exc)
+            return
+        except RegistryError as exc:
+            logger.warning("registry %s refused a conductor claim: %s", self.url, exc)
+            return
+        self._connected(node)
+        self._learn_holder(state)
+        node.claim_answer(ClaimAnswer(request.claim, granted, state.node_id, state.term))
+
+    async def _carry_offer(self, node: Node, client: RegistryClient, offer: EpochOffer) -> None:
+        """Hand the registry the federation's time (the node's, read as the offer leaves)."""
+        try:
+            await self._ensure_registered(node, client)
+            assert self._token is not None
+            answer = await client.offer_epoch(
+                node.config.federation, self._token, node.now(), offer.lineage
+            )
+        except RegistryUnreachable as exc:
+            self._failed(node, exc)
+            return
+        except RegistryError as exc:
+            logger.info("registry %s did not take the federation's time: %s", self.url, exc)
+            return
+        self._connected(node)
+        if answer.get("accepted"):
+            self.epoch_offers += 1
+            logger.info(
+                "handed the federation's time to %s (lineage %s, elapsed %.3f s)",
+                self.url,
+                offer.lineage,
+                answer.get("elapsed", 0.0),
+            )
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -211,10 +266,7 @@ class RegistryBridge(Extension):
         try:
             await self.step(node, client)
         except RegistryUnreachable as exc:
-            if self.state != "unreachable":
-                logger.warning("registry %s unreachable: %s", self.url, exc)
-            self.state = "unreachable"
-            self.last_error = str(exc)
+            self._failed(node, exc)
             return False
         except RegistryRejected as exc:
             logger.warning("registry %s refused: %s", self.url, exc)
@@ -225,31 +277,37 @@ class RegistryBridge(Extension):
 
     async def step(self, node: Node, client: RegistryClient) -> None:
         """One round of the bridge: look up a supernode when alone; register (again when the
-        role changed, or to ask for the conductor) or heartbeat while supernode or conductor
-        candidate asking for or holding the post; unregister otherwise; propose the learned
-        peers."""
+        role changed) or heartbeat while supernode or conductor candidate; unregister
+        otherwise; release the conductor at the registry when the node no longer holds it;
+        propose the learned peers."""
         orchestra = node.config.orchestra
         alone = not _has_live_peer(node)
-        conductor = node.conductor
-        if conductor is not None and conductor != node.path:
-            self._arbiter.wanted = False  # another node conducts
-        want_conductor = node.config.conductor and (self._arbiter.wanted or conductor == node.path)
         # Alone, and the registry names another supernode of this orchestra: join it rather
         # than register as a second one (the LAN election decides once merged).
         found_own = alone and await self._lookup(node, client)
-        flags = (node.supernode(orchestra) == node.path and not found_own, want_conductor)
-        if any(flags):
-            retry_claim = want_conductor and not self._conductor_granted
-            if self._token is None or flags != self._flags or retry_claim:
-                await self._register(node, client, flags)
-            else:
-                await self._heartbeat(node, client)
+        supernode = node.supernode(orchestra) == node.path and not found_own
+        holds = node.core.election.holds(CONDUCTOR)
+        flags = (supernode, holds and self._holder == node.id)
+        if supernode or node.config.conductor:
+            async with self._registering:
+                if self._token is None or flags != self._flags:
+                    await self._register(node, client, flags)
+                else:
+                    await self._heartbeat(node, client)
         elif self._token is not None:
             await self._unregister(client)
-        elif not alone:
+        elif not alone and self._reached is None:
             self.state = "idle"  # nothing to ask the registry (its supernode does)
             self.last_error = None
+        if self._holder == node.id and not holds:
+            await self._release(node, client)
         self._propose(node)
+
+    async def _ensure_registered(self, node: Node, client: RegistryClient) -> None:
+        async with self._registering:
+            if self._token is None:
+                supernode = node.supernode(node.config.orchestra) == node.path
+                await self._register(node, client, (supernode, False))
 
     async def _lookup(self, node: Node, client: RegistryClient) -> bool:
         """Learn supernodes from the registry; ``True`` if another live node is registered as
@@ -257,9 +315,9 @@ class RegistryBridge(Extension):
         try:
             view = await client.federation(node.config.federation)
         except RegistryNotFound:
-            self._connected()
+            self._connected(node)
             return False
-        self._connected()
+        self._connected(node)
         supernodes = [p for p in _supernodes(view) if p.node_id != node.id]
         own = [p for p in supernodes if p.orchestra == node.config.orchestra]
         for peer in own or supernodes:
@@ -281,38 +339,60 @@ class RegistryBridge(Extension):
             create=True,
             takeover=supernode,
         )
-        self._connected()
+        self._connected(node)
+        changed = (registration.path, flags) != (self._registered_as, self._flags)
         self._token = registration.token
         self._flags = flags
         self._registered_as = registration.path
         self._version = registration.version
-        self._set_granted(registration.conductor_granted)
+        if registration.conductor is not None:
+            self._holder = registration.conductor.node_id
+        elif not registration.conductor_granted:
+            self._holder = None
         if supernode:
             self._replace_peers(node, registration.other_supernodes)
-        logger.info(
-            "registered %s at %s (supernode %s, conductor %s); %d other supernode(s)",
-            registration.path,
-            self.url,
-            registration.supernode_granted,
-            registration.conductor_granted,
-            len(registration.other_supernodes),
-        )
+        if changed:
+            logger.info(
+                "registered %s at %s (supernode %s); %d other supernode(s)",
+                registration.path,
+                self.url,
+                registration.supernode_granted,
+                len(registration.other_supernodes),
+            )
 
     async def _heartbeat(self, node: Node, client: RegistryClient) -> None:
         assert self._token is not None
         try:
             beat = await client.heartbeat(self._token)
         except RegistryNotFound:
-            logger.info("registration at %s expired; registering again", self.url)
+            logger.info("registration at %s expired or was reset; registering again", self.url)
             flags = self._flags
             self._forget_registration()
             await self._register(node, client, flags)
             return
-        self._connected()
-        if beat.version != self._version and self._flags[0]:
+        self._connected(node)
+        if beat.version != self._version:
             view = await client.federation(node.config.federation)
             self._version = beat.version
-            self._replace_peers(node, _supernodes(view))
+            if self._flags[0]:
+                self._replace_peers(node, _supernodes(view))
+            conductor = view.get("conductor")
+            if isinstance(conductor, dict):
+                self._holder = conductor.get("node_id") if conductor.get("holder") else None
+
+    async def _release(self, node: Node, client: RegistryClient) -> None:
+        """This node no longer holds the conductor: release it at the registry (a stale
+        record there would refuse the real holder until it expired)."""
+        state = await client.conductor(node.config.federation)
+        if state.node_id == node.id:
+            try:
+                state = await client.set_conductor(
+                    node.config.federation, expected_term=state.term, holder=None
+                )
+            except ConductorConflict as exc:
+                state = exc.current
+            logger.info("released the conductor at %s", self.url)
+        self._learn_holder(state)
 
     async def _unregister(self, client: RegistryClient) -> None:
         token = self._token
@@ -326,24 +406,36 @@ class RegistryBridge(Extension):
         except RegistryError as exc:  # it will expire by itself
             logger.info("could not unregister from %s: %s", self.url, exc)
             return
-        self._connected()
+        self.state = "connected"
+        self.last_error = None
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _connected(self) -> None:
+    def _connected(self, node: Node) -> None:
         self.state = "connected"
         self.last_error = None
+        if self._reached is not True:
+            if self._reached is False:
+                logger.warning("registry %s reachable again", self.url)
+            self._reached = True
+            node.external_available(True)
+
+    def _failed(self, node: Node, exc: Exception) -> None:
+        self.state = "unreachable"
+        self.last_error = str(exc)
+        if self._reached is not False:
+            logger.warning("registry %s unreachable: %s", self.url, exc)
+            self._reached = False
+            node.external_available(False)
+
+    def _learn_holder(self, state: ConductorState) -> None:
+        self._holder = state.node_id if state.holder is not None else None
 
     def _forget_registration(self) -> None:
         self._token = None
         self._registered_as = None
         self._version = None
         self._flags = (False, False)
-        self._set_granted(False)
-
-    def _set_granted(self, granted: bool) -> None:
-        self._conductor_granted = granted
-        self._arbiter.granted = granted
 
     def _replace_peers(self, node: Node, peers: Iterable[Peer]) -> None:
         self._peers.clear()

@@ -142,13 +142,16 @@ class Heartbeat:
 @attrs.frozen
 class ElapsedSample:
     """One clock-sync exchange: local send/receive times (``t1``, ``t4``, from the clock given
-    to the client) and the registry's federation times on receive and send (``t2``, ``t3``)."""
+    to the client) and the registry's federation times on receive and send (``t2``, ``t3``);
+    ``epoch`` and ``lineage`` are ``None`` while the federation has no time (before its first
+    registration, after a reset)."""
 
     t1: float
     t2: float
     t3: float
     t4: float
     epoch: float | None
+    lineage: str | None = None
 
     @property
     def offset(self) -> float:
@@ -307,4 +310,17 @@ class RegistryClient:
         t1 = self._clock()
         d = await self._call("GET", f"/federations/{federation}/elapsed")
         t4 = self._clock()
-        return ElapsedSample(t1, d["t2"], d["t3"], t4, d["epoch"])
+        lineage = d.get("lineage")
+        return ElapsedSample(
+            t1, d["t2"], d["t3"], t4, d["epoch"], lineage if isinstance(lineage, str) else None
+        )
+
+    async def offer_epoch(
+        self, federation: str, token: str, federation_time: float, lineage: str
+    ) -> dict[str, Any]:
+        """Hand the registry the federation's time (*federation_time* now, in *lineage*): it
+        takes it when it has no epoch or an older one is offered. Needs a live registration's
+        *token*."""
+        body = {"token": token, "federation_time": federation_time, "lineage": lineage}
+        result: dict[str, Any] = await self._call("POST", f"/federations/{federation}/epoch", body)
+        return result

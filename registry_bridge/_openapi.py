@@ -207,8 +207,32 @@ def openapi_document() -> dict[str, Any]:
                 "federation": _ref("Name"),
                 "epoch": {"type": ["number", "null"]},
                 "elapsed": {"type": "number"},
+                "lineage": {
+                    "type": ["string", "null"],
+                    "description": "the lineage of federation time the epoch belongs to",
+                },
                 "t2": {"type": "number", "description": "federation time the request arrived"},
                 "t3": {"type": "number", "description": "federation time the answer left"},
+            },
+        },
+        "EpochOffer": {
+            "type": "object",
+            "required": ["token", "federation_time", "lineage"],
+            "additionalProperties": False,
+            "properties": {
+                "token": {"type": "string", "description": "a live registration's token"},
+                "federation_time": {"type": "number", "description": "the sender's, as sent"},
+                "lineage": {"type": "string"},
+            },
+        },
+        "EpochAnswer": {
+            "type": "object",
+            "properties": {
+                "federation": _ref("Name"),
+                "accepted": {"type": "boolean"},
+                "epoch": {"type": ["number", "null"]},
+                "lineage": {"type": ["string", "null"]},
+                "elapsed": {"type": "number"},
             },
         },
         "NameBody": {
@@ -316,6 +340,16 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "summary": "Federation time with receive (t2) and send (t3) stamps for clock sync",
                 "responses": _ok("elapsed time", _ref("Elapsed")) | _errors(400, 404),
+            },
+        },
+        "/api/v1/federations/{federation}/epoch": {
+            "parameters": [_FED],
+            "post": {
+                "summary": "Hand over the federation's time: taken when the registry has no "
+                "epoch or an older one is offered (elapsed then goes on after a reset)",
+                "requestBody": _json_body(_ref("EpochOffer")),
+                "responses": _ok("the federation's time", _ref("EpochAnswer"))
+                | _errors(400, 404, 413),
             },
         },
         "/api/v1/registrations/{token}/heartbeat": {

@@ -110,6 +110,19 @@ CREATE INDEX IF NOT EXISTS registrations_federation_supernode ON registrations (
     WHERE supernode = 1;
 """
 
+# The lineage of federation time the epoch belongs to (set by an epoch handover, see
+# RegistryStore.offer_epoch); it applies while the federation's epoch is still `epoch`, so a
+# reset (epoch cleared) or a later registration's epoch leaves it behind by itself.
+_EPOCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS epochs (
+    federation_id INTEGER PRIMARY KEY REFERENCES federations(id) ON DELETE CASCADE,
+    epoch REAL NOT NULL,
+    lineage TEXT NOT NULL
+);
+"""
+_LINEAGE_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._-")
+_MAX_FEDERATION_TIME = 1e10  # seconds (three centuries): anything larger is not a clock
+
 _REG_COLUMNS = (
     "r.token, o.name, r.name, r.node_id, r.host, r.port, r.supernode, r.conductor,"
     " r.heartbeat, r.registered_at, r.last_seen"
@@ -220,6 +233,7 @@ class RegistryStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._db.executescript(_EPOCH_SCHEMA)
 
     def now(self) -> float:
         """The store's clock (wall-clock seconds); federation time is ``now() - epoch``."""
@@ -939,6 +953,80 @@ class RegistryStore:
     def epoch(self, federation: object) -> float | None:
         """The federation's epoch (wall-clock seconds), ``None`` before its first registration."""
         return self._tx(lambda now: self._fed(federation)[3])  # type: ignore[no-any-return]
+
+    # ----------------------------------------------------------------- the federation's time
+
+    def _lineage(self, fed: tuple[Any, ...]) -> str | None:
+        """The lineage of the federation's epoch: the one a node handed over, or one named
+        after the epoch when the registry set it itself (first registration); ``None``
+        without an epoch."""
+        if fed[3] is None:
+            return None
+        row = self._db.execute(
+            "SELECT lineage FROM epochs WHERE federation_id = ? AND epoch = ?", (fed[0], fed[3])
+        ).fetchone()
+        return str(row[0]) if row is not None else f"registry-{fed[3]:.6f}"
+
+    def epoch_lineage(self, federation: object) -> tuple[float | None, str | None]:
+        """The federation's epoch and its lineage (``(None, None)`` before any registration)."""
+
+        def run(now: float) -> tuple[float | None, str | None]:
+            fed = self._fed(federation)
+            return fed[3], self._lineage(fed)
+
+        return self._tx(run)
+
+    def offer_epoch(
+        self, federation: object, token: str, federation_time: object, lineage: object
+    ) -> dict[str, Any]:
+        """A running node (holder of registration *token* in *federation*) hands over the
+        federation's time: its federation time is *federation_time* now, in lineage *lineage*.
+
+        The registry takes it when it has no epoch (reset, emptied) or when the offer's epoch
+        is older than its own: federation time belongs to the federation, so ``elapsed`` goes
+        on after a reset, for 2012 clients too; it never moves the epoch later. Returns the
+        federation's time after the offer (``accepted`` says whether it changed).
+        """
+        if not (
+            isinstance(federation_time, int | float)
+            and not isinstance(federation_time, bool)
+            and 0.0 <= federation_time <= _MAX_FEDERATION_TIME
+        ):
+            raise StoreError(
+                f"federation_time must be a number of seconds, not {federation_time!r}"
+            )
+        if not (
+            isinstance(lineage, str) and 1 <= len(lineage) <= 64 and set(lineage) <= _LINEAGE_CHARS
+        ):
+            raise StoreError("lineage must be 1-64 letters, digits, '.', '_' or '-'")
+
+        def run(now: float) -> dict[str, Any]:
+            fed = self._fed(federation)
+            row = self._db.execute(
+                "SELECT 1 FROM registrations WHERE token = ? AND federation_id = ?",
+                (token, fed[0]),
+            ).fetchone()
+            if row is None:
+                raise NotFound("unknown or expired registration token")
+            offered = now - float(federation_time)
+            accepted = fed[3] is None or offered < fed[3]
+            if accepted:
+                self._db.execute("UPDATE federations SET epoch = ? WHERE id = ?", (offered, fed[0]))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO epochs (federation_id, epoch, lineage)"
+                    " VALUES (?, ?, ?)",
+                    (fed[0], offered, lineage),
+                )
+                fed = self._fed(fed[1])
+            return {
+                "federation": fed[1],
+                "accepted": accepted,
+                "epoch": fed[3],
+                "lineage": self._lineage(fed),
+                "elapsed": self._elapsed(fed, now),
+            }
+
+        return self._tx(run)
 
     def check_consistency(self) -> list[str]:
         """Return every broken invariant (empty when the state is sound); used by tests."""

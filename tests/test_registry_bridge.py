@@ -237,7 +237,17 @@ def test_factory_builds_the_bridge_only_for_a_registry_url() -> None:
     assert registry_extension_factory in mesh.__main__.node_extensions()
 
 
-async def test_supernodes_follow_the_registry_clock_and_their_orchestra_follows_them(
+def reference_of(nodes: list[Node]) -> Node | None:
+    """The node every node agrees is the federation's time reference, if they agree."""
+    tops = [n for n in nodes if n.clock.is_reference]
+    if len(tops) != 1:
+        return None
+    top = tops[0]
+    followers_ok = all(n.clock.reference == top.id for n in nodes if n is not top)
+    return top if followers_ok else None
+
+
+async def test_the_federations_reference_follows_the_registry_and_everyone_follows_it(
     tmp_path: Path,
 ) -> None:
     async with registry(tmp_path) as reg, contextlib.AsyncExitStack() as stack:
@@ -249,18 +259,19 @@ async def test_supernodes_follow_the_registry_clock_and_their_orchestra_follows_
         nodes = [a0, a1, b0]
 
         def synced() -> bool:
+            top = reference_of(nodes)
+            if top is None or top.clock.reference != "registry" or bridge_of(top).clock_samples < 8:
+                return False
             for node in nodes:
                 clock = node.clock
-                supernode = node.core.supernode(node.config.orchestra)
-                wanted = "registry" if supernode == node.id else supernode
-                if not clock.synced or clock.reference != wanted or clock.error_bound > 0.05:
-                    # The bound is honest: an HTTP round trip (ms) and what is still to slew.
+                if not clock.synced or clock.lan_error_bound > 0.002:
+                    return False
+                # The bound is honest: an HTTP round trip (ms) on top of the LAN's.
+                if clock.error_bound > 0.05:
                     return False
             return True
 
-        await wait_for(synced, 20, "supernodes on the registry clock, members on theirs")
-        assert all(bridge_of(n).clock_samples > 0 for n in nodes if n.supernode(
-            n.config.orchestra) == n.path)  # fmt: skip
+        await wait_for(synced, 20, "the reference on the registry clock, the others on it")
         # Federation time is the registry's elapsed time, on every node of both orchestras.
         async with RegistryClient(reg.url) as client:
             before = [n.now() for n in nodes]
@@ -270,3 +281,4 @@ async def test_supernodes_follow_the_registry_clock_and_their_orchestra_follows_
         for node, low, high in zip(nodes, before, after, strict=True):
             slack = node.clock.error_bound + 0.002
             assert low - slack <= registry_now <= high + slack, (node.path, low, high, registry_now)
+        assert sample.lineage == a0.status()["clock"]["lineage"]
