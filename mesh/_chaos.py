@@ -6,8 +6,20 @@ random faults for a while: datagram loss, crashes and restarts, 1 s stalls, part
 the faults end and the network is whole again it measures the time until every running node
 sees exactly one conductor (when a conductor candidate runs) and exactly one supernode per
 orchestra, the same ones everywhere; and it checks the clock's promises all along: federation
-time never decreases on a node, and once a node is synced it is within its ``error_bound`` of
-its reference.
+time never decreases on a node and runs within 0.5% of real time outside an announced step
+(:class:`~mesh._nodecore.ClockStepped`), and once a node is synced it is within its
+``error_bound`` of its reference.
+
+With ``registry=True`` the orchestras are **sites** that only the registry joins
+(:class:`~mesh._simregistry.SimRegistry`: no seed crosses sites), the registry arbitrates the
+conductor, and its faults join the others: killed and started again (or only started late),
+reset, restarted on an empty database, slow (1 s per request), unreachable from a site, and a
+cut between the sites while both reach it. Then the run also checks that the registry never
+lets two conductors stand: a node that holds the post while the registry is up and reachable
+from its site (and has been for ``ARBITER_WINDOW`` seconds, with no reset or restart in that
+time) is the registry's holder, or the registry changed holders within that window (the old
+holder learns it at its next renewal); at the end the registry records the mesh's conductor,
+and every synced node is within its error bound of the registry's time.
 """
 
 from __future__ import annotations
@@ -20,13 +32,22 @@ from typing import Any
 import attrs
 
 from mesh._clock import SkewedClock
+from mesh._election import CONDUCTOR, ConductorArbiter
 from mesh._membership import Snapshot
-from mesh._nodecore import NodeCore
+from mesh._nodecore import ClockStepped, NodeCore
 from mesh._profiles import get_profile
 from mesh._sim import LinkModel, SimNode, Simulator
+from mesh._simregistry import SimRegistry
 from mesh._wire import MemberRecord
 
-__all__ = ["ChaosResult", "run_chaos"]
+__all__ = ["ARBITER_WINDOW", "MAX_RATE_ERROR", "ChaosResult", "ClockWatch", "run_chaos"]
+
+MAX_RATE_ERROR = 0.005
+"""Federation time runs at 1 +- this of real time outside an announced step."""
+
+ARBITER_WINDOW = 8.0
+"""Seconds a holder may take to learn that the registry gave its post away (a renewal every
+2 s, a bridge round, a request's time out)."""
 
 
 @attrs.frozen
@@ -47,6 +68,14 @@ class ChaosResult:
     trace_hash: str
     wall_s: float
     failure: str | None
+    rate_violations: int = 0
+    """Intervals in which a node's federation time ran outside 1 +- 0.5% without a step."""
+    steps: int = 0
+    """ClockStepped events (lineages meeting)."""
+    conductor_violations: int = 0
+    """Samples where a node held the conductor against the registry's word (with a registry)."""
+    registry_error_s: float = 0.0
+    """Largest |federation time - the registry's| among synced nodes at the end."""
 
     @property
     def ok(self) -> bool:
@@ -54,9 +83,7 @@ class ChaosResult:
         return self.failure is None
 
 
-def _core_factory(
-    flags: dict[str, tuple[bool, bool]],
-) -> Any:
+def _core_factory(flags: dict[str, tuple[bool, bool]], *, arbitrated: bool = False) -> Any:
     profile = get_profile("lan")
 
     def make(
@@ -72,6 +99,7 @@ def _core_factory(
             supernode=supernode,
             conductor=conductor,
             joined_at=now,
+            arbiter=ConductorArbiter() if arbitrated else None,
         )
 
     return make
@@ -83,9 +111,86 @@ def _core(node: SimNode) -> NodeCore:
     return core
 
 
-def _agreement(sim: Simulator, orchestras: set[str]) -> tuple[bool, bool]:
+class ClockWatch:
+    """Watches every node's federation time: never backwards, within 1 +- 0.5% of real time
+    between two looks unless the node stepped in between (a :class:`ClockStepped` event: feed
+    the simulator's events to :meth:`on_event`)."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.backwards = 0
+        self.rate_violations = 0
+        self.steps: list[tuple[str, ClockStepped, float]] = []  # node id, event, true time
+        self.worst_rate = 0.0
+        self._last: dict[str, tuple[float, float, NodeCore]] = {}  # id -> (true, fed, core)
+        self._stepped: set[str] = set()
+
+    def on_event(self, node: SimNode, event: Any, now: float) -> None:
+        """The simulator's event hook."""
+        if isinstance(event, ClockStepped):
+            self.steps.append((node.node_id, event, now))
+            self._stepped.add(node.node_id)
+
+    def look(self) -> None:
+        """Read every running node's federation time now."""
+        now = self.sim.now
+        for node in self.sim.up_nodes():
+            core = _core(node)
+            fed = core.federation_time(node.local(now))
+            last = self._last.get(node.node_id)
+            if last is not None and last[2] is core:
+                if fed < last[1]:
+                    self.backwards += 1
+                dt = now - last[0]
+                if dt >= 0.05 and node.node_id not in self._stepped:
+                    rate = (fed - last[1]) / dt
+                    self.worst_rate = max(self.worst_rate, abs(rate - 1.0))
+                    if abs(rate - 1.0) > MAX_RATE_ERROR:
+                        self.rate_violations += 1
+            self._last[node.node_id] = (now, fed, core)
+            self._stepped.discard(node.node_id)
+
+
+class _Arbitration:
+    """The registry's word on the conductor, checked while it is up and reachable (see the
+    module docstring)."""
+
+    def __init__(self, sim: Simulator, registry: SimRegistry) -> None:
+        self.sim = sim
+        self.registry = registry
+        self.violations = 0
+        self.disturbed: dict[str, float] = {}  # orchestra -> when its reach last changed
+        self.everyone_disturbed = 0.0
+        self.started: dict[str, float] = {}  # node id -> when its current run began
+        self.stalled_until: dict[str, float] = {}
+
+    def check(self) -> None:
+        now = self.sim.now
+        registry = self.registry
+        model = registry.model
+        quiet_since = max(self.everyone_disturbed, model.time_changed_at)
+        if not registry.up or registry.slow or now - quiet_since < ARBITER_WINDOW:
+            return
+        for node in self.sim.up_nodes():
+            site = node.record.orchestra
+            if site in registry.cut or now - self.disturbed.get(site, 0.0) < ARBITER_WINDOW:
+                continue
+            if now - self.started.get(node.node_id, 0.0) < ARBITER_WINDOW:
+                continue
+            if now - self.stalled_until.get(node.node_id, 0.0) < ARBITER_WINDOW:
+                continue
+            if not _core(node).election.holds(CONDUCTOR):
+                continue
+            if model.holder != node.node_id and now - model.holder_changed_at > ARBITER_WINDOW:
+                self.violations += 1
+
+
+def _agreement(
+    sim: Simulator, orchestras: set[str], registry: SimRegistry | None = None
+) -> tuple[bool, bool]:
     """(agreed, a conductor is expected) over the running nodes: every one sees exactly the
-    running nodes alive, and the same conductor and supernodes, which are running and eligible."""
+    running nodes alive, and the same conductor and supernodes, which are running and eligible
+    (and, with a registry, the registry records that conductor)."""
     up = sim.up_nodes()
     if not up:
         return True, False
@@ -107,11 +212,17 @@ def _agreement(sim: Simulator, orchestras: set[str]) -> tuple[bool, bool]:
         return False, True
     if not candidates and conductor is not None:
         return False, False
+    if registry is not None and candidates and registry.model.holder != conductor:
+        return False, True
     by_id = {n.node_id: n for n in up}
     for orchestra, holder in supernodes:
         if holder is None or holder not in up_ids or by_id[holder].record.orchestra != orchestra:
             return False, bool(candidates)
     return True, bool(candidates)
+
+
+_FAULTS = ("crash", "restart", "stall", "partition", "heal", "nothing")
+_REGISTRY_FAULTS = ("kill", "start", "reset", "wipe", "slow", "fast", "cut", "restore", "split")
 
 
 def run_chaos(
@@ -126,13 +237,18 @@ def run_chaos(
     drift_ppm: float = 200.0,
     timeout_s: float = 60.0,
     tail_s: float = 5.0,
+    registry: bool = False,
 ) -> ChaosResult:
     """Run one seed (see the module docstring)."""
     started = time.perf_counter()
     rng = random.Random(seed)
     link = LinkModel(loss=loss, delay=0.0003, jitter=0.0004)
     flags: dict[str, tuple[bool, bool]] = {}
-    sim = Simulator(seed, get_profile("lan"), link, core_factory=_core_factory(flags))
+    sim = Simulator(
+        seed, get_profile("lan"), link, core_factory=_core_factory(flags, arbitrated=registry)
+    )
+    watch = ClockWatch(sim)
+    sim.on_event = watch.on_event
     records = []
     for i in range(nodes):
         record = sim.new_record(f"n{i}", f"o{i % orchestras}")
@@ -142,47 +258,72 @@ def run_chaos(
         r.node_id: SkewedClock(rng.uniform(-skew_s, skew_s), rng.uniform(-drift_ppm, drift_ppm))
         for r in records
     }
-    first = records[0]
-    sim.add_node(first, clock=clocks[first.node_id])
+    reg: SimRegistry | None = None
+    arbitration: _Arbitration | None = None
+    if registry:
+        reg = SimRegistry(sim, clock=SkewedClock(rng.uniform(-5, 5), rng.uniform(-50, 50)))
+        arbitration = _Arbitration(sim, reg)
+        if rng.random() < 0.3:
+            reg.kill()  # down when the nodes start: it comes up during the faults, or after
+    # The first node of each orchestra (each site, with a registry) is everyone's seed there.
+    firsts: dict[str, MemberRecord] = {}
+    for record in records:
+        if registry:
+            firsts.setdefault(record.orchestra, record)
+        else:
+            firsts.setdefault("", record)
+    for first in firsts.values():
+        sim.add_node(first, clock=clocks[first.node_id])
+
+    def seed_of(record: MemberRecord) -> MemberRecord:
+        return firsts[record.orchestra if registry else ""]
 
     def starter(record: MemberRecord) -> Callable[[], None]:
         def start() -> None:
-            sim.add_node(record, seeds=[first.address], clock=clocks[record.node_id])
+            sim.add_node(record, seeds=[seed_of(record).address], clock=clocks[record.node_id])
+            if arbitration is not None:
+                arbitration.started[record.node_id] = sim.now
 
         return start
 
-    for record in records[1:]:
-        sim.schedule(rng.uniform(0.0, 2.0), starter(record))
-    last_fed: dict[str, float] = {}
-    backwards = 0
+    for record in records:
+        if record not in firsts.values():
+            sim.schedule(rng.uniform(0.0, 2.0), starter(record))
 
-    def watch_clocks() -> None:
-        nonlocal backwards
-        for node in sim.up_nodes():
-            fed = _core(node).federation_time(node.local(sim.now))
-            if fed < last_fed.get(node.node_id, -1e300):
-                backwards += 1
-            last_fed[node.node_id] = fed
+    def look() -> None:
+        watch.look()
+        if arbitration is not None:
+            arbitration.check()
 
     # Faults.
     crashed: list[SimNode] = []
+    sites = sorted({r.orchestra for r in records})
     t = 2.0
     end = 2.0 + fault_s
     while t < end:
-        sim.run_until(t)
-        watch_clocks()
+        while sim.now < t:
+            sim.run_until(min(t, sim.now + 0.1))
+            look()
         up = sim.up_nodes()
-        action = rng.choice(("crash", "restart", "stall", "partition", "heal", "nothing"))
+        kinds = _FAULTS + (_REGISTRY_FAULTS if reg is not None else ())
+        action = rng.choice(kinds)
         if action == "crash" and len(up) > 2:
             victim = rng.choice(up)
             sim.crash(victim)
             crashed.append(victim)
         elif action == "restart" and crashed:
             old = crashed.pop(rng.randrange(len(crashed)))
-            last_fed.pop(old.node_id, None)  # a restarted process starts its clock afresh
-            sim.restart(old, [rng.choice(up).address])
+            # It rejoins through a node of its own site (only the registry crosses sites).
+            peers = [n for n in up if n.record.orchestra == old.record.orchestra] if reg else up
+            peers = peers or up
+            sim.restart(old, [rng.choice(peers).address])
+            if arbitration is not None:
+                arbitration.started[old.node_id] = sim.now
         elif action == "stall" and up:
-            sim.stall(rng.choice(up), min(1.0, end - t))  # faults end at `end`, stalls too
+            victim = rng.choice(up)
+            sim.stall(victim, min(1.0, end - t))  # faults end at `end`, stalls too
+            if arbitration is not None:
+                arbitration.stalled_until[victim.node_id] = sim.now + min(1.0, end - t)
         elif action == "partition" and len(up) > 1:
             members = list(sim.nodes.values())
             rng.shuffle(members)
@@ -190,18 +331,26 @@ def run_chaos(
             sim.partition(members[:cut], members[cut:])
         elif action == "heal":
             sim.heal()
+        elif reg is not None and arbitration is not None:
+            _registry_fault(action, reg, arbitration, sim, sites, rng)
         t += rng.uniform(0.5, 3.0)
     sim.run_until(end)
     sim.heal()
     sim.link = LinkModel(loss=0.0, delay=link.delay, jitter=link.jitter)
+    if reg is not None and arbitration is not None:
+        if not reg.up:
+            reg.start()
+        reg.slow = 0.0
+        reg.cut.clear()
+        arbitration.everyone_disturbed = sim.now
     names = {r.orchestra for r in records}
 
     agreed_at: float | None = None
     expected = False
     while sim.now < end + timeout_s:
         sim.run_until(sim.now + 0.1)
-        watch_clocks()
-        ok, expected = _agreement(sim, names)
+        look()
+        ok, expected = _agreement(sim, names, reg)
         if ok:
             agreed_at = sim.now
             break
@@ -209,6 +358,7 @@ def run_chaos(
     failure: str | None = None
     violations = 0
     max_error = 0.0
+    registry_error = 0.0
     if agreed_at is None:
         failure = "no agreement within the timeout"
     else:
@@ -216,13 +366,20 @@ def run_chaos(
         tail_end = sim.now + tail_s
         while sim.now < tail_end:
             sim.run_until(sim.now + 0.25)
-            watch_clocks()
-            ok, _ = _agreement(sim, names)
+            look()
+            ok, _ = _agreement(sim, names, reg)
             if not ok:
                 failure = "agreement did not hold after it was reached"
                 break
             for node in sim.up_nodes():
                 snap = _core(node).clock_snapshot(node.local(sim.now))
+                if reg is not None and snap.synced:
+                    reg_time, reg_lineage = reg.elapsed()
+                    if reg_lineage == _core(node).lineage_id:
+                        error = abs(snap.federation_time - reg_time)
+                        registry_error = max(registry_error, error)
+                        if error > snap.error_bound + 1e-9:
+                            violations += 1
                 if not snap.synced or snap.is_reference or snap.reference is None:
                     continue
                 ref = next((n for n in sim.up_nodes() if n.node_id == snap.reference), None)
@@ -233,19 +390,68 @@ def run_chaos(
                 max_error = max(max_error, error)
                 if error > snap.error_bound + 1e-9:
                     violations += 1
-    if failure is None and backwards:
-        failure = f"federation time went backwards {backwards} times"
+    conductor_violations = 0 if arbitration is None else arbitration.violations
+    if failure is None and watch.backwards:
+        failure = f"federation time went backwards {watch.backwards} times"
+    if failure is None and watch.rate_violations:
+        failure = f"federation time ran outside 1 +- 0.5% {watch.rate_violations} times"
     if failure is None and violations:
         failure = f"{violations} clock samples outside their error bound"
+    if failure is None and conductor_violations:
+        failure = f"{conductor_violations} samples of a conductor the registry did not record"
     return ChaosResult(
         seed=seed,
         nodes=nodes,
         agreement_s=None if agreed_at is None else agreed_at - end,
         conductor_expected=expected,
-        backwards=backwards,
+        backwards=watch.backwards,
         bound_violations=violations,
         max_clock_error_s=max_error,
         trace_hash=sim.trace_hash(),
         wall_s=time.perf_counter() - started,
         failure=failure,
+        rate_violations=watch.rate_violations,
+        steps=len(watch.steps),
+        conductor_violations=conductor_violations,
+        registry_error_s=registry_error,
     )
+
+
+def _registry_fault(
+    action: str,
+    reg: SimRegistry,
+    arbitration: _Arbitration,
+    sim: Simulator,
+    sites: list[str],
+    rng: random.Random,
+) -> None:
+    """Inject one registry fault (see the module docstring)."""
+    now = sim.now
+    if action == "kill" and reg.up:
+        reg.kill()
+        arbitration.everyone_disturbed = now
+    elif action == "start" and not reg.up:
+        reg.start()
+        arbitration.everyone_disturbed = now
+    elif action == "reset":
+        reg.reset()
+    elif action == "wipe":
+        reg.restart_empty()
+        arbitration.everyone_disturbed = now
+    elif action == "slow":
+        reg.slow = 1.0
+        arbitration.everyone_disturbed = now
+    elif action == "fast" and reg.slow:
+        reg.slow = 0.0
+        arbitration.everyone_disturbed = now
+    elif action == "cut":
+        site = rng.choice(sites)
+        reg.cut.add(site)
+        arbitration.disturbed[site] = now
+    elif action == "restore" and reg.cut:
+        site = sorted(reg.cut)[0]
+        reg.cut.discard(site)
+        arbitration.disturbed[site] = now
+    elif action == "split":
+        by_site = [[n for n in sim.nodes.values() if n.record.orchestra == s] for s in sites]
+        sim.partition(*by_site)

@@ -166,6 +166,10 @@ class ClockConfig:
     fast as the rest: large corrections are steps, when lineages meet)."""
     step_threshold: float = attrs.field(default=0.1, validator=_positive)
     """``synced`` needs an error bound within this many seconds."""
+    deadband_from: float = attrs.field(default=0.005, validator=_non_negative)
+    """With a deadband (see :meth:`ClockCore.set_reference`), the part of the error bound
+    beyond this many seconds is not chased: a precise outside clock is followed to the centre
+    of its estimate, a noisy one only as far as the clock must move to stay within it."""
 
     def __attrs_post_init__(self) -> None:
         if self.slew_rate > self.fast_slew_rate:
@@ -311,9 +315,10 @@ class ClockCore:
         federation time and rate; a node that follows a new reference starts a new burst of
         requests and slews to it. Calling it again with the same arguments changes nothing.
 
-        With *deadband* the clock moves only as far as it must to stay within the estimate's
-        error interval (a site's reference following the registry: a noisy outside clock must
-        not shake the site, whose members follow this node's every move).
+        With *deadband* the clock does not chase the part of the estimate's error bound beyond
+        ``deadband_from``: it moves only as far as it must to stay within that much of the
+        estimate (a site's reference following the registry: a noisy outside clock must not
+        shake the site, whose members follow this node's every move).
         """
         now = self._tick(now)
         self._deadband = deadband
@@ -792,8 +797,10 @@ class ClockCore:
                 self._stepped += step
         self._step_permit = False
         self._res0, self._res_at = r, now
-        # With a deadband, only what lies outside the estimate's error interval is corrected.
-        self._res_floor = min(abs(r), self._est_bound(now, lan=True)) if self._deadband else 0.0
+        # With a deadband, what lies within the estimate's (noisy part of the) error interval
+        # is not corrected.
+        noise = max(0.0, self._est_bound(now, lan=True) - cfg.deadband_from)
+        self._res_floor = min(abs(r), noise) if self._deadband else 0.0
 
 
 @attrs.frozen

@@ -118,9 +118,10 @@ class LineageProbes:
         """When *peer* may next be probed."""
         return self._last.get(peer, -math.inf) + self.interval
 
-    def forget(self, peer: str) -> None:
-        """Drop what is known of *peer* (it left, or its lineage changed)."""
-        self._last.pop(peer, None)
+    def forget_pending(self) -> None:
+        """Drop every probe in flight (this node's federation time just stepped: an answer
+        would straddle the step)."""
+        self._pending.clear()
 
     def handle_reply(
         self, now: float, fed: float, reply: ClockReply, sender: str

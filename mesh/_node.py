@@ -385,11 +385,15 @@ class Node:
         assert isinstance(stamped, ClockRequest)
         return stamped
 
-    def external_clock_reply(self, reply: ClockReply, source: str, lineage: str | None) -> bool:
-        """Hand in the external clock's answer (its *lineage*, ``None`` when it has no epoch);
-        call it as soon as the answer arrives (its arrival time is the fourth timestamp).
-        Returns whether the sample was used."""
-        used = self.core.handle_external_clock_reply(self.local_now(), reply, source, lineage)
+    def external_clock_reply(
+        self, reply: ClockReply, source: str, epoch: float | None, lineage: str | None
+    ) -> bool:
+        """Hand in the external clock's answer: its own clock readings as ``t2``/``t3``, its
+        *epoch* on that clock and the *lineage* of its federation time (``None``, ``None`` when
+        it has none); call it as soon as the answer arrives (its arrival time is the fourth
+        timestamp). Returns whether the sample was used."""
+        now = self.local_now()
+        used = self.core.handle_external_clock_reply(now, reply, source, epoch, lineage)
         self._pump()
         return used
 

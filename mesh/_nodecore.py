@@ -131,10 +131,12 @@ class ClockStepped:
 @attrs.frozen
 class EpochOffer:
     """Hand the external clock (the registry) this federation's time: its lineage is older
-    than the registry's (or the registry has none, after a reset or an empty restart). The
-    driver sends the node's federation time read as the request leaves, with ``lineage``."""
+    than the registry's (or the registry has none, after a reset or an empty restart).
+    ``epoch`` is the registry's own clock reading at which federation time was 0, measured
+    NTP-style (so it does not depend on how long the offer takes to arrive)."""
 
     lineage: str
+    epoch: float
 
 
 ExternalRequest: TypeAlias = ClaimRequest | ClockRequest | EpochOffer
@@ -157,6 +159,7 @@ _EXT_PROBE_INTERVAL = 1.0  # while not following the external clock, probe it th
 _EXT_TIMEOUT = 3.0  # following it, without a usable answer for this long: run on our own
 _EXT_OFFER_INTERVAL = 1.0
 _EXT_DECISION_BOUND = 0.25  # an external probe this uncertain decides no lineage question
+_EXT_LAG = 0.002  # the registry's time this far (beyond the bound) behind ours is corrected
 _MAX_EXTERNAL = 32  # requests kept for the driver (the oldest go first)
 
 
@@ -340,7 +343,7 @@ class NodeCore:
         if self._external is not None and self._top:
             if self._time_source == (self._external, False):
                 deadline = min(deadline, self._ext_last_ok + _EXT_TIMEOUT + 1e-6)
-            else:
+            elif self._pending_step is None:  # (no probe while a step is coming)
                 deadline = min(deadline, self._ext_probe_due)
         return deadline
 
@@ -383,11 +386,17 @@ class NodeCore:
         return bool(self._external_requests)
 
     def handle_external_clock_reply(
-        self, now: float, reply: ClockReply, source: str, lineage: str | None
+        self,
+        now: float,
+        reply: ClockReply,
+        source: str,
+        epoch: float | None,
+        lineage: str | None,
     ) -> bool:
-        """The external clock's answer to a request, received at local time *now*: its time
-        (``t2``, ``t3``) and its *lineage* (``None``: it has no epoch, after a reset or an empty
-        restart). Returns whether the clock took it as a sample."""
+        """The external clock's answer to a request, received at local time *now*: its own
+        clock readings (``t2``, ``t3``: the registry host's clock), its *epoch* on that clock and
+        the *lineage* of the federation time it keeps (both ``None``: it has none, after a reset
+        or an empty restart). Returns whether the clock took it as a sample."""
         self._apply_step(now)
         if source != self._external:
             return False
@@ -398,21 +407,25 @@ class NodeCore:
             meeting = self._probes.handle_reply(now, fed, reply, source)
             if meeting is not None:
                 self._ext_last_ok = now
-                self._ext_lineage = lineage
-                self._met_external(now, meeting, lineage)
+                self._ext_lineage = lineage if epoch is not None else None
+                self._met_external(now, meeting, epoch, self._ext_lineage)
+            self._refresh(now)
+            return False
+        if epoch is None:
+            lineage = None
         else:
-            following = self._time_source == (source, False)
-            if lineage is not None and lineage == self.lineage_id:
-                self._ext_lineage = lineage
-                used = self.clock.handle_reply(now, reply, source)
-                if used:
-                    self._ext_last_ok = now
-            elif following:
-                # The registry's time is no longer this lineage's (reset, emptied, or it took
-                # an older site's): run on our own, and find out at once.
-                self._ext_lineage = lineage
-                self._ext_probe_due = now
-                self._source_dirty = True
+            reply = attrs.evolve(reply, t2=reply.t2 - epoch, t3=reply.t3 - epoch)
+        if lineage is not None and lineage == self.lineage_id:
+            self._ext_lineage = lineage
+            used = self.clock.handle_reply(now, reply, source)
+            if used:
+                self._ext_last_ok = now
+        elif self._time_source == (source, False):
+            # The registry's time is no longer this lineage's (reset, emptied, or it took an
+            # older site's): run on our own, and find out at once.
+            self._ext_lineage = lineage
+            self._ext_probe_due = now
+            self._source_dirty = True
         self._refresh(now)
         return used
 
@@ -457,13 +470,16 @@ class NodeCore:
     def lineage_status(self, now: float) -> dict[str, Any]:
         """The clock's lineage and its outside clock, as plain data for the status API:
         ``lineage``, ``steps`` (how many :class:`ClockStepped`), ``last_step``, ``pending_step``,
-        ``provisional``, and ``external`` (``source``, ``state`` following / free / unreached,
-        ``lineage``)."""
+        ``provisional``, and ``external`` (``source``, ``state``: ``following`` it, ``free`` (it
+        answers, not yet in this lineage), ``unreached``, or ``idle`` when this node is not its
+        site's reference; ``lineage``)."""
         last = self._last_step
         pending = self._pending_step
         external: dict[str, Any] | None = None
         if self._external is not None:
-            if self._time_source == (self._external, False):
+            if not self._top:
+                state = "idle"  # the site's reference follows it, not this node
+            elif self._time_source == (self._external, False):
                 state = "following"
             elif now - self._ext_last_ok <= _EXT_TIMEOUT:
                 state = "free"  # answering, but not (yet) in this node's lineage
@@ -790,28 +806,36 @@ class NodeCore:
             self._announce_step(now, max(0.0, meeting.ahead - meeting.bound), theirs)
         self._source_dirty = True
 
-    def _met_external(self, now: float, meeting: Meeting, lineage: str | None) -> None:
-        """A lineage probe of the external clock came back (this node is its site's top)."""
+    def _met_external(
+        self, now: float, meeting: Meeting, epoch: float | None, lineage: str | None
+    ) -> None:
+        """A lineage probe of the external clock came back (this node is its site's top):
+        ``meeting.ahead`` is the registry's own clock minus our federation time."""
         self._source_dirty = True
-        if not self._top or self._pending_step is not None or lineage == self.lineage_id:
+        if not self._top or self._pending_step is not None or meeting.bound > _EXT_DECISION_BOUND:
             return
-        if lineage is None:
-            self._offer_epoch(now)  # the registry has no time: it learns ours
+        if epoch is None or lineage is None:
+            self._offer_epoch(now, meeting.ahead)  # the registry has no time: it learns ours
             return
-        if meeting.bound > _EXT_DECISION_BOUND:
+        ahead = meeting.ahead - epoch  # the registry's federation time minus ours
+        if lineage == self.lineage_id:
+            if ahead < -(meeting.bound + _EXT_LAG):
+                # Our own time, but late there (an earlier offer took long to arrive):
+                # correct it; a registry only ever takes an older epoch.
+                self._offer_epoch(now, meeting.ahead)
             return
-        if meeting.ahead >= -(meeting.bound + 0.001):
+        if ahead >= -(meeting.bound + 0.001):
             # The registry's lineage is older (or the same age): the site steps to it.
-            self._announce_step(now, max(0.0, meeting.ahead - meeting.bound), lineage)
+            self._announce_step(now, max(0.0, ahead - meeting.bound), lineage)
             self._ext_bound = (2 * meeting.bound, now)
         else:
-            self._offer_epoch(now)  # ours is older: the registry takes it
+            self._offer_epoch(now, meeting.ahead)  # ours is older: the registry takes it
 
-    def _offer_epoch(self, now: float) -> None:
+    def _offer_epoch(self, now: float, epoch: float) -> None:
         if self._provisional() or now < self._ext_offer_due:
             return  # a young clock that may yet meet an older lineage does not offer
         self._ext_offer_due = now + _EXT_OFFER_INTERVAL
-        self._push_external(EpochOffer(self.lineage_id))
+        self._push_external(EpochOffer(self.lineage_id, epoch))
 
     def _announce_step(self, now: float, size: float, lineage: str) -> None:
         """This node's lineage steps by *size* to the older *lineage*: now, if no other node
@@ -855,6 +879,7 @@ class NodeCore:
         self.clock.take_stepped()
         self.clock.step(now, size)
         self.clock.take_stepped()
+        self._probes.forget_pending()  # their answers would straddle the step
         self._change_lineage(now, lineage, size)
 
     def _change_lineage(self, now: float, lineage: str, size: float) -> None:

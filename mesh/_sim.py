@@ -107,10 +107,12 @@ class SimNode:
         return local if self.clock is None else self.clock.to_true(local)
 
 
-_TIMER, _DATAGRAM, _STREAM, _STREAM_REPLY, _CALL = range(5)
+_TIMER, _DATAGRAM, _STREAM, _STREAM_REPLY, _CALL, _NODE_CALL = range(6)
 
 CoreFactory = Callable[[MemberRecord, float, random.Random, Snapshot | None], SimCore]
 EventHook = Callable[[SimNode, Any, float], None]
+InputHook = Callable[[SimNode], None]
+NodeCall = Callable[[float], None]
 
 
 class Simulator:
@@ -144,6 +146,9 @@ class Simulator:
         self._groups: dict[Address, int] = {}
         self._hash = hashlib.blake2b(digest_size=16)
         self.on_event = on_event
+        self.on_input: InputHook | None = None
+        """Called after every input a node handled (after its outputs went out): a driver of
+        something outside the mesh (:mod:`mesh._simregistry`) takes the node's requests."""
         self.core_factory: CoreFactory = core_factory or self._membership_factory
         self.delivered = 0
         self.dropped = 0
@@ -234,6 +239,13 @@ class Simulator:
         """Run *action* at virtual time ``now + delay``."""
         self._push(self.now + delay, _CALL, action)
 
+    def call_node(self, node: SimNode, delay: float, action: NodeCall) -> None:
+        """Hand *node* an input from outside the mesh at virtual time ``now + delay``: call
+        ``action(local now)`` then carry out what its core produced, as for a datagram. Dropped
+        if the node is down or was restarted meanwhile; a stalled node gets it when it resumes.
+        """
+        self._push(self.now + delay, _NODE_CALL, (node, node.core, action))
+
     def run_until(self, t: float, stop: Callable[[], bool] | None = None) -> bool:
         """Advance virtual time to *t*, or until *stop()* is true (checked after every step).
         Return whether *stop* ended the run."""
@@ -256,6 +268,8 @@ class Simulator:
             data()
             return
         node: SimNode = data[0]
+        if kind == _NODE_CALL and data[1] is not node.core:
+            return  # meant for an earlier run of the node
         if not node.up or self.nodes.get(node.address) is not node:
             if kind == _STREAM:  # the peer is gone: the opener's exchange times out
                 _, origin, exchange, _, _ = data
@@ -287,6 +301,8 @@ class Simulator:
         elif kind == _STREAM_REPLY:
             _, exchange, reply = data
             core.handle_stream_reply(now, exchange, reply)
+        elif kind == _NODE_CALL:
+            data[2](now)
         self._after_input(node)
 
     def _after_input(self, node: SimNode) -> None:
@@ -297,6 +313,8 @@ class Simulator:
                 self._send(node, out.dest, out.body)
             elif type(out) is OpenStream:
                 self._open_stream(node, out)
+        if self.on_input is not None:
+            self.on_input(node)
         events = core.take_events()
         if events and self.on_event is not None:
             for event in events:

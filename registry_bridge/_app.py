@@ -555,9 +555,10 @@ class _Registry:
         received = self.raw.now()
         fed = request.path_params["federation"]
         epoch, lineage = await self.store.call(self.raw.epoch_lineage, fed)
+        sent = self.raw.now()
         base = received if epoch is None else epoch
         t2 = max(0.0, received - base) if epoch is not None else 0.0
-        t3 = max(0.0, self.raw.now() - base) if epoch is not None else 0.0
+        t3 = max(0.0, sent - base) if epoch is not None else 0.0
         return _json(
             {
                 "federation": fed,
@@ -566,16 +567,18 @@ class _Registry:
                 "elapsed": t3,
                 "t2": t2,
                 "t3": t3,
+                "clock_t2": received,
+                "clock_t3": sent,
             }
         )
 
     async def offer_epoch(self, request: Request) -> Response:
         """A running node hands over the federation's time (see RegistryStore.offer_epoch)."""
-        fields = _Fields(await self.json_body(request), {"token", "federation_time", "lineage"})
+        fields = _Fields(await self.json_body(request), {"token", "epoch", "lineage"})
         token = _check_token(fields.string("token", required=True) or "")
-        value = fields.body.get("federation_time")
+        value = fields.body.get("epoch")
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise HttpError(400, "federation_time must be a number of seconds")
+            raise HttpError(400, "epoch must be a number of seconds on the registry's clock")
         lineage = fields.string("lineage", required=True) or ""
         answer = await self.store.call(
             self.raw.offer_epoch, request.path_params["federation"], token, float(value), lineage

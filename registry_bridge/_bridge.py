@@ -20,9 +20,10 @@ carries their requests to the registry and brings the answers back (a plain driv
   back as a :class:`~mesh._election.ClaimAnswer`. A node that no longer holds the post
   releases it;
 * carries the node's **clock requests** to ``GET .../elapsed`` (stamped as they leave; the
-  answer's arrival is the fourth timestamp) with the registry's lineage of federation time,
-  and **epoch offers** (:class:`~mesh._nodecore.EpochOffer`) to ``POST .../epoch`` with the
-  node's federation time read as the request leaves;
+  answer's arrival is the fourth timestamp), handing the node the registry's own clock
+  readings with its epoch and lineage, and **epoch offers**
+  (:class:`~mesh._nodecore.EpochOffer`: the registry's clock reading at which the node's
+  federation time was 0, as the node measured it) to ``POST .../epoch``;
 * never stops the node when the registry is **unreachable**: it tells the node
   (:meth:`mesh.Node.external_available`: the LAN elects and keeps time by itself), says
   ``unreachable`` in its status and retries with exponential back-off (``interval`` doubling up
@@ -113,6 +114,8 @@ class RegistryBridge(Extension):
         self._peers: dict[str, tuple[str, int]] = {}  # node id (or path) -> gossip address
         self._flags: tuple[bool, bool] = (False, False)  # registered (supernode, conductor)
         self._registering = trio.Lock()
+        self._wake = trio.Event()
+        self._claims_in_flight = 0
         self._reached: bool | None = None  # what the node was last told
         self._node_id: str | None = None
 
@@ -150,7 +153,9 @@ class RegistryBridge(Extension):
                     nursery.start_soon(self._serve_requests, node, client, nursery)
                     while True:
                         ok = await self._guarded_step(node, client)
-                        await trio.sleep(self._next_delay(ok))
+                        with trio.move_on_after(self._next_delay(ok)):
+                            await self._wake.wait()
+                        self._wake = trio.Event()
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await self._unregister(client)
@@ -180,22 +185,34 @@ class RegistryBridge(Extension):
         stamped = node.stamp_external(request)  # t1: as it leaves
         try:
             sample = await client.elapsed(federation)
-        except RegistryNotFound:
-            # The federation is gone (the registry restarted empty): it has no time.
-            reply = ClockReply(stamped.probe, stamped.t1, 0.0, 0.0, 0.0, True)
-            node.external_clock_reply(reply, REGISTRY_CLOCK, None)
+        except RegistryNotFound as exc:
+            # The federation is gone (the registry restarted empty): it has no time yet; it
+            # gets one, and the node's, when the node registers and offers it.
+            logger.debug("no federation at %s: %s", self.url, exc)
             self._connected(node)
+            self._wake.set()  # register at once (which creates it)
             return
         except RegistryError as exc:
             self._failed(node, exc)
             return
-        reply = ClockReply(stamped.probe, stamped.t1, sample.t2, sample.t3, 0.0, True)
-        lineage = sample.lineage if sample.epoch is not None else None
-        self.clock_samples += int(node.external_clock_reply(reply, REGISTRY_CLOCK, lineage))
+        if sample.clock_t2 is None or sample.clock_t3 is None:
+            logger.debug("registry %s does not say its clock", self.url)
+            return
+        # The registry's own clock, with its epoch and lineage: the node works out the rest.
+        reply = ClockReply(stamped.probe, stamped.t1, sample.clock_t2, sample.clock_t3, 0.0, True)
+        used = node.external_clock_reply(reply, REGISTRY_CLOCK, sample.epoch, sample.lineage)
+        self.clock_samples += int(used)
         self._connected(node)
 
     async def _carry_claim(self, node: Node, client: RegistryClient, request: ClaimRequest) -> None:
         """The registry's compare-and-set for one conductor claim (or renewal)."""
+        self._claims_in_flight += 1
+        try:
+            await self._claim(node, client, request)
+        finally:
+            self._claims_in_flight -= 1
+
+    async def _claim(self, node: Node, client: RegistryClient, request: ClaimRequest) -> None:
         federation = node.config.federation
         try:
             await self._ensure_registered(node, client)
@@ -229,12 +246,12 @@ class RegistryBridge(Extension):
         node.claim_answer(ClaimAnswer(request.claim, granted, state.node_id, state.term))
 
     async def _carry_offer(self, node: Node, client: RegistryClient, offer: EpochOffer) -> None:
-        """Hand the registry the federation's time (the node's, read as the offer leaves)."""
+        """Hand the registry the federation's time (the epoch the node measured on its clock)."""
         try:
             await self._ensure_registered(node, client)
             assert self._token is not None
             answer = await client.offer_epoch(
-                node.config.federation, self._token, node.now(), offer.lineage
+                node.config.federation, self._token, offer.epoch, offer.lineage
             )
         except RegistryUnreachable as exc:
             self._failed(node, exc)
@@ -299,7 +316,7 @@ class RegistryBridge(Extension):
         elif not alone and self._reached is None:
             self.state = "idle"  # nothing to ask the registry (its supernode does)
             self.last_error = None
-        if self._holder == node.id and not holds:
+        if self._holder == node.id and not node.core.election.holds(CONDUCTOR):
             await self._release(node, client)
         self._propose(node)
 
@@ -382,9 +399,12 @@ class RegistryBridge(Extension):
 
     async def _release(self, node: Node, client: RegistryClient) -> None:
         """This node no longer holds the conductor: release it at the registry (a stale
-        record there would refuse the real holder until it expired)."""
+        record there would refuse the real holder until it expired). Not while a claim of its
+        own is on its way, and only if the node still does not hold it."""
+        if self._claims_in_flight:
+            return
         state = await client.conductor(node.config.federation)
-        if state.node_id == node.id:
+        if state.node_id == node.id and not node.core.election.holds(CONDUCTOR):
             try:
                 state = await client.set_conductor(
                     node.config.federation, expected_term=state.term, holder=None

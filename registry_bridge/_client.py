@@ -152,6 +152,10 @@ class ElapsedSample:
     t4: float
     epoch: float | None
     lineage: str | None = None
+    clock_t2: float | None = None
+    """The registry's own clock when the request arrived (present with or without an epoch)."""
+    clock_t3: float | None = None
+    """... and when the answer left."""
 
     @property
     def offset(self) -> float:
@@ -312,15 +316,22 @@ class RegistryClient:
         t4 = self._clock()
         lineage = d.get("lineage")
         return ElapsedSample(
-            t1, d["t2"], d["t3"], t4, d["epoch"], lineage if isinstance(lineage, str) else None
+            t1,
+            d["t2"],
+            d["t3"],
+            t4,
+            d["epoch"],
+            lineage if isinstance(lineage, str) else None,
+            d.get("clock_t2"),
+            d.get("clock_t3"),
         )
 
     async def offer_epoch(
-        self, federation: str, token: str, federation_time: float, lineage: str
+        self, federation: str, token: str, epoch: float, lineage: str
     ) -> dict[str, Any]:
-        """Hand the registry the federation's time (*federation_time* now, in *lineage*): it
-        takes it when it has no epoch or an older one is offered. Needs a live registration's
-        *token*."""
-        body = {"token": token, "federation_time": federation_time, "lineage": lineage}
+        """Hand the registry the federation's time: *epoch* is the registry's clock reading
+        at which federation time (of *lineage*) was 0. It takes it when it has no epoch or an
+        older one is offered. Needs a live registration's *token*."""
+        body = {"token": token, "epoch": epoch, "lineage": lineage}
         result: dict[str, Any] = await self._call("POST", f"/federations/{federation}/epoch", body)
         return result

@@ -213,15 +213,20 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "t2": {"type": "number", "description": "federation time the request arrived"},
                 "t3": {"type": "number", "description": "federation time the answer left"},
+                "clock_t2": {"type": "number", "description": "the registry's clock, arrival"},
+                "clock_t3": {"type": "number", "description": "the registry's clock, answer"},
             },
         },
         "EpochOffer": {
             "type": "object",
-            "required": ["token", "federation_time", "lineage"],
+            "required": ["token", "epoch", "lineage"],
             "additionalProperties": False,
             "properties": {
                 "token": {"type": "string", "description": "a live registration's token"},
-                "federation_time": {"type": "number", "description": "the sender's, as sent"},
+                "epoch": {
+                    "type": "number",
+                    "description": "the registry's clock reading at federation time 0",
+                },
                 "lineage": {"type": "string"},
             },
         },

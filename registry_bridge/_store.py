@@ -121,7 +121,7 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 """
 _LINEAGE_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._-")
-_MAX_FEDERATION_TIME = 1e10  # seconds (three centuries): anything larger is not a clock
+_MAX_CLOCK_READING = 1e11  # seconds: anything larger is not a wall clock
 
 _REG_COLUMNS = (
     "r.token, o.name, r.name, r.node_id, r.host, r.port, r.supernode, r.conductor,"
@@ -977,24 +977,24 @@ class RegistryStore:
         return self._tx(run)
 
     def offer_epoch(
-        self, federation: object, token: str, federation_time: object, lineage: object
+        self, federation: object, token: str, epoch: object, lineage: object
     ) -> dict[str, Any]:
         """A running node (holder of registration *token* in *federation*) hands over the
-        federation's time: its federation time is *federation_time* now, in lineage *lineage*.
+        federation's time: *epoch* is the registry's clock reading at which its federation
+        time was 0 (the node measured the registry's clock, NTP-style), in lineage *lineage*.
 
-        The registry takes it when it has no epoch (reset, emptied) or when the offer's epoch
-        is older than its own: federation time belongs to the federation, so ``elapsed`` goes
-        on after a reset, for 2012 clients too; it never moves the epoch later. Returns the
-        federation's time after the offer (``accepted`` says whether it changed).
+        The registry takes it when it has no epoch (reset, emptied) or when the offered one is
+        older than its own (and not in the future): federation time belongs to the
+        federation, so ``elapsed`` goes on after a reset, for 2012 clients too; it never moves
+        the epoch later. Returns the federation's time after the offer (``accepted`` says
+        whether it changed).
         """
         if not (
-            isinstance(federation_time, int | float)
-            and not isinstance(federation_time, bool)
-            and 0.0 <= federation_time <= _MAX_FEDERATION_TIME
+            isinstance(epoch, int | float)
+            and not isinstance(epoch, bool)
+            and abs(epoch) <= _MAX_CLOCK_READING
         ):
-            raise StoreError(
-                f"federation_time must be a number of seconds, not {federation_time!r}"
-            )
+            raise StoreError(f"epoch must be a clock reading in seconds, not {epoch!r}")
         if not (
             isinstance(lineage, str) and 1 <= len(lineage) <= 64 and set(lineage) <= _LINEAGE_CHARS
         ):
@@ -1008,8 +1008,8 @@ class RegistryStore:
             ).fetchone()
             if row is None:
                 raise NotFound("unknown or expired registration token")
-            offered = now - float(federation_time)
-            accepted = fed[3] is None or offered < fed[3]
+            offered = float(epoch)
+            accepted = offered <= now and (fed[3] is None or offered < fed[3])
             if accepted:
                 self._db.execute("UPDATE federations SET epoch = ? WHERE id = ?", (offered, fed[0]))
                 self._db.execute(
