@@ -186,11 +186,17 @@ class _Arbitration:
 
 
 def _agreement(
-    sim: Simulator, orchestras: set[str], registry: SimRegistry | None = None
+    sim: Simulator,
+    orchestras: set[str],
+    registry: SimRegistry | None = None,
+    *,
+    released_ok: bool = False,
 ) -> tuple[bool, bool]:
     """(agreed, a conductor is expected) over the running nodes: every one sees exactly the
     running nodes alive, and the same conductor and supernodes, which are running and eligible
-    (and, with a registry, the registry records that conductor)."""
+    (and, with a registry, the registry records that conductor; with *released_ok*, or
+    nobody: a registration that expired while the registry was unreachable releases the post
+    until the holder's next renewal takes it again)."""
     up = sim.up_nodes()
     if not up:
         return True, False
@@ -213,7 +219,8 @@ def _agreement(
     if not candidates and conductor is not None:
         return False, False
     if registry is not None and candidates and registry.model.holder != conductor:
-        return False, True
+        if not (released_ok and registry.model.holder is None):
+            return False, True
     by_id = {n.node_id: n for n in up}
     for orchestra, holder in supernodes:
         if holder is None or holder not in up_ids or by_id[holder].record.orchestra != orchestra:
@@ -367,7 +374,7 @@ def run_chaos(
         while sim.now < tail_end:
             sim.run_until(sim.now + 0.25)
             look()
-            ok, _ = _agreement(sim, names, reg)
+            ok, _ = _agreement(sim, names, reg, released_ok=True)
             if not ok:
                 failure = "agreement did not hold after it was reached"
                 break

@@ -166,10 +166,10 @@ class ClockConfig:
     fast as the rest: large corrections are steps, when lineages meet)."""
     step_threshold: float = attrs.field(default=0.1, validator=_positive)
     """``synced`` needs an error bound within this many seconds."""
-    deadband_from: float = attrs.field(default=0.005, validator=_non_negative)
-    """With a deadband (see :meth:`ClockCore.set_reference`), the part of the error bound
-    beyond this many seconds is not chased: a precise outside clock is followed to the centre
-    of its estimate, a noisy one only as far as the clock must move to stay within it."""
+    deadband_slew_rate: float = attrs.field(default=0.00002, validator=_positive)
+    """With a deadband (see :meth:`ClockCore.set_reference`) the clock moves only as far as
+    it must to stay within its estimate's error interval, and this slowly (20 ppm: the nodes
+    that follow this one hardly see it, so the site stays together)."""
 
     def __attrs_post_init__(self) -> None:
         if self.slew_rate > self.fast_slew_rate:
@@ -315,13 +315,17 @@ class ClockCore:
         federation time and rate; a node that follows a new reference starts a new burst of
         requests and slews to it. Calling it again with the same arguments changes nothing.
 
-        With *deadband* the clock does not chase the part of the estimate's error bound beyond
-        ``deadband_from``: it moves only as far as it must to stay within that much of the
-        estimate (a site's reference following the registry: a noisy outside clock must not
-        shake the site, whose members follow this node's every move).
+        With *deadband* the clock moves only as far as it must to stay within the estimate's
+        error interval, at ``deadband_slew_rate`` (a site's reference following the registry:
+        an outside clock must not shake the site, whose members follow this node's every
+        move).
         """
         now = self._tick(now)
-        self._deadband = deadband
+        if deadband != self._deadband:
+            # The residual goes on from where it is now, at the other speed.
+            self._read(now)
+            self._res0, self._res_at = self._residual(now), now
+            self._deadband = deadband
         if reference_id == self._reference and is_self == self._is_self:
             return
         self._reference = reference_id
@@ -625,6 +629,8 @@ class ClockCore:
             return r
         a = abs(r)
         floor = self._res_floor
+        if self._deadband:
+            return math.copysign(max(floor, a - self._cfg.deadband_slew_rate * dt), r)
         excess = a - max(self._cfg.step_threshold, floor)
         if excess > 0:
             t_fast = excess / self._cfg.fast_slew_rate
@@ -797,9 +803,8 @@ class ClockCore:
                 self._stepped += step
         self._step_permit = False
         self._res0, self._res_at = r, now
-        # With a deadband, what lies within the estimate's (noisy part of the) error interval
-        # is not corrected.
-        noise = max(0.0, self._est_bound(now, lan=True) - cfg.deadband_from)
+        # With a deadband, what lies within the estimate's error interval is not corrected.
+        noise = self._est_bound(now, lan=True)
         self._res_floor = min(abs(r), noise) if self._deadband else 0.0
 
 

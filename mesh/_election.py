@@ -151,9 +151,10 @@ class ClaimRequest:
 
     ``claim`` is the record this node would announce (``holder`` is this node). ``replaces`` is
     the record this node last saw in force for the post, held by another node that is now dead,
-    gone or handed the post over (``None`` if it saw none): the arbiter may replace *that*
-    holder (compare-and-set), and no other live one. ``renewal`` is true when this node already
-    holds the post and confirms it (every ``renew`` seconds), false for a claim.
+    gone or handed the post over (``None`` if it saw none): for a claim, the arbiter may replace
+    *that* holder (compare-and-set), and no other live one. ``renewal`` is true when this node
+    already holds the post and confirms it (every ``renew`` seconds; a renewal never replaces
+    anyone: one that arrives late must not take the post back), false for a claim.
     """
 
     claim: Lease
@@ -493,10 +494,8 @@ class ElectionCore:
         if available:
             if self.holds(CONDUCTOR):
                 self._next_renew = now  # confirm the post at once
-        else:
-            self._next_renew = None
-            if self._deferred and self.holder(CONDUCTOR) is None:
-                self._deferred = False
+        elif self._deferred and self.holder(CONDUCTOR) is None:
+            self._deferred = False
         self._reconcile_post(now, CONDUCTOR)
         self._after_reconcile(now)
 
@@ -645,9 +644,11 @@ class ElectionCore:
         """Confirm the conductor post this node holds with the arbiter."""
         arbiter = self.arbiter
         record = self._records.get(CONDUCTOR)
-        if arbiter is None or not self._arbiter_available or not self.holds(CONDUCTOR):
+        if arbiter is None or not self.holds(CONDUCTOR):
             self._next_renew = None
             return
+        # Confirmed even while the arbiter is thought unreachable: the first answer says it is
+        # back (and keeps the holder's registration there from expiring).
         assert record is not None
         self._claim_requests += 1
         self._outputs.append(ClaimRequest(record, self._superseded, renewal=True))
@@ -772,12 +773,7 @@ class ElectionCore:
         if holder is not None:
             if holder == self.self_id and record is not None:
                 self._held_terms[post] = record.term
-                if (
-                    post == CONDUCTOR
-                    and self.arbiter is not None
-                    and self._arbiter_available
-                    and self._next_renew is None
-                ):
+                if post == CONDUCTOR and self.arbiter is not None and self._next_renew is None:
                     # Holding without the arbiter's word (a handoff, a restart, the local
                     # rule while it was unreachable): confirm with it now.
                     self._next_renew = now

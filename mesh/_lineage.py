@@ -14,7 +14,7 @@ that follows it, at the same announced moment) when it finds an older peer or an
 
 :class:`LineageProbes` measures how far a peer's federation time is ahead of ours, with
 NTP-style probes (four timestamps, one round trip; probe numbers above 2^40, so they never mix
-with the clock core's), and :func:`is_older` decides, the same way on both sides of a meeting.
+with the clock core's), and :func:`should_join` decides.
 Sans-IO like the other cores: the caller passes local time ``now`` and its federation time
 ``fed``.
 """
@@ -27,13 +27,20 @@ import attrs
 
 from mesh._wire import ClockReply, ClockRequest
 
-__all__ = ["MAX_DECISION_BOUND", "LineageProbes", "Meeting", "is_older", "lineage_id"]
+__all__ = [
+    "MAX_DECISION_BOUND",
+    "TIE_ZONE",
+    "LineageProbes",
+    "Meeting",
+    "lineage_id",
+    "should_join",
+]
 
 _PROBE_BASE = 1 << 40  # lineage probes never collide with the clock core's (1, 2, 3, ...)
 
 MAX_DECISION_BOUND = 0.005
 """A probe whose round trip leaves more uncertainty than this (seconds) decides nothing between
-two nodes (another probe follows): :func:`is_older` then needs only a small tie zone."""
+two nodes (another probe follows): :func:`should_join` then needs only a small tie zone."""
 
 _MARGIN = 0.001  # seconds of extra margin in every decision
 
@@ -55,20 +62,24 @@ class Meeting:
     bound: float
 
 
-def is_older(ahead: float, bound: float, own: str, theirs: str, *, tie_zone: float) -> bool:
-    """Whether the lineage *theirs*, measured *ahead* seconds ahead of ours (within *bound*), is
-    the older one, so that ours should step to it.
+TIE_ZONE = 2 * MAX_DECISION_BOUND + _MARGIN
+"""How far ahead of its reference a node may be and still join the reference's lineage (the
+two are then the same age, within what the probes can tell)."""
 
-    Clearly ahead (more than the bound and a margin): older. Otherwise the lower lineage id
-    is the older one when the times are within the tie zone of each other. The zone is wider
-    on the higher-id side (*tie_zone*, at least twice the largest bound either side decides
-    with), so that of two nodes measuring each other with errors, at least one finds the other
-    older: a meeting never leaves both waiting for the other. (Both may step; then their times
-    agree and the ids decide the next meeting.)
+
+def should_join(ahead: float, bound: float, *, reference: bool) -> bool:
+    """Whether a node should step to a peer's lineage, the peer's federation time measured
+    *ahead* seconds ahead of its own (within *bound*): when the peer's lineage is clearly
+    older, or, for the node's own time *reference*, about as old (a tie: the node then joins
+    its reference's lineage without a step; a reference never joins a follower's in a tie).
+
+    Of a node and its reference measuring each other, at least one joins the other: the
+    reference joins when the node is clearly older; the node joins unless it is older by more
+    than the tie zone, which is wider than both probes' errors together.
     """
     if ahead > bound + _MARGIN:
         return True
-    return theirs < own and ahead >= -(bound + _MARGIN + tie_zone)
+    return reference and ahead >= -(bound + _MARGIN + TIE_ZONE)
 
 
 class LineageProbes:

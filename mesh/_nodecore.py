@@ -58,7 +58,7 @@ from mesh._election import (
     SteppedDown,
     post_orchestra,
 )
-from mesh._lineage import MAX_DECISION_BOUND, LineageProbes, Meeting, is_older, lineage_id
+from mesh._lineage import MAX_DECISION_BOUND, LineageProbes, Meeting, lineage_id, should_join
 from mesh._membership import (
     MemberEvent,
     Membership,
@@ -160,6 +160,7 @@ _EXT_TIMEOUT = 3.0  # following it, without a usable answer for this long: run o
 _EXT_OFFER_INTERVAL = 1.0
 _EXT_DECISION_BOUND = 0.25  # an external probe this uncertain decides no lineage question
 _EXT_LAG = 0.002  # the registry's time this far (beyond the bound) behind ours is corrected
+_EXT_SETTLE = 2.0  # a young clock meets its LAN's lineages before the registry's
 _MAX_EXTERNAL = 32  # requests kept for the driver (the oldest go first)
 
 
@@ -226,10 +227,12 @@ class NodeCore:
         self._founded = True  # still in the lineage this run founded
         self._settled = False  # ... and found to be the oldest around (see _provisional)
         self._probes = LineageProbes()
-        self._meetings: dict[str, tuple[str, bool]] = {}  # peer -> (its lineage, it is older)
+        # peer -> (its lineage, whether it was this node's reference, whether to join it)
+        self._meetings: dict[str, tuple[str, bool, bool]] = {}
         self._differing: list[str] = []  # live peers of another lineage
         self._same = 0  # live peers of this node's lineage
         self._lineage_due: float | None = None
+        self._started = now
         self._pending_step: tuple[float, float, str] | None = None  # (at, size, lineage)
         self._steps = 0
         self._last_step: ClockStepped | None = None
@@ -761,22 +764,25 @@ class NodeCore:
             targets = [
                 p
                 for p in self._differing
-                if self._meetings.get(p, ("", False))[0] != self._lineage_of(p)
+                if self._meetings.get(p, ("", False, False))[0] != self._lineage_of(p)
             ]
+            # Every other lineage around is younger, or as old (then its nodes join ours without
+            # a step): ours is the federation's, nobody steps it.
             if (
                 self._founded
                 and not self._settled
                 and not targets
                 and (self._same or self._differing)
             ):
-                self._settled = True  # every other lineage around is younger: ours is it
+                self._settled = True
         elif self._follow is not None and self._lineage_of(self._follow) not in (
             None,
             self.lineage_id,
         ):
             theirs = self._lineage_of(self._follow)
-            known = self._meetings.get(self._follow)
-            targets = [] if known is not None and known[0] == theirs else [self._follow]
+            known = self._meetings.get(self._follow, ("", False, False))
+            # (A meeting from before it was this node's reference decided another question.)
+            targets = [] if known[:2] == (theirs, True) else [self._follow]
         else:
             targets = []
         if not targets:
@@ -794,16 +800,15 @@ class NodeCore:
         theirs = self._lineage_of(meeting.peer)
         if theirs is None or theirs == self.lineage_id or meeting.bound > MAX_DECISION_BOUND:
             return  # nothing to decide, or too uncertain (the next probe will tell)
-        older = is_older(
-            meeting.ahead,
-            meeting.bound,
-            self.lineage_id,
-            theirs,
-            tie_zone=2 * MAX_DECISION_BOUND + 0.002,
-        )
-        self._meetings[meeting.peer] = (theirs, older)
+        reference = not self._top and meeting.peer == self._follow
+        older = should_join(meeting.ahead, meeting.bound, reference=reference)
+        self._meetings[meeting.peer] = (theirs, reference, older)
         if older:
-            self._announce_step(now, max(0.0, meeting.ahead - meeting.bound), theirs)
+            # Clearly older: step to the lower edge of its time; as old (a tie): join its
+            # lineage without a step, the clock slews the difference away.
+            clearly = meeting.ahead > meeting.bound + 0.001
+            size = meeting.ahead - meeting.bound if clearly else 0.0
+            self._announce_step(now, size, theirs)
         self._source_dirty = True
 
     def _met_external(
@@ -814,6 +819,8 @@ class NodeCore:
         self._source_dirty = True
         if not self._top or self._pending_step is not None or meeting.bound > _EXT_DECISION_BOUND:
             return
+        if self._provisional() and now - self._started < _EXT_SETTLE:
+            return  # a young clock meets its LAN's lineages first (they may be older)
         if epoch is None or lineage is None:
             self._offer_epoch(now, meeting.ahead)  # the registry has no time: it learns ours
             return

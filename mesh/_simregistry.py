@@ -122,10 +122,11 @@ class RegistryModel:
         return [(n, r.orchestra, r.address) for n, r in self.registrations.items() if r.supernode]
 
     def claim(self, now: float, node_id: str, request: ClaimRequest) -> ClaimAnswer:
-        """The compare-and-set: granted when the registry records *node_id*, nobody, or the
-        holder of the record the claim replaces (the claimant must be registered)."""
+        """The compare-and-set: granted when the registry records *node_id*, nobody, or (a
+        claim, not a renewal) the holder of the record the claim replaces; the claimant must
+        be registered."""
         self.sweep(now)
-        replaces = request.replaces
+        replaces = None if request.renewal else request.replaces
         granted = node_id in self.registrations and (
             self.holder in (None, node_id)
             or (replaces is not None and replaces.holder == self.holder)
@@ -189,6 +190,7 @@ class _Bridge:
     core: NodeCore
     registered: bool = False
     reached: bool | None = None  # what the node was last told
+    rounds: int = 0  # the current chain of rounds (an earlier one stops)
 
 
 class SimRegistry:
@@ -268,8 +270,11 @@ class SimRegistry:
             self._carry(node, bridge, request)
 
     def _schedule_round(self, node: SimNode, bridge: _Bridge, delay: float) -> None:
+        bridge.rounds += 1
+        chain = bridge.rounds
+
         def run() -> None:
-            if node.up and node.core is bridge.core:
+            if node.up and node.core is bridge.core and bridge.rounds == chain:
                 self._round(node, bridge)
 
         self.sim.schedule(delay, run)
@@ -309,6 +314,8 @@ class SimRegistry:
 
     def _tell(self, node: SimNode, bridge: _Bridge, now: float, reached: bool) -> None:
         if bridge.reached is not reached:
+            if reached and bridge.reached is False:
+                self._schedule_round(node, bridge, 0.0)  # back: heartbeat before it expires
             bridge.reached = reached
             bridge.core.set_external_available(now, reached)
 
@@ -330,6 +337,7 @@ class SimRegistry:
         elif isinstance(request, ClaimRequest):
 
             def claim(now: float) -> ClaimAnswer:
+                model.sweep(now)
                 if node_id not in model.registrations:  # the bridge registers it first
                     model.register(now, node_id, orchestra, address, supernode=False)
                 return model.claim(now, node_id, request)
@@ -341,6 +349,7 @@ class SimRegistry:
         elif isinstance(request, EpochOffer):
 
             def offer(now: float) -> bool:
+                model.sweep(now)
                 if node_id not in model.registrations:
                     model.register(now, node_id, orchestra, address, supernode=False)
                 return model.offer(now, node_id, request.epoch, request.lineage)

@@ -15,8 +15,9 @@ carries their requests to the registry and brings the answers back (a plain driv
   supernode for its own orchestra, such a node does not register as supernode itself;
 * carries **conductor claims** (:class:`~mesh._election.ClaimRequest`) to the registry's
   compare-and-set, the registry's term as fencing token: granted when the registry records
-  this node already, records nobody, or records exactly the holder whose record the claim
-  replaces (dead, or handed over, in the claimant's view); refused otherwise. The answer goes
+  this node already, records nobody, or (a claim, not a renewal) records exactly the holder
+  whose record the claim replaces (dead, or handed over, in the claimant's view); refused
+  otherwise. The answer goes
   back as a :class:`~mesh._election.ClaimAnswer`. A node that no longer holds the post
   releases it;
 * carries the node's **clock requests** to ``GET .../elapsed`` (stamped as they leave; the
@@ -217,7 +218,8 @@ class RegistryBridge(Extension):
         try:
             await self._ensure_registered(node, client)
             state = await client.conductor(federation)
-            replaces = request.replaces
+            # A renewal only confirms: a late one must not take the post back.
+            replaces = None if request.renewal else request.replaces
             granted = state.node_id == node.id
             if not granted and (
                 state.holder is None or (replaces is not None and replaces.holder == state.node_id)
@@ -437,6 +439,7 @@ class RegistryBridge(Extension):
         if self._reached is not True:
             if self._reached is False:
                 logger.warning("registry %s reachable again", self.url)
+                self._wake.set()  # heartbeat (or register again) before the registration expires
             self._reached = True
             node.external_available(True)
 

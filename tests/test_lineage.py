@@ -9,13 +9,11 @@ from typing import Any
 import pytest
 
 from mesh._chaos import _core, _core_factory, run_chaos
-from mesh._lineage import MAX_DECISION_BOUND, LineageProbes, is_older, lineage_id
+from mesh._lineage import MAX_DECISION_BOUND, LineageProbes, lineage_id, should_join
 from mesh._nodecore import ClockStepped
 from mesh._profiles import get_profile
 from mesh._sim import LinkModel, SimNode, Simulator
 from mesh._wire import ClockReply
-
-TIE = 2 * MAX_DECISION_BOUND + 0.002
 
 
 def _answer(request_t1: float, probe: int, their_fed: float) -> ClockReply:
@@ -52,24 +50,25 @@ def test_send_time_stamp_moves_t1_and_the_federation_time_with_it() -> None:
     assert meeting is not None and meeting.ahead == pytest.approx(30.0)
 
 
-def test_clearly_ahead_is_older_and_ids_decide_a_tie() -> None:
-    assert is_older(30.0, 0.001, "b", "a", tie_zone=TIE)
-    assert is_older(30.0, 0.001, "a", "b", tie_zone=TIE)
-    assert not is_older(-30.0, 0.001, "b", "a", tie_zone=TIE)
-    assert is_older(0.0001, 0.001, "b", "a", tie_zone=TIE)  # a tie: the lower id
-    assert not is_older(0.0001, 0.001, "a", "b", tie_zone=TIE)
+def test_a_clearly_older_lineage_is_joined_and_a_tie_only_with_ones_reference() -> None:
+    assert should_join(30.0, 0.001, reference=False)
+    assert not should_join(-30.0, 0.001, reference=True)
+    assert not should_join(0.0001, 0.001, reference=False), "a reference never joins a follower"
+    assert should_join(0.0001, 0.001, reference=True)
+    assert should_join(-0.005, 0.001, reference=True), "as old, within the probes' errors"
 
 
 @pytest.mark.parametrize("true_gap", [x / 1000 for x in range(-30, 31)])
 @pytest.mark.parametrize("error", [-MAX_DECISION_BOUND, 0.0, MAX_DECISION_BOUND])
-def test_at_least_one_side_of_a_meeting_finds_the_other_older(
+def test_of_a_node_and_its_reference_one_always_joins_the_other(
     true_gap: float, error: float
 ) -> None:
-    # b's time is true_gap ahead of a's; each side measures with an error within its bound.
+    # The reference's time is true_gap ahead of the node's; each measures with an error
+    # within its bound.
     bound = MAX_DECISION_BOUND
-    a_sees_b = is_older(true_gap + error, bound, "a", "b", tie_zone=TIE)
-    b_sees_a = is_older(-true_gap + error, bound, "b", "a", tie_zone=TIE)
-    assert a_sees_b or b_sees_a, "both would wait for the other forever"
+    node_joins = should_join(true_gap + error, bound, reference=True)
+    reference_joins = should_join(-true_gap + error, bound, reference=False)
+    assert node_joins or reference_joins, "both would wait for the other forever"
 
 
 def test_lineage_ids_are_unique_per_run() -> None:
@@ -163,9 +162,10 @@ def test_two_sites_that_kept_time_apart_meet_and_the_younger_steps_together() ->
     assert all(s.old_lineage == young_lineage and s.new_lineage == old_lineage for _, s, _ in steps)
     assert all(s.size == pytest.approx(30.0, abs=0.01) for _, s, _ in steps)
     # At the same moment on every node of the younger site (its announced federation time).
-    assert max(s.federation_time for _, s, _ in steps) - min(
-        s.federation_time for _, s, _ in steps
-    ) < 0.001
+    assert (
+        max(s.federation_time for _, s, _ in steps) - min(s.federation_time for _, s, _ in steps)
+        < 0.001
+    )
     assert max(t for _, _, t in steps) - min(t for _, _, t in steps) < 0.001
     everyone = old + young
     assert {_core(n).lineage_id for n in everyone} == {old_lineage}
