@@ -218,9 +218,14 @@ def _agreement(
         return False, True
     if not candidates and conductor is not None:
         return False, False
-    if registry is not None and candidates and registry.model.holder != conductor:
-        if not (released_ok and registry.model.holder is None):
-            return False, True
+    recorded = None if registry is None else registry.model.holder
+    if (
+        registry is not None
+        and candidates
+        and recorded != conductor
+        and not (released_ok and recorded is None)
+    ):
+        return False, True
     by_id = {n.node_id: n for n in up}
     for orchestra, holder in supernodes:
         if holder is None or holder not in up_ids or by_id[holder].record.orchestra != orchestra:
