@@ -273,6 +273,9 @@ class ClockCore:
         self._d_hi = self._max_drift
         self._d_at = now
         self._rate_err = self._max_drift  # how precise the rate is thought to be (not a bound)
+        # The last bounds computed, and for which estimate and instant.
+        self._bound_key: tuple[object, object, tuple[float, ...]] | None = None
+        self._bounds = (math.inf, math.inf)
         self._step_permit = step_on_first_sync  # the estimate may step the clock forward
         self._stepped = 0.0  # stepped since the last take_stepped()
         # Reference and polling.
@@ -649,11 +652,24 @@ class ClockCore:
     def _est_bound(self, at: float, lan: bool = False) -> float:
         if self._est is None:
             return math.inf
-        bound = self._est.at(at, self._a_local, lan)
-        if self._alt is not None:
-            fed, rate, alt = self._alt
-            gap = fed + (1.0 + rate) * (at - self._a_local) - self._line(at)
-            bound = min(bound, alt.at(at, self._a_local, lan) + abs(gap))
+        key = (at, self._a_local, self._a_fed, self._rate)
+        cached = self._bound_key
+        if not (
+            cached is not None
+            and cached[0] is self._est
+            and cached[1] is self._alt
+            and cached[2] == key
+        ):
+            # Both bounds in one pass over the terms (snapshots ask for both, and often).
+            full, lan_bound = self._est.both(at, self._a_local)
+            if self._alt is not None:
+                fed, rate, alt = self._alt
+                gap = abs(fed + (1.0 + rate) * (at - self._a_local) - self._line(at))
+                alt_full, alt_lan = alt.both(at, self._a_local)
+                full, lan_bound = min(full, alt_full + gap), min(lan_bound, alt_lan + gap)
+            self._bound_key = (self._est, self._alt, key)
+            self._bounds = (full, lan_bound)
+        bound = self._bounds[1] if lan else self._bounds[0]
         if not lan and bound >= MAX_REPORTED_ERROR:
             return math.inf  # the reference does not know its bound against the top
         return bound
@@ -828,11 +844,19 @@ class _Bound:
     terms: tuple[_Term, ...]
 
     def at(self, at: float, anchor: float, lan: bool = False) -> float:
+        return self.both(at, anchor)[1 if lan else 0]
+
+    def both(self, at: float, anchor: float) -> tuple[float, float]:
+        # (against the top of the chain, against the followed node alone)
         dt = at - anchor
-        return sum(
-            abs(t.h + t.g * dt) * (t.lan if lan else t.bound) + t.w * self.u * abs(at - t.mid)
-            for t in self.terms
-        )
+        u = self.u
+        full = lan = 0.0
+        for t in self.terms:
+            weight = abs(t.h + t.g * dt)
+            drift = t.w * u * abs(at - t.mid)
+            full += weight * t.bound + drift
+            lan += weight * t.lan + drift
+        return full, lan
 
 
 _EXACT = _Bound(0.0, ())

@@ -1,0 +1,128 @@
+"""The registry learns the federation's time (RegistryStore.offer_epoch, POST .../epoch):
+a reset or an empty restart while nodes run does not restart ``elapsed``; a reset with no
+node running starts it from 0, as in 2012."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry_bridge import NotFound, RegistryStore, StoreError, create_app
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, t: float = 1_700_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def store(tmp: Path, clock: Clock) -> RegistryStore:
+    return RegistryStore(tmp / "registry.db", clock=clock)
+
+
+def register(s: RegistryStore, name: str = "n0", federation: str = "sleo") -> str:
+    answer = s.register(federation, "cmu", name, host="10.0.0.1", port=7471, create=True)
+    token: str = answer["token"]
+    return token
+
+
+def test_a_reset_while_nodes_run_does_not_restart_elapsed(tmp_path: Path) -> None:
+    clock = Clock()
+    s = store(tmp_path, clock)
+    register(s)
+    epoch = s.epoch("sleo")
+    assert epoch == clock.t
+    clock.t += 600.0  # ten minutes into the concert
+    s.reset_federation("sleo")
+    assert s.epoch_lineage("sleo") == (None, None)
+    # A supernode registers again and hands over the federation's time (the epoch it measured
+    # on the registry's clock, with its lineage): elapsed goes on from 600 s.
+    token = register(s, "n1")
+    assert s.elapsed("sleo")["elapsed"] == 0.0  # the registry's own fresh epoch, for now
+    answer = s.offer_epoch("sleo", token, epoch, "abc123")
+    assert answer["accepted"] and answer["epoch"] == epoch and answer["lineage"] == "abc123"
+    assert s.elapsed("sleo")["elapsed"] == pytest.approx(600.0)
+    assert s.epoch_lineage("sleo") == (epoch, "abc123")
+    # 2012 clients read the same elapsed time.
+    legacy = s.register("sleo", "cmu", "old", host="10.0.0.9", port=7471, heartbeat=False)
+    assert legacy["elapsed"] == pytest.approx(600.0)
+
+
+def test_a_reset_when_no_node_runs_starts_elapsed_from_zero(tmp_path: Path) -> None:
+    clock = Clock()
+    s = store(tmp_path, clock)
+    register(s)
+    clock.t += 600.0
+    s.reset_federation("sleo")
+    clock.t += 5.0
+    answer = s.register("sleo", "cmu", "old", host="10.0.0.9", port=7471, heartbeat=False)
+    assert answer["elapsed"] == 0.0  # nobody handed a time over: a new epoch, as in 2012
+    epoch, lineage = s.epoch_lineage("sleo")
+    assert epoch == clock.t and lineage is not None and lineage.startswith("registry-")
+
+
+def test_the_epoch_only_ever_moves_earlier(tmp_path: Path) -> None:
+    clock = Clock()
+    s = store(tmp_path, clock)
+    token = register(s)
+    epoch = clock.t
+    assert not s.offer_epoch("sleo", token, epoch + 10.0, "young")["accepted"]
+    assert not s.offer_epoch("sleo", token, clock.t + 1.0, "future")["accepted"]
+    assert s.epoch_lineage("sleo")[0] == epoch
+    older = s.offer_epoch("sleo", token, epoch - 30.0, "old")
+    assert older["accepted"] and older["elapsed"] == pytest.approx(30.0)
+
+
+def test_only_a_live_registration_of_the_federation_may_offer(tmp_path: Path) -> None:
+    clock = Clock()
+    s = store(tmp_path, clock)
+    register(s)
+    stranger = register(s, "x", federation="other")
+    with pytest.raises(NotFound):
+        s.offer_epoch("sleo", stranger, clock.t - 100.0, "theirs")  # someone else tries
+    with pytest.raises(NotFound):
+        s.offer_epoch("sleo", "not-a-token", clock.t - 100.0, "theirs")
+    assert s.epoch_lineage("sleo")[0] == clock.t
+    token = register(s, "n1")
+    for bad_epoch, bad_lineage in ((float("nan"), "ok"), (1e12, "ok"), (True, "ok")):
+        with pytest.raises(StoreError):
+            s.offer_epoch("sleo", token, bad_epoch, bad_lineage)
+    for lineage in ("", "x" * 65, "a b", 7):
+        with pytest.raises(StoreError):
+            s.offer_epoch("sleo", token, clock.t - 1.0, lineage)
+
+
+async def test_the_http_api_takes_the_offer_and_elapsed_says_the_registry_clock(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    s = store(tmp_path, clock)
+    app = create_app(s, None)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://registry"
+    ) as api:
+        r = await api.post(
+            "/api/v1/federations/sleo/registrations",
+            json={"orchestra": "cmu", "name": "n0", "create": True},
+        )
+        token = r.json()["token"]
+        e = (await api.get("/api/v1/federations/sleo/elapsed")).json()
+        assert e["clock_t2"] == e["clock_t3"] == clock.t and e["lineage"].startswith("registry-")
+        offer = {"token": token, "epoch": clock.t - 42.0, "lineage": "abc"}
+        r = await api.post("/api/v1/federations/sleo/epoch", json=offer)
+        assert r.status_code == 200 and r.json()["accepted"] and r.json()["elapsed"] == 42.0
+        e = (await api.get("/api/v1/federations/sleo/elapsed")).json()
+        assert e["lineage"] == "abc" and e["t2"] == 42.0
+        r = await api.post("/api/v1/federations/sleo/epoch", json={**offer, "token": "x" * 24})
+        assert r.status_code == 404
+        r = await api.post("/api/v1/federations/sleo/epoch", json={**offer, "epoch": "soon"})
+        assert r.status_code == 400
+        r = await api.post("/api/v1/federations/sleo/epoch", json={**offer, "extra": 1})
+        assert r.status_code == 400
+    s.close()
