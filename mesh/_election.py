@@ -149,16 +149,14 @@ ElectionEvent = PostChanged | SteppedDown
 class ClaimRequest:
     """The core asks its arbiter (the registry) to record this node as the conductor.
 
-    ``claim`` is the record this node would announce (``holder`` is this node). ``replaces`` is
-    the record this node last saw in force for the post, held by another node that is now dead,
-    gone or handed the post over (``None`` if it saw none): for a claim, the arbiter may replace
-    *that* holder (compare-and-set), and no other live one. ``renewal`` is true when this node
-    already holds the post and confirms it (every ``renew`` seconds; a renewal never replaces
-    anyone: one that arrives late must not take the post back), false for a claim.
+    ``claim`` is the record this node would announce (``holder`` is this node). ``renewal``
+    is true when this node already holds the post and confirms it (every ``renew`` seconds),
+    false for a claim. The arbiter grants either only when it records this node or nobody:
+    a holder it records keeps the post until it releases it or its registration expires, so a
+    node that is only *thought* dead cannot be replaced there.
     """
 
     claim: Lease
-    replaces: Lease | None
     renewal: bool
 
 
@@ -329,7 +327,6 @@ class ElectionCore:
         self._pending_until = -math.inf
         self._next_renew: float | None = None
         self._deferred = False  # the arbiter refused this node: it may not hold the conductor
-        self._superseded: Lease | None = None  # the other holder's record before this node's
         self._claim_requests = 0
         self._refusals = 0
         self._settle_until = now + settle_time
@@ -411,13 +408,6 @@ class ElectionCore:
             self._max_term[lease.post] = lease.term
         winner = lease if current is None else self._pick(current, lease)
         if winner != current:
-            if (
-                lease.post == CONDUCTOR
-                and winner.holder == self.self_id
-                and current is not None
-                and current.holder != self.self_id
-            ):
-                self._superseded = current  # e.g. a handoff to this node
             self._records[lease.post] = winner
             self._adopted += 1
             self._outputs.append(winner)  # infection-style: pass news on
@@ -468,9 +458,7 @@ class ElectionCore:
             self._retry_at.pop(CONDUCTOR, None)
             if record is None or record.holder != self.self_id:
                 term = max(claim.term, self._max_term.get(CONDUCTOR, 0) + 1)
-                granted = Lease(CONDUCTOR, self.self_id, term, claim.tenure_start)
-                self._superseded = record
-                self._take(granted)
+                self._take(Lease(CONDUCTOR, self.self_id, term, claim.tenure_start))
             self._next_renew = now + arbiter.renew
         else:
             self._refusals += 1
@@ -651,7 +639,7 @@ class ElectionCore:
         # back (and keeps the holder's registration there from expiring).
         assert record is not None
         self._claim_requests += 1
-        self._outputs.append(ClaimRequest(record, self._superseded, renewal=True))
+        self._outputs.append(ClaimRequest(record, renewal=True))
         self._next_renew = now + arbiter.renew
 
     def _reannounce(self, now: float) -> None:
@@ -720,22 +708,18 @@ class ElectionCore:
         if self.holder(post) is not None:
             return
         claim = Lease(post, self.self_id, self._max_term.get(post, 0) + 1, now)
-        previous = self._records.get(post)
-        if previous is not None and previous.holder == self.self_id:
-            previous = None
         if post == CONDUCTOR and self.arbiter is not None and self._arbiter_available:
             # Ask the arbiter; claim when it grants (handle_claim_answer).
             if self._pending is None or now >= self._pending_until:
                 self._pending = claim
                 self._pending_until = now + self.arbiter.timeout
                 self._claim_requests += 1
-                self._outputs.append(ClaimRequest(claim, previous, renewal=False))
+                self._outputs.append(ClaimRequest(claim, renewal=False))
             self._retry_at[post] = self._pending_until
             return
         self._retry_at.pop(post, None)
         if post == CONDUCTOR:
             self._deferred = False  # the local rule: the arbiter cannot be asked
-            self._superseded = previous
         self._take(claim)
 
     def _reconcile(self, now: float) -> None:

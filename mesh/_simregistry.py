@@ -19,9 +19,10 @@ added to every request), unreachable from some orchestras' sites (:attr:`cut`: r
 out). Everything random comes from the simulator's seed.
 
 The bridge's decisions here mirror ``registry_bridge._bridge.RegistryBridge`` (the mesh library
-cannot import it): the conductor claim is granted when the registry records the claimant, or
-nobody, or exactly the holder whose record the claim replaces; a node is told the registry is
-unreachable when a request fails and reachable when one succeeds.
+cannot import it), and the model's rules the real store's: the conductor claim is granted when
+the registry records the claimant or nobody (only a holder releases the post, or its
+registration expires); a node is told the registry is unreachable when a request fails and
+reachable when one succeeds.
 """
 
 from __future__ import annotations
@@ -122,15 +123,11 @@ class RegistryModel:
         return [(n, r.orchestra, r.address) for n, r in self.registrations.items() if r.supernode]
 
     def claim(self, now: float, node_id: str, request: ClaimRequest) -> ClaimAnswer:
-        """The compare-and-set: granted when the registry records *node_id*, nobody, or (a
-        claim, not a renewal) the holder of the record the claim replaces; the claimant must
-        be registered."""
+        """The compare-and-set, as the real registry allows it: granted when the registry
+        records *node_id* or nobody (a holder keeps the post until it releases it or its
+        registration expires); the claimant must be registered."""
         self.sweep(now)
-        replaces = None if request.renewal else request.replaces
-        granted = node_id in self.registrations and (
-            self.holder in (None, node_id)
-            or (replaces is not None and replaces.holder == self.holder)
-        )
+        granted = node_id in self.registrations and self.holder in (None, node_id)
         if granted and self.holder != node_id:
             self._set_holder(now, node_id)
         return ClaimAnswer(request.claim, granted, self.holder, self.term)

@@ -14,10 +14,10 @@ carries their requests to the registry and brings the answers back (a plain driv
   supernode (else any supernode) and proposes it; while the registry names another live
   supernode for its own orchestra, such a node does not register as supernode itself;
 * carries **conductor claims** (:class:`~mesh._election.ClaimRequest`) to the registry's
-  compare-and-set, the registry's term as fencing token: granted when the registry records
-  this node already, records nobody, or (a claim, not a renewal) records exactly the holder
-  whose record the claim replaces (dead, or handed over, in the claimant's view); refused
-  otherwise. The answer goes
+  compare-and-set (the claimant's registration token, the registry's term as fencing
+  token): granted when the registry records this node already or records nobody; refused
+  otherwise (a holder the registry records keeps the post until it releases it or its
+  registration expires). The answer goes
   back as a :class:`~mesh._election.ClaimAnswer`. A node that no longer holds the post
   releases it;
 * carries the node's **clock requests** to ``GET .../elapsed`` (stamped as they leave; the
@@ -218,21 +218,12 @@ class RegistryBridge(Extension):
         try:
             await self._ensure_registered(node, client)
             state = await client.conductor(federation)
-            # A renewal only confirms: a late one must not take the post back.
-            replaces = None if request.renewal else request.replaces
             granted = state.node_id == node.id
-            if not granted and (
-                state.holder is None or (replaces is not None and replaces.holder == state.node_id)
-            ):
-                host, port = node.address
+            if not granted and state.holder is None:
+                assert self._token is not None
                 try:
                     state = await client.set_conductor(
-                        federation,
-                        expected_term=state.term,
-                        holder=node.path,
-                        node_id=node.id,
-                        host=host,
-                        port=port,
+                        federation, token=self._token, expected_term=state.term, holder=node.path
                     )
                 except ConductorConflict as exc:
                     state = exc.current  # another claim got there first
@@ -406,10 +397,14 @@ class RegistryBridge(Extension):
         if self._claims_in_flight:
             return
         state = await client.conductor(node.config.federation)
-        if state.node_id == node.id and not node.core.election.holds(CONDUCTOR):
+        if (
+            state.node_id == node.id
+            and self._token is not None
+            and not node.core.election.holds(CONDUCTOR)
+        ):
             try:
                 state = await client.set_conductor(
-                    node.config.federation, expected_term=state.term, holder=None
+                    node.config.federation, token=self._token, expected_term=state.term, holder=None
                 )
             except ConductorConflict as exc:
                 state = exc.current

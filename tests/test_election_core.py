@@ -535,7 +535,7 @@ def test_with_an_arbiter_a_claim_is_a_request_until_granted() -> None:
     assert core.supernode("x") == A, "supernodes need no arbiter"
     assert core.conductor() is None
     (request,) = requests(core)
-    assert request == ClaimRequest(Lease(CONDUCTOR, A, 1, 1.0), None, renewal=False)
+    assert request == ClaimRequest(Lease(CONDUCTOR, A, 1, 1.0), renewal=False)
     core.handle_timer(1.5)
     assert requests(core) == [], "one request at a time"
     core.handle_claim_answer(1.6, ClaimAnswer(request.claim, granted=True))
@@ -573,15 +573,14 @@ def test_an_unanswered_claim_is_asked_again_after_the_timeout() -> None:
     assert len(requests(core)) == 1
 
 
-def test_a_claim_replacing_a_dead_holder_names_its_record() -> None:
+def test_a_claim_after_the_holder_died_asks_the_arbiter_with_the_next_term() -> None:
     core = arbitrated(A, member(B, conductor=True))
     core.handle_lease(0.5, Lease(CONDUCTOR, B, 3, 0.5))
     assert core.conductor() == B
     core.update_members(2.0, [member(A, conductor=True), member(B, conductor=True, alive=False)])
     core.handle_timer(2.3)
     (request,) = requests(core)
-    assert request.replaces == Lease(CONDUCTOR, B, 3, 0.5)
-    assert request.claim == Lease(CONDUCTOR, A, 4, 2.3)
+    assert request == ClaimRequest(Lease(CONDUCTOR, A, 4, 2.3), renewal=False)
 
 
 def test_a_refused_renewal_makes_the_holder_step_down_and_stay_out() -> None:
