@@ -160,7 +160,8 @@ _EXT_TIMEOUT = 3.0  # following it, without a usable answer for this long: run o
 _EXT_OFFER_INTERVAL = 1.0
 _EXT_DECISION_BOUND = 0.25  # an external probe this uncertain decides no lineage question
 _EXT_LAG = 0.002  # the registry's time this far (beyond the bound) behind ours is corrected
-_EXT_SETTLE = 2.0  # a young clock meets its LAN's lineages before the registry's
+_EXT_SETTLE = 1.0  # a young clock meets its LAN's lineages before the registry's
+_JOIN_WAIT = 0.5  # a site's reference measures every lineage around before it joins one
 _MAX_EXTERNAL = 32  # requests kept for the driver (the oldest go first)
 
 
@@ -229,6 +230,8 @@ class NodeCore:
         self._probes = LineageProbes()
         # peer -> (its lineage, whether it was this node's reference, whether to join it)
         self._meetings: dict[str, tuple[str, bool, bool]] = {}
+        self._joins: dict[str, tuple[str, Meeting]] = {}  # peer -> its older lineage, how much
+        self._first_join: dict[str, float] = {}  # older lineage -> when first found
         self._differing: list[str] = []  # live peers of another lineage
         self._same = 0  # live peers of this node's lineage
         self._lineage_due: float | None = None
@@ -752,12 +755,17 @@ class NodeCore:
         self._differing, self._same = differing, same
         for gone in [p for p in self._meetings if p not in differing]:
             del self._meetings[gone]
+        for gone in [p for p in self._joins if p not in differing]:
+            del self._joins[gone]
+        if not self._joins:
+            self._first_join.clear()
 
     def _probe_lineages(self, now: float) -> None:
         """Probe the peers whose lineage question is open: for a site's reference, every live
         peer of another lineage not yet measured; for a follower, its reference when that is
         of another lineage."""
         self._lineage_due = None
+        self._join_oldest(now)
         if self._pending_step is not None:
             return
         if self._top:
@@ -794,6 +802,8 @@ class NodeCore:
             if request is not None and view is not None:
                 self._outputs.append(SendDatagram(view.address, request))
         self._lineage_due = min(self._probes.next_due(p) for p in targets)
+        if self._first_join:
+            self._lineage_due = min(self._lineage_due, min(self._first_join.values()) + _JOIN_WAIT)
 
     def _met_peer(self, now: float, meeting: Meeting) -> None:
         """A lineage probe of a peer came back: decide which lineage is older."""
@@ -803,13 +813,31 @@ class NodeCore:
         reference = not self._top and meeting.peer == self._follow
         older = should_join(meeting.ahead, meeting.bound, reference=reference)
         self._meetings[meeting.peer] = (theirs, reference, older)
-        if older:
-            # Clearly older: step to the lower edge of its time; as old (a tie): join its
-            # lineage without a step, the clock slews the difference away.
-            clearly = meeting.ahead > meeting.bound + 0.001
-            size = meeting.ahead - meeting.bound if clearly else 0.0
-            self._announce_step(now, size, theirs)
         self._source_dirty = True
+        if older:
+            self._joins[meeting.peer] = (theirs, meeting)
+            self._first_join.setdefault(theirs, now)
+        self._join_oldest(now)
+
+    def _join_oldest(self, now: float) -> None:
+        """Step to the oldest lineage found older than this node's: once every peer of another
+        lineage around has been measured (a node meeting several lineages at once, as at a
+        start, steps once, to the oldest), or a little after the first was found."""
+        if not self._joins or self._pending_step is not None:
+            return
+        unmeasured = [
+            p for p in self._differing if self._meetings.get(p, ("",))[0] != self._lineage_of(p)
+        ]
+        first = min(self._first_join.values())
+        if unmeasured and self._top and now - first < _JOIN_WAIT:
+            return  # (_probe_lineages wakes this node up when the wait is over)
+        theirs, meeting = max(self._joins.values(), key=lambda j: (j[1].ahead, j[0]))
+        # Clearly older: step to the lower edge of its time; as old (a tie): join its lineage
+        # without a step, the clock slews the difference away.
+        clearly = meeting.ahead > meeting.bound + 0.001
+        self._joins.clear()
+        self._first_join.clear()
+        self._announce_step(now, meeting.ahead - meeting.bound if clearly else 0.0, theirs)
 
     def _met_external(
         self, now: float, meeting: Meeting, epoch: float | None, lineage: str | None
@@ -895,6 +923,8 @@ class NodeCore:
         self._founded = False
         self._settled = True
         self._meetings.clear()
+        self._joins.clear()
+        self._first_join.clear()
         if size > 0.0:
             step = ClockStepped(size, old, lineage, self.clock.federation_time(now))
             self._events.append(step)
