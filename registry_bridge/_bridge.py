@@ -306,7 +306,7 @@ class RegistryBridge(Extension):
                     await self._heartbeat(node, client)
         elif self._token is not None:
             await self._unregister(client)
-        elif not alone and self._reached is None:
+        elif not alone and not node.clock.is_reference:
             self.state = "idle"  # nothing to ask the registry (its supernode does)
             self.last_error = None
         if self._holder == node.id and not node.core.election.holds(CONDUCTOR):

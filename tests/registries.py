@@ -1,4 +1,6 @@
-"""Starting a real ``stagemesh registry`` process for a test (one way, shared by the tests)."""
+"""Starting a real registry for a test (one way, shared by the tests): a ``stagemesh registry``
+process (:func:`start_registry`), or the same app served in the test's own trio run
+(:func:`in_process_registry`) when the test stops, resets or empties it under running nodes."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import trio
+
+from registry_bridge import RegistryStore, create_app, serve_registry
 
 
 async def start_registry(
@@ -72,3 +76,78 @@ async def registry_http(
         httpx.AsyncClient(base_url=url, timeout=10) as http,
     ):
         yield http
+
+
+class InProcessRegistry:
+    """A real registry (the app, hypercorn, SQLite) served in the test's trio run, which the
+    test can stop, start again on the same address (the database kept, or emptied) and reset.
+    """
+
+    def __init__(self, nursery: trio.Nursery, db: Path, ttl: float = 30.0) -> None:
+        self.nursery = nursery
+        self.db = db
+        self.ttl = ttl
+        self.url = ""
+        self.store: RegistryStore | None = None
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+
+    async def start(self, bind: str = "127.0.0.1:0") -> str:
+        """Serve (again) on *bind* (the address it had, to come back where nodes look)."""
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+        self.store = RegistryStore(self.db, ttl=self.ttl)
+        app = create_app(self.store, None)
+
+        async def serve(task_status: trio.TaskStatus[str]) -> None:
+            try:
+                await serve_registry(
+                    app, bind, shutdown_trigger=self._stop.wait, task_status=task_status
+                )
+            finally:
+                self._stopped.set()
+
+        self.url = await self.nursery.start(serve)
+        return self.url
+
+    @property
+    def bind(self) -> str:
+        """The address it serves on (host:port)."""
+        return self.url.removeprefix("http://")
+
+    def stop(self) -> None:
+        """Stop serving (requests are refused from then on); the database is kept."""
+        self._stop.set()
+
+    async def stopped(self) -> None:
+        """Stop and wait until the address is free again."""
+        self.stop()
+        await self._stopped.wait()
+        self.close()
+
+    async def restart_empty(self) -> None:
+        """Stop, throw the database away and serve again on the same address."""
+        bind = self.bind
+        await self.stopped()
+        for suffix in ("", "-wal", "-shm"):
+            await trio.Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+        await self.start(bind)
+
+    def close(self) -> None:
+        """Close the database."""
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+@contextlib.asynccontextmanager
+async def in_process_registry(tmp: Path, ttl: float = 30.0) -> AsyncIterator[InProcessRegistry]:
+    """An :class:`InProcessRegistry` on a free loopback port, database in *tmp*."""
+    async with trio.open_nursery() as nursery:
+        made = InProcessRegistry(nursery, tmp / "registry.db", ttl)
+        await made.start()
+        try:
+            yield made
+        finally:
+            made.stop()
+    made.close()
