@@ -275,7 +275,7 @@ class ClockCore:
         self._rate_err = self._max_drift  # how precise the rate is thought to be (not a bound)
         # The last bounds computed, and for which estimate and instant.
         self._bound_key: tuple[object, object, tuple[float, ...]] | None = None
-        self._bounds = (math.inf, math.inf)
+        self._est_cached = math.inf
         self._step_permit = step_on_first_sync  # the estimate may step the clock forward
         self._stepped = 0.0  # stepped since the last take_stepped()
         # Reference and polling.
@@ -341,7 +341,8 @@ class ClockCore:
         self._ref_synced = False
         self._last_sample_at = -math.inf
         self._start_over_on_next_sample = False
-        self._ref_bound, self._ref_bound_at = math.inf, now
+        if reference_id is not None or is_self:  # (following no one, the last bound ages on)
+            self._ref_bound, self._ref_bound_at = math.inf, now
         if is_self:
             # Freeze the current federation time and rate as the definition of time.
             fed = self._read(now)
@@ -649,7 +650,9 @@ class ClockCore:
     def _fed(self, at: float) -> float:
         return self._line(at) - self._residual(at)
 
-    def _est_bound(self, at: float, lan: bool = False) -> float:
+    def _est_bound(self, at: float) -> float:
+        """The estimate's bound against the followed node's time (cached: snapshots and the
+        reply path ask for it often at one instant)."""
         if self._est is None:
             return math.inf
         key = (at, self._a_local, self._a_fed, self._rate)
@@ -660,22 +663,25 @@ class ClockCore:
             and cached[1] is self._alt
             and cached[2] == key
         ):
-            # Both bounds in one pass over the terms (snapshots ask for both, and often).
-            full, lan_bound = self._est.both(at, self._a_local)
+            bound = self._est.at(at, self._a_local)
             if self._alt is not None:
                 fed, rate, alt = self._alt
                 gap = abs(fed + (1.0 + rate) * (at - self._a_local) - self._line(at))
-                alt_full, alt_lan = alt.both(at, self._a_local)
-                full, lan_bound = min(full, alt_full + gap), min(lan_bound, alt_lan + gap)
+                bound = min(bound, alt.at(at, self._a_local) + gap)
             self._bound_key = (self._est, self._alt, key)
-            self._bounds = (full, lan_bound)
-        bound = self._bounds[1] if lan else self._bounds[0]
-        if not lan and bound >= MAX_REPORTED_ERROR:
-            return math.inf  # the reference does not know its bound against the top
-        return bound
+            self._est_cached = bound
+        return self._est_cached
+
+    def _ref_part(self, at: float) -> float:
+        """The followed node's own bound (against the top of its chain) in its last reply,
+        grown by the drift since."""
+        if self._is_self:
+            return 0.0
+        return self._ref_bound + self._max_drift * max(0.0, at - self._ref_bound_at)
 
     def _bound(self, at: float, lan: bool = False) -> float:
-        return self._est_bound(at, lan) + abs(self._residual(at))
+        bound = self._est_bound(at) + abs(self._residual(at))
+        return bound if lan else bound + self._ref_part(at)
 
     def _synced(self, now: float) -> bool:
         if self._is_self:
@@ -712,10 +718,9 @@ class ClockCore:
         predicted = self._line(s.mid) - s.mid
         # The reference's own bound covers its moves (it slews what it has not yet absorbed);
         # a move beyond step_threshold is a change of its time, not noise.
-        tolerance = min(s.bound, s.lan + self._cfg.step_threshold)
-        estimate = min(
-            self._est_bound(s.mid), self._est_bound(s.mid, lan=True) + self._cfg.step_threshold
-        )
+        step = self._cfg.step_threshold
+        tolerance = min(s.bound, s.lan + step)
+        estimate = self._est_bound(s.mid) + min(self._ref_part(s.mid), step)
         return abs(s.offset - predicted) <= tolerance + estimate + 1e-9
 
     def _fit(self, now: float) -> _Fit | None:
@@ -752,7 +757,7 @@ class ClockCore:
             bound=_Bound(
                 0.0,
                 tuple(
-                    _Term(h, c, s.mid, s.bound, 0.0, s.lan)
+                    _Term(h, c, s.mid, s.lan, 0.0)
                     for h, c, s in zip(hs, cs, pts, strict=True)
                 ),
             ),
@@ -799,7 +804,7 @@ class ClockCore:
         terms = []
         for w, (_, s) in zip(weights, chosen, strict=True):
             offset += w / wsum * (s.offset + rate * (now - s.mid))
-            terms.append(_Term(w / wsum, 0.0, s.mid, s.bound, w / wsum, s.lan))
+            terms.append(_Term(w / wsum, 0.0, s.mid, s.lan, w / wsum))
         mean = (now + offset, rate, _Bound(u, tuple(terms)))
         current = self._fed(now)
         self._a_local = now
@@ -812,7 +817,7 @@ class ClockCore:
         # 3. The line is re-anchored at now: keep federation time continuous via the residual.
         r = self._a_fed - current
         if r > 0 and self._step_permit:
-            step = r - self._est_bound(now, lan=True)  # never past the estimate's lower edge
+            step = r - self._est_bound(now)  # never past the estimate's lower edge
             if step > 0:
                 r -= step
                 self._steps += 1
@@ -820,21 +825,20 @@ class ClockCore:
         self._step_permit = False
         self._res0, self._res_at = r, now
         # With a deadband, what lies within the estimate's error interval is not corrected.
-        noise = self._est_bound(now, lan=True)
+        noise = self._est_bound(now)
         self._res_floor = min(abs(r), noise) if self._deadband else 0.0
 
 
 @attrs.frozen
 class _Term:
     # One sample's share in the estimate's error bound at local time L (line anchored at a):
-    # |h + g * (L - a)| * bound + w * drift_uncertainty * |L - mid|  (lan: the bound without
-    # the reference's own)
+    # |h + g * (L - a)| * bound + w * drift_uncertainty * |L - mid|  (the sample's bound
+    # against the followed node's time: the followed node's own bound is added at the end)
     h: float
     g: float
     mid: float
     bound: float
     w: float
-    lan: float
 
 
 @attrs.frozen
@@ -843,20 +847,10 @@ class _Bound:
     u: float  # drift uncertainty
     terms: tuple[_Term, ...]
 
-    def at(self, at: float, anchor: float, lan: bool = False) -> float:
-        return self.both(at, anchor)[1 if lan else 0]
-
-    def both(self, at: float, anchor: float) -> tuple[float, float]:
-        # (against the top of the chain, against the followed node alone)
+    def at(self, at: float, anchor: float) -> float:
         dt = at - anchor
         u = self.u
-        full = lan = 0.0
-        for t in self.terms:
-            weight = abs(t.h + t.g * dt)
-            drift = t.w * u * abs(at - t.mid)
-            full += weight * t.bound + drift
-            lan += weight * t.lan + drift
-        return full, lan
+        return sum(abs(t.h + t.g * dt) * t.bound + t.w * u * abs(at - t.mid) for t in self.terms)
 
 
 _EXACT = _Bound(0.0, ())
