@@ -162,6 +162,7 @@ _EXT_DECISION_BOUND = 0.25  # an external probe this uncertain decides no lineag
 _EXT_LAG = 0.002  # the registry's time this far (beyond the bound) behind ours is corrected
 _EXT_SETTLE = 1.0  # a young clock meets its LAN's lineages before the registry's
 _JOIN_WAIT = 0.5  # a site's reference measures every lineage around before it joins one
+_META_LAG = 2.0  # how long the metadata of a node that stepped with this one may lag
 _MAX_EXTERNAL = 32  # requests kept for the driver (the oldest go first)
 
 
@@ -236,6 +237,7 @@ class NodeCore:
         self._same = 0  # live peers of this node's lineage
         self._lineage_due: float | None = None
         self._started = now
+        self._previous_lineage = ("", -math.inf)  # (the lineage this node left, when)
         self._pending_step: tuple[float, float, str] | None = None  # (at, size, lineage)
         self._steps = 0
         self._last_step: ClockStepped | None = None
@@ -683,7 +685,14 @@ class NodeCore:
     def _lineage_of(self, node_id: str) -> str | None:
         view = self.membership.member(node_id)
         value = None if view is None else view.meta.get("l")
-        return value if isinstance(value, str) else None
+        if not isinstance(value, str):
+            return None
+        previous, since = self._previous_lineage
+        if value == previous and self._last_now - since < _META_LAG:
+            # It was in our lineage a moment ago, and its metadata has not caught up with the
+            # step (the nodes of a lineage step together): take it to be with us.
+            return self.lineage_id
+        return value
 
     def _external_usable(self, now: float) -> bool:
         return (
@@ -747,10 +756,10 @@ class NodeCore:
         for view in self.membership.members():
             if not view.is_live or view.node_id == self.node_id:
                 continue
-            theirs = view.meta.get("l")
+            theirs = self._lineage_of(view.node_id)
             if theirs == self.lineage_id:
                 same += 1
-            elif isinstance(theirs, str):
+            elif theirs is not None:
                 differing.append(view.node_id)
         self._differing, self._same = differing, same
         for gone in [p for p in self._meetings if p not in differing]:
@@ -920,6 +929,7 @@ class NodeCore:
     def _change_lineage(self, now: float, lineage: str, size: float) -> None:
         old = self.lineage_id
         self.lineage_id = lineage
+        self._previous_lineage = (old, now)
         self._founded = False
         self._settled = True
         self._meetings.clear()
