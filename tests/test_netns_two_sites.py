@@ -107,14 +107,18 @@ def test_two_sites_merge_through_the_registry(tmp_path: Path) -> None:
 
         # First the registry is down: each site forms on its own LAN with its own conductor
         # (the arbiter falls back to the local rule), the sites stay apart, and each supernode
-        # says the registry is unreachable (the others are idle: their supernode speaks for them).
+        # and conductor candidate says the registry is unreachable (the others are idle: their
+        # supernode speaks for them).
+        def asks_registry(d: dict[str, Any]) -> bool:
+            me = next(m for m in d["members"] if m["path"] == d["node"]["path"])
+            return d["node"]["path"] in d["supernodes"].values() or me["candidate"]["conductor"]
+
         def sites_apart() -> bool:
             docs[:] = [status(lan, host, u) for host, u in nodes]
             return all(
                 {m["path"] for m in d["members"] if m["state"] == "alive"}
                 == {p for p in everyone if p.startswith(f"/{d['node']['orchestra']}/")}
-                and d["registry"]["state"]
-                == ("unreachable" if d["node"]["path"] in d["supernodes"].values() else "idle")
+                and d["registry"]["state"] == ("unreachable" if asks_registry(d) else "idle")
                 and d["conductor"]
                 == f"/{d['node']['orchestra']}/h{sites[d['node']['orchestra']][0].index}"
                 for d in docs
