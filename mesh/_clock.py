@@ -169,7 +169,10 @@ class ClockConfig:
     deadband_slew_rate: float = attrs.field(default=0.00002, validator=_positive)
     """With a deadband (see :meth:`ClockCore.set_reference`) the clock moves only as far as
     it must to stay within its estimate's error interval, and this slowly (20 ppm: the nodes
-    that follow this one hardly see it, so the site stays together)."""
+    that follow this one hardly see it, so the site stays together) ..."""
+    deadband_rate_change: float = attrs.field(default=0.00001, validator=_positive)
+    """... and its rate follows the estimated one by at most this much per second (10 ppm/s:
+    a noisy outside clock's rate estimate does not shake the site either)."""
 
     def __attrs_post_init__(self) -> None:
         if self.slew_rate > self.fast_slew_rate:
@@ -264,6 +267,8 @@ class ClockCore:
         self._res_at = now
         self._res_floor = 0.0  # the residual stops shrinking here (deadband, see set_reference)
         self._deadband = False
+        self._rate_gap = 0.0  # the estimated rate minus the line's (deadband: it lags)
+        self._rate_at = now
         # What the line's error bound is made of; None = unknown (infinite). A second estimate
         # (_alt, same anchor) tightens the bound: the truth lies within both.
         self._est: _Bound | None = None
@@ -348,6 +353,7 @@ class ClockCore:
             fed = self._read(now)
             self._a_local, self._a_fed = now, fed
             self._res0, self._res_at, self._res_floor = 0.0, now, 0.0
+            self._rate_gap = 0.0
             self._est, self._alt = _EXACT, None
             self._rate_err = 0.0  # its rate is the federation's, by definition
             self._next_poll = None
@@ -663,7 +669,7 @@ class ClockCore:
             and cached[1] is self._alt
             and cached[2] == key
         ):
-            bound = self._est.at(at, self._a_local)
+            bound = self._est.at(at, self._a_local) + abs(self._rate_gap * (at - self._a_local))
             if self._alt is not None:
                 fed, rate, alt = self._alt
                 gap = abs(fed + (1.0 + rate) * (at - self._a_local) - self._line(at))
@@ -807,6 +813,7 @@ class ClockCore:
             terms.append(_Term(w / wsum, 0.0, s.mid, s.lan, w / wsum))
         mean = (now + offset, rate, _Bound(u, tuple(terms)))
         current = self._fed(now)
+        previous_rate = self._rate
         self._a_local = now
         if fit is not None and hint == fit.rate:
             self._a_fed, self._rate, self._est = now + fit.offset, fit.rate, fit.bound
@@ -814,6 +821,13 @@ class ClockCore:
         else:
             self._a_fed, self._rate, self._est = mean
             self._alt = None if fit is None else (now + fit.offset, fit.rate, fit.bound)
+        self._rate_gap = 0.0
+        if self._deadband:
+            # The line's rate follows the estimate's slowly; the bound owns up to the gap.
+            limit = cfg.deadband_rate_change * max(0.0, now - self._rate_at)
+            used = previous_rate + min(max(self._rate - previous_rate, -limit), limit)
+            self._rate_gap, self._rate = self._rate - used, used
+        self._rate_at = now
         # 3. The line is re-anchored at now: keep federation time continuous via the residual.
         r = self._a_fed - current
         if r > 0 and self._step_permit:
