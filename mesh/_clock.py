@@ -376,6 +376,7 @@ class ClockCore:
         self._rate_err = min(self._rate_err + extra, self._max_drift)
         self._poll_start = now
         self._next_poll = now
+        self._rate_gap, self._rate_at = 0.0, now  # (a deadband's rate changes slowly from here)
 
     def take_stepped(self) -> float:
         """Seconds the clock stepped forward since the last call (0.0 if none)."""
