@@ -526,7 +526,9 @@ class Node:
                 event.term,
             )
         elif isinstance(event, ClockStepped):
-            logger.warning(
+            # Joining a federation steps every node once, at its start; later, a step is news.
+            logger.log(
+                logging.WARNING if time.time() - self.started_at > 10.0 else logging.INFO,
                 "federation time stepped forward by %.6f s: lineage %s met the older %s",
                 event.size,
                 event.old_lineage,
