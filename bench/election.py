@@ -9,6 +9,11 @@ the time until every live node sees the same single conductor and supernode per 
   project's simulator with skewed, drifting clocks, loss, crashes, restarts, stalls and
   partitions for 20 s; time counted from the end of the faults until every running node sees
   the same members alive, one conductor and one supernode per orchestra.
+* ``registry-chaos``: the same with two sites that only a simulated registry joins
+  (:mod:`mesh._simregistry`): the registry arbitrates the conductor (compare-and-set, term as
+  fencing token) through its own faults (killed, restarted empty, reset, slow, unreachable from
+  a site, the sites cut from each other); one conductor per federation across the sites, which
+  the registry records; time counted from the end of the faults.
 * ``chaos``: 5-14 nodes in 2-4 orchestras; loss, duplication, delay and reordering, crashes,
   restarts, leaves, stalls, false suspicions and partitions for 5-25 s, then a connected
   loss-free tail; time counted from the end of the faults.
@@ -41,6 +46,7 @@ HARNESS = ROOT / "tests" / "test_election_core.py"
 
 TARGETS = {
     "node-chaos": "bounded (real cores in mesh._sim; membership healing included)",
+    "registry-chaos": "one conductor across sites, the registry's (test: <= 30 s)",
     "chaos": "bounded; the test asserts <= {bound:g} s",
     "chaos-large": "bounded",
     "crash": "p99 <= 5 s (DESIGN.md: conductor failover after a crash)",
@@ -61,8 +67,8 @@ def load_harness() -> ModuleType:
 
 def _run_chunk(args: tuple[str, list[int]]) -> list[dict[str, Any]]:
     scenario, seeds = args
-    if scenario == "node-chaos":
-        return _run_node_chunk(seeds)
+    if scenario in ("node-chaos", "registry-chaos"):
+        return _run_node_chunk(seeds, registry=scenario == "registry-chaos")
     harness = load_harness()
     return [
         {
@@ -80,15 +86,16 @@ def _run_chunk(args: tuple[str, list[int]]) -> list[dict[str, Any]]:
     ]
 
 
-def _run_node_chunk(seeds: list[int]) -> list[dict[str, Any]]:
-    """Seeds of the whole-node chaos run in the project's simulator (mesh._chaos)."""
+def _run_node_chunk(seeds: list[int], registry: bool = False) -> list[dict[str, Any]]:
+    """Seeds of the whole-node chaos run in the project's simulator (mesh._chaos), with or
+    without the simulated registry."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from mesh._chaos import run_chaos
 
     rows = []
     for seed in seeds:
-        r = run_chaos(seed)
+        r = run_chaos(seed, registry=registry)
         rows.append(
             {
                 "seed": r.seed,
@@ -163,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         help="seeds of the whole-node chaos run in the project simulator (real membership, "
         "election and clock cores; 6 nodes, 2 orchestras, 2 candidates, 20 s of faults)",
     )
+    parser.add_argument(
+        "--registry-seeds",
+        type=int,
+        default=10_000,
+        help="seeds of the whole-node chaos run with two sites joined by a simulated registry",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "election.json")
     args = parser.parse_args(argv)
@@ -172,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for scenario, seeds in (
         ("node-chaos", args.node_seeds),
+        ("registry-chaos", args.registry_seeds),
         ("chaos", args.seeds),
         ("chaos-large", args.large_seeds),
         ("crash", args.failover_seeds),
@@ -184,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return "-" if v is None else f"{v:.3f}"
 
     header = (
-        f"{'scenario':<11} {'seeds':>6} {'fail':>4} {'p50 s':>7} {'p99 s':>7} {'max s':>7}"
+        f"{'scenario':<14} {'seeds':>6} {'fail':>4} {'p50 s':>7} {'p99 s':>7} {'max s':>7}"
         f" {'elect p99':>9} {'worst seed':>10}  target"
     )
     print("time to agreement on one conductor and one supernode per orchestra (simulated)")
@@ -192,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for scenario, r in results.items():
         print(
-            f"{scenario:<11} {r['seeds']:>6} {r['failures']:>4} {fmt(r['p50']):>7}"
+            f"{scenario:<14} {r['seeds']:>6} {r['failures']:>4} {fmt(r['p50']):>7}"
             f" {fmt(r['p99']):>7} {fmt(r['max']):>7} {fmt(r['election_share_p99']):>9}"
             f" {r['worst_seed']:>10}  {r['target']}"
         )
