@@ -193,10 +193,17 @@ def measure(
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
+    bounds = sorted(
+        s["error_bound"]
+        for rows in statuses.values()
+        for s in rows
+        if start <= s["host_time"] < end and s["error_bound"] is not None
+    )
     return {
         "worst_rate": worst_rate,
         "backwards": backwards,
         "steps": steps,
+        "bound_median": bounds[len(bounds) // 2] if bounds else None,
         **{f"{k}_p99": p99(v) for k, v in spreads.items()},
         **{f"{k}_max": max(v) if v else None for k, v in spreads.items()},
     }
@@ -298,7 +305,7 @@ def test_federation_time_through_every_registry_fault(tmp_path: Path) -> None:
     print()
     print(f"synced after the site's last start: {sync}; sampled from {first:.0f}")
     print(f"{'phase':<9} {'rate':>8} {'a p99 us':>9} {'a max us':>9} {'b p99 us':>9}"
-          f" {'b max us':>9} {'cross p99':>9} {'cross max':>9}  steps")  # fmt: skip
+          f" {'b max us':>9} {'cross p99':>9} {'cross max':>9} {'bound us':>9}  steps")  # fmt: skip
     for name, f in figures.items():
 
         def us(v: float | None) -> str:
@@ -307,7 +314,7 @@ def test_federation_time_through_every_registry_fault(tmp_path: Path) -> None:
         print(
             f"{name:<9} {f['worst_rate'] * 100:>7.3f}% {us(f['a_p99']):>9} {us(f['a_max']):>9}"
             f" {us(f['b_p99']):>9} {us(f['b_max']):>9} {us(f['cross_p99']):>9}"
-            f" {us(f['cross_max']):>9}  {sum(f['steps'].values())}"
+            f" {us(f['cross_max']):>9} {us(f['bound_median']):>9}  {sum(f['steps'].values())}"
         )
     print(f"registry after the empty restart: {emptied_elapsed}")
     print(f"registry after the reset: {reset_elapsed}")
