@@ -220,13 +220,7 @@ class RegistryBridge(Extension):
             state = await client.conductor(federation)
             granted = state.node_id == node.id
             if not granted and state.holder is None:
-                assert self._token is not None
-                try:
-                    state = await client.set_conductor(
-                        federation, token=self._token, expected_term=state.term, holder=node.path
-                    )
-                except ConductorConflict as exc:
-                    state = exc.current  # another claim got there first
+                state = await self._compare_and_set(node, client, state, node.path)
                 granted = state.node_id == node.id
         except RegistryUnreachable as exc:
             self._failed(node, exc)
@@ -237,6 +231,19 @@ class RegistryBridge(Extension):
         self._connected(node)
         self._learn_holder(state)
         node.claim_answer(ClaimAnswer(request.claim, granted, state.node_id, state.term))
+
+    async def _compare_and_set(
+        self, node: Node, client: RegistryClient, state: ConductorState, holder: str | None
+    ) -> ConductorState:
+        """Make *holder* (this node's path, or ``None`` to release) the conductor if the term is
+        still the one in *state*; the registry's conductor after the attempt."""
+        assert self._token is not None
+        try:
+            return await client.set_conductor(
+                node.config.federation, token=self._token, expected_term=state.term, holder=holder
+            )
+        except ConductorConflict as exc:
+            return exc.current  # another claim got there first
 
     async def _carry_offer(self, node: Node, client: RegistryClient, offer: EpochOffer) -> None:
         """Hand the registry the federation's time (the epoch the node measured on its clock)."""
@@ -402,12 +409,7 @@ class RegistryBridge(Extension):
             and self._token is not None
             and not node.core.election.holds(CONDUCTOR)
         ):
-            try:
-                state = await client.set_conductor(
-                    node.config.federation, token=self._token, expected_term=state.term, holder=None
-                )
-            except ConductorConflict as exc:
-                state = exc.current
+            state = await self._compare_and_set(node, client, state, None)
             logger.info("released the conductor at %s", self.url)
         self._learn_holder(state)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,8 @@ def path_of(node: LiveNode) -> str:
     return f"/o{node.name[0]}/{node.name}"
 
 
-async def test_conductor_failover_and_planned_handoff(tmp_path: Path) -> None:
-    candidates = {"a1", "b1", "b2"}
+def candidates_args(candidates: set[str]) -> Callable[[int, str], list[str]]:
+    """node_args, with ``--conductor`` for every name in *candidates*."""
 
     def args(index: int, name: str) -> list[str]:
         extra = node_args(index, name)
@@ -114,14 +115,28 @@ async def test_conductor_failover_and_planned_handoff(tmp_path: Path) -> None:
             extra.append("--conductor")
         return extra
 
-    async with start_nodes(tmp_path, NAMES, args) as nodes:
-        view: dict[str, Any] = {}
+    return args
 
-        async def settled(group: list[LiveNode]) -> bool:
-            nonlocal view
-            view = await agreed(group) or {}
-            return bool(view)
 
+class View:
+    """The common view of a group of nodes, once they agree (see :func:`agreed`)."""
+
+    def __init__(self) -> None:
+        self.doc: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.doc[key]
+
+    async def settled(self, group: list[LiveNode]) -> bool:
+        self.doc = await agreed(group) or {}
+        return bool(self.doc)
+
+
+async def test_conductor_failover_and_planned_handoff(tmp_path: Path) -> None:
+    candidates = {"a1", "b1", "b2"}
+    async with start_nodes(tmp_path, NAMES, candidates_args(candidates)) as nodes:
+        view = View()
+        settled = view.settled
         await wait_for(lambda: settled(nodes), 30, every=0.1, what="initial agreement")
         by_path = {path_of(n): n for n in nodes}
         first = by_path[view["conductor"]]
@@ -159,22 +174,9 @@ async def test_federation_time_never_decreases_across_a_reference_change(tmp_pat
     # The conductor (everyone's time reference) leaves, then the next one crashes: each node
     # follows a new reference; read through the status API every 50 ms on every node,
     # federation time never decreases and keeps to 1 +- 0.5% of the host's time.
-    candidates = {"a1", "b1", "a2"}
-
-    def args(index: int, name: str) -> list[str]:
-        extra = node_args(index, name)
-        if name in candidates and "--conductor" not in extra:
-            extra.append("--conductor")
-        return extra
-
-    async with start_nodes(tmp_path, NAMES, args) as nodes:
-        view: dict[str, Any] = {}
-
-        async def settled(group: list[LiveNode]) -> bool:
-            nonlocal view
-            view = await agreed(group) or {}
-            return bool(view)
-
+    async with start_nodes(tmp_path, NAMES, candidates_args({"a1", "b1", "a2"})) as nodes:
+        view = View()
+        settled = view.settled
         await wait_for(lambda: settled(nodes), 30, every=0.1, what="initial agreement")
         readings: dict[str, list[tuple[float, float]]] = {n.name: [] for n in nodes}
         gone: set[str] = set()
