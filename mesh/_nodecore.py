@@ -869,9 +869,11 @@ class NodeCore:
                 self._offer_epoch(now, meeting.ahead)
             return
         if ahead >= -(meeting.bound + 0.001):
-            # The registry's lineage is older (or the same age): the site steps to it.
-            self._announce_step(now, max(0.0, ahead - meeting.bound), lineage)
-            self._ext_bound = (2 * meeting.bound, now)
+            # The registry's lineage is older (or the same age): the site steps to it, to the
+            # middle of the measurement (the registry's time is known only to an HTTP round
+            # trip: the lower edge would leave this site a whole bound behind the others).
+            self._announce_step(now, max(0.0, ahead), lineage)
+            self._ext_bound = (meeting.bound, now)
         else:
             self._offer_epoch(now, meeting.ahead)  # ours is older: the registry takes it
 
