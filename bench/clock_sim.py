@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         f"clock agreement with the reference, {args.seeds} seeds x {args.duration:g} s simulated,"
         " 2-5 nodes, skew +-2 s and drift +-200 ppm on every node; after warm-up (half the run)"
     )
-    print("target (DESIGN.md): p99 <= 1000 us required, <= 50 us the aim")
+    print("target: p99 <= 1000 us required, <= 50 us the aim")
     header = (
         f"{'profile':<30} {'p50 us':>8} {'p99 us':>8} {'max us':>8} {'bound us':>9}"
         f" {'sync p50/max s':>14} {'viol':>5} {'back':>5} {'wall s':>7}"

@@ -37,8 +37,10 @@ class Extension:
         return {}
 
     def arbiter(self) -> ConductorArbiter | None:
-        """The judge of conductor claims this extension provides (a registry), or ``None``.
-        The node takes the first one offered when it is built, before its first claim."""
+        """The knobs of conductor arbitration, if this extension carries the node's conductor
+        claims to an arbiter (the registry bridge), else ``None``. The node takes the first one
+        offered when it is built, before its first claim: its election then asks (through
+        ``Node.external_requests``) instead of claiming by the local rule alone."""
         return None
 
     def handlers(self) -> Mapping[str, Callable[[str | None, Value], Awaitable[Value]]]:
