@@ -238,6 +238,7 @@ class NodeCore:
         self._lineage_due: float | None = None
         self._started = now
         self._previous_lineage = ("", -math.inf)  # (the lineage this node left, when)
+        self._group_step = False  # the pending step is the whole lineage's (announced)
         self._pending_step: tuple[float, float, str] | None = None  # (at, size, lineage)
         self._steps = 0
         self._last_step: ClockStepped | None = None
@@ -892,6 +893,7 @@ class NodeCore:
         fed = self.clock.federation_time(now)
         at = fed + (_STEP_LEAD if self._same else 0.0)
         self._pending_step = (at, size, lineage)
+        self._group_step = bool(self._same)
         if self._same:
             self._set_meta(now, ls=[at, size, lineage])
         self._apply_step(now)
@@ -914,6 +916,7 @@ class NodeCore:
                 best = step
         if best is not None and best != self._pending_step:
             self._pending_step = best
+            self._group_step = True
             self._set_meta(now, ls=list(best))  # passed on: every node of the lineage hears
 
     def _apply_step(self, now: float) -> None:
@@ -926,12 +929,14 @@ class NodeCore:
         self.clock.step(now, size)
         self.clock.take_stepped()
         self._probes.forget_pending()  # their answers would straddle the step
-        self._change_lineage(now, lineage, size)
+        self._change_lineage(now, lineage, size, group=self._group_step)
 
-    def _change_lineage(self, now: float, lineage: str, size: float) -> None:
+    def _change_lineage(self, now: float, lineage: str, size: float, *, group: bool) -> None:
         old = self.lineage_id
         self.lineage_id = lineage
-        self._previous_lineage = (old, now)
+        # After a group's step, the others of the old lineage stepped too (their metadata may
+        # lag); after this node's own join, they did not.
+        self._previous_lineage = (old, now) if group else ("", -math.inf)
         self._founded = False
         self._settled = True
         self._meetings.clear()
