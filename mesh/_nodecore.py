@@ -879,8 +879,11 @@ class NodeCore:
             self._offer_epoch(now, meeting.ahead)  # ours is older: the registry takes it
 
     def _offer_epoch(self, now: float, epoch: float) -> None:
-        if self._provisional() or now < self._ext_offer_due:
-            return  # a young clock that may yet meet an older lineage does not offer
+        alone = not self._same and not self._differing
+        if (self._provisional() and not alone) or now < self._ext_offer_due:
+            # A young clock that may yet meet an older lineage around it does not offer (a
+            # node alone is the federation, as far as anyone can tell).
+            return
         self._ext_offer_due = now + _EXT_OFFER_INTERVAL
         self._push_external(EpochOffer(self.lineage_id, epoch))
 
