@@ -233,6 +233,7 @@ def test_federation_time_through_every_registry_fault(tmp_path: Path) -> None:
             out = str(tmp_path / f"s{index}")
             running += [node, lan.spawn(hosts[index], sys.executable, SAMPLER, url, out)]
 
+        wait(3.0)  # each site syncs on its LAN (measured below) and settles its elections
         t = time.time()
         wait(8.0)  # down: each site keeps its own time on its LAN
         phases.append(("down", t, time.time()))
@@ -302,7 +303,7 @@ def test_federation_time_through_every_registry_fault(tmp_path: Path) -> None:
         bins: dict[int, dict[int, float]] = {}
         for index in members:
             for t, _, offset in clocks[index]:
-                if t < phases[0][2]:
+                if t < phases[0][1]:
                     bins.setdefault(int(t * 10), {})[index] = offset
         together = sorted(
             k / 10
