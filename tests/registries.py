@@ -1,24 +1,100 @@
-"""Starting a real ``stagemesh registry`` process for a test (one way, shared by the tests)."""
+"""Registries for the tests: real ``stagemesh registry`` processes, and fresh databases of
+both backends.
+
+Every registry test takes its databases from the ``databases`` fixture (``module_databases``
+for a module-wide one), parametrized over :data:`BACKENDS`, so each runs on SQLite and on
+PostgreSQL: ``databases.new()`` is a fresh SQLite file in the test's folder, or a fresh
+database in the session's throwaway PostgreSQL cluster (``postgres_cluster``, started the
+first time a test needs it; tests/postgres.py). Both are what ``--db`` and
+``RegistryStore`` take.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
+
+from registry_bridge._database import shown_target
+from registry_bridge._postgres import PostgresDatabase
+from tests.postgres import ROLE, Cluster
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+class Databases:
+    """Fresh registry databases of one backend (see the module's docstring)."""
+
+    def __init__(self, backend: str, folder: Path, cluster: Cluster | None) -> None:
+        self.backend = backend
+        self.folder = folder
+        self.cluster = cluster
+        self._numbers = itertools.count(1)
+
+    def new(self, *, migrated: bool = True) -> str:
+        """A fresh database: a SQLite path (no file yet: the registry creates it) or a
+        ``postgresql://`` URL of a database with the current schema (*migrated*) or none."""
+        if self.cluster is None:
+            return str(self.folder / f"registry-{next(self._numbers)}.db")
+        if not migrated:
+            return self.cluster.new_database()
+        return self.cluster.new_database(template=MIGRATED_TEMPLATE)
+
+
+MIGRATED_TEMPLATE = "registry_template"
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster for the whole session, stopped at its end, with a
+    template database holding the current schema (copied for each test that asks)."""
+    cluster = Cluster()
+    try:
+        cluster.sql(f"CREATE DATABASE {MIGRATED_TEMPLATE} OWNER {ROLE}")
+        template = PostgresDatabase(cluster.url(MIGRATED_TEMPLATE), pool_size=1)
+        template.migrate()
+        template.close()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _databases(request: pytest.FixtureRequest, folder: Path) -> Databases:
+    backend = str(request.param)
+    cluster = request.getfixturevalue("postgres_cluster") if backend == "postgresql" else None
+    return Databases(backend, folder, cluster)
+
+
+@pytest.fixture(params=BACKENDS)
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Databases:
+    """Fresh databases for one test, on each backend in turn."""
+    return _databases(request, tmp_path)
+
+
+@pytest.fixture(params=BACKENDS, scope="module")
+def module_databases(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Databases:
+    """Fresh databases shared by one module's tests, on each backend in turn."""
+    return _databases(request, tmp_path_factory.mktemp("databases"))
 
 
 async def start_registry(
-    db: Path, *args: str, env: dict[str, str] | None = None
+    db: Path | str, *args: str, env: dict[str, str] | None = None
 ) -> tuple[trio.Process, str]:
-    """Start ``python -m mesh registry`` on a free loopback port with database *db* (and extra
-    *args*), wait for its ``ready`` line and return the process and the registry's URL."""
+    """Start ``python -m mesh registry`` on a free loopback port with database *db* (a path or
+    a URL; and extra *args*), wait for its ``ready`` line and return the process and the
+    registry's URL. (A PostgreSQL database gets its schema first: ``RegistryStore`` with
+    ``create``, or ``stagemesh registry migrate``.)"""
     proc = await trio.lowlevel.open_process(
         [
             *(sys.executable, "-m", "mesh", "registry", "--bind", "127.0.0.1:0"),
@@ -36,13 +112,13 @@ async def start_registry(
         buf += chunk
     line = buf.split(b"\n")[0].decode()
     assert line.startswith("ready registry=http://127.0.0.1:"), line
-    assert line.endswith(f"db={db}"), line
+    assert line.endswith(f"db={shown_target(str(db))}"), line
     return proc, line.split()[1].removeprefix("registry=")
 
 
 @contextlib.asynccontextmanager
 async def running_registry(
-    db: Path, *args: str, env: dict[str, str] | None = None
+    db: Path | str, *args: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[str]:
     """:func:`start_registry` as a context: yields the URL, then stops the process (SIGTERM)
     and checks that it exited cleanly."""
@@ -64,7 +140,7 @@ async def running_registry(
 
 @contextlib.asynccontextmanager
 async def registry_http(
-    db: Path, *args: str, env: dict[str, str] | None = None
+    db: Path | str, *args: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """:func:`running_registry` with an ``httpx`` client on its URL (10 s per request)."""
     async with (

@@ -1,13 +1,15 @@
-"""The registry store on its own: real SQLite files, an injected clock, no event loop."""
+"""The registry store on its own: real databases (a SQLite file, a PostgreSQL database: every
+test runs on both), an injected clock, no event loop."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
 from registry_bridge import Conflict, Forbidden, NotFound, RegistryStore, StoreError
+from tests.registries import Databases
 
 
 class FakeClock:
@@ -24,12 +26,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> RegistryStore:
-    s = RegistryStore(tmp_path / "r.db", ttl=30.0, clock=clock)
+def store(databases: Databases, clock: FakeClock) -> Iterator[RegistryStore]:
+    s = RegistryStore(databases.new(), ttl=30.0, clock=clock)
     s.create_federation("sleo")
     s.create_orchestra("sleo", "cmu")
     s.create_orchestra("sleo", "colorado")
-    return s
+    yield s
+    s.close()
 
 
 def reg(store: RegistryStore, orch: str, name: str, **kw: object) -> dict[str, object]:
@@ -70,9 +73,9 @@ def test_heartbeat_keeps_alive_and_silence_expires(store: RegistryStore, clock: 
 
 
 def test_legacy_registrations_expire_after_legacy_ttl_unless_refreshed(
-    tmp_path: Path, clock: FakeClock
+    databases: Databases, clock: FakeClock
 ) -> None:
-    store = RegistryStore(tmp_path / "l.db", ttl=30.0, legacy_ttl=3600.0, clock=clock)
+    store = RegistryStore(databases.new(), ttl=30.0, legacy_ttl=3600.0, clock=clock)
     store.federation_id("sleo", create=True)
     store.orchestra_id("sleo", "cmu", create=True)
     first = clock.now
@@ -209,11 +212,13 @@ def test_names_are_checked(store: RegistryStore) -> None:
         store.create_orchestra("sleo", "x" * 65)
 
 
-def test_state_survives_reopening(tmp_path: Path, clock: FakeClock) -> None:
-    s = RegistryStore(tmp_path / "r.db", clock=clock)
+def test_state_survives_reopening(databases: Databases, clock: FakeClock) -> None:
+    db = databases.new()
+    s = RegistryStore(db, clock=clock)
     s.federation_id("f", create=True)
     s.orchestra_id("f", "o", create=True)
     s.register("f", "o", "n", host="1.2.3.4", port=1)
     s.close()
-    again = RegistryStore(tmp_path / "r.db", clock=clock)
+    again = RegistryStore(db, clock=clock)
     assert again.federation("f")["registrations"] == 1
+    again.close()
