@@ -16,7 +16,7 @@ import trio
 from registry_bridge._command import default_db_path
 from tests.livenodes import wait_for
 from tests.netns import Lan
-from tests.registries import registry_http
+from tests.registries import Databases, registry_http
 
 
 def test_default_db_follows_xdg_state_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -147,9 +147,11 @@ def test_db_urls_are_refused_in_one_line_and_create_nothing(
         assert list(tmp_path.iterdir()) == [], "a file was created"
 
 
-async def test_legacy_registrations_expire_unless_they_register_again(tmp_path: Path) -> None:
+async def test_legacy_registrations_expire_unless_they_register_again(
+    databases: Databases,
+) -> None:
     with trio.fail_after(40):
-        async with registry_http(tmp_path / "r.db", "--legacy-ttl", "1.5") as http:
+        async with registry_http(databases.new(), "--legacy-ttl", "1.5") as http:
             where = {"federation": "f", "orchestra": "o"}
             await http.get("/federation", params={"federation": "f", "create": "yes"})
             await http.get("/orchestra", params={**where, "create": "yes"})

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from registry_bridge import RegistryStore, create_app
+from tests.registries import Databases
 
 T0 = 1_800_000_000.0
 TOKEN = re.compile(rb'"token":"[A-Za-z0-9_-]+"')
@@ -94,8 +94,10 @@ REQUESTS: list[tuple[str, str, bytes | None] | tuple[str, str, bytes | None, dic
 
 
 @pytest.fixture
-async def clients(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
-    stores = [RegistryStore(tmp_path / f"{i}.db", clock=lambda: T0) for i in range(2)]
+async def clients(
+    databases: Databases,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    stores = [RegistryStore(databases.new(), clock=lambda: T0) for _ in range(2)]
     apps = [create_app(stores[0], "pw"), create_app(stores[1], "pw", fast_path=False)]
     transports = [httpx.ASGITransport(app=app, client=("10.1.2.3", 4000)) for app in apps]
     async with (
@@ -135,8 +137,8 @@ async def test_fast_path_answers_like_the_routes(
     assert tokens, "some registrations succeeded"
 
 
-async def test_fast_path_limits_registrations_like_the_routes(tmp_path: Path) -> None:
-    stores = [RegistryStore(tmp_path / f"{i}.db", clock=lambda: T0) for i in range(2)]
+async def test_fast_path_limits_registrations_like_the_routes(databases: Databases) -> None:
+    stores = [RegistryStore(databases.new(), clock=lambda: T0) for _ in range(2)]
     apps = [
         create_app(stores[0], register_burst=3, register_rate=0.001),
         create_app(stores[1], register_burst=3, register_rate=0.001, fast_path=False),

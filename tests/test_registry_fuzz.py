@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -13,6 +14,7 @@ import trio
 from hypothesis import given, settings, strategies as st
 
 from registry_bridge import Conflict, RegistryStore, create_app
+from tests.registries import Databases
 
 NAMES = st.sampled_from(["sleo", "cmu", "colorado", "a", "bad name", "x" * 70, "%2F", "..", ""])
 SEGMENT = st.one_of(NAMES, st.text(max_size=12).map(lambda t: quote(t, safe="")))
@@ -104,12 +106,15 @@ HEADERS = st.sampled_from(
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> RegistryStore:
-    path: Path = tmp_path_factory.mktemp("fuzz") / "registry.db"
-    s = RegistryStore(path)
+def store(module_databases: Databases) -> Iterator[RegistryStore]:
+    s = RegistryStore(module_databases.new())
     s.federation_id("sleo", create=True)
     s.orchestra_id("sleo", "cmu", create=True)
-    return s
+    yield s
+    s.close()
+
+
+FEDERATIONS = itertools.count(1)
 
 
 async def send(
@@ -168,15 +173,16 @@ def test_arbitrary_requests_never_500(
     )
 )
 def test_random_registrations_keep_one_supernode_and_one_conductor(
-    tmp_path_factory: pytest.TempPathFactory,
+    store: RegistryStore,
     ops: list[tuple[str, str, bool, bool, bool, str | None]],
 ) -> None:
-    s = RegistryStore(tmp_path_factory.mktemp("ops") / "r.db")
-    s.federation_id("f", create=True)
+    s = store  # a fresh federation per example
+    f = f"ops{next(FEDERATIONS)}"
+    s.federation_id(f, create=True)
     for orch, name, sup, cond, takeover, owner in ops:
         try:
             s.register(
-                "f",
+                f,
                 orch,
                 name,
                 host="10.0.0.1",
@@ -191,9 +197,8 @@ def test_random_registrations_keep_one_supernode_and_one_conductor(
         except Conflict as exc:
             assert "registered" in exc.message  # the path is held by a registration with a token
         assert s.check_consistency() == []
-    view = s.federation("f")
+    view = s.federation(f)
     for orch in view["orchestras"]:
         assert sum(n["supernode"] for n in orch["nodes"]) <= 1
     holders = [n["path"] for o in view["orchestras"] for n in o["nodes"] if n["conductor"]]
     assert holders == ([view["conductor"]["holder"]] if view["conductor"]["holder"] else [])
-    s.close()
