@@ -13,8 +13,9 @@ crash of the database server too).
 Each session is told ``idle_in_transaction_session_timeout`` (a registry process frozen
 while holding the lock, say stopped with SIGSTOP, is cut off after 10 s and its lock let go)
 and ``lock_timeout`` (a transaction that waited 10 s for the lock gives up: 503, nothing
-done). Connection failures become :class:`~registry_bridge._database.Unreachable`; the pool
-opens fresh connections for later transactions.
+done). Connection failures become :class:`~registry_bridge._database.Unreachable` (the
+store answers 503); a connection found dead when a transaction starts is replaced at once,
+and the pool opens fresh ones for later transactions.
 """
 
 from __future__ import annotations
@@ -149,7 +150,9 @@ class PostgresDatabase:
                 kwargs={"autocommit": True},
                 min_size=1,
                 max_size=max(1, pool_size),
-                timeout=10.0,
+                # a transaction waits this long for a connection; only an unreachable server
+                # makes it wait at all (one store uses one connection at a time)
+                timeout=3.0,
                 name="stagemesh-registry",
                 open=True,
             )
@@ -183,18 +186,31 @@ class PostgresDatabase:
             raise self._lost(exc) from None
 
     def begin(self) -> None:
-        """Take a pooled connection, ``BEGIN`` and wait for the advisory lock."""
-        try:
-            self._conn = self._pool.getconn()
-        except psycopg_pool.PoolTimeout as exc:
-            raise self._lost(exc) from None
-        try:
-            self._conn.execute(_BEGIN)
-        except BaseException as exc:
-            self.rollback()
-            if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        """Take a pooled connection, ``BEGIN`` and wait for the advisory lock.
+
+        A pooled connection found dead here (the server restarted, or cut it off) is
+        replaced, once, after the pool tested its other connections: nothing has been done
+        yet, so trying again is safe."""
+        for attempt in (1, 2):
+            try:
+                self._conn = self._pool.getconn()
+            except psycopg_pool.PoolTimeout as exc:
                 raise self._lost(exc) from None
-            raise
+            try:
+                self._conn.execute(_BEGIN)
+                return
+            except BaseException as exc:
+                lost = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+                if lost and not isinstance(exc, psycopg.errors.LockNotAvailable):
+                    self._conn.close()  # the pool drops it
+                self.rollback()
+                if not lost:
+                    raise
+                if attempt == 2 or isinstance(exc, psycopg.errors.LockNotAvailable):
+                    raise self._lost(exc) from None
+                # the others in the pool may be dead too (the server restarted): test them
+                with contextlib.suppress(psycopg.Error, psycopg_pool.PoolTimeout):
+                    self._pool.check()
 
     def commit(self) -> None:
         """``COMMIT`` and give the connection back."""

@@ -87,12 +87,8 @@ class Cluster:
                 *("-D", str(self.data), "-U", "postgres", "-E", "UTF8", "--locale=C"),
                 *("--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"),
             )
-            options = " ".join(f"-c {k}={v}" for k, v in settings.items())
-            self._run(
-                "pg_ctl",
-                *("-D", str(self.data), "-l", str(self.log), "-w", "-t", "60"),
-                *("-o", options, "start"),
-            )
+            self._options = " ".join(f"-c {k}={v}" for k, v in settings.items())
+            self.start_server()
             self.sql(
                 f"CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{PASSWORD}'",
             )
@@ -146,10 +142,23 @@ class Cluster:
             kids += [int(x) for x in (task / "children").read_text().split()]
         return [main, *kids]
 
+    def start_server(self) -> None:
+        """Start the server (again), on the same port; return once it accepts connections."""
+        self._run(
+            "pg_ctl",
+            *("-D", str(self.data), "-l", str(self.log), "-w", "-t", "60"),
+            *("-o", self._options, "start"),
+        )
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server (*mode*: ``fast`` rolls back open transactions and closes every
+        connection, ``immediate`` as if it crashed); the data stays."""
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
     def stop(self) -> None:
         """Stop the server (immediately: nothing in it is kept) and remove the folder."""
         try:
-            if (self.data / "postmaster.pid").exists():
-                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            self.stop_server("immediate")
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
