@@ -38,6 +38,7 @@ SCHEMA_VERSION = 2
 """The schema version this code reads and writes."""
 
 _SCHEMES = ("postgresql://", "postgres://")
+_USERINFO = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
 
 
 class DatabaseError(Exception):
@@ -131,19 +132,9 @@ def shown_target(target: str | Path) -> str:
     any ``password=`` query parameter)."""
     if not is_postgres_url(target):
         return str(target)
-    try:
-        parts = urllib.parse.urlsplit(str(target))
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
-    except ValueError:
-        return str(target).partition("://")[0] + "://(unreadable URL)"
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}@{host}"
-    query = "&".join(
-        p for p in parts.query.split("&") if p and not p.lower().startswith("password=")
-    )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    url, _, query = _USERINFO.sub(r"\1@", str(target)).partition("?")
+    kept = [p for p in query.split("&") if p and not p.lower().startswith("password=")]
+    return url + ("?" + "&".join(kept) if kept else "")
 
 
 def hide_secrets(message: str, target: str) -> str:
@@ -163,7 +154,6 @@ def hide_secrets(message: str, target: str) -> str:
     return line
 
 
-_USERINFO = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
 
 _VERSION_WORDS = {0: "empty (no registry schema)"}
 
