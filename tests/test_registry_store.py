@@ -4,6 +4,7 @@ test runs on both), an injected clock, no event loop."""
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -222,3 +223,48 @@ def test_state_survives_reopening(databases: Databases, clock: FakeClock) -> Non
     again = RegistryStore(db, clock=clock)
     assert again.federation("f")["registrations"] == 1
     again.close()
+
+
+def test_stores_sharing_a_database_take_turns_sweeping(
+    databases: Databases, clock: FakeClock
+) -> None:
+    """Two stores (two registry processes) on one database: expired registrations are swept
+    once a second by one of them, not by each; calls from both at once never fight."""
+    db = databases.new()
+    a, b = RegistryStore(db, ttl=30.0, clock=clock), RegistryStore(db, ttl=30.0, clock=clock)
+    try:
+        a.federation_id("sleo", create=True)
+        start = clock.now
+        reg(a, "cmu", "x", create=True, conductor=True)
+        clock.now = start + 29.9
+        a.elapsed("sleo")  # sweeps: nothing has expired yet
+        clock.now = start + 30.5  # now x has
+        assert b.federation("sleo")["registrations"] == 1  # a swept 0.6 s ago: not b's turn
+        clock.now = start + 31.6  # a second after b's last look, and after a's sweep
+        assert b.federation("sleo")["registrations"] == 0
+        assert a.conductor("sleo")["term"] == 2  # released once
+
+        for i in range(40):
+            reg(a if i % 2 else b, "cmu", f"n{i}", conductor=i == 0)
+        clock.now += 31
+        errors: list[BaseException] = []
+
+        def hammer(store: RegistryStore) -> None:
+            try:
+                for _ in range(30):
+                    store.elapsed("sleo")
+                    clock.now += 0.1
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=hammer, args=(s,)) for s in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == []
+        assert a.federation("sleo")["registrations"] == 0
+        assert b.conductor("sleo")["term"] == 4 and a.check_consistency() == []
+    finally:
+        a.close()
+        b.close()
