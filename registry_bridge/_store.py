@@ -772,15 +772,16 @@ class RegistryStore:
         """Keep a registration alive; :class:`NotFound` if the token is unknown or expired."""
 
         def run(now: float) -> dict[str, Any]:
+            # one statement (one round trip to a database server)
             row = self._db.execute(
-                "SELECT r.federation_id, f.epoch, f.version, f.conductor_term"
-                " FROM registrations r JOIN federations f ON f.id = r.federation_id"
-                " WHERE r.token = ?",
-                (token,),
+                "UPDATE registrations SET last_seen = ? WHERE token = ? RETURNING federation_id,"
+                " (SELECT epoch FROM federations WHERE id = federation_id),"
+                " (SELECT version FROM federations WHERE id = federation_id),"
+                " (SELECT conductor_term FROM federations WHERE id = federation_id)",
+                (now, token),
             ).fetchone()
             if row is None:
                 raise NotFound("unknown or expired registration token")
-            self._db.execute("UPDATE registrations SET last_seen = ? WHERE token = ?", (now, token))
             epoch = row[1]
             return {
                 "elapsed": 0.0 if epoch is None else max(0.0, now - epoch),
