@@ -102,6 +102,24 @@ def _read_password(args: argparse.Namespace) -> str | None:
     return os.environ.get("STAGEMESH_ADMIN_PASSWORD") or None
 
 
+def _read_secret(args: argparse.Namespace) -> bytes | None:
+    """The ``--session-secret-file`` secret, if one is given; :class:`CommandFailed` if it
+    cannot be read or is shorter than 32 characters."""
+    path = getattr(args, "session_secret_file", None)
+    if not path:
+        return None
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise CommandFailed(f"cannot read session secret file: {exc}") from None
+    if len(secret) < 32:
+        raise CommandFailed(
+            f"session secret file {path} holds {len(secret)} characters; give at least 32"
+            " (e.g. head -c 32 /dev/urandom | base64 > FILE)"
+        )
+    return secret
+
+
 class RegistryCommand:
     """``stagemesh registry``: the HTTP registry (JSON API, legacy text API, HTML pages)."""
 
@@ -128,6 +146,14 @@ class RegistryCommand:
             metavar="PATH",
             help="file holding the admin password (else STAGEMESH_ADMIN_PASSWORD; "
             "without either, delete and reset are refused)",
+        )
+        parser.add_argument(
+            "--session-secret-file",
+            default=None,
+            metavar="PATH",
+            help="file holding the secret that signs admin sessions' form tokens (32+ "
+            "characters); give the same file to every registry behind one name (default: a "
+            "random secret per start)",
         )
         parser.add_argument(
             "--ttl",
@@ -253,7 +279,7 @@ class RegistryCommand:
             sock = listen_socket(args.bind)
         except OSError as exc:
             raise CommandFailed(f"cannot serve on {args.bind}: {exc}") from None
-        secret = secrets.token_bytes(32)
+        secret = _read_secret(args) or secrets.token_bytes(32)
         life_r, life_w = os.pipe()
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()
@@ -514,7 +540,7 @@ def _app(
     return create_app(
         store,
         password,
-        csrf_secret=secret,
+        csrf_secret=secret or _read_secret(args),
         register_burst=args.register_burst,
         register_rate=args.register_rate or None,
     )

@@ -148,3 +148,14 @@ async def registry_http(
         httpx.AsyncClient(base_url=url, timeout=10) as http,
     ):
         yield http
+
+
+def registry_command(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m mesh registry ARGS`` to the end: its status, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "mesh", "registry", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+    )

@@ -22,7 +22,7 @@ from registry_bridge._sqlite import _MIGRATIONS as _sqlite_migrations
 from tests.livenodes import wait_for
 from tests.netns import Lan
 from tests.postgres import PASSWORD, Cluster
-from tests.registries import MIGRATED_TEMPLATE, Databases, registry_http
+from tests.registries import MIGRATED_TEMPLATE, Databases, registry_command, registry_http
 
 
 def test_default_db_follows_xdg_state_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -213,17 +213,6 @@ def test_wildcard_bind_prints_the_hosts_urls_loopback_first(tmp_path: Path) -> N
             done = lan.run(host, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url + "/")
             assert done.stdout == "200"
         assert registry.stop() == 0
-
-
-def registry_command(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m mesh registry ARGS`` to the end: its status, stdout and stderr."""
-    return subprocess.run(
-        [sys.executable, "-m", "mesh", "registry", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-    )
 
 
 def closed_port() -> int:

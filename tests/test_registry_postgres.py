@@ -4,8 +4,12 @@ session's, or one of the test's own when the test stops it)."""
 
 from __future__ import annotations
 
+import base64
 import itertools
+import os
+import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +18,12 @@ import trio
 from registry_bridge import RegistryStore
 from tests.livenodes import wait_for
 from tests.postgres import PASSWORD, Cluster
-from tests.registries import MIGRATED_TEMPLATE, registry_http, running_registry
+from tests.registries import (
+    MIGRATED_TEMPLATE,
+    registry_command,
+    registry_http,
+    running_registry,
+)
 
 NO_LIMIT = ("--register-rate", "0")
 ROUNDS = 30
@@ -158,3 +167,37 @@ async def test_a_database_that_stops_is_a_503_and_the_registry_serves_again_once
                 await wait_for(serving, 30, "the registry serving again")
     finally:
         await trio.to_thread.run_sync(cluster.stop)
+
+
+async def test_registries_sharing_a_session_secret_accept_each_others_admin_forms(
+    postgres_cluster: Cluster, tmp_path: Path
+) -> None:
+    """Two registries behind one name: an organiser's admin page comes from one, the button
+    press may reach the other; with one ``--session-secret-file`` it is accepted there."""
+    db = postgres_cluster.new_database(template=MIGRATED_TEMPLATE)
+    secret = tmp_path / "session-secret"
+    secret.write_text("x" * 31 + "\n")
+    short = registry_command("--session-secret-file", str(secret), "--db", db)
+    assert short.returncode == 1 and "holds 31 characters; give at least 32" in short.stderr
+    secret.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    env = {"STAGEMESH_ADMIN_PASSWORD": "pw"}
+    auth = {"Authorization": "Basic " + base64.b64encode(b"admin:pw").decode()}
+    flags = ("--session-secret-file", str(secret))
+    with trio.fail_after(60):
+        async with (
+            registry_http(db, *flags, env=env) as a,
+            registry_http(db, *flags, env=env) as b,
+        ):
+            body = {"orchestra": "o", "name": "n", "create": True}
+            assert (await a.post("/api/v1/federations/f/registrations", json=body)).is_success
+            page = await a.get("/federations/f/admin", headers=auth)
+            match = re.search(
+                r'action="/federations/f/reset">\s*<input[^>]*value="(\w+)"', page.text
+            )
+            assert match is not None
+            b.cookies.set("stagemesh_admin", page.cookies["stagemesh_admin"])
+            reset = await b.post(
+                "/federations/f/reset", data={"csrf": match.group(1)}, headers=auth
+            )
+            assert reset.status_code == 303
+            assert (await a.get("/api/v1/federations/f")).json()["registrations"] == 0
