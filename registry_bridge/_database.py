@@ -154,7 +154,6 @@ def hide_secrets(message: str, target: str) -> str:
     return line
 
 
-
 _VERSION_WORDS = {0: "empty (no registry schema)"}
 
 

@@ -894,18 +894,24 @@ class RegistryStore:
                 target = self._registration_of(fed[0], holder)
                 if target is None:
                     raise NotFound(f"no registration {holder} in federation {fed[1]!r}")
-            self._db.execute(
+            # fenced in the statement too: it changes nothing unless the term is still the
+            # expected one (the write lock already makes that so)
+            changed = self._db.execute(
                 "UPDATE federations SET conductor_path = ?, conductor_node_id = ?,"
                 " conductor_host = ?, conductor_port = ?, conductor_term = conductor_term + 1,"
-                " version = version + 1 WHERE id = ?",
+                " version = version + 1 WHERE id = ? AND conductor_term = ?",
                 (
                     holder,
                     None if target is None else target[1],
                     None if target is None else target[2],
                     None if target is None else target[3],
                     fed[0],
+                    expected_term,
                 ),
-            )
+            ).rowcount
+            if changed != 1:
+                current = self._conductor(self._fed(fed[1]))
+                raise Conflict(f"conductor term is {current['term']}, not {expected_term}", current)
             self._db.execute(
                 "UPDATE registrations SET conductor = 0 WHERE federation_id = ? AND conductor = 1",
                 (fed[0],),
