@@ -151,11 +151,27 @@ async def registry_http(
 
 
 def registry_command(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m mesh registry ARGS`` to the end: its status, stdout and stderr."""
-    return subprocess.run(
-        [sys.executable, "-m", "mesh", "registry", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-    )
+    """``stagemesh registry ARGS`` run to its end in this process (the console script's own
+    entry point, ``mesh.__main__.main``, without an interpreter's start-up per call): its
+    exit status, stdout and stderr. For commands that end by themselves (``migrate``,
+    ``export``, ``import``, and the refusals at start); a registry that serves runs as a real
+    process (:func:`start_registry`)."""
+    import io
+    import logging
+
+    import mesh.__main__
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    old_stdin = sys.stdin
+    sys.stdin = io.StringIO(stdin or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = mesh.__main__.main(["registry", *args])
+    finally:
+        sys.stdin = old_stdin
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    argv = ["stagemesh", "registry", *args]
+    return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())
