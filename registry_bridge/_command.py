@@ -207,11 +207,11 @@ class RegistryCommand:
             )
             if name == "export":
                 action.add_argument(
-                    "--output",
-                    "-o",
+                    "output",
+                    nargs="?",
                     default="-",
                     metavar="FILE",
-                    help="file to write (readable by its owner only; default: stdout)",
+                    help="file to write (readable by its owner only; default or '-': stdout)",
                 )
             if name == "import":
                 action.add_argument("file", metavar="FILE", help="an export ('-': stdin)")

@@ -325,7 +325,7 @@ async def test_export_and_import_move_an_event_from_sqlite_to_postgres_and_back(
             await http.post("/api/v1/federations", json={"name": "empty"})
             token = sup.json()["token"]
     exported = tmp_path / "event.json"
-    done = registry_command("export", "--db", sqlite_db, "--output", str(exported))
+    done = registry_command("export", "--db", sqlite_db, str(exported))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("exported 2 federations, 2 orchestras, 3 registrations")
     assert exported.stat().st_mode & 0o777 == 0o600  # it holds the tokens
