@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mesh._cli import Command, CommandEntry, main as cli_main
@@ -35,7 +36,15 @@ def _status() -> Command:
 def _keygen() -> Command:
     from mesh._node_cli import KeygenCommand
 
-    return KeygenCommand()
+    return KeygenCommand(operator_keygen=_write_operator_key)
+
+
+def _write_operator_key(path: Path, comment: str | None) -> str:
+    """``stagemesh keygen --operator``: the roles package's writer, imported only then (it
+    loads the cryptography library)."""
+    from roles._operator import write_operator_key
+
+    return write_operator_key(path, comment)
 
 
 def _sim() -> Command:
@@ -63,7 +72,8 @@ COMMANDS: tuple[CommandEntry, ...] = (
     ),
     CommandEntry(
         "keygen",
-        "write a new federation key to a file (then pass it to every node with --key-file)",
+        "write a new federation key (pass it to every node with --key-file), or with "
+        "--operator an operator key pair (sign role changes with it)",
         _keygen,
     ),
     CommandEntry("sim", "run a membership scenario in the deterministic simulator", _sim),

@@ -1,13 +1,21 @@
 """``stagemesh roles show|push|start|stop|restart|logs``: talk to stations through a node.
 
-Every action goes through one node's HTTP API (``--node URL``; default: the first node running
-on this machine, found like ``stagemesh status`` finds them) with ``POST /api/request``, which
-forwards the request into the mesh. ``push`` goes to the conductor (read from the node's
-``/api/status``), which records the desired configuration and pushes it to the station; the
-other actions go to the station itself.
+Every action goes through the HTTP API of a node on this machine (``--node URL``; default: the
+first node running here, found like ``stagemesh status`` finds them) with ``POST
+/api/request``, which forwards the request into the mesh. That call changes state, so it
+carries the node's secret, read by this command from the node's runtime folder (only the
+node's user can). ``push`` goes to the conductor (read from the node's ``/api/status``), which
+records the order and relays it to the station; the other actions go to the station itself.
 
-A typed error from a station (``BlockedRole``, ``InvalidOptions``...) is printed as one line,
-``error: <Type>: <message>``, and the command exits 1; a usage error exits 2.
+Changing a station from another machine takes an operator's signature: ``push`` (always) and
+``start``/``stop``/``restart`` of a station other than the local node sign an order with the
+private key of ``--operator-key FILE`` (``stagemesh keygen --operator``). The station's own
+operator, running this on the station, needs no key.
+
+A typed error from a station is printed as one line, ``error: <Type>: <message>``, or
+``error: <Type> [<family>]: <message>`` when its family (the seed's name:
+``InvalidConfiguration``, ``MissingRoleFactory``, ``BlockedRole``) differs, and the command
+exits 1; a usage error exits 2.
 """
 
 from __future__ import annotations
@@ -23,9 +31,10 @@ import httpx
 
 from mesh._cli import CommandFailed, UsageError, apply_environment_defaults
 from mesh._state import default_runtime_dir, find_status_files
-from roles._config import RoleConfig, parse_role_config
-from roles._desired import check_station_path
-from roles._errors import ConfigFileError
+from mesh._status import read_api_secret
+from roles._config import RoleConfig, check_station_path, parse_role_config
+from roles._errors import ConfigFileError, error_family
+from roles._operator import OperatorKey, OperatorKeyError, Order
 
 __all__ = ["RolesCommand", "read_push_file"]
 
@@ -65,12 +74,21 @@ def _station(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-class _Api:
-    """The HTTP API of one node."""
+def _failure(error_type: object, message: object, family: object = None) -> str:
+    """``<Type>: <message>``, with ``[<family>]`` after the type when the family differs."""
+    kind = str(error_type)
+    fam = family if isinstance(family, str) else error_family(kind)
+    label = kind if fam in (None, kind) else f"{kind} [{fam}]"
+    return f"{label}: {message}"
 
-    def __init__(self, url: str, timeout: float) -> None:
+
+class _Api:
+    """The HTTP API of one node of this machine, with its secret."""
+
+    def __init__(self, url: str, timeout: float, secret: str) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.secret = secret
 
     def status(self) -> dict[str, Any]:
         try:
@@ -88,15 +106,58 @@ class _Api:
         with ``<Type>: <message>``."""
         body = {"path": path, "kind": kind, "payload": payload, "timeout": self.timeout}
         try:
-            response = httpx.post(self.url + "/api/request", json=body, timeout=self.timeout + 5)
+            response = httpx.post(
+                self.url + "/api/request",
+                json=body,
+                headers={"Authorization": f"Bearer {self.secret}"},
+                timeout=self.timeout + 5,
+            )
             doc = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise CommandFailed(f"cannot reach the node at {self.url}: {exc}") from None
         if not isinstance(doc, dict):
             raise CommandFailed(f"{self.url} answered {doc!r}")
         if not doc.get("ok"):
-            raise CommandFailed(f"{doc.get('error_type')}: {doc.get('error')}")
+            raise CommandFailed(
+                _failure(doc.get("error_type"), doc.get("error"), doc.get("error_family"))
+            )
         return doc.get("payload")
+
+
+def _open_api(url: str | None, timeout: float) -> _Api:
+    """The API of the node at *url* (default: the first node of this machine), with the
+    secret that node wrote for its user."""
+    runtime = default_runtime_dir()
+    running = [d for d in find_status_files(runtime) if isinstance(d.get("url"), str)]
+    if url is None:
+        if not running:
+            raise CommandFailed("no running node found on this machine; give one with --node URL")
+        chosen = running[0]
+    else:
+        matches = [d for d in running if str(d["url"]).rstrip("/") == url.rstrip("/")]
+        if not matches:
+            raise CommandFailed(
+                f"no node of this machine serves {url} (looked in {runtime}): stagemesh roles "
+                "talks to a node on this machine, as the node's user, with the node's secret "
+                "(set STAGEMESH_RUNTIME_DIR if the node runs with another runtime folder)"
+            )
+        chosen = matches[0]
+    secret = read_api_secret(runtime, str(chosen.get("node_id")))
+    if secret is None:
+        raise CommandFailed(
+            f"cannot read the API secret of the node at {chosen['url']} in {runtime}: run "
+            "this as the node's user"
+        )
+    return _Api(str(chosen["url"]), timeout, secret)
+
+
+def _operator_key(path: Path | None) -> OperatorKey | None:
+    if path is None:
+        return None
+    try:
+        return OperatorKey.load(path)
+    except OperatorKeyError as exc:
+        raise UsageError(str(exc)) from None
 
 
 class RolesCommand:
@@ -115,13 +176,23 @@ class RolesCommand:
             "--timeout", type=float, default=60.0, help="seconds to wait for an answer (60)"
         )
         common.add_argument("--json", action="store_true", help="print the raw answer as JSON")
+        signing = argparse.ArgumentParser(add_help=False)
+        signing.add_argument(
+            "--operator-key",
+            type=Path,
+            default=None,
+            help="operator private key (stagemesh keygen --operator) to sign the change with; "
+            "needed to change a station from another machine",
+        )
         actions = parser.add_subparsers(dest="action", metavar="ACTION")
         show = actions.add_parser(
             "show", parents=[common], help="the manager's view, or one station's configuration"
         )
         show.add_argument("--station", type=_station, default=None, help="station path")
         push = actions.add_parser(
-            "push", parents=[common], help="make a file the desired configuration of stations"
+            "push",
+            parents=[common, signing],
+            help="make a file the desired configuration of stations",
         )
         push.add_argument("file", type=Path, help="role configuration (or station file) JSON")
         push.add_argument(
@@ -138,7 +209,7 @@ class RolesCommand:
         )
         for action in ("start", "stop", "restart"):
             sub = actions.add_parser(
-                action, parents=[common], help=f"{action} role instances on a station"
+                action, parents=[common, signing], help=f"{action} role instances on a station"
             )
             sub.add_argument("--station", type=_station, required=True, help="station path")
             sub.add_argument("--role", default=None, help="only this role's instances")
@@ -156,7 +227,7 @@ class RolesCommand:
             raise UsageError(
                 "stagemesh roles: give an action: show, push, start, stop, restart, logs"
             )
-        api = _Api(args.node or _local_node(), args.timeout)
+        api = _open_api(args.node, args.timeout)
         action = args.action
         if action == "push":
             return self._push(api, args)
@@ -165,8 +236,8 @@ class RolesCommand:
         if action == "logs":
             if args.lines < 0:
                 raise UsageError("--lines must be >= 0")
-            payload = {"role": args.role, "uuid": args.uuid, "lines": args.lines}
-            answer = api.request(args.station, "roles.logs", payload)
+            asked = {"role": args.role, "uuid": args.uuid, "lines": args.lines}
+            answer = api.request(args.station, "roles.logs", asked)
             if args.json:
                 _print_json(answer)
             else:
@@ -175,7 +246,17 @@ class RolesCommand:
             return 0
         if args.uuid is not None and args.role is None:
             raise UsageError("--uuid needs --role")
-        payload = {k: v for k, v in (("role", args.role), ("uuid", args.uuid)) if v is not None}
+        key = _operator_key(args.operator_key)
+        status = api.status()
+        payload: dict[str, Any] = {
+            k: v for k, v in (("role", args.role), ("uuid", args.uuid)) if v is not None
+        }
+        if args.station != status.get("node", {}).get("path"):
+            # Another machine's station: an operator's order, signed when a key is given.
+            order = Order.for_control(
+                str(status["node"]["federation"]), args.station, action, args.role, args.uuid
+            )
+            payload = {"order": (key.sign(order) if key is not None else order).to_text()}
         answer = api.request(args.station, f"roles.{action}", payload)
         if args.json:
             _print_json(answer)
@@ -188,14 +269,18 @@ class RolesCommand:
             config = read_push_file(args.file)
         except ConfigFileError as exc:
             raise UsageError(f"ConfigFileError: {exc}") from None
-        conductor = api.status().get("conductor")
+        key = _operator_key(args.operator_key)
+        status = api.status()
+        conductor = status.get("conductor")
         if not isinstance(conductor, str):
             raise CommandFailed("there is no conductor now; start a node with --conductor")
+        federation = str(status["node"]["federation"])
         answers = []
         failures = []
         for station in args.station:
-            payload = {"station": station, "config": config.to_dict(), "merge": args.merge}
-            answer = api.request(conductor, "roles.push", payload)
+            order = Order.for_config(federation, station, config, merge=args.merge)
+            signed = key.sign(order) if key is not None else order
+            answer = api.request(conductor, "roles.push", {"order": signed.to_text()})
             if not isinstance(answer, Mapping):
                 raise CommandFailed(f"{conductor} answered roles.push with {answer!r}")
             answers.append(answer)
@@ -207,7 +292,11 @@ class RolesCommand:
                 if not args.json:
                     print(f"{station}: applied {answer.get('digest')} ({changes})")
             else:
-                failures.append(f"{answer.get('error_type')}: {answer.get('error')}")
+                failures.append(
+                    _failure(
+                        answer.get("error_type"), answer.get("error"), answer.get("error_family")
+                    )
+                )
         if args.json:
             _print_json(answers if len(answers) > 1 else answers[0])
         if failures:
@@ -237,14 +326,33 @@ class RolesCommand:
             for m in status.get("members", [])
             if m.get("state") == "alive" and m.get("roles")
         }
+        identities = (status.get("roles") or {}).get("identities") or {}
         if args.json:
-            _print_json({"conductor": conductor, "desired": manager, "stations": stations})
+            _print_json(
+                {
+                    "conductor": conductor,
+                    "desired": manager,
+                    "stations": stations,
+                    "identities": identities,
+                }
+            )
             return 0
         print(f"conductor={conductor or 'none'}")
         desired = (manager or {}).get("stations", {}) if isinstance(manager, dict) else {}
         answers = (manager or {}).get("answers", {}) if isinstance(manager, dict) else {}
-        rows = [("STATION", "ROLES (configured/running/failed)", "DESIRED", "ANSWER")]
-        for path in sorted(set(stations) | set(desired)):
+        rows = [
+            (
+                "STATION",
+                "HOST",
+                "MAC",
+                "ADDRESSES",
+                "ROLES (configured/running/failed)",
+                "DESIRED",
+                "ANSWER",
+            )
+        ]
+        for path in sorted(set(stations) | set(desired) | set(identities)):
+            ident = identities.get(path) or {}
             summary = " ".join(
                 f"{role}={_counts(counts)}"
                 for role, counts in sorted(stations.get(path, {}).items())
@@ -256,8 +364,18 @@ class RolesCommand:
                 if answer.get("applied")
                 else (f"{answer.get('error_type')}" if answer else "-")
             )
-            rows.append((path, summary or "-", wanted, said))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+            rows.append(
+                (
+                    path,
+                    str(ident.get("hostname") or "-"),
+                    str(ident.get("mac") or "-"),
+                    ",".join(ident.get("addresses") or []) or "-",
+                    summary or "-",
+                    wanted,
+                    said,
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         return 0
@@ -290,12 +408,3 @@ def _print_instances(instances: Any) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _local_node() -> str:
-    found = [d["url"] for d in find_status_files(default_runtime_dir()) if d.get("url")]
-    if not found:
-        raise CommandFailed("no running node found on this machine; give one with --node URL")
-    url = found[0]
-    assert isinstance(url, str)
-    return url

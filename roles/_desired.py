@@ -1,40 +1,36 @@
-"""The manager's view: the desired role configuration of every station, and their answers.
+"""The manager's view: the operator orders for every station, and the stations' answers.
 
 EventStreamr's manager kept one configuration per station and pushed it. Here the manager is
-whichever node conducts, so this view must survive the conductor: :class:`DesiredState` is a
-value that merges (commutative, associative, idempotent) and travels in gossip, so a new
-conductor has it and can push the same configuration again.
+whichever node conducts, and only operators may decide what a station runs, so the view holds
+the operators' signed orders themselves (:class:`~roles.Order`), which the conductor relays
+with their signatures and the station verifies. The view must survive the conductor:
+:class:`DesiredState` is a value that merges (commutative, associative, idempotent) and
+travels between conductor candidates, so a new conductor has the same orders to push.
 
-* Per station path (``/room-a/cam1``), a :class:`~roles.RoleConfig`; configurations merge entry
-  by entry by timestamp, and removals are tombstones, so edits made on two nodes combine.
+* Per station path (``/room-a/cam1``), a *chain* of config orders: the newest full push
+  (``replace``) and the ``merge`` pushes issued after it; :meth:`DesiredState.config_for`
+  folds it into the configuration the station should run. Chains merge by union, dropping
+  what a newer full push made obsolete.
 * Per station, the last :class:`StationAnswer`: which configuration (by digest) it answered
   about, and whether it applied it or the typed error it raised. Answers merge by ``time``.
 
-Sans-IO: the caller passes ``now`` (federation time) and does the pushing.
+Sans-IO: the caller passes ``now`` (federation time), checks signatures (:meth:`filtered`)
+and does the pushing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from mesh._names import InvalidName, check_name
-from roles._config import RoleConfig, RoleEntry, canonical_json
-from roles._errors import ConfigFileError, RolesError, error_from_wire
+from mesh._names import InvalidName
+from roles._config import RoleConfig, canonical_json, check_station_path
+from roles._errors import ConfigFileError, RolesError, error_family, error_from_wire
+from roles._operator import MAX_CHAIN, Order, chain_config, chain_issued, merge_chains
 
-__all__ = ["DesiredState", "StationAnswer", "check_station_path"]
-
-
-def check_station_path(path: object) -> str:
-    """Return *path* if it is a node path ``/<orchestra>/<name>``, else raise ``ValueError``."""
-    if not isinstance(path, str) or not path.startswith("/") or path.count("/") != 2:
-        raise ValueError(f"a station path looks like /<orchestra>/<name>, not {path!r}")
-    _, orchestra, name = path.split("/")
-    check_name(orchestra, "orchestra")
-    check_name(name, "node name")
-    return path
+__all__ = ["DesiredState", "StationAnswer"]
 
 
 @attrs.frozen
@@ -71,6 +67,11 @@ class StationAnswer:
             return None
         return error_from_wire(self.error_type or "InvalidConfiguration", self.error_message or "")
 
+    @property
+    def error_family(self) -> str | None:
+        """The family of the error (the seed's name: see :func:`~roles.error_family`)."""
+        return error_family(self.error_type) if self.error_type else None
+
     def to_dict(self) -> dict[str, Any]:
         """Return a msgpack/JSON-able dict."""
         return {
@@ -78,6 +79,7 @@ class StationAnswer:
             "applied": self.applied,
             "time": self.time,
             "error_type": self.error_type,
+            "error_family": self.error_family,
             "error_message": self.error_message,
         }
 
@@ -119,9 +121,11 @@ def _sorted_pairs(pairs: Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ..
 
 @attrs.frozen
 class DesiredState:
-    """Desired configuration per station path, and each station's last answer (frozen)."""
+    """Per station path its chain of config orders, and its last answer (frozen)."""
 
-    stations: tuple[tuple[str, RoleConfig], ...] = attrs.field(default=(), converter=_sorted_pairs)
+    stations: tuple[tuple[str, tuple[Order, ...]], ...] = attrs.field(
+        default=(), converter=_sorted_pairs
+    )
     answers: tuple[tuple[str, StationAnswer], ...] = attrs.field(
         default=(), converter=_sorted_pairs
     )
@@ -129,12 +133,20 @@ class DesiredState:
     # --- reading -----------------------------------------------------------------------------
 
     def station_paths(self) -> tuple[str, ...]:
-        """Return every station path with a desired configuration or an answer."""
+        """Return every station path with orders or an answer."""
         return tuple(sorted({p for p, _ in self.stations} | {p for p, _ in self.answers}))
 
+    def chain_for(self, path: str) -> tuple[Order, ...]:
+        """Return the orders of *path* (oldest first): what to push."""
+        return dict(self.stations).get(path, ())
+
     def config_for(self, path: str) -> RoleConfig:
-        """Return the desired configuration of *path* (empty if none): what to push."""
-        return dict(self.stations).get(path, RoleConfig())
+        """Return the configuration the orders of *path* describe (empty if none)."""
+        return chain_config(self.chain_for(path))
+
+    def issued_for(self, path: str) -> int:
+        """Return when the newest order of *path* was issued (0 if none)."""
+        return chain_issued(self.chain_for(path))
 
     def answer_for(self, path: str) -> StationAnswer | None:
         """Return *path*'s last answer, or ``None``."""
@@ -155,44 +167,27 @@ class DesiredState:
 
     # --- changing (each returns a new value) ------------------------------------------------
 
-    def _with_config(self, path: str, config: RoleConfig) -> DesiredState:
+    def with_order(self, order: Order) -> DesiredState:
+        """Return a copy with config *order* added to its station's chain (an older order
+        that a newer full push made obsolete changes nothing).
+
+        Raises ``ValueError`` for a control order or a chain over :data:`MAX_CHAIN` orders.
+        """
+        if order.kind != "config":
+            raise ValueError("only config orders go into the desired state")
+        chain = merge_chains(self.chain_for(order.station), (order,))
+        if len(chain) > MAX_CHAIN:
+            raise ValueError(
+                f"{order.station} has {len(chain) - 1} merge pushes since its last full push; "
+                f"push its whole configuration (without --merge) to start over (at most "
+                f"{MAX_CHAIN})"
+            )
+        return self._with_chain(order.station, chain)
+
+    def _with_chain(self, path: str, chain: tuple[Order, ...]) -> DesiredState:
         check_station_path(path)
         others = tuple((p, c) for p, c in self.stations if p != path)
-        return attrs.evolve(self, stations=(*others, (path, config)))
-
-    def set_entry(
-        self, path: str, role: str, uuid: str, options: Mapping[str, Any], timestamp: int
-    ) -> DesiredState:
-        """Return a copy where station *path* should run (*role*, *uuid*) with *options*."""
-        config = self.config_for(path).merge(
-            RoleConfig(((role, uuid, RoleEntry(timestamp=timestamp, options=options)),))
-        )
-        return self._with_config(path, config)
-
-    def remove_entry(self, path: str, role: str, uuid: str, timestamp: int) -> DesiredState:
-        """Return a copy where (*role*, *uuid*) is removed from *path* (a tombstone)."""
-        config = self.config_for(path).merge(
-            RoleConfig(((role, uuid, RoleEntry.tombstone(timestamp)),))
-        )
-        return self._with_config(path, config)
-
-    def merge_config(self, path: str, config: RoleConfig) -> DesiredState:
-        """Return a copy with *config* merged into *path*'s (entry by entry, by timestamp)."""
-        return self._with_config(path, self.config_for(path).merge(config))
-
-    def replace_config(self, path: str, config: RoleConfig, timestamp: int) -> DesiredState:
-        """Return a copy where *path*'s live entries are those of *config*: entries of
-        *config* are merged in, and live entries it lacks get tombstones dated *timestamp*
-        (a "push this file" edit)."""
-        current = self.config_for(path)
-        removed = RoleConfig(
-            tuple(
-                (role, uuid, RoleEntry.tombstone(timestamp))
-                for role, uuid, entry in current
-                if not entry.deleted and (role, uuid) not in config
-            )
-        )
-        return self._with_config(path, current.merge(config).merge(removed))
+        return attrs.evolve(self, stations=(*others, (path, chain)))
 
     def record_answer(self, path: str, answer: StationAnswer) -> DesiredState:
         """Return a copy with *answer* recorded for *path* (unless a newer one is there)."""
@@ -206,39 +201,62 @@ class DesiredState:
     def merge(self, other: DesiredState) -> DesiredState:
         """Return the merge of two views (commutative, associative, idempotent)."""
         result = self
-        for path, config in other.stations:
-            result = result._with_config(path, result.config_for(path).merge(config))
+        for path, chain in other.stations:
+            result = result._with_chain(path, merge_chains(result.chain_for(path), chain))
         for path, answer in other.answers:
             result = result.record_answer(path, answer)
         return result
 
+    def filtered(
+        self, accept: Callable[[Order], bool], *, answers: bool = True
+    ) -> tuple[DesiredState, int]:
+        """Return this view keeping only the orders *accept* takes (a signature check) and,
+        unless *answers* is false, the answers; and how many orders were dropped."""
+        dropped = 0
+        stations = []
+        for path, chain in self.stations:
+            kept = tuple(order for order in chain if accept(order))
+            dropped += len(chain) - len(kept)
+            if kept:
+                stations.append((path, merge_chains(kept)))
+        return DesiredState(stations, self.answers if answers else ()), dropped
+
     # --- transport ---------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """Return ``{"stations": {path: config}, "answers": {path: answer}}`` (plain dicts)."""
+        """Return ``{"stations": {path: [order text, ...]}, "answers": {path: answer}}``."""
         return {
-            "stations": {path: config.to_dict() for path, config in self.stations},
+            "stations": {path: [o.to_text() for o in chain] for path, chain in self.stations},
             "answers": {path: answer.to_dict() for path, answer in self.answers},
         }
 
     @classmethod
     def from_dict(cls, data: object, *, source: str = "desired state") -> DesiredState:
         """Decode :meth:`to_dict`'s form; raises :class:`~roles.ConfigFileError` naming the
-        source, the path and the problem."""
+        source, the path and the problem. Signatures are not checked here (:meth:`filtered`)."""
         if not isinstance(data, Mapping):
             raise ConfigFileError.at(source, "$", "expected an object with 'stations'")
         stations_raw = data.get("stations", {})
         answers_raw = data.get("answers", {})
         if not isinstance(stations_raw, Mapping) or not isinstance(answers_raw, Mapping):
             raise ConfigFileError.at(source, "$", "'stations' and 'answers' must be objects")
-        stations: list[tuple[str, RoleConfig]] = []
-        for path, config in stations_raw.items():
+        stations: list[tuple[str, tuple[Order, ...]]] = []
+        for path, chain in stations_raw.items():
             where = f'$.stations["{path}"]'
             try:
                 check_station_path(path)
             except (ValueError, InvalidName) as exc:
                 raise ConfigFileError.at(source, where, str(exc)) from None
-            stations.append((path, RoleConfig.from_dict(config, source=f"{source} {where}")))
+            if not isinstance(chain, list) or len(chain) > MAX_CHAIN:
+                raise ConfigFileError.at(
+                    source, where, f"expected an array of at most {MAX_CHAIN} orders"
+                )
+            orders = tuple(
+                Order.from_text(o, source=f"{source} {where}[{i}]") for i, o in enumerate(chain)
+            )
+            if any(o.kind != "config" or o.station != path for o in orders):
+                raise ConfigFileError.at(source, where, f"holds an order that is not for {path}")
+            stations.append((path, merge_chains(orders)))
         answers: list[tuple[str, StationAnswer]] = []
         for path, answer in answers_raw.items():
             where = f'$.answers["{path}"]'
