@@ -291,6 +291,12 @@ class RolesCommand:
                 )
                 if not args.json:
                     print(f"{station}: applied {answer.get('digest')} ({changes})")
+            elif answer.get("pending"):
+                if not args.json:
+                    print(
+                        f"{station}: pending {answer.get('digest')} (not live now; the "
+                        "conductor pushes it when it is)"
+                    )
             else:
                 failures.append(
                     _failure(
