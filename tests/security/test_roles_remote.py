@@ -180,7 +180,7 @@ def test_keyed_federation_a_member_cannot_run_a_command(lan: Lan, tmp_path: Path
     # The operator's signed push, from the conductor's machine, is what the station runs.
     pushed = tmp_path / "push.json"
     pushed.write_text(json.dumps({"command": {"ok": {"command": ["sleep", "60"]}}}))
-    code, out, err = stagemesh(
+    code, _, err = stagemesh(
         lan, conductor, "roles", "push", str(pushed), "--station", STATION,
         "--node", conductor.url, "--operator-key", str(operator_key),
     )  # fmt: skip
