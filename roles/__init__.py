@@ -76,6 +76,7 @@ from roles._factories import (
     default_factories as default_factories,
     validate_update as validate_update,
 )
+from roles._history import StationState as StationState
 from roles._identity import (
     StationIdentity as StationIdentity,
     read_identity as read_identity,
@@ -149,6 +150,7 @@ __all__ = [
     "StationFile",
     "StationIdentity",
     "StationPolicy",
+    "StationState",
     "Supervisor",
     "SupervisorEvent",
     "SupervisorInUse",

@@ -59,15 +59,9 @@ from roles._errors import (
     StaleOrder,
 )
 from roles._factories import FactoryRegistry, ProcessSpec, default_factories, validate_update
+from roles._history import Source, StationState
 from roles._identity import StationIdentity, read_identity
-from roles._operator import (
-    ORDER_FRESHNESS,
-    Order,
-    chain_config,
-    chain_issued,
-    merge_chains,
-    now_ms,
-)
+from roles._operator import ORDER_FRESHNESS, Order, now_ms
 from roles._supervisor import (
     BackoffPolicy,
     ProcessStatus,
@@ -106,7 +100,6 @@ REQUEST_KINDS = (
     "roles.logs",
 )
 InstanceKey = tuple[str, str]
-Source = str  # "none", "file", "local", "conductor"
 
 
 @attrs.frozen
@@ -161,17 +154,9 @@ def _write_atomically(path: str, data: bytes) -> None:
 class _Saved:
     """What the state file holds (see :meth:`Station._persist`)."""
 
-    config: RoleConfig
+    state: StationState
     held: frozenset[InstanceKey]
-    as_of: int
-    source: Source
-    orders: tuple[Order, ...]
     control_issued: int
-
-
-def _int_field(data: Mapping[str, Any], key: str) -> int:
-    value = data.get(key, 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _read_state(path: str) -> _Saved | None:
@@ -195,7 +180,6 @@ def _read_state(path: str) -> _Saved | None:
         raise ConfigFileError.at(path, where, f"invalid JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("format") not in (1, _STATE_FORMAT):
         raise ConfigFileError.at(path, "$.format", f"not a format {_STATE_FORMAT} state file")
-    config = RoleConfig.from_dict(data.get("config", {}), source=path)
     held_raw = data.get("held", [])
     held: set[InstanceKey] = set()
     if isinstance(held_raw, list):
@@ -206,23 +190,15 @@ def _read_state(path: str) -> _Saved | None:
                 and all(isinstance(part, str) for part in item)
             ):
                 held.add((item[0], item[1]))
-    if data["format"] == 1:  # before operator orders: a local configuration
+    if data["format"] == 1:  # saved before operator orders: a local configuration
+        config = RoleConfig.from_dict(data.get("config", {}), source=path)
         as_of = max((entry.timestamp for _, _, entry in config), default=0)
-        return _Saved(config, frozenset(held), as_of, "local", (), 0)
-    orders_raw = data.get("orders", [])
-    if not isinstance(orders_raw, list):
-        raise ConfigFileError.at(path, "$.orders", "expected an array of orders")
-    orders = tuple(
-        Order.from_text(o, source=f"{path} $.orders[{i}]") for i, o in enumerate(orders_raw)
-    )
-    source = data.get("source")
+        return _Saved(StationState(config, as_of, "local", (), as_of), frozenset(held), 0)
+    control = data.get("control_issued", 0)
     return _Saved(
-        config,
+        StationState.from_dict(data, source=path),
         frozenset(held),
-        _int_field(data, "as_of"),
-        source if source in ("none", "file", "local", "conductor") else "local",
-        orders,
-        _int_field(data, "control_issued"),
+        control if isinstance(control, int) and not isinstance(control, bool) else 0,
     )
 
 
@@ -314,10 +290,7 @@ class Station:
         self.blocked_roles = policy.blocked_roles
         self.variables = policy.variables
         self.identity = identity
-        self._config = RoleConfig()
-        self._as_of = 0
-        self._source: Source = "none"
-        self._orders: tuple[Order, ...] = ()
+        self._state = StationState()
         self._control_issued = 0
         self._specs: dict[InstanceKey, ProcessSpec] = {}
         self._held: set[InstanceKey] = set()
@@ -331,23 +304,28 @@ class Station:
     @property
     def config(self) -> RoleConfig:
         """The configuration last applied (tombstones included)."""
-        return self._config
+        return self._state.config
+
+    @property
+    def state(self) -> StationState:
+        """The running configuration with its time, source and orders."""
+        return self._state
 
     @property
     def as_of(self) -> int:
         """When (ms since the epoch) the running configuration was set, by its source."""
-        return self._as_of
+        return self._state.as_of
 
     @property
     def source(self) -> Source:
         """Where the running configuration came from: ``none``, ``file``, ``local`` or
         ``conductor``."""
-        return self._source
+        return self._state.source
 
     @property
     def orders(self) -> tuple[Order, ...]:
         """The operator orders the running configuration was made from (``conductor`` only)."""
-        return self._orders
+        return self._state.orders
 
     def validate(self, config: RoleConfig) -> dict[InstanceKey, ProcessSpec]:
         """Check *config* exactly as every apply does, changing nothing; return the process
@@ -367,45 +345,20 @@ class Station:
         processes, state file). Then it is persisted and the processes reconciled.
         """
         async with self._lock:
-            new = self._config.merge(config) if merge else config
-            specs = self.validate(new)
-            as_of = max(now_ms(), self._as_of + 1)
-            return await self._apply_valid(new, specs, as_of=as_of, source="local", orders=())
+            new = self._state.with_local(config, now_ms(), merge=merge)
+            return await self._apply_valid(new, self.validate(new.config))
 
     async def apply_orders(self, orders: Sequence[Order]) -> ApplyResult:
-        """Run the configuration a chain of (already verified) config orders describes.
+        """Run what a chain of (already verified) config orders says (see
+        :meth:`StationState.with_orders <roles._history.StationState.with_orders>`).
 
-        Refuses with :class:`~roles.StaleOrder` a chain older than the running configuration
-        (a replay, a stale replica, or a newer local change); a chain as old as it is accepted
-        only if it describes the same configuration (the conductor pushing again). Then
+        Refuses with :class:`~roles.StaleOrder` a chain that says nothing newer than the
+        running configuration (a replay, a stale replica, or a newer local change). Then
         validates and applies as :meth:`apply` does.
         """
-        chain = merge_chains(orders)
-        if not chain or any(order.kind != "config" for order in chain):
-            raise InvalidRequest("roles.apply: expected a non-empty chain of config orders")
-        issued = chain_issued(chain)
-        config = chain_config(chain)
         async with self._lock:
-            current = self._config.digest()
-            if issued < self._as_of or (issued == self._as_of and config.digest() != current):
-                raise StaleOrder(
-                    f"{chain[-1].describe()} is not newer than the configuration this station "
-                    f"runs ({self._describe_source()}); push the configuration again so a "
-                    "new order is signed"
-                )
-            specs = self.validate(config)
-            return await self._apply_valid(
-                config, specs, as_of=issued, source="conductor", orders=chain
-            )
-
-    def _describe_source(self) -> str:
-        what = {
-            "none": "nothing yet",
-            "file": "from its station file",
-            "local": "set by the station's own operator",
-            "conductor": "pushed through the conductor",
-        }.get(self._source, self._source)
-        return f"{what}, as of {self._as_of}"
+            new = self._state.with_orders(orders)
+            return await self._apply_valid(new, self.validate(new.config))
 
     async def control(self, order: Order, *, now: int | None = None) -> list[ProcessStatus]:
         """Carry out a (verified) control order: start, stop or restart instances.
@@ -433,23 +386,17 @@ class Station:
         return await method(order.role, order.uuid)
 
     async def _apply_valid(
-        self,
-        new: RoleConfig,
-        specs: dict[InstanceKey, ProcessSpec],
-        *,
-        as_of: int,
-        source: Source,
-        orders: tuple[Order, ...],
+        self, state: StationState, specs: dict[InstanceKey, ProcessSpec]
     ) -> ApplyResult:
+        new = state.config
         old = self._specs
         started = tuple(sorted(k for k in specs if k not in old))
         stopped = tuple(sorted(k for k in old if k not in specs))
         restarted = tuple(sorted(k for k in specs if k in old and old[k] != specs[k]))
         unchanged = tuple(sorted(k for k in specs if k in old and old[k] == specs[k]))
         self._held &= set(specs)
-        self._config = new
+        self._state = state
         self._specs = specs
-        self._as_of, self._source, self._orders = as_of, source, orders
         await self._persist()
         began = time.time()
         for key in stopped:
@@ -486,11 +433,8 @@ class Station:
         state = {
             "format": _STATE_FORMAT,
             "saved_at": time.time(),
-            "config": self._config.to_dict(),
+            **self._state.to_dict(),
             "held": sorted([role, uuid] for role, uuid in self._held),
-            "as_of": self._as_of,
-            "source": self._source,
-            "orders": [order.to_text() for order in self._orders],
             "control_issued": self._control_issued,
         }
         data = json.dumps(state, indent=2, sort_keys=True).encode() + b"\n"
@@ -513,37 +457,24 @@ class Station:
             return
         initial = initial if initial is not None else RoleConfig()
         if saved is None:
-            as_of = max((entry.timestamp for _, _, entry in initial), default=0)
-            source = "file" if len(initial) else "none"
-            specs = self.validate(initial)  # open_station checked it already
+            fresh = StationState.from_file(initial)
             async with self._lock:
-                await self._apply_valid(initial, specs, as_of=as_of, source=source, orders=())
+                await self._apply_valid(fresh, self.validate(fresh.config))  # checked already
             return
         self._held = set(saved.held)
         self._control_issued = saved.control_issued
-        self._as_of = saved.as_of
-        newer = RoleConfig(tuple(e for e in initial if e[2].timestamp > saved.as_of))
-        older = [
-            f"{role}/{uuid}"
-            for role, uuid, entry in initial
-            if entry.timestamp <= saved.as_of and saved.config.get(role, uuid) != entry
-        ]
+        started, older = saved.state.started_with(initial)
         if older:
             logger.info(
-                "station file entries %s are older than the saved role configuration (as of "
-                "%d) and are not applied; give them a newer timestamp to make them win",
+                "station file entries %s are older than the saved role configuration (%s) and "
+                "are not applied; give them a newer timestamp to make them win",
                 ", ".join(older),
-                saved.as_of,
+                saved.state.describe(),
             )
-        candidates: list[tuple[RoleConfig, int, Source, tuple[Order, ...]]] = []
-        if len(newer):
-            stamp = max(entry.timestamp for _, _, entry in newer)
-            candidates.append((saved.config.merge(newer), stamp, "file", ()))
-        candidates.append((saved.config, saved.as_of, saved.source, saved.orders))
         problems: list[str] = []
-        for config, as_of, source, orders in candidates:
+        for candidate in dict.fromkeys((started, saved.state)):
             try:
-                specs = self.validate(config)
+                specs = self.validate(candidate.config)
             except InvalidConfiguration as exc:
                 problems.append(str(exc))
                 continue
@@ -551,9 +482,10 @@ class Station:
                 self.load_error = f"the station file's newer entries are refused: {problems[0]}"
                 logger.error("%s", self.load_error)
             async with self._lock:
-                await self._apply_valid(config, specs, as_of=as_of, source=source, orders=orders)
+                await self._apply_valid(candidate, specs)
             return
         self._refuse_saved(problems[-1])
+        self._state = StationState(as_of=saved.state.as_of, base=saved.state.base)
         async with self._lock:
             await self._persist()
 
@@ -657,11 +589,11 @@ class Station:
         """Return the JSON-able status for the status API and dashboards."""
         return {
             "identity": self.identity.to_dict(),
-            "config_digest": self._config.digest(),
-            "source": self._source,
-            "as_of": self._as_of,
+            "config_digest": self.config.digest(),
+            "source": self.source,
+            "as_of": self.as_of,
             "orders": [
-                {"issued": o.issued, "mode": o.mode, "key_id": o.key_id} for o in self._orders
+                {"issued": o.issued, "mode": o.mode, "key_id": o.key_id} for o in self.orders
             ],
             "blocked_roles": sorted(self.blocked_roles),
             "data_dir": self.data_dir,
@@ -687,10 +619,10 @@ class Station:
     def show(self) -> dict[str, Any]:
         """Return the configuration, policy and factories (the answer of ``roles.show``)."""
         return {
-            "config": self._config.to_dict(),
-            "digest": self._config.digest(),
-            "source": self._source,
-            "as_of": self._as_of,
+            "config": self.config.to_dict(),
+            "digest": self.config.digest(),
+            "source": self.source,
+            "as_of": self.as_of,
             "blocked_roles": sorted(self.blocked_roles),
             "env_allow": sorted(self.env_allow),
             "variables": dict(self.variables),
@@ -746,7 +678,9 @@ class Station:
         merge = payload.get("merge", False)
         if not isinstance(merge, bool):
             raise InvalidRequest("roles.apply: 'merge' must be true or false")
-        config = RoleConfig.from_dict(payload["config"], source="roles.apply payload")
+        config = RoleConfig.from_dict(
+            payload["config"], source="roles.apply payload", default_timestamp=now_ms()
+        )
         return (await self.apply(config, merge=merge)).to_dict()
 
     async def _handle_check(self, payload: Mapping[str, Any]) -> dict[str, Any]:

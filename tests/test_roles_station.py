@@ -251,7 +251,7 @@ async def test_station_file_counts_only_where_newer_than_the_saved_config(tmp_pa
             assert a is not None and a.timestamp == 5  # the saved entry beats an older file's
             assert again.config.get("command", "b") is None  # older than the saved config
             assert again.config.get("command", "c") is not None  # newer: merged in
-            assert (again.source, again.as_of) == ("file", later)
+            assert (again.source, again.as_of) == ("file", saved_as_of)  # orders: not newer
             await all_running(again)
 
 
