@@ -197,6 +197,16 @@ async def test_push_through_conductor_runs_and_a_blocked_role_is_typed(tmp_path:
         async with httpx.AsyncClient() as client:
             page = (await client.get(conductor.status_url + "/")).text
         assert "command 2/2" in page
+        # The station's identity wherever it is listed: the manager's view, the members'
+        # identities, the dashboard's member table.
+        identity = station.identity.to_dict()
+        for seen in (
+            status["roles"]["manager"]["stations"]["/room-a/s1"]["identity"],
+            status["roles"]["identities"]["/room-a/s1"],
+        ):
+            assert (seen["hostname"], seen["mac"]) == (identity["hostname"], identity["mac"])
+            assert set(seen["addresses"]) <= set(identity["addresses"])  # as many as fit
+        assert identity["hostname"] in page and (identity["mac"] or "no MAC") in page
         assert status["roles"]["station"] is None  # a conductor without --roles: manager only
         view = status["roles"]["manager"]["stations"]["/room-a/s1"]
         assert view["in_sync"] is True and view["answer"]["applied"] is True
