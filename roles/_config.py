@@ -5,9 +5,9 @@ This is EventStreamr's ``station_config.json`` scheme (its Python port, "Confere
     {
       "record": {
         "3f2a9c1e-hall-a": {"timestamp": 1718000000000, "device": "/dev/video0",
-                            "output_dir": "/srv/recordings"}
+                            "output_dir": "recordings"}
       },
-      "upload": {"u1": {"timestamp": 1718000000000, "source_dir": "/srv/recordings",
+      "upload": {"u1": {"timestamp": 1718000000000, "source_dir": "recordings",
                         "destination": "storage:/archive"}}
     }
 
