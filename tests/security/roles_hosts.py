@@ -1,6 +1,7 @@
-"""Machines on a venue's network for the roles security tests: real ``stagemesh node``
-processes, each in its own network namespace (``tests/netns.py``), the ``stagemesh`` command
-run as an operator would on that machine, and the hostile guest of ``roles_guest.py``."""
+"""Machines for the roles security tests: real ``stagemesh node`` processes, each in its own
+network namespace (``tests/netns.py``), the ``stagemesh`` command run as an operator would on
+that machine, and the hostile guest of ``roles_guest.py``; and for a station on loopback
+(``tests/livenodes.py``), its flags and its API secret."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from tests.livenodes import LiveNode
 from tests.netns import Host, Lan, Spawned
 
 GUEST = Path(__file__).with_name("roles_guest.py")
@@ -131,3 +133,17 @@ def guest(
     answers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(answers) == len(requests), done.stderr[-3000:]
     return answers
+
+
+def station_args(tmp: Path) -> list[str]:
+    """``stagemesh node`` flags for a station with no roles yet, on loopback only."""
+    station = tmp / "station.json"
+    station.write_text(json.dumps({"roles": {}}))
+    return ["--no-mdns", "--roles", str(station)]
+
+
+def secret_of(node: LiveNode) -> str:
+    """The node's API secret, as ``stagemesh roles`` reads it (its runtime folder); empty if
+    the node wrote none."""
+    found = sorted((node.tmp / "run").glob(f"api-secret-{node.node_id}"))
+    return found[0].read_text().strip() if found else ""

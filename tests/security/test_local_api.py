@@ -19,23 +19,12 @@ import pytest
 import trio
 
 from tests.livenodes import LiveNode, start_nodes, wait_for
+from tests.security.roles_hosts import secret_of, station_args
 
 pytestmark = pytest.mark.slow
 
 STATION = "/room/station"
 MIB = 1024 * 1024
-
-
-def station_args(tmp: Path) -> list[str]:
-    station = tmp / "station.json"
-    station.write_text(json.dumps({"roles": {}}))
-    return ["--no-mdns", "--roles", str(station)]
-
-
-def secret_of(node: LiveNode) -> str:
-    """The node's API secret, as ``stagemesh roles`` reads it (its runtime folder)."""
-    found = sorted((node.tmp / "run").glob(f"api-secret-{node.node_id}"))
-    return found[0].read_text().strip() if found else ""
 
 
 def apply_body(marker: Path) -> dict[str, Any]:

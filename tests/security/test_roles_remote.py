@@ -97,6 +97,33 @@ def instances(lan: Lan, station: Machine) -> list[str]:
     return sorted(f"{i['role']}/{i['uuid']}" for i in doc["instances"])
 
 
+def as_conductor(
+    lan: Lan, tmp: Path, station: Machine, federation_key: Path, requests: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The guest, a member started as a conductor candidate, wins the post and sends
+    *requests* (again while the station does not see it as the conductor yet)."""
+    return guest(
+        lan,
+        lan.hosts[1],
+        tmp,
+        seed=station,
+        target=STATION,
+        requests=requests,
+        key_file=federation_key,
+        conduct=True,
+        retry_on=("NotConductor",),
+    )
+
+
+def keyed_station(lan: Lan, tmp: Path) -> tuple[Path, Path, dict[str, str], Machine]:
+    """A federation key, an operator key pair, the environment that trusts both, and a
+    station started with it on host 0."""
+    federation_key, operator_key = keys(lan, lan.hosts[0], tmp)
+    trusted = {"STAGEMESH_KEY_FILE": str(federation_key), **operators(operator_key)}
+    station = start(lan, lan.hosts[0], tmp, STATION, "--roles", str(station_file(tmp)), env=trusted)
+    return federation_key, operator_key, trusted, station
+
+
 def with_conductor(requests: list[dict[str, Any]], conductor: str) -> list[dict[str, Any]]:
     return [{**r, "path": conductor if r["path"] == "<CONDUCTOR>" else r["path"]} for r in requests]
 
@@ -134,11 +161,7 @@ def test_keyed_federation_a_member_cannot_run_a_command(lan: Lan, tmp_path: Path
     sends roles.apply to the station, roles.push to the conductor, and a desired state to the
     conductor (roles.desired and roles.desired.sync) for the conductor to push itself."""
     marker = tmp_path / "pwned"
-    federation_key, operator_key = keys(lan, lan.hosts[0], tmp_path)
-    trusted = {"STAGEMESH_KEY_FILE": str(federation_key), **operators(operator_key)}
-    station = start(
-        lan, lan.hosts[0], tmp_path, STATION, "--roles", str(station_file(tmp_path)), env=trusted
-    )
+    federation_key, operator_key, trusted, station = keyed_station(lan, tmp_path)
     conductor = start(
         lan, lan.hosts[2], tmp_path, "/desk/conductor", "--conductor", "--seed", station.gossip,
         env=trusted,
@@ -195,11 +218,7 @@ def test_a_member_that_wins_the_conductor_post_cannot_run_a_command(
     candidate and wins the post (no other candidate); as the conductor, at the right term, it
     sends the station unsigned orders and orders with a forged signature."""
     marker = tmp_path / "pwned"
-    federation_key, operator_key = keys(lan, lan.hosts[0], tmp_path)
-    trusted = {"STAGEMESH_KEY_FILE": str(federation_key), **operators(operator_key)}
-    station = start(
-        lan, lan.hosts[0], tmp_path, STATION, "--roles", str(station_file(tmp_path)), env=trusted
-    )
+    federation_key, _, _, station = keyed_station(lan, tmp_path)
     config = evil(marker)
     forged = json.loads(unsigned_order(config, issued=2**40))
     forged.update(key="0123456789abcdef", sig="A" * 88)
@@ -215,17 +234,7 @@ def test_a_member_that_wins_the_conductor_post_cannot_run_a_command(
             "payload": {"config": config, "orders": [json.dumps(forged)], "term": "<TERM>"},
         },
     ]
-    answers = guest(
-        lan,
-        lan.hosts[1],
-        tmp_path,
-        seed=station,
-        target=STATION,
-        requests=requests,
-        key_file=federation_key,
-        conduct=True,
-        retry_on=("NotConductor",),
-    )
+    answers = as_conductor(lan, tmp_path, station, federation_key, requests)
     assert [a["ok"] for a in answers] == [False, False], answers
     assert {a["error_type"] for a in answers} == {"Unauthorized"}, answers
     assert "no operator signature" in answers[0]["error"]
@@ -238,11 +247,7 @@ def test_a_captured_signed_order_cannot_be_replayed(lan: Lan, tmp_path: Path) ->
     """Finding 3 (second half), and replay: the guest captured operator-signed orders (an
     older one for this station, one for another station) and replays them once it conducts,
     also with the configuration altered. The station keeps running the newest signed one."""
-    federation_key, operator_key = keys(lan, lan.hosts[0], tmp_path)
-    trusted = {"STAGEMESH_KEY_FILE": str(federation_key), **operators(operator_key)}
-    station = start(
-        lan, lan.hosts[0], tmp_path, STATION, "--roles", str(station_file(tmp_path)), env=trusted
-    )
+    federation_key, operator_key, trusted, station = keyed_station(lan, tmp_path)
     conductor = start(
         lan, lan.hosts[2], tmp_path, "/desk/conductor", "--conductor", "--seed", station.gossip,
         env=trusted,
@@ -274,17 +279,7 @@ def test_a_captured_signed_order_cannot_be_replayed(lan: Lan, tmp_path: Path) ->
         {"path": STATION, "kind": "roles.apply", "payload": {"orders": [o], "term": "<TERM>"}}
         for o in (older, other, json.dumps(altered))
     ]
-    answers = guest(
-        lan,
-        lan.hosts[1],
-        tmp_path,
-        seed=station,
-        target=STATION,
-        requests=requests,
-        key_file=federation_key,
-        conduct=True,
-        retry_on=("NotConductor",),
-    )
+    answers = as_conductor(lan, tmp_path, station, federation_key, requests)
     stale, elsewhere, tampered = answers
     assert stale["error_type"] == "StaleOrder" and "not newer" in stale["error"], stale
     assert elsewhere["error_type"] == "Unauthorized" and "/room/other" in elsewhere["error"]

@@ -20,21 +20,11 @@ import httpx
 import pytest
 
 from tests.livenodes import LiveNode, start_nodes, wait_for
+from tests.security.roles_hosts import secret_of, station_args
 
 pytestmark = pytest.mark.slow
 
 STATION = "/room/station"
-
-
-def station_args(tmp: Path) -> list[str]:
-    station = tmp / "station.json"
-    station.write_text(json.dumps({"roles": {}}))
-    return ["--no-mdns", "--roles", str(station)]
-
-
-def secret_of(node: LiveNode) -> str:
-    found = sorted((node.tmp / "run").glob(f"api-secret-{node.node_id}"))
-    return found[0].read_text().strip() if found else ""
 
 
 async def ask(client: httpx.AsyncClient, node: LiveNode, kind: str, config: Any) -> Any:
