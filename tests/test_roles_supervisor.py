@@ -280,7 +280,7 @@ async def test_last_error_says_why_a_role_cannot_start_in_the_station_status(
         {
             "command": {
                 "ghost": {"timestamp": 1, "command": ["stagemesh-no-such-program", "-x"]},
-                "lost": {"timestamp": 1, "command": ["true"], "cwd": str(tmp_path / "nowhere")},
+                "lost": {"timestamp": 1, "command": ["true"], "cwd": "nowhere"},
             }
         }
     )
@@ -291,11 +291,12 @@ async def test_last_error_says_why_a_role_cannot_start_in_the_station_status(
             for uuid in ("ghost", "lost"):
                 await station.supervisor.wait_for("command", uuid, state_is("backoff", "failed"))
             instances = {i["uuid"]: i for i in station.status()["instances"]}
+            nowhere = Path(station.data_dir) / "nowhere"  # relative paths: the data folder
     assert instances["ghost"]["last_error"] == (
         "cannot start 'stagemesh-no-such-program': No such file or directory (not found on PATH)"
     )
     assert instances["lost"]["last_error"] == (
-        f"cannot start 'true': working directory '{tmp_path / 'nowhere'}': "
+        f"cannot start 'true': working directory '{nowhere}': "
         "No such file or directory"
     )
     assert instances["ghost"]["run_count"] == 0
