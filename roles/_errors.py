@@ -47,6 +47,7 @@ __all__ = [
     "error_family",
     "error_from_dict",
     "error_from_wire",
+    "is_roles_error",
 ]
 
 
@@ -244,6 +245,11 @@ def error_family(type_name: str) -> str:
     docstring. An unknown type is its own family."""
     cls = _WIRE_TYPES.get(type_name)
     return cls.family if cls is not None else type_name
+
+
+def is_roles_error(type_name: str) -> bool:
+    """Whether *type_name* names one of this package's errors."""
+    return type_name in _WIRE_TYPES
 
 
 def error_from_wire(

@@ -72,6 +72,7 @@ from roles._errors import (
     Unauthorized,
     error_family,
     error_from_wire,
+    is_roles_error,
 )
 from roles._factories import FactoryRegistry, default_factories
 from roles._identity import StationIdentity
@@ -270,8 +271,7 @@ class RolesExtension(Extension):
 
     def error_family(self, error_type: str) -> str | None:
         """The seed's family name of a roles error type (``None`` for other types)."""
-        family = error_family(error_type)
-        return family if family != error_type or error_type in _ROLES_TYPES else None
+        return error_family(error_type) if is_roles_error(error_type) else None
 
     async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self._node = node
@@ -825,22 +825,6 @@ class RolesExtension(Extension):
             "digest": _state_digest(self.desired),
             "stations": stations,
         }
-
-
-_ROLES_TYPES = frozenset(
-    {
-        "InvalidConfiguration",
-        "ConfigFileError",
-        "BlockedRole",
-        "MissingRoleFactory",
-        "TooManyInstances",
-        "InvalidOptions",
-        "InvalidRequest",
-        "NotConductor",
-        "Unauthorized",
-        "StaleOrder",
-    }
-)
 
 
 def _error_fields(error_type: str | None, message: str | None) -> dict[str, Any]:
