@@ -65,6 +65,12 @@ def _roles() -> Command:
     return RolesCommand()
 
 
+def _demo() -> Command:
+    from mesh._demo import DemoCommand
+
+    return DemoCommand()
+
+
 COMMANDS: tuple[CommandEntry, ...] = (
     CommandEntry("node", "run a stagemesh node", _node),
     CommandEntry(
@@ -84,6 +90,11 @@ COMMANDS: tuple[CommandEntry, ...] = (
         "roles",
         "show and change the roles of conference stations (through a node's API)",
         _roles,
+    ),
+    CommandEntry(
+        "demo",
+        "run a registry and a federation of nodes on this machine (loopback only) to try",
+        _demo,
     ),
 )
 """Every ``stagemesh`` subcommand, in the order ``--help`` lists them (each summary is its
