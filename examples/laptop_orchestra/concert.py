@@ -159,7 +159,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     add("--bars", type=int, default=4)
     add("--bpm", type=float, default=120.0)
     add("--meter", type=int, default=4)
-    add("--forward-delay", type=float, default=0.1)
+    add("--forward-delay", type=float, default=0.25)
     add("--clock-skew", type=float, default=0.0, help="clocks off by -S..+S seconds")
     add("--clock-drift", type=float, default=0.0, help="clocks drifting by +-PPM")
     add("--out", type=Path, default=Path("concert-out"))

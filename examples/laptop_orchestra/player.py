@@ -111,11 +111,17 @@ async def tune(node: mesh.Node, tempo: mesh.TempoKeeper, args: argparse.Namespac
     seconds at most (or its best after ``--tune-time`` seconds), then say so to the conductor
     (again every half second until the tempo is known: a publication reaches the nodes that
     are there when it is sent)."""
+    def following() -> bool:
+        # A player alone at first is its own time reference; it is tuned only once it
+        # follows the federation's reference (unless it is the conductor, the reference).
+        clock = node.clock
+        return clock.synced and (not clock.is_reference or node.conductor == node.path)
+
     with trio.fail_after(READY_TIMEOUT):
-        while not node.clock.synced:  # noqa: ASYNC110 (the clock has no event of its own)
+        while not following():  # noqa: ASYNC110 (the clock has no event of its own)
             await trio.sleep(0.02)
     with trio.move_on_after(args.tune_time):
-        while node.clock.error_bound > args.max_error:  # noqa: ASYNC110
+        while not (following() and node.clock.error_bound <= args.max_error):  # noqa: ASYNC110
             await trio.sleep(0.02)
     print(f"tuned {node.path}: clock error bound {node.clock.error_bound * 1000:.3f} ms")
     while tempo.current is None:
@@ -230,7 +236,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     add("--lead", type=float, default=2.0, help="beat 0 this many seconds after the start")
     add("--max-error", type=float, default=0.001, help="play once the clock is this good")
     add("--tune-time", type=float, default=10.0, help="or once this many seconds passed")
-    add("--forward-delay", type=float, default=0.1, help="schedule notes this far ahead")
+    add("--forward-delay", type=float, default=0.25, help="schedule notes this far ahead")
     add("--note", type=int, default=60, help="MIDI note of this player")
     add("--host-epoch", type=float, default=None, help="host monotonic time of sample 0")
     add("--clock-skew", type=float, default=0.0, help="inject clock skew (seconds)")
