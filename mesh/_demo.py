@@ -312,20 +312,6 @@ async def _read_lines(child: _Child, on_ready: Callable[[_Child], None]) -> None
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error a failed start-up is about (a :class:`CommandFailed` if there is one),
-    so the command line prints one line rather than a group."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        error = pending.pop()
-        if isinstance(error, BaseExceptionGroup):
-            pending.extend(error.exceptions)
-        else:
-            leaves.append(error)
-    return next((e for e in leaves if isinstance(e, CommandFailed)), leaves[0])
-
-
 def _exit_text(status: int | None) -> str:
     if status is None:
         return "running"
@@ -550,8 +536,9 @@ class _Demo:
 
 
 async def run_demo(options: DemoOptions, out: Callable[[str], None] | None = None) -> int:
-    """Run the demo until SIGINT or SIGTERM; return 0 after a clean stop. Start-up failures
-    raise :class:`CommandFailed` (everything started is stopped first)."""
+    """Run the demo until SIGINT, SIGTERM or SIGHUP; return 0 after a clean stop. Start-up
+    failures raise :class:`CommandFailed` (in an exception group, which the command line
+    unwraps; everything started is stopped first)."""
     say = out or (lambda line: print(line, flush=True))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     folder = Path(tempfile.mkdtemp(prefix="stagemesh-demo-"))
@@ -565,19 +552,16 @@ async def run_demo(options: DemoOptions, out: Callable[[str], None] | None = Non
     stopped_by: list[str] = []
     try:
         with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
-            try:
-                async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:
 
-                    async def on_signal() -> None:
-                        async for signum in signals:
-                            stopped_by.append(signal.Signals(signum).name)
-                            nursery.cancel_scope.cancel()
-                            return
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        stopped_by.append(signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
 
-                    nursery.start_soon(on_signal)
-                    await demo.start(nursery)
-            except BaseExceptionGroup as group:
-                raise _single(group) from None
+                nursery.start_soon(on_signal)
+                await demo.start(nursery)
     finally:
         with trio.CancelScope(shield=True):
             if stopped_by:
@@ -594,6 +578,12 @@ class DemoCommand:
 
     name = "demo"
     help = "run a registry and a federation of nodes on this machine (loopback only) to try"
+    environment = {
+        "--nodes": "STAGEMESH_DEMO_NODES",
+        "--federation": "STAGEMESH_DEMO_FEDERATION",
+    }
+    """``STAGEMESH_NODES`` is the simulator's and ``STAGEMESH_FEDERATION`` a node's: a demo
+    never takes a real node's federation from the environment."""
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         add = parser.add_argument
