@@ -41,6 +41,7 @@ import httpx
 import trio
 
 from mesh._cli import CommandFailed, UsageError
+from mesh._ports import DEFAULT_REGISTRY_PORT
 
 __all__ = [
     "DEFAULT_BEACON_PORT",
@@ -60,7 +61,6 @@ __all__ = [
 MIN_NODES = 2
 MAX_NODES = 32
 """A demo runs every node as a process on one machine; 32 is what a laptop carries well."""
-DEFAULT_REGISTRY_PORT = 7480
 DEFAULT_DASHBOARD_PORT = 7490
 DEFAULT_BEACON_PORT = 7491
 """The demo's beacon port (``--sites 2`` uses it and the next one): not the default 7470, so
@@ -161,7 +161,8 @@ def plan_demo(options: DemoOptions) -> list[DemoMember]:
 
 
 def station_file(member: DemoMember, folder: Path) -> dict[str, Any]:
-    """The station file of a conference station: stand-ins for record, encode and upload
+    """The station file of a conference station (it refuses ``stream``, so a push of a
+    stream shows a typed refusal): stand-ins for record, encode and upload
     that only write under *folder* (the demo's temporary folder) and need no camera, ffmpeg
     or rsync. ``record`` appends a line a second to a segment, ``encode`` copies the
     segments into one file every 2 s, ``upload`` copies the station's files to the room's
@@ -174,6 +175,7 @@ def station_file(member: DemoMember, folder: Path) -> dict[str, Any]:
     copy = 'mkdir -p "$$1" && cp "$$0"/* "$$1"/'
     uuid = f"{member.orchestra}-{member.name}"
     return {
+        "blocked_roles": ["stream"],
         "variables": {"room": member.orchestra},
         "roles": {
             "record": {

@@ -15,12 +15,12 @@ ports (7471, 7480) are free. The driver:
 * ``python``: runs the block as a program (time limit 120 s); it must exit 0 with no traceback.
 * ``sh``: runs the block line by line (``\\`` continues a line) with ``stagemesh`` meaning this
   checkout. A line ending in ``&``, and every ``stagemesh node``, ``stagemesh registry`` or
-  ``stagemesh demo`` (they run until stopped, as in a second terminal), starts in the background and must print its
-  ``ready`` line within 60 s; ``kill %1 %2`` stops those jobs with SIGTERM. A line that only
-  sets variables (``REGISTRY=http://...``, ``export NAME=value``) sets them for the lines after
-  it. Any other line runs in the foreground (time limit 120 s) and must exit 0. Jobs left at
-  the end get SIGINT; every job must exit 0 (a graceful leave) and no output may hold a
-  traceback.
+  ``stagemesh demo`` (they run until stopped, as in a second terminal), starts in the
+  background and must print its ``ready`` line within 60 s; ``kill %1 %2`` stops those jobs
+  with SIGTERM. A line that only sets variables (``REGISTRY=http://...``,
+  ``export NAME=value``) sets them for the lines after it. Any other line runs in the
+  foreground (time limit 120 s) and must exit 0. Jobs left at the end get SIGINT; every job
+  must exit 0 (a graceful leave) and no output may hold a traceback.
 * Before a block, the driver starts what it uses but does not start itself: a registry on
   127.0.0.1:7480 when the block mentions port 7480, a node when it runs ``stagemesh status`` or
   ``stagemesh roles`` (``stagemesh demo`` starts both).

@@ -1,6 +1,6 @@
 """Gather the players' onset logs: the spread per beat, a plot, and the mix.
 
-    python3 examples/laptop_orchestra/gather.py concert-out [--json]
+    python3 examples/laptop_orchestra/gather.py concert-out [--players N] [--json]
 
 Reads every onset log in the folder (``music.py``), prints one line per beat with the spread
 of the onsets across players (the latest minus the earliest, on the host's monotonic clock),
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="where the players wrote their logs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--players", type=int, default=0, help="wait (up to 60 s) for this many players' logs"
+    )
     args = parser.parse_args(argv)
+    deadline = time.monotonic() + 60.0
+    while len(read_logs(args.folder)) < args.players and time.monotonic() < deadline:
+        time.sleep(0.2)  # players still playing their last notes
     result = summary(args.folder)
     if result["players"] < 2 or not result["beats"]:
         print(f"error: {args.folder}: fewer than two players' onsets to compare", file=sys.stderr)

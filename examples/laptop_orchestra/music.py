@@ -49,7 +49,11 @@ def read_logs(folder: Path) -> list[dict[str, Any]]:
     """Every onset log in *folder* (sorted by path)."""
     logs = []
     for path in sorted(folder.glob("*.json")):
-        doc = json.loads(path.read_text())
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError:
+            continue  # being written
+
         if isinstance(doc, dict) and "onsets" in doc and "path" in doc:
             logs.append(doc)
     return sorted(logs, key=lambda d: d["path"])
