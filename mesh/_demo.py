@@ -496,6 +496,8 @@ class _Demo:
             f"federation {options.federation!r} formed: {len(nodes)} nodes, conductor "
             f"{doc['conductor']}, supernodes {supernodes}"
         )
+        if options.conference:
+            await self.push_station_files(nodes[0].ready["status"])
         dashboard = nodes[0].ready["status"] + "/"
         pages = f"{registry}/federations/{options.federation}"
         say(f"dashboard: {dashboard}  (node {self.members[0].path})")
@@ -503,6 +505,29 @@ class _Demo:
         say("Press Ctrl-C to stop the demo (every process it started stops with it).")
         say(f"ready dashboard={dashboard} registry={pages}")
         nursery.start_soon(self.watch, nodes)
+
+    async def push_station_files(self, node_url: str) -> None:
+        """Push each station's roles through the conductor (``stagemesh roles push``, as an
+        operator would), so the conductor holds every station's configuration: a later
+        ``roles push --merge`` adds to it, and the dashboard shows each push's answer."""
+
+        async def push(member: DemoMember) -> None:
+            argv = [
+                *(sys.executable, "-m", "mesh", "roles", "push"),
+                str(self.folder / "stations" / f"{member.orchestra}-{member.name}.json"),
+                *("--station", member.path, "--node", node_url),
+            ]
+            done = await trio.run_process(
+                argv, capture_stdout=True, capture_stderr=True, check=False, env=self.env
+            )
+            said = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+            result = "applied" if done.returncode == 0 else f"refused: {said[-1] if said else ''}"
+            self.out(f"  {'push ' + member.path:<24} {result}  (its roles, through the conductor)")
+
+        async with trio.open_nursery() as nursery:
+            for member in self.members:
+                if member.station:
+                    nursery.start_soon(push, member)
 
     async def watch(self, nodes: list[_Child]) -> None:
         """Say when a node stops while the demo runs (the others carry on)."""

@@ -7,8 +7,11 @@ Reading is open (to whoever can reach the address, 127.0.0.1 by default):
   (the state-changing calls this API refused, by reason).
 - ``GET /api/clock``: ``{"federation_time", "host_time"}`` read at one instant, so a test on
   one host can compare the clocks of several nodes.
-- ``GET /``: the HTML dashboard, which refreshes itself from ``/api/status`` (with a banner when
-  the federation is open).
+- ``GET /``: the HTML dashboard: the federation drawn (``mesh._picture``), every member's
+  clock offset and error bound, the stations' role processes and the conductor's last push
+  to each (``mesh._dashboard``, which asks the members with a read-only request this server
+  answers too), with a banner when the federation is open.
+- ``GET /live``: the live part of the dashboard, which the page fetches every second.
 
 Changing state is for this machine's operator only. ``POST /api/request``, ``{"path", "kind",
 "payload", "timeout"}``, sends a request into the mesh through this node (how command-line
@@ -52,6 +55,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from mesh._dashboard import (
+    FederationSummaries,
+    dashboard_view,
+    install_summary_handler,
+    wall_clock,
+)
 from mesh._state import default_runtime_dir
 from mesh._wire import Address, Value
 
@@ -82,6 +91,7 @@ _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("mesh", "templates"),
     autoescape=jinja2.select_autoescape(default=True),
 )
+_templates.filters["clock"] = wall_clock
 
 
 def api_secret_path(runtime_dir: Path, node_id: str) -> Path:
@@ -305,13 +315,20 @@ def create_status_app(node: Node, secret: str, secret_path: Path | None = None) 
             return _error(400, f"payload is not plain data: {exc}")
         return JSONResponse({"ok": True, "payload": payload})
 
+    summaries = FederationSummaries(node)
+
     async def dashboard(request: Request) -> Response:
-        html = _templates.get_template("dashboard.html").render(status=status_document(node))
-        return HTMLResponse(html)
+        view = dashboard_view(status_document(node), await summaries.get())
+        return HTMLResponse(_templates.get_template("dashboard.html").render(v=view))
+
+    async def live(request: Request) -> Response:
+        view = dashboard_view(status_document(node), await summaries.get())
+        return HTMLResponse(_templates.get_template("dashboard_live.html").render(v=view))
 
     return Starlette(
         routes=[
             Route("/", dashboard),
+            Route("/live", live),
             Route("/api/status", status),
             Route("/api/clock", clock),
             Route("/api/request", forward, methods=["POST"]),
@@ -331,6 +348,7 @@ async def serve_status(
 ) -> None:
     """Serve the status app of *node* on *bind* until cancelled; ``nursery.start`` returns
     the URL (so port 0 works). The local API secret lives for as long as this runs."""
+    install_summary_handler(node)
     config = hypercorn.config.Config()
     config.bind = [f"{bind[0]}:{bind[1]}"]
     config.accesslog = None

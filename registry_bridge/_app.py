@@ -43,6 +43,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mesh._picture import mesh_picture
 from registry_bridge._limits import (
     DEFAULT_LOGIN_BURST,
     DEFAULT_LOGIN_EVERY,
@@ -52,7 +53,6 @@ from registry_bridge._limits import (
     retry_after,
 )
 from registry_bridge._openapi import openapi_document
-from registry_bridge._picture import mesh_picture
 from registry_bridge._store import AsyncStore, RegistryStore, StoreError
 
 __all__ = ["DEFAULT_MAX_BODY", "LEGACY_PATHS", "create_app"]
@@ -271,7 +271,12 @@ class _Fields:
 @functools.cache
 def _templates() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("registry_bridge", "templates"),
+        loader=jinja2.ChoiceLoader(  # the federation picture is the node dashboard's, too
+            [
+                jinja2.PackageLoader("registry_bridge", "templates"),
+                jinja2.PackageLoader("mesh", "templates"),
+            ]
+        ),
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
     )
     env.filters["when"] = _when
@@ -609,6 +614,12 @@ class _Registry:
         view = await self.store.call(self.raw.federation, request.path_params["federation"])
         return self.html("federation.html", f=view, pic=mesh_picture(view), now=self.raw.now())
 
+    async def federation_live(self, request: Request) -> Response:
+        """The live part of a federation's page (picture, conductor, orchestras), which the
+        page fetches every two seconds to update itself."""
+        view = await self.store.call(self.raw.federation, request.path_params["federation"])
+        return self.html("federation_live.html", f=view, pic=mesh_picture(view), now=self.raw.now())
+
     def session_of(self, request: Request) -> str | None:
         """The admin session id of *request*'s cookie, if it carries a well-formed one."""
         value = request.cookies.get(SESSION_COOKIE)
@@ -862,6 +873,7 @@ def create_app(
         Route("/unregister", reg.legacy_unregister, methods=["GET"]),
         Route("/", reg.index, methods=["GET"]),
         Route("/federations/{federation}", reg.federation_page, methods=["GET"]),
+        Route("/federations/{federation}/live", reg.federation_live, methods=["GET"]),
         Route("/federations/{federation}/admin", reg.admin_page, methods=["GET"]),
         Route("/federations/{federation}/{action}", reg.admin_action, methods=["POST"]),
     ]
