@@ -280,14 +280,13 @@ def child_environment() -> dict[str, str]:
 
 
 class _Child:
-    """One process of the demo, its ready line's fields and its stdout so far."""
+    """One process of the demo, its log file and its ready line's fields."""
 
     def __init__(self, label: str, process: trio.Process, log: Path) -> None:
         self.label = label
         self.process = process
         self.log = log
         self.ready: dict[str, str] = {}
-        self.lines: list[str] = []
         self.is_ready = trio.Event()
         self.stopping = False
 
@@ -304,7 +303,6 @@ async def _read_lines(child: _Child, on_ready: Callable[[_Child], None]) -> None
         while b"\n" in buf:
             raw, buf = buf.split(b"\n", 1)
             line = raw.decode(errors="replace")
-            child.lines = [*child.lines[-20:], line]
             if line.startswith("ready ") and not child.is_ready.is_set():
                 child.ready = dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)
                 child.is_ready.set()
@@ -358,7 +356,7 @@ class _Demo:
         self.children.append(child)
         return child
 
-    async def wait_ready(self, nursery: trio.Nursery, children: list[_Child], what: str) -> None:
+    async def wait_ready(self, children: list[_Child], what: str) -> None:
         """Wait until every child printed its ready line, saying who is still awaited every
         2 s; a child that exits first, or a timeout, is a :class:`CommandFailed`."""
         start = time.monotonic()
@@ -397,7 +395,7 @@ class _Demo:
             self.out(f"  {'registry':<24} ready  {c.ready.get('registry', '?')}")
 
         nursery.start_soon(_read_lines, child, said)
-        await self.wait_ready(nursery, [child], "registry")
+        await self.wait_ready([child], "registry")
         return child.ready["registry"]
 
     async def start_nodes(self, nursery: trio.Nursery, registry: str) -> list[_Child]:
@@ -406,8 +404,10 @@ class _Demo:
         (an alive holder keeps its post when a preferred node joins later)."""
         nodes: list[_Child] = []
 
+        by_label = {f"node {m.path}": m for m in self.members}
+
         def said(c: _Child) -> None:
-            posts = self.members[nodes.index(c)].describe()
+            posts = by_label[c.label].describe()
             self.out(
                 f"  {c.label:<24} ready  {c.ready.get('status', '?')}"
                 + (f"  ({posts})" if posts else "")
@@ -421,8 +421,8 @@ class _Demo:
                 started.append(await self.start_node(index, member, registry))
                 nursery.start_soon(_read_lines, started[-1], said)
             nodes += started
-            await self.wait_ready(nursery, started, "nodes")
-        nodes.sort(key=lambda c: [m.path for m in self.members].index(c.label.split()[-1]))
+            await self.wait_ready(started, "nodes")
+        nodes.sort(key=lambda c: self.members.index(by_label[c.label]))
         return nodes
 
     async def start_node(self, index: int, member: DemoMember, registry: str) -> _Child:

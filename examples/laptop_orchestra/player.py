@@ -107,19 +107,27 @@ async def conduct(
 
 
 async def tune(node: mesh.Node, tempo: mesh.TempoKeeper, args: argparse.Namespace) -> None:
-    """Wait until this player's clock is synced with an error bound of ``--max-error``
-    seconds at most (or its best after ``--tune-time`` seconds), then say so to the conductor
-    (again every half second until the tempo is known: a publication reaches the nodes that
-    are there when it is sent)."""
+    """Wait until this player's clock follows the federation's reference with an error
+    bound of ``--max-error`` seconds at most (or its best after ``--tune-time`` seconds),
+    then say so to the conductor (again every half second until the tempo is known: a
+    publication reaches the nodes that are there when it is sent)."""
+
     def following() -> bool:
         # A player alone at first is its own time reference; it is tuned only once it
         # follows the federation's reference (unless it is the conductor, the reference).
         clock = node.clock
         return clock.synced and (not clock.is_reference or node.conductor == node.path)
 
-    with trio.fail_after(READY_TIMEOUT):
+    with trio.move_on_after(READY_TIMEOUT / 2):
         while not following():  # noqa: ASYNC110 (the clock has no event of its own)
             await trio.sleep(0.02)
+    if not following():  # play all the same: the spread will say how far off it is
+        clock = node.clock
+        print(
+            f"not tuned {node.path}: synced={clock.synced} reference={clock.reference} "
+            f"is_reference={clock.is_reference} conductor={node.conductor}",
+            flush=True,
+        )
     with trio.move_on_after(args.tune_time):
         while not (following() and node.clock.error_bound <= args.max_error):  # noqa: ASYNC110
             await trio.sleep(0.02)
