@@ -24,17 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chromium import launch  # this script runs from tests/
 from playwright.sync_api import Page, sync_playwright
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def say(doc: dict[str, Any]) -> None:
@@ -82,7 +73,7 @@ def main() -> int:
     stations = "--stations" in sys.argv
     out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(15_000)

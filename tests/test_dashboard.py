@@ -13,9 +13,8 @@ from playwright.sync_api import sync_playwright
 
 from mesh._dashboard import dashboard_view, node_summary
 from mesh._picture import mesh_picture, orchestras_of
+from tests.chromium import launch
 from tests.registries import registry_http
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 
 
 def _member(path: str, state: str = "alive", **posts: bool) -> dict[str, Any]:
@@ -127,7 +126,7 @@ async def test_the_registry_page_updates_itself(tmp_path: Path) -> None:
 
         def browse() -> None:
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+                browser = launch(p)
                 try:
                     page = browser.new_page()
                     page.set_default_timeout(15_000)

@@ -71,6 +71,18 @@ def _stop_demo(demo: Spawned, folder: str) -> None:
     assert _processes_mentioning(folder) == []  # nodes, registry, role processes: all gone
 
 
+def _probe(lan: Lan, url: str, shots: Path, *args: str) -> tuple[subprocess.Popen[str], Spawned]:
+    """Start ``tests/dashboard_probe.py`` in the demo's namespace, stdin a pipe."""
+    process = subprocess.Popen(
+        lan.command(lan.hosts[0], sys.executable, str(PROBE), url, str(shots), *args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return process, Spawned(process, lan.hosts[0])
+
+
 def _keep(shots: Path, name: str) -> None:
     keep = os.environ.get("STAGEMESH_KEEP_SCREENSHOTS")
     if keep:
@@ -86,16 +98,7 @@ def test_demo_dashboard_draws_the_federation_and_updates_itself(tmp_path: Path) 
         demo, folder, ready = _start_demo(lan, tmp_path, "--nodes", "6")
         assert ready["dashboard"] == "http://127.0.0.1:7490/"
         assert ready["registry"] == "http://127.0.0.1:7480/federations/demo"
-        process = subprocess.Popen(
-            lan.command(
-                lan.hosts[0], sys.executable, str(PROBE), ready["dashboard"], str(shots), "6"
-            ),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        probe = Spawned(process, lan.hosts[0])
+        process, probe = _probe(lan, ready["dashboard"], shots, "6")
         try:
             formed = _json(probe, "formed", 120)
             assert formed["circles"] == 6 and formed["groups"] == 2, formed
@@ -163,22 +166,7 @@ def test_conference_demo_dashboard_shows_roles_and_the_last_push(tmp_path: Path)
         assert applied.returncode == 0, applied
         refused = push({"stream": {"hall": {"source": "cam", "url": "rtmp://x"}}}, "/room-a/clara")
         assert refused.returncode == 1 and "BlockedRole" in refused.stderr, refused
-        process = subprocess.Popen(
-            lan.command(
-                lan.hosts[0],
-                sys.executable,
-                str(PROBE),
-                ready["dashboard"],
-                str(shots),
-                "4",
-                "--stations",
-            ),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        probe = Spawned(process, lan.hosts[0])
+        process, probe = _probe(lan, ready["dashboard"], shots, "4", "--stations")
         try:
             formed = _json(probe, "formed", 180)
             table = formed["stations"]
@@ -188,6 +176,8 @@ def test_conference_demo_dashboard_shows_roles_and_the_last_push(tmp_path: Path)
             assert "refused: BlockedRole" in table, table  # clara's last push
             assert "applied" in table  # dmitri's
         finally:
+            if process.stdin is not None:
+                process.stdin.close()
             probe.kill()
             _keep(shots, "conference")
         _stop_demo(demo, folder)
