@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 import httpx
@@ -279,10 +280,68 @@ def child_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("STAGEMESH_") or k in keep}
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+class _TiedProcess:
+    """A child process that gets SIGTERM when the demo dies, however it dies (even by
+    ``kill -9``), so a demo never leaves its nodes behind: ``PR_SET_PDEATHSIG``, which
+    follows the *thread* that forked. trio starts processes from worker threads that end
+    when idle, so these are started from the event loop's own thread, with plain
+    ``subprocess.Popen`` (a few milliseconds each), and waited for through a pidfd."""
+
+    def __init__(self, argv: Sequence[str], *, log: IO[bytes], env: dict[str, str],
+                 cwd: Path) -> None:  # fmt: skip
+        parent = os.getpid()
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def tie() -> None:  # in the child, between fork and exec
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != parent:  # the demo died before the line above
+                os._exit(1)
+
+        self.popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            cwd=cwd,
+            process_group=0,  # a Ctrl-C in the terminal reaches the demo only
+            preexec_fn=tie,
+        )
+        self.pid = self.popen.pid
+        assert self.popen.stdout is not None
+        self.stdout = trio.lowlevel.FdStream(os.dup(self.popen.stdout.fileno()))
+        self.popen.stdout.close()
+        self._pidfd = os.pidfd_open(self.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status (negative: the signal), ``None`` while it runs."""
+        return self.popen.poll()
+
+    def send_signal(self, signum: int) -> None:
+        """Send *signum* unless it has exited."""
+        self.popen.send_signal(signum)
+
+    async def wait(self) -> int:
+        """Wait for it to exit; its status."""
+        while (status := self.popen.poll()) is None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+        return status
+
+    async def aclose(self) -> None:
+        """Release its pipe and pidfd (after it exited)."""
+        await self.stdout.aclose()
+        with contextlib.suppress(OSError):
+            os.close(self._pidfd)
+
+
 class _Child:
     """One process of the demo, its log file and its ready line's fields."""
 
-    def __init__(self, label: str, process: trio.Process, log: Path) -> None:
+    def __init__(self, label: str, process: _TiedProcess, log: Path) -> None:
         self.label = label
         self.process = process
         self.log = log
@@ -343,15 +402,8 @@ class _Demo:
     async def spawn(self, label: str, argv: Sequence[str], log: Path) -> _Child:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as err:
-            process = await trio.lowlevel.open_process(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env=self.env,
-                cwd=self.folder,
-                process_group=0,  # a Ctrl-C in the terminal reaches the demo only
-            )
+            process = _TiedProcess(argv, log=err, env=self.env, cwd=self.folder)
+        await trio.lowlevel.checkpoint()
         child = _Child(label, process, log)
         self.children.append(child)
         return child
@@ -560,6 +612,7 @@ class _Demo:
                     with contextlib.suppress(OSError):
                         os.killpg(child.process.pid, signal.SIGKILL)
                     await child.process.wait()
+                await child.process.aclose()
 
 
 async def run_demo(options: DemoOptions, out: Callable[[str], None] | None = None) -> int:

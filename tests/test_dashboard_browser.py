@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from mesh._state import find_status_files
+from tests.demos import start_demo, stop_demo
 from tests.netns import Lan, Spawned
 
 pytestmark = [pytest.mark.netns, pytest.mark.browser, pytest.mark.slow]
@@ -34,41 +35,6 @@ def _json(spawned: Spawned, step: str, timeout: float) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(line)
     assert doc["step"] == step, doc
     return doc
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    """Command lines of this machine's processes that mention *text*."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(f"{entry.name}: {cmdline}")
-    return found
-
-
-def _start_demo(lan: Lan, tmp_path: Path, *args: str) -> tuple[Spawned, str, dict[str, str]]:
-    env = dict(os.environ, STAGEMESH_RUNTIME_DIR=str(tmp_path / "run"), TMPDIR=str(tmp_path))
-    env = {k: v for k, v in env.items() if not k.startswith("STAGEMESH_") or "RUNTIME" in k}
-    demo = lan.spawn(lan.hosts[0], sys.executable, "-m", "mesh", "demo", *args, env=env)
-    first = demo.wait_for(lambda line: line.startswith("stagemesh demo:"), 60)
-    folder = first.rsplit("state in ", 1)[1]
-    assert folder.startswith(str(tmp_path)), first
-    ready = demo.wait_for(lambda line: line.startswith("ready "), 180)
-    fields = dict(part.split("=", 1) for part in ready.split()[1:])
-    return demo, folder, fields
-
-
-def _stop_demo(demo: Spawned, folder: str) -> None:
-    demo.process.send_signal(signal.SIGINT)
-    demo.wait_for(lambda line: line.startswith("stopped: every process"), 60)
-    assert demo.process.wait(timeout=30) == 0, demo.stderr()
-    assert not Path(folder).exists()  # its temporary folder is gone
-    assert _processes_mentioning(folder) == []  # nodes, registry, role processes: all gone
 
 
 def _probe(lan: Lan, url: str, shots: Path, *args: str) -> tuple[subprocess.Popen[str], Spawned]:
@@ -95,7 +61,7 @@ def _keep(shots: Path, name: str) -> None:
 def test_demo_dashboard_draws_the_federation_and_updates_itself(tmp_path: Path) -> None:
     shots = tmp_path / "screenshots"
     with Lan(1) as lan:
-        demo, folder, ready = _start_demo(lan, tmp_path, "--nodes", "6")
+        demo, folder, ready = start_demo(lan, tmp_path, "--nodes", "6")
         assert ready["dashboard"] == "http://127.0.0.1:7490/"
         assert ready["registry"] == "http://127.0.0.1:7480/federations/demo"
         process, probe = _probe(lan, ready["dashboard"], shots, "6")
@@ -125,7 +91,7 @@ def test_demo_dashboard_draws_the_federation_and_updates_itself(tmp_path: Path) 
                 process.stdin.close()
             probe.kill()
             _keep(shots, "demo")
-        _stop_demo(demo, folder)
+        stop_demo(demo, folder)
     for name in ("1-formed.png", "2-changed.png", "3-dead.png"):
         assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -134,7 +100,7 @@ def test_conference_demo_dashboard_shows_roles_and_the_last_push(tmp_path: Path)
     """Stations' role processes (their states) and the conductor's last push to each."""
     shots = tmp_path / "screenshots"
     with Lan(1) as lan:
-        demo, folder, ready = _start_demo(lan, tmp_path, "--nodes", "4", "--conference")
+        demo, folder, ready = start_demo(lan, tmp_path, "--nodes", "4", "--conference")
         env = dict(os.environ, STAGEMESH_RUNTIME_DIR=str(tmp_path / "run"))
 
         def push(config: dict[str, Any], station: str) -> subprocess.CompletedProcess[str]:
@@ -180,4 +146,4 @@ def test_conference_demo_dashboard_shows_roles_and_the_last_push(tmp_path: Path)
                 process.stdin.close()
             probe.kill()
             _keep(shots, "conference")
-        _stop_demo(demo, folder)
+        stop_demo(demo, folder)

@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from mesh._demo import (
     station_file,
 )
 from roles import default_factories, load_station_file, validate_update
+from tests.demos import processes_mentioning, start_demo
+from tests.netns import Lan
 
 
 def _demo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -114,3 +117,17 @@ def test_a_taken_beacon_port_is_a_one_line_usage_error() -> None:
         f"error: beacon port {port} (UDP) is taken: Address already in use (another demo or "
         "other nodes use it); pick another with --beacon-port PORT"
     ]
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_a_demo_killed_with_sigkill_takes_its_processes_with_it(tmp_path: Path) -> None:
+    """Even ``kill -9`` of the demo (no chance to clean up) leaves no node behind."""
+    with Lan(1) as lan:
+        demo, folder, _ = start_demo(lan, tmp_path, "--nodes", "2")
+        assert len(processes_mentioning(folder)) == 3  # the registry and two nodes
+        demo.kill()
+        deadline = time.monotonic() + 15
+        while processes_mentioning(folder) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert processes_mentioning(folder) == []
