@@ -42,6 +42,7 @@ import httpx
 import trio
 
 from mesh._cli import CommandFailed, UsageError
+from mesh._node_cli import write_key_file
 from mesh._ports import DEFAULT_REGISTRY_PORT
 
 __all__ = [
@@ -67,6 +68,11 @@ DEFAULT_BEACON_PORT = 7491
 """The demo's beacon port (``--sites 2`` uses it and the next one): not the default 7470, so
 the demo's nodes never answer the beacons of real nodes on this machine."""
 HOST = "127.0.0.1"
+FEDERATION_KEY = "federation.key"
+OPERATOR_KEY = "operator.key"
+"""In the demo's folder: the federation key every node has, and (for a conference) the
+operator key whose public half the stations and conductor candidates trust; pass
+``--operator-key <folder>/operator.key`` to ``stagemesh roles`` to change a station."""
 READY_TIMEOUT = 60.0
 FORM_TIMEOUT = 90.0
 STOP_GRACE = 15.0
@@ -118,6 +124,8 @@ class DemoOptions:
     registry_port: int = DEFAULT_REGISTRY_PORT
     dashboard_port: int = DEFAULT_DASHBOARD_PORT
     beacon_port: int = DEFAULT_BEACON_PORT
+    state_dir: Path | None = None
+    """The demo's folder (kept); ``None``: a new temporary folder, removed at the end."""
 
     def check(self) -> None:
         """Raise :class:`UsageError` for an out-of-range option."""
@@ -161,19 +169,17 @@ def plan_demo(options: DemoOptions) -> list[DemoMember]:
     return members
 
 
-def station_file(member: DemoMember, folder: Path) -> dict[str, Any]:
+def station_file(member: DemoMember) -> dict[str, Any]:
     """The station file of a conference station (it refuses ``stream``, so a push of a
-    stream shows a typed refusal): stand-ins for record, encode and upload
-    that only write under *folder* (the demo's temporary folder) and need no camera, ffmpeg
-    or rsync. ``record`` appends a line a second to a segment, ``encode`` copies the
-    segments into one file every 2 s, ``upload`` copies the station's files to the room's
-    "storage" every 5 s (a periodic role: ``waiting`` between runs)."""
-    here = folder / "stations" / member.orchestra / member.name
-    storage = folder / "storage" / member.orchestra
+    stream shows a typed refusal): stand-ins for record, encode and upload that need no
+    camera, ffmpeg or rsync and write only in the station's data folder (relative paths go
+    there, inside the demo's folder). ``record`` appends a line a second to a segment,
+    ``encode`` copies the segments into one file every 2 s, ``upload`` copies them to an
+    ``uploaded`` folder every 5 s (a periodic role: ``waiting`` between runs)."""
     stamp = 1_700_000_000_000
     loop_record = 'while :; do date >> "$$0/segment.ts"; sleep 1; done'
     loop_encode = 'while :; do cat "$$0"/*.ts > "$$1" 2>/dev/null; sleep 2; done'
-    copy = 'mkdir -p "$$1" && cp "$$0"/* "$$1"/'
+    copy = 'mkdir -p "$$0/../uploaded" && cp "$$0"/* "$$0/../uploaded/"'
     uuid = f"{member.orchestra}-{member.name}"
     return {
         "blocked_roles": ["stream"],
@@ -183,25 +189,25 @@ def station_file(member: DemoMember, folder: Path) -> dict[str, Any]:
                 f"{uuid}-cam": {
                     "timestamp": stamp,
                     "device": "demo-camera",
-                    "output_dir": str(here / "recordings"),
+                    "output_dir": "recordings",
                     "command": ["sh", "-c", loop_record, "$output_dir"],
                 }
             },
             "encode": {
                 f"{uuid}-mix": {
                     "timestamp": stamp,
-                    "input": str(here / "recordings"),
-                    "output": str(here / "encoded.ts"),
+                    "input": "recordings",
+                    "output": "encoded.ts",
                     "command": ["sh", "-c", loop_encode, "$input", "$output"],
                 }
             },
             "upload": {
                 f"{uuid}-sync": {
                     "timestamp": stamp,
-                    "source_dir": str(here / "recordings"),
-                    "destination": str(storage / member.name),
+                    "source_dir": "recordings",
+                    "destination": f"storage.local:/storage/{member.orchestra}",
                     "interval": 5,
-                    "command": ["sh", "-c", copy, "$source_dir", "$destination"],
+                    "command": ["sh", "-c", copy, "$source_dir"],
                 }
             },
         },
@@ -223,8 +229,10 @@ def node_argv(
         *("--federation", options.federation, "--orchestra", member.orchestra),
         *("--name", member.name, "--bind", HOST, "--port", "0", "--no-mdns"),
         *("--broadcast-port", str(member.beacon_port), "--state-dir", str(folder / "state")),
-        *("--registry", registry),
+        *("--registry", registry, "--key-file", str(folder / FEDERATION_KEY)),
     ]
+    if options.conference:  # stations and conductor candidates take signed role changes
+        argv += ["--operator-keys", str(folder / (OPERATOR_KEY + ".pub"))]
     if member.supernode:
         argv.append("--supernode")
     if member.conductor:
@@ -483,7 +491,7 @@ class _Demo:
         if member.station:
             roles_file = self.folder / "stations" / f"{member.orchestra}-{member.name}.json"
             roles_file.parent.mkdir(parents=True, exist_ok=True)
-            roles_file.write_text(json.dumps(station_file(member, self.folder), indent=1))
+            roles_file.write_text(json.dumps(station_file(member), indent=1))
         argv = node_argv(
             member, self.options, self.folder, registry,
             dashboard=index == 0, roles_file=roles_file,
@@ -536,10 +544,27 @@ class _Demo:
                     )
                 await trio.sleep(0.2)
 
+    async def make_keys(self) -> None:
+        """The federation key and, for a conference, the operator key pair (made with
+        ``stagemesh keygen``, as a crew would; kept when the folder already has them)."""
+        if not (self.folder / FEDERATION_KEY).exists():
+            write_key_file(self.folder / FEDERATION_KEY)
+        if self.options.conference and not (self.folder / OPERATOR_KEY).exists():
+            await trio.run_process(
+                [
+                    *(sys.executable, "-m", "mesh", "keygen", "--operator"),
+                    *(str(self.folder / OPERATOR_KEY), "--comment", "stagemesh demo"),
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                env=self.env,
+            )
+
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the registry, then the nodes; wait for the federation; say where to look;
         then watch the nodes (until cancelled)."""
         options, say = self.options, self.out
+        await self.make_keys()
         registry = await self.start_registry(nursery)
         nodes = await self.start_nodes(nursery, registry)
         doc = await self.wait_formed(nodes)
@@ -554,6 +579,8 @@ class _Demo:
         pages = f"{registry}/federations/{options.federation}"
         say(f"dashboard: {dashboard}  (node {self.members[0].path})")
         say(f"registry:  {pages}")
+        if options.conference:
+            say(f"operator key: {self.folder / OPERATOR_KEY} (stagemesh roles ... --operator-key)")
         say("Press Ctrl-C to stop the demo (every process it started stops with it).")
         say(f"ready dashboard={dashboard} registry={pages}")
         nursery.start_soon(self.watch, nodes)
@@ -568,6 +595,7 @@ class _Demo:
                 *(sys.executable, "-m", "mesh", "roles", "push"),
                 str(self.folder / "stations" / f"{member.orchestra}-{member.name}.json"),
                 *("--station", member.path, "--node", node_url),
+                *("--operator-key", str(self.folder / OPERATOR_KEY)),
             ]
             done = await trio.run_process(
                 argv, capture_stdout=True, capture_stderr=True, check=False, env=self.env
@@ -621,7 +649,11 @@ async def run_demo(options: DemoOptions, out: Callable[[str], None] | None = Non
     unwraps; everything started is stopped first)."""
     say = out or (lambda line: print(line, flush=True))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    folder = Path(tempfile.mkdtemp(prefix="stagemesh-demo-"))
+    if options.state_dir is None:
+        folder = Path(tempfile.mkdtemp(prefix="stagemesh-demo-"))
+    else:
+        folder = options.state_dir.resolve()
+        folder.mkdir(parents=True, exist_ok=True)
     demo = _Demo(options, folder, say)
     kind = "conference: 2 rooms of stations" if options.conference else "concert: 2 orchestras"
     site = "two sites joined by the registry" if options.sites == 2 else "one LAN"
@@ -647,7 +679,8 @@ async def run_demo(options: DemoOptions, out: Callable[[str], None] | None = Non
             if stopped_by:
                 say(f"stopping ({stopped_by[0]}): {len(demo.children)} processes")
             await demo.stop()
-            shutil.rmtree(folder, ignore_errors=True)
+            if options.state_dir is None:
+                shutil.rmtree(folder, ignore_errors=True)
             if stopped_by:
                 say("stopped: every process of the demo has exited")
     return 0
@@ -661,9 +694,11 @@ class DemoCommand:
     environment = {
         "--nodes": "STAGEMESH_DEMO_NODES",
         "--federation": "STAGEMESH_DEMO_FEDERATION",
+        "--state-dir": "STAGEMESH_DEMO_STATE_DIR",
     }
-    """``STAGEMESH_NODES`` is the simulator's and ``STAGEMESH_FEDERATION`` a node's: a demo
-    never takes a real node's federation from the environment."""
+    """``STAGEMESH_NODES`` is the simulator's, ``STAGEMESH_FEDERATION`` and
+    ``STAGEMESH_STATE_DIR`` a node's: a demo never takes a real node's settings from the
+    environment."""
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         add = parser.add_argument
@@ -674,6 +709,7 @@ class DemoCommand:
         add("--registry-port", type=int, default=DEFAULT_REGISTRY_PORT, help="registry port")
         add("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT, help="dashboard port")
         add("--beacon-port", type=int, default=DEFAULT_BEACON_PORT, help="the demo's beacons")
+        add("--state-dir", type=Path, default=None, help="the demo's folder (default: temporary)")
 
     def run(self, args: argparse.Namespace) -> int:
         from mesh._names import InvalidName, check_name
@@ -686,6 +722,7 @@ class DemoCommand:
             registry_port=args.registry_port,
             dashboard_port=args.dashboard_port,
             beacon_port=args.beacon_port,
+            state_dir=args.state_dir,
         )
         options.check()
         try:

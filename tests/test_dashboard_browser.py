@@ -101,6 +101,7 @@ def test_conference_demo_dashboard_shows_roles_and_the_last_push(tmp_path: Path)
     shots = tmp_path / "screenshots"
     with Lan(1) as lan:
         demo, folder, ready = start_demo(lan, tmp_path, "--nodes", "4", "--conference")
+        key = str(Path(folder) / "operator.key")
         env = dict(os.environ, STAGEMESH_RUNTIME_DIR=str(tmp_path / "run"))
 
         def push(config: dict[str, Any], station: str) -> subprocess.CompletedProcess[str]:
@@ -118,6 +119,8 @@ def test_conference_demo_dashboard_shows_roles_and_the_last_push(tmp_path: Path)
                     "--station",
                     station,
                     "--merge",
+                    "--operator-key",
+                    key,
                 ),
                 capture_output=True,
                 text=True,

@@ -60,13 +60,15 @@ def test_two_sites_meet_only_through_the_registry(tmp_path: Path) -> None:
         assert "--seed" not in flags  # nothing but the registry joins the two sites
 
 
-def test_conference_stations_write_only_under_the_demo_folder(tmp_path: Path) -> None:
-    members = plan_demo(DemoOptions(nodes=4, conference=True))
+def test_conference_stations_write_only_in_their_data_folder(tmp_path: Path) -> None:
+    options = DemoOptions(nodes=4, conference=True)
+    members = plan_demo(options)
     assert {m.orchestra for m in members} == {"room-a", "room-b"}
     assert all(m.station for m in members)
+    data = tmp_path / "data"
     for member in members:
         path = tmp_path / f"{member.name}.json"
-        path.write_text(json.dumps(station_file(member, tmp_path)))
+        path.write_text(json.dumps(station_file(member)))
         loaded = load_station_file(path)
         assert loaded.blocked_roles == frozenset({"stream"})
         specs = validate_update(
@@ -74,12 +76,17 @@ def test_conference_stations_write_only_under_the_demo_folder(tmp_path: Path) ->
             default_factories(),
             blocked_roles=loaded.blocked_roles,
             variables={"hostname": "demo", **loaded.variables},
+            roots=[str(data)],
         )
         assert {role for role, _ in specs} == {"record", "encode", "upload"}
         for spec in specs.values():
             assert spec.argv[0] == "sh"  # a stand-in, no camera, ffmpeg or rsync
             paths = [a for a in spec.argv if a.startswith("/")]
-            assert paths and all(a.startswith(str(tmp_path)) for a in paths), spec.argv
+            assert paths and all(a.startswith(str(data)) for a in paths), spec.argv
+        # the stations trust the demo's operator key; every node has its federation key
+        argv = " ".join(node_argv(member, options, tmp_path, "http://127.0.0.1:7480"))
+        assert f"--operator-keys {tmp_path / 'operator.key.pub'}" in argv
+        assert f"--key-file {tmp_path / 'federation.key'}" in argv
 
 
 @pytest.mark.parametrize("nodes", ["1", "33", "-4"])
