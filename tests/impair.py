@@ -580,7 +580,6 @@ class Hub:
     def _call(self, op: str, **fields: Any) -> dict[str, Any]:
         self._next += 1
         ident = self._next
-        self.process.send(json.dumps({"id": ident, "op": op, **fields}))
 
         def answer(line: str) -> bool:
             try:
@@ -590,6 +589,7 @@ class Hub:
             return isinstance(doc, dict) and doc.get("id") == ident
 
         try:
+            self.process.send(json.dumps({"id": ident, "op": op, **fields}))
             reply: dict[str, Any] = json.loads(self.process.wait_for(answer, self.timeout))
         except (TimeoutError, RuntimeError) as exc:
             raise ImpairError(f"hub did not answer {op!r}: {exc}") from exc
