@@ -12,7 +12,8 @@ with ``lo`` up and ``eth0`` (a veth whose peer ``p<i>`` is a port of the bridge)
 lives inside the namespaces this harness made (nothing is added to the root namespace, and
 nothing is sent on the machine's real interfaces). Namespace names carry the creating process id
 and a random part (``smt-<pid>-<hex>-h0``), so parallel runs never collide, and namespaces left by
-a dead run are swept at the next start. Everything is removed on exit, also after a failure.
+a dead run are swept at the next start, with any process a killed run left in them. Everything
+is removed on exit, also after a failure.
 
 Process ids are the harness's own: :meth:`Lan.close` ends only the processes
 :meth:`Lan.spawn` started (by pid), then deletes the namespaces.
@@ -82,7 +83,8 @@ def list_namespaces() -> list[str]:
 
 
 def sweep_stale() -> list[str]:
-    """Delete namespaces of this harness whose creating process is gone; return their names."""
+    """Delete namespaces of this harness whose creating process is gone, ending the processes
+    still running in them (orphans of a run that was killed); return their names."""
     removed = []
     for name in list_namespaces():
         parts = name.split("-")
@@ -92,6 +94,9 @@ def sweep_stale() -> list[str]:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
+            for orphan in _ip("netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(orphan), signal.SIGKILL)
             _ip("netns", "del", name, check=False)
             removed.append(name)
         except PermissionError:

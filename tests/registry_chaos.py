@@ -261,7 +261,7 @@ def apply(ledger: Ledger, entry: dict[str, Any]) -> None:
     if path is None:
         return
     state = ledger.paths.setdefault(path, PathState(entry.get("kind", "json")))
-    if result == "unknown":
+    if result in ("unanswered", "ambiguous"):
         if op in ("register", "unregister", "legacy_register", "legacy_unregister"):
             state.expect = "unknown"
         return
@@ -354,7 +354,7 @@ async def _worker(
         try:
             await _one_call(api, ledger, rng, kind, orchestra, name, path, node_ids[name])
         except Unanswered as exc:
-            ledger.write(op=exc.op, path=path, kind=kind, result="unknown", error=str(exc))
+            ledger.write(op=exc.op, path=path, kind=kind, result="unanswered", error=str(exc))
         finally:
             up.busy -= 1
         await trio.sleep(pace * rng.uniform(0.5, 1.5))
@@ -383,7 +383,7 @@ async def _one_call(
                     op="legacy_register",
                     path=path,
                     kind=kind,
-                    result="unknown",
+                    result="ambiguous",
                     error=str(answer.body)[:200],
                 )
             else:

@@ -18,9 +18,11 @@ Used by ``tests/test_soak.py`` (60 s) and ``bench/soak.py`` (10 minutes). One ru
    - **false deaths**: from the node logs, a ``dead`` event of member B at node A is false
      unless a partition separated A and B at that moment or ended less than ``merge_bound``
      seconds before (a suspicion begun during the partition may end just after the heal);
-   - **conductors**: in every round of samples, the nodes of one side (the whole group when
-     not partitioned) never name two different conductors; after each heal the group names the
-     conductor it had before the first partition (the longer tenure wins);
+   - **conductors**: no two nodes hold the post at once unless a partition separates them
+     (or its heal is still merging), by their own logs (``conductor: A -> B (term T)``: exact,
+     where sampling could miss a short overlap); in every round of samples the nodes of one
+     side never name two different conductors; after each heal the group names the conductor
+     it had before the first partition (the longer tenure wins);
    - **merge**: the time from each heal to the first round in which every node sees every
      node alive and all name one conductor;
    - **clock**: for every sample of a synced node, the difference between its federation time
@@ -63,6 +65,7 @@ __all__ = [
 ]
 
 EVENT = re.compile(r"^(?P<path>/\S+) (?P<kind>joined|updated|suspect|alive|dead|left|reaped) at ")
+POST = re.compile(r"^conductor: (?P<old>\S+) -> (?P<new>\S+) \(term (?P<term>\d+)\)$")
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> float:
@@ -135,21 +138,64 @@ class SoakResult:
 def member_events(log: str) -> list[tuple[float, str, str]]:
     """``(wall time, path, kind)`` of every member event in a node's JSON log."""
     events = []
-    for line in log.splitlines():
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(doc, dict):
-            continue
-        match = EVENT.match(str(doc.get("message", "")))
+    for doc in _log_lines(log):
+        match = EVENT.match(str(doc["message"]))
         if match:
             events.append((float(doc["time"]), match["path"], match["kind"]))
     return events
 
 
+def _log_lines(log: str) -> list[dict[str, Any]]:
+    docs = []
+    for line in log.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "message" in doc and "time" in doc:
+            docs.append(doc)
+    return docs
+
+
+def holdings(log: str, path: str, end: float) -> list[tuple[float, float, int]]:
+    """``(from, to, term)`` of each time the node at *path* held the conductor post, by its
+    own log (a post still held at the end runs to *end*)."""
+    held: list[tuple[float, float, int]] = []
+    since: tuple[float, int] | None = None
+    for doc in _log_lines(log):
+        match = POST.match(str(doc["message"]))
+        if not match:
+            continue
+        when = float(doc["time"])
+        if match["new"] == path and since is None:
+            since = (when, int(match["term"]))
+        elif match["old"] == path and match["new"] != path and since is not None:
+            held.append((since[0], when, since[1]))
+            since = None
+    if since is not None:
+        held.append((since[0], end, since[1]))
+    return held
+
+
+def _minus(
+    span: tuple[float, float], holes: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    """The parts of *span* outside every hole."""
+    parts = [span]
+    for lo, hi in holes:
+        parts = [
+            piece
+            for a, b in parts
+            for piece in ((a, min(b, lo)), (max(a, hi), b))
+            if piece[1] > piece[0]
+        ]
+    return parts
+
+
 def _start_nodes(lan: Lan, tmp: Path, config: SoakConfig, federation: str) -> list[str]:
-    env = {**os.environ, "STAGEMESH_LOG_FORMAT": "json"}
+    # JSON logs (member and post events are read back); debug level so that a node that
+    # fails prints its traceback (the CLI shows one only at that level).
+    env = {**os.environ, "STAGEMESH_LOG_FORMAT": "json", "STAGEMESH_LOG_LEVEL": "debug"}
     procs: list[Spawned] = [
         lan.spawn(
             host,
@@ -381,6 +427,23 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
             if conductor != result.first_conductor:
                 other_conductors.add(str(conductor))
 
+    # Two holders at once, from the nodes' own logs (exact, unlike sampling): any overlap of
+    # two nodes' tenures while no partition separated them (or its merge was still running).
+    end = max((r.ended for r in result.rounds), default=0.0)
+    held = [holdings(log, paths[i], end) for i, log in enumerate(result.logs)]
+    dual = []
+    for a in range(len(paths)):
+        for b in range(a + 1, len(paths)):
+            excused_spans = [
+                (c.started, c.healed + config.merge_bound) for c in cuts if c.separates(a, b)
+            ]
+            for start_a, end_a, term_a in held[a]:
+                for start_b, end_b, term_b in held[b]:
+                    overlap = (max(start_a, start_b), min(end_a, end_b))
+                    for lo, hi in _minus(overlap, excused_spans) if overlap[1] > overlap[0] else []:
+                        dual.append({"holders": [paths[a], paths[b]], "terms": [term_a, term_b],
+                                     "time": lo, "seconds": hi - lo})  # fmt: skip
+
     merge_times = []
     for cut in cuts:
         after = [r for r in result.rounds if r.started >= cut.healed and merged(r, paths)]
@@ -423,6 +486,8 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
         "false_deaths": false_deaths,
         "suspicions_outside_partitions": suspicions_connected,
         "two_conductors_in_one_side": two_conductors,
+        "two_holders": dual,
+        "two_holders_longest_s": max((d["seconds"] for d in dual), default=0.0),
         "conductor_changed_to": sorted(other_conductors),
         "merge_seconds": merge_times,
         "merge_max": max(merge_times, default=0.0),
@@ -444,8 +509,9 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
         },
     }
     verdict["ok"] = {
+        "every node ran to the end": not verdict["nodes_exited"],
         "no false deaths": not false_deaths,
-        "one conductor": not two_conductors and not other_conductors,
+        "one conductor": not dual and not two_conductors and not other_conductors,
         f"merged within {config.merge_bound} s": verdict["merge_max"] <= config.merge_bound,
         "clock p99 <= 1 ms": verdict["clock_p99_us"] <= 1000,
         "clock never went back": not went_back,
