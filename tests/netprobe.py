@@ -21,6 +21,8 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 HEADER = struct.Struct("!Id")  # sequence number, monotonic send time
 
@@ -29,21 +31,29 @@ def _say(**doc: object) -> None:
     print(json.dumps(doc), flush=True)
 
 
-def sink(port: int, seconds: float) -> None:
+def _datagrams(port: int, seconds: float) -> Iterator[tuple[socket.socket, bytes, Any]]:
+    """Bind *port*, say ``ready``, then yield each datagram (with the socket and the sender)
+    until *seconds* pass without end."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         s.bind(("0.0.0.0", port))
         _say(ready=True)
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             s.settimeout(left)
             try:
-                data = s.recv(65536)
+                data, peer = s.recvfrom(65536)
             except TimeoutError:
                 break
-            now = time.monotonic()
-            if len(data) >= HEADER.size:
-                seq, sent = HEADER.unpack_from(data)
-                _say(seq=seq, delay=now - sent)
+            yield s, data, peer
+
+
+def sink(port: int, seconds: float) -> None:
+    for _, data, _ in _datagrams(port, seconds):
+        now = time.monotonic()
+        if len(data) >= HEADER.size:
+            seq, sent = HEADER.unpack_from(data)
+            _say(seq=seq, delay=now - sent)
 
 
 def send(addr: str, port: int, count: int, gap: float, size: int = 64) -> None:
@@ -59,17 +69,8 @@ def send(addr: str, port: int, count: int, gap: float, size: int = 64) -> None:
 
 
 def echo(port: int, seconds: float) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("0.0.0.0", port))
-        _say(ready=True)
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            s.settimeout(left)
-            try:
-                data, peer = s.recvfrom(65536)
-            except TimeoutError:
-                break
-            s.sendto(data, peer)
+    for s, data, peer in _datagrams(port, seconds):
+        s.sendto(data, peer)
 
 
 def ping(addr: str, port: int, count: int, timeout: float = 1.0) -> None:
@@ -114,19 +115,7 @@ def blast(addr: str, port: int, seconds: float, size: int = 100) -> None:
 
 
 def count(port: int, seconds: float) -> None:
-    got = 0
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.bind(("0.0.0.0", port))
-        _say(ready=True)
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            s.settimeout(left)
-            try:
-                s.recv(65536)
-            except TimeoutError:
-                break
-            got += 1
+    got = sum(1 for _ in _datagrams(port, seconds))
     _say(received=got)
 
 

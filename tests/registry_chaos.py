@@ -372,35 +372,26 @@ async def _one_call(
 ) -> None:
     state = ledger.paths.get(path, PathState(kind))
     sent = time.time()
+
+    def log(op: str, answer: Answer, result: str | None = None, **extra: Any) -> None:
+        if result is None:
+            result = "ack" if answer.ok else "refused"
+        if result != "ack":
+            extra["error"] = str(answer.body)[:200]
+        ledger.write(op=op, path=path, kind=kind, result=result, status=answer.status, **extra)
+
     if kind == "legacy":
         if state.expect != "present" or rng.random() < 0.5:
             conductor = rng.random() < 0.1
             answer = await api.legacy_register(orchestra, name, conductor=conductor)
             if answer.ok and str(answer.body).startswith(f"Registered {path} "):
-                ledger.write(op="legacy_register", path=path, kind=kind, result="ack", sent=sent)
+                log("legacy_register", answer, sent=sent)
             elif answer.status == 409:  # conductor refused: registered as a node, or not at all
-                ledger.write(
-                    op="legacy_register",
-                    path=path,
-                    kind=kind,
-                    result="ambiguous",
-                    error=str(answer.body)[:200],
-                )
+                log("legacy_register", answer, "ambiguous")
             else:
-                ledger.write(
-                    op="legacy_register",
-                    path=path,
-                    kind=kind,
-                    result="refused",
-                    status=answer.status,
-                    error=str(answer.body)[:200],
-                )
+                log("legacy_register", answer, "refused")
         else:
-            answer = await api.legacy_unregister(orchestra, name)
-            result = "ack" if answer.ok else "refused"
-            ledger.write(
-                op="legacy_unregister", path=path, kind=kind, result=result, status=answer.status
-            )
+            log("legacy_unregister", await api.legacy_unregister(orchestra, name))
         return
 
     if state.expect != "present" or state.token is None or rng.random() < 0.08:
@@ -408,47 +399,22 @@ async def _one_call(
         answer = await api.register(
             orchestra, name, node_id, supernode=supernode, conductor=conductor
         )
-        if answer.status == 201:
-            body = answer.body
-            ledger.write(
-                op="register",
-                path=path,
-                kind=kind,
-                result="ack",
-                sent=sent,
-                token=body["token"],
-                node_id=node_id,
-            )
-            holder = body["conductor"]["path"] if body["conductor"] else None
-            ledger.observe(
-                body["conductor_term"],
-                holder,
-                acked=body["conductor_granted"],
-                source=f"register {path}",
-            )
-        else:
-            ledger.write(
-                op="register",
-                path=path,
-                kind=kind,
-                result="refused",
-                status=answer.status,
-                error=str(answer.body)[:200],
-            )
+        if answer.status != 201:
+            log("register", answer, "refused")
+            return
+        body = answer.body
+        log("register", answer, sent=sent, token=body["token"], node_id=node_id)
+        holder = body["conductor"]["path"] if body["conductor"] else None
+        granted = body["conductor_granted"]
+        ledger.observe(body["conductor_term"], holder, granted, source=f"register {path}")
         return
 
     token = state.token
     roll = rng.random()
     if roll < 0.62:
-        answer = await api.heartbeat(token)
-        result = "ack" if answer.ok else "refused"
-        ledger.write(
-            op="heartbeat", path=path, kind=kind, result=result, sent=sent, status=answer.status
-        )
+        log("heartbeat", await api.heartbeat(token), sent=sent)
     elif roll < 0.80:
-        answer = await api.unregister(token)
-        result = "ack" if answer.ok else "refused"
-        ledger.write(op="unregister", path=path, kind=kind, result=result, status=answer.status)
+        log("unregister", await api.unregister(token))
     else:
         current = await api.conductor()
         if not current.ok:
@@ -460,21 +426,12 @@ async def _one_call(
         target = path if holder is None else None  # claim a free post, or release our own
         answer = await api.set_conductor(token, term, target)
         if answer.ok:
-            ledger.observe(
-                answer.body["term"], answer.body["holder"], acked=True, source=f"cas {path}"
-            )
-        else:
-            ledger.write(
-                op="set_conductor",
-                path=path,
-                kind=kind,
-                result="refused",
-                status=answer.status,
-                error=str(answer.body)[:200],
-            )
-            now = answer.body.get("current") if isinstance(answer.body, dict) else None
-            if isinstance(now, dict) and "term" in now:
-                ledger.observe(now["term"], now.get("holder"), acked=False, source="cas 409")
+            ledger.observe(answer.body["term"], answer.body["holder"], True, f"cas {path}")
+            return
+        log("set_conductor", answer)
+        now = answer.body.get("current") if isinstance(answer.body, dict) else None
+        if isinstance(now, dict) and "term" in now:
+            ledger.observe(now["term"], now.get("holder"), acked=False, source="cas 409")
 
 
 # ----------------------------------------------------------------------------------- the check
