@@ -45,7 +45,7 @@ def soak(config: SoakConfig, label: str) -> SoakResult:
 
 def row(name: str, value: str, target: str = "", ok: bool | None = None) -> str:
     mark = "" if ok is None else ("ok" if ok else "NOT MET")
-    return f"{name:<48} {value:<44} {target:<14} {mark}"
+    return f"{name:<48} {value:<58} {target:<14} {mark}"
 
 
 def report(baseline: SoakResult | None, main: SoakResult) -> list[str]:
@@ -53,7 +53,7 @@ def report(baseline: SoakResult | None, main: SoakResult) -> list[str]:
     c = main.config
     hub = main.hub
     offered = sum(p["offered"] for p in hub["pairs"].values()) - hub["dropped"]["partition"]
-    lines = [row("figure", "measured", "target"), "-" * 112]
+    lines = [row("figure", "measured", "target"), "-" * 126]
     lines.append(
         row(
             "network (hub): loss, reordered, duplicated",
@@ -63,6 +63,8 @@ def report(baseline: SoakResult | None, main: SoakResult) -> list[str]:
         )
     )
     lines.append(row("partitions (random halves)", f"{v['partitions']} x {c.partition:.0f} s"))
+    exited = v["nodes_exited"]
+    lines.append(row("nodes that exited", str(exited or 0), "0", not exited))
     lines.append(row("false deaths", str(len(v["false_deaths"])), "0", not v["false_deaths"]))
     lines.append(
         row(
@@ -70,14 +72,21 @@ def report(baseline: SoakResult | None, main: SoakResult) -> list[str]:
             str(v["suspicions_outside_partitions"]),
         )
     )
-    one = not v["two_conductors_in_one_side"] and not v["conductor_changed_to"]
+    one = not v["two_holders"] and not v["conductor_changed_to"]
     lines.append(
         row(
             "one conductor throughout",
-            f"{len(v['two_conductors_in_one_side'])} rounds with two on a side, "
+            f"{len(v['two_holders'])} times two holders on a side "
+            f"(longest {v['two_holders_longest_s']:.2f} s), "
             f"{len(v['conductor_changed_to'])} changes",
             "0, 0",
             one,
+        )
+    )
+    lines.append(
+        row(
+            "sampled rounds naming two conductors on a side",
+            str(len(v["two_conductors_in_one_side"])),
         )
     )
     merges = sorted(v["merge_seconds"])
@@ -146,6 +155,10 @@ def summary(result: SoakResult) -> dict[str, Any]:
         "first_conductor": result.first_conductor,
         "verdict": result.verdict,
         "hub": result.hub,
+        "exited_logs": {
+            path: result.logs[result.paths.index(path)][-8000:]
+            for path in result.verdict["nodes_exited"]
+        },
     }
 
 
@@ -184,6 +197,10 @@ def main() -> int:
     )
     lines = report(baseline, main_run)
     print("\n".join(lines))
+    for result in (baseline, main_run):
+        for path, status in (result.verdict["nodes_exited"] if result else {}).items():
+            log = result.logs[result.paths.index(path)] if result else ""
+            print(f"{path} EXITED with status {status}; the end of its log:\n{log[-4000:]}")
     load_end = os.getloadavg()
     print(
         f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; "

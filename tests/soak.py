@@ -192,7 +192,9 @@ def _minus(
     return parts
 
 
-def _start_nodes(lan: Lan, tmp: Path, config: SoakConfig, federation: str) -> list[str]:
+def _start_nodes(
+    lan: Lan, tmp: Path, config: SoakConfig, federation: str
+) -> tuple[list[Spawned], list[str]]:
     # JSON logs (member and post events are read back); debug level so that a node that
     # fails prints its traceback (the CLI shows one only at that level).
     env = {**os.environ, "STAGEMESH_LOG_FORMAT": "json", "STAGEMESH_LOG_LEVEL": "debug"}
@@ -211,7 +213,7 @@ def _start_nodes(lan: Lan, tmp: Path, config: SoakConfig, federation: str) -> li
     for proc in procs:
         line = proc.wait_for(lambda text: text.startswith("ready "), timeout=60)
         urls.append(dict(part.split("=", 1) for part in line.split()[1:])["status"])
-    return urls
+    return procs, urls
 
 
 _failures: dict[str, int] = {}
@@ -277,7 +279,7 @@ def run_soak(
         ThreadPoolExecutor(2 * config.hosts) as pool,
     ):
         started = time.monotonic()
-        urls = _start_nodes(lan, tmp, config, federation)
+        nodes, urls = _start_nodes(lan, tmp, config, federation)
         paths = [f"/o1/h{h.index}" for h in lan.hosts]
         n = len(paths)
         progress(f"{len(urls)} nodes ready after {time.monotonic() - started:.1f} s")
@@ -329,7 +331,6 @@ def run_soak(
         while time.monotonic() < begin + config.duration:
             rounds.append(paced(sample_round, config.sample_every))
         hub = lan.hub.stats()
-        nodes = [proc for proc in lan._spawned if proc.host.index >= 0]
         logs = [proc.stderr() for proc in nodes]
         exits = [proc.process.poll() for proc in nodes]
     result = SoakResult(

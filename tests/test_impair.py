@@ -233,7 +233,8 @@ def test_partition_heal_and_unplug() -> None:
 @pytest.mark.netns
 def test_the_hub_stops_by_itself_and_takes_the_hosts_cables() -> None:
     with Lan(2, impair=Link(), hub_seconds=1.5) as lan:
-        hub = lan._spawned[0]
+        hub = lan.hub.process
+        assert isinstance(hub, Spawned)
         started = time.monotonic()
         line = hub.wait_for(lambda text: '"stopped"' in text, timeout=15)
         assert json.loads(line)["stopped"] == "time limit of 1.5 s"
