@@ -264,10 +264,12 @@ def apply(ledger: Ledger, entry: dict[str, Any]) -> None:
     if result in ("unanswered", "ambiguous"):
         if op in ("register", "unregister", "legacy_register", "legacy_unregister"):
             state.expect = "unknown"
+        if op == "register":  # if it was applied, the token we hold was replaced
+            state.token = None
         return
     if result == "reconciled":
         state.expect = entry["found"]
-        if entry["found"] == "absent" or entry.get("token_lost"):
+        if entry["found"] == "absent":
             state.token = None
         return
     if result != "ack":
@@ -450,14 +452,8 @@ async def check(api: RegistryApi, ledger: Ledger) -> list[dict[str, Any]]:
         node = present.get(path)
         if state.expect == "unknown":
             found = "absent" if node is None else "present"
-            token_lost = node is not None and (state.kind == "legacy" or state.token is None)
             ledger.write(
-                op="reconcile",
-                path=path,
-                kind=state.kind,
-                result="reconciled",
-                found=found,
-                token_lost=token_lost and state.kind == "json",
+                op="reconcile", path=path, kind=state.kind, result="reconciled", found=found
             )
             continue
         if state.expect == "present":
