@@ -484,7 +484,7 @@ def serve_hub(names: Sequence[str], plan: Plan, max_seconds: float, control: int
         if now >= end:
             stopping.append(f"time limit of {max_seconds} s")
             break
-        wait = end - now
+        wait = min(end - now, 0.5)  # a signal does not wake the poll (PEP 475): look again soon
         if hub.heap:
             wait = min(wait, max(0.0, hub.heap[0][0] - now))
         try:
