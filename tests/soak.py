@@ -29,8 +29,9 @@ Used by ``tests/test_soak.py`` (60 s) and ``bench/soak.py`` (10 minutes). One ru
      and its reference's (its conductor), both as ``federation_time - host_time`` read at one
      instant in each node (all namespaces share the host's clock): p50, p99, max.
 
-Nothing here sleeps to synchronise: the schedule paces the sampler and the partitions, and
-every wait for a state is :func:`wait_until` with a deadline.
+Nothing here sleeps to synchronise: sleeps keep the schedule of partitions (and pace the
+sampler, which runs on its own thread so that a node that stops answering cannot delay a
+heal), and every wait for a state is :func:`wait_until` with a deadline.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import random
 import re
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +56,7 @@ from tests.impair import Link
 from tests.netns import Host, Lan, Spawned
 
 __all__ = [
+    "Sampler",
     "SoakConfig",
     "SoakResult",
     "judge",
@@ -250,14 +253,18 @@ def _alive_view(doc: dict[str, Any] | None) -> frozenset[str]:
     return frozenset(m["path"] for m in doc["members"] if m["state"] == "alive")
 
 
-def merged(rnd: Round, paths: Sequence[str]) -> bool:
-    """Every node answered, sees every node alive, and all name one conductor."""
-    everyone = frozenset(paths)
+def merged(rnd: Round, paths: Sequence[str], among: Sequence[int] | None = None) -> bool:
+    """Every node (of *among*, by default all) answered, sees all of them alive, and all name
+    one conductor. (*among* leaves out a node that failed, so that one failure, reported on
+    its own, does not hide how the others merged.)"""
+    chosen = range(len(paths)) if among is None else among
+    everyone = frozenset(paths[i] for i in chosen)
+    docs = [rnd.statuses[i] for i in chosen]
+    named = {doc["conductor"] for doc in docs if doc is not None}
     return (
-        all(_alive_view(doc) == everyone for doc in rnd.statuses)
-        and len({doc["conductor"] for doc in rnd.statuses if doc is not None}) == 1
-        and rnd.statuses[0] is not None
-        and rnd.statuses[0]["conductor"] is not None
+        all(doc is not None and everyone <= _alive_view(doc) for doc in docs)
+        and len(named) == 1
+        and None not in named
     )
 
 
@@ -301,35 +308,40 @@ def run_soak(
         first_conductor = None if first is None else first["conductor"]
         progress(f"formed after {formed_after:.1f} s more; conductor {first_conductor}")
 
-        settle = time.monotonic() + config.warmup  # clocks still converging: not judged
-        while time.monotonic() < settle:
-            paced(sample_round, config.sample_every)
-        rounds: list[Round] = []
+        time.sleep(config.warmup)  # clocks still converging: not judged
         cuts: list[Cut] = []
+        sampler = Sampler(sample_round, config.sample_every, config.merge_every)
         begin = time.monotonic()
-        for start_at, heal_at in schedule(config):
-            sides = random_halves(rng, config.hosts)
-            while time.monotonic() < begin + start_at:
-                rounds.append(paced(sample_round, config.sample_every))
-            lan.hub.partition(*sides)
-            cuts.append(Cut(sides, time.time()))
-            progress(f"{time.monotonic() - begin:5.1f} s: partition {sides[0]} | {sides[1]}")
-            while time.monotonic() < begin + heal_at:
-                rounds.append(paced(sample_round, config.sample_every))
-            lan.hub.heal()
-            cuts[-1].healed = time.time()
-            # Sample fast until merged (or the bound is well past), to time the merge.
-            merge_deadline = time.monotonic() + config.merge_bound + 1
-            while time.monotonic() < merge_deadline:
-                rounds.append(paced(sample_round, config.merge_every))
-                if merged(rounds[-1], paths):
-                    break
-            progress(
-                f"{time.monotonic() - begin:5.1f} s: healed, merged after "
-                f"{rounds[-1].ended - cuts[-1].healed:.2f} s"
-            )
-        while time.monotonic() < begin + config.duration:
-            rounds.append(paced(sample_round, config.sample_every))
+        sampler.start()
+        try:
+            for start_at, heal_at in schedule(config):
+                sides = random_halves(rng, config.hosts)
+                time.sleep(max(0.0, begin + start_at - time.monotonic()))  # the schedule
+                lan.hub.partition(*sides)
+                cuts.append(Cut(sides, time.time()))
+                progress(f"{time.monotonic() - begin:5.1f} s: partition {sides[0]} | {sides[1]}")
+                time.sleep(max(0.0, begin + heal_at - time.monotonic()))
+                lan.hub.heal()
+                cut = cuts[-1]
+                cut.healed = time.time()
+                sampler.fast_until = time.monotonic() + config.merge_bound + 1  # time the merge
+
+                def merged_after(cut: Cut = cut) -> bool:
+                    running = [i for i, proc in enumerate(nodes) if proc.process.poll() is None]
+                    return any(
+                        r.started >= cut.healed and merged(r, paths, running)
+                        for r in sampler.rounds[-20:]
+                    )
+
+                try:
+                    took = wait_until(merged_after, config.merge_bound + 1, "merge", every=0.05)
+                    progress(f"{time.monotonic() - begin:5.1f} s: healed, merged in {took:.2f} s")
+                except AssertionError:
+                    progress(f"{time.monotonic() - begin:5.1f} s: healed, NOT merged in time")
+            time.sleep(max(0.0, begin + config.duration - time.monotonic()))
+        finally:
+            sampler.stop()
+        rounds = sampler.rounds
         hub = lan.hub.stats()
         logs = [proc.stderr() for proc in nodes]
         exits = [proc.process.poll() for proc in nodes]
@@ -357,13 +369,31 @@ def random_halves(rng: random.Random, hosts: int) -> tuple[tuple[int, ...], tupl
     return tuple(sorted(order[: hosts // 2])), tuple(sorted(order[hosts // 2 :]))
 
 
-def paced(sample: Callable[[], Round], every: float) -> Round:
-    """Take one round of samples, then wait out the rest of *every* seconds (pacing the
-    sampler, not waiting for a state)."""
-    begun = time.monotonic()
-    rnd = sample()
-    time.sleep(max(0.0, begun + every - time.monotonic()))
-    return rnd
+class Sampler(threading.Thread):
+    """Takes rounds of samples one after another, every ``every`` seconds (every
+    ``fast_every`` until ``fast_until``), on its own thread: a node that does not answer slows
+    the samples, never the schedule of partitions."""
+
+    def __init__(self, sample: Callable[[], Round], every: float, fast_every: float) -> None:
+        super().__init__(name="soak-sampler", daemon=True)
+        self.sample = sample
+        self.every = every
+        self.fast_every = fast_every
+        self.fast_until = 0.0
+        self.rounds: list[Round] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            begun = time.monotonic()
+            self.rounds.append(self.sample())
+            every = self.fast_every if time.monotonic() < self.fast_until else self.every
+            self._stop_event.wait(max(0.0, begun + every - time.monotonic()))
+
+    def stop(self) -> None:
+        """Stop after the round under way."""
+        self._stop_event.set()
+        self.join(timeout=60)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -386,9 +416,17 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
     """The figures of a soak, and which of its promises held (see the module docstring)."""
     config, paths, cuts = result.config, result.paths, result.cuts
     index = {path: i for i, path in enumerate(paths)}
+    running = [i for i, status in enumerate(result.exits) if status is None]
+
+    # A node that failed is rightly declared dead after its last word (reported on its own).
+    gone = {
+        i: max((float(d["time"]) for d in _log_lines(result.logs[i])), default=0.0)
+        for i, status in enumerate(result.exits)
+        if status is not None
+    }
 
     def excused(a: int, b: int, when: float) -> bool:
-        return any(
+        return when >= gone.get(b, math.inf) or any(
             c.separates(a, b) and c.started <= when <= c.healed + config.merge_bound for c in cuts
         )
 
@@ -423,8 +461,9 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
             }
             if len(named) > 1:
                 two_conductors.append({"time": rnd.started, "side": side, "named": sorted(named)})
-        if not active and merged(rnd, paths):
-            conductor = rnd.statuses[0]["conductor"] if rnd.statuses[0] else None
+        if not active and merged(rnd, paths, running):
+            first = rnd.statuses[running[0]]
+            conductor = first["conductor"] if first else None
             if conductor != result.first_conductor:
                 other_conductors.add(str(conductor))
 
@@ -447,7 +486,7 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
 
     merge_times = []
     for cut in cuts:
-        after = [r for r in result.rounds if r.started >= cut.healed and merged(r, paths)]
+        after = [r for r in result.rounds if r.started >= cut.healed and merged(r, paths, running)]
         merge_times.append(after[0].ended - cut.healed if after else math.inf)
 
     # Clock: each synced follower against its reference, split into steady rounds and those
