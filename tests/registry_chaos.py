@@ -23,7 +23,8 @@ against docs/registry.md and the OpenAPI document) makes these calls, JSON bodie
 **Load**: ``workers`` tasks, each owning its own JSON and legacy paths (so the expected state
 of a path is exact: one writer), each making about ``rate`` calls a second: register (some
 with ``supernode``/``conductor``), heartbeat, unregister, register again with the same node
-id, claim or release the conductor, legacy register and unregister.
+id, claim or release the conductor, legacy register and unregister. Each kill waits (up to a
+second) for calls to be in flight, so that it lands on writes rather than between them.
 
 **The log** (:class:`Ledger`): every answer is written as one JSON line: ``ack`` (a 2xx
 answer, the write is acknowledged), ``refused`` (a 4xx: nothing changed), ``unknown`` (no
@@ -585,8 +586,13 @@ async def run_chaos(
                 for kill in range(1, kills + 1):
                     up.set(api)
                     await trio.sleep_until(begin + kill * config.kill_every)  # the schedule
-                    up.down()
+                    # Kill while calls are in flight (for at most a second), so that the kill
+                    # lands on writes, not between them.
+                    with trio.move_on_after(1.0):
+                        while up.busy < 2:
+                            await trio.sleep(0.001)
                     os.kill(proc.pid, signal.SIGKILL)
+                    up.down()
                     await proc.wait()
                     result.kills += 1
                     await up.idle()
