@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,16 @@ def start(
     ready = dict(part.split("=", 1) for part in line.split()[1:])
     gossip = ready["gossip"].rpartition(":")[2]
     return Machine(host, proc, ready["status"], f"{host.address}:{gossip}", runtime, path)
+
+
+def conducting(lan: Lan, machine: Machine, timeout: float = 20.0) -> None:
+    """Return once *machine* holds the conductor post in its own view (a lone candidate
+    claims it within a second of being ready)."""
+    deadline = time.monotonic() + timeout
+    while status(lan, machine)["conductor"] != machine.path:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{machine.path} does not conduct within {timeout} s")
+        time.sleep(0.1)
 
 
 def _environ() -> dict[str, str]:

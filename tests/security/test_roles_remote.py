@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 
 from tests.netns import Lan
-from tests.security.roles_hosts import FEDERATION, Machine, guest, stagemesh, start, status
+from tests.security.roles_hosts import (
+    FEDERATION,
+    Machine,
+    conducting,
+    guest,
+    stagemesh,
+    start,
+    status,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -166,6 +174,7 @@ def test_keyed_federation_a_member_cannot_run_a_command(lan: Lan, tmp_path: Path
         lan, lan.hosts[2], tmp_path, "/desk/conductor", "--conductor", "--seed", station.gossip,
         env=trusted,
     )  # fmt: skip
+    conducting(lan, conductor)
     config = evil(marker)
     order = unsigned_order(config, issued=2**40)
     requests = [
@@ -252,6 +261,7 @@ def test_a_captured_signed_order_cannot_be_replayed(lan: Lan, tmp_path: Path) ->
         lan, lan.hosts[2], tmp_path, "/desk/conductor", "--conductor", "--seed", station.gossip,
         env=trusted,
     )  # fmt: skip
+    conducting(lan, conductor)
     desired = tmp_path / "host2-conductor" / "state" / FEDERATION / "desk" / "conductor"
     desired = desired / "roles" / "desired.json"
 
