@@ -255,16 +255,23 @@ class DesiredState:
         """Return a copy with *answer* recorded for *path* (unless a newer one is there)."""
         check_station_path(path)
         current = self.answer_for(path)
-        if current is not None and current.sort_key() >= answer.sort_key():
+        if current is not None and (
+            current.time > answer.time
+            or (current.time == answer.time and current.sort_key() >= answer.sort_key())
+        ):
             return self
         others = tuple((p, a) for p, a in self.answers if p != path)
         return attrs.evolve(self, answers=(*others, (path, answer)))
 
     def merge(self, other: DesiredState) -> DesiredState:
-        """Return the merge of two views (commutative, associative, idempotent)."""
+        """Return the merge of two views (commutative, associative, idempotent); this very
+        value when *other* adds nothing."""
         result = self
         for path, chain in other.stations:
-            result = result._with_chain(path, merge_chains(result.chain_for(path), chain))
+            mine = result.chain_for(path)
+            merged = merge_chains(mine, chain)
+            if [o.digest() for o in merged] != [o.digest() for o in mine]:
+                result = result._with_chain(path, merged)
         for path, answer in other.answers:
             result = result.record_answer(path, answer)
         return result

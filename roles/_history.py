@@ -109,7 +109,11 @@ class StationState:
         fresh = [order for order in chain if order.issued > self.as_of]
         if not fresh:
             if issued == self.as_of and (
-                (self.source == "conductor" and merge_chains(self.orders) == chain)
+                (
+                    self.source == "conductor"
+                    and [o.digest() for o in merge_chains(self.orders)]
+                    == [o.digest() for o in chain]
+                )
                 or chain_config(chain).digest() == self.config.digest()
             ):
                 return self

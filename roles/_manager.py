@@ -205,7 +205,9 @@ class Persist:
 @attrs.frozen
 class PushAnswered:
     """The operator's push number ``push`` is answered: ``answer`` (``station``, ``applied``,
-    ``digest``, error fields, ``pending``, ...), or ``error`` to raise to the sender."""
+    ``digest``, error fields, ``pending``, ``kept``: whether the order is in the desired state
+    now, so the manager pushes it until the station runs it, ...), or ``error`` to raise to
+    the sender."""
 
     push: int
     answer: Mapping[str, Any] | None
@@ -222,6 +224,12 @@ def answer_fields(error_type: str | None, message: str | None) -> dict[str, Any]
         "error_family": error_family(error_type) if error_type else None,
         "error": message,
     }
+
+
+def _holds(chain: tuple[Order, ...], order: Order) -> bool:
+    """Whether *chain* holds *order* (compared by digest: cheap, and exact)."""
+    digest = order.digest()
+    return any(o.digest() == digest for o in chain)
 
 
 def state_digest(state: DesiredState) -> str:
@@ -350,14 +358,14 @@ class ManagerCore:
             self._finish(now, station, state.push, None, InvalidRequest(f"roles.push: {exc}"))
             self._advance(now, station)
             return
-        if order not in desired.chain_for(station):
+        if not _holds(desired.chain_for(station), order):
             answer.update(self._stale(desired, order))
             self._finish(now, station, state.push, answer)
             self._advance(now, station)
             return
         self._set(desired)
         digest = desired.digest_for(station)
-        answer["digest"] = digest
+        answer.update(digest=digest, kept=True)
         if isinstance(outcome, Unreachable):
             answer.update(
                 answer_fields(
@@ -417,9 +425,7 @@ class ManagerCore:
         signatures this node accepts (and its answers only if *answers*); return how many
         orders were dropped."""
         verified, dropped = other.filtered(self.authority.accepts, answers=answers)
-        merged = self.desired.merge(verified)
-        if merged != self.desired:
-            self._set(merged)
+        self._set(self.desired.merge(verified))
         return dropped
 
     def replica(self, now: float, other: DesiredState, sender: str | None) -> int:
@@ -536,20 +542,21 @@ class ManagerCore:
                 "digest": None,
                 **answer_fields(None, None),
                 "pending": False,
+                "kept": False,
             }
             try:
                 desired = self.desired.with_order(order)
             except ValueError as exc:
                 self._finish(now, station, push, None, InvalidRequest(f"roles.push: {exc}"))
                 continue
-            if order not in desired.chain_for(station):
+            if not _holds(desired.chain_for(station), order):
                 answer.update(self._stale(desired, order))
                 self._finish(now, station, push, answer)
                 continue
             if order.mode == "forget":
                 self._refused.pop(station, None)
                 self._set(desired)
-                answer["forgotten"] = True
+                answer.update(forgotten=True, kept=True)
                 self._finish(now, station, push, answer)
                 continue
             answer["digest"] = desired.digest_for(station)

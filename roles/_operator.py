@@ -169,14 +169,19 @@ class OperatorKeyring:
 
     keys: tuple[OperatorPublicKey, ...] = attrs.field(default=(), converter=_key_tuple)
     _verified: dict[bytes, None] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    _active: tuple[OperatorPublicKey, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    @_active.default
+    def _find_active(self) -> tuple[OperatorPublicKey, ...]:
+        retired = {k.raw for k in self.keys if k.retired}
+        return tuple(k for k in self.keys if not k.retired and k.raw not in retired)
 
     def __bool__(self) -> bool:
         return any(not k.retired for k in self.keys)
 
     def active(self) -> tuple[OperatorPublicKey, ...]:
         """The keys whose signatures are accepted."""
-        retired = {k.raw for k in self.keys if k.retired}
-        return tuple(k for k in self.keys if not k.retired and k.raw not in retired)
+        return self._active
 
     def find(self, key_id: str) -> OperatorPublicKey | None:
         """The accepted key named *key_id*, or ``None`` (unknown or retired)."""
