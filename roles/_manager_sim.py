@@ -43,6 +43,7 @@ from typing import Any
 import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from mesh._scenarios import percentile
 from roles._authority import ChangeRefused, RemoteAuthority, check_relay, check_relayed_orders
 from roles._config import RoleConfig, canonical_json
 from roles._desired import DesiredState
@@ -1024,14 +1025,12 @@ def run_manager_seed(seed: int, config: ManagerSimConfig | None = None) -> SeedR
 
 
 def summarize(results: Sequence[SeedResult]) -> dict[str, Any]:
-    """Seeds, failures, and the time to converge after the faults (p50, p99, max; virtual
-    seconds), with the counters summed over the seeds."""
+    """Seeds, failures, and the time to converge after the faults (p50, p99 nearest-rank,
+    max; virtual seconds), with the counters summed over the seeds."""
     times = sorted(r.converged_after for r in results if r.converged_after is not None)
 
     def quantile(q: float) -> float | None:
-        if not times:
-            return None
-        return times[min(len(times) - 1, int(q * len(times)))]
+        return percentile(times, q) if times else None
 
     totals: dict[str, int] = {}
     for r in results:
@@ -1041,8 +1040,8 @@ def summarize(results: Sequence[SeedResult]) -> dict[str, Any]:
         "seeds": len(results),
         "failures": sum(not r.ok for r in results),
         "failed_seeds": [r.seed for r in results if not r.ok],
-        "converge_p50": quantile(0.50),
-        "converge_p99": quantile(0.99),
+        "converge_p50": quantile(50),
+        "converge_p99": quantile(99),
         "converge_max": times[-1] if times else None,
         "totals": dict(sorted(totals.items())),
     }
