@@ -554,9 +554,10 @@ class ManagerCore:
                 self._finish(now, station, push, answer)
                 continue
             if order.mode == "forget":
+                was_desired = bool(self.desired.orders_for(station))
                 self._refused.pop(station, None)
                 self._set(desired)
-                answer.update(forgotten=True, kept=True)
+                answer.update(forgotten=True, kept=True, was_desired=was_desired)
                 self._finish(now, station, push, answer)
                 continue
             answer["digest"] = desired.digest_for(station)
