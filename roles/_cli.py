@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -211,9 +211,9 @@ def choose_node(
     if not stations:
         why = "which one do you mean?"
     elif knowing:
-        why = f"{', '.join(stations)} is known in {', '.join(knowing)}"
+        why = f"{', '.join(stations)} is known in {', '.join(knowing)}."
     else:
-        why = f"none of them knows {', '.join(stations)}"
+        why = f"none of them knows {', '.join(stations)}."
     raise UsageError(
         f"nodes of {len(by_federation)} federations run on this machine: {listed()}; {why} "
         "Give --federation NAME (or --node URL)"
@@ -400,7 +400,11 @@ class RolesCommand:
         return 0
 
     def _orders(
-        self, api: _Api, args: argparse.Namespace, stations: list[str], make: Any
+        self,
+        api: _Api,
+        args: argparse.Namespace,
+        stations: list[str],
+        make: Callable[[str, str], Order],
     ) -> list[tuple[str, Mapping[str, Any]]]:
         """Sign ``make(federation, station)`` for each station with ``--operator-key``, send
         each to the conductor with ``roles.push``; return (station, answer) pairs."""
@@ -421,65 +425,33 @@ class RolesCommand:
         return answers
 
     def _push(self, api: _Api, args: argparse.Namespace, config: RoleConfig) -> int:
-        answers = self._orders(
-            api,
-            args,
-            args.station,
-            lambda federation, station: Order.for_config(
-                federation, station, config, merge=args.merge
-            ),
-        )
-        failures = []
-        for station, answer in answers:
+        def make(federation: str, station: str) -> Order:
+            return Order.for_config(federation, station, config, merge=args.merge)
+
+        def say(station: str, answer: Mapping[str, Any]) -> str | None:
             if answer.get("applied"):
                 changes = ", ".join(
                     f"{key} {len(answer.get(key) or [])}"
                     for key in ("started", "stopped", "restarted", "unchanged")
                 )
-                if not args.json:
-                    print(f"{station}: applied {answer.get('digest')} ({changes})")
-            elif answer.get("pending"):
-                if not args.json:
-                    print(f"{station}: pending {answer.get('digest')}: {_pending(station, answer)}")
-            else:
-                failures.append(
-                    _failure(
-                        answer.get("error_type"), answer.get("error"), answer.get("error_family")
-                    )
-                )
-        if args.json:
-            _print_json([a for _, a in answers] if len(answers) > 1 else answers[0][1])
-        if failures:
-            raise CommandFailed("; ".join(failures))
-        return 0
+                return f"{station}: applied {answer.get('digest')} ({changes})"
+            if answer.get("pending"):
+                return f"{station}: pending {answer.get('digest')}: {_pending(station, answer)}"
+            return None
+
+        return _report(args, self._orders(api, args, args.station, make), say)
 
     def _forget(self, api: _Api, args: argparse.Namespace) -> int:
-        answers = self._orders(
-            api,
-            args,
-            args.forgotten,
-            lambda federation, station: Order.for_forget(federation, station),
-        )
-        failures = []
-        for station, answer in answers:
-            if answer.get("forgotten"):
-                if not args.json:
-                    was = "" if answer.get("was_desired") else " (it had no desired configuration)"
-                    print(
-                        f"{station}: forgotten{was}; the conductor no longer pushes to it, and "
-                        "what it runs is not changed"
-                    )
-            else:
-                failures.append(
-                    _failure(
-                        answer.get("error_type"), answer.get("error"), answer.get("error_family")
-                    )
-                )
-        if args.json:
-            _print_json([a for _, a in answers] if len(answers) > 1 else answers[0][1])
-        if failures:
-            raise CommandFailed("; ".join(failures))
-        return 0
+        def say(station: str, answer: Mapping[str, Any]) -> str | None:
+            if not answer.get("forgotten"):
+                return None
+            was = "" if answer.get("was_desired") else " (it had no desired configuration)"
+            return (
+                f"{station}: forgotten{was}; the conductor no longer pushes to it, and what it "
+                "runs is not changed"
+            )
+
+        return _report(args, self._orders(api, args, args.forgotten, Order.for_forget), say)
 
     def _show(self, api: _Api, args: argparse.Namespace) -> int:
         if args.station is not None:
@@ -555,6 +527,29 @@ class RolesCommand:
         for row in rows:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    answers: list[tuple[str, Mapping[str, Any]]],
+    say: Callable[[str, Mapping[str, Any]], str | None],
+) -> int:
+    """Print one line per station (*say*'s, ``None`` for a refusal) or the answers as JSON;
+    raise :class:`CommandFailed` with every refusal, in one line."""
+    failures = []
+    for station, answer in answers:
+        line = say(station, answer)
+        if line is None:
+            failures.append(
+                _failure(answer.get("error_type"), answer.get("error"), answer.get("error_family"))
+            )
+        elif not args.json:
+            print(line)
+    if args.json:
+        _print_json([a for _, a in answers] if len(answers) > 1 else answers[0][1])
+    if failures:
+        raise CommandFailed("; ".join(failures))
+    return 0
 
 
 def _counts(counts: Any) -> str:
