@@ -529,10 +529,13 @@ class RolesExtension(Extension):
         except ChangeRefused as refused:
             raise self._refuse(refused.reason, refused.error) from None
         answered = self._answered[push] = trio.Event()
-        self._pump(node)
-        await answered.wait()
-        del self._answered[push]
-        result = self._answers.pop(push)
+        try:
+            self._pump(node)
+            await answered.wait()
+            result = self._answers[push]
+        finally:  # also when the caller gives up: the manager finishes the push anyway
+            del self._answered[push]
+            self._answers.pop(push, None)
         if result.error is not None:
             raise result.error
         return _plain(result.answer)
@@ -555,8 +558,10 @@ class RolesExtension(Extension):
         assert manager is not None and nursery is not None
         for output in manager.take_outputs():
             if isinstance(output, PushAnswered):
-                self._answers[output.push] = output
-                self._answered[output.push].set()
+                answered = self._answered.get(output.push)
+                if answered is not None:
+                    self._answers[output.push] = output
+                    answered.set()
             elif isinstance(output, Persist):
                 self._save_needed.set()
             elif isinstance(output, CheckConfig):
