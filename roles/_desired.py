@@ -45,7 +45,9 @@ class StationAnswer:
 
     ``station_digest`` is the digest of what the station ran after applying, when it differs
     from ``digest``: merge pushes are merged into what the station ran before (its file, a
-    local change), so the station then announces that digest, not the chain's."""
+    local change), so the station then announces that digest, not the chain's. ``chain``
+    (:func:`~roles._operator.chain_digest`) then names the chain of orders it applied: only
+    that chain is known to make the station run ``station_digest``."""
 
     digest: str
     applied: bool
@@ -53,21 +55,28 @@ class StationAnswer:
     error_type: str | None = None
     error_message: str | None = None
     station_digest: str | None = None
+    chain: str | None = None
 
     @classmethod
-    def ok(cls, digest: str, now: float, station_digest: str | None = None) -> StationAnswer:
-        """The answer "applied configuration *digest*" (the station then running
-        *station_digest*, when that differs)."""
-        runs = station_digest if station_digest != digest else None
-        return cls(digest=digest, applied=True, time=now, station_digest=runs)
+    def ok(
+        cls, digest: str, now: float, station_digest: str | None = None, chain: str | None = None
+    ) -> StationAnswer:
+        """The answer "applied configuration *digest*" (the orders of *chain*, the station
+        then running *station_digest*, when that differs)."""
+        if station_digest is None or station_digest == digest:
+            return cls(digest=digest, applied=True, time=now)
+        return cls(digest, True, now, station_digest=station_digest, chain=chain)
 
-    def runs(self, digest: str, announced: object) -> bool:
-        """Whether this answer says that a station announcing *announced* runs the desired
-        configuration *digest*: it applied that configuration and now runs *announced*."""
+    def runs(self, digest: str, chain: str, announced: object) -> bool:
+        """Whether this answer says that a station announcing *announced* runs the chain
+        *chain* (whose configuration has *digest*) merged into what it ran before: it applied
+        that very chain and then ran *announced*."""
         return (
             self.applied
             and self.digest == digest
-            and announced == (self.station_digest or self.digest)
+            and self.station_digest is not None
+            and self.chain == chain
+            and announced == self.station_digest
         )
 
     @classmethod
@@ -104,6 +113,7 @@ class StationAnswer:
         }
         if self.station_digest is not None:
             doc["station_digest"] = self.station_digest
+            doc["chain"] = self.chain
         return doc
 
     def sort_key(self) -> tuple[float, str]:
@@ -121,6 +131,7 @@ class StationAnswer:
         error_type = data.get("error_type")
         error_message = data.get("error_message")
         station_digest = data.get("station_digest")
+        chain = data.get("chain")
         if not isinstance(digest, str):
             raise ConfigFileError.at(source, f"{path}.digest", "expected a string")
         if not isinstance(applied, bool):
@@ -131,6 +142,7 @@ class StationAnswer:
             ("error_type", error_type),
             ("error_message", error_message),
             ("station_digest", station_digest),
+            ("chain", chain),
         ):
             if value is not None and not isinstance(value, str):
                 raise ConfigFileError.at(source, f"{path}.{name}", "expected a string or null")
@@ -141,6 +153,7 @@ class StationAnswer:
             error_type=error_type,
             error_message=error_message,
             station_digest=station_digest,
+            chain=chain,
         )
 
 

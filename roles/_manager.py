@@ -61,7 +61,7 @@ from roles._errors import (
     Unauthorized,
     error_family,
 )
-from roles._operator import Order, chain_config
+from roles._operator import Order, chain_config, chain_digest
 
 __all__ = [
     "ApplyOrders",
@@ -245,6 +245,7 @@ class _Op:
     station: str
     stage: Literal["check", "apply"]
     digest: str = ""
+    chain: str = ""
     push: int | None = None
     order: Order | None = None
     answer: dict[str, Any] = attrs.field(factory=dict)
@@ -334,6 +335,7 @@ class ManagerCore:
             return
         station, order, answer = state.station, state.order, state.answer
         if isinstance(outcome, Refused):
+            answer["kept"] = _holds(self.desired.chain_for(station), order)  # pushed before
             if outcome.error_type == "UnknownRequest":
                 message = f"{station} runs no station roles (start it with --roles FILE)"
                 answer.update(answer_fields("NoStation", message))
@@ -378,11 +380,10 @@ class ManagerCore:
             self._finish(now, station, state.push, answer)
             self._advance(now, station)
             return
-        state.stage, state.digest = "apply", digest
+        orders = desired.orders_for(station)
+        state.stage, state.digest, state.chain = "apply", digest, chain_digest(orders)
         self._ops[op] = state
-        self._outputs.append(
-            ApplyOrders(op, station, desired.orders_for(station), self.view.term, digest, "push")
-        )
+        self._outputs.append(ApplyOrders(op, station, orders, self.view.term, digest, "push"))
 
     def apply_done(self, now: float, op: int, outcome: Outcome) -> None:
         """The outcome of :class:`ApplyOrders` number *op*: a station's answer is recorded in
@@ -396,7 +397,9 @@ class ManagerCore:
         if isinstance(outcome, Done):
             self._refused.pop(station, None)
             ran = outcome.result.get("digest")
-            answer = StationAnswer.ok(digest, now, ran if isinstance(ran, str) else None)
+            answer = StationAnswer.ok(
+                digest, now, ran if isinstance(ran, str) else None, state.chain
+            )
             self._set(self.desired.record_answer(station, answer))
             out = {"applied": True, **answer_fields(None, None)}
             for key in ("started", "stopped", "restarted", "unchanged"):
@@ -410,7 +413,7 @@ class ManagerCore:
                 error_message=outcome.message,
             )
             if outcome.error_type != NotConductor.wire_name:  # a lagging view: retry soon
-                self._refused[station] = (digest, now)
+                self._refused[station] = (state.chain, now)
             self._set(self.desired.record_answer(station, refusal))
             out = {"applied": False, **answer_fields(outcome.error_type, outcome.message)}
         else:
@@ -485,9 +488,10 @@ class ManagerCore:
             return False
         digest = self.desired.digest_for(station)
         answer = self.desired.answer_for(station)
-        return member.digest == digest or (
-            answer is not None and answer.runs(digest, member.digest)
-        )
+        if member.digest == digest:
+            return True
+        chain = chain_digest(self.desired.orders_for(station))
+        return answer is not None and answer.runs(digest, chain, member.digest)
 
     def stations(self) -> dict[str, dict[str, Any]]:
         """Per managed station, what the status API shows: the desired ``config`` and its
@@ -598,7 +602,7 @@ class ManagerCore:
             answer = self.desired.answer_for(path)
             if self.in_sync(path):
                 if not self.desired.in_sync(path):
-                    observed = StationAnswer.ok(digest, now, member.digest)
+                    observed = StationAnswer.ok(digest, now)
                     self._set(self.desired.record_answer(path, observed))
                 continue
             if (
@@ -608,16 +612,13 @@ class ManagerCore:
                 and now - answer.time < 2 * self.manager_interval
             ):
                 continue  # just applied; its announcement is on the way
-            refused = self._refused.get(path)
-            if (
-                refused is not None
-                and refused[0] == digest
-                and now - refused[1] < self.refused_retry
-            ):
+            chain = chain_digest(orders)
+            refused_chain, refused_at = self._refused.get(path, ("", 0.0))
+            if refused_chain == chain and now - refused_at < self.refused_retry:
                 continue
             op = self._new_id()
             self._busy[path] = op
-            self._ops[op] = _Op(path, "apply", digest=digest)
+            self._ops[op] = _Op(path, "apply", digest=digest, chain=chain)
             self._outputs.append(
                 ApplyOrders(op, path, orders, self.view.term, digest, "reconcile")
             )

@@ -64,6 +64,7 @@ __all__ = [
     "OperatorPublicKey",
     "Order",
     "chain_config",
+    "chain_digest",
     "chain_issued",
     "merge_chains",
     "now_ms",
@@ -610,6 +611,13 @@ def merge_chains(*chains: Iterable[Order]) -> tuple[Order, ...]:
         (i for i, order in enumerate(ordered) if order.mode in _RESTARTING_MODES), default=0
     )
     return tuple(ordered[last_replace:])
+
+
+def chain_digest(chain: Sequence[Order]) -> str:
+    """A short hash (16 hex digits) naming a chain by its orders: two chains whose
+    configurations have the same digest are told apart (a merge of nothing, a full push of
+    what a merge made)."""
+    return hashlib.sha256(",".join(o.digest() for o in chain).encode()).hexdigest()[:16]
 
 
 def chain_issued(chain: Sequence[Order]) -> int:

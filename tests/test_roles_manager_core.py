@@ -266,6 +266,48 @@ def test_a_merge_push_into_a_stations_own_configuration_is_in_sync() -> None:
     assert m.in_sync(STATION)
 
 
+def test_a_new_chain_with_the_same_digest_is_pushed_again() -> None:
+    """Found by bench/roles_manager.py (seed 2356): a merge of nothing made the station run
+    its file; a later full push of nothing has the same configuration digest, but the station
+    runs its file, not nothing, so it must be pushed."""
+    m = core()
+    m.push(1.0, order(merge=True))  # a merge of no entries
+    (check,) = m.take_outputs()
+    m.check_done(1.1, check.op, Done())
+    (apply,) = only(m.take_outputs(), ApplyOrders)
+    m.apply_done(1.2, apply.op, Done({"digest": "the-file"}))
+    m.take_outputs()
+    m.update_view(view(s1="the-file"))
+    assert m.in_sync(STATION)
+    m.push(2.0, order(issued=3000))  # a full push of nothing
+    (check,) = m.take_outputs()
+    m.check_done(2.1, check.op, Unreachable("RequestTimeout", "no answer"))
+    m.take_outputs()
+    assert m.desired.digest_for(STATION) == apply.digest  # the same configuration digest
+    assert not m.in_sync(STATION)
+    m.handle_timer(10.0)
+    (again,) = only(m.take_outputs(), ApplyOrders)
+    assert again.orders == (order(issued=3000),)
+
+
+def test_a_check_refusal_of_an_order_kept_before_says_it_is_kept() -> None:
+    """Found by bench/roles_manager.py (seed 1189): an operator retries a push that was kept
+    (its answer was lost); the station's policy changed meanwhile and its check refuses. The
+    refusal changed nothing, and the order is still in the desired state: ``kept``."""
+    m = core()
+    pushed = order("cam")
+    m.push(1.0, pushed)
+    (check,) = m.take_outputs()
+    m.check_done(6.0, check.op, Unreachable("RequestTimeout", "no answer"))
+    m.take_outputs()
+    m.push(7.0, pushed)
+    (check,) = m.take_outputs()
+    m.check_done(7.1, check.op, Refused("BlockedRole", "role 'command' is blocked"))
+    answer = answered(m.take_outputs()).answer
+    assert answer is not None and answer["error_type"] == "BlockedRole"
+    assert answer["kept"] is True and m.desired.chain_for(STATION) == (pushed,)
+
+
 def test_forget_drops_a_station_and_an_older_replica_does_not_bring_it_back() -> None:
     m = core()
     typo = "/room-a/cam9"

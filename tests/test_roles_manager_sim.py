@@ -53,6 +53,15 @@ def test_every_station_converges_or_reports_a_typed_refusal_and_runs_only_signed
     )
 
 
+@pytest.mark.parametrize("seed", [1189, 1201, 2356])
+def test_the_seeds_that_found_bugs(seed: int) -> None:
+    """bench/roles_manager.py found these: a retried push refused by a changed station said
+    it was not kept (1189); a chain with the digest of an applied one was taken as applied
+    (1201, 2356). tests/test_roles_manager_core.py drives both by hand."""
+    result = run_manager_seed(seed)
+    assert result.ok, result.failures
+
+
 def test_a_seed_replays_exactly() -> None:
     first, again, other = run_manager_seed(7), run_manager_seed(7), run_manager_seed(8)
     assert first == again
