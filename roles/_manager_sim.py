@@ -164,12 +164,16 @@ class _Node:
         self.mesh: MeshView = MeshView(path)
 
     def refresh(self) -> None:
+        """Rebuild the :class:`MeshView` the manager core is given."""
         _, conductor, term = self.lease
         live = {p: m for p, (_, m) in sorted(self.members.items()) if m is not None}
         self.mesh = MeshView(self.path, conductor, term, live)
 
 
 class _Candidate(_Node):
+    """A conductor candidate: its manager core (``None`` while down), the desired state it
+    saved, its next timer, and the operators waiting for its answers."""
+
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.core: ManagerCore | None = None
@@ -179,6 +183,9 @@ class _Candidate(_Node):
 
 
 class _Station(_Node):
+    """A station: its file, its policy (strict: ``stream`` blocked), its state (saved: it
+    survives a crash) and until when it is busy applying."""
+
     def __init__(self, path: str, file: RoleConfig, strict: bool) -> None:
         super().__init__(path)
         self.file = file
@@ -188,10 +195,13 @@ class _Station(_Node):
 
     @property
     def policy(self) -> StationPolicy:
+        """The validator this station applies now."""
         return _STRICT if self.strict else _OPEN
 
 
 class _Sim:
+    """One run (see the module docstring)."""
+
     def __init__(self, seed: int, config: ManagerSimConfig) -> None:
         self.seed = seed
         self.config = config
@@ -200,7 +210,6 @@ class _Sim:
         self.loss = config.loss
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
-        self._ids = 0
         self._hash = hashlib.blake2b(digest_size=16)
         self.failures: list[str] = []
         self.stats: dict[str, int] = {}
@@ -259,10 +268,6 @@ class _Sim:
             action()
 
         self.at(delay, run)
-
-    def new_id(self) -> int:
-        self._ids += 1
-        return self._ids
 
     def latency(self) -> float:
         return 0.0005 + self.rng.expovariate(1 / 0.004)
