@@ -189,7 +189,7 @@ def choose_node(
 
     def listed() -> str:
         return ", ".join(
-            f"{name} ({', '.join(str(s['node'].get('path')) for _, s in nodes)})"
+            f"{name} ({', '.join(sorted(str(s['node'].get('path')) for _, s in nodes))})"
             for name, nodes in sorted(by_federation.items())
         )
 

@@ -32,20 +32,27 @@ def conf_args(trusted: list[str], station: Path) -> Any:
     return args
 
 
-async def settled(nodes: list[LiveNode], conductor: str, stations: list[str]) -> None:
-    """Every node sees every other alive, *conductor* conducts, the stations announce."""
+async def settled(nodes: list[LiveNode], candidates: set[str], stations: list[str]) -> str:
+    """Every node sees every other alive and the same one of *candidates* conducting, the
+    stations announce; return the conductor's path."""
+    views: set[str | None] = set()
 
     async def check() -> bool:
+        views.clear()
         for node in nodes:
             doc = await node.status()
             alive = {m["path"] for m in doc["members"] if m["state"] == "alive"}
-            if len(alive) != len(nodes) or doc["conductor"] != conductor:
+            views.add(doc["conductor"])
+            if len(alive) != len(nodes) or doc["conductor"] not in candidates:
                 return False
             if not all(doc["roles"]["identities"].get(s) for s in stations):
                 return False
-        return True
+        return len(views) == 1
 
-    await wait_for(check, 30, every=0.1, what=f"{len(nodes)} nodes, {conductor} conducting")
+    await wait_for(check, 30, every=0.1, what=f"{len(nodes)} nodes and one conductor")
+    (conductor,) = views
+    assert conductor is not None
+    return conductor
 
 
 async def test_roles_picks_the_node_of_the_stations_federation_or_asks(tmp_path: Path) -> None:
@@ -53,7 +60,7 @@ async def test_roles_picks_the_node_of_the_stations_federation_or_asks(tmp_path:
     station = write(tmp_path / "station.json", {"roles": {}})
     pushed = write(tmp_path / "push.json", {"command": {"rec": {"command": SLEEP}}})
     async with start_nodes(tmp_path, ["c1", "cam1"], conf_args(trusted, station)) as conf:
-        await settled(conf, "/ctl/c1", ["/room-a/cam1"])
+        await settled(conf, {"/ctl/c1"}, ["/room-a/cam1"])
         # Another federation's node on the same machine: no conductor, and its own stations.
         other = ["--no-mdns", "--federation", "other", "--orchestra", "room-b"]
         async with start_nodes(tmp_path, ["o1"], other) as (o1,):
@@ -98,8 +105,8 @@ async def test_a_push_to_a_mistyped_station_is_pending_and_forget_removes_it_eve
     station = write(tmp_path / "station.json", {"roles": {}})
     pushed = write(tmp_path / "push.json", {"command": {"rec": {"command": SLEEP}}})
     async with start_nodes(tmp_path, ["c1", "c2", "cam1"], conf_args(trusted, station)) as nodes:
-        await settled(nodes, "/ctl/c1", ["/room-a/cam1"])
-        c1, c2 = nodes[0], nodes[1]
+        conductor = await settled(nodes, {"/ctl/c1", "/ctl/c2"}, ["/room-a/cam1"])
+        leader, standby = (nodes[0], nodes[1]) if conductor == "/ctl/c1" else nodes[1::-1]
         code, out, err = await cli(
             tmp_path, "roles", "push", str(pushed), "--station", "/room-a/cam9", *signed
         )
@@ -115,7 +122,7 @@ async def test_a_push_to_a_mistyped_station_is_pending_and_forget_removes_it_eve
             return set((await node.status())["roles"]["manager"]["stations"])
 
         async def replicated() -> bool:
-            return "/room-a/cam9" in await desired(c2)
+            return "/room-a/cam9" in await desired(standby)
 
         await wait_for(replicated, 10, what="the pending station replicated to the standby")
         code, out, _ = await cli(tmp_path, "roles", "show")
@@ -126,23 +133,23 @@ async def test_a_push_to_a_mistyped_station_is_pending_and_forget_removes_it_eve
         # Forgetting changes the desired state: an operator must sign it.
         code, _, err = await cli(tmp_path, "roles", "forget", "/room-a/cam9")
         assert code == 1 and err.startswith("error: Unauthorized: "), err
-        assert "/room-a/cam9" in await desired(c1)
+        assert "/room-a/cam9" in await desired(leader)
         code, out, err = await cli(tmp_path, "roles", "forget", "/room-a/cam9", *signed)
         assert (code, err) == (0, ""), err
         assert out.strip() == (
             "/room-a/cam9: forgotten; the conductor no longer pushes to it, and what it runs "
             "is not changed"
         )
-        assert "/room-a/cam9" not in await desired(c1)
+        assert "/room-a/cam9" not in await desired(leader)
 
         async def forgotten_on_the_standby() -> bool:
-            return "/room-a/cam9" not in await desired(c2)
+            return "/room-a/cam9" not in await desired(standby)
 
         await wait_for(forgotten_on_the_standby, 10, what="the forget replicated")
         code, out, _ = await cli(tmp_path, "roles", "show")
         assert code == 0 and "/room-a/cam9" not in out
         # The standby saved it: a restarted candidate does not bring the station back.
-        saved = tmp_path / "state" / "conf" / "ctl" / "c2" / "roles" / "desired.json"
+        saved = tmp_path / "state" / "conf" / "ctl" / standby.name / "roles" / "desired.json"
 
         def saved_forgotten() -> bool:
             doc = json.loads(saved.read_text()) if saved.exists() else {}
@@ -161,7 +168,7 @@ async def test_a_push_to_a_mistyped_station_is_pending_and_forget_removes_it_eve
         assert [(i["uuid"], i["state"]) for i in doc["roles"]["station"]["instances"]] == [
             ("rec", "running")
         ]
-        assert "/room-a/cam1" not in await desired(c1)
+        assert "/room-a/cam1" not in await desired(leader)
 
 
 async def test_show_station_says_why_a_role_cannot_start(tmp_path: Path) -> None:
@@ -172,7 +179,7 @@ async def test_show_station_says_why_a_role_cannot_start(tmp_path: Path) -> None
         {"command": {"ghost": {"command": [GHOST, "-i", "x"]}, "rec": {"command": SLEEP}}},
     )
     async with start_nodes(tmp_path, ["c1", "cam1"], conf_args(trusted, station)) as nodes:
-        await settled(nodes, "/ctl/c1", ["/room-a/cam1"])
+        await settled(nodes, {"/ctl/c1"}, ["/room-a/cam1"])
         code, _, err = await cli(
             tmp_path, "roles", "push", str(pushed), "--station", "/room-a/cam1", *signed
         )
