@@ -232,6 +232,7 @@ class RolesExtension(Extension):
         self._save_needed = trio.Event()
         self._answered: dict[int, trio.Event] = {}
         self._answers: dict[int, PushAnswered] = {}
+        self._last_push: dict[str, dict[str, Any]] = {}
         self._desired_path: Path | None = None
 
     @property
@@ -558,6 +559,9 @@ class RolesExtension(Extension):
         assert manager is not None and nursery is not None
         for output in manager.take_outputs():
             if isinstance(output, PushAnswered):
+                if output.answer is not None:  # shown with its wall-clock time
+                    station = str(output.answer.get("station"))
+                    self._last_push[station] = {"time": time.time(), **output.answer}
                 answered = self._answered.get(output.push)
                 if answered is not None:
                     self._answers[output.push] = output
@@ -740,7 +744,11 @@ class RolesExtension(Extension):
             manager.update_view(self._view(node))
             identities = self.identities()
             for path, view in manager.stations().items():
-                stations[path] = {**view, "identity": identities.get(path)}
+                stations[path] = {
+                    **view,
+                    "identity": identities.get(path),
+                    "last_push": self._last_push.get(path),
+                }
         return {
             "active": node is not None and node.conductor == node.path,
             "conductor": node.conductor if node is not None else None,

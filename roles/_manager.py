@@ -275,8 +275,6 @@ class ManagerCore:
         self.sync_interval = sync_interval
         self.refused_retry = refused_retry
         self.view = MeshView(path)
-        #: station -> the last answer to a push made through this node (with its time).
-        self.last_push: dict[str, dict[str, Any]] = {}
         self._ops: dict[int, _Op] = {}
         self._busy: dict[str, int] = {}
         self._queue: dict[str, collections.deque[tuple[int, Order]]] = {}
@@ -496,8 +494,7 @@ class ManagerCore:
     def stations(self) -> dict[str, dict[str, Any]]:
         """Per managed station, what the status API shows: the desired ``config`` and its
         ``digest``, the ``orders`` it comes from, whether it is ``live``, the
-        ``station_digest`` it announces, ``in_sync``, its last ``answer`` and the
-        ``last_push`` made through this node."""
+        ``station_digest`` it announces, ``in_sync`` and its last ``answer``."""
         out: dict[str, dict[str, Any]] = {}
         for path in self.desired.station_paths():
             orders = self.desired.orders_for(path)
@@ -513,7 +510,6 @@ class ManagerCore:
                 "station_digest": member.digest if member is not None else None,
                 "in_sync": self.in_sync(path),
                 "answer": answer.to_dict() if answer is not None else None,
-                "last_push": self.last_push.get(path),
             }
         return out
 
@@ -583,8 +579,6 @@ class ManagerCore:
         """A request for *station* is over (or a push needed none): answer the push and free
         the station."""
         if push is not None:
-            if answer is not None:
-                self.last_push[station] = {"time": now, **answer}
             self._outputs.append(PushAnswered(push, answer, error))
         op = self._busy.get(station)
         if op is not None and op not in self._ops:
