@@ -17,18 +17,25 @@ roles``                                            network you control only)
 
 A station's own operator (the node's local API, which needs the node's secret) is not
 concerned: that is a local change. Sans-IO: :class:`RemoteAuthority` is a value.
+
+A configuration reaches a station relayed by the conductor (``roles.apply``): the station
+takes it only from the node it sees as the conductor, at the lease term it knows
+(:func:`check_relay`), and only orders an operator signed for it (:func:`check_relayed_orders`).
+The roles extension and the manager simulation (:mod:`roles._manager_sim`) both decide with
+these two functions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
 
-from roles._errors import Unauthorized
+from roles._errors import InvalidRequest, NotConductor, RolesError, Unauthorized
 from roles._operator import OperatorKeyring, Order
 
-__all__ = ["RemoteAuthority", "RemoteMode"]
+__all__ = ["ChangeRefused", "RemoteAuthority", "RemoteMode", "check_relay", "check_relayed_orders"]
 
 RemoteMode = Literal["signed", "unsigned", "refused"]
 
@@ -113,3 +120,59 @@ class RemoteAuthority:
             "reason": self.reason(),
             "operator_keys": self.keyring.to_list(),
         }
+
+
+class ChangeRefused(Exception):
+    """Raised by :func:`check_relay` and :func:`check_relayed_orders` when a station refuses a
+    relayed change: ``error`` is the typed error to answer with (:class:`~roles.NotConductor`
+    or :class:`~roles.Unauthorized`) and ``reason`` the counter it is counted under in
+    ``roles.refused_changes`` (``refused``, ``not-conductor``, ``signature``)."""
+
+    def __init__(self, reason: str, error: RolesError) -> None:
+        super().__init__(str(error))
+        self.reason = reason
+        self.error = error
+
+
+def check_relay(
+    authority: RemoteAuthority,
+    *,
+    station: str,
+    sender: str | None,
+    term: object,
+    conductor: str | None,
+    known_term: int | None,
+) -> None:
+    """Raise :class:`ChangeRefused` unless a ``roles.apply`` from *sender* at lease *term* may
+    change *station*: remote changes are allowed at all, and the sender is the *conductor*
+    in the station's view, at the term the station knows (*known_term*)."""
+    if authority.mode == "refused":
+        raise ChangeRefused("refused", Unauthorized(authority.reason()))
+    if sender is None or sender != conductor or term != known_term:
+        raise ChangeRefused(
+            "not-conductor",
+            NotConductor(
+                f"roles.apply comes only from the conductor: {sender or 'an unknown sender'}"
+                f" (term {term!r}) is not the conductor in the view of {station} "
+                f"({conductor or 'none'}"
+                f"{f' at term {known_term}' if known_term is not None else ''})",
+                conductor=conductor,
+            ),
+        )
+
+
+def check_relayed_orders(
+    authority: RemoteAuthority, *, station: str, orders: Sequence[Order]
+) -> None:
+    """Raise :class:`ChangeRefused` (``signature``) unless an operator signed every order of
+    *orders* for *station* in this federation, and :class:`~roles.InvalidRequest` if one of
+    them is not a configuration for a station (a control or ``forget`` order)."""
+    for order in orders:
+        try:
+            authority.check(order, station=station)
+        except Unauthorized as exc:
+            raise ChangeRefused("signature", exc) from None
+        if order.kind != "config" or order.mode == "forget":
+            raise InvalidRequest(
+                "roles.apply: every order must be a config order (replace or merge)"
+            )

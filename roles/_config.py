@@ -157,6 +157,7 @@ class RoleConfig:
     entries: tuple[tuple[str, str, RoleEntry], ...] = attrs.field(
         default=(), converter=_sorted_entries
     )
+    _digest: list[str] = attrs.field(factory=list, init=False, eq=False, repr=False)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -241,8 +242,12 @@ class RoleConfig:
 
     def digest(self) -> str:
         """Return a short hash (16 hex digits) of the canonical form: equal configs, equal
-        digests. Lets a manager tell which configuration a station's answer was about."""
-        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:16]
+        digests. Lets a manager tell which configuration a station's answer was about.
+        Computed once per value (configurations are frozen)."""
+        if not self._digest:
+            text = canonical_json(self.to_dict())
+            self._digest.append(hashlib.sha256(text.encode()).hexdigest()[:16])
+        return self._digest[0]
 
     @classmethod
     def from_dict(

@@ -10,9 +10,13 @@ travels between conductor candidates, so a new conductor has the same orders to 
 * Per station path (``/room-a/cam1``), a *chain* of config orders: the newest full push
   (``replace``) and the ``merge`` pushes issued after it; :meth:`DesiredState.config_for`
   folds it into the configuration the station should run. Chains merge by union, dropping
-  what a newer full push made obsolete.
+  what a newer full push made obsolete. A ``forget`` order (``stagemesh roles forget``) ends
+  a chain like a full push with nothing in it, and the station is no longer managed
+  (:meth:`DesiredState.wanted`); it stays in the chain as a signed tombstone, so a replica
+  that missed it cannot bring the older orders back.
 * Per station, the last :class:`StationAnswer`: which configuration (by digest) it answered
-  about, and whether it applied it or the typed error it raised. Answers merge by ``time``.
+  about, and whether it applied it (and the digest of what it then ran) or the typed error it
+  raised. Answers merge by ``time``.
 
 Sans-IO: the caller passes ``now`` (federation time), checks signatures (:meth:`filtered`)
 and does the pushing.
@@ -37,18 +41,43 @@ __all__ = ["DesiredState", "StationAnswer"]
 class StationAnswer:
     """A station's answer to a pushed configuration: the ``digest`` of that configuration,
     whether it was ``applied``, else the error's ``error_type`` and ``error_message`` (the typed
-    error's wire form), and the federation ``time`` it was recorded."""
+    error's wire form), and the federation ``time`` it was recorded.
+
+    ``station_digest`` is the digest of what the station ran after applying, when it differs
+    from ``digest``: merge pushes are merged into what the station ran before (its file, a
+    local change), so the station then announces that digest, not the chain's. ``chain``
+    (:func:`~roles._operator.chain_digest`) then names the chain of orders it applied: only
+    that chain is known to make the station run ``station_digest``."""
 
     digest: str
     applied: bool
     time: float
     error_type: str | None = None
     error_message: str | None = None
+    station_digest: str | None = None
+    chain: str | None = None
 
     @classmethod
-    def ok(cls, digest: str, now: float) -> StationAnswer:
-        """The answer "applied configuration *digest*"."""
-        return cls(digest=digest, applied=True, time=now)
+    def ok(
+        cls, digest: str, now: float, station_digest: str | None = None, chain: str | None = None
+    ) -> StationAnswer:
+        """The answer "applied configuration *digest*" (the orders of *chain*, the station
+        then running *station_digest*, when that differs)."""
+        if station_digest is None or station_digest == digest:
+            return cls(digest=digest, applied=True, time=now)
+        return cls(digest, True, now, station_digest=station_digest, chain=chain)
+
+    def runs(self, digest: str, chain: str, announced: object) -> bool:
+        """Whether this answer says that a station announcing *announced* runs the chain
+        *chain* (whose configuration has *digest*) merged into what it ran before: it applied
+        that very chain and then ran *announced*."""
+        return (
+            self.applied
+            and self.digest == digest
+            and self.station_digest is not None
+            and self.chain == chain
+            and announced == self.station_digest
+        )
 
     @classmethod
     def refused(cls, digest: str, error: RolesError, now: float) -> StationAnswer:
@@ -73,8 +102,8 @@ class StationAnswer:
         return error_family(self.error_type) if self.error_type else None
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a msgpack/JSON-able dict."""
-        return {
+        """Return a msgpack/JSON-able dict (``station_digest`` only when set)."""
+        doc: dict[str, Any] = {
             "digest": self.digest,
             "applied": self.applied,
             "time": self.time,
@@ -82,6 +111,10 @@ class StationAnswer:
             "error_family": self.error_family,
             "error_message": self.error_message,
         }
+        if self.station_digest is not None:
+            doc["station_digest"] = self.station_digest
+            doc["chain"] = self.chain
+        return doc
 
     def sort_key(self) -> tuple[float, str]:
         """Newer answers win a merge; ties are broken by canonical JSON."""
@@ -97,13 +130,20 @@ class StationAnswer:
         when = data.get("time")
         error_type = data.get("error_type")
         error_message = data.get("error_message")
+        station_digest = data.get("station_digest")
+        chain = data.get("chain")
         if not isinstance(digest, str):
             raise ConfigFileError.at(source, f"{path}.digest", "expected a string")
         if not isinstance(applied, bool):
             raise ConfigFileError.at(source, f"{path}.applied", "expected true or false")
         if isinstance(when, bool) or not isinstance(when, int | float):
             raise ConfigFileError.at(source, f"{path}.time", "expected a number")
-        for name, value in (("error_type", error_type), ("error_message", error_message)):
+        for name, value in (
+            ("error_type", error_type),
+            ("error_message", error_message),
+            ("station_digest", station_digest),
+            ("chain", chain),
+        ):
             if value is not None and not isinstance(value, str):
                 raise ConfigFileError.at(source, f"{path}.{name}", "expected a string or null")
         return cls(
@@ -112,11 +152,19 @@ class StationAnswer:
             time=float(when),
             error_type=error_type,
             error_message=error_message,
+            station_digest=station_digest,
+            chain=chain,
         )
 
 
 def _sorted_pairs(pairs: Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(pairs, key=lambda p: p[0]))
+
+
+def _relayed(chain: tuple[Order, ...]) -> tuple[Order, ...]:
+    """The orders of *chain* a station is sent: all of them, without a leading ``forget``
+    (a chain that is only a ``forget`` relays nothing: the station is not managed)."""
+    return chain[1:] if chain and chain[0].mode == "forget" else chain
 
 
 @attrs.frozen
@@ -129,20 +177,46 @@ class DesiredState:
     answers: tuple[tuple[str, StationAnswer], ...] = attrs.field(
         default=(), converter=_sorted_pairs
     )
+    _digests: dict[str, str] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False, hash=False
+    )
 
     # --- reading -----------------------------------------------------------------------------
 
     def station_paths(self) -> tuple[str, ...]:
-        """Return every station path with orders or an answer."""
-        return tuple(sorted({p for p, _ in self.stations} | {p for p, _ in self.answers}))
+        """Return every managed station path: with orders (not forgotten) or an answer."""
+        forgotten = {p for p, chain in self.stations if not _relayed(chain)}
+        paths = {p for p, _ in self.stations} | {p for p, _ in self.answers}
+        return tuple(sorted(paths - forgotten))
 
     def chain_for(self, path: str) -> tuple[Order, ...]:
-        """Return the orders of *path* (oldest first): what to push."""
+        """Return the chain of *path* as kept (oldest first, a ``forget`` tombstone included):
+        what replicas merge."""
         return dict(self.stations).get(path, ())
+
+    def orders_for(self, path: str) -> tuple[Order, ...]:
+        """Return the orders to relay to *path* (oldest first; empty when forgotten)."""
+        return _relayed(self.chain_for(path))
+
+    def wanted(self) -> tuple[tuple[str, tuple[Order, ...]], ...]:
+        """Return (path, orders to relay) of every station the manager manages."""
+        return tuple((p, orders) for p, chain in self.stations if (orders := _relayed(chain)))
+
+    def forgotten(self, path: str) -> bool:
+        """Return whether an operator's ``forget`` order ends the chain of *path*."""
+        chain = self.chain_for(path)
+        return bool(chain) and not _relayed(chain)
 
     def config_for(self, path: str) -> RoleConfig:
         """Return the configuration the orders of *path* describe (empty if none)."""
-        return chain_config(self.chain_for(path))
+        return chain_config(self.orders_for(path))
+
+    def digest_for(self, path: str) -> str:
+        """Return the digest of :meth:`config_for` (computed once per value)."""
+        digest = self._digests.get(path)
+        if digest is None:
+            digest = self._digests[path] = self.config_for(path).digest()
+        return digest
 
     def issued_for(self, path: str) -> int:
         """Return when the newest order of *path* was issued (0 if none)."""
@@ -155,21 +229,18 @@ class DesiredState:
     def in_sync(self, path: str) -> bool:
         """Return whether *path* last applied exactly its current desired configuration."""
         answer = self.answer_for(path)
-        return (
-            answer is not None
-            and answer.applied
-            and answer.digest == self.config_for(path).digest()
-        )
+        return answer is not None and answer.applied and answer.digest == self.digest_for(path)
 
     def out_of_sync(self) -> tuple[str, ...]:
         """Return the stations whose desired configuration is not known to be applied."""
-        return tuple(p for p, _ in self.stations if not self.in_sync(p))
+        return tuple(p for p, _ in self.wanted() if not self.in_sync(p))
 
     # --- changing (each returns a new value) ------------------------------------------------
 
     def with_order(self, order: Order) -> DesiredState:
         """Return a copy with config *order* added to its station's chain (an older order
-        that a newer full push made obsolete changes nothing).
+        that a newer full push made obsolete changes nothing). A ``forget`` order also drops
+        the station's answer.
 
         Raises ``ValueError`` for a control order or a chain over :data:`MAX_CHAIN` orders.
         """
@@ -182,7 +253,11 @@ class DesiredState:
                 f"push its whole configuration (without --merge) to start over (at most "
                 f"{MAX_CHAIN})"
             )
-        return self._with_chain(order.station, chain)
+        result = self._with_chain(order.station, chain)
+        if not _relayed(chain) and result.answer_for(order.station) is not None:
+            answers = tuple((p, a) for p, a in result.answers if p != order.station)
+            result = attrs.evolve(result, answers=answers)
+        return result
 
     def _with_chain(self, path: str, chain: tuple[Order, ...]) -> DesiredState:
         check_station_path(path)
@@ -193,16 +268,23 @@ class DesiredState:
         """Return a copy with *answer* recorded for *path* (unless a newer one is there)."""
         check_station_path(path)
         current = self.answer_for(path)
-        if current is not None and current.sort_key() >= answer.sort_key():
+        if current is not None and (
+            current.time > answer.time
+            or (current.time == answer.time and current.sort_key() >= answer.sort_key())
+        ):
             return self
         others = tuple((p, a) for p, a in self.answers if p != path)
         return attrs.evolve(self, answers=(*others, (path, answer)))
 
     def merge(self, other: DesiredState) -> DesiredState:
-        """Return the merge of two views (commutative, associative, idempotent)."""
+        """Return the merge of two views (commutative, associative, idempotent); this very
+        value when *other* adds nothing."""
         result = self
         for path, chain in other.stations:
-            result = result._with_chain(path, merge_chains(result.chain_for(path), chain))
+            mine = result.chain_for(path)
+            merged = merge_chains(mine, chain)
+            if [o.digest() for o in merged] != [o.digest() for o in mine]:
+                result = result._with_chain(path, merged)
         for path, answer in other.answers:
             result = result.record_answer(path, answer)
         return result

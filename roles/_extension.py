@@ -15,17 +15,13 @@ builds it with :func:`roles_extension_factory` from the ``stagemesh node`` flags
   against the conductor's lease term), verified here, end to end; ``roles.start``, ``stop``
   and ``restart`` carry a signed control order;
 * every node with the extension (every ``--conductor`` candidate, every station) carries the
-  **manager**, which acts only while the node conducts. The conductor accepts ``roles.push``
-  of an operator's order (others raise :class:`~roles.NotConductor`; an order without a valid
-  signature raises :class:`~roles.Unauthorized`), keeps the orders of every station in a
-  :class:`~roles.DesiredState`, replicates it to every conductor candidate, relays the orders to
-  the station with ``node.request`` and records the answer. Every ``manager_interval`` seconds
-  it pushes again to each live station whose announced digest differs from its desired one (a
-  new conductor, a restarted station). Standby candidates exchange their view with the
-  conductor every ``sync_interval`` seconds (anti-entropy), and the view is saved in the state
-  directory (``desired.json``), so a new or restarted conductor has it. Orders merged from
-  another node are kept only if their signatures verify here, so a member cannot inject a
-  desired state.
+  **manager**, which acts only while the node conducts. Its decisions are those of the sans-IO
+  :class:`~roles._manager.ManagerCore` (accept an operator's push, check it on the station,
+  keep it in the :class:`~roles.DesiredState`, relay it, record the answer, push again to
+  stations out of sync, replicate, exchange with the conductor); this module only carries its
+  requests with ``node.request``, feeds the outcomes back, runs its timer and saves the
+  desired state in the state directory (``desired.json``), so a new or restarted conductor
+  has it.
 
 A candidate without ``--roles`` runs the manager only (no station, no ``r``/``i``/``d`` meta).
 """
@@ -33,13 +29,12 @@ A candidate without ``--roles`` runs the manager only (no station, no ``r``/``i`
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,9 +54,14 @@ from mesh._node import (
 )
 from mesh._state import default_state_dir, write_json_atomic
 from mesh._wire import Value
-from roles._authority import RemoteAuthority
+from roles._authority import (
+    ChangeRefused,
+    RemoteAuthority,
+    check_relay,
+    check_relayed_orders,
+)
 from roles._config import RoleConfig, StationFile, load_station_file
-from roles._desired import DesiredState, StationAnswer
+from roles._desired import DesiredState
 from roles._errors import (
     ConfigFileError,
     InvalidConfiguration,
@@ -76,13 +76,29 @@ from roles._errors import (
 )
 from roles._factories import FactoryRegistry, default_factories
 from roles._identity import StationIdentity
+from roles._manager import (
+    ApplyOrders,
+    CheckConfig,
+    Done,
+    Exchange,
+    Failed,
+    ManagerCore,
+    Member,
+    MeshView,
+    Outcome,
+    Persist,
+    PushAnswered,
+    Refused,
+    Replicate,
+    Unreachable,
+    state_digest,
+)
 from roles._operator import (
     MAX_CHAIN,
     OperatorKey,
     OperatorKeyError,
     OperatorKeyring,
     Order,
-    chain_config,
 )
 from roles._station import REQUEST_KINDS, Station, StationPolicy, open_station
 from roles._supervisor import BackoffPolicy
@@ -206,7 +222,7 @@ class RolesExtension(Extension):
         self.refused_retry = refused_retry
         self.push_timeout = push_timeout
         self.station: Station | None = None
-        self.desired = DesiredState()
+        self.manager: ManagerCore | None = None
         self.authority: RemoteAuthority | None = None
         self.refusals: dict[str, int] = {}
         self._node: Node | None = None
@@ -214,11 +230,15 @@ class RolesExtension(Extension):
         self._station_ready = trio.Event()
         self._poke = trio.Event()
         self._save_needed = trio.Event()
-        self._station_locks: dict[str, trio.Lock] = {}
-        self._busy: set[str] = set()
-        self._refused: dict[str, tuple[str, float]] = {}
+        self._answered: dict[int, trio.Event] = {}
+        self._answers: dict[int, PushAnswered] = {}
         self._last_push: dict[str, dict[str, Any]] = {}
         self._desired_path: Path | None = None
+
+    @property
+    def desired(self) -> DesiredState:
+        """The manager's desired state (see :class:`~roles.DesiredState`)."""
+        return self.manager.desired if self.manager is not None else DesiredState()
 
     # --- the extension interface -------------------------------------------------------------
 
@@ -297,7 +317,18 @@ class RolesExtension(Extension):
         )
         self._desired_path = base / DESIRED_FILE_NAME
         loaded = await trio.to_thread.run_sync(self._load_desired, self._desired_path)
-        self.desired, dropped = loaded.filtered(self.authority.accepts)
+        desired, dropped = loaded.filtered(self.authority.accepts)
+        self.manager = ManagerCore(
+            self.authority,
+            path=node.path,
+            now=node.now(),
+            desired=desired,
+            candidate=config.conductor,
+            manager_interval=self.manager_interval,
+            sync_interval=self.sync_interval,
+            refused_retry=self.refused_retry,
+        )
+        self.manager.update_view(self._view(node))
         if dropped:
             logger.warning(
                 "dropped %d saved order(s) this node cannot verify (a retired or unknown "
@@ -310,8 +341,6 @@ class RolesExtension(Extension):
                 await nursery.start(self._run_station, node, base)
             nursery.start_soon(self._save_loop)
             nursery.start_soon(self._manager_loop, node)
-            if config.conductor:
-                nursery.start_soon(self._anti_entropy_loop, node)
             task_status.started()
 
     # --- the station ----------------------------------------------------------------------
@@ -387,22 +416,6 @@ class RolesExtension(Extension):
             raise self._refuse("refused", Unauthorized(authority.reason()))
         return authority
 
-    def _check_from_conductor(self, node: Node, sender: str | None, term: object) -> None:
-        """A configuration comes only from the current conductor, at the term we know."""
-        conductor = node.conductor
-        lease = node.core.election.lease(CONDUCTOR)
-        known = lease.term if lease is not None else None
-        if sender is None or sender != conductor or term != known:
-            raise self._refuse(
-                "not-conductor",
-                NotConductor(
-                    f"roles.apply comes only from the conductor: {sender or 'an unknown sender'}"
-                    f" (term {term!r}) is not the conductor in the view of {node.path} "
-                    f"({conductor or 'none'}{f' at term {known}' if known is not None else ''})",
-                    conductor=conductor,
-                ),
-            )
-
     def _orders(self, raw: object, what: str, limit: int = MAX_CHAIN) -> list[Order]:
         if not isinstance(raw, list) or not 1 <= len(raw) <= limit:
             raise InvalidRequest(f"{what}: expected an array of 1 to {limit} orders")
@@ -420,15 +433,19 @@ class RolesExtension(Extension):
                 "relayed by the conductor) and 'term'; a station's own operator applies a "
                 "configuration through the node's local API"
             )
-        self._check_from_conductor(node, sender, payload.get("term"))
-        orders = self._orders(payload["orders"], "roles.apply")
-        for order in orders:
-            try:
-                authority.check(order, station=node.path)
-            except Unauthorized as exc:
-                raise self._refuse("signature", exc) from None
-            if order.kind != "config":
-                raise InvalidRequest("roles.apply: every order must be a config order")
+        try:
+            check_relay(
+                authority,
+                station=node.path,
+                sender=sender,
+                term=payload.get("term"),
+                conductor=node.conductor,
+                known_term=_term(node),
+            )
+            orders = self._orders(payload["orders"], "roles.apply")
+            check_relayed_orders(authority, station=node.path, orders=orders)
+        except ChangeRefused as refused:
+            raise self._refuse(refused.reason, refused.error) from None
         try:
             result = await station.apply_orders(orders)
         except StaleOrder as exc:
@@ -475,143 +492,156 @@ class RolesExtension(Extension):
             raise InvalidRequest("the roles extension is still starting; try again in a moment")
         return self._node
 
-    def _lock_for(self, station: str) -> trio.Lock:
-        return self._station_locks.setdefault(station, trio.Lock())
+    def _require_manager(self) -> tuple[Node, ManagerCore]:
+        node = self._require_node()
+        if self.manager is None:
+            raise InvalidRequest("the roles extension is still starting; try again in a moment")
+        self.manager.update_view(self._view(node))
+        return node, self.manager
 
     async def _handle_push(self, sender: str | None, payload: Value) -> Value:
         """``roles.push {"order"}`` (conductor only): an operator's config order."""
-        node = self._require_node()
-        if node.conductor != node.path:
-            conductor = node.conductor
-            where = f"the conductor is {conductor}" if conductor else "there is no conductor now"
-            raise NotConductor(
-                f"{node.path} is not the conductor; {where} (send roles.push there)",
-                conductor=conductor,
-            )
-        authority = self._require_authority()
+        _, manager = self._require_manager()
+        try:
+            manager.check_push()
+        except ChangeRefused as refused:
+            raise self._refuse(refused.reason, refused.error) from None
         if not isinstance(payload, Mapping) or "order" not in payload:
             raise InvalidRequest(
                 "roles.push: the payload needs 'order' (a config order for one station, signed "
                 "by an operator: stagemesh roles push --operator-key FILE)"
             )
         (order,) = self._orders([payload["order"]], "roles.push", 1)
-        if order.kind != "config":
-            raise InvalidRequest("roles.push: the order must be a config order")
-        try:
-            authority.check(order)
-        except Unauthorized as exc:
-            raise self._refuse("signature", exc) from None
         return await self.push(order)
 
     async def push(self, order: Order) -> Value:
-        """Add an operator's (verified) config *order* to the desired state of its station and
-        relay the station's orders there; return ``{"station", "applied", "digest",
-        "error_type", "error_family", "error", "pending", ...}``.
+        """Hand an operator's config *order* to the manager (this node must conduct) and
+        return its answer: ``{"station", "applied", "digest", "error_type", "error_family",
+        "error", "pending", ...}`` (``forgotten`` for a ``forget`` order).
 
         The station checks the new configuration first (``roles.check``); a refusal leaves the
         desired state and the station as they were, and its typed error is in the answer. An
         unreachable station keeps the new desired configuration (``pending``), pushed when it
         is live again.
         """
-        node = self._require_node()
-        station = order.station
-        async with self._lock_for(station):
-            try:
-                desired = self.desired.with_order(order)
-            except ValueError as exc:
-                raise InvalidRequest(f"roles.push: {exc}") from None
-            chain = desired.chain_for(station)
-            config = chain_config(chain)
-            answer: dict[str, Any] = {
-                "station": station,
-                "applied": False,
-                "digest": config.digest(),
-                "error_type": None,
-                "error_family": None,
-                "error": None,
-                "pending": False,
-            }
-            if order not in chain:
-                error = StaleOrder(
-                    f"{order.describe()} is older than the last full push to {station} "
-                    f"(issued at {desired.issued_for(station)}); push again"
-                )
-                answer.update(_error_fields(error.wire_name, error.message))
-                self._record_push(station, answer)
-                return answer
-            unreachable: RequestError | None = None
-            try:
-                await node.request(
-                    station,
-                    "roles.check",
-                    {"config": _plain(config.to_dict())},
-                    timeout=self.push_timeout,
-                )
-            except RemoteError as exc:
-                if exc.error_type == "UnknownRequest":
-                    message = f"{station} runs no station roles (start it with --roles FILE)"
-                    answer.update(_error_fields("NoStation", message))
-                else:
-                    answer.update(_error_fields(exc.error_type, exc.message))
-                self._record_push(station, answer)
-                return answer
-            except (NoSuchMember, PeerUnreachable, RequestTimeout) as exc:
-                unreachable = exc
-            self.desired = desired
-            self._changed()
-            if unreachable is not None:
-                answer.update(
-                    _error_fields(
-                        type(unreachable).__name__,
-                        f"{unreachable}; the desired configuration is kept and pushed when "
-                        f"{station} is live",
-                    ),
-                    pending=True,
-                )
-                self._record_push(station, answer)
-                return answer
-            answer.update(await self._apply_on(node, station, chain))
-            self._record_push(station, answer)
-            return answer
-
-    def _record_push(self, station: str, answer: Mapping[str, Any]) -> None:
-        self._last_push[station] = {"time": time.time(), **answer}
-
-    async def _apply_on(
-        self, node: Node, station: str, chain: tuple[Order, ...]
-    ) -> dict[str, Any]:
-        """Relay the orders of *station* there with ``roles.apply`` and record its answer."""
-        digest = chain_config(chain).digest()
-        lease = node.core.election.lease(CONDUCTOR)
-        payload: Value = {
-            "orders": [order.to_text() for order in chain],
-            "term": lease.term if lease is not None else None,
-        }
+        node, manager = self._require_manager()
         try:
-            result = await node.request(station, "roles.apply", payload, timeout=self.push_timeout)
+            push = manager.push(node.now(), order)
+        except ChangeRefused as refused:
+            raise self._refuse(refused.reason, refused.error) from None
+        answered = self._answered[push] = trio.Event()
+        try:
+            self._pump(node)
+            await answered.wait()
+            result = self._answers[push]
+        finally:  # also when the caller gives up: the manager finishes the push anyway
+            del self._answered[push]
+            self._answers.pop(push, None)
+        if result.error is not None:
+            raise result.error
+        return _plain(result.answer)
+
+    def _view(self, node: Node) -> MeshView:
+        """The manager's view of the mesh, from the node's members and the conductor lease."""
+        members = {}
+        for member in node.members():
+            if member.is_live:
+                digest = member.meta.get("d")
+                members[member.path] = Member(
+                    digest=digest if isinstance(digest, str) else None,
+                    candidate=member.meta.get("c") is True,
+                )
+        return MeshView(node.path, node.conductor, _term(node), members)
+
+    def _pump(self, node: Node) -> None:
+        """Carry out what the manager asks for."""
+        manager, nursery = self.manager, self._nursery
+        assert manager is not None and nursery is not None
+        for output in manager.take_outputs():
+            if isinstance(output, PushAnswered):
+                if output.answer is not None:  # shown with its wall-clock time
+                    station = str(output.answer.get("station"))
+                    self._last_push[station] = {"time": time.time(), **output.answer}
+                answered = self._answered.get(output.push)
+                if answered is not None:
+                    self._answers[output.push] = output
+                    answered.set()
+            elif isinstance(output, Persist):
+                self._save_needed.set()
+            elif isinstance(output, CheckConfig):
+                payload: Value = {"config": _plain(output.config.to_dict())}
+                nursery.start_soon(self._carry, node, output.op, output.station, payload)
+            elif isinstance(output, ApplyOrders):
+                if output.reason == "reconcile":
+                    logger.info(
+                        "pushing the desired role configuration %s to %s",
+                        output.digest,
+                        output.station,
+                    )
+                payload = {"orders": [o.to_text() for o in output.orders], "term": output.term}
+                nursery.start_soon(self._carry, node, output.op, output.station, payload)
+            elif isinstance(output, Replicate):
+                state = _plain(output.state.to_dict())
+                for target in output.targets:
+                    nursery.start_soon(self._send_replica, node, target, state)
+            elif isinstance(output, Exchange):
+                nursery.start_soon(self._exchange, node, output)
+
+    async def _carry(self, node: Node, op: int, station: str, payload: Value) -> None:
+        """Send one ``roles.check`` (a payload with ``config``) or ``roles.apply`` to
+        *station* and hand the outcome back to the manager."""
+        check = isinstance(payload, Mapping) and "config" in payload
+        kind = "roles.check" if check else "roles.apply"
+        outcome = await self._outcome(
+            node.request(station, kind, payload, timeout=self.push_timeout)
+        )
+        manager = self.manager
+        assert manager is not None
+        manager.update_view(self._view(node))
+        if check:
+            manager.check_done(node.now(), op, outcome)
+        else:
+            if isinstance(outcome, Refused):
+                logger.warning(
+                    "%s refused its desired role configuration: %s: %s",
+                    station,
+                    outcome.error_type,
+                    outcome.message,
+                )
+            manager.apply_done(node.now(), op, outcome)
+        self._pump(node)
+
+    @staticmethod
+    async def _outcome(request: Coroutine[Any, Any, Value]) -> Outcome:
+        """What became of a request to a station, as the manager takes it."""
+        try:
+            result = await request
         except RemoteError as exc:
-            answer = StationAnswer(
-                digest=digest,
-                applied=False,
-                time=node.now(),
-                error_type=exc.error_type,
-                error_message=exc.message,
-            )
-            if exc.error_type != NotConductor.wire_name:  # the station's view lags: retry soon
-                self._refused[station] = (digest, trio.current_time())
-            self.desired = self.desired.record_answer(station, answer)
-            self._changed()
-            return {"applied": False, **_error_fields(exc.error_type, exc.message)}
+            return Refused(exc.error_type, exc.message)
+        except (NoSuchMember, PeerUnreachable, RequestTimeout) as exc:
+            return Unreachable(type(exc).__name__, str(exc))
         except (RequestError, ValueError) as exc:
-            return {"applied": False, **_error_fields(type(exc).__name__, str(exc))}
-        self._refused.pop(station, None)
-        self.desired = self.desired.record_answer(station, StationAnswer.ok(digest, node.now()))
-        self._changed()
-        out: dict[str, Any] = {"applied": True, **_error_fields(None, None)}
-        if isinstance(result, Mapping):
-            for key in ("started", "stopped", "restarted", "unchanged"):
-                out[key] = result.get(key, [])
-        return out
+            return Failed(type(exc).__name__, str(exc))
+        return Done(result if isinstance(result, Mapping) else {})
+
+    async def _send_replica(self, node: Node, path: str, state: Value) -> None:
+        try:
+            await node.request(path, "roles.desired.sync", {"state": state}, timeout=5.0)
+        except (RequestError, ValueError) as exc:
+            logger.debug("could not replicate the desired state to %s: %s", path, exc)
+
+    async def _exchange(self, node: Node, output: Exchange) -> None:
+        """Anti-entropy: send our view to the conductor, merge its reply."""
+        try:
+            theirs = await node.request(
+                output.target,
+                "roles.desired",
+                {"state": _plain(output.state.to_dict())},
+                timeout=5.0,
+            )
+            self._merge_in(theirs, output.target, answers=True)
+        except (RequestError, RolesError, ValueError) as exc:
+            logger.debug("anti-entropy with %s failed: %s", output.target, exc)
 
     async def _handle_desired(self, sender: str | None, payload: Value) -> Value:
         """``roles.desired {"state"?}``: merge the caller's orders (if any, each verified
@@ -625,17 +655,21 @@ class RolesExtension(Extension):
         orders verified here; its answers only from the conductor)."""
         if not isinstance(payload, Mapping) or "state" not in payload:
             raise InvalidRequest("roles.desired.sync: the payload needs 'state'")
-        node = self._node
-        from_conductor = node is not None and sender is not None and sender == node.conductor
-        self._merge_in(payload["state"], sender, answers=from_conductor)
-        return {"digest": _state_digest(self.desired)}
+        self._merge_in(payload["state"], sender, answers=None)
+        return {"digest": state_digest(self.desired)}
 
-    def _merge_in(self, data: object, sender: str | None, *, answers: bool) -> None:
+    def _merge_in(self, data: object, sender: str | None, *, answers: bool | None) -> None:
+        """Merge another node's view (``answers=None``: a replica, whose answers count only
+        from the conductor)."""
         authority = self.authority
-        if authority is None:
+        if authority is None or self.manager is None or self._node is None:
             return
+        node, manager = self._require_manager()
         other = DesiredState.from_dict(data, source=f"desired state from {sender or 'a peer'}")
-        verified, dropped = other.filtered(authority.accepts, answers=answers)
+        if answers is None:
+            dropped = manager.replica(node.now(), other, sender)
+        else:
+            dropped = manager.merge_in(node.now(), other, answers=answers)
         if dropped:
             self.refusals["desired-unsigned"] = self.refusals.get("desired-unsigned", 0) + dropped
             logger.warning(
@@ -644,111 +678,19 @@ class RolesExtension(Extension):
                 sender or "a peer",
                 authority.reason() if authority.mode == "refused" else "bad or no signature",
             )
-        merged = self.desired.merge(verified)
-        if merged != self.desired:
-            self.desired = merged
-            self._changed()
+        self._pump(node)
 
     # --- the manager: background -----------------------------------------------------------
 
-    def _changed(self) -> None:
-        """The desired state changed: save it, and replicate it while conducting."""
-        self._save_needed.set()
-        node = self._node
-        if self._nursery is not None and node is not None and node.conductor == node.path:
-            self._nursery.start_soon(self._replicate, node)
-
-    async def _replicate(self, node: Node) -> None:
-        """Send the desired state to every other live conductor candidate (best effort)."""
-        state = _plain(self.desired.to_dict())
-        async with trio.open_nursery() as nursery:
-            for member in node.members():
-                if member.is_live and member.meta.get("c") is True and member.path != node.path:
-                    nursery.start_soon(self._send_replica, node, member.path, state)
-
-    async def _send_replica(self, node: Node, path: str, state: Value) -> None:
-        try:
-            await node.request(path, "roles.desired.sync", {"state": state}, timeout=5.0)
-        except (RequestError, ValueError) as exc:
-            logger.debug("could not replicate the desired state to %s: %s", path, exc)
-
     async def _manager_loop(self, node: Node) -> None:
+        """Run the manager's timer (its deadlines are in federation time)."""
+        manager = self.manager
+        assert manager is not None
         while True:
-            await trio.sleep(self.manager_interval)
-            if node.conductor == node.path:
-                self._reconcile(node)
-
-    def _reconcile(self, node: Node) -> None:
-        """Push again to each live station whose configuration is not the desired one."""
-        assert self._nursery is not None
-        now = trio.current_time()
-        for path, chain in self.desired.stations:
-            member = node.member(path)
-            if member is None or path in self._busy:
-                continue
-            announced = member.meta.get("d")
-            if not isinstance(announced, str):
-                continue  # not (yet) running station roles
-            digest = chain_config(chain).digest()
-            if announced == digest:
-                if not self.desired.in_sync(path):
-                    observed = StationAnswer.ok(digest, node.now())
-                    self.desired = self.desired.record_answer(path, observed)
-                    self._changed()
-                continue
-            answer = self.desired.answer_for(path)
-            if (
-                answer is not None
-                and answer.applied
-                and answer.digest == digest
-                and node.now() - answer.time < 2 * self.manager_interval
-            ):
-                continue  # just applied; its announcement is on the way
-            refused = self._refused.get(path)
-            if (
-                refused is not None
-                and refused[0] == digest
-                and now - refused[1] < self.refused_retry
-            ):
-                continue
-            self._busy.add(path)
-            self._nursery.start_soon(self._repush, node, path, chain)
-
-    async def _repush(self, node: Node, path: str, chain: tuple[Order, ...]) -> None:
-        try:
-            async with self._lock_for(path):
-                if self.desired.chain_for(path) != chain:
-                    return  # changed meanwhile: the next round pushes the new one
-                digest = chain_config(chain).digest()
-                logger.info("pushing the desired role configuration %s to %s", digest, path)
-                answer = await self._apply_on(node, path, chain)
-                if not answer["applied"]:
-                    logger.warning(
-                        "%s refused its desired role configuration: %s: %s",
-                        path,
-                        answer["error_type"],
-                        answer["error"],
-                    )
-        finally:
-            self._busy.discard(path)
-
-    async def _anti_entropy_loop(self, node: Node) -> None:
-        """A standby candidate exchanges its view with the conductor now and then."""
-        while True:
-            await trio.sleep(self.sync_interval)
-            conductor = node.conductor
-            if conductor is None or conductor == node.path:
-                continue
-            try:
-                theirs = await node.request(
-                    conductor,
-                    "roles.desired",
-                    {"state": _plain(self.desired.to_dict())},
-                    timeout=5.0,
-                )
-                self._merge_in(theirs, conductor, answers=True)
-            except (RequestError, RolesError, ValueError) as exc:
-                logger.debug("anti-entropy with %s failed: %s", conductor, exc)
+            await trio.sleep(max(manager.next_deadline() - node.now(), 0.0))
+            manager.update_view(self._view(node))
+            manager.handle_timer(node.now())
+            self._pump(node)
 
     async def _save_loop(self) -> None:
         while True:
@@ -793,53 +735,32 @@ class RolesExtension(Extension):
 
     def manager_view(self) -> dict[str, Any]:
         """The manager's view for the status API: per station its desired configuration and
-        digest, the orders it comes from, whether it is live and announces that digest
+        digest, the orders it comes from, whether it is live and runs that configuration
         (``in_sync``), its identity, its last answer, and the last push made through this
-        node."""
-        node = self._node
+        node (see :meth:`ManagerCore.stations <roles._manager.ManagerCore.stations>`)."""
+        node, manager = self._node, self.manager
         stations: dict[str, Any] = {}
-        identities = self.identities()
-        for path in self.desired.station_paths():
-            chain = self.desired.chain_for(path)
-            config = chain_config(chain)
-            member = node.member(path) if node is not None else None
-            announced = member.meta.get("d") if member is not None else None
-            answer = self.desired.answer_for(path)
-            digest = config.digest()
-            stations[path] = {
-                "digest": digest,
-                "config": config.to_dict(),
-                "orders": [
-                    {"issued": o.issued, "mode": o.mode, "key_id": o.key_id} for o in chain
-                ],
-                "live": member is not None,
-                "identity": identities.get(path),
-                "station_digest": announced if isinstance(announced, str) else None,
-                "in_sync": announced == digest,
-                "answer": answer.to_dict() if answer is not None else None,
-                "last_push": self._last_push.get(path),
-            }
+        if node is not None and manager is not None:
+            manager.update_view(self._view(node))
+            identities = self.identities()
+            for path, view in manager.stations().items():
+                stations[path] = {
+                    **view,
+                    "identity": identities.get(path),
+                    "last_push": self._last_push.get(path),
+                }
         return {
             "active": node is not None and node.conductor == node.path,
             "conductor": node.conductor if node is not None else None,
-            "digest": _state_digest(self.desired),
+            "digest": state_digest(self.desired),
             "stations": stations,
         }
 
 
-def _error_fields(error_type: str | None, message: str | None) -> dict[str, Any]:
-    """``error_type``, ``error_family`` (the seed's name) and ``error`` of an answer."""
-    return {
-        "error_type": error_type,
-        "error_family": error_family(error_type) if error_type else None,
-        "error": message,
-    }
-
-
-def _state_digest(state: DesiredState) -> str:
-    """A short digest of a desired state's configurations (to compare replicas)."""
-    text = json.dumps({p: chain_config(c).digest() for p, c in state.stations}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _term(node: Node) -> int | None:
+    """The term of the conductor lease in *node*'s view (``None`` without a conductor)."""
+    lease = node.core.election.lease(CONDUCTOR)
+    return lease.term if lease is not None else None
 
 
 async def push_config(

@@ -95,16 +95,27 @@ class StationState:
         """This state after a chain of (verified) config orders from the conductor.
 
         Raises :class:`~roles.StaleOrder` for a chain that says nothing newer than
-        :attr:`as_of` (unless it describes exactly what runs: the conductor pushing again)
-        and :class:`~roles.InvalidRequest` for an empty chain or a control order in it.
+        :attr:`as_of` (unless it describes exactly what runs, or is the very chain this state
+        was made from: the conductor pushing again) and :class:`~roles.InvalidRequest` for an
+        empty chain, or a control or ``forget`` order in it (those are not for a station's
+        configuration).
         """
         chain = merge_chains(orders)
-        if not chain or any(order.kind != "config" for order in chain):
-            raise InvalidRequest("roles.apply: expected a non-empty chain of config orders")
+        if not chain or any(o.kind != "config" or o.mode == "forget" for o in chain):
+            raise InvalidRequest(
+                "roles.apply: expected a non-empty chain of config orders (replace or merge)"
+            )
         issued = chain_issued(chain)
         fresh = [order for order in chain if order.issued > self.as_of]
         if not fresh:
-            if issued == self.as_of and chain_config(chain).digest() == self.config.digest():
+            if issued == self.as_of and (
+                (
+                    self.source == "conductor"
+                    and [o.digest() for o in merge_chains(self.orders)]
+                    == [o.digest() for o in chain]
+                )
+                or chain_config(chain).digest() == self.config.digest()
+            ):
                 return self
             raise StaleOrder(
                 f"{chain[-1].describe()} is not newer than the configuration this station "

@@ -11,7 +11,8 @@ wins or forges the conductor post) can sign in an operator's name.
 What is signed: a domain tag and the canonical JSON of every field of the order but the
 signature: its ``kind`` (``config`` or ``control``), the ``federation``, the target ``station``
 path, the time it was ``issued`` (milliseconds since the Unix epoch, the operator's clock),
-and either the configuration and its ``mode`` (``replace`` or ``merge``) or the control
+and either the configuration and its ``mode`` (``replace``, ``merge``, or ``forget``: "stop
+managing this station", for the manager only) or the control
 ``action`` and the instances it names. A signed order cannot be moved to another station or
 federation, edited, or (since stations refuse an order older than what they applied) replayed.
 
@@ -63,6 +64,7 @@ __all__ = [
     "OperatorPublicKey",
     "Order",
     "chain_config",
+    "chain_digest",
     "chain_issued",
     "merge_chains",
     "now_ms",
@@ -79,8 +81,12 @@ MAX_ORDER_TEXT = 256 * 1024
 ORDER_FRESHNESS = 300_000
 _MAX_TIME = 2**53
 CONTROL_ACTIONS = ("start", "stop", "restart")
+#: How many verified signatures a keyring remembers (see :meth:`OperatorKeyring.verify`).
+_VERIFIED_MEMO = 4096
 OrderKind = Literal["config", "control"]
-OrderMode = Literal["replace", "merge"]
+OrderMode = Literal["replace", "merge", "forget"]
+#: Modes that start a chain over: what came before them no longer counts.
+_RESTARTING_MODES = ("replace", "forget")
 
 
 class OperatorKeyError(Exception):
@@ -163,14 +169,20 @@ class OperatorKeyring:
     """The operator public keys a node trusts (and those it was told are retired)."""
 
     keys: tuple[OperatorPublicKey, ...] = attrs.field(default=(), converter=_key_tuple)
+    _verified: dict[bytes, None] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    _active: tuple[OperatorPublicKey, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    @_active.default
+    def _find_active(self) -> tuple[OperatorPublicKey, ...]:
+        retired = {k.raw for k in self.keys if k.retired}
+        return tuple(k for k in self.keys if not k.retired and k.raw not in retired)
 
     def __bool__(self) -> bool:
         return any(not k.retired for k in self.keys)
 
     def active(self) -> tuple[OperatorPublicKey, ...]:
         """The keys whose signatures are accepted."""
-        retired = {k.raw for k in self.keys if k.retired}
-        return tuple(k for k in self.keys if not k.retired and k.raw not in retired)
+        return self._active
 
     def find(self, key_id: str) -> OperatorPublicKey | None:
         """The accepted key named *key_id*, or ``None`` (unknown or retired)."""
@@ -194,11 +206,21 @@ class OperatorKeyring:
                 f"{order.describe()} is signed with operator key {order.key_id}, which {why} "
                 f"(trusted: {', '.join(k.key_id for k in self.active()) or 'none'})"
             )
-        if not key.verify(order.signature, order.signed_bytes()):
+        data = order.signed_bytes()
+        # Signatures already checked are remembered (by a hash of key, signature and signed
+        # bytes: exact), so a replica of the manager's view that comes back every few seconds
+        # costs no Ed25519 verification. Only successes are kept, at most _VERIFIED_MEMO.
+        seen = hashlib.sha256(key.raw + order.signature + data).digest()
+        if seen in self._verified:
+            return key
+        if not key.verify(order.signature, data):
             raise Unauthorized(
                 f"{order.describe()}: the signature of operator key {order.key_id} does not "
                 "match the order (it was altered, or signed by another key)"
             )
+        if len(self._verified) >= _VERIFIED_MEMO:
+            self._verified.clear()
+        self._verified[seen] = None
         return key
 
     def to_list(self) -> list[dict[str, Any]]:
@@ -338,7 +360,9 @@ class Order:
     """An operator's instruction to one station, signed or not (see the module docstring).
 
     ``kind="config"``: run ``config`` (``mode="replace"``: exactly its live entries;
-    ``"merge"``: merged into the previous orders by timestamp). ``kind="control"``: ``action``
+    ``"merge"``: merged into the previous orders by timestamp); ``mode="forget"`` (with an
+    empty ``config``) tells the manager to drop the station from its desired state, and is
+    never relayed to a station. ``kind="control"``: ``action``
     (start, stop, restart) on every instance, a ``role``'s or one (``role`` + ``uuid``).
     ``key_id`` and ``signature`` are ``None`` on an unsigned order.
     """
@@ -354,6 +378,7 @@ class Order:
     uuid: str | None = None
     key_id: str | None = None
     signature: bytes | None = None
+    _memo: dict[str, Any] = attrs.field(factory=dict, init=False, eq=False, repr=False)
 
     @classmethod
     def for_config(
@@ -373,6 +398,18 @@ class Order:
             issued=now_ms() if issued is None else issued,
             mode="merge" if merge else "replace",
             config=config,
+        )
+
+    @classmethod
+    def for_forget(cls, federation: str, station: str, *, issued: int | None = None) -> Order:
+        """An unsigned forget order: the manager stops managing *station* (``stagemesh roles
+        forget``); what the station runs is not changed."""
+        return cls(
+            kind="config",
+            federation=federation,
+            station=station,
+            issued=now_ms() if issued is None else issued,
+            mode="forget",
         )
 
     @classmethod
@@ -413,8 +450,12 @@ class Order:
         return doc
 
     def signed_bytes(self) -> bytes:
-        """What the signature covers: a domain tag and every field but the signature."""
-        return _DOMAIN + canonical_json(self._fields()).encode()
+        """What the signature covers: a domain tag and every field but the signature
+        (computed once per order: orders are frozen)."""
+        data = self._memo.get("signed")
+        if data is None:
+            data = self._memo["signed"] = _DOMAIN + canonical_json(self._fields()).encode()
+        return data
 
     def sort_key(self) -> tuple[int, str]:
         """Orders of one station sort by issue time, then by content (deterministic)."""
@@ -422,12 +463,21 @@ class Order:
 
     def digest(self) -> str:
         """A short hash (16 hex digits) of the order, signature included."""
-        sig = self.signature.hex() if self.signature is not None else ""
-        return hashlib.sha256(self.signed_bytes() + sig.encode()).hexdigest()[:16]
+        digest = self._memo.get("digest")
+        if digest is None:
+            sig = self.signature.hex() if self.signature is not None else ""
+            digest = hashlib.sha256(self.signed_bytes() + sig.encode()).hexdigest()[:16]
+            self._memo["digest"] = digest
+        return digest
 
     def describe(self) -> str:
         """A short human description for messages."""
-        what = f"{self.mode} configuration" if self.kind == "config" else f"{self.action} order"
+        if self.kind == "control":
+            what = f"{self.action} order"
+        elif self.mode == "forget":
+            what = "forget order"
+        else:
+            what = f"{self.mode} configuration"
         return f"the {what} for {self.station} issued at {self.issued}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -502,9 +552,11 @@ class Order:
             raise _fail(source, "$.sig", "a signature needs its key id and the other way round")
         if kind == "config":
             mode = data.get("mode")
-            if mode not in ("replace", "merge"):
-                raise _fail(source, "$.mode", "must be 'replace' or 'merge'")
+            if mode not in ("replace", "merge", "forget"):
+                raise _fail(source, "$.mode", "must be 'replace', 'merge' or 'forget'")
             config = RoleConfig.from_dict(data.get("config"), source=f"{source} $.config")
+            if mode == "forget" and len(config):
+                raise _fail(source, "$.config", "a forget order carries no configuration")
             return cls(
                 kind="config",
                 federation=federation,
@@ -538,23 +590,34 @@ class Order:
 def chain_config(chain: Sequence[Order]) -> RoleConfig:
     """The configuration a chain of config orders (sorted, as :func:`merge_chains` makes it)
     describes: the last ``replace`` order's configuration with every later ``merge`` order
-    merged in by timestamp (a chain with no ``replace`` starts from nothing)."""
+    merged in by timestamp (a chain with no ``replace`` starts from nothing, as does a
+    ``forget``)."""
     config = RoleConfig()
     for order in chain:
-        config = order.config if order.mode == "replace" else config.merge(order.config)
+        if order.mode in _RESTARTING_MODES:
+            config = order.config
+        else:
+            config = config.merge(order.config)
     return config
 
 
 def merge_chains(*chains: Iterable[Order]) -> tuple[Order, ...]:
     """The union of chains of one station's config orders, sorted by :meth:`Order.sort_key`,
-    without the orders a later ``replace`` made obsolete. Commutative, associative and
-    idempotent, so replicas of the manager's view can merge in any order."""
+    without the orders a later ``replace`` (or ``forget``) made obsolete. Commutative,
+    associative and idempotent, so replicas of the manager's view can merge in any order."""
     union = {order.digest(): order for chain in chains for order in chain}
     ordered = sorted(union.values(), key=Order.sort_key)
     last_replace = max(
-        (i for i, order in enumerate(ordered) if order.mode == "replace"), default=0
+        (i for i, order in enumerate(ordered) if order.mode in _RESTARTING_MODES), default=0
     )
     return tuple(ordered[last_replace:])
+
+
+def chain_digest(chain: Sequence[Order]) -> str:
+    """A short hash (16 hex digits) naming a chain by its orders: two chains whose
+    configurations have the same digest are told apart (a merge of nothing, a full push of
+    what a merge made)."""
+    return hashlib.sha256(",".join(o.digest() for o in chain).encode()).hexdigest()[:16]
 
 
 def chain_issued(chain: Sequence[Order]) -> int:

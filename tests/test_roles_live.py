@@ -35,16 +35,16 @@ def write(path: Path, doc: Any) -> Path:
     return path
 
 
-async def cli(tmp: Path, *argv: str) -> tuple[int, str, str]:
+async def cli(tmp: Path, *argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run ``stagemesh <argv>`` as a user of this machine would (a separate process that
-    finds the nodes, and their secrets, in their runtime folder)."""
+    finds the nodes, and their secrets, in their runtime folder), with *env* added."""
     with trio.fail_after(30):
         done = await trio.run_process(
             [sys.executable, "-m", "mesh", "--log-level", "warning", *argv],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
-            env={**os.environ, "STAGEMESH_RUNTIME_DIR": str(tmp / "run")},
+            env={**os.environ, "STAGEMESH_RUNTIME_DIR": str(tmp / "run"), **(env or {})},
         )
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 
