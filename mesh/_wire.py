@@ -900,13 +900,15 @@ class WireCodec:
         envelope for the caller to check (:mod:`mesh._inbound`)."""
         if len(data) > limit:
             raise InvalidMessage("too large", f"{len(data)} bytes, limit {limit}")
-        if len(data) < HEADER_SIZE + 1 or data[:2] != MAGIC:
+        if len(data) < 4 or data[:2] != MAGIC:
             raise InvalidMessage("not stagemesh", "bad magic")
-        version, key_id, size = data[2], data[3], data[4]
-        if version != WIRE_VERSION:
+        if data[2] != WIRE_VERSION:
             raise InvalidMessage(
-                "unsupported version", f"wire version {version}, this node speaks {WIRE_VERSION}"
+                "unsupported version", f"wire version {data[2]}, this node speaks {WIRE_VERSION}"
             )
+        if len(data) < HEADER_SIZE + 1:
+            raise InvalidMessage("truncated", f"{len(data)} bytes")
+        key_id, size = data[3], data[4]
         start = HEADER_SIZE
         receiver = b""
         to_incarnation = 0
