@@ -1,5 +1,5 @@
 """Wire-edge fuzzing at scale: the structured fuzzer of ``tests/security/edge_fuzz.py``, 100,000
-examples (the CI runs 2,500).
+examples (the CI runs 2,000).
 
 Each example is a sequence of hostile inputs (every message type and update kind, with absurd
 counters, foreign and own ids, host names for addresses, wrong types, replays at stale and future

@@ -391,9 +391,10 @@ class Node:
             raise RemoteError(reply.error_type, reply.error)
         return reply.payload
 
-    def add_peer(self, address: Address, source: str = "extension") -> None:
+    def add_peer(self, address: Address, source: str = "registry") -> None:
         """Propose a peer address (as discovery does): the node joins through it unless it
-        already knows a live member there. Used by the registry bridge."""
+        already knows a live member there. Used by the registry bridge. The host must be an IP
+        address (a name is refused and counted as ``hint address``: nothing is resolved)."""
         self._on_hint(PeerHint(address, source))
 
     def use_external_clock(self, source: str | None) -> None:

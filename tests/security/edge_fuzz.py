@@ -20,7 +20,7 @@ receives it.
   accepted by the receiver's codec (the node never sends what its peers would refuse), except a
   lease claim after a forged lease at the largest term, which cannot be raised (counted apart).
 
-Used by ``tests/security/test_edge_fuzz.py`` (a few thousand examples) and ``bench/fuzz.py``
+Used by ``tests/security/test_edge_fuzz.py`` (2,000 examples) and ``bench/fuzz.py``
 (100,000).
 """
 

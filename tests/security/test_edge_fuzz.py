@@ -17,7 +17,7 @@ from tests.security.edge_fuzz import FuzzStats, drive, steps
 STATS = FuzzStats()
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(example=steps, seed=st.integers(0, 2**16))
 def test_hostile_input_never_escapes_the_edge_or_the_core(example: list[Any], seed: int) -> None:
     drive(example, seed, STATS)
