@@ -55,7 +55,6 @@ def run_share(job: int, examples: int) -> dict[str, Any]:
         "inputs": stats.inputs,
         "accepted": stats.accepted,
         "outputs": stats.outputs,
-        "unsendable_leases": stats.unsendable_leases,
         "refused": dict(stats.refused),
         "core_refused": dict(stats.core_refused),
         "wall_s": time.perf_counter() - started,
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     total: dict[str, Any] = {
         k: sum(r[k] for r in results)
-        for k in ("examples", "inputs", "accepted", "outputs", "unsendable_leases", "cpu_s")
+        for k in ("examples", "inputs", "accepted", "outputs", "cpu_s")
     }
     refused: Counter[str] = Counter()
     core: Counter[str] = Counter()
@@ -93,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         *((f"  refused: {reason}", f"{n:,}") for reason, n in refused.most_common()),
         *((f"  core refused: {reason}", f"{n:,}") for reason, n in core.most_common()),
         ("outputs checked (bound, sized, accepted by the receiver)", f"{total['outputs']:,}"),
-        ("lease claims above the largest term (not sendable)", f"{total['unsendable_leases']:,}"),
         ("exceptions escaping, nodes leaving, bad outputs", "0"),
         ("time", f"{wall:.0f} s wall, {total['cpu_s']:.0f} s CPU, {jobs} jobs"),
     ]
