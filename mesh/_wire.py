@@ -807,6 +807,13 @@ def _binding(to: str | None, incarnation: int) -> bytes:
     return bytes((size,)) + bytes.fromhex(to[: 2 * _ID_PREFIX]) + incarnation.to_bytes(size, "big")
 
 
+def _check_version(version: int) -> None:
+    if version != WIRE_VERSION:
+        raise InvalidMessage(
+            "unsupported version", f"wire version {version}, this node speaks {WIRE_VERSION}"
+        )
+
+
 class WireCodec:
     """Encodes and decodes envelopes for one federation key setting.
 
@@ -902,10 +909,7 @@ class WireCodec:
             raise InvalidMessage("too large", f"{len(data)} bytes, limit {limit}")
         if len(data) < 4 or data[:2] != MAGIC:
             raise InvalidMessage("not stagemesh", "bad magic")
-        if data[2] != WIRE_VERSION:
-            raise InvalidMessage(
-                "unsupported version", f"wire version {data[2]}, this node speaks {WIRE_VERSION}"
-            )
+        _check_version(data[2])
         if len(data) < HEADER_SIZE + 1:
             raise InvalidMessage("truncated", f"{len(data)} bytes")
         key_id, size = data[3], data[4]
@@ -922,16 +926,10 @@ class WireCodec:
                 raise InvalidMessage("misdirected", "bound to another node")
             receiver = bytes.fromhex(me)
             to_incarnation = int.from_bytes(data[HEADER_SIZE + _ID_PREFIX : start], "big")
-        if key_id == 0:
-            if self.keyring is not None:
-                raise InvalidMessage("unsigned", "this federation requires a key")
+        key = self._verifying_key(key_id)
+        if key is None:
             body = data[start:]
         else:
-            if self.keyring is None:
-                raise InvalidMessage("signed", f"signed with key {key_id}; this node has no key")
-            key = self.keyring.keys.get(key_id)
-            if key is None:
-                raise InvalidMessage("unknown key", f"key id {key_id}")
             if len(data) < start + TAG_SIZE + 1:
                 raise InvalidMessage("bad tag", "too short for a tag")
             signed, tag = data[:-TAG_SIZE], data[-TAG_SIZE:]
@@ -944,6 +942,20 @@ class WireCodec:
         if size:
             return attrs.evolve(env, to=me, to_incarnation=to_incarnation)
         return env
+
+    def _verifying_key(self, key_id: int) -> bytes | None:
+        """The key that checks a message signed with *key_id* (``None``: unsigned); refuse
+        what this node cannot verify, or may not accept unsigned."""
+        if key_id == 0:
+            if self.keyring is not None:
+                raise InvalidMessage("unsigned", "this federation requires a key")
+            return None
+        if self.keyring is None:
+            raise InvalidMessage("signed", f"signed with key {key_id}; this node has no key")
+        key = self.keyring.keys.get(key_id)
+        if key is None:
+            raise InvalidMessage("unknown key", f"key id {key_id}")
+        return key
 
     def encode_frame(self, env: Envelope, limit: int = MAX_FRAME) -> bytes:
         """Encode an envelope as a TCP frame: the (signed) prefix, then the message."""
@@ -962,19 +974,9 @@ class WireCodec:
         magic, version, key_id, length = _FRAME_PREFIX.unpack(prefix[: _FRAME_PREFIX.size])
         if magic != FRAME_MAGIC:
             raise InvalidMessage("not stagemesh", "bad frame magic")
-        if version != WIRE_VERSION:
-            raise InvalidMessage(
-                "unsupported version", f"wire version {version}, this node speaks {WIRE_VERSION}"
-            )
-        if key_id == 0:
-            if self.keyring is not None:
-                raise InvalidMessage("unsigned", "this federation requires a key")
-        else:
-            if self.keyring is None:
-                raise InvalidMessage("signed", f"signed with key {key_id}; this node has no key")
-            key = self.keyring.keys.get(key_id)
-            if key is None:
-                raise InvalidMessage("unknown key", f"key id {key_id}")
+        _check_version(version)
+        key = self._verifying_key(key_id)
+        if key is not None:
             signed, tag = prefix[: _FRAME_PREFIX.size], prefix[_FRAME_PREFIX.size :]
             if not hmac.compare_digest(_tag(key, _FRAME_CONTEXT + signed), tag):
                 raise InvalidMessage("bad tag", "frame prefix signature does not match")

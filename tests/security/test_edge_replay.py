@@ -46,8 +46,17 @@ def refused(lan: Lan, host: Host, url: str, reason: str) -> int:
     return int(status(lan, host, url)["statistics"]["transport"]["rejected"].get(reason, 0))
 
 
-def replay(lan: Lan, attacker: Host, target: Host, datagrams: list[str]) -> None:
+def replay_refused(
+    lan: Lan, attacker: Host, target: Host, url: str, datagrams: list[str], reason: str
+) -> None:
+    """Send *datagrams* from *attacker* to *target*; each must be refused for *reason*."""
+    before = refused(lan, target, url, reason)
     tool(lan, attacker, "send", target.address, str(GOSSIP_PORT), *datagrams)
+    wait_until(
+        lambda: refused(lan, target, url, reason) >= before + len(datagrams),
+        10,
+        f"every replay refused ({reason})",
+    )
 
 
 def three_nodes(lan: Lan, tmp: Path) -> list[tuple[Host, str, Spawned]]:
@@ -76,32 +85,20 @@ def test_a_datagram_captured_on_its_way_to_one_node_is_refused_by_another(tmp_pa
         (alice, alice_url, _), (bob, _, _), (carol, _, _) = three_nodes(lan, tmp_path)
         attacker = lan.hosts[3]
         captured = capture(lan, bob, bob, carol)
-        before = refused(lan, alice, alice_url, "misdirected")
-        replay(lan, attacker, alice, captured)
-        wait_until(
-            lambda: refused(lan, alice, alice_url, "misdirected") >= before + len(captured),
-            10,
-            "every replay to alice refused as misdirected",
-        )
+        replay_refused(lan, attacker, alice, alice_url, captured, "misdirected")
 
 
 def test_a_capture_replayed_to_its_receiver_is_refused_live_and_after_a_restart(
     tmp_path: Path,
 ) -> None:
     with Lan(4) as lan:
-        (alice, alice_url, alice_proc), (bob, _, _), (carol, carol_url, _) = three_nodes(
+        (alice, alice_url, alice_proc), (bob, bob_url, _), (carol, carol_url, _) = three_nodes(
             lan, tmp_path
         )
         attacker = lan.hosts[3]
         captured = capture(lan, bob, bob, alice)
         # Issue 16, item 10: replayed to the running receiver, refused and counted.
-        before = refused(lan, alice, alice_url, "replayed")
-        replay(lan, attacker, alice, captured)
-        wait_until(
-            lambda: refused(lan, alice, alice_url, "replayed") >= before + len(captured),
-            10,
-            "every replay to the running receiver refused",
-        )
+        replay_refused(lan, attacker, alice, alice_url, captured, "replayed")
         # The receiver restarts (a new process: its replay window starts empty).
         old_incarnation = status(lan, alice, alice_url)["members"][0]["incarnation"]
         alice_proc.stop()
@@ -111,14 +108,11 @@ def test_a_capture_replayed_to_its_receiver_is_refused_live_and_after_a_restart(
         assert new_incarnation > old_incarnation
 
         def settled() -> bool:  # the others know alice's new run: their traffic is bound to it
-            views = [m for m in status(lan, carol, carol_url)["members"] if m["path"] == "/o1/h0"]
-            return bool(views) and views[0]["incarnation"] >= new_incarnation
+            for host, url in ((bob, bob_url), (carol, carol_url)):
+                views = [m for m in status(lan, host, url)["members"] if m["path"] == "/o1/h0"]
+                if not views or views[-1]["incarnation"] < new_incarnation:
+                    return False
+            return True
 
         wait_until(settled, 20, "alice's restart known")
-        before = refused(lan, alice, alice_url, "stale receiver")
-        replay(lan, attacker, alice, captured)
-        wait_until(
-            lambda: refused(lan, alice, alice_url, "stale receiver") >= before + len(captured),
-            10,
-            "every capture from before the restart refused",
-        )
+        replay_refused(lan, attacker, alice, alice_url, captured, "stale receiver")
