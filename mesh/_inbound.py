@@ -6,7 +6,9 @@ refusal out.
 1. the codec (:class:`~mesh._wire.WireCodec`): size, magic, version, the receiver's id prefix
    (``misdirected``), the key and the tag (``bad tag``) before the body is decoded, then the
    body's shape and every field's bounds (``malformed``...);
-2. the federation, and that the sender is not this node itself (``own``);
+2. the federation, and that a datagram's sender is not this node itself (``own``: a node
+   hears its own datagrams only if someone sends them back; over TCP a node may ask itself,
+   as a command-line tool does through the conductor's own API);
 3. the binding: a bound message must name an incarnation of this node between the one it
    started with and its current one (``stale receiver``: bound to an earlier run of this node,
    a capture replayed after a restart, or a sender whose view of us is behind; ``future
@@ -81,15 +83,15 @@ class Inbound:
         env = self.codec.decode_frame(payload, self.node_id)
         body = env.body
         first_contact = request and isinstance(body, PushPull) and body.join and not body.reply
-        self.check(env, now, unbound_ok=first_contact)
+        self.check(env, now, unbound_ok=first_contact, own_ok=True)
         return env
 
-    def check(self, env: Envelope, now: float, *, unbound_ok: bool) -> None:
+    def check(self, env: Envelope, now: float, *, unbound_ok: bool, own_ok: bool = False) -> None:
         """Steps 2 to 4 of the module docstring for a decoded *env*; raise
         :class:`InvalidMessage` if it fails one."""
         if env.federation != self.federation:
             raise InvalidMessage("federation", f"from federation {env.federation!r}")
-        if env.sender == self.node_id:
+        if env.sender == self.node_id and not own_ok:
             raise InvalidMessage("own", "sent with this node's own id")
         if env.to is None:
             if not unbound_ok:

@@ -194,3 +194,18 @@ def test_member_records_of_ipv6_members_still_travel() -> None:
     assert WireCodec().decode(WireCodec().encode(env)) == env
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         assert s.family == socket.AF_INET  # what the gossip port is
+
+
+async def test_a_node_may_ask_itself_over_tcp(tmp_path: Path) -> None:
+    """A datagram "from" this node is refused (``own``), but a request to its own path (a tool
+    talking to the conductor through the conductor's API) goes through."""
+
+    async def echo(sender: str | None, payload: object) -> object:
+        return {"from": sender, "payload": payload}
+
+    config = loopback_config(tmp_path, "/o1/n1", federation="t")
+    async with open_node(config) as node:
+        node.handle("echo", echo)
+        answer = await node.request(node.path, "echo", 7)
+        assert answer == {"from": node.path, "payload": 7}
+        assert node.transport.statistics().rejected == {}
