@@ -38,7 +38,7 @@ from typing import Protocol
 import attrs
 
 from mesh._names import is_valid_name
-from mesh._wire import Lease
+from mesh._wire import MAX_COUNTER, Lease
 
 __all__ = [
     "CONDUCTOR",
@@ -411,7 +411,7 @@ class ElectionCore:
             if successor is None:
                 continue
             tenure = self._records[post].tenure_start
-            record = Lease(post, successor.node_id, self._max_term[post] + 1, tenure)
+            record = Lease(post, successor.node_id, self._next_term(post), tenure)
             self._max_term[post] = record.term
             self._records[post] = record
             self._handoffs += 1
@@ -581,10 +581,15 @@ class ElectionCore:
             if is_eligible(post, c) and candidate_rank(post, c) < mine
         )
 
+    def _next_term(self, post: str) -> int:
+        # Never beyond what the wire carries: after a record forged at the largest term, a
+        # claim at that same term still wins (a valid holder beats an invalid one).
+        return min(self._max_term.get(post, 0) + 1, MAX_COUNTER)
+
     def _claim(self, now: float, post: str) -> None:
         if self.holder(post) is not None:
             return
-        claim = Lease(post, self.self_id, self._max_term.get(post, 0) + 1, now)
+        claim = Lease(post, self.self_id, self._next_term(post), now)
         if post == CONDUCTOR and not self.arbiter.may_claim(now, claim):
             self._retry_at[post] = now + self.claim_delay  # ask again later
             return

@@ -176,7 +176,7 @@ class NodeCore:
             if self._provisional():
                 # A young clock that may yet adopt the federation's time: nothing to learn from.
                 reply = attrs.evolve(reply, error_bound=MAX_REPORTED_ERROR, synced=False)
-            self._outputs.append(SendDatagram(src, reply))
+            self._outputs.append(SendDatagram(src, reply, sender))
         elif isinstance(body, ClockReply):
             if ClockLineage.owns(body):
                 self.lineage.handle_reply(now, self.clock.federation_time(now), body, sender)
@@ -398,7 +398,7 @@ class NodeCore:
                 continue
             view = self.membership.member(dest)
             if view is not None and view.is_live:
-                self._outputs.append(SendDatagram(view.address, request))
+                self._outputs.append(SendDatagram(view.address, request, dest, view.incarnation))
 
     def _elected_reference(self) -> str | None:
         if self._external_clock is not None:
@@ -487,5 +487,7 @@ class NodeCore:
         if probe is not None:
             view = self.membership.member(probe[0])
             if view is not None:
-                self._outputs.append(SendDatagram(view.address, probe[1]))
+                self._outputs.append(
+                    SendDatagram(view.address, probe[1], probe[0], view.incarnation)
+                )
         self._lineage_due = self.lineage.next_deadline()
