@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from registry_bridge._limits import (
@@ -51,7 +51,7 @@ from registry_bridge._limits import (
     Buckets,
     retry_after,
 )
-from registry_bridge._openapi import openapi_document
+from registry_bridge._openapi import TERM_LIMIT, openapi_document
 from registry_bridge._picture import mesh_picture
 from registry_bridge._store import AsyncStore, RegistryStore, StoreError
 
@@ -129,7 +129,7 @@ def _yes(query: Mapping[str, str], key: str) -> bool:
     try:
         return _YES[value.lower()]
     except KeyError:
-        raise HttpError(400, f"{key} must be yes or no, not {value!r}") from None
+        raise HttpError(400, f"{key} must be yes or no, not {_shown(value)}") from None
 
 
 def _when(ts: float | None) -> str:
@@ -233,7 +233,11 @@ class _Fields:
             raise HttpError(400, "the body must be a JSON object")
         unknown = sorted(str(k) for k in body if k not in allowed)
         if unknown:
-            raise HttpError(400, f"unknown field(s): {', '.join(unknown)}")
+            # quoted and cut: a field name may hold control characters or be 60 KiB long
+            shown = ", ".join(_shown(k, 20) for k in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            fields = ", ".join(sorted(allowed)) or "none"
+            raise HttpError(400, f"unknown field(s) {shown}{more}; the fields are: {fields}")
         self.body: dict[str, Any] = body
 
     def has(self, key: str) -> bool:
@@ -261,10 +265,12 @@ class _Fields:
             if required:
                 raise HttpError(400, f"missing field {key!r}")
             return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON has one number type: 7471.0 is the integer 7471
         if isinstance(value, bool) or not isinstance(value, int):
             raise HttpError(400, f"{key} must be an integer")
-        if not -(2**62) <= value <= 2**62:
-            raise HttpError(400, f"{key} is out of range")
+        if not -TERM_LIMIT <= value <= TERM_LIMIT:
+            raise HttpError(400, f"{key} must be between -2**62 and 2**62")
         return value
 
 
@@ -815,6 +821,19 @@ async def _send(send: Send, status: int, body: bytes, content_type: tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
+def _allowed_methods(routes: list[Route], scope: Scope) -> list[str]:
+    """The methods of every route whose path matches *scope*'s: the ``Allow`` of a 405 (each
+    Route holds one method, so Starlette's own names only the first route's). The legacy URLs
+    refuse HEAD (:func:`_refuse_head`), so they do not offer it."""
+    allowed: set[str] = set()
+    for route in routes:
+        if route.matches(scope)[0] is not Match.NONE:
+            allowed |= route.methods or set()
+    if scope["path"] in LEGACY_PATHS:
+        allowed.discard("HEAD")
+    return sorted(allowed)
+
+
 def create_app(
     store: RegistryStore,
     admin_password: str | None = None,
@@ -872,12 +891,15 @@ def create_app(
 
     async def on_starlette_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = {404: f"no such resource: {request.url.path}", 405: "method not allowed"}.get(
-            exc.status_code, str(exc.detail)
-        )
-        return reg.error_response(
-            request.url.path, exc.status_code, message, dict(exc.headers) if exc.headers else None
-        )
+        path = request.url.path
+        headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            allowed = ", ".join(_allowed_methods(routes, request.scope))
+            headers = {"Allow": allowed}
+            message = f"method {request.method} is not allowed on {path}; allowed: {allowed}"
+        else:
+            message = {404: f"no such resource: {path}"}.get(exc.status_code, str(exc.detail))
+        return reg.error_response(path, exc.status_code, message, headers)
 
     async def on_unicode_error(request: Request, exc: Exception) -> Response:
         return reg.error_response(request.url.path, 400, "the request is not valid UTF-8", None)
