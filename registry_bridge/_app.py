@@ -51,7 +51,7 @@ from registry_bridge._limits import (
     Buckets,
     retry_after,
 )
-from registry_bridge._openapi import TERM_LIMIT, openapi_document
+from registry_bridge._openapi import NODE_ID_EXCLUDED, TERM_LIMIT, openapi_document
 from registry_bridge._picture import mesh_picture
 from registry_bridge._store import AsyncStore, RegistryStore, StoreError
 
@@ -70,6 +70,10 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _SESSION_RE = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 _PORT_RE = re.compile(r"[0-9]{1,5}\Z")  # ASCII digits only (str.isdigit() takes "²" too)
 _HOST_MAX = 45  # the longest IP literal: ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255
+# a node id is shown in error messages, the 2012 clients' among them: no character that
+# starts a new line (for str.splitlines too) or controls a terminal
+_NODE_ID_RE = re.compile(f"[^{NODE_ID_EXCLUDED}]{{1,128}}\\Z")
+_HOLDER_MAX = 130  # "/" + orchestra + "/" + name, 64 characters each
 SESSION_COOKIE = "stagemesh_admin"
 _YES = {"yes": True, "no": False, "true": True, "false": False, "1": True, "0": False}
 
@@ -106,6 +110,15 @@ def _decode_json(raw: bytes) -> Any:
 def _shown(value: str, limit: int = 40) -> str:
     """*value* quoted for an error message, cut to *limit* characters."""
     return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+
+
+def _one_line(message: str) -> str:
+    """*message* as one printable line: a character that is not printable (a line break, a
+    control character) is written as its escape, so no error can add a line to an answer
+    (a value stored before the checks above could hold one)."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _require_json(content_type: str | None) -> None:
@@ -389,8 +402,12 @@ class _Registry:
         host = fields.string("host")
         port = fields.integer("port")
         node_id = fields.string("node_id")
-        if node_id is not None and not 1 <= len(node_id) <= 128:
-            raise HttpError(400, "node_id must be 1-128 characters")
+        if node_id is not None and _NODE_ID_RE.match(node_id) is None:
+            raise HttpError(
+                400,
+                "node_id must be 1-128 characters without control characters or line breaks,"
+                f" not {_shown(node_id)}",
+            )
         answer = await self.store.call(
             self.raw.register,
             federation,
@@ -548,12 +565,19 @@ class _Registry:
         assert expected is not None
         if not fields.has("holder"):
             raise HttpError(400, "missing field 'holder' (a path, or null to release)")
+        holder = fields.string("holder")
+        if holder is not None and len(holder) > _HOLDER_MAX:
+            raise HttpError(
+                400,
+                f"holder must be a path /<orchestra>/<name> of at most {_HOLDER_MAX} characters,"
+                f" not {_shown(holder)}",
+            )
         answer = await self.store.call(
             self.raw.set_conductor,
             request.path_params["federation"],
             token=_check_token(token),
             expected_term=expected,
-            holder=fields.string("holder"),
+            holder=holder,
         )
         return _json(answer)
 
@@ -681,6 +705,7 @@ class _Registry:
     def error_response(
         self, path: str, status: int, message: str, headers: dict[str, str] | None
     ) -> Response:
+        message = _one_line(message)
         if path.startswith("/api/"):
             return _json({"error": message}, status, headers)
         if path in LEGACY_PATHS:

@@ -15,6 +15,9 @@ __all__ = ["openapi_document"]
 
 TERM_LIMIT = 2**62
 """The largest ``expected_term`` magnitude the server takes (it stays a SQLite integer)."""
+NODE_ID_EXCLUDED = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029"
+"""The characters a ``node_id`` may not hold (a regular expression class, the same for the
+server and the document): control characters and whatever starts a new line."""
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -205,8 +208,7 @@ def _schemas() -> dict[str, Any]:
                 },
                 "node_id": {
                     "type": ["string", "null"],
-                    "minLength": 1,
-                    "maxLength": 128,
+                    "pattern": f"^[^{NODE_ID_EXCLUDED}]{{1,128}}$",
                     "description": "a stable id: the only way to register a held path again"
                     " (null: none)",
                 },
