@@ -429,7 +429,7 @@ async def prepare_legacy(http: httpx.AsyncClient) -> None:
             "port": 65535,
             "supernode": True,
             "conductor": True,
-            "node_id": "n2",
+            "node_id": "n2 ü 'q' \"x\" <b>",
         },
     ):
         r = await http.post("/api/v1/federations/sleo/registrations", json=body)
