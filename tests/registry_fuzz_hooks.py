@@ -15,9 +15,9 @@ from typing import Any
 
 import schemathesis
 
-__all__ = ["SUBJECTS", "vague_error"]
+__all__ = ["FIELDS", "SUBJECTS", "vague_error"]
 
-_FIELDS = (
+FIELDS = (
     "federation",
     "orchestra",
     "name",
@@ -32,8 +32,9 @@ _FIELDS = (
     "expected_term",
     "holder",
 )
+"""The fields and parameters of the API, JSON and legacy."""
 SUBJECTS: dict[int, tuple[str, ...]] = {
-    400: (*_FIELDS, "body", "json", "content-length", "utf-8", "field", "parameter"),
+    400: (*FIELDS, "body", "json", "content-length", "utf-8", "field", "parameter"),
     401: ("admin", "password", "login", "credentials"),
     403: ("admin", "token", "conductor", "registered", "claim", "release"),
     404: ("federation", "orchestra", "token", "registration", "resource"),

@@ -39,7 +39,7 @@ from hypothesis import (
     strategies as st,
 )
 
-from tests.registry_fuzz_hooks import vague_error
+from tests.registry_fuzz_hooks import FIELDS, vague_error
 
 __all__ = [
     "ADMIN_PASSWORD",
@@ -66,10 +66,15 @@ REGISTRY_ENV = {"STAGEMESH_ADMIN_PASSWORD": ADMIN_PASSWORD}
 
 
 def masked(message: str) -> str:
-    """*message* with quoted values, numbers, tokens and paths masked: the error's template,
-    to count distinct errors."""
-    text = re.sub(r"'(?:[^'\\]|\\.)*'(?:\.\.\.)?|\"(?:[^\"\\]|\\.)*\"", "'…'", message)
-    text = re.sub(r"/api/v1/\S*|/federations/\S*|/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+", "/…", text)
+    """*message* with quoted values (but field names), numbers, tokens, paths and methods
+    masked: the error's template, to count distinct errors."""
+
+    def value(match: re.Match[str]) -> str:
+        return match[0] if match[0][1:-1] in FIELDS else "'…'"
+
+    text = re.sub(r"'(?:[^'\\]|\\.)*'(?:\.\.\.)?|\"(?:[^\"\\]|\\.)*\"", value, message)
+    text = re.sub(r"^method [A-Z]+ ", "method M ", text)
+    text = re.sub(r"/api/v1/[^\s;]*|/federations/[^\s;]*|/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+", "/…", text)
     text = re.sub(r"\b[0-9a-f:.]*[0-9][0-9a-f:.]*\b", "N", text)
     return text
 
@@ -110,7 +115,7 @@ async def run_schemathesis(
     seed: int,
     timeout: float,
     phases: str = "examples,coverage,fuzzing,stateful",
-    max_time: float | None = None,
+    max_time: int | None = None,
 ) -> SchemathesisRun:
     """Run ``st run`` against the registry at *url* (started with :data:`REGISTRY_ARGS` and
     :data:`REGISTRY_ENV`): *phases*, every check, *max_examples* per operation, *seed*.
@@ -133,7 +138,7 @@ async def run_schemathesis(
         *("--max-examples", str(max_examples), "--seed", str(seed), "--workers", "1"),
         *("--auth", f"admin:{ADMIN_PASSWORD}", "--request-timeout", "10"),
         *("--report", "json", "--report-json-path", str(report), "--phases", phases),
-        *(("--max-time", str(max_time)) if max_time is not None else ()),
+        *(("--max-time", str(round(max_time))) if max_time is not None else ()),
     ]
     start = time.monotonic()
     with trio.fail_after(timeout):
