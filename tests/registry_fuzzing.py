@@ -74,7 +74,8 @@ def masked(message: str) -> str:
 
     text = re.sub(r"'(?:[^'\\]|\\.)*'(?:\.\.\.)?|\"(?:[^\"\\]|\\.)*\"", value, message)
     text = re.sub(r"^method [A-Z]+ ", "method M ", text)
-    text = re.sub(r"/api/v1/[^\s;]*|/federations/[^\s;]*|/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+", "/…", text)
+    paths = r"/api/v1/[^\s;]*|/federations/[^\s;]*|/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+"
+    text = re.sub(paths, "/…", text)
     text = re.sub(r"\b[0-9a-f:.]*[0-9][0-9a-f:.]*\b", "N", text)
     return text
 
