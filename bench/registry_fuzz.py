@@ -1,6 +1,7 @@
 """Registry fuzzing at scale: 10,000+ schemathesis cases against the registry's OpenAPI document
 and 10,000 hostile legacy GETs, against one real ``stagemesh registry`` process on loopback
-(registration limits off).
+(registration limits off), for each database backend (``--backends sqlite,postgresql``; the
+PostgreSQL one is a throwaway cluster of tests/postgres.py).
 
 schemathesis (``st run``, every check plus ``error_says_what_is_wrong`` from
 ``tests/registry_fuzz_hooks.py``) runs its examples, coverage and fuzzing phases with
@@ -11,8 +12,8 @@ The table gives the cases, requests, answers by status class, failures, the stat
 scenarios and links covered, and every distinct 4xx message (values masked) with its count,
 so a reader sees what each refusal says. Exit status 1 if anything failed.
 
-Usage: ``python bench/registry_fuzz.py [--per-operation 700] [--stateful-seconds 60]
-[--legacy 10000] [--seed 1] [--out bench/results/registry_fuzz.json]``.
+Usage: ``python bench/registry_fuzz.py [--backends sqlite,postgresql] [--per-operation 700]
+[--stateful-seconds 60] [--legacy 10000] [--seed 1] [--out bench/results/registry_fuzz.json]``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import functools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,12 +86,25 @@ def legacy_summary(run: LegacyRun | None, failure: str | None) -> dict[str, Any]
     }
 
 
+def database(backend: str, work: Path, cluster: Any) -> str:
+    """A fresh database of *backend* with the registry's schema: its path or URL."""
+    if backend == "sqlite":
+        return str(work / "r.db")
+    url: str = cluster.new_database("fuzz")
+    command = [sys.executable, "-m", "mesh", "registry", "migrate", "--db", url]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr.strip())
+    return url
+
+
 async def measure(
-    per_operation: int, stateful_seconds: int, legacy: int, seed: int
+    backend: str, cluster: Any, per_operation: int, stateful_seconds: int, legacy: int, seed: int
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="registry-fuzz-") as tmp:
         work = Path(tmp)
-        async with running_registry(work / "r.db", *REGISTRY_ARGS, env=REGISTRY_ENV) as url:
+        db = database(backend, work, cluster)
+        async with running_registry(db, *REGISTRY_ARGS, env=REGISTRY_ENV) as url:
             unit = await run_schemathesis(
                 url,
                 work,
@@ -125,8 +140,9 @@ async def measure(
     }
 
 
-def report(result: dict[str, Any]) -> None:
+def report(backend: str, result: dict[str, Any]) -> None:
     unit, stateful, legacy = result["schemathesis"], result["stateful"], result["legacy"]
+    print(f"== {backend}")
     print(
         f"{'run':<34} {'cases':>7} {'requests':>9} {'2xx':>6} {'4xx':>6} {'5xx':>5}"
         f" {'failures':>9} {'seconds':>8}"
@@ -168,36 +184,63 @@ def report(result: dict[str, Any]) -> None:
         print(text)
 
 
+def failed(result: dict[str, Any]) -> bool:
+    """Whether a backend's run failed (a schemathesis failure, a legacy one, or any 5xx)."""
+    servers = sum(result[k]["classes"].get("5xx", 0) for k in ("schemathesis", "stateful"))
+    return bool(result["failures_text"] or result["legacy"].get("failure") or servers)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--per-operation", type=int, default=700)
     parser.add_argument("--stateful-seconds", type=int, default=60)
     parser.add_argument("--legacy", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "registry_fuzz.json"))
     args = parser.parse_args()
-    load_before = os.getloadavg()[0]
-    start = time.monotonic()
-    result = trio.run(measure, args.per_operation, args.stateful_seconds, args.legacy, args.seed)
-    result |= {
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends or not set(backends) <= {"sqlite", "postgresql"}:
+        raise SystemExit(f"--backends takes sqlite and/or postgresql, not {args.backends!r}")
+    summary: dict[str, Any] = {
         "command": " ".join(["python3", "bench/registry_fuzz.py", *sys.argv[1:]]),
-        "started": time.strftime(
-            "%Y-%m-%dT%H:%MZ", time.gmtime(time.time() - (time.monotonic() - start))
-        ),
-        "seconds": round(time.monotonic() - start, 1),
-        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "started": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+        "load_average_start": round(os.getloadavg()[0], 2),
+        "backends": {},
     }
-    report(result)
-    print(f"load average {result['load_average'][0]} at start, {result['load_average'][1]} at end")
+    cluster = None
+    if "postgresql" in backends:
+        from tests.postgres import Cluster
+
+        cluster = Cluster()
+    try:
+        for backend in backends:
+            start = time.monotonic()
+            result = trio.run(
+                measure,
+                backend,
+                cluster,
+                args.per_operation,
+                args.stateful_seconds,
+                args.legacy,
+                args.seed,
+            )
+            result["seconds"] = round(time.monotonic() - start, 1)
+            summary["backends"][backend] = result
+            report(backend, result)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    summary["load_average_end"] = round(os.getloadavg()[0], 2)
+    print(
+        f"load average {summary['load_average_start']} at start,"
+        f" {summary['load_average_end']} at end"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {out}")
-    failed = result["failures_text"] or result["legacy"].get("failure")
-    servers = result["schemathesis"]["classes"].get("5xx", 0) + result["stateful"]["classes"].get(
-        "5xx", 0
-    )
-    return 1 if failed or servers else 0
+    return 1 if any(failed(r) for r in summary["backends"].values()) else 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ conforming to its schema, every 4xx a JSON error that says what is wrong, statef
 the document's links (register -> heartbeat, unregister, conductor compare-and-set with the
 token). hypothesis against the legacy GET API: no 5xx, every error one ``Error: ...`` line
 that says what is wrong, every line of a ``register`` answer in the 2012 format.
-``bench/registry_fuzz.py`` runs 10,000 examples of each.
+Both on each database backend. ``bench/registry_fuzz.py`` runs 10,000 examples of each.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from tests.registries import running_registry
+from tests.registries import Databases, running_registry
 from tests.registry_fuzzing import (
     REGISTRY_ARGS,
     REGISTRY_ENV,
@@ -46,21 +46,21 @@ OPERATIONS = {
 
 
 async def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_vague_error(
-    tmp_path: Path,
+    databases: Databases, tmp_path: Path
 ) -> None:
     with trio.fail_after(900):
-        async with running_registry(tmp_path / "r.db", *REGISTRY_ARGS, env=REGISTRY_ENV) as url:
+        async with running_registry(databases.new(), *REGISTRY_ARGS, env=REGISTRY_ENV) as url:
             unit = await run_schemathesis(
                 url,
                 tmp_path,
-                max_examples=100,
+                max_examples=80,
                 seed=1,
                 timeout=600,
                 phases="examples,coverage,fuzzing",
             )
             assert unit.returncode == 0, unit.output[-30000:]
             stateful = await run_schemathesis(
-                url, tmp_path, max_examples=100, seed=1, timeout=300, phases="stateful", max_time=15
+                url, tmp_path, max_examples=80, seed=1, timeout=300, phases="stateful", max_time=10
             )
             assert stateful.returncode == 0, stateful.output[-30000:]
     for run in (unit, stateful):
@@ -70,7 +70,7 @@ async def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_vague_err
         f"schemathesis: {unit.generated} + {stateful.generated} cases, {stateful.scenarios}"
         f" scenarios, {unit.requests + stateful.requests} requests, {stateful.links}"
     )
-    assert unit.generated >= 1200, unit.output[-5000:]
+    assert unit.generated >= 1000, unit.output[-5000:]
     assert stateful.scenarios >= 20, stateful.output[-5000:]
     # it reached every operation's logic, the token-taking ones (heartbeat, unregister, the
     # conductor's compare-and-set) through the document's links
@@ -83,15 +83,15 @@ async def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_vague_err
     assert reached >= OPERATIONS, sorted(OPERATIONS - reached)
 
 
-async def test_legacy_get_api_under_hostile_query_strings(tmp_path: Path) -> None:
+async def test_legacy_get_api_under_hostile_query_strings(databases: Databases) -> None:
     with trio.fail_after(600):
-        async with running_registry(tmp_path / "r.db", *REGISTRY_ARGS, env=REGISTRY_ENV) as url:
+        async with running_registry(databases.new(), *REGISTRY_ARGS, env=REGISTRY_ENV) as url:
             async with httpx.AsyncClient(base_url=url, timeout=10) as http:
                 await prepare_legacy(http)
             run = await trio.to_thread.run_sync(
-                functools.partial(fuzz_legacy, url, examples=2000, seed=1)
+                functools.partial(fuzz_legacy, url, examples=1500, seed=1)
             )
     print(f"legacy: {run.requests} requests in {run.seconds:.0f} s, {run.registered} registered")
-    assert run.requests >= 2000 and not any(s >= 500 for s in run.statuses)
-    assert run.registered >= 100  # register answers were parsed line by line, not only errors
+    assert run.requests >= 1500 and not any(s >= 500 for s in run.statuses)
+    assert run.registered >= 60  # register answers were parsed line by line, not only errors
     assert run.statuses[400] >= 500
