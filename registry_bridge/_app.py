@@ -917,13 +917,14 @@ def create_app(
     async def on_starlette_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         path = request.url.path
+        shown = path if len(path) <= 100 else f"{path[:100]}..."  # a path may be 60 KiB long
         headers = dict(exc.headers) if exc.headers else None
         if exc.status_code == 405:
             allowed = ", ".join(_allowed_methods(routes, request.scope))
             headers = {"Allow": allowed}
-            message = f"method {request.method} is not allowed on {path}; allowed: {allowed}"
+            message = f"method {request.method} is not allowed on {shown}; allowed: {allowed}"
         else:
-            message = {404: f"no such resource: {path}"}.get(exc.status_code, str(exc.detail))
+            message = {404: f"no such resource: {shown}"}.get(exc.status_code, str(exc.detail))
         return reg.error_response(path, exc.status_code, message, headers)
 
     async def on_unicode_error(request: Request, exc: Exception) -> Response:
