@@ -39,6 +39,7 @@ from hypothesis import (
     strategies as st,
 )
 
+from registry_bridge._app import LEGACY_PATHS
 from tests.registry_fuzz_hooks import FIELDS, vague_error
 
 __all__ = [
@@ -172,7 +173,7 @@ async def run_schemathesis(
 
 # ------------------------------------------------------------------------------ legacy GET API
 
-LEGACY_PATHS = ("/federation", "/orchestra", "/register", "/unregister")
+_LEGACY_PATHS = tuple(sorted(LEGACY_PATHS))
 _KEYS = ("federation", "orchestra", "name", "supernode", "conductor", "port", "create")
 _NAMES = ("sleo", "cmu", "colorado", "rbd", "alice", "json", "json2", "a", "new")
 _FLAGS = ("yes", "no", "YES", "No", "true", "false", "1", "0", "", "maybe", "oui", "y")
@@ -295,7 +296,7 @@ LEGACY_REQUESTS = st.builds(
     lambda path, pairs, complete, seps: LegacyRequest(
         path, _query(_complete(path, pairs) if complete else pairs, seps)[:MAX_QUERY]
     ),
-    st.sampled_from((*LEGACY_PATHS, "/register")),
+    st.sampled_from((*_LEGACY_PATHS, "/register")),
     st.one_of(
         st.lists(_PAIR, max_size=8),
         st.lists(_GENTLE_PAIR, max_size=4),
