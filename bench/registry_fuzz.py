@@ -12,8 +12,8 @@ The table gives the cases, requests, answers by status class, failures, the stat
 scenarios and links covered, and every distinct 4xx message (values masked) with its count,
 so a reader sees what each refusal says. Exit status 1 if anything failed.
 
-Usage: ``python bench/registry_fuzz.py [--backends sqlite,postgresql] [--per-operation 700]
-[--stateful-seconds 60] [--legacy 10000] [--seed 1] [--out bench/results/registry_fuzz.json]``.
+Usage: ``python bench/registry_fuzz.py [--backends sqlite,postgresql] [--per-operation 800]
+[--stateful-seconds 90] [--legacy 10000] [--seed 1] [--out bench/results/registry_fuzz.json]``.
 """
 
 from __future__ import annotations
@@ -193,8 +193,8 @@ def failed(result: dict[str, Any]) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--per-operation", type=int, default=700)
-    parser.add_argument("--stateful-seconds", type=int, default=60)
+    parser.add_argument("--per-operation", type=int, default=800)
+    parser.add_argument("--stateful-seconds", type=int, default=90)
     parser.add_argument("--legacy", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "registry_fuzz.json"))
