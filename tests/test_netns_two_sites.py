@@ -175,7 +175,8 @@ def test_two_sites_merge_through_the_registry(tmp_path: Path) -> None:
                 other_host = next(
                     h for h in sites[other] if doc["supernodes"][other].endswith(f"/h{h.index}")
                 )
-                if not any(p.startswith(other_host.address + ":") for p in doc["registry"]["peers"]):
+                peers = doc["registry"]["peers"]
+                if not any(p.startswith(other_host.address + ":") for p in peers):
                     return False
             return True
 
