@@ -22,6 +22,15 @@ loopback (a fresh SQLite file) once per ``--workers`` setting and measures:
 Server CPU per request (user+system of every registry process over the phase) is printed for
 every phase: it depends much less on what else the machine is doing than req/s do.
 
+**Backends** (``--backends sqlite,postgresql``, the default): the same phases run for each
+``--workers`` setting on a SQLite file and on PostgreSQL, in the same run, so their ratios
+mean something on a busy machine. PostgreSQL is a throwaway cluster this script starts
+(tests/postgres.py, Debian's ``postgresql`` package) with PostgreSQL's own durability
+defaults (fsync and synchronous commit on), a fresh database per setting; or, with
+``--db postgresql://...``, a database of yours (empty, or just made by ``stagemesh registry
+migrate``; the bench leaves its registrations in it). With the throwaway cluster the
+database server's CPU per request is printed too (all its processes).
+
 Prints a table beside the targets, says plainly which are not met, and writes
 ``bench/results/registry.json``. The registry runs with its per-address registration limit
 set out of reach (every request comes from 127.0.0.1), so the limiter's code runs but never
@@ -36,13 +45,15 @@ CPU microseconds per request and writes ``bench/results/registry_inprocess.json`
 before/after comparison. Usage::
 
     apt-get install -y wrk   # optional, for the closed-loop phases
-    python3 bench/registry.py [--workers 1,2] [--rate 2000] [--clients 1000] [--seconds 10]
+    python3 bench/registry.py [--workers 1,2] [--backends sqlite,postgresql] [--db URL]
+                              [--rate 2000] [--clients 1000] [--seconds 10]
     python3 bench/registry.py --in-process [--requests 2000] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import http.server
 import json
@@ -514,18 +525,51 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def _measure(pids: list[int], run: Any, *, cgi: bool = False) -> dict[str, Any]:
+def _cpu_of(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each of *pids*; the first (a server's main process) with its reaped
+    children, so a database connection that ended during a phase is counted too."""
+    return {p: _proc_cpu(p, children=i == 0) for i, p in enumerate(pids)}
+
+
+def _measure(
+    pids: list[int], run: Any, *, cgi: bool = False, db_pids: Any = None
+) -> dict[str, Any]:
     c0 = sum(_proc_cpu(p, children=cgi) for p in pids)
+    d0 = _cpu_of(db_pids()) if db_pids else {}
     result: dict[str, Any] = run()
     cpu = sum(_proc_cpu(p, children=cgi) for p in pids) - c0
     result["server_cpu_s"] = cpu
     result["server_cpu_us_per_req"] = cpu / result["requests"] * 1e6 if result["requests"] else 0
     # how many CPUs' worth the registry got: near 1.0 with --workers 2 means it was starved
     result["server_cpus_used"] = cpu / result["seconds"] if result["seconds"] else 0
+    if db_pids:
+        d1 = _cpu_of(db_pids())
+        db_cpu = sum(v - d0.get(p, 0.0) for p, v in d1.items())
+        result["database_cpu_s"] = db_cpu
+        result["database_cpu_us_per_req"] = (
+            db_cpu / result["requests"] * 1e6 if result["requests"] else 0
+        )
     return result
 
 
-def _bench_registry(args: argparse.Namespace, workers: int, tmp: Path) -> dict[str, Any]:
+def _bench_registry(
+    args: argparse.Namespace, backend: str, workers: int, tmp: Path, cluster: Any
+) -> dict[str, Any]:
+    """One registry (*workers* processes) on a fresh database of *backend*: every phase."""
+    if backend == "sqlite":
+        db = str(tmp / f"registry{workers}.db")
+    else:
+        db = args.db or cluster.new_database(f"bench{workers}")
+        done = subprocess.run(
+            [sys.executable, "-m", "mesh", "registry", "migrate", "--db", db],
+            capture_output=True,
+            text=True,
+            cwd=HERE.parent,
+        )
+        if done.returncode != 0:
+            raise SystemExit(done.stderr.strip())
+    db_pids = cluster.pids if cluster is not None and backend != "sqlite" else None
+    measure = functools.partial(_measure, db_pids=db_pids)
     proc, url = _start(
         [
             sys.executable,
@@ -535,7 +579,7 @@ def _bench_registry(args: argparse.Namespace, workers: int, tmp: Path) -> dict[s
             "--bind",
             "127.0.0.1:0",
             "--db",
-            str(tmp / f"registry{workers}.db"),
+            db,
             "--workers",
             str(workers),
             *("--register-burst", "1000000000", "--register-rate", "1000000000"),
@@ -544,9 +588,9 @@ def _bench_registry(args: argparse.Namespace, workers: int, tmp: Path) -> dict[s
     )
     host, port = url.removeprefix("http://").rsplit(":", 1)
     pids = [proc.pid, *_children(proc.pid)]
-    out: dict[str, Any] = {"workers": workers, "processes": len(pids)}
+    out: dict[str, Any] = {"backend": backend, "workers": workers, "processes": len(pids)}
     try:
-        out["json_open_loop"] = _measure(
+        out["json_open_loop"] = measure(
             pids,
             lambda: run_load(
                 host,
@@ -558,7 +602,7 @@ def _bench_registry(args: argparse.Namespace, workers: int, tmp: Path) -> dict[s
             ),
         )
         if args.wrk:
-            out["json_saturation"] = _measure(
+            out["json_saturation"] = measure(
                 pids,
                 lambda: run_wrk(
                     url,
@@ -569,7 +613,7 @@ def _bench_registry(args: argparse.Namespace, workers: int, tmp: Path) -> dict[s
                 ),
             )
         else:
-            out["json_saturation"] = _measure(
+            out["json_saturation"] = measure(
                 pids,
                 lambda: run_load(
                     host,
@@ -585,7 +629,7 @@ def _bench_registry(args: argparse.Namespace, workers: int, tmp: Path) -> dict[s
             urllib.request.urlopen(
                 f"{url}/orchestra?federation=legacy&orchestra=o{o}&create=yes"
             ).read()
-        out["legacy_saturation"] = _measure(
+        out["legacy_saturation"] = measure(
             pids,
             lambda: _legacy(
                 args, url, f"l{workers}_", args.legacy_connections, args.legacy_seconds
@@ -794,15 +838,26 @@ def _main_in_process(args: argparse.Namespace) -> int:
 
 def _row(label: str, r: dict[str, Any]) -> str:
     tool = "wrk" if r["tool"].startswith("wrk") else "lean"
+    db = r.get("database_cpu_us_per_req")
     return (
-        f"{label:44} {tool:>4} {r['req_per_s']:>7.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>8.1f} "
+        f"{label:48} {tool:>4} {r['req_per_s']:>7.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>8.1f} "
         f"{r['errors']:>6} {r['server_cpu_us_per_req']:>10.0f} {r['server_cpus_used']:>5.2f}"
+        f" {'-' if db is None else f'{db:.0f}':>9}"
     )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2", help="registry --workers settings to run")
+    parser.add_argument(
+        "--backends", default="sqlite,postgresql", help="databases to run each setting on"
+    )
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="an empty PostgreSQL database to use (default: a throwaway cluster)",
+    )
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=2000.0, help="open-loop offered req/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="per JSON phase")
@@ -834,6 +889,12 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
     settings = [int(w) for w in args.workers.split(",")]
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not set(backends) <= {"sqlite", "postgresql"} or not backends:
+        raise SystemExit(f"--backends takes sqlite and/or postgresql, not {args.backends!r}")
+    if args.db and len(settings) > 1:
+        # every setting on one database of yours would meet the last one's registrations
+        raise SystemExit("--db runs one --workers setting at a time (e.g. --workers 2)")
 
     results: dict[str, Any] = {
         "command": " ".join(["python3", "bench/registry.py", *sys.argv[1:]]),
@@ -844,10 +905,24 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_average_start": os.getloadavg(),
     }
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp_name:
-        tmp = Path(tmp_name)
-        runs = {str(w): _bench_registry(args, w, tmp) for w in settings}
-        cgi = _bench_cgi(args, tmp)
+    cluster = None
+    if "postgresql" in backends and not args.db:
+        sys.path.insert(0, str(HERE.parent))
+        from tests.postgres import Cluster
+
+        cluster = Cluster(durable=True)
+    try:
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp_name:
+            tmp = Path(tmp_name)
+            runs = {
+                f"{b} w={w}": _bench_registry(args, b, w, tmp, cluster)
+                for b in backends
+                for w in settings
+            }
+            cgi = _bench_cgi(args, tmp)
+    finally:
+        if cluster is not None:
+            cluster.stop()
     results["runs"] = runs
     results["cgi_legacy_register"] = cgi
     results["load_average_end"] = os.getloadavg()
@@ -882,40 +957,42 @@ def main() -> int:
     la1 = " ".join(f"{x:.2f}" for x in results["load_average_end"])
     print(
         f"registry bench: {args.clients} clients, {os.cpu_count()} CPUs, "
+        f"backends {', '.join(backends)}, "
         f"Python {platform.python_version()}, closed loops with "
         f"{'wrk' if args.wrk else 'the lean generator'}"
     )
     print(f"load average: {la0} at start, {la1} at end")
     print(
-        f"{'phase':44} {'tool':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>8} {'errors':>6} "
-        f"{'CPU us/req':>10} {'CPUs':>5}"
+        f"{'phase':48} {'tool':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>8} {'errors':>6} "
+        f"{'CPU us/req':>10} {'CPUs':>5} {'DB us/req':>9}"
     )
     for w, run in runs.items():
         op = run["json_open_loop"]
-        print(_row(f"workers={w} JSON open loop, {args.rate:.0f}/s offered", op))
-        print(_row(f"workers={w} JSON saturation, {args.clients} conns", run["json_saturation"]))
+        print(_row(f"{w} JSON open loop, {args.rate:.0f}/s", op))
+        print(_row(f"{w} JSON saturation, {args.clients} conns", run["json_saturation"]))
         print(
             _row(
-                f"workers={w} legacy register, {args.legacy_connections} conns",
+                f"{w} legacy register, {args.legacy_connections} conns",
                 run["legacy_saturation"],
             )
         )
     print(_row(f"CGI legacy register, {args.cgi_connections} conns", cgi))
     print(
         "(CPU us/req and CPUs: all registry processes; CPUs = CPU seconds / wall seconds; "
-        "open loop: latency from when each request was due)"
+        "DB us/req: the PostgreSQL server's processes; open loop: latency from when each "
+        "request was due)"
     )
     for w, run in runs.items():
         op = run["json_open_loop"]
         print(
-            f"workers={w} open loop: p99.9 {op['p999_ms']:.1f} ms, max {op['max_ms']:.1f} ms; "
+            f"{w} open loop: p99.9 {op['p999_ms']:.1f} ms, max {op['max_ms']:.1f} ms; "
             f"once all {args.clients} registered (heartbeats only): p50 "
             f"{op['steady_p50_ms']:.1f} ms, p99 {op['steady_p99_ms']:.1f} ms; worst latency per "
             f"second: {', '.join(f'{x:.0f}' for x in op['max_ms_by_second'])} ms; "
             f"generator {op['generator_cpu_us_per_req']:.0f} us CPU/req"
         )
     print()
-    header = "".join(f"{'workers=' + w:>18}" for w in runs)
+    header = "".join(f"{w:>18}" for w in runs)
     print(f"{'target':32} {'wanted':>9}{header}")
     for key, label, fmt in [
         ("saturation_req_per_s", "JSON saturation req/s", "{:.0f}"),

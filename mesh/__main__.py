@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mesh._cli import Command, CommandEntry, main as cli_main
@@ -35,7 +36,15 @@ def _status() -> Command:
 def _keygen() -> Command:
     from mesh._node_cli import KeygenCommand
 
-    return KeygenCommand()
+    return KeygenCommand(operator_keygen=_write_operator_key)
+
+
+def _write_operator_key(path: Path, comment: str | None) -> str:
+    """``stagemesh keygen --operator``: the roles package's writer, imported only then (it
+    loads the cryptography library)."""
+    from roles._operator import write_operator_key
+
+    return write_operator_key(path, comment)
 
 
 def _sim() -> Command:
@@ -56,6 +65,12 @@ def _roles() -> Command:
     return RolesCommand()
 
 
+def _demo() -> Command:
+    from mesh._demo import DemoCommand
+
+    return DemoCommand()
+
+
 COMMANDS: tuple[CommandEntry, ...] = (
     CommandEntry("node", "run a stagemesh node", _node),
     CommandEntry(
@@ -63,7 +78,8 @@ COMMANDS: tuple[CommandEntry, ...] = (
     ),
     CommandEntry(
         "keygen",
-        "write a new federation key to a file (then pass it to every node with --key-file)",
+        "write a new federation key (pass it to every node with --key-file), or with "
+        "--operator an operator key pair (sign role changes with it)",
         _keygen,
     ),
     CommandEntry("sim", "run a membership scenario in the deterministic simulator", _sim),
@@ -74,6 +90,11 @@ COMMANDS: tuple[CommandEntry, ...] = (
         "roles",
         "show and change the roles of conference stations (through a node's API)",
         _roles,
+    ),
+    CommandEntry(
+        "demo",
+        "run a registry and a federation of nodes on this machine (loopback only) to try",
+        _demo,
     ),
 )
 """Every ``stagemesh`` subcommand, in the order ``--help`` lists them (each summary is its

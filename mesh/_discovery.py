@@ -13,7 +13,9 @@ Drivers, each started with ``nursery.start`` and reporting a handle with ``stati
 * :func:`serve_mdns`: python-zeroconf (sync API in its own threads), service
   ``_stagemesh._udp.local.``, instance named after the node id, registered as a cooperating
   responder (no 1.2 s probing), browsed with multicast (QM) questions.
-* :func:`serve_seeds`: ``--seed HOST:PORT`` addresses, resolved and hinted now and then.
+* :func:`serve_seeds`: ``--seed HOST:PORT`` addresses, resolved and hinted now and then
+  (:func:`resolve_seeds` looks names up in a worker thread, with a time limit: a slow resolver
+  never stalls the event loop).
 * :func:`serve_discovery`: all of the enabled ones.
 
 Exceptions: :class:`InvalidSeed` (a ``--seed`` that does not parse) and
@@ -51,6 +53,7 @@ from mesh._wire import (
     InvalidMessage,
     Keyring,
     WireCodec,
+    is_ip_literal,
 )
 
 __all__ = [
@@ -58,6 +61,7 @@ __all__ = [
     "BEACON_MAX_AGE",
     "DEFAULT_BEACON_PORT",
     "DEFAULT_GOSSIP_PORT",
+    "SEED_RESOLVE_TIMEOUT",
     "SERVICE_TYPE",
     "BeaconService",
     "BeaconStatistics",
@@ -71,6 +75,7 @@ __all__ = [
     "SeedService",
     "SeedStatistics",
     "parse_seed",
+    "resolve_seeds",
     "serve_beacons",
     "serve_discovery",
     "serve_mdns",
@@ -84,6 +89,8 @@ BEACON_MAX_AGE = 30.0
 """Signed beacons whose ``sent_at`` is further than this from our wall clock are dropped."""
 ANSWER_GAP = 0.05
 """A beacon from a node not heard before is answered with an early beacon, at most this often."""
+SEED_RESOLVE_TIMEOUT = 5.0
+"""How long a ``--seed`` name may take to resolve before it is given up (seconds)."""
 
 _HEX_ID = re.compile(rf"[0-9a-f]{{{NODE_ID_LENGTH}}}\Z")
 SOURCES = ("mdns", "beacon", "seed", "registry")
@@ -613,8 +620,8 @@ class InvalidSeed(ValueError):
 def parse_seed(text: str, default_port: int = DEFAULT_GOSSIP_PORT) -> Address:
     """Parse ``HOST:PORT``, ``HOST`` or ``[V6]:PORT`` into ``(host, port)``.
 
-    The host is not resolved here (that happens when hints are made, so a seed that is not up
-    yet at start is still tried later). Raises :class:`InvalidSeed`.
+    The host is not resolved here: a name is looked up by :func:`resolve_seeds` when the node
+    starts, in a worker thread with a time limit. Raises :class:`InvalidSeed`.
     """
     original = text
     text = text.strip()
@@ -666,19 +673,45 @@ class SeedService:
         return SeedStatistics(c["rounds"], c["hints"], c["hints_dropped"], c["unresolved"])
 
 
-async def _resolve(host: str, port: int) -> list[Address]:
+async def _resolve(host: str, port: int, within: float = SEED_RESOLVE_TIMEOUT) -> list[Address]:
+    """*host*'s IPv4 addresses (a literal as it is): looked up in trio's worker thread, given
+    up after *within* seconds (``OSError``), so the event loop never waits on a resolver."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         pass
     else:
         return [(str(ip), port)]
-    infos = await trio.socket.getaddrinfo(host, port, type=stdsocket.SOCK_DGRAM)
-    out: dict[Address, None] = {}
-    for family, _type, _proto, _canon, sockaddr in infos:
-        if family in (stdsocket.AF_INET, stdsocket.AF_INET6):
-            out[(str(sockaddr[0]), int(sockaddr[1]))] = None
-    return list(out)
+    with trio.move_on_after(within):
+        infos = await trio.socket.getaddrinfo(
+            host, port, family=stdsocket.AF_INET, type=stdsocket.SOCK_DGRAM
+        )
+        out: dict[Address, None] = {}
+        for _family, _type, _proto, _canon, sockaddr in infos:
+            if is_ip_literal(str(sockaddr[0])):
+                out[(str(sockaddr[0]), int(sockaddr[1]))] = None
+        return list(out)
+    raise OSError(f"no answer within {within:g} s")
+
+
+async def resolve_seeds(
+    seeds: tuple[Address, ...], within: float = SEED_RESOLVE_TIMEOUT
+) -> list[Address]:
+    """The addresses of *seeds*, in order: IP literals as they are, names looked up once, all
+    at the same time, each within *within* seconds; a name that does not resolve is logged
+    and left out (a node never resolves a name later, nor on its event loop)."""
+    found: list[list[Address]] = [[] for _ in seeds]
+
+    async def one(index: int, host: str, port: int) -> None:
+        try:
+            found[index] = await _resolve(host, port, within)
+        except OSError as exc:
+            log.warning("seed %s does not resolve, ignored: %s", host, exc)
+
+    async with trio.open_nursery() as nursery:
+        for index, (host, port) in enumerate(seeds):
+            nursery.start_soon(one, index, host, port)
+    return list(dict.fromkeys(a for addresses in found for a in addresses))
 
 
 async def serve_seeds(

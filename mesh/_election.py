@@ -43,7 +43,7 @@ from collections.abc import Container, Iterable
 import attrs
 
 from mesh._names import is_valid_name
-from mesh._wire import Lease
+from mesh._wire import MAX_COUNTER, Lease
 
 __all__ = [
     "CONDUCTOR",
@@ -457,7 +457,7 @@ class ElectionCore:
             self._deferred = False
             self._retry_at.pop(CONDUCTOR, None)
             if record is None or record.holder != self.self_id:
-                term = max(claim.term, self._max_term.get(CONDUCTOR, 0) + 1)
+                term = max(claim.term, self._next_term(CONDUCTOR))
                 self._take(Lease(CONDUCTOR, self.self_id, term, claim.tenure_start))
             self._next_renew = now + arbiter.renew
         else:
@@ -510,7 +510,7 @@ class ElectionCore:
             if successor is None:
                 continue
             tenure = self._records[post].tenure_start
-            record = Lease(post, successor.node_id, self._max_term[post] + 1, tenure)
+            record = Lease(post, successor.node_id, self._next_term(post), tenure)
             self._max_term[post] = record.term
             self._records[post] = record
             self._handoffs += 1
@@ -704,10 +704,15 @@ class ElectionCore:
             if is_eligible(post, c) and candidate_rank(post, c) < mine
         )
 
+    def _next_term(self, post: str) -> int:
+        # Never beyond what the wire carries: after a record forged at the largest term, a
+        # claim at that same term still wins (a valid holder beats an invalid one).
+        return min(self._max_term.get(post, 0) + 1, MAX_COUNTER)
+
     def _claim(self, now: float, post: str) -> None:
         if self.holder(post) is not None:
             return
-        claim = Lease(post, self.self_id, self._max_term.get(post, 0) + 1, now)
+        claim = Lease(post, self.self_id, self._next_term(post), now)
         if post == CONDUCTOR and self.arbiter is not None and self._arbiter_available:
             # Ask the arbiter; claim when it grants (handle_claim_answer).
             if self._pending is None or now >= self._pending_until:

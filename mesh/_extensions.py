@@ -47,6 +47,18 @@ class Extension:
         """Request handlers by request kind (see :meth:`Node.request`)."""
         return {}
 
+    def local_handlers(self) -> Mapping[str, Callable[[Value], Awaitable[Value]]]:
+        """Handlers for requests this node's own operator sends to this node through its
+        local API (``POST /api/request`` with the node's secret), by kind. They act with the
+        authority of the machine's operator, so they may do what :meth:`handlers` refuses to
+        other nodes; for a kind listed here they are used instead of :meth:`handlers`."""
+        return {}
+
+    def error_family(self, error_type: str) -> str | None:
+        """The family name this extension documents for an error type it raises (so a client
+        matching on the family finds every member of it), or ``None`` if not its type."""
+        return None
+
     async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run beside the node until it stops; call ``task_status.started()`` when ready."""
         task_status.started()

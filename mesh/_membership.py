@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Literal, TypeAlias
 
@@ -42,6 +42,7 @@ import attrs
 
 from mesh._profiles import Profile
 from mesh._wire import (
+    MAX_COUNTER,
     Ack,
     Address,
     Dead,
@@ -72,6 +73,7 @@ __all__ = [
     "SendDatagram",
     "Snapshot",
     "UpdateReceived",
+    "path_winner",
 ]
 
 ALIVE, SUSPECT, DEAD, LEFT = (
@@ -90,20 +92,30 @@ INF = math.inf
 
 @attrs.frozen
 class SendDatagram:
-    """Send *body* to *dest* as one UDP datagram."""
+    """Send *body* to *dest* as one UDP datagram.
+
+    ``to`` is the receiver's node id and ``to_incarnation`` its incarnation as the core knows it
+    (-1: unknown); the driver binds the datagram to them (receivers refuse datagrams bound to
+    someone else, to an earlier run of themselves, or to nobody: ``to`` must be set)."""
 
     dest: Address
     body: Message
+    to: str | None = None
+    to_incarnation: int = -1
 
 
 @attrs.frozen
 class OpenStream:
     """Open a TCP stream to *dest*, send *body*, and feed the reply (or ``None`` on failure)
-    back with :meth:`Membership.handle_stream_reply` quoting *exchange*."""
+    back with :meth:`Membership.handle_stream_reply` quoting *exchange*. ``to`` as in
+    :class:`SendDatagram`; ``None`` for a join (first contact with an address), the one message
+    a node accepts unbound."""
 
     dest: Address
     body: PushPull
     exchange: int
+    to: str | None = None
+    to_incarnation: int = -1
 
 
 MembershipOutput: TypeAlias = SendDatagram | OpenStream
@@ -156,9 +168,25 @@ class UpdateReceived:
 
 @attrs.frozen
 class PathConflict:
-    """Another live node (``holder``) announces the same path as this node."""
+    """Another live node (``holder``) announces the same path as this node. Nothing stops: both
+    stay members (ids tell them apart); the driver says which of them keeps the path (see
+    :func:`path_winner`)."""
 
     holder: MemberView
+
+
+def path_winner(claims: Iterable[MemberView]) -> MemberView | None:
+    """Of several live members announcing one path, the one that keeps it: the earliest
+    started (its ``j`` metadata, the wall-clock start time), then the lowest id. Every node
+    applies the same rule to the same records, so all agree."""
+
+    def rank(view: MemberView) -> tuple[float, str]:
+        joined = view.meta.get("j")
+        if isinstance(joined, bool) or not isinstance(joined, int | float):
+            return (math.inf, view.node_id)
+        return (float(joined) if math.isfinite(joined) else math.inf, view.node_id)
+
+    return min(claims, key=rank, default=None)
 
 
 MembershipEvent: TypeAlias = MemberEvent | UpdateReceived | PathConflict
@@ -179,6 +207,14 @@ class MembershipStatistics:
     late_wakeups: int
     awareness: int
     pending_broadcasts: int
+    path_conflicts: int
+    """Records of other live nodes announcing this node's path that were applied."""
+    refused: Mapping[str, int]
+    """Well-formed input the core would not take as it came, by reason: ``incarnation
+    ahead`` (a suspicion or death notice about a member at an incarnation this node never saw
+    from it: applied at the one it saw), ``ahead of self`` (a record or notice about this node
+    above its own incarnation: refuted at its own + 1), ``incarnation exhausted``,
+    ``ping for another node``."""
 
 
 @attrs.frozen
@@ -275,6 +311,7 @@ class _Probe:
     number: int
     target: str
     address: Address
+    incarnation: int
     indirect_at: float
     end_at: float
     acked: bool = False
@@ -286,6 +323,7 @@ class _Probe:
 @attrs.define
 class _Relay:
     requester: Address
+    requester_id: str
     requester_probe: int
     target: str
     deadline: float
@@ -389,7 +427,7 @@ class Membership:
         self._since: dict[str, float] = {}
         self._suspicions: dict[str, _Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
-        self._streams: dict[int, Address] = {}
+        self._streams: dict[int, tuple[Address, str | None]] = {}
         self._queue = _BroadcastQueue()
         self._seen_extensions: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self._state_extras: tuple[Update, ...] = ()
@@ -431,7 +469,9 @@ class Membership:
             "refutations": 0,
             "deaths_declared": 0,
             "late_wakeups": 0,
+            "path_conflicts": 0,
         }
+        self._refused: Counter[str] = Counter()
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -486,6 +526,7 @@ class Membership:
             members_dead=self._dead,
             awareness=self._awareness,
             pending_broadcasts=len(self._queue),
+            refused=dict(self._refused),
             **self._stats,
         )
 
@@ -546,8 +587,9 @@ class Membership:
 
     def update_meta(self, now: float, meta: Mapping[str, Value]) -> None:
         """Change this node's metadata; a new incarnation carries it to every node."""
-        self._me = attrs.evolve(self._me, meta=dict(meta), incarnation=self._me.incarnation + 1)
-        self._queue.put(self._me)
+        self._me = attrs.evolve(self._me, meta=dict(meta))
+        if self._raise_incarnation():
+            self._queue.put(self._me)
 
     def leave(self, now: float, extras: Sequence[Lease] = ()) -> None:
         """Leave gracefully: tell members directly and by gossip, then stop probing.
@@ -567,7 +609,7 @@ class Membership:
         for node_id in targets:
             rec = self._table.get(node_id)
             if rec is not None:
-                self._send(rec.address, Gossip((notice, *extras)))
+                self._send_to(rec, Gossip((notice, *extras)))
 
     def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
         """Handle one decoded datagram *body* from *sender* at *src*. Non-membership messages
@@ -580,7 +622,9 @@ class Membership:
             # that had been talking to us all along (chaos seeds 8747, 3079).
             p.acked = True
         if isinstance(body, Ping):
-            if body.target == self._me.node_id and not self._left:
+            if body.target != self._me.node_id:
+                self._refused["ping for another node"] += 1
+            elif not self._left:
                 updates = self._piggyback()
                 pinger = self._table.get(sender)
                 if pinger is None:
@@ -592,13 +636,21 @@ class Membership:
                     # The buddy system the other way round: a member we suspect is probing
                     # us, so our ack tells it; it answers with its current incarnation (see
                     # _suspect), in case we missed its refutation.
-                    notice = Suspect(sender, pinger.incarnation, self._me.node_id)
+                    notice: Update = Suspect(sender, pinger.incarnation, self._me.node_id)
                     updates = [notice, *updates]
-                self._send(src, Ack(body.probe, self._me.node_id, tuple(updates)))
+                elif pinger.status in (DEAD, LEFT):
+                    # A member we hold dead or gone is talking to us: tell it, so it refutes
+                    # at once if it lives (a forged departure, a false death) or, if it
+                    # restarted, answers with its newer incarnation.
+                    left = pinger.status == LEFT
+                    notice = Dead(sender, pinger.incarnation, self._me.node_id, left)
+                    updates = [notice, *updates]
+                known = -1 if pinger is None else pinger.incarnation
+                self._send(src, Ack(body.probe, self._me.node_id, tuple(updates)), sender, known)
         elif isinstance(body, Ack):
             self._handle_ack(body)
         elif isinstance(body, PingReq):
-            self._handle_ping_req(now, src, body)
+            self._handle_ping_req(now, src, sender, body)
         elif isinstance(body, Nack):
             p = self._probe
             if p is not None and p.number == body.probe:
@@ -607,20 +659,23 @@ class Membership:
         elif not isinstance(body, Gossip):
             return
         for update in body.updates:
-            self._apply(now, update, src)
+            self._apply(now, update, (src, sender))
 
     def handle_stream(self, now: float, src: Address, sender: str, body: PushPull) -> PushPull:
         """Handle an incoming push-pull over TCP and return the reply to send back."""
         reply = self._state(join=False, reply=True)
-        self._merge(now, body, src)
+        self._merge(now, body, (src, sender))
         return reply
 
     def handle_stream_reply(self, now: float, exchange: int, reply: PushPull | None) -> None:
         """The outcome of an :class:`OpenStream`: the peer's state, or ``None`` if it failed."""
-        address = self._streams.pop(exchange, None)
-        if address is None or reply is None:
+        opened = self._streams.pop(exchange, None)
+        if opened is None or reply is None:
             return
-        self._merge(now, reply, address)
+        address, peer = opened
+        if peer is None:  # a join: the peer's own record comes first in its state
+            peer = reply.members[0].node_id if reply.members else None
+        self._merge(now, reply, None if peer is None else (address, peer))
 
     def handle_timer(self, now: float) -> None:
         """Run every timer that is due at *now*."""
@@ -641,7 +696,7 @@ class Membership:
             self._suspicion_expired(now, node_id)
         for number in [n for n, r in self._relays.items() if now >= r.deadline]:
             r = self._relays.pop(number)
-            self._send(r.requester, Nack(r.requester_probe, r.target))
+            self._send_member(r.requester, r.requester_id, Nack(r.requester_probe, r.target))
         if now >= self._next_gossip_at:
             self._next_gossip_at = now + self.profile.gossip_interval
             self._gossip(now)
@@ -653,7 +708,7 @@ class Membership:
             if peer:
                 rec = self._table.get(peer[0])
                 if rec is not None:
-                    self._open_push_pull(rec.address, join=False)
+                    self._open_push_pull(rec.address, join=False, peer=rec)
         if now >= self._next_reconnect_at:
             self._next_reconnect_at = now + self.profile.reconnect_interval * (
                 0.75 + self._rng.random() / 2
@@ -706,6 +761,7 @@ class Membership:
             number=self._probe_counter,
             target=target,
             address=rec.address,
+            incarnation=rec.incarnation,
             indirect_at=now + self.profile.probe_timeout * scale,
             end_at=self._next_probe_at - 1e-6,
         )
@@ -718,7 +774,7 @@ class Membership:
                 reporter = next(iter(suspicion.confirmations))
             updates = [Suspect(target, rec.incarnation, reporter), *updates]
         self._stats["probes_sent"] += 1
-        self._send(rec.address, Ping(self._probe_counter, target, tuple(updates)))
+        self._send_to(rec, Ping(self._probe_counter, target, tuple(updates)))
 
     def _send_indirect(self, now: float, p: _Probe) -> None:
         p.indirect_sent = True
@@ -728,7 +784,7 @@ class Membership:
             rec = self._table.get(node_id)
             if rec is not None:
                 self._stats["indirect_probes"] += 1
-                self._send(rec.address, PingReq(p.number, p.target, p.address))
+                self._send_to(rec, PingReq(p.number, p.target, p.address, p.incarnation))
 
     def _finish_probe(self, now: float, p: _Probe) -> None:
         self._probe = None
@@ -756,9 +812,10 @@ class Membership:
             return
         relay = self._relays.pop(ack.probe, None)
         if relay is not None and relay.target == ack.target:
-            self._send(relay.requester, Ack(relay.requester_probe, relay.target))
+            ack = Ack(relay.requester_probe, relay.target)
+            self._send_member(relay.requester, relay.requester_id, ack)
 
-    def _handle_ping_req(self, now: float, src: Address, req: PingReq) -> None:
+    def _handle_ping_req(self, now: float, src: Address, sender: str, req: PingReq) -> None:
         if self._left:
             return
         self._probe_counter += 1
@@ -768,8 +825,12 @@ class Membership:
         # probe_timeout x our scale made every nack arrive just after the requester gave up, so
         # a failed probe with healthy helpers still raised its awareness by indirect_checks.)
         window = self.profile.probe_interval - self.profile.probe_timeout
-        self._relays[self._probe_counter] = _Relay(src, req.probe, req.target, now + 0.8 * window)
-        self._send(req.target_address, Ping(self._probe_counter, req.target))
+        deadline = now + 0.8 * window
+        self._relays[self._probe_counter] = _Relay(src, sender, req.probe, req.target, deadline)
+        known = self._table.get(req.target)
+        incarnation = max(req.target_incarnation, -1 if known is None else known.incarnation)
+        ping = Ping(self._probe_counter, req.target)
+        self._send(req.target_address, ping, req.target, incarnation)
 
     # -- dissemination ------------------------------------------------------------------------
 
@@ -788,20 +849,29 @@ class Membership:
                 return
             rec = self._table.get(node_id)
             if rec is not None:
-                self._send(rec.address, Gossip(tuple(updates)))
+                self._send_to(rec, Gossip(tuple(updates)))
 
     def _state(self, join: bool, reply: bool) -> PushPull:
         members = (self._me, *self._table.records())
         return PushPull(members, self._state_extras, join, reply)
 
-    def _open_push_pull(self, address: Address, join: bool) -> None:
+    def _open_push_pull(
+        self, address: Address, join: bool, peer: MemberRecord | None = None
+    ) -> None:
         self._exchange_counter += 1
-        self._streams[self._exchange_counter] = address
+        to = None if peer is None else peer.node_id
+        self._streams[self._exchange_counter] = (address, to)
         self._outputs.append(
-            OpenStream(address, self._state(join, reply=False), self._exchange_counter)
+            OpenStream(
+                address,
+                self._state(join, reply=False),
+                self._exchange_counter,
+                to,
+                -1 if peer is None else peer.incarnation,
+            )
         )
 
-    def _merge(self, now: float, state: PushPull, src: Address) -> None:
+    def _merge(self, now: float, state: PushPull, origin: tuple[Address, str] | None) -> None:
         refuted = False
         # Re-gossip only a bounded number of what a merge teaches us: the rest is state the
         # peer spreads itself, and a node joining a big group must not flood it.
@@ -810,7 +880,9 @@ class Membership:
         for rec in state.members:
             if rec.node_id == self._me.node_id:
                 if rec.status in (DEAD, LEFT, SUSPECT) and rec.incarnation >= self._me.incarnation:
-                    refuted = self._refute(rec.incarnation) or refuted
+                    if rec.incarnation > self._me.incarnation:
+                        self._refused["ahead of self"] += 1
+                    refuted = self._refute() or refuted
                 continue
             if rec.status == ALIVE:
                 budget -= 1
@@ -826,27 +898,27 @@ class Membership:
                 if cur is None or (cur.status in _LIVE and cur.incarnation < rec.incarnation):
                     budget -= 1
                     self._alive(now, attrs.evolve(rec, status=ALIVE), rebroadcast=budget >= 0)
-                self._apply(now, Suspect(rec.node_id, rec.incarnation, sender), src)
+                self._apply(now, Suspect(rec.node_id, rec.incarnation, sender), origin)
             elif rec.status == LEFT:
-                self._apply(now, Dead(rec.node_id, rec.incarnation, rec.node_id, True), src)
+                self._apply(now, Dead(rec.node_id, rec.incarnation, rec.node_id, True), origin)
             else:
                 # A remote "dead" only makes us suspect, so a push-pull after a partition does
                 # not kill nodes we can still reach (memberlist does the same).
                 cur = self._table.get(rec.node_id)
                 if cur is not None and cur.status == ALIVE:
-                    suspicion = Suspect(rec.node_id, rec.incarnation, sender)
-                    self._apply(now, suspicion, src)
+                    self._apply(now, Suspect(rec.node_id, rec.incarnation, sender), origin)
                     # Buddy system here too: tell the member at once so it can refute. Without
                     # this, after a partition healed, the far side's "dead" views (distinct
                     # reporters, so the timeout shrank to its minimum) killed live members that
                     # random gossip had not yet told they were suspected.
                     now_rec = self._table.get(rec.node_id)
                     if now_rec is not None and now_rec.status == SUSPECT:
-                        self._send(cur.address, Gossip((suspicion,)))
+                        suspicion = Suspect(rec.node_id, now_rec.incarnation, sender)
+                        self._send_to(cur, Gossip((suspicion,)))
         for extra in state.extras:
-            self._apply(now, extra, src, rebroadcast=False)
-        if refuted:
-            self._send(src, Gossip((self._me,)))
+            self._apply(now, extra, origin, rebroadcast=False)
+        if refuted and origin is not None:
+            self._send_member(*origin, Gossip((self._me,)))
 
     def _reconnect(self) -> None:
         dead = (
@@ -863,7 +935,8 @@ class Membership:
         start = self._reconnect_turn % len(dead)
         self._reconnect_turn += count
         for i in range(count):
-            self._open_push_pull(dead[(start + i) % len(dead)].address, join=False)
+            rec = dead[(start + i) % len(dead)]
+            self._open_push_pull(rec.address, join=False, peer=rec)
 
     def _reap(self, now: float) -> None:
         limit = now - self.profile.tombstone_timeout
@@ -878,14 +951,20 @@ class Membership:
     # -- applying updates ---------------------------------------------------------------------
 
     def _apply(
-        self, now: float, update: Update, src: Address | None, rebroadcast: bool = True
+        self,
+        now: float,
+        update: Update,
+        origin: tuple[Address, str] | None,
+        rebroadcast: bool = True,
     ) -> None:
+        """Apply one update; *origin* is the address and id of the node that sent it (``None``
+        for this node's own conclusions)."""
         if isinstance(update, MemberRecord):
             self._alive(now, update, rebroadcast)
         elif isinstance(update, Suspect):
-            self._suspect(now, update, src)
+            self._suspect(now, update, origin)
         elif isinstance(update, Dead):
-            self._dead_update(now, update, src)
+            self._dead_update(now, update, origin)
         else:
             new = self._remember_extension(update)
             # A lease is always handed up (the election dedupes and needs re-announcements and
@@ -906,12 +985,21 @@ class Membership:
             self._seen_extensions.popitem(last=False)
         return True
 
-    def _refute(self, incarnation: int) -> bool:
-        if self._left:
+    def _refute(self) -> bool:
+        """Announce this node alive at its own incarnation + 1: never at a value taken from the
+        news being refuted, which anyone could have chosen (an absurd one would push the
+        incarnation out of range)."""
+        if self._left or not self._raise_incarnation():
             return False
-        self._me = attrs.evolve(self._me, incarnation=max(self._me.incarnation, incarnation) + 1)
         self._stats["refutations"] += 1
         self._queue.put(self._me)
+        return True
+
+    def _raise_incarnation(self) -> bool:
+        if self._me.incarnation >= MAX_COUNTER:
+            self._refused["incarnation exhausted"] += 1
+            return False
+        self._me = attrs.evolve(self._me, incarnation=self._me.incarnation + 1)
         return True
 
     def _set(self, now: float, rec: MemberRecord) -> None:
@@ -921,10 +1009,14 @@ class Membership:
     def _alive(self, now: float, rec: MemberRecord, rebroadcast: bool = True) -> None:
         me = self._me
         if rec.node_id == me.node_id:
+            # Only this node raises its incarnation, and a restart starts above anything it
+            # announced before: a record of it ahead of it was made up by someone else.
+            if rec.incarnation > me.incarnation:
+                self._refused["ahead of self"] += 1
             if rec.incarnation > me.incarnation or (
                 rec.incarnation == me.incarnation and rec != me
             ):
-                self._refute(rec.incarnation)
+                self._refute()
             return
         cur = self._table.get(rec.node_id)
         if cur is not None and rec.incarnation <= cur.incarnation:
@@ -949,21 +1041,36 @@ class Membership:
         ):
             self._events.append(MemberEvent("updated", view))
         if rec.path == me.path and not self._left:
+            self._stats["path_conflicts"] += 1
             self._events.append(PathConflict(view))
 
-    def _suspect(self, now: float, s: Suspect, src: Address | None) -> None:
+    def _capped(self, node_id: str, incarnation: int, cur: MemberRecord) -> int:
+        """The incarnation a suspicion or death notice about *cur* applies at: its own, or the
+        member's as this node knows it if the notice is ahead. Only the member raises its
+        incarnation and this node has not seen it do so: the number may be anyone's choice,
+        and adopting it would put the member's own refutation (its incarnation + 1) behind."""
+        if incarnation > cur.incarnation:
+            self._refused["incarnation ahead"] += 1
+            return cur.incarnation
+        return incarnation
+
+    def _suspect(self, now: float, s: Suspect, origin: tuple[Address, str] | None) -> None:
         if s.node_id == self._me.node_id:
-            refuted = s.incarnation >= self._me.incarnation and self._refute(s.incarnation)
+            if s.incarnation > self._me.incarnation:
+                self._refused["ahead of self"] += 1
+            refuted = s.incarnation >= self._me.incarnation and self._refute()
             # A stale suspicion (older incarnation) means the sender missed our refutation:
             # answer it too, or it declares us dead at the old incarnation once its timeout
             # runs out (seen in simulated soaks under loss: a buddy ping carrying the stale
             # suspicion was acked, but the prober never learned the newer incarnation).
-            if (refuted or self._stale_about_me(s.incarnation)) and src is not None:
-                self._send(src, Gossip((self._me,)))
+            if (refuted or self._stale_about_me(s.incarnation)) and origin is not None:
+                self._send_member(*origin, Gossip((self._me,)))
             return
         cur = self._table.get(s.node_id)
         if cur is None or cur.status in (DEAD, LEFT) or s.incarnation < cur.incarnation:
             return
+        if s.incarnation > cur.incarnation:
+            s = Suspect(s.node_id, self._capped(s.node_id, s.incarnation, cur), s.reporter)
         if cur.status == SUSPECT:
             suspicion = self._suspicions.get(s.node_id)
             if suspicion is not None and s.reporter not in suspicion.confirmations:
@@ -993,7 +1100,7 @@ class Membership:
             or self._live <= 64
             or self._rng.random() < 64 / self._live
         ):
-            self._send(cur.address, Gossip((s,)))
+            self._send_to(cur, Gossip((s,)))
         self._queue.put(s)
         self._events.append(MemberEvent("suspect", _view(rec, now)))
 
@@ -1009,23 +1116,30 @@ class Membership:
         self._stats["deaths_declared"] += 1
         self._apply(now, Dead(node_id, rec.incarnation, self._me.node_id), None)
 
-    def _dead_update(self, now: float, d: Dead, src: Address | None) -> None:
+    def _dead_update(self, now: float, d: Dead, origin: tuple[Address, str] | None) -> None:
         if d.node_id == self._me.node_id:
-            refuted = (
-                not d.left and d.incarnation >= self._me.incarnation and self._refute(d.incarnation)
-            )
-            stale = not d.left and self._stale_about_me(d.incarnation)  # as in _suspect
-            if (refuted or stale) and src is not None:
-                self._send(src, Gossip((self._me,)))
+            # Death or departure, this node refutes it while it runs: a departure notice about
+            # a node that did not leave is forged (or from an earlier run of it).
+            if self._left:
+                return
+            if d.incarnation > self._me.incarnation:
+                self._refused["ahead of self"] += 1
+            refuted = d.incarnation >= self._me.incarnation and self._refute()
+            stale = self._stale_about_me(d.incarnation)  # as in _suspect
+            if (refuted or stale) and origin is not None:
+                self._send_member(*origin, Gossip((self._me,)))
             return
         cur = self._table.get(d.node_id)
         if cur is None or cur.status in (DEAD, LEFT) or d.incarnation < cur.incarnation:
             return
+        if d.incarnation > cur.incarnation:
+            capped = self._capped(d.node_id, d.incarnation, cur)
+            d = Dead(d.node_id, capped, d.reporter, d.left)
         if not d.left and cur.status == ALIVE:
             # A death we saw no suspicion of: after a healed partition it is the other side's
             # verdict on a member this side can still reach. Suspect it instead: if it lives,
             # it refutes (we tell it); if it is dead, our own timer agrees within seconds.
-            self._suspect(now, Suspect(d.node_id, d.incarnation, d.reporter), src)
+            self._suspect(now, Suspect(d.node_id, d.incarnation, d.reporter), origin)
             return
         status = LEFT if d.left else DEAD
         rec = attrs.evolve(cur, status=status, incarnation=d.incarnation)
@@ -1035,11 +1149,25 @@ class Membership:
         self._dead += 1
         self._queue.put(d)
         self._events.append(MemberEvent("left" if d.left else "dead", _view(rec, now)))
+        # Tell the member itself, as for a suspicion: one that is still running refutes at
+        # once (a forged departure, a false death) instead of at the next full-state exchange.
+        # One that really left or died does not hear it. Above 64 members about 64 do.
+        if self._live <= 64 or self._rng.random() < 64 / self._live:
+            self._send_to(cur, Gossip((d,)))
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _send(self, dest: Address, body: Message) -> None:
-        self._outputs.append(SendDatagram(dest, body))
+    def _send(self, dest: Address, body: Message, to: str | None, incarnation: int) -> None:
+        self._outputs.append(SendDatagram(dest, body, to, incarnation))
+
+    def _send_to(self, rec: MemberRecord, body: Message) -> None:
+        """Send *body* to the member *rec*, bound to it."""
+        self._outputs.append(SendDatagram(rec.address, body, rec.node_id, rec.incarnation))
+
+    def _send_member(self, dest: Address, node_id: str, body: Message) -> None:
+        """Send *body* to *node_id* at *dest* (where it was heard from), bound to it."""
+        rec = self._table.get(node_id)
+        self._send(dest, body, node_id, -1 if rec is None else rec.incarnation)
 
     def _push_pull_period(self) -> float:
         return self.profile.push_pull_period(self._live)

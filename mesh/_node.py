@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import ipaddress
 import logging
 import math
 import random
@@ -39,24 +40,33 @@ from mesh._discovery import (
     DEFAULT_BEACON_PORT,
     DiscoveryConfig,
     PeerHint,
+    resolve_seeds,
     serve_beacons,
     serve_mdns,
 )
 from mesh._election import ClaimAnswer, PostChanged, SteppedDown
 from mesh._extensions import Extension
 from mesh._interfaces import choose_interfaces, local_addresses
-from mesh._membership import MemberEvent, MemberView, OpenStream, PathConflict, SendDatagram
+from mesh._membership import (
+    MemberEvent,
+    MemberView,
+    OpenStream,
+    PathConflict,
+    SendDatagram,
+    path_winner,
+)
 from mesh._names import check_name
 from mesh._nodecore import ClockStepped, ExternalRequest, NodeCore, NodeEvent, Publication
 from mesh._ports import DEFAULT_GOSSIP_PORT
 from mesh._profiles import get_profile
 from mesh._state import default_runtime_dir, default_state_dir, locked_identity, status_file
-from mesh._transport import Transport, open_transport
+from mesh._transport import Binding, Transport, open_transport
 from mesh._wire import (
     Address,
     ClockReply,
     ClockRequest,
     Envelope,
+    InvalidMessage,
     Keyring,
     MemberRecord,
     Message,
@@ -66,6 +76,7 @@ from mesh._wire import (
     Value,
     WireCodec,
     check_value,
+    is_ip_literal,
 )
 
 __all__ = [
@@ -118,8 +129,9 @@ class RemoteError(RequestError):
 
 
 class PathHeld(Exception):
-    """Raised by :func:`open_node` when another live node already holds this node's path;
-    the message names the holder's address."""
+    """No longer raised: another live node announcing this node's path does not stop it (the
+    conflict is settled by the protocol, logged, counted and shown in the status; see
+    :meth:`Node.path_conflict`). Kept so that code catching it still imports."""
 
 
 def _sanitize(text: str, fallback: str) -> str:
@@ -160,6 +172,8 @@ class NodeConfig:
     supernode: bool = False
     conductor: bool = False
     seeds: tuple[Address, ...] = ()
+    """Static peers; a host may be a name, looked up once at start (in a worker thread, with a
+    time limit), never later."""
     registry: str | None = None
     keyring: Keyring | None = None
     mdns: bool = True
@@ -179,6 +193,12 @@ class NodeConfig:
         get_profile(self.profile)
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not in 0..65535")
+        try:
+            bind = ipaddress.ip_address(self.bind)
+        except ValueError:
+            bind = None
+        if bind is None or bind.version != 4 or str(bind) != self.bind:
+            raise ValueError(f"bind address {self.bind!r} is not an IPv4 address")
 
 
 class Node:
@@ -219,12 +239,13 @@ class Node:
         )
         transport.incarnation = incarnation
         self._handlers: dict[str, RequestHandler] = {}
+        self._conflicts_told: set[str] = set()
+        self._persist_failed = False
         self._subscribers: dict[str, list[trio.MemorySendChannel[Publication]]] = {}
         self._event_sinks: list[trio.MemorySendChannel[NodeEvent]] = []
         self._timer_scope = trio.CancelScope()
         self._external_ready = trio.Event()
         self._request_ids = 0
-        self.fatal: Exception | None = None
         self.status_url: str | None = None
         self.discovery_stats: dict[str, Callable[[], Any]] = {}
         for ext in config.extensions:
@@ -253,11 +274,27 @@ class Node:
         return self.core.membership.members()
 
     def member(self, path: str) -> MemberView | None:
-        """The live member with *path*, if any."""
-        for view in self.members():
-            if view.path == path and view.is_live:
-                return view
-        return None
+        """The live member with *path*, if any (of several live nodes announcing one path, the
+        one that keeps it: see :func:`~mesh._membership.path_winner`)."""
+        return path_winner(v for v in self.members() if v.path == path and v.is_live)
+
+    def path_conflict(self) -> dict[str, Any] | None:
+        """``None``, or, while other live nodes announce this node's path: who they are and
+        which node keeps the path (``holder``; ``this_node_holds`` whether it is this one)."""
+        claims = [v for v in self.members() if v.path == self.path and v.is_live]
+        if len(claims) < 2:
+            return None
+        winner = path_winner(claims)
+        assert winner is not None
+        return {
+            "claimed_by": [
+                {"id": v.node_id, "address": _fmt(v.address)}
+                for v in claims
+                if v.node_id != self.id
+            ],
+            "holder": winner.node_id,
+            "this_node_holds": winner.node_id == self.id,
+        }
 
     def local_now(self) -> float:
         """This node's local clock (monotonic, plus injected skew and drift)."""
@@ -341,11 +378,12 @@ class Node:
             raise NoSuchMember(f"no live member has path {path}")
         self._request_ids += 1
         body = Request(self._request_ids, path, kind, payload)
+        to = self._binding(target.node_id, target.incarnation)
         try:
-            env = await self.transport.exchange(target.address, body, timeout)
+            env = await self.transport.exchange(target.address, body, to, timeout)
         except trio.TooSlowError:
             raise RequestTimeout(f"{path} did not answer {kind!r} within {timeout} s") from None
-        except OSError as exc:
+        except (OSError, InvalidMessage) as exc:
             raise PeerUnreachable(f"cannot reach {path} at {_fmt(target.address)}: {exc}") from None
         reply = env.body
         if not isinstance(reply, Reply) or reply.request_id != body.request_id:
@@ -354,9 +392,10 @@ class Node:
             raise RemoteError(reply.error_type, reply.error)
         return reply.payload
 
-    def add_peer(self, address: Address, source: str = "extension") -> None:
+    def add_peer(self, address: Address, source: str = "registry") -> None:
         """Propose a peer address (as discovery does): the node joins through it unless it
-        already knows a live member there. Used by the registry bridge."""
+        already knows a live member there. Used by the registry bridge. The host must be an IP
+        address (a name is refused and counted as ``hint address``: nothing is resolved)."""
         self._on_hint(PeerHint(address, source))
 
     def use_external_clock(self, source: str | None) -> None:
@@ -446,6 +485,7 @@ class Node:
                 "federation": self.config.federation,
                 "path": self.path,
                 "address": _fmt(self.address),
+                "path_conflict": self.path_conflict(),
             },
             "members": members,
             "supernodes": {o: core.path_of(h) for o, h in sorted(supernodes.items())},
@@ -490,21 +530,48 @@ class Node:
     def _pump(self) -> None:
         """Carry out what the core asked for after an input, and re-arm the timer."""
         core = self.core
-        for out in core.take_outputs():
-            if isinstance(out, SendDatagram):
-                self.transport.send_nowait(out.dest, core.stamp(self.local_now(), out.body))
-            elif isinstance(out, OpenStream):
-                self._nursery.start_soon(self._push_pull, out)
         incarnation = core.incarnation
         if incarnation != self.transport.incarnation:
+            # Persisted before anything goes out at it, so a restart starts above it.
+            self._persist_incarnation(incarnation)
             self.transport.incarnation = incarnation
-            self._save_incarnation(incarnation)
+        for out in core.take_outputs():
+            if isinstance(out, SendDatagram):
+                body = core.stamp(self.local_now(), out.body)
+                self.transport.send_nowait(
+                    out.dest, body, self._binding(out.to, out.to_incarnation)
+                )
+            elif isinstance(out, OpenStream):
+                self._nursery.start_soon(self._push_pull, out)
         for event in core.take_events():
             self._dispatch(event)
         if core.has_external_requests():
             self._external_ready.set()
         deadline = core.next_deadline()
         self._timer_scope.deadline = min(self._timer_scope.deadline, self._trio_time(deadline))
+
+    def _persist_incarnation(self, incarnation: int) -> None:
+        try:
+            self._save_incarnation(incarnation)
+        except OSError as exc:
+            # A node must not die of a full disk; a restart may then reuse an incarnation,
+            # which only makes peers refuse its first messages until they learn the new one.
+            if not self._persist_failed:
+                logger.error("cannot save incarnation %d: %s", incarnation, exc)
+            self._persist_failed = True
+
+    def _binding(self, to: str | None, incarnation: int = -1) -> Binding:
+        """The binding of a message to *to*: its id and the newest incarnation this node
+        knows of it (from the core, its record, or what it sent us); ``None`` for nobody."""
+        if to is None:
+            return None
+        view = self.core.membership.member(to)
+        known = max(
+            incarnation,
+            -1 if view is None else view.incarnation,
+            self.transport.heard_incarnation(to),
+        )
+        return (to, known) if known >= 0 else None
 
     def _trio_time(self, local_deadline: float) -> float:
         if local_deadline == float("inf"):
@@ -553,19 +620,38 @@ class Node:
                 events_sink.send_nowait(event)
 
     def _path_conflict(self, holder: MemberView) -> None:
-        theirs = holder.meta.get("j")
-        ours = self.started_at
-        if not isinstance(theirs, int | float) or (theirs, holder.node_id) > (ours, self.id):
-            return  # we were here first: the newcomer refuses itself
-        self.fatal = PathHeld(
-            f"path {self.path} is already held by node {holder.node_id} at {_fmt(holder.address)}"
-        )
-        self._nursery.cancel_scope.cancel()
+        """Another live node announces this node's path: say so (once per node), never stop.
+        Both stay members; requests for the path go to the node that keeps it."""
+        if holder.node_id in self._conflicts_told:
+            return
+        self._conflicts_told.add(holder.node_id)
+        conflict = self.path_conflict()
+        if conflict is None:
+            return
+        if conflict["this_node_holds"]:
+            logger.warning(
+                "node %s at %s also announces this node's path %s; this node started first "
+                "and keeps the path",
+                holder.node_id,
+                _fmt(holder.address),
+                self.path,
+            )
+        else:
+            logger.warning(
+                "path %s is also announced by node %s at %s, which started first and keeps "
+                "it: requests for %s go to that node, not to this one (give one of them "
+                "another --name)",
+                self.path,
+                holder.node_id,
+                _fmt(holder.address),
+                self.path,
+            )
 
     async def _push_pull(self, out: OpenStream) -> None:
         reply: PushPull | None = None
         try:
-            env = await self.transport.exchange(out.dest, out.body)
+            to = self._binding(out.to, out.to_incarnation)
+            env = await self.transport.exchange(out.dest, out.body, to)
             if isinstance(env.body, PushPull):
                 reply = env.body
         except Exception as exc:  # any failure is just "no reply" to the core
@@ -610,6 +696,11 @@ class Node:
         return Reply(request.request_id, True, result)
 
     def _on_hint(self, hint: PeerHint) -> None:
+        host, port = hint.address
+        if not is_ip_literal(host) or not 1 <= port <= 65535:
+            self.transport.reject("hint address")
+            logger.debug("%s hint %r is not an IP address and port; ignored", hint.source, host)
+            return
         self.core.add_candidate(self.local_now(), hint.address)
         self._pump()
 
@@ -653,20 +744,22 @@ class Node:
             if config.mdns:
                 mdns = await nursery.start(serve_mdns, dconfig, send)
                 self.discovery_stats["mdns"] = mdns.statistics
-            for seed in config.seeds:
-                self._on_hint(PeerHint(seed, "seed"))
             task_status.started()
-            nursery.start_soon(self._retry_seeds)
+            if config.seeds:
+                nursery.start_soon(self._serve_seeds)
             async for hint in receive:
                 self._on_hint(hint)
 
-    async def _retry_seeds(self) -> None:
-        """Seeds are retried while this node knows nobody (they may start after us)."""
-        while self.config.seeds:
-            await trio.sleep(1.0)
+    async def _serve_seeds(self) -> None:
+        """Resolve the seeds once (names in a worker thread, with a time limit: never on the
+        event loop, never again), then hint them, and again every second while this node knows
+        nobody (they may start after us)."""
+        seeds = await resolve_seeds(self.config.seeds)
+        while seeds:
             if self.core.membership.live_count() <= 1:
-                for seed in self.config.seeds:
+                for seed in seeds:
                     self._on_hint(PeerHint(seed, "seed"))
+            await trio.sleep(1.0)
 
     async def leave(self) -> None:
         """Leave gracefully: peers see ``left`` at once instead of after a timeout."""
@@ -720,8 +813,9 @@ def _advertise_host(config: NodeConfig) -> str:
 async def open_node(config: NodeConfig) -> AsyncIterator[Node]:
     """Start a node, yield it once it listens, and leave gracefully on exit.
 
-    Raises :class:`~mesh._state.PathInUse` if this host already runs the same path,
-    :class:`PathHeld` (on exit) if another host does, and ``OSError`` if the port is taken.
+    Raises :class:`~mesh._state.PathInUse` if this host already runs the same path and
+    ``OSError`` if the port is taken. Another host announcing the same path does not stop the
+    node (see :meth:`Node.path_conflict`).
     """
     state_dir = config.state_dir or default_state_dir()
     runtime_dir = config.runtime_dir or default_runtime_dir()
@@ -744,6 +838,7 @@ async def open_node(config: NodeConfig) -> AsyncIterator[Node]:
                 codec=WireCodec(config.keyring),
                 stream_timeout=profile.stream_timeout,
                 next_free=config.port_is_default,
+                incarnation=ident.incarnation,
             ) as transport,
             trio.open_nursery() as nursery,
         ):
@@ -775,5 +870,3 @@ async def open_node(config: NodeConfig) -> AsyncIterator[Node]:
                     with trio.CancelScope(shield=True):
                         await node.leave()
                     nursery.cancel_scope.cancel()
-    if node.fatal is not None:
-        raise node.fatal

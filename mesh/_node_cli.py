@@ -156,6 +156,20 @@ class NodeCommand:
         add("--broadcast-port", type=int, default=DEFAULT_BEACON_PORT)
         add("--status", type=_bind, default=("127.0.0.1", 0), help="status API HOST:PORT")
         add("--roles", type=Path, default=None, help="station roles file (conference)")
+        add(
+            "--operator-keys",
+            type=Path,
+            action="append",
+            default=[],
+            help="operator public keys (stagemesh keygen --operator) whose signed role changes "
+            "this node accepts; repeatable",
+        )
+        add(
+            "--insecure-remote-roles",
+            action="store_true",
+            help="on an OPEN federation (no --key-file), accept remote role changes anyway "
+            "(unsigned if no --operator-keys): only on an isolated network you control",
+        )
         add("--profile", choices=sorted(PROFILES), default=None, help="membership timing")
         add("--state-dir", type=Path, default=None, help="where the node keeps its identity")
         add("--clock-skew", type=float, default=0.0, help="inject clock skew (seconds)")
@@ -433,17 +447,47 @@ def format_status(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+OperatorKeygen = Callable[[Path, "str | None"], str]
+"""Writes an operator key pair to a path (private) and ``<path>.pub`` (public) and returns a
+line saying so; raises ``FileExistsError`` or ``OSError``. The composition root passes the
+roles package's (the mesh library knows no operator keys)."""
+
+
 class KeygenCommand:
-    """``stagemesh keygen``: write a new federation key file."""
+    """``stagemesh keygen``: write a new federation key file, or an operator key pair."""
 
     name = "keygen"
-    help = "write a new federation key to a file (then pass it to every node with --key-file)"
+    help = (
+        "write a new federation key (pass it to every node with --key-file), or with "
+        "--operator an operator key pair (sign role changes with it)"
+    )
+
+    def __init__(self, operator_keygen: OperatorKeygen | None = None) -> None:
+        self.operator_keygen = operator_keygen
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("path", type=Path, help="where to write the key (must not exist)")
+        parser.add_argument(
+            "path", type=Path, nargs="?", help="where to write the federation key (must not exist)"
+        )
         parser.add_argument("--key-id", type=int, default=1, help="key id, 1-255 (default 1)")
+        parser.add_argument(
+            "--operator",
+            type=Path,
+            default=None,
+            metavar="PATH",
+            help="write an operator private key to PATH (mode 0600; keep it with the crew) and "
+            "its public half to PATH.pub (give it to stations and conductor candidates with "
+            "--operator-keys)",
+        )
+        parser.add_argument(
+            "--comment", default=None, help="who holds the operator key (default user@host date)"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
+        if (args.path is None) == (args.operator is None):
+            raise UsageError("give either PATH (a federation key) or --operator PATH")
+        if args.operator is not None:
+            return self._operator(args.operator, args.comment)
         if not 1 <= args.key_id <= 255:
             raise UsageError("--key-id must be in 1..255")
         try:
@@ -453,4 +497,17 @@ class KeygenCommand:
         except OSError as exc:
             raise CommandFailed(f"cannot write {args.path}: {exc.strerror}") from None
         print(f"wrote federation key {args.key_id} to {args.path}", file=sys.stderr)
+        return 0
+
+    def _operator(self, path: Path, comment: str | None) -> int:
+        if self.operator_keygen is None:
+            raise UsageError("--operator is not available in this build")
+        try:
+            said = self.operator_keygen(path, comment)
+        except FileExistsError as exc:
+            taken = exc.args[0] if exc.args else path
+            raise CommandFailed(f"{taken} exists; not overwriting a key") from None
+        except OSError as exc:
+            raise CommandFailed(f"cannot write {path}: {exc.strerror or exc}") from None
+        print(said, file=sys.stderr)
         return 0

@@ -286,7 +286,7 @@ class NodeCore:
                 # the bound is against the registry (unknown: none was ever followed).
                 bound = min(self._cross_bound(now), MAX_REPORTED_ERROR)
                 reply = attrs.evolve(reply, error_bound=bound, synced=True)
-            self._outputs.append(SendDatagram(src, reply))
+            self._outputs.append(SendDatagram(src, reply, sender))
         elif isinstance(body, ClockReply):
             if LineageProbes.owns(body):
                 fed = self.clock.federation_time(now)
@@ -644,7 +644,7 @@ class NodeCore:
                 continue
             view = self.membership.member(dest)
             if view is not None and view.is_live:
-                self._outputs.append(SendDatagram(view.address, request))
+                self._outputs.append(SendDatagram(view.address, request, dest, view.incarnation))
 
     def _push_external(self, request: ExternalRequest) -> None:
         self._external_requests = [*self._external_requests[1 - _MAX_EXTERNAL :], request]
@@ -810,7 +810,7 @@ class NodeCore:
             request = self._probes.probe(now, fed, peer)
             view = self.membership.member(peer)
             if request is not None and view is not None:
-                self._outputs.append(SendDatagram(view.address, request))
+                self._outputs.append(SendDatagram(view.address, request, peer, view.incarnation))
         self._lineage_due = min(self._probes.next_due(p) for p in targets)
         if self._first_join:
             self._lineage_due = min(self._lineage_due, min(self._first_join.values()) + _JOIN_WAIT)

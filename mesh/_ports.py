@@ -8,6 +8,8 @@ gossip (first node)     7471        UDP and TCP
 gossip (next nodes)     7472-7479   the first free one, then any free port
 registry                7480        HTTP (``stagemesh registry``)
 node status API         any free    HTTP on 127.0.0.1 (``--status`` to choose)
+demo dashboard          7490        HTTP on 127.0.0.1 (``stagemesh demo``)
+demo beacons            7491-7492   UDP on loopback (``stagemesh demo``; not 7470)
 ======================  ==========  ==============================================
 
 A node started without ``--port`` takes 7471, else the first free port of 7472-7479, else a port

@@ -1,11 +1,21 @@
 """A node's files: its identity in the state directory, and its status URL in the runtime one.
 
-The identity (a random 128-bit id and the last incarnation) lives in
+The identity (a random 128-bit id and an incarnation ceiling) lives in
 ``<state>/<federation>/<orchestra>/<name>/identity.json``, so a restarted node is the same
 member with a higher incarnation. The file is locked while the node runs: a second process
-claiming the same path on the same host is refused. The status URL of each running node is
-written to ``<runtime>/status-<pid>.json`` and removed when it exits, so ``stagemesh status``
-finds the nodes of this machine by itself.
+claiming the same path on the same host is refused.
+
+The ceiling is the highest incarnation this identity may have announced: the node persists it
+*before* sending anything at a higher incarnation, reserving :data:`INCARNATION_RESERVE` at a
+time (so refuting a flood of suspicions does not mean a disk write each), and a restart begins
+above it. So a node's every run starts above any incarnation it ever announced, which is what
+receivers check messages bound to them against (see :mod:`mesh._inbound`). The file is
+validated when it is loaded: an unreadable one, or one whose id is not an id or whose
+incarnation is not a number within range, is set aside (``identity.json.bad``, with a warning)
+and a fresh identity begins, so no file can stop a node from starting.
+
+The status URL of each running node is written to ``<runtime>/status-<pid>.json`` and
+removed when it exits, so ``stagemesh status`` finds the nodes of this machine by itself.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -22,7 +33,10 @@ from typing import Any
 
 import attrs
 
+from mesh._wire import MAX_COUNTER, NODE_ID_LENGTH
+
 __all__ = [
+    "INCARNATION_RESERVE",
     "Identity",
     "PathInUse",
     "default_runtime_dir",
@@ -32,6 +46,13 @@ __all__ = [
     "status_file",
     "write_json_atomic",
 ]
+
+logger = logging.getLogger(__name__)
+
+INCARNATION_RESERVE = 64
+"""Incarnations reserved per write of the identity file."""
+_MAX_STORED = MAX_COUNTER // 2
+"""A stored ceiling above this is not believed (a node needs aeons to get there honestly)."""
 
 
 class PathInUse(Exception):
@@ -77,19 +98,22 @@ def write_json_atomic(path: Path, doc: Any) -> None:
 
 @attrs.define
 class Identity:
-    """The persistent identity of one node path: its id and its last incarnation."""
+    """The persistent identity of one node path: its id, the incarnation this run starts at,
+    and the ceiling kept in its file (see the module docstring)."""
 
     directory: Path
     node_id: str
     incarnation: int
+    ceiling: int = -1
 
     def save_incarnation(self, incarnation: int) -> None:
-        """Record *incarnation* so the next start goes above it."""
-        if incarnation > self.incarnation:
-            self.incarnation = incarnation
+        """Make sure the file's ceiling covers *incarnation* before anything is sent at it, so
+        the next start goes above it (writes only every :data:`INCARNATION_RESERVE`)."""
+        if incarnation > self.ceiling:
+            self.ceiling = min(incarnation + INCARNATION_RESERVE - 1, MAX_COUNTER)
             write_json_atomic(
                 self.directory / "identity.json",
-                {"node_id": self.node_id, "incarnation": incarnation},
+                {"node_id": self.node_id, "incarnation": self.ceiling},
             )
 
 
@@ -116,9 +140,9 @@ def locked_identity(
         lock.truncate()
         lock.write(f"pid {os.getpid()}")
         lock.flush()
-        node_id, incarnation = _load(directory / "identity.json")
-        identity = Identity(directory, node_id, incarnation)
-        identity.save_incarnation(incarnation + 1)
+        node_id, ceiling = _load(directory / "identity.json")
+        identity = Identity(directory, node_id, ceiling + 1)
+        identity.save_incarnation(identity.incarnation)
         try:
             yield identity
         finally:
@@ -126,20 +150,43 @@ def locked_identity(
 
 
 def _load(path: Path) -> tuple[str, int]:
+    """The stored id and ceiling, or a new id and -1 (no file, or a file that fails
+    validation: set aside, with a warning)."""
     try:
-        doc = json.loads(path.read_text())
-        node_id, incarnation = doc["node_id"], doc["incarnation"]
-        if (
-            isinstance(node_id, str)
-            and len(node_id) == 32
-            and all(c in "0123456789abcdef" for c in node_id)
-            and isinstance(incarnation, int)
-            and incarnation >= 0
-        ):
-            return node_id, incarnation
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+        text = path.read_text()
+    except FileNotFoundError:
+        return secrets.token_hex(16), -1
+    except (OSError, ValueError) as exc:
+        problem = f"cannot be read ({exc})"
+    else:
+        problem = _check_identity(text)
+        if not problem:
+            doc = json.loads(text)
+            return doc["node_id"], doc["incarnation"]
+    logger.warning("identity file %s %s; starting with a new node id", path, problem)
+    with contextlib.suppress(OSError):
+        os.replace(path, path.with_name(path.name + ".bad"))
     return secrets.token_hex(16), -1
+
+
+def _check_identity(text: str) -> str:
+    """What is wrong with an identity file's text (empty if nothing)."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return "is not JSON"
+    if not isinstance(doc, dict):
+        return "is not a JSON object"
+    node_id, incarnation = doc.get("node_id"), doc.get("incarnation")
+    if (
+        not isinstance(node_id, str)
+        or len(node_id) != NODE_ID_LENGTH
+        or not all(c in "0123456789abcdef" for c in node_id)
+    ):
+        return "holds no valid node id"
+    if type(incarnation) is not int or not 0 <= incarnation <= _MAX_STORED:
+        return f"holds an incarnation out of range ({str(incarnation)[:40]})"
+    return ""
 
 
 @contextlib.contextmanager

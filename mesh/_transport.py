@@ -1,8 +1,22 @@
 """The gossip port: one UDP socket and one TCP listener on the same port, and the edge where
 bytes become typed envelopes.
 
-Every datagram and frame is decoded, verified and replay-checked here; whatever fails is counted
-by reason in :meth:`Transport.statistics` and dropped, never raised into the node.
+Every datagram and frame is decoded, verified and replay-checked here (by the sans-IO
+:class:`~mesh._inbound.Inbound`); whatever fails is counted by reason in
+:meth:`Transport.statistics` and dropped, never raised into the node. Every message sent is
+bound to its receiver when the node knows who that is (``to``: node id and incarnation).
+
+TCP is where a stranger could tie a node up, so the listener is guarded:
+
+- at most :data:`MAX_STREAMS` connections at once, and :data:`MAX_STREAMS_PER_SOURCE` from any
+  one IP address; a connection over either limit is closed at once (counted), so one host
+  holding a thousand idle connections takes a handful of slots, not all of them;
+- a connection must deliver its frame's prefix within the handshake timeout (a second, or the
+  stream timeout if shorter) and the whole exchange within the stream timeout;
+- a frame's prefix is checked (its tag, when keyed, and its length against
+  :data:`~mesh._wire.MAX_FRAME`, 1 MiB) before a byte of the message is read, so forged or
+  oversized frames cost nothing: memory held for frames is bounded by the connection limits
+  times 1 MiB, and only key holders can make a node buffer at all.
 """
 
 from __future__ import annotations
@@ -10,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import socket
 import time
 from collections import Counter
@@ -19,6 +34,7 @@ from typing import Any
 import attrs
 import trio
 
+from mesh._inbound import Inbound
 from mesh._ports import gossip_port_candidates
 from mesh._wire import (
     MAX_DATAGRAM,
@@ -26,11 +42,13 @@ from mesh._wire import (
     Envelope,
     InvalidMessage,
     Message,
-    ReplayGuard,
     WireCodec,
 )
 
 __all__ = [
+    "MAX_STREAMS",
+    "MAX_STREAMS_PER_SOURCE",
+    "Binding",
     "DatagramHandler",
     "StreamHandler",
     "Transport",
@@ -42,9 +60,15 @@ logger = logging.getLogger(__name__)
 
 DatagramHandler = Callable[[Address, Envelope], None]
 StreamHandler = Callable[[Address, Envelope], Awaitable[Message | None]]
+Binding = tuple[str, int] | None
+"""Who a message is for: the receiver's node id and incarnation, or ``None`` (first contact)."""
 
 _SEND_QUEUE = 4096
-_MAX_STREAMS = 64
+MAX_STREAMS = 256
+"""TCP connections served at once."""
+MAX_STREAMS_PER_SOURCE = 8
+"""TCP connections served at once from one IP address."""
+_HANDSHAKE_TIMEOUT = 1.0
 
 
 @attrs.frozen
@@ -76,6 +100,7 @@ class Transport:
         node_id: str,
         codec: WireCodec,
         stream_timeout: float,
+        incarnation: int = 0,
     ) -> None:
         self._raw = udp  # non-blocking; every datagram is sent by _try_send
         self._udp = trio.socket.from_stdlib_socket(udp)  # for receiving
@@ -85,16 +110,31 @@ class Transport:
         self.node_id = node_id
         self.codec = codec
         self.stream_timeout = stream_timeout
-        self.incarnation = 0
+        self.handshake_timeout = min(_HANDSHAKE_TIMEOUT, stream_timeout)
+        self.inbound = Inbound(codec, federation, node_id, incarnation)
         self._seq = 0
-        max_age = 300.0 if codec.keyring is not None else None
-        self._guard = ReplayGuard(max_age=max_age)
         self._send, self._outbox = trio.open_memory_channel[tuple[Address, bytes]](_SEND_QUEUE)
-        self._stream_slots = trio.Semaphore(_MAX_STREAMS)
+        self._streams_open = 0
+        self._streams_from: Counter[str] = Counter()
         self._drained = trio.Event()
         self._pending = 0
         self._counts: Counter[str] = Counter()
-        self._rejected: Counter[str] = Counter()
+
+    @property
+    def incarnation(self) -> int:
+        """This node's current incarnation: sent in every envelope, and the upper bound of
+        the bindings it accepts. The driver sets it (after persisting it) before anything is
+        sent at a new incarnation."""
+        return self.inbound.incarnation
+
+    @incarnation.setter
+    def incarnation(self, value: int) -> None:
+        self.inbound.incarnation = value
+
+    def heard_incarnation(self, node_id: str) -> int:
+        """The highest incarnation *node_id* has sent us messages with (-1 if none): what a
+        binding to it may use when the membership view lags behind."""
+        return self.inbound.guard.incarnation_of(node_id)
 
     # -- statistics ---------------------------------------------------------------------------
 
@@ -111,23 +151,30 @@ class Transport:
             streams_accepted=c["streams_accepted"],
             streams_opened=c["streams_opened"],
             stream_errors=c["stream_errors"],
-            rejected=dict(self._rejected),
+            rejected=dict(self.inbound.rejected),
         )
 
     def reject(self, reason: str) -> None:
         """Count one refused input under *reason*."""
-        self._rejected[reason] += 1
+        self.inbound.reject(reason)
 
     # -- sending ------------------------------------------------------------------------------
 
-    def envelope(self, body: Message) -> Envelope:
-        """Wrap *body* with this node's identity and the next sequence number."""
+    def envelope(self, body: Message, to: Binding = None) -> Envelope:
+        """Wrap *body* with this node's identity, the next sequence number and its binding."""
         self._seq += 1
         return Envelope(
-            self.federation, self.node_id, self.incarnation, self._seq, time.time(), body
+            self.federation,
+            self.node_id,
+            self.incarnation,
+            self._seq,
+            time.time(),
+            body,
+            None if to is None else to[0],
+            0 if to is None else to[1],
         )
 
-    def send_nowait(self, dest: Address, body: Message) -> None:
+    def send_nowait(self, dest: Address, body: Message, to: Binding = None) -> None:
         """Send one datagram now, or queue it if the socket would block (or others wait
         before it); if the queue is full (the network is stuck) it is dropped and counted, as
         UDP would.
@@ -137,7 +184,7 @@ class Transport:
         differs between the two directions.
         """
         try:
-            data = self.codec.encode(self.envelope(body))
+            data = self.codec.encode(self.envelope(body, to))
         except InvalidMessage as exc:
             logger.error("not sending %s to %s: %s", type(body).__name__, dest, exc)
             self._counts["send_errors"] += 1
@@ -153,6 +200,9 @@ class Transport:
     def _try_send(self, dest: Address, data: bytes) -> bool:
         """Hand one datagram to the kernel and count it; ``False`` (nothing sent) if the
         socket buffer is full."""
+        if ":" in dest[0]:  # an IPv6 member; this socket is IPv4 (and never resolves names)
+            self._counts["send_errors"] += 1
+            return True
         try:
             self._raw.sendto(data, dest)
         except BlockingIOError:
@@ -186,40 +236,31 @@ class Transport:
         self,
         dest: Address,
         body: Message,
+        to: Binding = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Envelope:
-        """Send *body* in a TCP frame to *dest* and return the decoded reply.
+        """Send *body* in a TCP frame to *dest* (bound to *to*) and return the checked reply.
 
-        Raises :class:`OSError`, :class:`trio.TooSlowError` or :class:`InvalidMessage`.
+        Raises :class:`OSError`, :class:`trio.TooSlowError` or :class:`InvalidMessage` (also
+        counted).
         """
         self._counts["streams_opened"] += 1
-        with trio.fail_after(timeout or self.stream_timeout):
-            stream = await trio.open_tcp_stream(*dest)
-            async with stream:
-                await stream.send_all(self.codec.encode_frame(self.envelope(body)))
-                env = await self._read_frame(stream)
-        self._accept(env)
-        return env
+        try:
+            with trio.fail_after(timeout or self.stream_timeout):
+                stream = await trio.open_tcp_stream(*dest)
+                async with stream:
+                    await stream.send_all(self.codec.encode_frame(self.envelope(body, to)))
+                    payload = await self._read_frame(stream)
+            return self.inbound.check_frame(payload, time.time(), request=False)
+        except InvalidMessage as exc:
+            self.reject(exc.reason)
+            raise
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def _accept(self, env: Envelope) -> None:
-        if env.federation != self.federation:
-            raise InvalidMessage("federation", f"from federation {env.federation!r}")
-        self._guard.check(env, time.time())
-
     def decode_datagram(self, data: bytes) -> Envelope | None:
         """Decode, verify and replay-check one datagram; count and drop it if it is bad."""
-        try:
-            env = self.codec.decode(data)
-            if env.sender == self.node_id:
-                self.reject("own")
-                return None
-            self._accept(env)
-            return env
-        except InvalidMessage as exc:
-            self.reject(exc.reason)
-            return None
+        return self.inbound.datagram(data, time.time())
 
     async def serve_datagrams(
         self, handler: DatagramHandler, *, task_status: Any = trio.TASK_STATUS_IGNORED
@@ -245,31 +286,70 @@ class Transport:
     async def serve_streams(
         self, handler: StreamHandler, *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Accept TCP connections forever: one request frame in, one reply frame out."""
+        """Accept TCP connections forever: one request frame in, one reply frame out (see the
+        module docstring for the limits)."""
 
         async def serve_one(stream: trio.SocketStream) -> None:
-            async with self._stream_slots, stream:
-                self._counts["streams_accepted"] += 1
-                try:
-                    with trio.fail_after(self.stream_timeout):
-                        env = await self._read_frame(stream)
-                        self._accept(env)
-                        peer = stream.socket.getpeername()
-                        reply = await handler((peer[0], peer[1]), env)
-                        if reply is not None:
-                            await stream.send_all(self.codec.encode_frame(self.envelope(reply)))
-                except InvalidMessage as exc:
-                    self.reject(exc.reason)
-                except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-                    self._counts["stream_errors"] += 1
-                    logger.debug("stream: %s", exc)
+            try:
+                peer = stream.socket.getpeername()
+            except OSError:
+                await trio.aclose_forcefully(stream)
+                return
+            source = str(peer[0])
+            if self._streams_open >= MAX_STREAMS:
+                self.reject("stream limit")
+                await trio.aclose_forcefully(stream)
+                return
+            if self._streams_from[source] >= MAX_STREAMS_PER_SOURCE:
+                self.reject("source stream limit")
+                await trio.aclose_forcefully(stream)
+                return
+            self._streams_open += 1
+            self._streams_from[source] += 1
+            self._counts["streams_accepted"] += 1
+            try:
+                async with stream:
+                    await self._serve_exchange(stream, (source, int(peer[1])), handler)
+            finally:
+                self._streams_open -= 1
+                self._streams_from[source] -= 1
+                if not self._streams_from[source]:
+                    del self._streams_from[source]
 
         await trio.serve_listeners(serve_one, [self._listener], task_status=task_status)
 
-    async def _read_frame(self, stream: trio.SocketStream) -> Envelope:
-        prefix = await _receive_exactly(stream, 4)
-        length = self.codec.frame_length(prefix)
-        return self.codec.decode_frame(await _receive_exactly(stream, length))
+    async def _serve_exchange(
+        self, stream: trio.SocketStream, peer: Address, handler: StreamHandler
+    ) -> None:
+        try:
+            with trio.fail_after(self.stream_timeout):
+                payload = await self._read_frame(stream, self.handshake_timeout)
+                env = self.inbound.check_frame(payload, time.time(), request=True)
+                reply = await handler(peer, env)
+                if reply is not None:
+                    to = (env.sender, env.incarnation)
+                    await stream.send_all(self.codec.encode_frame(self.envelope(reply, to)))
+        except InvalidMessage as exc:
+            self.reject(exc.reason)
+        except trio.TooSlowError:
+            self.reject("stream timeout")
+        except (OSError, trio.BrokenResourceError) as exc:
+            self._counts["stream_errors"] += 1
+            logger.debug("stream from %s: %s", peer[0], exc)
+
+    async def _read_frame(
+        self,
+        stream: trio.SocketStream,
+        prefix_timeout: float = math.inf,
+    ) -> bytes:
+        """Read one frame's message: its prefix first (within *prefix_timeout*), checked
+        before a byte of the message is read."""
+        try:
+            with trio.fail_after(prefix_timeout):
+                prefix = await _receive_exactly(stream, self.codec.frame_prefix_size)
+        except trio.TooSlowError:
+            raise InvalidMessage("handshake timeout", "no frame prefix in time") from None
+        return await _receive_exactly(stream, self.codec.frame_length(prefix))
 
 
 async def _receive_exactly(stream: trio.SocketStream, count: int) -> bytes:
@@ -313,6 +393,7 @@ async def open_transport(
     codec: WireCodec,
     stream_timeout: float = 5.0,
     next_free: bool = False,
+    incarnation: int = 0,
 ) -> AsyncIterator[Transport]:
     """Bind UDP and TCP on *port* (0 = any free port; with *next_free*, the next free port of
     :data:`mesh._ports.GOSSIP_SEARCH`, then any) and yield the :class:`Transport`. Raises
@@ -331,7 +412,14 @@ async def open_transport(
         raise OSError(last.errno, f"gossip port {port} on {bind} is taken") from last
     bound = udp.getsockname()[1]
     transport = Transport(
-        udp, listener, (advertise_host, bound), federation, node_id, codec, stream_timeout
+        udp,
+        listener,
+        (advertise_host, bound),
+        federation,
+        node_id,
+        codec,
+        stream_timeout,
+        incarnation,
     )
     try:
         yield transport

@@ -1,15 +1,38 @@
 """The wire format: typed messages, their msgpack encoding, signing and the replay guard.
 
-A datagram (UDP, at most :data:`MAX_DATAGRAM` bytes) or a frame (TCP, length-prefixed, at most
-:data:`MAX_FRAME` bytes) is::
+A datagram (UDP, at most :data:`MAX_DATAGRAM` bytes) is::
 
-    magic "SM" (2) | wire version (1) | key id (1) | msgpack body | HMAC-SHA256 tag (16, if keyed)
+    magic "SM" (2) | wire version (1) | key id (1) | binding (1 + 2 + n) | msgpack body | tag (16)
 
-Key id 0 means unsigned; any other id names a key of the federation's :class:`Keyring`, and the
-tag covers everything before it. The tag is checked **before** the body is decoded. The body is a
-msgpack array ``[type, federation, sender, incarnation, seq, sent_at, *fields]``; nested
-updates are arrays ``[kind, *fields]``. Type and kind codes are append-only: they are part of the
-protocol.
+Key id 0 means unsigned (no tag); any other id names a key of the federation's
+:class:`Keyring`, and the HMAC-SHA256 tag (truncated to 16 bytes) covers the receiver's full
+node id (16 bytes, not sent) followed by everything before the tag. The tag is checked
+**before** the body is decoded.
+
+The **binding** names the receiver, so a datagram captured on its way to one node is refused by
+every other node, and by the same node after it restarted: its first byte ``n`` is the length of
+the receiver's incarnation; ``n = 0`` means *unbound* (first contact, when the sender does not
+know who answers at the address: only a TCP join push-pull and discovery beacons may be
+unbound); ``n`` in 1..7 is followed by the first 2 bytes of the receiver's node id (so a
+misdirected datagram is told apart from a forged one without computing a tag) and the
+receiver's incarnation as the sender knows it (``n`` bytes, big-endian). A receiver accepts a
+bound message only if that incarnation lies between the incarnation it started with and its
+current one (:mod:`mesh._inbound`): a node's incarnation rises at every start and is persisted
+before anything is sent at it, so what was bound to a previous run of the node never matches.
+
+A frame (TCP) is a short prefix, then one message in the datagram format (at most
+:data:`MAX_FRAME` bytes)::
+
+    magic "SF" (2) | wire version (1) | key id (1) | length (4) | tag (16, if keyed) | message
+
+The prefix's own tag (over the 8 bytes before it) is checked, and the length bounded, before a
+single byte of the message is read: a stranger cannot make a node buffer anything, and a key
+holder at most :data:`MAX_FRAME` bytes per connection it is allowed to hold.
+
+The body is a msgpack array ``[type, federation, sender, incarnation, seq, sent_at, *fields]``;
+nested updates are arrays ``[kind, *fields]``. Type and kind codes are append-only: they are part
+of the protocol. Every integer is bounded at decode (counters by :data:`MAX_COUNTER`), and every
+address is an IP literal (never a name: nothing that arrives is ever resolved).
 
 Exception tree::
 
@@ -23,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import struct
 from collections.abc import Mapping, Sequence
@@ -34,8 +58,10 @@ import msgpack
 from mesh._names import is_valid_name
 
 __all__ = [
+    "FRAME_MAGIC",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_COUNTER",
     "MAX_DATAGRAM",
     "MAX_FRAME",
     "NODE_ID_LENGTH",
@@ -69,16 +95,23 @@ __all__ = [
     "Value",
     "WireCodec",
     "check_value",
+    "is_ip_literal",
     "update_size",
 ]
 
 MAGIC = b"SM"
-WIRE_VERSION = 1
+FRAME_MAGIC = b"SF"
+WIRE_VERSION = 2
 MAX_DATAGRAM = 1200
-MAX_FRAME = 16 * 1024 * 1024
+MAX_FRAME = 1024 * 1024
 TAG_SIZE = 16
-HEADER_SIZE = 4
+HEADER_SIZE = 5
+"""The fixed part of the header: magic, version, key id and the binding's length byte."""
 NODE_ID_LENGTH = 32  # 128 bits as lowercase hex
+MAX_COUNTER = 2**53 - 1
+"""The bound of every counter on the wire (incarnations, terms, sequence numbers, probe,
+request and publication numbers): exact in a double, so JSON readers see it unchanged, and out
+of reach (a node raising its incarnation a million times a second needs 285 years)."""
 
 Address: TypeAlias = tuple[str, int]
 """A transport address: (host, port)."""
@@ -87,7 +120,8 @@ Value: TypeAlias = Union[bool, int, float, str, bytes, "list[Value]", "dict[str,
 """What an application payload or member metadata may hold: plain msgpack data."""
 
 _MAX_VALUE_DEPTH = 8
-_MAX_INT = 2**63 - 1
+_ID_PREFIX = 2  # bytes of the receiver's id sent in a binding
+_MAX_BIND = 7  # bytes of the receiver's incarnation: MAX_COUNTER fits in 7
 
 
 class InvalidMessage(ValueError):
@@ -115,17 +149,17 @@ def _fail(detail: str) -> InvalidMessage:
     return InvalidMessage("malformed", detail)
 
 
-def _int(v: object, what: str, lo: int = 0, hi: int = _MAX_INT) -> int:
+def _int(v: object, what: str, lo: int = 0, hi: int = MAX_COUNTER) -> int:
     if type(v) is not int or not lo <= v <= hi:
         raise _fail(f"{what} must be an integer in [{lo}, {hi}]")
     return v
 
 
-def _float(v: object, what: str) -> float:
-    if type(v) is int:
+def _float(v: object, what: str, lo: float = -math.inf) -> float:
+    if type(v) is int and abs(v) <= 2**63:
         v = float(v)
-    if type(v) is not float or not math.isfinite(v):
-        raise _fail(f"{what} must be a finite number")
+    if type(v) is not float or not math.isfinite(v) or v < lo:
+        raise _fail(f"{what} must be a finite number" + (f" >= {lo}" if lo > -math.inf else ""))
     return v
 
 
@@ -157,10 +191,27 @@ def _node_id(v: object, what: str) -> str:
     return v
 
 
+def is_ip_literal(host: object) -> bool:
+    """Whether *host* is an IPv4 or IPv6 address in its canonical text form that a datagram
+    may be sent to: not a name (nothing from the network is ever resolved), no scope id, not
+    unspecified (``0.0.0.0``, ``::``), multicast or the limited broadcast address."""
+    if type(host) is not str or not 2 <= len(host) <= 45 or "%" in host:
+        return False
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if str(ip) != host or ip.is_unspecified or ip.is_multicast:
+        return False
+    return not (ip.version == 4 and host == "255.255.255.255")
+
+
 def _address(v: object, what: str) -> Address:
     if type(v) is not list or len(v) != 2:
         raise _fail(f"{what} must be [host, port]")
-    return (_str(v[0], f"{what} host", 255), _int(v[1], f"{what} port", 0, 65535))
+    if not is_ip_literal(v[0]):
+        raise _fail(f"{what} host must be an IP address (never a name)")
+    return (v[0], _int(v[1], f"{what} port", 1, 65535))
 
 
 def _list(v: object, what: str) -> list[Any]:
@@ -413,12 +464,15 @@ class Ping:
 
 @attrs.frozen
 class PingReq:
-    """Ask the receiver to probe ``target`` at ``target_address`` and report back."""
+    """Ask the receiver to probe ``target`` at ``target_address`` and report back;
+    ``target_incarnation`` is the target's incarnation as the asker knows it (the helper's
+    ping is bound to it, see the module docstring)."""
 
     TYPE: ClassVar[int] = 2
     probe: int
     target: str
     target_address: Address
+    target_incarnation: int = 0
     updates: tuple[Update, ...] = ()
 
     def fields(self) -> list[Any]:
@@ -426,18 +480,20 @@ class PingReq:
             self.probe,
             self.target,
             list(self.target_address),
+            self.target_incarnation,
             [u.to_wire() for u in self.updates],
         ]
 
     @classmethod
     def from_fields(cls, f: list[Any]) -> PingReq:
-        if len(f) != 4:
-            raise _fail("ping-req needs 4 fields")
+        if len(f) != 5:
+            raise _fail("ping-req needs 5 fields")
         return cls(
             _int(f[0], "probe"),
             _node_id(f[1], "ping-req target"),
             _address(f[2], "ping-req address"),
-            _updates(f[3]),
+            _int(f[3], "ping-req incarnation"),
+            _updates(f[4]),
         )
 
 
@@ -573,7 +629,7 @@ class ClockReply:
             _float(f[1], "t1"),
             _float(f[2], "t2"),
             _float(f[3], "t3"),
-            _float(f[4], "error bound"),
+            _float(f[4], "error bound", lo=0.0),
             _bool(f[5], "synced"),
         )
 
@@ -692,7 +748,10 @@ class Envelope:
     """A message with the sender's identity and replay-protection fields.
 
     ``seq`` grows with every message the sender sends during one incarnation-lineage;
-    ``sent_at`` is the sender's wall-clock time (checked only for signed messages).
+    ``sent_at`` is the sender's wall-clock time (checked only for signed messages). ``to`` is
+    the receiver's node id and ``to_incarnation`` its incarnation as the sender knows it (the
+    binding, see the module docstring); ``to`` is ``None`` for an unbound message (first
+    contact). A decoded envelope has ``to`` set to the decoding node's id when it was bound.
     """
 
     federation: str
@@ -701,6 +760,8 @@ class Envelope:
     seq: int
     sent_at: float
     body: Message
+    to: str | None = None
+    to_incarnation: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -733,7 +794,24 @@ def _tag(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()[:TAG_SIZE]
 
 
-_FRAME_LENGTH = struct.Struct("!I")
+_FRAME_PREFIX = struct.Struct("!2sBBI")
+_FRAME_CONTEXT = b"stagemesh frame"  # keeps a prefix tag from ever equalling a message tag
+
+
+def _binding(to: str | None, incarnation: int) -> bytes:
+    if to is None:
+        return b"\x00"
+    if not 0 <= incarnation <= MAX_COUNTER:
+        raise InvalidMessage("malformed", f"receiver incarnation {incarnation} is out of range")
+    size = max(1, (incarnation.bit_length() + 7) // 8)
+    return bytes((size,)) + bytes.fromhex(to[: 2 * _ID_PREFIX]) + incarnation.to_bytes(size, "big")
+
+
+def _check_version(version: int) -> None:
+    if version != WIRE_VERSION:
+        raise InvalidMessage(
+            "unsupported version", f"wire version {version}, this node speaks {WIRE_VERSION}"
+        )
 
 
 class WireCodec:
@@ -748,15 +826,23 @@ class WireCodec:
 
     @property
     def overhead(self) -> int:
-        """Bytes every datagram spends outside the msgpack body."""
+        """Bytes an unbound datagram spends outside the msgpack body (a bound one spends 3
+        to 9 more)."""
         return HEADER_SIZE + (TAG_SIZE if self.keyring else 0)
 
-    def _seal(self, body: bytes) -> bytes:
+    @property
+    def frame_prefix_size(self) -> int:
+        """Bytes of a frame's prefix (read, and checked, before the message)."""
+        return _FRAME_PREFIX.size + (TAG_SIZE if self.keyring else 0)
+
+    def _seal(self, body: bytes, to: str | None, to_incarnation: int) -> bytes:
+        binding = _binding(to, to_incarnation)
         if self.keyring is None:
-            return MAGIC + bytes((WIRE_VERSION, 0)) + body
+            return MAGIC + bytes((WIRE_VERSION, 0)) + binding + body
         key_id = self.keyring.primary
-        data = MAGIC + bytes((WIRE_VERSION, key_id)) + body
-        return data + _tag(self.keyring.keys[key_id], data)
+        data = MAGIC + bytes((WIRE_VERSION, key_id)) + binding + body
+        receiver = b"" if to is None else bytes.fromhex(to)
+        return data + _tag(self.keyring.keys[key_id], receiver + data)
 
     @staticmethod
     def _body(env: Envelope) -> bytes:
@@ -774,8 +860,9 @@ class WireCodec:
         )
 
     def encode(self, env: Envelope, limit: int = MAX_DATAGRAM) -> bytes:
-        """Encode one envelope; raise :class:`MessageTooLarge` if it exceeds *limit* bytes."""
-        data = self._seal(self._body(env))
+        """Encode one envelope (bound to ``env.to`` if set); raise :class:`MessageTooLarge`
+        if it exceeds *limit* bytes."""
+        data = self._seal(self._body(env), env.to, env.to_incarnation)
         if len(data) > limit:
             raise MessageTooLarge(
                 "too large", f"{type(env.body).__name__} is {len(data)} bytes, limit {limit}"
@@ -813,51 +900,95 @@ class WireCodec:
             out.append(self.encode(attrs.evolve(env, seq=seq, body=Gossip(tuple(batch))), limit))
         return out
 
-    def decode(self, data: bytes, limit: int = MAX_DATAGRAM) -> Envelope:
-        """Decode and verify one datagram; raise :class:`InvalidMessage` if it is not valid."""
+    def decode(self, data: bytes, limit: int = MAX_DATAGRAM, me: str | None = None) -> Envelope:
+        """Decode and verify one datagram received by node *me*; raise :class:`InvalidMessage`
+        if it is not valid. A message bound to another node (or bound at all, when *me* is
+        ``None``) is refused as ``misdirected``; the binding's incarnation is returned in the
+        envelope for the caller to check (:mod:`mesh._inbound`)."""
         if len(data) > limit:
             raise InvalidMessage("too large", f"{len(data)} bytes, limit {limit}")
-        if len(data) < HEADER_SIZE + 1 or data[:2] != MAGIC:
+        if len(data) < 4 or data[:2] != MAGIC:
             raise InvalidMessage("not stagemesh", "bad magic")
-        version, key_id = data[2], data[3]
-        if version != WIRE_VERSION:
-            raise InvalidMessage(
-                "unsupported version", f"wire version {version}, this node speaks {WIRE_VERSION}"
-            )
+        _check_version(data[2])
+        if len(data) < HEADER_SIZE + 1:
+            raise InvalidMessage("truncated", f"{len(data)} bytes")
+        key_id, size = data[3], data[4]
+        start = HEADER_SIZE
+        receiver = b""
+        to_incarnation = 0
+        if size:
+            start += _ID_PREFIX + size
+            if size > _MAX_BIND or len(data) < start + 1:
+                raise _fail("bad binding")
+            if me is None or data[HEADER_SIZE : HEADER_SIZE + _ID_PREFIX] != bytes.fromhex(
+                me[: 2 * _ID_PREFIX]
+            ):
+                raise InvalidMessage("misdirected", "bound to another node")
+            receiver = bytes.fromhex(me)
+            to_incarnation = int.from_bytes(data[HEADER_SIZE + _ID_PREFIX : start], "big")
+        key = self._verifying_key(key_id)
+        if key is None:
+            body = data[start:]
+        else:
+            if len(data) < start + TAG_SIZE + 1:
+                raise InvalidMessage("bad tag", "too short for a tag")
+            signed, tag = data[:-TAG_SIZE], data[-TAG_SIZE:]
+            if not hmac.compare_digest(_tag(key, receiver + signed), tag):
+                raise InvalidMessage("bad tag", "signature does not match")
+            body = signed[start:]
+        env = self._decode_body(body)
+        if to_incarnation > MAX_COUNTER:
+            raise _fail("receiver incarnation out of range")
+        if size:
+            return attrs.evolve(env, to=me, to_incarnation=to_incarnation)
+        return env
+
+    def _verifying_key(self, key_id: int) -> bytes | None:
+        """The key that checks a message signed with *key_id* (``None``: unsigned); refuse
+        what this node cannot verify, or may not accept unsigned."""
         if key_id == 0:
             if self.keyring is not None:
                 raise InvalidMessage("unsigned", "this federation requires a key")
-            body = data[HEADER_SIZE:]
-        else:
-            if self.keyring is None:
-                raise InvalidMessage("signed", f"signed with key {key_id}; this node has no key")
-            key = self.keyring.keys.get(key_id)
-            if key is None:
-                raise InvalidMessage("unknown key", f"key id {key_id}")
-            if len(data) < HEADER_SIZE + TAG_SIZE + 1:
-                raise InvalidMessage("bad tag", "too short for a tag")
-            signed, tag = data[:-TAG_SIZE], data[-TAG_SIZE:]
-            if not hmac.compare_digest(_tag(key, signed), tag):
-                raise InvalidMessage("bad tag", "signature does not match")
-            body = signed[HEADER_SIZE:]
-        return self._decode_body(body)
+            return None
+        if self.keyring is None:
+            raise InvalidMessage("signed", f"signed with key {key_id}; this node has no key")
+        key = self.keyring.keys.get(key_id)
+        if key is None:
+            raise InvalidMessage("unknown key", f"key id {key_id}")
+        return key
 
-    def encode_frame(self, env: Envelope) -> bytes:
-        """Encode an envelope as a length-prefixed TCP frame."""
-        data = self.encode(env, MAX_FRAME)
-        return _FRAME_LENGTH.pack(len(data)) + data
+    def encode_frame(self, env: Envelope, limit: int = MAX_FRAME) -> bytes:
+        """Encode an envelope as a TCP frame: the (signed) prefix, then the message."""
+        data = self.encode(env, limit)
+        if self.keyring is None:
+            return _FRAME_PREFIX.pack(FRAME_MAGIC, WIRE_VERSION, 0, len(data)) + data
+        key_id = self.keyring.primary
+        prefix = _FRAME_PREFIX.pack(FRAME_MAGIC, WIRE_VERSION, key_id, len(data))
+        return prefix + _tag(self.keyring.keys[key_id], _FRAME_CONTEXT + prefix) + data
 
-    @staticmethod
-    def frame_length(prefix: bytes) -> int:
-        """The payload length announced by a 4-byte frame prefix; refuse oversized frames."""
-        (length,) = _FRAME_LENGTH.unpack(prefix)
+    def frame_length(self, prefix: bytes) -> int:
+        """Check a frame's prefix (``frame_prefix_size`` bytes) and return the length of the
+        message that follows; refuse a foreign, unsigned, forged or oversized prefix."""
+        if len(prefix) != self.frame_prefix_size:
+            raise InvalidMessage("truncated", f"frame prefix of {len(prefix)} bytes")
+        magic, version, key_id, length = _FRAME_PREFIX.unpack(prefix[: _FRAME_PREFIX.size])
+        if magic != FRAME_MAGIC:
+            raise InvalidMessage("not stagemesh", "bad frame magic")
+        _check_version(version)
+        key = self._verifying_key(key_id)
+        if key is not None:
+            signed, tag = prefix[: _FRAME_PREFIX.size], prefix[_FRAME_PREFIX.size :]
+            if not hmac.compare_digest(_tag(key, _FRAME_CONTEXT + signed), tag):
+                raise InvalidMessage("bad tag", "frame prefix signature does not match")
         if length > MAX_FRAME:
             raise InvalidMessage("too large", f"frame of {length} bytes, limit {MAX_FRAME}")
+        if length <= HEADER_SIZE:
+            raise InvalidMessage("truncated", f"frame of {length} bytes")
         return int(length)
 
-    def decode_frame(self, payload: bytes) -> Envelope:
-        """Decode a frame's payload (without its length prefix)."""
-        return self.decode(payload, MAX_FRAME)
+    def decode_frame(self, payload: bytes, me: str | None = None) -> Envelope:
+        """Decode a frame's message (what follows its prefix), received by node *me*."""
+        return self.decode(payload, MAX_FRAME, me)
 
     @staticmethod
     def _decode_body(body: bytes) -> Envelope:
@@ -931,3 +1062,8 @@ class ReplayGuard:
     def forget(self, sender: str) -> None:
         """Drop what is known of *sender* (e.g. after its tombstone is reaped)."""
         self._state.pop(sender, None)
+
+    def incarnation_of(self, sender: str) -> int:
+        """The highest incarnation *sender* has sent with (-1 if nothing was accepted)."""
+        state = self._state.get(sender)
+        return -1 if state is None else state[0]

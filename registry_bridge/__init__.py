@@ -1,4 +1,4 @@
-"""The HTTP registry (JSON API, legacy text API, HTML pages, SQLite store) and the node-side bridge."""  # noqa: E501
+"""The HTTP registry (JSON API, legacy text API, HTML pages, SQLite or PostgreSQL store) and the node-side bridge."""  # noqa: E501
 
 from registry_bridge._app import create_app as create_app
 from registry_bridge._bridge import (
@@ -29,6 +29,7 @@ from registry_bridge._store import (
     NotFound as NotFound,
     RegistryStore as RegistryStore,
     StoreError as StoreError,
+    Unavailable as Unavailable,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "RegistryStore",
     "RegistryUnreachable",
     "StoreError",
+    "Unavailable",
     "create_app",
     "registry_extension_factory",
     "serve_registry",

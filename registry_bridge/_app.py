@@ -40,9 +40,10 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mesh._picture import mesh_picture
 from registry_bridge._limits import (
     DEFAULT_LOGIN_BURST,
     DEFAULT_LOGIN_EVERY,
@@ -51,8 +52,7 @@ from registry_bridge._limits import (
     Buckets,
     retry_after,
 )
-from registry_bridge._openapi import openapi_document
-from registry_bridge._picture import mesh_picture
+from registry_bridge._openapi import NODE_ID_EXCLUDED, TERM_LIMIT, openapi_document
 from registry_bridge._store import AsyncStore, RegistryStore, StoreError
 
 __all__ = ["DEFAULT_MAX_BODY", "LEGACY_PATHS", "create_app"]
@@ -70,6 +70,10 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _SESSION_RE = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 _PORT_RE = re.compile(r"[0-9]{1,5}\Z")  # ASCII digits only (str.isdigit() takes "²" too)
 _HOST_MAX = 45  # the longest IP literal: ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255
+# a node id is shown in error messages, the 2012 clients' among them: no character that
+# starts a new line (for str.splitlines too) or controls a terminal
+_NODE_ID_RE = re.compile(f"[^{NODE_ID_EXCLUDED}]{{1,128}}\\Z")
+_HOLDER_MAX = 130  # "/" + orchestra + "/" + name, 64 characters each
 SESSION_COOKIE = "stagemesh_admin"
 _YES = {"yes": True, "no": False, "true": True, "false": False, "1": True, "0": False}
 
@@ -108,6 +112,15 @@ def _shown(value: str, limit: int = 40) -> str:
     return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
 
 
+def _one_line(message: str) -> str:
+    """*message* as one printable line: a character that is not printable (a line break, a
+    control character) is written as its escape, so no error can add a line to an answer
+    (a value stored before the checks above could hold one)."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def _require_json(content_type: str | None) -> None:
     """Refuse a JSON write whose ``Content-Type`` is not ``application/json`` (415): browsers
     send other types cross-site without asking the server first."""
@@ -129,7 +142,7 @@ def _yes(query: Mapping[str, str], key: str) -> bool:
     try:
         return _YES[value.lower()]
     except KeyError:
-        raise HttpError(400, f"{key} must be yes or no, not {value!r}") from None
+        raise HttpError(400, f"{key} must be yes or no, not {_shown(value)}") from None
 
 
 def _when(ts: float | None) -> str:
@@ -233,7 +246,11 @@ class _Fields:
             raise HttpError(400, "the body must be a JSON object")
         unknown = sorted(str(k) for k in body if k not in allowed)
         if unknown:
-            raise HttpError(400, f"unknown field(s): {', '.join(unknown)}")
+            # quoted and cut: a field name may hold control characters or be 60 KiB long
+            shown = ", ".join(_shown(k, 20) for k in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            fields = ", ".join(sorted(allowed)) or "none"
+            raise HttpError(400, f"unknown field(s) {shown}{more}; the fields are: {fields}")
         self.body: dict[str, Any] = body
 
     def has(self, key: str) -> bool:
@@ -261,17 +278,24 @@ class _Fields:
             if required:
                 raise HttpError(400, f"missing field {key!r}")
             return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON has one number type: 7471.0 is the integer 7471
         if isinstance(value, bool) or not isinstance(value, int):
             raise HttpError(400, f"{key} must be an integer")
-        if not -(2**62) <= value <= 2**62:
-            raise HttpError(400, f"{key} is out of range")
+        if not -TERM_LIMIT <= value <= TERM_LIMIT:
+            raise HttpError(400, f"{key} must be between -2**62 and 2**62")
         return value
 
 
 @functools.cache
 def _templates() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("registry_bridge", "templates"),
+        loader=jinja2.ChoiceLoader(  # the federation picture is the node dashboard's, too
+            [
+                jinja2.PackageLoader("registry_bridge", "templates"),
+                jinja2.PackageLoader("mesh", "templates"),
+            ]
+        ),
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
     )
     env.filters["when"] = _when
@@ -383,8 +407,12 @@ class _Registry:
         host = fields.string("host")
         port = fields.integer("port")
         node_id = fields.string("node_id")
-        if node_id is not None and not 1 <= len(node_id) <= 128:
-            raise HttpError(400, "node_id must be 1-128 characters")
+        if node_id is not None and _NODE_ID_RE.match(node_id) is None:
+            raise HttpError(
+                400,
+                "node_id must be 1-128 characters without control characters or line breaks,"
+                f" not {_shown(node_id)}",
+            )
         answer = await self.store.call(
             self.raw.register,
             federation,
@@ -542,12 +570,19 @@ class _Registry:
         assert expected is not None
         if not fields.has("holder"):
             raise HttpError(400, "missing field 'holder' (a path, or null to release)")
+        holder = fields.string("holder")
+        if holder is not None and len(holder) > _HOLDER_MAX:
+            raise HttpError(
+                400,
+                f"holder must be a path /<orchestra>/<name> of at most {_HOLDER_MAX} characters,"
+                f" not {_shown(holder)}",
+            )
         answer = await self.store.call(
             self.raw.set_conductor,
             request.path_params["federation"],
             token=_check_token(token),
             expected_term=expected,
-            holder=fields.string("holder"),
+            holder=holder,
         )
         return _json(answer)
 
@@ -573,13 +608,22 @@ class _Registry:
         )
 
     async def offer_epoch(self, request: Request) -> Response:
-        """A running node hands over the federation's time (see RegistryStore.offer_epoch)."""
+        """A running node hands over the federation's time (see RegistryStore.offer_epoch).
+        It changes the federation's state, so it is a JSON write on behalf of a registration
+        of that federation (its token, as for the conductor's compare-and-set): a stranger's
+        offer is refused (404) and changes nothing."""
+        _require_json(request.headers.get("content-type"))
         fields = _Fields(await self.json_body(request), {"token", "epoch", "lineage"})
-        token = _check_token(fields.string("token", required=True) or "")
+        token = fields.string("token")
+        if token is None:
+            raise HttpError(400, "missing field 'token' (the offering node's registration token)")
         value = fields.body.get("epoch")
+        if value is None:
+            raise HttpError(400, "missing field 'epoch' (seconds on the registry's clock)")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise HttpError(400, "epoch must be a number of seconds on the registry's clock")
         lineage = fields.string("lineage", required=True) or ""
+        token = _check_token(token)
         answer = await self.store.call(
             self.raw.offer_epoch, request.path_params["federation"], token, float(value), lineage
         )
@@ -633,6 +677,12 @@ class _Registry:
     async def federation_page(self, request: Request) -> Response:
         view = await self.store.call(self.raw.federation, request.path_params["federation"])
         return self.html("federation.html", f=view, pic=mesh_picture(view), now=self.raw.now())
+
+    async def federation_live(self, request: Request) -> Response:
+        """The live part of a federation's page (picture, conductor, orchestras), which the
+        page fetches every two seconds to update itself."""
+        view = await self.store.call(self.raw.federation, request.path_params["federation"])
+        return self.html("federation_live.html", f=view, pic=mesh_picture(view), now=self.raw.now())
 
     def session_of(self, request: Request) -> str | None:
         """The admin session id of *request*'s cookie, if it carries a well-formed one."""
@@ -700,6 +750,7 @@ class _Registry:
     def error_response(
         self, path: str, status: int, message: str, headers: dict[str, str] | None
     ) -> Response:
+        message = _one_line(message)
         if path.startswith("/api/"):
             return _json({"error": message}, status, headers)
         if path in LEGACY_PATHS:
@@ -840,6 +891,19 @@ async def _send(send: Send, status: int, body: bytes, content_type: tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
+def _allowed_methods(routes: list[Route], scope: Scope) -> list[str]:
+    """The methods of every route whose path matches *scope*'s: the ``Allow`` of a 405 (each
+    Route holds one method, so Starlette's own names only the first route's). The legacy URLs
+    refuse HEAD (:func:`_refuse_head`), so they do not offer it."""
+    allowed: set[str] = set()
+    for route in routes:
+        if route.matches(scope)[0] is not Match.NONE:
+            allowed |= route.methods or set()
+    if scope["path"] in LEGACY_PATHS:
+        allowed.discard("HEAD")
+    return sorted(allowed)
+
+
 def create_app(
     store: RegistryStore,
     admin_password: str | None = None,
@@ -888,6 +952,7 @@ def create_app(
         Route("/unregister", reg.legacy_unregister, methods=["GET"]),
         Route("/", reg.index, methods=["GET"]),
         Route("/federations/{federation}", reg.federation_page, methods=["GET"]),
+        Route("/federations/{federation}/live", reg.federation_live, methods=["GET"]),
         Route("/federations/{federation}/admin", reg.admin_page, methods=["GET"]),
         Route("/federations/{federation}/{action}", reg.admin_action, methods=["POST"]),
     ]
@@ -898,12 +963,16 @@ def create_app(
 
     async def on_starlette_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = {404: f"no such resource: {request.url.path}", 405: "method not allowed"}.get(
-            exc.status_code, str(exc.detail)
-        )
-        return reg.error_response(
-            request.url.path, exc.status_code, message, dict(exc.headers) if exc.headers else None
-        )
+        path = request.url.path
+        shown = path if len(path) <= 100 else f"{path[:100]}..."  # a path may be 60 KiB long
+        headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            allowed = ", ".join(_allowed_methods(routes, request.scope))
+            headers = {"Allow": allowed}
+            message = f"method {request.method} is not allowed on {shown}; allowed: {allowed}"
+        else:
+            message = {404: f"no such resource: {shown}"}.get(exc.status_code, str(exc.detail))
+        return reg.error_response(path, exc.status_code, message, headers)
 
     async def on_unicode_error(request: Request, exc: Exception) -> Response:
         return reg.error_response(request.url.path, 400, "the request is not valid UTF-8", None)

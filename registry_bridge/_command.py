@@ -1,13 +1,21 @@
-"""``stagemesh registry``: run the registry server.
+"""``stagemesh registry``: run the registry server; ``stagemesh registry migrate``,
+``export`` and ``import``: manage its database.
+
+``--db`` is a SQLite file's path or a ``postgresql://`` URL. A SQLite file gets its schema
+(or an upgrade) when the registry opens it; a PostgreSQL database gets it from ``stagemesh
+registry migrate``, and the registry refuses to serve one at another version. A bad URL, an
+unreachable database, refused credentials or a wrong version is one line on stderr naming
+the database (never its password) and what is wrong, exit status 2.
 
 With ``--workers N`` (N > 1) the command binds the listening socket itself, then forks N - 1
 worker processes; the first process serves too and supervises the others. Every process has
-its own SQLite connection to the same file (WAL; writers serialised by SQLite and, for prompt
-hand-over, by an ``flock`` on ``<db>-lock``) and the same CSRF secret, so all state the API
-promises (tokens, the conductor's compare-and-set and term) is the same whichever process
-answers. The workers hold the read end of a pipe whose write end only the first process has:
-when it dies, even by ``kill -9``, they see end-of-file and stop. SIGINT/SIGTERM to the first
-process stops all of them; a worker that dies on its own stops the registry with status 1.
+its own connection to the same database (SQLite: writers serialised by SQLite and, for prompt
+hand-over, by an ``flock`` on ``<db>-lock``; PostgreSQL: its advisory lock) and the same CSRF
+secret, so all state the API promises (tokens, the conductor's compare-and-set and term) is
+the same whichever process answers. The workers hold the read end of a pipe whose write end
+only the first process has: when it dies, even by ``kill -9``, they see end-of-file and stop.
+SIGINT/SIGTERM to the first process stops all of them; a worker that dies on its own stops the
+registry with status 1.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import logging
 import os
 import re
@@ -26,12 +35,15 @@ import time
 import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import trio
 from starlette.applications import Starlette
 
 from mesh._cli import CommandFailed, UsageError, first_cause
+from mesh._state import write_json_atomic
 from registry_bridge._app import create_app
+from registry_bridge._database import DatabaseError, is_postgres_url, open_database, shown_target
 from registry_bridge._limits import DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE
 from registry_bridge._server import (
     DEFAULT_BIND,
@@ -40,7 +52,8 @@ from registry_bridge._server import (
     reachable_urls,
     serve_registry,
 )
-from registry_bridge._store import DEFAULT_LEGACY_TTL, DEFAULT_TTL, RegistryStore
+from registry_bridge._store import DEFAULT_LEGACY_TTL, DEFAULT_TTL, RegistryStore, StoreError
+from registry_bridge._transfer import export_state, import_state
 
 __all__ = ["RegistryCommand", "check_db", "default_db_path"]
 
@@ -55,25 +68,25 @@ def default_db_path() -> Path:
     return Path(state) / "stagemesh" / "registry.db"
 
 
-def check_db(value: str) -> Path:
-    """The SQLite file *value* names; :class:`UsageError` for a URL, said in one line before
-    anything is created: ``postgresql://`` (not in this build yet) or anything else that looks
-    like one (``sqlite:///x.db``, ``postgres://``, ``http://``), which would otherwise become
-    an oddly named file in the current folder. The URL itself is not repeated (it may hold a
-    password)."""
+def check_db(value: str) -> Path | str:
+    """The database *value* names: a ``postgresql://`` (or ``postgres://``) URL as is, else
+    a SQLite file's path. :class:`UsageError` for anything else that looks like a URL
+    (``sqlite:///x.db``, ``http://``), said in one line before anything is created (it would
+    otherwise become an oddly named file in the current folder). The URL itself is not
+    repeated (it may hold a password)."""
+    if is_postgres_url(value):
+        return value
     scheme = value.split(":", 1)[0].lower() if _URL_RE.match(value) else ""
-    if scheme == "postgresql" and value[len(scheme) :].startswith("://"):
-        raise UsageError(
-            "--db postgresql://...: PostgreSQL support is not in this build yet; give a file "
-            "path (SQLite)"
-        )
     if "://" in value or scheme == "sqlite":
         hint = {
             "sqlite": "for SQLite give the file's path itself, e.g. --db registry.db",
-            "postgres": "PostgreSQL URLs start with postgresql:// (not in this build yet)",
-        }.get(scheme, "the registry takes a file path (SQLite)")
+        }.get(scheme, "give a file path (SQLite) or a postgresql://user@host/dbname URL")
         raise UsageError(f"--db {scheme}:...: not a supported database URL; {hint}")
     return Path(value)
+
+
+def _target(args: argparse.Namespace) -> Path | str:
+    return check_db(args.db) if args.db else default_db_path()
 
 
 def _read_password(args: argparse.Namespace) -> str | None:
@@ -87,6 +100,24 @@ def _read_password(args: argparse.Namespace) -> str | None:
             raise CommandFailed(f"admin password file {args.admin_password_file} is empty")
         return password
     return os.environ.get("STAGEMESH_ADMIN_PASSWORD") or None
+
+
+def _read_secret(args: argparse.Namespace) -> bytes | None:
+    """The ``--session-secret-file`` secret, if one is given; :class:`CommandFailed` if it
+    cannot be read or is shorter than 32 characters."""
+    path = getattr(args, "session_secret_file", None)
+    if not path:
+        return None
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise CommandFailed(f"cannot read session secret file: {exc}") from None
+    if len(secret) < 32:
+        raise CommandFailed(
+            f"session secret file {path} holds {len(secret)} characters; give at least 32"
+            " (e.g. head -c 32 /dev/urandom | base64 > FILE)"
+        )
+    return secret
 
 
 class RegistryCommand:
@@ -106,9 +137,8 @@ class RegistryCommand:
         parser.add_argument(
             "--db",
             default=None,
-            metavar="PATH",
-            help=f"SQLite file (default {default_db_path()}); postgresql:// URLs are not "
-            "supported by this build yet",
+            metavar="PATH|URL",
+            help=f"SQLite file (default {default_db_path()}) or postgresql://user@host/dbname",
         )
         parser.add_argument(
             "--admin-password-file",
@@ -116,6 +146,14 @@ class RegistryCommand:
             metavar="PATH",
             help="file holding the admin password (else STAGEMESH_ADMIN_PASSWORD; "
             "without either, delete and reset are refused)",
+        )
+        parser.add_argument(
+            "--session-secret-file",
+            default=None,
+            metavar="PATH",
+            help="file holding the secret that signs admin sessions' form tokens (32+ "
+            "characters); give the same file to every registry behind one name (default: a "
+            "random secret per start)",
         )
         parser.add_argument(
             "--ttl",
@@ -155,8 +193,33 @@ class RegistryCommand:
             help="processes serving the same port and database (default %(default)s); "
             "2 on a 2-core machine roughly doubles the requests per second",
         )
+        actions = parser.add_subparsers(
+            dest="action", metavar="ACTION", parser_class=type(parser), required=False
+        )
+        for name, text in (
+            ("migrate", "create or upgrade the database's schema (PostgreSQL needs it once)"),
+            ("export", "write the whole registry state as JSON (holds registration tokens)"),
+            ("import", "load an export into an empty database (SQLite or PostgreSQL)"),
+        ):
+            action = actions.add_parser(name, help=text, description=text)
+            action.add_argument(
+                "--db", default=argparse.SUPPRESS, metavar="PATH|URL", help="as for the registry"
+            )
+            if name == "export":
+                action.add_argument(
+                    "output",
+                    nargs="?",
+                    default="-",
+                    metavar="FILE",
+                    help="file to write (readable by its owner only; default or '-': stdout)",
+                )
+            if name == "import":
+                action.add_argument("file", metavar="FILE", help="an export ('-': stdin)")
 
     def run(self, args: argparse.Namespace) -> int:
+        action = getattr(args, "action", None)
+        if action is not None:
+            return {"migrate": _migrate, "export": _export, "import": _import}[action](args)
         try:
             parse_bind(args.bind)
         except ValueError as exc:
@@ -172,15 +235,11 @@ class RegistryCommand:
             raise UsageError(
                 f"--register-rate must be 0 (no limit) or more, not {args.register_rate}"
             )
-        db = check_db(args.db) if args.db else default_db_path()
+        db = _target(args)
         password = _read_password(args)
         if args.workers > 1:
             return self._run_workers(args, db, password)
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-            store = _open_store(args, db)
-        except Exception as exc:
-            raise CommandFailed(f"cannot open database {db}: {exc}") from None
+        store = _open_store(args, db)
         _tune_gc()
         try:
             trio.run(self._serve, _app(args, store, password), args.bind, db, password)
@@ -193,7 +252,7 @@ class RegistryCommand:
             store.close()
         return 0
 
-    async def _serve(self, app: Starlette, bind: str, db: Path, password: str | None) -> None:
+    async def _serve(self, app: Starlette, bind: str, db: Path | str, password: str | None) -> None:
         stop = trio.Event()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
@@ -204,7 +263,7 @@ class RegistryCommand:
                 )
                 if password is None:
                     logger.warning("no admin password configured: delete and reset are disabled")
-                print(f"ready registry={_shown_urls(bind, url)} db={db}", flush=True)
+                print(f"ready registry={_shown_urls(bind, url)} db={shown_target(db)}", flush=True)
                 async for signum in signals:
                     logger.info("stopping on %s", signal.Signals(signum).name)
                     stop.set()
@@ -212,19 +271,15 @@ class RegistryCommand:
 
     # ------------------------------------------------------------ --workers N
 
-    def _run_workers(self, args: argparse.Namespace, db: Path, password: str | None) -> int:
-        lock_file = Path(f"{db}-lock")
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-            # Create the schema once, then close: no SQLite connection may cross a fork.
-            _open_store(args, db, lock_file).close()
-        except Exception as exc:
-            raise CommandFailed(f"cannot open database {db}: {exc}") from None
+    def _run_workers(self, args: argparse.Namespace, db: Path | str, password: str | None) -> int:
+        lock_file = None if isinstance(db, str) else Path(f"{db}-lock")
+        # Create (or check) the schema once, then close: no connection may cross a fork.
+        _open_store(args, db, lock_file).close()
         try:
             sock = listen_socket(args.bind)
         except OSError as exc:
             raise CommandFailed(f"cannot serve on {args.bind}: {exc}") from None
-        secret = secrets.token_bytes(32)
+        secret = _read_secret(args) or secrets.token_bytes(32)
         life_r, life_w = os.pipe()
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()
@@ -272,8 +327,8 @@ class RegistryCommand:
     def _worker(
         self,
         args: argparse.Namespace,
-        db: Path,
-        lock_file: Path,
+        db: Path | str,
+        lock_file: Path | None,
         password: str | None,
         secret: bytes,
         sock: socket.socket,
@@ -293,7 +348,7 @@ class RegistryCommand:
         self,
         app: object,
         bind: str,
-        db: Path,
+        db: Path | str,
         password: str | None,
         sock: socket.socket,
         children: list[int],
@@ -357,7 +412,10 @@ class RegistryCommand:
                                 "no admin password configured: delete and reset are disabled"
                             )
                         logger.info("serving with %d worker processes", len(children) + 1)
-                        print(f"ready registry={_shown_urls(bind, url)} db={db}", flush=True)
+                        print(
+                            f"ready registry={_shown_urls(bind, url)} db={shown_target(db)}",
+                            flush=True,
+                        )
                     await stop.wait()
                     for pid in children:
                         with contextlib.suppress(ProcessLookupError):
@@ -368,8 +426,109 @@ class RegistryCommand:
         return not failed
 
 
-def _open_store(args: argparse.Namespace, db: Path, lock_file: Path | None = None) -> RegistryStore:
-    return RegistryStore(db, ttl=args.ttl, legacy_ttl=args.legacy_ttl, lock_file=lock_file)
+def _open_store(
+    args: argparse.Namespace,
+    db: Path | str,
+    lock_file: Path | None = None,
+    *,
+    create: bool | None = None,
+) -> RegistryStore:
+    """The store on *db*; :class:`UsageError` (one line, exit 2) if the database cannot be
+    used. A SQLite file is created or upgraded (unless *create* is false); a PostgreSQL
+    database must be at the current schema version already (unless *create*)."""
+    postgres = isinstance(db, str)
+    try:
+        if not postgres:
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        return RegistryStore(
+            db,
+            ttl=getattr(args, "ttl", DEFAULT_TTL),
+            legacy_ttl=getattr(args, "legacy_ttl", DEFAULT_LEGACY_TTL),
+            lock_file=lock_file,
+            create=not postgres if create is None else create,
+        )
+    except DatabaseError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot open database {shown_target(db)}: {exc}") from None
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """``stagemesh registry migrate``: create or upgrade the schema; say what was done."""
+    db = _target(args)
+    try:
+        if not isinstance(db, str):
+            db.parent.mkdir(parents=True, exist_ok=True)
+        database = open_database(db)
+        try:
+            before, after = database.migrate()
+        finally:
+            database.close()
+    except DatabaseError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot open database {shown_target(db)}: {exc}") from None
+    if before == after:
+        print(f"database {shown_target(db)}: schema already at version {after}")
+    elif before == 0:
+        print(f"database {shown_target(db)}: schema created (version {after})")
+    else:
+        print(f"database {shown_target(db)}: schema upgraded from version {before} to {after}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``stagemesh registry export``: the whole state as JSON, to a file or stdout."""
+    db = _target(args)
+    if not isinstance(db, str) and not db.exists():
+        raise UsageError(f"no database file {db}")
+    store = _open_store(args, db, create=False)
+    try:
+        document = export_state(store)
+    except StoreError as exc:
+        raise UsageError(f"cannot export {store.shown}: {exc.message}") from None
+    finally:
+        store.close()
+    if args.output == "-":
+        json.dump(document, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        try:
+            write_json_atomic(Path(args.output), document)
+        except OSError as exc:
+            raise CommandFailed(f"cannot write {args.output}: {exc.strerror}") from None
+        print(f"exported {_counts(document)} from {shown_target(db)} to {args.output}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    """``stagemesh registry import FILE``: load an export into an empty database."""
+    db = _target(args)
+    source = "stdin" if args.file == "-" else args.file
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+        document = json.loads(text)
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror}") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{source} is not JSON: {exc}") from None
+    store = _open_store(args, db, create=True)
+    try:
+        counts = import_state(store, document)
+    except StoreError as exc:
+        raise UsageError(f"cannot import {source} into {store.shown}: {exc.message}") from None
+    finally:
+        store.close()
+    shown = ", ".join(f"{n} {what}" for what, n in counts.items())
+    print(f"imported {shown} from {source} into {shown_target(db)}")
+    return 0
+
+
+def _counts(document: dict[str, Any]) -> str:
+    feds = document["federations"]
+    regs = sum(len(f["registrations"]) for f in feds)
+    orchs = sum(len(f["orchestras"]) for f in feds)
+    return f"{len(feds)} federations, {orchs} orchestras, {regs} registrations"
 
 
 def _app(
@@ -381,7 +540,7 @@ def _app(
     return create_app(
         store,
         password,
-        csrf_secret=secret,
+        csrf_secret=secret or _read_secret(args),
         register_burst=args.register_burst,
         register_rate=args.register_rate or None,
     )

@@ -1,12 +1,14 @@
-"""The registry's SQLite store: federations, orchestras, registrations and the conductor.
+"""The registry's store: federations, orchestras, registrations and the conductor.
 
-The store is plain blocking code around one :mod:`sqlite3` connection (WAL journal). Every
-public method is one transaction that is committed before it returns, so an answer the HTTP
-layer sends after a call has reached the database file; a process killed with ``kill -9``
-afterwards loses nothing it acknowledged (WAL with ``synchronous=NORMAL`` survives a process
-crash; choose ``synchronous="FULL"`` to survive a power cut as well). :class:`AsyncStore` runs the
-calls from trio on a worker thread; calls queued together share one transaction (group
-commit), each in its own savepoint, and none is answered before that transaction committed.
+The store is plain blocking code over one database (:mod:`registry_bridge._database`: a
+SQLite file, or PostgreSQL for any number of registry processes on any hosts). Every public
+method is one transaction that is committed before it returns, so an answer the HTTP layer
+sends after a call has reached the database; a process killed with ``kill -9`` afterwards
+loses nothing it acknowledged. Write transactions run one at a time across every process
+using the database (the backend's write lock), so each rule below is checked and applied as
+one step. :class:`AsyncStore` runs the calls from trio on a worker thread; calls queued
+together share one transaction (group commit), each in its own savepoint, and none is
+answered before that transaction committed.
 
 Time is injected (``clock``, wall-clock seconds) so expiry can be tested without waiting.
 
@@ -23,26 +25,34 @@ Errors (all :class:`StoreError`, carrying the HTTP status the layer above should
     +-- Forbidden (403)
     +-- NotFound (404)
     +-- Conflict (409, may carry a ``detail`` mapping)
+    +-- Unavailable (503, the database stopped answering; nothing was done)
+
+The SQL here is portable (``?`` placeholders); each backend module holds its schema.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
-import os
 import queue
 import secrets
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import trio
 
 from mesh._names import InvalidName, check_name
+from registry_bridge._database import (
+    Database,
+    Duplicate,
+    Unreachable,
+    check_version,
+    open_database,
+)
+from registry_bridge._openapi import MAX_CLOCK_READING
 
 __all__ = [
     "DEFAULT_LEGACY_TTL",
@@ -53,6 +63,7 @@ __all__ = [
     "NotFound",
     "RegistryStore",
     "StoreError",
+    "Unavailable",
 ]
 
 DEFAULT_TTL = 30.0
@@ -65,63 +76,15 @@ listed all along, and a crashed laptop goes away by itself."""
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS federations (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL,
-    epoch REAL,
-    version INTEGER NOT NULL DEFAULT 0,
-    conductor_path TEXT,
-    conductor_node_id TEXT,
-    conductor_host TEXT,
-    conductor_port INTEGER,
-    conductor_term INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS orchestras (
-    id INTEGER PRIMARY KEY,
-    federation_id INTEGER NOT NULL REFERENCES federations(id) ON DELETE CASCADE,
-    name TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    UNIQUE (federation_id, name)
-);
-CREATE TABLE IF NOT EXISTS registrations (
-    token TEXT PRIMARY KEY,
-    federation_id INTEGER NOT NULL REFERENCES federations(id) ON DELETE CASCADE,
-    orchestra_id INTEGER NOT NULL REFERENCES orchestras(id) ON DELETE CASCADE,
-    name TEXT NOT NULL,
-    node_id TEXT,
-    host TEXT NOT NULL,
-    port INTEGER NOT NULL,
-    supernode INTEGER NOT NULL,
-    conductor INTEGER NOT NULL,
-    heartbeat INTEGER NOT NULL,
-    registered_at REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    UNIQUE (orchestra_id, name)
-);
-CREATE INDEX IF NOT EXISTS registrations_federation ON registrations (federation_id);
-CREATE INDEX IF NOT EXISTS registrations_expiry ON registrations (heartbeat, last_seen);
--- "the supernode of this orchestra" / "the supernodes of this federation" are asked by every
--- registration: without these (tiny, partial) indexes each one scans the orchestra's nodes
-CREATE INDEX IF NOT EXISTS registrations_orchestra_supernode ON registrations (orchestra_id)
-    WHERE supernode = 1;
-CREATE INDEX IF NOT EXISTS registrations_federation_supernode ON registrations (federation_id)
-    WHERE supernode = 1;
-"""
-
-# The lineage of federation time the epoch belongs to (set by an epoch handover, see
-# RegistryStore.offer_epoch); it applies while the federation's epoch is still `epoch`, so a
-# reset (epoch cleared) or a later registration's epoch leaves it behind by itself.
-_EPOCH_SCHEMA = """
-CREATE TABLE IF NOT EXISTS epochs (
-    federation_id INTEGER PRIMARY KEY REFERENCES federations(id) ON DELETE CASCADE,
-    epoch REAL NOT NULL,
-    lineage TEXT NOT NULL
-);
-"""
+# An epoch handover (RegistryStore.offer_epoch) names the lineage of federation time it
+# belongs to: 1-64 of these characters.
 _LINEAGE_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._-")
-_MAX_CLOCK_READING = 1e11  # seconds: anything larger is not a wall clock
+
+
+def is_lineage(value: object) -> bool:
+    """Whether *value* names a lineage of federation time (1-64 letters, digits, '.', '_',
+    '-'): the registry stores it and shows it to every client."""
+    return isinstance(value, str) and 1 <= len(value) <= 64 and set(value) <= _LINEAGE_CHARS
 
 _REG_COLUMNS = (
     "r.token, o.name, r.name, r.node_id, r.host, r.port, r.supernode, r.conductor,"
@@ -162,6 +125,14 @@ class Conflict(StoreError):
     status = 409
 
 
+class Unavailable(StoreError):
+    """Raised when the database stopped answering during a call (PostgreSQL restarting, the
+    connection lost, the write lock not had within 10 s). Nothing of the call was
+    acknowledged; the caller may try again."""
+
+    status = 503
+
+
 def _name(value: object, what: str) -> str:
     try:
         return check_name(value, what)
@@ -188,64 +159,80 @@ def _entry(federation: str, row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 class RegistryStore:
-    """The registry's state in one SQLite file; every method is one committed transaction.
+    """The registry's state in one database; every method is one committed transaction.
+
+    *database* is a SQLite file's path or a ``postgresql://`` URL (see
+    :func:`~registry_bridge._database.open_database`, which also takes *synchronous* and
+    *lock_file* for SQLite and *pool_size* for PostgreSQL). With *create* (the default) the
+    schema is created or upgraded on opening; without, a database whose schema is not the
+    current version is refused (:class:`~registry_bridge._database.DatabaseError`, saying
+    to run ``stagemesh registry migrate``).
 
     Thread-safe: calls are serialised by a lock (the connection is shared by threads).
-    Several processes may share one file (``stagemesh registry --workers N``): SQLite
-    serialises their write transactions; give each store the same *lock_file* so a writer
-    waits on an ``flock`` (handed over at once) rather than SQLite's sleep-and-retry.
-    *ttl* is how long a heartbeat registration lives without a heartbeat; *legacy_ttl* how
-    long one made through the legacy text API (which has no heartbeat) lives after its last
-    ``register``.
+    Several processes may share one database (``stagemesh registry --workers N``, or
+    registries on several hosts over one PostgreSQL): the backend's write lock runs their
+    transactions one at a time. *ttl* is how long a heartbeat registration lives without a
+    heartbeat; *legacy_ttl* how long one made through the legacy text API (which has no
+    heartbeat) lives after its last ``register``.
     """
 
     def __init__(
         self,
-        path: str | Path,
+        database: str | Path,
         *,
         ttl: float = DEFAULT_TTL,
         legacy_ttl: float = DEFAULT_LEGACY_TTL,
         clock: Callable[[], float] = time.time,
         synchronous: str = "NORMAL",
         lock_file: str | Path | None = None,
+        pool_size: int = 4,
+        create: bool = True,
     ) -> None:
-        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
         if not ttl > 0:
             raise ValueError(f"ttl must be positive, not {ttl!r}")
         if not legacy_ttl > 0:
             raise ValueError(f"legacy_ttl must be positive, not {legacy_ttl!r}")
-        self.path = str(path)
         self.ttl = float(ttl)
         self.legacy_ttl = float(legacy_ttl)
         self._clock = clock
         self._lock = threading.Lock()
         self._last_sweep = float("-inf")
         self._group_thread: int | None = None
-        self._lock_fd: int | None = None
-        if lock_file is not None:
-            self._lock_fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, cached_statements=256
+        self._db: Database = open_database(
+            database, synchronous=synchronous, lock_file=lock_file, pool_size=pool_size
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self._db.executescript(_EPOCH_SCHEMA)
+        try:
+            if create:
+                self._db.migrate()
+            else:
+                check_version(
+                    self._db.shown,
+                    self._db.schema_version(),
+                    hint=f"run: stagemesh registry migrate --db {self._db.shown}",
+                )
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def shown(self) -> str:
+        """The database for messages: a path, or the URL without its password."""
+        return self._db.shown
 
     def now(self) -> float:
         """The store's clock (wall-clock seconds); federation time is ``now() - epoch``."""
         return self._clock()
 
+    def transaction(self, fn: Callable[[Database, float], _T]) -> _T:
+        """Run ``fn(database, now)`` as one transaction of the store (under its write lock,
+        committed before it returns, rolled back if *fn* raises): for work on every table at
+        once, such as export and import (``registry_bridge._transfer``)."""
+        return self._tx(lambda now: fn(self._db, now))
+
     def close(self) -> None:
         """Close the database connection (everything is already committed)."""
         with self._lock:
             self._db.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
 
     # ----------------------------------------------------------------- plumbing
 
@@ -253,52 +240,40 @@ class RegistryStore:
         if self._group_thread == threading.get_ident():
             # Inside run_group: one savepoint of the group's transaction, so a failing call
             # undoes only its own changes.
-            self._db.execute("SAVEPOINT call")
+            self._db.savepoint()
             try:
                 result = fn(self._clock())
             except BaseException:
-                self._db.execute("ROLLBACK TO call")
-                self._db.execute("RELEASE call")
+                self._db.rollback_to_savepoint()
                 raise
-            self._db.execute("RELEASE call")
+            self._db.release_savepoint()
             return result
-        with self._lock, self._write_lock():
-            self._begin()
+        with self._lock:
             try:
-                result = fn(self._clock())
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._begin()
+                try:
+                    result = fn(self._clock())
+                except BaseException:
+                    self._db.rollback()
+                    raise
+                self._db.commit()
+            except Unreachable as exc:
+                raise Unavailable(str(exc)) from None
             return result
 
     def _begin(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.begin()
         now = self._clock()
-        if now - self._last_sweep >= min(1.0, self.ttl / 4):
+        if now - self._last_sweep >= self._sweep_every():
             try:
                 self._sweep(now)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.rollback()
                 raise
             self._last_sweep = now
 
-    @contextlib.contextmanager
-    def _write_lock(self) -> Iterator[None]:
-        """Hold the inter-process lock file (if any) for one write transaction.
-
-        SQLite serialises writers of one file itself, but a writer that finds the file locked
-        polls with sleeps of 1, 2, 5, 10 ... ms; a ``flock`` hands the lock over as soon as the
-        other process releases it.
-        """
-        if self._lock_fd is None:
-            yield
-            return
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+    def _sweep_every(self) -> float:
+        return min(1.0, self.ttl / 4)
 
     def run_group(self, calls: Sequence[Callable[[], _T]]) -> list[tuple[bool, Any]]:
         """Run *calls* (each one call of a public method) in ONE transaction (group commit).
@@ -309,11 +284,11 @@ class RegistryStore:
         gets that error (nothing of the group was acknowledged, nothing of it was stored).
         """
         results: list[tuple[bool, Any]] = []
-        with self._lock, self._write_lock():
+        with self._lock:
             try:
                 self._begin()
             except Exception as exc:
-                return [(False, exc)] * len(calls)
+                return [(False, _unavailable(exc))] * len(calls)
             self._group_thread = threading.get_ident()
             try:
                 for call in calls:
@@ -324,14 +299,22 @@ class RegistryStore:
             finally:
                 self._group_thread = None
             try:
-                self._db.execute("COMMIT")
+                self._db.commit()
             except Exception as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                return [(False, exc)] * len(calls)
-        return results
+                return [(False, _unavailable(exc))] * len(calls)
+        return [(ok, _unavailable(value) if not ok else value) for ok, value in results]
 
     def _sweep(self, now: float) -> None:
+        """Drop expired registrations, unless another process sharing the database did so
+        less than a sweep interval ago (by this host's clock; a stamp in this host's future
+        counts as old, so a fast clock elsewhere cannot stop the sweeps)."""
+        every = self._sweep_every()
+        turn = self._db.execute(
+            "UPDATE expiry_sweep SET last = ? WHERE id = 1 AND NOT (last > ? AND last <= ?)",
+            (now, now - every, now),
+        )
+        if turn.rowcount != 1:
+            return
         rows = self._db.execute(
             "SELECT token FROM registrations WHERE heartbeat = 1 AND last_seen < ?"
             " UNION ALL SELECT token FROM registrations WHERE heartbeat = 0 AND last_seen < ?",
@@ -424,7 +407,7 @@ class RegistryStore:
                 self._db.execute(
                     "INSERT INTO federations (name, created_at) VALUES (?, ?)", (fed, now)
                 )
-            except sqlite3.IntegrityError:
+            except Duplicate:
                 raise Conflict(f"federation {fed!r} already exists") from None
             return self._summary(self._fed(fed), now)
 
@@ -441,9 +424,9 @@ class RegistryStore:
             if not create:
                 return -1
             cur = self._db.execute(
-                "INSERT INTO federations (name, created_at) VALUES (?, ?)", (fed, now)
+                "INSERT INTO federations (name, created_at) VALUES (?, ?) RETURNING id", (fed, now)
             )
-            return int(cur.lastrowid or 0)
+            return int(cur.fetchone()[0])
 
         return self._tx(run)
 
@@ -531,13 +514,15 @@ class RegistryStore:
             fed = self._fed(federation)
             try:
                 cur = self._db.execute(
-                    "INSERT INTO orchestras (federation_id, name, created_at) VALUES (?, ?, ?)",
+                    "INSERT INTO orchestras (federation_id, name, created_at) VALUES (?, ?, ?)"
+                    " RETURNING id",
                     (fed[0], orch, now),
                 )
-            except sqlite3.IntegrityError:
+            except Duplicate:
                 raise Conflict(f"orchestra {orch!r} already exists in {fed[1]!r}") from None
+            oid = int(cur.fetchone()[0])
             self._db.execute("UPDATE federations SET version = version + 1 WHERE id = ?", (fed[0],))
-            return {"id": cur.lastrowid, "federation": fed[1], "name": orch, "created_at": now}
+            return {"id": oid, "federation": fed[1], "name": orch, "created_at": now}
 
         return self._tx(run)
 
@@ -556,10 +541,11 @@ class RegistryStore:
             if not create:
                 return -1
             cur = self._db.execute(
-                "INSERT INTO orchestras (federation_id, name, created_at) VALUES (?, ?, ?)",
+                "INSERT INTO orchestras (federation_id, name, created_at) VALUES (?, ?, ?)"
+                " RETURNING id",
                 (fed[0], orch, now),
             )
-            return int(cur.lastrowid or 0)
+            return int(cur.fetchone()[0])
 
         return self._tx(run)
 
@@ -618,13 +604,14 @@ class RegistryStore:
             if create:
                 fed_name = _name(federation, "federation")
                 self._db.execute(
-                    "INSERT OR IGNORE INTO federations (name, created_at) VALUES (?, ?)",
+                    "INSERT INTO federations (name, created_at) VALUES (?, ?)"
+                    " ON CONFLICT DO NOTHING",
                     (fed_name, now),
                 )
                 fid = self._fed(fed_name)[0]
                 self._db.execute(
-                    "INSERT OR IGNORE INTO orchestras (federation_id, name, created_at)"
-                    " VALUES (?, ?, ?)",
+                    "INSERT INTO orchestras (federation_id, name, created_at)"
+                    " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                     (fid, orch_name, now),
                 )
             fed = self._fed(federation)
@@ -796,15 +783,16 @@ class RegistryStore:
         """Keep a registration alive; :class:`NotFound` if the token is unknown or expired."""
 
         def run(now: float) -> dict[str, Any]:
+            # one statement (one round trip to a database server)
             row = self._db.execute(
-                "SELECT r.federation_id, f.epoch, f.version, f.conductor_term"
-                " FROM registrations r JOIN federations f ON f.id = r.federation_id"
-                " WHERE r.token = ?",
-                (token,),
+                "UPDATE registrations SET last_seen = ? WHERE token = ? RETURNING federation_id,"
+                " (SELECT epoch FROM federations WHERE id = federation_id),"
+                " (SELECT version FROM federations WHERE id = federation_id),"
+                " (SELECT conductor_term FROM federations WHERE id = federation_id)",
+                (now, token),
             ).fetchone()
             if row is None:
                 raise NotFound("unknown or expired registration token")
-            self._db.execute("UPDATE registrations SET last_seen = ? WHERE token = ?", (now, token))
             epoch = row[1]
             return {
                 "elapsed": 0.0 if epoch is None else max(0.0, now - epoch),
@@ -917,18 +905,24 @@ class RegistryStore:
                 target = self._registration_of(fed[0], holder)
                 if target is None:
                     raise NotFound(f"no registration {holder} in federation {fed[1]!r}")
-            self._db.execute(
+            # fenced in the statement too: it changes nothing unless the term is still the
+            # expected one (the write lock already makes that so)
+            changed = self._db.execute(
                 "UPDATE federations SET conductor_path = ?, conductor_node_id = ?,"
                 " conductor_host = ?, conductor_port = ?, conductor_term = conductor_term + 1,"
-                " version = version + 1 WHERE id = ?",
+                " version = version + 1 WHERE id = ? AND conductor_term = ?",
                 (
                     holder,
                     None if target is None else target[1],
                     None if target is None else target[2],
                     None if target is None else target[3],
                     fed[0],
+                    expected_term,
                 ),
-            )
+            ).rowcount
+            if changed != 1:
+                current = self._conductor(self._fed(fed[1]))
+                raise Conflict(f"conductor term is {current['term']}, not {expected_term}", current)
             self._db.execute(
                 "UPDATE registrations SET conductor = 0 WHERE federation_id = ? AND conductor = 1",
                 (fed[0],),
@@ -992,12 +986,10 @@ class RegistryStore:
         if not (
             isinstance(epoch, int | float)
             and not isinstance(epoch, bool)
-            and abs(epoch) <= _MAX_CLOCK_READING
+            and abs(epoch) <= MAX_CLOCK_READING
         ):
             raise StoreError(f"epoch must be a clock reading in seconds, not {epoch!r}")
-        if not (
-            isinstance(lineage, str) and 1 <= len(lineage) <= 64 and set(lineage) <= _LINEAGE_CHARS
-        ):
+        if not is_lineage(lineage):
             raise StoreError("lineage must be 1-64 letters, digits, '.', '_' or '-'")
 
         def run(now: float) -> dict[str, Any]:
@@ -1013,8 +1005,9 @@ class RegistryStore:
             if accepted:
                 self._db.execute("UPDATE federations SET epoch = ? WHERE id = ?", (offered, fed[0]))
                 self._db.execute(
-                    "INSERT OR REPLACE INTO epochs (federation_id, epoch, lineage)"
-                    " VALUES (?, ?, ?)",
+                    "INSERT INTO epochs (federation_id, epoch, lineage) VALUES (?, ?, ?)"
+                    " ON CONFLICT (federation_id) DO UPDATE"
+                    " SET epoch = excluded.epoch, lineage = excluded.lineage",
                     (fed[0], offered, lineage),
                 )
                 fed = self._fed(fed[1])
@@ -1061,6 +1054,12 @@ class RegistryStore:
             return problems
 
         return self._tx(run)
+
+
+def _unavailable(exc: BaseException) -> BaseException:
+    """*exc*, or the :class:`Unavailable` the caller gets for a database that stopped
+    answering."""
+    return Unavailable(str(exc)) if isinstance(exc, Unreachable) else exc
 
 
 _MAX_GROUP = 256

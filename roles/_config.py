@@ -5,9 +5,9 @@ This is EventStreamr's ``station_config.json`` scheme (its Python port, "Confere
     {
       "record": {
         "3f2a9c1e-hall-a": {"timestamp": 1718000000000, "device": "/dev/video0",
-                            "output_dir": "/srv/recordings"}
+                            "output_dir": "recordings"}
       },
-      "upload": {"u1": {"timestamp": 1718000000000, "source_dir": "/srv/recordings",
+      "upload": {"u1": {"timestamp": 1718000000000, "source_dir": "recordings",
                         "destination": "storage:/archive"}}
     }
 
@@ -43,6 +43,7 @@ __all__ = [
     "RoleEntry",
     "StationFile",
     "canonical_json",
+    "check_station_path",
     "load_role_config",
     "load_station_file",
     "parse_role_config",
@@ -156,6 +157,7 @@ class RoleConfig:
     entries: tuple[tuple[str, str, RoleEntry], ...] = attrs.field(
         default=(), converter=_sorted_entries
     )
+    _digest: list[str] = attrs.field(factory=list, init=False, eq=False, repr=False)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -240,8 +242,12 @@ class RoleConfig:
 
     def digest(self) -> str:
         """Return a short hash (16 hex digits) of the canonical form: equal configs, equal
-        digests. Lets a manager tell which configuration a station's answer was about."""
-        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:16]
+        digests. Lets a manager tell which configuration a station's answer was about.
+        Computed once per value (configurations are frozen)."""
+        if not self._digest:
+            text = canonical_json(self.to_dict())
+            self._digest.append(hashlib.sha256(text.encode()).hexdigest()[:16])
+        return self._digest[0]
 
     @classmethod
     def from_dict(
@@ -254,6 +260,17 @@ class RoleConfig:
         a missing timestamp as 0).
         """
         return RoleConfig(_decode_roles(data, source, "$", default_timestamp))
+
+
+def check_station_path(path: object) -> str:
+    """Return *path* if it is a node path ``/<orchestra>/<name>``, else raise ``ValueError``
+    (:class:`mesh.InvalidName` for a bad name in it)."""
+    if not isinstance(path, str) or not path.startswith("/") or path.count("/") != 2:
+        raise ValueError(f"a station path looks like /<orchestra>/<name>, not {path!r}")
+    _, orchestra, name = path.split("/")
+    check_name(orchestra, "orchestra")
+    check_name(name, "node name")
+    return path
 
 
 def _path(parent: str, key: str | int) -> str:
@@ -303,6 +320,20 @@ def _check_json_value(value: object, source: str, path: str, role: str, uuid: st
         return
     raise ConfigFileError.at(
         source, path, f"{_type_name(value)} is not a JSON value", role=role, uuid=uuid
+    )
+
+
+def _uuid_problem(uuid: object, exc: InvalidName) -> str:
+    """Why *uuid* is refused, and what to write instead (EventStreamr allowed ``"uuid - 1"``)."""
+    if not isinstance(uuid, str) or not uuid.strip() or len(uuid) > 64:
+        return str(exc)
+    bad = "".join(sorted({c for c in uuid if not (c.isascii() and (c.isalnum() or c in "._-"))}))
+    suggestion = re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9._-]", "-", uuid)).strip("-")
+    return (
+        f"instance uuid {uuid!r} holds {bad!r}; an instance uuid may hold only letters, "
+        "digits, '-', '_' and '.' (1-64 characters), because it becomes part of file names "
+        "($uuid, recording prefixes), command arguments and gossiped metadata, where spaces "
+        f"and other characters would be split or misread; write {suggestion or 'uuid-1'!r}"
     )
 
 
@@ -404,7 +435,9 @@ def _decode_roles(
             try:
                 check_name(uuid, "instance uuid")
             except InvalidName as exc:
-                raise ConfigFileError.at(source, uuid_path, str(exc), role=role) from None
+                raise ConfigFileError.at(
+                    source, uuid_path, _uuid_problem(uuid, exc), role=role
+                ) from None
             entries.append(
                 (role, uuid, _decode_entry(entry, source, uuid_path, role, uuid, default_timestamp))
             )
@@ -456,12 +489,24 @@ def _frozen_strings(value: Mapping[str, str]) -> Mapping[str, str]:
     return types.MappingProxyType(dict(value))
 
 
+def _abs_paths(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+_STATION_KEYS = ("roles", "blocked_roles", "variables", "allowed_roots", "env_allow")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
 @attrs.frozen
 class StationFile:
     """What a station file holds: the station's local policy and its starting roles.
 
     ``blocked_roles``: roles this station refuses to run whatever it is told;
     ``variables``: extra ``$name`` values for command templates (e.g. ``room``);
+    ``allowed_roots``: absolute folders (besides the station's own data folder) where path
+    options (``output_dir``, ``cwd``...) may point;
+    ``env_allow``: environment variable names roles may set besides the default allow-list;
     ``roles``: the starting :class:`RoleConfig`.
     """
 
@@ -470,12 +515,16 @@ class StationFile:
     variables: Mapping[str, str] = attrs.field(
         factory=dict, converter=_frozen_strings, eq=lambda v: sorted(v.items())
     )
+    allowed_roots: tuple[str, ...] = attrs.field(default=(), converter=_abs_paths)
+    env_allow: frozenset[str] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         """Return the file form."""
         return {
             "blocked_roles": sorted(self.blocked_roles),
             "variables": dict(self.variables),
+            "allowed_roots": list(self.allowed_roots),
+            "env_allow": sorted(self.env_allow),
             "roles": self.roles.to_dict(),
         }
 
@@ -483,7 +532,8 @@ class StationFile:
     def from_dict(
         cls, data: object, *, source: str = "station file", default_timestamp: int = 0
     ) -> StationFile:
-        """Decode ``{"blocked_roles": [...], "variables": {...}, "roles": {...}}``.
+        """Decode ``{"blocked_roles": [...], "variables": {...}, "allowed_roots": [...],
+        "env_allow": [...], "roles": {...}}``.
 
         Raises :class:`~roles.ConfigFileError` naming *source*, the path and the problem.
         """
@@ -492,23 +542,17 @@ class StationFile:
                 source,
                 "$",
                 f"expected an object with 'roles' (and optionally 'blocked_roles', "
-                f"'variables'), found {_type_name(data)}",
+                f"'variables', 'allowed_roots', 'env_allow'), found {_type_name(data)}",
             )
-        unknown = sorted(str(k) for k in data if k not in ("roles", "blocked_roles", "variables"))
+        unknown = sorted(str(k) for k in data if k not in _STATION_KEYS)
         if unknown:
             raise ConfigFileError.at(
                 source,
                 _path("$", unknown[0]),
-                f"unknown key {unknown[0]!r}; a station file has 'roles', 'blocked_roles' "
-                "and 'variables' (a bare role configuration goes under 'roles')",
+                f"unknown key {unknown[0]!r}; a station file has {', '.join(_STATION_KEYS)} "
+                "(a bare role configuration goes under 'roles')",
             )
-        blocked = data.get("blocked_roles", [])
-        if not isinstance(blocked, list):
-            raise ConfigFileError.at(
-                source,
-                "$.blocked_roles",
-                f"expected an array of role names, found {_type_name(blocked)}",
-            )
+        blocked = _string_list(data, "blocked_roles", source)
         for i, name in enumerate(blocked):
             try:
                 check_name(name, "blocked role")
@@ -535,10 +579,42 @@ class StationFile:
                     _path("$.variables", key),
                     f"expected a string, found {_type_name(value)}",
                 )
+        roots = []
+        for i, root in enumerate(_string_list(data, "allowed_roots", source)):
+            if not os.path.isabs(root) or _CONTROL_RE.search(root):
+                raise ConfigFileError.at(
+                    source,
+                    f"$.allowed_roots[{i}]",
+                    f"{root!r} must be an absolute folder path without control characters",
+                )
+            roots.append(os.path.normpath(root))
+        env_allow = _string_list(data, "env_allow", source)
+        for i, name in enumerate(env_allow):
+            if not _ENV_NAME_RE.match(name):
+                raise ConfigFileError.at(
+                    source,
+                    f"$.env_allow[{i}]",
+                    f"{name!r} is not an environment variable name (letters, digits, '_')",
+                )
         roles = RoleConfig(
             _decode_roles(data.get("roles", {}), source, "$.roles", default_timestamp)
         )
-        return cls(roles=roles, blocked_roles=frozenset(blocked), variables=variables)
+        return cls(
+            roles=roles,
+            blocked_roles=frozenset(blocked),
+            variables=variables,
+            allowed_roots=tuple(roots),
+            env_allow=frozenset(env_allow),
+        )
+
+
+def _string_list(data: Mapping[str, Any], key: str, source: str) -> list[str]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigFileError.at(
+            source, f"$.{key}", f"expected an array of strings, found {_type_name(value)}"
+        )
+    return value
 
 
 def load_station_file(path: str | os.PathLike[str], *, default_timestamp: int = 0) -> StationFile:

@@ -13,8 +13,18 @@ into the same class on the sender's side, so ``except BlockedRole`` works across
     │   ├── MissingRoleFactory      no factory on this station makes that role
     │   ├── TooManyInstances        more instances of a role than its factory allows
     │   └── InvalidOptions          an instance's options do not fit its factory's schema
-    └── InvalidRequest              a request that is not a configuration: unknown kind,
-                                    bad payload, unknown role instance
+    ├── InvalidRequest              a request that is not a configuration: unknown kind,
+    │                               bad payload, unknown role instance
+    ├── NotConductor                a conductor's request sent to (or from) a node that does
+    │                               not conduct; names the conductor
+    └── Unauthorized                refused because of who asked: no or a bad operator
+        └── StaleOrder              signature, open federation; or older than what runs
+
+Every error also has a **family**: the name the Conference Manager (the seed) documents for
+it, so a client matching on ``InvalidConfiguration``, ``MissingRoleFactory`` or
+``BlockedRole`` finds every refusal: ``BlockedRole`` and ``MissingRoleFactory`` are their own
+family, every other :class:`InvalidConfiguration` is of family ``InvalidConfiguration``, and
+other errors are their own family. :func:`error_family` gives it for a type name.
 """
 
 from __future__ import annotations
@@ -29,10 +39,15 @@ __all__ = [
     "InvalidOptions",
     "InvalidRequest",
     "MissingRoleFactory",
+    "NotConductor",
     "RolesError",
+    "StaleOrder",
     "TooManyInstances",
+    "Unauthorized",
+    "error_family",
     "error_from_dict",
     "error_from_wire",
+    "is_roles_error",
 ]
 
 
@@ -44,6 +59,7 @@ class RolesError(Exception):
     """
 
     wire_name: ClassVar[str] = "RolesError"
+    family: ClassVar[str] = "RolesError"
 
     def __init__(self, message: str, *, role: str | None = None, uuid: str | None = None) -> None:
         super().__init__(message)
@@ -70,6 +86,7 @@ class RolesError(Exception):
         """Return a msgpack/JSON-able dict that :func:`error_from_wire` turns back into this."""
         return {
             "type": self.wire_name,
+            "family": self.family,
             "message": self.message,
             "role": self.role,
             "uuid": self.uuid,
@@ -84,6 +101,7 @@ class InvalidConfiguration(RolesError):
     """
 
     wire_name = "InvalidConfiguration"
+    family = "InvalidConfiguration"
 
 
 class ConfigFileError(InvalidConfiguration):
@@ -135,12 +153,14 @@ class BlockedRole(InvalidConfiguration):
     """Raised when an update asks for a role listed in the station's ``blocked_roles``."""
 
     wire_name = "BlockedRole"
+    family = "BlockedRole"
 
 
 class MissingRoleFactory(InvalidConfiguration):
     """Raised when an update names a role for which the station has no registered factory."""
 
     wire_name = "MissingRoleFactory"
+    family = "MissingRoleFactory"
 
 
 class TooManyInstances(InvalidConfiguration):
@@ -162,6 +182,45 @@ class InvalidRequest(RolesError):
     have."""
 
     wire_name = "InvalidRequest"
+    family = "InvalidRequest"
+
+
+class NotConductor(RolesError):
+    """Raised by ``roles.push`` on a node that is not the conductor, and by a station given
+    ``roles.apply`` by a node that is not the conductor (at the term the station knows); the
+    message names the conductor's path (``conductor``, ``None`` when there is none)."""
+
+    wire_name = "NotConductor"
+    family = "NotConductor"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        conductor: str | None = None,
+        role: str | None = None,
+        uuid: str | None = None,
+    ) -> None:
+        super().__init__(message, role=role, uuid=uuid)
+        self.conductor = conductor
+
+
+class Unauthorized(RolesError):
+    """Raised when a change to a station is refused because of who asked, not what: no
+    operator signature where one is needed, a bad or retired signature, an order for another
+    station or federation, a change from a node that is not the current conductor, or remote
+    changes refused on an open federation. The message says which, and what to do."""
+
+    wire_name = "Unauthorized"
+    family = "Unauthorized"
+
+
+class StaleOrder(Unauthorized):
+    """Raised when a signed order is older than what the station already runs (a replay, a
+    stale replica of the manager's view, or a newer change made by the station's own
+    operator); the message names both times."""
+
+    wire_name = "StaleOrder"
 
 
 _WIRE_TYPES: Mapping[str, type[RolesError]] = {
@@ -174,8 +233,23 @@ _WIRE_TYPES: Mapping[str, type[RolesError]] = {
         TooManyInstances,
         InvalidOptions,
         InvalidRequest,
+        NotConductor,
+        Unauthorized,
+        StaleOrder,
     )
 }
+
+
+def error_family(type_name: str) -> str:
+    """The family (the seed's documented name) of the error type *type_name*: see the module
+    docstring. An unknown type is its own family."""
+    cls = _WIRE_TYPES.get(type_name)
+    return cls.family if cls is not None else type_name
+
+
+def is_roles_error(type_name: str) -> bool:
+    """Whether *type_name* names one of this package's errors."""
+    return type_name in _WIRE_TYPES
 
 
 def error_from_wire(

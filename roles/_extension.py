@@ -5,20 +5,23 @@ builds it with :func:`roles_extension_factory` from the ``stagemesh node`` flags
 
 * with ``--roles FILE`` the node is a **station**: it opens a :class:`~roles.Station` in
   ``<state-dir>/<federation>/<orchestra>/<name>/roles/`` (so it keeps running its last applied
-  configuration when no conductor is reachable), answers the station's request kinds
-  (``roles.apply``, ``roles.show``, ``roles.status``, ``roles.start``, ``roles.stop``,
-  ``roles.restart``, ``roles.logs``, and ``roles.check``, a dry run of ``roles.apply``), and
-  announces in its member record its roles summary (``r``), identity (``i``) and the digest of
-  its configuration (``d``), at most every ``meta_interval`` seconds and only when they change;
+  configuration when no conductor is reachable), and announces in its member record its roles
+  summary (``r``), identity (``i``) and the digest of its configuration (``d``), at most every
+  ``meta_interval`` seconds and only when they change. Its own operator changes it through the
+  node's local API (:meth:`RolesExtension.local_handlers`: every station request kind, no
+  signature). Other nodes may read it (``roles.show``, ``roles.status``, ``roles.logs``,
+  ``roles.check``), but change it only as :class:`~roles.RemoteAuthority` allows: a
+  ``roles.apply`` is a chain of operator orders relayed by the current conductor (checked
+  against the conductor's lease term), verified here, end to end; ``roles.start``, ``stop``
+  and ``restart`` carry a signed control order;
 * every node with the extension (every ``--conductor`` candidate, every station) carries the
-  **manager**, which acts only while the node conducts. The conductor accepts ``roles.push``
-  (others raise :class:`NotConductor`), keeps the desired configuration of every station in a
-  :class:`~roles.DesiredState`, replicates it to every conductor candidate, pushes it to the
-  station with ``node.request`` and records the answer. Every ``manager_interval`` seconds it
-  pushes again to each live station whose announced digest differs from its desired one (a new
-  conductor, a restarted station). Standby candidates exchange their view with the conductor
-  every ``sync_interval`` seconds (anti-entropy), and the view is saved in the state directory
-  (``desired.json``), so a new or restarted conductor has it.
+  **manager**, which acts only while the node conducts. Its decisions are those of the sans-IO
+  :class:`~roles._manager.ManagerCore` (accept an operator's push, check it on the station,
+  keep it in the :class:`~roles.DesiredState`, relay it, record the answer, push again to
+  stations out of sync, replicate, exchange with the conductor); this module only carries its
+  requests with ``node.request``, feeds the outcomes back, runs its timer and saves the
+  desired state in the state directory (``desired.json``), so a new or restarted conductor
+  has it.
 
 A candidate without ``--roles`` runs the manager only (no station, no ``r``/``i``/``d`` meta).
 """
@@ -26,34 +29,78 @@ A candidate without ``--roles`` runs the manager only (no station, no ``r``/``i`
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 import trio
 
+from mesh._election import CONDUCTOR
 from mesh._extensions import Extension
-from mesh._node import NoSuchMember, PeerUnreachable, RemoteError, RequestError, RequestTimeout
+from mesh._node import (
+    NoSuchMember,
+    PeerUnreachable,
+    RemoteError,
+    RequestError,
+    RequestTimeout,
+    default_name,
+    default_orchestra,
+)
 from mesh._state import default_state_dir, write_json_atomic
 from mesh._wire import Value
-from roles._config import RoleConfig, RoleEntry, StationFile, load_station_file
-from roles._desired import DesiredState, StationAnswer, check_station_path
+from roles._authority import (
+    ChangeRefused,
+    RemoteAuthority,
+    check_relay,
+    check_relayed_orders,
+)
+from roles._config import RoleConfig, StationFile, load_station_file
+from roles._desired import DesiredState
 from roles._errors import (
     ConfigFileError,
     InvalidConfiguration,
     InvalidRequest,
+    NotConductor,
     RolesError,
+    StaleOrder,
+    Unauthorized,
+    error_family,
     error_from_wire,
+    is_roles_error,
 )
-from roles._factories import FactoryRegistry, default_factories, validate_update
-from roles._station import REQUEST_KINDS, Station, open_station
+from roles._factories import FactoryRegistry, default_factories
+from roles._identity import StationIdentity
+from roles._manager import (
+    ApplyOrders,
+    CheckConfig,
+    Done,
+    Exchange,
+    Failed,
+    ManagerCore,
+    Member,
+    MeshView,
+    Outcome,
+    Persist,
+    PushAnswered,
+    Refused,
+    Replicate,
+    Unreachable,
+    state_digest,
+)
+from roles._operator import (
+    MAX_CHAIN,
+    OperatorKey,
+    OperatorKeyError,
+    OperatorKeyring,
+    Order,
+)
+from roles._station import REQUEST_KINDS, Station, StationPolicy, open_station
 from roles._supervisor import BackoffPolicy
 
 if TYPE_CHECKING:
@@ -63,11 +110,11 @@ __all__ = [
     "DESIRED_FILE_NAME",
     "MANAGER_KINDS",
     "META_BUDGET",
-    "NotConductor",
     "RolesExtension",
     "push_config",
     "remote_error",
     "roles_extension_factory",
+    "station_dir",
     "station_meta",
 ]
 
@@ -82,27 +129,15 @@ MANAGER_KINDS = ("roles.push", "roles.desired", "roles.desired.sync")
 _NOT_A_STATION = ("UnknownRequest", "NoStation")
 
 
-class NotConductor(RolesError):
-    """Raised by ``roles.push`` on a node that is not the conductor; the message names the
-    conductor's path (``conductor``, ``None`` when the federation has none)."""
-
-    wire_name = "NotConductor"
-
-    def __init__(self, message: str, *, conductor: str | None = None) -> None:
-        super().__init__(message)
-        self.conductor = conductor
-
-
 def remote_error(error_type: str, message: str) -> RolesError:
     """Rebuild a typed roles error from a :class:`mesh.RemoteError`'s type name and message
-    (:func:`~roles.error_from_wire`, plus :class:`NotConductor`)."""
-    if error_type == NotConductor.wire_name:
-        return NotConductor(message)
+    (:func:`~roles.error_from_wire`)."""
     return error_from_wire(error_type, message)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+def station_dir(state_dir: Path, federation: str, orchestra: str, name: str) -> Path:
+    """Where a node keeps its roles state: ``<state>/<federation>/<orchestra>/<name>/roles``."""
+    return state_dir / federation / orchestra / name / "roles"
 
 
 def _plain(value: Any) -> Value:
@@ -147,32 +182,16 @@ def station_meta(
     return meta
 
 
-def _replacement(current: RoleConfig, pushed: RoleConfig, now_ms: int) -> RoleConfig:
-    """The desired configuration after "push this file" (not ``--merge``): live entries are
-    exactly *pushed*'s. Entries that differ from *current* are stamped newer than it (at least
-    *now_ms*) so they win every merge; live entries *pushed* lacks get tombstones; entries
-    that did not change keep their timestamp (pushing the same file twice changes nothing)."""
-    changed: list[tuple[str, str, RoleEntry]] = []
-    for role, uuid, entry in pushed:
-        mine = current.get(role, uuid)
-        if mine is not None and mine.same_options(entry):
-            continue
-        stamp = max(entry.timestamp, now_ms, mine.timestamp + 1 if mine is not None else 0)
-        changed.append(
-            (role, uuid, RoleEntry(timestamp=stamp, options=entry.options, deleted=entry.deleted))
-        )
-    for role, uuid, entry in current:
-        if not entry.deleted and (role, uuid) not in pushed:
-            changed.append((role, uuid, RoleEntry.tombstone(max(now_ms, entry.timestamp + 1))))
-    return current.merge(RoleConfig(tuple(changed)))
-
-
 Handler = Callable[[str | None, Value], Awaitable[Value]]
 
 
 class RolesExtension(Extension):
     """The roles of a node: a station (when given a :class:`~roles.StationFile`) and the
-    manager (always; it acts only while the node conducts). See the module docstring."""
+    manager (always; it acts only while the node conducts). See the module docstring.
+
+    *operator_keys* are the operator public keys this node trusts; *insecure_remote_roles*
+    allows remote role changes on an open federation (see :class:`~roles.RemoteAuthority`).
+    """
 
     name = "roles"
 
@@ -183,6 +202,8 @@ class RolesExtension(Extension):
         factories: FactoryRegistry | None = None,
         backoff: BackoffPolicy | None = None,
         state_dir: str | os.PathLike[str] | None = None,
+        operator_keys: OperatorKeyring | None = None,
+        insecure_remote_roles: bool = False,
         meta_interval: float = 0.5,
         manager_interval: float = 2.0,
         sync_interval: float = 5.0,
@@ -193,23 +214,31 @@ class RolesExtension(Extension):
         self.factories = factories
         self.backoff = backoff
         self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.operator_keys = operator_keys if operator_keys is not None else OperatorKeyring()
+        self.insecure_remote_roles = insecure_remote_roles
         self.meta_interval = meta_interval
         self.manager_interval = manager_interval
         self.sync_interval = sync_interval
         self.refused_retry = refused_retry
         self.push_timeout = push_timeout
         self.station: Station | None = None
-        self.desired = DesiredState()
+        self.manager: ManagerCore | None = None
+        self.authority: RemoteAuthority | None = None
+        self.refusals: dict[str, int] = {}
         self._node: Node | None = None
         self._nursery: trio.Nursery | None = None
         self._station_ready = trio.Event()
         self._poke = trio.Event()
         self._save_needed = trio.Event()
-        self._station_locks: dict[str, trio.Lock] = {}
-        self._busy: set[str] = set()
-        self._refused: dict[str, tuple[str, float]] = {}
+        self._answered: dict[int, trio.Event] = {}
+        self._answers: dict[int, PushAnswered] = {}
         self._last_push: dict[str, dict[str, Any]] = {}
         self._desired_path: Path | None = None
+
+    @property
+    def desired(self) -> DesiredState:
+        """The manager's desired state (see :class:`~roles.DesiredState`)."""
+        return self.manager.desired if self.manager is not None else DesiredState()
 
     # --- the extension interface -------------------------------------------------------------
 
@@ -225,6 +254,9 @@ class RolesExtension(Extension):
         station = self.station
         doc: dict[str, Any] = {"station": station.status() if station is not None else None}
         doc["manager"] = self.manager_view()
+        doc["remote_changes"] = self.authority.to_dict() if self.authority is not None else None
+        doc["refused_changes"] = dict(self.refusals)
+        doc["identities"] = self.identities()
         return doc
 
     def handlers(self) -> Mapping[str, Handler]:
@@ -234,31 +266,81 @@ class RolesExtension(Extension):
             "roles.desired.sync": self._handle_desired_sync,
         }
         if self.station_file is not None:
-            for kind in REQUEST_KINDS:
+            for kind in ("roles.show", "roles.status", "roles.logs", "roles.check"):
                 table[kind] = self._station_handler(kind)
-            table["roles.check"] = self._handle_check
+            table["roles.apply"] = self._remote_apply
+            for kind in ("roles.start", "roles.stop", "roles.restart"):
+                table[kind] = self._remote_control(kind)
         return table
+
+    def local_handlers(self) -> Mapping[str, Callable[[Value], Awaitable[Value]]]:
+        """Every station request kind, for the station's own operator (the node's local API,
+        which checks the node's secret): no operator signature, no conductor."""
+        if self.station_file is None:
+            return {}
+
+        def bind(kind: str) -> Callable[[Value], Awaitable[Value]]:
+            handler = self._station_handler(kind)
+
+            async def local(payload: Value) -> Value:
+                return await handler(None, payload)
+
+            return local
+
+        return {kind: bind(kind) for kind in REQUEST_KINDS}
+
+    def error_family(self, error_type: str) -> str | None:
+        """The seed's family name of a roles error type (``None`` for other types)."""
+        return error_family(error_type) if is_roles_error(error_type) else None
 
     async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self._node = node
         config = node.config
-        base = self.state_dir or (
-            (config.state_dir or default_state_dir())
-            / config.federation
-            / config.orchestra
-            / config.name
-            / "roles"
+        self.authority = RemoteAuthority(
+            federation=config.federation,
+            keyed=config.keyring is not None,
+            keyring=self.operator_keys,
+            insecure=self.insecure_remote_roles,
+        )
+        mode = self.authority.mode
+        logger.log(
+            logging.INFO if mode == "signed" else logging.WARNING,
+            "%s: %s",
+            "station" if self.station_file is not None else "roles manager",
+            self.authority.reason(),
+        )
+        base = self.state_dir or station_dir(
+            config.state_dir or default_state_dir(),
+            config.federation,
+            config.orchestra,
+            config.name,
         )
         self._desired_path = base / DESIRED_FILE_NAME
-        self.desired = await trio.to_thread.run_sync(self._load_desired, self._desired_path)
+        loaded = await trio.to_thread.run_sync(self._load_desired, self._desired_path)
+        desired, dropped = loaded.filtered(self.authority.accepts)
+        self.manager = ManagerCore(
+            self.authority,
+            path=node.path,
+            now=node.now(),
+            desired=desired,
+            candidate=config.conductor,
+            manager_interval=self.manager_interval,
+            sync_interval=self.sync_interval,
+            refused_retry=self.refused_retry,
+        )
+        self.manager.update_view(self._view(node))
+        if dropped:
+            logger.warning(
+                "dropped %d saved order(s) this node cannot verify (a retired or unknown "
+                "operator key)",
+                dropped,
+            )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.station_file is not None:
                 await nursery.start(self._run_station, node, base)
             nursery.start_soon(self._save_loop)
             nursery.start_soon(self._manager_loop, node)
-            if config.conductor:
-                nursery.start_soon(self._anti_entropy_loop, node)
             task_status.started()
 
     # --- the station ----------------------------------------------------------------------
@@ -275,6 +357,8 @@ class RolesExtension(Extension):
             blocked_roles=station_file.blocked_roles,
             variables=station_file.variables,
             backoff=self.backoff,
+            allowed_roots=station_file.allowed_roots,
+            env_allow=station_file.env_allow,
         ) as station:
             self.station = station
             self._station_ready.set()
@@ -318,16 +402,88 @@ class RolesExtension(Extension):
 
         return handler
 
-    async def _handle_check(self, sender: str | None, payload: Value) -> Value:
-        """``roles.check {"config"}``: would ``roles.apply`` accept it? Changes nothing."""
+    def _refuse(self, reason: str, error: RolesError) -> RolesError:
+        """Count a refused remote change by reason, log it, and return the error to raise."""
+        self.refusals[reason] = self.refusals.get(reason, 0) + 1
+        logger.warning("refused a remote role change (%s): %s", reason, error)
+        return error
+
+    def _require_authority(self) -> RemoteAuthority:
+        authority = self.authority
+        if authority is None:
+            raise InvalidRequest("the roles extension is still starting; try again in a moment")
+        if authority.mode == "refused":
+            raise self._refuse("refused", Unauthorized(authority.reason()))
+        return authority
+
+    def _orders(self, raw: object, what: str, limit: int = MAX_CHAIN) -> list[Order]:
+        if not isinstance(raw, list) or not 1 <= len(raw) <= limit:
+            raise InvalidRequest(f"{what}: expected an array of 1 to {limit} orders")
+        return [Order.from_text(o, source=f"{what} order {i}") for i, o in enumerate(raw)]
+
+    async def _remote_apply(self, sender: str | None, payload: Value) -> Value:
+        """``roles.apply {"orders": [...], "term"}`` from the conductor: the operator orders
+        whose configuration this station should run, verified here."""
         station = await self._ready_station()
-        if not isinstance(payload, Mapping) or "config" not in payload:
+        node = self._require_node()
+        authority = self._require_authority()
+        if not isinstance(payload, Mapping) or "orders" not in payload:
             raise InvalidRequest(
-                "roles.check: the payload needs 'config' (role -> uuid -> options)"
+                "roles.apply from another node carries 'orders' (signed by an operator, "
+                "relayed by the conductor) and 'term'; a station's own operator applies a "
+                "configuration through the node's local API"
             )
-        config = RoleConfig.from_dict(payload["config"], source="roles.check payload")
-        station.validate(config)
-        return {"valid": True, "digest": config.digest()}
+        try:
+            check_relay(
+                authority,
+                station=node.path,
+                sender=sender,
+                term=payload.get("term"),
+                conductor=node.conductor,
+                known_term=_term(node),
+            )
+            orders = self._orders(payload["orders"], "roles.apply")
+            check_relayed_orders(authority, station=node.path, orders=orders)
+        except ChangeRefused as refused:
+            raise self._refuse(refused.reason, refused.error) from None
+        try:
+            result = await station.apply_orders(orders)
+        except StaleOrder as exc:
+            raise self._refuse("stale", exc) from None
+        finally:
+            self._poke.set()
+        return _plain(result.to_dict())
+
+    def _remote_control(self, kind: str) -> Handler:
+        action = kind.removeprefix("roles.")
+
+        async def handler(sender: str | None, payload: Value) -> Value:
+            """``roles.start|stop|restart {"order"}``: a signed control order."""
+            station = await self._ready_station()
+            node = self._require_node()
+            authority = self._require_authority()
+            if not isinstance(payload, Mapping) or "order" not in payload:
+                raise InvalidRequest(
+                    f"{kind} from another node carries 'order', signed by an operator "
+                    f"(stagemesh roles {action} --operator-key FILE); the station's own "
+                    "operator uses the node's local API"
+                )
+            (order,) = self._orders([payload["order"]], kind, 1)
+            try:
+                authority.check(order, station=node.path)
+            except Unauthorized as exc:
+                raise self._refuse("signature", exc) from None
+            if order.kind != "control" or order.action != action:
+                raise InvalidRequest(f"{kind}: the order is not a {action!r} control order")
+            try:
+                statuses = await station.control(order)
+            except StaleOrder as exc:
+                raise self._refuse("stale", exc) from None
+            finally:
+                self._poke.set()
+            return _plain({"instances": [s.to_dict() for s in statuses]})
+
+        return handler
 
     # --- the manager: requests ------------------------------------------------------------
 
@@ -336,249 +492,205 @@ class RolesExtension(Extension):
             raise InvalidRequest("the roles extension is still starting; try again in a moment")
         return self._node
 
-    def _lock_for(self, station: str) -> trio.Lock:
-        return self._station_locks.setdefault(station, trio.Lock())
+    def _require_manager(self) -> tuple[Node, ManagerCore]:
+        node = self._require_node()
+        if self.manager is None:
+            raise InvalidRequest("the roles extension is still starting; try again in a moment")
+        self.manager.update_view(self._view(node))
+        return node, self.manager
 
     async def _handle_push(self, sender: str | None, payload: Value) -> Value:
-        """``roles.push {station, config, merge?}`` (conductor only); see :meth:`push`."""
-        node = self._require_node()
-        if node.conductor != node.path:
-            conductor = node.conductor
-            where = f"the conductor is {conductor}" if conductor else "there is no conductor now"
-            raise NotConductor(
-                f"{node.path} is not the conductor; {where} (send roles.push there)",
-                conductor=conductor,
-            )
-        if not isinstance(payload, Mapping):
-            raise InvalidRequest("roles.push: the payload must be an object (a map)")
-        station = payload.get("station")
+        """``roles.push {"order"}`` (conductor only): an operator's config order."""
+        _, manager = self._require_manager()
         try:
-            check_station_path(station)
-        except ValueError as exc:
-            raise InvalidRequest(f"roles.push: 'station': {exc}") from None
-        assert isinstance(station, str)
-        if "config" not in payload:
-            raise InvalidRequest("roles.push: the payload needs 'config' (role -> uuid -> options)")
-        merge = payload.get("merge", False)
-        if not isinstance(merge, bool):
-            raise InvalidRequest("roles.push: 'merge' must be true or false")
-        config = RoleConfig.from_dict(
-            payload["config"], source="roles.push payload", default_timestamp=_now_ms()
-        )
-        return await self.push(station, config, merge=merge)
+            manager.check_push()
+        except ChangeRefused as refused:
+            raise self._refuse(refused.reason, refused.error) from None
+        if not isinstance(payload, Mapping) or "order" not in payload:
+            raise InvalidRequest(
+                "roles.push: the payload needs 'order' (a config order for one station, signed "
+                "by an operator: stagemesh roles push --operator-key FILE)"
+            )
+        (order,) = self._orders([payload["order"]], "roles.push", 1)
+        return await self.push(order)
 
-    async def push(self, station: str, config: RoleConfig, *, merge: bool = False) -> Value:
-        """Make *config* (merged in, with *merge*) the desired configuration of *station* and
-        push it there; return ``{"station", "applied", "digest", "error_type", "error"}``.
+    async def push(self, order: Order) -> Value:
+        """Hand an operator's config *order* to the manager (this node must conduct) and
+        return its answer: ``{"station", "applied", "digest", "error_type", "error_family",
+        "error", "pending", ...}`` (``forgotten`` for a ``forget`` order).
 
         The station checks the new configuration first (``roles.check``); a refusal leaves the
         desired state and the station as they were, and its typed error is in the answer. An
         unreachable station keeps the new desired configuration (``pending``), pushed when it
         is live again.
         """
-        node = self._require_node()
-        async with self._lock_for(station):
-            current = self.desired.config_for(station)
-            new = current.merge(config) if merge else _replacement(current, config, _now_ms())
-            digest = new.digest()
-            answer: dict[str, Any] = {
-                "station": station,
-                "applied": False,
-                "digest": digest,
-                "error_type": None,
-                "error": None,
-                "pending": False,
-            }
-            unreachable: RequestError | None = None
-            try:
-                await node.request(
-                    station,
-                    "roles.check",
-                    {"config": _plain(new.to_dict())},
-                    timeout=self.push_timeout,
-                )
-            except RemoteError as exc:
-                if exc.error_type == "UnknownRequest":
-                    message = f"{station} runs no station roles (start it with --roles FILE)"
-                    answer.update(error_type="NoStation", error=message)
-                else:
-                    answer.update(error_type=exc.error_type, error=exc.message)
-                self._record_push(station, answer)
-                return answer
-            except (NoSuchMember, PeerUnreachable, RequestTimeout) as exc:
-                unreachable = exc
-            self.desired = self.desired.merge_config(station, new)
-            self._changed()
-            if unreachable is not None:
-                answer.update(
-                    error_type=type(unreachable).__name__,
-                    error=f"{unreachable}; the desired configuration is kept and pushed when "
-                    f"{station} is live",
-                    pending=True,
-                )
-                self._record_push(station, answer)
-                return answer
-            answer.update(await self._apply_on(node, station, new))
-            self._record_push(station, answer)
-            return answer
-
-    def _record_push(self, station: str, answer: Mapping[str, Any]) -> None:
-        self._last_push[station] = {"time": time.time(), **answer}
-
-    async def _apply_on(self, node: Node, station: str, config: RoleConfig) -> dict[str, Any]:
-        """Send ``roles.apply`` with *config* to *station* and record its answer."""
-        digest = config.digest()
+        node, manager = self._require_manager()
         try:
-            result = await node.request(
-                station,
-                "roles.apply",
-                {"config": _plain(config.to_dict())},
-                timeout=self.push_timeout,
-            )
+            push = manager.push(node.now(), order)
+        except ChangeRefused as refused:
+            raise self._refuse(refused.reason, refused.error) from None
+        answered = self._answered[push] = trio.Event()
+        try:
+            self._pump(node)
+            await answered.wait()
+            result = self._answers[push]
+        finally:  # also when the caller gives up: the manager finishes the push anyway
+            del self._answered[push]
+            self._answers.pop(push, None)
+        if result.error is not None:
+            raise result.error
+        return _plain(result.answer)
+
+    def _view(self, node: Node) -> MeshView:
+        """The manager's view of the mesh, from the node's members and the conductor lease."""
+        members = {}
+        for member in node.members():
+            if member.is_live:
+                digest = member.meta.get("d")
+                members[member.path] = Member(
+                    digest=digest if isinstance(digest, str) else None,
+                    candidate=member.meta.get("c") is True,
+                )
+        return MeshView(node.path, node.conductor, _term(node), members)
+
+    def _pump(self, node: Node) -> None:
+        """Carry out what the manager asks for."""
+        manager, nursery = self.manager, self._nursery
+        assert manager is not None and nursery is not None
+        for output in manager.take_outputs():
+            if isinstance(output, PushAnswered):
+                if output.answer is not None:  # shown with its wall-clock time
+                    station = str(output.answer.get("station"))
+                    self._last_push[station] = {"time": time.time(), **output.answer}
+                answered = self._answered.get(output.push)
+                if answered is not None:
+                    self._answers[output.push] = output
+                    answered.set()
+            elif isinstance(output, Persist):
+                self._save_needed.set()
+            elif isinstance(output, CheckConfig):
+                payload: Value = {"config": _plain(output.config.to_dict())}
+                nursery.start_soon(self._carry, node, output.op, output.station, payload)
+            elif isinstance(output, ApplyOrders):
+                if output.reason == "reconcile":
+                    logger.info(
+                        "pushing the desired role configuration %s to %s",
+                        output.digest,
+                        output.station,
+                    )
+                payload = {"orders": [o.to_text() for o in output.orders], "term": output.term}
+                nursery.start_soon(self._carry, node, output.op, output.station, payload)
+            elif isinstance(output, Replicate):
+                state = _plain(output.state.to_dict())
+                for target in output.targets:
+                    nursery.start_soon(self._send_replica, node, target, state)
+            elif isinstance(output, Exchange):
+                nursery.start_soon(self._exchange, node, output)
+
+    async def _carry(self, node: Node, op: int, station: str, payload: Value) -> None:
+        """Send one ``roles.check`` (a payload with ``config``) or ``roles.apply`` to
+        *station* and hand the outcome back to the manager."""
+        check = isinstance(payload, Mapping) and "config" in payload
+        kind = "roles.check" if check else "roles.apply"
+        outcome = await self._outcome(
+            node.request(station, kind, payload, timeout=self.push_timeout)
+        )
+        manager = self.manager
+        assert manager is not None
+        manager.update_view(self._view(node))
+        if check:
+            manager.check_done(node.now(), op, outcome)
+        else:
+            if isinstance(outcome, Refused):
+                logger.warning(
+                    "%s refused its desired role configuration: %s: %s",
+                    station,
+                    outcome.error_type,
+                    outcome.message,
+                )
+            manager.apply_done(node.now(), op, outcome)
+        self._pump(node)
+
+    @staticmethod
+    async def _outcome(request: Coroutine[Any, Any, Value]) -> Outcome:
+        """What became of a request to a station, as the manager takes it."""
+        try:
+            result = await request
         except RemoteError as exc:
-            answer = StationAnswer(
-                digest=digest,
-                applied=False,
-                time=node.now(),
-                error_type=exc.error_type,
-                error_message=exc.message,
-            )
-            self._refused[station] = (digest, trio.current_time())
-            self.desired = self.desired.record_answer(station, answer)
-            self._changed()
-            return {"applied": False, "error_type": exc.error_type, "error": exc.message}
-        except RequestError as exc:
-            return {"applied": False, "error_type": type(exc).__name__, "error": str(exc)}
-        self._refused.pop(station, None)
-        self.desired = self.desired.record_answer(station, StationAnswer.ok(digest, node.now()))
-        self._changed()
-        out: dict[str, Any] = {"applied": True, "error_type": None, "error": None}
-        if isinstance(result, Mapping):
-            for key in ("started", "stopped", "restarted", "unchanged"):
-                out[key] = result.get(key, [])
-        return out
-
-    async def _handle_desired(self, sender: str | None, payload: Value) -> Value:
-        """``roles.desired {"state"?}``: merge the caller's view (if any), return ours."""
-        if isinstance(payload, Mapping) and payload.get("state") is not None:
-            self._merge_in(payload["state"], sender)
-        return _plain(self.desired.to_dict())
-
-    async def _handle_desired_sync(self, sender: str | None, payload: Value) -> Value:
-        """``roles.desired.sync {"state"}``: merge a replica pushed by the conductor."""
-        if not isinstance(payload, Mapping) or "state" not in payload:
-            raise InvalidRequest("roles.desired.sync: the payload needs 'state'")
-        self._merge_in(payload["state"], sender)
-        return {"digest": _state_digest(self.desired)}
-
-    def _merge_in(self, data: object, sender: str | None) -> None:
-        other = DesiredState.from_dict(data, source=f"desired state from {sender or 'a peer'}")
-        merged = self.desired.merge(other)
-        if merged != self.desired:
-            self.desired = merged
-            self._changed()
-
-    # --- the manager: background -----------------------------------------------------------
-
-    def _changed(self) -> None:
-        """The desired state changed: save it, and replicate it while conducting."""
-        self._save_needed.set()
-        node = self._node
-        if self._nursery is not None and node is not None and node.conductor == node.path:
-            self._nursery.start_soon(self._replicate, node)
-
-    async def _replicate(self, node: Node) -> None:
-        """Send the desired state to every other live conductor candidate (best effort)."""
-        state = _plain(self.desired.to_dict())
-        async with trio.open_nursery() as nursery:
-            for member in node.members():
-                if member.is_live and member.meta.get("c") is True and member.path != node.path:
-                    nursery.start_soon(self._send_replica, node, member.path, state)
+            return Refused(exc.error_type, exc.message)
+        except (NoSuchMember, PeerUnreachable, RequestTimeout) as exc:
+            return Unreachable(type(exc).__name__, str(exc))
+        except (RequestError, ValueError) as exc:
+            return Failed(type(exc).__name__, str(exc))
+        return Done(result if isinstance(result, Mapping) else {})
 
     async def _send_replica(self, node: Node, path: str, state: Value) -> None:
         try:
             await node.request(path, "roles.desired.sync", {"state": state}, timeout=5.0)
-        except RequestError as exc:
+        except (RequestError, ValueError) as exc:
             logger.debug("could not replicate the desired state to %s: %s", path, exc)
 
-    async def _manager_loop(self, node: Node) -> None:
-        while True:
-            await trio.sleep(self.manager_interval)
-            if node.conductor == node.path:
-                self._reconcile(node)
-
-    def _reconcile(self, node: Node) -> None:
-        """Push again to each live station whose configuration is not the desired one."""
-        assert self._nursery is not None
-        now = trio.current_time()
-        for path, config in self.desired.stations:
-            member = node.member(path)
-            if member is None or path in self._busy:
-                continue
-            announced = member.meta.get("d")
-            if not isinstance(announced, str):
-                continue  # not (yet) running station roles
-            digest = config.digest()
-            if announced == digest:
-                if not self.desired.in_sync(path):
-                    observed = StationAnswer.ok(digest, node.now())
-                    self.desired = self.desired.record_answer(path, observed)
-                    self._changed()
-                continue
-            answer = self.desired.answer_for(path)
-            if (
-                answer is not None
-                and answer.applied
-                and answer.digest == digest
-                and node.now() - answer.time < 2 * self.manager_interval
-            ):
-                continue  # just applied; its announcement is on the way
-            refused = self._refused.get(path)
-            if (
-                refused is not None
-                and refused[0] == digest
-                and now - refused[1] < self.refused_retry
-            ):
-                continue
-            self._busy.add(path)
-            self._nursery.start_soon(self._repush, node, path, config)
-
-    async def _repush(self, node: Node, path: str, config: RoleConfig) -> None:
+    async def _exchange(self, node: Node, output: Exchange) -> None:
+        """Anti-entropy: send our view to the conductor, merge its reply."""
         try:
-            async with self._lock_for(path):
-                if self.desired.config_for(path) != config:
-                    return  # changed meanwhile: the next round pushes the new one
-                logger.info(
-                    "pushing the desired role configuration %s to %s", config.digest(), path
-                )
-                answer = await self._apply_on(node, path, config)
-                if not answer["applied"]:
-                    logger.warning(
-                        "%s refused its desired role configuration: %s: %s",
-                        path,
-                        answer["error_type"],
-                        answer["error"],
-                    )
-        finally:
-            self._busy.discard(path)
+            theirs = await node.request(
+                output.target,
+                "roles.desired",
+                {"state": _plain(output.state.to_dict())},
+                timeout=5.0,
+            )
+            self._merge_in(theirs, output.target, answers=True)
+        except (RequestError, RolesError, ValueError) as exc:
+            logger.debug("anti-entropy with %s failed: %s", output.target, exc)
 
-    async def _anti_entropy_loop(self, node: Node) -> None:
-        """A standby candidate exchanges its view with the conductor now and then."""
+    async def _handle_desired(self, sender: str | None, payload: Value) -> Value:
+        """``roles.desired {"state"?}``: merge the caller's orders (if any, each verified
+        here; its answers are not taken), return our view."""
+        if isinstance(payload, Mapping) and payload.get("state") is not None:
+            self._merge_in(payload["state"], sender, answers=False)
+        return _plain(self.desired.to_dict())
+
+    async def _handle_desired_sync(self, sender: str | None, payload: Value) -> Value:
+        """``roles.desired.sync {"state"}``: merge a replica pushed by the conductor (its
+        orders verified here; its answers only from the conductor)."""
+        if not isinstance(payload, Mapping) or "state" not in payload:
+            raise InvalidRequest("roles.desired.sync: the payload needs 'state'")
+        self._merge_in(payload["state"], sender, answers=None)
+        return {"digest": state_digest(self.desired)}
+
+    def _merge_in(self, data: object, sender: str | None, *, answers: bool | None) -> None:
+        """Merge another node's view (``answers=None``: a replica, whose answers count only
+        from the conductor)."""
+        authority = self.authority
+        if authority is None or self.manager is None or self._node is None:
+            return
+        node, manager = self._require_manager()
+        other = DesiredState.from_dict(data, source=f"desired state from {sender or 'a peer'}")
+        if answers is None:
+            dropped = manager.replica(node.now(), other, sender)
+        else:
+            dropped = manager.merge_in(node.now(), other, answers=answers)
+        if dropped:
+            self.refusals["desired-unsigned"] = self.refusals.get("desired-unsigned", 0) + dropped
+            logger.warning(
+                "dropped %d order(s) from %s that this node cannot verify (%s)",
+                dropped,
+                sender or "a peer",
+                authority.reason() if authority.mode == "refused" else "bad or no signature",
+            )
+        self._pump(node)
+
+    # --- the manager: background -----------------------------------------------------------
+
+    async def _manager_loop(self, node: Node) -> None:
+        """Run the manager's timer (its deadlines are in federation time)."""
+        manager = self.manager
+        assert manager is not None
         while True:
-            await trio.sleep(self.sync_interval)
-            conductor = node.conductor
-            if conductor is None or conductor == node.path:
-                continue
-            try:
-                theirs = await node.request(
-                    conductor,
-                    "roles.desired",
-                    {"state": _plain(self.desired.to_dict())},
-                    timeout=5.0,
-                )
-                self._merge_in(theirs, conductor)
-            except (RequestError, RolesError) as exc:
-                logger.debug("anti-entropy with %s failed: %s", conductor, exc)
+            await trio.sleep(max(manager.next_deadline() - node.now(), 0.0))
+            manager.update_view(self._view(node))
+            manager.handle_timer(node.now())
+            self._pump(node)
 
     async def _save_loop(self) -> None:
         while True:
@@ -587,7 +699,7 @@ class RolesExtension(Extension):
             path = self._desired_path
             if path is None:
                 continue
-            doc = {"format": 1, "saved_at": time.time(), "desired": self.desired.to_dict()}
+            doc = {"format": 2, "saved_at": time.time(), "desired": self.desired.to_dict()}
             try:
                 await trio.to_thread.run_sync(write_json_atomic, path, doc)
             except OSError as exc:
@@ -597,48 +709,58 @@ class RolesExtension(Extension):
     def _load_desired(path: Path) -> DesiredState:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc.get("format") != 2:
+                raise ValueError("not a format 2 desired state (made before operator orders)")
             return DesiredState.from_dict(doc.get("desired", {}), source=str(path))
         except FileNotFoundError:
             return DesiredState()
-        except (OSError, ValueError, AttributeError, RolesError) as exc:
+        except (OSError, ValueError, AttributeError, RecursionError, RolesError) as exc:
             logger.error("ignoring the saved desired role configurations in %s: %s", path, exc)
             return DesiredState()
 
     # --- views ----------------------------------------------------------------------------
 
+    def identities(self) -> dict[str, dict[str, Any]]:
+        """Path -> identity (hostname, MAC, addresses) of every live station this node knows,
+        from their member records."""
+        node = self._node
+        out: dict[str, dict[str, Any]] = {}
+        if node is None:
+            return out
+        for member in node.members():
+            ident = member.meta.get("i")
+            if member.is_live and isinstance(ident, Mapping):
+                out[member.path] = StationIdentity.from_meta(ident).to_dict()
+        return out
+
     def manager_view(self) -> dict[str, Any]:
         """The manager's view for the status API: per station its desired configuration and
-        digest, whether it is live and announces that digest (``in_sync``), its last answer,
-        and the last push made through this node."""
-        node = self._node
+        digest, the orders it comes from, whether it is live and runs that configuration
+        (``in_sync``), its identity, its last answer, and the last push made through this
+        node (see :meth:`ManagerCore.stations <roles._manager.ManagerCore.stations>`)."""
+        node, manager = self._node, self.manager
         stations: dict[str, Any] = {}
-        for path in self.desired.station_paths():
-            config = self.desired.config_for(path)
-            member = node.member(path) if node is not None else None
-            announced = member.meta.get("d") if member is not None else None
-            answer = self.desired.answer_for(path)
-            digest = config.digest()
-            stations[path] = {
-                "digest": digest,
-                "config": config.to_dict(),
-                "live": member is not None,
-                "station_digest": announced if isinstance(announced, str) else None,
-                "in_sync": announced == digest,
-                "answer": answer.to_dict() if answer is not None else None,
-                "last_push": self._last_push.get(path),
-            }
+        if node is not None and manager is not None:
+            manager.update_view(self._view(node))
+            identities = self.identities()
+            for path, view in manager.stations().items():
+                stations[path] = {
+                    **view,
+                    "identity": identities.get(path),
+                    "last_push": self._last_push.get(path),
+                }
         return {
             "active": node is not None and node.conductor == node.path,
             "conductor": node.conductor if node is not None else None,
-            "digest": _state_digest(self.desired),
+            "digest": state_digest(self.desired),
             "stations": stations,
         }
 
 
-def _state_digest(state: DesiredState) -> str:
-    """A short digest of a desired state's configurations (to compare replicas)."""
-    text = json.dumps({p: c.digest() for p, c in state.stations}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _term(node: Node) -> int | None:
+    """The term of the conductor lease in *node*'s view (``None`` without a conductor)."""
+    lease = node.core.election.lease(CONDUCTOR)
+    return lease.term if lease is not None else None
 
 
 async def push_config(
@@ -647,24 +769,27 @@ async def push_config(
     config: RoleConfig,
     *,
     merge: bool = False,
+    operator_key: OperatorKey | None = None,
     timeout: float = 30.0,  # noqa: ASYNC109 (passed on to node.request)
 ) -> dict[str, Any]:
     """Push *config* to *station* through the conductor (from any node) and return the answer.
 
-    Raises the station's typed error (:class:`~roles.BlockedRole`, ...) when it refused the
-    configuration, :class:`NotConductor` when there is no conductor, and the
-    :class:`mesh.RequestError` of an unreachable conductor. A station that is not live is not
-    an error here: the answer has ``"pending": True``.
+    The order is signed with *operator_key* (needed unless the federation runs unsigned, see
+    :class:`~roles.RemoteAuthority`). Raises the station's typed error
+    (:class:`~roles.BlockedRole`, ...) when it refused the configuration,
+    :class:`~roles.Unauthorized` when the order is not accepted, :class:`~roles.NotConductor`
+    when there is no conductor, and the :class:`mesh.RequestError` of an unreachable conductor.
+    A station that is not live is not an error here: the answer has ``"pending": True``.
     """
     conductor = node.conductor
     if conductor is None:
         raise NotConductor("there is no conductor now; roles.push needs one")
+    order = Order.for_config(node.config.federation, station, config, merge=merge)
+    if operator_key is not None:
+        order = operator_key.sign(order)
     try:
         answer = await node.request(
-            conductor,
-            "roles.push",
-            {"station": station, "config": _plain(config.to_dict()), "merge": merge},
-            timeout=timeout,
+            conductor, "roles.push", {"order": order.to_text()}, timeout=timeout
         )
     except RemoteError as exc:
         raise remote_error(exc.error_type, exc.message) from None
@@ -678,26 +803,46 @@ async def push_config(
 def roles_extension_factory(args: argparse.Namespace) -> RolesExtension | None:
     """Build the roles extension from ``stagemesh node`` flags: for ``--roles FILE`` (a
     station, with the manager) or ``--conductor`` (the manager only); ``None`` otherwise.
+    ``--operator-keys FILE`` (repeatable) and ``--insecure-remote-roles`` set who may change
+    the station from other nodes.
 
-    The station file is loaded and checked whole here, so a bad file stops the node before it
-    starts with a :class:`mesh._cli.UsageError` naming the file, the place and the problem.
+    The station file is loaded and checked whole here (with the station's real folders), so a
+    bad file stops the node before it starts with a :class:`mesh._cli.UsageError` naming the
+    file, the place and the problem.
     """
     from mesh._cli import UsageError
 
+    try:
+        keyring = OperatorKeyring.load(getattr(args, "operator_keys", None) or ())
+    except OperatorKeyError as exc:
+        raise UsageError(f"--operator-keys: {exc}") from None
+    insecure = bool(getattr(args, "insecure_remote_roles", False))
     path = getattr(args, "roles", None)
     if path is None:
-        return RolesExtension() if getattr(args, "conductor", False) else None
+        if not getattr(args, "conductor", False):
+            return None
+        return RolesExtension(operator_keys=keyring, insecure_remote_roles=insecure)
     try:
         station_file = load_station_file(path)
     except ConfigFileError as exc:
         raise UsageError(f"--roles: {exc}") from None
+    state = station_dir(
+        getattr(args, "state_dir", None) or default_state_dir(),
+        getattr(args, "federation", None) or "default",
+        getattr(args, "orchestra", None) or default_orchestra(),
+        getattr(args, "name", None) or default_name(),
+    )
+    policy = StationPolicy.build(
+        state_dir=state,
+        factories=default_factories(),
+        blocked_roles=station_file.blocked_roles,
+        variables=station_file.variables,
+        identity=StationIdentity(hostname=socket.gethostname(), mac=None, addresses=()),
+        allowed_roots=station_file.allowed_roots,
+        env_allow=station_file.env_allow,
+    )
     try:
-        validate_update(
-            station_file.roles,
-            default_factories(),
-            blocked_roles=station_file.blocked_roles,
-            variables={"hostname": socket.gethostname(), **station_file.variables},
-        )
+        policy.validate(station_file.roles)
     except InvalidConfiguration as exc:
         raise UsageError(f"--roles {os.fspath(path)}: {type(exc).__name__}: {exc}") from None
-    return RolesExtension(station_file)
+    return RolesExtension(station_file, operator_keys=keyring, insecure_remote_roles=insecure)

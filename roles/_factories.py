@@ -14,24 +14,33 @@ factory's name. Built-ins (:func:`default_factories`):
     presets with option schemas that build an ``ffmpeg``/``rsync`` argv; each also accepts a
     ``command`` template that replaces the built argv (tests use harmless commands this way).
 
-Every factory also accepts ``env`` (extra environment variables), ``cwd``, ``restart``
-(``always``: any exit is a failure and is restarted with back-off; ``on-failure``: a clean exit
-ends the instance; ``periodic``: a clean exit is run again after ``interval`` seconds) and
-``stop_grace`` (seconds between SIGTERM and SIGKILL).
+Every factory also accepts ``env`` (extra environment variables, names from an allow-list),
+``cwd``, ``restart`` (``always``: any exit is a failure and is restarted with back-off;
+``on-failure``: a clean exit ends the instance; ``periodic``: a clean exit is run again after
+``interval`` seconds), ``stop_grace`` (seconds between SIGTERM and SIGKILL) and ``stand_in``
+(run a stand-in that prints the command it stands for, for trying a configuration on a machine
+without ffmpeg or rsync).
 
 :func:`validate_update` checks a whole configuration against the factories and the station's
-blocked roles before anything changes, and raises the first problem (with any others appended
-to its message) as a typed :class:`~roles.InvalidConfiguration`.
+policy (blocked roles, template variables, the folders roles may use, the environment variables
+they may set) before anything changes, and raises the first problem (with any others appended
+to its message) as a typed :class:`~roles.InvalidConfiguration`. It is the only validator: the
+station's dry run (``roles.check``) and its apply both call it, and what it returns is exactly
+what the supervisor runs (argv, environment and folders checked and normalised), so whatever
+it accepts is applied without an error.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import os
+import re
 import shlex
 import string
+import sys
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -47,6 +56,7 @@ from roles._errors import (
 )
 
 __all__ = [
+    "DEFAULT_ENV_ALLOW",
     "BuildContext",
     "FactoryRegistry",
     "OptionKind",
@@ -59,19 +69,54 @@ __all__ = [
     "validate_update",
 ]
 
-OptionKind = Literal["string", "integer", "number", "boolean", "strings", "env", "command"]
+OptionKind = Literal[
+    "string", "integer", "number", "boolean", "strings", "env", "command", "path", "filename"
+]
 RestartPolicy = Literal["always", "on-failure", "periodic"]
 _RESTART_POLICIES: tuple[RestartPolicy, ...] = ("always", "on-failure", "periodic")
 
 _KIND_TEXT: Mapping[str, str] = {
     "string": "a string",
-    "integer": "an integer",
+    "integer": "an integer from -2147483647 to 2147483647",
     "number": "a number",
     "boolean": "true or false",
     "strings": "an array of strings",
     "env": "an object of string values",
     "command": "a command: a string, or an array of strings (argv)",
+    "path": "a path (a string; relative paths are under the station's data folder)",
+    "filename": "a file name (a string without '/' or control characters, not '.' or '..')",
 }
+
+#: Environment variables a role may set without the station file allowing more
+#: (``"env_allow"``): locale, time zone and the tools' own harmless knobs. Anything that
+#: changes what runs (``LD_PRELOAD``, ``PATH``, ``PYTHONPATH``...) is refused unless the
+#: station's own operator allows it.
+DEFAULT_ENV_ALLOW: frozenset[str] = frozenset(
+    {
+        "TZ",
+        "LANG",
+        "LANGUAGE",
+        "LC_ALL",
+        "LC_CTYPE",
+        "LC_MESSAGES",
+        "LC_NUMERIC",
+        "LC_TIME",
+        "TERM",
+        "NO_COLOR",
+        "FFREPORT",
+        "AV_LOG_FORCE_NOCOLOR",
+        "AV_LOG_FORCE_COLOR",
+        "RSYNC_PASSWORD",
+    }
+)
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+# C0 controls and DEL. Arguments after the program may hold tabs and newlines (a `sh -c`
+# script); nothing may hold NUL (the OS cannot pass it) or other control characters.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_ARG_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_MAX_STOP_GRACE = 300.0
+_MAX_INTERVAL = 7 * 86400.0
+_MAX_INTEGER = 2**31 - 1
 
 
 def _frozen_map(value: Mapping[str, str]) -> Mapping[str, str]:
@@ -131,14 +176,28 @@ def _spec_tuple(value: Iterable[OptionSpec]) -> tuple[OptionSpec, ...]:
     return tuple(value)
 
 
+def _name_set(value: Iterable[str]) -> frozenset[str]:
+    return frozenset(value)
+
+
+def _roots(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
 @attrs.frozen
 class BuildContext:
-    """What a factory may use besides the options: the instance's ``role`` and ``uuid`` and the
-    station's template ``variables`` (``hostname``, and those of the station file)."""
+    """What a factory may use besides the options: the instance's ``role`` and ``uuid``, the
+    station's template ``variables`` (``hostname``, and those of the station file), the
+    folders path options must stay under (``roots``; the first one is where relative paths
+    go; ``None`` checks paths without a station, only for their characters) and the extra
+    environment variables the station allows (``env_allow``, added to
+    :data:`DEFAULT_ENV_ALLOW`)."""
 
     role: str
     uuid: str
     variables: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_map, eq=_map_key)
+    roots: tuple[str, ...] | None = attrs.field(default=None, converter=_roots)
+    env_allow: frozenset[str] = attrs.field(default=frozenset(), converter=_name_set)
 
 
 #: Builds a preset's default argv from validated options (defaults filled in).
@@ -146,7 +205,7 @@ ArgvBuilder = Callable[[Mapping[str, Any], BuildContext], list[str]]
 
 _COMMON_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("env", "env", help="extra environment variables for the process"),
-    OptionSpec("cwd", "string", help="working directory of the process"),
+    OptionSpec("cwd", "path", help="working directory of the process"),
     OptionSpec(
         "restart",
         "string",
@@ -155,6 +214,12 @@ _COMMON_OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec("interval", "number", help="seconds between runs when restart is 'periodic'"),
     OptionSpec("stop_grace", "number", help="seconds between SIGTERM and SIGKILL on stop"),
+    OptionSpec(
+        "stand_in",
+        "boolean",
+        help="run a stand-in that prints the command it stands for and behaves like it "
+        "(stays up, or exits 0), instead of the command: try a configuration without the tools",
+    ),
 )
 
 
@@ -167,10 +232,17 @@ def _is_number(value: object) -> bool:
 
 
 def _check_kind(value: object, kind: OptionKind) -> bool:
-    if kind == "string":
+    if kind in ("string", "path"):
         return isinstance(value, str)
+    if kind == "filename":
+        return (
+            isinstance(value, str)
+            and "/" not in value
+            and value not in (".", "..")
+            and not _CONTROL_RE.search(value)
+        )
     if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _MAX_INTEGER
     if kind == "number":
         return _is_number(value) and math.isfinite(float(value))  # type: ignore[arg-type]
     if kind == "boolean":
@@ -301,6 +373,9 @@ class RoleFactory:
             if spec.default is not None:
                 values[spec.name] = spec.default
 
+        for name, value in list(values.items()):
+            if specs.get(name) is not None and specs[name].kind == "path":
+                values[name] = _check_path(name, value, context, where)
         restart = values.pop("restart", self.restart)
         if restart not in _RESTART_POLICIES:
             raise InvalidOptions(
@@ -310,29 +385,25 @@ class RoleFactory:
                 uuid=uuid,
             )
         interval = float(values.pop("interval", self.interval))
-        if interval <= 0:
+        if not 0 < interval <= _MAX_INTERVAL:
             raise InvalidOptions(
-                f"{where}: option 'interval' must be more than 0 seconds, found {interval}",
+                f"{where}: option 'interval' must be more than 0 and at most {_MAX_INTERVAL:g} "
+                f"seconds, found {interval:g}",
                 role=role,
                 uuid=uuid,
             )
         stop_grace = float(values.pop("stop_grace", 5.0))
-        if stop_grace < 0:
+        if not 0 <= stop_grace <= _MAX_STOP_GRACE:
             raise InvalidOptions(
-                f"{where}: option 'stop_grace' must be 0 seconds or more, found {stop_grace}",
+                f"{where}: option 'stop_grace' must be 0 to {_MAX_STOP_GRACE:g} seconds, "
+                f"found {stop_grace:g}",
                 role=role,
                 uuid=uuid,
             )
-        env = dict(values.pop("env", {}))
-        for key in env:
-            if not key or "=" in key or "\0" in key or "\0" in env[key]:
-                raise InvalidOptions(
-                    f"{where}: option 'env' has an invalid variable name {key!r}",
-                    role=role,
-                    uuid=uuid,
-                )
+        env = _check_env(values.pop("env", {}), context, where)
         cwd = values.pop("cwd", None)
         command = values.pop("command", None)
+        stand_in = values.pop("stand_in", False)
 
         variables: dict[str, str] = dict(context.variables)
         variables.update(role=role, uuid=uuid)
@@ -348,6 +419,9 @@ class RoleFactory:
             argv = [str(a) for a in self.builder(values, context)]
         if not argv or not argv[0]:
             raise InvalidOptions(f"{where}: the command is empty", role=role, uuid=uuid)
+        _check_argv(argv, where, role, uuid)
+        if stand_in:
+            argv = [sys.executable, "-m", "roles._standin", restart, "--", *argv]
         ensure_dirs = tuple(
             values[name] for name in ("output_dir",) if isinstance(values.get(name), str)
         )
@@ -377,6 +451,88 @@ class RoleFactory:
                 for spec in self.all_options()
             },
         }
+
+
+def _check_path(name: str, value: str, context: BuildContext, where: str) -> str:
+    """Return path option *name* normalised and checked: no control characters, and (on a
+    station) resolved (symbolic links followed) under one of the station's folders."""
+    role, uuid = context.role, context.uuid
+    if not value or _CONTROL_RE.search(value):
+        raise InvalidOptions(
+            f"{where}: option {name!r} must be a path without control characters (NUL, "
+            f"newline...), found {value!r}",
+            role=role,
+            uuid=uuid,
+        )
+    if context.roots is None:
+        return os.path.normpath(value)
+    if not context.roots:
+        raise InvalidOptions(
+            f"{where}: option {name!r}: this station allows no folders for its roles",
+            role=role,
+            uuid=uuid,
+        )
+    base = context.roots[0]
+    resolved = os.path.realpath(os.path.join(base, value))
+    for root in context.roots:
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real_root, resolved]) == real_root:
+            return resolved
+    raise InvalidOptions(
+        f"{where}: option {name!r} is {value!r}, which resolves to {resolved}, outside the "
+        f"folders this station lets roles use ({', '.join(context.roots)}); use a path under "
+        "one of them (a relative path goes under the first), or list another folder in the "
+        "station file's \"allowed_roots\"",
+        role=role,
+        uuid=uuid,
+    )
+
+
+def _check_env(value: Mapping[str, str], context: BuildContext, where: str) -> dict[str, str]:
+    """Return the ``env`` option checked: names from the allow-list, no control characters."""
+    role, uuid = context.role, context.uuid
+    allowed = DEFAULT_ENV_ALLOW | context.env_allow
+    env = dict(value)
+    for key, text in env.items():
+        if not _ENV_NAME_RE.match(key):
+            raise InvalidOptions(
+                f"{where}: option 'env' has an invalid variable name {key!r} (letters, digits "
+                "and '_', not starting with a digit)",
+                role=role,
+                uuid=uuid,
+            )
+        if key not in allowed:
+            raise InvalidOptions(
+                f"{where}: option 'env' sets {key}, which this station does not let roles set "
+                f"(allowed: {', '.join(sorted(allowed))}); the station's own operator can "
+                "allow more in the station file's \"env_allow\"",
+                role=role,
+                uuid=uuid,
+            )
+        if _CONTROL_RE.search(text):
+            raise InvalidOptions(
+                f"{where}: option 'env' variable {key} holds control characters (NUL, "
+                "newline...)",
+                role=role,
+                uuid=uuid,
+            )
+    return env
+
+
+def _check_argv(argv: Sequence[str], where: str, role: str, uuid: str) -> None:
+    """Refuse what the OS cannot run or what would garble logs: NUL anywhere, control
+    characters in the program, control characters other than tab and newline in arguments."""
+    for index, arg in enumerate(argv):
+        bad = (_CONTROL_RE if index == 0 else _ARG_CONTROL_RE).search(arg)
+        if bad is not None:
+            what = "the program" if index == 0 else f"argument {index}"
+            raise InvalidOptions(
+                f"{where}: the command's {what} holds the control character "
+                f"{bad.group()!r} ({arg[:40]!r}); NUL is never allowed, and only tabs and "
+                "newlines in arguments after the program",
+                role=role,
+                uuid=uuid,
+            )
 
 
 def _fill_command(
@@ -514,13 +670,13 @@ def default_factories() -> FactoryRegistry:
         builder=_record_argv,
         schema=(
             OptionSpec("device", "string", required=True, help="capture device or URL to record"),
-            OptionSpec("output_dir", "string", required=True, help="directory for the recordings"),
+            OptionSpec("output_dir", "path", required=True, help="directory for the recordings"),
             OptionSpec("format", "string", default="ts", help="container: file extension"),
             OptionSpec("input_format", "string", default="v4l2", help="ffmpeg -f of the input"),
             OptionSpec(
                 "segment_seconds", "integer", default=1800, help="length of each file in seconds"
             ),
-            OptionSpec("prefix", "string", default="", help="file name prefix (default: uuid)"),
+            OptionSpec("prefix", "filename", default="", help="file name prefix (default: uuid)"),
         ),
         description="records a device into dated files (ffmpeg segments)",
     )
@@ -530,8 +686,8 @@ def default_factories() -> FactoryRegistry:
         builder=_encode_argv,
         restart="on-failure",
         schema=(
-            OptionSpec("input", "string", required=True, help="the file to encode"),
-            OptionSpec("output", "string", required=True, help="the file to write"),
+            OptionSpec("input", "path", required=True, help="the file to encode"),
+            OptionSpec("output", "path", required=True, help="the file to write"),
             OptionSpec("video_codec", "string", default="libx264"),
             OptionSpec("audio_codec", "string", default="aac"),
             OptionSpec("preset", "string", default="medium"),
@@ -546,7 +702,7 @@ def default_factories() -> FactoryRegistry:
         restart="periodic",
         interval=60.0,
         schema=(
-            OptionSpec("source_dir", "string", required=True, help="the directory to upload"),
+            OptionSpec("source_dir", "path", required=True, help="the directory to upload"),
             OptionSpec(
                 "destination", "string", required=True, help="rsync destination (host:path)"
             ),
@@ -580,17 +736,24 @@ def validate_update(
     *,
     blocked_roles: Iterable[str] = (),
     variables: Mapping[str, str] | None = None,
+    roots: Sequence[str] | None = None,
+    env_allow: Iterable[str] = (),
 ) -> dict[tuple[str, str], ProcessSpec]:
     """Check a whole configuration and return the process spec of every live instance.
 
-    Checks, role by role in name order: blocked roles, missing factories, instance limits, then
-    each instance's options. Raises the first problem found as :class:`~roles.BlockedRole`,
+    *roots* are the folders path options must stay under (the first takes relative paths;
+    ``None`` checks paths only for their characters, for a check made without a station);
+    *env_allow* extends :data:`DEFAULT_ENV_ALLOW`. Checks, role by role in name order: blocked
+    roles, missing factories, instance limits, then each instance's options, paths,
+    environment and final argv. Raises the first problem found as :class:`~roles.BlockedRole`,
     :class:`~roles.MissingRoleFactory`, :class:`~roles.TooManyInstances` or
     :class:`~roles.InvalidOptions`; when there are more, their messages are appended to its
     message (so one round trip shows them all). Changes nothing anywhere.
     """
     blocked = frozenset(blocked_roles)
     variables = dict(variables or {})
+    root_list = None if roots is None else tuple(roots)
+    allow = frozenset(env_allow)
     problems: list[InvalidConfiguration] = []
     specs: dict[tuple[str, str], ProcessSpec] = {}
     active = config.active()
@@ -637,9 +800,10 @@ def validate_update(
             entry = active.get(role, uuid)
             assert entry is not None
             try:
-                specs[(role, uuid)] = factory.build(
-                    entry.options, BuildContext(role=role, uuid=uuid, variables=variables)
+                context = BuildContext(
+                    role=role, uuid=uuid, variables=variables, roots=root_list, env_allow=allow
                 )
+                specs[(role, uuid)] = factory.build(entry.options, context)
             except InvalidOptions as exc:
                 problems.append(exc)
     if problems:

@@ -177,9 +177,15 @@ def describe_exit(status: int | None) -> str | None:
     return f"exit {status}"
 
 
-def _spawn_error(spec: ProcessSpec, exc: OSError) -> str:
-    """Say in one line why *spec* could not be started (for ``last_error``)."""
+def _spawn_error(spec: ProcessSpec, exc: OSError | ValueError) -> str:
+    """Say in one line why *spec* could not be started (for ``last_error``).
+
+    A ``ValueError`` is what the operating system layer raises for a value it cannot pass at
+    all (a NUL character in an argument, the environment or a path); validation refuses those
+    before they reach here, so this is defence in depth: a failed start, never a crash."""
     program = spec.argv[0]
+    if isinstance(exc, ValueError):
+        return f"cannot start {program!r}: {exc} (a value the system cannot pass)"
     reason = exc.strerror or str(exc)
     if spec.cwd is not None and exc.filename == spec.cwd:
         return f"cannot start {program!r}: working directory {spec.cwd!r}: {reason}"
@@ -489,6 +495,9 @@ class Supervisor:
         except OSError as exc:
             self._spawn_failed(m, f"cannot create directory {exc.filename}: {exc.strerror}")
             return
+        except ValueError as exc:  # a NUL in the path: refused by validation before here
+            self._spawn_failed(m, f"cannot create directory {directory!r}: {exc}")
+            return
         env = {**os.environ, **spec.env} if spec.env else None
         try:
             process = await trio.lowlevel.open_process(
@@ -500,7 +509,7 @@ class Supervisor:
                 cwd=spec.cwd,
                 env=env,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             self._spawn_failed(m, _spawn_error(spec, exc))
             return
         pgid = process.pid

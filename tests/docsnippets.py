@@ -14,16 +14,16 @@ ports (7471, 7480) are free. The driver:
 
 * ``python``: runs the block as a program (time limit 120 s); it must exit 0 with no traceback.
 * ``sh``: runs the block line by line (``\\`` continues a line) with ``stagemesh`` meaning this
-  checkout. A line ending in ``&``, and every ``stagemesh node`` or ``stagemesh registry`` (they
-  run until stopped, as in a second terminal), starts in the background and must print its
-  ``ready`` line within 60 s; ``kill %1 %2`` stops those jobs with SIGTERM. A line that only
-  sets variables (``REGISTRY=http://...``, ``export NAME=value``) sets them for the lines after
-  it. Any other line runs in the foreground (time limit 120 s) and must exit 0. Jobs left at
-  the end get SIGINT; every job must exit 0 (a graceful leave) and no output may hold a
-  traceback.
+  checkout. A line ending in ``&``, and every ``stagemesh node``, ``stagemesh registry`` or
+  ``stagemesh demo`` (they run until stopped, as in a second terminal), starts in the
+  background and must print its ``ready`` line within 60 s; ``kill %1 %2`` stops those jobs
+  with SIGTERM. A line that only sets variables (``REGISTRY=http://...``,
+  ``export NAME=value``) sets them for the lines after it. Any other line runs in the
+  foreground (time limit 120 s) and must exit 0. Jobs left at the end get SIGINT; every job
+  must exit 0 (a graceful leave) and no output may hold a traceback.
 * Before a block, the driver starts what it uses but does not start itself: a registry on
   127.0.0.1:7480 when the block mentions port 7480, a node when it runs ``stagemesh status`` or
-  ``stagemesh roles``.
+  ``stagemesh roles`` (``stagemesh demo`` starts both).
 * Only these programs may run: ``stagemesh``, ``python3``/``python``, ``curl``, ``echo``,
   ``cat``, ``printf`` and ``kill %N``; anything else is an error asking for ``no-run``.
 """
@@ -45,8 +45,8 @@ from pathlib import Path
 RUNNABLE = ("python", "sh")
 NO_RUN = "no-run"
 PROGRAMS = ("stagemesh", "python3", "python", "curl", "echo", "cat", "printf")
-SERVERS = ("node", "registry")
-"""``stagemesh`` subcommands that run until stopped."""
+SERVERS = ("node", "registry", "demo")
+"""``stagemesh`` subcommands that run until stopped (each prints a ``ready`` line)."""
 READY_TIMEOUT = 60.0
 COMMAND_TIMEOUT = 120.0
 
@@ -217,9 +217,9 @@ def _fixtures(snippet: Snippet) -> list[str]:
     argvs = [a for a in (stagemesh_argv(line) for line in lines) if a is not None]
     starts = {a[0] for a in argvs if a}
     needed = []
-    if ":7480" in snippet.text and "registry" not in starts:
+    if ":7480" in snippet.text and not starts & {"registry", "demo"}:
         needed.append("stagemesh registry")
-    if starts & {"status", "roles"} and "node" not in starts:
+    if starts & {"status", "roles"} and not starts & {"node", "demo"}:
         needed.append("stagemesh node --bind 127.0.0.1")
     return needed
 

@@ -12,33 +12,56 @@ with ``lo`` up and ``eth0`` (a veth whose peer ``p<i>`` is a port of the bridge)
 lives inside the namespaces this harness made (nothing is added to the root namespace, and
 nothing is sent on the machine's real interfaces). Namespace names carry the creating process id
 and a random part (``smt-<pid>-<hex>-h0``), so parallel runs never collide, and namespaces left by
-a dead run are swept at the next start. Everything is removed on exit, also after a failure.
+a dead run are swept at the next start, with any process a killed run left in them. Everything
+is removed on exit, also after a failure.
 
 Process ids are the harness's own: :meth:`Lan.close` ends only the processes
 :meth:`Lan.spawn` started (by pid), then deletes the namespaces.
+
+**A bad network** (``Lan(8, impair=Link(loss=0.05, delay=0.02, jitter=0.01))``): instead of the
+kernel bridge, a user-space hub (:mod:`tests.impair`, in namespace ``smt-...-hub``) forwards every
+frame between the hosts and loses, delays, reorders and duplicates them as its rules say
+(``lan.hub``: per host pair and direction, partitions, counters). The kernel here has no
+``netem``; see :mod:`tests.impair`. :meth:`Lan.link_down` then unplugs the host at the hub.
+
+**Talking to a host's loopback** from the test process: :meth:`Lan.get_json` opens its TCP
+connection inside the host's namespace (``setns`` in a short-lived thread), so a node's status
+API on ``127.0.0.1`` can be read without starting a process per request.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import http.client
 import ipaddress
+import json
 import os
 import queue
 import secrets
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import attrs
 import pytest
 
-__all__ = ["Host", "Lan", "NetnsError", "Spawned", "lan"]
+from tests.impair import Hub, Link
+
+__all__ = ["Host", "Lan", "NetnsError", "Spawned", "lan", "socket_in"]
 
 PREFIX = "smt"
 SUBNET = "10.77.0.0/24"
+IMPAIR_SCRIPT = str(Path(__file__).with_name("impair.py"))
+_CLONE_NEWNET = 0x40000000
 
 
 class NetnsError(RuntimeError):
@@ -60,7 +83,8 @@ def list_namespaces() -> list[str]:
 
 
 def sweep_stale() -> list[str]:
-    """Delete namespaces of this harness whose creating process is gone; return their names."""
+    """Delete namespaces of this harness whose creating process is gone, ending the processes
+    still running in them (orphans of a run that was killed); return their names."""
     removed = []
     for name in list_namespaces():
         parts = name.split("-")
@@ -70,11 +94,60 @@ def sweep_stale() -> list[str]:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
+            for orphan in _ip("netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(orphan), signal.SIGKILL)
             _ip("netns", "del", name, check=False)
             removed.append(name)
         except PermissionError:
             pass
     return removed
+
+
+def socket_in(
+    netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
+) -> socket.socket:
+    """A new socket that lives in network namespace *netns* (it keeps working from any
+    thread: a socket belongs to the namespace it was made in). Made by a short-lived thread
+    that enters the namespace, so the caller's own namespace never changes."""
+    made: list[socket.socket | BaseException] = []
+
+    def make() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(f"/run/netns/{netns}", "rb") as handle:
+                if libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+                    errno = ctypes.get_errno()
+                    raise OSError(errno, f"setns {netns}: {os.strerror(errno)}")
+            made.append(socket.socket(family, kind))
+        except BaseException as exc:
+            made.append(exc)
+
+    thread = threading.Thread(target=make, name=f"setns-{netns}")
+    thread.start()
+    thread.join()
+    result = made[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+class _NetnsHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection whose socket is made inside a network namespace."""
+
+    def __init__(self, netns: str, host: str, port: int | None, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.netns = netns
+
+    def connect(self) -> None:
+        sock = socket_in(self.netns)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect((self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 @attrs.frozen
@@ -96,6 +169,7 @@ class Spawned:
     """A process started in a namespace, with its stdout lines collected by a thread."""
 
     def __init__(self, process: subprocess.Popen[str], host: Host) -> None:
+        self._send_lock = threading.Lock()
         self.process = process
         self.host = host
         self.lines: list[str] = []
@@ -145,6 +219,18 @@ class Spawned:
         """Its stderr so far."""
         return "".join(self._stderr)
 
+    def send(self, line: str) -> None:
+        """Write *line* to its stdin (spawned with ``stdin=True``); ``NetnsError`` if it is
+        gone."""
+        if self.process.stdin is None:
+            raise NetnsError("the process was spawned without a stdin")
+        with self._send_lock:
+            try:
+                self.process.stdin.write(line + "\n")
+                self.process.stdin.flush()
+            except (BrokenPipeError, ValueError) as exc:
+                raise NetnsError(f"process in {self.host.netns} is gone: {exc}") from exc
+
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM, then SIGKILL after *timeout*; return the exit status."""
         if self.process.poll() is None:
@@ -167,15 +253,30 @@ class Spawned:
     def _close_pipes(self) -> None:
         for thread in self._threads:
             thread.join(timeout=5)
-        for pipe in (self.process.stdout, self.process.stderr):
+        for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
             if pipe is not None:
-                pipe.close()
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
 class Lan:
-    """``size`` hosts (namespaces) on one bridge; a context manager that always cleans up."""
+    """``size`` hosts (namespaces) on one bridge, or on an impairing hub with *impair*; a
+    context manager that always cleans up.
 
-    def __init__(self, size: int = 3, subnet: str = SUBNET) -> None:
+    With ``impair=Link(...)`` the hosts hang off a :class:`tests.impair.Hub` (``lan.hub``)
+    whose default rule is *impair* (``Link()`` for a hub that impairs nothing until told),
+    whose random decisions come from *seed*, and which stops by itself after *hub_seconds*.
+    ``bridge_netns`` is then the hub's namespace."""
+
+    def __init__(
+        self,
+        size: int = 3,
+        subnet: str = SUBNET,
+        *,
+        impair: Link | None = None,
+        seed: int = 0,
+        hub_seconds: float = 3600.0,
+    ) -> None:
         if os.geteuid() != 0:
             raise NetnsError("network-namespace tests need root (CI runs them as root)")
         network = ipaddress.IPv4Network(subnet)
@@ -183,11 +284,15 @@ class Lan:
             raise ValueError(f"{subnet} must be a private network with room for {size} hosts")
         self.prefix = network.prefixlen
         self.run_id = f"{PREFIX}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.bridge_netns = f"{self.run_id}-br"
+        self.impair = impair
+        self.seed = seed
+        self.hub_seconds = hub_seconds
+        self.bridge_netns = f"{self.run_id}-{'hub' if impair is not None else 'br'}"
         self.hosts = [
             Host(i, f"{self.run_id}-h{i}", str(network.network_address + i + 1))
             for i in range(size)
         ]
+        self._hub: Hub | None = None
         self._spawned: list[Spawned] = []
         self._created: list[str] = []
 
@@ -214,42 +319,83 @@ class Lan:
         self._created.append(name)
         _ip("-n", name, "link", "set", "lo", "up")
 
+    def _add_host(self, host: Host) -> None:
+        self._add_netns(host.netns)
+        for key in ("all", "default"):
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    host.netns,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    f"net.ipv6.conf.{key}.disable_ipv6=1",
+                ],
+                capture_output=True,
+                timeout=30,
+            )
+
+    def _configure(self, host: Host) -> None:
+        _ip("-n", host.netns, "addr", "add", f"{host.address}/{self.prefix}", "brd", "+",
+            "dev", host.interface)  # fmt: skip
+        _ip("-n", host.netns, "link", "set", host.interface, "up")
+        _ip("-n", host.netns, "route", "add", "224.0.0.0/4", "dev", host.interface)
+
     def create(self) -> None:
-        """Make the bridge and the hosts (called by ``__enter__``)."""
+        """Make the bridge (or the hub) and the hosts (called by ``__enter__``)."""
         sweep_stale()
+        if self.impair is not None:
+            self._create_hub(self.impair)
+            return
         br = self.bridge_netns
         self._add_netns(br)
         _ip("-n", br, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
         _ip("-n", br, "link", "set", "br0", "up")
         for host in self.hosts:
-            self._add_netns(host.netns)
-            for key in ("all", "default"):
-                subprocess.run(
-                    [
-                        "ip",
-                        "netns",
-                        "exec",
-                        host.netns,
-                        "sysctl",
-                        "-q",
-                        "-w",
-                        f"net.ipv6.conf.{key}.disable_ipv6=1",
-                    ],
-                    capture_output=True,
-                    timeout=30,
-                )
+            self._add_host(host)
             _ip(
                 "-n", br, "link", "add", host.port, "type", "veth",
                 "peer", "name", host.interface, "netns", host.netns,
             )  # fmt: skip
             _ip("-n", br, "link", "set", host.port, "master", "br0", "up")
-            _ip("-n", host.netns, "addr", "add", f"{host.address}/{self.prefix}", "brd", "+",
-                "dev", host.interface)  # fmt: skip
-            _ip("-n", host.netns, "link", "set", host.interface, "up")
-            _ip("-n", host.netns, "route", "add", "224.0.0.0/4", "dev", host.interface)
+            self._configure(host)
+
+    def _create_hub(self, link: Link) -> None:
+        hub_ns = self.bridge_netns
+        self._add_netns(hub_ns)
+        for host in self.hosts:
+            self._add_host(host)
+        proc = self.spawn(
+            Host(-1, hub_ns, ""),
+            sys.executable,
+            IMPAIR_SCRIPT,
+            "hub",
+            "--ports",
+            str(len(self.hosts)),
+            "--seed",
+            str(self.seed),
+            "--max-seconds",
+            str(self.hub_seconds),
+            "--link",
+            json.dumps(link.to_json()),
+            stdin=True,
+        )
+        proc.wait_for(lambda line: line.startswith('{"ready"'), timeout=30)
+        self._hub = Hub(proc, len(self.hosts))
+        for host in self.hosts:
+            tap = f"t{host.index}"
+            _ip("-n", hub_ns, "link", "set", tap, "netns", host.netns)
+            _ip("-n", host.netns, "link", "set", tap, "name", host.interface)
+            self._configure(host)
 
     def close(self) -> None:
-        """End the processes :meth:`spawn` started, then delete every namespace made."""
+        """Stop the hub (keeping its final counters in ``hub.final``), end the processes
+        :meth:`spawn` started, then delete every namespace made."""
+        if self._hub is not None:
+            with contextlib.suppress(Exception):
+                self._hub.close()
         for proc in self._spawned:
             with contextlib.suppress(OSError):
                 proc.kill()
@@ -261,8 +407,15 @@ class Lan:
     # -- using it
 
     @property
+    def hub(self) -> Hub:
+        """The impairing hub (only with ``impair=``)."""
+        if self._hub is None:
+            raise NetnsError("this Lan has a kernel bridge; pass impair=Link(...) for a hub")
+        return self._hub
+
+    @property
     def namespaces(self) -> list[str]:
-        """Every namespace this harness made (hosts and bridge)."""
+        """Every namespace this harness made (hosts and bridge or hub)."""
         return [self.bridge_netns, *(h.netns for h in self.hosts)]
 
     def command(self, host: Host, *argv: str) -> list[str]:
@@ -280,14 +433,20 @@ class Lan:
             raise NetnsError(f"{' '.join(argv)} in {host.netns}: {result.stderr.strip()}")
         return result
 
-    def spawn(self, host: Host, *argv: str, env: dict[str, str] | None = None) -> Spawned:
-        """Start *argv* in *host* with stdout collected (see :class:`Spawned`); it is killed
-        when the harness closes."""
+    def spawn(
+        self,
+        host: Host,
+        *argv: str,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+    ) -> Spawned:
+        """Start *argv* in *host* with stdout collected (see :class:`Spawned`; with *stdin*,
+        :meth:`Spawned.send` writes to it); it is killed when the harness closes."""
         process = subprocess.Popen(
             self.command(host, *argv),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             text=True,
             env=env,
         )
@@ -298,18 +457,46 @@ class Lan:
     def keep_multicast_local(self) -> None:
         """Stop the bridge from flooding multicast between hosts (broadcast and unicast still
         pass): each host's multicast stays on that host, as on laptops at different sites.
-        Ableton Link finds its peers by multicast, so each host then has its own Link session."""
+        Ableton Link finds its peers by multicast, so each host then has its own Link session.
+        (Kernel bridge only: ``NetnsError`` on a hub.)"""
+        if self._hub is not None:
+            raise NetnsError("keep_multicast_local needs the kernel bridge, not impair=")
         for host in self.hosts:
             _ip("-n", self.bridge_netns, "link", "set", "dev", host.port,
                 "type", "bridge_slave", "mcast_flood", "off")  # fmt: skip
 
+    def get_json(self, host: Host, url: str, timeout: float = 5.0) -> Any:
+        """``GET`` *url* from inside *host* (e.g. a node's status API on its loopback) and
+        decode the JSON answer; ``NetnsError`` on a non-2xx status, ``OSError`` if it does not
+        answer within *timeout* seconds."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or parts.hostname is None:
+            raise ValueError(f"only http:// URLs, not {url!r}")
+        conn = _NetnsHTTPConnection(host.netns, parts.hostname, parts.port, timeout)
+        try:
+            conn.request("GET", parts.path or "/", headers={"Accept": "application/json"})
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if not 200 <= response.status < 300:
+            raise NetnsError(f"GET {url} in {host.netns}: {response.status} {body[:200]!r}")
+        return json.loads(body)
+
     def link_down(self, host: Host) -> None:
-        """Unplug *host*: its bridge port goes down (its own interface keeps its address)."""
-        _ip("-n", self.bridge_netns, "link", "set", host.port, "down")
+        """Unplug *host*: its bridge port goes down, or the hub stops forwarding to and from
+        it (its own interface keeps its address)."""
+        if self._hub is not None:
+            self._hub.down(host.index)
+        else:
+            _ip("-n", self.bridge_netns, "link", "set", host.port, "down")
 
     def link_up(self, host: Host) -> None:
         """Plug *host* back in."""
-        _ip("-n", self.bridge_netns, "link", "set", host.port, "up")
+        if self._hub is not None:
+            self._hub.up(host.index)
+        else:
+            _ip("-n", self.bridge_netns, "link", "set", host.port, "up")
 
 
 @pytest.fixture

@@ -1,28 +1,103 @@
-"""Starting a real registry for a test (one way, shared by the tests): a ``stagemesh registry``
-process (:func:`start_registry`), or the same app served in the test's own trio run
-(:func:`in_process_registry`) when the test stops, resets or empties it under running nodes."""
+"""Registries for the tests: real ``stagemesh registry`` processes, and fresh databases of
+both backends. A registry is a ``stagemesh registry`` process (:func:`start_registry`), or
+the same app served in the test's own trio run (:func:`in_process_registry`) when the test
+stops, resets or empties it under running nodes.
+
+Every registry test takes its databases from the ``databases`` fixture (``module_databases``
+for a module-wide one), parametrized over :data:`BACKENDS`, so each runs on SQLite and on
+PostgreSQL: ``databases.new()`` is a fresh SQLite file in the test's folder, or a fresh
+database in the session's throwaway PostgreSQL cluster (``postgres_cluster``, started the
+first time a test needs it; tests/postgres.py). Both are what ``--db`` and
+``RegistryStore`` take.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from registry_bridge import RegistryStore, create_app, serve_registry
+from registry_bridge._database import shown_target
+from registry_bridge._postgres import PostgresDatabase
+from tests.postgres import ROLE, Cluster
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+class Databases:
+    """Fresh registry databases of one backend (see the module's docstring)."""
+
+    def __init__(self, backend: str, folder: Path, cluster: Cluster | None) -> None:
+        self.backend = backend
+        self.folder = folder
+        self.cluster = cluster
+        self._numbers = itertools.count(1)
+
+    def new(self, *, migrated: bool = True) -> str:
+        """A fresh database: a SQLite path (no file yet: the registry creates it) or a
+        ``postgresql://`` URL of a database with the current schema (*migrated*) or none."""
+        if self.cluster is None:
+            return str(self.folder / f"registry-{next(self._numbers)}.db")
+        if not migrated:
+            return self.cluster.new_database()
+        return self.cluster.new_database(template=MIGRATED_TEMPLATE)
+
+
+MIGRATED_TEMPLATE = "registry_template"
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster for the whole session, stopped at its end, with a
+    template database holding the current schema (copied for each test that asks)."""
+    cluster = Cluster()
+    try:
+        cluster.sql(f"CREATE DATABASE {MIGRATED_TEMPLATE} OWNER {ROLE}")
+        template = PostgresDatabase(cluster.url(MIGRATED_TEMPLATE), pool_size=1)
+        template.migrate()
+        template.close()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _databases(request: pytest.FixtureRequest, folder: Path) -> Databases:
+    backend = str(request.param)
+    cluster = request.getfixturevalue("postgres_cluster") if backend == "postgresql" else None
+    return Databases(backend, folder, cluster)
+
+
+@pytest.fixture(params=BACKENDS)
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Databases:
+    """Fresh databases for one test, on each backend in turn."""
+    return _databases(request, tmp_path)
+
+
+@pytest.fixture(params=BACKENDS, scope="module")
+def module_databases(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Databases:
+    """Fresh databases shared by one module's tests, on each backend in turn."""
+    return _databases(request, tmp_path_factory.mktemp("databases"))
 
 
 async def start_registry(
-    db: Path, *args: str, env: dict[str, str] | None = None
+    db: Path | str, *args: str, env: dict[str, str] | None = None
 ) -> tuple[trio.Process, str]:
-    """Start ``python -m mesh registry`` on a free loopback port with database *db* (and extra
-    *args*), wait for its ``ready`` line and return the process and the registry's URL."""
+    """Start ``python -m mesh registry`` on a free loopback port with database *db* (a path or
+    a URL; and extra *args*), wait for its ``ready`` line and return the process and the
+    registry's URL. (A PostgreSQL database gets its schema first: ``RegistryStore`` with
+    ``create``, or ``stagemesh registry migrate``.)"""
     proc = await trio.lowlevel.open_process(
         [
             *(sys.executable, "-m", "mesh", "registry", "--bind", "127.0.0.1:0"),
@@ -40,13 +115,13 @@ async def start_registry(
         buf += chunk
     line = buf.split(b"\n")[0].decode()
     assert line.startswith("ready registry=http://127.0.0.1:"), line
-    assert line.endswith(f"db={db}"), line
+    assert line.endswith(f"db={shown_target(str(db))}"), line
     return proc, line.split()[1].removeprefix("registry=")
 
 
 @contextlib.asynccontextmanager
 async def running_registry(
-    db: Path, *args: str, env: dict[str, str] | None = None
+    db: Path | str, *args: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[str]:
     """:func:`start_registry` as a context: yields the URL, then stops the process (SIGTERM)
     and checks that it exited cleanly."""
@@ -68,7 +143,7 @@ async def running_registry(
 
 @contextlib.asynccontextmanager
 async def registry_http(
-    db: Path, *args: str, env: dict[str, str] | None = None
+    db: Path | str, *args: str, env: dict[str, str] | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """:func:`running_registry` with an ``httpx`` client on its URL (10 s per request)."""
     async with (
@@ -151,3 +226,30 @@ async def in_process_registry(tmp: Path, ttl: float = 30.0) -> AsyncIterator[InP
         finally:
             made.stop()
     made.close()
+
+
+def registry_command(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``stagemesh registry ARGS`` run to its end in this process (the console script's own
+    entry point, ``mesh.__main__.main``, without an interpreter's start-up per call): its
+    exit status, stdout and stderr. For commands that end by themselves (``migrate``,
+    ``export``, ``import``, and the refusals at start); a registry that serves runs as a real
+    process (:func:`start_registry`)."""
+    import io
+    import logging
+
+    import mesh.__main__
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    old_stdin = sys.stdin
+    sys.stdin = io.StringIO(stdin or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = mesh.__main__.main(["registry", *args])
+    finally:
+        sys.stdin = old_stdin
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    argv = ["stagemesh", "registry", *args]
+    return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())

@@ -37,6 +37,7 @@ VARIANTS: dict[str, list[list[str]]] = {
         ["roles", "logs", "--station", "/a/b", "--role", "r", "--uuid", "u"],
         ["roles", "push", "f.json", "--station", "/a/b"],
     ],
+    "demo": [["demo"]],
 }
 
 

@@ -42,3 +42,27 @@ def test_concert_metronome_keeps_its_tempo_through_a_registry_reset() -> None:
     # 240 bpm: a beat every 250 ms on the host's clock, before and after the reset (the old
     # registry client ran at half speed for a minute after a reset).
     assert all(abs(p - 250.0) < 10.0 for p in periods), out
+
+
+def test_conference_demo_runs_a_station_under_its_own_state_folder(tmp_path: Path) -> None:
+    """The conference example as its README runs it: a conductor and a station on loopback,
+    keys made with stagemesh keygen, a signed push; stand-ins instead of ffmpeg and rsync;
+    everything written under the state folder it is given, nothing under /srv."""
+    station_file = (ROOT / "examples" / "conference" / "station.json").read_text()
+    assert "/srv" not in station_file
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "conference" / "demo.py"),
+         "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "/room-a/cam1: applied" in out
+    assert "stand-in: would run: ffmpeg" in out
+    data = tmp_path / "state" / "conference" / "room-a" / "cam1" / "roles" / "data"
+    assert f"recordings go under {data}" in out
+    assert (data / "recordings" / "room-a").is_dir()
+    assert {p.name for p in tmp_path.iterdir()} >= {"federation.key", "operator.key", "state"}

@@ -2,8 +2,10 @@
 
 Two or three :class:`Membership` cores are wired back to back by :class:`Wire`, a tiny in-test
 network: it encodes every datagram and stream frame with the real codec (so the 1200-byte cap
-is checked on everything any core sends here), decodes it again, and hands it to the peer at
-the same virtual instant. Time advances only when a test says so (:meth:`Wire.run`), by calling
+is checked on everything any core sends here), bound to its receiver as the live node binds
+it, passes it through the receiver's real :class:`~mesh._inbound.Inbound` checks (so a core
+that named the wrong receiver, or none, is caught), and hands it to the peer at the same virtual
+instant. Time advances only when a test says so (:meth:`Wire.run`), by calling
 ``handle_timer`` at each core's next deadline. One test per protocol transition.
 """
 
@@ -17,23 +19,28 @@ from typing import Any
 import attrs
 import pytest
 
+from mesh._inbound import Inbound
 from mesh._membership import (
     MemberEvent,
     Membership,
+    MemberView,
     OpenStream,
     PathConflict,
     SendDatagram,
     Snapshot,
     UpdateReceived,
+    path_winner,
 )
 from mesh._profiles import Profile, get_profile
 from mesh._wire import (
+    MAX_COUNTER,
     MAX_DATAGRAM,
     Ack,
     Address,
     Dead,
     Envelope,
     Gossip,
+    InvalidMessage,
     Keyring,
     Lease,
     MemberRecord,
@@ -92,6 +99,8 @@ class Wire:
         self.blocked: set[tuple[Address, Address]] = set()  # (src, dest): datagrams vanish
         self.paused: set[Address] = set()  # stalled: no timers, datagrams to it vanish
         self.largest = 0
+        self.inbound: dict[Address, Inbound] = {}
+        self.refused: list[tuple[float, Address, Address, str]] = []  # (time, src, dest, reason)
         for c in cores:
             self.add(c)
 
@@ -99,6 +108,13 @@ class Wire:
 
     def add(self, c: Membership) -> None:
         self.cores[c.me.address] = c
+        self.inbound[c.me.address] = Inbound(CODECS[1], FEDERATION, c.node_id, c.incarnation)
+
+    def _inbound(self, address: Address) -> Inbound:
+        if address not in self.inbound:  # a stand-in core put in self.cores by hand
+            c = self.cores[address]
+            self.inbound[address] = Inbound(CODECS[1], FEDERATION, c.node_id, c.incarnation)
+        return self.inbound[address]
 
     def crash(self, c: Membership) -> None:
         """*c* stops: it answers nothing, and streams to it fail."""
@@ -115,33 +131,71 @@ class Wire:
     def heal(self) -> None:
         self.blocked.clear()
 
-    def _envelope(self, src: Membership, body: Message) -> Envelope:
+    def _envelope(
+        self, src: Membership, body: Message, to: str | None, incarnation: int
+    ) -> Envelope:
+        """*body* from *src*, bound as the live node binds it (``Node._binding``)."""
         self.seq += 1
-        return Envelope(FEDERATION, src.node_id, src.incarnation, self.seq, self.now, body)
+        if to is not None:
+            view = src.member(to)
+            heard = self._inbound(src.me.address).guard.incarnation_of(to)
+            incarnation = max(incarnation, -1 if view is None else view.incarnation, heard)
+        bound = to is not None and incarnation >= 0
+        return Envelope(
+            FEDERATION,
+            src.node_id,
+            src.incarnation,
+            self.seq,
+            self.now,
+            body,
+            to if bound else None,
+            incarnation if bound else 0,
+        )
+
+    def _receive(self, dest: Address, src: Address, data: bytes, stream: str = "") -> Any:
+        """The peer at *dest* receives *data*: its envelope, or ``None`` if refused."""
+        inbound = self._inbound(dest)
+        inbound.incarnation = self.cores[dest].incarnation
+        try:
+            if stream:
+                prefix = CODECS[1].frame_prefix_size
+                assert CODECS[1].frame_length(data[:prefix]) == len(data) - prefix
+                return inbound.check_frame(data[prefix:], self.now, request=stream == "request")
+            env = CODECS[1].decode(data, MAX_DATAGRAM, inbound.node_id)
+            inbound.check(env, self.now, unbound_ok=False)
+            return env
+        except InvalidMessage as exc:
+            self.refused.append((self.now, src, dest, exc.reason))
+            return None
 
     def _datagram(self, src: Membership, out: SendDatagram) -> None:
-        env = self._envelope(src, out.body)
+        env = self._envelope(src, out.body, out.to, out.to_incarnation)
         for codec in CODECS:
             data = codec.encode(env)  # raises MessageTooLarge above 1200 bytes
             self.largest = max(self.largest, len(data))
-        body = codec.decode(data).body  # the peer gets what crossed the wire
-        assert body == out.body
-        self.sent.append((self.now, src.me.address, out.dest, body))
+        self.sent.append((self.now, src.me.address, out.dest, out.body))
         if (src.me.address, out.dest) in self.blocked or out.dest in self.paused:
             return
         peer = self.cores.get(out.dest)
         if peer is not None:
-            peer.handle_message(self.now, src.me.address, src.node_id, body)
+            got = self._receive(out.dest, src.me.address, data)
+            if got is not None:
+                assert got.body == out.body  # the peer gets what crossed the wire
+                peer.handle_message(self.now, src.me.address, src.node_id, got.body)
 
     def _stream(self, src: Membership, out: OpenStream) -> None:
         codec = CODECS[1]
-        frame = codec.encode_frame(self._envelope(src, out.body))
-        body = codec.decode_frame(frame[4:]).body
-        assert isinstance(body, PushPull)
+        frame = codec.encode_frame(self._envelope(src, out.body, out.to, out.to_incarnation))
         peer = self.cores.get(out.dest)
         reply: PushPull | None = None
         if peer is not None and (src.me.address, out.dest) not in self.blocked:
-            reply = peer.handle_stream(self.now, src.me.address, src.node_id, body)
+            got = self._receive(out.dest, src.me.address, frame, "request")
+            if got is not None:
+                assert got.body == out.body
+                answer = peer.handle_stream(self.now, src.me.address, src.node_id, got.body)
+                env = self._envelope(peer, answer, src.node_id, got.incarnation)
+                back = self._receive(src.me.address, out.dest, codec.encode_frame(env), "reply")
+                reply = None if back is None else back.body
         src.handle_stream_reply(self.now, out.exchange, reply)
 
     def flush(self) -> None:
@@ -346,6 +400,7 @@ def test_stale_suspicion_is_answered_with_the_newer_incarnation() -> None:
     a, b = (core(r, i, snapshot=snapshot) for i, r in enumerate(records[:2]))
     c = core(attrs.evolve(records[2], incarnation=1), 3, snapshot=snapshot)  # refuted once
     wire = Wire([a, b, c])
+    wire.inbound[c.me.address].boot_incarnation = 0  # this run of c started at 0
     old_news = Gossip((Suspect(c.node_id, 0, b.node_id),))
     # a missed c's refutation and hears an old suspicion of c (incarnation 0) from b. It tells
     # c directly; c answers with its current record, and a's suspicion is over at once.
@@ -389,7 +444,7 @@ def test_every_new_suspecter_tells_the_suspect_directly() -> None:
     for peer in (b, c):  # learned by gossip from a, the reporter
         peer.handle_message(0.0, a.me.address, a.node_id, suspicion)
         told = [o for o in peer.take_outputs() if isinstance(o, SendDatagram)]
-        assert SendDatagram(d.me.address, suspicion) in told
+        assert SendDatagram(d.me.address, suspicion, d.node_id, 0) in told
     # In a big group only about 64 of the suspecters do, so the suspect's fan-in is bounded.
     records = [record(i) for i in range(1, 641)]
     big = core(records[0], 5, snapshot=Snapshot.of(records))
@@ -499,7 +554,10 @@ class Responder:
 
     def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
         if isinstance(body, Ping):
-            self._out.append(SendDatagram(src, Ack(body.probe, self.node_id)))
+            self._out.append(SendDatagram(src, Ack(body.probe, self.node_id), sender, 0))
+
+    def member(self, node_id: str) -> None:
+        return None
 
     def take_outputs(self) -> list[SendDatagram]:
         out, self._out = self._out, []
@@ -609,6 +667,27 @@ def test_same_path_on_two_live_nodes_is_a_path_conflict() -> None:
     assert (a.node_id, b.node_id) in seen and (b.node_id, a.node_id) in seen
     assert all(obs != c.node_id for obs, _ in conflicts)
     assert all(ev.holder.path == "/cmu/rbd" for _, ev in conflicts)
+    # Nothing stops: both stay live members everywhere, counted; the rule that says which keeps
+    # the path is the same everywhere (earliest start, then lowest id).
+    wire.run(3.0)
+    for x in (a, b, c):
+        assert not x.has_left and x.next_deadline() < math.inf
+        assert {status(x, a), status(x, b)} == {"alive"}
+    assert a.statistics().path_conflicts >= 1 and b.statistics().path_conflicts >= 1
+    claims = [v for v in c.members() if v.path == "/cmu/rbd"]
+    assert path_winner(claims) == c.member(a.node_id)  # no start time: the lower id
+
+
+def test_path_winner_prefers_the_earliest_start_then_the_lowest_id() -> None:
+    def view(i: int, meta: dict[str, Any]) -> MemberView:
+        rec = record(i, name="x", meta=meta)
+        return MemberView(rec.node_id, "x", "o", rec.address, 0, "alive", meta, 0.0)
+
+    early, late, odd = view(9, {"j": 5.0}), view(1, {"j": 7.5}), view(2, {"j": "soon"})
+    assert path_winner([late, early, odd]) == early
+    assert path_winner([late, odd]) == late  # a start time that is not a number ranks last
+    assert path_winner([view(4, {"j": 5.0}), view(3, {"j": 5})]).node_id == record(3).node_id
+    assert path_winner([]) is None
 
 
 def test_extension_updates_reach_every_other_node() -> None:
@@ -736,7 +815,7 @@ def test_piggyback_stays_under_the_datagram_limit_in_a_large_busy_group() -> Non
 def test_a_full_ping_with_a_buddy_notice_fits_at_the_largest_header() -> None:
     """The worst case: the longest federation name, a signed codec, 9-byte integers in the
     header, a piggyback filled to its budget, and the suspicion prepended beyond it."""
-    big = 2**63 - 1000
+    big = MAX_COUNTER - 1000
     a_rec, b_rec = (attrs.evolve(record(i), incarnation=big) for i in (1, 2))
     a = core(a_rec, 1, snapshot=Snapshot.of([a_rec, b_rec]))
     b = core(b_rec, 2, snapshot=Snapshot.of([a_rec, b_rec]))
@@ -775,3 +854,103 @@ def test_every_datagram_of_a_protocol_run_fits() -> None:
     wire.run(8.0)
     assert wire.sent and wire.largest <= MAX_DATAGRAM
     assert {type(body) for *_, body in wire.sent} >= {Ping, Ack, PingReq, Gossip}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile news: absurd incarnations, forged departures (issue 18, findings 5 and 8)
+
+
+def _alive_at(observer: Membership, member: Membership, incarnation: int) -> bool:
+    view = observer.member(member.node_id)
+    return view is not None and (view.status, view.incarnation) == ("alive", incarnation)
+
+
+def test_an_absurd_suspicion_cannot_move_an_incarnation() -> None:
+    """A suspicion at the largest incarnation the wire carries: peers apply it at the
+    incarnation they saw from the member, and the member refutes at its own + 1."""
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    forged = Gossip((Suspect(c.node_id, MAX_COUNTER, b.node_id),))
+    a.handle_message(0.0, b.me.address, b.node_id, forged)
+    assert a.member(c.node_id).incarnation == 0  # type: ignore[union-attr]
+    wire.flush()  # a tells c at once (bound to c's incarnation as a knows it); c refutes
+    assert c.incarnation == 1
+    assert wire.run(1.0, stop=lambda: all(_alive_at(p, c, 1) for p in (a, b)))
+    assert a.statistics().refused == {"incarnation ahead": 1}
+    # The forged number went no further: a relayed (and told c) the suspicion at 0.
+    relayed = [u for *_, body in wire.sent for u in getattr(body, "updates", ())]
+    assert Suspect(c.node_id, 0, b.node_id) in relayed
+    assert all(getattr(u, "incarnation", 0) < MAX_COUNTER for u in relayed)
+    wire.run(10.0)
+    assert not wire.member_events("dead", about=c) and c.incarnation == 1
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_an_absurd_death_notice_cannot_move_an_incarnation(left: bool) -> None:
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    a.handle_message(
+        0.0, b.me.address, b.node_id, Gossip((Dead(c.node_id, 2**50, c.node_id, left),))
+    )
+    wire.flush()
+    assert c.incarnation == 1
+    assert wire.run(1.0, stop=lambda: all(_alive_at(p, c, 1) for p in (a, b)))
+    wire.run(10.0)
+    assert c.incarnation == 1 and not wire.member_events("dead", about=c)
+
+
+def test_a_forged_departure_is_refuted_at_once() -> None:
+    """A 'left' notice about a running node, sent to everyone but that node: each receiver
+    tells the node directly, and it refutes before the next full-state exchange."""
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    wire.run(1.0)
+    forged = Gossip((Dead(c.node_id, 0, c.node_id, left=True),))
+    for peer in (a, b):
+        peer.handle_message(wire.now, b.me.address, c.node_id, forged)
+    assert status(a, c) == status(b, c) == "left"
+    wire.flush()
+    assert c.incarnation == 1 and c.statistics().refutations == 1
+    assert status(a, c) == status(b, c) == "alive"
+    assert wire.first("joined", about=c, seen_by=a) == 1.0
+
+
+def test_a_member_held_gone_that_probes_us_is_told_so_in_the_ack() -> None:
+    a, b, c = converged(3)
+    wire = Wire([a, b, c])
+    wire.blocked.add((a.me.address, c.me.address))  # a's direct notice to c is lost
+    a.handle_message(0.0, b.me.address, c.node_id, Gossip((Dead(c.node_id, 0, c.node_id, True),)))
+    wire.flush()
+    assert status(a, c) == "left" and c.incarnation == 0
+    a.handle_message(0.1, c.me.address, c.node_id, Ping(3, a.node_id))
+    (ack,) = [o for o in a.take_outputs() if isinstance(o, SendDatagram)]
+    assert isinstance(ack.body, Ack)
+    assert ack.body.updates[0] == Dead(c.node_id, 0, a.node_id, True)
+    wire.heal()
+    wire._datagram(a, ack)
+    wire.flush()
+    assert c.incarnation == 1 and status(a, c) == "alive"
+
+
+def test_a_record_of_this_node_ahead_of_it_is_refuted_at_its_own_plus_one() -> None:
+    a, b = converged(2)
+    wire = Wire([a, b])
+    forged = attrs.evolve(b.me, incarnation=MAX_COUNTER)
+    b.handle_message(0.0, a.me.address, a.node_id, Gossip((forged,)))
+    assert b.incarnation == 1 and b.statistics().refused == {"ahead of self": 1}
+    wire.flush()
+
+
+def test_an_exhausted_incarnation_stops_refuting_but_nothing_breaks() -> None:
+    a_rec, b_rec = record(1), attrs.evolve(record(2), incarnation=MAX_COUNTER)
+    a = core(a_rec, 1, snapshot=Snapshot.of([a_rec, b_rec]))
+    b = core(b_rec, 2, snapshot=Snapshot.of([a_rec, b_rec]))
+    wire = Wire([a, b])
+    b.handle_message(
+        0.0, a.me.address, a.node_id, Gossip((Suspect(b.node_id, MAX_COUNTER, a.node_id),))
+    )
+    assert b.incarnation == MAX_COUNTER
+    assert b.statistics().refused == {"incarnation exhausted": 1}
+    b.update_meta(0.0, {"x": 1})
+    assert b.incarnation == MAX_COUNTER
+    wire.flush()

@@ -16,6 +16,7 @@ import trio
 import mesh
 from mesh._node import Node, NodeConfig, NoSuchMember, RemoteError, open_node
 from mesh._nodecore import Publication
+from mesh._status import api_secret_path, read_api_secret
 from mesh._wire import Value
 from tests.livenodes import loopback_config
 
@@ -147,6 +148,7 @@ async def test_status_api_and_dashboard(tmp_path: Path) -> None:
         }
         assert set(clock) == {"federation_time", "host_time"}
         assert page.status_code == 200 and "/o1/n1" in page.text
+        assert doc["security"] == "open" and "OPEN federation" in page.text
 
 
 async def test_status_api_forwards_requests_into_the_mesh(tmp_path: Path) -> None:
@@ -157,17 +159,31 @@ async def test_status_api_forwards_requests_into_the_mesh(tmp_path: Path) -> Non
 
         nodes[1].handle("echo", echo)
         url = f"{nodes[0].status_url}/api/request"
-        async with httpx.AsyncClient() as client:
+        # Changing state through the API takes the node's secret (its runtime folder).
+        secret = read_api_secret(tmp_path / "run", nodes[0].id)
+        assert secret is not None
+        mode = api_secret_path(tmp_path / "run", nodes[0].id).stat().st_mode & 0o777
+        assert mode == 0o600
+        headers = {"Authorization": f"Bearer {secret}"}
+        async with httpx.AsyncClient(headers=headers) as client:
             ok = await client.post(url, json={"path": "/o1/n1", "kind": "echo", "payload": 7})
             missing = await client.post(url, json={"path": "/o1/zz", "kind": "echo"})
             unknown = await client.post(url, json={"path": "/o1/n1", "kind": "nope"})
-            bad_json = await client.post(url, content=b"{not json")
+            bad_json = await client.post(
+                url, content=b"{not json", headers={"Content-Type": "application/json"}
+            )
             bad_path = await client.post(url, json={"path": "n1", "kind": "echo"})
+            anonymous = await client.post(
+                url, json={"path": "/o1/n1", "kind": "echo"}, headers={"Authorization": ""}
+            )
+        assert anonymous.status_code == 401
         assert ok.json() == {"ok": True, "payload": {"echo": 7}}
         assert missing.status_code == 404 and missing.json()["error_type"] == "NoSuchMember"
         assert unknown.json()["error_type"] == "UnknownRequest"
         assert bad_json.status_code == 400 and "JSON" in bad_json.json()["error"]
         assert bad_path.status_code == 400 and "path" in bad_path.json()["error"]
+        node_id = nodes[0].id
+    assert not api_secret_path(tmp_path / "run", node_id).exists()  # removed at exit
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """The JSON API, the HTML admin actions and RegistryClient, against the real app.
 
-Most tests drive the app in-process through ``httpx.ASGITransport`` (real SQLite file in
-tmp_path); the client tests run over a real hypercorn socket on 127.0.0.1.
+Most tests drive the app in-process through ``httpx.ASGITransport`` (a real database: every
+test runs on SQLite and on PostgreSQL); the client tests run over a real hypercorn socket on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +28,7 @@ from registry_bridge import (
     create_app,
     serve_registry,
 )
+from tests.registries import Databases
 
 PASSWORD = "s3cret"
 JSON_TYPE = {"content-type": "application/json"}
@@ -39,8 +40,8 @@ def basic(password: str, user: str = "admin") -> dict[str, str]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[RegistryStore]:
-    s = RegistryStore(tmp_path / "registry.db", ttl=30.0)
+async def store(databases: Databases) -> AsyncIterator[RegistryStore]:
+    s = RegistryStore(databases.new(), ttl=30.0)
     yield s
     s.close()
 
@@ -390,8 +391,8 @@ async def test_client_reports_unreachable_registry() -> None:
                 await client.elapsed("sleo")
 
 
-async def test_registrations_expire_when_heartbeats_stop(tmp_path: Path) -> None:
-    store = RegistryStore(tmp_path / "ttl.db", ttl=0.4)
+async def test_registrations_expire_when_heartbeats_stop(databases: Databases) -> None:
+    store = RegistryStore(databases.new(), ttl=0.4)
     transport = httpx.ASGITransport(app=create_app(store))
     async with httpx.AsyncClient(transport=transport, base_url="http://registry") as api:
         keep = (

@@ -14,17 +14,10 @@ import httpx
 import pytest
 from playwright.sync_api import sync_playwright
 
+from tests.chromium import launch
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture
@@ -82,7 +75,7 @@ def test_federation_page_in_chromium(registry: str, tmp_path: Path) -> None:
             assert r.status_code == 201
     shot = tmp_path / "federation.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page()
             page.set_default_timeout(15_000)

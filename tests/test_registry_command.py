@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +16,13 @@ import pytest
 import trio
 
 from registry_bridge._command import default_db_path
+from registry_bridge._database import open_database, shown_target
+from registry_bridge._postgres import _MIGRATIONS as _postgres_migrations
+from registry_bridge._sqlite import _MIGRATIONS as _sqlite_migrations
 from tests.livenodes import wait_for
 from tests.netns import Lan
-from tests.registries import registry_http
+from tests.postgres import PASSWORD, Cluster
+from tests.registries import MIGRATED_TEMPLATE, Databases, registry_command, registry_http
 
 
 def test_default_db_follows_xdg_state_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -116,15 +122,10 @@ async def test_serves_with_default_db_and_password_file_and_stops_on_sigint(
 @pytest.mark.parametrize(
     ("value", "says"),
     [
-        (
-            "postgresql://user:secret@db.example/stagemesh",
-            "PostgreSQL support is not in this build",
-        ),
         ("sqlite:///x.db", "give the file's path itself"),
         ("sqlite:x.db", "give the file's path itself"),
-        ("postgres://user:secret@db.example/stagemesh", "start with postgresql://"),
-        ("http://127.0.0.1:5432/x", "not a supported database URL"),
-        ("mysql+pymysql://db/x", "not a supported database URL"),
+        ("http://user:secret@127.0.0.1:5432/x", "not a supported database URL"),
+        ("mysql+pymysql://db/x", "or a postgresql://user@host/dbname URL"),
     ],
 )
 def test_db_urls_are_refused_in_one_line_and_create_nothing(
@@ -147,9 +148,11 @@ def test_db_urls_are_refused_in_one_line_and_create_nothing(
         assert list(tmp_path.iterdir()) == [], "a file was created"
 
 
-async def test_legacy_registrations_expire_unless_they_register_again(tmp_path: Path) -> None:
+async def test_legacy_registrations_expire_unless_they_register_again(
+    databases: Databases,
+) -> None:
     with trio.fail_after(40):
-        async with registry_http(tmp_path / "r.db", "--legacy-ttl", "1.5") as http:
+        async with registry_http(databases.new(), "--legacy-ttl", "1.5") as http:
             where = {"federation": "f", "orchestra": "o"}
             await http.get("/federation", params={"federation": "f", "create": "yes"})
             await http.get("/orchestra", params={**where, "create": "yes"})
@@ -210,3 +213,168 @@ def test_wildcard_bind_prints_the_hosts_urls_loopback_first(tmp_path: Path) -> N
             done = lan.run(host, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url + "/")
             assert done.stdout == "200"
         assert registry.stop() == 0
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once it is closed
+
+
+def test_a_postgres_database_that_cannot_be_used_is_one_line_without_the_password(
+    postgres_cluster: Cluster,
+) -> None:
+    empty = postgres_cluster.new_database()
+    newer = postgres_cluster.new_database(template=MIGRATED_TEMPLATE)
+    postgres_cluster.sql("UPDATE schema_version SET version = 99", newer.rpartition("/")[2])
+    port = postgres_cluster.port
+    cases = [
+        (f"postgresql://stagemesh:{PASSWORD}@127.0.0.1:{port}/x?nonsense=1", "not a valid"),
+        (f"postgresql://stagemesh:{PASSWORD}@127.0.0.1:{closed_port()}/x", "Connection refused"),
+        (
+            postgres_cluster.url(empty.rpartition("/")[2], password="not-the-password"),
+            'password authentication failed for user "stagemesh"',
+        ),
+        (postgres_cluster.url("nonexistent"), 'database "nonexistent" does not exist'),
+        (empty, "is empty (no registry schema), this stagemesh needs version 3; run: stagemesh"),
+        (newer, "has schema version 99, newer than this stagemesh (version 3)"),
+    ]
+    for url, says in cases:
+        for action in ([], ["export"]):
+            done = registry_command("--bind", "127.0.0.1:0", *action, "--db", url)
+            where = (action, url.rpartition("@")[2])
+            assert done.returncode == 2, (where, done.stderr)
+            lines = done.stderr.strip().splitlines()
+            assert len(lines) == 1 and says in lines[0], (where, done.stderr)
+            assert lines[0].startswith("error: ") and "Traceback" not in done.stderr
+            assert PASSWORD not in done.stderr and "not-the-password" not in done.stderr
+            assert f"stagemesh@127.0.0.1:{port}" in lines[0] or "refused" in says
+
+
+def test_migrate_creates_or_upgrades_a_schema_and_the_registry_then_serves_it(
+    databases: Databases,
+) -> None:
+    """A database of version 1 (made before versioning: the tables, no version row) with a
+    federation in it: PostgreSQL's is refused until ``migrate`` upgrades it; a SQLite file is
+    upgraded by the registry itself. Either way the federation is kept."""
+    db = databases.new(migrated=False)
+    if databases.backend == "postgresql":
+        assert "schema created (version 3)" in registry_command("migrate", "--db", db).stdout
+        version_1 = databases.new(migrated=False)
+        statements = _postgres_migrations[0]
+    else:
+        version_1 = databases.new()
+        statements = _sqlite_migrations[0]
+    database = open_database(version_1)
+    database.begin()
+    for statement in statements:
+        database.execute(statement)
+    database.execute("INSERT INTO federations (name, created_at) VALUES ('old', 1.0)")
+    database.commit()
+    database.close()
+    if databases.backend == "postgresql":
+        refused = registry_command("--db", version_1)
+        assert refused.returncode == 2
+        assert "is version 1, this stagemesh needs version 3; run: stagemesh registry migrate" in (
+            refused.stderr
+        )
+    done = registry_command("migrate", "--db", version_1)
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout == f"database {shown_target(version_1)}: schema upgraded from version 1 to 3\n"
+    )
+    again = registry_command("migrate", "--db", version_1)
+    assert again.stdout.endswith(": schema already at version 3\n")
+    exported = json.loads(registry_command("export", "--db", version_1).stdout)
+    assert [f["name"] for f in exported["federations"]] == ["old"]
+
+
+async def test_export_and_import_move_an_event_from_sqlite_to_postgres_and_back(
+    postgres_cluster: Cluster, tmp_path: Path
+) -> None:
+    sqlite_db = str(tmp_path / "event.db")
+    with trio.fail_after(60):
+        async with registry_http(sqlite_db) as http:
+            await http.get("/federation", params={"federation": "sleo", "create": "yes"})
+            legacy_id = (await http.get("/federation", params={"federation": "sleo"})).text
+            for orch in ("cmu", "colorado"):
+                await http.get("/orchestra", params={"federation": "sleo", "orchestra": orch})
+            base = "/api/v1/federations/sleo/registrations"
+            sup = await http.post(
+                base,
+                json={
+                    "orchestra": "cmu",
+                    "name": "a",
+                    "create": True,
+                    "supernode": True,
+                    "conductor": True,
+                    "node_id": "node-a",
+                    "port": 9000,
+                },
+            )
+            await http.post(base, json={"orchestra": "colorado", "name": "b", "create": True})
+            await http.get(
+                "/register",
+                params={
+                    "federation": "sleo",
+                    "orchestra": "cmu",
+                    "name": "laptop",
+                    "conductor": "yes",
+                },
+            )
+            await http.post("/api/v1/federations", json={"name": "empty"})
+            token = sup.json()["token"]
+    exported = tmp_path / "event.json"
+    done = registry_command("export", "--db", sqlite_db, str(exported))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("exported 2 federations, 2 orchestras, 3 registrations")
+    assert exported.stat().st_mode & 0o777 == 0o600  # it holds the tokens
+    first = json.loads(exported.read_text())
+
+    postgres_db = postgres_cluster.new_database()  # no schema: import makes it
+    done = registry_command("import", "--db", postgres_db, str(exported))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        f"imported 2 federations, 2 orchestras, 3 registrations from {exported} into"
+        f" {shown_target(postgres_db)}\n"
+    )
+    second = json.loads(registry_command("export", "--db", postgres_db).stdout)
+    back_db = str(tmp_path / "back.db")
+    done = registry_command("import", "--db", back_db, "-", stdin=json.dumps(second))
+    assert done.returncode == 0, done.stderr
+    third = json.loads(registry_command("export", "--db", back_db).stdout)
+    for doc in (first, second, third):
+        del doc["exported_at"]
+    assert first == second == third
+    assert first["federations"][0]["conductor"]["path"] == "/cmu/a"
+
+    with trio.fail_after(60):
+        async with registry_http(postgres_db) as http:
+            # the node keeps its token, the 2012 clients see the same ids
+            hb = await http.post(f"/api/v1/registrations/{token}/heartbeat")
+            assert hb.status_code == 200 and hb.json()["conductor_term"] == 1
+            assert (await http.get("/federation", params={"federation": "sleo"})).text == legacy_id
+            made = await http.get(
+                "/orchestra", params={"federation": "sleo", "orchestra": "new", "create": "yes"}
+            )
+            assert int(made.text) == 1 + max(
+                o["id"] for f in first["federations"] for o in f["orchestras"]
+            )
+
+    refused = registry_command("import", "--db", postgres_db, str(exported))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "already holds 2 federation(s); import needs an empty database" in refused.stderr
+    sleo = first["federations"][0]
+    a = next(r for r in sleo["registrations"] if r["name"] == "a")
+    twice = [dict(a, name=name, token=name * 8, conductor=False) for name in ("x", "y")]
+    bad = dict(first, federations=[dict(sleo, registrations=twice)])
+    for doc, says in [
+        ({"format": "something else"}, "not a registry export"),
+        (bad, "registration /cmu/y: orchestra 'cmu' has a supernode already"),
+    ]:
+        refused = registry_command(
+            "import", "--db", str(tmp_path / "new.db"), "-", stdin=json.dumps(doc)
+        )
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+    refused = registry_command("import", "--db", str(tmp_path / "new.db"), "-", stdin="{")
+    assert refused.returncode == 2 and "stdin is not JSON" in refused.stderr

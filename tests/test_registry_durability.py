@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from tests.registries import start_registry
+from tests.registries import Databases, start_registry
 
 
 # httpx leaves its request-body generator unfinished when the server dies mid-request; that
 # is the point of this test, so its ResourceWarning is expected here.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-async def test_kill_9_mid_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    db = tmp_path / "registry.db"
+async def test_kill_9_mid_load_loses_nothing_acknowledged(databases: Databases) -> None:
+    db = databases.new()
     acked: list[str] = []
     with trio.fail_after(45):
         proc, url = await start_registry(db)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import httpx
 import pytest
@@ -13,6 +14,8 @@ import trio
 from hypothesis import given, settings, strategies as st
 
 from registry_bridge import Conflict, RegistryStore, create_app
+from tests.registries import Databases
+from tests.registry_fuzz_hooks import vague_error
 
 NAMES = st.sampled_from(["sleo", "cmu", "colorado", "a", "bad name", "x" * 70, "%2F", "..", ""])
 SEGMENT = st.one_of(NAMES, st.text(max_size=12).map(lambda t: quote(t, safe="")))
@@ -104,12 +107,15 @@ HEADERS = st.sampled_from(
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> RegistryStore:
-    path: Path = tmp_path_factory.mktemp("fuzz") / "registry.db"
-    s = RegistryStore(path)
+def store(module_databases: Databases) -> Iterator[RegistryStore]:
+    s = RegistryStore(module_databases.new())
     s.federation_id("sleo", create=True)
     s.orchestra_id("sleo", "cmu", create=True)
-    return s
+    yield s
+    s.close()
+
+
+FEDERATIONS = itertools.count(1)
 
 
 async def send(
@@ -168,15 +174,16 @@ def test_arbitrary_requests_never_500(
     )
 )
 def test_random_registrations_keep_one_supernode_and_one_conductor(
-    tmp_path_factory: pytest.TempPathFactory,
+    store: RegistryStore,
     ops: list[tuple[str, str, bool, bool, bool, str | None]],
 ) -> None:
-    s = RegistryStore(tmp_path_factory.mktemp("ops") / "r.db")
-    s.federation_id("f", create=True)
+    s = store  # a fresh federation per example
+    f = f"ops{next(FEDERATIONS)}"
+    s.federation_id(f, create=True)
     for orch, name, sup, cond, takeover, owner in ops:
         try:
             s.register(
-                "f",
+                f,
                 orch,
                 name,
                 host="10.0.0.1",
@@ -191,9 +198,88 @@ def test_random_registrations_keep_one_supernode_and_one_conductor(
         except Conflict as exc:
             assert "registered" in exc.message  # the path is held by a registration with a token
         assert s.check_consistency() == []
-    view = s.federation("f")
+    view = s.federation(f)
     for orch in view["orchestras"]:
         assert sum(n["supernode"] for n in orch["nodes"]) <= 1
     holders = [n["path"] for o in view["orchestras"] for n in o["nodes"] if n["conductor"]]
     assert holders == ([view["conductor"]["holder"]] if view["conductor"]["holder"] else [])
-    s.close()
+
+
+# What the fuzzing of a live registry found (tests/test_registry_fuzz_live.py), each answered
+# now with a short message that names what is wrong: (method, url, JSON body, status, words)
+FOUND: list[tuple[str, str, object, int, str]] = [
+    ("POST", "/api/v1/federations", {"\x13\r" + "k" * 9000: 1}, 400, "unknown field(s) '\\x13"),
+    ("POST", "/api/v1/federations/sleo/reset", {"a\nb": 1}, 401, "admin login required"),
+    (
+        "POST",
+        "/api/v1/federations/sleo/conductor",
+        {"token": "t", "expected_term": 0, "holder": "x" * 60_000},
+        400,
+        "holder must be a path /<orchestra>/<name> of at most 130",
+    ),
+    (
+        "POST",
+        "/api/v1/federations/sleo/registrations",
+        {"orchestra": "cmu", "name": "n", "node_id": "x\nConductor:"},
+        400,
+        "node_id must be 1-128 characters without control",
+    ),
+    (
+        "POST",
+        "/api/v1/federations/sleo/registrations",
+        {"orchestra": "cmu", "name": "n", "port": 1e400},
+        400,
+        "port must be an integer",
+    ),
+    ("PUT", "/api/v1/federations", None, 405, "allowed: GET, HEAD, POST"),
+    ("PUT", "/api/v1/federations/" + "x" * 30_000, None, 405, "allowed: DELETE, GET, HEAD"),
+    ("GET", "/api/v1/nothing/" + "y" * 30_000 + "%0A", None, 404, "no such resource: /api/v1/"),
+    ("POST", "/register", None, 405, "allowed: GET"),
+    (
+        "GET",
+        "/register?federation=sleo&orchestra=cmu&name=n&supernode=" + "x" * 9000,
+        None,
+        400,
+        "supernode must be yes or no, not 'xxx",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status", "words"),
+    FOUND,
+    ids=[f"{m}-{u.split('?')[0][:30]}-{s}" for m, u, _, s, _ in FOUND],
+)
+def test_what_the_live_fuzz_found_is_refused_in_one_short_line(
+    store: RegistryStore, method: str, url: str, body: object, status: int, words: str
+) -> None:
+    content = json.dumps(body).encode() if body is not None else b""
+    headers = {"content-type": "application/json"} if body is not None else {}
+    path, _, query = url.partition("?")
+    params = dict(parse_qsl(query))
+    response = trio.run(send, store, method, path, params, content, headers)
+    assert response.status_code == status, response.text[:300]
+    message = response.json()["error"] if url.startswith("/api/") else response.text
+    if not url.startswith("/api/"):
+        assert message.startswith("Error: ") and message.endswith("\n")
+        message = message[len("Error: ") : -1]
+    assert words in message and vague_error(status, message) is None, message
+    if status == 405:
+        assert response.headers["allow"] == message.rsplit("allowed: ", 1)[1]
+
+
+def test_integral_json_numbers_are_integers(store: RegistryStore) -> None:
+    body = {"orchestra": "cmu", "name": "float-port", "port": 7471.0, "node_id": None}
+    headers = {"content-type": "application/json"}
+    url = "/api/v1/federations/sleo/registrations"
+    response = trio.run(send, store, "POST", url, {}, json.dumps(body).encode(), headers)
+    assert response.status_code == 201, response.text
+    token = response.json()["token"]
+    conductor = {
+        "token": token,
+        "expected_term": float(response.json()["conductor_term"]),
+        "holder": "/cmu/float-port",
+    }
+    url = "/api/v1/federations/sleo/conductor"
+    claimed = trio.run(send, store, "POST", url, {}, json.dumps(conductor).encode(), headers)
+    assert claimed.status_code == 200 and claimed.json()["port"] == 7471, claimed.text

@@ -11,12 +11,12 @@ import pytest
 import trio
 
 from registry_bridge import RegistryStore, create_app, serve_registry
-from tests.registries import running_registry
+from tests.registries import Databases, running_registry
 
 
 @pytest.fixture
-async def base(tmp_path: Path) -> AsyncIterator[str]:
-    store = RegistryStore(tmp_path / "registry.db")
+async def base(databases: Databases) -> AsyncIterator[str]:
+    store = RegistryStore(databases.new())
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         url = await nursery.start(
@@ -187,10 +187,10 @@ def doc_blocks_after(marker: str) -> tuple[str, str]:
     return script, output
 
 
-async def test_the_documented_curl_lines_run_the_2012_flow(tmp_path: Path) -> None:
+async def test_the_documented_curl_lines_run_the_2012_flow(databases: Databases) -> None:
     script, expected = doc_blocks_after("### The 2012 flow with curl")
     with trio.fail_after(30):
-        async with running_registry(tmp_path / "r.db") as url:
+        async with running_registry(databases.new()) as url:
             # the reader sets REGISTRY to their registry's URL: so does the test
             pasted = re.sub(r"^REGISTRY=\S+", f"REGISTRY={url}", script, count=1, flags=re.M)
             assert pasted != script

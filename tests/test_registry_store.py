@@ -1,13 +1,16 @@
-"""The registry store on its own: real SQLite files, an injected clock, no event loop."""
+"""The registry store on its own: real databases (a SQLite file, a PostgreSQL database: every
+test runs on both), an injected clock, no event loop."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+import threading
+from collections.abc import Iterator
 
 import pytest
 
 from registry_bridge import Conflict, Forbidden, NotFound, RegistryStore, StoreError
+from tests.registries import Databases
 
 
 class FakeClock:
@@ -24,12 +27,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> RegistryStore:
-    s = RegistryStore(tmp_path / "r.db", ttl=30.0, clock=clock)
+def store(databases: Databases, clock: FakeClock) -> Iterator[RegistryStore]:
+    s = RegistryStore(databases.new(), ttl=30.0, clock=clock)
     s.create_federation("sleo")
     s.create_orchestra("sleo", "cmu")
     s.create_orchestra("sleo", "colorado")
-    return s
+    yield s
+    s.close()
 
 
 def reg(store: RegistryStore, orch: str, name: str, **kw: object) -> dict[str, object]:
@@ -70,9 +74,9 @@ def test_heartbeat_keeps_alive_and_silence_expires(store: RegistryStore, clock: 
 
 
 def test_legacy_registrations_expire_after_legacy_ttl_unless_refreshed(
-    tmp_path: Path, clock: FakeClock
+    databases: Databases, clock: FakeClock
 ) -> None:
-    store = RegistryStore(tmp_path / "l.db", ttl=30.0, legacy_ttl=3600.0, clock=clock)
+    store = RegistryStore(databases.new(), ttl=30.0, legacy_ttl=3600.0, clock=clock)
     store.federation_id("sleo", create=True)
     store.orchestra_id("sleo", "cmu", create=True)
     first = clock.now
@@ -209,11 +213,58 @@ def test_names_are_checked(store: RegistryStore) -> None:
         store.create_orchestra("sleo", "x" * 65)
 
 
-def test_state_survives_reopening(tmp_path: Path, clock: FakeClock) -> None:
-    s = RegistryStore(tmp_path / "r.db", clock=clock)
+def test_state_survives_reopening(databases: Databases, clock: FakeClock) -> None:
+    db = databases.new()
+    s = RegistryStore(db, clock=clock)
     s.federation_id("f", create=True)
     s.orchestra_id("f", "o", create=True)
     s.register("f", "o", "n", host="1.2.3.4", port=1)
     s.close()
-    again = RegistryStore(tmp_path / "r.db", clock=clock)
+    again = RegistryStore(db, clock=clock)
     assert again.federation("f")["registrations"] == 1
+    again.close()
+
+
+def test_stores_sharing_a_database_take_turns_sweeping(
+    databases: Databases, clock: FakeClock
+) -> None:
+    """Two stores (two registry processes) on one database: expired registrations are swept
+    once a second by one of them, not by each; calls from both at once never fight."""
+    db = databases.new()
+    a, b = RegistryStore(db, ttl=30.0, clock=clock), RegistryStore(db, ttl=30.0, clock=clock)
+    try:
+        a.federation_id("sleo", create=True)
+        start = clock.now
+        reg(a, "cmu", "x", create=True, conductor=True)
+        clock.now = start + 29.9
+        a.elapsed("sleo")  # sweeps: nothing has expired yet
+        clock.now = start + 30.5  # now x has
+        assert b.federation("sleo")["registrations"] == 1  # a swept 0.6 s ago: not b's turn
+        clock.now = start + 31.6  # a second after b's last look, and after a's sweep
+        assert b.federation("sleo")["registrations"] == 0
+        assert a.conductor("sleo")["term"] == 2  # released once
+
+        for i in range(40):
+            reg(a if i % 2 else b, "cmu", f"n{i}", conductor=i == 0)
+        clock.now += 31
+        errors: list[BaseException] = []
+
+        def hammer(store: RegistryStore) -> None:
+            try:
+                for _ in range(30):
+                    store.elapsed("sleo")
+                    clock.now += 0.1
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=hammer, args=(s,)) for s in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == []
+        assert a.federation("sleo")["registrations"] == 0
+        assert b.conductor("sleo")["term"] == 4 and a.check_consistency() == []
+    finally:
+        a.close()
+        b.close()

@@ -17,13 +17,13 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.registries import start_registry
+from tests.registries import Databases, start_registry
 
 PASSWORD = "s3cret"
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
 
 
-async def start_workers(db: Path, workers: int = 2) -> tuple[trio.Process, str, list[int]]:
+async def start_workers(db: str, workers: int = 2) -> tuple[trio.Process, str, list[int]]:
     """A registry with *workers* processes: the process, its URL and its worker children."""
     proc, url = await start_registry(
         db, "--workers", str(workers), env={"STAGEMESH_ADMIN_PASSWORD": PASSWORD}
@@ -68,9 +68,9 @@ async def wait_gone(pid: int) -> None:
         await trio.sleep(0.02)
 
 
-async def test_tokens_cas_and_csrf_hold_across_workers(tmp_path: Path) -> None:
+async def test_tokens_cas_and_csrf_hold_across_workers(databases: Databases) -> None:
     with trio.fail_after(40):
-        proc, url, kids = await start_workers(tmp_path / "r.db")
+        proc, url, kids = await start_workers(databases.new())
         try:
             assert len(kids) == 1
             first, second = proc.pid, kids[0]
@@ -129,9 +129,9 @@ async def test_tokens_cas_and_csrf_hold_across_workers(tmp_path: Path) -> None:
                 await proc.wait()
 
 
-async def test_workers_stop_when_the_first_process_is_killed(tmp_path: Path) -> None:
+async def test_workers_stop_when_the_first_process_is_killed(databases: Databases) -> None:
     with trio.fail_after(30):
-        proc, _, kids = await start_workers(tmp_path / "r.db", workers=3)
+        proc, _, kids = await start_workers(databases.new(), workers=3)
         try:
             assert len(kids) == 2
             proc.kill()  # SIGKILL: no chance to stop the others itself
@@ -144,9 +144,9 @@ async def test_workers_stop_when_the_first_process_is_killed(tmp_path: Path) -> 
                 await proc.wait()
 
 
-async def test_a_dead_worker_stops_the_registry_with_failure(tmp_path: Path) -> None:
+async def test_a_dead_worker_stops_the_registry_with_failure(databases: Databases) -> None:
     with trio.fail_after(30):
-        proc, _, kids = await start_workers(tmp_path / "r.db")
+        proc, _, kids = await start_workers(databases.new())
         try:
             os.kill(kids[0], signal.SIGKILL)
             assert await proc.wait() == 1

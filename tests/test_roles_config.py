@@ -216,3 +216,13 @@ def test_station_file_errors_name_the_key(tmp_path: Path) -> None:
     path.write_text(json.dumps({"roles": {"record": {"a": {"timestamp": "x"}}}}))
     with pytest.raises(ConfigFileError, match=r"\$\.roles\.record\.a\.timestamp"):
         load_station_file(path)
+
+
+def test_an_eventstreamr_uuid_with_spaces_is_refused_saying_what_and_why() -> None:
+    with pytest.raises(ConfigFileError) as refused:
+        RoleConfig.from_dict({"record": {"uuid - 1": {"timestamp": 1, "device": "d"}}})
+    message = str(refused.value)
+    assert "instance uuid 'uuid - 1' holds ' '" in message
+    assert "letters, digits, '-', '_' and '.'" in message
+    assert "file names" in message and "write 'uuid-1'" in message
+    assert refused.value.role == "record"

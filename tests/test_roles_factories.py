@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -16,11 +17,15 @@ from roles import (
     InvalidOptions,
     InvalidRequest,
     MissingRoleFactory,
+    NotConductor,
     RoleConfig,
     RoleEntry,
     RolesError,
+    StaleOrder,
     TooManyInstances,
+    Unauthorized,
     default_factories,
+    error_family,
     error_from_dict,
     error_from_wire,
     validate_update,
@@ -212,6 +217,71 @@ def test_factories_and_specs_are_hashable_values() -> None:
     registry = default_factories()
     assert len({hash(registry.get(name)) for name in registry.names()}) == 5
     spec = validate_update(
-        config(("command", "c", {"command": "true", "env": {"A": "1"}})), registry
+        config(("command", "c", {"command": "true", "env": {"TZ": "UTC"}})), registry
     )
     assert hash(spec[("command", "c")]) == hash(spec[("command", "c")])
+
+
+def test_every_error_carries_the_seeds_family_name() -> None:
+    families = {
+        ConfigFileError: "InvalidConfiguration",
+        InvalidOptions: "InvalidConfiguration",
+        TooManyInstances: "InvalidConfiguration",
+        BlockedRole: "BlockedRole",
+        MissingRoleFactory: "MissingRoleFactory",
+        InvalidRequest: "InvalidRequest",
+        NotConductor: "NotConductor",
+        Unauthorized: "Unauthorized",
+        StaleOrder: "Unauthorized",
+    }
+    for cls, family in families.items():
+        error = cls("m")
+        assert error.to_wire()["family"] == family
+        assert error_family(cls.wire_name) == family
+    assert error_family("SomethingNew") == "SomethingNew"
+
+
+def test_paths_stay_under_the_station_folders_and_env_is_allow_listed(tmp_path: Path) -> None:
+    data, extra = tmp_path / "data", tmp_path / "media"
+    roots = (str(data), str(extra))
+
+    def build(options: dict[str, Any], role: str = "record") -> Any:
+        specs = validate_update(
+            config((role, "cam", options)), default_factories(), roots=roots, env_allow={"MY"}
+        )
+        return specs[(role, "cam")]
+
+    spec = build({"device": "/dev/video0", "output_dir": "rooms/a"})
+    assert spec.ensure_dirs == (str(data / "rooms" / "a"),)
+    assert any(arg.startswith(str(data / "rooms" / "a") + "/cam_") for arg in spec.argv)
+    assert build({"device": "d", "output_dir": str(extra / "x")}).ensure_dirs == (str(extra / "x"),)
+    for escape in ("../x", str(tmp_path / "other"), "a/../../../x", "/etc"):
+        with pytest.raises(InvalidOptions, match="outside the folders"):
+            build({"device": "d", "output_dir": escape})
+    (data).mkdir()
+    (data / "link").symlink_to("/etc")
+    with pytest.raises(InvalidOptions, match="outside the folders"):
+        build({"device": "d", "output_dir": "link/x"})  # a symbolic link out is followed
+    with pytest.raises(InvalidOptions, match="prefix"):
+        build({"device": "d", "output_dir": "r", "prefix": "../../x"})
+    command = {"command": ["true"]}
+    assert build({**command, "env": {"TZ": "UTC", "MY": "1"}}, "command").env == {
+        "TZ": "UTC",
+        "MY": "1",
+    }
+    with pytest.raises(InvalidOptions, match="sets LD_PRELOAD"):
+        build({**command, "env": {"LD_PRELOAD": "/x.so"}}, "command")
+    with pytest.raises(InvalidOptions, match="control character"):
+        build({"command": ["true", "a\x00b"]}, "command")
+    assert build({"command": ["sh", "-c", "a\nb\tc"]}, "command").argv[2] == "a\nb\tc"
+    with pytest.raises(InvalidOptions, match="'stop_grace'"):
+        build({**command, "stop_grace": 1e9}, "command")
+
+
+def test_a_stand_in_says_what_the_real_command_would_run() -> None:
+    spec = validate_update(
+        config(("upload", "u", {"source_dir": "r", "destination": "h:/a", "stand_in": True})),
+        default_factories(),
+    )[("upload", "u")]
+    assert spec.argv[1:5] == ("-m", "roles._standin", "periodic", "--")
+    assert spec.argv[5] == "rsync" and spec.argv[-1] == "h:/a"

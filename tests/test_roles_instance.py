@@ -489,9 +489,11 @@ def test_any_sequence_keeps_one_process_at_most_and_consistent_state(
     assert c.finished and c.take_outputs() == []
 
 
-def test_the_core_imports_no_io() -> None:
-    """Sans-IO: no trio, time, subprocess, os, socket or signal in roles/_instance.py."""
-    path = Path(__file__).resolve().parent.parent / "roles" / "_instance.py"
+@pytest.mark.parametrize("module", ["_instance.py", "_manager.py"])
+def test_the_core_imports_no_io(module: str) -> None:
+    """Sans-IO: no trio, time, subprocess, os, socket or signal in the instance state machine
+    (roles/_instance.py) and the manager's (roles/_manager.py)."""
+    path = Path(__file__).resolve().parent.parent / "roles" / module
     imported: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):

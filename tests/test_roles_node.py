@@ -1,6 +1,7 @@
-"""Roles wired into real in-process nodes (loopback, seeds, no mDNS or broadcast): the
-conductor manages stations; typed errors cross the mesh; the desired state is replicated and
-restored; the ``stagemesh roles`` command talks to a node's HTTP API."""
+"""Roles wired into real in-process nodes (loopback, seeds, no mDNS or broadcast, a federation
+key, an operator key): the conductor relays operators' signed orders to stations; typed errors
+cross the mesh; the desired state is replicated and restored; the ``stagemesh roles`` command
+talks to a node's HTTP API with the node's secret."""
 
 from __future__ import annotations
 
@@ -22,13 +23,17 @@ import roles
 from mesh.__main__ import main as stagemesh
 from mesh._cli import UsageError
 from mesh._node import Node, NodeConfig, RemoteError, open_node
-from mesh._wire import Value
+from mesh._status import read_api_secret
+from mesh._wire import Keyring, Value
 from roles import (
     BackoffPolicy,
     BlockedRole,
     NotConductor,
+    OperatorKey,
+    OperatorKeyring,
     RoleConfig,
     RolesExtension,
+    StaleOrder,
     StationFile,
     push_config,
     roles_extension_factory,
@@ -37,6 +42,8 @@ from tests.livenodes import loopback_config, wait_for
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
 FAST = BackoffPolicy(base=0.1, max_delay=0.5)
+FEDERATION_KEY = Keyring.single(b"rolesnode-federation-key-32bytes")
+OPERATOR = OperatorKey.generate()
 
 
 def sleeper(*uuids: str, timestamp: int = 1000) -> RoleConfig:
@@ -55,6 +62,7 @@ def extension(station: bool) -> RolesExtension:
     return RolesExtension(
         station_file,
         backoff=FAST,
+        operator_keys=OperatorKeyring((OPERATOR.public(),)),
         meta_interval=0.05,
         manager_interval=0.3,
         sync_interval=0.5,
@@ -69,7 +77,13 @@ def config(
     conductor: bool = False,
 ) -> NodeConfig:
     return loopback_config(
-        tmp, path, federation="rolesnode", seeds=seeds, conductor=conductor, extensions=(ext,)
+        tmp,
+        path,
+        federation="rolesnode",
+        seeds=seeds,
+        conductor=conductor,
+        extensions=(ext,),
+        keyring=FEDERATION_KEY,
     )
 
 
@@ -151,7 +165,9 @@ async def test_push_through_conductor_runs_and_a_blocked_role_is_typed(tmp_path:
     async with group(tmp_path, ["/ctl/c1"], ["/room-a/s1", "/room-b/s2"]) as g:
         conductor, s1 = g.nodes["/ctl/c1"], g.nodes["/room-a/s1"]
         # Pushed from any node (here the station itself) through the conductor.
-        answer = await push_config(s1, "/room-a/s1", sleeper("cam-1", "cam-2"))
+        answer = await push_config(
+            s1, "/room-a/s1", sleeper("cam-1", "cam-2"), operator_key=OPERATOR
+        )
         assert answer["applied"] is True and answer["station"] == "/room-a/s1"
         assert sorted(answer["started"]) == ["command/cam-1", "command/cam-2"]
         station = g.station("/room-a/s1")
@@ -181,6 +197,16 @@ async def test_push_through_conductor_runs_and_a_blocked_role_is_typed(tmp_path:
         async with httpx.AsyncClient() as client:
             page = (await client.get(conductor.status_url + "/")).text
         assert "command 2/2" in page
+        # The station's identity wherever it is listed: the manager's view, the members'
+        # identities, the dashboard's member table.
+        identity = station.identity.to_dict()
+        for seen in (
+            status["roles"]["manager"]["stations"]["/room-a/s1"]["identity"],
+            status["roles"]["identities"]["/room-a/s1"],
+        ):
+            assert (seen["hostname"], seen["mac"]) == (identity["hostname"], identity["mac"])
+            assert set(seen["addresses"]) <= set(identity["addresses"])  # as many as fit
+        assert identity["hostname"] in page and (identity["mac"] or "no MAC") in page
         assert status["roles"]["station"] is None  # a conductor without --roles: manager only
         view = status["roles"]["manager"]["stations"]["/room-a/s1"]
         assert view["in_sync"] is True and view["answer"]["applied"] is True
@@ -194,14 +220,15 @@ async def test_push_through_conductor_runs_and_a_blocked_role_is_typed(tmp_path:
             RoleConfig.from_dict({"stream": {"hall-a": {"timestamp": 1, "command": SLEEP}}})
         )
         with pytest.raises(BlockedRole) as refused:
-            await push_config(s1, "/room-a/s1", blocked)
+            await push_config(s1, "/room-a/s1", blocked, operator_key=OPERATOR)
         assert "'stream'" in str(refused.value) and "'hall-a'" in str(refused.value)
         assert (pids(station), station.config, g.exts["/ctl/c1"].desired) == before
         last = conductor.status()["roles"]["manager"]["stations"]["/room-a/s1"]["last_push"]
         assert last["error_type"] == "BlockedRole" and last["applied"] is False
+        assert last["error_family"] == "BlockedRole"
 
         # A station that is not live: the desired configuration is kept, to push later.
-        pending = await push_config(s1, "/room-c/later", sleeper("cam-9"))
+        pending = await push_config(s1, "/room-c/later", sleeper("cam-9"), operator_key=OPERATOR)
         assert pending["pending"] is True and pending["error_type"] == "NoSuchMember"
         later = conductor.status()["roles"]["manager"]["stations"]["/room-c/later"]
         assert later["live"] is False and later["digest"] == pending["digest"]
@@ -222,7 +249,7 @@ async def test_desired_state_is_replicated_restored_and_survives_the_conductor(
     async with group(tmp_path, ["/ctl/c1", "/ctl/c2"], ["/room-a/s1"]) as g:
         c1, s1 = g.nodes["/ctl/c1"], g.nodes["/room-a/s1"]
         wanted = sleeper("cam-1")
-        answer = await push_config(c1, "/room-a/s1", wanted)
+        answer = await push_config(c1, "/room-a/s1", wanted, operator_key=OPERATOR)
         digest = answer["digest"]
         standby = g.exts["/ctl/c2"]
         await wait_for(
@@ -235,19 +262,39 @@ async def test_desired_state_is_replicated_restored_and_survives_the_conductor(
         on_disk = json.loads(saved.read_text())["desired"]
         assert roles.DesiredState.from_dict(on_disk).config_for("/room-a/s1").digest() == digest
 
-        # Someone changes the station behind the manager's back: the manager puts it back.
+        # The station's own operator changes it through the local API: the newest change
+        # wins, so the conductor's older orders are refused (StaleOrder) until an operator
+        # pushes again, which restores the desired configuration.
         station = g.station("/room-a/s1")
         other = sleeper("other", timestamp=5)
-        await s1.request(
-            "/room-a/s1", "roles.apply", {"config": json.loads(json.dumps(other.to_dict()))}
-        )
+        assert s1.status_url is not None
+        secret = read_api_secret(tmp_path / "run", s1.id)
+        async with httpx.AsyncClient() as client:
+            local = await client.post(
+                s1.status_url + "/api/request",
+                json={
+                    "path": "/room-a/s1",
+                    "kind": "roles.apply",
+                    "payload": {"config": other.to_dict()},
+                },
+                headers={"Authorization": f"Bearer {secret}"},
+            )
+        assert local.json()["ok"] is True, local.text
+        assert station.config.digest() != digest and station.source == "local"
+
+        def refused_as_stale() -> bool:
+            answer = c1.status()["roles"]["manager"]["stations"]["/room-a/s1"]["answer"]
+            return bool(answer and answer["error_type"] == StaleOrder.wire_name)
+
+        await wait_for(refused_as_stale, 10, "the station refusing the conductor's older orders")
         assert station.config.digest() != digest
+        await push_config(c1, "/room-a/s1", wanted, operator_key=OPERATOR)
 
         def restored() -> bool:
             running = [(s.uuid, s.state) for s in station.snapshot().processes]
             return station.config.digest() == digest and running == [("cam-1", "running")]
 
-        await wait_for(restored, 10, "the manager restoring the station")
+        await wait_for(restored, 10, "a new operator push restoring the station")
         pid = pids(station)["command/cam-1"]
         assert pid is not None
 
@@ -255,7 +302,7 @@ async def test_desired_state_is_replicated_restored_and_survives_the_conductor(
         await g.stop("/ctl/c1")
         c2 = g.nodes["/ctl/c2"]
         await wait_for(lambda: c2.conductor == "/ctl/c2", 10, "the standby conducting")
-        again = await push_config(s1, "/room-a/s1", wanted)
+        again = await push_config(s1, "/room-a/s1", wanted, operator_key=OPERATOR)
         assert again["applied"] is True and again["digest"] == digest
         assert again["unchanged"] == ["command/cam-1"] and pids(station)["command/cam-1"] == pid
         assert c2.status()["roles"]["manager"]["active"] is True
@@ -267,8 +314,11 @@ async def test_desired_state_is_replicated_restored_and_survives_the_conductor(
 
 
 async def test_station_requests_and_the_roles_command(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("STAGEMESH_RUNTIME_DIR", str(tmp_path / "run"))
+    key_file = tmp_path / "operator.key"
+    OPERATOR.write(key_file)
     async with group(tmp_path, ["/ctl/c1"], ["/room-a/s1"]) as g:
         c1 = g.nodes["/ctl/c1"]
         url = c1.status_url
@@ -299,6 +349,9 @@ async def test_station_requests_and_the_roles_command(
             return code, out, err
 
         code, out, err = await cli("push", str(pushed), "--station", "/room-a/s1")
+        assert code == 1 and err.startswith("error: Unauthorized: ")  # no operator key
+        signed = ("--operator-key", str(key_file))
+        code, out, err = await cli("push", str(pushed), "--station", "/room-a/s1", *signed)
         assert (code, err) == (0, "") and "/room-a/s1: applied" in out
         station = g.station("/room-a/s1")
         await wait_for(
@@ -308,13 +361,16 @@ async def test_station_requests_and_the_roles_command(
             "logs", "--station", "/room-a/s1", "--role", "command", "--uuid", "cam-1"
         )
         assert code == 0 and "hello" in out.splitlines()
-        code, out, _ = await cli("stop", "--station", "/room-a/s1", "--role", "command")
+        code, out, err = await cli("stop", "--station", "/room-a/s1", "--role", "command")
+        assert code == 1 and "Unauthorized" in err  # another machine's station: a key is needed
+        code, out, _ = await cli("stop", "--station", "/room-a/s1", "--role", "command", *signed)
         assert code == 0 and "stopped" in out
         assert {s.state for s in station.snapshot().processes} == {"stopped"}
-        code, out, _ = await cli("start", "--station", "/room-a/s1")
+        code, out, _ = await cli("start", "--station", "/room-a/s1", *signed)
         assert code == 0 and "running" in out
         code, out, _ = await cli("show")
         assert code == 0 and "conductor=/ctl/c1" in out and "/room-a/s1" in out
+        assert station.identity.hostname in out  # the station's identity, seen from afar
         code, out, _ = await cli("show", "--station", "/room-a/s1", "--json")
         assert code == 0 and json.loads(out)["config"]["command"]["cam-1"]["command"][0] == SLEEP[0]
         # Typed errors are one line and exit 1; usage errors exit 2.
@@ -384,10 +440,11 @@ def test_the_node_command_accepts_roles(tmp_path: Path) -> None:
 
 
 def test_saved_desired_state_is_loaded_and_a_bad_file_ignored(tmp_path: Path) -> None:
-    state = roles.DesiredState().merge_config("/room-a/s1", sleeper("cam-1"))
+    order = OPERATOR.sign(roles.Order.for_config("rolesnode", "/room-a/s1", sleeper("cam-1")))
+    state = roles.DesiredState().with_order(order)
     saved = tmp_path / roles.DESIRED_FILE_NAME
-    saved.write_text(json.dumps({"format": 1, "desired": state.to_dict()}))
+    saved.write_text(json.dumps({"format": 2, "desired": state.to_dict()}))
     assert RolesExtension._load_desired(saved) == state
-    saved.write_text('{"format": 1, "desired": {"stations": {"nope": {}}}}')
+    saved.write_text('{"format": 2, "desired": {"stations": {"nope": []}}}')
     assert RolesExtension._load_desired(saved) == roles.DesiredState()
     assert RolesExtension._load_desired(tmp_path / "missing.json") == roles.DesiredState()

@@ -181,7 +181,7 @@ async def test_rejected_update_leaves_config_and_processes_exactly_as_they_were(
             (
                 r,
                 u,
-                RoleEntry(e.timestamp, {**e.plain_options(), "output_dir": str(state_dir / "rec")})
+                RoleEntry(e.timestamp, {**e.plain_options(), "output_dir": "rec"})
                 if r == "record"
                 else e,
             )
@@ -234,19 +234,28 @@ async def test_station_comes_back_with_its_last_config_and_runs_it(tmp_path: Pat
             assert b is not None and b.state == "running"
 
 
-async def test_initial_config_merges_with_the_saved_one(tmp_path: Path) -> None:
+async def test_station_file_counts_only_where_newer_than_the_saved_config(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with open_test_station(tmp_path) as station:
             await station.apply(cfg(("command", "a", sleeper(60, ts=5))))
-        initial = cfg(("command", "a", sleeper(70, ts=1)), ("command", "b", sleeper(61, ts=1)))
+            saved_as_of = station.as_of
+        assert station.source == "local" and saved_as_of > 5
+        later = saved_as_of + 1000
+        initial = cfg(
+            ("command", "a", sleeper(70, ts=1)),
+            ("command", "b", sleeper(61, ts=1)),
+            ("command", "c", sleeper(62, ts=later)),
+        )
         async with open_test_station(tmp_path, initial=initial) as again:
             a = again.config.get("command", "a")
-            assert a is not None and a.timestamp == 5
-            assert again.config.get("command", "b") is not None
+            assert a is not None and a.timestamp == 5  # the saved entry beats an older file's
+            assert again.config.get("command", "b") is None  # older than the saved config
+            assert again.config.get("command", "c") is not None  # newer: merged in
+            assert (again.source, again.as_of) == ("file", saved_as_of)  # orders: not newer
             await all_running(again)
 
 
-async def test_saved_config_now_refused_is_reported_and_not_run(tmp_path: Path) -> None:
+async def test_saved_config_now_refused_is_set_aside_and_not_run(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with open_test_station(tmp_path) as station:
             await station.apply(cfg(("command", "a", sleeper(60))))
@@ -254,7 +263,13 @@ async def test_saved_config_now_refused_is_reported_and_not_run(tmp_path: Path) 
             assert again.config == RoleConfig()
             assert again.snapshot().processes == ()
             assert again.load_error is not None and "blocked" in again.load_error
+            assert "set aside" in again.load_error
             assert again.status()["load_error"] == again.load_error
+        aside = [name for name in os.listdir(tmp_path) if ".refused-" in name]
+        assert len(aside) == 1 and aside[0].startswith(STATE_FILE_NAME)
+        # The next start finds a clean (empty) state: it starts without an error.
+        async with open_test_station(tmp_path, blocked_roles={"command"}) as third:
+            assert third.load_error is None and third.config == RoleConfig()
 
 
 async def test_initial_config_refused_raises(tmp_path: Path) -> None:
@@ -263,13 +278,14 @@ async def test_initial_config_refused_raises(tmp_path: Path) -> None:
             raise AssertionError("not reached")
 
 
-async def test_corrupt_state_file_is_reported(tmp_path: Path) -> None:
+async def test_corrupt_state_file_is_reported_and_set_aside(tmp_path: Path) -> None:
     (tmp_path / STATE_FILE_NAME).write_text("{not json")
     with trio.fail_after(10):
         async with open_test_station(tmp_path) as station:
             assert station.load_error is not None
             assert STATE_FILE_NAME in station.load_error and "invalid JSON" in station.load_error
             assert station.config == RoleConfig()
+    assert any(".refused-" in name for name in os.listdir(tmp_path))
 
 
 # --- requests -------------------------------------------------------------------------------

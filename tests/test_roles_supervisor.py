@@ -244,6 +244,27 @@ async def test_a_command_that_cannot_start_backs_off_with_the_reason() -> None:
     assert "No such file" in status.last_error
 
 
+async def test_a_nul_in_a_spec_is_a_failed_start_not_a_crash() -> None:
+    """Validation refuses a NUL before a spec is built; should one reach the supervisor anyway
+    (argv, environment or a directory to create), the start fails with ``last_error`` and the
+    supervisor keeps running its other instances."""
+    with trio.fail_after(15):
+        async with open_supervisor(backoff=FAST) as sup:
+            sup.set("ok", "a", sh("sleep 30"))
+            sup.set("nul", "argv", ProcessSpec(argv=["sleep", "3\x000"]))
+            sup.set("nul", "env", ProcessSpec(argv=["sleep", "30"], env={"TZ": "U\x00TC"}))
+            sup.set("nul", "dir", ProcessSpec(argv=["sleep", "30"], ensure_dirs=["/tmp/a\x00b"]))
+            for uuid in ("argv", "env", "dir"):
+                status = await sup.wait_for("nul", uuid, state_is("backoff"))
+                assert status is not None and status.run_count == 0
+                assert status.last_error is not None and "\n" not in status.last_error
+                assert "null byte" in status.last_error, status.last_error
+            assert "cannot start 'sleep'" in (sup.status("nul", "argv") or status).last_error
+            assert "cannot create directory" in (sup.status("nul", "dir") or status).last_error
+            running = await sup.wait_for("ok", "a", state_is("running"))
+            assert running is not None and running.pid is not None
+
+
 async def test_new_spec_restarts_and_same_spec_does_not() -> None:
     with trio.fail_after(15):
         async with open_supervisor(backoff=FAST) as sup:
@@ -280,7 +301,7 @@ async def test_last_error_says_why_a_role_cannot_start_in_the_station_status(
         {
             "command": {
                 "ghost": {"timestamp": 1, "command": ["stagemesh-no-such-program", "-x"]},
-                "lost": {"timestamp": 1, "command": ["true"], "cwd": str(tmp_path / "nowhere")},
+                "lost": {"timestamp": 1, "command": ["true"], "cwd": "nowhere"},
             }
         }
     )
@@ -291,11 +312,12 @@ async def test_last_error_says_why_a_role_cannot_start_in_the_station_status(
             for uuid in ("ghost", "lost"):
                 await station.supervisor.wait_for("command", uuid, state_is("backoff", "failed"))
             instances = {i["uuid"]: i for i in station.status()["instances"]}
+            nowhere = Path(station.data_dir) / "nowhere"  # relative paths: the data folder
     assert instances["ghost"]["last_error"] == (
         "cannot start 'stagemesh-no-such-program': No such file or directory (not found on PATH)"
     )
     assert instances["lost"]["last_error"] == (
-        f"cannot start 'true': working directory '{tmp_path / 'nowhere'}': "
+        f"cannot start 'true': working directory '{nowhere}': "
         "No such file or directory"
     )
     assert instances["ghost"]["run_count"] == 0

@@ -1,4 +1,5 @@
-"""The wire format (mesh/_wire.py): round trips, hostile input, signing, size limits, replay.
+"""The wire format (mesh/_wire.py): round trips, hostile input, signing, receiver binding,
+frames, bounds, size limits, replay.
 
 Property tests draw every message type and every update kind from the strategies below; the
 same strategies serve the signed and the unsigned codec.
@@ -15,8 +16,10 @@ from hypothesis import given, settings, strategies as st
 
 from mesh._names import NAME_MAX_LENGTH, is_valid_name
 from mesh._wire import (
+    FRAME_MAGIC,
     HEADER_SIZE,
     MAGIC,
+    MAX_COUNTER,
     MAX_DATAGRAM,
     MAX_FRAME,
     NODE_ID_LENGTH,
@@ -48,6 +51,7 @@ from mesh._wire import (
     Update,
     WireCodec,
     check_value,
+    is_ip_literal,
     update_size,
 )
 
@@ -62,11 +66,12 @@ names = st.from_regex(rf"[A-Za-z0-9._-]{{1,{NAME_MAX_LENGTH}}}", fullmatch=True)
     is_valid_name  # not "." or ".."
 )
 node_ids = st.text(alphabet="0123456789abcdef", min_size=NODE_ID_LENGTH, max_size=NODE_ID_LENGTH)
-u63 = st.integers(0, 2**63 - 1)
 small_u = st.integers(0, 2**40)
-counters = st.one_of(small_u, u63)
+counters = st.one_of(small_u, st.integers(0, MAX_COUNTER))
 finite = st.floats(allow_nan=False, allow_infinity=False)
-addresses = st.tuples(st.text(max_size=40), st.integers(0, 65535))
+ipv4 = st.ip_addresses(v=4).filter(lambda a: is_ip_literal(str(a))).map(str)
+ipv6 = st.ip_addresses(v=6).filter(lambda a: is_ip_literal(str(a))).map(str)
+addresses = st.tuples(st.one_of(ipv4, ipv6), st.integers(1, 65535))
 
 
 def values(depth: int = 0) -> st.SearchStrategy[Any]:
@@ -110,7 +115,7 @@ update_lists = st.lists(updates, max_size=6).map(tuple)
 
 messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Ping, counters, node_ids, update_lists),
-    st.builds(PingReq, counters, node_ids, addresses, update_lists),
+    st.builds(PingReq, counters, node_ids, addresses, counters, update_lists),
     st.builds(Ack, counters, node_ids, update_lists),
     st.builds(Nack, counters, node_ids),
     st.builds(Gossip, update_lists),
@@ -122,7 +127,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
         st.booleans(),
     ),
     st.builds(ClockRequest, counters, finite),
-    st.builds(ClockReply, counters, finite, finite, finite, finite, st.booleans()),
+    st.builds(ClockReply, counters, finite, finite, finite, finite.map(abs), st.booleans()),
     st.builds(Request, counters, st.text(max_size=200), st.text(max_size=128), values()),
     st.builds(
         Reply,
@@ -137,7 +142,16 @@ messages: st.SearchStrategy[Message] = st.one_of(
 
 
 def envelopes(bodies: st.SearchStrategy[Message] = messages) -> st.SearchStrategy[Envelope]:
+    """Unbound envelopes (see ``bound`` for bound ones)."""
     return st.builds(Envelope, names, node_ids, counters, counters, finite, bodies)
+
+
+RECEIVER = "9" * 32
+
+
+def bound(env: Envelope, incarnation: int = 5, to: str = RECEIVER) -> Envelope:
+    """*env* bound to node *to* at *incarnation*."""
+    return attrs.evolve(env, to=to, to_incarnation=incarnation)
 
 
 def _small_envelope() -> Envelope:
@@ -155,6 +169,8 @@ def test_every_message_type_round_trips(key: str, env: Envelope) -> None:
     codec = CODECS[key]
     data = codec.encode(env, MAX_FRAME)
     assert codec.decode(data, MAX_FRAME) == env
+    to_me = bound(env, 2**40)
+    assert codec.decode(codec.encode(to_me, MAX_FRAME), MAX_FRAME, RECEIVER) == to_me
     if len(data) <= MAX_DATAGRAM:
         assert codec.decode(codec.encode(env)) == env
     else:
@@ -170,9 +186,10 @@ def test_every_message_type_round_trips(key: str, env: Envelope) -> None:
 @given(update=updates, env=envelopes(st.just(Gossip(()))))
 def test_every_update_kind_round_trips(key: str, update: Update, env: Envelope) -> None:
     codec = CODECS[key]
+    prefix = codec.frame_prefix_size
     for body in (Gossip((update,)), Ping(1, "b" * 32, (update,)), PushPull((), (update,))):
-        sent = attrs.evolve(env, body=body)
-        assert codec.decode_frame(codec.encode_frame(sent)[4:]) == sent
+        sent = bound(attrs.evolve(env, body=body))
+        assert codec.decode_frame(codec.encode_frame(sent)[prefix:], RECEIVER) == sent
     assert update_size(update) == len(msgpack.packb(update.to_wire()))
 
 
@@ -189,21 +206,33 @@ def test_every_message_type_and_update_kind_is_drawn() -> None:
 @pytest.mark.parametrize("key", list(CODECS))
 @FAST
 @given(env=envelopes())
-def test_frames_round_trip_with_their_length_prefix(key: str, env: Envelope) -> None:
+def test_frames_round_trip_with_their_prefix(key: str, env: Envelope) -> None:
     codec = CODECS[key]
     frame = codec.encode_frame(env)
-    assert WireCodec.frame_length(frame[:4]) == len(frame) - 4
-    assert codec.decode_frame(frame[4:]) == env
+    prefix = codec.frame_prefix_size
+    assert codec.frame_length(frame[:prefix]) == len(frame) - prefix
+    assert codec.decode_frame(frame[prefix:]) == env
 
 
 def test_header_layout() -> None:
     env = _small_envelope()
     plain = WireCodec().encode(env)
-    assert plain[:HEADER_SIZE] == MAGIC + bytes((WIRE_VERSION, 0))
+    assert plain[:HEADER_SIZE] == MAGIC + bytes((WIRE_VERSION, 0, 0))  # unbound
     signed = WireCodec(KEYRING).encode(env)
-    assert signed[:HEADER_SIZE] == MAGIC + bytes((WIRE_VERSION, KEYRING.primary))
+    assert signed[:HEADER_SIZE] == MAGIC + bytes((WIRE_VERSION, KEYRING.primary, 0))
     assert len(signed) == len(plain) + TAG_SIZE
     assert WireCodec(KEYRING).overhead == HEADER_SIZE + TAG_SIZE
+    # Bound to node 9999... at incarnation 300: length 2, id prefix 0x9999, then 300 in 2 bytes.
+    to = WireCodec().encode(bound(env, 300))
+    assert to[: HEADER_SIZE + 4] == MAGIC + bytes((WIRE_VERSION, 0, 2, 0x99, 0x99, 1, 44))
+    assert len(to) == len(plain) + 4
+    frame = WireCodec(KEYRING).encode_frame(env)
+    assert frame[:8] == FRAME_MAGIC + bytes((WIRE_VERSION, KEYRING.primary)) + (
+        len(signed).to_bytes(4, "big")
+    )
+    assert frame[8 + TAG_SIZE :] == signed
+    assert WireCodec(KEYRING).frame_prefix_size == 8 + TAG_SIZE
+    assert WireCodec().frame_prefix_size == 8
 
 
 def test_every_key_of_the_keyring_verifies() -> None:
@@ -231,6 +260,9 @@ def _decodes_or_invalid(codec: WireCodec, data: bytes, limit: int = MAX_DATAGRAM
 
 def _framed(key_id: int) -> st.SearchStrategy[bytes]:
     return st.binary(max_size=300).map(lambda b: MAGIC + bytes((WIRE_VERSION, key_id)) + b)
+
+
+UNSIGNED_UNBOUND = MAGIC + bytes((WIRE_VERSION, 0, 0))
 
 
 # msgpack data that decodes but has arbitrary shape, behind a valid unsigned header
@@ -262,16 +294,21 @@ _plausible_bodies = st.tuples(
         st.binary(max_size=1400),
         _framed(0),
         _framed(7),
-        _plausible_bodies.map(lambda b: MAGIC + bytes((WIRE_VERSION, 0)) + b),
-        _junk_objects.map(lambda o: MAGIC + bytes((WIRE_VERSION, 0)) + msgpack.packb(o)),
+        _plausible_bodies.map(lambda b: UNSIGNED_UNBOUND + b),
+        _junk_objects.map(lambda o: UNSIGNED_UNBOUND + msgpack.packb(o)),
     )
 )
 def test_arbitrary_bytes_only_raise_invalid_message(key: str, data: bytes) -> None:
     codec = CODECS[key]
     _decodes_or_invalid(codec, data)
     _decodes_or_invalid(codec, data, MAX_FRAME)
+    for me in (None, RECEIVER):
+        try:
+            codec.decode_frame(data, me)
+        except InvalidMessage as exc:
+            assert exc.reason
     try:
-        codec.decode_frame(data)
+        codec.frame_length(data[: codec.frame_prefix_size])
     except InvalidMessage as exc:
         assert exc.reason
 
@@ -287,10 +324,42 @@ def test_truncated_or_extended_datagrams_only_raise_invalid_message(
         _decodes_or_invalid(codec, data + junk, MAX_FRAME)
 
 
+def _prefix(length: int, key_id: int = 0) -> bytes:
+    return FRAME_MAGIC + bytes((WIRE_VERSION, key_id)) + length.to_bytes(4, "big")
+
+
 def test_frame_length_refuses_oversized_frames() -> None:
+    assert MAX_FRAME == 1024 * 1024
     with pytest.raises(InvalidMessage, match="too large"):
-        WireCodec.frame_length((MAX_FRAME + 1).to_bytes(4, "big"))
-    assert WireCodec.frame_length((MAX_FRAME).to_bytes(4, "big")) == MAX_FRAME
+        WireCodec().frame_length(_prefix(MAX_FRAME + 1))
+    assert WireCodec().frame_length(_prefix(MAX_FRAME)) == MAX_FRAME
+
+
+@pytest.mark.parametrize(
+    ("prefix", "reason"),
+    [
+        (_prefix(100), "unsigned"),  # no tag at all
+        (_prefix(100, 7) + b"\0" * TAG_SIZE, "bad tag"),  # a made-up tag
+        (_prefix(100, 3) + b"\0" * TAG_SIZE, "unknown key"),
+        (b"XX" + _prefix(100, 7)[2:] + b"\0" * TAG_SIZE, "not stagemesh"),
+    ],
+)
+def test_a_keyed_node_refuses_a_frame_prefix_it_cannot_verify(prefix: bytes, reason: str) -> None:
+    """Before a byte of the message is read: only a key holder makes a keyed node buffer."""
+    codec = WireCodec(KEYRING)
+    with pytest.raises(InvalidMessage) as info:
+        codec.frame_length(prefix[: codec.frame_prefix_size].ljust(codec.frame_prefix_size, b"\0"))
+    assert info.value.reason == reason
+
+
+def test_a_frame_prefix_tag_covers_the_length() -> None:
+    codec = WireCodec(KEYRING)
+    frame = bytearray(codec.encode_frame(_small_envelope()))
+    assert codec.frame_length(bytes(frame[: codec.frame_prefix_size])) == len(frame) - 24
+    frame[7] ^= 0x40  # announce a longer message under the same tag
+    with pytest.raises(InvalidMessage) as info:
+        codec.frame_length(bytes(frame[: codec.frame_prefix_size]))
+    assert info.value.reason == "bad tag"
 
 
 def test_deep_nesting_is_refused() -> None:
@@ -311,12 +380,11 @@ def test_deep_nesting_is_refused() -> None:
     [
         (b"", "not stagemesh"),
         (b"XX\x01\x00\x90", "not stagemesh"),
-        (MAGIC + bytes((WIRE_VERSION, 0)) + b"\xc1", "undecodable"),
-        (
-            MAGIC + bytes((WIRE_VERSION, 0)) + msgpack.packb([99, "f", "a" * 32, 0, 0, 0.0]),
-            "unknown type",
-        ),
-        (MAGIC + bytes((WIRE_VERSION, 0)) + msgpack.packb({"a": 1}), "malformed"),
+        (UNSIGNED_UNBOUND + b"\xc1", "undecodable"),
+        (UNSIGNED_UNBOUND + msgpack.packb([99, "f", "a" * 32, 0, 0, 0.0]), "unknown type"),
+        (UNSIGNED_UNBOUND + msgpack.packb({"a": 1}), "malformed"),
+        (MAGIC + bytes((WIRE_VERSION, 0, 8, 0, 0)) + b"\0" * 9 + b"\x90", "malformed"),
+        (MAGIC + bytes((WIRE_VERSION, 0, 1, 0x12, 0x34, 0)) + b"\x90", "misdirected"),
     ],
 )
 def test_reasons_are_stable(data: bytes, reason: str) -> None:
@@ -328,10 +396,10 @@ def test_reasons_are_stable(data: bytes, reason: str) -> None:
 def test_invalid_names_and_ids_are_refused() -> None:
     body = [Beacon.TYPE, "bad name!", "a" * 32, 0, 0, 0.0, "n", "o", 1]
     with pytest.raises(InvalidMessage, match="federation"):
-        WireCodec().decode(MAGIC + bytes((WIRE_VERSION, 0)) + msgpack.packb(body))
+        WireCodec().decode(UNSIGNED_UNBOUND + msgpack.packb(body))
     body = [Beacon.TYPE, "f", "A" * 32, 0, 0, 0.0, "n", "o", 1]
     with pytest.raises(InvalidMessage, match="sender"):
-        WireCodec().decode(MAGIC + bytes((WIRE_VERSION, 0)) + msgpack.packb(body))
+        WireCodec().decode(UNSIGNED_UNBOUND + msgpack.packb(body))
     assert not is_valid_name("x" * 65)
 
 
@@ -447,7 +515,9 @@ def test_thousands_of_members_split_into_datagrams_that_fit(key: str, seq: int) 
 @settings(max_examples=30)
 @given(
     items=st.lists(updates, max_size=60),
-    seq=st.one_of(st.integers(0, 300), st.integers(2**32 - 40, 2**32 + 40), st.integers(0, 2**62)),
+    seq=st.one_of(
+        st.integers(0, 300), st.integers(2**32 - 40, 2**32 + 40), st.integers(0, MAX_COUNTER - 60)
+    ),
     limit=st.sampled_from([300, 600, MAX_DATAGRAM, 5000]),
     key=st.sampled_from(list(CODECS)),
 )
@@ -500,7 +570,7 @@ def test_a_huge_message_is_refused_not_truncated() -> None:
     assert isinstance(info.value, InvalidMessage)
     assert info.value.reason == "too large"
     # the same message goes as a TCP frame
-    assert codec.decode_frame(codec.encode_frame(env)[4:]) == env
+    assert codec.decode_frame(codec.encode_frame(env)[codec.frame_prefix_size :]) == env
 
 
 def test_an_update_that_cannot_fit_alone_is_refused() -> None:
@@ -613,3 +683,129 @@ def test_member_status_names_match_codes() -> None:
     codes = [MemberStatus.ALIVE, MemberStatus.SUSPECT, MemberStatus.DEAD, MemberStatus.LEFT]
     assert [MemberStatus.NAMES[c] for c in codes] == ["alive", "suspect", "dead", "left"]
     assert MemberRecord("a" * 32, "rbd", "cmu", ("h", 1), 0).path == "/cmu/rbd"
+
+
+# ---------------------------------------------------------------------------------------------
+# Receiver binding
+
+
+@pytest.mark.parametrize("key", list(CODECS))
+def test_a_bound_message_is_only_for_its_receiver(key: str) -> None:
+    codec = CODECS[key]
+    data = codec.encode(bound(_small_envelope(), 7))
+    assert codec.decode(data, me=RECEIVER).to_incarnation == 7
+    for other in (None, "a" * 32):  # not bound to this node (or to any node)
+        with pytest.raises(InvalidMessage) as info:
+            codec.decode(data, me=other)
+        assert info.value.reason == "misdirected"
+
+
+def test_the_tag_covers_the_receivers_whole_id() -> None:
+    """Two ids sharing the 2 bytes sent in the binding: the tag still tells them apart."""
+    codec = WireCodec(KEYRING)
+    twin = RECEIVER[:4] + "0" * 28
+    data = codec.encode(bound(_small_envelope(), 7))
+    with pytest.raises(InvalidMessage) as info:
+        codec.decode(data, me=twin)
+    assert info.value.reason == "bad tag"
+    # and the binding's incarnation is under the tag too
+    changed = bytearray(data)
+    changed[HEADER_SIZE + 2] ^= 1
+    with pytest.raises(InvalidMessage) as info:
+        codec.decode(bytes(changed), me=RECEIVER)
+    assert info.value.reason == "bad tag"
+
+
+def test_bindings_cost_a_few_bytes() -> None:
+    env = _small_envelope()
+    plain = len(WireCodec().encode(env))
+    assert [len(WireCodec().encode(bound(env, i))) - plain for i in (0, 255, 256, MAX_COUNTER)] == [
+        3,
+        3,
+        4,
+        9,
+    ]
+    with pytest.raises(InvalidMessage):
+        WireCodec().encode(bound(env, MAX_COUNTER + 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounds at decode
+
+
+def _raw(body: list[Any]) -> bytes:
+    return UNSIGNED_UNBOUND + msgpack.packb(body)
+
+
+def _swap(data: Any, old: int, new: int) -> Any:
+    """*data* with every *old* integer (not a bool) replaced by *new*, at any depth."""
+    if isinstance(data, list):
+        return [_swap(x, old, new) for x in data]
+    return new if type(data) is int and data == old else data
+
+
+@pytest.mark.parametrize("value", [MAX_COUNTER + 1, 2**63 - 1, 2**64 - 1, -1])
+def test_every_counter_is_bounded_at_decode(value: int) -> None:
+    """Incarnations, terms, sequence, probe, request and publication numbers: never above
+    MAX_COUNTER, never negative, wherever they are."""
+    sender, target = "a" * 32, "b" * 32
+    ok = [Gossip.TYPE, "f", sender, 0, 0, 0.0]
+    cases = [
+        [Gossip.TYPE, "f", sender, value, 0, 0.0, []],  # sender incarnation
+        [Gossip.TYPE, "f", sender, 0, value, 0.0, []],  # seq
+        [*ok, [[Suspect.KIND, target, value, sender]]],
+        [*ok, [[Dead.KIND, target, value, sender, False]]],
+        [*ok, [[MemberRecord.KIND, target, "n", "o", ["10.0.0.1", 1], value, {}, 0]]],
+        [*ok, [[Lease.KIND, "conductor", target, value, 0.0]]],
+        [*ok, [[Publish.KIND, target, value, "t", None]]],
+        [Ping.TYPE, "f", sender, 0, 0, 0.0, value, target, []],
+        [PingReq.TYPE, "f", sender, 0, 0, 0.0, 1, target, ["10.0.0.1", 1], value, []],
+        [Request.TYPE, "f", sender, 0, 0, 0.0, value, "/o/n", "k", None],
+    ]
+    for body in cases:
+        with pytest.raises(InvalidMessage) as info:
+            WireCodec().decode(_raw(body), MAX_FRAME)
+        assert info.value.reason == "malformed", body
+        WireCodec().decode(_raw(_swap(body, value, MAX_COUNTER)), MAX_FRAME)  # the largest is fine
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "example.org",
+        "10.0.0.1.example.org",
+        "010.0.0.1",
+        "0.0.0.0",
+        "::",
+        "224.0.0.251",
+        "255.255.255.255",
+        "ff02::1",
+        "fe80::1%eth0",
+        "::FFFF:10.0.0.1",
+        " 10.0.0.1",
+        "",
+    ],
+)
+def test_member_addresses_are_ip_literals_only(host: str) -> None:
+    """A record naming a host name (or an address no datagram should go to) is refused at
+    decode: nothing that arrives is ever resolved."""
+    assert not is_ip_literal(host)
+    record = [MemberRecord.KIND, "b" * 32, "n", "o", [host, 7471], 0, {}, 0]
+    with pytest.raises(InvalidMessage) as info:
+        WireCodec().decode(_raw([Gossip.TYPE, "f", "a" * 32, 0, 0, 0.0, [record]]))
+    assert info.value.reason == "malformed" and "IP address" in str(info.value)
+    ping_req = [PingReq.TYPE, "f", "a" * 32, 0, 0, 0.0, 1, "b" * 32, [host, 7471], 0, []]
+    with pytest.raises(InvalidMessage):
+        WireCodec().decode(_raw(ping_req))
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "127.0.0.1", "192.168.1.20", "::1", "fe80::1"])
+def test_ip_literals_are_addresses(host: str) -> None:
+    assert is_ip_literal(host)
+    record = MemberRecord("b" * 32, "n", "o", (host, 7471), 0)
+    env = Envelope("f", "a" * 32, 0, 0, 0.0, Gossip((record,)))
+    assert WireCodec().decode(WireCodec().encode(env)) == env
+    with pytest.raises(InvalidMessage):  # port 0 is no address either
+        bad = Envelope("f", "a" * 32, 0, 0, 0.0, Gossip((attrs.evolve(record, address=(host, 0)),)))
+        WireCodec().decode(WireCodec().encode(bad))

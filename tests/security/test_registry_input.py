@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import trio
 
+from registry_bridge import RegistryStore
 from tests.registries import registry_http
 
 REG = "/api/v1/federations/sleo/registrations"
@@ -119,3 +120,28 @@ async def test_head_never_writes(tmp_path: Path) -> None:
             assert await paths(http) == ["/cmu/rbd"]
             # reading pages with HEAD still works
             assert (await http.head("/federations/sleo")).status_code == 200
+
+
+async def test_node_ids_cannot_forge_a_line(tmp_path: Path) -> None:
+    forged = "x\nConductor:\nsleo cmu /cmu/evil 6.6.6.6 7471"
+    db = tmp_path / "r.db"
+    # a registration stored by a registry older than the check, with such a node id
+    old = RegistryStore(db)
+    old.register("sleo", "cmu", "old", host="10.0.0.1", port=1, node_id=forged, create=True)
+    old.close()
+    with trio.fail_after(30):
+        async with registry_http(db, "--ttl", "3600") as http:
+            for node_id in (forged, "a\rb", "a\u2028b", "a\x85b", "\x1b[2J", "x" * 129, ""):
+                body = {"orchestra": "cmu", "name": "evil", "node_id": node_id}
+                r = await http.post(REG, json=body)
+                assert r.status_code == 400, (node_id[:10], r.status_code)
+                assert r.json()["error"].startswith("node_id must be 1-128 characters without")
+                assert len(r.text) < 300
+            assert await paths(http) == ["/cmu/old"]
+            # the old one's node id reaches a 2012 client in a refusal: as one line
+            for url in ("/register", "/unregister"):
+                r = await http.get(url, params={**LEGACY, "name": "old"})
+                assert r.status_code in (403, 409) and r.text.count("\n") == 1, r.text
+                assert r.text.startswith("Error: /cmu/old ") and "x\\nConductor:\\n" in r.text
+            ok = await http.post(REG, json={"orchestra": "cmu", "name": "n", "node_id": "é ü-1"})
+            assert ok.status_code == 201
