@@ -1,15 +1,17 @@
 """The registry learns the federation's time (RegistryStore.offer_epoch, POST .../epoch):
 a reset or an empty restart while nodes run does not restart ``elapsed``; a reset with no
-node running starts it from 0, as in 2012."""
+node running starts it from 0, as in 2012. Every test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
 from registry_bridge import NotFound, RegistryStore, StoreError, create_app
+from tests.registries import Databases
 
 
 class Clock:
@@ -22,8 +24,21 @@ class Clock:
         return self.t
 
 
-def store(tmp: Path, clock: Clock) -> RegistryStore:
-    return RegistryStore(tmp / "registry.db", clock=clock)
+Stores = Callable[[Clock], RegistryStore]
+
+
+@pytest.fixture
+def stores(databases: Databases) -> Iterator[Stores]:
+    """Opens stores on fresh databases (closed at the test's end)."""
+    opened: list[RegistryStore] = []
+
+    def open_store(clock: Clock) -> RegistryStore:
+        opened.append(RegistryStore(databases.new(), clock=clock))
+        return opened[-1]
+
+    yield open_store
+    for s in opened:
+        s.close()
 
 
 def register(s: RegistryStore, name: str = "n0", federation: str = "sleo") -> str:
@@ -32,9 +47,9 @@ def register(s: RegistryStore, name: str = "n0", federation: str = "sleo") -> st
     return token
 
 
-def test_a_reset_while_nodes_run_does_not_restart_elapsed(tmp_path: Path) -> None:
+def test_a_reset_while_nodes_run_does_not_restart_elapsed(stores: Stores) -> None:
     clock = Clock()
-    s = store(tmp_path, clock)
+    s = stores(clock)
     register(s)
     epoch = s.epoch("sleo")
     assert epoch == clock.t
@@ -54,9 +69,9 @@ def test_a_reset_while_nodes_run_does_not_restart_elapsed(tmp_path: Path) -> Non
     assert legacy["elapsed"] == pytest.approx(600.0)
 
 
-def test_a_reset_when_no_node_runs_starts_elapsed_from_zero(tmp_path: Path) -> None:
+def test_a_reset_when_no_node_runs_starts_elapsed_from_zero(stores: Stores) -> None:
     clock = Clock()
-    s = store(tmp_path, clock)
+    s = stores(clock)
     register(s)
     clock.t += 600.0
     s.reset_federation("sleo")
@@ -67,9 +82,9 @@ def test_a_reset_when_no_node_runs_starts_elapsed_from_zero(tmp_path: Path) -> N
     assert epoch == clock.t and lineage is not None and lineage.startswith("registry-")
 
 
-def test_the_epoch_only_ever_moves_earlier(tmp_path: Path) -> None:
+def test_the_epoch_only_ever_moves_earlier(stores: Stores) -> None:
     clock = Clock()
-    s = store(tmp_path, clock)
+    s = stores(clock)
     token = register(s)
     epoch = clock.t
     assert not s.offer_epoch("sleo", token, epoch + 10.0, "young")["accepted"]
@@ -79,9 +94,9 @@ def test_the_epoch_only_ever_moves_earlier(tmp_path: Path) -> None:
     assert older["accepted"] and older["elapsed"] == pytest.approx(30.0)
 
 
-def test_only_a_live_registration_of_the_federation_may_offer(tmp_path: Path) -> None:
+def test_only_a_live_registration_of_the_federation_may_offer(stores: Stores) -> None:
     clock = Clock()
-    s = store(tmp_path, clock)
+    s = stores(clock)
     register(s)
     stranger = register(s, "x", federation="other")
     with pytest.raises(NotFound):
@@ -99,10 +114,10 @@ def test_only_a_live_registration_of_the_federation_may_offer(tmp_path: Path) ->
 
 
 async def test_the_http_api_takes_the_offer_and_elapsed_says_the_registry_clock(
-    tmp_path: Path,
+    stores: Stores,
 ) -> None:
     clock = Clock()
-    s = store(tmp_path, clock)
+    s = stores(clock)
     app = create_app(s, None)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://registry"
@@ -125,4 +140,17 @@ async def test_the_http_api_takes_the_offer_and_elapsed_says_the_registry_clock(
         assert r.status_code == 400
         r = await api.post("/api/v1/federations/sleo/epoch", json={**offer, "extra": 1})
         assert r.status_code == 400
-    s.close()
+        # each refusal names the field; a write needs Content-Type: application/json
+        for field in ("token", "epoch", "lineage"):
+            body = {k: v for k, v in offer.items() if k != field}
+            r = await api.post("/api/v1/federations/sleo/epoch", json=body)
+            assert r.status_code == 400 and f"'{field}'" in r.json()["error"], r.text
+        r = await api.post("/api/v1/federations/sleo/epoch", json={**offer, "lineage": "a b"})
+        assert r.status_code == 400 and "lineage" in r.json()["error"], r.text
+        r = await api.post(
+            "/api/v1/federations/sleo/epoch",
+            content=json.dumps(offer),
+            headers={"Content-Type": "text/plain"},
+        )
+        assert r.status_code == 415, r.text
+        assert (await api.get("/api/v1/federations/sleo/elapsed")).json()["t2"] == 42.0
