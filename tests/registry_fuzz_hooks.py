@@ -31,6 +31,8 @@ FIELDS = (
     "token",
     "expected_term",
     "holder",
+    "epoch",
+    "lineage",
 )
 """The fields and parameters of the API, JSON and legacy."""
 SUBJECTS: dict[int, tuple[str, ...]] = {

@@ -40,6 +40,7 @@ OPERATIONS = {
     "GET /api/v1/federations/{federation}/conductor",
     "POST /api/v1/federations/{federation}/conductor",
     "GET /api/v1/federations/{federation}/elapsed",
+    "POST /api/v1/federations/{federation}/epoch",
     "POST /api/v1/registrations/{token}/heartbeat",
     "DELETE /api/v1/registrations/{token}",
 }
@@ -73,7 +74,7 @@ async def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_vague_err
     assert unit.generated >= 1000, unit.output[-5000:]
     assert stateful.scenarios >= 20, stateful.output[-5000:]
     # it reached every operation's logic, the token-taking ones (heartbeat, unregister, the
-    # conductor's compare-and-set) through the document's links
+    # conductor's compare-and-set, the epoch handover) through the document's links
     reached = {
         op
         for run in (unit, stateful)
