@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from registry_bridge import NotFound, RegistryStore, StoreError, create_app
+from registry_bridge._transfer import export_state, import_state
 from tests.registries import Databases
 
 
@@ -154,3 +155,21 @@ async def test_the_http_api_takes_the_offer_and_elapsed_says_the_registry_clock(
         )
         assert r.status_code == 415, r.text
         assert (await api.get("/api/v1/federations/sleo/elapsed")).json()["t2"] == 42.0
+
+
+def test_export_and_import_keep_the_lineage_a_node_handed_over(stores: Stores) -> None:
+    clock = Clock()
+    s = stores(clock)
+    token = register(s)
+    register(s, "n1", federation="other")
+    s.offer_epoch("sleo", token, clock.t - 90.0, "abc123")
+    document = export_state(s)
+    assert [f["lineage"] for f in document["federations"]] == ["abc123", None]
+    moved = stores(clock)
+    import_state(moved, document)
+    assert moved.epoch_lineage("sleo") == (clock.t - 90.0, "abc123")
+    assert moved.epoch_lineage("other") == (clock.t, f"registry-{clock.t:.6f}")
+    for bad in ("a b", 7, ""):
+        broken = {**document, "federations": [{**document["federations"][0], "lineage": bad}]}
+        with pytest.raises(StoreError, match="lineage"):
+            import_state(stores(clock), broken)
