@@ -40,8 +40,11 @@ def test_concert_metronome_keeps_its_tempo_through_a_registry_reset() -> None:
     assert len(spreads) == 8 and len(periods) == 7, out
     assert max(spreads) < 20.0, out
     # 240 bpm: a beat every 250 ms on the host's clock, before and after the reset (the old
-    # registry client ran at half speed for a minute after a reset).
-    assert all(abs(p - 250.0) < 10.0 for p in periods), out
+    # registry client ran at half speed for a minute after a reset). Each beat is placed on
+    # federation time, so a loaded host delays single beats (all players alike: the spread
+    # stays small) without the delay adding up: the mean period is the tempo.
+    assert abs(sum(periods) / len(periods) - 250.0) < 5.0, out
+    assert all(abs(p - 250.0) < 60.0 for p in periods), out
 
 
 def test_conference_demo_runs_a_station_under_its_own_state_folder(tmp_path: Path) -> None:
