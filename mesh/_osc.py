@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +22,7 @@ from mesh._extensions import Extension
 from mesh._membership import MemberEvent
 from mesh._node import Node
 from mesh._nodecore import Publication
-from mesh._osc_core import OscBridgeCore, OscLimits, Outgoing
+from mesh._osc_core import BridgeHost, OscBridgeCore, OscLimits, Outgoing
 from mesh._tempo import Tempo
 from mesh._tempo_node import TempoKeeper, open_tempo
 from mesh._wire import Address, Value
@@ -32,12 +31,14 @@ __all__ = ["OscBridge"]
 
 logger = logging.getLogger(__name__)
 
-_EARLY = 0.00005
-"""A scheduled message whose time is this close is sent now."""
-_LEAD = 0.0012
-"""The event loop's timer has millisecond resolution (epoll), so the scheduler wakes this much
-before a message's time and sleeps the rest precisely, blocking the loop for about a
-millisecond; a scheduled message then leaves within ~0.1 ms of its time on an idle machine."""
+_EARLY = 0.00001
+"""A scheduled message whose time is this close is sent now (a turn of the loop takes a few
+microseconds)."""
+_LEAD = 0.0015
+"""The event loop's timer rounds its timeout up to whole milliseconds (epoll on Linux), so the
+scheduler sleeps on it only until this long before a message's time and covers the rest by
+reading federation time at each turn of the loop: a spin bounded by this lead that yields to
+every other task at each check, so the loop is never blocked."""
 _PUSHED_KINDS = frozenset({"joined", "alive", "suspect", "dead", "left"})
 
 
@@ -125,25 +126,33 @@ class OscBridge(Extension):
         }
 
     async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        sock = trio.socket.from_stdlib_socket(self._stdlib_socket)
-        logging.getLogger().addFilter(_quiet_python_osc)
-        self._socket = sock
         if not self.address[0].startswith("127."):
             logger.warning("the OSC bridge listens on %s: any host that reaches it can publish "
                            "and schedule through this node", self.address[0])  # fmt: skip
+        async with (
+            open_tempo(node) as keeper,
+            node.events() as events,
+            keeper.changes() as tempos,
+            trio.open_nursery() as nursery,
+        ):
+            host = _NodeHost(node, keeper)
+            await nursery.start(self.serve, host)
+            nursery.start_soon(self._follow, events, host)
+            nursery.start_soon(self._follow_tempo, tempos, host)
+            logger.info("OSC bridge on %s:%d", *self.address)
+            task_status.started()
+
+    async def serve(self, host: BridgeHost, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Answer apps and send scheduled messages on time, reading *host* (the node, in
+        :meth:`run`; ``bench/osc.py`` serves a bare clock through it for its baseline). The
+        socket is closed when this returns."""
+        sock = trio.socket.from_stdlib_socket(self._stdlib_socket)
+        logging.getLogger().addFilter(_quiet_python_osc)
+        self._socket = sock
         with sock:
-            async with (
-                open_tempo(node) as keeper,
-                node.events() as events,
-                keeper.changes() as tempos,
-                trio.open_nursery() as nursery,
-            ):
-                host = _NodeHost(node, keeper)
+            async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive, sock, host)
-                nursery.start_soon(self._follow, events, host)
-                nursery.start_soon(self._follow_tempo, tempos, host)
                 nursery.start_soon(self._scheduler, host)
-                logger.info("OSC bridge on %s:%d", *self.address)
                 task_status.started()
 
     async def _send(self, out: list[Outgoing]) -> None:
@@ -155,7 +164,7 @@ class OscBridge(Extension):
                 self.send_failures += 1
                 logger.debug("OSC send to %s failed: %s", item.dest, exc)
 
-    async def _receive(self, sock: trio.socket.SocketType, host: _NodeHost) -> None:
+    async def _receive(self, sock: trio.socket.SocketType, host: BridgeHost) -> None:
         limit = self.core.limits.max_datagram + 1
         while True:
             try:
@@ -189,7 +198,7 @@ class OscBridge(Extension):
             await self._send(self.core.handle_tempo(host))
             self._wake.set()
 
-    async def _scheduler(self, host: _NodeHost) -> None:
+    async def _scheduler(self, host: BridgeHost) -> None:
         core = self.core
         while True:
             self._wake = trio.Event()
@@ -203,5 +212,8 @@ class OscBridge(Extension):
                     await self._wake.wait()
                 continue
             if delay > _EARLY:
-                time.sleep(delay)  # the last millisecond, precisely  # noqa: ASYNC251
+                # The last stretch: check again at the next turn of the loop, after every
+                # other task ready to run has run (bounded: the message is due within _LEAD).
+                await trio.lowlevel.checkpoint()
+                continue
             await self._send(core.handle_timer(host, _EARLY))
