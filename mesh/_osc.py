@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ import trio
 
 from mesh._election import CONDUCTOR, PostChanged, SteppedDown
 from mesh._extensions import Extension
+from mesh._hrtimer import PreciseTimer
 from mesh._membership import MemberEvent
 from mesh._node import Node
 from mesh._nodecore import Publication
@@ -32,13 +34,11 @@ __all__ = ["OscBridge"]
 logger = logging.getLogger(__name__)
 
 _EARLY = 0.00001
-"""A scheduled message whose time is this close is sent now (a turn of the loop takes a few
-microseconds)."""
-_LEAD = 0.0015
-"""The event loop's timer rounds its timeout up to whole milliseconds (epoll on Linux), so the
-scheduler sleeps on it only until this long before a message's time and covers the rest by
-reading federation time at each turn of the loop: a spin bounded by this lead that yields to
-every other task at each check, so the loop is never blocked."""
+"""A scheduled message whose time is this close is sent now."""
+_APPROACH = 0.05
+"""A wait longer than this ends this much before the message's time and is aimed again, so the
+difference between federation time's rate and this host's monotonic clock (the clock the timer
+runs on) cannot build up over a long wait."""
 _PUSHED_KINDS = frozenset({"joined", "alive", "suspect", "dead", "left"})
 
 
@@ -95,7 +95,7 @@ class OscBridge(Extension):
         self.address: Address = sock.getsockname()[:2]
         self.send_failures = 0
         self._stdlib_socket = sock
-        self._wake = trio.Event()
+        self._waiting = trio.CancelScope()
         self._socket: trio.socket.SocketType | None = None
 
     @classmethod
@@ -175,7 +175,7 @@ class OscBridge(Extension):
             before = self.core.next_due()
             out = self.core.handle_datagram(host, src[:2], data)
             if self.core.next_due() != before:
-                self._wake.set()
+                self._waiting.cancel()
             await self._send(out)
 
     async def _follow(self, events: trio.MemoryReceiveChannel[Any], host: _NodeHost) -> None:
@@ -196,24 +196,23 @@ class OscBridge(Extension):
     ) -> None:
         async for _ in tempos:
             await self._send(self.core.handle_tempo(host))
-            self._wake.set()
+            self._waiting.cancel()
 
     async def _scheduler(self, host: BridgeHost) -> None:
+        """Send each scheduled message when federation time reaches it. The wait is on the
+        kernel's high-resolution timer where there is one (:class:`PreciseTimer`), in the event
+        loop: the loop is never blocked. A message that comes due sooner ends the wait."""
         core = self.core
-        while True:
-            self._wake = trio.Event()
-            due = core.next_due()
-            if due is None:
-                await self._wake.wait()
-                continue
-            delay = due - host.now()
-            if delay > _LEAD:
-                with trio.move_on_after(delay - _LEAD):
-                    await self._wake.wait()
-                continue
-            if delay > _EARLY:
-                # The last stretch: check again at the next turn of the loop, after every
-                # other task ready to run has run (bounded: the message is due within _LEAD).
-                await trio.lowlevel.checkpoint()
-                continue
-            await self._send(core.handle_timer(host, _EARLY))
+        with PreciseTimer() as timer:
+            while True:
+                due = core.next_due()
+                delay = None if due is None else due - host.now()
+                if delay is not None and delay <= _EARLY:
+                    await self._send(core.handle_timer(host, _EARLY))
+                    await trio.lowlevel.checkpoint()
+                    continue
+                with trio.CancelScope() as self._waiting:
+                    if delay is None:
+                        await trio.sleep_forever()
+                    wait = delay if delay <= _APPROACH else delay - _APPROACH / 2
+                    await timer.sleep_until(time.monotonic() + wait)
