@@ -6,10 +6,12 @@ whole milliseconds, rounded up, so ``trio.sleep_until`` wakes up to a millisecon
 bridge sends scheduled messages at a federation time and needs better. On Linux,
 :class:`PreciseTimer` arms a ``timerfd`` (the kernel's high-resolution timer, on
 ``CLOCK_MONOTONIC``, the clock of ``time.monotonic()``) and waits for it to become readable
-in the event loop like any socket: no thread, no spin, and the loop keeps serving every other
-task. Elsewhere (or if the timerfd cannot be made) it sleeps on trio's timer until
-:data:`SPIN_LEAD` before the instant and covers the rest by reading the clock at each turn of
-the loop (yielding to every other task at each check).
+in the event loop like any socket (no thread, and the loop keeps serving every other task),
+set :data:`SPIN` before the instant: a process woken from sleep on a busy machine often waits
+that long for a CPU, so the timer wakes it early and it covers the rest by reading the clock at
+each turn of the loop (a cooperative spin: every other task ready to run runs between two
+checks; bounded by :data:`SPIN`). Elsewhere (or if the timerfd cannot be made) trio's own
+timer wakes it :data:`SPIN_LEAD` before the instant, to allow for its rounding.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import time
 
 import trio
 
-__all__ = ["SPIN_LEAD", "PreciseTimer"]
+__all__ = ["SPIN", "SPIN_LEAD", "PreciseTimer"]
 
+SPIN = 0.001
+"""How long before the instant the kernel's timer wakes the task, which then spins."""
 SPIN_LEAD = 0.0015
 """Without a timerfd: how long before the instant trio's timer (millisecond resolution)
-hands over to the cooperative spin."""
+hands over to the spin."""
 
 _CLOCK_MONOTONIC = 1
 _TFD_NONBLOCK = os.O_NONBLOCK
@@ -58,8 +62,10 @@ class PreciseTimer:
     """Sleeps a trio task until an instant of ``time.monotonic()``. One task at a time; close
     it (or use it as a context manager) to release the timerfd."""
 
-    def __init__(self, kernel: bool = True) -> None:
-        """*kernel* false forces the cooperative spin (for tests and measurements)."""
+    def __init__(self, kernel: bool = True, spin: float = SPIN) -> None:
+        """*kernel* false forces trio's timer, *spin* sets the spin after the kernel's timer
+        (for tests and measurements)."""
+        self.spin = spin
         opened = _open_timerfd() if kernel else None
         self._fd = -1 if opened is None else opened[0]
         self._libc: ctypes.CDLL | None = None if opened is None else opened[1]
@@ -73,16 +79,21 @@ class PreciseTimer:
         """Return at *deadline* (seconds of ``time.monotonic()``) or just after; a checkpoint
         (cancellable) even if the deadline has passed."""
         if self._fd < 0:
-            await self._spin_until(deadline)
-            return
-        self._arm(deadline)
-        while True:
-            await trio.lowlevel.wait_readable(self._fd)
-            try:
-                os.read(self._fd, 8)  # the count of expirations: once armed, once expired
-                return
-            except BlockingIOError:  # woken but not expired (cannot happen; be safe)
-                continue
+            left = deadline - time.monotonic()
+            if left > SPIN_LEAD:
+                await trio.sleep(left - SPIN_LEAD)
+        elif deadline - self.spin > time.monotonic():
+            self._arm(deadline - self.spin)
+            while True:
+                await trio.lowlevel.wait_readable(self._fd)
+                try:
+                    os.read(self._fd, 8)  # the count of expirations: once armed, once expired
+                    break
+                except BlockingIOError:  # woken but not expired (cannot happen; be safe)
+                    continue
+        await trio.lowlevel.checkpoint()
+        while time.monotonic() < deadline:  # bounded by the lead (plus the loop's lateness)
+            await trio.lowlevel.checkpoint()
 
     def _arm(self, deadline: float) -> None:
         assert self._libc is not None
@@ -91,15 +102,6 @@ class PreciseTimer:
         if self._libc.timerfd_settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None):
             code = ctypes.get_errno() or errno.EINVAL
             raise OSError(code, f"timerfd_settime: {os.strerror(code)}")
-
-    @staticmethod
-    async def _spin_until(deadline: float) -> None:
-        left = deadline - time.monotonic()
-        if left > SPIN_LEAD:
-            await trio.sleep(left - SPIN_LEAD)
-        await trio.lowlevel.checkpoint()
-        while time.monotonic() < deadline:  # bounded by SPIN_LEAD (plus the loop's lateness)
-            await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         """Release the timerfd (a task waiting on it is woken with ``ClosedResourceError``)."""

@@ -36,9 +36,9 @@ logger = logging.getLogger(__name__)
 _EARLY = 0.00001
 """A scheduled message whose time is this close is sent now."""
 _APPROACH = 0.05
-"""A wait longer than this ends this much before the message's time and is aimed again, so the
-difference between federation time's rate and this host's monotonic clock (the clock the timer
-runs on) cannot build up over a long wait."""
+"""The precise timer aims at a message only this close to its time; a longer wait ends half of
+this before and is aimed again, so the difference between federation time's rate and this
+host's monotonic clock (the clock the timer runs on) cannot build up over a long wait."""
 _PUSHED_KINDS = frozenset({"joined", "alive", "suspect", "dead", "left"})
 
 
@@ -214,5 +214,7 @@ class OscBridge(Extension):
                 with trio.CancelScope() as self._waiting:
                     if delay is None:
                         await trio.sleep_forever()
-                    wait = delay if delay <= _APPROACH else delay - _APPROACH / 2
-                    await timer.sleep_until(time.monotonic() + wait)
+                    if delay > _APPROACH:  # far off: trio's timer, then aim again
+                        await trio.sleep(delay - _APPROACH / 2)
+                    else:
+                        await timer.sleep_until(time.monotonic() + delay)
