@@ -137,6 +137,8 @@ def test_a_scheduled_message_is_sent_when_federation_time_reaches_it(host: Host)
     host.t = 101.6
     assert parsed(core.handle_timer(host)) == [(APP, "/synth", [60, 1.0])]
     assert core.next_due() is None and core.statistics().scheduled_sent == 2
+    # How late each left, by the node's clock: 0 ms for /kick, 100 ms for /synth.
+    assert core.statistics().send_lateness_ms == {"p50": 100.0, "p99": 100.0, "max": 100.0}
     # Already past: sent at once, counted as late.
     assert parsed(core.handle_datagram(host, APP, msg("/stagemesh/schedule", 50.0, "/x"))) == [
         (APP, "/x", [])
