@@ -8,11 +8,14 @@ Bridge: two ``stagemesh node`` processes on loopback, the conductor (the federat
 reference) and a player whose clock is skewed by 1.7 s and drifts by 100 ppm, running the OSC
 bridge (``--osc``). Once the player's clock has synced, an OSC app (python-osc) in this process
 schedules a message on the player every 50 ms, each 0.3 s ahead
-(``/stagemesh/schedule <federation time> /note <n>``), and stamps each arrival with
-``time.monotonic()`` (a worker thread blocked in ``recv``). The federation time of an arrival
-is read through the conductor: the ``/stagemesh/time`` exchange with the shortest round trip
-gives federation time minus this host's monotonic clock (measured again for each block).
-Lateness = arrival in federation time - the message's federation time (negative: early).
+(``/stagemesh/schedule <federation time> /note <n>``, the time as a float64). Each arrival is
+stamped by the kernel as the datagram reaches the app's socket (``SO_TIMESTAMPNS``: the
+delivery), and again when the app's receiving thread reads it (what a Python app on this
+loaded machine adds). The federation time of an arrival is read through the conductor: the
+``/stagemesh/time`` exchange with the shortest round trip gives federation time minus this
+host's monotonic clock (measured again for each block). Lateness = arrival in federation
+time - the message's federation time (negative: early). The bridge's own send lateness by the
+node's clock (``/api/status`` ``osc.send_lateness_ms``) is printed too.
 
 Baseline: the same schedule served by a bare process running the bridge's own code
 (``OscBridge.serve``: the same socket handling, scheduler and wake-up rule) on a clock that is
@@ -34,6 +37,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -44,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from pythonosc.osc_message import OscMessage
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -88,17 +94,55 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def schedule_notes(app: OscApp, fed_minus_mono: float, duration: float) -> list[float]:
+_SO_TIMESTAMPNS = 35
+"""Linux: the kernel stamps each datagram as it reaches the socket (CLOCK_REALTIME, ns)."""
+
+
+def realtime_minus_monotonic() -> float:
+    """time.time() - time.monotonic(), from the tightest of a few readings."""
+    best = (float("inf"), 0.0)
+    for _ in range(50):
+        a = time.monotonic()
+        r = time.time()
+        b = time.monotonic()
+        best = min(best, (b - a, r - (a + b) / 2))
+    return best[1]
+
+
+def receive_notes(sock: socket.socket, count: int) -> dict[int, tuple[float, float]]:
+    """*count* ``/note <n>`` messages: n -> (when the kernel queued it on the socket, when this
+    thread read it), both on this host's monotonic clock."""
+    rt_minus_mono = realtime_minus_monotonic()
+    out: dict[int, tuple[float, float]] = {}
+    sock.settimeout(10)
+    while len(out) < count:
+        data, ancillary, _, _ = sock.recvmsg(2048, socket.CMSG_SPACE(16))
+        read = time.monotonic()
+        arrived = read
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                sec, nsec = struct.unpack("qq", value[:16])
+                arrived = sec + nsec / 1e9 - rt_minus_mono
+        message = OscMessage(data)
+        if message.address == "/note":
+            out[message.params[0]] = (arrived, read)
+    return out
+
+
+async def schedule_notes(
+    app: OscApp, fed_minus_mono: float, duration: float
+) -> tuple[list[float], list[float]]:
     """Schedule a note every SPACING s, AHEAD s ahead, for *duration* s; the lateness of each
-    (seconds, in the clock *fed_minus_mono* converts this host's monotonic clock to)."""
+    (seconds, in the clock *fed_minus_mono* converts this host's monotonic clock to) as it
+    reached the app's socket, and as the app's receiving thread read it."""
     sent: dict[int, float] = {}
-    lateness: list[float] = []
     count = int(duration / SPACING)
+    sock = app.client._sock
+    sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    got: dict[int, tuple[float, float]] = {}
 
     async def receive() -> None:
-        while len(lateness) < count:
-            got = await app.receive("/note", timeout=10)
-            lateness.append(got.at + fed_minus_mono - sent.pop(got.args[0]))
+        got.update(await trio.to_thread.run_sync(receive_notes, sock, count))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(receive)
@@ -107,10 +151,12 @@ async def schedule_notes(app: OscApp, fed_minus_mono: float, duration: float) ->
             due = base + AHEAD + n * SPACING
             sent[n] = due
             # float64 times (python-osc would guess float32 for a Python float).
-            app.client.send(build_schedule(due, n))
+            sock.sendto(build_schedule(due, n).dgram, app.target)
             # Pace the sends (a load generator, not synchronisation).
             await trio.sleep(max(0.0, due - AHEAD - (time.monotonic() + fed_minus_mono)))
-    return lateness
+    arrived = [got[n][0] + fed_minus_mono - sent[n] for n in range(count)]
+    read = [got[n][1] + fed_minus_mono - sent[n] for n in range(count)]
+    return arrived, read
 
 
 def build_schedule(due: float, n: int) -> Any:
@@ -141,7 +187,10 @@ async def measure(duration: float, block: float) -> dict[str, Any]:
     before = machine()
     bridge: list[float] = []
     baseline: list[float] = []
+    bridge_read: list[float] = []
+    baseline_read: list[float] = []
     rtts: list[float] = []
+    blocks: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         async with start_nodes(Path(tmp), ["conductor", "player"], flags) as nodes:
 
@@ -163,8 +212,14 @@ async def measure(duration: float, block: float) -> dict[str, Any]:
                         part = min(block, duration - done)
                         fed_minus_mono, rtt = await offset(ref)
                         rtts.append(rtt)
-                        bridge += await schedule_notes(app, fed_minus_mono, part)
-                        baseline += await schedule_notes(bare, 0.0, part)
+                        one, one_read = await schedule_notes(app, fed_minus_mono, part)
+                        other, other_read = await schedule_notes(bare, 0.0, part)
+                        blocks.append({"load": os.getloadavg()[0], "bridge": summary(one),
+                                       "baseline": summary(other)})  # fmt: skip
+                        bridge += one
+                        baseline += other
+                        bridge_read += one_read
+                        baseline_read += other_read
                         done += part
                     stats = (await nodes[1].status())["osc"]
                 finally:
@@ -176,12 +231,15 @@ async def measure(duration: float, block: float) -> dict[str, Any]:
         "target": f"p99 <= {TARGET_P99_MS:g} ms",
         "bridge": b,
         "baseline": base,
+        "bridge_read_by_app": summary(bridge_read),
+        "baseline_read_by_app": summary(baseline_read),
         "ratio_p99": b["p99_ms"] / base["p99_ms"] if base["p99_ms"] > 0 else None,
         "ratio_p50": b["p50_ms"] / base["p50_ms"] if base["p50_ms"] > 0 else None,
         "meets_target": b["p99_ms"] <= TARGET_P99_MS,
         "reference_rtt_us": min(rtts) * 1e6,
         "counters": {k: stats[k] for k in ("scheduled_sent", "late_on_arrival", "errors")},
         "bridge_send_lateness_ms": stats["send_lateness_ms"],
+        "blocks": blocks,
         "duration_s": duration,
         "block_s": block,
         "machine_before": before,
@@ -267,13 +325,20 @@ def main() -> None:
     result = trio.run(measure, args.duration, args.block)
     result["wall_s"] = time.perf_counter() - began
     print(f"lateness of scheduled OSC messages in federation time; target {result['target']}")
-    print(f"{'run':<24} {'messages':>8} {'min ms':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for name, key in (("bridge (skewed node)", "bridge"), ("bare process baseline", "baseline")):
+    print(f"{'run':<42} {'messages':>8} {'min ms':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for name, key in (
+        ("bridge (skewed node), at the app's socket", "bridge"),
+        ("bare process baseline, at the app's socket", "baseline"),
+        ("bridge, read by the app's thread", "bridge_read_by_app"),
+        ("baseline, read by the app's thread", "baseline_read_by_app"),
+    ):
         r = result[key]
         print(
-            f"{name:<24} {r['messages']:>8} {r['min_ms']:>8.3f} {r['p50_ms']:>8.3f}"
+            f"{name:<42} {r['messages']:>8} {r['min_ms']:>8.3f} {r['p50_ms']:>8.3f}"
             f" {r['p99_ms']:>8.3f} {r['max_ms']:>8.3f}"
         )
+    print("p99 ms by block (bridge/baseline): " + ", ".join(
+        f"{b['bridge']['p99_ms']:.1f}/{b['baseline']['p99_ms']:.1f}" for b in result["blocks"]))
     sent = result["bridge_send_lateness_ms"]
     if sent:
         print(f"the bridge's own send lateness (node clock, last 1000): p50 {sent['p50']:.3f} "
