@@ -24,10 +24,11 @@ a scheduled message at all. The two alternate in blocks of ``--block`` seconds, 
 the same load; the ratio bridge/baseline is what the node itself adds.
 
 Prints p50/p99/max of both, the ratio, the target, the machine's load (``uptime``) before and
-after and the priority the bench ran at, and writes ``bench/results/osc.json``. The nodes and
-the baseline inherit this process's priority: to measure with a higher one, start the bench
-as ``nice -n -5 python3 bench/osc.py`` (root) and say so beside the figures (the JSON records
-the niceness and the scheduling policy).
+after and the priority the bench ran at, and writes ``bench/results/osc.json``. The nodes, the
+baseline and the app inherit this process's priority: to measure with a higher one, start the
+bench as ``nice -n -5 python3 bench/osc.py`` or, for real-time priority as audio programs
+run, ``chrt -f 10 python3 bench/osc.py`` (root), and say so beside the figures (the JSON
+records the niceness and the scheduling policy).
 
     python3 bench/osc.py [--duration 60] [--block 10]
 """
