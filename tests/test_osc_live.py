@@ -127,9 +127,11 @@ async def test_a_scheduled_message_arrives_at_its_federation_time_on_a_skewed_no
         finally:
             ref.close()
             app.close()
-        # Timed by the node's clock, which follows the federation's despite its 1.7 s skew;
-        # the figures (p50/p99) come from bench/osc.py, this bound only allows for load.
-        assert all(-0.005 < late < 0.05 for late in lateness), lateness
+        # Timed by the node's clock, which follows the federation's despite its 1.7 s skew (a
+        # message timed by the node's own clock would be 1.7 s off); never early. The figures
+        # (p50/p99) come from bench/osc.py: this upper bound only allows for a loaded machine
+        # (50 ms was seen exceeded at load averages near 10).
+        assert all(-0.005 < late < 0.5 for late in lateness), lateness
 
 
 def bundle_at(t: float, address: str) -> bytes:
