@@ -50,6 +50,7 @@ from typing import Any
 import attrs
 import trio
 
+from mesh._state import write_atomic
 from roles._config import RoleConfig
 from roles._errors import (
     ConfigFileError,
@@ -127,27 +128,6 @@ class ApplyResult:
             "restarted": names(self.restarted),
             "unchanged": names(self.unchanged),
         }
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @attrs.frozen
@@ -439,7 +419,7 @@ class Station:
         }
         data = json.dumps(state, indent=2, sort_keys=True).encode() + b"\n"
         try:
-            await trio.to_thread.run_sync(_write_atomically, self.state_path, data)
+            await trio.to_thread.run_sync(write_atomic, self.state_path, data)
         except OSError as exc:
             self.persist_error = f"cannot save {self.state_path}: {exc}"
             logger.error("%s", self.persist_error)
