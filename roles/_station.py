@@ -51,7 +51,7 @@ import attrs
 import trio
 
 from mesh._state import write_atomic
-from roles._config import RoleConfig
+from roles._config import RoleConfig, read_json_file
 from roles._errors import (
     ConfigFileError,
     InvalidConfiguration,
@@ -143,21 +143,9 @@ def _read_state(path: str) -> _Saved | None:
     """Return what was saved, ``None`` if there is no file; raises :class:`ConfigFileError` if
     it is unreadable or malformed."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        data = read_json_file(path, "the saved state")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigFileError.at(path, "$", f"cannot read the saved state: {exc}") from None
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        where = (
-            f"line {exc.lineno} column {exc.colno}"
-            if isinstance(exc, json.JSONDecodeError)
-            else "$"
-        )
-        raise ConfigFileError.at(path, where, f"invalid JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("format") not in (1, _STATE_FORMAT):
         raise ConfigFileError.at(path, "$.format", f"not a format {_STATE_FORMAT} state file")
     held_raw = data.get("held", [])
