@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["big_join"] = big
     doc["wall_s"] = time.perf_counter() - started
 
-    headers = ("figure", "measured", "target (DESIGN.md)", "")
+    headers = ("figure", "measured", "target", "")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(4)]
     line = "  ".join("-" * w for w in widths)
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())

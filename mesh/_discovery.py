@@ -695,17 +695,22 @@ async def _resolve(host: str, port: int, within: float = SEED_RESOLVE_TIMEOUT) -
 
 
 async def resolve_seeds(
-    seeds: tuple[Address, ...], within: float = SEED_RESOLVE_TIMEOUT
+    seeds: tuple[Address, ...],
+    within: float = SEED_RESOLVE_TIMEOUT,
+    counts: Counter[str] | None = None,
 ) -> list[Address]:
     """The addresses of *seeds*, in order: IP literals as they are, names looked up once, all
-    at the same time, each within *within* seconds; a name that does not resolve is logged
-    and left out (a node never resolves a name later, nor on its event loop)."""
+    at the same time, each within *within* seconds; a name that does not resolve is logged,
+    counted in ``counts["unresolved"]`` and left out (a node never resolves a name later, nor
+    on its event loop)."""
     found: list[list[Address]] = [[] for _ in seeds]
 
     async def one(index: int, host: str, port: int) -> None:
         try:
             found[index] = await _resolve(host, port, within)
         except OSError as exc:
+            if counts is not None:
+                counts["unresolved"] += 1
             log.warning("seed %s does not resolve, ignored: %s", host, exc)
 
     async with trio.open_nursery() as nursery:
@@ -714,34 +719,32 @@ async def resolve_seeds(
     return list(dict.fromkeys(a for addresses in found for a in addresses))
 
 
+def _always() -> bool:
+    return True
+
+
 async def serve_seeds(
     config: DiscoveryConfig,
     hints: HintSink,
     *,
+    needed: Callable[[], bool] = _always,
     task_status: trio.TaskStatus[SeedService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Hint every ``config.seeds`` address now, then every ``config.seed_interval`` seconds
-    (names are resolved each time; one that does not resolve is counted, logged and retried)."""
+    """Resolve ``config.seeds`` once (:func:`resolve_seeds`), hint every address now, then
+    again every ``config.seed_interval`` seconds while *needed()* says so (a node that knows
+    nobody yet: its seeds may start after it)."""
     service = SeedService(config.seeds)
     counts = service._counts
-    warned: set[str] = set()
-    first = True
+    addresses = await resolve_seeds(config.seeds, counts=counts)
+    started = False
     while True:
-        counts["rounds"] += 1
-        for host, port in config.seeds:
-            try:
-                addresses = await _resolve(host, port)
-            except OSError as exc:
-                counts["unresolved"] += 1
-                if host not in warned:
-                    warned.add(host)
-                    log.warning("seed %s does not resolve (will retry): %s", host, exc)
-                continue
+        if needed():
+            counts["rounds"] += 1
             for address in addresses:
                 hint = PeerHint(address, "seed")
                 counts["hints" if _emit(hints, hint) else "hints_dropped"] += 1
-        if first:
-            first = False
+        if not started:
+            started = True
             task_status.started(service)
         await trio.sleep(config.seed_interval)
 
@@ -772,17 +775,21 @@ async def serve_discovery(
     config: DiscoveryConfig,
     hints: HintSink,
     *,
+    seeds_needed: Callable[[], bool] = _always,
     task_status: trio.TaskStatus[Discovery] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run every enabled source (seeds, beacons, mDNS) until cancelled; report a
-    :class:`Discovery` once all of them have started."""
+    :class:`Discovery` once all of them have started. Seeds are hinted again only while
+    *seeds_needed()* (see :func:`serve_seeds`)."""
     discovery = Discovery()
     if config.mdns or config.broadcast:
         interfaces = config.choose_interfaces()  # fail early, before anything starts
         log.debug("discovery on %s", [a.address for a in interfaces.addresses])
     async with trio.open_nursery() as nursery:
         if config.seeds:
-            discovery.seeds = await nursery.start(serve_seeds, config, hints)
+            discovery.seeds = await nursery.start(
+                partial(serve_seeds, needed=seeds_needed), config, hints
+            )
         if config.broadcast:
             discovery.beacons = await nursery.start(serve_beacons, config, hints)
         if config.mdns:

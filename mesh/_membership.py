@@ -691,6 +691,12 @@ class Membership:
             late = now - self._next_probe_at > 2 * self.profile.probe_interval
             if late:
                 self._stats["late_wakeups"] += 1
+                # We were stalled (a laptop lid closed, a process stopped): what queued up
+                # meanwhile is still being worked through, so an answer to our next probes may
+                # come late through no fault of the target. Trust our own timing least until
+                # probes succeed again (Lifeguard's local health at its maximum; each acked
+                # probe takes one point off).
+                self._awareness = self.profile.awareness_max - 1
             self._start_probe(now)
         for node_id in [n for n, s in self._suspicions.items() if now >= s.deadline]:
             self._suspicion_expired(now, node_id)

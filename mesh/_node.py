@@ -29,6 +29,7 @@ import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,10 @@ import trio
 from mesh._clock import ClockSnapshot, SkewedClock
 from mesh._discovery import (
     DEFAULT_BEACON_PORT,
+    Discovery,
     DiscoveryConfig,
     PeerHint,
-    resolve_seeds,
-    serve_beacons,
-    serve_mdns,
+    serve_discovery,
 )
 from mesh._election import ClaimAnswer, PostChanged, SteppedDown
 from mesh._extensions import Extension
@@ -720,8 +720,10 @@ class Node:
             self._pump()
 
     async def _serve_discovery(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run :func:`serve_discovery` (the same code its tests run) with this node's hints
+        going to the membership core; seeds are hinted again every second while this node
+        knows nobody (they may start after it)."""
         config = self.config
-        send, receive = trio.open_memory_channel[PeerHint](1024)
         dconfig = DiscoveryConfig(
             federation=config.federation,
             node_id=self.id,
@@ -736,30 +738,20 @@ class Node:
             mdns=config.mdns,
             broadcast=config.broadcast,
             seeds=config.seeds,
+            seed_interval=1.0,
         )
         async with trio.open_nursery() as nursery:
-            if config.broadcast:
-                beacons = await nursery.start(serve_beacons, dconfig, send)
-                self.discovery_stats["beacons"] = beacons.statistics
-            if config.mdns:
-                mdns = await nursery.start(serve_mdns, dconfig, send)
-                self.discovery_stats["mdns"] = mdns.statistics
+            discovery: Discovery = await nursery.start(
+                partial(serve_discovery, seeds_needed=self._alone), dconfig, self._on_hint
+            )
+            for name in ("beacons", "mdns", "seeds"):
+                source = getattr(discovery, name)
+                if source is not None:
+                    self.discovery_stats[name] = source.statistics
             task_status.started()
-            if config.seeds:
-                nursery.start_soon(self._serve_seeds)
-            async for hint in receive:
-                self._on_hint(hint)
 
-    async def _serve_seeds(self) -> None:
-        """Resolve the seeds once (names in a worker thread, with a time limit: never on the
-        event loop, never again), then hint them, and again every second while this node knows
-        nobody (they may start after us)."""
-        seeds = await resolve_seeds(self.config.seeds)
-        while seeds:
-            if self.core.membership.live_count() <= 1:
-                for seed in seeds:
-                    self._on_hint(PeerHint(seed, "seed"))
-            await trio.sleep(1.0)
+    def _alone(self) -> bool:
+        return self.core.membership.live_count() <= 1
 
     async def leave(self) -> None:
         """Leave gracefully: peers see ``left`` at once instead of after a timeout."""

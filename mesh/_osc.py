@@ -20,10 +20,11 @@ import trio
 
 from mesh._election import CONDUCTOR, PostChanged, SteppedDown
 from mesh._extensions import Extension
+from mesh._hrtimer import PreciseTimer
 from mesh._membership import MemberEvent
 from mesh._node import Node
 from mesh._nodecore import Publication
-from mesh._osc_core import OscBridgeCore, OscLimits, Outgoing
+from mesh._osc_core import BridgeHost, OscBridgeCore, OscLimits, Outgoing
 from mesh._tempo import Tempo
 from mesh._tempo_node import TempoKeeper, open_tempo
 from mesh._wire import Address, Value
@@ -32,12 +33,12 @@ __all__ = ["OscBridge"]
 
 logger = logging.getLogger(__name__)
 
-_EARLY = 0.00005
+_EARLY = 0.00001
 """A scheduled message whose time is this close is sent now."""
-_LEAD = 0.0012
-"""The event loop's timer has millisecond resolution (epoll), so the scheduler wakes this much
-before a message's time and sleeps the rest precisely, blocking the loop for about a
-millisecond; a scheduled message then leaves within ~0.1 ms of its time on an idle machine."""
+_APPROACH = 0.05
+"""The precise timer aims at a message only this close to its time; a longer wait ends half of
+this before and is aimed again, so the difference between federation time's rate and this
+host's monotonic clock (the clock the timer runs on) cannot build up over a long wait."""
 _PUSHED_KINDS = frozenset({"joined", "alive", "suspect", "dead", "left"})
 
 
@@ -94,7 +95,7 @@ class OscBridge(Extension):
         self.address: Address = sock.getsockname()[:2]
         self.send_failures = 0
         self._stdlib_socket = sock
-        self._wake = trio.Event()
+        self._waiting = trio.CancelScope()
         self._socket: trio.socket.SocketType | None = None
 
     @classmethod
@@ -125,25 +126,33 @@ class OscBridge(Extension):
         }
 
     async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        sock = trio.socket.from_stdlib_socket(self._stdlib_socket)
-        logging.getLogger().addFilter(_quiet_python_osc)
-        self._socket = sock
         if not self.address[0].startswith("127."):
             logger.warning("the OSC bridge listens on %s: any host that reaches it can publish "
                            "and schedule through this node", self.address[0])  # fmt: skip
+        async with (
+            open_tempo(node) as keeper,
+            node.events() as events,
+            keeper.changes() as tempos,
+            trio.open_nursery() as nursery,
+        ):
+            host = _NodeHost(node, keeper)
+            await nursery.start(self.serve, host)
+            nursery.start_soon(self._follow, events, host)
+            nursery.start_soon(self._follow_tempo, tempos, host)
+            logger.info("OSC bridge on %s:%d", *self.address)
+            task_status.started()
+
+    async def serve(self, host: BridgeHost, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Answer apps and send scheduled messages on time, reading *host* (the node, in
+        :meth:`run`; ``bench/osc.py`` serves a bare clock through it for its baseline). The
+        socket is closed when this returns."""
+        sock = trio.socket.from_stdlib_socket(self._stdlib_socket)
+        logging.getLogger().addFilter(_quiet_python_osc)
+        self._socket = sock
         with sock:
-            async with (
-                open_tempo(node) as keeper,
-                node.events() as events,
-                keeper.changes() as tempos,
-                trio.open_nursery() as nursery,
-            ):
-                host = _NodeHost(node, keeper)
+            async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive, sock, host)
-                nursery.start_soon(self._follow, events, host)
-                nursery.start_soon(self._follow_tempo, tempos, host)
                 nursery.start_soon(self._scheduler, host)
-                logger.info("OSC bridge on %s:%d", *self.address)
                 task_status.started()
 
     async def _send(self, out: list[Outgoing]) -> None:
@@ -155,7 +164,7 @@ class OscBridge(Extension):
                 self.send_failures += 1
                 logger.debug("OSC send to %s failed: %s", item.dest, exc)
 
-    async def _receive(self, sock: trio.socket.SocketType, host: _NodeHost) -> None:
+    async def _receive(self, sock: trio.socket.SocketType, host: BridgeHost) -> None:
         limit = self.core.limits.max_datagram + 1
         while True:
             try:
@@ -166,7 +175,7 @@ class OscBridge(Extension):
             before = self.core.next_due()
             out = self.core.handle_datagram(host, src[:2], data)
             if self.core.next_due() != before:
-                self._wake.set()
+                self._waiting.cancel()
             await self._send(out)
 
     async def _follow(self, events: trio.MemoryReceiveChannel[Any], host: _NodeHost) -> None:
@@ -187,21 +196,25 @@ class OscBridge(Extension):
     ) -> None:
         async for _ in tempos:
             await self._send(self.core.handle_tempo(host))
-            self._wake.set()
+            self._waiting.cancel()
 
-    async def _scheduler(self, host: _NodeHost) -> None:
+    async def _scheduler(self, host: BridgeHost) -> None:
+        """Send each scheduled message when federation time reaches it. The wait is on the
+        kernel's high-resolution timer where there is one (:class:`PreciseTimer`), in the event
+        loop: the loop is never blocked. A message that comes due sooner ends the wait."""
         core = self.core
-        while True:
-            self._wake = trio.Event()
-            due = core.next_due()
-            if due is None:
-                await self._wake.wait()
-                continue
-            delay = due - host.now()
-            if delay > _LEAD:
-                with trio.move_on_after(delay - _LEAD):
-                    await self._wake.wait()
-                continue
-            if delay > _EARLY:
-                time.sleep(delay)  # the last millisecond, precisely  # noqa: ASYNC251
-            await self._send(core.handle_timer(host, _EARLY))
+        with PreciseTimer() as timer:
+            while True:
+                due = core.next_due()
+                delay = None if due is None else due - host.now()
+                if delay is not None and delay <= _EARLY:
+                    await self._send(core.handle_timer(host, _EARLY))
+                    await trio.lowlevel.checkpoint()
+                    continue
+                with trio.CancelScope() as self._waiting:
+                    if delay is None:
+                        await trio.sleep_forever()
+                    if delay > _APPROACH:  # far off: trio's timer, then aim again
+                        await trio.sleep(delay - _APPROACH / 2)
+                    else:
+                        await timer.sleep_until(time.monotonic() + delay)

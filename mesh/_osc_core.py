@@ -14,6 +14,7 @@ bits the fraction (:func:`federation_timetag`); the timetag ``1`` means "now".
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import json
@@ -127,6 +128,10 @@ class OscStatistics:
     late_on_arrival: int
     """Scheduled messages whose time had already passed when they arrived (sent at once)."""
     publications_delivered: int
+    send_lateness_ms: dict[str, float] | None
+    """How late the bridge handed its last (up to 1000) scheduled messages to the socket, by
+    this node's federation clock: ``p50``, ``p99``, ``max`` in milliseconds (``None`` before
+    the first). What the app's own wake-up adds is not in it."""
 
 
 @attrs.frozen
@@ -144,6 +149,8 @@ class _Client:
     conductor: bool = False
     tempo: bool = False
     scheduled: int = 0
+    float32: bool = False
+    """Send this app only OSC 1.0's 32-bit types (``/stagemesh/float32``)."""
 
 
 @attrs.frozen(order=True)
@@ -162,12 +169,18 @@ class _BadInput(Exception):
         self.reason = reason
 
 
-def _typed_args(builder: OscMessageBuilder, args: Iterable[Any]) -> None:
+def _typed_args(builder: OscMessageBuilder, args: Iterable[Any], float32: bool) -> None:
     for value in args:
-        if isinstance(value, bool) or value is None or isinstance(value, str | bytes):
+        if float32 and (isinstance(value, bool) or value is None):
+            builder.add_arg(int(bool(value)), "i")
+        elif isinstance(value, bool) or value is None or isinstance(value, str | bytes):
             builder.add_arg(value)
         elif isinstance(value, int):
-            builder.add_arg(value, "i" if -(2**31) <= value < 2**31 else "h")
+            fits = -(2**31) <= value < 2**31
+            builder.add_arg(value if fits or not float32 else float(value),
+                            "i" if fits else "f" if float32 else "h")  # fmt: skip
+        elif float32 and isinstance(value, float):
+            builder.add_arg(value, "f")
         elif isinstance(value, float):
             exact32 = math.isfinite(value) and _FLOAT32.unpack(_FLOAT32.pack(value))[0] == value
             builder.add_arg(value, "f" if exact32 or not math.isfinite(value) else "d")
@@ -179,15 +192,21 @@ def _jsonable(value: object) -> object:
     return value.hex() if isinstance(value, bytes) else repr(value)
 
 
-def build_message(address: str, args: Sequence[Any] = (), types: str | None = None) -> bytes:
+def build_message(
+    address: str, args: Sequence[Any] = (), types: str | None = None, float32: bool = False
+) -> bytes:
     """One OSC message (python-osc's builder). Floats go as float32 when that is exact, else
     as float64; ints as int32 or int64; anything nested as a JSON string. *types* forces the
-    type tag of the leading arguments."""
+    type tag of the leading arguments. With *float32*, only the types every OSC 1.0 app reads
+    (Pd vanilla's ``oscparse`` reads no others): floats and int64s as float32, true, false and
+    nil as the int32s 1, 0 and 0."""
     builder = OscMessageBuilder(address)
     forced = types or ""
+    if float32:
+        forced = forced.replace("d", "f").replace("h", "f")
     for tag, value in zip(forced, args, strict=False):
-        builder.add_arg(value, tag)
-    _typed_args(builder, args[len(forced) :])
+        builder.add_arg(float(value) if tag == "f" else value, tag)
+    _typed_args(builder, args[len(forced) :], float32)
     return builder.build().dgram
 
 
@@ -208,6 +227,14 @@ def _plain_args(params: Sequence[Any]) -> list[Value]:
             raise _BadInput("bad arguments", f"argument {value!r} has a type the bridge does "
                             "not carry (int, float, string, blob, true, false, nil)")  # fmt: skip
     return out
+
+
+def _percentiles_ms(values: Iterable[float]) -> dict[str, float] | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    picks = {"p50": int(0.5 * len(ordered)), "p99": int(0.99 * len(ordered)), "max": -1}
+    return {name: round(ordered[min(i, len(ordered) - 1)] * 1000, 3) for name, i in picks.items()}
 
 
 def _number(value: Any) -> float | None:
@@ -235,6 +262,7 @@ class OscBridgeCore:
         self._tokens_at = -math.inf
         self._scheduled_sent = 0
         self._late = 0
+        self._lateness: collections.deque[float] = collections.deque(maxlen=1000)
         self._delivered = 0
         self._conductor: str | None = None
         self._tempo_push: float | None = None
@@ -321,7 +349,8 @@ class OscBridgeCore:
         bound = host.error_bound()
         whole = math.floor(t)
         args = [t, -1.0 if bound is None else bound, whole, t - whole]
-        out.append(Outgoing(dest, build_message(PREFIX + "time", args, "ddif")))
+        out.append(Outgoing(dest, build_message(PREFIX + "time", args, "ddif",
+                                                self._float32(dest))))  # fmt: skip
 
     def _subscribe(self, host: BridgeHost, dest: Address, params: list[Any],
                    out: list[Outgoing]) -> None:  # fmt: skip
@@ -369,8 +398,10 @@ class OscBridgeCore:
             raise _BadInput("bad arguments", usage)
         rest = params[1:]
         second = _number(rest[0]) if rest else None
-        if isinstance(params[0], int) and second is not None:
-            first += second  # <whole seconds:i> <fraction:f>: exact for float32-only apps
+        if second is not None:
+            # <whole seconds> <fraction>: exact for apps with only float32 (the whole seconds
+            # as an int32, or as a float32, exact up to 2^24 s, what Pd's oscformat sends).
+            first += second
             rest = rest[1:]
         if not rest or not isinstance(rest[0], str) or not rest[0].startswith("/"):
             raise _BadInput("bad arguments", usage)
@@ -385,6 +416,22 @@ class OscBridgeCore:
             self._fire(host, _Scheduled(first, 0, dest, address, params_out), out)
         else:
             self._enqueue(dest, first, address, params_out)
+
+    def _float32_cmd(self, host: BridgeHost, dest: Address, params: list[Any],
+                     out: list[Outgoing]) -> None:  # fmt: skip
+        if len(params) > 1 or (params and _number(params[0]) not in (0.0, 1.0)):
+            raise _BadInput("bad arguments", "usage: /stagemesh/float32 [1|0]")
+        on = not params or _number(params[0]) == 1.0
+        if on:
+            self._client(dest).float32 = True
+        elif (client := self._clients.get(dest)) is not None:
+            client.float32 = False
+            self._forget_if_idle(dest)
+        out.append(Outgoing(dest, build_message(PREFIX + "float32", [int(on)], "i")))
+
+    def _float32(self, dest: Address) -> bool:
+        client = self._clients.get(dest)
+        return client is not None and client.float32
 
     def _members(self, host: BridgeHost, dest: Address, params: list[Any],
                  out: list[Outgoing]) -> None:  # fmt: skip
@@ -403,7 +450,7 @@ class OscBridgeCore:
     def _tempo_cmd(self, host: BridgeHost, dest: Address, params: list[Any],
                    out: list[Outgoing]) -> None:  # fmt: skip
         self._client(dest).tempo = True
-        out.append(Outgoing(dest, self._tempo_message(host)))
+        out.append(Outgoing(dest, self._tempo_message(host, self._float32(dest))))
 
     def _tempo_set(self, host: BridgeHost, dest: Address, params: list[Any],
                    out: list[Outgoing], restart: bool = False) -> None:  # fmt: skip
@@ -430,12 +477,14 @@ class OscBridgeCore:
     def handle_publication(self, publication: Publication) -> list[Outgoing]:
         """A publication from any node: delivered to the apps subscribed to its topic."""
         out: list[Outgoing] = []
-        targets = [a for a, c in self._clients.items() if publication.topic in c.subscriptions]
+        targets = [(a, c.float32) for a, c in self._clients.items()
+                   if publication.topic in c.subscriptions]  # fmt: skip
         if targets:
             args = [publication.topic, publication.origin_path or "",
                     *_payload_args(publication.payload)]  # fmt: skip
-            data = build_message(PREFIX + "msg", args)
-            out = [Outgoing(dest, data) for dest in targets]
+            data = {f32: build_message(PREFIX + "msg", args, float32=f32)
+                    for f32 in {f32 for _, f32 in targets}}  # fmt: skip
+            out = [Outgoing(dest, data[f32]) for dest, f32 in targets]
             self._delivered += len(out)
         return self._count(out)
 
@@ -457,16 +506,17 @@ class OscBridgeCore:
         takes effect)."""
         tempo = host.tempo()
         self._tempo_push = None if tempo is None else tempo.next_change(host.now())
-        data = self._tempo_message(host)
-        return self._count([Outgoing(a, data) for a, c in self._clients.items() if c.tempo])
+        data = {f32: self._tempo_message(host, f32) for f32 in (False, True)}
+        return self._count([Outgoing(a, data[c.float32]) for a, c in self._clients.items()
+                            if c.tempo])  # fmt: skip
 
-    def _tempo_message(self, host: BridgeHost) -> bytes:
+    def _tempo_message(self, host: BridgeHost, float32: bool) -> bytes:
         tempo = host.tempo()
         if tempo is None:
             return build_message(PREFIX + "tempo", [])
         pos = tempo.at(host.now())
         return build_message(PREFIX + "tempo", [pos.bpm, pos.meter, pos.time, pos.beat, pos.bar,
-                                                pos.beat_in_bar], "diddid")  # fmt: skip
+                                                pos.beat_in_bar], "diddid", float32)  # fmt: skip
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -479,10 +529,12 @@ class OscBridgeCore:
 
     def handle_timer(self, host: BridgeHost, early: float = 0.0) -> list[Outgoing]:
         """Send what is due at federation time ``host.now()`` (or within *early* seconds)."""
-        now = host.now() + early
+        t = host.now()
+        now = t + early
         out: list[Outgoing] = []
         while self._queue and self._queue[0].due <= now:
             item = heapq.heappop(self._queue)
+            self._lateness.append(t - item.due)
             client = self._clients.get(item.client)
             if client is not None:
                 client.scheduled -= 1
@@ -502,7 +554,8 @@ class OscBridgeCore:
                 self._error(host, item.client, exc, out)
             return
         try:
-            out.append(Outgoing(item.client, build_message(item.address, item.params)))
+            data = build_message(item.address, item.params, float32=self._float32(item.client))
+            out.append(Outgoing(item.client, data))
         except Exception as exc:  # an address python-osc cannot write
             self._error(host, item.client, _BadInput("bad arguments", str(exc)), out)
 
@@ -548,7 +601,7 @@ class OscBridgeCore:
     def _forget_if_idle(self, dest: Address) -> None:
         c = self._clients.get(dest)
         if c is not None and not (c.subscriptions or c.members or c.conductor or c.tempo
-                                  or c.scheduled):  # fmt: skip
+                                  or c.scheduled or c.float32):  # fmt: skip
             del self._clients[dest]
 
     def _error(self, host: BridgeHost, dest: Address, exc: _BadInput, out: list[Outgoing]) -> None:
@@ -580,6 +633,7 @@ class OscBridgeCore:
             scheduled_sent=self._scheduled_sent,
             late_on_arrival=self._late,
             publications_delivered=self._delivered,
+            send_lateness_ms=_percentiles_ms(self._lateness),
         )
 
 
@@ -591,6 +645,7 @@ _COMMANDS = {
     PREFIX + "schedule": OscBridgeCore._schedule,
     PREFIX + "members": OscBridgeCore._members,
     PREFIX + "conductor": OscBridgeCore._conductor_cmd,
+    PREFIX + "float32": OscBridgeCore._float32_cmd,
     PREFIX + "tempo": OscBridgeCore._tempo_cmd,
     PREFIX + "tempo/set": OscBridgeCore._tempo_set,
     PREFIX + "tempo/start": OscBridgeCore._tempo_start,

@@ -44,6 +44,7 @@ __all__ = [
     "find_status_files",
     "locked_identity",
     "status_file",
+    "write_atomic",
     "write_json_atomic",
 ]
 
@@ -79,14 +80,16 @@ def default_runtime_dir() -> Path:
     return default_state_dir() / "run"
 
 
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write *doc* as JSON to *path* so that a crash leaves the old or the new file, never a
-    torn one (temporary file, fsync, rename)."""
+def write_atomic(path: Path | str, data: bytes) -> None:
+    """Write *data* to *path* so that a crash or a power cut leaves the old or the new file,
+    never a torn one: a temporary file in the same folder, fsync, rename, then fsync of the
+    folder (which makes the rename itself durable). The project's one atomic writer."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -94,6 +97,17 @@ def write_json_atomic(path: Path, doc: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    with contextlib.suppress(OSError):  # a folder that cannot be opened or synced: best effort
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """Write *doc* as JSON to *path* with :func:`write_atomic`."""
+    write_atomic(path, json.dumps(doc).encode())
 
 
 @attrs.define

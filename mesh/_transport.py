@@ -241,8 +241,8 @@ class Transport:
     ) -> Envelope:
         """Send *body* in a TCP frame to *dest* (bound to *to*) and return the checked reply.
 
-        Raises :class:`OSError`, :class:`trio.TooSlowError` or :class:`InvalidMessage` (also
-        counted).
+        Raises :class:`OSError` (also when the peer resets the connection),
+        :class:`trio.TooSlowError` or :class:`InvalidMessage` (also counted).
         """
         self._counts["streams_opened"] += 1
         try:
@@ -255,6 +255,9 @@ class Transport:
         except InvalidMessage as exc:
             self.reject(exc.reason)
             raise
+        except trio.BrokenResourceError as exc:
+            # trio reports a reset as a broken stream; callers handle one family: OSError.
+            raise ConnectionResetError(f"connection to {dest[0]}:{dest[1]} broken: {exc}") from None
 
     # -- receiving ----------------------------------------------------------------------------
 

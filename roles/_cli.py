@@ -37,7 +37,13 @@ from mesh._names import InvalidName, check_name
 from mesh._node_cli import read_statuses
 from mesh._state import default_runtime_dir, find_status_files
 from mesh._status import read_api_secret
-from roles._config import RoleConfig, check_station_path, parse_role_config
+from roles._config import (
+    RoleConfig,
+    check_station_path,
+    parse_json,
+    parse_role_config,
+    read_text_file,
+)
 from roles._desired import DesiredState
 from roles._errors import ConfigFileError, RolesError, error_family
 from roles._operator import OperatorKey, OperatorKeyError, Order
@@ -57,15 +63,10 @@ def read_push_file(path: Path, *, now_ms: int | None = None) -> RoleConfig:
     stamp = int(time.time() * 1000) if now_ms is None else now_ms
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_text_file(path)
+    except FileNotFoundError as exc:
         raise ConfigFileError.at(source, "$", f"cannot read the file: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigFileError.at(
-            source, f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}"
-        ) from None
+    data = parse_json(text, source)
     if isinstance(data, dict) and "roles" in data and set(data) <= _STATION_FILE_KEYS:
         return RoleConfig.from_dict(
             data["roles"], source=f"{source} $.roles", default_timestamp=stamp

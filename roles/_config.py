@@ -46,7 +46,10 @@ __all__ = [
     "check_station_path",
     "load_role_config",
     "load_station_file",
+    "parse_json",
     "parse_role_config",
+    "read_json_file",
+    "read_text_file",
 ]
 
 #: Keys of an entry that are not options.
@@ -444,13 +447,20 @@ def _decode_roles(
     return entries
 
 
-def _parse_json(text: str, source: str) -> object:
+def parse_json(text: str, source: str) -> object:
+    """Decode JSON *text* read from *source*: the one JSON reader of ``roles/`` (config files,
+    saved state, orders, process records).
+
+    Raises :class:`~roles.ConfigFileError` naming *source* and the line and column.
+    """
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigFileError.at(
             source, f"line {exc.lineno} column {exc.colno}", f"invalid JSON: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise ConfigFileError.at(source, "$", "invalid JSON: nested too deeply") from None
 
 
 def parse_role_config(text: str, *, source: str, default_timestamp: int = 0) -> RoleConfig:
@@ -459,20 +469,39 @@ def parse_role_config(text: str, *, source: str, default_timestamp: int = 0) -> 
     Raises :class:`~roles.ConfigFileError` naming *source*, the place and the problem.
     """
     return RoleConfig.from_dict(
-        _parse_json(text, source), source=source, default_timestamp=default_timestamp
+        parse_json(text, source), source=source, default_timestamp=default_timestamp
     )
 
 
-def _read(path: str | os.PathLike[str]) -> str:
+def read_text_file(path: str | os.PathLike[str], what: str = "the file") -> str:
+    """The UTF-8 text of *path*; raises :class:`~roles.ConfigFileError` naming it and what
+    went wrong (:class:`FileNotFoundError` passes through, for callers to whom a missing file
+    means "nothing saved yet")."""
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
+    except FileNotFoundError:
+        raise
     except UnicodeDecodeError as exc:
         raise ConfigFileError.at(os.fspath(path), "$", f"not UTF-8 text: {exc.reason}") from None
     except OSError as exc:
         raise ConfigFileError.at(
+            os.fspath(path), "$", f"cannot read {what}: {exc.strerror or exc}"
+        ) from None
+
+
+def _read_existing(path: str | os.PathLike[str]) -> str:
+    try:
+        return read_text_file(path)
+    except FileNotFoundError as exc:
+        raise ConfigFileError.at(
             os.fspath(path), "$", f"cannot read the file: {exc.strerror or exc}"
         ) from None
+
+
+def read_json_file(path: str | os.PathLike[str], what: str = "the file") -> object:
+    """:func:`read_text_file` then :func:`parse_json`."""
+    return parse_json(read_text_file(path, what), os.fspath(path))
 
 
 def load_role_config(path: str | os.PathLike[str], *, default_timestamp: int = 0) -> RoleConfig:
@@ -481,7 +510,7 @@ def load_role_config(path: str | os.PathLike[str], *, default_timestamp: int = 0
     Raises :class:`~roles.ConfigFileError` naming the file, the path inside it and the problem.
     """
     return parse_role_config(
-        _read(path), source=os.fspath(path), default_timestamp=default_timestamp
+        _read_existing(path), source=os.fspath(path), default_timestamp=default_timestamp
     )
 
 
@@ -624,5 +653,5 @@ def load_station_file(path: str | os.PathLike[str], *, default_timestamp: int = 
     """
     source = os.fspath(path)
     return StationFile.from_dict(
-        _parse_json(_read(path), source), source=source, default_timestamp=default_timestamp
+        parse_json(_read_existing(path), source), source=source, default_timestamp=default_timestamp
     )

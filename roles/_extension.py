@@ -29,7 +29,6 @@ A candidate without ``--roles`` runs the manager only (no station, no ``r``/``i`
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
@@ -60,7 +59,7 @@ from roles._authority import (
     check_relay,
     check_relayed_orders,
 )
-from roles._config import RoleConfig, StationFile, load_station_file
+from roles._config import RoleConfig, StationFile, load_station_file, read_json_file
 from roles._desired import DesiredState
 from roles._errors import (
     ConfigFileError,
@@ -708,8 +707,8 @@ class RolesExtension(Extension):
     @staticmethod
     def _load_desired(path: Path) -> DesiredState:
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            if doc.get("format") != 2:
+            doc = read_json_file(path, "the saved desired state")
+            if not isinstance(doc, dict) or doc.get("format") != 2:
                 raise ValueError("not a format 2 desired state (made before operator orders)")
             return DesiredState.from_dict(doc.get("desired", {}), source=str(path))
         except FileNotFoundError:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import subprocess
@@ -32,6 +31,8 @@ import attrs
 import trio
 
 from mesh._state import write_json_atomic
+from roles._config import read_json_file
+from roles._errors import ConfigFileError
 from roles._guardian import boot_id, proc_stat
 
 __all__ = [
@@ -145,15 +146,11 @@ class ProcessRecord:
 
     def _read(self) -> list[RecordedProcess]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            doc = read_json_file(self.path, "the process record")
         except FileNotFoundError:
             return []
-        except (OSError, UnicodeDecodeError) as exc:
-            return self._ignore(f"cannot read it: {exc}")
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            return self._ignore(f"invalid JSON: {exc}")
+        except ConfigFileError as exc:
+            return self._ignore(str(exc))
         if not isinstance(doc, dict) or doc.get("format") != _RECORD_FORMAT:
             return self._ignore(f"not a format {_RECORD_FORMAT} process record")
         if doc.get("boot_id") != self._boot:

@@ -33,7 +33,6 @@ import base64
 import binascii
 import getpass
 import hashlib
-import json
 import os
 import socket
 import stat
@@ -51,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from mesh._names import InvalidName, check_name
-from roles._config import RoleConfig, canonical_json, check_station_path
+from roles._config import RoleConfig, canonical_json, check_station_path, parse_json
 from roles._errors import ConfigFileError, Unauthorized
 
 __all__ = [
@@ -500,11 +499,7 @@ class Order:
             raise _fail(
                 source, "$", f"expected an order: a JSON string of at most {MAX_ORDER_TEXT}"
             )
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            raise _fail(source, "$", f"not JSON: {exc}") from None
-        return cls.from_dict(data, source=source)
+        return cls.from_dict(parse_json(text, source), source=source)
 
     @classmethod
     def from_dict(cls, data: object, *, source: str = "order") -> Order:

@@ -50,7 +50,8 @@ from typing import Any
 import attrs
 import trio
 
-from roles._config import RoleConfig
+from mesh._state import write_atomic
+from roles._config import RoleConfig, read_json_file
 from roles._errors import (
     ConfigFileError,
     InvalidConfiguration,
@@ -129,27 +130,6 @@ class ApplyResult:
         }
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 @attrs.frozen
 class _Saved:
     """What the state file holds (see :meth:`Station._persist`)."""
@@ -163,21 +143,9 @@ def _read_state(path: str) -> _Saved | None:
     """Return what was saved, ``None`` if there is no file; raises :class:`ConfigFileError` if
     it is unreadable or malformed."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        data = read_json_file(path, "the saved state")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigFileError.at(path, "$", f"cannot read the saved state: {exc}") from None
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        where = (
-            f"line {exc.lineno} column {exc.colno}"
-            if isinstance(exc, json.JSONDecodeError)
-            else "$"
-        )
-        raise ConfigFileError.at(path, where, f"invalid JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("format") not in (1, _STATE_FORMAT):
         raise ConfigFileError.at(path, "$.format", f"not a format {_STATE_FORMAT} state file")
     held_raw = data.get("held", [])
@@ -439,7 +407,7 @@ class Station:
         }
         data = json.dumps(state, indent=2, sort_keys=True).encode() + b"\n"
         try:
-            await trio.to_thread.run_sync(_write_atomically, self.state_path, data)
+            await trio.to_thread.run_sync(write_atomic, self.state_path, data)
         except OSError as exc:
             self.persist_error = f"cannot save {self.state_path}: {exc}"
             logger.error("%s", self.persist_error)

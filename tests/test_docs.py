@@ -83,3 +83,16 @@ def test_the_readme_try_it_is_a_block_the_docs_run() -> None:
     assert any(
         commands(s.text)[: len(commands(try_it.text))] == commands(try_it.text) for s in node_md
     )
+
+
+def test_the_docs_stand_alone() -> None:
+    """A user has the repository, not the design notes or reference folders it grew from: no
+    page of ``docs/`` (nor the README) sends them to a file outside it."""
+    outside = ("DESIGN.md", "../shared", "reference/")
+    offenders = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in [*DOCS, ROOT / "README.md"]
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if any(name in line for name in outside)
+    ]
+    assert not offenders, "\n".join(offenders)

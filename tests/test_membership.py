@@ -777,6 +777,31 @@ def test_late_wakeup_blames_nobody() -> None:
     assert not wire.member_events("suspect", about=b)
 
 
+def test_a_node_woken_from_a_long_stall_does_not_accuse_the_members_that_stayed() -> None:
+    """A laptop that slept 30 s wakes to a socket full of old datagrams; while it works through
+    them, the answers to its first probes come late. It must not suspect the members that were
+    up all along (they never stopped): its own timing is the one to doubt (the sleeping-laptop
+    test found such a flap live)."""
+    a, *others = converged(4)
+    wire = Wire([a, *others])
+    wire.run(2.0)
+    wire.paused.add(a.me.address)
+    wire.run(wire.now + 30.0)
+    wire.paused.clear()
+    # For the first 0.4 s after the wake nothing reaches a in time (its backlog).
+    for o in others:
+        wire.blocked.add((o.me.address, a.me.address))
+    wire.run(wire.now + 0.4)
+    assert a.statistics().late_wakeups >= 1
+    wire.heal()
+    wire.run(wire.now + 10.0)
+    for o in others:
+        assert not wire.member_events("suspect", about=o, seen_by=a), o.node_id
+    assert a.statistics().suspicions_raised == 0
+    # Its probes succeed again, so its trust in its own timing comes back.
+    assert wire.run(wire.now + 60.0, stop=lambda: a.statistics().awareness == 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Datagram size
 

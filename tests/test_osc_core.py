@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
-from pythonosc.parsing import ntp
+from pythonosc.parsing import ntp, osc_types
 
 from mesh._nodecore import Publication
 from mesh._osc_core import (
@@ -137,6 +137,8 @@ def test_a_scheduled_message_is_sent_when_federation_time_reaches_it(host: Host)
     host.t = 101.6
     assert parsed(core.handle_timer(host)) == [(APP, "/synth", [60, 1.0])]
     assert core.next_due() is None and core.statistics().scheduled_sent == 2
+    # How late each left, by the node's clock: 0 ms for /kick, 100 ms for /synth.
+    assert core.statistics().send_lateness_ms == {"p50": 100.0, "p99": 100.0, "max": 100.0}
     # Already past: sent at once, counted as late.
     assert parsed(core.handle_datagram(host, APP, msg("/stagemesh/schedule", 50.0, "/x"))) == [
         (APP, "/x", [])
@@ -307,3 +309,42 @@ def test_replies_are_python_osc_messages() -> None:
     data = build_message("/a", [1, 2**40, 0.5, 0.1, "s", b"\x01", True, None, [1, [2]]])
     assert OscMessage(data).params == [1, 2**40, 0.5, 0.1, "s", b"\x01", True, None, "[1,[2]]"]
     assert struct.unpack(">Q", struct.pack(">Q", federation_timetag(1.5)))[0] == 3 * 2**31
+
+
+def type_tags(data: bytes) -> str:
+    _, index = osc_types.get_string(data, 0)
+    tags, _ = osc_types.get_string(data, index)
+    return tags[1:]
+
+
+def test_an_app_that_reads_only_32_bit_types_gets_only_them_and_schedules_with_floats(
+    host: Host,
+) -> None:
+    # Pd vanilla's oscparse reads i, f, s and b only; its oscformat sends numbers as f.
+    core = OscBridgeCore()
+    host.t = 7201.25
+    host.current = Tempo.start(120.0, 4, 7200.0)
+    ack = core.handle_datagram(host, APP, msg("/stagemesh/float32"))
+    assert parsed(ack) == [(APP, "/stagemesh/float32", [1])]
+    core.handle_datagram(host, APP, msg("/stagemesh/subscribe", "notes"))
+    out = core.handle_datagram(host, APP, msg("/stagemesh/time"))
+    out += core.handle_datagram(host, APP, msg("/stagemesh/tempo"))
+    out += core.handle_publication(
+        Publication("notes", [1234567.123456789, 2**40, True, None, "x"], "id", "/o/p", 1)
+    )
+    assert [type_tags(o.data) for o in out] == ["ffif", "fiffif", "ssffiis"]
+    time_args = parsed(out[:1])[0][2]
+    assert time_args[2:] == [7201, 0.25]  # exact whole seconds and fraction
+    # Scheduling the way Pd sends it: <whole seconds:f> <fraction:f> <address> <args:f...>
+    core.handle_datagram(host, APP, msg("/stagemesh/schedule", 7202.0, 0.5, "/note", 60.0))
+    assert core.next_due() == 7202.5
+    host.t = 7202.5
+    [note] = core.handle_timer(host)
+    assert (type_tags(note.data), OscMessage(note.data).params) == ("f", [60.0])
+    # Other apps still get float64; the app can switch back.
+    assert type_tags(core.handle_datagram(host, OTHER, msg("/stagemesh/time"))[0].data) == "ddif"
+    core.handle_datagram(host, APP, msg("/stagemesh/float32", 0))
+    assert type_tags(core.handle_datagram(host, APP, msg("/stagemesh/time"))[0].data) == "ddif"
+    assert parsed(core.handle_datagram(host, APP, msg("/stagemesh/float32", 2)))[0][1] == (
+        "/stagemesh/error"
+    )

@@ -127,9 +127,11 @@ async def test_a_scheduled_message_arrives_at_its_federation_time_on_a_skewed_no
         finally:
             ref.close()
             app.close()
-        # Timed by the node's clock, which follows the federation's despite its 1.7 s skew;
-        # the figures (p50/p99) come from bench/osc.py, this bound only allows for load.
-        assert all(-0.005 < late < 0.05 for late in lateness), lateness
+        # Timed by the node's clock, which follows the federation's despite its 1.7 s skew (a
+        # message timed by the node's own clock would be 1.7 s off); never early. The figures
+        # (p50/p99) come from bench/osc.py: this upper bound only allows for a loaded machine
+        # (50 ms was seen exceeded at load averages near 10).
+        assert all(-0.005 < late < 0.5 for late in lateness), lateness
 
 
 def bundle_at(t: float, address: str) -> bytes:
@@ -229,3 +231,32 @@ def test_importing_mesh_loads_neither_python_osc_nor_link() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+async def test_member_and_conductor_changes_are_pushed_to_the_apps_watching_them(
+    tmp_path: Path,
+) -> None:
+    def flags(index: int, name: str) -> list[str]:
+        out = ["--no-mdns", "--osc", "127.0.0.1:0"]
+        return [*out, "--conductor"] if name == "b" else out
+
+    async with start_nodes(tmp_path, ["a", "b"], flags) as nodes:
+
+        async def b_conducts() -> bool:
+            return (await nodes[0].status())["conductor"] == "/o1/b"
+
+        await wait_for(lambda: all_alive(nodes, 2), 20, "both nodes see each other", every=0.2)
+        await wait_for(b_conducts, 20, "a sees b conduct", every=0.2)
+        app = await app_for(nodes[0])
+        try:
+            assert (await app.ask("/stagemesh/conductor")).args == ["/o1/b"]
+            assert (await app.ask("/stagemesh/members")).args == [2]
+            nodes[1].terminate()  # b leaves: its departure and the conductor's are pushed
+            while True:
+                member = await app.receive("/stagemesh/member", timeout=30)
+                if member.args[0] == "/o1/b" and member.args[1] in ("left", "dead"):
+                    break
+            pushed = await app.receive("/stagemesh/conductor", timeout=30)
+            assert pushed.args != ["/o1/b"]
+        finally:
+            app.close()

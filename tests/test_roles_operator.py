@@ -95,7 +95,7 @@ def test_order_texts_from_the_network_are_checked() -> None:
     good = order().to_dict()
     for bad, where in (
         ("x" * 300_000, r"\$"),
-        ("{", "not JSON"),
+        ("{", "invalid JSON"),
         (json.dumps({**good, "v": 2}), r"\$\.v"),
         (json.dumps({**good, "issued": -1}), r"\$\.issued"),
         (json.dumps({**good, "issued": True}), r"\$\.issued"),
@@ -103,7 +103,7 @@ def test_order_texts_from_the_network_are_checked() -> None:
         (json.dumps({**good, "sig": "AAAA"}), "needs its key id"),
         (json.dumps({**good, "kind": "control", "action": "rm"}), r"\$\.action"),
         (json.dumps({**good, "station": "/a b/c"}), r"\$\.station"),
-        ("[" * 5000 + "]" * 5000, "not JSON"),
+        ("[" * 5000 + "]" * 5000, "invalid JSON: nested too deeply"),
     ):
         with pytest.raises(ConfigFileError, match=where):
             Order.from_text(bad)

@@ -209,3 +209,24 @@ async def test_a_node_may_ask_itself_over_tcp(tmp_path: Path) -> None:
         answer = await node.request(node.path, "echo", 7)
         assert answer == {"from": node.path, "payload": 7}
         assert node.transport.statistics().rejected == {}
+
+
+async def test_a_peer_that_resets_the_connection_is_an_os_error() -> None:
+    """A peer that drops the connection mid-exchange gives the caller the one error family it
+    handles (OSError, so Node.request says PeerUnreachable); nothing escapes to crash a node."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    dest = listener.getsockname()
+
+    async def reset_the_first_caller() -> None:
+        conn, _ = await listener.accept()
+        # SO_LINGER 0: close sends RST instead of FIN.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    async with transport(A) as a, trio.open_nursery() as nursery:
+        nursery.start_soon(reset_the_first_caller)
+        with pytest.raises(OSError):
+            await a.exchange(dest, PushPull(()), (B, 0), timeout=5)
+    listener.close()
