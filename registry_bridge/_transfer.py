@@ -3,8 +3,8 @@
 
 The document keeps everything: ids (the legacy API shows them), epochs (with the lineage a
 node handed over), versions, the conductor and its term, and every registration with its
-token, so nodes keep heartbeating with the tokens they hold after the move. Tokens are credentials: keep the file private
-(``export --output`` writes it readable by its owner only).
+token, so nodes keep heartbeating with the tokens they hold after the move. Tokens are
+credentials: keep the file private (``export --output`` writes it readable by its owner only).
 
 An export is one transaction (a consistent snapshot, taken while the registry serves).
 An import goes into an empty database in one transaction; the document is checked first
