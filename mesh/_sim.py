@@ -231,7 +231,8 @@ class Simulator:
 
     def reachable(self, a: Address, b: Address) -> bool:
         """Whether the network currently carries traffic from *a* to *b*."""
-        return self._groups.get(a, 0) == self._groups.get(b, 0)
+        groups = self._groups
+        return not groups or groups.get(a, 0) == groups.get(b, 0)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -297,7 +298,8 @@ class Simulator:
             reply = core.handle_stream(now, origin.address, sender, body)
             size = self._size(node, reply, stream=True)
             node.sent_bytes += size
-            self._push(self.now + self._latency(), _STREAM_REPLY, (origin, exchange, reply))
+            latency = self._latency(self.link_between(node.address, origin.address))
+            self._push(self.now + latency, _STREAM_REPLY, (origin, exchange, reply))
         elif kind == _STREAM_REPLY:
             _, exchange, reply = data
             core.handle_stream_reply(now, exchange, reply)
@@ -324,8 +326,13 @@ class Simulator:
             node.timer_at = deadline
             self._push(max(node.true(deadline), now), _TIMER, (node, deadline))
 
-    def _latency(self) -> float:
-        return self.link.delay + self._net_rng.random() * self.link.jitter
+    def link_between(self, src: Address, dest: Address) -> LinkModel:
+        """The link model of traffic from *src* to *dest*: ``self.link`` for every pair here; a
+        site-aware simulator (:mod:`mesh._sim_sites`) tells LAN from WAN."""
+        return self.link
+
+    def _latency(self, link: LinkModel) -> float:
+        return link.delay + self._net_rng.random() * link.jitter
 
     def _size(self, node: SimNode, body: Message, stream: bool = False) -> int:
         node.seq += 1
@@ -342,15 +349,16 @@ class Simulator:
         node.sent_bytes += self._size(node, body)
         target = self.nodes.get(dest)
         rng = self._net_rng
-        lost = rng.random() < self.link.loss
+        link = self.link_between(node.address, dest)
+        lost = rng.random() < link.loss
         if target is None or lost or not self.reachable(node.address, dest):
             self.dropped += 1
             return
         self.delivered += 1
         data = (target, node.address, node.node_id, body)
-        self._push(self.now + self._latency(), _DATAGRAM, data)
-        if self.link.duplicate and rng.random() < self.link.duplicate:
-            self._push(self.now + self._latency(), _DATAGRAM, data)
+        self._push(self.now + self._latency(link), _DATAGRAM, data)
+        if link.duplicate and rng.random() < link.duplicate:
+            self._push(self.now + self._latency(link), _DATAGRAM, data)
 
     def _open_stream(self, node: SimNode, out: OpenStream) -> None:
         node.sent_messages += 1
@@ -361,7 +369,7 @@ class Simulator:
             self._push(self.now + timeout, _STREAM_REPLY, (node, out.exchange, None))
             return
         self._push(
-            self.now + self._latency(),
+            self.now + self._latency(self.link_between(node.address, out.dest)),
             _STREAM,
             (target, node, out.exchange, out.body, node.node_id),
         )
