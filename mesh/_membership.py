@@ -224,6 +224,12 @@ class Snapshot:
 
     records: Mapping[str, MemberRecord]
     ids: tuple[str, ...]
+    live: int = attrs.field(init=False)
+    """How many of the records are alive or suspect (counted once, not by every core)."""
+
+    def __attrs_post_init__(self) -> None:
+        live = sum(1 for r in self.records.values() if r.status in _LIVE)
+        object.__setattr__(self, "live", live)
 
     @classmethod
     def of(cls, records: Iterable[MemberRecord]) -> Snapshot:
@@ -437,14 +443,14 @@ class Membership:
         self._live = 1
         self._dead = 0
         if snapshot is not None:
-            for rec in snapshot.records.values():
-                if rec.node_id == me.node_id:
-                    continue
-                if rec.status in _LIVE:
-                    self._live += 1
+            self._live += snapshot.live
+            self._dead += len(snapshot.records) - snapshot.live
+            mine = snapshot.records.get(me.node_id)
+            if mine is not None:
+                if mine.status in _LIVE:
+                    self._live -= 1
                 else:
-                    self._dead += 1
-            if me.node_id in snapshot.records:
+                    self._dead -= 1
                 self._table.remove(me.node_id)
         self._awareness = 0
         self._reconnect_turn = 0
