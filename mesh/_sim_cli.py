@@ -7,8 +7,9 @@ import json
 
 from mesh._cli import UsageError
 from mesh._scenarios import SCENARIOS, ScenarioResult, run_scenario
+from mesh._sim_sites import FederationResult, run_federation_join
 
-__all__ = ["SimCommand", "format_result"]
+__all__ = ["SimCommand", "format_federation", "format_result"]
 
 
 def _fmt(value: float | None, unit: str = "s") -> str:
@@ -33,6 +34,35 @@ def format_result(result: ScenarioResult) -> str:
         ("simulated time", _fmt(result.sim_s)),
         ("wall time", _fmt(result.wall_s)),
     ]
+    return _table(rows)
+
+
+def format_federation(result: FederationResult) -> str:
+    """A readable table of one federation join (``--sites``)."""
+    rows = [
+        ("scenario", f"{result.scenario} (federation)"),
+        ("nodes", str(result.nodes)),
+        ("sites", str(result.sites)),
+        ("seed", str(result.seed)),
+        ("loss", f"{result.loss:.1%}"),
+        ("join known by its site", _fmt(result.join_site_s)),
+        ("join known by all", _fmt(result.join_all_s)),
+        ("records per member", f"{result.records_per_member:.1f}"),
+        ("records per supernode", f"{result.records_per_supernode:.1f}"),
+        ("bandwidth per member", f"{result.bytes_per_member_s * 8 / 1000:.2f} kbit/s"),
+        ("bandwidth per supernode", f"{result.bytes_per_supernode_s * 8 / 1000:.2f} kbit/s"),
+        ("messages per node", f"{result.msgs_per_node_s:.1f} /s"),
+        ("converged", "yes" if result.converged else "NO"),
+        ("trace hash", result.trace_hash),
+        ("simulated time", _fmt(result.sim_s)),
+        ("wall time", _fmt(result.wall_s)),
+        ("wall time of the join", _fmt(result.join_wall_s)),
+        ("peak memory", f"{result.peak_rss_mib:.0f} MiB"),
+    ]
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -42,8 +72,9 @@ class SimCommand:
 
     name = "sim"
     help = "run a membership scenario in the deterministic simulator"
-    environment = {"--seed": "STAGEMESH_SIM_SEED"}
-    """``STAGEMESH_SEED`` is the node's list of static peers; the simulator's seed has its own."""
+    environment = {"--seed": "STAGEMESH_SIM_SEED", "--sites": "STAGEMESH_SIM_SITES"}
+    """``STAGEMESH_SEED`` is the node's list of static peers and ``STAGEMESH_SITES`` the demo's
+    number of sites; the simulator's seed and sites have their own."""
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--nodes", type=int, default=30, help="group size (default 30)")
@@ -59,6 +90,13 @@ class SimCommand:
         parser.add_argument(
             "--duration", type=float, default=3600.0, help="soak length (simulated seconds)"
         )
+        parser.add_argument(
+            "--sites",
+            type=int,
+            default=1,
+            help="split the nodes into this many sites, each its own LAN and orchestra, joined "
+            "only through their supernodes (default 1: one LAN; more: only --scenario join)",
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -66,6 +104,10 @@ class SimCommand:
             raise UsageError("--nodes must be at least 2")
         if not 0.0 <= args.loss < 1.0:
             raise UsageError("--loss must be in [0, 1)")
+        if args.sites < 1:
+            raise UsageError("--sites must be at least 1")
+        if args.sites > 1:
+            return self._run_federation(args)
         result = run_scenario(
             args.scenario,
             args.nodes,
@@ -78,4 +120,18 @@ class SimCommand:
             print(json.dumps(result.as_dict()))
         else:
             print(format_result(result))
+        return 0 if result.converged else 1
+
+    def _run_federation(self, args: argparse.Namespace) -> int:
+        if args.scenario != "join":
+            raise UsageError(f"--sites {args.sites} runs only --scenario join")
+        if args.nodes < 2 * args.sites:
+            raise UsageError("--nodes must be at least 2 per site")
+        if args.stall_every:
+            raise UsageError("--stall-every is not simulated with --sites")
+        result = run_federation_join(args.nodes, args.sites, args.seed, args.loss)
+        if args.json:
+            print(json.dumps(result.as_dict()))
+        else:
+            print(format_federation(result))
         return 0 if result.converged else 1

@@ -104,6 +104,42 @@ def test_console_script_matches_python_m_mesh() -> None:
     assert a["trace_hash"] == b["trace_hash"]
 
 
+FEDERATION_KEYS = {
+    "scenario",
+    "nodes",
+    "sites",
+    "seed",
+    "loss",
+    "join_site_s",
+    "join_all_s",
+    "records_per_member",
+    "records_per_supernode",
+    "bytes_per_member_s",
+    "bytes_per_supernode_s",
+    "msgs_per_node_s",
+    "trace_hash",
+    "wall_s",
+    "join_wall_s",
+    "peak_rss_mib",
+    "sim_s",
+}
+
+
+def test_sites_run_a_federation_join_with_its_documented_keys() -> None:
+    out = sim("--nodes", "60", "--sites", "3", "--seed", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert set(doc) == FEDERATION_KEYS
+    assert doc["nodes"] == 60 and doc["sites"] == 3 and doc["scenario"] == "join"
+    assert 0.0 < doc["join_site_s"] <= doc["join_all_s"]
+    assert doc["records_per_member"] >= 20 and doc["records_per_supernode"] >= 23
+    table = sim("--nodes", "60", "--sites", "3", "--seed", "2")
+    assert table.returncode == 0, table.stderr
+    for label in ("sites", "join known by its site", "join known by all", "records per member"):
+        assert label in table.stdout
+    assert doc["trace_hash"] in table.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -114,6 +150,10 @@ def test_console_script_matches_python_m_mesh() -> None:
         (["--loss", "-0.1"], "--loss"),
         (["--seed", "abc"], "--seed"),
         (["--no-such-flag"], "--no-such-flag"),
+        (["--sites", "0"], "--sites"),
+        (["--sites", "4", "--nodes", "7"], "--nodes"),
+        (["--sites", "2", "--scenario", "crash"], "--sites"),
+        (["--sites", "2", "--stall-every", "5"], "--stall-every"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str], needle: str) -> None:
