@@ -12,6 +12,7 @@ import pytest
 from mesh._membership import Membership
 from mesh._sim_sites import (
     LAN_LINK,
+    SUMMARY_KEY,
     WAN_LINK,
     SiteFederation,
     SiteSimulator,
@@ -81,3 +82,26 @@ def test_a_federation_run_is_reproducible() -> None:
     assert first.converged
     assert first.trace_hash == again.trace_hash
     assert first.join_all_s == again.join_all_s
+
+
+def test_a_member_that_leaves_or_dies_changes_its_orchestras_summary_everywhere() -> None:
+    sim = SiteSimulator(seed=4)
+    federation = SiteFederation(sim, sites=3, per_site=10)
+    home = federation.sites[0]
+    sim.run_until(1.0)
+    sim.crash(home.members[3])
+    sim.leave(home.members[5])
+
+    def summaries() -> list[object]:
+        out: list[object] = []
+        for site in federation.sites[1:]:
+            tier = site.tier.core
+            assert isinstance(tier, Membership)
+            view = tier.member(home.supernode.node_id)
+            assert view is not None
+            out.append(view.meta.get(SUMMARY_KEY))
+        return out
+
+    while sim.now < 30.0 and summaries() != [8, 8]:
+        sim.run_until(sim.now + 0.1)
+    assert summaries() == [8, 8], summaries()
