@@ -7,8 +7,9 @@ registry migrate``, and the registry refuses to serve one at another version. A 
 unreachable database, refused credentials or a wrong version is one line on stderr naming
 the database (never its password) and what is wrong, exit status 2.
 
-With ``--workers N`` (N > 1) the command binds the listening socket itself, then forks N - 1
-worker processes; the first process serves too and supervises the others. Every process has
+The HTTP server is granian (``registry_bridge._server``). With ``--workers N`` (N > 1) the
+command holds the port itself (``SO_REUSEPORT``), then forks N - 1 worker processes, each
+listening on that port; the first process serves too and supervises the others. Every process has
 its own connection to the same database (SQLite: writers serialised by SQLite and, for prompt
 hand-over, by an ``flock`` on ``<db>-lock``; PostgreSQL: its advisory lock) and the same CSRF
 secret, so all state the API promises (tokens, the conductor's compare-and-set and term) is
@@ -47,9 +48,9 @@ from registry_bridge._database import DatabaseError, is_postgres_url, open_datab
 from registry_bridge._limits import DEFAULT_REGISTER_BURST, DEFAULT_REGISTER_RATE
 from registry_bridge._server import (
     DEFAULT_BIND,
-    listen_socket,
     parse_bind,
     reachable_urls,
+    reserve_port,
     serve_registry,
 )
 from registry_bridge._store import DEFAULT_LEGACY_TTL, DEFAULT_TTL, RegistryStore, StoreError
@@ -244,7 +245,7 @@ class RegistryCommand:
         try:
             trio.run(self._serve, _app(args, store, password), args.bind, db, password)
         except BaseException as raised:
-            cause = first_cause(raised)  # hypercorn's bind error arrives in exception groups
+            cause = first_cause(raised)  # a bind error may arrive in exception groups
             if not isinstance(cause, OSError):
                 raise
             raise CommandFailed(f"cannot serve on {args.bind}: {cause.strerror or cause}") from None
@@ -276,7 +277,7 @@ class RegistryCommand:
         # Create (or check) the schema once, then close: no connection may cross a fork.
         _open_store(args, db, lock_file).close()
         try:
-            sock = listen_socket(args.bind)
+            sock = reserve_port(args.bind)
         except OSError as exc:
             raise CommandFailed(f"cannot serve on {args.bind}: {exc}") from None
         secret = _read_secret(args) or secrets.token_bytes(32)
@@ -392,7 +393,7 @@ class RegistryCommand:
                 async with trio.open_nursery() as inner:
                     url = await inner.start(
                         lambda task_status: serve_registry(
-                            app,  # type: ignore[arg-type]
+                            app,
                             bind,
                             sock=sock,
                             shutdown_trigger=stop.wait,
@@ -574,7 +575,7 @@ async def _worker_serve(app: object, sock: socket.socket, life_r: int, ready_w: 
             async with trio.open_nursery() as inner:
                 await inner.start(
                     lambda task_status: serve_registry(
-                        app,  # type: ignore[arg-type]
+                        app,
                         sock=sock,
                         shutdown_trigger=stop.wait,
                         task_status=task_status,

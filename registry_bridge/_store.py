@@ -6,8 +6,8 @@ method is one transaction that is committed before it returns, so an answer the 
 sends after a call has reached the database; a process killed with ``kill -9`` afterwards
 loses nothing it acknowledged. Write transactions run one at a time across every process
 using the database (the backend's write lock), so each rule below is checked and applied as
-one step. :class:`AsyncStore` runs the calls from trio on a worker thread; calls queued
-together share one transaction (group commit), each in its own savepoint, and none is
+one step. :class:`AsyncStore` runs the calls from trio or asyncio on a worker thread; calls
+queued together share one transaction (group commit), each in its own savepoint, and none is
 answered before that transaction committed.
 
 Time is injected (``clock``, wall-clock seconds) so expiry can be tested without waiting.
@@ -32,6 +32,7 @@ The SQL here is portable (``?`` placeholders); each backend module holds its sch
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import queue
@@ -1067,19 +1068,35 @@ _MAX_GROUP = 256
 
 
 class _Job:
-    __slots__ = ("error", "fn", "task", "token", "value")
+    """One queued store call and how to wake its caller: a trio task, or an asyncio future
+    (the registry's app runs under either, see :class:`AsyncStore`)."""
+
+    __slots__ = ("error", "fn", "future", "task", "token", "value")
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
-        self.token = trio.lowlevel.current_trio_token()
-        self.task = trio.lowlevel.current_task()
+        self.token: Any = None  # a TrioToken, or the asyncio loop
+        self.task: trio.lowlevel.Task | None = None
+        self.future: asyncio.Future[None] | None = None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no asyncio loop: trio
+            self.token = trio.lowlevel.current_trio_token()
+            self.task = trio.lowlevel.current_task()
+        else:
+            self.token = loop
+            self.future = loop.create_future()
         self.value: Any = None
         self.error: BaseException | None = None
 
 
 def _deliver(jobs: list[_Job]) -> None:
     for job in jobs:
-        trio.lowlevel.reschedule(job.task)
+        if job.future is None:
+            assert job.task is not None
+            trio.lowlevel.reschedule(job.task)
+        elif not job.future.done():
+            job.future.set_result(None)
 
 
 def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
@@ -1089,7 +1106,7 @@ def _refuse_abort(_: Any) -> trio.lowlevel.Abort:
 
 
 class AsyncStore:
-    """Runs :class:`RegistryStore` calls from trio on one dedicated worker thread.
+    """Runs :class:`RegistryStore` calls from trio or asyncio on one dedicated worker thread.
 
     Calls queue up; the thread takes whatever is queued (up to 256 calls) and runs it as one
     transaction, each call in its own savepoint (group commit: under load many writes share
@@ -1115,7 +1132,11 @@ class AsyncStore:
                 if not self._running:
                     self._running = True
                     threading.Thread(target=self._work, name="registry-store", daemon=True).start()
-        await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        if job.future is None:
+            await trio.lowlevel.wait_task_rescheduled(_refuse_abort)
+        else:
+            # shielded: a cancelled caller stops waiting, the call itself still runs
+            await asyncio.shield(job.future)
         if job.error is not None:
             raise job.error
         return job.value  # type: ignore[no-any-return]
@@ -1134,7 +1155,7 @@ class AsyncStore:
             with contextlib.suppress(queue.Empty):
                 while len(batch) < _MAX_GROUP:
                     batch.append(self._queue.get_nowait())
-            by_token: dict[trio.lowlevel.TrioToken, list[_Job]] = {}
+            by_token: dict[Any, list[_Job]] = {}
             if len(batch) == 1:
                 job = batch[0]
                 try:
@@ -1151,5 +1172,9 @@ class AsyncStore:
             for job in batch:
                 by_token.setdefault(job.token, []).append(job)
             for token, jobs in by_token.items():
-                with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(_deliver, jobs)
+                if isinstance(token, asyncio.AbstractEventLoop):
+                    with contextlib.suppress(RuntimeError):  # the loop has closed
+                        token.call_soon_threadsafe(_deliver, jobs)
+                else:
+                    with contextlib.suppress(trio.RunFinishedError):
+                        token.run_sync_soon(_deliver, jobs)

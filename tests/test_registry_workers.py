@@ -1,7 +1,9 @@
 """``stagemesh registry --workers 2``: two processes, one port, one database, one state.
 
-Which process answers is made deterministic by stopping the other one (SIGSTOP): a stopped
-process accepts no connection, so every fresh connection goes to the running one.
+Which process answers is made deterministic by pinning: every process listens on the port
+(``SO_REUSEPORT``) and the kernel picks one per connection, so a test opens one keep-alive
+connection at a time, looks up in /proc which process holds the server's end of it, and keeps
+it only if that is the process it wants; every answer is checked to come from it.
 """
 
 from __future__ import annotations
@@ -40,18 +42,64 @@ def children(pid: int) -> list[int]:
     ]
 
 
+def _sockets(pid: int) -> set[str]:
+    """The socket inodes process *pid* holds."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
+def _established() -> list[tuple[int, int, str]]:
+    """(local port, remote port, inode) of every established IPv4 TCP socket."""
+    rows = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "01":
+            rows.append((int(f[1].split(":")[1], 16), int(f[2].split(":")[1], 16), f[9]))
+    return rows
+
+
+def serving(port: int, candidates: list[int]) -> int | None:
+    """Which of *candidates* holds the server's end of this process's connection to *port*."""
+    table = _established()
+    mine = _sockets(os.getpid())
+    clients = {local for local, remote, inode in table if remote == port and inode in mine}
+    ends = {inode for local, remote, inode in table if local == port and remote in clients}
+    for pid in candidates:
+        if _sockets(pid) & ends:
+            return pid
+    return None
+
+
 @asynccontextmanager
 async def only(pid: int, others: list[int], url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """A client whose connections are all served by process *pid* (the *others* stopped)."""
-    for other in others:
-        os.kill(other, signal.SIGSTOP)
+    """A client whose requests are all served by process *pid*: one keep-alive connection,
+    opened again until the kernel gave it to *pid*; every answer is checked to come from it."""
+    port = int(url.rpartition(":")[2])
+    everyone = [pid, *others]
+
+    async def check(response: httpx.Response) -> None:
+        assert serving(port, everyone) == pid, "the answer came from another process"
+
+    for _ in range(60):
+        http = httpx.AsyncClient(base_url=url, timeout=5, limits=httpx.Limits(max_connections=1))
+        await http.get("/api/v1/federations")
+        if serving(port, everyone) == pid:
+            break
+        await http.aclose()
+    else:
+        raise AssertionError(f"60 connections and none was served by process {pid}")
+    http.event_hooks["response"] = [check]
     try:
-        limits = httpx.Limits(max_keepalive_connections=0)  # a fresh connection per request
-        async with httpx.AsyncClient(base_url=url, timeout=5, limits=limits) as http:
-            yield http
+        yield http
     finally:
-        for other in others:
-            os.kill(other, signal.SIGCONT)
+        await http.aclose()
 
 
 def alive(pid: int) -> bool:
