@@ -925,8 +925,11 @@ def create_app(
     Each client address may make *register_burst* registrations (and creations) at once and
     *register_rate* a second after that (``None``: no limit); more get 429.
     """
+    from registry_bridge._relayapi import RelayApi  # it builds on this module's helpers
+
     limit = None if register_rate is None else Buckets(register_burst, register_rate)
     reg = _Registry(store, admin_password, max_body, csrf_secret, limit)
+    relay = RelayApi(reg)
     v1 = "/api/v1"
     routes = [
         Route(f"{v1}/openapi.json", reg.openapi, methods=["GET"]),
@@ -946,6 +949,8 @@ def create_app(
         Route(f"{v1}/federations/{{federation}}/epoch", reg.offer_epoch, methods=["POST"]),
         Route(f"{v1}/registrations/{{token}}/heartbeat", reg.heartbeat, methods=["POST"]),
         Route(f"{v1}/registrations/{{token}}", reg.unregister, methods=["DELETE"]),
+        Route(f"{v1}/registrations/{{token}}/relay", relay.queue, methods=["POST"]),
+        Route(f"{v1}/registrations/{{token}}/relay/take", relay.take, methods=["POST"]),
         Route("/federation", reg.legacy_federation, methods=["GET"]),
         Route("/orchestra", reg.legacy_orchestra, methods=["GET"]),
         Route("/register", reg.legacy_register, methods=["GET"]),

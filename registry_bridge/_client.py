@@ -12,7 +12,10 @@ Exceptions::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -32,6 +35,7 @@ __all__ = [
     "RegistryNotFound",
     "RegistryRejected",
     "RegistryUnreachable",
+    "RelayedFrame",
 ]
 
 
@@ -140,6 +144,17 @@ class Heartbeat:
 
 
 @attrs.frozen
+class RelayedFrame:
+    """A datagram another site's supernode sent through the registry's relay: who sent it
+    (its registered path), the bytes (a signed datagram, checked by the node like any other)
+    and how long it waited in the registry (seconds)."""
+
+    sender: str
+    frame: bytes
+    age: float
+
+
+@attrs.frozen
 class ElapsedSample:
     """One clock-sync exchange: local send/receive times (``t1``, ``t4``, from the clock given
     to the client) and the registry's federation times on receive and send (``t2``, ``t3``);
@@ -203,9 +218,13 @@ class RegistryClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _call(self, method: str, url: str, body: Any = None) -> Any:
+    async def _call(
+        self, method: str, url: str, body: Any = None, *, read_timeout: float | None = None
+    ) -> Any:
+        # a long poll's answer may take longer than the client's timeout to start
+        extra: dict[str, Any] = {} if read_timeout is None else {"timeout": read_timeout}
         try:
-            response = await self._http.request(method, url, json=body)
+            response = await self._http.request(method, url, json=body, **extra)
         except httpx.HTTPError as exc:
             raise RegistryUnreachable(f"{method} {url}: {exc!r}") from exc
         try:
@@ -335,3 +354,26 @@ class RegistryClient:
         body = {"token": token, "epoch": epoch, "lineage": lineage}
         result: dict[str, Any] = await self._call("POST", f"/federations/{federation}/epoch", body)
         return result
+
+    async def relay_queue(self, token: str, to: str, frames: Sequence[bytes]) -> int:
+        """Queue *frames* (signed datagrams, at most 64) for the supernode registered at path
+        *to*, as the supernode holding *token*; return how many older frames the registry
+        dropped to keep that queue bounded."""
+        body = {"to": to, "frames": [base64.b64encode(f).decode() for f in frames]}
+        d = await self._call("POST", f"/registrations/{token}/relay", body)
+        return int(d["dropped"])
+
+    async def relay_take(self, token: str, wait: float = 0.0) -> list[RelayedFrame]:
+        """Take the frames queued for the supernode holding *token*, waiting up to *wait*
+        seconds (at most 25) for a first one."""
+        d = await self._call(
+            "POST", f"/registrations/{token}/relay/take", {"wait": wait}, read_timeout=wait + 10.0
+        )
+        out = []
+        for item in d.get("frames", ()):
+            try:
+                frame = base64.b64decode(item["frame"], validate=True)
+            except (binascii.Error, KeyError, TypeError, ValueError):
+                raise RegistryUnreachable("the relay answered a malformed frame") from None
+            out.append(RelayedFrame(str(item.get("from")), frame, float(item.get("age", 0.0))))
+        return out

@@ -348,6 +348,62 @@ def _schemas() -> dict[str, Any]:
             "properties": {"name": _ref("Name")},
         },
         "Empty": {"type": "object", "additionalProperties": False, "maxProperties": 0},
+        "Frame": {
+            "type": "string",
+            "description": "one signed gossip datagram (1-1200 bytes), base64",
+            "minLength": 4,
+            "maxLength": 1600,
+            "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+        },
+        "RelayQueue": {
+            "type": "object",
+            "required": ["to", "frames"],
+            "additionalProperties": False,
+            "properties": {
+                "to": {**_ref("Path"), "description": "a supernode registered in the federation"},
+                "frames": {"type": "array", "minItems": 1, "maxItems": 64, "items": _ref("Frame")},
+            },
+        },
+        "RelayQueued": _object(
+            ["to", "queued", "dropped"],
+            {
+                "to": _ref("Path"),
+                "queued": {"type": "integer", "minimum": 1},
+                "dropped": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "older frames dropped to keep the queue within 256",
+                },
+            },
+        ),
+        "RelayTake": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "wait": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 25,
+                    "description": "seconds to wait for a first frame (long poll)",
+                }
+            },
+        },
+        "RelayFrames": _object(
+            ["frames"],
+            {
+                "frames": {
+                    "type": "array",
+                    "items": _object(
+                        ["from", "frame", "age"],
+                        {
+                            "from": _ref("Path"),
+                            "frame": _ref("Frame"),
+                            "age": {"type": "number", "minimum": 0},
+                        },
+                    ),
+                }
+            },
+        ),
     }
 
 
@@ -536,6 +592,30 @@ def _paths() -> dict[str, Any]:
                 "operationId": "heartbeat",
                 "summary": "Keep a registration alive (it expires after ttl seconds without)",
                 "responses": _ok("alive", _ref("Heartbeat")) | _errors(404),
+            },
+        },
+        "/api/v1/registrations/{token}/relay": {
+            "parameters": [_TOKEN],
+            "post": {
+                "operationId": "relayQueue",
+                "summary": "Queue signed gossip datagrams for another site's supernode (the"
+                " sender: a registration flagged supernode)",
+                "requestBody": _json_body(_ref("RelayQueue")),
+                "responses": _ok("queued", _ref("RelayQueued"), "202")
+                | _errors(400, 403, 404, 413, 415),
+            },
+        },
+        "/api/v1/registrations/{token}/relay/take": {
+            "parameters": [_TOKEN],
+            "post": {
+                "operationId": "relayTake",
+                "summary": "Take the datagrams queued for this supernode (only its token's"
+                " holder may), waiting up to 'wait' seconds for a first one",
+                "requestBody": _json_body(_ref("RelayTake")),
+                "responses": _ok(
+                    "the frames, oldest first (none after the wait)", _ref("RelayFrames")
+                )
+                | _errors(400, 403, 404, 413, 415),
             },
         },
         "/api/v1/registrations/{token}": {

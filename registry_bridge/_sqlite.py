@@ -92,6 +92,19 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             lineage TEXT NOT NULL
         )""",
     ),
+    (
+        # gossip relayed to a registered supernode (registry_bridge._relaystore): gone with the
+        # registration it is queued for
+        """CREATE TABLE relay (
+            id INTEGER PRIMARY KEY,
+            recipient TEXT NOT NULL REFERENCES registrations(token) ON DELETE CASCADE,
+            sender TEXT NOT NULL,
+            frame BLOB NOT NULL,
+            queued_at REAL NOT NULL
+        )""",
+        "CREATE INDEX relay_recipient ON relay (recipient, id)",
+        "CREATE INDEX relay_age ON relay (queued_at)",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

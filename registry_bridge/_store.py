@@ -45,13 +45,21 @@ from typing import Any, ParamSpec, TypeVar
 
 import trio
 
-from mesh._names import InvalidName, check_name
+from registry_bridge import _relaystore
 from registry_bridge._database import (
     Database,
     Duplicate,
     Unreachable,
     check_version,
     open_database,
+)
+from registry_bridge._errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    StoreError,
+    Unavailable,
+    checked_name,
 )
 from registry_bridge._openapi import MAX_CLOCK_READING
 
@@ -93,52 +101,7 @@ _REG_COLUMNS = (
 )
 
 
-class StoreError(Exception):
-    """Raised by :class:`RegistryStore` for input it refuses (a bad name, field or value)."""
-
-    status = 400
-
-    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
-
-
-class Forbidden(StoreError):
-    """Raised when a caller acts on what it does not own: a legacy ``unregister`` of a
-    registration made with a token, or a conductor change by a registration that neither
-    holds the post nor claims a free one for itself."""
-
-    status = 403
-
-
-class NotFound(StoreError):
-    """Raised when the named federation, orchestra or registration token does not exist."""
-
-    status = 404
-
-
-class Conflict(StoreError):
-    """Raised when a create finds the name taken, a path is held by another live registration
-    (a JSON one with another or no ``node_id``, or a JSON one for a legacy ``register``), or a
-    conductor compare-and-set sees another term."""
-
-    status = 409
-
-
-class Unavailable(StoreError):
-    """Raised when the database stopped answering during a call (PostgreSQL restarting, the
-    connection lost, the write lock not had within 10 s). Nothing of the call was
-    acknowledged; the caller may try again."""
-
-    status = 503
-
-
-def _name(value: object, what: str) -> str:
-    try:
-        return check_name(value, what)
-    except InvalidName as exc:
-        raise StoreError(str(exc)) from None
+_name = checked_name
 
 
 def _entry(federation: str, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -316,6 +279,7 @@ class RegistryStore:
         )
         if turn.rowcount != 1:
             return
+        _relaystore.sweep(self._db, now)
         rows = self._db.execute(
             "SELECT token FROM registrations WHERE heartbeat = 1 AND last_seen < ?"
             " UNION ALL SELECT token FROM registrations WHERE heartbeat = 0 AND last_seen < ?",
@@ -804,6 +768,16 @@ class RegistryStore:
             }
 
         return self._tx(run)
+
+    def relay_queue(self, token: str, to: object, frames: Sequence[bytes]) -> dict[str, Any]:
+        """Queue *frames* from the supernode holding *token* for the supernode at path *to*
+        (see ``registry_bridge._relaystore``: who may, the bounds, the answer)."""
+        return self._tx(lambda now: _relaystore.queue(self._db, now, token, to, frames))
+
+    def relay_take(self, token: str, limit: int = _relaystore.BATCH_LIMIT) -> list[dict[str, Any]]:
+        """Remove and return the frames queued for the supernode holding *token* (see
+        ``registry_bridge._relaystore``)."""
+        return self._tx(lambda now: _relaystore.take(self._db, now, token, limit))
 
     def unregister(self, token: str) -> None:
         """Remove a registration by token; :class:`NotFound` if unknown."""

@@ -236,8 +236,8 @@ def test_a_postgres_database_that_cannot_be_used_is_one_line_without_the_passwor
             'password authentication failed for user "stagemesh"',
         ),
         (postgres_cluster.url("nonexistent"), 'database "nonexistent" does not exist'),
-        (empty, "is empty (no registry schema), this stagemesh needs version 3; run: stagemesh"),
-        (newer, "has schema version 99, newer than this stagemesh (version 3)"),
+        (empty, "is empty (no registry schema), this stagemesh needs version 4; run: stagemesh"),
+        (newer, "has schema version 99, newer than this stagemesh (version 4)"),
     ]
     for url, says in cases:
         for action in ([], ["export"]):
@@ -259,7 +259,7 @@ def test_migrate_creates_or_upgrades_a_schema_and_the_registry_then_serves_it(
     upgraded by the registry itself. Either way the federation is kept."""
     db = databases.new(migrated=False)
     if databases.backend == "postgresql":
-        assert "schema created (version 3)" in registry_command("migrate", "--db", db).stdout
+        assert "schema created (version 4)" in registry_command("migrate", "--db", db).stdout
         version_1 = databases.new(migrated=False)
         statements = _postgres_migrations[0]
     else:
@@ -275,16 +275,16 @@ def test_migrate_creates_or_upgrades_a_schema_and_the_registry_then_serves_it(
     if databases.backend == "postgresql":
         refused = registry_command("--db", version_1)
         assert refused.returncode == 2
-        assert "is version 1, this stagemesh needs version 3; run: stagemesh registry migrate" in (
+        assert "is version 1, this stagemesh needs version 4; run: stagemesh registry migrate" in (
             refused.stderr
         )
     done = registry_command("migrate", "--db", version_1)
     assert done.returncode == 0, done.stderr
     assert (
-        done.stdout == f"database {shown_target(version_1)}: schema upgraded from version 1 to 3\n"
+        done.stdout == f"database {shown_target(version_1)}: schema upgraded from version 1 to 4\n"
     )
     again = registry_command("migrate", "--db", version_1)
-    assert again.stdout.endswith(": schema already at version 3\n")
+    assert again.stdout.endswith(": schema already at version 4\n")
     exported = json.loads(registry_command("export", "--db", version_1).stdout)
     assert [f["name"] for f in exported["federations"]] == ["old"]
 
