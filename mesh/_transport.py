@@ -119,6 +119,14 @@ class Transport:
         self._drained = trio.Event()
         self._pending = 0
         self._counts: Counter[str] = Counter()
+        self._handler: DatagramHandler | None = None
+        self.detour: Callable[[Address, bytes], bool] | None = None
+        """A path for datagrams besides the socket (the registry's relay, set by its bridge):
+        called with each encoded datagram and its destination before it is sent; ``True``
+        means it carried the datagram itself and the socket is skipped."""
+        self.observer: DatagramHandler | None = None
+        """Called with every valid envelope that arrived on the UDP socket (not injected), so
+        a detour can tell which peers answer directly."""
 
     @property
     def incarnation(self) -> int:
@@ -188,6 +196,8 @@ class Transport:
         except InvalidMessage as exc:
             logger.error("not sending %s to %s: %s", type(body).__name__, dest, exc)
             self._counts["send_errors"] += 1
+            return
+        if self.detour is not None and self.detour(dest, data):
             return
         if not self._pending and self._try_send(dest, data):
             return
@@ -265,10 +275,19 @@ class Transport:
         """Decode, verify and replay-check one datagram; count and drop it if it is bad."""
         return self.inbound.datagram(data, time.time())
 
+    def inject_datagram(self, src: Address, data: bytes) -> None:
+        """Handle a datagram that arrived another way (the registry's relay) as if it came
+        from *src* on the socket: checked exactly like one (signature, binding, replay),
+        counted and dropped if bad. Ignored before :meth:`serve_datagrams` runs."""
+        env = self.decode_datagram(data)
+        if env is not None and self._handler is not None:
+            self._handler(src, env)
+
     async def serve_datagrams(
         self, handler: DatagramHandler, *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Receive datagrams forever, handing each valid envelope to *handler*."""
+        self._handler = handler
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._serve_sender)
             task_status.started()
@@ -284,6 +303,8 @@ class Transport:
                 self._counts["bytes_received"] += len(data)
                 env = self.decode_datagram(data)
                 if env is not None:
+                    if self.observer is not None:
+                        self.observer((src[0], src[1]), env)
                     handler((src[0], src[1]), env)
 
     async def serve_streams(
