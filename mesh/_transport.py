@@ -38,6 +38,7 @@ from mesh._inbound import Inbound
 from mesh._ports import gossip_port_candidates
 from mesh._wire import (
     MAX_DATAGRAM,
+    MAX_FRAME,
     Address,
     Envelope,
     InvalidMessage,
@@ -50,6 +51,7 @@ __all__ = [
     "MAX_STREAMS_PER_SOURCE",
     "Binding",
     "DatagramHandler",
+    "ExchangeDetour",
     "StreamHandler",
     "Transport",
     "TransportStatistics",
@@ -61,6 +63,7 @@ logger = logging.getLogger(__name__)
 DatagramHandler = Callable[[Address, Envelope], None]
 StreamHandler = Callable[[Address, Envelope], Awaitable[Message | None]]
 Binding = tuple[str, int] | None
+ExchangeDetour = Callable[[Address, bytes, float], Awaitable[bytes | None]]
 """Who a message is for: the receiver's node id and incarnation, or ``None`` (first contact)."""
 
 _SEND_QUEUE = 4096
@@ -127,6 +130,14 @@ class Transport:
         self.observer: DatagramHandler | None = None
         """Called with every valid envelope that arrived on the UDP socket (not injected), so
         a detour can tell which peers answer directly."""
+        self.exchange_detour: ExchangeDetour | None = None
+        """The same for TCP exchanges: called with the destination, the encoded request
+        message and the time allowed; returns the reply message it carried, or ``None`` for
+        the direct TCP connection."""
+        self.exchange_failed: Callable[[Address], None] | None = None
+        """Called with the destination of a direct TCP exchange that could not be made
+        (refused, unreachable, timed out)."""
+        self._stream_handler: StreamHandler | None = None
 
     @property
     def incarnation(self) -> int:
@@ -255,12 +266,23 @@ class Transport:
         :class:`trio.TooSlowError` or :class:`InvalidMessage` (also counted).
         """
         self._counts["streams_opened"] += 1
+        allowed = timeout or self.stream_timeout
         try:
-            with trio.fail_after(timeout or self.stream_timeout):
-                stream = await trio.open_tcp_stream(*dest)
-                async with stream:
-                    await stream.send_all(self.codec.encode_frame(self.envelope(body, to)))
-                    payload = await self._read_frame(stream)
+            if self.exchange_detour is not None:
+                request = self.codec.encode(self.envelope(body, to), MAX_FRAME)
+                carried = await self.exchange_detour(dest, request, allowed)
+                if carried is not None:
+                    return self.inbound.check_frame(carried, time.time(), request=False)
+            try:
+                with trio.fail_after(allowed):
+                    stream = await trio.open_tcp_stream(*dest)
+                    async with stream:
+                        await stream.send_all(self.codec.encode_frame(self.envelope(body, to)))
+                        payload = await self._read_frame(stream)
+            except (OSError, trio.TooSlowError):
+                if self.exchange_failed is not None:
+                    self.exchange_failed(dest)
+                raise
             return self.inbound.check_frame(payload, time.time(), request=False)
         except InvalidMessage as exc:
             self.reject(exc.reason)
@@ -268,6 +290,25 @@ class Transport:
         except trio.BrokenResourceError as exc:
             # trio reports a reset as a broken stream; callers handle one family: OSError.
             raise ConnectionResetError(f"connection to {dest[0]}:{dest[1]} broken: {exc}") from None
+
+    async def answer_relayed(self, src: Address, message: bytes) -> bytes | None:
+        """Answer a TCP exchange's request that arrived another way (the registry's relay)
+        as if *src* had connected: the request is checked exactly like a frame's message,
+        handled by the stream handler, and the reply returned as a frame's message (``None``:
+        no reply, or the request was refused and counted)."""
+        handler = self._stream_handler
+        if handler is None:
+            return None
+        try:
+            env = self.inbound.check_frame(message, time.time(), request=True)
+            reply = await handler(src, env)
+            if reply is None:
+                return None
+            to = (env.sender, env.incarnation)
+            return self.codec.encode(self.envelope(reply, to), MAX_FRAME)
+        except InvalidMessage as exc:
+            self.reject(exc.reason)
+            return None
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -340,6 +381,7 @@ class Transport:
                 if not self._streams_from[source]:
                     del self._streams_from[source]
 
+        self._stream_handler = handler
         await trio.serve_listeners(serve_one, [self._listener], task_status=task_status)
 
     async def _serve_exchange(

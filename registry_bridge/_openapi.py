@@ -350,9 +350,9 @@ def _schemas() -> dict[str, Any]:
         "Empty": {"type": "object", "additionalProperties": False, "maxProperties": 0},
         "Frame": {
             "type": "string",
-            "description": "one signed gossip datagram (1-1200 bytes), base64",
+            "description": "a signed gossip datagram or exchange (1-32768 bytes), base64",
             "minLength": 4,
-            "maxLength": 1600,
+            "maxLength": 43692,
             "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
         },
         "RelayQueue": {

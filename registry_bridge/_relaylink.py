@@ -15,14 +15,24 @@ the observer sees; this module only moves bytes:
 - incoming: a long poll (``relay_take``, ``wait`` seconds) brings what other sites queued
   for this supernode; each frame is handed to the transport as a datagram from the sender's
   registered address (``Transport.inject_datagram``), which checks it like any datagram
-  (signature, binding to this node, replay window).
+  (signature, binding to this node, replay window);
+- TCP exchanges (a join's state sync) with a relayed peer, or with one whose direct TCP
+  connection failed, go through the relay too (``Transport.exchange_detour``): the request
+  message and its reply each travel as one frame, matched by an id, and are checked by the
+  transports like a TCP frame's message.
+
+What the registry carries is one byte of kind (datagram, exchange request, exchange reply),
+for exchanges an 8-byte id, then the signed message.
 
 The registry only ever sees signed datagrams; the federation key never leaves the node.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +42,7 @@ from mesh._transport import Transport
 from mesh._wire import Ack, Address, Envelope
 from registry_bridge._client import RegistryClient, RegistryError, RegistryNotFound
 from registry_bridge._relaypath import PathConfig, RelayPaths
-from registry_bridge._relaystore import BATCH_LIMIT
+from registry_bridge._relaystore import BATCH_LIMIT, FRAME_MAX
 
 __all__ = ["RelayLink"]
 
@@ -42,6 +52,11 @@ _OUTBOX = 512
 """Datagrams waiting to be relayed at most (more are dropped and counted)."""
 _RETRY = 1.0
 """Seconds before a failed relay call is tried again."""
+_BATCH_BYTES = 46 * 1024
+"""Frame bytes in one relay call at most: their base64 stays within the registry's 64 KiB
+body limit."""
+_DATAGRAM, _REQUEST, _REPLY = 0, 1, 2
+_ID = struct.Struct("!Q")
 
 
 class RelayLink:
@@ -71,6 +86,11 @@ class RelayLink:
         """Relayed datagrams handed to the node."""
         self.unknown_senders = 0
         """Relayed datagrams from a path that is not a known supernode (dropped)."""
+        self.exchanges = 0
+        """TCP exchanges this node made through the relay."""
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, trio.MemorySendChannel[bytes]] = {}
+        self._nursery: trio.Nursery | None = None
 
     # -- what the bridge tells it -------------------------------------------------------------
 
@@ -98,11 +118,35 @@ class RelayLink:
         route = self.paths.route(trio.current_time(), dest)
         if route == "direct":
             return False
+        self._put(path, bytes((_DATAGRAM,)) + data)
+        return route == "relay"
+
+    def _put(self, path: str, frame: bytes) -> None:
         try:
-            self._send.send_nowait((path, data))
+            self._send.send_nowait((path, frame))
         except trio.WouldBlock:
             self.dropped += 1
-        return route == "relay"
+
+    async def _exchange(self, dest: Address, message: bytes, allowed: float) -> bytes | None:
+        path = self._peers.get(dest)
+        if path is None or self._token is None or not self.paths.relayed(dest):
+            return None
+        if len(message) + 1 + _ID.size > FRAME_MAX:
+            raise OSError(f"a {len(message)}-byte exchange is too large for the relay")
+        ident = next(self._ids)
+        send, receive = trio.open_memory_channel[bytes](1)
+        self._waiting[ident] = send
+        self.exchanges += 1
+        try:
+            self._put(path, bytes((_REQUEST,)) + _ID.pack(ident) + message)
+            with trio.fail_after(allowed):
+                return await receive.receive()
+        finally:
+            del self._waiting[ident]
+
+    def _exchange_failed(self, dest: Address) -> None:
+        if dest in self._peers:
+            self.paths.direct_failed(trio.current_time(), dest)
 
     def _observe(self, src: Address, env: Envelope) -> None:
         if src in self._peers and isinstance(env.body, Ack):
@@ -116,14 +160,20 @@ class RelayLink:
         """Hook into *transport* and relay until cancelled (then unhook)."""
         transport.detour = self._detour
         transport.observer = self._observe
+        transport.exchange_detour = self._exchange
+        transport.exchange_failed = self._exchange_failed
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._send_loop)
                 nursery.start_soon(self._take_loop, transport)
                 task_status.started()
         finally:
+            self._nursery = None
             transport.detour = None
             transport.observer = None
+            transport.exchange_detour = None
+            transport.exchange_failed = None
 
     async def _send_loop(self) -> None:
         async for path, data in self._outbox:
@@ -135,8 +185,15 @@ class RelayLink:
                     break
                 batches.setdefault(more_path, []).append(more)
             for to, frames in batches.items():
-                for start in range(0, len(frames), BATCH_LIMIT):
-                    await self._queue(to, frames[start : start + BATCH_LIMIT])
+                batch: list[bytes] = []
+                size = 0
+                for frame in frames:
+                    if batch and (len(batch) == BATCH_LIMIT or size + len(frame) > _BATCH_BYTES):
+                        await self._queue(to, batch)
+                        batch, size = [], 0
+                    batch.append(frame)
+                    size += len(frame)
+                await self._queue(to, batch)
 
     async def _queue(self, to: str, frames: list[bytes]) -> None:
         token = self._token
@@ -166,11 +223,35 @@ class RelayLink:
                 continue
             for item in frames:
                 address = self._addresses.get(item.sender)
-                if address is None:
+                if address is None or not item.frame:
                     self.unknown_senders += 1
                     continue
-                self.received += 1
-                transport.inject_datagram(address, item.frame)
+                self._deliver(transport, item.sender, address, item.frame)
+
+    def _deliver(self, transport: Transport, sender: str, address: Address, frame: bytes) -> None:
+        kind, body = frame[0], frame[1:]
+        if kind == _DATAGRAM:
+            self.received += 1
+            transport.inject_datagram(address, body)
+        elif kind in (_REQUEST, _REPLY) and len(body) > _ID.size:
+            (ident,) = _ID.unpack(body[: _ID.size])
+            message = body[_ID.size :]
+            if kind == _REPLY:
+                waiting = self._waiting.get(ident)
+                if waiting is not None:
+                    with contextlib.suppress(trio.WouldBlock):  # a duplicate reply
+                        waiting.send_nowait(message)
+            elif self._nursery is not None:
+                self._nursery.start_soon(self._answer, transport, sender, address, ident, message)
+        else:
+            transport.reject("relay frame")
+
+    async def _answer(
+        self, transport: Transport, sender: str, address: Address, ident: int, message: bytes
+    ) -> None:
+        reply = await transport.answer_relayed(address, message)
+        if reply is not None and len(reply) + 1 + _ID.size <= FRAME_MAX:
+            self._put(sender, bytes((_REPLY,)) + _ID.pack(ident) + reply)
 
     def status(self) -> dict[str, Any]:
         """For ``/api/status`` (the bridge's ``relay`` field): each peer's path, datagrams sent
@@ -183,6 +264,7 @@ class RelayLink:
             "relay_share": round(stats.relay_share, 4),
             "switches": stats.switches,
             "received": self.received,
+            "exchanges": self.exchanges,
             "dropped": self.dropped,
             "unknown_senders": self.unknown_senders,
         }

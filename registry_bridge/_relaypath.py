@@ -17,6 +17,8 @@ Rules (per peer):
   other side's traffic) is found; the first direct ack moves the peer back to **direct** at
   once.
 - A direct ack while direct keeps it direct and restarts the budget.
+- A direct TCP exchange (a join, a state sync) that could not be made moves the peer to the
+  relay at once; exchanges with a relayed peer go through the relay too.
 
 What counts as a direct ack is the driver's to say: an acknowledgement from the peer that
 arrived on the UDP socket (not through the relay). :meth:`RelayPaths.statistics` says how
@@ -113,6 +115,15 @@ class RelayPaths:
             state.relayed = False
             self._switches += 1
         state.unacked_since = None
+
+    def direct_failed(self, now: float, peer: Hashable) -> None:
+        """A direct TCP exchange with *peer* could not be made (refused, unreachable, timed
+        out): stronger evidence than missing acks, so *peer* moves to the relay at once."""
+        state = self._peers.setdefault(peer, _Peer())
+        if not state.relayed:
+            state.relayed = True
+            state.last_direct_try = now
+            self._switches += 1
 
     def forget(self, peer: Hashable) -> None:
         """*peer* is no longer a supernode of another site: drop what is known of it."""

@@ -16,7 +16,7 @@ Who may do what (the registration token is the credential, as for heartbeats):
 Bounds: at most :data:`QUEUE_LIMIT` frames wait for one supernode (a full queue drops its
 oldest: gossip that waited longest is worth least), a frame waits at most :data:`FRAME_TTL`
 seconds (the receiver's replay window refuses older ones anyway), and a frame is at most
-:data:`FRAME_MAX` bytes (one datagram). The queue lives in the database, never in one
+:data:`FRAME_MAX` bytes. The queue lives in the database, never in one
 process's memory, so whichever registry process each side talks to, a queued frame is
 delivered; it goes with the registration it waits for (a foreign key, ``ON DELETE CASCADE``).
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mesh._wire import MAX_DATAGRAM
 from registry_bridge._database import Database
 from registry_bridge._errors import Forbidden, NotFound, StoreError, checked_name
 
@@ -39,8 +38,9 @@ QUEUE_LIMIT = 256
 """Frames waiting for one supernode at most; a full queue drops its oldest."""
 FRAME_TTL = 10.0
 """Seconds a frame waits at most before it is dropped."""
-FRAME_MAX = MAX_DATAGRAM
-"""Bytes in one frame at most: one datagram of the gossip wire format."""
+FRAME_MAX = 32 * 1024
+"""Bytes in one frame at most: a datagram of the gossip wire format (1200 bytes), or a
+state exchange of a small orchestra (a join through the relay)."""
 BATCH_LIMIT = 64
 """Frames one request may queue, and one take returns, at most."""
 

@@ -95,8 +95,8 @@ def test_bad_input_is_refused_with_a_reason(databases: Databases) -> None:
             ("/colorado/..", [b"x"], "may not be"),
             ("/colorado/bob", [], "1 to 64 frames"),
             ("/colorado/bob", [b"x"] * (BATCH_LIMIT + 1), "1 to 64 frames"),
-            ("/colorado/bob", [b""], "1 to 1200 bytes"),
-            ("/colorado/bob", [b"x" * 1201], "1 to 1200 bytes"),
+            ("/colorado/bob", [b""], "1 to 32768 bytes"),
+            ("/colorado/bob", [b"x" * 32769], "1 to 32768 bytes"),
         ]
         for to, frames, says in cases:
             with pytest.raises(StoreError, match=says):

@@ -12,10 +12,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import trio
 
 from mesh._transport import Transport, open_transport
-from mesh._wire import Ack, Envelope, Keyring, Ping, WireCodec
+from mesh._wire import Ack, Envelope, Keyring, Ping, PushPull, WireCodec
 from registry_bridge import RegistryClient, RegistryStore, create_app, serve_registry
 from registry_bridge._relaylink import RelayLink
 from registry_bridge._relaypath import PathConfig
@@ -118,6 +119,64 @@ async def test_gossip_goes_through_the_registry_until_direct_acks_come(tmp_path:
                 assert status["switches"] == 2
                 assert 0 < status["relay_share"] < 1
                 assert any(isinstance(e.body, Ack) for e in heard_by_a)
+                stop.set()
+                nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_a_join_exchange_goes_through_the_relay_once_direct_tcp_failed(
+    tmp_path: Path,
+) -> None:
+    """bob is registered at an address nothing listens on (as behind a NAT): alice's direct
+    TCP exchange is refused, and her next one reaches bob through the registry, answered by
+    bob's port and checked by hers."""
+    store = RegistryStore(tmp_path / "r.db")
+    stop = trio.Event()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, port(ALICE) as a, port(BOB) as b:
+            url = await nursery.start(
+                lambda task_status: serve_registry(
+                    create_app(store),
+                    "127.0.0.1:0",
+                    shutdown_trigger=stop.wait,
+                    task_status=task_status,
+                )
+            )
+            with trio.socket.socket() as closed:  # a port nobody listens on
+                await closed.bind(("127.0.0.1", 0))
+                nowhere = ("127.0.0.1", closed.getsockname()[1])
+            async with RegistryClient(url) as client_a, RegistryClient(url) as client_b:
+                reg_a = await client_a.register(
+                    "sleo", "cmu", "alice", host="127.0.0.1", port=a.address[1], supernode=True
+                )
+                reg_b = await client_b.register(
+                    "sleo", "colorado", "bob", host="127.0.0.1", port=nowhere[1], supernode=True
+                )
+                link_a = RelayLink(client_a, wait=1.0)
+                link_b = RelayLink(client_b, wait=1.0)
+                link_a.set_token(reg_a.token)
+                link_b.set_token(reg_b.token)
+                link_a.set_peers({nowhere: "/colorado/bob"})
+                link_b.set_peers({a.address: "/cmu/alice"})
+                asked: list[tuple[tuple[str, int], Envelope]] = []
+
+                async def on_stream(src: tuple[str, int], env: Envelope) -> PushPull | None:
+                    asked.append((src, env))
+                    return PushPull((), reply=True)
+
+                await nursery.start(b.serve_streams, on_stream)
+                await nursery.start(link_a.run, a)
+                await nursery.start(link_b.run, b)
+
+                with pytest.raises(OSError):
+                    await a.exchange(nowhere, PushPull((), join=True), None, 2.0)
+                assert link_a.paths.relayed(nowhere)
+                reply = await a.exchange(nowhere, PushPull((), join=True), None, 10.0)
+                assert isinstance(reply.body, PushPull) and reply.body.reply
+                assert reply.sender == BOB
+                [(src, env)] = asked
+                assert src == a.address and env.sender == ALICE
+                assert link_a.status()["exchanges"] == 1
                 stop.set()
                 nursery.cancel_scope.cancel()
     store.close()

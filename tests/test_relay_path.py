@@ -57,6 +57,15 @@ def test_statistics_count_what_went_each_way() -> None:
     assert paths.statistics().routes == {}
 
 
+def test_a_failed_direct_exchange_moves_the_peer_to_the_relay_at_once() -> None:
+    paths = RelayPaths(PathConfig(probe_budget=30.0, retry_every=2.0))
+    assert paths.route(0.0, BOB) == "direct"
+    paths.direct_failed(0.5, BOB)
+    assert paths.relayed(BOB)
+    assert paths.route(1.0, BOB) == "relay"
+    assert paths.route(2.6, BOB) == "both"
+
+
 def test_nonsense_timing_is_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         PathConfig(probe_budget=0)
