@@ -45,15 +45,15 @@ _B64_MAX = (FRAME_MAX + 2) // 3 * 4
 
 def _frames(value: object) -> list[bytes]:
     if not isinstance(value, list) or not 1 <= len(value) <= BATCH_LIMIT:
-        raise HttpError(400, f"frames must be a list of 1 to {BATCH_LIMIT} base64 strings")
+        raise HttpError(400, f"field 'frames' must be a list of 1 to {BATCH_LIMIT} base64 strings")
     out = []
     for item in value:
         if not isinstance(item, str) or not 4 <= len(item) <= _B64_MAX:
-            raise HttpError(400, f"a frame must be base64 of 1 to {FRAME_MAX} bytes")
+            raise HttpError(400, f"field 'frames': each must be base64 of 1 to {FRAME_MAX} bytes")
         try:
             out.append(base64.b64decode(item, validate=True))
         except (binascii.Error, ValueError):
-            raise HttpError(400, "a frame is not valid base64") from None
+            raise HttpError(400, "field 'frames': a frame is not valid base64") from None
     return out
 
 
@@ -68,7 +68,9 @@ class RelayApi:
         token = _check_token(request.path_params["token"])
         _require_json(request.headers.get("content-type"))
         fields = _Fields(await self.reg.json_body(request), {"to", "frames"})
-        to = fields.string("to", required=True)
+        to = fields.body.get("to")
+        if not isinstance(to, str):
+            raise HttpError(400, "field 'to' must be a path /<orchestra>/<name> (a string)")
         frames = _frames(fields.body.get("frames"))
         answer = await self.reg.store.call(self.reg.raw.relay_queue, token, to, frames)
         return _json(answer, 202)
@@ -80,7 +82,7 @@ class RelayApi:
         fields = _Fields(await self.reg.json_body(request), {"wait"})
         wait = fields.body.get("wait", 0)
         if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= MAX_WAIT:
-            raise HttpError(400, f"wait must be a number of seconds from 0 to {MAX_WAIT:g}")
+            raise HttpError(400, f"field 'wait' must be a number of seconds from 0 to {MAX_WAIT:g}")
         deadline = time.monotonic() + float(wait)
         while True:
             taken: list[dict[str, Any]] = await self.reg.store.call(self.reg.raw.relay_take, token)

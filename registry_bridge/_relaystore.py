@@ -64,17 +64,17 @@ def _supernode_sender(db: Database, token: str) -> tuple[int, str]:
 
 def _path(value: object) -> tuple[str, str]:
     if not isinstance(value, str) or value.count("/") != 2 or not value.startswith("/"):
-        raise StoreError(f"'to' must be a path /<orchestra>/<name>, not {str(value)[:80]!r}")
+        raise StoreError(f"field 'to' must be a path /<orchestra>/<name>, not {str(value)[:80]!r}")
     _, orchestra, name = value.split("/")
     return checked_name(orchestra, "orchestra"), checked_name(name, "name")
 
 
 def _frames(frames: object) -> list[bytes]:
     if not isinstance(frames, list | tuple) or not 1 <= len(frames) <= BATCH_LIMIT:
-        raise StoreError(f"'frames' must hold 1 to {BATCH_LIMIT} frames")
+        raise StoreError(f"field 'frames' must hold 1 to {BATCH_LIMIT} frames")
     for frame in frames:
         if not isinstance(frame, bytes) or not 1 <= len(frame) <= FRAME_MAX:
-            raise StoreError(f"a frame must be 1 to {FRAME_MAX} bytes")
+            raise StoreError(f"field 'frames': each frame must be 1 to {FRAME_MAX} bytes")
     return list(frames)
 
 

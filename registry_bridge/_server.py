@@ -103,6 +103,9 @@ def reserve_port(bind: str) -> socket.socket:
         # a plain bind first: SO_REUSEPORT alone would join another registry of this user
         # on the same port instead of refusing it
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR: connections of an earlier registry in TIME_WAIT do not count,
+            # a socket listening on the port does
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
