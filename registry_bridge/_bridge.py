@@ -30,12 +30,19 @@ carries their requests to the registry and brings the answers back (a plain driv
   ``unreachable`` in its status and retries with exponential back-off (``interval`` doubling up
   to ``max_backoff``). It logs when the registry's state changes, not every request.
 
+* Sites that cannot reach each other (each behind its own NAT) still gossip: while this node
+  is a registered supernode, a :class:`~registry_bridge._relaylink.RelayLink` on its gossip
+  port carries its datagrams and TCP exchanges with the other orchestras' supernodes through
+  the registry's relay whenever the direct path gets no acks, and moves back to direct UDP as
+  soon as direct acks come. Members of an orchestra never relay: they talk to their own site.
+
 Its status (``/api/status`` field ``registry``): ``url``; ``state``: ``connected`` when the
 last exchange with the registry succeeded, ``unreachable`` when it failed (``last_error`` says
 how; cleared by the next success), ``idle`` while the node has nothing to ask it;
 ``registered_as`` (this node's path while it is registered), ``registered_supernode``;
 ``peers`` (the supernode addresses learned); ``conductor_granted`` (the registry records this
-node as the conductor); ``clock_samples`` and ``epoch_offers``.
+node as the conductor); ``clock_samples`` and ``epoch_offers``; ``relay`` (each other
+supernode's path, ``direct`` or ``relay``, datagrams sent each way and the relay's share).
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ from registry_bridge._client import (
     RegistryRejected,
     RegistryUnreachable,
 )
+from registry_bridge._relaylink import RelayLink
 
 if TYPE_CHECKING:
     from mesh._node import Node
@@ -119,6 +127,7 @@ class RegistryBridge(Extension):
         self._claims_in_flight = 0
         self._reached: bool | None = None  # what the node was last told
         self._node_id: str | None = None
+        self._relay: RelayLink | None = None
 
     # -- extension hooks ----------------------------------------------------------------------
 
@@ -139,6 +148,7 @@ class RegistryBridge(Extension):
             "conductor_granted": self._holder is not None and self._holder == self._node_id,
             "clock_samples": self.clock_samples,
             "epoch_offers": self.epoch_offers,
+            "relay": None if self._relay is None else self._relay.status(),
         }
 
     async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -148,9 +158,11 @@ class RegistryBridge(Extension):
             self.url, timeout=self.timeout, transport=self._transport
         ) as client:
             node.use_external_clock(REGISTRY_CLOCK)
+            self._relay = RelayLink(client)
             task_status.started()
             try:
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(self._relay.run, node.transport)
                     nursery.start_soon(self._serve_requests, node, client, nursery)
                     while True:
                         ok = await self._guarded_step(node, client)
@@ -366,6 +378,8 @@ class RegistryBridge(Extension):
             self._holder = registration.conductor.node_id
         elif not registration.conductor_granted:
             self._holder = None
+        if self._relay is not None:
+            self._relay.set_token(registration.token if registration.supernode_granted else None)
         if supernode:
             self._replace_peers(node, registration.other_supernodes)
         if changed:
@@ -456,12 +470,18 @@ class RegistryBridge(Extension):
         self._registered_as = None
         self._version = None
         self._flags = (False, False)
+        if self._relay is not None:
+            self._relay.set_token(None)
 
     def _replace_peers(self, node: Node, peers: Iterable[Peer]) -> None:
         self._peers.clear()
+        remote: dict[tuple[str, int], str] = {}
         for peer in peers:
             if peer.node_id != node.id and peer.orchestra != node.config.orchestra:
                 self._learn(peer)
+                remote[(peer.host, peer.port)] = peer.path
+        if self._relay is not None:
+            self._relay.set_peers(remote)
 
     def _learn(self, peer: Peer) -> None:
         self._peers[peer.node_id or peer.path] = (peer.host, peer.port)

@@ -42,7 +42,7 @@ Route = Literal["direct", "relay", "both"]
 class PathConfig:
     """The timing of :class:`RelayPaths` (seconds)."""
 
-    probe_budget: float = 3.0
+    probe_budget: float = 2.0
     """Direct sends with no direct ack for this long move a peer to the relay."""
     retry_every: float = 2.0
     """While relayed, one datagram also goes directly this often."""
