@@ -33,7 +33,7 @@ import contextlib
 import itertools
 import logging
 import struct
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import trio
@@ -149,8 +149,11 @@ class RelayLink:
             self.paths.direct_failed(trio.current_time(), dest)
 
     def _observe(self, src: Address, env: Envelope) -> None:
-        if src in self._peers and isinstance(env.body, Ack):
-            self.paths.direct_ack(trio.current_time(), src)
+        if src in self._peers:
+            if isinstance(env.body, Ack):
+                self.paths.direct_ack(trio.current_time(), src)
+            else:
+                self.paths.direct_heard(trio.current_time(), src)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -254,11 +257,13 @@ class RelayLink:
             self._put(sender, bytes((_REPLY,)) + _ID.pack(ident) + reply)
 
     def status(self) -> dict[str, Any]:
-        """For ``/api/status`` (the bridge's ``relay`` field): each peer's path, datagrams sent
-        directly and relayed, the relay's share, relayed datagrams received and dropped."""
+        """For ``/api/status`` (the bridge's ``relay`` field): ``routes`` (each other site's
+        supernode by path: ``direct`` or ``relay``), datagrams sent directly and relayed, the
+        relay's share, relayed datagrams received and dropped, exchanges made through it."""
         stats = self.paths.statistics()
+        names: dict[Hashable, str] = dict(self._peers.items())
         return {
-            "routes": stats.routes,
+            "routes": {names.get(peer, str(peer)): route for peer, route in stats.routes.items()},
             "direct": stats.direct,
             "relayed": stats.relayed,
             "relay_share": round(stats.relay_share, 4),

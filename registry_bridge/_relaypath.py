@@ -14,8 +14,9 @@ Rules (per peer):
   probes and their retries), it moves to the **relay**.
 - While relayed, every :attr:`PathConfig.retry_every` seconds one datagram also goes
   directly (``both``), so a direct path that opened (a NAT rule added, a mapping made by the
-  other side's traffic) is found; the first direct ack moves the peer back to **direct** at
-  once.
+  other side's traffic) is found; anything heard from the peer directly makes the next
+  datagram go both ways too (so the peer's answer to a direct datagram comes back directly);
+  the first direct ack moves the peer back to **direct** at once.
 - A direct ack while direct keeps it direct and restarts the budget.
 - A direct TCP exchange (a join, a state sync) that could not be made moves the peer to the
   relay at once; exchanges with a relayed peer go through the relay too.
@@ -58,7 +59,8 @@ class PathStatistics:
 
     direct: int
     relayed: int
-    routes: dict[str, Literal["direct", "relay"]]
+    routes: dict[Hashable, Literal["direct", "relay"]]
+    """Each peer's path now, by the key the driver gave it."""
     switches: int
     """How many times a peer moved between direct and relay."""
 
@@ -116,6 +118,13 @@ class RelayPaths:
             self._switches += 1
         state.unacked_since = None
 
+    def direct_heard(self, now: float, peer: Hashable) -> None:
+        """Something from *peer* arrived directly: its way to us works, so while relayed the
+        next datagram to it also goes directly (an ack among them brings it back at once)."""
+        state = self._peers.get(peer)
+        if state is not None and state.relayed:
+            state.last_direct_try = float("-inf")
+
     def direct_failed(self, now: float, peer: Hashable) -> None:
         """A direct TCP exchange with *peer* could not be made (refused, unreachable, timed
         out): stronger evidence than missing acks, so *peer* moves to the relay at once."""
@@ -139,6 +148,6 @@ class RelayPaths:
         return PathStatistics(
             direct=self._direct,
             relayed=self._relayed,
-            routes={str(p): "relay" if s.relayed else "direct" for p, s in self._peers.items()},
+            routes={p: "relay" if s.relayed else "direct" for p, s in self._peers.items()},
             switches=self._switches,
         )

@@ -104,7 +104,7 @@ async def test_gossip_goes_through_the_registry_until_direct_acks_come(tmp_path:
                     return link_a.paths.relayed(b.address) and link_b.received > 0
 
                 await wait_for(relayed_to_bob, 15, "alice relays to bob", every=0.1)
-                assert link_a.status()["routes"] == {f"{b.address}": "relay"}
+                assert link_a.status()["routes"] == {"/colorado/bob": "relay"}
                 assert any(isinstance(e.body, Ping) and e.sender == ALICE for e in heard_by_b)
 
                 # the direct path works again: bob's ack arrives on the socket
@@ -115,7 +115,7 @@ async def test_gossip_goes_through_the_registry_until_direct_acks_come(tmp_path:
 
                 await wait_for(back_to_direct, 10, "alice back on direct UDP", every=0.1)
                 status = link_a.status()
-                assert status["routes"] == {f"{b.address}": "direct"}
+                assert status["routes"] == {"/colorado/bob": "direct"}
                 assert status["switches"] == 2
                 assert 0 < status["relay_share"] < 1
                 assert any(isinstance(e.body, Ack) for e in heard_by_a)

@@ -40,7 +40,7 @@ def test_a_direct_ack_moves_it_back_at_once_and_keeps_it_direct() -> None:
         assert paths.route(float(t), BOB) == "direct"
         paths.direct_ack(t + 0.2, BOB)
     stats = paths.statistics()
-    assert stats.routes == {str(BOB): "direct"}
+    assert stats.routes == {BOB: "direct"}
     assert stats.switches == 2
     assert 0 < stats.relay_share < 0.2
 
@@ -64,6 +64,15 @@ def test_a_failed_direct_exchange_moves_the_peer_to_the_relay_at_once() -> None:
     assert paths.relayed(BOB)
     assert paths.route(1.0, BOB) == "relay"
     assert paths.route(2.6, BOB) == "both"
+
+
+def test_hearing_the_peer_directly_makes_the_next_datagram_try_the_direct_path() -> None:
+    paths = RelayPaths(PathConfig(probe_budget=1.0, retry_every=10.0))
+    sends(paths, 0.0, 2.0)
+    assert paths.route(2.0, BOB) == "relay"
+    paths.direct_heard(2.1, BOB)
+    assert paths.route(2.2, BOB) == "both"  # e.g. the ack to what was heard
+    assert paths.route(2.3, BOB) == "relay"
 
 
 def test_nonsense_timing_is_refused() -> None:

@@ -1,0 +1,95 @@
+"""Two sites that cannot reach each other, joined through the registry's relay (network
+namespaces, real processes).
+
+Layout (one :class:`~tests.netns.Lan` of three hosts on the user-space impairing hub): host 0
+runs ``stagemesh registry``; host 1 is site ``a``, host 2 site ``b``, one ``--conductor`` node
+each (each its site's supernode). The hub drops everything between hosts 1 and 2 (as two NATs
+that refuse unsolicited datagrams would: neither site can open anything to the other), while
+both reach the registry. The supernodes find each other through the registry, fail to reach
+each other directly, and move their gossip (and the join's state exchange) to the relay: both
+see both members alive, one conductor for the federation, and each reports the relay's share
+of its traffic in ``/api/status``. Then the direct path is opened (the hub's rule removed):
+the first direct acks move both supernodes off the relay.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.impair import Link
+from tests.netns import Host, Lan
+from tests.test_netns_two_sites import REGISTRY_PORT, start_node, status, wait_until
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+def test_sites_that_cannot_reach_each_other_gossip_through_the_relay_then_directly(
+    tmp_path: Path,
+) -> None:
+    with Lan(3, impair=Link()) as lan:
+        reg_host, host_a, host_b = lan.hosts
+        lan.hub.set_link(host_a.index, host_b.index, Link(loss=1.0))  # no direct path
+        url = f"http://{reg_host.address}:{REGISTRY_PORT}"
+        registry = lan.spawn(
+            reg_host,
+            sys.executable,
+            "-m",
+            "mesh",
+            "registry",
+            "--bind",
+            f"0.0.0.0:{REGISTRY_PORT}",
+            "--db",
+            str(tmp_path / "registry.db"),
+        )
+        registry.wait_for(lambda text: text.startswith("ready "), timeout=30)
+        nodes: list[tuple[Host, str]] = []
+        for orchestra, host in (("a", host_a), ("b", host_b)):
+            _, status_url = start_node(lan, host, tmp_path, orchestra, url, "--conductor")
+            nodes.append((host, status_url))
+        everyone = {f"/a/h{host_a.index}", f"/b/h{host_b.index}"}
+        docs: list[dict[str, Any]] = []
+
+        def other(doc: dict[str, Any]) -> str:
+            """The other site's supernode, as the relay names it."""
+            return next(p for p in everyone if p != doc["node"]["path"])
+
+        def merged_through_the_relay() -> bool:
+            docs[:] = [status(lan, host, u) for host, u in nodes]
+            return all(
+                {m["path"] for m in d["members"] if m["state"] == "alive"} == everyone
+                and d["registry"]["relay"] is not None
+                and d["registry"]["relay"]["routes"] == {other(d): "relay"}
+                and d["registry"]["relay"]["received"] > 0
+                for d in docs
+            )
+
+        wait_until(merged_through_the_relay, 40, "both sites in both views, through the relay")
+
+        def one_conductor() -> bool:
+            docs[:] = [status(lan, host, u) for host, u in nodes]
+            conductors = {d["conductor"] for d in docs}
+            flagged = [sum(m["conductor"] for m in d["members"]) for d in docs]
+            return len(conductors) == 1 and None not in conductors and flagged == [1, 1]
+
+        wait_until(one_conductor, 20, "exactly one conductor, the same on both sites")
+        for doc in docs:
+            relay = doc["registry"]["relay"]
+            assert relay["relayed"] > 0 and 0 < relay["relay_share"] <= 1, relay
+            assert doc["registry"]["registered_as"] == doc["node"]["path"]
+
+        # The direct path opens: both supernodes move off the relay at the first direct acks.
+        lan.hub.set_link(host_a.index, host_b.index, None)
+
+        def direct_again() -> bool:
+            docs[:] = [status(lan, host, u) for host, u in nodes]
+            return all(
+                d["registry"]["relay"]["routes"] == {other(d): "direct"}
+                and {m["path"] for m in d["members"] if m["state"] == "alive"} == everyone
+                for d in docs
+            )
+
+        wait_until(direct_again, 20, "both supernodes back on direct UDP")
