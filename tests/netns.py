@@ -293,6 +293,7 @@ class Lan:
             for i in range(size)
         ]
         self._hub: Hub | None = None
+        self._sites: dict[int, tuple[Host, str]] = {}  # site host index -> (router, subnet)
         self._spawned: list[Spawned] = []
         self._created: list[str] = []
 
@@ -497,6 +498,72 @@ class Lan:
             self._hub.up(host.index)
         else:
             _ip("-n", self.bridge_netns, "link", "set", host.port, "up")
+
+    # -- sites behind NATs
+
+    def add_site(self, router: Host, subnet: str) -> Host:
+        """A venue's private network behind its NAT: a new host (its own namespace, address
+        ``.2`` of *subnet*) cabled to *router* (one of this Lan's hosts, ``.1`` on that
+        side), which forwards the site's traffic to the Lan masqueraded (nftables, in the
+        router's namespace) and lets in from outside only what answers the site's own
+        connections: nothing from another site reaches it (see :meth:`open_sites`)."""
+        net = ipaddress.IPv4Network(subnet)
+        inside_address = str(net.network_address + 1)
+        index = len(self.hosts) + len(self._sites)
+        site = Host(index, f"{self.run_id}-s{index}", str(net.network_address + 2))
+        self._add_host(site)
+        inside = f"site{index}"
+        _ip("-n", router.netns, "link", "add", inside, "type", "veth",
+            "peer", "name", site.interface, "netns", site.netns)  # fmt: skip
+        _ip("-n", router.netns, "addr", "add", f"{inside_address}/{net.prefixlen}", "dev", inside)
+        _ip("-n", router.netns, "link", "set", inside, "up")
+        _ip("-n", site.netns, "addr", "add", f"{site.address}/{net.prefixlen}",
+            "dev", site.interface)  # fmt: skip
+        _ip("-n", site.netns, "link", "set", site.interface, "up")
+        _ip("-n", site.netns, "route", "add", "default", "via", inside_address)
+        self.run(router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        self._nft(
+            router,
+            f"""table ip stagemesh_nat {{
+                chain postrouting {{
+                    type nat hook postrouting priority srcnat; policy accept;
+                    ip saddr {subnet} oifname "{router.interface}" masquerade
+                }}
+                chain forward {{
+                    type filter hook forward priority filter; policy drop;
+                    ct state established,related accept
+                    iifname "{inside}" accept
+                }}
+            }}""",
+        )
+        self._sites[site.index] = (router, subnet)
+        return site
+
+    def open_sites(self, a: Host, b: Host) -> None:
+        """Let sites *a* and *b* (from :meth:`add_site`) reach each other directly, as a
+        path opened between the venues: each router routes the other site's subnet through
+        the other router, without masquerading, and forwards what comes from it."""
+        (router_a, net_a), (router_b, net_b) = self._sites[a.index], self._sites[b.index]
+        for router, other_router, other in (
+            (router_a, router_b, net_b),
+            (router_b, router_a, net_a),
+        ):
+            _ip("-n", router.netns, "route", "add", other, "via", other_router.address)
+            self._nft(router, f"insert rule ip stagemesh_nat postrouting ip daddr {other} accept")
+            self._nft(router, f"add rule ip stagemesh_nat forward ip saddr {other} accept")
+
+    def _nft(self, host: Host, ruleset: str) -> None:
+        done = subprocess.run(
+            self.command(host, "nft", "-f", "-"),
+            input=ruleset,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if done.returncode != 0:
+            raise NetnsError(
+                f"nft in {host.netns}: {done.stderr.strip()} (apt-get install -y nftables)"
+            )
 
 
 @pytest.fixture

@@ -1,15 +1,17 @@
-"""Two sites that cannot reach each other, joined through the registry's relay (network
-namespaces, real processes).
+"""Two sites, each behind its own NAT, joined through the registry's relay (network
+namespaces, real processes, nftables).
 
-Layout (one :class:`~tests.netns.Lan` of three hosts on the user-space impairing hub): host 0
-runs ``stagemesh registry``; host 1 is site ``a``, host 2 site ``b``, one ``--conductor`` node
-each (each its site's supernode). The hub drops everything between hosts 1 and 2 (as two NATs
-that refuse unsolicited datagrams would: neither site can open anything to the other), while
-both reach the registry. The supernodes find each other through the registry, fail to reach
-each other directly, and move their gossip (and the join's state exchange) to the relay: both
-see both members alive, one conductor for the federation, and each reports the relay's share
-of its traffic in ``/api/status``. Then the direct path is opened (the hub's rule removed):
-the first direct acks move both supernodes off the relay.
+Layout: a :class:`~tests.netns.Lan` of three hosts is the public network: host 0 runs
+``stagemesh registry``, hosts 1 and 2 are the venues' routers. Behind each router is a site
+(:meth:`~tests.netns.Lan.add_site`: its own namespace and private subnet, masqueraded on the
+way out, nothing let in that does not answer the site's own traffic), with one
+``--conductor`` node (its orchestra's supernode). Both sites reach the registry; neither can
+reach the other. The supernodes find each other through the registry, fail to reach each
+other directly, and move their gossip (and the join's state exchange) to the relay: both see
+both members alive, one conductor for the federation, and each reports the relay's share of
+its traffic in ``/api/status``. Then a direct path between the venues is opened
+(:meth:`~tests.netns.Lan.open_sites`): the first direct acks move both supernodes off the
+relay.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from tests.impair import Link
 from tests.netns import Host, Lan
 from tests.test_netns_two_sites import REGISTRY_PORT, start_node, status, wait_until
 
@@ -30,9 +31,10 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 def test_sites_that_cannot_reach_each_other_gossip_through_the_relay_then_directly(
     tmp_path: Path,
 ) -> None:
-    with Lan(3, impair=Link()) as lan:
-        reg_host, host_a, host_b = lan.hosts
-        lan.hub.set_link(host_a.index, host_b.index, Link(loss=1.0))  # no direct path
+    with Lan(3) as lan:
+        reg_host, router_a, router_b = lan.hosts
+        host_a = lan.add_site(router_a, "10.81.0.0/24")
+        host_b = lan.add_site(router_b, "10.82.0.0/24")
         url = f"http://{reg_host.address}:{REGISTRY_PORT}"
         registry = lan.spawn(
             reg_host,
@@ -81,8 +83,9 @@ def test_sites_that_cannot_reach_each_other_gossip_through_the_relay_then_direct
             assert relay["relayed"] > 0 and 0 < relay["relay_share"] <= 1, relay
             assert doc["registry"]["registered_as"] == doc["node"]["path"]
 
-        # The direct path opens: both supernodes move off the relay at the first direct acks.
-        lan.hub.set_link(host_a.index, host_b.index, None)
+        # A direct path between the venues opens: both supernodes move off the relay at the
+        # first direct acks.
+        lan.open_sites(host_a, host_b)
 
         def direct_again() -> bool:
             docs[:] = [status(lan, host, u) for host, u in nodes]
