@@ -170,7 +170,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 30.0) ->
     raise SystemExit(f"server at {url} did not answer within {timeout:.0f} s")
 
 
-def _start(args: argparse.Namespace, server: str, workers: int, db: str) -> Any:
+def _start(server: str, workers: int, db: str) -> Any:
     """Start *server* with *workers* on a fresh *db*: ``(process, url)`` once it answers."""
     if server == "granian":
         cmd = [
@@ -186,15 +186,7 @@ def _start(args: argparse.Namespace, server: str, workers: int, db: str) -> Any:
             str(workers),
             *("--register-burst", "1000000000", "--register-rate", "1000000000"),
         ]
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=HERE.parent
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("ready registry="):
-            proc.kill()
-            raise SystemExit(f"stagemesh registry did not start: {line!r}")
-        url = line.split()[1].removeprefix("registry=")
+        proc, url = base._start(cmd, "ready registry=")
     else:
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
@@ -222,7 +214,7 @@ def _start(args: argparse.Namespace, server: str, workers: int, db: str) -> Any:
 def _cell(args: argparse.Namespace, server: str, workers: int, tmp: Path) -> dict[str, Any]:
     """Every phase for one server at one worker count."""
     db = str(tmp / f"{server}{workers}.db")
-    proc, url = _start(args, server, workers, db)
+    proc, url = _start(server, workers, db)
     host, port = url.removeprefix("http://").rsplit(":", 1)
     pids = [proc.pid, *_descendants(proc.pid)]
     out: dict[str, Any] = {"server": server, "workers": workers, "processes": len(pids)}
