@@ -504,6 +504,14 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def start_registry(db: str, workers: int) -> tuple[subprocess.Popen[str], str]:
+    """``stagemesh registry --workers N`` on a free loopback port over *db*, its per-address
+    registration limit out of reach: the process and its URL once it is ready."""
+    argv = ["registry", "--bind", "127.0.0.1:0", "--db", db, "--workers", str(workers)]
+    argv += ["--register-burst", "1000000000", "--register-rate", "1000000000"]
+    return _start([sys.executable, "-m", "mesh", *argv], "ready registry=")
+
+
 def _start(cmd: list[str], prefix: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=HERE.parent
@@ -570,22 +578,7 @@ def _bench_registry(
             raise SystemExit(done.stderr.strip())
     db_pids = cluster.pids if cluster is not None and backend != "sqlite" else None
     measure = functools.partial(_measure, db_pids=db_pids)
-    proc, url = _start(
-        [
-            sys.executable,
-            "-m",
-            "mesh",
-            "registry",
-            "--bind",
-            "127.0.0.1:0",
-            "--db",
-            db,
-            "--workers",
-            str(workers),
-            *("--register-burst", "1000000000", "--register-rate", "1000000000"),
-        ],
-        "ready registry=",
-    )
+    proc, url = start_registry(db, workers)
     host, port = url.removeprefix("http://").rsplit(":", 1)
     pids = [proc.pid, *_children(proc.pid)]
     out: dict[str, Any] = {"backend": backend, "workers": workers, "processes": len(pids)}

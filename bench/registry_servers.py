@@ -173,20 +173,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 30.0) ->
 def _start(server: str, workers: int, db: str) -> Any:
     """Start *server* with *workers* on a fresh *db*: ``(process, url)`` once it answers."""
     if server == "granian":
-        cmd = [
-            sys.executable,
-            "-m",
-            "mesh",
-            "registry",
-            "--bind",
-            "127.0.0.1:0",
-            "--db",
-            db,
-            "--workers",
-            str(workers),
-            *("--register-burst", "1000000000", "--register-rate", "1000000000"),
-        ]
-        proc, url = base._start(cmd, "ready registry=")
+        proc, url = base.start_registry(db, workers)
     else:
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
