@@ -10,7 +10,8 @@
 Frames are base64 in JSON. What is queued lives in the database
 (``registry_bridge._relaystore``), so a long poll served by one registry process sees a frame
 queued through another: while it waits, it looks at the queue every :data:`POLL_INTERVAL`
-seconds (each look is one short transaction; nothing is kept in this process between looks).
+seconds (each look is one short transaction), and at once when this process queued anything
+(a wake-up only: what the take returns is always read from the database).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ __all__ = ["MAX_WAIT", "POLL_INTERVAL", "RelayApi"]
 
 MAX_WAIT = 25.0
 """The longest a take waits for a first frame (below common proxies' idle timeouts)."""
-POLL_INTERVAL = 0.05
-"""How often a waiting take looks at the queue in the database."""
+POLL_INTERVAL = 0.2
+"""How often a waiting take looks at the queue in the database (a frame queued through another
+registry process waits at most this long; one queued through this process wakes it at once)."""
 _B64_MAX = (FRAME_MAX + 2) // 3 * 4
 
 
@@ -62,6 +64,19 @@ class RelayApi:
 
     def __init__(self, registry: _Registry) -> None:
         self.reg = registry
+        self._queued: anyio.Event | None = None
+        """Set (and replaced) whenever this process queued frames: waiting takes look again."""
+
+    def _wake_takes(self) -> None:
+        if self._queued is not None:
+            self._queued.set()
+            self._queued = None
+
+    async def _wait_for_news(self, seconds: float) -> None:
+        if self._queued is None:
+            self._queued = anyio.Event()
+        with anyio.move_on_after(seconds):
+            await self._queued.wait()
 
     async def queue(self, request: Request) -> Response:
         """Queue frames for another site's supernode."""
@@ -73,6 +88,7 @@ class RelayApi:
             raise HttpError(400, "field 'to' must be a path /<orchestra>/<name> (a string)")
         frames = _frames(fields.body.get("frames"))
         answer = await self.reg.store.call(self.reg.raw.relay_queue, token, to, frames)
+        self._wake_takes()
         return _json(answer, 202)
 
     async def take(self, request: Request) -> Response:
@@ -88,7 +104,7 @@ class RelayApi:
             taken: list[dict[str, Any]] = await self.reg.store.call(self.reg.raw.relay_take, token)
             if taken or time.monotonic() >= deadline or await request.is_disconnected():
                 break
-            await anyio.sleep(POLL_INTERVAL)
+            await self._wait_for_news(min(POLL_INTERVAL, deadline - time.monotonic()))
         frames = [
             {
                 "from": f["from"],
