@@ -19,8 +19,15 @@ from registry_bridge._client import (
     RegistryNotFound as RegistryNotFound,
     RegistryRejected as RegistryRejected,
     RegistryUnreachable as RegistryUnreachable,
+    RelayedFrame as RelayedFrame,
 )
 from registry_bridge._command import RegistryCommand as RegistryCommand
+from registry_bridge._relaylink import RelayLink as RelayLink
+from registry_bridge._relaypath import (
+    PathConfig as PathConfig,
+    PathStatistics as PathStatistics,
+    RelayPaths as RelayPaths,
+)
 from registry_bridge._server import serve_registry as serve_registry
 from registry_bridge._store import (
     AsyncStore as AsyncStore,
@@ -42,6 +49,8 @@ __all__ = [
     "Forbidden",
     "Heartbeat",
     "NotFound",
+    "PathConfig",
+    "PathStatistics",
     "Peer",
     "Registration",
     "RegistryBridge",
@@ -53,6 +62,9 @@ __all__ = [
     "RegistryRejected",
     "RegistryStore",
     "RegistryUnreachable",
+    "RelayLink",
+    "RelayPaths",
+    "RelayedFrame",
     "StoreError",
     "Unavailable",
     "create_app",
