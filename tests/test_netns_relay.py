@@ -16,14 +16,13 @@ relay.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.netns import Host, Lan
-from tests.test_netns_two_sites import REGISTRY_PORT, start_node, status, wait_until
+from tests.test_netns_two_sites import start_node, start_registry, status, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -35,19 +34,7 @@ def test_sites_that_cannot_reach_each_other_gossip_through_the_relay_then_direct
         reg_host, router_a, router_b = lan.hosts
         host_a = lan.add_site(router_a, "10.81.0.0/24")
         host_b = lan.add_site(router_b, "10.82.0.0/24")
-        url = f"http://{reg_host.address}:{REGISTRY_PORT}"
-        registry = lan.spawn(
-            reg_host,
-            sys.executable,
-            "-m",
-            "mesh",
-            "registry",
-            "--bind",
-            f"0.0.0.0:{REGISTRY_PORT}",
-            "--db",
-            str(tmp_path / "registry.db"),
-        )
-        registry.wait_for(lambda text: text.startswith("ready "), timeout=30)
+        url = start_registry(lan, reg_host, tmp_path)
         nodes: list[tuple[Host, str]] = []
         for orchestra, host in (("a", host_a), ("b", host_b)):
             _, status_url = start_node(lan, host, tmp_path, orchestra, url, "--conductor")

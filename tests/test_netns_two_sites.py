@@ -76,6 +76,18 @@ def start_node(
     return proc, url
 
 
+def start_registry(lan: Lan, host: Host, tmp: Path) -> str:
+    """``stagemesh registry`` on *host* (all its addresses, port 7480, a SQLite file in
+    *tmp*), once ready: its URL."""
+    registry = lan.spawn(
+        host,
+        *(sys.executable, "-m", "mesh", "registry"),
+        *("--bind", f"0.0.0.0:{REGISTRY_PORT}", "--db", str(tmp / "registry.db")),
+    )
+    registry.wait_for(lambda text: text.startswith("ready "), timeout=30)
+    return f"http://{host.address}:{REGISTRY_PORT}"
+
+
 def status(lan: Lan, host: Host, url: str) -> dict[str, Any]:
     out = lan.run(host, sys.executable, "-m", "mesh", "status", url, "--json").stdout
     doc: dict[str, Any] = json.loads(out)
@@ -127,18 +139,7 @@ def test_two_sites_merge_through_the_registry(tmp_path: Path) -> None:
         wait_until(sites_apart, 30, "two separate sites with the registry unreachable")
 
         # The registry starts: the bridges reconnect (with back-off) and the sites merge.
-        registry = lan.spawn(
-            reg_host,
-            sys.executable,
-            "-m",
-            "mesh",
-            "registry",
-            "--bind",
-            f"0.0.0.0:{REGISTRY_PORT}",
-            "--db",
-            str(tmp_path / "registry.db"),
-        )
-        registry.wait_for(lambda text: text.startswith("ready "), timeout=30)
+        start_registry(lan, reg_host, tmp_path)
 
         def merged() -> bool:
             docs[:] = [status(lan, host, u) for host, u in nodes]
@@ -161,6 +162,7 @@ def test_two_sites_merge_through_the_registry(tmp_path: Path) -> None:
         wait_until(one_conductor, 30, "exactly one conductor, the same everywhere")
         conductor = docs[0]["conductor"]
         assert conductor in {f"/{o}/h{hosts[0].index}" for o, hosts in sites.items()}
+
         # Every node reached the other site through the registry, not through its LAN
         # discovery, and the supernodes are the registered ones. A bridge refreshes its peer
         # list on its own period, so the lists may lag a supernode change by one refresh.

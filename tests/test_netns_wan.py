@@ -10,7 +10,6 @@ dead (from the nodes' JSON logs, as tests/soak.py reads them), and both stay in 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from tests.impair import Link
 from tests.netns import Lan
 from tests.soak import member_events
-from tests.test_netns_two_sites import REGISTRY_PORT, start_node, status, wait_until
+from tests.test_netns_two_sites import start_node, start_registry, status, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -34,13 +33,7 @@ def test_a_200_ms_2_percent_link_between_sites_makes_no_false_death(
     with Lan(3, impair=Link()) as lan:
         reg_host, host_a, host_b = lan.hosts
         lan.hub.set_link(host_a.index, host_b.index, Link(delay=0.2, loss=0.02))
-        registry = lan.spawn(
-            reg_host,
-            *(sys.executable, "-m", "mesh", "registry"),
-            *("--bind", f"0.0.0.0:{REGISTRY_PORT}", "--db", str(tmp_path / "registry.db")),
-        )
-        registry.wait_for(lambda text: text.startswith("ready "), timeout=30)
-        url = f"http://{reg_host.address}:{REGISTRY_PORT}"
+        url = start_registry(lan, reg_host, tmp_path)
         nodes = [
             start_node(lan, host, tmp_path, orchestra, url, "--conductor")
             for orchestra, host in (("a", host_a), ("b", host_b))
