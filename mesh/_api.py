@@ -25,19 +25,23 @@ from mesh._election import (
     ClaimRequest as ClaimRequest,
     ConductorArbiter as ConductorArbiter,
     ElectionCore as ElectionCore,
-    PostChanged as PostChanged,
-    SteppedDown as SteppedDown,
     pick_lease as pick_lease,
     supernode_post as supernode_post,
 )
+from mesh._events import (
+    ClockStepped as ClockStepped,
+    MemberEvent as MemberEvent,
+    MemberView as MemberView,
+    NodeEvent as NodeEvent,
+    PathConflict as PathConflict,
+    PostChanged as PostChanged,
+    Publication as Publication,
+    SteppedDown as SteppedDown,
+    TimeSourceChanged as TimeSourceChanged,
+)
 from mesh._extensions import Extension as Extension
 from mesh._interfaces import InterfaceError as InterfaceError
-from mesh._membership import (
-    MemberEvent as MemberEvent,
-    Membership as Membership,
-    MemberView as MemberView,
-    PathConflict as PathConflict,
-)
+from mesh._membership import Membership as Membership
 from mesh._names import InvalidName as InvalidName, check_name as check_name
 from mesh._node import (
     Node as Node,
@@ -50,13 +54,7 @@ from mesh._node import (
     RequestTimeout as RequestTimeout,
     open_node as open_node,
 )
-from mesh._nodecore import (
-    ClockStepped as ClockStepped,
-    EpochOffer as EpochOffer,
-    NodeCore as NodeCore,
-    Publication as Publication,
-    TimeSourceChanged as TimeSourceChanged,
-)
+from mesh._nodecore import EpochOffer as EpochOffer, NodeCore as NodeCore
 from mesh._profiles import PROFILES as PROFILES, Profile as Profile, get_profile as get_profile
 from mesh._sim import LinkModel as LinkModel, Simulator as Simulator
 from mesh._tempo import (

@@ -42,6 +42,7 @@ from collections.abc import Container, Iterable
 
 import attrs
 
+from mesh._events import ElectionEvent, PostChanged, SteppedDown
 from mesh._names import is_valid_name
 from mesh._wire import MAX_COUNTER, Lease
 
@@ -108,41 +109,6 @@ class Candidate:
     conductor_flag: bool = False
     joined_at: float = 0.0
     alive: bool = True
-
-
-@attrs.frozen
-class PostChanged:
-    """The holder of ``post`` changed in this node's view.
-
-    ``new_holder`` is None when the post fell vacant (its holder died, left or became
-    ineligible); ``old_holder`` is None when a vacant (or unknown) post got a holder. ``term``
-    is the term of the record now in force (of the last record when vacant, 0 if none).
-    """
-
-    post: str
-    old_holder: str | None
-    new_holder: str | None
-    term: int
-
-
-@attrs.frozen
-class SteppedDown:
-    """This node no longer holds ``post`` (it held it in ``term``).
-
-    ``reason`` is ``"conflict"`` (another holder's record won: longer tenure or lower id),
-    ``"handoff"`` (this node handed the post over while leaving), ``"ineligible"`` (this node
-    may no longer hold the post, e.g. it lost the flag) or ``"arbiter"`` (the arbiter, the
-    registry, records another conductor). ``successor`` is the new holder, if known.
-    """
-
-    post: str
-    term: int
-    reason: str
-    successor: str | None
-
-
-ElectionEvent = PostChanged | SteppedDown
-"""What :meth:`ElectionCore.take_events` returns."""
 
 
 @attrs.frozen

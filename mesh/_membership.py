@@ -36,10 +36,11 @@ import math
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
 import attrs
 
+from mesh._events import MemberEvent, MemberView, PathConflict
 from mesh._profiles import Profile
 from mesh._wire import (
     MAX_COUNTER,
@@ -122,57 +123,10 @@ MembershipOutput: TypeAlias = SendDatagram | OpenStream
 
 
 @attrs.frozen
-class MemberView:
-    """A member as this node sees it."""
-
-    node_id: str
-    name: str
-    orchestra: str
-    address: Address
-    incarnation: int
-    status: Literal["alive", "suspect", "dead", "left"]
-    meta: Mapping[str, Value]
-    since: float
-    """When the member last changed status (0.0 if it was known from the start)."""
-
-    @property
-    def path(self) -> str:
-        """``/<orchestra>/<name>``."""
-        return f"/{self.orchestra}/{self.name}"
-
-    @property
-    def is_live(self) -> bool:
-        """Alive or suspect: still counted as a member."""
-        return self.status in ("alive", "suspect")
-
-
-EventKind: TypeAlias = Literal["joined", "updated", "suspect", "alive", "dead", "left", "reaped"]
-
-
-@attrs.frozen
-class MemberEvent:
-    """A member changed: ``joined`` (new, or back from dead/left), ``updated`` (address or
-    metadata), ``suspect``, ``alive`` (suspicion refuted), ``dead``, ``left``, ``reaped``
-    (tombstone forgotten)."""
-
-    kind: EventKind
-    member: MemberView
-
-
-@attrs.frozen
 class UpdateReceived:
     """A new non-membership update (lease, publication) arrived; it is relayed by gossip."""
 
     update: Lease | Publish
-
-
-@attrs.frozen
-class PathConflict:
-    """Another live node (``holder``) announces the same path as this node. Nothing stops: both
-    stay members (ids tell them apart); the driver says which of them keeps the path (see
-    :func:`path_winner`)."""
-
-    holder: MemberView
 
 
 def path_winner(claims: Iterable[MemberView]) -> MemberView | None:

@@ -345,7 +345,10 @@ class Node:
     async def events(
         self, buffer: int = 1024
     ) -> AsyncIterator[trio.MemoryReceiveChannel[NodeEvent]]:
-        """Receive membership events (and publications) while the context is open."""
+        """Receive this node's events while the context is open: every
+        :data:`~mesh._events.NodeEvent` (members, path conflicts, publications, post changes,
+        step-downs, time-source changes). A reader that falls *buffer* events behind loses the
+        newest ones (logged)."""
         send, receive = trio.open_memory_channel[NodeEvent](buffer)
         self._event_sinks.append(send)
         try:
@@ -616,8 +619,10 @@ class Node:
                 except trio.WouldBlock:
                     logger.warning("subscriber to %r is behind; publication dropped", event.topic)
         for events_sink in self._event_sinks:
-            with contextlib.suppress(trio.WouldBlock):
+            try:
                 events_sink.send_nowait(event)
+            except trio.WouldBlock:
+                logger.warning("events reader is behind; %s dropped", type(event).__name__)
 
     def _path_conflict(self, holder: MemberView) -> None:
         """Another live node announces this node's path: say so (once per node), never stop.

@@ -54,16 +54,14 @@ from mesh._election import (
     ConductorArbiter,
     ElectionCore,
     ElectionEvent,
-    PostChanged,
-    SteppedDown,
     post_orchestra,
 )
+from mesh._events import ClockStepped, NodeEvent, Publication, TimeSourceChanged
 from mesh._lineage import MAX_DECISION_BOUND, LineageProbes, Meeting, lineage_id, should_join
 from mesh._membership import (
     MemberEvent,
     Membership,
     MembershipOutput,
-    PathConflict,
     SendDatagram,
     Snapshot,
     UpdateReceived,
@@ -95,40 +93,6 @@ __all__ = [
 
 
 @attrs.frozen
-class Publication:
-    """A message published by a node to every node (see :meth:`NodeCore.publish`)."""
-
-    topic: str
-    payload: Value
-    origin: str
-    """The publisher's node id."""
-    origin_path: str | None
-    """The publisher's path, when the receiver knows it."""
-    number: int
-
-
-@attrs.frozen
-class TimeSourceChanged:
-    """The node now follows another time reference (a node id, or ``None`` for itself)."""
-
-    reference: str | None
-    is_self: bool
-
-
-@attrs.frozen
-class ClockStepped:
-    """Federation time on this node jumped forward by ``size`` seconds: its clock lineage met
-    an older one (``old_lineage`` -> ``new_lineage``). The only jumps federation time makes;
-    ``federation_time`` is the time right after it. Every node of a site that steps together
-    does so at the same federation time."""
-
-    size: float
-    old_lineage: str
-    new_lineage: str
-    federation_time: float
-
-
-@attrs.frozen
 class EpochOffer:
     """Hand the external clock (the registry) this federation's time: its lineage is older
     than the registry's (or the registry has none, after a reset or an empty restart).
@@ -142,15 +106,6 @@ class EpochOffer:
 ExternalRequest: TypeAlias = ClaimRequest | ClockRequest | EpochOffer
 """What :meth:`NodeCore.take_external_requests` returns for the driver to carry."""
 
-NodeEvent: TypeAlias = (
-    MemberEvent
-    | PathConflict
-    | Publication
-    | PostChanged
-    | SteppedDown
-    | TimeSourceChanged
-    | ClockStepped
-)
 
 _MAX_PUBLISH = 800
 _CORE_META = ("j", "s", "c", "l", "ls", "a")

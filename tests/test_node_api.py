@@ -118,6 +118,27 @@ async def test_events_report_joins_and_leaves(tmp_path: Path) -> None:
                     break
 
 
+async def test_a_reader_behind_on_events_loses_the_newest_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a subscriber does: a full events() channel drops the newest event, says so, and
+    the node carries on."""
+    async with open_node(config(tmp_path, "n0")) as node, node.events(buffer=1) as events:
+        for bpm in (120, 121):
+            node.publish("tempo", {"bpm": bpm})  # delivered to this node too: one fits
+        events.receive_nowait()
+        with pytest.raises(trio.WouldBlock):
+            events.receive_nowait()
+        dropped = [r for r in caplog.records if "events reader is behind" in r.getMessage()]
+        assert "events reader is behind; Publication dropped" in [r.getMessage() for r in dropped]
+        assert {r.levelname for r in dropped} == {"WARNING"}
+        node.publish("tempo", {"bpm": 122})  # read again: the next event arrives
+        with trio.fail_after(5):
+            while not isinstance(event := await events.receive(), mesh.Publication):
+                pass
+        assert event.payload == {"bpm": 122}
+
+
 async def test_status_api_and_dashboard(tmp_path: Path) -> None:
     async with group(tmp_path, 2) as nodes:
         url = nodes[0].status_url
