@@ -2,8 +2,9 @@
 
 ``mesh/__init__.py`` loads this module on the first use of any public name, not when the package
 is imported: ``stagemesh --help``, ``status`` and ``keygen`` import ``mesh._cli`` and friends
-without paying for trio, zeroconf and the protocol cores. Add a new public name here (and
-nowhere else); ``tests/test_exports.py`` checks the list.
+without paying for trio, zeroconf and the protocol cores. Add a new public name here and to
+``__all__`` in ``mesh/__init__.py``; ``tests/test_exports.py`` checks that the two agree. Loading
+this module shows ``mesh`` as the module of every class and function it exports.
 """
 
 from mesh._clock import (
@@ -28,6 +29,7 @@ from mesh._election import (
     pick_lease as pick_lease,
     supernode_post as supernode_post,
 )
+from mesh._errors import MeshError as MeshError
 from mesh._events import (
     ClockStepped as ClockStepped,
     MemberEvent as MemberEvent,
@@ -56,7 +58,9 @@ from mesh._node import (
 )
 from mesh._nodecore import EpochOffer as EpochOffer, NodeCore as NodeCore
 from mesh._profiles import PROFILES as PROFILES, Profile as Profile, get_profile as get_profile
+from mesh._public import claim_public_names as _claim_public_names
 from mesh._sim import LinkModel as LinkModel, Simulator as Simulator
+from mesh._state import PathInUse as PathInUse
 from mesh._tempo import (
     TEMPO_TOPIC as TEMPO_TOPIC,
     BeatPosition as BeatPosition,
@@ -80,3 +84,5 @@ from mesh._wire import (
     MessageTooLarge as MessageTooLarge,
     WireCodec as WireCodec,
 )
+
+_claim_public_names("mesh", globals(), [n for n in globals() if not n.startswith("_")])

@@ -40,6 +40,7 @@ import attrs
 import trio
 import zeroconf
 
+from mesh._errors import MeshError
 from mesh._interfaces import DiscoveryInterfaces, choose_interfaces, local_addresses
 from mesh._names import check_name, is_valid_name
 from mesh._ports import DEFAULT_BEACON_PORT, DEFAULT_GOSSIP_PORT
@@ -612,7 +613,7 @@ async def serve_mdns(
 # Static seeds
 
 
-class InvalidSeed(ValueError):
+class InvalidSeed(MeshError, ValueError):
     """Raised by :func:`parse_seed` for a ``--seed`` that is not ``HOST:PORT`` (``HOST``
     alone means the default gossip port; IPv6 literals go in brackets)."""
 

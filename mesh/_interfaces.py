@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 import attrs
 import ifaddr
 
+from mesh._errors import MeshError
+
 __all__ = [
     "LOOPBACK_BROADCAST",
     "DiscoveryInterfaces",
@@ -33,7 +35,7 @@ _LOOPBACK_NET = ipaddress.IPv4Network("127.0.0.0/8")
 _WILDCARD = "0.0.0.0"
 
 
-class InterfaceError(ValueError):
+class InterfaceError(MeshError, ValueError):
     """Raised by :func:`choose_interfaces` when the bind address or an ``--interface`` name
     cannot be used: not an IPv4 address, not an address of this host, an unknown interface, an
     interface without IPv4, or a non-loopback interface asked for by a node bound to loopback.

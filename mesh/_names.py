@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from mesh._errors import MeshError
+
 __all__ = ["NAME_MAX_LENGTH", "InvalidName", "check_name", "is_valid_name"]
 
 NAME_MAX_LENGTH = 64
@@ -19,7 +21,7 @@ _DOTS = frozenset({".", ".."})
 segment (registry pages) and a directory (role outputs), where these two mean something else."""
 
 
-class InvalidName(ValueError):
+class InvalidName(MeshError, ValueError):
     """Raised by :func:`check_name` for anything but 1-64 letters, digits, ``-_.``, and for
     ``.`` and ``..``."""
 

@@ -45,6 +45,7 @@ from mesh._discovery import (
     serve_discovery,
 )
 from mesh._election import ClaimAnswer, PostChanged, SteppedDown
+from mesh._errors import MeshError
 from mesh._extensions import Extension
 from mesh._interfaces import choose_interfaces, local_addresses
 from mesh._membership import (
@@ -103,7 +104,7 @@ RequestHandler = Callable[[str | None, Value], Awaitable[Value]]
 """An async function answering a request: ``(sender path or None, payload) -> payload``."""
 
 
-class RequestError(Exception):
+class RequestError(MeshError):
     """Base class of the errors :meth:`Node.request` raises."""
 
 
@@ -128,7 +129,7 @@ class RemoteError(RequestError):
         self.message = message
 
 
-class PathHeld(Exception):
+class PathHeld(MeshError):
     """No longer raised: another live node announcing this node's path does not stop it (the
     conflict is settled by the protocol, logged, counted and shown in the status; see
     :meth:`Node.path_conflict`). Kept so that code catching it still imports."""

@@ -33,6 +33,7 @@ from typing import Any
 
 import attrs
 
+from mesh._errors import MeshError
 from mesh._wire import MAX_COUNTER, NODE_ID_LENGTH
 
 __all__ = [
@@ -56,7 +57,7 @@ _MAX_STORED = MAX_COUNTER // 2
 """A stored ceiling above this is not believed (a node needs aeons to get there honestly)."""
 
 
-class PathInUse(Exception):
+class PathInUse(MeshError):
     """Raised by :func:`locked_identity` when another live process on this host holds the
     same node path."""
 

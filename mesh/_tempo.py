@@ -30,6 +30,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from mesh._errors import MeshError
 from mesh._wire import Value
 
 __all__ = [
@@ -57,12 +58,12 @@ MAX_SEGMENTS = 4
 _MAX_ABS = 1e12
 
 
-class InvalidTempo(ValueError):
+class InvalidTempo(MeshError, ValueError):
     """Raised when a tempo is out of range (bpm outside 1..999, meter outside 1..64, a time or
     count that is not a finite number), or a published tempo is malformed."""
 
 
-class NotConductor(RuntimeError):
+class NotConductor(MeshError, RuntimeError):
     """Raised when a node that is not the federation's conductor (in its own view) tries to
     set the tempo; only the conductor's tempo is obeyed."""
 

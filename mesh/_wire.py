@@ -55,6 +55,7 @@ from typing import Any, ClassVar, TypeAlias, Union
 import attrs
 import msgpack
 
+from mesh._errors import MeshError
 from mesh._names import is_valid_name
 
 __all__ = [
@@ -124,7 +125,7 @@ _ID_PREFIX = 2  # bytes of the receiver's id sent in a binding
 _MAX_BIND = 7  # bytes of the receiver's incarnation: MAX_COUNTER fits in 7
 
 
-class InvalidMessage(ValueError):
+class InvalidMessage(MeshError, ValueError):
     """Raised when bytes are not a valid message for this node: foreign or corrupt bytes, a
     bad signature, an unknown newer wire version, a malformed body, or a replay.
 

@@ -1,5 +1,6 @@
 """The HTTP registry (JSON API, legacy text API, HTML pages, SQLite or PostgreSQL store) and the node-side bridge."""  # noqa: E501
 
+from mesh._public import claim_public_names as _claim_public_names
 from registry_bridge._app import create_app as create_app
 from registry_bridge._bridge import (
     BridgeState as BridgeState,
@@ -71,3 +72,5 @@ __all__ = [
     "registry_extension_factory",
     "serve_registry",
 ]
+
+_claim_public_names("registry_bridge", globals(), __all__)

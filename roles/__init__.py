@@ -23,6 +23,7 @@ signed orders (:class:`Order`, signed with an :class:`OperatorKey`) the conducto
 the station verifies; see :class:`RemoteAuthority`.
 """
 
+from mesh._public import claim_public_names as _claim_public_names
 from roles._authority import RemoteAuthority as RemoteAuthority
 from roles._config import (
     RoleConfig as RoleConfig,
@@ -180,3 +181,5 @@ __all__ = [
     "station_meta",
     "validate_update",
 ]
+
+_claim_public_names("roles", globals(), __all__)

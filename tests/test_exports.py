@@ -1,5 +1,7 @@
-"""The public names of each package are exactly what its ``__init__`` re-exports (httpx's
-habit), every one documented, and the dependency direction of DESIGN.md holds."""
+"""The public surface of each package: ``__all__`` is exactly what it exports (httpx's test),
+every exported class and function is documented and shows its package as its module (trio's
+and httpx's habit), ``mesh``'s errors form one tree, the dependency direction holds, and the
+sans-IO cores import no I/O."""
 
 from __future__ import annotations
 
@@ -11,27 +13,67 @@ from pathlib import Path
 import pytest
 
 import mesh
+import mesh._api
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ["mesh", "roles", "registry_bridge"]
 
 
-@pytest.mark.parametrize("package", ["mesh", "roles", "registry_bridge"])
-def test_public_names_are_reexported_and_documented(package: str) -> None:
+def public_names(package: str) -> set[str]:
+    """What the package's namespace exports: for the lazy ``mesh``, what ``mesh/_api.py``
+    imports (and nothing else public in ``mesh`` itself); for the others, their namespace."""
     module = importlib.import_module(package)
-    public = [n for n in dir(module) if not n.startswith("_")]
-    assert public, f"{package} exports nothing"
-    for name in public:
+    names = {n for n in vars(module) if not n.startswith("_")}
+    if package == "mesh":
+        api = {n for n in vars(mesh._api) if not n.startswith("_")}
+        assert names <= api, f"public in mesh/__init__.py only: {sorted(names - api)}"
+        names = api
+    return {n for n in names if not inspect.ismodule(getattr(module, n))}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_all_is_exactly_the_public_names(package: str) -> None:
+    module = importlib.import_module(package)
+    assert len(module.__all__) == len(set(module.__all__)), "a name is listed twice"
+    assert set(module.__all__) == public_names(package)
+    assert sorted(dir(module)) == dir(module) and set(module.__all__) <= set(dir(module))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_exported_objects_show_their_package_and_are_documented(package: str) -> None:
+    module = importlib.import_module(package)
+    for name in module.__all__:
         value = getattr(module, name)
-        if inspect.ismodule(value):
-            continue  # submodules imported as a side effect
         if inspect.isclass(value) or inspect.isfunction(value):
-            assert value.__module__.startswith(package), (name, value.__module__)
+            assert value.__module__ == package, (name, value.__module__)
             assert inspect.getdoc(value), f"{package}.{name} has no docstring"
 
 
-def test_mesh_exports_the_node_api() -> None:
-    for name in ("open_node", "NodeConfig", "Node", "MemberEvent", "Publication", "Extension"):
-        assert hasattr(mesh, name)
+def test_mesh_is_lazy_and_every_name_loads() -> None:
+    assert "NodeEvent" in mesh.__all__ and "PathInUse" in mesh.__all__
+    for name in mesh.__all__:
+        assert getattr(mesh, name) is vars(mesh._api)[name]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        mesh.nothing  # noqa: B018
+
+
+def test_mesh_errors_form_one_tree_drawn_in_the_docstring() -> None:
+    """``except mesh.MeshError`` catches every error the package exports, and the package's
+    docstring draws each of them."""
+    errors = [
+        value
+        for name in mesh.__all__
+        if isinstance(value := getattr(mesh, name), type) and issubclass(value, BaseException)
+    ]
+    assert len(errors) >= 14
+    assert mesh.__doc__ is not None
+    assert "\n    MeshError " in mesh.__doc__
+    for error in errors:
+        assert issubclass(error, mesh.MeshError), error
+        if error is not mesh.MeshError:
+            assert f"── {error.__name__} " in mesh.__doc__, f"{error.__name__} not in the tree"
+    assert issubclass(mesh.InvalidName, ValueError)  # older handlers still catch them
+    assert issubclass(mesh.NoSuchMember, LookupError)
 
 
 def test_mesh_library_imports_neither_roles_nor_registry() -> None:
@@ -39,13 +81,60 @@ def test_mesh_library_imports_neither_roles_nor_registry() -> None:
     for path in (ROOT / "mesh").glob("*.py"):
         if path.name == "__main__.py":
             continue
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            for name in names:
-                top = name.split(".")[0]
-                assert top not in ("roles", "registry_bridge"), f"{path.name} imports {name}"
+        for name in imported_modules(path):
+            top = name.split(".")[0]
+            assert top not in ("roles", "registry_bridge"), f"{path.name} imports {name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sans-IO cores
+
+MESH_CORES = [
+    "_clock",
+    "_election",
+    "_errors",
+    "_events",
+    "_inbound",
+    "_lineage",
+    "_link_core",
+    "_membership",
+    "_names",
+    "_nodecore",
+    "_osc_core",
+    "_profiles",
+    "_sim",
+    "_tempo",
+    "_wire",
+]
+"""The protocol cores of ``mesh``, the simulator that drives them, and what they import."""
+ROLES_CORES = ["_desired", "_history", "_instance", "_manager"]
+"""The station's state machines: the instance, the manager, the desired and the kept state."""
+NO_IO = {"trio", "time", "socket", "asyncio", "subprocess", "os", "signal", "threading", "select"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module *path* imports (``from a.b import c`` counts as ``a.b``), anywhere in it."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize(
+    "module", [f"mesh.{m}" for m in MESH_CORES] + [f"roles.{m}" for m in ROLES_CORES]
+)
+def test_the_cores_import_no_io(module: str) -> None:
+    """Sans-IO: a core imports no trio, time, socket, process or thread module, so the
+    simulator can drive it with a virtual clock and network. A ``mesh`` core imports, of
+    ``mesh``, only other cores (so nothing reaches I/O through it); the station's cores share
+    plain helpers (the order and config formats) with their drivers, and are held to their own
+    imports."""
+    package, name = module.split(".")
+    imported = imported_modules(ROOT / package / f"{name}.py")
+    assert not {m.split(".")[0] for m in imported} & NO_IO
+    if package == "mesh":
+        own = {m.split(".")[1] for m in imported if m.startswith("mesh.")}
+        assert own <= set(MESH_CORES), f"{module} imports non-core {sorted(own - set(MESH_CORES))}"

@@ -212,11 +212,3 @@ def test_identity_meta_drops_addresses_to_fit() -> None:
     assert len(meta["h"]) == 64
     assert 0 < len(meta["a"]) < 4
     assert StationIdentity.from_meta({"h": 3, "a": "x"}) == StationIdentity("", None, ())
-
-
-def test_public_names_are_exported() -> None:
-    exported = {name for name in dir(roles) if not name.startswith("_")}
-    assert set(roles.__all__) == exported
-    for name in roles.__all__:
-        if not name.isupper():  # constants have no __module__
-            assert getattr(roles, name).__module__.startswith("roles._")

@@ -3,9 +3,6 @@ event loop. Every ``now`` is given explicitly, so back-off and windows are exact
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -487,17 +484,3 @@ def test_any_sequence_keeps_one_process_at_most_and_consistent_state(
             process = None
             c.exited(now, -15)
     assert c.finished and c.take_outputs() == []
-
-
-@pytest.mark.parametrize("module", ["_instance.py", "_manager.py"])
-def test_the_core_imports_no_io(module: str) -> None:
-    """Sans-IO: no trio, time, subprocess, os, socket or signal in the instance state machine
-    (roles/_instance.py) and the manager's (roles/_manager.py)."""
-    path = Path(__file__).resolve().parent.parent / "roles" / module
-    imported: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            imported.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"trio", "time", "subprocess", "os", "socket", "signal", "asyncio"}
