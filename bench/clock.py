@@ -30,7 +30,8 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.livenodes import LiveNode, start_nodes, wait_for  # noqa: E402
+from tests.harness import wait_for  # noqa: E402
+from tests.livenodes import LiveNode, start_nodes  # noqa: E402
 
 NAMES = ["a1", "a2", "a3", "b1", "b2", "b3"]
 SKEWS = [2.0, -2.0, 1.3, -1.7, 0.4, -0.9]

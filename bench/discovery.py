@@ -34,7 +34,6 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,16 +48,14 @@ import trio
 from mesh._discovery import DiscoveryConfig, PeerHint, serve_beacons, serve_mdns
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.harness import free_port  # noqa: E402
+
 TARGET_P50_MS = 150.0
 TARGET_P99_MS = 500.0
 TARGET_RATIO = 8.0
 INSIDE = "STAGEMESH_BENCH_NETNS"
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -154,7 +151,7 @@ async def measure(
 
 
 async def run_all(runs: int, baseline_runs: int, gap: float) -> list[dict[str, Any]]:
-    port = _free_udp_port()
+    port = free_port("udp")
     return [
         await measure("beacon", serve_beacons, runs, port, 5.0, gap),
         await measure("mdns", serve_mdns, runs, port, 5.0, gap),

@@ -23,7 +23,8 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.livenodes import LiveNode, start_nodes, wait_for  # noqa: E402
+from tests.harness import wait_for  # noqa: E402
+from tests.livenodes import LiveNode, start_nodes  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from roles import open_supervisor  # noqa: E402
 from roles._guardian import proc_stat, process_group_alive  # noqa: E402
-from tests.livenodes import start_nodes, wait_for  # noqa: E402
+from tests.harness import wait_for  # noqa: E402
+from tests.livenodes import start_nodes  # noqa: E402
 
 ROLE = [
     sys.executable,

@@ -58,7 +58,8 @@ sys.path.insert(0, str(ROOT))
 from mesh._osc import OscBridge  # noqa: E402
 from mesh._tempo import Tempo  # noqa: E402
 from mesh._wire import Value  # noqa: E402
-from tests.livenodes import LiveNode, start_nodes, wait_for  # noqa: E402
+from tests.harness import wait_for  # noqa: E402
+from tests.livenodes import LiveNode, start_nodes  # noqa: E402
 from tests.oscapp import OscApp  # noqa: E402
 
 SPACING = 0.05

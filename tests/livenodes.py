@@ -6,13 +6,11 @@ directory, and the beacon port the test picked (so tests running side by side ne
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
-import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,9 @@ import httpx
 import trio
 
 from mesh._node import NodeConfig
+from tests.harness import free_port, wait_for  # wait_for: still importable from here
 
-__all__ = ["LiveNode", "free_udp_port", "loopback_config", "start_nodes", "wait_for"]
+__all__ = ["LiveNode", "loopback_config", "start_nodes", "wait_for"]
 
 
 def loopback_config(
@@ -52,14 +51,6 @@ def loopback_config(
         runtime_dir=tmp / "run",
         **overrides,
     )
-
-
-def free_udp_port() -> int:
-    """A UDP port that is free on every address right now (for a test's beacons); it is only
-    bound, never used for traffic, here."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
 
 
 class LiveNode:
@@ -143,7 +134,7 @@ async def start_nodes(
     """Start one node per name (all at once), yield them when every one printed ``ready``,
     and kill whatever is left at the end. ``bind=None`` leaves ``--bind`` out (the test sets
     the address another way, ``STAGEMESH_NODE_BIND`` in *env*)."""
-    beacon = beacon_port or free_udp_port()
+    beacon = beacon_port or free_port("udp", "0.0.0.0")
     nodes: list[LiveNode] = []
     async with httpx.AsyncClient(timeout=5.0) as client, trio.open_nursery() as nursery:
         try:
@@ -203,26 +194,3 @@ async def start_node(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env
     )
     return LiveNode(name, process, tmp, beacon_port)
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[Any] | Any],
-    timeout: float,
-    what: str = "condition",
-    every: float = 0.05,
-) -> float:
-    """Poll *check* (a plain or an async function) until it returns true; return the seconds
-    it took. Fails the test naming *what* after *timeout* seconds."""
-    start = trio.current_time()
-    try:
-        with trio.fail_after(timeout):
-            while True:
-                result = check()
-                if inspect.isawaitable(result):
-                    result = await result
-                if result:
-                    break
-                await trio.sleep(every)
-    except trio.TooSlowError:
-        raise AssertionError(f"{what} not reached within {timeout} s") from None
-    return trio.current_time() - start

@@ -21,11 +21,12 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.harness import free_port
 
 __all__ = ["PASSWORD", "ROLE", "Cluster", "postgres_bin"]
 
@@ -50,12 +51,6 @@ def postgres_bin() -> Path:
     return Path(initdb).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Cluster:
     """One running cluster. *durable* keeps PostgreSQL's own defaults (fsync and synchronous
     commit on: what a benchmark should measure); otherwise they are off, which is faster and
@@ -66,7 +61,7 @@ class Cluster:
         self.folder = Path(tempfile.mkdtemp(prefix="stagemesh-pg-"))
         self.data = self.folder / "data"
         self.log = self.folder / "log"
-        self.port = _free_port()
+        self.port = free_port()
         self._names = itertools.count(1)
         self._user: pwd.struct_passwd | None = None
         if os.geteuid() == 0:

@@ -52,6 +52,7 @@ from typing import Any
 
 import attrs
 
+from tests.harness import wait_until
 from tests.impair import Link
 from tests.netns import Host, Lan, Spawned
 
@@ -64,22 +65,10 @@ __all__ = [
     "random_halves",
     "run_soak",
     "schedule",
-    "wait_until",
 ]
 
 EVENT = re.compile(r"^(?P<path>/\S+) (?P<kind>joined|updated|suspect|alive|dead|left|reaped) at ")
 POST = re.compile(r"^conductor: (?P<old>\S+) -> (?P<new>\S+) \(term (?P<term>\d+)\)$")
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> float:
-    """Poll *check* until it is true; return the seconds it took; ``AssertionError`` naming
-    *what* after *timeout* seconds."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if check():
-            return time.monotonic() - start
-        time.sleep(every)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 @attrs.frozen

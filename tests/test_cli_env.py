@@ -17,7 +17,8 @@ import pytest
 
 from mesh.__main__ import COMMANDS
 from mesh._cli import UsageError, build_parser, environment_variable
-from tests.livenodes import start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import start_nodes
 
 ROOT = Path(__file__).resolve().parent.parent
 ROW = re.compile(r"^\| `(STAGEMESH_\w+)` \| (.+?) \| (.+?) \| `(.*)` \|$")

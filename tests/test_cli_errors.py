@@ -17,7 +17,8 @@ import pytest
 import trio
 
 from mesh._ports import GOSSIP_SEARCH
-from tests.livenodes import start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import start_nodes
 
 NOT_MINE = "203.0.113.77"  # TEST-NET-3: an address no host here has
 QUIET = ["--no-mdns", "--no-broadcast"]

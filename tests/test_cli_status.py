@@ -14,7 +14,8 @@ from typing import Any
 import trio
 
 from mesh._node_cli import format_status
-from tests.livenodes import LiveNode, start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import LiveNode, start_nodes
 from tests.registries import start_registry
 
 

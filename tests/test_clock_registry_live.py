@@ -15,7 +15,8 @@ import trio
 
 from mesh import Node, NodeConfig, open_node
 from registry_bridge import RegistryBridge, RegistryClient, RegistryError
-from tests.livenodes import loopback_config, wait_for
+from tests.harness import wait_for
+from tests.livenodes import loopback_config
 from tests.registries import InProcessRegistry, in_process_registry
 
 FEDERATION = "liveclock"

@@ -11,7 +11,6 @@ import itertools
 import secrets
 import socket
 import time
-from collections.abc import Callable
 from functools import partial
 
 import msgpack
@@ -40,6 +39,7 @@ from mesh._interfaces import (
 )
 from mesh._names import InvalidName
 from mesh._wire import MAGIC, WIRE_VERSION, Beacon, Envelope, Gossip, Keyring, WireCodec
+from tests.harness import free_port, wait_for
 
 HOST = [
     LocalAddress("lo", "127.0.0.1", 8),
@@ -209,12 +209,6 @@ async def test_seeds_are_resolved_and_hinted(monkeypatch: pytest.MonkeyPatch) ->
 # Beacons
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Collector:
     """A hint sink remembering hints per node id."""
 
@@ -228,15 +222,8 @@ class Collector:
         return {h.node_id for h in self.hints}
 
 
-async def _wait_for(condition: Callable[[], bool], limit: float = 10.0) -> None:
-    """Poll *condition* until it holds; fail after *limit* seconds."""
-    with trio.fail_after(limit):
-        while not condition():  # polling a condition, with a deadline
-            await trio.sleep(0.01)
-
-
 async def test_beacons_on_loopback_find_each_other() -> None:
-    port = _free_udp_port()
+    port = free_port("udp")
     federation = f"t-{secrets.token_hex(4)}"
     configs = [
         _config(federation=federation, name=f"n{i}", gossip_port=9000 + i, beacon_port=port)
@@ -250,7 +237,7 @@ async def test_beacons_on_loopback_find_each_other() -> None:
                 for c, s in zip(configs, sinks, strict=True)
             ]
             everyone = {c.node_id for c in configs}
-            await _wait_for(
+            await wait_for(
                 lambda: all(
                     s.ids() == everyone - {c.node_id} for c, s in zip(configs, sinks, strict=True)
                 )
@@ -272,7 +259,7 @@ async def test_beacons_on_loopback_find_each_other() -> None:
 
 
 async def test_beacons_start_fast_then_slow_down() -> None:
-    port = _free_udp_port()
+    port = free_port("udp")
     config = _config(
         beacon_port=port, beacon_fast_interval=0.02, beacon_fast_period=0.3, beacon_interval=0.4
     )
@@ -307,7 +294,7 @@ async def test_beacons_start_fast_then_slow_down() -> None:
 
 async def test_a_newcomer_is_answered_at_once() -> None:
     """An established node beacons rarely; hearing a new node makes it beacon early."""
-    port = _free_udp_port()
+    port = free_port("udp")
     federation = f"t-{secrets.token_hex(4)}"
     slow = {"beacon_fast_period": 0.0, "beacon_interval": 60.0}
     old = _config(federation=federation, beacon_port=port, **slow)
@@ -319,7 +306,7 @@ async def test_a_newcomer_is_answered_at_once() -> None:
             await trio.sleep(0.2)  # let the old node's one start-up beacon pass unheard
             started = trio.current_time()
             await nursery.start(serve_beacons, new, new_sink)
-            await _wait_for(lambda: old.node_id in new_sink.ids(), limit=5)
+            await wait_for(lambda: old.node_id in new_sink.ids(), timeout=5)
             assert trio.current_time() - started < 1.0  # not after the 60 s interval
             assert new.node_id in old_sink.ids()
             assert old_service.statistics().answers == 1
@@ -348,7 +335,7 @@ def _beacon(config: DiscoveryConfig, **kw: object) -> Envelope:
 
 
 async def test_bad_datagrams_are_counted_and_dropped() -> None:
-    port = _free_udp_port()
+    port = free_port("udp")
     config = _config(beacon_port=port)
     sink = Collector()
     codec = WireCodec()
@@ -368,7 +355,7 @@ async def test_bad_datagrams_are_counted_and_dropped() -> None:
         async with trio.open_nursery() as nursery:
             service = await nursery.start(serve_beacons, config, sink)
             await _send_to(port, *bad, foreign, codec.encode(good))
-            await _wait_for(lambda: good.sender in sink.ids())
+            await wait_for(lambda: good.sender in sink.ids())
             nursery.cancel_scope.cancel()
     stats = service.statistics()
     assert dict(stats.rejected) == {
@@ -385,7 +372,7 @@ async def test_bad_datagrams_are_counted_and_dropped() -> None:
 
 
 async def test_signed_beacons() -> None:
-    port = _free_udp_port()
+    port = free_port("udp")
     keyring = Keyring.single(b"federation secret key")
     federation = f"t-{secrets.token_hex(4)}"
     keyed = [_config(federation=federation, beacon_port=port, keyring=keyring) for _ in range(2)]
@@ -399,7 +386,7 @@ async def test_signed_beacons() -> None:
                 for c, s in zip([*keyed, open_], sinks, strict=True)
             ]
             await _send_to(port, stale)
-            await _wait_for(
+            await wait_for(
                 lambda: (
                     sinks[0].ids() == {keyed[1].node_id}
                     and sinks[1].ids() == {keyed[0].node_id}
@@ -414,21 +401,21 @@ async def test_signed_beacons() -> None:
 
 
 async def test_a_full_channel_drops_hints_and_counts_them() -> None:
-    port = _free_udp_port()
+    port = free_port("udp")
     config = _config(beacon_port=port)
     send, receive = trio.open_memory_channel[PeerHint](1)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             service = await nursery.start(serve_beacons, config, send)
             await _send_to(port, *(WireCodec().encode(_beacon(config)) for _ in range(3)))
-            await _wait_for(lambda: service.statistics().hints_dropped == 2)
+            await wait_for(lambda: service.statistics().hints_dropped == 2)
             nursery.cancel_scope.cancel()
     assert service.statistics().hints == 1
     assert receive.receive_nowait().source == "beacon"
 
 
 async def test_repeated_beacons_are_hinted_again_only_after_a_while() -> None:
-    port = _free_udp_port()
+    port = free_port("udp")
     config = _config(beacon_port=port)
     sink = Collector()
     env = _beacon(config)
@@ -436,7 +423,7 @@ async def test_repeated_beacons_are_hinted_again_only_after_a_while() -> None:
         async with trio.open_nursery() as nursery:
             service = await nursery.start(partial(serve_beacons, config, sink, repeat_after=0.3))
             await _send_to(port, *(WireCodec().encode(env) for _ in range(5)))
-            await _wait_for(lambda: service.statistics().hints_repeated == 4)
+            await wait_for(lambda: service.statistics().hints_repeated == 4)
             assert len(sink.hints) == 1
             first = trio.current_time()
             while len(sink.hints) < 2:  # keep repeating it: hinted again after 0.3 s
@@ -463,7 +450,7 @@ async def test_mdns_on_loopback_finds_each_other() -> None:
                 await nursery.start(serve_mdns, c, s) for c, s in zip(configs, sinks, strict=True)
             ]
             everyone = {c.node_id for c in configs}
-            await _wait_for(
+            await wait_for(
                 lambda: all(
                     s.ids() == everyone - {c.node_id} for c, s in zip(configs, sinks, strict=True)
                 ),
@@ -509,7 +496,7 @@ async def test_mdns_ignores_other_federations_and_rejects_bad_records() -> None:
                     await trio.to_thread.run_sync(
                         partial(zc.register_service, info, cooperating_responders=True)
                     )
-                await _wait_for(
+                await wait_for(
                     lambda: (
                         service.statistics().ignored_federation >= 1
                         and service.statistics().rejected.get("unsupported version", 0) >= 1
@@ -523,7 +510,7 @@ async def test_mdns_ignores_other_federations_and_rejects_bad_records() -> None:
 
 
 async def test_serve_discovery_runs_the_enabled_sources() -> None:
-    port = _free_udp_port()
+    port = free_port("udp")
     federation = f"t-{secrets.token_hex(4)}"
     a = _config(federation=federation, beacon_port=port, seeds=(("127.0.0.1", 7999),))
     b = _config(federation=federation, beacon_port=port, mdns=False, gossip_port=7472)
@@ -533,7 +520,7 @@ async def test_serve_discovery_runs_the_enabled_sources() -> None:
             discovery = await nursery.start(serve_discovery, a, sink)
             other = await nursery.start(serve_discovery, b, Collector())
             assert other.mdns is None and other.seeds is None and other.beacons is not None
-            await _wait_for(lambda: {h.source for h in sink.hints} >= {"seed", "beacon"}, limit=15)
+            await wait_for(lambda: {h.source for h in sink.hints} >= {"seed", "beacon"}, timeout=15)
             nursery.cancel_scope.cancel()
     assert set(discovery.statistics()) == {"beacons", "mdns", "seeds"}
     assert PeerHint(("127.0.0.1", 7999), "seed") in sink.hints

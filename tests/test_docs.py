@@ -40,6 +40,7 @@ def test_the_docs_have_blocks_that_run() -> None:
 
 @pytest.mark.netns
 @pytest.mark.slow
+@pytest.mark.timeout(660)  # its own bound, 600 s, speaks first
 @pytest.mark.parametrize("snippet", RUNS, ids=_ids(RUNS))
 def test_block_runs(snippet: Snippet, tmp_path: Path) -> None:
     work = tmp_path / "work"

@@ -12,7 +12,8 @@ import httpx
 import pytest
 import trio
 
-from tests.livenodes import LiveNode, start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import LiveNode, start_nodes
 
 pytestmark = pytest.mark.slow
 

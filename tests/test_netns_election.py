@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests.harness import wait_until
 from tests.netns import Host, Lan
-from tests.test_netns_nodes import start, wait_until
+from tests.test_netns_nodes import start
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

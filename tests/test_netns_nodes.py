@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.harness import wait_until
 from tests.netns import Host, Lan, Spawned
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -44,15 +43,6 @@ def start(lan: Lan, host: Host, tmp: Path, *flags: str) -> tuple[Spawned, str]:
 def states(lan: Lan, host: Host, url: str) -> dict[str, str]:
     out = lan.run(host, sys.executable, "-m", "mesh", "status", url, "--json").stdout
     return {m["path"]: m["state"] for m in json.loads(out)["members"]}
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
-    start_at = time.monotonic()
-    while time.monotonic() - start_at < timeout:
-        if check():
-            return time.monotonic() - start_at
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def views(lan: Lan, nodes: list[tuple[Host, str]]) -> list[dict[str, str]]:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.harness import wait_until
 from tests.netns import Host, Lan, Spawned
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -92,15 +91,6 @@ def status(lan: Lan, host: Host, url: str) -> dict[str, Any]:
     out = lan.run(host, sys.executable, "-m", "mesh", "status", url, "--json").stdout
     doc: dict[str, Any] = json.loads(out)
     return doc
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    start_at = time.monotonic()
-    while time.monotonic() - start_at < timeout:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def test_two_sites_merge_through_the_registry(tmp_path: Path) -> None:

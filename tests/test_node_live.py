@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from mesh._node_cli import write_key_file
-from tests.livenodes import LiveNode, start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import LiveNode, start_nodes
 
 NAMES = ["n1", "n2", "n3", "n4", "n5"]
 pytestmark = pytest.mark.slow

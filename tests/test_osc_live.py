@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.livenodes import LiveNode, start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import LiveNode, start_nodes
 from tests.oscapp import OscApp
 
 pytestmark = pytest.mark.slow

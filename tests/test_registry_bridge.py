@@ -19,7 +19,8 @@ from registry_bridge import (
     RegistryClient,
     registry_extension_factory,
 )
-from tests.livenodes import loopback_config, wait_for
+from tests.harness import wait_for
+from tests.livenodes import loopback_config
 from tests.registries import in_process_registry
 
 FEDERATION = "bridged"

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from registry_bridge._command import default_db_path
 from registry_bridge._database import open_database, shown_target
 from registry_bridge._postgres import _MIGRATIONS as _postgres_migrations
 from registry_bridge._sqlite import _MIGRATIONS as _sqlite_migrations
-from tests.livenodes import wait_for
+from tests.harness import free_port, wait_for
 from tests.netns import Lan
 from tests.postgres import PASSWORD, Cluster
 from tests.registries import MIGRATED_TEMPLATE, Databases, registry_command, registry_http
@@ -215,12 +214,6 @@ def test_wildcard_bind_prints_the_hosts_urls_loopback_first(tmp_path: Path) -> N
         assert registry.stop() == 0
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # nothing listens once it is closed
-
-
 def test_a_postgres_database_that_cannot_be_used_is_one_line_without_the_password(
     postgres_cluster: Cluster,
 ) -> None:
@@ -230,7 +223,7 @@ def test_a_postgres_database_that_cannot_be_used_is_one_line_without_the_passwor
     port = postgres_cluster.port
     cases = [
         (f"postgresql://stagemesh:{PASSWORD}@127.0.0.1:{port}/x?nonsense=1", "not a valid"),
-        (f"postgresql://stagemesh:{PASSWORD}@127.0.0.1:{closed_port()}/x", "Connection refused"),
+        (f"postgresql://stagemesh:{PASSWORD}@127.0.0.1:{free_port()}/x", "Connection refused"),
         (
             postgres_cluster.url(empty.rpartition("/")[2], password="not-the-password"),
             'password authentication failed for user "stagemesh"',

@@ -46,6 +46,7 @@ OPERATIONS = {
 }
 
 
+@pytest.mark.timeout(960)  # its own bound, 900 s, speaks first
 async def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_vague_error(
     databases: Databases, tmp_path: Path
 ) -> None:
@@ -84,6 +85,7 @@ async def test_schemathesis_finds_no_5xx_no_undocumented_answer_and_no_vague_err
     assert reached >= OPERATIONS, sorted(OPERATIONS - reached)
 
 
+@pytest.mark.timeout(660)  # its own bound, 600 s, speaks first
 async def test_legacy_get_api_under_hostile_query_strings(databases: Databases) -> None:
     with trio.fail_after(600):
         async with running_registry(databases.new(), *REGISTRY_ARGS, env=REGISTRY_ENV) as url:

@@ -16,7 +16,7 @@ import httpx
 import trio
 
 from registry_bridge import RegistryStore
-from tests.livenodes import wait_for
+from tests.harness import wait_for
 from tests.postgres import PASSWORD, Cluster
 from tests.registries import (
     MIGRATED_TEMPLATE,

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.livenodes import LiveNode, start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import LiveNode, start_nodes
 from tests.test_roles_live import cli, keys, write
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from roles import process_group_alive
-from tests.livenodes import LiveNode, start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import LiveNode, start_nodes
 
 pytestmark = pytest.mark.slow
 

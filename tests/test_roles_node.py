@@ -38,7 +38,8 @@ from roles import (
     push_config,
     roles_extension_factory,
 )
-from tests.livenodes import loopback_config, wait_for
+from tests.harness import wait_for
+from tests.livenodes import loopback_config
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
 FAST = BackoffPolicy(base=0.1, max_delay=0.5)

@@ -31,7 +31,8 @@ from roles import (
 )
 from roles._guardian import boot_id, proc_stat
 from roles._leftovers import RECORD_FILE_NAME
-from tests.livenodes import LiveNode, start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import LiveNode, start_nodes
 
 PY = sys.executable
 IDENTITY = StationIdentity(hostname="test-host", mac="02:00:00:00:00:01", addresses=("127.0.0.1",))

@@ -23,7 +23,8 @@ from mesh import (
     TempoReplica,
 )
 from mesh._node import Node, open_node
-from tests.livenodes import loopback_config, wait_for
+from tests.harness import wait_for
+from tests.livenodes import loopback_config
 
 # -- the model ----------------------------------------------------------------------------------
 

@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,6 @@ __all__ = [
     "status",
     "tool",
     "tool_spawn",
-    "wait_until",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,13 +96,3 @@ def rss_kib(proc: Spawned) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> float:
-    """Poll *check* until it is true; the seconds it took (fails naming *what*)."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout} s")

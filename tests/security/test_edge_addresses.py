@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from mesh._node_cli import write_key_file
+from tests.harness import wait_until
 from tests.netns import Lan
-from tests.security.edge_netns import node_id, start, status, tool, wait_until
+from tests.security.edge_netns import node_id, start, status, tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from mesh._wire import MAX_COUNTER
-from tests.livenodes import start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import start_nodes
 from tests.security.edge_live import all_alive, keyed, me
 
 pytestmark = pytest.mark.slow

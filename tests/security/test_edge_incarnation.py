@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from mesh._wire import MAX_COUNTER, Gossip, MemberRecord, Suspect
-from tests.livenodes import start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import start_nodes
 from tests.security.edge_live import all_alive, attack, holds, keyed, me
 from tests.security.edge_tools import STRANGER
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from mesh._wire import Gossip, MemberRecord
-from tests.livenodes import free_udp_port, start_nodes, wait_for
+from tests.harness import free_port, wait_for
+from tests.livenodes import start_nodes
 from tests.security.edge_live import all_alive, attack, keyed
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ async def test_a_record_claiming_a_live_nodes_path_never_stops_it(tmp_path: Path
         victim = nodes[1]
         claimant = secrets.token_hex(16)
         # "Started" long before anyone: under the old rule the victim gave its path up by exiting.
-        record = MemberRecord(claimant, "n2", "o1", ("127.0.0.1", free_udp_port()), 0, {"j": 1.0})
+        record = MemberRecord(claimant, "n2", "o1", ("127.0.0.1", free_port("udp")), 0, {"j": 1.0})
         await attack(nodes, keyring, Gossip((record,)))
 
         async def conflict_shown() -> bool:

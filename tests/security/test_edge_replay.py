@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from mesh._node_cli import write_key_file
+from tests.harness import wait_until
 from tests.netns import Host, Lan, Spawned
 from tests.security.edge_netns import (
     GOSSIP_PORT,
@@ -25,7 +26,6 @@ from tests.security.edge_netns import (
     start,
     status,
     tool,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mesh._node_cli import write_key_file
+from tests.harness import wait_until
 from tests.netns import Lan
 from tests.security.edge_netns import (
     node_id,
@@ -24,7 +25,6 @@ from tests.security.edge_netns import (
     status,
     tool,
     tool_spawn,
-    wait_until,
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

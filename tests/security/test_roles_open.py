@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.livenodes import start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import start_nodes
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.livenodes import LiveNode, start_nodes, wait_for
+from tests.harness import wait_for
+from tests.livenodes import LiveNode, start_nodes
 from tests.security.roles_hosts import secret_of, station_args
 
 pytestmark = pytest.mark.slow
