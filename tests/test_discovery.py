@@ -454,7 +454,7 @@ async def test_mdns_on_loopback_finds_each_other() -> None:
                 lambda: all(
                     s.ids() == everyone - {c.node_id} for c, s in zip(configs, sinks, strict=True)
                 ),
-                limit=15,
+                timeout=15,
             )
             nursery.cancel_scope.cancel()
     for config, sink in zip(configs, sinks, strict=True):
