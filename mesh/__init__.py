@@ -121,4 +121,5 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
+    """The public names without loading them (for completion and ``dir(mesh)``)."""
     return sorted({*globals(), *__all__})
