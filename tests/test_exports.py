@@ -36,7 +36,7 @@ def test_all_is_exactly_the_public_names(package: str) -> None:
     module = importlib.import_module(package)
     assert len(module.__all__) == len(set(module.__all__)), "a name is listed twice"
     assert set(module.__all__) == public_names(package)
-    assert sorted(dir(module)) == dir(module) and set(module.__all__) <= set(dir(module))
+    assert set(module.__all__) <= set(dir(module))  # completion offers every name
 
 
 @pytest.mark.parametrize("package", PACKAGES)
