@@ -1,8 +1,14 @@
-"""Shared test configuration."""
+"""Shared test configuration: hypothesis's profile, the fixtures every module may use, and the
+hard time limit of every test."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
 import pytest
+import trio
 from hypothesis import HealthCheck, settings
 
 from tests.netns import lan as lan  # the multi-host fixture, for every test module
@@ -40,8 +46,46 @@ IN_PROCESS_MODULES = frozenset(
 """Test modules that drive sans-IO cores by hand, with no process, socket or real clock."""
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give the tests of the pure cores the lower limit, unless a test sets its own."""
+T = TypeVar("T")
+TRIO_SHARE = 0.95
+"""A trio test is cancelled at this share of its limit, before pytest-timeout's backstop."""
+
+
+def bounded_trio_run(limit: float) -> Callable[..., Any]:
+    """``trio.run`` with the whole test, its async fixtures included, under ``fail_after``.
+
+    pytest-timeout's backstop (``timeout_method = "thread"``) can only end the whole run: a
+    signal raised into a running trio loop would leave trio's state behind and fail every later
+    test. Cancelling inside trio fails this test alone, with its traceback, while the helpers'
+    shielded clean-up still kills the processes it started; the run goes on."""
+
+    def run(
+        async_fn: Callable[[], Awaitable[T]],
+        *,
+        clock: trio.abc.Clock | None = None,
+        instruments: Sequence[trio.abc.Instrument] = (),
+    ) -> T:
+        async def bounded() -> T:
+            try:
+                with trio.fail_after(limit):
+                    return await async_fn()
+            except trio.TooSlowError:
+                raise AssertionError(f"over the hard limit ({limit:.1f} s)") from None
+
+        return trio.run(bounded, clock=clock, instruments=instruments)
+
+    return run
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give the tests of the pure cores the lower limit (unless a test sets its own), and run
+    each trio test under its limit inside trio (:func:`bounded_trio_run`)."""
     for item in items:
         if item.path.stem in IN_PROCESS_MODULES and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(IN_PROCESS_TIMEOUT))
+        function = getattr(item, "obj", None)
+        if not inspect.iscoroutinefunction(function) or hasattr(function, "hypothesis"):
+            continue
+        marker = item.get_closest_marker("timeout")
+        limit = float(marker.args[0] if marker else config.getini("timeout"))
+        item.add_marker(pytest.mark.trio(run=bounded_trio_run(limit * TRIO_SHARE)), append=False)
