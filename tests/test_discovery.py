@@ -423,7 +423,7 @@ async def test_repeated_beacons_are_hinted_again_only_after_a_while() -> None:
         async with trio.open_nursery() as nursery:
             service = await nursery.start(partial(serve_beacons, config, sink, repeat_after=0.3))
             await _send_to(port, *(WireCodec().encode(env) for _ in range(5)))
-            await wait_for(lambda: service.statistics().hints_repeated == 4)
+            await wait_for(lambda: service.statistics().hints_repeated == 4, every=0.01)
             assert len(sink.hints) == 1
             first = trio.current_time()
             while len(sink.hints) < 2:  # keep repeating it: hinted again after 0.3 s
