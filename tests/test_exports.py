@@ -103,6 +103,7 @@ MESH_CORES = [
     "_osc_core",
     "_profiles",
     "_sim",
+    "_simregistry",
     "_tempo",
     "_wire",
 ]
