@@ -49,6 +49,8 @@ sys.path.insert(1, str(HERE.parent))
 
 import registry as base  # noqa: E402  (bench/registry.py: generators, wrk, CGI baseline)
 
+from tests.harness import free_port  # noqa: E402
+
 SERVERS = ("hypercorn", "granian", "uvicorn")
 DB_ENV = "STAGEMESH_BENCH_DB"
 
@@ -66,12 +68,6 @@ def make_app() -> Any:
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
     return app
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _serve(server: str, workers: int, db: str, port: int) -> int:
@@ -175,7 +171,7 @@ def _start(server: str, workers: int, db: str) -> Any:
     if server == "granian":
         proc, url = base.start_registry(db, workers)
     else:
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen(
             [

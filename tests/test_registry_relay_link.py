@@ -24,7 +24,7 @@ from mesh._wire import Ack, Address, Envelope, Keyring, Ping, PushPull, WireCode
 from registry_bridge import RegistryClient, RegistryStore, create_app, serve_registry
 from registry_bridge._relaylink import RelayLink
 from registry_bridge._relaypath import PathConfig
-from tests.livenodes import wait_for
+from tests.harness import wait_for
 
 KEYRING = Keyring.single(b"k" * 32)
 ALICE, BOB = "a" * 32, "b" * 32
