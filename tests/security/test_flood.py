@@ -1,0 +1,66 @@
+"""Issue 13, item 1: a datagram flood from a stranger at a live node (tests/flood.py; the
+10^6-datagram version is ``bench/flood.py``).
+
+20,000 datagrams of junk (random bytes, truncated, bit-flipped and replayed captures of the
+federation's real signed datagrams, member lists signed with a key of the stranger's own or
+longer than a datagram, wrong key ids, unsigned messages) from another address, as fast as a
+process can send them, at one of five keyed nodes. The node keeps its membership (nobody is
+suspected or declared dead, on any node) and its clock, keeps answering its status API, does
+not grow, and accounts for every datagram: each one it read is refused and counted by its
+reason (most unread, by the per-source budget: ``source limit``), and the kernel counted the
+rest as dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.flood import run_flood
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]  # netns: the capture needs root
+
+COUNT = 20_000
+
+
+async def test_a_flood_from_a_stranger_is_counted_and_changes_nothing(tmp_path: Path) -> None:
+    with trio.fail_after(150):
+        result = await run_flood(tmp_path, COUNT, progress=print)
+    summary = result.summary()
+    print(json.dumps(summary, indent=1))
+
+    assert result.sender["sent"] == COUNT
+    assert not result.exited
+    # Every datagram is accounted for: read and refused (or a peer's, accepted), or dropped
+    # by the kernel with its queue full.
+    assert result.received + result.kernel_drops >= COUNT
+    # Nothing of the junk got in: what was accepted during the flood is the peers' traffic
+    # (a few dozen datagrams a second each), and every kind was refused for its reason.
+    assert result.accepted < 100 * result.flood.seconds + 50
+    for reason in (
+        "not stagemesh",
+        "bad tag",
+        "misdirected",
+        "replayed",
+        "unknown key",
+        "unsigned",
+        "too large",
+        "source limit",
+    ):
+        assert result.rejected.get(reason, 0) > 0, (reason, result.rejected)
+    # The budget is per source: the stranger's datagrams beyond it were not even read, the
+    # peers' traffic (from 127.0.0.1) was.
+    assert result.rejected["source limit"] > COUNT // 4 or result.kernel_drops > COUNT // 4
+
+    # Membership and clock held, on every node, during the flood and after it.
+    assert result.deaths_declared == 0
+    assert not result.flood.not_alive, result.flood.not_alive
+    assert not result.after_not_alive, result.after_not_alive
+    assert result.flood.unsynced == 0
+    assert summary["flood"]["clock_us"]["p99"] <= 2000, summary["flood"]["clock_us"]
+    # The node kept serving, and did not grow.
+    assert summary["flood"]["status_ms"]["p99"] < 1000
+    assert result.rss_after_kib - result.rss_before_kib <= 20 * 1024
