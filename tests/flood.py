@@ -45,7 +45,7 @@ from typing import Any
 import attrs
 import trio
 
-from mesh._node_cli import load_keyring, write_key_file
+from mesh._keys import load_keyring, write_key_file
 from mesh._wire import (
     MAX_DATAGRAM,
     Gossip,
