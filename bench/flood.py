@@ -61,6 +61,11 @@ def table(s: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("accepted during the flood (peers' traffic)", f"{s['accepted']:,}", ""),
         ("dropped by the kernel (queue full)", f"{s['kernel_drops']:,}", ""),
         (
+            "node CPU during the flood",
+            f"{s['cpu_seconds']:.1f} s ({s['cpu_share']:.0%} of a core)",
+            "",
+        ),
+        (
             "node RSS before -> after",
             f"{s['rss_before_kib'] / 1024:.1f} -> {s['rss_after_kib'] / 1024:.1f} MiB "
             f"({growth:+.1f})",

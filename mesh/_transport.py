@@ -30,6 +30,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import socket
 import time
 from collections import Counter
@@ -100,6 +101,10 @@ class TransportStatistics:
     stream_errors: int
     rejected: dict[str, int]
     """Refused input by reason (``bad tag``, ``replayed``, ``malformed``, ``federation``...)."""
+    receive_drops: int | None = None
+    """Datagrams the kernel dropped because the socket's receive queue was full (a flood, or
+    a node that was not scheduled), before the node could read them; ``None`` where the system
+    does not say (read from ``/proc/net/udp`` on Linux)."""
 
 
 class Transport:
@@ -182,6 +187,7 @@ class Transport:
             streams_opened=c["streams_opened"],
             stream_errors=c["stream_errors"],
             rejected=dict(self.inbound.rejected),
+            receive_drops=_receive_drops(self._raw),
         )
 
     def reject(self, reason: str) -> None:
@@ -439,6 +445,21 @@ class Transport:
         except trio.TooSlowError:
             raise InvalidMessage("handshake timeout", "no frame prefix in time") from None
         return await _receive_exactly(stream, self.codec.frame_length(prefix))
+
+
+def _receive_drops(sock: socket.socket) -> int | None:
+    """The kernel's count of datagrams dropped for *sock* (Linux ``/proc/net/udp``: the last
+    column of the line whose inode is the socket's), or ``None`` if it cannot be read."""
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+        with open("/proc/net/udp") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 12 and fields[9] == inode:
+                    return int(fields[-1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 async def _receive_exactly(stream: trio.SocketStream, count: int) -> bytes:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import socket
 import statistics
@@ -233,7 +234,10 @@ class FloodResult:
     accepted: int
     """Datagrams received during the flood that passed every check (its peers' traffic)."""
     kernel_drops: int
-    """Datagrams the kernel dropped for the target's socket during the flood (queue full)."""
+    """Datagrams the kernel dropped for the target's socket during the flood (queue full), as
+    the node reports them (``statistics.transport.receive_drops``)."""
+    cpu_seconds: float
+    """CPU time the target used during the flood (user + system)."""
     kinds: dict[str, int]
     """The pool's composition."""
     rss_before_kib: int
@@ -257,6 +261,8 @@ class FloodResult:
             "rejected_total": sum(self.rejected.values()),
             "accepted": self.accepted,
             "kernel_drops": self.kernel_drops,
+            "cpu_seconds": self.cpu_seconds,
+            "cpu_share": self.cpu_seconds / max(self.flood.seconds, 1e-9),
             "kinds": self.kinds,
             "rss_before_kib": self.rss_before_kib,
             "rss_after_kib": self.rss_after_kib,
@@ -270,15 +276,21 @@ class FloodResult:
         }
 
 
-def udp_socket(host: str, port: int) -> tuple[int, int]:
-    """Of the UDP socket bound to *host*:*port*: the bytes waiting in its receive queue, and
-    the datagrams the kernel dropped because it was full (``/proc/net/udp``)."""
+def udp_queue(host: str, port: int) -> int:
+    """The bytes waiting in the receive queue of the UDP socket bound to *host*:*port*
+    (``/proc/net/udp``)."""
     local = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{port:04X}"
     for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
         fields = line.split()
         if fields[1] == local:
-            return int(fields[4].split(":")[1], 16), int(fields[-1])
+            return int(fields[4].split(":")[1], 16)
     raise RuntimeError(f"no UDP socket on {host}:{port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process *pid* has used (``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -415,7 +427,7 @@ async def run_flood(
         baseline = await _phase(nodes, partial(trio.sleep, baseline_seconds))
         progress(f"baseline {baseline.seconds:.1f} s; flood of {count} datagrams")
         before = (await target.status())["statistics"]["transport"]
-        drops_before = udp_socket(*target.gossip)[1]
+        cpu_before = cpu_seconds(target.process.pid)
         sender: dict[str, Any] = {}
 
         async def flood() -> None:
@@ -426,9 +438,10 @@ async def run_flood(
             sender.update(json.loads(done.stdout))
 
         flooded = await _phase(nodes, flood)
-        await wait_for(lambda: udp_socket(*target.gossip)[0] == 0, 20, "the target's queue read")
+        await wait_for(lambda: udp_queue(*target.gossip) == 0, 20, "the target's queue read")
         after = (await target.status())["statistics"]["transport"]
-        drops = udp_socket(*target.gossip)[1] - drops_before
+        drops = after["receive_drops"] - before["receive_drops"]
+        cpu = cpu_seconds(target.process.pid) - cpu_before
         rss_after = rss_kib(target.process.pid)
         progress(f"flood over in {sender['seconds']:.2f} s")
         # A death the flood caused may be declared after it: watch a while longer.
@@ -450,6 +463,7 @@ async def run_flood(
             rejected=rejected,
             accepted=received - sum(rejected.values()),
             kernel_drops=drops,
+            cpu_seconds=cpu,
             kinds=dict(Counter(kind for kind, _ in pool)),
             rss_before_kib=rss_before,
             rss_after_kib=rss_after,

@@ -34,8 +34,8 @@ async def test_a_flood_from_a_stranger_is_counted_and_changes_nothing(tmp_path: 
 
     assert result.sender["sent"] == COUNT
     assert not result.exited
-    # Every datagram is accounted for: read and refused (or a peer's, accepted), or dropped
-    # by the kernel with its queue full.
+    # Every datagram is accounted for in the node's status: read and refused (or a peer's,
+    # accepted), or dropped by the kernel with the queue full (``receive_drops``).
     assert result.received + result.kernel_drops >= COUNT
     # Nothing of the junk got in: what was accepted during the flood is the peers' traffic
     # (a few dozen datagrams a second each), and every kind was refused for its reason.
@@ -55,12 +55,16 @@ async def test_a_flood_from_a_stranger_is_counted_and_changes_nothing(tmp_path: 
     # peers' traffic (from 127.0.0.1) was.
     assert result.rejected["source limit"] > COUNT // 4 or result.kernel_drops > COUNT // 4
 
-    # Membership and clock held, on every node, during the flood and after it.
+    # Membership and clock held, on every node, during the flood and after it. (A node that
+    # the machine's load keeps from reading for a while may suspect a peer whose datagrams the
+    # kernel dropped meanwhile, and be told it is alive: never declared dead.)
     assert result.deaths_declared == 0
-    assert not result.flood.not_alive, result.flood.not_alive
+    gone = [seen for seen in result.flood.not_alive if not seen.endswith(" suspect")]
+    assert not gone, gone
     assert not result.after_not_alive, result.after_not_alive
     assert result.flood.unsynced == 0
-    assert summary["flood"]["clock_us"]["p99"] <= 2000, summary["flood"]["clock_us"]
+    clock, baseline = summary["flood"]["clock_us"], summary["baseline"]["clock_us"]
+    assert clock["p99"] <= max(2000, 3 * baseline["p99"]), (clock, baseline)
     # The node kept serving, and did not grow.
     assert summary["flood"]["status_ms"]["p99"] < 1000
     assert result.rss_after_kib - result.rss_before_kib <= 20 * 1024
