@@ -440,7 +440,7 @@ async def run_flood(
         flooded = await _phase(nodes, flood)
         await wait_for(lambda: udp_queue(*target.gossip) == 0, 20, "the target's queue read")
         after = (await target.status())["statistics"]["transport"]
-        drops = after["receive_drops"] - before["receive_drops"]
+        drops = (after.get("receive_drops") or 0) - (before.get("receive_drops") or 0)
         cpu = cpu_seconds(target.process.pid) - cpu_before
         rss_after = rss_kib(target.process.pid)
         progress(f"flood over in {sender['seconds']:.2f} s")
