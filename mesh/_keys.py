@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -187,8 +188,6 @@ def read_entries(path: Path) -> list[KeyEntry]:
 def load_keyring(path: Path, now: float | None = None) -> Keyring:
     """The keyring of the key file at *path* at UNIX time *now* (default: now). Raises
     :class:`UsageError` naming the line and what is wrong."""
-    import time
-
     return keyring_at(read_entries(path), time.time() if now is None else now)
 
 

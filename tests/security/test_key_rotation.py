@@ -8,6 +8,7 @@ look at the file, so for a moment some sign with the new key and some with the o
 accepted). Then the old key is retired (``keygen --retire``) and the file copied again: the
 members keep talking (they all sign with the new key), and a laptop that kept the old file
 (it missed the rotation, or the old key leaked) is refused and counted as ``retired key``.
+A broken copy of the file on the way is reported in the node's status and changes nothing.
 """
 
 from __future__ import annotations
@@ -110,6 +111,22 @@ async def test_a_key_is_rotated_while_nodes_run_and_the_retired_key_is_refused(
         await wait_for(retired, 10, "the old key retired on every node")
         await holds(lambda: all_alive(nodes, PATHS), 3, "membership after the retirement")
         assert await deaths(nodes) == deaths_before
+        # A broken copy (a typo, half a file) is reported and changes nothing.
+        broken = tmp_path / "broken.key"
+        broken.write_text("2 not-a-key\n")
+        copy(broken, copies[:1])
+
+        async def reported() -> bool:
+            return "the key is not hexadecimal" in str((await keys(nodes[:1]))[0]["error"])
+
+        await wait_for(reported, 10, "the broken key file reported")
+        assert (await keys(nodes[:1]))[0]["accepted"] == [2]
+        copy(master, copies[:1])
+
+        async def repaired() -> bool:
+            return (await keys(nodes[:1]))[0]["error"] is None
+
+        await wait_for(repaired, 10, "the key file read again")
         old_secret = stale.read_text().split()[-1]
         assert old_secret not in master.read_text()  # the file keeps no retired secret
 
