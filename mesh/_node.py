@@ -100,10 +100,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _WARNED_OPEN: set[str] = set()
-
+"""The open (keyless) federations this process has already warned about."""
 KEY_FILE_POLL = 1.0
 """Seconds between two looks at the key file (``NodeConfig.key_file``)."""
-"""The open (keyless) federations this process has already warned about."""
 RequestHandler = Callable[[str | None, Value], Awaitable[Value]]
 """An async function answering a request: ``(sender path or None, payload) -> payload``."""
 
