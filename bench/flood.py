@@ -14,7 +14,7 @@ latency and the clock agreement (baseline and flood), members seen not alive and
 declared on any node. Prints a table and writes ``bench/results/flood.json``. Needs root (the
 capture uses a packet socket).
 
-    sudo python3 bench/flood.py [--count 1000000] [--baseline 5]
+    sudo python3 bench/flood.py [--count 1000000] [--baseline 5] [--sender-nice 19]
 """
 
 from __future__ import annotations
@@ -103,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--baseline", type=float, default=5.0, help="seconds of baseline")
+    parser.add_argument(
+        "--sender-nice",
+        type=int,
+        default=19,
+        help="niceness of the sending process (default 19; 0 lets it take the nodes' CPU)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "flood.json")
     args = parser.parse_args(argv)
 
@@ -112,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     async def run() -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="stagemesh-flood-") as tmp:
             result = await run_flood(
-                Path(tmp), args.count, baseline_seconds=args.baseline, progress=progress
+                Path(tmp),
+                args.count,
+                baseline_seconds=args.baseline,
+                sender_nice=args.sender_nice,
+                progress=progress,
             )
         return result.summary()
 
