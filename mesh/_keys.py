@@ -37,6 +37,7 @@ from pathlib import Path
 import attrs
 
 from mesh._cli import UsageError
+from mesh._state import write_atomic
 from mesh._wire import Keyring
 
 __all__ = [
@@ -193,7 +194,8 @@ def load_keyring(path: Path, now: float | None = None) -> Keyring:
 
 def write_entries(path: Path, entries: Sequence[KeyEntry], *, new: bool = False) -> None:
     """Write *entries* to *path* (mode 0600): a new file if *new* (``FileExistsError`` if it
-    exists), else replace the file at once (a node reading it sees the old or the new one)."""
+    exists), else replace the file whole (:func:`mesh._state.write_atomic`: a node reading it
+    sees the old or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = format_entries(entries)
     if new:
@@ -201,15 +203,7 @@ def write_entries(path: Path, entries: Sequence[KeyEntry], *, new: bool = False)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         return
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode())  # mode 0600, like a new file
 
 
 def write_key_file(path: Path, key_id: int = 1) -> None:
