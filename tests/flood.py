@@ -233,6 +233,9 @@ class FloodResult:
     """The target's refusals during the flood, by reason (``statistics.transport.rejected``)."""
     accepted: int
     """Datagrams received during the flood that passed every check (its peers' traffic)."""
+    window: float
+    """Seconds between the two readings of the target's counters (the flood, and the time its
+    queue took to be read after it)."""
     kernel_drops: int
     """Datagrams the kernel dropped for the target's socket during the flood (queue full), as
     the node reports them (``statistics.transport.receive_drops``)."""
@@ -260,6 +263,7 @@ class FloodResult:
             "rejected": self.rejected,
             "rejected_total": sum(self.rejected.values()),
             "accepted": self.accepted,
+            "window_s": self.window,
             "kernel_drops": self.kernel_drops,
             "cpu_seconds": self.cpu_seconds,
             "cpu_share": self.cpu_seconds / max(self.flood.seconds, 1e-9),
@@ -427,6 +431,7 @@ async def run_flood(
         baseline = await _phase(nodes, partial(trio.sleep, baseline_seconds))
         progress(f"baseline {baseline.seconds:.1f} s; flood of {count} datagrams")
         before = (await target.status())["statistics"]["transport"]
+        counted_from = time.monotonic()
         cpu_before = cpu_seconds(target.process.pid)
         sender: dict[str, Any] = {}
 
@@ -440,7 +445,8 @@ async def run_flood(
         flooded = await _phase(nodes, flood)
         await wait_for(lambda: udp_queue(*target.gossip) == 0, 20, "the target's queue read")
         after = (await target.status())["statistics"]["transport"]
-        drops = (after.get("receive_drops") or 0) - (before.get("receive_drops") or 0)
+        window = time.monotonic() - counted_from
+        drops = after["receive_drops"] - before["receive_drops"]
         cpu = cpu_seconds(target.process.pid) - cpu_before
         rss_after = rss_kib(target.process.pid)
         progress(f"flood over in {sender['seconds']:.2f} s")
@@ -462,6 +468,7 @@ async def run_flood(
             received=received,
             rejected=rejected,
             accepted=received - sum(rejected.values()),
+            window=window,
             kernel_drops=drops,
             cpu_seconds=cpu,
             kinds=dict(Counter(kind for kind, _ in pool)),
