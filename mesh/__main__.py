@@ -78,8 +78,9 @@ COMMANDS: tuple[CommandEntry, ...] = (
     ),
     CommandEntry(
         "keygen",
-        "write a new federation key (pass it to every node with --key-file), or with "
-        "--operator an operator key pair (sign role changes with it)",
+        "write a new federation key (pass it to every node with --key-file), add a key to it "
+        "or retire one (--add, --retire: rotate the key while nodes run), or with --operator "
+        "an operator key pair (sign role changes with it)",
         _keygen,
     ),
     CommandEntry("sim", "run a membership scenario in the deterministic simulator", _sim),

@@ -42,7 +42,7 @@ import httpx
 import trio
 
 from mesh._cli import CommandFailed, UsageError
-from mesh._node_cli import write_key_file
+from mesh._keys import write_key_file
 from mesh._ports import DEFAULT_REGISTRY_PORT
 
 __all__ = [

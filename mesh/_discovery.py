@@ -275,9 +275,13 @@ async def serve_beacons(
     hints: HintSink,
     *,
     repeat_after: float = 2.0,
+    codec: WireCodec | None = None,
     task_status: trio.TaskStatus[BeaconService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Send and hear broadcast beacons until cancelled; hint every peer heard.
+
+    Beacons are signed and checked with *codec* (default: one of ``config.keyring``); a node
+    passes its gossip codec, whose keys change when the federation key is rotated.
 
     Binds ``config.beacon_port`` shared (SO_REUSEADDR + SO_REUSEPORT, so every node on a host
     hears every broadcast), and sends from each chosen address to its broadcast address. A
@@ -289,7 +293,7 @@ async def serve_beacons(
     """
     interfaces = config.choose_interfaces()
     service = BeaconService(config, interfaces)
-    codec = WireCodec(config.keyring)
+    codec = codec or WireCodec(config.keyring)
     repeats = _Repeats(repeat_after)
     counts, rejected = service._counts, service._rejected
     known: set[str] = set()  # senders heard; a new one is answered with an early beacon
@@ -343,7 +347,7 @@ async def serve_beacons(
                         env = codec.decode(data, MAX_DATAGRAM)
                         if not isinstance(env.body, Beacon):
                             raise InvalidMessage("not a beacon", type(env.body).__name__)
-                        if config.keyring is not None and (
+                        if codec.keyring is not None and (
                             abs(env.sent_at - time.time()) > BEACON_MAX_AGE
                         ):
                             raise InvalidMessage("stale", f"sent_at {env.sent_at}")
@@ -777,11 +781,13 @@ async def serve_discovery(
     hints: HintSink,
     *,
     seeds_needed: Callable[[], bool] = _always,
+    codec: WireCodec | None = None,
     task_status: trio.TaskStatus[Discovery] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run every enabled source (seeds, beacons, mDNS) until cancelled; report a
     :class:`Discovery` once all of them have started. Seeds are hinted again only while
-    *seeds_needed()* (see :func:`serve_seeds`)."""
+    *seeds_needed()* (see :func:`serve_seeds`); beacons are signed and checked with *codec*
+    (see :func:`serve_beacons`)."""
     discovery = Discovery()
     if config.mdns or config.broadcast:
         interfaces = config.choose_interfaces()  # fail early, before anything starts
@@ -792,7 +798,9 @@ async def serve_discovery(
                 partial(serve_seeds, needed=seeds_needed), config, hints
             )
         if config.broadcast:
-            discovery.beacons = await nursery.start(serve_beacons, config, hints)
+            discovery.beacons = await nursery.start(
+                partial(serve_beacons, codec=codec), config, hints
+            )
         if config.mdns:
             discovery.mdns = await nursery.start(serve_mdns, config, hints)
         task_status.started(discovery)

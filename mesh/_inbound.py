@@ -21,6 +21,13 @@ refusal out.
 Every refusal is counted by its reason in :attr:`Inbound.rejected` (the transport adds its own
 stream-level reasons there) and shown in the status API. Nothing here raises to the caller but
 :class:`~mesh._wire.InvalidMessage` from the ``check_*`` methods, which the caller counts.
+
+Before any of that, :class:`SourceBudget` decides whether a datagram is looked at at all: each
+source address may have :data:`SOURCE_RATE` datagrams a second checked (bursts of
+:data:`SOURCE_BURST`); beyond that its datagrams are dropped unread (``source limit``). A flood
+from one host then costs the node a ``recvfrom`` per datagram instead of a decode, so the node
+drains its socket faster than one core can fill it, and its peers' datagrams are not lost in
+the kernel's queue behind the junk.
 """
 
 from __future__ import annotations
@@ -36,11 +43,50 @@ from mesh._wire import (
     WireCodec,
 )
 
-__all__ = ["MAX_AGE", "Inbound"]
+__all__ = ["MAX_AGE", "SOURCE_BURST", "SOURCE_RATE", "Inbound", "SourceBudget"]
 
 MAX_AGE = 300.0
 """Signed messages sent further than this (seconds, wall clock) from the receiver's now are
 refused: the bound on how far apart the hosts' clocks may be."""
+
+SOURCE_RATE = 2000.0
+"""Datagrams a second checked from one IP address. A member sends a peer a few dozen a
+second (probes, acks, gossip, clock polls); 50 nodes on one host (tests, demos: one address)
+stay under it."""
+SOURCE_BURST = 2000.0
+"""How many datagrams one address may have checked at once after a quiet time."""
+MAX_SOURCES = 4096
+"""Addresses tracked at once; the one heard from least recently is forgotten first."""
+
+
+class SourceBudget:
+    """A token bucket per source address (sans-IO: the caller passes ``now``, seconds on any
+    monotonic clock). Bounded: at most *max_sources* addresses are tracked."""
+
+    def __init__(
+        self,
+        rate: float = SOURCE_RATE,
+        burst: float = SOURCE_BURST,
+        max_sources: int = MAX_SOURCES,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_sources = max_sources
+        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
+
+    def allow(self, source: str, now: float) -> bool:
+        """Whether one more datagram from *source* may be checked now (spends a token)."""
+        bucket = self._buckets.pop(source, None)  # re-inserted last: least recent first
+        if bucket is None:
+            if len(self._buckets) >= self.max_sources:
+                del self._buckets[next(iter(self._buckets))]
+            tokens = self.burst
+        else:
+            tokens, at = bucket
+            tokens = min(self.burst, tokens + (now - at) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
 
 
 class Inbound:

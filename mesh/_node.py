@@ -36,6 +36,7 @@ from typing import Any
 import attrs
 import trio
 
+from mesh._cli import UsageError
 from mesh._clock import ClockSnapshot, SkewedClock
 from mesh._discovery import (
     DEFAULT_BEACON_PORT,
@@ -48,6 +49,7 @@ from mesh._election import ClaimAnswer, PostChanged, SteppedDown
 from mesh._errors import MeshError
 from mesh._extensions import Extension
 from mesh._interfaces import choose_interfaces, local_addresses
+from mesh._keys import KeyEntry, keyring_at, read_entries
 from mesh._membership import (
     MemberEvent,
     MemberView,
@@ -100,6 +102,8 @@ logger = logging.getLogger(__name__)
 
 _WARNED_OPEN: set[str] = set()
 """The open (keyless) federations this process has already warned about."""
+KEY_FILE_POLL = 1.0
+"""Seconds between two looks at the key file (``NodeConfig.key_file``)."""
 RequestHandler = Callable[[str | None, Value], Awaitable[Value]]
 """An async function answering a request: ``(sender path or None, payload) -> payload``."""
 
@@ -177,6 +181,10 @@ class NodeConfig:
     time limit), never later."""
     registry: str | None = None
     keyring: Keyring | None = None
+    key_file: Path | None = None
+    """The file *keyring* was read from (``--key-file``): the node reads it again whenever it
+    changes and switches keys when a new one's time to sign comes, so the federation key is
+    rotated without a restart (``stagemesh keygen --add`` / ``--retire``)."""
     mdns: bool = True
     broadcast: bool = True
     beacon_port: int = DEFAULT_BEACON_PORT
@@ -248,6 +256,7 @@ class Node:
         self._external_ready = trio.Event()
         self._request_ids = 0
         self.status_url: str | None = None
+        self.key_file_error: str | None = None
         self.discovery_stats: dict[str, Callable[[], Any]] = {}
         for ext in config.extensions:
             for kind, handler in ext.handlers().items():
@@ -510,6 +519,7 @@ class Node:
                 **lineage,
             },
             "registry": None,
+            "keys": self._keys_status(),
             "statistics": {
                 "membership": attrs.asdict(self.core.membership.statistics()),
                 "election": attrs.asdict(self.core.election.statistics()),
@@ -522,6 +532,18 @@ class Node:
         for ext in self.config.extensions:
             doc[ext.name] = ext.status()
         return doc
+
+    def _keys_status(self) -> dict[str, Any] | None:
+        keyring = self.transport.codec.keyring
+        if keyring is None:
+            return None
+        return {
+            "signing": keyring.primary,
+            "accepted": sorted(keyring.keys),
+            "retired": sorted(keyring.retired),
+            "file": None if self.config.key_file is None else str(self.config.key_file),
+            "error": self.key_file_error,
+        }
 
     # -- the driver ---------------------------------------------------------------------------
 
@@ -725,6 +747,41 @@ class Node:
             self.core.handle_timer(now)
             self._pump()
 
+    async def _serve_key_file(self, path: Path) -> None:
+        """Read the key file again whenever it changes, and use the keyring it makes at each
+        moment (a new key signs when its time comes): the same codec signs and checks gossip,
+        frames and beacons. A file that cannot be read or parsed is reported (log, status)
+        and the keys in use are kept."""
+        seen: tuple[int, int, int] | None = None
+        entries: list[KeyEntry] | None = None
+        while True:
+            try:
+                st = await trio.Path(path).stat()
+                stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except OSError:
+                stamp = None
+            if stamp != seen:
+                seen = stamp
+                try:
+                    entries = await trio.to_thread.run_sync(read_entries, path)
+                    self.key_file_error = None
+                except UsageError as exc:
+                    self.key_file_error = str(exc)
+                    logger.warning("key file not used (keeping the keys in use): %s", exc)
+            if entries is not None:
+                keyring = keyring_at(entries, time.time())
+                if keyring != self.transport.codec.keyring:
+                    self.transport.codec.keyring = keyring
+                    logger.info(
+                        "federation keys: signing with key %d, accepting %s%s",
+                        keyring.primary,
+                        ", ".join(map(str, sorted(keyring.keys))),
+                        f", refusing retired {', '.join(map(str, sorted(keyring.retired)))}"
+                        if keyring.retired
+                        else "",
+                    )
+            await trio.sleep(KEY_FILE_POLL)
+
     async def _serve_discovery(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run :func:`serve_discovery` (the same code its tests run) with this node's hints
         going to the membership core; seeds are hinted again every second while this node
@@ -748,7 +805,9 @@ class Node:
         )
         async with trio.open_nursery() as nursery:
             discovery: Discovery = await nursery.start(
-                partial(serve_discovery, seeds_needed=self._alone), dconfig, self._on_hint
+                partial(serve_discovery, seeds_needed=self._alone, codec=self.transport.codec),
+                dconfig,
+                self._on_hint,
             )
             for name in ("beacons", "mdns", "seeds"):
                 source = getattr(discovery, name)
@@ -856,6 +915,8 @@ async def open_node(config: NodeConfig) -> AsyncIterator[Node]:
 
                 node.status_url = await nursery.start(serve_status, node, config.status)
             await nursery.start(node._serve_discovery)
+            if config.key_file is not None and config.keyring is not None:
+                nursery.start_soon(node._serve_key_file, config.key_file)
             for ext in config.extensions:
                 await nursery.start(ext.run, node)
             with status_file(

@@ -12,8 +12,6 @@ import argparse
 import errno
 import ipaddress
 import json
-import os
-import secrets
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +24,6 @@ from mesh._ports import DEFAULT_BEACON_PORT, DEFAULT_GOSSIP_PORT, GOSSIP_SEARCH
 if TYPE_CHECKING:
     from mesh._extensions import Extension
     from mesh._node import NodeConfig
-    from mesh._wire import Keyring
 
 __all__ = [
     "ExtensionFactory",
@@ -34,8 +31,6 @@ __all__ = [
     "NodeCommand",
     "StatusCommand",
     "format_status",
-    "load_keyring",
-    "write_key_file",
 ]
 
 ExtensionFactory: TypeAlias = "Callable[[argparse.Namespace], Extension | None]"
@@ -44,49 +39,6 @@ The composition root passes these to :class:`NodeCommand`."""
 
 DEFAULT_STATUS_TIMEOUT = 2.0
 """Seconds ``stagemesh status`` waits for each node."""
-
-
-def load_keyring(path: Path) -> Keyring:
-    """Read a key file: one ``<key id> <hex key>`` per line, the first is the primary key.
-
-    Raises :class:`UsageError` naming the line and what is wrong.
-    """
-    from mesh._wire import Keyring
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read key file {path}: {exc.strerror}") from None
-    keys: dict[int, bytes] = {}
-    primary: int | None = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise UsageError(f"{path}:{number}: expected '<key id> <hex key>'")
-        key_id = int(parts[0])
-        try:
-            key = bytes.fromhex(parts[1])
-        except ValueError:
-            raise UsageError(f"{path}:{number}: the key is not hexadecimal") from None
-        if not 1 <= key_id <= 255 or len(key) < 16:
-            raise UsageError(f"{path}:{number}: key id must be 1-255 and the key >= 16 bytes")
-        keys[key_id] = key
-        primary = key_id if primary is None else primary
-    if primary is None:
-        raise UsageError(f"{path}: no key in the file")
-    return Keyring(keys, primary)
-
-
-def write_key_file(path: Path, key_id: int = 1) -> None:
-    """Write a new random 256-bit federation key to *path* (mode 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("# stagemesh federation key: copy this file to every node of the federation\n")
-        f.write(f"{key_id} {secrets.token_hex(32)}\n")
 
 
 def _bind(text: str) -> tuple[str, int]:
@@ -196,6 +148,8 @@ class NodeCommand:
             seeds = tuple(parse_seed(s) for s in args.seed)
         except InvalidSeed as exc:
             raise UsageError(str(exc)) from None
+        from mesh._keys import load_keyring
+
         keyring = load_keyring(args.key_file) if args.key_file else None
         extensions = [e for e in (f(args) for f in self.extensions) if e is not None]
         if args.registry and not any(e.name == "registry" for e in extensions):
@@ -220,6 +174,7 @@ class NodeCommand:
                 seeds=seeds,
                 registry=args.registry,
                 keyring=keyring,
+                key_file=args.key_file,
                 mdns=not args.no_mdns,
                 broadcast=not args.no_broadcast,
                 beacon_port=args.broadcast_port,
@@ -454,22 +409,59 @@ roles package's (the mesh library knows no operator keys)."""
 
 
 class KeygenCommand:
-    """``stagemesh keygen``: write a new federation key file, or an operator key pair."""
+    """``stagemesh keygen``: write a new federation key file, add a key to one or retire one
+    (a rotation, see ``docs/security.md``), or write an operator key pair."""
 
     name = "keygen"
     help = (
-        "write a new federation key (pass it to every node with --key-file), or with "
-        "--operator an operator key pair (sign role changes with it)"
+        "write a new federation key (pass it to every node with --key-file), add a key to it "
+        "or retire one (--add, --retire: rotate the key while nodes run), or with --operator "
+        "an operator key pair (sign role changes with it)"
     )
+    environment = {
+        "--add": "STAGEMESH_ADD_KEY",
+        "--retire": "STAGEMESH_RETIRE_KEY",
+        "--overlap": "STAGEMESH_KEY_OVERLAP",
+    }
 
     def __init__(self, operator_keygen: OperatorKeygen | None = None) -> None:
         self.operator_keygen = operator_keygen
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
-            "path", type=Path, nargs="?", help="where to write the federation key (must not exist)"
+            "path",
+            type=Path,
+            nargs="?",
+            help="the federation key file: written new (must not exist), or changed by "
+            "--add and --retire",
         )
-        parser.add_argument("--key-id", type=int, default=1, help="key id, 1-255 (default 1)")
+        parser.add_argument(
+            "--key-id",
+            type=int,
+            default=None,
+            help="key id, 1-255 (default 1; with --add the next after the file's highest)",
+        )
+        parser.add_argument(
+            "--add",
+            action="store_true",
+            help="add a new key to the existing file PATH: accepted at once, signing after "
+            "--overlap seconds (copy the file to every node before then)",
+        )
+        parser.add_argument(
+            "--overlap",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="with --add: seconds until the new key signs (default 600)",
+        )
+        parser.add_argument(
+            "--retire",
+            type=int,
+            default=None,
+            metavar="KEYID",
+            help="retire key KEYID in the file PATH: nodes refuse what it signs (once the new "
+            "key signs everywhere)",
+        )
         parser.add_argument(
             "--operator",
             type=Path,
@@ -488,15 +480,64 @@ class KeygenCommand:
             raise UsageError("give either PATH (a federation key) or --operator PATH")
         if args.operator is not None:
             return self._operator(args.operator, args.comment)
-        if not 1 <= args.key_id <= 255:
+        if args.add and args.retire is not None:
+            raise UsageError("give --add or --retire, not both (retire the old key later)")
+        if args.overlap is not None and not args.add:
+            raise UsageError("--overlap goes with --add")
+        if args.key_id is not None and not 1 <= args.key_id <= 255:
             raise UsageError("--key-id must be in 1..255")
+        if args.add:
+            return self._add(args.path, args.overlap, args.key_id)
+        if args.retire is not None:
+            return self._retire(args.path, args.retire)
+        from mesh._keys import write_key_file
+
+        key_id = 1 if args.key_id is None else args.key_id
         try:
-            write_key_file(args.path, args.key_id)
+            write_key_file(args.path, key_id)
         except FileExistsError:
-            raise CommandFailed(f"{args.path} exists; not overwriting a key") from None
+            raise CommandFailed(
+                f"{args.path} exists; not overwriting a key (--add adds one to it)"
+            ) from None
         except OSError as exc:
             raise CommandFailed(f"cannot write {args.path}: {exc.strerror}") from None
-        print(f"wrote federation key {args.key_id} to {args.path}", file=sys.stderr)
+        print(f"wrote federation key {key_id} to {args.path}", file=sys.stderr)
+        return 0
+
+    def _add(self, path: Path, overlap: float | None, key_id: int | None) -> int:
+        import time
+
+        from mesh._keys import DEFAULT_OVERLAP, add_key, format_entries
+
+        try:
+            entry = add_key(
+                path, time.time(), DEFAULT_OVERLAP if overlap is None else overlap, key_id
+            )
+        except OSError as exc:
+            raise CommandFailed(f"cannot write {path}: {exc.strerror}") from None
+        when = format_entries([entry]).split()[-1]
+        print(
+            f"added federation key {entry.key_id} to {path}: accepted now, signs from {when}; "
+            f"copy {path} to every node before then (running nodes read it again by "
+            f"themselves), then retire the old key with --retire",
+            file=sys.stderr,
+        )
+        return 0
+
+    def _retire(self, path: Path, key_id: int) -> int:
+        import time
+
+        from mesh._keys import retire_key
+
+        try:
+            retire_key(path, key_id, time.time())
+        except OSError as exc:
+            raise CommandFailed(f"cannot write {path}: {exc.strerror}") from None
+        print(
+            f"retired federation key {key_id} in {path}: copy {path} to every node; they "
+            f"refuse what key {key_id} signs from then on",
+            file=sys.stderr,
+        )
         return 0
 
     def _operator(self, path: Path, comment: str | None) -> int:

@@ -6,6 +6,11 @@ Every datagram and frame is decoded, verified and replay-checked here (by the sa
 :meth:`Transport.statistics` and dropped, never raised into the node. Every message sent is
 bound to its receiver when the node knows who that is (``to``: node id and incarnation).
 
+Datagrams are read in batches straight from the socket (one scheduler round per batch, not
+per datagram), and each source address has a budget of datagrams checked per second
+(:class:`~mesh._inbound.SourceBudget`): beyond it, a datagram is dropped unread and counted
+(``source limit``), so a flood from one host costs a ``recvfrom`` per datagram.
+
 TCP is where a stranger could tie a node up, so the listener is guarded:
 
 - at most :data:`MAX_STREAMS` connections at once, and :data:`MAX_STREAMS_PER_SOURCE` from any
@@ -25,6 +30,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import socket
 import time
 from collections import Counter
@@ -34,7 +40,7 @@ from typing import Any
 import attrs
 import trio
 
-from mesh._inbound import Inbound
+from mesh._inbound import Inbound, SourceBudget
 from mesh._ports import gossip_port_candidates
 from mesh._wire import (
     MAX_DATAGRAM,
@@ -72,6 +78,12 @@ MAX_STREAMS = 256
 MAX_STREAMS_PER_SOURCE = 8
 """TCP connections served at once from one IP address."""
 _HANDSHAKE_TIMEOUT = 1.0
+_BATCH = 128
+"""Datagrams read (and handled) per wake-up of the receiving task."""
+_RECEIVE_BUFFER = 1 << 20
+"""Bytes of the UDP socket's receive buffer asked of the kernel (it grants at most
+``net.core.rmem_max``): room for a few milliseconds of flood while the node is not scheduled,
+so its peers' datagrams are not dropped behind the junk."""
 
 
 @attrs.frozen
@@ -89,6 +101,10 @@ class TransportStatistics:
     stream_errors: int
     rejected: dict[str, int]
     """Refused input by reason (``bad tag``, ``replayed``, ``malformed``, ``federation``...)."""
+    receive_drops: int | None = None
+    """Datagrams the kernel dropped because the socket's receive queue was full (a flood, or
+    a node that was not scheduled), before the node could read them; ``None`` where the system
+    does not say (read from ``/proc/net/udp`` on Linux)."""
 
 
 class Transport:
@@ -105,8 +121,8 @@ class Transport:
         stream_timeout: float,
         incarnation: int = 0,
     ) -> None:
-        self._raw = udp  # non-blocking; every datagram is sent by _try_send
-        self._udp = trio.socket.from_stdlib_socket(udp)  # for receiving
+        self._raw = udp  # non-blocking; every datagram is sent by _try_send and read here
+        self.budget = SourceBudget()
         self._listener = listener
         self.address = advertised
         self.federation = federation
@@ -171,6 +187,7 @@ class Transport:
             streams_opened=c["streams_opened"],
             stream_errors=c["stream_errors"],
             rejected=dict(self.inbound.rejected),
+            receive_drops=_receive_drops(self._raw),
         )
 
     def reject(self, reason: str) -> None:
@@ -333,20 +350,32 @@ class Transport:
             nursery.start_soon(self._serve_sender)
             task_status.started()
             while True:
-                try:
-                    data, src = await self._udp.recvfrom(MAX_DATAGRAM + 1)
-                except OSError as exc:
-                    # ICMP port unreachable from an earlier send surfaces here on Linux.
-                    if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
-                        logger.debug("recvfrom: %s", exc)
-                    continue
-                self._counts["datagrams_received"] += 1
-                self._counts["bytes_received"] += len(data)
-                env = self.decode_datagram(data)
-                if env is not None:
-                    if self.observer is not None:
-                        self.observer((src[0], src[1]), env)
-                    handler((src[0], src[1]), env)
+                await trio.lowlevel.wait_readable(self._raw)
+                self._receive_batch(handler)
+
+    def _receive_batch(self, handler: DatagramHandler) -> None:
+        """Read and handle up to :data:`_BATCH` datagrams that are waiting."""
+        counts, budget, now = self._counts, self.budget, time.monotonic()
+        for _ in range(_BATCH):
+            try:
+                data, src = self._raw.recvfrom(MAX_DATAGRAM + 1)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                # ICMP port unreachable from an earlier send surfaces here on Linux.
+                if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
+                    logger.debug("recvfrom: %s", exc)
+                continue
+            counts["datagrams_received"] += 1
+            counts["bytes_received"] += len(data)
+            if not budget.allow(src[0], now):
+                self.reject("source limit")
+                continue
+            env = self.decode_datagram(data)
+            if env is not None:
+                if self.observer is not None:
+                    self.observer((src[0], src[1]), env)
+                handler((src[0], src[1]), env)
 
     async def serve_streams(
         self, handler: StreamHandler, *, task_status: Any = trio.TASK_STATUS_IGNORED
@@ -418,6 +447,21 @@ class Transport:
         return await _receive_exactly(stream, self.codec.frame_length(prefix))
 
 
+def _receive_drops(sock: socket.socket) -> int | None:
+    """The kernel's count of datagrams dropped for *sock* (Linux ``/proc/net/udp``: the last
+    column of the line whose inode is the socket's), or ``None`` if it cannot be read."""
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+        with open("/proc/net/udp") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 12 and fields[9] == inode:
+                    return int(fields[-1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 async def _receive_exactly(stream: trio.SocketStream, count: int) -> bytes:
     buf = bytearray()
     while len(buf) < count:
@@ -432,6 +476,7 @@ async def _bind_pair(host: str, port: int) -> tuple[socket.socket, trio.SocketLi
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.setblocking(False)
     try:
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
         udp.bind((host, port))
         bound = udp.getsockname()[1]
         tcp = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)

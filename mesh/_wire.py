@@ -771,14 +771,22 @@ class Envelope:
 
 @attrs.frozen
 class Keyring:
-    """The federation's secret keys by id (1-255); ``primary`` signs, all of them verify."""
+    """The federation's secret keys by id (1-255); ``primary`` signs, all of them verify.
+
+    ``retired`` are ids of keys taken out of use (a rotation, :mod:`mesh._keys`): what they
+    sign is refused as ``retired key`` rather than ``unknown key``, so the count says that
+    someone still uses an old key.
+    """
 
     keys: Mapping[int, bytes]
     primary: int
+    retired: frozenset[int] = frozenset()
 
     def __attrs_post_init__(self) -> None:
         if self.primary not in self.keys:
             raise ValueError("the primary key id must be one of the keys")
+        if self.retired & set(self.keys):
+            raise ValueError("a retired key id cannot be one of the keys")
         for key_id, key in self.keys.items():
             if not 1 <= key_id <= 255:
                 raise ValueError(f"key id {key_id} is not in 1..255")
@@ -955,6 +963,8 @@ class WireCodec:
             raise InvalidMessage("signed", f"signed with key {key_id}; this node has no key")
         key = self.keyring.keys.get(key_id)
         if key is None:
+            if key_id in self.keyring.retired:
+                raise InvalidMessage("retired key", f"key id {key_id} was retired")
             raise InvalidMessage("unknown key", f"key id {key_id}")
         return key
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from mesh._node_cli import write_key_file
+from mesh._keys import write_key_file
 from tests.harness import wait_for
 from tests.livenodes import LiveNode, start_nodes
 

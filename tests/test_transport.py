@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from mesh._discovery import resolve_seeds
-from mesh._inbound import Inbound
+from mesh._inbound import Inbound, SourceBudget
 from mesh._node import NodeConfig, open_node
 from mesh._transport import MAX_STREAMS_PER_SOURCE, Transport, open_transport
 from mesh._wire import (
@@ -64,6 +64,19 @@ async def until(check: object, what: str) -> None:
     with trio.fail_after(5):
         while not check():  # type: ignore[operator]
             await trio.sleep(0.01)
+
+
+def test_a_source_budget_limits_one_address_and_not_the_others() -> None:
+    """A flood from one address is cut to the budget's rate; another address, and the same
+    one after a quiet time, are not touched; the table of addresses stays bounded."""
+    budget = SourceBudget(rate=100.0, burst=10.0, max_sources=4)
+    assert sum(budget.allow("10.0.0.9", 0.0) for _ in range(1000)) == 10
+    assert budget.allow("10.0.0.1", 0.0)
+    assert sum(budget.allow("10.0.0.9", 0.05) for _ in range(1000)) == 5  # 100/s x 0.05 s
+    assert sum(budget.allow("10.0.0.9", 10.0) for _ in range(1000)) == 10  # burst, not more
+    for i in range(100):  # spoofed sources: forgotten least recent first, never more than 4
+        assert budget.allow(f"10.1.0.{i}", 10.0)
+    assert len(budget._buckets) == 4
 
 
 def test_inbound_accepts_a_binding_only_within_this_run() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import trio
 
-from mesh._node_cli import load_keyring, write_key_file
+from mesh._keys import load_keyring, write_key_file
 from mesh._wire import Keyring, Message
 from tests.livenodes import LiveNode
 from tests.security.edge_tools import forge, send_datagrams

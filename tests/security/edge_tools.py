@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mesh._node_cli import load_keyring
+from mesh._keys import load_keyring
 from mesh._wire import (
     Dead,
     Envelope,

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 import mesh
-from mesh._node_cli import load_keyring
+from mesh._keys import load_keyring
 
 
 def _fill(value: Any, term: int | None) -> Any:

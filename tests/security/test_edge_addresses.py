@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh._node_cli import write_key_file
+from mesh._keys import write_key_file
 from tests.harness import wait_until
 from tests.netns import Lan
 from tests.security.edge_netns import node_id, start, status, tool

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh._node_cli import write_key_file
+from mesh._keys import write_key_file
 from tests.harness import wait_until
 from tests.netns import Host, Lan, Spawned
 from tests.security.edge_netns import (
