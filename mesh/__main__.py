@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mesh._cli import Command, CommandEntry, main as cli_main
 
 if TYPE_CHECKING:
-    from mesh._node_cli import ExtensionFactory
+    from mesh._plugins import ExtensionPlugin
 
 __all__ = ["COMMANDS", "commands", "main", "node_extensions"]
 
@@ -107,19 +107,15 @@ def commands() -> list[Command]:
     return [entry.load() for entry in COMMANDS]
 
 
-def node_extensions() -> list[ExtensionFactory]:
-    """The extension factories ``stagemesh node`` offers (roles, registry bridge, OSC and
-    Ableton Link bridges)."""
-    from mesh._bridges import link_extension_factory, osc_extension_factory
-    from registry_bridge._bridge import registry_extension_factory
-    from roles._extension import roles_extension_factory
+def node_extensions() -> list[ExtensionPlugin[Any]]:
+    """The extensions ``stagemesh node`` offers (roles, registry bridge, OSC and Ableton Link
+    bridges), each with its flags, typed config and factory; ``--help`` lists their flags in
+    this order, after the node's own."""
+    from mesh._bridges import LINK, OSC
+    from registry_bridge._plugin import REGISTRY
+    from roles._plugin import ROLES
 
-    return [
-        roles_extension_factory,
-        registry_extension_factory,
-        osc_extension_factory,
-        link_extension_factory,
-    ]
+    return [ROLES, REGISTRY, OSC, LINK]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

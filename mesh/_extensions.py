@@ -1,9 +1,11 @@
 """How a node takes extensions: things to run beside it, fields for its status and metadata,
 and handlers for requests.
 
-The roles of a conference station and the registry bridge are extensions; the composition root
-(``mesh.__main__``) passes them to :class:`~mesh._node.NodeConfig` so the ``mesh`` library never
-imports them.
+The roles of a conference station, the registry bridge and the OSC and Ableton Link bridges are
+extensions. A program puts the ones it wants in :class:`~mesh._node.NodeConfig`;
+``stagemesh node`` builds them through their plugins (:mod:`mesh._plugins`: each brings its own
+flags and builds its extension from a typed config), which the composition root
+(``mesh.__main__``) offers, so the ``mesh`` library never imports them.
 """
 
 from __future__ import annotations

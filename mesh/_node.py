@@ -164,7 +164,8 @@ def _check_names(instance: Any, attribute: attrs.Attribute[str], value: str) -> 
 
 @attrs.frozen
 class NodeConfig:
-    """Everything a node is started with (the command line maps onto this one to one)."""
+    """Everything a node is started with (the node's flags of ``stagemesh node`` map onto this
+    one to one; an extension's flags onto its own typed config, see :mod:`mesh._plugins`)."""
 
     federation: str = attrs.field(default="default", validator=_check_names)
     orchestra: str = attrs.field(factory=default_orchestra, validator=_check_names)
@@ -180,6 +181,8 @@ class NodeConfig:
     """Static peers; a host may be a name, looked up once at start (in a worker thread, with a
     time limit), never later."""
     registry: str | None = None
+    """Not read by the node: the registry bridge (an extension) has its own URL. ``stagemesh
+    node`` leaves it ``None``."""
     keyring: Keyring | None = None
     key_file: Path | None = None
     """The file *keyring* was read from (``--key-file``): the node reads it again whenever it

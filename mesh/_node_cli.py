@@ -16,26 +16,21 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from mesh._cli import CommandFailed, UsageError, first_cause
 from mesh._ports import DEFAULT_BEACON_PORT, DEFAULT_GOSSIP_PORT, GOSSIP_SEARCH
 
 if TYPE_CHECKING:
-    from mesh._extensions import Extension
     from mesh._node import NodeConfig
+    from mesh._plugins import ExtensionPlugin
 
 __all__ = [
-    "ExtensionFactory",
     "KeygenCommand",
     "NodeCommand",
     "StatusCommand",
     "format_status",
 ]
-
-ExtensionFactory: TypeAlias = "Callable[[argparse.Namespace], Extension | None]"
-"""Builds an extension from the parsed ``stagemesh node`` flags (or ``None`` if not asked for).
-The composition root passes these to :class:`NodeCommand`."""
 
 DEFAULT_STATUS_TIMEOUT = 2.0
 """Seconds ``stagemesh status`` waits for each node."""
@@ -66,14 +61,19 @@ def bind_address(text: str) -> str:
 
 
 class NodeCommand:
-    """``stagemesh node``: run a node until SIGINT/SIGTERM, then leave gracefully."""
+    """``stagemesh node``: run a node until SIGINT/SIGTERM, then leave gracefully.
+
+    It defines the node's own flags; each extension the composition root offers (an
+    :class:`~mesh._plugins.ExtensionPlugin`) adds its own and builds itself from its typed
+    config and the node's.
+    """
 
     name = "node"
     help = "run a stagemesh node"
     environment = {"--bind": "STAGEMESH_NODE_BIND"}
     """``STAGEMESH_BIND`` is the registry's ``HOST:PORT``; the node's address has its own."""
 
-    def __init__(self, extensions: Sequence[ExtensionFactory] = ()) -> None:
+    def __init__(self, extensions: Sequence[ExtensionPlugin[Any]] = ()) -> None:
         self.extensions = list(extensions)
 
     def configure(self, parser: argparse.ArgumentParser) -> None:
@@ -101,37 +101,23 @@ class NodeCommand:
         add("--supernode", action="store_true", help="prefer this node as supernode")
         add("--conductor", action="store_true", help="make this node a conductor candidate")
         add("--seed", action="append", default=[], help="static peer HOST:PORT")
-        add("--registry", default=None, help="registry URL")
         add("--key-file", type=Path, default=None, help="federation key (stagemesh keygen)")
         add("--no-mdns", action="store_true", help="do not use mDNS")
         add("--no-broadcast", action="store_true", help="do not send broadcast beacons")
         add("--broadcast-port", type=int, default=DEFAULT_BEACON_PORT)
         add("--status", type=_bind, default=("127.0.0.1", 0), help="status API HOST:PORT")
-        add("--roles", type=Path, default=None, help="station roles file (conference)")
-        add(
-            "--operator-keys",
-            type=Path,
-            action="append",
-            default=[],
-            help="operator public keys (stagemesh keygen --operator) whose signed role changes "
-            "this node accepts; repeatable",
-        )
-        add(
-            "--insecure-remote-roles",
-            action="store_true",
-            help="on an OPEN federation (no --key-file), accept remote role changes anyway "
-            "(unsigned if no --operator-keys): only on an isolated network you control",
-        )
         add("--profile", choices=sorted(PROFILES), default=None, help="membership timing")
         add("--state-dir", type=Path, default=None, help="where the node keeps its identity")
         add("--clock-skew", type=float, default=0.0, help="inject clock skew (seconds)")
         add("--clock-drift", type=float, default=0.0, help="inject clock drift (ppm)")
-        add("--osc", default=None, metavar="[HOST:]PORT", help="OSC bridge (on 127.0.0.1)")
-        add("--osc-reply", default=None, metavar="HOST:PORT", help="where OSC answers go")
-        add("--link", action="store_true", help="align the local Ableton Link session")
+        for plugin in self.extensions:
+            plugin.configure(parser)
 
     def config(self, args: argparse.Namespace) -> NodeConfig:
-        """The :class:`NodeConfig` the flags describe (raises :class:`UsageError`)."""
+        """The :class:`NodeConfig` the flags describe, with the extensions they ask for (raises
+        :class:`UsageError`, or :class:`CommandFailed` for an extension that cannot start)."""
+        import attrs
+
         from mesh._discovery import InvalidSeed, parse_seed
         from mesh._interfaces import InterfaceError, choose_interfaces, local_addresses
         from mesh._names import InvalidName
@@ -151,11 +137,7 @@ class NodeCommand:
         from mesh._keys import load_keyring
 
         keyring = load_keyring(args.key_file) if args.key_file else None
-        extensions = [e for e in (f(args) for f in self.extensions) if e is not None]
-        if args.registry and not any(e.name == "registry" for e in extensions):
-            raise UsageError("--registry is not available yet in this build")
-        if args.roles and not any(e.name == "roles" for e in extensions):
-            raise UsageError("--roles is not available yet in this build")
+        configs = [(plugin, plugin.config(args)) for plugin in self.extensions]
         profile = args.profile or ("loopback" if bind.startswith("127.") else "lan")
         kwargs: dict[str, Any] = {}
         if args.orchestra is not None:
@@ -163,7 +145,7 @@ class NodeCommand:
         if args.name is not None:
             kwargs["name"] = args.name
         try:
-            return NodeConfig(
+            node = NodeConfig(
                 federation=args.federation,
                 bind=bind,
                 port=DEFAULT_GOSSIP_PORT if args.port is None else args.port,
@@ -172,7 +154,6 @@ class NodeCommand:
                 supernode=args.supernode,
                 conductor=args.conductor,
                 seeds=seeds,
-                registry=args.registry,
                 keyring=keyring,
                 key_file=args.key_file,
                 mdns=not args.no_mdns,
@@ -183,11 +164,12 @@ class NodeCommand:
                 clock_skew=args.clock_skew,
                 clock_drift=args.clock_drift,
                 state_dir=args.state_dir,
-                extensions=tuple(extensions),
                 **kwargs,
             )
         except (InvalidName, ValueError) as exc:
             raise UsageError(str(exc)) from None
+        built = (plugin.build(config, node) for plugin, config in configs)
+        return attrs.evolve(node, extensions=tuple(e for e in built if e is not None))
 
     def run(self, args: argparse.Namespace) -> int:
         config = self.config(args)

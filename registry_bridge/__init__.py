@@ -23,6 +23,7 @@ from registry_bridge._client import (
     RelayedFrame as RelayedFrame,
 )
 from registry_bridge._command import RegistryCommand as RegistryCommand
+from registry_bridge._plugin import RegistryConfig as RegistryConfig
 from registry_bridge._relaylink import RelayLink as RelayLink
 from registry_bridge._relaypath import (
     PathConfig as PathConfig,
@@ -57,6 +58,7 @@ __all__ = [
     "RegistryBridge",
     "RegistryClient",
     "RegistryCommand",
+    "RegistryConfig",
     "RegistryConflict",
     "RegistryError",
     "RegistryNotFound",

@@ -47,7 +47,6 @@ supernode's path, ``direct`` or ``relay``, datagrams sent each way and the relay
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -73,6 +72,7 @@ from registry_bridge._relaylink import RelayLink
 
 if TYPE_CHECKING:
     from mesh._node import Node
+    from registry_bridge._plugin import RegistryConfig
 
 __all__ = ["REGISTRY_CLOCK", "BridgeState", "RegistryBridge", "registry_extension_factory"]
 
@@ -507,14 +507,6 @@ def _supernodes(view: Mapping[str, Any]) -> list[Peer]:
     ]
 
 
-def registry_extension_factory(args: argparse.Namespace) -> RegistryBridge | None:
-    """Build the bridge from ``stagemesh node`` flags: a :class:`RegistryBridge` for
-    ``--registry URL``, ``None`` without it."""
-    url = getattr(args, "registry", None)
-    if not url:
-        return None
-    if not url.startswith(("http://", "https://")):
-        from mesh._cli import UsageError
-
-        raise UsageError(f"--registry {url}: give an http:// or https:// URL")
-    return RegistryBridge(url)
+def registry_extension_factory(config: RegistryConfig) -> RegistryBridge | None:
+    """The bridge *config* asks for (``stagemesh node --registry URL``), else ``None``."""
+    return None if config.url is None else RegistryBridge(config.url)

@@ -89,6 +89,7 @@ from roles._operator import (
     OperatorPublicKey as OperatorPublicKey,
     Order as Order,
 )
+from roles._plugin import RolesConfig as RolesConfig
 from roles._station import (
     DATA_DIR_NAME as DATA_DIR_NAME,
     REQUEST_KINDS as REQUEST_KINDS,
@@ -143,6 +144,7 @@ __all__ = [
     "RoleConfig",
     "RoleEntry",
     "RoleFactory",
+    "RolesConfig",
     "RolesError",
     "RolesExtension",
     "StaleOrder",

@@ -1,7 +1,8 @@
 """Roles inside a node: the station (``--roles FILE``) and the manager (the conductor).
 
-:class:`RolesExtension` is a :class:`mesh.Extension`; the composition root (``mesh.__main__``)
-builds it with :func:`roles_extension_factory` from the ``stagemesh node`` flags:
+:class:`RolesExtension` is a :class:`mesh.Extension`; :func:`roles_extension_factory` builds it
+from a :class:`~roles._plugin.RolesConfig` (which ``stagemesh node`` makes of its flags, in
+``roles/_plugin.py``) and the node's config:
 
 * with ``--roles FILE`` the node is a **station**: it opens a :class:`~roles.Station` in
   ``<state-dir>/<federation>/<orchestra>/<name>/roles/`` (so it keeps running its last applied
@@ -28,7 +29,6 @@ A candidate without ``--roles`` runs the manager only (no station, no ``r``/``i`
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
@@ -48,8 +48,6 @@ from mesh._node import (
     RemoteError,
     RequestError,
     RequestTimeout,
-    default_name,
-    default_orchestra,
 )
 from mesh._state import default_state_dir, write_json_atomic
 from mesh._wire import Value
@@ -103,7 +101,8 @@ from roles._station import REQUEST_KINDS, Station, StationPolicy, open_station
 from roles._supervisor import BackoffPolicy
 
 if TYPE_CHECKING:
-    from mesh._node import Node
+    from mesh._node import Node, NodeConfig
+    from roles._plugin import RolesConfig
 
 __all__ = [
     "DESIRED_FILE_NAME",
@@ -799,26 +798,26 @@ async def push_config(
     return dict(answer)
 
 
-def roles_extension_factory(args: argparse.Namespace) -> RolesExtension | None:
-    """Build the roles extension from ``stagemesh node`` flags: for ``--roles FILE`` (a
-    station, with the manager) or ``--conductor`` (the manager only); ``None`` otherwise.
-    ``--operator-keys FILE`` (repeatable) and ``--insecure-remote-roles`` set who may change
-    the station from other nodes.
+def roles_extension_factory(config: RolesConfig, node: NodeConfig) -> RolesExtension | None:
+    """The roles extension of a node: for a station file (a station, with the manager) or a
+    conductor candidate (the manager only); ``None`` otherwise. The operator keys and
+    ``insecure_remote_roles`` set who may change the station from other nodes; the station's
+    folder is in the node's state folder, under its path.
 
-    The station file is loaded and checked whole here (with the station's real folders), so a
-    bad file stops the node before it starts with a :class:`mesh._cli.UsageError` naming the
-    file, the place and the problem.
+    The operator keys and the station file are loaded and checked whole here (with the
+    station's real folders), so a bad file stops the node before it starts with a
+    :class:`mesh._cli.UsageError` naming the flag, the file, the place and the problem.
     """
     from mesh._cli import UsageError
 
     try:
-        keyring = OperatorKeyring.load(getattr(args, "operator_keys", None) or ())
+        keyring = OperatorKeyring.load(config.operator_keys)
     except OperatorKeyError as exc:
         raise UsageError(f"--operator-keys: {exc}") from None
-    insecure = bool(getattr(args, "insecure_remote_roles", False))
-    path = getattr(args, "roles", None)
+    insecure = config.insecure_remote_roles
+    path = config.station_file
     if path is None:
-        if not getattr(args, "conductor", False):
+        if not node.conductor:
             return None
         return RolesExtension(operator_keys=keyring, insecure_remote_roles=insecure)
     try:
@@ -826,10 +825,7 @@ def roles_extension_factory(args: argparse.Namespace) -> RolesExtension | None:
     except ConfigFileError as exc:
         raise UsageError(f"--roles: {exc}") from None
     state = station_dir(
-        getattr(args, "state_dir", None) or default_state_dir(),
-        getattr(args, "federation", None) or "default",
-        getattr(args, "orchestra", None) or default_orchestra(),
-        getattr(args, "name", None) or default_name(),
+        node.state_dir or default_state_dir(), node.federation, node.orchestra, node.name
     )
     policy = StationPolicy.build(
         state_dir=state,

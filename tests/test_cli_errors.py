@@ -164,7 +164,19 @@ SLOW_START = textwrap.dedent(
             print("extension starting", flush=True)  # a camera that takes its time to open
             await trio.sleep_forever()
 
-    node = CommandEntry("node", "run a node", lambda: NodeCommand([lambda args: SlowToStart()]))
+    class SlowPlugin:
+        name = "slow"
+
+        def configure(self, parser):
+            pass
+
+        def config(self, args):
+            return None
+
+        def build(self, config, node):
+            return SlowToStart()
+
+    node = CommandEntry("node", "run a node", lambda: NodeCommand([SlowPlugin()]))
     sys.exit(main([node], sys.argv[1:]))
     """
 )

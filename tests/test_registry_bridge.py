@@ -17,8 +17,10 @@ from mesh._cli import UsageError
 from registry_bridge import (
     RegistryBridge,
     RegistryClient,
+    RegistryConfig,
     registry_extension_factory,
 )
+from registry_bridge._plugin import REGISTRY
 from tests.harness import wait_for
 from tests.livenodes import loopback_config
 from tests.registries import in_process_registry
@@ -186,14 +188,25 @@ async def test_registry_down_leaves_the_lan_working_and_the_bridge_reconnects(
 
 
 def test_factory_builds_the_bridge_only_for_a_registry_url() -> None:
-    assert registry_extension_factory(argparse.Namespace(registry=None)) is None
-    bridge = registry_extension_factory(argparse.Namespace(registry="http://10.0.0.1:7480"))
+    assert registry_extension_factory(RegistryConfig()) is None
+    bridge = registry_extension_factory(RegistryConfig("http://10.0.0.1:7480"))
     assert isinstance(bridge, RegistryBridge)
     assert bridge.name == "registry"
     assert bridge.status()["state"] == "idle"
-    with pytest.raises(UsageError):
-        registry_extension_factory(argparse.Namespace(registry="10.0.0.1:7480"))
-    assert registry_extension_factory in mesh.__main__.node_extensions()
+    with pytest.raises(ValueError, match="give an http:// or https:// URL"):
+        RegistryConfig("10.0.0.1:7480")
+    assert REGISTRY in mesh.__main__.node_extensions()
+
+
+def test_the_registry_flag_is_the_bridges_and_checked_where_it_is_read() -> None:
+    parser = argparse.ArgumentParser()
+    REGISTRY.configure(parser)
+    assert REGISTRY.config(parser.parse_args([])) == RegistryConfig()
+    assert REGISTRY.config(parser.parse_args(["--registry", ""])) == RegistryConfig()
+    url = "https://registry.example:7480"
+    assert REGISTRY.config(parser.parse_args(["--registry", url])) == RegistryConfig(url)
+    with pytest.raises(UsageError, match=r"^--registry 10\.0\.0\.1:7480: give an http://"):
+        REGISTRY.config(parser.parse_args(["--registry", "10.0.0.1:7480"]))
 
 
 def reference_of(nodes: list[Node]) -> Node | None:

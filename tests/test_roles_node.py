@@ -32,6 +32,7 @@ from roles import (
     OperatorKey,
     OperatorKeyring,
     RoleConfig,
+    RolesConfig,
     RolesExtension,
     StaleOrder,
     StationFile,
@@ -386,16 +387,17 @@ async def test_station_requests_and_the_roles_command(
 
 
 def test_factory_builds_the_extension_for_stations_and_candidates(tmp_path: Path) -> None:
-    def args(roles_file: Path | None, conductor: bool = False) -> argparse.Namespace:
-        return argparse.Namespace(roles=roles_file, conductor=conductor)
+    def build(roles_file: Path | None, conductor: bool = False) -> RolesExtension | None:
+        node = NodeConfig(name="s1", conductor=conductor, state_dir=tmp_path / "state")
+        return roles_extension_factory(RolesConfig(station_file=roles_file), node)
 
-    assert roles_extension_factory(args(None)) is None
-    manager_only = roles_extension_factory(args(None, conductor=True))
+    assert build(None) is None
+    manager_only = build(None, conductor=True)
     assert manager_only is not None and manager_only.station_file is None
     assert set(manager_only.handlers()) == set(roles.MANAGER_KINDS)
     good = tmp_path / "station.json"
     good.write_text(json.dumps({"blocked_roles": ["stream"], "roles": {}}))
-    station = roles_extension_factory(args(good))
+    station = build(good)
     assert station is not None and station.name == "roles"
     assert station.station_file is not None
     assert station.station_file.blocked_roles == {"stream"}
@@ -403,13 +405,13 @@ def test_factory_builds_the_extension_for_stations_and_candidates(tmp_path: Path
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"roles": {"command": {"x": {"timestamp": "soon"}}}}))
     with pytest.raises(UsageError, match=r"bad\.json: at \$\.roles\.command\.x\.timestamp"):
-        roles_extension_factory(args(bad))
+        build(bad)
     blocked = tmp_path / "blocked.json"
     blocked.write_text(
         json.dumps({"blocked_roles": ["stream"], "roles": {"stream": {"h": {"command": "x"}}}})
     )
     with pytest.raises(UsageError, match=r"BlockedRole: role 'stream'"):
-        roles_extension_factory(args(blocked))
+        build(blocked)
 
 
 def test_station_meta_stays_under_budget() -> None:
