@@ -164,6 +164,33 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
+def _picture_view(view: Mapping[str, Any]) -> dict[str, Any]:
+    """*view* with each orchestra's reported members (:mod:`registry_bridge._members`) drawn
+    beside its registrations: the picture shows every player, not only the supernodes that
+    register. A registered path is drawn once, with the state its supernode reported."""
+    orchestras = []
+    for orch in view.get("orchestras", ()):
+        reported = {m["path"]: m for m in orch.get("members", ())}
+        nodes = [
+            {**n, "state": reported[n["path"]]["state"]} if n["path"] in reported else n
+            for n in orch.get("nodes", ())
+        ]
+        registered = {n["path"] for n in nodes}
+        nodes += [
+            {
+                "path": path,
+                "name": path.rsplit("/", 1)[-1],
+                "supernode": False,
+                "conductor": "conductor" in m["posts"],
+                "state": m["state"],
+            }
+            for path, m in reported.items()
+            if path not in registered
+        ]
+        orchestras.append({**orch, "nodes": nodes})
+    return {**view, "orchestras": orchestras}
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -429,9 +456,19 @@ class _Registry:
         )
         return _dumps(answer)
 
-    async def do_heartbeat(self, token: str) -> bytes:
-        """JSON heartbeat: return the JSON answer (status 200)."""
-        return _dumps(await self.store.call(self.raw.heartbeat, _check_token(token)))
+    async def do_heartbeat(self, token: str, raw: bytes, content_type: str | None) -> bytes:
+        """JSON heartbeat: return the JSON answer (status 200). An empty body (the usual) just
+        keeps the registration alive; a supernode's may carry ``{"members": [...]}``, its
+        orchestra's members report (:mod:`registry_bridge._members`)."""
+        token = _check_token(token)
+        if not raw.strip():
+            return _dumps(await self.store.call(self.raw.heartbeat, token))
+        _require_json(content_type)
+        fields = _Fields(_decode_json(raw), {"members"})
+        members = fields.body.get("members")
+        if members is None:
+            return _dumps(await self.store.call(self.raw.heartbeat, token))
+        return _dumps(await self.store.call(self.raw.heartbeat, token, members))
 
     async def do_legacy_register(
         self, query: Mapping[str, str], client_host: str
@@ -548,7 +585,11 @@ class _Registry:
         return Response(body, status_code=201, media_type="application/json")
 
     async def heartbeat(self, request: Request) -> Response:
-        body = await self.do_heartbeat(request.path_params["token"])
+        body = await self.do_heartbeat(
+            request.path_params["token"],
+            await _read_body(request, self.max_body),
+            request.headers.get("content-type"),
+        )
         return Response(body, media_type="application/json")
 
     async def unregister(self, request: Request) -> Response:
@@ -676,13 +717,15 @@ class _Registry:
 
     async def federation_page(self, request: Request) -> Response:
         view = await self.store.call(self.raw.federation, request.path_params["federation"])
-        return self.html("federation.html", f=view, pic=mesh_picture(view), now=self.raw.now())
+        pic = mesh_picture(_picture_view(view))
+        return self.html("federation.html", f=view, pic=pic, now=self.raw.now())
 
     async def federation_live(self, request: Request) -> Response:
         """The live part of a federation's page (picture, conductor, orchestras), which the
         page fetches every two seconds to update itself."""
         view = await self.store.call(self.raw.federation, request.path_params["federation"])
-        return self.html("federation_live.html", f=view, pic=mesh_picture(view), now=self.raw.now())
+        pic = mesh_picture(_picture_view(view))
+        return self.html("federation_live.html", f=view, pic=pic, now=self.raw.now())
 
     def session_of(self, request: Request) -> str | None:
         """The admin session id of *request*'s cookie, if it carries a well-formed one."""
@@ -814,7 +857,12 @@ class _HotPaths:
                 token = _between(path, _HEARTBEAT)
                 if token is not None:
                     try:
-                        body = await self.reg.do_heartbeat(token)
+                        raw = await self._body(scope, receive)
+                        if raw is None:
+                            return  # the client went away before sending its body
+                        body = await self.reg.do_heartbeat(
+                            token, raw, _header(scope, b"content-type")
+                        )
                     except (HttpError, StoreError) as exc:
                         await self.reg.render_error(path, exc)(scope, receive, send)
                         return

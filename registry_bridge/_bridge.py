@@ -68,13 +68,20 @@ from registry_bridge._client import (
     RegistryRejected,
     RegistryUnreachable,
 )
+from registry_bridge._members import MAX_MEMBERS
 from registry_bridge._relaylink import RelayLink
 
 if TYPE_CHECKING:
     from mesh._node import Node
     from registry_bridge._plugin import RegistryConfig
 
-__all__ = ["REGISTRY_CLOCK", "BridgeState", "RegistryBridge", "registry_extension_factory"]
+__all__ = [
+    "REGISTRY_CLOCK",
+    "BridgeState",
+    "RegistryBridge",
+    "members_report",
+    "registry_extension_factory",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -393,8 +400,9 @@ class RegistryBridge(Extension):
 
     async def _heartbeat(self, node: Node, client: RegistryClient) -> None:
         assert self._token is not None
+        members = members_report(node) if self._flags[0] else None
         try:
-            beat = await client.heartbeat(self._token)
+            beat = await client.heartbeat(self._token, members)
         except RegistryNotFound:
             logger.info("registration at %s expired or was reset; registering again", self.url)
             flags = self._flags
@@ -495,6 +503,35 @@ class RegistryBridge(Extension):
 
 def _has_live_peer(node: Node) -> bool:
     return any(view.is_live and view.node_id != node.id for view in node.members())
+
+
+def members_report(node: Node) -> list[dict[str, Any]]:
+    """The members report a supernode sends with its heartbeat: its orchestra's members as
+    it sees them (each path once, a live claimant first), with the posts they hold; at most
+    :data:`~registry_bridge._members.MAX_MEMBERS`, by path."""
+    core = node.core
+    holders = set(core.supernodes().values())
+    conductor = core.conductor()
+    by_path: dict[str, Any] = {}
+    for view in node.members():
+        if view.orchestra != node.config.orchestra:
+            continue
+        known = by_path.get(view.path)
+        if known is None or (view.is_live and not known.is_live):
+            by_path[view.path] = view
+    report = []
+    for path in sorted(by_path)[:MAX_MEMBERS]:
+        view = by_path[path]
+        posts = [
+            p
+            for p, held in (
+                ("supernode", view.node_id in holders),
+                ("conductor", view.node_id == conductor),
+            )
+            if held
+        ]
+        report.append({"path": path, "state": view.status, "posts": posts})
+    return report
 
 
 def _supernodes(view: Mapping[str, Any]) -> list[Peer]:

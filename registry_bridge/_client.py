@@ -292,9 +292,11 @@ class RegistryClient:
             conductor_term=d["conductor_term"],
         )
 
-    async def heartbeat(self, token: str) -> Heartbeat:
-        """Keep the registration alive; :class:`RegistryNotFound` once it has expired."""
-        d = await self._call("POST", f"/registrations/{token}/heartbeat")
+    async def heartbeat(self, token: str, members: list[dict[str, Any]] | None = None) -> Heartbeat:
+        """Keep the registration alive; :class:`RegistryNotFound` once it has expired. A
+        supernode's heartbeat carries its orchestra's *members* report (path, state, posts)."""
+        body = None if members is None else {"members": members}
+        d = await self._call("POST", f"/registrations/{token}/heartbeat", body)
         return Heartbeat(d["elapsed"], d["ttl"], d["version"], d["conductor_term"])
 
     async def unregister(self, token: str) -> None:

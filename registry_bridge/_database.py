@@ -12,7 +12,7 @@ anything else a SQLite file (``registry_bridge._sqlite``).
 Schema versions: 1 is the schema before versioning (SQLite files made by older registries,
 no ``schema_version`` table), 2 adds the ``schema_version`` row and the shared expiry-sweep
 stamp, 3 the ``epochs`` lineage of federation time, 4 the ``relay`` queue (gossip relayed
-between supernodes of different sites).
+between supernodes of different sites), 5 a supernode's members report on its registration.
 :data:`SCHEMA_VERSION` is what this code needs.
 """
 
@@ -36,7 +36,7 @@ __all__ = [
     "shown_target",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The schema version this code reads and writes."""
 
 _SCHEMES = ("postgresql://", "postgres://")

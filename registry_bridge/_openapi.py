@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from registry_bridge._members import MAX_MEMBERS, MAX_POSTS, MEMBER_STATES
+
 __all__ = ["openapi_document"]
 
 TERM_LIMIT = 2**62
@@ -167,12 +169,57 @@ def _schemas() -> dict[str, Any]:
             },
         ),
         "OrchestraView": _object(
-            ["name", "created_at", "supernode", "nodes"],
+            ["name", "created_at", "supernode", "nodes", "members"],
             {
                 "name": _ref("Name"),
                 "created_at": {"type": "number"},
                 "supernode": {"oneOf": [_ref("Path"), {"type": "null"}]},
                 "nodes": {"type": "array", "items": _ref("Node")},
+                "members": {
+                    "type": "array",
+                    "items": _ref("ReportedMember"),
+                    "description": "every member as the supernode last reported it",
+                },
+            },
+        ),
+        "MemberReport": {
+            "type": "object",
+            "required": ["path", "state"],
+            "additionalProperties": False,
+            "properties": {
+                "path": {**_ref("Path"), "description": "of the reporting supernode's orchestra"},
+                "state": {"enum": list(MEMBER_STATES)},
+                "posts": {
+                    "type": "array",
+                    "items": _ref("Name"),
+                    "maxItems": MAX_POSTS,
+                    "uniqueItems": True,
+                    "default": [],
+                    "description": "posts it holds: supernode, conductor",
+                },
+            },
+        },
+        "HeartbeatRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "members": {
+                    "type": ["array", "null"],
+                    "items": _ref("MemberReport"),
+                    "maxItems": MAX_MEMBERS,
+                    "description": "the supernode's orchestra's members, each path once"
+                    " (replaces its last report; null: no report)",
+                },
+            },
+        },
+        "ReportedMember": _object(
+            ["path", "state", "posts", "reported_by", "reported_at"],
+            {
+                "path": _ref("Path"),
+                "state": {"enum": list(MEMBER_STATES)},
+                "posts": {"type": "array", "items": _ref("Name")},
+                "reported_by": {**_ref("Path"), "description": "the supernode that reported it"},
+                "reported_at": {"type": "number", "description": "wall-clock time of the report"},
             },
         ),
         "Orchestra": _object(
@@ -590,8 +637,13 @@ def _paths() -> dict[str, Any]:
             "parameters": [_TOKEN],
             "post": {
                 "operationId": "heartbeat",
-                "summary": "Keep a registration alive (it expires after ttl seconds without)",
-                "responses": _ok("alive", _ref("Heartbeat")) | _errors(404),
+                "summary": "Keep a registration alive (it expires after ttl seconds without);"
+                " a supernode's may carry its orchestra's members report",
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("HeartbeatRequest")}},
+                },
+                "responses": _ok("alive", _ref("Heartbeat")) | _errors(400, 403, 404, 413, 415),
             },
         },
         "/api/v1/registrations/{token}/relay": {

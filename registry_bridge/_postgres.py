@@ -133,6 +133,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX relay_recipient ON relay (recipient, id)",
         "CREATE INDEX relay_age ON relay (queued_at)",
     ),
+    (
+        # a supernode's last members report (registry_bridge._members) and when it came
+        "ALTER TABLE registrations ADD COLUMN members TEXT",
+        "ALTER TABLE registrations ADD COLUMN members_at DOUBLE PRECISION",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

@@ -105,6 +105,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX relay_recipient ON relay (recipient, id)",
         "CREATE INDEX relay_age ON relay (queued_at)",
     ),
+    (
+        # a supernode's last members report (registry_bridge._members, JSON text) and when it
+        # came: kept with its registration, so it expires and goes with it
+        "ALTER TABLE registrations ADD COLUMN members TEXT",
+        "ALTER TABLE registrations ADD COLUMN members_at REAL",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

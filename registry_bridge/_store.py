@@ -61,6 +61,7 @@ from registry_bridge._errors import (
     Unavailable,
     checked_name,
 )
+from registry_bridge._members import InvalidReport, check_members, decode_members, encode_members
 from registry_bridge._openapi import MAX_CLOCK_READING
 
 __all__ = [
@@ -102,6 +103,23 @@ _REG_COLUMNS = (
 
 
 _name = checked_name
+
+
+def _reported(by: str, text: str | None, at: float | None) -> list[dict[str, Any]]:
+    """The members report *by* (a supernode's path) made at *at*, each member marked with
+    who reported it and when."""
+    if at is None:
+        return []
+    return [
+        {
+            "path": m.get("path"),
+            "state": m.get("state"),
+            "posts": m.get("posts", []),
+            "reported_by": by,
+            "reported_at": at,
+        }
+        for m in decode_members(text)
+    ]
 
 
 def _entry(federation: str, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -420,19 +438,22 @@ class RegistryStore:
                     "created_at": created,
                     "supernode": None,
                     "nodes": [],
+                    "members": [],
                 }
             for row in self._db.execute(
-                f"SELECT {_REG_COLUMNS} FROM registrations r JOIN orchestras o"
-                " ON o.id = r.orchestra_id WHERE r.federation_id = ? ORDER BY o.name, r.name",
+                f"SELECT {_REG_COLUMNS}, r.members, r.members_at FROM registrations r"
+                " JOIN orchestras o ON o.id = r.orchestra_id WHERE r.federation_id = ?"
+                " ORDER BY o.name, r.name",
                 (fed[0],),
             ):
-                entry = _entry(fed[1], row)
+                entry = _entry(fed[1], row[:-2])
                 life = self.ttl if entry["heartbeat"] else self.legacy_ttl
                 entry["expires_at"] = entry["last_seen"] + life
                 orch = orchestras[entry["orchestra"]]
                 orch["nodes"].append(entry)
                 if entry["supernode"]:
                     orch["supernode"] = entry["path"]
+                    orch["members"] = _reported(entry["path"], row[-2], row[-1])
             view["orchestras"] = list(orchestras.values())
             view["ttl"] = self.ttl
             view["legacy_ttl"] = self.legacy_ttl
@@ -623,7 +644,9 @@ class RegistryStore:
             supernode_granted = supernode and (sup_row is None or takeover)
             if supernode_granted and sup_row is not None:
                 self._db.execute(
-                    "UPDATE registrations SET supernode = 0 WHERE orchestra_id = ?", (orch_id,)
+                    "UPDATE registrations SET supernode = 0, members = NULL, members_at = NULL"
+                    " WHERE orchestra_id = ?",
+                    (orch_id,),
                 )
             if conductor_granted and holder != path:
                 # a legacy holder (or an orphaned post) gives way to a claim with a token
@@ -744,8 +767,15 @@ class RegistryStore:
             "conductor_term": fed[9],
         }
 
-    def heartbeat(self, token: str) -> dict[str, Any]:
-        """Keep a registration alive; :class:`NotFound` if the token is unknown or expired."""
+    def heartbeat(self, token: str, members: object = None) -> dict[str, Any]:
+        """Keep a registration alive; :class:`NotFound` if the token is unknown or expired.
+
+        With *members* (a report, see :func:`~registry_bridge._members.check_members`), the
+        registration (its orchestra's supernode: :class:`Forbidden` otherwise) also replaces
+        its orchestra's members report, stamped with the time; a bad report is refused
+        (400 naming the field) and changes nothing, not even ``last_seen``."""
+        if members is not None:
+            return self._tx(lambda now: self._report(now, token, members))
 
         def run(now: float) -> dict[str, Any]:
             # one statement (one round trip to a database server)
@@ -778,6 +808,38 @@ class RegistryStore:
         """Remove and return the frames queued for the supernode holding *token* (see
         ``registry_bridge._relaystore``)."""
         return self._tx(lambda now: _relaystore.take(self._db, now, token, limit))
+
+    def _report(self, now: float, token: str, members: object) -> dict[str, Any]:
+        """A heartbeat that carries a members report (see :meth:`heartbeat`)."""
+        row = self._db.execute(
+            "SELECT o.name, r.name, r.supernode, f.epoch, f.version, f.conductor_term"
+            " FROM registrations r JOIN orchestras o ON o.id = r.orchestra_id"
+            " JOIN federations f ON f.id = r.federation_id WHERE r.token = ?",
+            (token,),
+        ).fetchone()
+        if row is None:
+            raise NotFound("unknown or expired registration token")
+        orchestra, name, supernode, epoch, version, term = row
+        if not supernode:
+            raise Forbidden(
+                f"/{orchestra}/{name} is registered as a plain node, not as orchestra"
+                f" {orchestra}'s supernode; only the supernode's registration reports members"
+            )
+        try:
+            report = check_members(members, orchestra)
+        except InvalidReport as exc:
+            raise StoreError(str(exc)) from None
+        self._db.execute(
+            "UPDATE registrations SET last_seen = ?, members = ?, members_at = ? WHERE token = ?",
+            (now, encode_members(report), now, token),
+        )
+        return {
+            "elapsed": 0.0 if epoch is None else max(0.0, now - epoch),
+            "epoch": epoch,
+            "ttl": self.ttl,
+            "version": version,
+            "conductor_term": term,
+        }
 
     def unregister(self, token: str) -> None:
         """Remove a registration by token; :class:`NotFound` if unknown."""

@@ -33,6 +33,7 @@ FIELDS = (
     "holder",
     "epoch",
     "lineage",
+    "members",
 )
 """The fields and parameters of the API, JSON and legacy."""
 SUBJECTS: dict[int, tuple[str, ...]] = {
