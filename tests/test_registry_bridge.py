@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -72,8 +74,14 @@ async def test_orchestras_without_common_lan_find_each_other_through_the_registr
         b1 = await stack.enter_async_context(
             open_node(config(tmp_path, "b", "n1", reg.url, (b0.address,)))
         )
-        nodes = [a0, a1, b0, b1]
-        everyone = {"/a/n0", "/a/n1", "/b/n0", "/b/n1"}
+        a2 = await stack.enter_async_context(
+            open_node(config(tmp_path, "a", "n2", reg.url, (a0.address,)))
+        )
+        b2 = await stack.enter_async_context(
+            open_node(config(tmp_path, "b", "n2", reg.url, (b0.address,)))
+        )
+        nodes = [a0, a1, a2, b0, b1, b2]
+        everyone = {"/a/n0", "/a/n1", "/a/n2", "/b/n0", "/b/n1", "/b/n2"}
         await wait_for(
             lambda: all(live_paths(n) == everyone for n in nodes), 20, "every node sees all"
         )
@@ -103,6 +111,33 @@ async def test_orchestras_without_common_lan_find_each_other_through_the_registr
             assert doc["registered_as"] == (node.path if is_super else None)
             if is_super:
                 assert doc["state"] == "connected"
+
+        # Only the two supernodes register, but they report their orchestras' members with
+        # their heartbeats: the registry's JSON and page show all six players, each marked
+        # as reported by its orchestra's supernode, and as of when.
+        async def reported() -> dict[str, dict[str, Any]]:
+            async with RegistryClient(reg.url) as client:
+                view = await client.federation(FEDERATION)
+            return {m["path"]: m for o in view["orchestras"] for m in o["members"]}
+
+        async def all_six_reported() -> bool:
+            shown = await reported()
+            return set(shown) == everyone and all(m["state"] == "alive" for m in shown.values())
+
+        await wait_for(all_six_reported, 10, "the registry lists all six members")
+        shown = await reported()
+        for path, member in shown.items():
+            assert member["reported_by"] == a0.supernode(path.split("/")[1]), member
+            assert isinstance(member["reported_at"], float)
+        hubs = {a0.supernode("a"), a0.supernode("b")}
+        assert {p for p, m in shown.items() if "supernode" in m["posts"]} == hubs
+        async with httpx.AsyncClient(base_url=reg.url) as http:
+            page = (await http.get(f"/federations/{FEDERATION}")).text
+        for path in everyone:
+            assert f'<tr data-path="{path}">' in page, path  # the members table
+            assert f'<g class="member" data-path="{path}" data-state="alive">' in page, path
+        for hub in hubs:
+            assert f"As reported by its supernode {hub}" in page
 
 
 async def test_the_registry_arbitrates_the_conductor_so_two_sites_never_both_have_one(
