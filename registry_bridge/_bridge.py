@@ -25,10 +25,20 @@ carries their requests to the registry and brings the answers back (a plain driv
   readings with its epoch and lineage, and **epoch offers**
   (:class:`~mesh._nodecore.EpochOffer`: the registry's clock reading at which the node's
   federation time was 0, as the node measured it) to ``POST .../epoch``;
-* never stops the node when the registry is **unreachable**: it tells the node
+* reports, while supernode, its orchestra's **members** (path, state, posts) with each
+  heartbeat (:func:`members_report`), so the registry's pages show every player;
+* **moves to the next registry** when it is given several (``--registry`` repeated or a
+  comma-separated list, read by :func:`registry_bridge._plugin.registry_urls`) and the one in
+  use stops answering: the next round starts at once on the next registry that is not in its
+  back-off, so it moves within one heartbeat interval (a registry that refuses connections at
+  once; one that hangs after the request ``timeout``), and registers there afresh. Each
+  registry that failed is left alone for a back-off doubling with each failure in a row
+  (``interval`` up to ``max_backoff``), so a dead one is never hammered. The bridge stays on a
+  registry that answers;
+* never stops the node when **no registry answers**: it tells the node
   (:meth:`mesh.Node.external_available`: the LAN elects and keeps time by itself), says
-  ``unreachable`` in its status and retries with exponential back-off (``interval`` doubling up
-  to ``max_backoff``). It logs when the registry's state changes, not every request.
+  ``unreachable`` in its status and retries each registry after its back-off. It logs when the
+  registry's state changes, not every request.
 
 * Sites that cannot reach each other (each behind its own NAT) still gossip: while this node
   is a registered supernode, a :class:`~registry_bridge._relaylink.RelayLink` on its gossip
@@ -36,7 +46,9 @@ carries their requests to the registry and brings the answers back (a plain driv
   the registry's relay whenever the direct path gets no acks, and moves back to direct UDP as
   soon as direct acks come. Members of an orchestra never relay: they talk to their own site.
 
-Its status (``/api/status`` field ``registry``): ``url``; ``state``: ``connected`` when the
+Its status (``/api/status`` field ``registry``): ``url`` (the registry in use);
+``registries`` (each with ``url``, ``in_use``, ``failures`` in a row and ``retry_in`` seconds
+of back-off left); ``switches`` (moves to another registry); ``state``: ``connected`` when the
 last exchange with the registry succeeded, ``unreachable`` when it failed (``last_error`` says
 how; cleared by the next success), ``idle`` while the node has nothing to ask it;
 ``registered_as`` (this node's path while it is registered), ``registered_supernode``;
@@ -47,10 +59,12 @@ supernode's path, ``direct`` or ``relay``, datagrams sent each way and the relay
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+import attrs
 import httpx
 import trio
 
@@ -93,7 +107,8 @@ REGISTRY_CLOCK = "registry"
 
 
 class RegistryBridge(Extension):
-    """Bridges a node to the registry at *url* (see the module docstring).
+    """Bridges a node to the registry at *url*, or the first answering of several URLs (see
+    the module docstring).
 
     *interval* is the period of the loop when all is well; after a failure the wait doubles up
     to *max_backoff*. *timeout* bounds each HTTP request; *transport* lets tests pass an httpx
@@ -104,14 +119,21 @@ class RegistryBridge(Extension):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         interval: float = 2.0,
         max_backoff: float = 30.0,
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.url = url
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("a registry bridge needs at least one registry URL")
+        self._registries = [_Registry(u) for u in urls]
+        self._active = self._registries[0]
+        self.switches = 0
+        """Times the bridge moved to another registry because the one in use stopped
+        answering."""
         self.interval = interval
         self.max_backoff = max_backoff
         self.timeout = timeout
@@ -143,10 +165,31 @@ class RegistryBridge(Extension):
         bridge) before it claims, and a holder confirms its post every ``renew`` seconds."""
         return ConductorArbiter()
 
+    @property
+    def url(self) -> str:
+        """The registry in use."""
+        return self._active.url
+
+    @property
+    def urls(self) -> list[str]:
+        """Every registry the bridge may use, in the order it tries them."""
+        return [r.url for r in self._registries]
+
     def status(self) -> Mapping[str, Any]:
         """The bridge's state for ``/api/status`` (see the module docstring)."""
+        now = _now() if any(r.failures for r in self._registries) else 0.0
         return {
             "url": self.url,
+            "registries": [
+                {
+                    "url": r.url,
+                    "in_use": r is self._active,
+                    "failures": r.failures,
+                    "retry_in": max(0.0, round(r.retry_at - now, 3)) if r.failures else 0.0,
+                }
+                for r in self._registries
+            ],
+            "switches": self.switches,
             "state": self.state,
             "last_error": self.last_error,
             "registered_as": self._registered_as,
@@ -161,36 +204,43 @@ class RegistryBridge(Extension):
     async def run(self, node: Node, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run the bridge until the node stops; unregister on the way out."""
         self._node_id = node.id
-        async with RegistryClient(
-            self.url, timeout=self.timeout, transport=self._transport
-        ) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            for registry in self._registries:
+                registry.client = await stack.enter_async_context(
+                    RegistryClient(registry.url, timeout=self.timeout, transport=self._transport)
+                )
             node.use_external_clock(REGISTRY_CLOCK)
-            self._relay = RelayLink(client)
+            self._relay = RelayLink(self._client())
             task_status.started()
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self._relay.run, node.transport)
-                    nursery.start_soon(self._serve_requests, node, client, nursery)
+                    nursery.start_soon(self._serve_requests, node, nursery)
                     while True:
-                        ok = await self._guarded_step(node, client)
+                        ok = await self._guarded_step(node, self._client())
                         with trio.move_on_after(self._next_delay(ok)):
                             await self._wake.wait()
                         self._wake = trio.Event()
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    await self._unregister(client)
+                    await self._unregister(self._client())
+
+    def _client(self) -> RegistryClient:
+        """The client of the registry in use."""
+        client = self._active.client
+        assert client is not None, "the bridge is not running"
+        return client
 
     # -- carrying the node's requests ---------------------------------------------------------
 
-    async def _serve_requests(
-        self, node: Node, client: RegistryClient, nursery: trio.Nursery
-    ) -> None:
-        """Carry what the node asks of the registry: clock requests one after the other (a
-        pair's second request leaves as soon as the first is answered, on a warm connection),
-        claims and epoch offers beside them."""
+    async def _serve_requests(self, node: Node, nursery: trio.Nursery) -> None:
+        """Carry what the node asks of the registry in use: clock requests one after the other
+        (a pair's second request leaves as soon as the first is answered, on a warm
+        connection), claims and epoch offers beside them."""
         while True:
             await node.wait_external()
             for request in node.external_requests():
+                client = self._client()
                 if isinstance(request, ClockRequest):
                     await self._clock_exchange(node, client, request)
                 elif isinstance(request, ClaimRequest):
@@ -209,11 +259,11 @@ class RegistryBridge(Extension):
             # The federation is gone (the registry restarted empty): it has no time yet; it
             # gets one, and the node's, when the node registers and offers it.
             logger.debug("no federation at %s: %s", self.url, exc)
-            self._connected(node)
+            self._connected(node, client)
             self._wake.set()  # register at once (which creates it)
             return
         except RegistryError as exc:
-            self._failed(node, exc)
+            self._failed(node, exc, client)
             return
         if sample.clock_t2 is None or sample.clock_t3 is None:
             logger.debug("registry %s does not say its clock", self.url)
@@ -222,7 +272,7 @@ class RegistryBridge(Extension):
         reply = ClockReply(stamped.probe, stamped.t1, sample.clock_t2, sample.clock_t3, 0.0, True)
         used = node.external_clock_reply(reply, REGISTRY_CLOCK, sample.epoch, sample.lineage)
         self.clock_samples += int(used)
-        self._connected(node)
+        self._connected(node, client)
 
     async def _carry_claim(self, node: Node, client: RegistryClient, request: ClaimRequest) -> None:
         """The registry's compare-and-set for one conductor claim (or renewal)."""
@@ -242,12 +292,12 @@ class RegistryBridge(Extension):
                 state = await self._compare_and_set(node, client, state, node.path)
                 granted = state.node_id == node.id
         except RegistryUnreachable as exc:
-            self._failed(node, exc)
+            self._failed(node, exc, client)
             return
         except RegistryError as exc:
             logger.warning("registry %s refused a conductor claim: %s", self.url, exc)
             return
-        self._connected(node)
+        self._connected(node, client)
         self._learn_holder(state)
         node.claim_answer(ClaimAnswer(request.claim, granted, state.node_id, state.term))
 
@@ -273,12 +323,12 @@ class RegistryBridge(Extension):
                 node.config.federation, self._token, offer.epoch, offer.lineage
             )
         except RegistryUnreachable as exc:
-            self._failed(node, exc)
+            self._failed(node, exc, client)
             return
         except RegistryError as exc:
             logger.info("registry %s did not take the federation's time: %s", self.url, exc)
             return
-        self._connected(node)
+        self._connected(node, client)
         if answer.get("accepted"):
             self.epoch_offers += 1
             logger.info(
@@ -291,18 +341,25 @@ class RegistryBridge(Extension):
     # -- the loop -----------------------------------------------------------------------------
 
     def _next_delay(self, ok: bool) -> float:
+        """Seconds until the next round: the interval after a success; after a failure, until
+        the registry in use may be tried again (at once when the bridge just moved to another,
+        which also set ``_wake``)."""
         if ok:
             self.failures = 0
             return self.interval
         self.failures += 1
-        return float(min(self.max_backoff, self.interval * 2 ** min(self.failures, 16)))
+        return max(0.0, self._active.retry_at - _now())
+
+    def _backoff(self, failures: int) -> float:
+        """Seconds a registry that failed *failures* times in a row is left alone."""
+        return float(min(self.max_backoff, self.interval * 2 ** min(failures, 16)))
 
     async def _guarded_step(self, node: Node, client: RegistryClient) -> bool:
         """One round; ``False`` (and the error recorded) if the registry failed us."""
         try:
             await self.step(node, client)
         except RegistryUnreachable as exc:
-            self._failed(node, exc)
+            self._failed(node, exc, client)
             return False
         except RegistryRejected as exc:
             logger.warning("registry %s refused: %s", self.url, exc)
@@ -351,9 +408,9 @@ class RegistryBridge(Extension):
         try:
             view = await client.federation(node.config.federation)
         except RegistryNotFound:
-            self._connected(node)
+            self._connected(node, client)
             return False
-        self._connected(node)
+        self._connected(node, client)
         supernodes = [p for p in _supernodes(view) if p.node_id != node.id]
         own = [p for p in supernodes if p.orchestra == node.config.orchestra]
         for peer in own or supernodes:
@@ -375,7 +432,7 @@ class RegistryBridge(Extension):
             create=True,
             takeover=supernode,
         )
-        self._connected(node)
+        self._connected(node, client)
         changed = (registration.path, flags) != (self._registered_as, self._flags)
         self._token = registration.token
         self._flags = flags
@@ -409,7 +466,7 @@ class RegistryBridge(Extension):
             self._forget_registration()
             await self._register(node, client, flags)
             return
-        self._connected(node)
+        self._connected(node, client)
         if beat.version != self._version:
             view = await client.federation(node.config.federation)
             self._version = beat.version
@@ -452,7 +509,11 @@ class RegistryBridge(Extension):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _connected(self, node: Node) -> None:
+    def _connected(self, node: Node, client: RegistryClient) -> None:
+        registry = self._registry_of(client)
+        registry.failures = 0
+        if registry is not self._active:
+            return  # a late answer of a registry the bridge has left
         self.state = "connected"
         self.last_error = None
         if self._reached is not True:
@@ -462,13 +523,52 @@ class RegistryBridge(Extension):
             self._reached = True
             node.external_available(True)
 
-    def _failed(self, node: Node, exc: Exception) -> None:
+    def _failed(self, node: Node, exc: Exception, client: RegistryClient) -> None:
+        """The registry of *client* did not answer: leave it alone for a back-off that
+        doubles with each failure in a row, and move to the next registry that is not in its
+        own back-off (the next round starts at once); with none, the node is told the
+        registry is unreachable."""
+        registry = self._registry_of(client)
+        if registry is not self._active:
+            return  # a late failure of a registry the bridge has left already
+        now = _now()
+        registry.failures += 1
+        registry.retry_at = now + self._backoff(registry.failures)
+        self.last_error = f"{registry.url}: {exc}"
+        standby = self._standby(now)
+        if standby is not None:
+            logger.warning("registry %s unreachable (%s); moving to %s", self.url, exc, standby.url)
+            self._move_to(standby)
+            self._wake.set()
+            return
+        self._active = min(self._registries, key=lambda r: r.retry_at)  # the first to retry
         self.state = "unreachable"
-        self.last_error = str(exc)
         if self._reached is not False:
-            logger.warning("registry %s unreachable: %s", self.url, exc)
+            logger.warning("registry %s unreachable: %s", registry.url, exc)
             self._reached = False
             node.external_available(False)
+
+    def _registry_of(self, client: RegistryClient) -> _Registry:
+        return next(r for r in self._registries if r.client is client)
+
+    def _standby(self, now: float) -> _Registry | None:
+        """The next registry after the one in use (in the given order) that is not in its
+        back-off, if any."""
+        i = self._registries.index(self._active)
+        for registry in self._registries[i + 1 :] + self._registries[:i]:
+            if registry.retry_at <= now:
+                return registry
+        return None
+
+    def _move_to(self, registry: _Registry) -> None:
+        """Use *registry* from now on: its registration (if any) is another one, so the next
+        round registers there afresh (on a database shared with the old registry, the same
+        node id takes its path over)."""
+        self._active = registry
+        self.switches += 1
+        self._forget_registration()
+        if self._relay is not None:
+            self._relay.client = self._client()  # relays through the registry in use
 
     def _learn_holder(self, state: ConductorState) -> None:
         self._holder = state.node_id if state.holder is not None else None
@@ -499,6 +599,22 @@ class RegistryBridge(Extension):
         for address in self._peers.values():
             if address != tuple(node.address):
                 node.add_peer(address, "registry")
+
+
+@attrs.define(eq=False)
+class _Registry:
+    """One of the bridge's registries: its client while the bridge runs, and its back-off."""
+
+    url: str
+    client: RegistryClient | None = None
+    failures: int = 0
+    """Failed exchanges in a row (0 after any answer)."""
+    retry_at: float = float("-inf")
+    """Not tried again before this time (trio's clock)."""
+
+
+def _now() -> float:
+    return trio.current_time()
 
 
 def _has_live_peer(node: Node) -> bool:
@@ -545,5 +661,6 @@ def _supernodes(view: Mapping[str, Any]) -> list[Peer]:
 
 
 def registry_extension_factory(config: RegistryConfig) -> RegistryBridge | None:
-    """The bridge *config* asks for (``stagemesh node --registry URL``), else ``None``."""
-    return None if config.url is None else RegistryBridge(config.url)
+    """The bridge *config* asks for (``stagemesh node --registry URL``, repeated or a
+    comma-separated list: the registries to move to in turn), else ``None``."""
+    return RegistryBridge(config.urls) if config.urls else None

@@ -1,4 +1,4 @@
-"""``stagemesh node --registry URL``: the registry bridge as an
+"""``stagemesh node --registry URL [--registry URL ...]``: the registry bridge as an
 :class:`~mesh._plugins.ExtensionPlugin` (its flag, its typed config, its factory).
 
 Light: it imports the bridge (httpx, trio) only to build it.
@@ -7,6 +7,7 @@ Light: it imports the bridge (httpx, trio) only to build it.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -17,20 +18,41 @@ if TYPE_CHECKING:
     from mesh._node import NodeConfig
     from registry_bridge._bridge import RegistryBridge
 
-__all__ = ["REGISTRY", "RegistryConfig", "RegistryPlugin"]
+__all__ = ["REGISTRY", "RegistryConfig", "RegistryPlugin", "registry_urls"]
 
 
-def _check_url(instance: RegistryConfig, attribute: object, url: str | None) -> None:
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise ValueError("give an http:// or https:// URL")
+def registry_urls(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The registries ``--registry`` names, in order: the flag may be repeated and each value
+    may be a comma-separated list (``STAGEMESH_REGISTRY`` is one); a URL named twice counts
+    once, an empty one not at all. :class:`ValueError` for one that is not an http:// or
+    https:// URL. The one place that reads the list."""
+    if value is None:
+        return ()
+    urls: list[str] = []
+    for item in [value] if isinstance(value, str) else value:
+        for url in (u.strip() for u in item.split(",")):
+            if not url:
+                continue
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url}: give an http:// or https:// URL")
+            if url not in urls:
+                urls.append(url)
+    return tuple(urls)
 
 
 @attrs.frozen
 class RegistryConfig:
-    """The registry a node's bridge talks to: none without *url*."""
+    """The registries a node's bridge talks to (the first that answers; none without)."""
 
-    url: str | None = attrs.field(default=None, validator=_check_url)
-    """The registry's base URL (``http://`` or ``https://``)."""
+    urls: tuple[str, ...] = attrs.field(default=(), converter=registry_urls)
+    """The registries' base URLs (``http://`` or ``https://``), in the order the bridge moves
+    through them; given as one URL, a comma-separated list or a sequence (see
+    :func:`registry_urls`)."""
+
+    @property
+    def url(self) -> str | None:
+        """The first registry, ``None`` without one."""
+        return self.urls[0] if self.urls else None
 
 
 class RegistryPlugin:
@@ -43,14 +65,20 @@ class RegistryPlugin:
         group = parser.add_argument_group(
             "registry bridge", "joins orchestras on networks that cannot see each other"
         )
-        group.add_argument("--registry", default=None, help="registry URL")
+        group.add_argument(
+            "--registry",
+            action="append",
+            default=None,
+            help="registry URL; repeat it (or give a comma-separated list) for registries to"
+            " move to when the one in use stops answering",
+        )
 
     def config(self, args: argparse.Namespace) -> RegistryConfig:
         """The :class:`RegistryConfig` of ``--registry`` (an empty URL is none)."""
         try:
-            return RegistryConfig(args.registry or None)
+            return RegistryConfig(args.registry)
         except ValueError as exc:
-            raise UsageError(f"--registry {args.registry}: {exc}") from None
+            raise UsageError(f"--registry {exc}") from None
 
     def build(self, config: RegistryConfig, node: NodeConfig) -> RegistryBridge | None:
         """See :func:`registry_bridge._bridge.registry_extension_factory`."""

@@ -14,18 +14,19 @@ import pytest
 import trio
 
 import mesh.__main__
+import mesh._node_cli
 from mesh import Node, NodeConfig, open_node
-from mesh._cli import UsageError
+from mesh._cli import UsageError, apply_environment_defaults
 from registry_bridge import (
     RegistryBridge,
     RegistryClient,
     RegistryConfig,
     registry_extension_factory,
 )
-from registry_bridge._plugin import REGISTRY
+from registry_bridge._plugin import REGISTRY, registry_urls
 from tests.harness import wait_for
 from tests.livenodes import loopback_config
-from tests.registries import in_process_registry
+from tests.registries import in_process_registry, running_registry, start_registry
 
 FEDERATION = "bridged"
 INTERVAL = 0.2
@@ -35,20 +36,23 @@ def config(
     tmp: Path,
     orchestra: str,
     name: str,
-    url: str,
+    url: str | list[str],
     seeds: tuple[tuple[str, int], ...] = (),
     *,
     conductor: bool = False,
+    interval: float = INTERVAL,
+    max_backoff: float = 1.0,
 ) -> NodeConfig:
+    bridge = RegistryBridge(url, interval=interval, max_backoff=max_backoff, timeout=2.0)
     return loopback_config(
         tmp,
         f"/{orchestra}/{name}",
         federation=FEDERATION,
         seeds=seeds,
-        registry=url,
+        registry=url if isinstance(url, str) else ",".join(url),
         conductor=conductor,
         status=None,
-        extensions=(RegistryBridge(url, interval=INTERVAL, max_backoff=1.0, timeout=2.0),),
+        extensions=(bridge,),
     )
 
 
@@ -242,6 +246,117 @@ def test_the_registry_flag_is_the_bridges_and_checked_where_it_is_read() -> None
     assert REGISTRY.config(parser.parse_args(["--registry", url])) == RegistryConfig(url)
     with pytest.raises(UsageError, match=r"^--registry 10\.0\.0\.1:7480: give an http://"):
         REGISTRY.config(parser.parse_args(["--registry", "10.0.0.1:7480"]))
+
+
+def test_registry_takes_several_urls_repeated_or_comma_separated() -> None:
+    a, b, c = "http://10.0.0.1:7480", "http://10.0.0.2:7480", "https://10.0.0.3"
+    assert registry_urls([f"{a}, {b}", c, a]) == (a, b, c)  # in order, each once
+    assert registry_urls(f"{a},{b}") == (a, b)
+    assert registry_urls(None) == registry_urls([" , "]) == ()
+    bridge = registry_extension_factory(RegistryConfig([a, f"{b},{c}"]))
+    assert isinstance(bridge, RegistryBridge)
+    assert bridge.urls == [a, b, c] and bridge.status()["url"] == a
+    with pytest.raises(ValueError, match=r"^10\.0\.0\.2:7480: give an http"):
+        registry_urls([a, "10.0.0.2:7480"])
+    # the command line: the flag repeated, or the environment's comma-separated list
+    parser = argparse.ArgumentParser()
+    REGISTRY.configure(parser)
+    assert REGISTRY.config(parser.parse_args(["--registry", a, "--registry", b])).urls == (a, b)
+    with pytest.raises(UsageError, match=r"^--registry 10\.0\.0\.2:7480: give an http"):
+        REGISTRY.config(parser.parse_args(["--registry", a, "--registry", "10.0.0.2:7480"]))
+    apply_environment_defaults(parser, {"STAGEMESH_REGISTRY": f"{a},{b}"})
+    assert REGISTRY.config(parser.parse_args([])).urls == (a, b)
+    assert REGISTRY.config(parser.parse_args(["--registry", c])).urls == (c,)  # flag wins
+
+
+async def test_the_bridge_moves_to_the_next_registry_within_a_heartbeat_interval(
+    tmp_path: Path,
+) -> None:
+    """Two real registry processes (two SQLite files); two orchestras of three nodes bridged
+    through the first; ``kill -9`` it: each supernode's bridge moves to the second within one
+    heartbeat interval, registers there, and the federation stays whole."""
+    interval = 1.0
+    with trio.fail_after(90):
+        first, url1 = await start_registry(tmp_path / "one.db")
+        try:
+            async with (
+                running_registry(tmp_path / "two.db") as url2,
+                contextlib.AsyncExitStack() as stack,
+            ):
+                urls = [url1, url2]
+
+                async def start(orchestra: str, name: str, *seeds: Node) -> Node:
+                    cfg = config(
+                        tmp_path,
+                        orchestra,
+                        name,
+                        urls,
+                        tuple(s.address for s in seeds),
+                        interval=interval,
+                        max_backoff=8.0,
+                    )
+                    return await stack.enter_async_context(open_node(cfg))
+
+                a0 = await start("a", "n0")
+                b0 = await start("b", "n0")
+                nodes = [a0, await start("a", "n1", a0), await start("a", "n2", a0)]
+                nodes += [b0, await start("b", "n1", b0), await start("b", "n2", b0)]
+                everyone = {n.path for n in nodes}
+                await wait_for(
+                    lambda: all(live_paths(n) == everyone for n in nodes), 30, "all six joined"
+                )
+                hubs = [n for n in nodes if n.supernode(n.config.orchestra) == n.path]
+                assert len(hubs) == 2
+                await wait_for(
+                    lambda: all(bridge_of(h).status()["registered_as"] == h.path for h in hubs),
+                    10,
+                    "both supernodes registered at the first registry",
+                )
+                assert all(bridge_of(h).url == url1 for h in hubs)
+
+                first.kill()  # kill -9
+                killed = trio.current_time()
+                moved: dict[str, float] = {}
+
+                def both_moved() -> bool:
+                    for hub in hubs:
+                        if hub.path not in moved and bridge_of(hub).url == url2:
+                            moved[hub.path] = trio.current_time() - killed
+                    return len(moved) == 2
+
+                await wait_for(both_moved, 10, "both supernodes moved to the second registry")
+                print(f"moved to the second registry after {moved} s (interval {interval} s)")
+                assert max(moved.values()) <= interval + 0.25, moved  # one interval (+ load)
+                await wait_for(
+                    lambda: all(
+                        bridge_of(h).status()["registered_as"] == h.path
+                        and bridge_of(h).state == "connected"
+                        for h in hubs
+                    ),
+                    2 * interval + 2,
+                    "both supernodes registered at the second registry",
+                )
+
+                async def whole_at_second() -> bool:
+                    async with RegistryClient(url2) as client:
+                        view = await client.federation(FEDERATION)
+                    listed = {m["path"] for o in view["orchestras"] for m in o["members"]}
+                    return listed == everyone
+
+                await wait_for(whole_at_second, 10, "the second registry lists all six")
+                # The federation stayed whole, and the dead registry is left alone (back-off):
+                # one failure each, no retry while the second answers.
+                assert all(live_paths(n) == everyone for n in nodes)
+                for hub in hubs:
+                    status = bridge_of(hub).status()
+                    dead, alive = status["registries"]
+                    assert (dead["url"], dead["in_use"], dead["failures"]) == (url1, False, 1)
+                    assert (alive["url"], alive["in_use"]) == (url2, True), status
+                    assert status["switches"] == 1 and status["url"] == url2
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                first.kill()
+            await first.wait()
 
 
 def reference_of(nodes: list[Node]) -> Node | None:

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from registry_bridge._command import default_db_path
-from registry_bridge._database import open_database, shown_target
+from registry_bridge._database import SCHEMA_VERSION, open_database, shown_target
 from registry_bridge._postgres import _MIGRATIONS as _postgres_migrations
 from registry_bridge._sqlite import _MIGRATIONS as _sqlite_migrations
 from tests.harness import free_port, wait_for
@@ -229,8 +229,12 @@ def test_a_postgres_database_that_cannot_be_used_is_one_line_without_the_passwor
             'password authentication failed for user "stagemesh"',
         ),
         (postgres_cluster.url("nonexistent"), 'database "nonexistent" does not exist'),
-        (empty, "is empty (no registry schema), this stagemesh needs version 4; run: stagemesh"),
-        (newer, "has schema version 99, newer than this stagemesh (version 4)"),
+        (
+            empty,
+            f"is empty (no registry schema), this stagemesh needs version {SCHEMA_VERSION};"
+            " run: stagemesh",
+        ),
+        (newer, f"has schema version 99, newer than this stagemesh (version {SCHEMA_VERSION})"),
     ]
     for url, says in cases:
         for action in ([], ["export"]):
@@ -252,7 +256,10 @@ def test_migrate_creates_or_upgrades_a_schema_and_the_registry_then_serves_it(
     upgraded by the registry itself. Either way the federation is kept."""
     db = databases.new(migrated=False)
     if databases.backend == "postgresql":
-        assert "schema created (version 4)" in registry_command("migrate", "--db", db).stdout
+        assert (
+            f"schema created (version {SCHEMA_VERSION})"
+            in registry_command("migrate", "--db", db).stdout
+        )
         version_1 = databases.new(migrated=False)
         statements = _postgres_migrations[0]
     else:
@@ -268,16 +275,18 @@ def test_migrate_creates_or_upgrades_a_schema_and_the_registry_then_serves_it(
     if databases.backend == "postgresql":
         refused = registry_command("--db", version_1)
         assert refused.returncode == 2
-        assert "is version 1, this stagemesh needs version 4; run: stagemesh registry migrate" in (
-            refused.stderr
+        assert (
+            f"is version 1, this stagemesh needs version {SCHEMA_VERSION}; run: stagemesh"
+            " registry migrate" in refused.stderr
         )
     done = registry_command("migrate", "--db", version_1)
     assert done.returncode == 0, done.stderr
     assert (
-        done.stdout == f"database {shown_target(version_1)}: schema upgraded from version 1 to 4\n"
+        done.stdout
+        == f"database {shown_target(version_1)}: schema upgraded from version 1 to {SCHEMA_VERSION}\n"
     )
     again = registry_command("migrate", "--db", version_1)
-    assert again.stdout.endswith(": schema already at version 4\n")
+    assert again.stdout.endswith(f": schema already at version {SCHEMA_VERSION}\n")
     exported = json.loads(registry_command("export", "--db", version_1).stdout)
     assert [f["name"] for f in exported["federations"]] == ["old"]
 
