@@ -282,8 +282,8 @@ def test_migrate_creates_or_upgrades_a_schema_and_the_registry_then_serves_it(
     done = registry_command("migrate", "--db", version_1)
     assert done.returncode == 0, done.stderr
     assert (
-        done.stdout
-        == f"database {shown_target(version_1)}: schema upgraded from version 1 to {SCHEMA_VERSION}\n"
+        done.stdout == f"database {shown_target(version_1)}: schema upgraded from version 1 to"
+        f" {SCHEMA_VERSION}\n"
     )
     again = registry_command("migrate", "--db", version_1)
     assert again.stdout.endswith(f": schema already at version {SCHEMA_VERSION}\n")
