@@ -348,7 +348,9 @@ class RegistryBridge(Extension):
             self.failures = 0
             return self.interval
         self.failures += 1
-        return max(0.0, self._active.retry_at - _now())
+        if self._active.failures:  # unreachable: until its back-off ends
+            return max(0.0, self._active.retry_at - _now())
+        return self._backoff(self.failures)  # it answered, but refused: back off all the same
 
     def _backoff(self, failures: int) -> float:
         """Seconds a registry that failed *failures* times in a row is left alone."""
