@@ -543,7 +543,9 @@ class RegistryBridge(Extension):
             self._move_to(standby)
             self._wake.set()
             return
-        self._active = min(self._registries, key=lambda r: r.retry_at)  # the first to retry
+        first = min(self._registries, key=lambda r: r.retry_at)  # the first to try again
+        if first is not self._active:
+            self._move_to(first)
         self.state = "unreachable"
         if self._reached is not False:
             logger.warning("registry %s unreachable: %s", registry.url, exc)

@@ -474,7 +474,17 @@ def _paths() -> dict[str, Any]:
     reg_fed = {"federation": "$response.body#/federation"}
     token = {"token": "$response.body#/token"}
     from_registration = {
-        "Heartbeat": _link("heartbeat", "keep it alive", parameters=token),
+        "Heartbeat": _link(
+            "heartbeat", "keep it alive", parameters=token, requestBody={"members": None}
+        ),
+        "ReportMembers": _link(
+            "heartbeat",
+            "keep it alive and report the orchestra's members (a supernode's registration)",
+            parameters=token,
+            requestBody={
+                "members": [{"path": "$response.body#/path", "state": "alive", "posts": []}]
+            },
+        ),
         "Unregister": _link("unregister", "remove it", parameters=token),
         "ClaimConductor": _link(
             "setConductor",

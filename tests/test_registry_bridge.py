@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -357,6 +358,30 @@ async def test_the_bridge_moves_to_the_next_registry_within_a_heartbeat_interval
             with contextlib.suppress(ProcessLookupError):
                 first.kill()
             await first.wait()
+
+
+async def test_a_bridge_whose_registries_are_all_dead_backs_off_from_each(
+    tmp_path: Path,
+) -> None:
+    """Two registry URLs where nothing listens: the bridge tries each, then leaves each alone
+    for a back-off doubling up to max_backoff, instead of trying one every interval."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])  # nothing listens once it is closed
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    cfg = config(tmp_path, "a", "n0", urls, interval=0.1, max_backoff=1.6)
+    async with open_node(cfg) as node:
+        bridge = bridge_of(node)
+        await wait_for(lambda: bridge.state == "unreachable", 10, "no registry answers")
+        await trio.sleep(4.0)  # the window the attempts are counted over, not a synchronisation
+        tried = sum(r["failures"] for r in bridge.status()["registries"])
+        print(f"{tried} attempts at two dead registries in 4 s (interval 0.1 s)")
+        # Every 0.1 s, alternating, would be 40 attempts in 4 s; with the back-off (0.2, 0.4,
+        # 0.8, 1.6, 1.6 s per registry) it is about 6 per registry.
+        assert 4 <= tried <= 16, bridge.status()
+        assert node.status()["registry"]["state"] == "unreachable"
 
 
 def reference_of(nodes: list[Node]) -> Node | None:
