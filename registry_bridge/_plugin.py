@@ -7,7 +7,6 @@ Light: it imports the bridge (httpx, trio) only to build it.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -15,6 +14,8 @@ import attrs
 from mesh._cli import UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from mesh._node import NodeConfig
     from registry_bridge._bridge import RegistryBridge
 
