@@ -22,6 +22,8 @@ __all__ = [
     "MAX_MEMBERS",
     "MAX_POSTS",
     "MEMBER_STATES",
+    "DuplicateMember",
+    "ForeignMember",
     "InvalidReport",
     "check_members",
     "decode_members",
@@ -43,9 +45,19 @@ class InvalidReport(ValueError):
     (``members[3].state``) and what is wrong."""
 
 
+class ForeignMember(InvalidReport):
+    """A report names a member of another orchestra: the reporting registration's token
+    speaks for its own orchestra only (the registry answers 403)."""
+
+
+class DuplicateMember(InvalidReport):
+    """A report names one path twice (the registry answers 409)."""
+
+
 def check_members(value: object, orchestra: str) -> list[dict[str, Any]]:
     """Return the report *value* in its stored shape (``path``, ``state``, ``posts``), or
-    raise :class:`InvalidReport`: *value* must be a list of at most :data:`MAX_MEMBERS`
+    raise :class:`InvalidReport` (:class:`ForeignMember`, :class:`DuplicateMember`): *value*
+    must be a list of at most :data:`MAX_MEMBERS`
     objects, each with exactly ``path`` (``/<orchestra>/<name>`` of the reporting
     supernode's own *orchestra*: a supernode speaks for no one else), ``state`` (one of
     :data:`MEMBER_STATES`) and ``posts`` (at most :data:`MAX_POSTS` distinct names)."""
@@ -73,7 +85,7 @@ def check_members(value: object, orchestra: str) -> list[dict[str, Any]]:
             }
         )
         if path in seen:
-            raise InvalidReport(f"{where}.path {path} is reported twice")
+            raise DuplicateMember(f"{where}.path {path} is already reported in this report")
         seen.add(str(path))
     return checked
 
@@ -89,9 +101,9 @@ def _path(value: object, where: str, orchestra: str) -> str:
     except InvalidName as exc:
         raise InvalidReport(str(exc)) from None
     if orch != orchestra:
-        raise InvalidReport(
-            f"{where} {value} is not of orchestra {orchestra}: a supernode reports only its"
-            " own orchestra's members"
+        raise ForeignMember(
+            f"{where} {value} is not of orchestra {orchestra}: the token's registration reports"
+            " only its own orchestra's members"
         )
     return value
 

@@ -49,8 +49,8 @@ _ERRORS = {
     403: "admin actions disabled (no password configured), or the registration may not make"
     " this change",
     404: "no such federation, orchestra, registration token or holder",
-    409: "name taken, path held by another registration, or conductor term mismatch (with"
-    " 'current')",
+    409: "name taken, path held by another registration, conductor term mismatch (with"
+    " 'current'), or a members report naming a path twice",
     413: "body larger than 64 KiB",
     415: "a JSON body needs Content-Type: application/json",
     429: "too many registrations, or wrong admin passwords, from this address (with Retry-After)",
@@ -208,7 +208,8 @@ def _schemas() -> dict[str, Any]:
                     "items": _ref("MemberReport"),
                     "maxItems": MAX_MEMBERS,
                     "description": "the supernode's orchestra's members, each path once"
-                    " (replaces its last report; null: no report)",
+                    " (replaces its last report; null: no report); a member of another"
+                    " orchestra is 403, a path named twice 409",
                 },
             },
         },
@@ -653,7 +654,8 @@ def _paths() -> dict[str, Any]:
                     "required": False,
                     "content": {"application/json": {"schema": _ref("HeartbeatRequest")}},
                 },
-                "responses": _ok("alive", _ref("Heartbeat")) | _errors(400, 403, 404, 413, 415),
+                "responses": _ok("alive", _ref("Heartbeat"))
+                | _errors(400, 403, 404, 409, 413, 415),
             },
         },
         "/api/v1/registrations/{token}/relay": {

@@ -61,7 +61,14 @@ from registry_bridge._errors import (
     Unavailable,
     checked_name,
 )
-from registry_bridge._members import InvalidReport, check_members, decode_members, encode_members
+from registry_bridge._members import (
+    DuplicateMember,
+    ForeignMember,
+    InvalidReport,
+    check_members,
+    decode_members,
+    encode_members,
+)
 from registry_bridge._openapi import MAX_CLOCK_READING
 
 __all__ = [
@@ -95,6 +102,7 @@ def is_lineage(value: object) -> bool:
     """Whether *value* names a lineage of federation time (1-64 letters, digits, '.', '_',
     '-'): the registry stores it and shows it to every client."""
     return isinstance(value, str) and 1 <= len(value) <= 64 and set(value) <= _LINEAGE_CHARS
+
 
 _REG_COLUMNS = (
     "r.token, o.name, r.name, r.node_id, r.host, r.port, r.supernode, r.conductor,"
@@ -773,7 +781,8 @@ class RegistryStore:
         With *members* (a report, see :func:`~registry_bridge._members.check_members`), the
         registration (its orchestra's supernode: :class:`Forbidden` otherwise) also replaces
         its orchestra's members report, stamped with the time; a bad report is refused
-        (400 naming the field) and changes nothing, not even ``last_seen``."""
+        (400 naming the field; 403 for a member of another orchestra, 409 for a path named
+        twice) and changes nothing, not even ``last_seen``."""
         if members is not None:
             return self._tx(lambda now: self._report(now, token, members))
 
@@ -827,6 +836,10 @@ class RegistryStore:
             )
         try:
             report = check_members(members, orchestra)
+        except ForeignMember as exc:
+            raise Forbidden(str(exc)) from None
+        except DuplicateMember as exc:
+            raise Conflict(str(exc)) from None
         except InvalidReport as exc:
             raise StoreError(str(exc)) from None
         self._db.execute(
