@@ -53,7 +53,7 @@ from registry_bridge._limits import (
     retry_after,
 )
 from registry_bridge._openapi import NODE_ID_EXCLUDED, TERM_LIMIT, openapi_document
-from registry_bridge._store import AsyncStore, RegistryStore, StoreError
+from registry_bridge._store import AsyncStore, RegistryStore, StoreError, is_epoch_tag
 
 __all__ = ["DEFAULT_MAX_BODY", "LEGACY_PATHS", "create_app"]
 
@@ -630,7 +630,7 @@ class _Registry:
     async def elapsed(self, request: Request) -> Response:
         received = self.raw.now()
         fed = request.path_params["federation"]
-        epoch, lineage = await self.store.call(self.raw.epoch_lineage, fed)
+        epoch, lineage, tag = await self.store.call(self.raw.epoch_lineage, fed)
         sent = self.raw.now()
         base = received if epoch is None else epoch
         t2 = max(0.0, received - base) if epoch is not None else 0.0
@@ -640,6 +640,7 @@ class _Registry:
                 "federation": fed,
                 "epoch": epoch,
                 "lineage": lineage,
+                "tag": tag,
                 "elapsed": t3,
                 "t2": t2,
                 "t3": t3,
@@ -652,9 +653,10 @@ class _Registry:
         """A running node hands over the federation's time (see RegistryStore.offer_epoch).
         It changes the federation's state, so it is a JSON write on behalf of a registration
         of that federation (its token, as for the conductor's compare-and-set): a stranger's
-        offer is refused (404) and changes nothing."""
+        offer is refused (404) and changes nothing. ``tag`` (optional: a keyed federation's
+        signature of epoch and lineage) is kept opaquely and handed back with them."""
         _require_json(request.headers.get("content-type"))
-        fields = _Fields(await self.json_body(request), {"token", "epoch", "lineage"})
+        fields = _Fields(await self.json_body(request), {"token", "epoch", "lineage", "tag"})
         token = fields.string("token")
         if token is None:
             raise HttpError(400, "missing field 'token' (the offering node's registration token)")
@@ -664,9 +666,20 @@ class _Registry:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise HttpError(400, "epoch must be a number of seconds on the registry's clock")
         lineage = fields.string("lineage", required=True) or ""
+        tag = fields.string("tag")
+        if tag is not None and not is_epoch_tag(tag):
+            raise HttpError(
+                400,
+                f"tag must be null or 1-128 letters, digits, '.', '_' or '-', not {_shown(tag)}",
+            )
         token = _check_token(token)
         answer = await self.store.call(
-            self.raw.offer_epoch, request.path_params["federation"], token, float(value), lineage
+            self.raw.offer_epoch,
+            request.path_params["federation"],
+            token,
+            float(value),
+            lineage,
+            tag,
         )
         return _json(answer)
 

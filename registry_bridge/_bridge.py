@@ -270,7 +270,9 @@ class RegistryBridge(Extension):
             return
         # The registry's own clock, with its epoch and lineage: the node works out the rest.
         reply = ClockReply(stamped.probe, stamped.t1, sample.clock_t2, sample.clock_t3, 0.0, True)
-        used = node.external_clock_reply(reply, REGISTRY_CLOCK, sample.epoch, sample.lineage)
+        used = node.external_clock_reply(
+            reply, REGISTRY_CLOCK, sample.epoch, sample.lineage, sample.tag
+        )
         self.clock_samples += int(used)
         self._connected(node, client)
 
@@ -320,7 +322,7 @@ class RegistryBridge(Extension):
             await self._ensure_registered(node, client)
             assert self._token is not None
             answer = await client.offer_epoch(
-                node.config.federation, self._token, offer.epoch, offer.lineage
+                node.config.federation, self._token, offer.epoch, offer.lineage, offer.tag
             )
         except RegistryUnreachable as exc:
             self._failed(node, exc, client)

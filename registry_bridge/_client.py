@@ -159,7 +159,8 @@ class ElapsedSample:
     """One clock-sync exchange: local send/receive times (``t1``, ``t4``, from the clock given
     to the client) and the registry's federation times on receive and send (``t2``, ``t3``);
     ``epoch`` and ``lineage`` are ``None`` while the federation has no time (before its first
-    registration, after a reset)."""
+    registration, after a reset); ``tag`` is the one the node that handed the epoch over gave
+    with it (``None``: none, or the registry's own epoch)."""
 
     t1: float
     t2: float
@@ -171,6 +172,7 @@ class ElapsedSample:
     """The registry's own clock when the request arrived (present with or without an epoch)."""
     clock_t3: float | None = None
     """... and when the answer left."""
+    tag: str | None = None
 
     @property
     def offset(self) -> float:
@@ -367,6 +369,7 @@ class RegistryClient:
         d = await self._call("GET", f"/federations/{federation}/elapsed")
         t4 = self._clock()
         lineage = d.get("lineage")
+        tag = d.get("tag")
         return ElapsedSample(
             t1,
             d["t2"],
@@ -376,15 +379,20 @@ class RegistryClient:
             lineage if isinstance(lineage, str) else None,
             d.get("clock_t2"),
             d.get("clock_t3"),
+            tag if isinstance(tag, str) else None,
         )
 
     async def offer_epoch(
-        self, federation: str, token: str, epoch: float, lineage: str
+        self, federation: str, token: str, epoch: float, lineage: str, tag: str | None = None
     ) -> dict[str, Any]:
         """Hand the registry the federation's time: *epoch* is the registry's clock reading
         at which federation time (of *lineage*) was 0. It takes it when it has no epoch or an
-        older one is offered. Needs a live registration's *token*."""
-        body = {"token": token, "epoch": epoch, "lineage": lineage}
+        older one is offered. Needs a live registration's *token*. *tag* (a keyed federation's
+        signature of the epoch, see :class:`mesh._lineage.EpochSeal`) is kept with the epoch
+        and handed back with it."""
+        body: dict[str, Any] = {"token": token, "epoch": epoch, "lineage": lineage}
+        if tag is not None:
+            body["tag"] = tag
         result: dict[str, Any] = await self._call("POST", f"/federations/{federation}/epoch", body)
         return result
 

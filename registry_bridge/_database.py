@@ -36,7 +36,7 @@ __all__ = [
     "shown_target",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The schema version this code reads and writes."""
 
 _SCHEMES = ("postgresql://", "postgres://")

@@ -92,6 +92,10 @@ _TOKEN = {"name": "token", "in": "path", "required": True, "schema": _ref("Token
 _NULLSTR = {"type": ["string", "null"]}
 _NULLINT = {"type": ["integer", "null"]}
 _NULLNUM = {"type": ["number", "null"]}
+_NULLTAG = {
+    "type": ["string", "null"],
+    "description": "the tag handed over with the epoch and lineage (null: none)",
+}
 _FED_OF_BODY = {"federation": "$response.body#/name"}
 
 
@@ -340,7 +344,17 @@ def _schemas() -> dict[str, Any]:
             },
         },
         "Elapsed": _object(
-            ["federation", "epoch", "lineage", "elapsed", "t2", "t3", "clock_t2", "clock_t3"],
+            [
+                "federation",
+                "epoch",
+                "lineage",
+                "tag",
+                "elapsed",
+                "t2",
+                "t3",
+                "clock_t2",
+                "clock_t3",
+            ],
             {
                 "federation": _ref("Name"),
                 "epoch": _NULLNUM,
@@ -349,6 +363,7 @@ def _schemas() -> dict[str, Any]:
                     "type": ["string", "null"],
                     "description": "the lineage of federation time the epoch belongs to",
                 },
+                "tag": _NULLTAG,
                 "t2": {"type": "number", "description": "federation time the request arrived"},
                 "t3": {"type": "number", "description": "federation time the answer left"},
                 "clock_t2": {"type": "number", "description": "the registry's clock, arrival"},
@@ -359,6 +374,12 @@ def _schemas() -> dict[str, Any]:
             "type": "string",
             "description": "a lineage of federation time (the node that founded it names it)",
             "pattern": "^[A-Za-z0-9._-]{1,64}$",
+        },
+        "EpochTag": {
+            "type": "string",
+            "description": "a keyed federation's signature of epoch and lineage (HMAC by the"
+            " federation key): kept as it came, handed back with them; the nodes check it",
+            "pattern": "^[A-Za-z0-9._-]{1,128}$",
         },
         "EpochOffer": {
             "type": "object",
@@ -377,15 +398,17 @@ def _schemas() -> dict[str, Any]:
                     "description": "the registry's clock reading at federation time 0",
                 },
                 "lineage": _ref("Lineage"),
+                "tag": {"oneOf": [_ref("EpochTag"), {"type": "null"}]},
             },
         },
         "EpochAnswer": _object(
-            ["federation", "accepted", "epoch", "lineage", "elapsed"],
+            ["federation", "accepted", "epoch", "lineage", "tag", "elapsed"],
             {
                 "federation": _ref("Name"),
                 "accepted": {"type": "boolean", "description": "the offer changed the epoch"},
                 "epoch": _NULLNUM,
                 "lineage": {"type": ["string", "null"]},
+                "tag": _NULLTAG,
                 "elapsed": {"type": "number"},
             },
         ),

@@ -138,6 +138,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE registrations ADD COLUMN members TEXT",
         "ALTER TABLE registrations ADD COLUMN members_at DOUBLE PRECISION",
     ),
+    (
+        # the tag a node of a keyed federation signed its epoch and lineage with (opaque here)
+        "ALTER TABLE epochs ADD COLUMN tag TEXT",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

@@ -111,6 +111,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE registrations ADD COLUMN members TEXT",
         "ALTER TABLE registrations ADD COLUMN members_at REAL",
     ),
+    (
+        # the tag a node of a keyed federation signed its epoch and lineage with (kept as it
+        # came, handed back with them: the registry has no key, the nodes check it)
+        "ALTER TABLE epochs ADD COLUMN tag TEXT",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

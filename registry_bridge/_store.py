@@ -104,6 +104,13 @@ def is_lineage(value: object) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= 64 and set(value) <= _LINEAGE_CHARS
 
 
+def is_epoch_tag(value: object) -> bool:
+    """Whether *value* has the shape of an epoch handover's tag (1-128 letters, digits, '.',
+    '_', '-'): the registry keeps it as it came and hands it back with the epoch; the nodes,
+    which hold the federation key, check it."""
+    return isinstance(value, str) and 1 <= len(value) <= 128 and set(value) <= _LINEAGE_CHARS
+
+
 _REG_COLUMNS = (
     "r.token, o.name, r.name, r.node_id, r.host, r.port, r.supernode, r.conductor,"
     " r.heartbeat, r.registered_at, r.last_seen"
@@ -1000,28 +1007,39 @@ class RegistryStore:
 
     # ----------------------------------------------------------------- the federation's time
 
-    def _lineage(self, fed: tuple[Any, ...]) -> str | None:
-        """The lineage of the federation's epoch: the one a node handed over, or one named
-        after the epoch when the registry set it itself (first registration); ``None``
-        without an epoch."""
+    def _lineage(self, fed: tuple[Any, ...]) -> tuple[str | None, str | None]:
+        """The lineage of the federation's epoch and its tag: the ones a node handed over, or
+        a lineage named after the epoch (no tag) when the registry set it itself (first
+        registration); ``(None, None)`` without an epoch."""
         if fed[3] is None:
-            return None
+            return None, None
         row = self._db.execute(
-            "SELECT lineage FROM epochs WHERE federation_id = ? AND epoch = ?", (fed[0], fed[3])
+            "SELECT lineage, tag FROM epochs WHERE federation_id = ? AND epoch = ?",
+            (fed[0], fed[3]),
         ).fetchone()
-        return str(row[0]) if row is not None else f"registry-{fed[3]:.6f}"
+        if row is None:
+            return f"registry-{fed[3]:.6f}", None
+        return str(row[0]), None if row[1] is None else str(row[1])
 
-    def epoch_lineage(self, federation: object) -> tuple[float | None, str | None]:
-        """The federation's epoch and its lineage (``(None, None)`` before any registration)."""
+    def epoch_lineage(
+        self, federation: object
+    ) -> tuple[float | None, str | None, str | None]:
+        """The federation's epoch, its lineage and the tag handed over with them
+        (``(None, None, None)`` before any registration)."""
 
-        def run(now: float) -> tuple[float | None, str | None]:
+        def run(now: float) -> tuple[float | None, str | None, str | None]:
             fed = self._fed(federation)
-            return fed[3], self._lineage(fed)
+            return fed[3], *self._lineage(fed)
 
         return self._tx(run)
 
     def offer_epoch(
-        self, federation: object, token: str, epoch: object, lineage: object
+        self,
+        federation: object,
+        token: str,
+        epoch: object,
+        lineage: object,
+        tag: object = None,
     ) -> dict[str, Any]:
         """A running node (holder of registration *token* in *federation*) hands over the
         federation's time: *epoch* is the registry's clock reading at which its federation
@@ -1030,8 +1048,10 @@ class RegistryStore:
         The registry takes it when it has no epoch (reset, emptied) or when the offered one is
         older than its own (and not in the future): federation time belongs to the
         federation, so ``elapsed`` goes on after a reset, for 2012 clients too; it never moves
-        the epoch later. Returns the federation's time after the offer (``accepted`` says
-        whether it changed).
+        the epoch later. *tag* (a keyed federation's signature of epoch and lineage, or
+        ``None``) is kept as it came and handed back with them: the registry holds no key, so
+        it cannot tell a member's offer from a stranger's; the nodes check the tag. Returns the
+        federation's time after the offer (``accepted`` says whether it changed).
         """
         if not (
             isinstance(epoch, int | float)
@@ -1041,6 +1061,8 @@ class RegistryStore:
             raise StoreError(f"epoch must be a clock reading in seconds, not {epoch!r}")
         if not is_lineage(lineage):
             raise StoreError("lineage must be 1-64 letters, digits, '.', '_' or '-'")
+        if tag is not None and not is_epoch_tag(tag):
+            raise StoreError("tag must be null or 1-128 letters, digits, '.', '_' or '-'")
 
         def run(now: float) -> dict[str, Any]:
             fed = self._fed(federation)
@@ -1055,17 +1077,19 @@ class RegistryStore:
             if accepted:
                 self._db.execute("UPDATE federations SET epoch = ? WHERE id = ?", (offered, fed[0]))
                 self._db.execute(
-                    "INSERT INTO epochs (federation_id, epoch, lineage) VALUES (?, ?, ?)"
+                    "INSERT INTO epochs (federation_id, epoch, lineage, tag) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (federation_id) DO UPDATE"
-                    " SET epoch = excluded.epoch, lineage = excluded.lineage",
-                    (fed[0], offered, lineage),
+                    " SET epoch = excluded.epoch, lineage = excluded.lineage, tag = excluded.tag",
+                    (fed[0], offered, lineage, tag),
                 )
                 fed = self._fed(fed[1])
+            handed, handed_tag = self._lineage(fed)
             return {
                 "federation": fed[1],
                 "accepted": accepted,
                 "epoch": fed[3],
-                "lineage": self._lineage(fed),
+                "lineage": handed,
+                "tag": handed_tag,
                 "elapsed": self._elapsed(fed, now),
             }
 

@@ -2,7 +2,7 @@
 ``import``), so an operator can move an event from SQLite to PostgreSQL and back.
 
 The document keeps everything: ids (the legacy API shows them), epochs (with the lineage a
-node handed over), versions, the conductor and its term, and every registration with its
+node handed over and its tag), versions, the conductor and its term, and every registration with its
 token, so nodes keep heartbeating with the tokens they hold after the move. Tokens are
 credentials: keep the file private (``export --output`` writes it readable by its owner only).
 
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from registry_bridge._database import Database, Duplicate
-from registry_bridge._store import RegistryStore, StoreError, _name, is_lineage
+from registry_bridge._store import RegistryStore, StoreError, _name, is_epoch_tag, is_lineage
 
 __all__ = ["FORMAT", "export_state", "import_state"]
 
@@ -68,7 +68,8 @@ def export_state(store: RegistryStore) -> dict[str, Any]:
                 )
             ]
             handed = db.execute(
-                "SELECT lineage FROM epochs WHERE federation_id = ? AND epoch = ?", (fid, epoch)
+                "SELECT lineage, tag FROM epochs WHERE federation_id = ? AND epoch = ?",
+                (fid, epoch),
             ).fetchone()
             federations.append(
                 {
@@ -78,6 +79,8 @@ def export_state(store: RegistryStore) -> dict[str, Any]:
                     "epoch": epoch,
                     # the lineage a node handed over with the epoch (null: the registry's own)
                     "lineage": handed[0] if handed is not None else None,
+                    # ... and the tag it signed them with (null: none; older exports have none)
+                    "tag": handed[1] if handed is not None else None,
                     "version": version,
                     "conductor": {
                         "path": cpath,
@@ -143,12 +146,13 @@ def _list(doc: _Doc, key: str) -> list[Any]:
     return value
 
 
-_Federation = tuple[tuple[Any, ...], list[Any], list[Any], "str | None"]
+_Federation = tuple[tuple[Any, ...], list[Any], list[Any], "tuple[str, str | None] | None"]
 
 
 def _federation_rows(raw: object, index: int) -> _Federation:
     """One federation of the document, checked: its row, orchestra rows, registration rows,
-    and the lineage of its epoch (``None``: the registry's own; older exports have none)."""
+    and the lineage of its epoch with its tag (``None``: the registry's own; older exports
+    have none)."""
     fed = _Doc(raw, f"federation #{index + 1}")
     name = _name(fed.get("name", _text, "a name"), "federation")
     fed.where = f"federation {name!r}"
@@ -222,7 +226,9 @@ def _federation_rows(raw: object, index: int) -> _Federation:
             f" conductor {cpath}"
         )
     lineage = fed.get("lineage", _maybe(is_lineage), "a lineage or null")
-    return row, orch_rows, reg_rows, lineage if row[3] is not None else None
+    tag = fed.get("tag", _maybe(is_epoch_tag), "an epoch tag or null")
+    handed = (lineage, tag) if row[3] is not None and lineage is not None else None
+    return row, orch_rows, reg_rows, handed
 
 
 def import_state(store: RegistryStore, document: object) -> dict[str, int]:
@@ -270,17 +276,17 @@ def import_state(store: RegistryStore, document: object) -> dict[str, int]:
 
 def _insert(db: Database, feds: list[_Federation]) -> None:
     """Insert the checked rows."""
-    for fed_row, orch_rows, reg_rows, lineage in feds:
+    for fed_row, orch_rows, reg_rows, handed in feds:
         db.execute(
             "INSERT INTO federations (id, name, created_at, epoch, version, conductor_path,"
             " conductor_node_id, conductor_host, conductor_port, conductor_term)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             fed_row,
         )
-        if lineage is not None:
+        if handed is not None:
             db.execute(
-                "INSERT INTO epochs (federation_id, epoch, lineage) VALUES (?, ?, ?)",
-                (fed_row[0], fed_row[3], lineage),
+                "INSERT INTO epochs (federation_id, epoch, lineage, tag) VALUES (?, ?, ?, ?)",
+                (fed_row[0], fed_row[3], *handed),
             )
         for orch_row in orch_rows:
             db.execute(

@@ -56,15 +56,16 @@ def test_a_reset_while_nodes_run_does_not_restart_elapsed(stores: Stores) -> Non
     assert epoch == clock.t
     clock.t += 600.0  # ten minutes into the concert
     s.reset_federation("sleo")
-    assert s.epoch_lineage("sleo") == (None, None)
+    assert s.epoch_lineage("sleo") == (None, None, None)
     # A supernode registers again and hands over the federation's time (the epoch it measured
     # on the registry's clock, with its lineage): elapsed goes on from 600 s.
     token = register(s, "n1")
     assert s.elapsed("sleo")["elapsed"] == 0.0  # the registry's own fresh epoch, for now
-    answer = s.offer_epoch("sleo", token, epoch, "abc123")
+    answer = s.offer_epoch("sleo", token, epoch, "abc123", "1.0f")
     assert answer["accepted"] and answer["epoch"] == epoch and answer["lineage"] == "abc123"
+    assert answer["tag"] == "1.0f"  # (a keyed federation's signature, kept as it came)
     assert s.elapsed("sleo")["elapsed"] == pytest.approx(600.0)
-    assert s.epoch_lineage("sleo") == (epoch, "abc123")
+    assert s.epoch_lineage("sleo") == (epoch, "abc123", "1.0f")
     # 2012 clients read the same elapsed time.
     legacy = s.register("sleo", "cmu", "old", host="10.0.0.9", port=7471, heartbeat=False)
     assert legacy["elapsed"] == pytest.approx(600.0)
@@ -79,8 +80,9 @@ def test_a_reset_when_no_node_runs_starts_elapsed_from_zero(stores: Stores) -> N
     clock.t += 5.0
     answer = s.register("sleo", "cmu", "old", host="10.0.0.9", port=7471, heartbeat=False)
     assert answer["elapsed"] == 0.0  # nobody handed a time over: a new epoch, as in 2012
-    epoch, lineage = s.epoch_lineage("sleo")
+    epoch, lineage, tag = s.epoch_lineage("sleo")
     assert epoch == clock.t and lineage is not None and lineage.startswith("registry-")
+    assert tag is None
 
 
 def test_the_epoch_only_ever_moves_earlier(stores: Stores) -> None:
@@ -148,6 +150,9 @@ async def test_the_http_api_takes_the_offer_and_elapsed_says_the_registry_clock(
             assert r.status_code == 400 and f"'{field}'" in r.json()["error"], r.text
         r = await api.post("/api/v1/federations/sleo/epoch", json={**offer, "lineage": "a b"})
         assert r.status_code == 400 and "lineage" in r.json()["error"], r.text
+        for tag in ("", "a b", "t" * 129, 7, ["1.ab"]):
+            r = await api.post("/api/v1/federations/sleo/epoch", json={**offer, "tag": tag})
+            assert r.status_code == 400 and "tag" in r.json()["error"], r.text
         r = await api.post(
             "/api/v1/federations/sleo/epoch",
             content=json.dumps(offer),
@@ -155,6 +160,13 @@ async def test_the_http_api_takes_the_offer_and_elapsed_says_the_registry_clock(
         )
         assert r.status_code == 415, r.text
         assert (await api.get("/api/v1/federations/sleo/elapsed")).json()["t2"] == 42.0
+        # a tag (a keyed federation's signature) is kept as it came and handed back
+        r = await api.post(
+            "/api/v1/federations/sleo/epoch", json={**offer, "epoch": clock.t - 50.0, "tag": "2.c0"}
+        )
+        assert r.status_code == 200 and r.json()["tag"] == "2.c0", r.text
+        e = (await api.get("/api/v1/federations/sleo/elapsed")).json()
+        assert (e["t2"], e["lineage"], e["tag"]) == (50.0, "abc", "2.c0")
 
 
 def test_export_and_import_keep_the_lineage_a_node_handed_over(stores: Stores) -> None:
@@ -162,14 +174,23 @@ def test_export_and_import_keep_the_lineage_a_node_handed_over(stores: Stores) -
     s = stores(clock)
     token = register(s)
     register(s, "n1", federation="other")
-    s.offer_epoch("sleo", token, clock.t - 90.0, "abc123")
+    s.offer_epoch("sleo", token, clock.t - 90.0, "abc123", "1.9a")
     document = export_state(s)
     assert [f["lineage"] for f in document["federations"]] == ["abc123", None]
+    assert [f["tag"] for f in document["federations"]] == ["1.9a", None]
     moved = stores(clock)
     import_state(moved, document)
-    assert moved.epoch_lineage("sleo") == (clock.t - 90.0, "abc123")
-    assert moved.epoch_lineage("other") == (clock.t, f"registry-{clock.t:.6f}")
+    assert moved.epoch_lineage("sleo") == (clock.t - 90.0, "abc123", "1.9a")
+    assert moved.epoch_lineage("other") == (clock.t, f"registry-{clock.t:.6f}", None)
     for bad in ("a b", 7, ""):
         broken = {**document, "federations": [{**document["federations"][0], "lineage": bad}]}
         with pytest.raises(StoreError, match="lineage"):
             import_state(stores(clock), broken)
+        broken = {**document, "federations": [{**document["federations"][0], "tag": bad}]}
+        with pytest.raises(StoreError, match="tag"):
+            import_state(stores(clock), broken)
+    # an export made before tags (no "tag" field) still imports, without a tag
+    untagged = {k: v for k, v in document["federations"][0].items() if k != "tag"}
+    old = stores(clock)
+    import_state(old, {**document, "federations": [untagged]})
+    assert old.epoch_lineage("sleo") == (clock.t - 90.0, "abc123", None)

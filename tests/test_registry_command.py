@@ -231,8 +231,8 @@ def test_a_postgres_database_that_cannot_be_used_is_one_line_without_the_passwor
         (postgres_cluster.url("nonexistent"), 'database "nonexistent" does not exist'),
         (
             empty,
-            f"is empty (no registry schema), this stagemesh needs version {SCHEMA_VERSION};"
-            " run: stagemesh",
+            f"is empty (no registry schema), this stagemesh needs version {SCHEMA_VERSION}; run:"
+            " stagemesh",
         ),
         (newer, f"has schema version 99, newer than this stagemesh (version {SCHEMA_VERSION})"),
     ]
@@ -256,10 +256,8 @@ def test_migrate_creates_or_upgrades_a_schema_and_the_registry_then_serves_it(
     upgraded by the registry itself. Either way the federation is kept."""
     db = databases.new(migrated=False)
     if databases.backend == "postgresql":
-        assert (
-            f"schema created (version {SCHEMA_VERSION})"
-            in registry_command("migrate", "--db", db).stdout
-        )
+        created = registry_command("migrate", "--db", db).stdout
+        assert f"schema created (version {SCHEMA_VERSION})" in created
         version_1 = databases.new(migrated=False)
         statements = _postgres_migrations[0]
     else:
@@ -282,7 +280,8 @@ def test_migrate_creates_or_upgrades_a_schema_and_the_registry_then_serves_it(
     done = registry_command("migrate", "--db", version_1)
     assert done.returncode == 0, done.stderr
     assert (
-        done.stdout == f"database {shown_target(version_1)}: schema upgraded from version 1 to"
+        done.stdout
+        == f"database {shown_target(version_1)}: schema upgraded from version 1 to"
         f" {SCHEMA_VERSION}\n"
     )
     again = registry_command("migrate", "--db", version_1)
