@@ -50,6 +50,7 @@ from mesh._errors import MeshError
 from mesh._extensions import Extension
 from mesh._interfaces import choose_interfaces, local_addresses
 from mesh._keys import KeyEntry, keyring_at, read_entries
+from mesh._lineage import EpochSeal
 from mesh._membership import (
     MemberEvent,
     MemberView,
@@ -248,6 +249,9 @@ class Node:
             conductor=config.conductor,
             joined_at=self.started_at,
             arbiter=next((a for e in config.extensions if (a := e.arbiter()) is not None), None),
+            epoch_seal=None
+            if config.keyring is None
+            else EpochSeal(config.federation, config.keyring),
         )
         transport.incarnation = incarnation
         self._handlers: dict[str, RequestHandler] = {}
@@ -441,14 +445,32 @@ class Node:
         return stamped
 
     def external_clock_reply(
-        self, reply: ClockReply, source: str, epoch: float | None, lineage: str | None
+        self,
+        reply: ClockReply,
+        source: str,
+        epoch: float | None,
+        lineage: str | None,
+        tag: str | None = None,
     ) -> bool:
         """Hand in the external clock's answer: its own clock readings as ``t2``/``t3``, its
         *epoch* on that clock and the *lineage* of its federation time (``None``, ``None`` when
-        it has none); call it as soon as the answer arrives (its arrival time is the fourth
-        timestamp). Returns whether the sample was used."""
+        it has none) with the *tag* that signs them; call it as soon as the answer arrives (its
+        arrival time is the fourth timestamp). Returns whether the sample was used. With a
+        federation key, an epoch whose tag no key of this node verifies is ignored (the node
+        keeps its time), counted (status ``clock.external.refused``) and logged once."""
         now = self.local_now()
-        used = self.core.handle_external_clock_reply(now, reply, source, epoch, lineage)
+        refused = self.core.external_refused
+        used = self.core.handle_external_clock_reply(now, reply, source, epoch, lineage, tag)
+        if self.core.external_refused > refused:
+            log = logger.warning if refused == 0 else logger.debug
+            log(
+                "%s: ignored the federation time %s offers (lineage %s): it is not signed with"
+                " this federation's key (offered by someone without it, or the registry's own"
+                " epoch); keeping this node's time",
+                self.path,
+                source,
+                lineage,
+            )
         self._pump()
         return used
 

@@ -19,7 +19,10 @@ a clock sample or a publication travels:
   announcement it hears, and all of them step at that same federation time (at once, for a
   node alone in its lineage: a node joining a federation). A follower never follows a
   reference of another lineage: it keeps its own time until the two are one. A top older than
-  the registry hands the registry its epoch (:class:`EpochOffer`). Every step is a
+  the registry hands the registry its epoch (:class:`EpochOffer`). In a keyed federation
+  (``epoch_seal``) the offer carries a tag by the federation key, and the registry's epoch and
+  lineage count only with a tag that verifies: any other is taken as no time at all (the node
+  keeps its own, and counts and reports the refusal). Every step is a
   :class:`ClockStepped` event;
 - clock requests go to the reference's gossip address; every node answers them;
 - requests for the outside world (conductor claims for the arbiter, clock requests and epoch
@@ -57,7 +60,14 @@ from mesh._election import (
     post_orchestra,
 )
 from mesh._events import ClockStepped, NodeEvent, Publication, TimeSourceChanged
-from mesh._lineage import MAX_DECISION_BOUND, LineageProbes, Meeting, lineage_id, should_join
+from mesh._lineage import (
+    MAX_DECISION_BOUND,
+    EpochSeal,
+    LineageProbes,
+    Meeting,
+    lineage_id,
+    should_join,
+)
 from mesh._membership import (
     MemberEvent,
     Membership,
@@ -97,10 +107,13 @@ class EpochOffer:
     """Hand the external clock (the registry) this federation's time: its lineage is older
     than the registry's (or the registry has none, after a reset or an empty restart).
     ``epoch`` is the registry's own clock reading at which federation time was 0, measured
-    NTP-style (so it does not depend on how long the offer takes to arrive)."""
+    NTP-style (so it does not depend on how long the offer takes to arrive). ``tag`` signs
+    them by the federation key (see :class:`~mesh._lineage.EpochSeal`; ``None`` in an open
+    federation): the registry keeps it with the epoch and hands it back with it."""
 
     lineage: str
     epoch: float
+    tag: str | None = None
 
 
 ExternalRequest: TypeAlias = ClaimRequest | ClockRequest | EpochOffer
@@ -128,7 +141,8 @@ class NodeCore:
     *supernode* / *conductor* are the node's candidacy flags; *joined_at* ranks it among
     candidates (earlier is better), goes in its metadata and names the clock lineage it founds.
     *arbiter* turns on arbitration of the conductor post by an outside arbiter (the registry):
-    claims then come out of :meth:`take_external_requests`.
+    claims then come out of :meth:`take_external_requests`. *epoch_seal* (a keyed federation)
+    signs this node's epoch offers and is the only way the external clock's epoch is taken.
     """
 
     def __init__(
@@ -145,6 +159,7 @@ class NodeCore:
         clock_config: ClockConfig | None = None,
         arbiter: ConductorArbiter | None = None,
         election_settle: float = 1.0,
+        epoch_seal: EpochSeal | None = None,
     ) -> None:
         self.lineage_id = lineage_id(me.node_id, joined_at)
         """The clock lineage this node's federation time belongs to (see :mod:`mesh._lineage`)."""
@@ -204,6 +219,9 @@ class NodeCore:
         self._ext_probe_due = -math.inf
         self._ext_offer_due = -math.inf
         self._ext_bound = (math.inf, now)  # cross-site bound when last following it, and when
+        self._seal = epoch_seal
+        self._ext_refused = 0  # epochs of the external clock without a valid tag (keyed)
+        self._ext_refused_last: tuple[float, str] | None = None  # the last one, counted once
         self._external_requests: list[ExternalRequest] = []
         self._refresh(now)
 
@@ -356,14 +374,19 @@ class NodeCore:
         source: str,
         epoch: float | None,
         lineage: str | None,
+        tag: str | None = None,
     ) -> bool:
         """The external clock's answer to a request, received at local time *now*: its own
         clock readings (``t2``, ``t3``: the registry host's clock), its *epoch* on that clock and
         the *lineage* of the federation time it keeps (both ``None``: it has none, after a reset
-        or an empty restart). Returns whether the clock took it as a sample."""
+        or an empty restart), and the *tag* that came with them. In a keyed federation an epoch
+        whose tag does not verify is taken as none (see :attr:`external_refused`). Returns
+        whether the clock took it as a sample."""
         self._apply_step(now)
         if source != self._external:
             return False
+        if not self._signed(epoch, lineage, tag):
+            epoch = lineage = None  # someone without the federation key named it: not our time
         self._set_available(now, True)
         used = False
         fed = self.clock.federation_time(now)
@@ -392,6 +415,25 @@ class NodeCore:
             self._source_dirty = True
         self._refresh(now)
         return used
+
+    def _signed(self, epoch: float | None, lineage: str | None, tag: str | None) -> bool:
+        """Whether the external clock's *epoch* and *lineage* may be taken: always in an open
+        federation; in a keyed one only with a *tag* a key of this node verifies (a refused
+        pair is counted once)."""
+        if self._seal is None or epoch is None:
+            return True
+        if lineage is not None and self._seal.verifies(epoch, lineage, tag):
+            return True
+        if self._ext_refused_last != (epoch, str(lineage)):
+            self._ext_refused_last = (epoch, str(lineage))
+            self._ext_refused += 1
+        return False
+
+    @property
+    def external_refused(self) -> int:
+        """How many epochs (each counted once) the external clock answered with that this
+        node did not take, their tag not verifying with a key of its own (keyed federation)."""
+        return self._ext_refused
 
     def set_external_available(self, now: float, available: bool) -> None:
         """The driver reached the outside (``True``) or failed to (``False``): while the
@@ -436,7 +478,8 @@ class NodeCore:
         ``lineage``, ``steps`` (how many :class:`ClockStepped`), ``last_step``, ``pending_step``,
         ``provisional``, and ``external`` (``source``, ``state``: ``following`` it, ``free`` (it
         answers, not yet in this lineage), ``unreached``, or ``idle`` when this node is not its
-        site's reference; ``lineage``)."""
+        site's reference; ``lineage``; ``refused``: epochs it answered with whose tag did not
+        verify, see :attr:`external_refused`)."""
         last = self._last_step
         pending = self._pending_step
         external: dict[str, Any] | None = None
@@ -449,7 +492,12 @@ class NodeCore:
                 state = "free"  # answering, but not (yet) in this node's lineage
             else:
                 state = "unreached"
-            external = {"source": self._external, "state": state, "lineage": self._ext_lineage}
+            external = {
+                "source": self._external,
+                "state": state,
+                "lineage": self._ext_lineage,
+                "refused": self._ext_refused,
+            }
         return {
             "lineage": self.lineage_id,
             "steps": self._steps,
@@ -840,7 +888,8 @@ class NodeCore:
             # node alone is the federation, as far as anyone can tell).
             return
         self._ext_offer_due = now + _EXT_OFFER_INTERVAL
-        self._push_external(EpochOffer(self.lineage_id, epoch))
+        tag = None if self._seal is None else self._seal.tag(epoch, self.lineage_id)
+        self._push_external(EpochOffer(self.lineage_id, epoch, tag))
 
     def _announce_step(self, now: float, size: float, lineage: str) -> None:
         """This node's lineage steps by *size* to the older *lineage*: now, if no other node
