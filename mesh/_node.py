@@ -465,8 +465,8 @@ class Node:
             log = logger.warning if refused == 0 else logger.debug
             log(
                 "%s: ignored the federation time %s offers (lineage %s): it is not signed with"
-                " this federation's key (offered by someone without it, or the registry's own"
-                " epoch); keeping this node's time",
+                " this federation's key (someone without the key handed it over); keeping this"
+                " node's time",
                 self.path,
                 source,
                 lineage,

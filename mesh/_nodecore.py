@@ -418,12 +418,15 @@ class NodeCore:
 
     def _signed(self, epoch: float | None, lineage: str | None, tag: str | None) -> bool:
         """Whether the external clock's *epoch* and *lineage* may be taken: always in an open
-        federation; in a keyed one only with a *tag* a key of this node verifies (a refused
-        pair is counted once)."""
+        federation; in a keyed one only with a *tag* a key of this node verifies. A refused
+        pair is counted once, unless it is the registry's own epoch (set by a first
+        registration, named ``registry-<epoch>``, never signed: refused without a word)."""
         if self._seal is None or epoch is None:
             return True
         if lineage is not None and self._seal.verifies(epoch, lineage, tag):
             return True
+        if tag is None and lineage == f"registry-{epoch:.6f}":
+            return False
         if self._ext_refused_last != (epoch, str(lineage)):
             self._ext_refused_last = (epoch, str(lineage))
             self._ext_refused += 1
@@ -432,7 +435,8 @@ class NodeCore:
     @property
     def external_refused(self) -> int:
         """How many epochs (each counted once) the external clock answered with that this
-        node did not take, their tag not verifying with a key of its own (keyed federation)."""
+        node did not take, their tag not verifying with a key of its own (keyed federation;
+        the registry's own epoch, which no node signed, is not counted)."""
         return self._ext_refused
 
     def set_external_available(self, now: float, available: bool) -> None:
