@@ -1,0 +1,186 @@
+"""In a keyed federation the federation's time at the registry is signed by the federation key.
+
+Registering needs no secret, so anyone who can reach the registry may register in a federation
+and hand it an older epoch (``POST .../epoch``); the registry cannot tell (it holds no key) and
+takes it. The nodes can: a keyed node signs the epoch it hands over (an HMAC tag by the
+federation key over federation, epoch, lineage and key id) and takes an epoch from the registry
+only with a tag that a key of its own verifies. So a stranger's older epoch (without a tag, with
+a tag by another key, or with a member's tag copied onto another epoch) makes no node step:
+each is refused, counted once (``clock.external.refused``) and logged, and every node keeps its
+time; a member's handover still crosses the registry, to a node holding the key it was signed
+with (a key being rotated in keeps the old one).
+
+Each test runs a real ``stagemesh registry`` process (on SQLite and on PostgreSQL) and real
+nodes with the registry bridge on loopback, and talks to the registry over HTTP as the
+stranger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import trio
+
+from mesh import Node, NodeConfig, open_node
+from mesh._lineage import EpochSeal
+from mesh._wire import Keyring
+from registry_bridge import RegistryBridge
+from tests.livenodes import loopback_config, wait_for
+from tests.registries import Databases, running_registry
+from tests.test_clock_registry_live import Watch, agreed
+
+FEDERATION = "signed"
+ELAPSED = f"/api/v1/federations/{FEDERATION}/elapsed"
+EPOCH = f"/api/v1/federations/{FEDERATION}/epoch"
+KEY = Keyring.single(b"the federation's key, 32 bytes.")
+SKEWS = {"n0": (1.5, 80.0), "n1": (-0.7, -60.0), "b0": (0.4, 30.0)}
+
+
+def config(
+    tmp: Path, path: str, url: str, keyring: Keyring, seeds: tuple[tuple[str, int], ...] = ()
+) -> NodeConfig:
+    skew, drift = SKEWS[path.rpartition("/")[2]]
+    return loopback_config(
+        tmp,
+        path,
+        federation=FEDERATION,
+        seeds=seeds,
+        registry=url,
+        conductor=path == "/a/n0",
+        status=None,
+        clock_skew=skew,
+        clock_drift=drift,
+        keyring=keyring,
+        extensions=(RegistryBridge(url, interval=0.2, max_backoff=1.0, timeout=2.0),),
+    )
+
+
+@contextlib.asynccontextmanager
+async def site(tmp: Path, url: str) -> AsyncIterator[list[Node]]:
+    """Orchestra ``a``: two keyed nodes, n0 and n1 (seeded with n0)."""
+    async with contextlib.AsyncExitStack() as stack:
+        n0 = await stack.enter_async_context(open_node(config(tmp, "/a/n0", url, KEY)))
+        n1 = await stack.enter_async_context(
+            open_node(config(tmp, "/a/n1", url, KEY, (n0.address,)))
+        )
+        yield [n0, n1]
+
+
+async def registry_time(http: httpx.AsyncClient) -> dict[str, object]:
+    answer = await http.get(ELAPSED)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, object] = answer.json()
+    return result
+
+
+async def handed_over(http: httpx.AsyncClient, node: Node) -> bool:
+    """The registry's time is the node's lineage, with a tag by the federation key."""
+    time = await registry_time(http)
+    return time["lineage"] == node.status()["clock"]["lineage"] and time["tag"] is not None
+
+
+def refused(node: Node) -> int:
+    external = node.status()["clock"]["external"]
+    assert external is not None
+    count: int = external["refused"]
+    return count
+
+
+async def test_a_stranger_cannot_jump_a_keyed_federations_time(
+    databases: Databases, tmp_path: Path
+) -> None:
+    with trio.fail_after(90):
+        async with (
+            running_registry(databases.new()) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+            site(tmp_path, url) as nodes,
+        ):
+            await wait_for(lambda: agreed(nodes), 15, "the orchestra synced")
+            # the member's handover works: the registry has the site's time, signed
+            await wait_for(lambda: handed_over(http, nodes[0]), 15, "the registry has our time")
+            ours = await registry_time(http)
+            assert isinstance(ours["epoch"], float) and isinstance(ours["tag"], str)
+            lineage = nodes[0].status()["clock"]["lineage"]
+            assert [refused(n) for n in nodes] == [0, 0]  # (the registry's own epoch: silent)
+            watch = Watch(nodes)
+            steps = watch.steps  # (n1 stepped once to n0's time when it joined)
+
+            # someone else registers in the federation (no secret needed) ...
+            answer = await http.post(
+                f"/api/v1/federations/{FEDERATION}/registrations",
+                json={"orchestra": "mallory", "name": "m", "create": True},
+            )
+            assert answer.status_code == 201, answer.text
+            token = answer.json()["token"]
+            other_key = EpochSeal(FEDERATION, Keyring.single(secrets.token_bytes(32)))
+            forgeries = [
+                # an hour older, unsigned
+                {"epoch": ours["epoch"] - 3600.0, "lineage": "mallory"},
+                # two hours older, in the site's own lineage, signed with another key
+                {
+                    "epoch": ours["epoch"] - 7200.0,
+                    "lineage": lineage,
+                    "tag": other_key.tag(ours["epoch"] - 7200.0, lineage),
+                },
+                # three hours older, in the site's lineage, with the member's own tag copied
+                {"epoch": ours["epoch"] - 10800.0, "lineage": lineage, "tag": ours["tag"]},
+            ]
+            for number, forged in enumerate(forgeries, 1):
+                # ... and hands the registry an older epoch, which it takes (it has no key)
+                taken = await http.post(EPOCH, json={**forged, "token": token})
+                assert taken.status_code == 200 and taken.json()["accepted"], taken.text
+                # the site's reference sees it, and refuses it
+                await wait_for(
+                    lambda n=number: refused(nodes[0]) >= n,
+                    10,
+                    f"forgery {number} refused",
+                )
+                await watch.run(1.0)
+
+            # no node stepped: every node kept its time (never back, at 1 +- 0.5%, no step),
+            # in its lineage, seconds old (not hours), and the site still agrees
+            watch.check()
+            assert [n.status()["clock"]["steps"] for n in nodes] == steps
+            for node in nodes:
+                clock = node.status()["clock"]
+                assert clock["lineage"] == lineage, clock
+                assert node.now() < 600.0
+            assert agreed(nodes)
+            assert refused(nodes[0]) == len(forgeries)  # each counted once
+
+
+async def test_a_members_handover_still_crosses_the_registry_with_a_rotated_key(
+    databases: Databases, tmp_path: Path
+) -> None:
+    """Site a hands the registry its time and stops; node b0 starts alone later (a younger
+    lineage), holding the federation key beside a new one it signs with (a key rotation in
+    progress): it verifies the tag with the old key and steps once, forward, to site a's time."""
+    rotated = Keyring({1: KEY.keys[1], 2: b"the next federation key, rotated"}, primary=2)
+    with trio.fail_after(90):
+        async with (
+            running_registry(databases.new()) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+        ):
+            async with site(tmp_path / "a", url) as nodes:
+                await wait_for(lambda: agreed(nodes), 15, "the orchestra synced")
+                await wait_for(lambda: handed_over(http, nodes[0]), 15, "the registry has a's time")
+                lineage = nodes[0].status()["clock"]["lineage"]
+            async with open_node(config(tmp_path / "b", "/b/b0", url, rotated)) as b0:
+
+                async def stepped() -> bool:
+                    return b0.status()["clock"]["lineage"] == lineage
+
+                await wait_for(stepped, 15, "b0 took a's time from the registry")
+                clock = b0.status()["clock"]
+                assert clock["steps"] == 1 and clock["last_step"]["new_lineage"] == lineage
+                assert clock["external"]["refused"] == 0
+                time = await registry_time(http)
+                assert time["lineage"] == lineage  # b0 took it, it did not replace it
+                before = b0.now()
+                theirs = await registry_time(http)
+                after = b0.now()
+                assert before - 0.05 <= float(str(theirs["elapsed"])) <= after + 0.05
