@@ -34,6 +34,7 @@ FIELDS = (
     "epoch",
     "lineage",
     "members",
+    "tag",
 )
 """The fields and parameters of the API, JSON and legacy."""
 SUBJECTS: dict[int, tuple[str, ...]] = {
