@@ -1021,9 +1021,7 @@ class RegistryStore:
             return f"registry-{fed[3]:.6f}", None
         return str(row[0]), None if row[1] is None else str(row[1])
 
-    def epoch_lineage(
-        self, federation: object
-    ) -> tuple[float | None, str | None, str | None]:
+    def epoch_lineage(self, federation: object) -> tuple[float | None, str | None, str | None]:
         """The federation's epoch, its lineage and the tag handed over with them
         (``(None, None, None)`` before any registration)."""
 

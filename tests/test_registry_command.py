@@ -280,8 +280,7 @@ def test_migrate_creates_or_upgrades_a_schema_and_the_registry_then_serves_it(
     done = registry_command("migrate", "--db", version_1)
     assert done.returncode == 0, done.stderr
     assert (
-        done.stdout
-        == f"database {shown_target(version_1)}: schema upgraded from version 1 to"
+        done.stdout == f"database {shown_target(version_1)}: schema upgraded from version 1 to"
         f" {SCHEMA_VERSION}\n"
     )
     again = registry_command("migrate", "--db", version_1)

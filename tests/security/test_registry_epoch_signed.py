@@ -22,51 +22,35 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import httpx
 import trio
 
 from mesh import Node, NodeConfig, open_node
 from mesh._lineage import EpochSeal
 from mesh._wire import Keyring
-from registry_bridge import RegistryBridge
-from tests.livenodes import loopback_config, wait_for
+from tests.livenodes import wait_for
 from tests.registries import Databases, running_registry
-from tests.test_clock_registry_live import Watch, agreed
+from tests.test_clock_registry_live import FEDERATION, Watch, agreed, config as unkeyed_config
 
-FEDERATION = "signed"
 ELAPSED = f"/api/v1/federations/{FEDERATION}/elapsed"
 EPOCH = f"/api/v1/federations/{FEDERATION}/epoch"
 KEY = Keyring.single(b"the federation's key, 32 bytes.")
-SKEWS = {"n0": (1.5, 80.0), "n1": (-0.7, -60.0), "b0": (0.4, 30.0)}
 
 
 def config(
-    tmp: Path, path: str, url: str, keyring: Keyring, seeds: tuple[tuple[str, int], ...] = ()
+    tmp: Path, name: str, url: str, keyring: Keyring, seeds: tuple[tuple[str, int], ...] = ()
 ) -> NodeConfig:
-    skew, drift = SKEWS[path.rpartition("/")[2]]
-    return loopback_config(
-        tmp,
-        path,
-        federation=FEDERATION,
-        seeds=seeds,
-        registry=url,
-        conductor=path == "/a/n0",
-        status=None,
-        clock_skew=skew,
-        clock_drift=drift,
-        keyring=keyring,
-        extensions=(RegistryBridge(url, interval=0.2, max_backoff=1.0, timeout=2.0),),
-    )
+    """The live clock tests' node (skewed, drifting, with the registry bridge), keyed."""
+    return attrs.evolve(unkeyed_config(tmp, name, url, seeds), keyring=keyring)
 
 
 @contextlib.asynccontextmanager
 async def site(tmp: Path, url: str) -> AsyncIterator[list[Node]]:
-    """Orchestra ``a``: two keyed nodes, n0 and n1 (seeded with n0)."""
+    """One orchestra: two keyed nodes, n0 and n1 (seeded with n0)."""
     async with contextlib.AsyncExitStack() as stack:
-        n0 = await stack.enter_async_context(open_node(config(tmp, "/a/n0", url, KEY)))
-        n1 = await stack.enter_async_context(
-            open_node(config(tmp, "/a/n1", url, KEY, (n0.address,)))
-        )
+        n0 = await stack.enter_async_context(open_node(config(tmp, "n0", url, KEY)))
+        n1 = await stack.enter_async_context(open_node(config(tmp, "n1", url, KEY, (n0.address,))))
         yield [n0, n1]
 
 
@@ -158,7 +142,8 @@ async def test_a_members_handover_still_crosses_the_registry_with_a_rotated_key(
 ) -> None:
     """Site a hands the registry its time and stops; node b0 starts alone later (a younger
     lineage), holding the federation key beside a new one it signs with (a key rotation in
-    progress): it verifies the tag with the old key and steps once, forward, to site a's time."""
+    progress): it verifies the tag with the old key and steps once, forward, to site a's
+    time."""
     rotated = Keyring({1: KEY.keys[1], 2: b"the next federation key, rotated"}, primary=2)
     with trio.fail_after(90):
         async with (
@@ -169,7 +154,7 @@ async def test_a_members_handover_still_crosses_the_registry_with_a_rotated_key(
                 await wait_for(lambda: agreed(nodes), 15, "the orchestra synced")
                 await wait_for(lambda: handed_over(http, nodes[0]), 15, "the registry has a's time")
                 lineage = nodes[0].status()["clock"]["lineage"]
-            async with open_node(config(tmp_path / "b", "/b/b0", url, rotated)) as b0:
+            async with open_node(config(tmp_path / "b", "n2", url, rotated)) as b0:
 
                 async def stepped() -> bool:
                     return b0.status()["clock"]["lineage"] == lineage
