@@ -797,6 +797,7 @@ class Node:
                 keyring = keyring_at(entries, time.time())
                 if keyring != self.transport.codec.keyring:
                     self.transport.codec.keyring = keyring
+                    self.core.set_epoch_seal(EpochSeal(self.config.federation, keyring))
                     logger.info(
                         "federation keys: signing with key %d, accepting %s%s",
                         keyring.primary,

@@ -385,7 +385,7 @@ class NodeCore:
         self._apply_step(now)
         if source != self._external:
             return False
-        if not self._signed(epoch, lineage, tag):
+        if not self._signed(now, epoch, lineage, tag):
             epoch = lineage = None  # someone without the federation key named it: not our time
         self._set_available(now, True)
         used = False
@@ -416,14 +416,33 @@ class NodeCore:
         self._refresh(now)
         return used
 
-    def _signed(self, epoch: float | None, lineage: str | None, tag: str | None) -> bool:
+    def set_epoch_seal(self, seal: EpochSeal | None) -> None:
+        """The federation's keys changed (a key rotation while the node runs): sign and verify
+        epoch handovers with *seal* from now on."""
+        self._seal = seal
+
+    def _signed(
+        self, now: float, epoch: float | None, lineage: str | None, tag: str | None
+    ) -> bool:
         """Whether the external clock's *epoch* and *lineage* may be taken: always in an open
         federation; in a keyed one only with a *tag* a key of this node verifies. A refused
         pair is counted once, unless it is the registry's own epoch (set by a first
-        registration, named ``registry-<epoch>``, never signed: refused without a word)."""
-        if self._seal is None or epoch is None:
+        registration, named ``registry-<epoch>``, never signed: refused without a word).
+
+        This node's own lineage, signed by a key other than the one it signs with now (a key
+        rotation), is signed again: the same epoch, handed over with the new key's tag (the
+        registry takes that), so the old key can be retired."""
+        seal = self._seal
+        if seal is None or epoch is None:
             return True
-        if lineage is not None and self._seal.verifies(epoch, lineage, tag):
+        if lineage is not None and tag is not None and seal.verifies(epoch, lineage, tag):
+            if (
+                lineage == self.lineage_id
+                and not tag.startswith(f"{seal.keyring.primary}.")
+                and now >= self._ext_offer_due
+            ):
+                self._ext_offer_due = now + _EXT_OFFER_INTERVAL
+                self._push_external(EpochOffer(lineage, epoch, seal.tag(epoch, lineage)))
             return True
         if tag is None and lineage == f"registry-{epoch:.6f}":
             return False

@@ -405,7 +405,10 @@ def _schemas() -> dict[str, Any]:
             ["federation", "accepted", "epoch", "lineage", "tag", "elapsed"],
             {
                 "federation": _ref("Name"),
-                "accepted": {"type": "boolean", "description": "the offer changed the epoch"},
+                "accepted": {
+                    "type": "boolean",
+                    "description": "the offer changed the epoch (or signed it again: its tag)",
+                },
                 "epoch": _NULLNUM,
                 "lineage": {"type": ["string", "null"]},
                 "tag": _NULLTAG,

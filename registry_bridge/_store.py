@@ -1044,7 +1044,8 @@ class RegistryStore:
         time was 0 (the node measured the registry's clock, NTP-style), in lineage *lineage*.
 
         The registry takes it when it has no epoch (reset, emptied) or when the offered one is
-        older than its own (and not in the future): federation time belongs to the
+        older than its own (and not in the future), or the same epoch and lineage with
+        another tag (signed again after a key rotation): federation time belongs to the
         federation, so ``elapsed`` goes on after a reset, for 2012 clients too; it never moves
         the epoch later. *tag* (a keyed federation's signature of epoch and lineage, or
         ``None``) is kept as it came and handed back with them: the registry holds no key, so
@@ -1071,7 +1072,12 @@ class RegistryStore:
             if row is None:
                 raise NotFound("unknown or expired registration token")
             offered = float(epoch)
-            accepted = offered <= now and (fed[3] is None or offered < fed[3])
+            handed, handed_tag = self._lineage(fed)
+            older = offered <= now and (fed[3] is None or offered < fed[3])
+            # the same epoch and lineage signed again (a key rotation): the new tag replaces
+            # the old one (the nodes check it; the registry cannot)
+            resigned = offered == fed[3] and lineage == handed and tag not in (None, handed_tag)
+            accepted = older or resigned
             if accepted:
                 self._db.execute("UPDATE federations SET epoch = ? WHERE id = ?", (offered, fed[0]))
                 self._db.execute(

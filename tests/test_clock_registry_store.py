@@ -93,8 +93,18 @@ def test_the_epoch_only_ever_moves_earlier(stores: Stores) -> None:
     assert not s.offer_epoch("sleo", token, epoch + 10.0, "young")["accepted"]
     assert not s.offer_epoch("sleo", token, clock.t + 1.0, "future")["accepted"]
     assert s.epoch_lineage("sleo")[0] == epoch
-    older = s.offer_epoch("sleo", token, epoch - 30.0, "old")
+    older = s.offer_epoch("sleo", token, epoch - 30.0, "old", "1.aa")
     assert older["accepted"] and older["elapsed"] == pytest.approx(30.0)
+    # the same epoch and lineage signed again (a key rotation): only the tag changes
+    again = s.offer_epoch("sleo", token, epoch - 30.0, "old", "2.bb")
+    assert again["accepted"] and (again["epoch"], again["lineage"], again["tag"]) == (
+        epoch - 30.0,
+        "old",
+        "2.bb",
+    )
+    for lineage, tag in (("other", "3.cc"), ("old", None), ("old", "2.bb")):
+        assert not s.offer_epoch("sleo", token, epoch - 30.0, lineage, tag)["accepted"]
+    assert s.epoch_lineage("sleo") == (epoch - 30.0, "old", "2.bb")
 
 
 def test_only_a_live_registration_of_the_federation_may_offer(stores: Stores) -> None:

@@ -143,7 +143,7 @@ async def test_a_members_handover_still_crosses_the_registry_with_a_rotated_key(
     """Site a hands the registry its time and stops; node b0 starts alone later (a younger
     lineage), holding the federation key beside a new one it signs with (a key rotation in
     progress): it verifies the tag with the old key and steps once, forward, to site a's
-    time."""
+    time, then signs that same epoch again with the new key."""
     rotated = Keyring({1: KEY.keys[1], 2: b"the next federation key, rotated"}, primary=2)
     with trio.fail_after(90):
         async with (
@@ -165,6 +165,14 @@ async def test_a_members_handover_still_crosses_the_registry_with_a_rotated_key(
                 assert clock["external"]["refused"] == 0
                 time = await registry_time(http)
                 assert time["lineage"] == lineage  # b0 took it, it did not replace it
+
+                # b0 signs the federation's time again with the key it signs with (key 2), the
+                # same epoch: the old key can then be retired
+                async def signed_again() -> bool:
+                    now = await registry_time(http)
+                    return str(now["tag"]).startswith("2.") and now["epoch"] == time["epoch"]
+
+                await wait_for(signed_again, 10, "the registry's epoch signed with key 2")
                 before = b0.now()
                 theirs = await registry_time(http)
                 after = b0.now()
