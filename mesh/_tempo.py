@@ -113,6 +113,15 @@ class TempoSegment:
         return self.bar + (t - self.since) * self.bpm / 60.0 / self.meter
 
 
+def _whole(x: float) -> int:
+    """``floor(x)``, except that a value a rounding error below a whole number counts as that
+    number: the time of bar 4's first beat, computed from an origin such as 12.345 s, reads
+    back as bar 3.999999999 (and a player would play a beat of a bar the piece does not
+    have)."""
+    n = math.floor(x)
+    return n + 1 if x - n > 1 - 1e-9 else n
+
+
 @attrs.frozen
 class BeatPosition:
     """Where the music is at federation time ``time``."""
@@ -190,8 +199,8 @@ class Tempo:
         """The musical position at federation time *t*."""
         seg = self.segment_at(t)
         bars = seg.bar_at(t)
-        bar = math.floor(bars)
-        in_bar = min((bars - bar) * seg.meter, math.nextafter(seg.meter, 0))
+        bar = _whole(bars)
+        in_bar = min(max(0.0, (bars - bar) * seg.meter), math.nextafter(seg.meter, 0))
         beat = seg.beat_at(t)
         return BeatPosition(t, beat, bar, in_bar, beat - math.floor(beat), seg.bpm, seg.meter)
 

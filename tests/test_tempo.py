@@ -306,3 +306,21 @@ async def test_a_new_conductor_carries_the_tempo_on_to_late_joiners(tmp_path: Pa
         t = origin + 30.0
         assert known.beat_at(t) == pytest.approx(sent.beat_at(t), abs=1e-9)
         assert late_tempo.statistics().ignored == 0
+
+
+@given(
+    bpm=st.sampled_from([60.0, 90.0, 120.0, 133.0, 140.0, 174.0]),
+    meter=st.integers(2, 7),
+    origin_ms=st.integers(0, 10**8),
+)
+def test_the_time_of_a_beat_reads_back_in_that_beats_bar(
+    bpm: float, meter: int, origin_ms: int
+) -> None:
+    """A player that plays beat b at ``time_at_beat(b)`` and stops at the first beat whose bar
+    is past the piece must play exactly bars x meter beats, whatever the origin (the concert
+    example once played 17 beats of a 16-beat piece: 3.999999 bars read as bar 3)."""
+    tempo = Tempo.start(bpm, meter, origin_ms / 1000)
+    for beat in range(8 * meter):
+        position = tempo.at(tempo.time_at_beat(beat))
+        assert position.bar == beat // meter, (beat, position)
+        assert 0.0 <= position.beat_in_bar < meter
