@@ -138,7 +138,9 @@ def should_join(ahead: float, bound: float, *, reference: bool) -> bool:
     """
     if ahead > bound + _MARGIN:
         return True
-    return reference and ahead >= -(bound + _MARGIN + TIE_ZONE)
+    # A probe less certain than MAX_DECISION_BOUND (a slow network) widens the tie zone alike.
+    tie = max(TIE_ZONE, 2 * bound + _MARGIN)
+    return reference and ahead >= -(bound + _MARGIN + tie)
 
 
 class LineageProbes:

@@ -201,6 +201,7 @@ class NodeCore:
         self._probes = LineageProbes()
         # peer -> (its lineage, whether it was this node's reference, whether to join it)
         self._meetings: dict[str, tuple[str, bool, bool]] = {}
+        self._best_meeting: dict[str, float] = {}  # the least lineage-probe bound per peer
         self._joins: dict[str, tuple[str, Meeting]] = {}  # peer -> its older lineage, how much
         self._first_join: dict[str, float] = {}  # older lineage -> when first found
         self._differing: list[str] = []  # live peers of another lineage
@@ -791,6 +792,8 @@ class NodeCore:
         self._differing, self._same = differing, same
         for gone in [p for p in self._meetings if p not in differing]:
             del self._meetings[gone]
+        for gone in [p for p in self._best_meeting if p not in differing]:
+            del self._best_meeting[gone]
         for gone in [p for p in self._joins if p not in differing]:
             del self._joins[gone]
         if not self._joins:
@@ -844,7 +847,13 @@ class NodeCore:
     def _met_peer(self, now: float, meeting: Meeting) -> None:
         """A lineage probe of a peer came back: decide which lineage is older."""
         theirs = self._lineage_of(meeting.peer)
-        if theirs is None or theirs == self.lineage_id or meeting.bound > MAX_DECISION_BOUND:
+        # On a slow network (a 20 ms LAN, a WAN) no probe comes back within the LAN's decision
+        # bound: the best round trip seen to that peer sets what is "certain enough" there
+        # (should_join widens its tie zone to match), else the lineages never met.
+        best = min(self._best_meeting.get(meeting.peer, math.inf), meeting.bound)
+        self._best_meeting[meeting.peer] = best
+        limit = max(MAX_DECISION_BOUND, 1.25 * best + 0.001)
+        if theirs is None or theirs == self.lineage_id or meeting.bound > limit:
             return  # nothing to decide, or too uncertain (the next probe will tell)
         reference = not self._top and meeting.peer == self._follow
         older = should_join(meeting.ahead, meeting.bound, reference=reference)
