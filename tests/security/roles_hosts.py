@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from tests.harness import wait_until
 from tests.livenodes import LiveNode
 from tests.netns import Host, Lan, Spawned
 
@@ -75,11 +75,12 @@ def start(
 def conducting(lan: Lan, machine: Machine, timeout: float = 20.0) -> None:
     """Return once *machine* holds the conductor post in its own view (a lone candidate
     claims it within a second of being ready)."""
-    deadline = time.monotonic() + timeout
-    while status(lan, machine)["conductor"] != machine.path:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{machine.path} does not conduct within {timeout} s")
-        time.sleep(0.1)
+    wait_until(
+        lambda: status(lan, machine)["conductor"] == machine.path,
+        timeout,
+        f"{machine.path} conducting",
+        every=0.1,
+    )
 
 
 def _environ() -> dict[str, str]:
