@@ -49,19 +49,20 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import pytest
 
 from tests.impair import Hub, Link
 
-__all__ = ["Host", "Lan", "NetnsError", "Spawned", "lan", "socket_in"]
+__all__ = ["Host", "Lan", "NetnsError", "Spawned", "enter_netns", "in_netns", "lan", "socket_in"]
 
 PREFIX = "smt"
 SUBNET = "10.77.0.0/24"
 IMPAIR_SCRIPT = str(Path(__file__).with_name("impair.py"))
 _CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 class NetnsError(RuntimeError):
@@ -110,26 +111,40 @@ def socket_in(
     """A new socket that lives in network namespace *netns* (it keeps working from any
     thread: a socket belongs to the namespace it was made in). Made by a short-lived thread
     that enters the namespace, so the caller's own namespace never changes."""
-    made: list[socket.socket | BaseException] = []
+    return in_netns(netns, lambda: socket.socket(family, kind))
 
-    def make() -> None:
+
+def enter_netns(netns: str) -> None:
+    """Move the calling *thread* into network namespace *netns* (for good: call it only in a
+    thread of your own, which then makes its sockets, and starts its processes, there)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/run/netns/{netns}", "rb") as handle:
+        if libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns {netns}: {os.strerror(errno)}")
+
+
+def in_netns(netns: str, call: Callable[[], T]) -> T:
+    """Run *call* in a short-lived thread inside network namespace *netns* and return what it
+    returns (or raise what it raised): the sockets it makes live there, and so do the
+    processes it starts (``subprocess`` forks from that thread), whatever user they run as.
+    The caller's own namespace never changes."""
+    made: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            with open(f"/run/netns/{netns}", "rb") as handle:
-                if libc.setns(handle.fileno(), _CLONE_NEWNET) != 0:
-                    errno = ctypes.get_errno()
-                    raise OSError(errno, f"setns {netns}: {os.strerror(errno)}")
-            made.append(socket.socket(family, kind))
+            enter_netns(netns)
+            made.append(call())
         except BaseException as exc:
-            made.append(exc)
+            failed.append(exc)
 
-    thread = threading.Thread(target=make, name=f"setns-{netns}")
+    thread = threading.Thread(target=run, name=f"setns-{netns}")
     thread.start()
     thread.join()
-    result = made[0]
-    if isinstance(result, BaseException):
-        raise result
-    return result
+    if failed:
+        raise failed[0]
+    return made[0]
 
 
 class _NetnsHTTPConnection(http.client.HTTPConnection):

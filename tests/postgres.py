@@ -8,6 +8,11 @@ test's own ``tmp_path`` lies under a folder only root may enter). The superuser 
 through the socket without a password; registries connect over TCP to 127.0.0.1 as the role
 ``stagemesh`` with a password, as they would to a real server.
 
+**On a host of a network-namespace test** (``Cluster(listen="10.77.0.1",
+netns=host.netns)``): the server runs inside that namespace and listens on that address (not
+on 127.0.0.1); clients of the same network log in with the password too (``samenet`` in
+``pg_hba.conf``), and :meth:`Cluster.url` names that address.
+
 Used by the tests (one cluster per session: ``postgres_cluster`` in tests/registries.py) and
 by ``bench/registry.py``.
 """
@@ -56,7 +61,11 @@ class Cluster:
     commit on: what a benchmark should measure); otherwise they are off, which is faster and
     loses nothing a test needs (tests kill registries, never the database server)."""
 
-    def __init__(self, *, durable: bool = False) -> None:
+    def __init__(
+        self, *, durable: bool = False, listen: str = "127.0.0.1", netns: str | None = None
+    ) -> None:
+        self.listen = listen
+        self.netns = netns
         self.bin = postgres_bin()
         self.folder = Path(tempfile.mkdtemp(prefix="stagemesh-pg-"))
         self.data = self.folder / "data"
@@ -72,7 +81,7 @@ class Cluster:
             os.chown(self.folder, self._user.pw_uid, self._user.pw_gid)
         os.chmod(self.folder, 0o700)
         settings = {
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": listen,
             "port": str(self.port),
             "unix_socket_directories": str(self.folder),
             "max_connections": "300",
@@ -85,6 +94,9 @@ class Cluster:
                 *("-D", str(self.data), "-U", "postgres", "-E", "UTF8", "--locale=C"),
                 *("--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"),
             )
+            if listen != "127.0.0.1":  # the namespace's network logs in as loopback does
+                with open(self.data / "pg_hba.conf", "a") as hba:
+                    hba.write("host all all samenet scram-sha-256\n")
             self._options = " ".join(f"-c {k}={v}" for k, v in settings.items())
             self.start_server()
             self.sql(
@@ -95,6 +107,13 @@ class Cluster:
             raise
 
     def _run(self, program: str, *args: str) -> str:
+        if self.netns is None:
+            return self._run_here(program, *args)
+        from tests.netns import in_netns  # the server (pg_ctl's child) lives in the namespace
+
+        return in_netns(self.netns, lambda: self._run_here(program, *args))
+
+    def _run_here(self, program: str, *args: str) -> str:
         user = self._user
         done = subprocess.run(
             [str(self.bin / program), *args],
@@ -121,8 +140,9 @@ class Cluster:
         ).strip()
 
     def url(self, database: str, *, password: str = PASSWORD, role: str = ROLE) -> str:
-        """The URL a registry uses for *database* (TCP to 127.0.0.1, password login)."""
-        return f"postgresql://{role}:{password}@127.0.0.1:{self.port}/{database}"
+        """The URL a registry uses for *database* (TCP to the listening address, password
+        login)."""
+        return f"postgresql://{role}:{password}@{self.listen}:{self.port}/{database}"
 
     def new_database(self, prefix: str = "registry", *, template: str = "template1") -> str:
         """Create a database owned by the registry's role, a copy of *template* (by default

@@ -91,6 +91,23 @@ def module_databases(
     return _databases(request, tmp_path_factory.mktemp("databases"))
 
 
+def registry_argv(db: Path | str, *args: str, bind: str = "127.0.0.1:0") -> list[str]:
+    """The command line of a ``stagemesh registry`` serving on *bind* (by default a free
+    loopback port) with database *db* (a path or a URL) and extra *args*: what every
+    registry a test or a bench starts runs (as is, or in a namespace with
+    :meth:`tests.netns.Lan.spawn`). Read its URL from its first line with :func:`ready_url`."""
+    return [sys.executable, "-m", "mesh", "registry", "--bind", bind, "--db", str(db), *args]
+
+
+def ready_url(line: str, db: Path | str, host: str = "127.0.0.1") -> str:
+    """The URL a registry's ``ready`` *line* names, checked to be on *host* and on *db*."""
+    line = line.rstrip("\n")
+    if not line.startswith(f"ready registry=http://{host}:"):
+        raise RuntimeError(f"registry did not start: {line!r}")
+    assert line.endswith(f"db={shown_target(str(db))}"), line
+    return line.split()[1].removeprefix("registry=")
+
+
 async def start_registry(
     db: Path | str, *args: str, env: dict[str, str] | None = None
 ) -> tuple[trio.Process, str]:
@@ -99,10 +116,7 @@ async def start_registry(
     registry's URL. (A PostgreSQL database gets its schema first: ``RegistryStore`` with
     ``create``, or ``stagemesh registry migrate``.)"""
     proc = await trio.lowlevel.open_process(
-        [
-            *(sys.executable, "-m", "mesh", "registry", "--bind", "127.0.0.1:0"),
-            *("--db", str(db), *args),
-        ],
+        registry_argv(db, *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=dict(os.environ, **(env or {})),
@@ -113,10 +127,64 @@ async def start_registry(
         chunk = await proc.stdout.receive_some(4096)
         assert chunk, "registry exited before it was ready"
         buf += chunk
-    line = buf.split(b"\n")[0].decode()
-    assert line.startswith("ready registry=http://127.0.0.1:"), line
-    assert line.endswith(f"db={shown_target(str(db))}"), line
-    return proc, line.split()[1].removeprefix("registry=")
+    return proc, ready_url(buf.split(b"\n")[0].decode(), db)
+
+
+def spawn_registry(
+    db: Path | str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """:func:`start_registry` for blocking code (the benches): the process (stop it with
+    :func:`stop_registry`) and its URL, once ready. *cwd*: a checkout whose ``mesh`` it runs
+    (``python -m`` looks there first)."""
+    proc = subprocess.Popen(
+        registry_argv(db, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+        cwd=cwd,
+    )
+    assert proc.stdout is not None
+    try:
+        return proc, ready_url(proc.stdout.readline(), db)
+    except BaseException:
+        stop_registry(proc)
+        raise
+
+
+def spawn_registries(
+    db: Path | str,
+    count: int,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> list[tuple[subprocess.Popen[str], str]]:
+    """*count* registries (each its own process on its own port) over one database *db*, as
+    several hosts behind one name run them: see :func:`spawn_registry`."""
+    started: list[tuple[subprocess.Popen[str], str]] = []
+    try:
+        for _ in range(count):
+            started.append(spawn_registry(db, *args, env=env, cwd=cwd))  # noqa: PERF401 (kept on failure)
+    except BaseException:
+        for proc, _url in started:
+            stop_registry(proc)
+        raise
+    return started
+
+
+def stop_registry(proc: subprocess.Popen[str], timeout: float = 15.0) -> int:
+    """Stop a registry of :func:`spawn_registry` (SIGTERM, SIGKILL after *timeout*); its exit
+    status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    status = proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return status
 
 
 @contextlib.asynccontextmanager
