@@ -28,8 +28,20 @@ mean something on a busy machine. PostgreSQL is a throwaway cluster this script 
 (tests/postgres.py, Debian's ``postgresql`` package) with PostgreSQL's own durability
 defaults (fsync and synchronous commit on), a fresh database per setting; or, with
 ``--db postgresql://...``, a database of yours (empty, or just made by ``stagemesh registry
-migrate``; the bench leaves its registrations in it). With the throwaway cluster the
-database server's CPU per request is printed too (all its processes).
+migrate``; the bench leaves its registrations in it, each setting in federations of its
+own). With the throwaway cluster the database server's CPU per request is printed too (all
+its processes).
+
+**A fleet** (``--processes 1,2``, the default; PostgreSQL only): each PostgreSQL setting also
+runs as that many registries over the one database, each its own ``stagemesh registry``
+process on its own port (as registries on several hosts behind one name are), with the
+clients split evenly across them (client *i* talks to registry *i* mod N; with wrk, one wrk
+per registry with its share of the connections, whose p50/p99 are the worse of the wrks').
+CPU per request counts every registry process.
+
+Every registry is started by ``tests/registries.py`` (:func:`spawn_registries`), the same
+way the tests start theirs. ``--quick`` runs a shorter version (``--workers 1``, 4 s JSON
+phases, 3 s legacy and CGI phases: about a minute and a half) for a first look.
 
 Prints a table beside the targets, says plainly which are not met, and writes
 ``bench/results/registry.json``. The registry runs with its per-address registration limit
@@ -46,7 +58,8 @@ before/after comparison. Usage::
 
     apt-get install -y wrk   # optional, for the closed-loop phases
     python3 bench/registry.py [--workers 1,2] [--backends sqlite,postgresql] [--db URL]
-                              [--rate 2000] [--clients 1000] [--seconds 10]
+                              [--processes 1,2] [--rate 2000] [--clients 1000]
+                              [--seconds 10] [--quick]
     python3 bench/registry.py --in-process [--requests 2000] [--rounds 5]
 """
 
@@ -69,10 +82,22 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+NO_LIMIT = ("--register-burst", "1000000000", "--register-rate", "1000000000")
+"""The per-address registration limit out of reach (every request comes from 127.0.0.1): its
+code runs, it never refuses."""
+
+
+def _tests_path() -> None:
+    """Make the checkout's ``tests`` package importable (not at the start: ``--in-process``
+    imports ``registry_bridge`` from ``PYTHONPATH``)."""
+    if str(HERE.parent) not in sys.path:
+        sys.path.insert(0, str(HERE.parent))
+
 
 CGI_SCRIPT = r"""
 import os, sqlite3, time, urllib.parse
@@ -195,7 +220,7 @@ def legacy_request(host: str, port: int, prefix: str) -> Any:
 
 def run_load(
     host: str,
-    port: int,
+    port: int | Sequence[int],
     make: Any,
     *,
     clients: int,
@@ -207,8 +232,10 @@ def run_load(
 
     Open loop: client i's n-th request is due at ``i / rate + n * clients / rate``; latency
     runs from that due time to the end of the answer. Closed loop: each client sends its next
-    request as soon as its previous answer is complete; latency runs from sending.
+    request as soon as its previous answer is complete; latency runs from sending. With
+    several ports (registries), client i connects to port ``i % len(ports)``.
     """
+    ports = [port] if isinstance(port, int) else list(port)
     ep = select.epoll()
     cs = [_Client(i) for i in range(clients)]
     by_fd: dict[int, _Client] = {}
@@ -226,7 +253,7 @@ def run_load(
         return t0 + (c.i / rate + c.k * period if rate else 0.0)
 
     def connect(c: _Client) -> socket.socket:
-        s = socket.create_connection((host, port))
+        s = socket.create_connection((host, ports[c.i % len(ports)]))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
         by_fd[s.fileno()] = c
@@ -425,47 +452,77 @@ end
 
 
 def run_wrk(
-    url: str, script: str, *, connections: int, seconds: float, env: dict[str, str]
+    url: str | Sequence[str],
+    script: str,
+    *,
+    connections: int,
+    seconds: float,
+    env: dict[str, str],
 ) -> dict[str, Any]:
-    """Closed loop with wrk (one thread); the Lua *script* makes the requests."""
+    """Closed loop with wrk (one thread); the Lua *script* makes the requests. With several
+    URLs (registries), one wrk per URL at once, each with its share of the *connections*
+    (and of ``BENCH_CLIENTS``) and its own ``BENCH_PREFIX``: requests add up, and p50/p99/max
+    are the worst of the wrks' (percentiles do not add up)."""
+    urls = [url] if isinstance(url, str) else list(url)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script + _WRK_DONE)
     try:
-        out = subprocess.run(
-            [
-                "wrk",
-                "-t1",
-                f"-c{connections}",
-                f"-d{seconds:g}s",
-                "--timeout",
-                "10s",
-                "-s",
-                f.name,
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=dict(os.environ, BENCH_THREADS="1", **env),
-        ).stdout
+        procs = []
+        for k, target in enumerate(urls):
+            share = dict(env, BENCH_THREADS="1")
+            if len(urls) > 1:
+                share["BENCH_PREFIX"] = f"{env.get('BENCH_PREFIX', '')}{k}_"
+                if "BENCH_CLIENTS" in env:
+                    share["BENCH_CLIENTS"] = str(int(env["BENCH_CLIENTS"]) // len(urls))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "wrk",
+                        "-t1",
+                        f"-c{connections // len(urls)}",
+                        f"-d{seconds:g}s",
+                        "--timeout",
+                        "10s",
+                        "-s",
+                        f.name,
+                        target,
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=dict(os.environ, **share),
+                )
+            )
+        outs = []
+        for proc in procs:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"wrk failed: {err.strip()}")
+            outs.append(out)
     finally:
         os.unlink(f.name)
-    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
-    w = json.loads(line.removeprefix("WRKJSON "))
-    wall = w["duration_us"] / 1e6
-    errors = w["connect"] + w["read"] + w["write"] + w["status"] + w["timeout"]
+    ws = [
+        json.loads(
+            next(x for x in out.splitlines() if x.startswith("WRKJSON ")).removeprefix("WRKJSON ")
+        )
+        for out in outs
+    ]
+    wall = max(w["duration_us"] for w in ws) / 1e6
+    requests = sum(w["requests"] for w in ws)
+    kinds = ("connect", "read", "write", "status", "timeout")
+    wrk_errors = {k: sum(w[k] for w in ws) for k in kinds}
     return {
         "mode": "closed loop",
-        "tool": "wrk -t1",
+        "tool": "wrk -t1" if len(ws) == 1 else f"wrk -t1 x{len(ws)}",
         "clients": connections,
-        "requests": w["requests"],
-        "errors": errors,
-        "wrk_errors": {k: w[k] for k in ("connect", "read", "write", "status", "timeout")},
+        "requests": requests,
+        "errors": sum(wrk_errors.values()),
+        "wrk_errors": wrk_errors,
         "seconds": wall,
-        "req_per_s": w["requests"] / wall,
-        "p50_ms": w["p50_us"] / 1000,
-        "p99_ms": w["p99_us"] / 1000,
-        "max_ms": w["max_us"] / 1000,
+        "req_per_s": requests / wall,
+        "p50_ms": max(w["p50_us"] for w in ws) / 1000,
+        "p99_ms": max(w["p99_us"] for w in ws) / 1000,
+        "max_ms": max(w["max_us"] for w in ws) / 1000,
     }
 
 
@@ -504,24 +561,42 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def start_registry(db: str, workers: int) -> tuple[subprocess.Popen[str], str]:
-    """``stagemesh registry --workers N`` on a free loopback port over *db*, its per-address
-    registration limit out of reach: the process and its URL once it is ready."""
-    argv = ["registry", "--bind", "127.0.0.1:0", "--db", db, "--workers", str(workers)]
-    argv += ["--register-burst", "1000000000", "--register-rate", "1000000000"]
-    return _start([sys.executable, "-m", "mesh", *argv], "ready registry=")
+def start_registries(
+    db: str, workers: int, processes: int = 1
+) -> list[tuple[subprocess.Popen[str], str]]:
+    """*processes* registries (``stagemesh registry --workers N``, each on its own free
+    loopback port) over *db*, this checkout's, with the per-address registration limit out
+    of reach: each process and its URL once ready (tests/registries.py starts them)."""
+    _tests_path()
+    from tests.registries import spawn_registries
+
+    return spawn_registries(db, processes, "--workers", str(workers), *NO_LIMIT, cwd=HERE.parent)
 
 
-def _start(cmd: list[str], prefix: str) -> tuple[subprocess.Popen[str], str]:
+def stop_registries(started: list[tuple[subprocess.Popen[str], str]]) -> None:
+    """Stop what :func:`start_registries` started."""
+    _tests_path()
+    from tests.registries import stop_registry
+
+    for proc, _url in started:
+        stop_registry(proc)
+
+
+def _start_cgi(db: str) -> tuple[subprocess.Popen[str], str]:
+    """The CGI baseline server (this script, ``--cgi-serve``): the process and its URL."""
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=HERE.parent
+        [sys.executable, str(Path(__file__).resolve()), "--cgi-serve", db],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    if not line.startswith(prefix):
+    if not line.startswith("cgi "):
         proc.kill()
-        raise SystemExit(f"{cmd[3:5]} did not start: {line!r}")
-    return proc, line.split()[1].removeprefix("registry=")
+        proc.wait()
+        raise SystemExit(f"the CGI baseline did not start: {line!r}")
+    return proc, line.split()[1]
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -561,34 +636,46 @@ def _measure(
 
 
 def _bench_registry(
-    args: argparse.Namespace, backend: str, workers: int, tmp: Path, cluster: Any
+    args: argparse.Namespace,
+    backend: str,
+    workers: int,
+    processes: int,
+    tmp: Path,
+    cluster: Any,
 ) -> dict[str, Any]:
-    """One registry (*workers* processes) on a fresh database of *backend*: every phase."""
+    """*processes* registries of *workers* processes each on a fresh database of *backend*
+    (or ``--db``): every phase, the clients split across the registries."""
+    tag = f"w{workers}x{processes}"  # federations and names of this setting alone
     if backend == "sqlite":
-        db = str(tmp / f"registry{workers}.db")
+        db = str(tmp / f"registry-{tag}.db")
     else:
-        db = args.db or cluster.new_database(f"bench{workers}")
-        done = subprocess.run(
-            [sys.executable, "-m", "mesh", "registry", "migrate", "--db", db],
-            capture_output=True,
-            text=True,
-            cwd=HERE.parent,
-        )
+        db = args.db or cluster.new_database(f"bench_{tag}")
+        _tests_path()
+        from tests.registries import registry_command
+
+        done = registry_command("migrate", "--db", db)
         if done.returncode != 0:
             raise SystemExit(done.stderr.strip())
     db_pids = cluster.pids if cluster is not None and backend != "sqlite" else None
     measure = functools.partial(_measure, db_pids=db_pids)
-    proc, url = start_registry(db, workers)
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    pids = [proc.pid, *_children(proc.pid)]
-    out: dict[str, Any] = {"backend": backend, "workers": workers, "processes": len(pids)}
+    started = start_registries(db, workers, processes)
+    urls = [url for _proc, url in started]
+    host = urls[0].removeprefix("http://").rsplit(":", 1)[0]
+    ports = [int(url.rsplit(":", 1)[1]) for url in urls]
+    pids = [pid for proc, _url in started for pid in (proc.pid, *_children(proc.pid))]
+    out: dict[str, Any] = {
+        "backend": backend,
+        "workers": workers,
+        "registries": processes,
+        "processes": len(pids),
+    }
     try:
         out["json_open_loop"] = measure(
             pids,
             lambda: run_load(
                 host,
-                int(port),
-                json_request(host, int(port), f"open{workers}", "n"),
+                ports,
+                json_request(host, ports[0], f"open{tag}", "n"),
                 clients=args.clients,
                 seconds=args.seconds,
                 rate=args.rate,
@@ -598,11 +685,11 @@ def _bench_registry(
             out["json_saturation"] = measure(
                 pids,
                 lambda: run_wrk(
-                    url,
+                    urls,
                     _WRK_JSON,
                     connections=args.clients,
                     seconds=args.seconds,
-                    env={"BENCH_CLIENTS": str(args.clients), "BENCH_PREFIX": f"s{workers}_"},
+                    env={"BENCH_CLIENTS": str(args.clients), "BENCH_PREFIX": f"s{tag}_"},
                 ),
             )
         else:
@@ -610,45 +697,44 @@ def _bench_registry(
                 pids,
                 lambda: run_load(
                     host,
-                    int(port),
-                    json_request(host, int(port), "closed", f"s{workers}_"),
+                    ports,
+                    json_request(host, ports[0], "closed", f"s{tag}_"),
                     clients=args.clients,
                     seconds=args.seconds,
                     rate=None,
                 ),
             )
-        urllib.request.urlopen(f"{url}/federation?federation=legacy&create=yes").read()
+        urllib.request.urlopen(f"{urls[0]}/federation?federation=legacy&create=yes").read()
         for o in range(20):
             urllib.request.urlopen(
-                f"{url}/orchestra?federation=legacy&orchestra=o{o}&create=yes"
+                f"{urls[0]}/orchestra?federation=legacy&orchestra=o{o}&create=yes"
             ).read()
         out["legacy_saturation"] = measure(
             pids,
-            lambda: _legacy(
-                args, url, f"l{workers}_", args.legacy_connections, args.legacy_seconds
-            ),
+            lambda: _legacy(args, urls, f"l{tag}_", args.legacy_connections, args.legacy_seconds),
         )
     finally:
-        _stop(proc)
+        stop_registries(started)
     return out
 
 
 def _legacy(
-    args: argparse.Namespace, url: str, prefix: str, connections: int, seconds: float
+    args: argparse.Namespace, urls: list[str], prefix: str, connections: int, seconds: float
 ) -> dict[str, Any]:
     if args.wrk:
         return run_wrk(
-            url,
+            urls,
             _WRK_LEGACY,
             connections=connections,
             seconds=seconds,
             env={"BENCH_PREFIX": prefix},
         )
-    host, port = url.removeprefix("http://").rsplit(":", 1)
+    host = urls[0].removeprefix("http://").rsplit(":", 1)[0]
+    ports = [int(url.rsplit(":", 1)[1]) for url in urls]
     return run_load(
         host,
-        int(port),
-        legacy_request(host, int(port), prefix),
+        ports,
+        legacy_request(host, ports[0], prefix),
         clients=connections,
         seconds=seconds,
         rate=None,
@@ -656,14 +742,11 @@ def _legacy(
 
 
 def _bench_cgi(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    proc, url = _start(
-        [sys.executable, str(Path(__file__).resolve()), "--cgi-serve", str(tmp / "cgi.db")],
-        "cgi ",
-    )
+    proc, url = _start_cgi(str(tmp / "cgi.db"))
     try:
         return _measure(
             [proc.pid],
-            lambda: _legacy(args, url, "c", args.cgi_connections, args.cgi_seconds),
+            lambda: _legacy(args, [url], "c", args.cgi_connections, args.cgi_seconds),
             cgi=True,
         )
     finally:
@@ -849,7 +932,18 @@ def main() -> int:
         "--db",
         default=None,
         metavar="URL",
-        help="an empty PostgreSQL database to use (default: a throwaway cluster)",
+        help="a PostgreSQL database to use, empty or just migrated (default: a throwaway cluster)",
+    )
+    parser.add_argument(
+        "--processes",
+        default="1,2",
+        help="PostgreSQL only: registry processes over the one database, each on its own "
+        "port, the clients split across them",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a shorter run: --workers 1, 4 s JSON phases, 3 s legacy and CGI phases",
     )
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=2000.0, help="open-loop offered req/s")
@@ -870,6 +964,9 @@ def main() -> int:
     parser.add_argument("--cgi-serve", metavar="DB", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out_given = args.out is not None
+    if args.quick:
+        args.workers, args.seconds = "1", 4.0
+        args.legacy_seconds = args.cgi_seconds = 3.0
     if args.cgi_serve:
         return _cgi_serve(args.cgi_serve)
     if args.in_process:
@@ -882,15 +979,22 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
     settings = [int(w) for w in args.workers.split(",")]
+    fleets = [int(n) for n in args.processes.split(",")]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not set(backends) <= {"sqlite", "postgresql"} or not backends:
         raise SystemExit(f"--backends takes sqlite and/or postgresql, not {args.backends!r}")
-    if args.db and len(settings) > 1:
-        # every setting on one database of yours would meet the last one's registrations
-        raise SystemExit("--db runs one --workers setting at a time (e.g. --workers 2)")
+    if args.db and not args.db.startswith(("postgresql://", "postgres://")):
+        raise SystemExit(f"--db takes a postgresql:// URL, not {args.db!r}")
+    if min(settings + fleets) < 1:
+        raise SystemExit("--workers and --processes take counts of 1 or more")
+    # (backend, workers, registries): SQLite is one host's file, so one registry on it
+    setups = [
+        (b, w, n) for b in backends for w in settings for n in (fleets if b != "sqlite" else [1])
+    ]
 
     results: dict[str, Any] = {
         "command": " ".join(["python3", "bench/registry.py", *sys.argv[1:]]),
+        "quick": args.quick,
         "clients": args.clients,
         "offered_rate": args.rate,
         "cpus": os.cpu_count(),
@@ -900,7 +1004,7 @@ def main() -> int:
     }
     cluster = None
     if "postgresql" in backends and not args.db:
-        sys.path.insert(0, str(HERE.parent))
+        _tests_path()
         from tests.postgres import Cluster
 
         cluster = Cluster(durable=True)
@@ -908,9 +1012,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp_name:
             tmp = Path(tmp_name)
             runs = {
-                f"{b} w={w}": _bench_registry(args, b, w, tmp, cluster)
-                for b in backends
-                for w in settings
+                f"{b} w={w}" + (f" x{n}" if n > 1 else ""): _bench_registry(
+                    args, b, w, n, tmp, cluster
+                )
+                for b, w, n in setups
             }
             cgi = _bench_cgi(args, tmp)
     finally:
@@ -973,7 +1078,8 @@ def main() -> int:
     print(
         "(CPU us/req and CPUs: all registry processes; CPUs = CPU seconds / wall seconds; "
         "DB us/req: the PostgreSQL server's processes; open loop: latency from when each "
-        "request was due)"
+        "request was due; xN: N registries on one database, each on its own port, the "
+        "clients split across them)"
     )
     for w, run in runs.items():
         op = run["json_open_loop"]

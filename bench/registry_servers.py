@@ -169,7 +169,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 30.0) ->
 def _start(server: str, workers: int, db: str) -> Any:
     """Start *server* with *workers* on a fresh *db*: ``(process, url)`` once it answers."""
     if server == "granian":
-        proc, url = base.start_registry(db, workers)
+        [(proc, url)] = base.start_registries(db, workers)  # tests/registries.py's
     else:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
