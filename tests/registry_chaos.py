@@ -3,7 +3,10 @@ on a schedule and restarted on the same database; after every restart the regist
 every write it acknowledged, and never two conductors.
 
 Used by ``tests/test_registry_chaos.py`` (60 s, a kill every 15 s) and
-``bench/registry_chaos.py`` (20 minutes, a kill every minute).
+``bench/registry_chaos.py`` (20 minutes, a kill every minute). The same load runs over **a
+fleet** (:func:`run_fleet_load`: several registries on one PostgreSQL database, each worker
+on one of them and moving to the next when a call goes unanswered) while a test kills one
+of them (``tests/test_netns_registry_fleet.py``), checked the same way.
 
 **The client** (:class:`RegistryApi`, the one place that speaks the registry's API, written
 against docs/registry.md and the OpenAPI document) makes these calls, JSON bodies with
@@ -69,11 +72,13 @@ from tests.registries import start_registry
 __all__ = [
     "ChaosConfig",
     "ChaosResult",
+    "FleetUp",
     "Ledger",
     "RegistryApi",
     "check",
     "expected_from_log",
     "run_chaos",
+    "run_fleet_load",
 ]
 
 JSON = {"Content-Type": "application/json"}
@@ -330,10 +335,14 @@ class _Up:
         self.api = api
         self.event.set()
 
-    async def wait(self) -> RegistryApi:
+    async def wait(self, index: int = 0) -> RegistryApi:
+        """The API worker *index* calls next (once the registry is up)."""
         while self.api is None:
             await self.event.wait()
         return self.api
+
+    def unanswered(self, index: int, api: RegistryApi) -> None:
+        """Worker *index*'s call to *api* went unanswered (one registry: nothing to do)."""
 
     async def idle(self, timeout: float = 30.0) -> None:
         """Wait until no worker has a call out (they fail fast once the registry is dead)."""
@@ -350,7 +359,7 @@ async def _worker(
     node_ids = {name: secrets.token_hex(8) for _, _, name in paths}
     pace = 1.0 / config.rate
     while True:
-        api = await up.wait()
+        api = await up.wait(index)
         kind, orchestra, name = rng.choice(paths)
         path = f"/{orchestra}/{name}"
         up.busy += 1
@@ -358,6 +367,7 @@ async def _worker(
             await _one_call(api, ledger, rng, kind, orchestra, name, path, node_ids[name])
         except Unanswered as exc:
             ledger.write(op=exc.op, path=path, kind=kind, result="unanswered", error=str(exc))
+            up.unanswered(index, api)
         finally:
             up.busy -= 1
         await trio.sleep(pace * rng.uniform(0.5, 1.5))
@@ -435,6 +445,60 @@ async def _one_call(
         now = answer.body.get("current") if isinstance(answer.body, dict) else None
         if isinstance(now, dict) and "term" in now:
             ledger.observe(now["term"], now.get("holder"), acked=False, source="cas 409")
+
+
+class FleetUp(_Up):
+    """The load's view of a fleet (several registries on one database): worker *i* starts on
+    registry ``i mod N`` and moves to the next when one of its calls there goes unanswered.
+    :meth:`down` pauses every worker before its next call (then :meth:`idle`), as for one
+    registry."""
+
+    def __init__(self, apis: list[RegistryApi]) -> None:
+        super().__init__()
+        self.apis = apis
+        self._at: dict[int, int] = {}
+        self.moves = 0
+        """Times a worker moved to another registry."""
+        self.set(apis[0])
+
+    async def wait(self, index: int = 0) -> RegistryApi:
+        await super().wait(index)
+        return self.apis[self._at.get(index, index) % len(self.apis)]
+
+    def unanswered(self, index: int, api: RegistryApi) -> None:
+        at = self._at.get(index, index)
+        if self.apis[at % len(self.apis)] is api:
+            self._at[index] = at + 1
+            self.moves += 1
+
+
+async def run_fleet_load(
+    urls: list[str],
+    federation: str,
+    ledger: Ledger,
+    config: ChaosConfig,
+    *,
+    task_status: trio.TaskStatus[FleetUp] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the load (``config.workers`` workers, no kills: the caller kills registries) over
+    the registries at *urls*, all on one database, logging every answer to *ledger*, until
+    cancelled; started with the :class:`FleetUp` (pause it and wait until idle before
+    cancelling, so that no call is cut off unlogged, then :func:`check` on a survivor)."""
+    rng = random.Random(config.seed)
+    async with contextlib.AsyncExitStack() as stack:
+        apis = []
+        for url in urls:
+            http = await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=10))
+            apis.append(RegistryApi(http, federation))
+        for api in apis:
+            await api.learn()
+        await apis[0].legacy_create("legacy")
+        up = FleetUp(apis)
+        async with trio.open_nursery() as nursery:
+            for index in range(config.workers):
+                worker_rng = random.Random(rng.random())
+                nursery.start_soon(_worker, index, up, ledger, config, worker_rng)
+            task_status.started(up)
 
 
 # ----------------------------------------------------------------------------------- the check
