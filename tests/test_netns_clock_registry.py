@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 
 from tests.netns import Host, Lan, Spawned
+from tests.registries import registry_argv
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -73,8 +74,7 @@ class Registry:
     def start(self) -> None:
         self.proc = self.lan.spawn(
             self.host,
-            *(sys.executable, "-m", "mesh", "registry"),
-            *("--bind", f"0.0.0.0:{REGISTRY_PORT}", "--db", str(self.db)),
+            *registry_argv(self.db, bind=f"0.0.0.0:{REGISTRY_PORT}"),
             env=dict(os.environ, STAGEMESH_ADMIN_PASSWORD=PASSWORD),
         )
         self.proc.wait_for(lambda text: text.startswith("ready "), timeout=30)

@@ -23,6 +23,7 @@ import pytest
 
 from tests.harness import wait_until
 from tests.netns import Host, Lan, Spawned
+from tests.registries import registry_argv
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -78,11 +79,7 @@ def start_node(
 def start_registry(lan: Lan, host: Host, tmp: Path) -> str:
     """``stagemesh registry`` on *host* (all its addresses, port 7480, a SQLite file in
     *tmp*), once ready: its URL."""
-    registry = lan.spawn(
-        host,
-        *(sys.executable, "-m", "mesh", "registry"),
-        *("--bind", f"0.0.0.0:{REGISTRY_PORT}", "--db", str(tmp / "registry.db")),
-    )
+    registry = lan.spawn(host, *registry_argv(tmp / "registry.db", bind=f"0.0.0.0:{REGISTRY_PORT}"))
     registry.wait_for(lambda text: text.startswith("ready "), timeout=30)
     return f"http://{host.address}:{REGISTRY_PORT}"
 

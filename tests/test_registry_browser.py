@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,41 +12,20 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.chromium import launch
+from tests.registries import spawn_registry, stop_registry
 
 pytestmark = pytest.mark.browser
 
 
-
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[str]:
-    env = dict(os.environ, STAGEMESH_ADMIN_PASSWORD="hunter2")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mesh",
-            "registry",
-            "--bind",
-            "127.0.0.1:0",
-            "--db",
-            str(tmp_path / "registry.db"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        text=True,
+    proc, url = spawn_registry(
+        tmp_path / "registry.db", env={"STAGEMESH_ADMIN_PASSWORD": "hunter2"}
     )
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # the process prints it once serving (or exits)
-        assert line.startswith("ready registry="), line
-        yield line.split()[1].removeprefix("registry=")
+        yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        assert proc.returncode == 0
+        assert stop_registry(proc, timeout=10) == 0
 
 
 def test_federation_page_in_chromium(registry: str, tmp_path: Path) -> None:
