@@ -20,7 +20,8 @@ Then registry 1 dies (``kill -9``):
 - every bridge reports registry 2 in use, and a successful exchange with it, within 5 s of
   the kill (read from each node's status API);
 - every poll of every node's view, from before the kill to the end, shows all four members
-  alive and the same one conductor;
+  alive and the same one conductor, and every node keeping the federation's time (synced,
+  or the reference);
 - every registration of the nodes is refreshed through registry 2 after the kill, and the
   chaos client's acknowledged writes (before and after the kill, through either registry)
   are all in the database: :func:`tests.registry_chaos.check` through registry 2, against
@@ -150,9 +151,15 @@ class FleetClient:
                 nursery.cancel_scope.cancel()
 
 
+def keeps_time(doc: dict[str, Any]) -> bool:
+    """Whether the node keeps the federation's time (synced to its reference, or it)."""
+    return bool(doc["clock"]["synced"] or doc["clock"]["is_reference"])
+
+
 class Views:
     """Every node's status, polled: each poll checks that all four members are alive in
-    every view with the same one conductor, and records what was wrong when not."""
+    every view with the same one conductor, every node keeping the federation's time, and
+    records what was wrong when not."""
 
     def __init__(self, lan: Lan, nodes: list[tuple[Host, str]], everyone: set[str]) -> None:
         self.lan = lan
@@ -173,6 +180,7 @@ class Views:
             {m["path"] for m in d["members"] if m["state"] == "alive"} == self.everyone
             and sum(m["conductor"] for m in d["members"]) == 1
             and d["conductor"] == self.docs[0]["conductor"] is not None
+            and keeps_time(d)
             for d in self.docs
         )
 
@@ -185,6 +193,8 @@ class Views:
             flagged = [m["path"] for m in d["members"] if m["conductor"]]
             if alive != self.everyone:
                 self.violations.append(f"{d['node']['path']} lost {self.everyone - alive}")
+            if not keeps_time(d):
+                self.violations.append(f"{d['node']['path']} lost the federation's time")
             if d["conductor"] != self.conductor or flagged != [self.conductor]:
                 self.violations.append(
                     f"{d['node']['path']}: conductor {d['conductor']}, flagged {flagged}, "
