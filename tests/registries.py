@@ -1,7 +1,10 @@
 """Registries for the tests: real ``stagemesh registry`` processes, and fresh databases of
-both backends. A registry is a ``stagemesh registry`` process (:func:`start_registry`), or
-the same app served in the test's own trio run (:func:`in_process_registry`) when the test
-stops, resets or empties it under running nodes.
+both backends. A registry is a ``stagemesh registry`` process (:func:`start_registry`;
+:func:`spawn_registry` or :func:`spawn_registries`, several over one database, in blocking
+code such as the benches; :func:`registry_argv` and :func:`ready_url` for one a test starts
+in a network namespace), or the same app served in the test's own trio run
+(:func:`in_process_registry`) when the test stops, resets or empties it under running nodes.
+Every registry the tests and benches start is started here, one way.
 
 Every registry test takes its databases from the ``databases`` fixture (``module_databases``
 for a module-wide one), parametrized over :data:`BACKENDS`, so each runs on SQLite and on
