@@ -4,7 +4,8 @@ both backends. A registry is a ``stagemesh registry`` process (:func:`start_regi
 code such as the benches; :func:`registry_argv` and :func:`ready_url` for one a test starts
 in a network namespace), or the same app served in the test's own trio run
 (:func:`in_process_registry`) when the test stops, resets or empties it under running nodes.
-Every registry the tests and benches start is started here, one way.
+Every registry the tests and benches start is started here, one way (but for the tests of
+the command line itself: its flags, errors and signals).
 
 Every registry test takes its databases from the ``databases`` fixture (``module_databases``
 for a module-wide one), parametrized over :data:`BACKENDS`, so each runs on SQLite and on
