@@ -41,7 +41,8 @@ CPU per request counts every registry process.
 
 Every registry is started by ``tests/registries.py`` (:func:`spawn_registries`), the same
 way the tests start theirs. ``--quick`` runs a shorter version (``--workers 1``, 4 s JSON
-phases, 3 s legacy and CGI phases: about a minute and a half) for a first look.
+phases, 3 s legacy and CGI phases: SQLite, PostgreSQL and PostgreSQL x2 and the baseline in
+2-3 minutes on a busy 2-CPU machine, where the default run takes about 5) for a first look.
 
 Prints a table beside the targets, says plainly which are not met, and writes
 ``bench/results/registry.json``. The registry runs with its per-address registration limit
