@@ -35,6 +35,8 @@ Errors (each keeps the builtin base in brackets, so older handlers still catch i
 
 import typing as _typing
 
+from mesh._public import load_public_name as _load_public_name
+
 if _typing.TYPE_CHECKING:
     from mesh._api import *  # noqa: F403
 
@@ -111,13 +113,7 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     """Load the public names on first use; cache the one asked for in this module."""
-    if name in __all__:
-        from mesh import _api
-
-        value = vars(_api)[name]
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'mesh' has no attribute {name!r}")
+    return _load_public_name("mesh", name, __all__, globals())
 
 
 def __dir__() -> list[str]:

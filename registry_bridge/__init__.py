@@ -1,45 +1,12 @@
-"""The HTTP registry (JSON API, legacy text API, HTML pages, SQLite or PostgreSQL store) and the node-side bridge."""  # noqa: E501
+"""The HTTP registry (JSON API, legacy text API, HTML pages, SQLite or PostgreSQL store) and
+the node-side bridge."""
 
-from mesh._public import claim_public_names as _claim_public_names
-from registry_bridge._app import create_app as create_app
-from registry_bridge._bridge import (
-    BridgeState as BridgeState,
-    RegistryBridge as RegistryBridge,
-    registry_extension_factory as registry_extension_factory,
-)
-from registry_bridge._client import (
-    ConductorConflict as ConductorConflict,
-    ConductorState as ConductorState,
-    ElapsedSample as ElapsedSample,
-    Heartbeat as Heartbeat,
-    Peer as Peer,
-    Registration as Registration,
-    RegistryClient as RegistryClient,
-    RegistryConflict as RegistryConflict,
-    RegistryError as RegistryError,
-    RegistryNotFound as RegistryNotFound,
-    RegistryRejected as RegistryRejected,
-    RegistryUnreachable as RegistryUnreachable,
-    RelayedFrame as RelayedFrame,
-)
-from registry_bridge._command import RegistryCommand as RegistryCommand
-from registry_bridge._plugin import RegistryConfig as RegistryConfig
-from registry_bridge._relaylink import RelayLink as RelayLink
-from registry_bridge._relaypath import (
-    PathConfig as PathConfig,
-    PathStatistics as PathStatistics,
-    RelayPaths as RelayPaths,
-)
-from registry_bridge._server import serve_registry as serve_registry
-from registry_bridge._store import (
-    AsyncStore as AsyncStore,
-    Conflict as Conflict,
-    Forbidden as Forbidden,
-    NotFound as NotFound,
-    RegistryStore as RegistryStore,
-    StoreError as StoreError,
-    Unavailable as Unavailable,
-)
+import typing as _typing
+
+from mesh._public import load_public_name as _load_public_name
+
+if _typing.TYPE_CHECKING:
+    from registry_bridge._api import *  # noqa: F403
 
 __all__ = [
     "AsyncStore",
@@ -75,4 +42,13 @@ __all__ = [
     "serve_registry",
 ]
 
-_claim_public_names("registry_bridge", globals(), __all__)
+
+def __getattr__(name: str) -> object:
+    """Load the public names on first use (from ``registry_bridge/_api.py``); cache the one
+    asked for."""
+    return _load_public_name("registry_bridge", name, __all__, globals())
+
+
+def __dir__() -> list[str]:
+    """The public names without loading them (for completion and ``dir(registry_bridge)``)."""
+    return sorted({*globals(), *__all__})

@@ -1,5 +1,6 @@
-"""``stagemesh --help``, ``status`` and ``keygen`` start fast because they import only what they
-use (the figures are in ``bench/startup.py``; here, the imports that would make them slow)."""
+"""``stagemesh --help``, ``status``, ``keygen`` and ``node --help`` start fast because they import
+only what they use, and the three packages load their public names on first use (the figures
+are in ``bench/startup.py``; here, the imports that would make them slow)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,15 @@ from mesh.__main__ import COMMANDS
 from mesh._cli import CommandEntry
 
 HEAVY = ("hypercorn", "starlette", "zeroconf", "registry_bridge", "roles", "trio", "httpx")
+SERVER_STACK = ("starlette", "granian", "hypercorn", "jinja2", "psycopg", "cryptography")
+"""What only a running registry, station or node needs (the HTTP servers, the templates, the
+database driver, the operator keys' signatures), never a look at the flags."""
 
 IMPORTS_OF = textwrap.dedent(
     """
-    import contextlib, io, json, sys
+    import contextlib, importlib, io, json, sys
+    for module in sys.argv[2:]:
+        importlib.import_module(module)
     import mesh.__main__
     for argv in json.loads(sys.argv[1]):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -32,11 +38,11 @@ IMPORTS_OF = textwrap.dedent(
 )
 
 
-def top_modules_after(*argvs: list[str]) -> set[str]:
-    """The top-level modules a fresh interpreter holds after ``import mesh.__main__`` and
-    running ``stagemesh ARGV`` for each of *argvs*."""
+def top_modules_after(*argvs: list[str], imports: tuple[str, ...] = ()) -> set[str]:
+    """The top-level modules a fresh interpreter holds after importing *imports* and
+    ``mesh.__main__`` and running ``stagemesh ARGV`` for each of *argvs*."""
     done = subprocess.run(
-        [sys.executable, "-c", IMPORTS_OF, json.dumps(argvs)],
+        [sys.executable, "-c", IMPORTS_OF, json.dumps(argvs), *imports],
         capture_output=True,
         text=True,
         timeout=60,
@@ -58,6 +64,20 @@ def test_help_status_and_keygen_import_no_heavy_stack(tmp_path: Path) -> None:
     )
     assert (tmp_path / "federation.key").exists()
     assert loaded & set(HEAVY) == set()
+
+
+def test_node_help_imports_no_server_stack() -> None:
+    """``stagemesh node --help`` lists the extensions' flags from their light plugins: the
+    roles and registry packages are imported, what they run is not."""
+    loaded = top_modules_after(["node", "--help"])
+    assert {"roles", "registry_bridge"} <= loaded  # the plugins were asked for their flags
+    assert loaded & {*SERVER_STACK, "trio", "zeroconf", "httpx"} == set()
+
+
+def test_importing_the_packages_imports_no_server_stack() -> None:
+    """``import mesh, roles, registry_bridge`` loads no public name until one is used."""
+    loaded = top_modules_after(imports=("mesh", "roles", "registry_bridge"))
+    assert loaded & {*SERVER_STACK, "trio", "zeroconf", "httpx"} == set()
 
 
 @pytest.mark.parametrize("entry", COMMANDS, ids=[c.name for c in COMMANDS])

@@ -13,22 +13,20 @@ from pathlib import Path
 import pytest
 
 import mesh
-import mesh._api
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ["mesh", "roles", "registry_bridge"]
 
 
 def public_names(package: str) -> set[str]:
-    """What the package's namespace exports: for the lazy ``mesh``, what ``mesh/_api.py``
-    imports (and nothing else public in ``mesh`` itself); for the others, their namespace."""
+    """What the lazy package exports: what ``<package>/_api.py`` imports (and nothing else
+    public in the package's ``__init__.py`` itself)."""
     module = importlib.import_module(package)
+    api = importlib.import_module(f"{package}._api")
     names = {n for n in vars(module) if not n.startswith("_")}
-    if package == "mesh":
-        api = {n for n in vars(mesh._api) if not n.startswith("_")}
-        assert names <= api, f"public in mesh/__init__.py only: {sorted(names - api)}"
-        names = api
-    return {n for n in names if not inspect.ismodule(getattr(module, n))}
+    exported = {n for n in vars(api) if not n.startswith("_")}
+    assert names <= exported, f"public in {package}/__init__.py only: {sorted(names - exported)}"
+    return {n for n in exported if not inspect.ismodule(getattr(api, n))}
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -49,12 +47,15 @@ def test_exported_objects_show_their_package_and_are_documented(package: str) ->
             assert inspect.getdoc(value), f"{package}.{name} has no docstring"
 
 
-def test_mesh_is_lazy_and_every_name_loads() -> None:
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_is_lazy_and_every_name_loads(package: str) -> None:
+    module = importlib.import_module(package)
+    api = importlib.import_module(f"{package}._api")
+    for name in module.__all__:
+        assert getattr(module, name) is vars(api)[name]
+    with pytest.raises(AttributeError, match=f"module '{package}' has no attribute 'nothing'"):
+        module.nothing  # noqa: B018
     assert "NodeEvent" in mesh.__all__ and "PathInUse" in mesh.__all__
-    for name in mesh.__all__:
-        assert getattr(mesh, name) is vars(mesh._api)[name]
-    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        mesh.nothing  # noqa: B018
 
 
 def test_mesh_errors_form_one_tree_drawn_in_the_docstring() -> None:
