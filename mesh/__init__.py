@@ -31,6 +31,11 @@ Errors (each keeps the builtin base in brackets, so older handlers still catch i
         ├── PeerUnreachable   the TCP connection failed
         ├── RequestTimeout    no reply in time
         └── RemoteError       the peer's handler failed (``error_type``, message)
+
+The extensions' roots derive from it too, so ``except mesh.MeshError`` catches everything
+stagemesh raises on purpose: ``roles.RolesError`` (a station's refusals, operator keys, its
+state directory) and ``registry_bridge.RegistryBridgeError`` (the registry client, store and
+database); each package's docstring draws its own tree.
 """
 
 import typing as _typing

@@ -2,7 +2,8 @@
 
 ``except mesh.MeshError`` catches them all; each also keeps the builtin base it had before
 (``ValueError`` for bad input, ``RuntimeError``, ``LookupError``), so existing handlers still
-work. The tree is drawn in the ``mesh`` package's docstring.
+work. The tree is drawn in the ``mesh`` package's docstring. The roots of the extension
+packages (``roles.RolesError``, ``registry_bridge.RegistryBridgeError``) derive from it too.
 """
 
 from __future__ import annotations

@@ -1,5 +1,23 @@
 """The HTTP registry (JSON API, legacy text API, HTML pages, SQLite or PostgreSQL store) and
-the node-side bridge."""
+the node-side bridge.
+
+Errors::
+
+    RegistryBridgeError         the root, a ``mesh.MeshError``: catches every one below
+    ├── RegistryError           what ``RegistryClient`` (the node's side) raises
+    │   ├── RegistryUnreachable no answer (connection refused, timeout, bad reply, 5xx)
+    │   └── RegistryRejected    a 4xx answer (``status``, the registry's ``message``)
+    │       ├── RegistryNotFound 404: unknown federation, orchestra or expired token
+    │       └── RegistryConflict 409: the name exists, or another live node holds the path
+    │           └── ConductorConflict the conductor compare-and-set saw another term
+    ├── StoreError              what ``RegistryStore`` refuses (HTTP 400; ``status``)
+    │   ├── Forbidden           403: acting on what the caller does not own
+    │   ├── NotFound            404: no such federation, orchestra or token
+    │   ├── Conflict            409: the name or path is taken, another conductor term
+    │   └── Unavailable         503: the database stopped answering; nothing was done
+    └── DatabaseError           the database cannot be used (bad URL, unreachable, refused
+                                credentials, a schema at another version)
+"""
 
 import typing as _typing
 
@@ -14,6 +32,7 @@ __all__ = [
     "ConductorConflict",
     "ConductorState",
     "Conflict",
+    "DatabaseError",
     "ElapsedSample",
     "Forbidden",
     "Heartbeat",
@@ -23,6 +42,7 @@ __all__ = [
     "Peer",
     "Registration",
     "RegistryBridge",
+    "RegistryBridgeError",
     "RegistryClient",
     "RegistryCommand",
     "RegistryConfig",

@@ -31,6 +31,8 @@ from registry_bridge._client import (
     RelayedFrame as RelayedFrame,
 )
 from registry_bridge._command import RegistryCommand as RegistryCommand
+from registry_bridge._database import DatabaseError as DatabaseError
+from registry_bridge._errors import RegistryBridgeError as RegistryBridgeError
 from registry_bridge._plugin import RegistryConfig as RegistryConfig
 from registry_bridge._relaylink import RelayLink as RelayLink
 from registry_bridge._relaypath import (

@@ -2,7 +2,7 @@
 
 Exceptions::
 
-    RegistryError                   anything the registry client raises
+    RegistryError                   anything the registry client raises (a RegistryBridgeError)
     +-- RegistryUnreachable         no answer (connection refused, timeout, bad reply)
     +-- RegistryRejected            a 4xx answer; ``status`` and the registry's ``message``
         +-- RegistryNotFound        404 (e.g. a token that expired: register again)
@@ -22,6 +22,8 @@ from typing import Any
 import attrs
 import httpx
 
+from registry_bridge._errors import RegistryBridgeError
+
 __all__ = [
     "ConductorConflict",
     "ConductorState",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 
-class RegistryError(Exception):
+class RegistryError(RegistryBridgeError):
     """Base of every error :class:`RegistryClient` raises."""
 
 

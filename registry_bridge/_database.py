@@ -24,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from registry_bridge._errors import RegistryBridgeError
+
 __all__ = [
     "SCHEMA_VERSION",
     "Database",
@@ -43,7 +45,7 @@ _SCHEMES = ("postgresql://", "postgres://")
 _USERINFO = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
 
 
-class DatabaseError(Exception):
+class DatabaseError(RegistryBridgeError):
     """The database cannot be used: a bad URL, unreachable, refused credentials, a schema
     at another version. The message is one line, names the database without its password,
     and says what is wrong."""

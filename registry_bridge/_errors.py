@@ -1,22 +1,40 @@
-"""The registry store's errors, each carrying the HTTP status the layer above should use::
+"""The root of the ``registry_bridge`` package's errors, and the registry store's errors, each
+carrying the HTTP status the layer above should use::
 
-StoreError (400, bad input)
-+-- Forbidden (403)
-+-- NotFound (404)
-+-- Conflict (409, may carry a ``detail`` mapping)
-+-- Unavailable (503, the database stopped answering; nothing was done)
+RegistryBridgeError (a mesh.MeshError; the tree is drawn in the package's docstring)
++-- StoreError (400, bad input)
+    +-- Forbidden (403)
+    +-- NotFound (404)
+    +-- Conflict (409, may carry a ``detail`` mapping)
+    +-- Unavailable (503, the database stopped answering; nothing was done)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from mesh._errors import MeshError
 from mesh._names import InvalidName, check_name
 
-__all__ = ["Conflict", "Forbidden", "NotFound", "StoreError", "Unavailable", "checked_name"]
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "RegistryBridgeError",
+    "StoreError",
+    "Unavailable",
+    "checked_name",
+]
 
 
-class StoreError(Exception):
+class RegistryBridgeError(MeshError):
+    """Base class of the errors the ``registry_bridge`` package raises: the registry client's
+    (:class:`~registry_bridge.RegistryError`, on the node's side), the store's
+    (:class:`StoreError`, on the registry's) and a database that cannot be used
+    (:class:`~registry_bridge.DatabaseError`). Never raised itself."""
+
+
+class StoreError(RegistryBridgeError):
     """Raised by :class:`RegistryStore` for input it refuses (a bad name, field or value)."""
 
     status = 400

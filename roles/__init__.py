@@ -4,7 +4,7 @@ A station runs *roles* (record, encode, upload, stream, or any command) as super
 processes, following a role configuration (role -> uuid -> options with a millisecond
 timestamp) that the conductor pushes. See ``docs/roles.md``.
 
-Errors (all carry a message that alone explains the problem to whoever sent the update)::
+Errors (each carries a message that alone explains the problem, to whoever sent the update)::
 
     RolesError
     ├── InvalidConfiguration
@@ -15,8 +15,12 @@ Errors (all carry a message that alone explains the problem to whoever sent the 
     │   └── InvalidOptions
     ├── InvalidRequest
     ├── NotConductor            roles.push sent to (or roles.apply sent by) a non-conductor
-    └── Unauthorized            no or a bad operator signature; open federation
-        └── StaleOrder          older than what the station runs (a replay)
+    ├── Unauthorized            no or a bad operator signature; open federation
+    │   └── StaleOrder          older than what the station runs (a replay)
+    ├── OperatorKeyError        an operator key file cannot be read or written
+    └── SupervisorInUse         [RuntimeError] another station uses the state directory
+
+``RolesError`` is a ``mesh.MeshError``: ``except mesh.MeshError`` catches these too.
 
 Who may change a station: its own operator through the node's local API, and operators whose
 signed orders (:class:`Order`, signed with an :class:`OperatorKey`) the conductor relays and

@@ -31,8 +31,10 @@ from roles._errors import (
     InvalidRequest as InvalidRequest,
     MissingRoleFactory as MissingRoleFactory,
     NotConductor as NotConductor,
+    OperatorKeyError as OperatorKeyError,
     RolesError as RolesError,
     StaleOrder as StaleOrder,
+    SupervisorInUse as SupervisorInUse,
     TooManyInstances as TooManyInstances,
     Unauthorized as Unauthorized,
     error_family as error_family,
@@ -68,7 +70,6 @@ from roles._identity import (
 )
 from roles._operator import (
     OperatorKey as OperatorKey,
-    OperatorKeyError as OperatorKeyError,
     OperatorKeyring as OperatorKeyring,
     OperatorPublicKey as OperatorPublicKey,
     Order as Order,
@@ -88,7 +89,6 @@ from roles._supervisor import (
     ProcessStatus as ProcessStatus,
     Supervisor as Supervisor,
     SupervisorEvent as SupervisorEvent,
-    SupervisorInUse as SupervisorInUse,
     SupervisorSnapshot as SupervisorSnapshot,
     SupervisorStatistics as SupervisorStatistics,
     describe_exit as describe_exit,

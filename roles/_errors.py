@@ -17,8 +17,15 @@ into the same class on the sender's side, so ``except BlockedRole`` works across
     │                               bad payload, unknown role instance
     ├── NotConductor                a conductor's request sent to (or from) a node that does
     │                               not conduct; names the conductor
-    └── Unauthorized                refused because of who asked: no or a bad operator
-        └── StaleOrder              signature, open federation; or older than what runs
+    ├── Unauthorized                refused because of who asked: no or a bad operator
+    │   └── StaleOrder              signature, open federation; or older than what runs
+    ├── OperatorKeyError            an operator key file cannot be read or written (local only)
+    └── SupervisorInUse             [RuntimeError] another station uses the state directory
+                                    (local only)
+
+:class:`RolesError` is a :class:`mesh.MeshError`, so ``except mesh.MeshError`` also catches what
+a station raises. The two local errors never cross a network hop: they are not rebuilt by
+:func:`error_from_wire` (an unknown type there becomes an :class:`InvalidConfiguration`).
 
 Every error also has a **family**: the name the Conference Manager (the seed) documents for
 it, so a client matching on ``InvalidConfiguration``, ``MissingRoleFactory`` or
@@ -32,6 +39,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from mesh._errors import MeshError
+
 __all__ = [
     "BlockedRole",
     "ConfigFileError",
@@ -40,8 +49,10 @@ __all__ = [
     "InvalidRequest",
     "MissingRoleFactory",
     "NotConductor",
+    "OperatorKeyError",
     "RolesError",
     "StaleOrder",
+    "SupervisorInUse",
     "TooManyInstances",
     "Unauthorized",
     "error_family",
@@ -51,7 +62,7 @@ __all__ = [
 ]
 
 
-class RolesError(Exception):
+class RolesError(MeshError):
     """Base of every error of the ``roles`` package; never raised itself.
 
     ``role`` and ``uuid`` name the role instance concerned when there is one (``None``
@@ -221,6 +232,22 @@ class StaleOrder(Unauthorized):
     operator); the message names both times."""
 
     wire_name = "StaleOrder"
+
+
+class OperatorKeyError(RolesError):
+    """Raised when an operator key file cannot be read or written; the message names the
+    file, the line when there is one, and what is wrong."""
+
+    wire_name = "OperatorKeyError"
+    family = "OperatorKeyError"
+
+
+class SupervisorInUse(RolesError, RuntimeError):
+    """Another supervisor (another station, maybe in another process) uses this state
+    directory; two would run two copies of each role instance."""
+
+    wire_name = "SupervisorInUse"
+    family = "SupervisorInUse"
 
 
 _WIRE_TYPES: Mapping[str, type[RolesError]] = {

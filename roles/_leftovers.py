@@ -32,7 +32,7 @@ import trio
 
 from mesh._state import write_json_atomic
 from roles._config import read_json_file
-from roles._errors import ConfigFileError
+from roles._errors import ConfigFileError, SupervisorInUse
 from roles._guardian import boot_id, proc_stat
 
 __all__ = [
@@ -52,11 +52,6 @@ RECORD_FILE_NAME = "processes.json"
 LOCK_FILE_NAME = "processes.lock"
 _RECORD_FORMAT = 1
 _GUARDIAN_SCRIPT = str(Path(__file__).with_name("_guardian.py"))
-
-
-class SupervisorInUse(RuntimeError):
-    """Another supervisor (another station, maybe in another process) uses this state
-    directory; two would run two copies of each role instance."""
 
 
 @attrs.frozen

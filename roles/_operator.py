@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from mesh._names import InvalidName, check_name
 from roles._config import RoleConfig, canonical_json, check_station_path, parse_json
-from roles._errors import ConfigFileError, Unauthorized
+from roles._errors import ConfigFileError, OperatorKeyError, Unauthorized
 
 __all__ = [
     "CONTROL_ACTIONS",
@@ -86,11 +86,6 @@ OrderKind = Literal["config", "control"]
 OrderMode = Literal["replace", "merge", "forget"]
 #: Modes that start a chain over: what came before them no longer counts.
 _RESTARTING_MODES = ("replace", "forget")
-
-
-class OperatorKeyError(Exception):
-    """Raised when an operator key file cannot be read or written; the message names the
-    file, the line when there is one, and what is wrong."""
 
 
 def now_ms() -> int:

@@ -1,18 +1,20 @@
 """The public surface of each package: ``__all__`` is exactly what it exports (httpx's test),
 every exported class and function is documented and shows its package as its module (trio's
-and httpx's habit), ``mesh``'s errors form one tree, the dependency direction holds, and the
-sans-IO cores import no I/O."""
+and httpx's habit), each package's errors form one tree under ``mesh.MeshError``, the
+dependency direction holds, and the sans-IO cores import no I/O."""
 
 from __future__ import annotations
 
 import ast
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
 
 import mesh
+import roles
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ["mesh", "roles", "registry_bridge"]
@@ -58,23 +60,38 @@ def test_package_is_lazy_and_every_name_loads(package: str) -> None:
     assert "NodeEvent" in mesh.__all__ and "PathInUse" in mesh.__all__
 
 
-def test_mesh_errors_form_one_tree_drawn_in_the_docstring() -> None:
-    """``except mesh.MeshError`` catches every error the package exports, and the package's
-    docstring draws each of them."""
+ROOTS = {"mesh": "MeshError", "roles": "RolesError", "registry_bridge": "RegistryBridgeError"}
+"""The one root error of each package."""
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_errors_form_one_tree_drawn_in_the_docstring(package: str) -> None:
+    """``except <package>.<root>`` catches every error the package exports, each root is a
+    ``mesh.MeshError`` (so that one ``except`` catches everything stagemesh raises), and the
+    package's docstring draws each of them."""
+    module = importlib.import_module(package)
+    root = getattr(module, ROOTS[package])
     errors = [
         value
-        for name in mesh.__all__
-        if isinstance(value := getattr(mesh, name), type) and issubclass(value, BaseException)
+        for name in module.__all__
+        if isinstance(value := getattr(module, name), type) and issubclass(value, BaseException)
     ]
-    assert len(errors) >= 14
-    assert mesh.__doc__ is not None
-    assert "\n    MeshError " in mesh.__doc__
+    assert len(errors) >= 10
+    assert issubclass(root, mesh.MeshError)
+    assert module.__doc__ is not None
+    assert re.search(rf"\n    {root.__name__}\b", module.__doc__), "the tree has no root"
     for error in errors:
-        assert issubclass(error, mesh.MeshError), error
-        if error is not mesh.MeshError:
-            assert f"── {error.__name__} " in mesh.__doc__, f"{error.__name__} not in the tree"
-    assert issubclass(mesh.InvalidName, ValueError)  # older handlers still catch them
+        assert issubclass(error, root), error
+        if error is not root:
+            drawn = re.search(rf"── {error.__name__}\b", module.__doc__)
+            assert drawn, f"{error.__name__} not in {package}'s tree"
+
+
+def test_errors_keep_their_builtin_bases() -> None:
+    """Older handlers still catch them."""
+    assert issubclass(mesh.InvalidName, ValueError)
     assert issubclass(mesh.NoSuchMember, LookupError)
+    assert issubclass(roles.SupervisorInUse, RuntimeError)
 
 
 def test_mesh_library_imports_neither_roles_nor_registry() -> None:
