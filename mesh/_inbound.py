@@ -33,6 +33,7 @@ the kernel's queue behind the junk.
 from __future__ import annotations
 
 from collections import Counter
+from typing import TypeAlias
 
 from mesh._wire import (
     MAX_DATAGRAM,
@@ -43,7 +44,15 @@ from mesh._wire import (
     WireCodec,
 )
 
-__all__ = ["MAX_AGE", "SOURCE_BURST", "SOURCE_RATE", "Inbound", "SourceBudget"]
+__all__ = [
+    "MAX_AGE",
+    "SOURCE_BURST",
+    "SOURCE_RATE",
+    "Binding",
+    "Inbound",
+    "SourceBudget",
+    "binding",
+]
 
 MAX_AGE = 300.0
 """Signed messages sent further than this (seconds, wall clock) from the receiver's now are
@@ -57,6 +66,20 @@ SOURCE_BURST = 2000.0
 """How many datagrams one address may have checked at once after a quiet time."""
 MAX_SOURCES = 4096
 """Addresses tracked at once; the one heard from least recently is forgotten first."""
+
+
+Binding: TypeAlias = tuple[str, int] | None
+"""Who a message is for: the receiver's node id and incarnation, or ``None`` (first contact)."""
+
+
+def binding(to: str | None, *incarnations: int) -> Binding:
+    """The binding of a message to *to*: its id and the newest of the *incarnations* the
+    sender knows of it (the core's view, the member's record, what it sent us; -1: unknown);
+    ``None`` for nobody or when none is known. The node and the simulator bind with it."""
+    if to is None:
+        return None
+    known = max(incarnations, default=-1)
+    return (to, known) if known >= 0 else None
 
 
 class SourceBudget:

@@ -48,6 +48,7 @@ from mesh._discovery import (
 from mesh._election import ClaimAnswer, PostChanged, SteppedDown
 from mesh._errors import MeshError
 from mesh._extensions import Extension
+from mesh._inbound import Binding, binding
 from mesh._interfaces import choose_interfaces, local_addresses
 from mesh._keys import KeyEntry, keyring_at, read_entries
 from mesh._lineage import EpochSeal
@@ -64,7 +65,7 @@ from mesh._nodecore import ClockStepped, ExternalRequest, NodeCore, NodeEvent, P
 from mesh._ports import DEFAULT_GOSSIP_PORT
 from mesh._profiles import get_profile
 from mesh._state import default_runtime_dir, default_state_dir, locked_identity, status_file
-from mesh._transport import Binding, Transport, open_transport
+from mesh._transport import Transport, open_transport
 from mesh._wire import (
     Address,
     ClockReply,
@@ -617,12 +618,8 @@ class Node:
         if to is None:
             return None
         view = self.core.membership.member(to)
-        known = max(
-            incarnation,
-            -1 if view is None else view.incarnation,
-            self.transport.heard_incarnation(to),
-        )
-        return (to, known) if known >= 0 else None
+        seen = -1 if view is None else view.incarnation
+        return binding(to, incarnation, seen, self.transport.heard_incarnation(to))
 
     def _trio_time(self, local_deadline: float) -> float:
         if local_deadline == float("inf"):

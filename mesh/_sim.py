@@ -7,6 +7,15 @@ randomness comes from one seed, and every datagram is really encoded with the wi
 sizes are true and the encoder's 1200-byte limit is exercised); the hash of everything delivered
 is the run's ``trace_hash``: the same seed gives the same hash.
 
+With :data:`INSTANT` links (no delay, no loss) and ``edge=True`` it is also the one way to run a
+few cores back to back in a unit test, as a pair of h11 connections: every message is bound to
+its receiver as the live node binds it, encoded with the given codec (signed if it has a key),
+and passes the receiver's real :class:`~mesh._inbound.Inbound` checks before its core sees the
+decoded body (a refusal is recorded in :attr:`Simulator.refused`). A test may call a core's
+methods by hand, then :meth:`Simulator.flush` carries out what it produced; :meth:`cut`,
+:meth:`block` and :meth:`isolate` lose the traffic of some pairs, ``on_send`` sees every
+datagram a node sends.
+
 Models: FoundationDB's simulation testing, TigerBeetle's VOPR.
 """
 
@@ -21,6 +30,7 @@ from typing import Any, Protocol
 import attrs
 
 from mesh._clock import SkewedClock
+from mesh._inbound import Inbound, binding
 from mesh._membership import (
     Membership,
     OpenStream,
@@ -28,9 +38,18 @@ from mesh._membership import (
     Snapshot,
 )
 from mesh._profiles import Profile
-from mesh._wire import Address, Envelope, MemberRecord, Message, PushPull, WireCodec
+from mesh._wire import (
+    MAX_DATAGRAM,
+    Address,
+    Envelope,
+    InvalidMessage,
+    MemberRecord,
+    Message,
+    PushPull,
+    WireCodec,
+)
 
-__all__ = ["LinkModel", "SimCore", "SimNode", "Simulator", "new_node_id"]
+__all__ = ["INSTANT", "LinkModel", "SimCore", "SimNode", "Simulator", "new_node_id"]
 
 _UDP_IP_HEADERS = 28
 _TCP_OVERHEAD = 40 + 4
@@ -73,6 +92,12 @@ class LinkModel:
     duplicate: float = 0.0
 
 
+INSTANT = LinkModel(loss=0.0, delay=0.0, jitter=0.0, duplicate=0.0)
+"""The zero-delay link: every message arrives at the instant it was sent, in the order it was
+sent, and none is lost; a stream's reply comes back at the same instant too. Time then moves
+only with the cores' timers (unit tests of a protocol transition)."""
+
+
 def new_node_id(rng: random.Random) -> str:
     """A random 128-bit node id as 32 hex characters, from *rng* (reproducible)."""
     return f"{rng.getrandbits(128):032x}"
@@ -89,6 +114,10 @@ class SimNode:
     clock: SkewedClock | None = None
     """The node's local clock (skew and drift against virtual time); None: exact."""
     stalled_until: float = 0.0
+    drop_while_stalled: bool = False
+    """Whether what arrives while stalled is lost (see :meth:`Simulator.stall`)."""
+    inbound: Inbound | None = None
+    """The receiving edge's checks (``Simulator(edge=True)`` only)."""
     timer_at: float = float("inf")
     seq: int = 0
     sent_messages: int = 0
@@ -111,6 +140,7 @@ _TIMER, _DATAGRAM, _STREAM, _STREAM_REPLY, _CALL, _NODE_CALL = range(6)
 
 CoreFactory = Callable[[MemberRecord, float, random.Random, Snapshot | None], SimCore]
 EventHook = Callable[[SimNode, Any, float], None]
+SendHook = Callable[[SimNode, Address, Message, float], None]
 InputHook = Callable[[SimNode], None]
 NodeCall = Callable[[float], None]
 
@@ -119,7 +149,13 @@ class Simulator:
     """A seeded virtual network of simulated nodes (see the module docstring).
 
     Time only advances inside :meth:`run_until`; everything else is immediate. ``on_event`` is
-    called with every event a core emits, at the virtual time it was emitted.
+    called with every event a core emits, at the virtual time it was emitted; ``on_send`` with
+    every datagram a node sends (lost or not), with its destination and the time.
+
+    *codec* encodes every message (default: unsigned). With *edge*, messages are bound to their
+    receivers and checked by each receiver's :class:`~mesh._inbound.Inbound` (see the module
+    docstring); without, the typed body is delivered as sent (the large sweeps: the edge is
+    proved on its own).
     """
 
     def __init__(
@@ -131,6 +167,9 @@ class Simulator:
         federation: str = "sim",
         core_factory: CoreFactory | None = None,
         on_event: EventHook | None = None,
+        on_send: SendHook | None = None,
+        codec: WireCodec | None = None,
+        edge: bool = False,
     ) -> None:
         self.seed = seed
         self.profile = profile
@@ -139,13 +178,21 @@ class Simulator:
         self.now = 0.0
         self.rng = random.Random(seed)
         self._net_rng = random.Random(self.rng.getrandbits(64))
-        self._codec = WireCodec()
+        self._codec = codec or WireCodec()
+        self.edge = edge
         self._heap: list[tuple[float, int, int, Any]] = []
         self._counter = 0
         self.nodes: dict[Address, SimNode] = {}
         self._groups: dict[Address, int] = {}
+        self._blocked: set[tuple[Address, Address]] = set()
         self._hash = hashlib.blake2b(digest_size=16)
         self.on_event = on_event
+        self.on_send = on_send
+        self.refused: list[tuple[float, Address, Address, str]] = []
+        """Messages a receiver's edge refused (``edge=True``): (time, source, receiver,
+        reason)."""
+        self.largest_datagram = 0
+        """The largest encoded datagram sent so far, in bytes (without UDP/IP headers)."""
         self.on_input: InputHook | None = None
         """Called after every input a node handled (after its outputs went out): a driver of
         something outside the mesh (:mod:`mesh._simregistry`) takes the node's requests."""
@@ -175,13 +222,18 @@ class Simulator:
         snapshot: Snapshot | None = None,
         seeds: Iterable[Address] = (),
         clock: SkewedClock | None = None,
+        core: SimCore | None = None,
     ) -> SimNode:
         """Start a node for *record* now, optionally knowing *snapshot*, joining via *seeds*,
-        with a local *clock* that may be skewed and drift."""
-        core_rng = random.Random(self.rng.getrandbits(64))
+        with a local *clock* that may be skewed and drift. *core*: this one, built by the
+        caller, instead of a new one from the core factory."""
         local = self.now if clock is None else clock(self.now)
-        core = self.core_factory(record, local, core_rng, snapshot)
+        if core is None:
+            core_rng = random.Random(self.rng.getrandbits(64))
+            core = self.core_factory(record, local, core_rng, snapshot)
         node = SimNode(record.address, record, core, clock=clock)
+        if self.edge:
+            node.inbound = Inbound(self._codec, self.federation, record.node_id, record.incarnation)
         self.nodes[record.address] = node
         for seed in seeds:
             core.add_candidate(local, seed)
@@ -213,9 +265,11 @@ class Simulator:
             self._after_input(node)
         self.schedule(0.05, lambda: self.crash(node))
 
-    def stall(self, node: SimNode, duration: float) -> None:
-        """Freeze *node* for *duration*: what arrives meanwhile is handled when it resumes."""
+    def stall(self, node: SimNode, duration: float, *, drop: bool = False) -> None:
+        """Freeze *node* for *duration*: no timer runs, and what arrives meanwhile is handled
+        when it resumes (or, with *drop*, lost: a socket buffer that overflowed)."""
         node.stalled_until = max(node.stalled_until, self.now + duration)
+        node.drop_while_stalled = drop
 
     def partition(self, *groups: Iterable[SimNode]) -> None:
         """Split the network: nodes in different *groups* cannot reach each other; nodes not
@@ -225,12 +279,29 @@ class Simulator:
             for node in group:
                 self._groups[node.address] = index
 
+    def block(self, src: SimNode, dest: SimNode) -> None:
+        """Lose everything *src* sends to *dest* (one way) until :meth:`heal`."""
+        self._blocked.add((src.address, dest.address))
+
+    def cut(self, a: SimNode, b: SimNode) -> None:
+        """Lose the traffic between *a* and *b*, both ways, until :meth:`heal`."""
+        self._blocked |= {(a.address, b.address), (b.address, a.address)}
+
+    def isolate(self, node: SimNode) -> None:
+        """Cut *node* off from every other node (it still runs) until :meth:`heal`."""
+        for other in self.nodes.values():
+            if other is not node:
+                self.cut(node, other)
+
     def heal(self) -> None:
-        """Join every partition again."""
+        """Join every partition again, and undo every cut and block."""
         self._groups = {}
+        self._blocked.clear()
 
     def reachable(self, a: Address, b: Address) -> bool:
         """Whether the network currently carries traffic from *a* to *b*."""
+        if (a, b) in self._blocked:
+            return False
         groups = self._groups
         return not groups or groups.get(a, 0) == groups.get(b, 0)
 
@@ -246,6 +317,24 @@ class Simulator:
         if the node is down or was restarted meanwhile; a stalled node gets it when it resumes.
         """
         self._push(self.now + delay, _NODE_CALL, (node, node.core, action))
+
+    def flush(self) -> None:
+        """Carry out what the running cores produced outside the simulator (a test that called
+        a core's method by hand: its outputs, events and next timer), then everything due by
+        now (with :data:`INSTANT` links, until no message is in flight)."""
+        for node in list(self.nodes.values()):
+            if node.up:
+                self._after_input(node)
+        self.run_until(self.now)
+
+    def send(self, node: SimNode, output: SendDatagram | OpenStream) -> None:
+        """Carry out one *output* that a test took from *node*'s core by hand, as if the core
+        had just produced it (then :meth:`flush` or :meth:`run_until` delivers it)."""
+        if type(output) is SendDatagram:
+            self._send(node, output.dest, output.body, output.to, output.to_incarnation)
+        else:
+            assert type(output) is OpenStream
+            self._open_stream(node, output)
 
     def run_until(self, t: float, stop: Callable[[], bool] | None = None) -> bool:
         """Advance virtual time to *t*, or until *stop()* is true (checked after every step).
@@ -278,6 +367,9 @@ class Simulator:
                 self._push(timeout, _STREAM_REPLY, (origin, exchange, None))
             return
         if node.stalled_until > self.now:
+            if node.drop_while_stalled and kind == _DATAGRAM:
+                self.dropped += 1
+                return
             # Frozen: keep the input for when it resumes (timers after messages).
             self._push(node.stalled_until + (1e-6 if kind == _TIMER else 0.0), kind, data)
             return
@@ -292,17 +384,40 @@ class Simulator:
             core.handle_timer(max(now, data[1]))
         elif kind == _DATAGRAM:
             _, src, sender, body = data
+            if type(body) is bytes:  # edge: the receiver checks the bytes first
+                env = self._check(node, src, body, None)
+                if env is None:
+                    return
+                sender, body = env.sender, env.body
             core.handle_message(now, src, sender, body)
         elif kind == _STREAM:
             _, origin, exchange, body, sender = data
+            incarnation = 0
+            if type(body) is bytes:
+                env = self._check(node, origin.address, body, "request")
+                if env is None:  # refused: the opener's connection is closed at once
+                    latency = self._latency(self.link_between(node.address, origin.address))
+                    self._push(self.now + latency, _STREAM_REPLY, (origin, exchange, None))
+                    return
+                assert type(env.body) is PushPull  # only push-pulls go over streams here
+                sender, body, incarnation = env.sender, env.body, env.incarnation
             reply = core.handle_stream(now, origin.address, sender, body)
-            size = self._size(node, reply, stream=True)
-            node.sent_bytes += size
+            answer: PushPull | bytes = reply
+            if self.edge:
+                env = self._envelope(node, reply, origin.node_id, incarnation)
+                answer = self._codec.encode_frame(env)
+                node.sent_bytes += len(answer) + _TCP_OVERHEAD
+            else:
+                node.sent_bytes += self._size(node, reply, stream=True)
             latency = self._latency(self.link_between(node.address, origin.address))
-            self._push(self.now + latency, _STREAM_REPLY, (origin, exchange, reply))
+            self._push(self.now + latency, _STREAM_REPLY, (origin, exchange, answer))
         elif kind == _STREAM_REPLY:
-            _, exchange, reply = data
-            core.handle_stream_reply(now, exchange, reply)
+            _, exchange, answered = data
+            got: PushPull | None = answered
+            if type(answered) is bytes:
+                env = self._check(node, None, answered, "reply")
+                got = env.body if env is not None and type(env.body) is PushPull else None
+            core.handle_stream_reply(now, exchange, got)
         elif kind == _NODE_CALL:
             data[2](now)
         self._after_input(node)
@@ -312,7 +427,7 @@ class Simulator:
         now = self.now
         for out in core.take_outputs():
             if type(out) is SendDatagram:
-                self._send(node, out.dest, out.body)
+                self._send(node, out.dest, out.body, out.to, out.to_incarnation)
             elif type(out) is OpenStream:
                 self._open_stream(node, out)
         if self.on_input is not None:
@@ -344,9 +459,61 @@ class Simulator:
         self._hash.update(data)
         return len(data) + _UDP_IP_HEADERS
 
-    def _send(self, node: SimNode, dest: Address, body: Message) -> None:
+    def _envelope(self, node: SimNode, body: Message, to: str | None, incarnation: int) -> Envelope:
+        """*body* from *node*, bound to *to* as the live node binds it (``edge`` only)."""
+        node.seq += 1
+        bound = None
+        if to is not None:
+            member = getattr(node.core, "member", None)  # the newest the sender knows of *to*
+            view = member(to) if member is not None else None
+            heard = node.inbound.guard.incarnation_of(to) if node.inbound is not None else -1
+            bound = binding(to, incarnation, -1 if view is None else view.incarnation, heard)
+        core = node.core
+        return Envelope(
+            self.federation,
+            node.node_id,
+            core.incarnation,
+            node.seq,
+            self.now,
+            body,
+            *(bound or (None, 0)),
+        )
+
+    def _check(
+        self, node: SimNode, src: Address | None, data: bytes, stream: str | None
+    ) -> Envelope | None:
+        """*data* as *node*'s edge receives it: the checked envelope, or ``None`` (refused,
+        recorded in :attr:`refused` and counted by the node's :class:`Inbound`)."""
+        inbound = node.inbound
+        assert inbound is not None
+        inbound.incarnation = node.core.incarnation
+        try:
+            if stream is None:
+                env = self._codec.decode(data, MAX_DATAGRAM, inbound.node_id)
+                inbound.check(env, self.now, unbound_ok=False)
+                return env
+            payload = data[self._codec.frame_prefix_size :]
+            return inbound.check_frame(payload, self.now, request=stream == "request")
+        except InvalidMessage as exc:
+            inbound.reject(exc.reason)
+            self.refused.append((self.now, src or ("", 0), node.address, exc.reason))
+            return None
+
+    def _send(
+        self, node: SimNode, dest: Address, body: Message, to: str | None = None, bound: int = -1
+    ) -> None:
         node.sent_messages += 1
-        node.sent_bytes += self._size(node, body)
+        if self.on_send is not None:
+            self.on_send(node, dest, body, self.now)
+        payload: Message | bytes = body
+        if self.edge:
+            encoded = self._codec.encode(self._envelope(node, body, to, bound))
+            self._hash.update(encoded)
+            self.largest_datagram = max(self.largest_datagram, len(encoded))
+            node.sent_bytes += len(encoded) + _UDP_IP_HEADERS
+            payload = encoded
+        else:
+            node.sent_bytes += self._size(node, body)
         target = self.nodes.get(dest)
         rng = self._net_rng
         link = self.link_between(node.address, dest)
@@ -355,14 +522,21 @@ class Simulator:
             self.dropped += 1
             return
         self.delivered += 1
-        data = (target, node.address, node.node_id, body)
+        data = (target, node.address, node.node_id, payload)
         self._push(self.now + self._latency(link), _DATAGRAM, data)
         if link.duplicate and rng.random() < link.duplicate:
             self._push(self.now + self._latency(link), _DATAGRAM, data)
 
     def _open_stream(self, node: SimNode, out: OpenStream) -> None:
         node.sent_messages += 1
-        node.sent_bytes += self._size(node, out.body, stream=True)
+        body: PushPull | bytes = out.body
+        if self.edge:
+            body = self._codec.encode_frame(
+                self._envelope(node, out.body, out.to, out.to_incarnation)
+            )
+            node.sent_bytes += len(body) + _TCP_OVERHEAD
+        else:
+            node.sent_bytes += self._size(node, out.body, stream=True)
         target = self.nodes.get(out.dest)
         if target is None or not target.up or not self.reachable(node.address, out.dest):
             timeout = self.profile.stream_timeout
@@ -371,7 +545,7 @@ class Simulator:
         self._push(
             self.now + self._latency(self.link_between(node.address, out.dest)),
             _STREAM,
-            (target, node, out.exchange, out.body, node.node_id),
+            (target, node, out.exchange, body, node.node_id),
         )
 
     # -- observing ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from typing import Any
 import attrs
 import trio
 
-from mesh._inbound import Inbound, SourceBudget
+from mesh._inbound import Binding, Inbound, SourceBudget
 from mesh._ports import gossip_port_candidates
 from mesh._wire import (
     MAX_DATAGRAM,
@@ -68,9 +68,7 @@ logger = logging.getLogger(__name__)
 
 DatagramHandler = Callable[[Address, Envelope], None]
 StreamHandler = Callable[[Address, Envelope], Awaitable[Message | None]]
-Binding = tuple[str, int] | None
 ExchangeDetour = Callable[[Address, bytes, float], Awaitable[bytes | None]]
-"""Who a message is for: the receiver's node id and incarnation, or ``None`` (first contact)."""
 
 _SEND_QUEUE = 4096
 MAX_STREAMS = 256

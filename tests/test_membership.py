@@ -1,12 +1,14 @@
 """The SWIM/Lifeguard membership core (mesh/_membership.py), driven by hand with no event loop.
 
-Two or three :class:`Membership` cores are wired back to back by :class:`Wire`, a tiny in-test
-network: it encodes every datagram and stream frame with the real codec (so the 1200-byte cap
-is checked on everything any core sends here), bound to its receiver as the live node binds
-it, passes it through the receiver's real :class:`~mesh._inbound.Inbound` checks (so a core
-that named the wrong receiver, or none, is caught), and hands it to the peer at the same virtual
-instant. Time advances only when a test says so (:meth:`Wire.run`), by calling
-``handle_timer`` at each core's next deadline. One test per protocol transition.
+Two or three :class:`Membership` cores run in the project's simulator (:mod:`mesh._sim`) with
+zero-delay links (:data:`~mesh._sim.INSTANT`) and the checked edge: every datagram and stream
+frame is encoded with the real, signed codec under the longest federation name (so the
+1200-byte cap is checked on everything any core sends here), bound to its receiver as the live
+node binds it, and passes the receiver's real :class:`~mesh._inbound.Inbound` checks (so a core
+that named the wrong receiver, or none, is caught) before the peer gets it at the same virtual
+instant. Time advances only when a test says so (:meth:`Net.run`), with the cores' timers;
+a test may call a core by hand and let the simulator carry out what it produced. One test per
+protocol transition.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any
 import attrs
 import pytest
 
-from mesh._inbound import Inbound
 from mesh._membership import (
     MemberEvent,
     Membership,
@@ -32,15 +33,14 @@ from mesh._membership import (
     path_winner,
 )
 from mesh._profiles import Profile, get_profile
+from mesh._sim import INSTANT, SimNode, Simulator
 from mesh._wire import (
     MAX_COUNTER,
     MAX_DATAGRAM,
     Ack,
     Address,
     Dead,
-    Envelope,
     Gossip,
-    InvalidMessage,
     Keyring,
     Lease,
     MemberRecord,
@@ -87,149 +87,82 @@ def converged(count: int, seed: int = 1, profile: Profile = LAN) -> list[Members
     ]
 
 
-class Wire:
-    """Moves outputs between cores instantly, through the real codec; see the module docstring."""
+class Net:
+    """The simulator (:class:`~mesh._sim.Simulator`) over hand-built cores, and what it saw.
+
+    Links are :data:`~mesh._sim.INSTANT` and the edge is checked (see the module docstring).
+    This class only names the simulator's hooks by core and records its events (time,
+    observer id, event) and datagrams (time, source, destination, body, lost or not).
+    """
 
     def __init__(self, cores: Iterable[Membership], now: float = 0.0) -> None:
-        self.cores: dict[Address, Membership] = {}
-        self.now = now
-        self.seq = 0
-        self.events: list[tuple[float, str, Any]] = []  # (time, observer id, event)
-        self.sent: list[tuple[float, Address, Address, Message]] = []  # every datagram
-        self.blocked: set[tuple[Address, Address]] = set()  # (src, dest): datagrams vanish
-        self.paused: set[Address] = set()  # stalled: no timers, datagrams to it vanish
-        self.largest = 0
-        self.inbound: dict[Address, Inbound] = {}
-        self.refused: list[tuple[float, Address, Address, str]] = []  # (time, src, dest, reason)
+        self.events: list[tuple[float, str, Any]] = []
+        self.sent: list[tuple[float, Address, Address, Message]] = []
+        self.sim = Simulator(
+            1,
+            LAN,
+            INSTANT,
+            federation=FEDERATION,
+            codec=CODECS[1],
+            edge=True,
+            on_event=lambda node, ev, t: self.events.append((t, node.node_id, ev)),
+            on_send=lambda node, dest, body, t: self.sent.append((t, node.address, dest, body)),
+        )
+        self.sim.now = now  # the virtual clock starts at *now*: timers already due fire then
         for c in cores:
             self.add(c)
 
-    # -- the network ----------------------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        return self.sim.now
 
-    def add(self, c: Membership) -> None:
-        self.cores[c.me.address] = c
-        self.inbound[c.me.address] = Inbound(CODECS[1], FEDERATION, c.node_id, c.incarnation)
+    @property
+    def largest(self) -> int:
+        """The largest datagram sent, encoded and signed."""
+        return self.sim.largest_datagram
 
-    def _inbound(self, address: Address) -> Inbound:
-        if address not in self.inbound:  # a stand-in core put in self.cores by hand
-            c = self.cores[address]
-            self.inbound[address] = Inbound(CODECS[1], FEDERATION, c.node_id, c.incarnation)
-        return self.inbound[address]
+    def node(self, c: Any) -> SimNode:
+        return self.sim.nodes[c.me.address]
+
+    def add(self, c: Any) -> SimNode:
+        """Start *c* (a core, or a stand-in with the same methods) now."""
+        return self.sim.add_node(c.me, core=c)
 
     def crash(self, c: Membership) -> None:
-        """*c* stops: it answers nothing, and streams to it fail."""
-        del self.cores[c.me.address]
+        self.sim.crash(self.node(c))
 
     def cut(self, a: Membership, b: Membership) -> None:
-        self.blocked |= {(a.me.address, b.me.address), (b.me.address, a.me.address)}
+        self.sim.cut(self.node(a), self.node(b))
+
+    def block(self, src: Membership, dest: Membership) -> None:
+        self.sim.block(self.node(src), self.node(dest))
 
     def isolate(self, c: Membership) -> None:
-        for other in self.cores.values():
-            if other is not c:
-                self.cut(c, other)
+        self.sim.isolate(self.node(c))
 
     def heal(self) -> None:
-        self.blocked.clear()
+        self.sim.heal()
 
-    def _envelope(
-        self, src: Membership, body: Message, to: str | None, incarnation: int
-    ) -> Envelope:
-        """*body* from *src*, bound as the live node binds it (``Node._binding``)."""
-        self.seq += 1
-        if to is not None:
-            view = src.member(to)
-            heard = self._inbound(src.me.address).guard.incarnation_of(to)
-            incarnation = max(incarnation, -1 if view is None else view.incarnation, heard)
-        bound = to is not None and incarnation >= 0
-        return Envelope(
-            FEDERATION,
-            src.node_id,
-            src.incarnation,
-            self.seq,
-            self.now,
-            body,
-            to if bound else None,
-            incarnation if bound else 0,
-        )
+    def stall(self, c: Membership, duration: float) -> None:
+        """Freeze *c* for *duration*: no timer runs, and what is sent to it is lost."""
+        self.sim.stall(self.node(c), duration, drop=True)
 
-    def _receive(self, dest: Address, src: Address, data: bytes, stream: str = "") -> Any:
-        """The peer at *dest* receives *data*: its envelope, or ``None`` if refused."""
-        inbound = self._inbound(dest)
-        inbound.incarnation = self.cores[dest].incarnation
-        try:
-            if stream:
-                prefix = CODECS[1].frame_prefix_size
-                assert CODECS[1].frame_length(data[:prefix]) == len(data) - prefix
-                return inbound.check_frame(data[prefix:], self.now, request=stream == "request")
-            env = CODECS[1].decode(data, MAX_DATAGRAM, inbound.node_id)
-            inbound.check(env, self.now, unbound_ok=False)
-            return env
-        except InvalidMessage as exc:
-            self.refused.append((self.now, src, dest, exc.reason))
-            return None
-
-    def _datagram(self, src: Membership, out: SendDatagram) -> None:
-        env = self._envelope(src, out.body, out.to, out.to_incarnation)
-        for codec in CODECS:
-            data = codec.encode(env)  # raises MessageTooLarge above 1200 bytes
-            self.largest = max(self.largest, len(data))
-        self.sent.append((self.now, src.me.address, out.dest, out.body))
-        if (src.me.address, out.dest) in self.blocked or out.dest in self.paused:
-            return
-        peer = self.cores.get(out.dest)
-        if peer is not None:
-            got = self._receive(out.dest, src.me.address, data)
-            if got is not None:
-                assert got.body == out.body  # the peer gets what crossed the wire
-                peer.handle_message(self.now, src.me.address, src.node_id, got.body)
-
-    def _stream(self, src: Membership, out: OpenStream) -> None:
-        codec = CODECS[1]
-        frame = codec.encode_frame(self._envelope(src, out.body, out.to, out.to_incarnation))
-        peer = self.cores.get(out.dest)
-        reply: PushPull | None = None
-        if peer is not None and (src.me.address, out.dest) not in self.blocked:
-            got = self._receive(out.dest, src.me.address, frame, "request")
-            if got is not None:
-                assert got.body == out.body
-                answer = peer.handle_stream(self.now, src.me.address, src.node_id, got.body)
-                env = self._envelope(peer, answer, src.node_id, got.incarnation)
-                back = self._receive(src.me.address, out.dest, codec.encode_frame(env), "reply")
-                reply = None if back is None else back.body
-        src.handle_stream_reply(self.now, out.exchange, reply)
+    def send(self, c: Membership, output: SendDatagram | OpenStream) -> None:
+        """Send one output a test took from *c* by hand, then deliver everything due."""
+        self.sim.send(self.node(c), output)
+        self.sim.flush()
 
     def flush(self) -> None:
-        """Deliver outputs until no core has anything more to send."""
-        for _ in range(10_000):
-            work = [(c, out) for c in list(self.cores.values()) for out in c.take_outputs()]
-            for c in self.cores.values():
-                self.events.extend((self.now, c.node_id, ev) for ev in c.take_events())
-            if not work:
-                return
-            for c, out in work:
-                if isinstance(out, SendDatagram):
-                    self._datagram(c, out)
-                else:
-                    self._stream(c, out)
-        raise AssertionError("the cores never stopped sending")
+        """Carry out what the cores produced by hand, and deliver everything due now."""
+        self.sim.flush()
 
     def run(self, until: float, stop: Callable[[], bool] | None = None) -> bool:
-        """Advance time to *until* (or until *stop()*), firing each due timer; return whether
+        """Run the simulator to *until* (or until *stop()*, checked first); return whether
         *stop* ended the run."""
-        for _ in range(1_000_000):
-            self.flush()
-            if stop is not None and stop():
-                return True
-            running = [c for a, c in self.cores.items() if a not in self.paused]
-            due = min((c.next_deadline() for c in running), default=math.inf)
-            if due > until:
-                self.now = until
-                return False
-            self.now = max(self.now, due)
-            for c in running:
-                if c.next_deadline() <= self.now:
-                    c.handle_timer(self.now)
-        raise AssertionError("timers never settled")
+        self.sim.flush()
+        if stop is not None and stop():
+            return True
+        return self.sim.run_until(until, stop)
 
     # -- observing ----------------------------------------------------------------------------
 
@@ -268,15 +201,14 @@ def status(observer: Membership, member: Membership) -> str | None:
 
 def test_join_push_pull_makes_both_know_each_other() -> None:
     a, b = core(record(1), 1), core(record(2), 2)
-    wire = Wire([a, b])
+    net = Net([a, b])
     b.add_candidate(0.0, a.me.address)
     opened = b.take_outputs()
     assert len(opened) == 1 and isinstance(opened[0], OpenStream) and opened[0].body.join
-    wire._stream(b, opened[0])
-    wire.flush()
+    net.send(b, opened[0])
     assert status(a, b) == "alive" and status(b, a) == "alive"
-    assert wire.first("joined", about=b, seen_by=a) == 0.0
-    assert wire.first("joined", about=a, seen_by=b) == 0.0
+    assert net.first("joined", about=b, seen_by=a) == 0.0
+    assert net.first("joined", about=a, seen_by=b) == 0.0
     assert a.live_count() == b.live_count() == 2
     # A peer already known at that address is not joined again.
     b.add_candidate(5.0, a.me.address)
@@ -286,12 +218,12 @@ def test_join_push_pull_makes_both_know_each_other() -> None:
 def test_join_through_one_member_reaches_the_others_by_gossip() -> None:
     a, b = converged(2)
     c = core(record(3), 3)
-    wire = Wire([a, b, c])
+    net = Net([a, b, c])
     c.add_candidate(0.0, a.me.address)
-    wire.flush()
+    net.flush()
     assert status(c, b) == "alive"  # from a's push-pull reply
-    assert wire.run(2.0, stop=lambda: status(b, c) == "alive")  # a gossips c on
-    joined = wire.first("joined", about=c, seen_by=b)
+    assert net.run(2.0, stop=lambda: status(b, c) == "alive")  # a gossips c on
+    joined = net.first("joined", about=c, seen_by=b)
     assert joined is not None and joined <= LAN.gossip_interval + 1e-9
 
 
@@ -301,55 +233,55 @@ def test_join_through_one_member_reaches_the_others_by_gossip() -> None:
 
 def test_probe_gets_an_ack_and_raises_no_suspicion() -> None:
     a, b = converged(2)
-    wire = Wire([a, b])
-    wire.run(3.0)
-    pings = wire.of_kind(Ping, src=a)
-    acks = wire.of_kind(Ack, src=b)
+    net = Net([a, b])
+    net.run(3.0)
+    pings = net.of_kind(Ping, src=a)
+    acks = net.of_kind(Ack, src=b)
     assert len(pings) >= 8  # one per probe period
     answered = {body.probe for _, _, _, body in acks}
     assert all(body.probe in answered and body.target == b.node_id for *_, body in pings)
-    assert not [e for e in wire.events if isinstance(e[2], MemberEvent)]
+    assert not [e for e in net.events if isinstance(e[2], MemberEvent)]
     stats = a.statistics()
     assert stats.probes_failed == 0 and stats.awareness == 0 and stats.indirect_probes == 0
 
 
 def test_indirect_ack_through_a_helper_prevents_suspicion() -> None:
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
-    wire.cut(a, c)  # a and c cannot talk directly; both can talk to b
-    wire.run(5.0)
+    net = Net([a, b, c])
+    net.cut(a, c)  # a and c cannot talk directly; both can talk to b
+    net.run(5.0)
     assert a.statistics().indirect_probes > 0 and c.statistics().indirect_probes > 0
     # b relayed: it pinged c on a's behalf and forwarded c's ack to a.
-    assert any(d == c.me.address for _, _, d, _ in wire.of_kind(Ping, src=b))
+    assert any(d == c.me.address for _, _, d, _ in net.of_kind(Ping, src=b))
     assert any(
-        d == a.me.address and body.target == c.node_id for _, _, d, body in wire.of_kind(Ack, src=b)
+        d == a.me.address and body.target == c.node_id for _, _, d, body in net.of_kind(Ack, src=b)
     )
     assert a.statistics().probes_failed == 0 and c.statistics().probes_failed == 0
-    assert not wire.member_events("suspect", about=a) + wire.member_events("suspect", about=c)
+    assert not net.member_events("suspect", about=a) + net.member_events("suspect", about=c)
     assert status(a, c) == status(c, a) == "alive"
 
 
 def test_silent_target_is_suspected_at_the_end_of_the_probe_period() -> None:
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
-    wire.run(1.0)
-    wire.crash(c)
-    assert wire.run(5.0, stop=lambda: bool(wire.member_events("suspect", about=c)))
+    net = Net([a, b, c])
+    net.run(1.0)
+    net.crash(c)
+    assert net.run(5.0, stop=lambda: bool(net.member_events("suspect", about=c)))
     # The peer that found out itself: its ping went unanswered for probe_timeout, so it asked
     # the other peer (PingReq); that one nacked in time, and at the end of the probe period
     # the target is suspected - and the prober does not blame itself (Lifeguard).
     (prober,) = [p for p in (a, b) if p.statistics().suspicions_raised]
     (helper,) = [p for p in (a, b) if p is not prober]
-    suspected = wire.first("suspect", about=c, seen_by=prober)
+    suspected = net.first("suspect", about=c, seen_by=prober)
     assert suspected is not None
-    (asked, *_), *_ = wire.of_kind(PingReq, src=prober)
-    nacks = [t for t, _, d, body in wire.of_kind(Nack, src=helper) if d == prober.me.address]
+    (asked, *_), *_ = net.of_kind(PingReq, src=prober)
+    nacks = [t for t, _, d, body in net.of_kind(Nack, src=helper) if d == prober.me.address]
     window = LAN.probe_interval - LAN.probe_timeout
     assert suspected - asked == pytest.approx(window, abs=1e-5)
     assert nacks and asked < nacks[0] < suspected
     assert prober.statistics().awareness == 0 and prober.statistics().probes_failed == 1
     # The suspicion is gossiped: the other peer suspects c too.
-    assert wire.run(wire.now + 1.0, stop=lambda: status(helper, c) == "suspect")
+    assert net.run(net.now + 1.0, stop=lambda: status(helper, c) == "suspect")
 
 
 @pytest.mark.parametrize("heard", [False, True], ids=["silent", "heard-from"])
@@ -359,39 +291,39 @@ def test_a_datagram_from_the_probed_member_counts_as_its_ack(heard: bool) -> Non
     # and suspected it anyway. Hearing from the target during the probe is as good as its ack.
     records = [record(i) for i in (1, 2, 3)]
     a = core(records[0], 11, snapshot=Snapshot.of(records))
-    wire = Wire([a])  # a alone: everything it sends is lost
-    assert wire.run(1.0, stop=lambda: bool(wire.of_kind(Ping, src=a)))
-    ((started, _, dest, _),) = wire.of_kind(Ping, src=a)
+    net = Net([a])  # a alone: everything it sends is lost
+    assert net.run(1.0, stop=lambda: bool(net.of_kind(Ping, src=a)))
+    ((started, _, dest, _),) = net.of_kind(Ping, src=a)
     target = next(r for r in records if r.address == dest)
     if heard:  # the target's own probe of a arrives while a's probe is out
-        wire.now = started + LAN.probe_timeout / 2
-        a.handle_message(wire.now, target.address, target.node_id, Ping(1, a.node_id))
-    wire.run(started + LAN.probe_interval + 1e-3)
+        net.run(started + LAN.probe_timeout / 2)
+        a.handle_message(net.now, target.address, target.node_id, Ping(1, a.node_id))
+    net.run(started + LAN.probe_interval + 1e-3)
     view = a.member(target.node_id)
     assert view is not None
     if heard:
         assert view.status == "alive" and a.statistics().probes_failed == 0
-        assert not wire.of_kind(PingReq, src=a)  # no indirect probe needed either
+        assert not net.of_kind(PingReq, src=a)  # no indirect probe needed either
     else:
         assert view.status == "suspect" and a.statistics().probes_failed == 1
 
 
 def test_suspect_refutes_by_raising_its_incarnation() -> None:
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
-    wire.run(1.0)
-    wire.isolate(c)
-    assert wire.run(5.0, stop=lambda: bool(wire.member_events("suspect", about=c)))
-    wire.heal()
+    net = Net([a, b, c])
+    net.run(1.0)
+    net.isolate(c)
+    assert net.run(5.0, stop=lambda: bool(net.member_events("suspect", about=c)))
+    net.heal()
     # c hears it is suspected (gossip, or the suspect piggybacked on a probe) and refutes.
-    wire.run(wire.now + 3.0)
+    net.run(net.now + 3.0)
     # (A probe begun while c was cut off may still fail after the heal: another refutation.)
     assert c.incarnation >= 1 and c.statistics().refutations == c.incarnation
     for peer in (a, b):
         view = peer.member(c.node_id)
         assert view is not None and (view.status, view.incarnation) == ("alive", c.incarnation)
-        assert wire.member_events("alive", about=c, seen_by=peer)
-    assert not wire.member_events("dead", about=c)
+        assert net.member_events("alive", about=c, seen_by=peer)
+    assert not net.member_events("dead", about=c)
 
 
 def test_stale_suspicion_is_answered_with_the_newer_incarnation() -> None:
@@ -399,43 +331,44 @@ def test_stale_suspicion_is_answered_with_the_newer_incarnation() -> None:
     snapshot = Snapshot.of(records)
     a, b = (core(r, i, snapshot=snapshot) for i, r in enumerate(records[:2]))
     c = core(attrs.evolve(records[2], incarnation=1), 3, snapshot=snapshot)  # refuted once
-    wire = Wire([a, b, c])
-    wire.inbound[c.me.address].boot_incarnation = 0  # this run of c started at 0
+    net = Net([a, b, c])
+    edge = net.node(c).inbound
+    assert edge is not None
+    edge.boot_incarnation = 0  # this run of c started at 0
     old_news = Gossip((Suspect(c.node_id, 0, b.node_id),))
     # a missed c's refutation and hears an old suspicion of c (incarnation 0) from b. It tells
     # c directly; c answers with its current record, and a's suspicion is over at once.
     a.handle_message(0.0, b.me.address, b.node_id, old_news)
     assert status(a, c) == "suspect"
-    wire.flush()
+    net.flush()
     view = a.member(c.node_id)
     assert view is not None and (view.status, view.incarnation) == ("alive", 1)
-    assert wire.member_events("alive", about=c, seen_by=a)
+    assert net.member_events("alive", about=c, seen_by=a)
     assert c.incarnation == 1 and c.statistics().refutations == 0  # nothing new to refute
     # The same through a buddy ping: b's direct notice is lost, then its probe carries it.
-    wire.blocked.add((b.me.address, c.me.address))
+    net.block(b, c)
     b.handle_message(0.1, a.me.address, a.node_id, old_news)
-    wire.flush()
+    net.flush()
     assert status(b, c) == "suspect"
-    wire.heal()
+    net.heal()
     c.handle_message(0.2, b.me.address, b.node_id, Ping(1, c.node_id, old_news.updates))
-    wire.flush()
+    net.flush()
     view = b.member(c.node_id)
     assert view is not None and (view.status, view.incarnation) == ("alive", 1)
     # And the other way round: c probes a node that still suspects it; the ack says so.
-    wire.blocked.add((a.me.address, c.me.address))
+    net.block(a, c)
     a.handle_message(0.3, b.me.address, b.node_id, Gossip((Suspect(c.node_id, 1, b.node_id),)))
-    wire.flush()
+    net.flush()
     assert status(a, c) == "suspect"  # its direct notice was lost; c's refutation not yet heard
     a.handle_message(0.4, c.me.address, c.node_id, Ping(7, a.node_id))
     (ack,) = [o for o in a.take_outputs() if isinstance(o, SendDatagram)]
     assert isinstance(ack.body, Ack) and ack.body.updates[0] == Suspect(c.node_id, 1, a.node_id)
-    wire.heal()
-    wire._datagram(a, ack)
-    wire.flush()
+    net.heal()
+    net.send(a, ack)
     view = a.member(c.node_id)
     assert view is not None and (view.status, view.incarnation) == ("alive", 2)
-    wire.run(10.0)
-    assert not wire.member_events("dead", about=c)
+    net.run(10.0)
+    assert not net.member_events("dead", about=c)
 
 
 def test_every_new_suspecter_tells_the_suspect_directly() -> None:
@@ -462,7 +395,7 @@ def test_every_new_suspecter_tells_the_suspect_directly() -> None:
 
 def test_remote_dead_in_push_pull_only_suspects_and_tells_the_member() -> None:
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
+    net = Net([a, b, c], now=0.5)
     # b's full state says c is dead (say b was cut off from c for a while).
     state = PushPull((b.me, attrs.evolve(c.me, status=MemberStatus.DEAD)))
     a.handle_stream(0.5, b.me.address, b.node_id, state)
@@ -470,13 +403,11 @@ def test_remote_dead_in_push_pull_only_suspects_and_tells_the_member() -> None:
     told = [o for o in a.take_outputs() if isinstance(o, SendDatagram) and o.dest == c.me.address]
     assert told and isinstance(told[0].body, Gossip)
     assert told[0].body.updates == (Suspect(c.node_id, 0, b.node_id),)
-    wire.now = 0.5
-    wire._datagram(a, told[0])
-    wire.flush()
+    net.send(a, told[0])
     # c refuted at once and a took it back.
     assert c.incarnation == 1 and status(a, c) == "alive"
-    wire.run(10.0)
-    assert not wire.member_events("dead", about=c)
+    net.run(10.0)
+    assert not net.member_events("dead", about=c)
 
 
 def test_remote_suspect_in_push_pull_is_a_suspicion_and_never_revives_a_tombstone() -> None:
@@ -487,7 +418,7 @@ def test_remote_suspect_in_push_pull_is_a_suspicion_and_never_revives_a_tombston
     me, peer, gone, new, known = (record(i) for i in range(1, 6))
     dead = attrs.evolve(gone, status=MemberStatus.DEAD)
     a = core(me, 5, snapshot=Snapshot.of([me, peer, dead, known]))
-    wire = Wire([a])
+    net = Net([a], now=1.0)
     suspect = MemberStatus.SUSPECT
     state = PushPull(
         (
@@ -498,14 +429,13 @@ def test_remote_suspect_in_push_pull_is_a_suspicion_and_never_revives_a_tombston
         )
     )
     a.handle_stream(1.0, peer.address, peer.node_id, state)
-    wire.now = 1.0
-    wire.flush()
+    net.flush()
     gone_view, new_view, known_view = (a.member(r.node_id) for r in (gone, new, known))
     # The tombstone stays: no "joined" for a member this node saw die.
     assert gone_view is not None and (gone_view.status, gone_view.incarnation) == ("dead", 0)
     assert not [
         e
-        for _, _, e in wire.events
+        for _, _, e in net.events
         if isinstance(e, MemberEvent) and e.member.node_id == gone.node_id
     ]
     # A member first heard of as suspect is learned, as a suspect.
@@ -516,23 +446,23 @@ def test_remote_suspect_in_push_pull_is_a_suspicion_and_never_revives_a_tombston
     assert known_view.meta == {"sn": True}
     # Each suspect is told directly (so it can refute), and the suspicions run out here too.
     told = {
-        d for _, _, d, body in wire.of_kind(Gossip, src=a) if isinstance(body.updates[0], Suspect)
+        d for _, _, d, body in net.of_kind(Gossip, src=a) if isinstance(body.updates[0], Suspect)
     }
     assert {new.address, known.address} <= told
-    wire.run(10.0)
+    net.run(10.0)
     assert all(a.member(r.node_id).status == "dead" for r in (new, known))  # type: ignore[union-attr]
 
 
 def test_suspicion_times_out_into_dead() -> None:
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
-    wire.run(1.0)
-    wire.crash(c)
-    assert wire.run(10.0, stop=lambda: status(a, c) == status(b, c) == "dead")
+    net = Net([a, b, c])
+    net.run(1.0)
+    net.crash(c)
+    assert net.run(10.0, stop=lambda: status(a, c) == status(b, c) == "dead")
     _, high = LAN.suspicion_bounds(3)
     for peer in (a, b):
-        suspected = wire.first("suspect", about=c, seen_by=peer)
-        dead = wire.first("dead", about=c, seen_by=peer)
+        suspected = net.first("suspect", about=c, seen_by=peer)
+        dead = net.first("dead", about=c, seen_by=peer)
         assert suspected is not None and dead is not None
         # Declared by this peer after its own timeout, or learned from the other one earlier.
         assert dead - suspected <= high + 1e-6
@@ -578,15 +508,13 @@ def test_confirmations_shorten_the_suspicion_timeout() -> None:
     expected = {0: high, 1: high - (high - low) * math.log(2) / math.log(k + 1), 3: low}
     for confirmations, timeout in expected.items():
         m = core(me, 7, snapshot=Snapshot.of(members))
-        wire = Wire([m], now=1.0)
-        for rec in [target, *others]:
-            wire.cores[rec.address] = Responder(rec)  # type: ignore[assignment]
+        net = Net([m, *(Responder(rec) for rec in [target, *others])], now=1.0)  # type: ignore[list-item]
         for rec in others[: confirmations + 1]:  # the first report, then the confirmations
             suspicion = Gossip((Suspect(target.node_id, 0, rec.node_id),))
             m.handle_message(1.0, rec.address, rec.node_id, suspicion)
-        assert status(m, wire.cores[target.address]) == "suspect"
-        assert wire.run(10.0, stop=lambda m=m: m.statistics().deaths_declared > 0)  # type: ignore[misc]
-        assert wire.now - 1.0 == pytest.approx(timeout, abs=1e-6), confirmations
+        assert status(m, net.sim.nodes[target.address].core) == "suspect"  # type: ignore[arg-type]
+        assert net.run(10.0, stop=lambda m=m: m.statistics().deaths_declared > 0)  # type: ignore[misc]
+        assert net.now - 1.0 == pytest.approx(timeout, abs=1e-6), confirmations
         assert m.statistics().probes_failed == 0  # no confirmation of its own
 
 
@@ -596,41 +524,41 @@ def test_confirmations_shorten_the_suspicion_timeout() -> None:
 
 def test_leave_is_known_at_once() -> None:
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
-    wire.run(1.0)
-    c.leave(wire.now)
-    wire.flush()
+    net = Net([a, b, c])
+    net.run(1.0)
+    c.leave(net.now)
+    net.flush()
     for peer in (a, b):
         assert status(peer, c) == "left"
-        assert wire.first("left", about=c, seen_by=peer) == 1.0
+        assert net.first("left", about=c, seen_by=peer) == 1.0
     assert c.has_left and c.next_deadline() == math.inf
     assert a.live_count() == 2
     # c answers no more probes and nobody suspects or kills it later.
-    wire.run(6.0)
-    assert all(t <= 1.0 for t, *_ in wire.of_kind(Ack, src=c))
-    assert not wire.member_events("dead", about=c) + wire.member_events("suspect", about=c)
+    net.run(6.0)
+    assert all(t <= 1.0 for t, *_ in net.of_kind(Ack, src=c))
+    assert not net.member_events("dead", about=c) + net.member_events("suspect", about=c)
 
 
 def test_rejoin_after_restart_replaces_the_tombstone() -> None:
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
-    wire.run(1.0)
+    net = Net([a, b, c])
+    net.run(1.0)
     old = c.me
-    wire.crash(c)
-    assert wire.run(10.0, stop=lambda: status(a, c) == status(b, c) == "dead")
+    net.crash(c)
+    assert net.run(10.0, stop=lambda: status(a, c) == status(b, c) == "dead")
     # An old message from the dead incarnation is told apart from a restart: ignored.
-    a.handle_message(wire.now, old.address, old.node_id, Gossip((old,)))
+    a.handle_message(net.now, old.address, old.node_id, Gossip((old,)))
     assert status(a, c) == "dead" and a.take_events() == []
     # Restart: same id, incarnation + 1, joining through a.
-    c2 = core(attrs.evolve(old, incarnation=old.incarnation + 1), 99, now=wire.now)
-    wire.add(c2)
-    c2.add_candidate(wire.now, a.me.address)
-    restarted = wire.now
-    assert wire.run(restarted + 3.0, stop=lambda: status(b, c2) == "alive")
+    c2 = core(attrs.evolve(old, incarnation=old.incarnation + 1), 99, now=net.now)
+    net.add(c2)
+    c2.add_candidate(net.now, a.me.address)
+    restarted = net.now
+    assert net.run(restarted + 3.0, stop=lambda: status(b, c2) == "alive")
     for peer in (a, b):
         view = peer.member(c2.node_id)
         assert view is not None and view.status == "alive" and view.incarnation == 1
-        joins = [t for t, _ in wire.member_events("joined", about=c2, seen_by=peer)]
+        joins = [t for t, _ in net.member_events("joined", about=c2, seen_by=peer)]
         assert joins and joins[0] >= restarted
     assert status(c2, a) == status(c2, b) == "alive"
     assert a.live_count() == b.live_count() == c2.live_count() == 3
@@ -642,15 +570,15 @@ def test_rejoin_after_restart_replaces_the_tombstone() -> None:
 
 def test_metadata_update_travels_with_a_new_incarnation() -> None:
     a, b = converged(2)
-    wire = Wire([a, b])
-    wire.run(0.5)
-    a.update_meta(wire.now, {"roles": ["record"], "sn": True})
+    net = Net([a, b])
+    net.run(0.5)
+    a.update_meta(net.now, {"roles": ["record"], "sn": True})
     assert a.incarnation == 1
-    assert wire.run(2.0, stop=lambda: bool(wire.member_events("updated", about=a)))
+    assert net.run(2.0, stop=lambda: bool(net.member_events("updated", about=a)))
     view = b.member(a.node_id)
     assert view is not None
     assert view.incarnation == 1 and view.meta == {"roles": ["record"], "sn": True}
-    (_, event), *_ = wire.member_events("updated", about=a, seen_by=b)
+    (_, event), *_ = net.member_events("updated", about=a, seen_by=b)
     assert event.member.meta == {"roles": ["record"], "sn": True}
 
 
@@ -658,18 +586,18 @@ def test_same_path_on_two_live_nodes_is_a_path_conflict() -> None:
     a = core(record(1, name="rbd", orchestra="cmu"), 1)
     b = core(record(2, name="rbd", orchestra="cmu"), 2)
     c = core(record(3), 3)
-    wire = Wire([a, b, c])
+    net = Net([a, b, c])
     b.add_candidate(0.0, a.me.address)
     c.add_candidate(0.0, a.me.address)
-    wire.flush()
-    conflicts = [(obs, ev) for _, obs, ev in wire.events if isinstance(ev, PathConflict)]
+    net.flush()
+    conflicts = [(obs, ev) for _, obs, ev in net.events if isinstance(ev, PathConflict)]
     seen = {(obs, ev.holder.node_id) for obs, ev in conflicts}
     assert (a.node_id, b.node_id) in seen and (b.node_id, a.node_id) in seen
     assert all(obs != c.node_id for obs, _ in conflicts)
     assert all(ev.holder.path == "/cmu/rbd" for _, ev in conflicts)
     # Nothing stops: both stay live members everywhere, counted; the rule that says which keeps
     # the path is the same everywhere (earliest start, then lowest id).
-    wire.run(3.0)
+    net.run(3.0)
     for x in (a, b, c):
         assert not x.has_left and x.next_deadline() < math.inf
         assert {status(x, a), status(x, b)} == {"alive"}
@@ -692,26 +620,26 @@ def test_path_winner_prefers_the_earliest_start_then_the_lowest_id() -> None:
 
 def test_extension_updates_reach_every_other_node() -> None:
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
+    net = Net([a, b, c])
     publication = Publish(a.node_id, 1, "cue", {"bar": 12})
     lease = Lease("conductor", a.node_id, 3, 100.5)
     a.broadcast(publication)
     a.broadcast(lease)
-    wire.run(5.0)  # long enough for every retransmission
+    net.run(5.0)  # long enough for every retransmission
     for peer in (b, c):
         got = [
             ev.update
-            for _, obs, ev in wire.events
+            for _, obs, ev in net.events
             if obs == peer.node_id and isinstance(ev, UpdateReceived)
         ]
         assert got.count(publication) == 1  # a publication is handed up exactly once
         assert lease in got and all(u in (publication, lease) for u in got)
-    echoed = [ev for _, obs, ev in wire.events if obs == a.node_id]
+    echoed = [ev for _, obs, ev in net.events if obs == a.node_id]
     assert all(ev == UpdateReceived(lease) for ev in echoed)  # the publication is not echoed
     # Each node relays each update only the first time it sees it.
     relayed = [
         (s, u)
-        for _, s, _, body in wire.sent
+        for _, s, _, body in net.sent
         for u in getattr(body, "updates", ())
         if isinstance(u, Publish | Lease)
     ]
@@ -721,7 +649,7 @@ def test_extension_updates_reach_every_other_node() -> None:
             assert relayed.count((sender.me.address, update)) <= limit
     # A duplicate datagram carrying the publication again is not a new event; a lease is
     # handed up again (the election dedupes leases and needs re-announcements) but not relayed.
-    b.handle_message(wire.now, a.me.address, a.node_id, Gossip((publication, lease)))
+    b.handle_message(net.now, a.me.address, a.node_id, Gossip((publication, lease)))
     assert b.take_events() == [UpdateReceived(lease)]
     assert b.statistics().pending_broadcasts == 0
     assert a.statistics().pending_broadcasts == 0  # retransmit budget spent, queue drained
@@ -733,48 +661,48 @@ def test_extension_updates_reach_every_other_node() -> None:
 
 def test_awareness_grows_when_nacks_are_missing_and_recovers() -> None:
     a, *others = converged(5)
-    wire = Wire([a, *others])
-    wire.run(1.0)
+    net = Net([a, *others])
+    net.run(1.0)
     # a is the sick one: nothing reaches it (no acks, no nacks), while it can still send.
-    wire.blocked |= {(o.me.address, a.me.address) for o in others}
+    for o in others:
+        net.block(o, a)
     starts: list[float] = []  # when a started each of its probes
 
     def failed(count: int) -> Callable[[], bool]:
         def check() -> bool:
-            starts.extend([wire.now] * (a.statistics().probes_sent - len(starts)))
+            starts.extend([net.now] * (a.statistics().probes_sent - len(starts)))
             return a.statistics().probes_failed == count
 
         return check
 
-    assert wire.run(10.0, stop=failed(1))
+    assert net.run(10.0, stop=failed(1))
     helpers = LAN.indirect_checks
     assert a.statistics().awareness == helpers  # one point per nack that never came
-    assert wire.run(10.0, stop=failed(2))
+    assert net.run(10.0, stop=failed(2))
     assert a.statistics().awareness == min(2 * helpers, LAN.awareness_max - 1)  # capped
     # The score stretches a's probe period: the second failed probe lasted (1 + 3) periods.
-    assert wire.now - starts[-1] == pytest.approx(LAN.probe_interval * (1 + helpers), abs=1e-5)
+    assert net.now - starts[-1] == pytest.approx(LAN.probe_interval * (1 + helpers), abs=1e-5)
     # The healthy peers kept their scores: their helpers' nacks did arrive in time.
     assert all(o.statistics().awareness == 0 for o in others)
-    wire.heal()
-    assert wire.run(60.0, stop=lambda: a.statistics().awareness == 0)  # one off per good probe
+    net.heal()
+    assert net.run(60.0, stop=lambda: a.statistics().awareness == 0)  # one off per good probe
     assert all(o.statistics().awareness == 0 for o in others)
 
 
 def test_late_wakeup_blames_nobody() -> None:
     a, b = converged(2)
-    wire = Wire([a, b])
-    assert wire.run(2.0, stop=lambda: bool(wire.of_kind(Ping, src=a)))
-    wire.flush()
+    net = Net([a, b])
+    assert net.run(2.0, stop=lambda: bool(net.of_kind(Ping, src=a)))
+    net.flush()
     # a sent a ping and is then frozen for 2 s: the ack is lost, no timer runs.
-    wire.paused.add(a.me.address)
-    wire.run(wire.now + 2.0)
-    wire.paused.clear()
-    wire.run(wire.now + 0.01)
+    net.stall(a, 2.0)
+    net.run(net.now + 2.0)
+    net.run(net.now + 0.01)
     stats = a.statistics()
     assert stats.late_wakeups >= 1
     assert stats.probes_failed == 0 and stats.suspicions_raised == 0
     assert status(a, b) == "alive"
-    assert not wire.member_events("suspect", about=b)
+    assert not net.member_events("suspect", about=b)
 
 
 def test_a_node_woken_from_a_long_stall_does_not_accuse_the_members_that_stayed() -> None:
@@ -783,23 +711,22 @@ def test_a_node_woken_from_a_long_stall_does_not_accuse_the_members_that_stayed(
     up all along (they never stopped): its own timing is the one to doubt (the sleeping-laptop
     test found such a flap live)."""
     a, *others = converged(4)
-    wire = Wire([a, *others])
-    wire.run(2.0)
-    wire.paused.add(a.me.address)
-    wire.run(wire.now + 30.0)
-    wire.paused.clear()
+    net = Net([a, *others])
+    net.run(2.0)
+    net.stall(a, 30.0)
+    net.run(net.now + 30.0)
     # For the first 0.4 s after the wake nothing reaches a in time (its backlog).
     for o in others:
-        wire.blocked.add((o.me.address, a.me.address))
-    wire.run(wire.now + 0.4)
+        net.block(o, a)
+    net.run(net.now + 0.4)
     assert a.statistics().late_wakeups >= 1
-    wire.heal()
-    wire.run(wire.now + 10.0)
+    net.heal()
+    net.run(net.now + 10.0)
     for o in others:
-        assert not wire.member_events("suspect", about=o, seen_by=a), o.node_id
+        assert not net.member_events("suspect", about=o, seen_by=a), o.node_id
     assert a.statistics().suspicions_raised == 0
     # Its probes succeed again, so its trust in its own timing comes back.
-    assert wire.run(wire.now + 60.0, stop=lambda: a.statistics().awareness == 0)
+    assert net.run(net.now + 60.0, stop=lambda: a.statistics().awareness == 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -812,7 +739,7 @@ def test_piggyback_stays_under_the_datagram_limit_in_a_large_busy_group() -> Non
     snapshot = Snapshot.of(records)
     a = core(records[0], 1, snapshot=snapshot)
     b = core(records[1], 2, snapshot=snapshot)
-    wire = Wire([a, b])  # the other 298 members are addresses nobody answers from
+    net = Net([a, b])  # the other 298 members are addresses nobody answers from
     # Many pending updates at once: a push-pull teaching a newer incarnation of everyone,
     # suspicions, deaths and publications with sizeable payloads.
     newer = tuple(attrs.evolve(r, incarnation=5) for r in records[2:])
@@ -824,13 +751,13 @@ def test_piggyback_stays_under_the_datagram_limit_in_a_large_busy_group() -> Non
     for number in range(1, 31):
         a.broadcast(Publish(a.node_id, number, "t" * 100, "p" * 600))
     assert a.statistics().pending_broadcasts > 90
-    wire.run(20.0)
-    assert wire.largest <= MAX_DATAGRAM
-    assert wire.largest > 900  # the piggyback budget was really filled
+    net.run(20.0)
+    assert net.largest <= MAX_DATAGRAM
+    assert net.largest > 900  # the piggyback budget was really filled
     # Nothing was held back for its size: every publication went out.
     sent = {
         u.number
-        for *_, body in wire.sent
+        for *_, body in net.sent
         for u in getattr(body, "updates", ())
         if isinstance(u, Publish)
     }
@@ -844,41 +771,42 @@ def test_a_full_ping_with_a_buddy_notice_fits_at_the_largest_header() -> None:
     a_rec, b_rec = (attrs.evolve(record(i), incarnation=big) for i in (1, 2))
     a = core(a_rec, 1, snapshot=Snapshot.of([a_rec, b_rec]))
     b = core(b_rec, 2, snapshot=Snapshot.of([a_rec, b_rec]))
-    wire = Wire([a, b])
-    wire.seq = big
+    net = Net([a, b])
+    for node in net.sim.nodes.values():
+        node.seq = big
     a.handle_message(0.0, b.me.address, b.node_id, Gossip((Suspect(b.node_id, big, a.node_id),)))
     a.take_outputs()  # the direct notice
     for number in range(1, 200):  # many small updates, so the budget is filled to the byte
         a.broadcast(Publish(a.node_id, number, "t", "x" * (number % 7)))
-    wire.blocked.add((a.me.address, b.me.address))
-    assert wire.run(
+    net.block(a, b)
+    assert net.run(
         2.0,
         stop=lambda: any(
             isinstance(body, Ping) and body.updates and isinstance(body.updates[0], Suspect)
-            for *_, body in wire.sent
+            for *_, body in net.sent
         ),
     )
-    (ping,) = [body for *_, body in wire.sent if isinstance(body, Ping) and body.updates]
+    (ping,) = [body for *_, body in net.sent if isinstance(body, Ping) and body.updates]
     assert sum(update_size(u) for u in ping.updates[1:]) > a.piggyback_budget - 20
-    assert wire.largest <= MAX_DATAGRAM
+    assert net.largest <= MAX_DATAGRAM
 
 
 def test_every_datagram_of_a_protocol_run_fits() -> None:
     """A busy three-node run through join, suspicion, refutation and leave never sends more
-    than 1200 bytes (:class:`Wire` encodes and checks every datagram)."""
+    than 1200 bytes (the simulator encodes and checks every datagram)."""
     a, b = converged(2)
     c = core(record(3, meta={"roles": ["stream"] * 20}), 3)
-    wire = Wire([a, b, c])
+    net = Net([a, b, c])
     c.add_candidate(0.0, a.me.address)
-    wire.run(2.0)
-    wire.isolate(b)
-    wire.run(3.0)
-    wire.heal()
-    wire.run(6.0)
-    c.leave(wire.now)
-    wire.run(8.0)
-    assert wire.sent and wire.largest <= MAX_DATAGRAM
-    assert {type(body) for *_, body in wire.sent} >= {Ping, Ack, PingReq, Gossip}
+    net.run(2.0)
+    net.isolate(b)
+    net.run(3.0)
+    net.heal()
+    net.run(6.0)
+    c.leave(net.now)
+    net.run(8.0)
+    assert net.sent and net.largest <= MAX_DATAGRAM
+    assert {type(body) for *_, body in net.sent} >= {Ping, Ack, PingReq, Gossip}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -894,83 +822,82 @@ def test_an_absurd_suspicion_cannot_move_an_incarnation() -> None:
     """A suspicion at the largest incarnation the wire carries: peers apply it at the
     incarnation they saw from the member, and the member refutes at its own + 1."""
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
+    net = Net([a, b, c])
     forged = Gossip((Suspect(c.node_id, MAX_COUNTER, b.node_id),))
     a.handle_message(0.0, b.me.address, b.node_id, forged)
     assert a.member(c.node_id).incarnation == 0  # type: ignore[union-attr]
-    wire.flush()  # a tells c at once (bound to c's incarnation as a knows it); c refutes
+    net.flush()  # a tells c at once (bound to c's incarnation as a knows it); c refutes
     assert c.incarnation == 1
-    assert wire.run(1.0, stop=lambda: all(_alive_at(p, c, 1) for p in (a, b)))
+    assert net.run(1.0, stop=lambda: all(_alive_at(p, c, 1) for p in (a, b)))
     assert a.statistics().refused == {"incarnation ahead": 1}
     # The forged number went no further: a relayed (and told c) the suspicion at 0.
-    relayed = [u for *_, body in wire.sent for u in getattr(body, "updates", ())]
+    relayed = [u for *_, body in net.sent for u in getattr(body, "updates", ())]
     assert Suspect(c.node_id, 0, b.node_id) in relayed
     assert all(getattr(u, "incarnation", 0) < MAX_COUNTER for u in relayed)
-    wire.run(10.0)
-    assert not wire.member_events("dead", about=c) and c.incarnation == 1
+    net.run(10.0)
+    assert not net.member_events("dead", about=c) and c.incarnation == 1
 
 
 @pytest.mark.parametrize("left", [False, True])
 def test_an_absurd_death_notice_cannot_move_an_incarnation(left: bool) -> None:
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
+    net = Net([a, b, c])
     a.handle_message(
         0.0, b.me.address, b.node_id, Gossip((Dead(c.node_id, 2**50, c.node_id, left),))
     )
-    wire.flush()
+    net.flush()
     assert c.incarnation == 1
-    assert wire.run(1.0, stop=lambda: all(_alive_at(p, c, 1) for p in (a, b)))
-    wire.run(10.0)
-    assert c.incarnation == 1 and not wire.member_events("dead", about=c)
+    assert net.run(1.0, stop=lambda: all(_alive_at(p, c, 1) for p in (a, b)))
+    net.run(10.0)
+    assert c.incarnation == 1 and not net.member_events("dead", about=c)
 
 
 def test_a_forged_departure_is_refuted_at_once() -> None:
     """A 'left' notice about a running node, sent to everyone but that node: each receiver
     tells the node directly, and it refutes before the next full-state exchange."""
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
-    wire.run(1.0)
+    net = Net([a, b, c])
+    net.run(1.0)
     forged = Gossip((Dead(c.node_id, 0, c.node_id, left=True),))
     for peer in (a, b):
-        peer.handle_message(wire.now, b.me.address, c.node_id, forged)
+        peer.handle_message(net.now, b.me.address, c.node_id, forged)
     assert status(a, c) == status(b, c) == "left"
-    wire.flush()
+    net.flush()
     assert c.incarnation == 1 and c.statistics().refutations == 1
     assert status(a, c) == status(b, c) == "alive"
-    assert wire.first("joined", about=c, seen_by=a) == 1.0
+    assert net.first("joined", about=c, seen_by=a) == 1.0
 
 
 def test_a_member_held_gone_that_probes_us_is_told_so_in_the_ack() -> None:
     a, b, c = converged(3)
-    wire = Wire([a, b, c])
-    wire.blocked.add((a.me.address, c.me.address))  # a's direct notice to c is lost
+    net = Net([a, b, c])
+    net.block(a, c)  # a's direct notice to c is lost
     a.handle_message(0.0, b.me.address, c.node_id, Gossip((Dead(c.node_id, 0, c.node_id, True),)))
-    wire.flush()
+    net.flush()
     assert status(a, c) == "left" and c.incarnation == 0
     a.handle_message(0.1, c.me.address, c.node_id, Ping(3, a.node_id))
     (ack,) = [o for o in a.take_outputs() if isinstance(o, SendDatagram)]
     assert isinstance(ack.body, Ack)
     assert ack.body.updates[0] == Dead(c.node_id, 0, a.node_id, True)
-    wire.heal()
-    wire._datagram(a, ack)
-    wire.flush()
+    net.heal()
+    net.send(a, ack)
     assert c.incarnation == 1 and status(a, c) == "alive"
 
 
 def test_a_record_of_this_node_ahead_of_it_is_refuted_at_its_own_plus_one() -> None:
     a, b = converged(2)
-    wire = Wire([a, b])
+    net = Net([a, b])
     forged = attrs.evolve(b.me, incarnation=MAX_COUNTER)
     b.handle_message(0.0, a.me.address, a.node_id, Gossip((forged,)))
     assert b.incarnation == 1 and b.statistics().refused == {"ahead of self": 1}
-    wire.flush()
+    net.flush()
 
 
 def test_an_exhausted_incarnation_stops_refuting_but_nothing_breaks() -> None:
     a_rec, b_rec = record(1), attrs.evolve(record(2), incarnation=MAX_COUNTER)
     a = core(a_rec, 1, snapshot=Snapshot.of([a_rec, b_rec]))
     b = core(b_rec, 2, snapshot=Snapshot.of([a_rec, b_rec]))
-    wire = Wire([a, b])
+    net = Net([a, b])
     b.handle_message(
         0.0, a.me.address, a.node_id, Gossip((Suspect(b.node_id, MAX_COUNTER, a.node_id),))
     )
@@ -978,4 +905,4 @@ def test_an_exhausted_incarnation_stops_refuting_but_nothing_breaks() -> None:
     assert b.statistics().refused == {"incarnation exhausted": 1}
     b.update_meta(0.0, {"x": 1})
     assert b.incarnation == MAX_COUNTER
-    wire.flush()
+    net.flush()
