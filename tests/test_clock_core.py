@@ -1,16 +1,21 @@
-"""The federation clock core driven by hand: cores back to back, no event loop, no sockets."""
+"""The federation clock core driven by hand, or run by the project's simulator (:class:`Clocks`:
+virtual time and network, skewed and drifting local clocks), with no event loop and no
+sockets."""
 
 from __future__ import annotations
 
 import itertools
 import math
-import random
+from typing import Any
 
 import attrs
 import pytest
 
 from mesh._clock import MAX_REPORTED_ERROR, ClockConfig, ClockCore, SkewedClock
-from mesh._wire import ClockReply, ClockRequest
+from mesh._membership import SendDatagram
+from mesh._profiles import get_profile
+from mesh._sim import LinkModel, Simulator
+from mesh._wire import Address, ClockReply, ClockRequest, MemberRecord, Message
 
 
 @attrs.define
@@ -46,47 +51,95 @@ def make(
     return Node(name, clock, core)
 
 
-class Wire:
-    """Delivers the requests of followers to the nodes they name, with given delays."""
+class ClockPeer:
+    """A node's clock core as the simulator drives a node's core: clock requests and replies
+    are its datagrams, its polls its timer. Every reply must be taken into the estimate."""
+
+    def __init__(self, node: Node, net: Clocks) -> None:
+        self.node = node
+        self.net = net
+        self.node_id = net.ids[node.name]
+        self.incarnation = 0
+        self.polls: list[float] = []
+        """When (true time) its timer sent a request (the first of a pair)."""
+        self._out: list[SendDatagram] = []
+
+    def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
+        core = self.node.core
+        if isinstance(body, ClockRequest):
+            self._out.append(SendDatagram(src, core.handle_request(now, body), sender))
+        else:
+            assert isinstance(body, ClockReply)
+            assert core.handle_reply(now, body, sender=self.net.names[sender])
+
+    def handle_timer(self, now: float) -> None:
+        core = self.node.core
+        before = core.snapshot(now).requests
+        core.handle_timer(now)
+        if core.snapshot(now).requests > before:
+            self.polls.append(self.net.sim.now)
+
+    def next_deadline(self) -> float:
+        deadline = self.node.core.next_deadline()
+        return math.inf if deadline is None else deadline
+
+    def take_outputs(self) -> list[SendDatagram]:
+        for dest, req in self.node.core.take_outputs():
+            self._out.append(SendDatagram(self.net.addresses[dest], req, self.net.ids[dest]))
+        out, self._out = self._out, []
+        return out
+
+    def take_events(self) -> list[Any]:
+        return []
+
+
+class Clocks:
+    """Clock cores run by the simulator (:mod:`mesh._sim`): each one a node whose local clock
+    is its :class:`SkewedClock`, the followers' requests and the replies datagrams over links
+    of *delay* plus up to *jitter* (seeded by *seed*). Time moves only in :meth:`run`."""
 
     def __init__(self, *nodes: Node, delay: float = 50e-6, jitter: float = 0.0, seed: int = 1):
-        self.nodes = {n.name: n for n in nodes}
-        self.delay = delay
-        self.jitter = jitter
-        self.rng = random.Random(seed)
-        self.fwd_extra = 0.0  # added to every request's delay
+        self.sim = Simulator(seed, get_profile("lan"), LinkModel(delay=delay, jitter=jitter))
+        self.ids: dict[str, str] = {}
+        self.names: dict[str, str] = {}
+        self.addresses: dict[str, Address] = {}
+        for node in nodes:
+            self.add(node)
 
-    def _d(self) -> float:
-        return self.delay + self.rng.uniform(0.0, self.jitter)
+    def peer(self, node: Node) -> ClockPeer:
+        peer = self.sim.nodes[self.addresses[node.name]].core
+        assert isinstance(peer, ClockPeer)
+        return peer
 
-    def step(self, t: float) -> float:
-        """Let every node act at true time *t*: timers, then each exchange to completion.
-        Returns the latest true time used."""
-        latest = t
-        for node in list(self.nodes.values()):
-            node.core.handle_timer(node.clock(t))
-            for dest, req in node.core.take_outputs():
-                t2 = t + self._d() + self.fwd_extra
-                ref = self.nodes[dest]
-                reply = ref.core.handle_request(ref.clock(t2), req)
-                t4 = t2 + self._d()
-                assert node.core.handle_reply(node.clock(t4), reply, sender=dest)
-                latest = max(latest, t4)
-        return latest
+    def add(self, node: Node) -> None:
+        """Start *node* now; one of the same name is replaced (a restart)."""
+        if node.name not in self.ids:
+            record = self.sim.new_record(node.name)
+            self.ids[node.name], self.names[record.node_id] = record.node_id, node.name
+            self.addresses[node.name] = record.address
+        address = self.addresses[node.name]
+        old = self.sim.nodes.get(address)
+        if old is not None:
+            self.sim.crash(old)
+        record = MemberRecord(self.ids[node.name], node.name, "sim", address, 0)
+        self.sim.add_node(record, core=ClockPeer(node, self), clock=node.clock)  # type: ignore[arg-type]
 
     def run(
         self, start: float, end: float, tick: float = 0.01, watch: list[Node] | None = None
     ) -> float:
-        """Step from *start* to *end*; check every watched node's time never decreases."""
+        """Run from *start* to *end*; check at every *tick* that no watched node's federation
+        time went back."""
+        self.sim.flush()  # what the test did to the cores by hand
+        self.sim.run_until(start)
         last = {n.name: -math.inf for n in watch or []}
         t = start
         while t < end - 1e-9:
-            done = self.step(t)
+            t = min(t + tick, end)
+            self.sim.run_until(t)
             for n in watch or []:
-                f = n.fed(done)
+                f = n.fed(t)
                 assert f >= last[n.name], f"{n.name} went back at t={t}"
                 last[n.name] = f
-            t += tick
         return t
 
 
@@ -142,17 +195,9 @@ def test_polls_fast_at_start_then_backs_off() -> None:
     ref = make("r", reference=True)
     n = make("n")
     follow(n, ref, 0.0)
-    wire = Wire(ref, n)
-    sent: list[float] = []
-    t = 0.0
-    while t < 30.0:
-        before = n.core.snapshot(n.clock(t)).requests
-        wire.step(t)
-        if n.core.snapshot(n.clock(t)).requests > before:
-            sent.append(t)
-        deadline = n.core.next_deadline()
-        assert deadline is not None
-        t = max(t + 1e-4, n.clock.to_true(deadline) + 1e-9)
+    clocks = Clocks(ref, n)
+    clocks.run(0.0, 30.0)
+    sent = clocks.peer(n).polls
     gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert gaps[:9] == pytest.approx([0.1] * 9, abs=1e-3)  # 10/s for the first second
     assert all(b >= a - 1e-9 for a, b in itertools.pairwise(gaps))  # backs off
@@ -164,12 +209,12 @@ def test_first_sync_steps_forward_and_agrees() -> None:
     ref = make("r", skew=-0.7, reference=True, initial_time=1000.0)
     n = make("n", skew=1.3)  # a fresh node: federation time starts at 0
     follow(n, ref, 0.0)
-    wire = Wire(ref, n, delay=40e-6, jitter=20e-6)
-    wire.run(0.0, 1.0, watch=[n])
+    clocks = Clocks(ref, n, delay=40e-6, jitter=20e-6)
+    clocks.run(0.0, 1.0, watch=[n])
     snap = n.core.snapshot(n.clock(1.0))
     assert snap.synced and snap.steps == 1
     assert abs(n.fed(1.0) - ref.fed(1.0)) <= snap.error_bound
-    wire.run(1.0, 10.0, watch=[n])
+    clocks.run(1.0, 10.0, watch=[n])
     diff = n.fed(10.0) - ref.fed(10.0)
     snap = n.core.snapshot(n.clock(10.0))
     assert abs(diff) < 10e-6 and abs(diff) <= snap.error_bound
@@ -181,18 +226,18 @@ def test_node_ahead_slews_back_at_most_four_ms_a_second_without_going_backwards(
     ref = make("r", reference=True, initial_time=50.0)
     n = make("n", initial_time=50.02)  # 20 ms ahead of the reference
     follow(n, ref, 0.0)
-    wire = Wire(ref, n)
+    clocks = Clocks(ref, n)
     t, prev = 0.0, n.fed(0.0)
     while t < 3.0:
-        wire.step(t)
         t += 0.01
+        clocks.run(t - 0.01, t)
         f = n.fed(t)
         assert f - prev >= (1.0 - 0.004) * 0.01 - 1e-9  # the slew costs at most 0.4%
         prev = f
     mid = n.core.snapshot(n.clock(t))
     assert mid.steps == 0 and n.fed(t) > ref.fed(t) + 0.005  # still slewing, never stepped
     assert mid.error_bound >= n.fed(t) - ref.fed(t)  # the bound owns up to it
-    wire.run(t, 8.0, tick=0.005, watch=[n])
+    clocks.run(t, 8.0, tick=0.005, watch=[n])
     assert abs(n.fed(8.0) - ref.fed(8.0)) < 5e-6
 
 
@@ -201,14 +246,14 @@ def test_later_sample_saying_ahead_is_slewed_not_stepped_back() -> None:
     late = make("late", reference=True, initial_time=10.0 - 0.05)  # 50 ms behind `ref`
     n = make("n")
     follow(n, ref, 0.0)
-    wire = Wire(ref, late, n)
-    wire.run(0.0, 5.0, watch=[n])
+    clocks = Clocks(ref, late, n)
+    clocks.run(0.0, 5.0, watch=[n])
     assert abs(n.fed(5.0) - ref.fed(5.0)) < 5e-6
     follow(n, late, 5.0)  # a new reference whose samples say n is 50 ms ahead
     before = n.fed(5.0)
     t, prev = 5.0, before
     while t < 6.0:
-        wire.step(t)
+        clocks.run(clocks.sim.now, t + 0.001)
         f = n.fed(t + 0.001)
         assert f >= prev
         # Slewing at 0.4%: federation time still advances at >= 0.996 of local time.
@@ -216,7 +261,7 @@ def test_later_sample_saying_ahead_is_slewed_not_stepped_back() -> None:
         prev = f
         t += 0.01
     assert n.core.snapshot(n.clock(6.0)).steps == 1  # only the first sync stepped
-    wire.run(6.0, 20.0, tick=0.05, watch=[n])
+    clocks.run(6.0, 20.0, tick=0.05, watch=[n])
     assert abs(n.fed(20.0) - late.fed(20.0)) < 10e-6  # 50 ms absorbed in about 12.5 s
 
 
@@ -225,12 +270,12 @@ def test_after_the_first_sync_a_large_error_behind_is_slewed_not_stepped() -> No
     ahead = make("ahead", reference=True, initial_time=11.0)  # 1 s ahead of `ref`
     n = make("n")
     follow(n, ref, 0.0)
-    wire = Wire(ref, ahead, n)
-    wire.run(0.0, 3.0, watch=[n])
+    clocks = Clocks(ref, ahead, n)
+    clocks.run(0.0, 3.0, watch=[n])
     steps = n.core.snapshot(n.clock(3.0)).steps
     assert steps == 1 and 9.9 < n.core.take_stepped() < 10.0  # the first sync
     follow(n, ahead, 3.0)
-    wire.run(3.0, 4.0, watch=[n])
+    clocks.run(3.0, 4.0, watch=[n])
     assert n.core.snapshot(n.clock(4.0)).steps == steps, "steps are for lineages meeting"
     assert 0.99 < ahead.fed(4.0) - n.fed(4.0) < 1.0  # slewing at 0.4%
     assert n.core.take_stepped() == 0.0
@@ -240,14 +285,14 @@ def test_an_announced_step_moves_time_and_estimate_together() -> None:
     ref = make("r", reference=True, initial_time=10.0)
     n = make("n", skew=0.3, drift=50.0)
     follow(n, ref, 0.0)
-    wire = Wire(ref, n)
-    wire.run(0.0, 5.0, watch=[n])
+    clocks = Clocks(ref, n)
+    clocks.run(0.0, 5.0, watch=[n])
     n.core.take_stepped()
     before = n.core.snapshot(n.clock(5.0))
     for node in (ref, n):  # both step by 30 s at the same instant
         node.core.step(node.clock(5.0), 30.0)
     assert n.fed(5.0) == pytest.approx(before.federation_time + 30.0, abs=1e-6)
-    wire.run(5.0, 8.0, watch=[n])
+    clocks.run(5.0, 8.0, watch=[n])
     after = n.core.snapshot(n.clock(8.0))
     assert after.resets == before.resets, "the samples moved with the step"
     assert abs(n.fed(8.0) - ref.fed(8.0)) < 10e-6 <= after.error_bound + 10e-6
@@ -260,8 +305,8 @@ def test_drift_is_estimated_within_a_few_ppm() -> None:
     ref = make("r", skew=0.3, reference=True)
     n = make("n", skew=-1.9, drift=100.0)
     follow(n, ref, 0.0)
-    wire = Wire(ref, n, delay=30e-6, jitter=150e-6, seed=4)
-    wire.run(0.0, 60.0, watch=[n])
+    clocks = Clocks(ref, n, delay=30e-6, jitter=150e-6, seed=4)
+    clocks.run(0.0, 60.0, watch=[n])
     snap = n.core.snapshot(n.clock(60.0))
     assert snap.drift_ppm == pytest.approx(100.0, abs=2.0)
     assert abs(snap.drift_ppm - 100.0) <= snap.drift_bound_ppm + 0.01
@@ -275,8 +320,8 @@ def test_reference_change_is_continuous() -> None:
     c = make("c", skew=1.7, drift=150.0)
     for n in (b, c):
         follow(n, a, 0.0)
-    wire = Wire(a, b, c, delay=30e-6, jitter=60e-6, seed=2)
-    wire.run(0.0, 30.0, watch=[b, c])
+    clocks = Clocks(a, b, c, delay=30e-6, jitter=60e-6, seed=2)
+    clocks.run(0.0, 30.0, watch=[b, c])
     t = 30.0
     before = {n.name: n.fed(t) for n in (a, b, c)}
     b.core.set_reference(b.clock(t), "b", is_self=True)  # b takes over as the reference
@@ -285,7 +330,7 @@ def test_reference_change_is_continuous() -> None:
     for n in (a, b, c):  # no jump at the switch
         assert n.fed(t) == pytest.approx(before[n.name], abs=1e-9)
     assert b.core.snapshot(b.clock(t)).drift_ppm == pytest.approx(80.0 + 40.0, abs=1.0)
-    wire.run(t, 60.0, watch=[a, b, c])
+    clocks.run(t, 60.0, watch=[a, b, c])
     for n in (a, c):
         snap = n.core.snapshot(n.clock(60.0))
         diff = n.fed(60.0) - b.fed(60.0)
@@ -332,7 +377,7 @@ def test_synced_lapses_without_samples_and_time_runs_on() -> None:
     ref = make("r", reference=True, initial_time=7.0)
     n = make("n")
     follow(n, ref, 0.0)
-    Wire(ref, n).run(0.0, 5.0, watch=[n])
+    Clocks(ref, n).run(0.0, 5.0, watch=[n])
     assert n.core.snapshot(n.clock(5.0)).synced
     n.core.set_reference(n.clock(5.0), None, is_self=False)  # between elections
     assert n.core.next_deadline() is None
@@ -347,7 +392,7 @@ def test_stale_reference_loses_synced() -> None:
     ref = make("r", reference=True)
     n = make("n")
     follow(n, ref, 0.0)
-    Wire(ref, n).run(0.0, 3.0)
+    Clocks(ref, n).run(0.0, 3.0)
     assert n.core.snapshot(n.clock(3.0)).synced
     for t in (4.0, 10.0, 20.0):  # requests go out but nothing comes back
         n.core.handle_timer(n.clock(t))
@@ -359,7 +404,7 @@ def test_becoming_reference_keeps_time_and_rate() -> None:
     ref = make("r", reference=True)
     n = make("n", drift=-150.0)
     follow(n, ref, 0.0)
-    Wire(ref, n).run(0.0, 20.0)
+    Clocks(ref, n).run(0.0, 20.0)
     f = n.fed(20.0)
     n.core.set_reference(n.clock(20.0), "n", is_self=True)
     assert n.fed(20.0) == f
@@ -380,7 +425,7 @@ def test_set_reference_twice_is_a_no_op() -> None:
     ref = make("r", reference=True)
     n = make("n")
     follow(n, ref, 0.0)
-    Wire(ref, n).run(0.0, 2.0)
+    Clocks(ref, n).run(0.0, 2.0)
     samples = n.core.snapshot(n.clock(2.0)).samples
     follow(n, ref, 2.0)
     assert n.core.snapshot(n.clock(2.0)).samples == samples > 0
@@ -427,10 +472,10 @@ def test_steady_polling_slows_in_a_large_group_to_spare_the_reference() -> None:
         n = make("n")
         n.core.set_group_size(members)
         follow(n, ref, 0.0)
-        wire = Wire(ref, n)
-        wire.run(0.0, 60.0, tick=0.01)
+        clocks = Clocks(ref, n)
+        clocks.run(0.0, 60.0, tick=0.01)
         before = n.core.snapshot(n.clock(60.0)).requests
-        wire.run(60.0, 80.0, tick=0.01)
+        clocks.run(60.0, 80.0, tick=0.01)
         polls = (n.core.snapshot(n.clock(80.0)).requests - before) / 2  # a pair each
         return 20.0 / polls
 
@@ -447,19 +492,21 @@ def test_a_restarted_reference_is_followed_afresh() -> None:
     old = make("r", reference=True, initial_time=20.0)
     n = make("n", skew=0.3)
     follow(n, old, 0.0)
-    wire = Wire(old, n)
-    wire.run(0.0, 10.0, watch=[n])
+    clocks = Clocks(old, n)
+    clocks.run(0.0, 10.0, watch=[n])
     new = make("r", t=10.0, reference=True, initial_time=30.0 + 0.0004)
-    wire.nodes["r"] = new
+    clocks.add(new)
     n.core.reference_restarted(n.clock(10.0))
     before = n.core.snapshot(n.clock(10.0))
     assert before.synced and before.samples > 0  # kept until the new process answers
-    t = 10.0
-    while n.core.snapshot(n.clock(t)).replies == before.replies:  # the next poll is answered
-        t += 0.01
-        wire.step(t)
+    clocks.sim.flush()
+    # Until the next poll is answered.
+    assert clocks.sim.run_until(
+        13.0, stop=lambda: n.core.snapshot(n.clock(clocks.sim.now)).replies != before.replies
+    )
+    t = clocks.sim.now
     snap = n.core.snapshot(n.clock(t))
     assert not snap.synced and snap.samples == 1 and snap.resets == before.resets
-    wire.run(t, 13.0, watch=[n])
+    clocks.run(t, 13.0, watch=[n])
     snap = n.core.snapshot(n.clock(13.0))
     assert snap.synced and abs(n.fed(13.0) - new.fed(13.0)) <= min(snap.error_bound, 5e-6)
