@@ -2,8 +2,9 @@
 
 Three layers:
 
-* unit tests with a few cores wired back to back (:class:`Wired` delivers each core's output
-  leases to the others by hand, like a pair of h11 connections);
+* unit tests with a few cores run by the project's simulator with zero-delay links
+  (:class:`Elections`: each core's output leases are gossiped to the others at once, time
+  moves with the cores' timers; the test plays membership);
 * hypothesis properties of the merge rule :func:`pick_lease` and of message-order independence;
 * a small deterministic random harness (:func:`simulate_election`): many nodes in 2-4
   orchestras with message loss, delay and reorder, crashes, restarts, graceful leaves, false
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -40,7 +42,10 @@ from mesh._election import (
     post_orchestra,
     supernode_post,
 )
-from mesh._wire import Lease
+from mesh._membership import SendDatagram
+from mesh._profiles import get_profile
+from mesh._sim import INSTANT, SimNode, Simulator
+from mesh._wire import Address, Gossip, Lease, MemberRecord, Message
 
 
 def nid(n: int) -> str:
@@ -53,28 +58,89 @@ SN_X = supernode_post("x")
 SN_Y = supernode_post("y")
 
 
-class Wired:
-    """Several cores wired back to back: outputs are delivered by hand, time moves by hand.
+class ElectionPeer:
+    """An election core as the simulator drives a node's core: the lease records it gives
+    out are gossiped to every other node (each its own datagram), the ones it receives taken
+    in, its claims and re-announcements its timer. Its membership view is the test's
+    (:meth:`Elections.refresh`)."""
 
-    ``groups`` (a partition) limits delivery and makes each side's view mark the other side
-    dead; ``down`` nodes get nothing and send nothing.
+    def __init__(self, core: ElectionCore, net: Elections) -> None:
+        self.core = core
+        self.net = net
+        self.node_id = core.self_id
+        self.incarnation = 0
+
+    def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
+        assert isinstance(body, Gossip)
+        for lease in body.updates:
+            assert isinstance(lease, Lease)
+            self.core.handle_lease(now, lease)
+
+    def handle_timer(self, now: float) -> None:
+        self.core.handle_timer(now)
+
+    def next_deadline(self) -> float:
+        deadline = self.core.next_deadline()
+        return math.inf if deadline is None else deadline
+
+    def take_outputs(self) -> list[SendDatagram]:
+        leases = self.core.take_outputs()
+        assert all(isinstance(lease, Lease) for lease in leases)  # no arbiter here
+        return [out for lease in leases for out in self.net.gossip(self.node_id, lease)]  # type: ignore[arg-type]
+
+    def take_events(self) -> list[ElectionEvent]:
+        return self.core.take_events()
+
+
+class Elections:
+    """Several election cores run by the simulator (:mod:`mesh._sim`) with zero-delay links:
+    leases travel as gossip datagrams at once, time moves with the cores' timers.
+
+    The test plays membership: every core is given its view of who is alive (``info``, minus
+    the ``down`` nodes and, in a partition, the other side), and a partition or a crash in the
+    simulator stops the leases too.
     """
 
     def __init__(self, members: Sequence[Candidate], now: float = 0.0, **knobs: Any) -> None:
-        self.now = now
+        self.sim = Simulator(1, get_profile("lan"), INSTANT, on_event=self._event)
+        self.sim.now = now
         self.info = {c.node_id: c for c in members}
         self.knobs = knobs
         self.cores: dict[str, ElectionCore] = {}
         self.events: dict[str, list[ElectionEvent]] = {}
+        self.records: dict[str, MemberRecord] = {}
         self.down: set[str] = set()
         self.groups: list[set[str]] | None = None
         for c in members:
             self.start(c.node_id)
 
+    @property
+    def now(self) -> float:
+        return self.sim.now
+
+    def _event(self, node: SimNode, event: ElectionEvent, now: float) -> None:
+        self.events[node.node_id].append(event)
+
+    def node(self, node_id: str) -> SimNode:
+        return self.sim.nodes[self.records[node_id].address]
+
+    def gossip(self, sender: str, lease: Lease) -> list[SendDatagram]:
+        """*lease* from *sender* to every other node, one datagram each."""
+        return [
+            SendDatagram(record.address, Gossip((lease,)), node)
+            for node, record in self.records.items()
+            if node != sender
+        ]
+
     def start(self, node: str) -> None:
+        """Start *node* with a fresh core (again, if it ran before)."""
+        if node not in self.records:
+            self.records[node] = attrs.evolve(self.sim.new_record("n"), node_id=node)
         self.cores[node] = ElectionCore(node, self.now, **self.knobs)
         self.events[node] = []
         self.down.discard(node)
+        peer = ElectionPeer(self.cores[node], self)
+        self.sim.add_node(self.records[node], core=peer)  # type: ignore[arg-type]
         self.refresh()
 
     def add(self, member: Candidate) -> None:
@@ -101,25 +167,13 @@ class Wired:
         self.flush()
 
     def flush(self) -> None:
-        """Deliver outputs until nobody has anything more to say."""
-        for _ in range(1000):
-            quiet = True
-            for node, core in self.cores.items():
-                if node in self.down:
-                    core.take_outputs()
-                    continue
-                self.events[node].extend(core.take_events())
-                for lease in core.take_outputs():
-                    quiet = False
-                    self.send(node, lease)
-            if quiet:
-                return
-        raise AssertionError("the cores never went quiet")
+        """Deliver what the cores produced until nobody has anything more to say."""
+        self.sim.flush()
 
     def send(self, sender: str, lease: Lease) -> None:
-        for node in self.side(sender):
-            if node != sender and node not in self.down and node in self.cores:
-                self.cores[node].handle_lease(self.now, lease)
+        """Gossip *lease* from *sender* (running or not) to the nodes it can reach."""
+        for out in self.gossip(sender, lease):
+            self.sim.send(self.node(sender), out)
 
     def push_pull(self) -> None:
         """Every node exchanges its lease records with every node it can reach."""
@@ -130,32 +184,24 @@ class Wired:
         self.flush()
 
     def advance(self, until: float) -> None:
-        """Run timers in order up to *until*."""
-        while True:
-            due = [
-                (d, n)
-                for n, core in self.cores.items()
-                if n not in self.down and (d := core.next_deadline()) is not None and d <= until
-            ]
-            if not due:
-                break
-            when, node = min(due)
-            self.now = max(self.now, when)
-            self.cores[node].handle_timer(self.now)
-            self.flush()
-        self.now = until
+        """Run the simulator (timers in order, leases at once) up to *until*."""
+        self.flush()
+        self.sim.run_until(until)
 
     def crash(self, node: str) -> None:
         """*node* stops; the others' views say so at once."""
         self.down.add(node)
+        self.sim.crash(self.node(node))
         self.refresh()
 
     def partition(self, *groups: set[str]) -> None:
         self.groups = [set(g) for g in groups]
+        self.sim.partition(*([self.node(n) for n in g] for g in groups))
         self.refresh()
 
     def heal(self) -> None:
         self.groups = None
+        self.sim.heal()
         self.refresh()
         self.push_pull()
 
@@ -182,8 +228,8 @@ def member(
     return Candidate(node, orchestra, supernode, conductor, joined, alive)
 
 
-def four_nodes() -> Wired:
-    return Wired(
+def four_nodes() -> Elections:
+    return Elections(
         [
             member(A, "x", joined=0.0),
             member(B, "x", supernode=True, conductor=True, joined=1.0),
@@ -285,7 +331,7 @@ def test_failover_after_the_conductor_dies_claims_term_plus_one() -> None:
 
 
 def test_only_conductor_flagged_nodes_conduct() -> None:
-    w = Wired([member(A), member(B, supernode=True), member(C, "y")])
+    w = Elections([member(A), member(B, supernode=True), member(C, "y")])
     w.advance(30.0)
     assert w.conductors() == {None}
     assert w.supernodes("x") == {B}
@@ -298,7 +344,7 @@ def test_only_conductor_flagged_nodes_conduct() -> None:
 
 
 def test_orchestra_without_flagged_nodes_still_gets_a_supernode() -> None:
-    w = Wired([member(C, "y", joined=3.0), member(B, "y", joined=2.0), member(A, "x")])
+    w = Elections([member(C, "y", joined=3.0), member(B, "y", joined=2.0), member(A, "x")])
     w.advance(2.0)
     assert w.supernodes("y") == {B}, "earliest join among the unflagged"
     w.crash(B)
@@ -310,7 +356,7 @@ def test_orchestra_without_flagged_nodes_still_gets_a_supernode() -> None:
 
 
 def test_split_brain_heals_to_the_longer_tenure_and_the_loser_steps_down() -> None:
-    w = Wired(
+    w = Elections(
         [
             member(A, "x", conductor=True, supernode=True, joined=0.0),
             member(B, "x", joined=0.0),
@@ -341,7 +387,7 @@ def test_split_brain_heals_to_the_longer_tenure_and_the_loser_steps_down() -> No
 
 
 def test_split_brain_with_equal_tenure_goes_to_the_lower_id() -> None:
-    w = Wired([member(A, conductor=True), member(B, conductor=True)])
+    w = Elections([member(A, conductor=True), member(B, conductor=True)])
     w.partition({A}, {B})
     w.advance(2.0)
     assert w.cores[A].conductor() == A and w.cores[B].conductor() == B
@@ -394,7 +440,7 @@ def test_handoff_records_arriving_after_the_leave_still_win() -> None:
 
 
 def test_handoff_without_successor_leaves_the_post_vacant() -> None:
-    w = Wired([member(A, conductor=True), member(B, "y")])
+    w = Elections([member(A, conductor=True), member(B, "y")])
     w.advance(2.0)
     assert w.conductors() == {A}
     assert w.cores[A].handoff(w.now) == []
@@ -406,7 +452,7 @@ def test_handoff_without_successor_leaves_the_post_vacant() -> None:
 
 def test_a_lower_ranked_candidate_claims_when_the_best_one_stays_silent() -> None:
     # C is the best supernode candidate in everybody's view but runs no election core.
-    w = Wired([member(A, joined=2.0), member(B, joined=3.0)], rank_delay=1.0)
+    w = Elections([member(A, joined=2.0), member(B, joined=3.0)], rank_delay=1.0)
     w.info[C] = member(C, joined=1.0)
     w.refresh()
     w.advance(1.2)
