@@ -17,11 +17,11 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from mesh._membership import MemberEvent, Membership, UpdateReceived
+from mesh._membership import MemberEvent, Membership, SendDatagram, UpdateReceived
 from mesh._profiles import get_profile
 from mesh._scenarios import ScenarioResult, percentile, run_scenario
-from mesh._sim import LinkModel, SimNode, Simulator
-from mesh._wire import Publish
+from mesh._sim import INSTANT, LinkModel, SimNode, Simulator
+from mesh._wire import MAX_DATAGRAM, Keyring, Message, Ping, Publish, WireCodec
 
 LAN = get_profile("lan")
 SIZES = (5, 8, 13, 21, 34, 50)
@@ -343,3 +343,35 @@ def test_crashed_node_is_silent_and_restart_rejoins_with_higher_incarnation() ->
     everyone = {n.node_id for n in group}
     assert poll(sim, 30.0, lambda: all(alive_view(n) == everyone for n in sim.up_nodes()))
     assert {d.incarnation for d in deaths.seen if d.victim == victim.node_id} == {0}
+
+
+def test_instant_links_and_the_checked_edge_deliver_at_once_and_refuse_what_is_misbound() -> None:
+    """INSTANT with edge=True (how unit tests run cores back to back): a push-pull join
+    completes at the instant it starts, signed and checked by each receiver's Inbound; a
+    datagram bound to someone else is refused at the receiver's edge, recorded and counted;
+    a blocked pair loses its traffic one way only."""
+    sent: list[Message] = []
+    sim = Simulator(
+        3,
+        LAN,
+        INSTANT,
+        codec=WireCodec(Keyring.single(b"k" * 32)),
+        edge=True,
+        on_send=lambda node, dest, body, now: sent.append(body),
+    )
+    a, b = (sim.add_node(sim.new_record(name)) for name in ("a", "b"))
+    b.core.add_candidate(0.0, a.address)
+    sim.flush()
+    assert sim.now == 0.0 and live_view(a) == live_view(b) == {a.node_id, b.node_id}
+    assert sim.refused == []
+    sim.send(a, SendDatagram(b.address, Ping(1, b.node_id), a.node_id, 0))  # bound to itself
+    sim.flush()
+    assert sim.refused == [(0.0, a.address, b.address, "misdirected")]
+    assert b.inbound is not None and b.inbound.rejected["misdirected"] == 1
+    sim.block(a, b)
+    before = sim.dropped
+    sim.run_until(3.0)
+    assert sim.dropped > before and any(isinstance(body, Ping) for body in sent)
+    assert 0 < sim.largest_datagram <= MAX_DATAGRAM
+    assert b.core.member(a.node_id).status in ("suspect", "dead")  # type: ignore[attr-defined]
+    assert a.core.member(b.node_id).status == "alive"  # type: ignore[attr-defined]
