@@ -55,7 +55,6 @@ from mesh._wire import (
 __all__ = [
     "MAX_STREAMS",
     "MAX_STREAMS_PER_SOURCE",
-    "Binding",
     "DatagramHandler",
     "ExchangeDetour",
     "StreamHandler",
