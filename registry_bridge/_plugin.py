@@ -82,7 +82,10 @@ class RegistryPlugin:
             raise UsageError(f"--registry {exc}") from None
 
     def build(self, config: RegistryConfig, node: NodeConfig) -> RegistryBridge | None:
-        """See :func:`registry_bridge._bridge.registry_extension_factory`."""
+        """See :func:`registry_bridge._bridge.registry_extension_factory` (``None`` without
+        ``--registry``, without importing the bridge and its HTTP client)."""
+        if not config.urls:
+            return None
         from registry_bridge._bridge import registry_extension_factory
 
         return registry_extension_factory(config)

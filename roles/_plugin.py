@@ -63,7 +63,11 @@ class RolesPlugin:
         return RolesConfig(args.roles, tuple(args.operator_keys), args.insecure_remote_roles)
 
     def build(self, config: RolesConfig, node: NodeConfig) -> RolesExtension | None:
-        """See :func:`roles._extension.roles_extension_factory`."""
+        """See :func:`roles._extension.roles_extension_factory` (``None`` for a node that is
+        neither a station nor a conductor candidate, without importing the extension: most
+        nodes start faster for it)."""
+        if config.station_file is None and not node.conductor and not config.operator_keys:
+            return None
         from roles._extension import roles_extension_factory
 
         return roles_extension_factory(config, node)
