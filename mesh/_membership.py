@@ -28,6 +28,21 @@ Protocol (memberlist's SWIM + Lifeguard):
   retried every reconnect interval, which heals partitions.
 - Dead and left members stay as tombstones, so a restarted node (higher incarnation) is told
   apart from an old message.
+
+Sites (``wan=`` a profile): an orchestra is a site on its own network, and the other sites may be
+far (a slow, lossy path) or unreachable but through their supernodes (behind NATs). Then the
+core keeps two tiers in one table:
+
+- members of this node's own orchestra are probed, gossiped with and asked for help with the
+  node's ``profile`` (its LAN), as in a flat group;
+- of the other orchestras' members, only the **contacts** (:meth:`set_contacts`: the other
+  sites' supernodes, while this node is its own site's supernode) are probed, in a second probe
+  loop with the ``wan`` timings (probe interval and timeout, suspicion), get every gossip round
+  and take part in push-pull. The others are known (their records arrive through the contacts)
+  but never contacted: their liveness is their own site's to decide, and its verdicts arrive by
+  gossip. A death notice about such a member from a member of its own orchestra is taken as it
+  comes (its LAN saw it die); any other suspicion or death notice about a member of another
+  orchestra runs out on the ``wan`` suspicion timeout.
 """
 
 from __future__ import annotations
@@ -35,7 +50,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeAlias
 
 import attrs
@@ -376,8 +391,13 @@ class Membership:
         snapshot: Snapshot | None = None,
         piggyback_budget: int = 900,
         join_retry: float = 1.0,
+        wan: Profile | None = None,
     ) -> None:
         self.profile = profile
+        self.wan = wan
+        """The supernode tier's timing (see :meth:`set_contacts`); ``None``: one flat group, every
+        member probed with ``profile``."""
+        self._contacts: frozenset[str] = frozenset()
         self.piggyback_budget = piggyback_budget
         self.join_retry = join_retry
         self._rng = rng
@@ -411,12 +431,15 @@ class Membership:
         self._probe_counter = 0
         self._exchange_counter = 0
         self._probe: _Probe | None = None
+        self._wan_probe: _Probe | None = None
+        self._wan_turn = 0
         self._round_start = 0
         self._round_stride = 1
         self._round_index = 0
         self._round_size = 0
         jitter = rng.random()
         self._next_probe_at = now + jitter * profile.probe_interval
+        self._next_wan_probe_at = now + jitter * (wan or profile).probe_interval
         self._next_gossip_at = now + jitter * profile.gossip_interval
         self._next_push_pull_at = now + (0.5 + jitter) * self._push_pull_period()
         self._next_reconnect_at = now + (0.5 + jitter) * profile.reconnect_interval
@@ -449,6 +472,18 @@ class Membership:
     def me(self) -> MemberRecord:
         """This node's own current record."""
         return self._me
+
+    @property
+    def contacts(self) -> frozenset[str]:
+        """The members of other orchestras this node probes (see :meth:`set_contacts`)."""
+        return self._contacts
+
+    def set_contacts(self, node_ids: Iterable[str]) -> None:
+        """With ``wan`` set: the members of other orchestras this node probes and gossips with
+        (the other sites' supernodes while this node is its site's supernode; none otherwise).
+        Ignored in a flat group."""
+        if self.wan is not None:
+            self._contacts = frozenset(node_ids) - {self._me.node_id}
 
     @property
     def has_left(self) -> bool:
@@ -507,9 +542,11 @@ class Membership:
         if self._left:
             return INF
         t = min(self._next_probe_at, self._next_push_pull_at, self._next_reap_at)
-        if self._probe is not None:
-            p = self._probe
-            t = min(t, p.end_at if p.indirect_sent or p.acked else p.indirect_at)
+        for p in (self._probe, self._wan_probe):
+            if p is not None:
+                t = min(t, p.end_at if p.indirect_sent or p.acked else p.indirect_at)
+        if self._contacts:
+            t = min(t, self._next_wan_probe_at)
         if self._queue.items:
             t = min(t, self._next_gossip_at)
         if self._dead:
@@ -568,14 +605,15 @@ class Membership:
         targets = live if len(live) <= 64 else self._rng.sample(live, 16)
         for node_id in targets:
             rec = self._table.get(node_id)
-            if rec is not None:
+            if rec is not None and self._reachable(rec):
                 self._send_to(rec, Gossip((notice, *extras)))
 
     def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
         """Handle one decoded datagram *body* from *sender* at *src*. Non-membership messages
         are ignored (the runtime routes them elsewhere)."""
-        p = self._probe
-        if p is not None and sender == p.target:
+        for p in (self._probe, self._wan_probe):
+            if p is None or sender != p.target:
+                continue
             # Any datagram from the member being probed shows it is alive and reaches us: count
             # it as the ack. Without this, a probe begun during a partition (or whose ping was
             # lost) and stretched by awareness ended after the heal in a suspicion of a member
@@ -612,9 +650,9 @@ class Membership:
         elif isinstance(body, PingReq):
             self._handle_ping_req(now, src, sender, body)
         elif isinstance(body, Nack):
-            p = self._probe
-            if p is not None and p.number == body.probe:
-                p.nacks += 1
+            for p in (self._probe, self._wan_probe):
+                if p is not None and p.number == body.probe:
+                    p.nacks += 1
             return
         elif not isinstance(body, Gossip):
             return
@@ -641,12 +679,15 @@ class Membership:
         """Run every timer that is due at *now*."""
         if self._left:
             return
-        p = self._probe
-        if p is not None:
+        for p in (self._probe, self._wan_probe):
+            if p is None:
+                continue
             if not p.acked and not p.indirect_sent and now >= p.indirect_at:
                 self._send_indirect(now, p)
             if now >= p.end_at:
                 self._finish_probe(now, p)
+        if self.wan is not None and now >= self._next_wan_probe_at:
+            self._start_wan_probe(now, self.wan)
         if now >= self._next_probe_at:
             late = now - self._next_probe_at > 2 * self.profile.probe_interval
             if late:
@@ -670,7 +711,7 @@ class Membership:
             self._next_push_pull_at = now + self._push_pull_period() * (
                 0.75 + self._rng.random() / 2
             )
-            peer = self._random_live(1)
+            peer = self._random_live(1, where=self._reachable)
             if peer:
                 rec = self._table.get(peer[0])
                 if rec is not None:
@@ -700,7 +741,7 @@ class Membership:
                     continue
                 node_id = self._table.id_at(i)
                 rec = self._table.get(node_id)
-                if rec is not None and rec.status in _LIVE:
+                if rec is not None and rec.status in _LIVE and not self._remote(rec):
                     return node_id
             n = self._table.slots()
             if n == 0:
@@ -722,14 +763,35 @@ class Membership:
             return
         rec = self._table.get(target)
         assert rec is not None
+        indirect_at = now + self.profile.probe_timeout * scale
+        self._probe = self._begin_probe(rec, indirect_at, self._next_probe_at - 1e-6)
+
+    def _start_wan_probe(self, now: float, wan: Profile) -> None:
+        """The supernode tier's probe loop: the next contact, in turn, with the WAN timings
+        (not stretched by this node's awareness, which its LAN measures)."""
+        self._next_wan_probe_at = now + wan.probe_interval
+        live = sorted(
+            c for c in self._contacts if (r := self._table.get(c)) is not None and r.status in _LIVE
+        )
+        if not live:
+            return
+        rec = self._table.get(live[self._wan_turn % len(live)])
+        self._wan_turn += 1
+        assert rec is not None
+        end_at = self._next_wan_probe_at - 1e-6
+        self._wan_probe = self._begin_probe(rec, now + wan.probe_timeout, end_at)
+
+    def _begin_probe(self, rec: MemberRecord, indirect_at: float, end_at: float) -> _Probe:
+        """Ping *rec* now; the probe asks for help at *indirect_at* and ends at *end_at*."""
+        target = rec.node_id
         self._probe_counter += 1
-        self._probe = _Probe(
+        probe = _Probe(
             number=self._probe_counter,
             target=target,
             address=rec.address,
             incarnation=rec.incarnation,
-            indirect_at=now + self.profile.probe_timeout * scale,
-            end_at=self._next_probe_at - 1e-6,
+            indirect_at=indirect_at,
+            end_at=end_at,
         )
         updates = self._piggyback()
         if rec.status == SUSPECT:
@@ -741,10 +803,19 @@ class Membership:
             updates = [Suspect(target, rec.incarnation, reporter), *updates]
         self._stats["probes_sent"] += 1
         self._send_to(rec, Ping(self._probe_counter, target, tuple(updates)))
+        return probe
 
     def _send_indirect(self, now: float, p: _Probe) -> None:
         p.indirect_sent = True
-        helpers = self._random_live(self.profile.indirect_checks, exclude={p.target})
+        target = self._table.get(p.target)
+        if target is not None and self._remote(target):
+            # Another site: only the other contacts (supernodes) can reach it.
+            others = sorted(c for c in self._contacts if c != p.target and self._is_live(c))
+            helpers = self._rng.sample(others, min(self.profile.indirect_checks, len(others)))
+        else:
+            helpers = self._random_live(
+                self.profile.indirect_checks, exclude={p.target}, where=self._local
+            )
         p.expected_nacks = len(helpers)
         for node_id in helpers:
             rec = self._table.get(node_id)
@@ -753,6 +824,16 @@ class Membership:
                 self._send_to(rec, PingReq(p.number, p.target, p.address, p.incarnation))
 
     def _finish_probe(self, now: float, p: _Probe) -> None:
+        wan = p is self._wan_probe and self.wan is not None
+        if wan:
+            self._wan_probe = None
+            if not p.acked and now - p.end_at <= self.profile.probe_interval:
+                # A far site's silence says nothing of this node's health: no awareness.
+                self._stats["probes_failed"] += 1
+                rec = self._table.get(p.target)
+                if rec is not None and rec.status in _LIVE:
+                    self._apply(now, Suspect(p.target, rec.incarnation, self._me.node_id), None)
+            return
         self._probe = None
         if p.acked:
             self._awareness = max(0, self._awareness - 1)
@@ -772,10 +853,10 @@ class Membership:
         self._apply(now, Suspect(p.target, rec.incarnation, self._me.node_id), None)
 
     def _handle_ack(self, ack: Ack) -> None:
-        p = self._probe
-        if p is not None and p.number == ack.probe and ack.target == p.target:
-            p.acked = True
-            return
+        for p in (self._probe, self._wan_probe):
+            if p is not None and p.number == ack.probe and ack.target == p.target:
+                p.acked = True
+                return
         relay = self._relays.pop(ack.probe, None)
         if relay is not None and relay.target == ack.target:
             ack = Ack(relay.requester_probe, relay.target)
@@ -790,10 +871,11 @@ class Membership:
         # answer after 80% of that, leaving the rest for the two hops. (Waiting a whole
         # probe_timeout x our scale made every nack arrive just after the requester gave up, so
         # a failed probe with healthy helpers still raised its awareness by indirect_checks.)
-        window = self.profile.probe_interval - self.profile.probe_timeout
+        known = self._table.get(req.target)
+        profile = self.profile if known is None else self._profile_of(known)
+        window = profile.probe_interval - profile.probe_timeout
         deadline = now + 0.8 * window
         self._relays[self._probe_counter] = _Relay(src, sender, req.probe, req.target, deadline)
-        known = self._table.get(req.target)
         incarnation = max(req.target_incarnation, -1 if known is None else known.incarnation)
         ping = Ping(self._probe_counter, req.target)
         self._send(req.target_address, ping, req.target, incarnation)
@@ -806,7 +888,9 @@ class Membership:
     def _gossip(self, now: float) -> None:
         if not self._queue.items:
             return
-        targets = self._random_live(self.profile.gossip_fanout)
+        targets = self._random_live(self.profile.gossip_fanout, where=self._local)
+        # Every contact, every round: the one way this site's news reaches the other sites.
+        targets += sorted(c for c in self._contacts if self._is_live(c))
         if self._dead:
             targets += self._recently_dead(now, 1)
         for node_id in targets:
@@ -878,7 +962,7 @@ class Membership:
                     # reporters, so the timeout shrank to its minimum) killed live members that
                     # random gossip had not yet told they were suspected.
                     now_rec = self._table.get(rec.node_id)
-                    if now_rec is not None and now_rec.status == SUSPECT:
+                    if now_rec is not None and now_rec.status == SUSPECT and self._reachable(cur):
                         suspicion = Suspect(rec.node_id, now_rec.incarnation, sender)
                         self._send_to(cur, Gossip((suspicion,)))
         for extra in state.extras:
@@ -888,7 +972,7 @@ class Membership:
 
     def _reconnect(self) -> None:
         dead = (
-            [r for r in self._table.records() if r.status == DEAD]
+            [r for r in self._table.records() if r.status == DEAD and self._reachable(r)]
             if self._table.slots() <= 4096
             else []
         )
@@ -1048,8 +1132,9 @@ class Membership:
             return
         rec = attrs.evolve(cur, status=SUSPECT, incarnation=s.incarnation)
         self._set(now, rec)
-        low, high = self.profile.suspicion_bounds(self._live)
-        k = min(self.profile.indirect_checks, max(0, self._live - 2))
+        profile = self._profile_of(cur)
+        low, high = profile.suspicion_bounds(self._live)
+        k = min(profile.indirect_checks, max(0, self._live - 2))
         suspicion = _Suspicion(now, {s.reporter: None}, k, low, high)
         suspicion.recompute()
         self._suspicions[s.node_id] = suspicion
@@ -1061,7 +1146,7 @@ class Membership:
         # the answer (see the stale case above). Without this, 1 s stalls under 5% loss at N=50
         # made a few nodes a minute declare a live node dead at the incarnation it had already
         # refuted. Above 64 members only ~64 random ones do, so the suspect's fan-in is bounded.
-        if (
+        if self._reachable(cur) and (
             s.reporter == self._me.node_id
             or self._live <= 64
             or self._rng.random() < 64 / self._live
@@ -1073,6 +1158,14 @@ class Membership:
     def _stale_about_me(self, incarnation: int) -> bool:
         """Whether news about this node at *incarnation* is older than what it has announced."""
         return incarnation < self._me.incarnation and not self._left
+
+    def _its_site_says(self, rec: MemberRecord, reporter: str) -> bool:
+        """Whether a death notice about *rec*, a member of another site, comes from a member of
+        its own orchestra: its LAN probed it, this node cannot, so the verdict stands."""
+        if not self._remote(rec):
+            return False
+        by = self._table.get(reporter)
+        return by is not None and by.orchestra == rec.orchestra
 
     def _suspicion_expired(self, now: float, node_id: str) -> None:
         self._suspicions.pop(node_id, None)
@@ -1101,7 +1194,7 @@ class Membership:
         if d.incarnation > cur.incarnation:
             capped = self._capped(d.node_id, d.incarnation, cur)
             d = Dead(d.node_id, capped, d.reporter, d.left)
-        if not d.left and cur.status == ALIVE:
+        if not d.left and cur.status == ALIVE and not self._its_site_says(cur, d.reporter):
             # A death we saw no suspicion of: after a healed partition it is the other side's
             # verdict on a member this side can still reach. Suspect it instead: if it lives,
             # it refutes (we tell it); if it is dead, our own timer agrees within seconds.
@@ -1118,7 +1211,7 @@ class Membership:
         # Tell the member itself, as for a suspicion: one that is still running refutes at
         # once (a forged departure, a false death) instead of at the next full-state exchange.
         # One that really left or died does not hear it. Above 64 members about 64 do.
-        if self._live <= 64 or self._rng.random() < 64 / self._live:
+        if self._reachable(cur) and (self._live <= 64 or self._rng.random() < 64 / self._live):
             self._send_to(cur, Gossip((d,)))
 
     # -- helpers ------------------------------------------------------------------------------
@@ -1146,9 +1239,36 @@ class Membership:
     def _live_ids(self) -> list[str]:
         return [r.node_id for r in self._table.records() if r.status in _LIVE]
 
+    def _remote(self, rec: MemberRecord) -> bool:
+        """Whether *rec* is a member of another site (never, in a flat group)."""
+        return self.wan is not None and rec.orchestra != self._me.orchestra
+
+    def _local(self, rec: MemberRecord) -> bool:
+        """Whether *rec* is a member of this node's own site (everyone, in a flat group)."""
+        return not self._remote(rec)
+
+    def _reachable(self, rec: MemberRecord) -> bool:
+        """Whether this node talks to *rec* directly: its own site, or a contact."""
+        return not self._remote(rec) or rec.node_id in self._contacts
+
+    def _profile_of(self, rec: MemberRecord) -> Profile:
+        """The timing that applies to *rec*: the WAN tier's for another site's member."""
+        return self.wan if self.wan is not None and self._remote(rec) else self.profile
+
+    def _is_live(self, node_id: str) -> bool:
+        rec = self._table.get(node_id)
+        return rec is not None and rec.status in _LIVE
+
     def _random_live(
-        self, count: int, exclude: set[str] | frozenset[str] = frozenset()
+        self,
+        count: int,
+        exclude: set[str] | frozenset[str] = frozenset(),
+        where: Callable[[MemberRecord], bool] | None = None,
     ) -> list[str]:
+        """Up to *count* random live members not in *exclude* (and, in a site tier, for which
+        *where* holds)."""
+        if self.wan is None:
+            where = None  # a flat group: everyone
         n = self._table.slots()
         if n == 0 or count <= 0:
             return []
@@ -1156,7 +1276,7 @@ class Membership:
             pool = [
                 r.node_id
                 for r in self._table.records()
-                if r.status in _LIVE and r.node_id not in exclude
+                if r.status in _LIVE and r.node_id not in exclude and (where is None or where(r))
             ]
             return self._rng.sample(pool, min(count, len(pool)))
         chosen: list[str] = []
@@ -1165,7 +1285,7 @@ class Membership:
             if node_id in exclude or node_id in chosen:
                 continue
             rec = self._table.get(node_id)
-            if rec is not None and rec.status in _LIVE:
+            if rec is not None and rec.status in _LIVE and (where is None or where(rec)):
                 chosen.append(node_id)
                 if len(chosen) == count:
                     break
@@ -1179,5 +1299,6 @@ class Membership:
             if since >= limit
             and (rec := self._table.get(node_id)) is not None
             and rec.status == DEAD
+            and self._reachable(rec)
         ]
         return self._rng.sample(pool, min(count, len(pool)))

@@ -57,7 +57,9 @@ from mesh._election import (
     ConductorArbiter,
     ElectionCore,
     ElectionEvent,
+    best_candidate,
     post_orchestra,
+    supernode_post,
 )
 from mesh._events import ClockStepped, NodeEvent, Publication, TimeSourceChanged
 from mesh._lineage import (
@@ -143,6 +145,9 @@ class NodeCore:
     *arbiter* turns on arbitration of the conductor post by an outside arbiter (the registry):
     claims then come out of :meth:`take_external_requests`. *epoch_seal* (a keyed federation)
     signs this node's epoch offers and is the only way the external clock's epoch is taken.
+    *wan_profile* makes every orchestra a site of its own (see :mod:`mesh._membership`): this
+    node talks to its own orchestra only, and while it is its orchestra's supernode, also to
+    the other orchestras' supernodes, with these timings (see :meth:`_tier_contacts`).
     """
 
     def __init__(
@@ -160,6 +165,7 @@ class NodeCore:
         arbiter: ConductorArbiter | None = None,
         election_settle: float = 1.0,
         epoch_seal: EpochSeal | None = None,
+        wan_profile: Profile | None = None,
     ) -> None:
         self.lineage_id = lineage_id(me.node_id, joined_at)
         """The clock lineage this node's federation time belongs to (see :mod:`mesh._lineage`)."""
@@ -171,7 +177,9 @@ class NodeCore:
         if conductor:
             meta["c"] = True
         me = attrs.evolve(me, meta=meta)
-        self.membership = Membership(me, profile, now=now, rng=rng, snapshot=snapshot)
+        self.membership = Membership(
+            me, profile, now=now, rng=rng, snapshot=snapshot, wan=wan_profile
+        )
         self.clock = ClockCore(
             now, reference_id=me.node_id, config=clock_config, step_on_first_sync=False
         )
@@ -658,6 +666,8 @@ class NodeCore:
         events: list[ElectionEvent] = self.election.take_events()
         self._events.extend(events)
         self._sync_deferral(now)
+        if events or members_changed:
+            self.membership.set_contacts(self._tier_contacts())
         if events or members_changed or self._source_dirty or self._time_source is None:
             self._source_dirty = False
             self._choose_time_source(now)
@@ -672,6 +682,28 @@ class NodeCore:
             view = self.membership.member(dest)
             if view is not None and view.is_live:
                 self._outputs.append(SendDatagram(view.address, request, dest, view.incarnation))
+
+    def _tier_contacts(self) -> list[str]:
+        """With sites (``wan_profile``): while this node is its orchestra's supernode, each
+        other orchestra's supernode, or, while that post is vacant in this view (its holder
+        died), its best live candidate (who is about to claim it; if that one is cut off too,
+        its death makes the next one the contact, so a site that vanished is found dead
+        member by member). Nobody otherwise: members talk to their own site only."""
+        membership = self.membership
+        mine = membership.me.orchestra
+        if membership.wan is None or self.election.supernode(mine) != self.node_id:
+            return []
+        candidates = self._candidates()
+        contacts = []
+        for orchestra in sorted({c.orchestra for c in candidates} - {mine}):
+            post = supernode_post(orchestra)
+            holder = self.election.holder(post)
+            if holder is None:
+                best = best_candidate(post, candidates)
+                holder = None if best is None else best.node_id
+            if holder is not None:
+                contacts.append(holder)
+        return contacts
 
     def _push_external(self, request: ExternalRequest) -> None:
         self._external_requests = [*self._external_requests[1 - _MAX_EXTERNAL :], request]
@@ -698,6 +730,9 @@ class NodeCore:
     # -- internals: the time reference --------------------------------------------------------
 
     def _elected_reference(self) -> str | None:
+        return self._within_reach(self._federation_reference())
+
+    def _federation_reference(self) -> str | None:
         conductor = self.election.conductor()
         if conductor is not None:
             return conductor
@@ -709,6 +744,21 @@ class NodeCore:
             if holder is not None and (best is None or (lease.tenure_start, holder) < best):
                 best = (lease.tenure_start, holder)
         return None if best is None else best[1]
+
+    def _within_reach(self, reference: str | None) -> str | None:
+        """With sites, the node to follow for *reference*'s time when it is at another site:
+        a member follows its own supernode, a supernode the reference's site's supernode (its
+        contact), each of which follows on towards the reference. Without sites: *reference*."""
+        membership = self.membership
+        view = None if reference is None else membership.member(reference)
+        if membership.wan is None or view is None or view.orchestra == membership.me.orchestra:
+            return reference
+        if reference in membership.contacts:
+            return reference
+        mine = self.election.supernode(membership.me.orchestra)
+        if mine is not None and mine != self.node_id:
+            return mine
+        return self.election.supernode(view.orchestra) or reference
 
     def _lineage_of(self, node_id: str) -> str | None:
         view = self.membership.member(node_id)
