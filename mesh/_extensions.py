@@ -45,6 +45,14 @@ class Extension:
         ``Node.external_requests``) instead of claiming by the local rule alone."""
         return None
 
+    def site_profile(self) -> str | None:
+        """The timing profile of the site tier (see :mod:`mesh._membership`) if this extension
+        joins orchestras on different networks (the registry bridge: ``"wan"``), else ``None``.
+        The node takes the first one offered when it is built: each orchestra is then a site,
+        its members talk to their own site only, and its supernode to the other sites'
+        supernodes with these timings."""
+        return None
+
     def handlers(self) -> Mapping[str, Callable[[str | None, Value], Awaitable[Value]]]:
         """Request handlers by request kind (see :meth:`Node.request`)."""
         return {}

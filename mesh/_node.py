@@ -253,6 +253,10 @@ class Node:
             epoch_seal=None
             if config.keyring is None
             else EpochSeal(config.federation, config.keyring),
+            wan_profile=next(
+                (get_profile(p) for e in config.extensions if (p := e.site_profile()) is not None),
+                None,
+            ),
         )
         transport.incarnation = incarnation
         self._handlers: dict[str, RequestHandler] = {}

@@ -746,18 +746,22 @@ class NodeCore:
         return None if best is None else best[1]
 
     def _within_reach(self, reference: str | None) -> str | None:
-        """With sites, the node to follow for *reference*'s time when it is at another site:
-        a member follows its own supernode, a supernode the reference's site's supernode (its
-        contact), each of which follows on towards the reference. Without sites: *reference*."""
+        """With sites, the node to follow for *reference*'s time when it is at another site: a
+        member follows its own site's supernode; that supernode is its site's top, following
+        the external clock (the registry, which every site reaches over HTTP: a steadier
+        path than the relay's) when it has one, else the reference's site's supernode (its
+        contact), which follows on towards the reference. Without sites: *reference*."""
         membership = self.membership
         view = None if reference is None else membership.member(reference)
         if membership.wan is None or view is None or view.orchestra == membership.me.orchestra:
             return reference
-        if reference in membership.contacts:
-            return reference
         mine = self.election.supernode(membership.me.orchestra)
         if mine is not None and mine != self.node_id:
             return mine
+        if mine == self.node_id and self._external is not None:
+            return self.node_id
+        if reference in membership.contacts:
+            return reference
         return self.election.supernode(view.orchestra) or reference
 
     def _lineage_of(self, node_id: str) -> str | None:

@@ -44,7 +44,10 @@ carries their requests to the registry and brings the answers back (a plain driv
   is a registered supernode, a :class:`~registry_bridge._relaylink.RelayLink` on its gossip
   port carries its datagrams and TCP exchanges with the other orchestras' supernodes through
   the registry's relay whenever the direct path gets no acks, and moves back to direct UDP as
-  soon as direct acks come. Members of an orchestra never relay: they talk to their own site.
+  soon as direct acks come. Members of an orchestra never relay: they talk to their own site
+  (the bridge makes every orchestra a site, :meth:`RegistryBridge.site_profile`: members probe
+  and gossip with their own orchestra only, the supernodes with each other on the ``wan``
+  timings).
 
 Its status (``/api/status`` field ``registry``): ``url`` (the registry in use);
 ``registries`` (each with ``url``, ``in_use``, ``failures`` in a row and ``retry_in`` seconds
@@ -164,6 +167,12 @@ class RegistryBridge(Extension):
         """The registry judges conductor claims: the node's election asks it (through this
         bridge) before it claims, and a holder confirms its post every ``renew`` seconds."""
         return ConductorArbiter()
+
+    def site_profile(self) -> str:
+        """The registry joins orchestras on different networks: each is a site, and the sites'
+        supernodes probe each other with the ``wan`` timings (a 200 ms, lossy path between
+        venues kills nobody), while each orchestra's LAN keeps the node's own profile."""
+        return "wan"
 
     @property
     def url(self) -> str:

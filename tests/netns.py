@@ -521,21 +521,15 @@ class Lan:
         ``.2`` of *subnet*) cabled to *router* (one of this Lan's hosts, ``.1`` on that
         side), which forwards the site's traffic to the Lan masqueraded (nftables, in the
         router's namespace) and lets in from outside only what answers the site's own
-        connections: nothing from another site reaches it (see :meth:`open_sites`)."""
+        connections: nothing from another site reaches it (see :meth:`open_sites`).
+        :meth:`add_site_host` puts more hosts on the same private network."""
         net = ipaddress.IPv4Network(subnet)
         inside_address = str(net.network_address + 1)
         index = len(self.hosts) + len(self._sites)
-        site = Host(index, f"{self.run_id}-s{index}", str(net.network_address + 2))
-        self._add_host(site)
-        inside = f"site{index}"
-        _ip("-n", router.netns, "link", "add", inside, "type", "veth",
-            "peer", "name", site.interface, "netns", site.netns)  # fmt: skip
+        inside = f"site{index}"  # a bridge in the router's namespace: the site's LAN
+        _ip("-n", router.netns, "link", "add", inside, "type", "bridge", "mcast_snooping", "0")
         _ip("-n", router.netns, "addr", "add", f"{inside_address}/{net.prefixlen}", "dev", inside)
         _ip("-n", router.netns, "link", "set", inside, "up")
-        _ip("-n", site.netns, "addr", "add", f"{site.address}/{net.prefixlen}",
-            "dev", site.interface)  # fmt: skip
-        _ip("-n", site.netns, "link", "set", site.interface, "up")
-        _ip("-n", site.netns, "route", "add", "default", "via", inside_address)
         self.run(router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         self._nft(
             router,
@@ -551,6 +545,31 @@ class Lan:
                 }}
             }}""",
         )
+        return self._cable_site_host(router, subnet, inside, index, 2)
+
+    def add_site_host(self, site: Host) -> Host:
+        """Another host on the private network of *site* (a host :meth:`add_site` made), at
+        the next address, behind the same NAT."""
+        router, subnet = self._sites[site.index]
+        first = next(i for i, (r, n) in self._sites.items() if (r, n) == (router, subnet))
+        taken = sum(1 for r, n in self._sites.values() if (r, n) == (router, subnet))
+        index = len(self.hosts) + len(self._sites)
+        return self._cable_site_host(router, subnet, f"site{first}", index, 2 + taken)
+
+    def _cable_site_host(
+        self, router: Host, subnet: str, inside: str, index: int, offset: int
+    ) -> Host:
+        net = ipaddress.IPv4Network(subnet)
+        site = Host(index, f"{self.run_id}-s{index}", str(net.network_address + offset))
+        self._add_host(site)
+        cable = f"sh{index}"
+        _ip("-n", router.netns, "link", "add", cable, "type", "veth",
+            "peer", "name", site.interface, "netns", site.netns)  # fmt: skip
+        _ip("-n", router.netns, "link", "set", cable, "master", inside, "up")
+        _ip("-n", site.netns, "addr", "add", f"{site.address}/{net.prefixlen}", "brd", "+",
+            "dev", site.interface)  # fmt: skip
+        _ip("-n", site.netns, "link", "set", site.interface, "up")
+        _ip("-n", site.netns, "route", "add", "default", "via", str(net.network_address + 1))
         self._sites[site.index] = (router, subnet)
         return site
 

@@ -61,9 +61,7 @@ class Federation:
         self.sim.supernodes = set()
         lan = get_profile("lan")
 
-        def make(
-            me: MemberRecord, now: float, rng: random.Random, snapshot: Any
-        ) -> NodeCore:
+        def make(me: MemberRecord, now: float, rng: random.Random, snapshot: Any) -> NodeCore:
             return NodeCore(
                 me,
                 lan,
@@ -84,8 +82,7 @@ class Federation:
             first = self.sim.add_node(records[0])
             self.sim.supernodes.add(first.address)
             nodes = [first]
-            for record in records[1:]:
-                nodes.append(self.sim.add_node(record, seeds=[first.address]))
+            nodes += [self.sim.add_node(r, seeds=[first.address]) for r in records[1:]]
             self.sites.append(nodes)
         self.sim.run_until(3.0)  # each site elects its supernode (n0, flagged)
         a, b = self.sites[0][0], self.sites[1][0]
@@ -125,9 +122,7 @@ def test_a_long_lossy_link_between_sites_makes_no_false_death_with_the_site_tier
         assert supernode.membership.contacts == {fed.sites[1][0].node_id}
 
 
-def test_a_crash_inside_a_site_is_noticed_within_the_lan_bound_and_reaches_the_other_site() -> (
-    None
-):
+def test_a_crash_inside_a_site_is_noticed_in_the_lan_bound_and_reaches_the_other_site() -> None:
     for seed in range(3):
         fed = Federation(seed, get_profile("wan"))
         assert fed.sim.run_until(30.0, fed.everyone_sees_everyone), f"seed {seed}: no merge"
