@@ -139,7 +139,7 @@ def test_a_crash_inside_a_site_is_noticed_in_the_lan_bound_and_reaches_the_other
             assert seen[node.node_id] <= WAN_BOUND_S, (seed, seen)
 
 
-def test_without_the_tier_the_same_link_kills_live_members() -> None:
+def test_without_the_tier_members_behind_nats_declare_the_other_site_dead() -> None:
     # The control: one flat group on the LAN profile over the same link and NATs.
     fed = Federation(0, None)
     fed.sim.run_until(60.0)
