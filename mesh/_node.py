@@ -28,7 +28,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -482,6 +482,12 @@ class Node:
     def claim_answer(self, answer: ClaimAnswer) -> None:
         """Hand in the arbiter's answer to a conductor claim."""
         self.core.handle_claim_answer(self.local_now(), answer)
+        self._pump()
+
+    def relayed_peers(self, node_ids: Iterable[str]) -> None:
+        """Say which members this node reaches only through the registry's relay (the registry
+        bridge does): it does not take its site's time from them, but from the registry."""
+        self.core.set_relayed(self.local_now(), node_ids)
         self._pump()
 
     def external_available(self, available: bool) -> None:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeAlias
 
 import attrs
@@ -232,6 +232,7 @@ class NodeCore:
         self._ext_refused = 0  # epochs of the external clock without a valid tag (keyed)
         self._ext_refused_last: tuple[float, str] | None = None  # the last one, counted once
         self._external_requests: list[ExternalRequest] = []
+        self._relayed: frozenset[str] = frozenset()  # members reached through the relay
         self._refresh(now)
 
     # -- identity -----------------------------------------------------------------------------
@@ -747,10 +748,12 @@ class NodeCore:
 
     def _within_reach(self, reference: str | None) -> str | None:
         """With sites, the node to follow for *reference*'s time when it is at another site: a
-        member follows its own site's supernode; that supernode is its site's top, following
-        the external clock (the registry, which every site reaches over HTTP: a steadier
-        path than the relay's) when it has one, else the reference's site's supernode (its
-        contact), which follows on towards the reference. Without sites: *reference*."""
+        member follows its own site's supernode; that supernode follows the reference if it is
+        its contact, else the reference's site's supernode (which follows on towards it); but
+        when the path to that node goes through the registry's relay (:meth:`set_relayed`),
+        the supernode is its site's top and follows the external clock (the registry, which
+        every site reaches over HTTP: a relayed exchange's round trip is too uneven to time a
+        site by). Without sites: *reference*."""
         membership = self.membership
         view = None if reference is None else membership.member(reference)
         if membership.wan is None or view is None or view.orchestra == membership.me.orchestra:
@@ -758,11 +761,21 @@ class NodeCore:
         mine = self.election.supernode(membership.me.orchestra)
         if mine is not None and mine != self.node_id:
             return mine
-        if mine == self.node_id and self._external is not None:
+        if reference not in membership.contacts:
+            reference = self.election.supernode(view.orchestra) or reference
+        if reference in self._relayed and self._external is not None:
             return self.node_id
-        if reference in membership.contacts:
-            return reference
-        return self.election.supernode(view.orchestra) or reference
+        return reference
+
+    def set_relayed(self, now: float, node_ids: Iterable[str]) -> None:
+        """The driver says which members it reaches only through the registry's relay (the
+        registry bridge's routes): a supernode does not take its site's time from one of them
+        (see :meth:`_within_reach`)."""
+        relayed = frozenset(node_ids)
+        if relayed != self._relayed:
+            self._relayed = relayed
+            self._source_dirty = True
+            self._refresh(now)
 
     def _lineage_of(self, node_id: str) -> str | None:
         view = self.membership.member(node_id)

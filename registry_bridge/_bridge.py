@@ -227,12 +227,24 @@ class RegistryBridge(Extension):
                     nursery.start_soon(self._serve_requests, node, nursery)
                     while True:
                         ok = await self._guarded_step(node, self._client())
+                        self._tell_relayed(node)
                         with trio.move_on_after(self._next_delay(ok)):
                             await self._wake.wait()
                         self._wake = trio.Event()
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await self._unregister(self._client())
+
+    def _tell_relayed(self, node: Node) -> None:
+        """Tell the node which members its gossip reaches through the relay now (it times its
+        site by the registry rather than by them)."""
+        if self._relay is None:
+            return
+        routes = self._relay.paths.statistics().routes
+        relayed = {peer for peer, route in routes.items() if route == "relay"}
+        node.relayed_peers(
+            m.node_id for m in node.core.membership.members() if m.address in relayed
+        )
 
     def _client(self) -> RegistryClient:
         """The client of the registry in use."""

@@ -384,22 +384,17 @@ async def test_a_bridge_whose_registries_are_all_dead_backs_off_from_each(
         assert node.status()["registry"]["state"] == "unreachable"
 
 
-def tops_of(nodes: list[Node]) -> dict[str, Node] | None:
-    """Each orchestra's top, if every node agrees: with a registry each orchestra is a site,
-    whose supernode is the top of its clock (the one following the registry) and which its
-    members follow (docs/clock.md, "With a registry")."""
-    tops = {n.config.orchestra: n for n in nodes if n.clock.is_reference}
-    if len(tops) != len({n.config.orchestra for n in nodes}) or len(tops) != sum(
-        n.clock.is_reference for n in nodes
-    ):
+def reference_of(nodes: list[Node]) -> Node | None:
+    """The node every node agrees is the federation's time reference, if they agree."""
+    tops = [n for n in nodes if n.clock.is_reference]
+    if len(tops) != 1:
         return None
-    followers_ok = all(
-        n.clock.reference == tops[n.config.orchestra].id for n in nodes if n not in tops.values()
-    )
-    return tops if followers_ok else None
+    top = tops[0]
+    followers_ok = all(n.clock.reference == top.id for n in nodes if n is not top)
+    return top if followers_ok else None
 
 
-async def test_each_sites_top_follows_the_registry_and_its_members_follow_it(
+async def test_the_federations_reference_follows_the_registry_and_everyone_follows_it(
     tmp_path: Path,
 ) -> None:
     async with in_process_registry(tmp_path) as reg, contextlib.AsyncExitStack() as stack:
@@ -411,11 +406,8 @@ async def test_each_sites_top_follows_the_registry_and_its_members_follow_it(
         nodes = [a0, a1, b0]
 
         def synced() -> bool:
-            tops = tops_of(nodes)
-            if tops is None or any(
-                top.clock.reference != "registry" or bridge_of(top).clock_samples < 8
-                for top in tops.values()
-            ):
+            top = reference_of(nodes)
+            if top is None or top.clock.reference != "registry" or bridge_of(top).clock_samples < 8:
                 return False
             for node in nodes:
                 clock = node.clock
@@ -426,7 +418,7 @@ async def test_each_sites_top_follows_the_registry_and_its_members_follow_it(
                     return False
             return True
 
-        await wait_for(synced, 20, "each site's top on the registry clock, its members on it")
+        await wait_for(synced, 20, "the reference on the registry clock, the others on it")
         # Federation time is the registry's elapsed time, on every node of both orchestras.
         async with RegistryClient(reg.url) as client:
             before = [n.now() for n in nodes]
