@@ -484,10 +484,11 @@ class Node:
         self.core.handle_claim_answer(self.local_now(), answer)
         self._pump()
 
-    def relayed_peers(self, node_ids: Iterable[str]) -> None:
-        """Say which members this node reaches only through the registry's relay (the registry
-        bridge does): it does not take its site's time from them, but from the registry."""
-        self.core.set_relayed(self.local_now(), node_ids)
+    def direct_peers(self, node_ids: Iterable[str]) -> None:
+        """Say which members of other sites this node reaches directly for certain (the
+        registry bridge does, from direct acks): it takes its site's time from them, and from
+        the registry otherwise (see :meth:`NodeCore.set_direct`)."""
+        self.core.set_direct(self.local_now(), node_ids)
         self._pump()
 
     def external_available(self, available: bool) -> None:

@@ -232,7 +232,7 @@ class NodeCore:
         self._ext_refused = 0  # epochs of the external clock without a valid tag (keyed)
         self._ext_refused_last: tuple[float, str] | None = None  # the last one, counted once
         self._external_requests: list[ExternalRequest] = []
-        self._relayed: frozenset[str] = frozenset()  # members reached through the relay
+        self._direct: frozenset[str] = frozenset()  # other sites' members reached directly
         self._refresh(now)
 
     # -- identity -----------------------------------------------------------------------------
@@ -749,11 +749,11 @@ class NodeCore:
     def _within_reach(self, reference: str | None) -> str | None:
         """With sites, the node to follow for *reference*'s time when it is at another site: a
         member follows its own site's supernode; that supernode follows the reference if it is
-        its contact, else the reference's site's supernode (which follows on towards it); but
-        when the path to that node goes through the registry's relay (:meth:`set_relayed`),
-        the supernode is its site's top and follows the external clock (the registry, which
-        every site reaches over HTTP: a relayed exchange's round trip is too uneven to time a
-        site by). Without sites: *reference*."""
+        its contact, else the reference's site's supernode (which follows on towards it), but
+        only while the driver says that node is reached directly (:meth:`set_direct`); else,
+        with an external clock (the registry, which every site reaches over HTTP), it is its
+        site's top and follows that: a relayed exchange's round trip is too uneven to time a
+        site by, and one that gets no answer times nothing. Without sites: *reference*."""
         membership = self.membership
         view = None if reference is None else membership.member(reference)
         if membership.wan is None or view is None or view.orchestra == membership.me.orchestra:
@@ -763,17 +763,17 @@ class NodeCore:
             return mine
         if reference not in membership.contacts:
             reference = self.election.supernode(view.orchestra) or reference
-        if reference in self._relayed and self._external is not None:
+        if reference not in self._direct and self._external is not None:
             return self.node_id
         return reference
 
-    def set_relayed(self, now: float, node_ids: Iterable[str]) -> None:
-        """The driver says which members it reaches only through the registry's relay (the
-        registry bridge's routes): a supernode does not take its site's time from one of them
-        (see :meth:`_within_reach`)."""
-        relayed = frozenset(node_ids)
-        if relayed != self._relayed:
-            self._relayed = relayed
+    def set_direct(self, now: float, node_ids: Iterable[str]) -> None:
+        """The driver says which members of other sites it reaches directly for certain (the
+        registry bridge: direct acks, not the relay). A supernode takes its site's time from
+        another site only through one of them (see :meth:`_within_reach`)."""
+        direct = frozenset(node_ids)
+        if direct != self._direct:
+            self._direct = direct
             self._source_dirty = True
             self._refresh(now)
 

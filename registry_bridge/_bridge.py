@@ -227,7 +227,7 @@ class RegistryBridge(Extension):
                     nursery.start_soon(self._serve_requests, node, nursery)
                     while True:
                         ok = await self._guarded_step(node, self._client())
-                        self._tell_relayed(node)
+                        self._tell_direct(node)
                         with trio.move_on_after(self._next_delay(ok)):
                             await self._wake.wait()
                         self._wake = trio.Event()
@@ -235,16 +235,12 @@ class RegistryBridge(Extension):
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await self._unregister(self._client())
 
-    def _tell_relayed(self, node: Node) -> None:
-        """Tell the node which members its gossip reaches through the relay now (it times its
-        site by the registry rather than by them)."""
-        if self._relay is None:
-            return
-        routes = self._relay.paths.statistics().routes
-        relayed = {peer for peer, route in routes.items() if route == "relay"}
-        node.relayed_peers(
-            m.node_id for m in node.core.membership.members() if m.address in relayed
-        )
+    def _tell_direct(self, node: Node) -> None:
+        """Tell the node which other sites' supernodes its gossip reaches directly for certain
+        (direct acks; not through the relay): it times its site by them, else by the
+        registry."""
+        direct = set() if self._relay is None else set(self._relay.paths.confirmed_direct())
+        node.direct_peers(m.node_id for m in node.core.membership.members() if m.address in direct)
 
     def _client(self) -> RegistryClient:
         """The client of the registry in use."""

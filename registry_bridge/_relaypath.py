@@ -77,6 +77,8 @@ class _Peer:
     unacked_since: float | None = None
     """When the first direct send without a direct ack since was made."""
     last_direct_try: float = float("-inf")
+    acked: bool = False
+    """A direct ack came since the peer was last moved to the relay (or first seen)."""
 
 
 class RelayPaths:
@@ -98,6 +100,7 @@ class RelayPaths:
                 state.unacked_since = now
             elif now - state.unacked_since >= self.config.probe_budget:
                 state.relayed = True
+                state.acked = False
                 state.last_direct_try = now
                 self._switches += 1
         if not state.relayed:
@@ -117,6 +120,7 @@ class RelayPaths:
             state.relayed = False
             self._switches += 1
         state.unacked_since = None
+        state.acked = True
 
     def direct_heard(self, now: float, peer: Hashable) -> None:
         """Something from *peer* arrived directly: its way to us works, so while relayed the
@@ -131,6 +135,7 @@ class RelayPaths:
         state = self._peers.setdefault(peer, _Peer())
         if not state.relayed:
             state.relayed = True
+            state.acked = False
             state.last_direct_try = now
             self._switches += 1
 
@@ -142,6 +147,11 @@ class RelayPaths:
         """Whether datagrams to *peer* go through the relay now."""
         state = self._peers.get(peer)
         return state is not None and state.relayed
+
+    def confirmed_direct(self) -> list[Hashable]:
+        """The peers reached directly for certain: not relayed, and a direct ack came since
+        they were last relayed (a new peer starts direct only on trust)."""
+        return [p for p, s in self._peers.items() if s.acked and not s.relayed]
 
     def statistics(self) -> PathStatistics:
         """Counts and routes so far (a frozen value)."""

@@ -13,6 +13,7 @@ protocol transition.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterable
@@ -906,3 +907,77 @@ def test_an_exhausted_incarnation_stops_refuting_but_nothing_breaks() -> None:
     b.update_meta(0.0, {"x": 1})
     assert b.incarnation == MAX_COUNTER
     net.flush()
+
+
+# -- sites: the supernode tier (Membership(wan=...)) -------------------------------------------
+
+WAN = get_profile("wan")
+
+
+def site_core(rec: MemberRecord, others: Iterable[MemberRecord], seed: int = 1) -> Membership:
+    """A core with the site tier on, knowing *others* already."""
+    snapshot = Snapshot.of([rec, *others])
+    return Membership(rec, LAN, now=0.0, rng=random.Random(seed), snapshot=snapshot, wan=WAN)
+
+
+def pinged(outputs: Iterable[object]) -> set[str]:
+    return {o.to for o in outputs if isinstance(o, SendDatagram) and o.to is not None}
+
+
+def test_with_sites_a_member_talks_to_its_own_orchestra_only() -> None:
+    me, mate = record(1, orchestra="a"), record(2, orchestra="a")
+    far = [record(3, orchestra="b"), record(4, orchestra="b")]
+    m = site_core(me, [mate, *far])
+    m.broadcast(Publish(me.node_id, 1, "t", "x"))  # something to gossip
+    talked: set[str] = set()
+    now = 0.0
+    while now < 60.0:
+        now = m.next_deadline()
+        m.handle_timer(now)
+        talked |= pinged(m.take_outputs())
+    assert talked == {mate.node_id}
+    # The other orchestra's members were never probed, so never suspected (the silent mate,
+    # probed on the LAN, died).
+    assert {v.node_id: v.status for v in m.members() if v.orchestra == "b"} == {
+        r.node_id: "alive" for r in far
+    }
+
+
+def test_with_sites_a_supernode_probes_its_contacts_on_the_wan_timings() -> None:
+    me, mate = record(1, orchestra="a"), record(2, orchestra="a")
+    contact, far = record(3, orchestra="b"), record(4, orchestra="b")
+    m = site_core(me, [mate, contact, far])
+    m.set_contacts([contact.node_id])
+    pings: list[float] = []
+    now = 0.0
+    while now < 20.0:
+        now = m.next_deadline()
+        m.handle_timer(now)
+        for out in m.take_outputs():
+            if isinstance(out, SendDatagram) and isinstance(out.body, Ping):
+                assert out.to != far.node_id
+                if out.to == contact.node_id:
+                    pings.append(now)
+    # A probe every 2 s (the wan interval), not every 0.3 s; the silent contact is suspected
+    # (no answer) but not dead: the wan suspicion lasts 8-32 s.
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert gaps and min(gaps) >= WAN.probe_interval - 1e-6
+    assert m.member(contact.node_id) is not None
+    assert m.member(contact.node_id).status == "suspect"  # type: ignore[union-attr]
+
+
+def test_with_sites_a_death_reported_by_the_members_own_orchestra_stands() -> None:
+    me = record(1, orchestra="a")
+    far, its_mate = record(3, orchestra="b"), record(4, orchestra="b")
+    stranger = record(5, orchestra="c")
+    m = site_core(me, [far, its_mate, stranger])
+    # From another orchestra's member: a suspicion on the wan timings, not a death.
+    m.handle_message(
+        0.0, stranger.address, stranger.node_id, Gossip((Dead(far.node_id, 0, stranger.node_id),))
+    )
+    assert m.member(far.node_id).status == "suspect"  # type: ignore[union-attr]
+    # From its own orchestra (its LAN saw it die): dead at once.
+    m.handle_message(
+        0.1, its_mate.address, its_mate.node_id, Gossip((Dead(far.node_id, 0, its_mate.node_id),))
+    )
+    assert m.member(far.node_id).status == "dead"  # type: ignore[union-attr]

@@ -78,3 +78,16 @@ def test_hearing_the_peer_directly_makes_the_next_datagram_try_the_direct_path()
 def test_nonsense_timing_is_refused() -> None:
     with pytest.raises(ValueError, match="positive"):
         PathConfig(probe_budget=0)
+
+
+def test_only_a_peer_that_acked_directly_is_confirmed_direct() -> None:
+    paths = RelayPaths(PathConfig(probe_budget=3.0, retry_every=2.0))
+    paths.route(0.0, "a")
+    paths.route(0.0, "b")
+    assert paths.confirmed_direct() == []  # direct on trust only
+    paths.direct_ack(0.1, "a")
+    assert paths.confirmed_direct() == ["a"]
+    paths.direct_failed(0.2, "a")  # moved to the relay: no longer confirmed
+    assert paths.confirmed_direct() == []
+    paths.direct_ack(0.3, "a")
+    assert paths.confirmed_direct() == ["a"]
