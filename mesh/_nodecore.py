@@ -233,6 +233,7 @@ class NodeCore:
         self._ext_refused_last: tuple[float, str] | None = None  # the last one, counted once
         self._external_requests: list[ExternalRequest] = []
         self._direct: frozenset[str] = frozenset()  # other sites' members reached directly
+        self._deadband = False  # what the clock was last told (see _choose_time_source)
         self._refresh(now)
 
     # -- identity -----------------------------------------------------------------------------
@@ -811,15 +812,30 @@ class NodeCore:
                 source = (reference, False)
             else:
                 source = (None, False)  # keep our own time until the lineages are one
+        external = source[0] is not None and source[0] == self._external
+        # A site top on the registry keeps within its estimate's interval (the deadband),
+        # unless the registry is what aligns it with another site: then it tracks the estimate
+        # itself, or two sites could sit a bound apart each (milliseconds over HTTP).
+        deadband = external and not self._registry_aligns_sites()
         if source != self._time_source:
             if self._time_source == (self._external, False) and self._external is not None:
                 # Leaving the registry: its bound is remembered, and grows with age.
                 self._ext_bound = (self.clock.error_bound(now), now)
             self._time_source = source
-            external = source[0] is not None and source[0] == self._external
-            self.clock.set_reference(now, source[0], source[1], deadband=external)
+            self.clock.set_reference(now, source[0], source[1], deadband=deadband)
             self._events.append(TimeSourceChanged(None if source[1] else source[0], source[1]))
             self._reference_start = self._start_of(source)
+        elif deadband != self._deadband:
+            self.clock.set_reference(now, source[0], source[1], deadband=deadband)
+        self._deadband = deadband
+
+    def _registry_aligns_sites(self) -> bool:
+        """With sites: whether another site is timed against this one only through the
+        registry (this node's contacts include one not confirmed direct)."""
+        membership = self.membership
+        return membership.wan is not None and any(
+            c not in self._direct for c in membership.contacts
+        )
 
     def _start_of(self, source: tuple[str | None, bool]) -> object:
         view = None if source[1] or source[0] is None else self.membership.member(source[0])
