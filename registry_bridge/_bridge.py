@@ -47,7 +47,9 @@ carries their requests to the registry and brings the answers back (a plain driv
   soon as direct acks come. Members of an orchestra never relay: they talk to their own site
   (the bridge makes every orchestra a site, :meth:`RegistryBridge.site_profile`: members probe
   and gossip with their own orchestra only, the supernodes with each other on the ``wan``
-  timings).
+  timings). After every round it tells the node which other sites' supernodes answer it
+  directly (:meth:`mesh.Node.direct_peers`, from the relay's paths): a supernode takes its
+  site's time from another site only over such a path, and from the registry otherwise.
 
 Its status (``/api/status`` field ``registry``): ``url`` (the registry in use);
 ``registries`` (each with ``url``, ``in_use``, ``failures`` in a row and ``retry_in`` seconds
