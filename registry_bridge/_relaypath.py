@@ -43,8 +43,11 @@ Route = Literal["direct", "relay", "both"]
 class PathConfig:
     """The timing of :class:`RelayPaths` (seconds)."""
 
-    probe_budget: float = 2.0
-    """Direct sends with no direct ack for this long move a peer to the relay."""
+    probe_budget: float = 5.0
+    """Direct sends with no direct ack for this long move a peer to the relay. Acks answer
+    probes, and the supernodes probe each other every 2 s (the ``wan`` profile): two missed
+    probe periods and a timeout, so a working path is not given up between two acks (at 2 s
+    a gossip datagram sent just before the next ack came moved a healthy peer to the relay)."""
     retry_every: float = 2.0
     """While relayed, one datagram also goes directly this often."""
 
