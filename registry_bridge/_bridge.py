@@ -162,6 +162,7 @@ class RegistryBridge(Extension):
         self._reached: bool | None = None  # what the node was last told
         self._node_id: str | None = None
         self._relay: RelayLink | None = None
+        self._direct: set[str] = set()  # other sites' supernodes reached directly (node ids)
 
     # -- extension hooks ----------------------------------------------------------------------
 
@@ -238,11 +239,20 @@ class RegistryBridge(Extension):
                     await self._unregister(self._client())
 
     def _tell_direct(self, node: Node) -> None:
-        """Tell the node which other sites' supernodes its gossip reaches directly for certain
-        (direct acks; not through the relay): it times its site by them, else by the
-        registry."""
-        direct = set() if self._relay is None else set(self._relay.paths.confirmed_direct())
-        node.direct_peers(m.node_id for m in node.core.membership.members() if m.address in direct)
+        """Tell the node which other sites' supernodes its gossip reaches directly (it times
+        its site by them, else by the registry): one is direct from its first direct ack until
+        the relay carries its datagrams, not only while the registry lists it (a registry that
+        restarts empty or is reset forgets the sites for a while; their path stays as it was)."""
+        if self._relay is None:
+            return
+        paths = self._relay.paths
+        relayed = {peer for peer, route in paths.statistics().routes.items() if route == "relay"}
+        confirmed = set(paths.confirmed_direct())
+        live = {m.address: m.node_id for m in node.core.membership.members() if m.is_live}
+        self._direct |= {i for a, i in live.items() if a in confirmed}
+        self._direct -= {i for a, i in live.items() if a in relayed}
+        self._direct &= set(live.values())
+        node.direct_peers(self._direct)
 
     def _client(self) -> RegistryClient:
         """The client of the registry in use."""
