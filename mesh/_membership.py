@@ -539,22 +539,33 @@ class Membership:
 
     def next_deadline(self) -> float:
         """The time at which :meth:`handle_timer` must next be called."""
+        # Called after every input a node handles: plain comparisons, no min() calls.
         if self._left:
             return INF
-        t = min(self._next_probe_at, self._next_push_pull_at, self._next_reap_at)
+        t = self._next_probe_at
+        if self._next_push_pull_at < t:
+            t = self._next_push_pull_at
+        if self._next_reap_at < t:
+            t = self._next_reap_at
         for p in (self._probe, self._wan_probe):
             if p is not None:
-                t = min(t, p.end_at if p.indirect_sent or p.acked else p.indirect_at)
-        if self._contacts:
-            t = min(t, self._next_wan_probe_at)
-        if self._queue.items:
-            t = min(t, self._next_gossip_at)
-        if self._dead:
-            t = min(t, self._next_reconnect_at)
-        for s in self._suspicions.values():
-            t = min(t, s.deadline)
-        for r in self._relays.values():
-            t = min(t, r.deadline)
+                end = p.end_at if p.indirect_sent or p.acked else p.indirect_at
+                if end < t:
+                    t = end
+        if self._contacts and self._next_wan_probe_at < t:
+            t = self._next_wan_probe_at
+        if self._queue.items and self._next_gossip_at < t:
+            t = self._next_gossip_at
+        if self._dead and self._next_reconnect_at < t:
+            t = self._next_reconnect_at
+        if self._suspicions:
+            for s in self._suspicions.values():
+                if s.deadline < t:
+                    t = s.deadline
+        if self._relays:
+            for r in self._relays.values():
+                if r.deadline < t:
+                    t = r.deadline
         return t
 
     # -- inputs -------------------------------------------------------------------------------
@@ -699,11 +710,13 @@ class Membership:
                 # probe takes one point off).
                 self._awareness = self.profile.awareness_max - 1
             self._start_probe(now)
-        for node_id in [n for n, s in self._suspicions.items() if now >= s.deadline]:
-            self._suspicion_expired(now, node_id)
-        for number in [n for n, r in self._relays.items() if now >= r.deadline]:
-            r = self._relays.pop(number)
-            self._send_member(r.requester, r.requester_id, Nack(r.requester_probe, r.target))
+        if self._suspicions:
+            for node_id in [n for n, s in self._suspicions.items() if now >= s.deadline]:
+                self._suspicion_expired(now, node_id)
+        if self._relays:
+            for number in [n for n, r in self._relays.items() if now >= r.deadline]:
+                r = self._relays.pop(number)
+                self._send_member(r.requester, r.requester_id, Nack(r.requester_probe, r.target))
         if now >= self._next_gossip_at:
             self._next_gossip_at = now + self.profile.gossip_interval
             self._gossip(now)
@@ -883,6 +896,8 @@ class Membership:
     # -- dissemination ------------------------------------------------------------------------
 
     def _piggyback(self) -> list[Update]:
+        if not self._queue.items:
+            return []
         return self._queue.take(self.piggyback_budget, self.profile.retransmit_limit(self._live))
 
     def _gossip(self, now: float) -> None:
