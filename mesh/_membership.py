@@ -47,6 +47,7 @@ core keeps two tiers in one table:
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import Counter, OrderedDict
@@ -59,6 +60,7 @@ from mesh._events import MemberEvent, MemberView, PathConflict
 from mesh._profiles import Profile
 from mesh._wire import (
     MAX_COUNTER,
+    MAX_FRAME,
     Ack,
     Address,
     Dead,
@@ -79,6 +81,8 @@ from mesh._wire import (
 )
 
 __all__ = [
+    "MAX_PUSH_PULL_PAGES",
+    "PUSH_PULL_BUDGET",
     "MemberEvent",
     "MemberView",
     "Membership",
@@ -183,7 +187,8 @@ class MembershipStatistics:
     ahead`` (a suspicion or death notice about a member at an incarnation this node never saw
     from it: applied at the one it saw), ``ahead of self`` (a record or notice about this node
     above its own incarnation: refuted at its own + 1), ``incarnation exhausted``,
-    ``ping for another node``."""
+    ``ping for another node``, ``push-pull pages`` (a peer's state went on beyond
+    :data:`MAX_PUSH_PULL_PAGES` pages: the rest was not asked for)."""
 
 
 @attrs.frozen
@@ -212,6 +217,19 @@ class Snapshot:
 
 
 _MISSING = object()
+
+PUSH_PULL_BUDGET = MAX_FRAME - 16 * 1024
+"""Bytes of records (member records and extras) one push-pull carries at most: one frame,
+less room for the envelope. A larger state goes in pages (see :class:`~mesh._wire.PushPull`):
+above about 16,000 members a whole state was over the frame, and a node could not join."""
+
+MAX_PUSH_PULL_PAGES = 64
+"""How many pages one exchange may take (a state of about a million members): a peer whose
+cursor never ends is not asked for more."""
+
+_Exchange: TypeAlias = tuple[Address, str | None, int, int]
+"""An open push-pull: the peer's address and id (None for a join), the cursor asked for, and
+how many pages the exchange has taken so far."""
 
 
 class _Table:
@@ -419,6 +437,7 @@ class Membership:
         "join_retry",
         "piggyback_budget",
         "profile",
+        "push_pull_budget",
     )
 
     def __init__(
@@ -432,6 +451,7 @@ class Membership:
         piggyback_budget: int = 900,
         join_retry: float = 1.0,
         wan: Profile | None = None,
+        push_pull_budget: int = PUSH_PULL_BUDGET,
     ) -> None:
         self.profile = profile
         self.wan = wan
@@ -439,6 +459,7 @@ class Membership:
         member probed with ``profile``."""
         self._contacts: frozenset[str] = frozenset()
         self.piggyback_budget = piggyback_budget
+        self.push_pull_budget = push_pull_budget
         self.join_retry = join_retry
         self._rng = rng
         self._me = attrs.evolve(me, status=ALIVE)
@@ -447,7 +468,7 @@ class Membership:
         self._since: dict[str, float] = {}
         self._suspicions: dict[str, _Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
-        self._streams: dict[int, tuple[Address, str | None]] = {}
+        self._streams: dict[int, _Exchange] = {}
         self._queue = _BroadcastQueue()
         self._seen_extensions: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self._state_extras: tuple[Update, ...] = ()
@@ -711,20 +732,38 @@ class Membership:
             self._apply(now, update, (src, sender))
 
     def handle_stream(self, now: float, src: Address, sender: str, body: PushPull) -> PushPull:
-        """Handle an incoming push-pull over TCP and return the reply to send back."""
-        reply = self._state(join=False, reply=True)
+        """Handle an incoming push-pull over TCP and return the reply to send back: this
+        node's state from the position the request asks for, one frame's worth (its
+        ``cursor`` says where the rest goes on)."""
+        members, rest = self._state_page(body.cursor)
+        extras = self._state_extras if body.cursor == 0 else ()
+        reply = PushPull(members, extras, join=False, reply=True, cursor=rest)
         self._merge(now, body, (src, sender))
         return reply
 
     def handle_stream_reply(self, now: float, exchange: int, reply: PushPull | None) -> None:
-        """The outcome of an :class:`OpenStream`: the peer's state, or ``None`` if it failed."""
+        """The outcome of an :class:`OpenStream`: the peer's state, or ``None`` if it failed.
+        A page with more to come opens the exchange for the next page."""
         opened = self._streams.pop(exchange, None)
         if opened is None or reply is None:
             return
-        address, peer = opened
+        address, peer, asked, pages = opened
         if peer is None:  # a join: the peer's own record comes first in its state
             peer = reply.members[0].node_id if reply.members else None
         self._merge(now, reply, None if peer is None else (address, peer))
+        # The next page: only from a peer we know, only forwards (every page carries at least
+        # one record), and only so many (a peer cannot keep us asking for ever).
+        if reply.cursor <= asked or peer is None or self._left:
+            return
+        if pages >= MAX_PUSH_PULL_PAGES:
+            self._refused["push-pull pages"] += 1
+            return
+        rec = self._table.get(peer)
+        self._exchange_counter += 1
+        self._streams[self._exchange_counter] = (address, peer, reply.cursor, pages + 1)
+        body = PushPull((self._me,), cursor=reply.cursor)
+        incarnation = -1 if rec is None else rec.incarnation
+        self._outputs.append(OpenStream(address, body, self._exchange_counter, peer, incarnation))
 
     def handle_timer(self, now: float) -> None:
         """Run every timer that is due at *now*."""
@@ -956,20 +995,41 @@ class Membership:
             if rec is not None:
                 self._send_to(rec, Gossip(tuple(updates)))
 
-    def _state(self, join: bool, reply: bool) -> PushPull:
-        members = (self._me, *self._table.records())
-        return PushPull(members, self._state_extras, join, reply)
+    def _state_page(self, start: int) -> tuple[tuple[MemberRecord, ...], int]:
+        """This node's record, then its other records from position *start* on, as many as
+        fit :attr:`push_pull_budget` bytes (with the extras on the first page); and the
+        position of the first record left out (0: none was).
+
+        Positions are those of the member table's order, which only grows at its end (a
+        removed tombstone shifts the later ones by one: a record may then come twice or be
+        missed until the next exchange)."""
+        budget = self.push_pull_budget - update_size(self._me)
+        if start == 0:
+            budget -= sum(update_size(e) for e in self._state_extras)
+        members = [self._me]
+        position = start
+        records = self._table.records()
+        for rec in itertools.islice(records, start, None) if start else records:
+            budget -= update_size(rec)
+            if budget < 0 and len(members) > 1:
+                return tuple(members), position
+            members.append(rec)
+            position += 1
+        return tuple(members), 0
 
     def _open_push_pull(
         self, address: Address, join: bool, peer: MemberRecord | None = None
     ) -> None:
         self._exchange_counter += 1
         to = None if peer is None else peer.node_id
-        self._streams[self._exchange_counter] = (address, to)
+        self._streams[self._exchange_counter] = (address, to, 0, 1)
+        # A request carries the first page of our state (the peer learns the rest from its
+        # own exchanges) and asks for the peer's from its start.
+        members, _ = self._state_page(0)
         self._outputs.append(
             OpenStream(
                 address,
-                self._state(join, reply=False),
+                PushPull(members, self._state_extras, join, reply=False),
                 self._exchange_counter,
                 to,
                 -1 if peer is None else peer.incarnation,

@@ -65,6 +65,7 @@ __all__ = [
     "MAX_COUNTER",
     "MAX_DATAGRAM",
     "MAX_FRAME",
+    "MAX_PUSH_PULL_CURSOR",
     "NODE_ID_LENGTH",
     "TAG_SIZE",
     "WIRE_VERSION",
@@ -105,6 +106,8 @@ FRAME_MAGIC = b"SF"
 WIRE_VERSION = 2
 MAX_DATAGRAM = 1200
 MAX_FRAME = 1024 * 1024
+MAX_PUSH_PULL_CURSOR = 1 << 24
+"""The bound of a push-pull's page cursor (a position in a member table: 16 million)."""
 TAG_SIZE = 16
 HEADER_SIZE = 5
 """The fixed part of the header: magic, version, key id and the binding's length byte."""
@@ -556,26 +559,39 @@ class Gossip:
 class PushPull:
     """Full state exchange (TCP): every member record the sender knows, with its status,
     and the other replicated items (leases...). ``join`` marks the first exchange of a node;
-    ``reply`` marks the answer."""
+    ``reply`` marks the answer.
+
+    A state larger than one frame goes in **pages**: the sender's own record first, then as
+    many of its other records as fit. ``cursor`` is where the pages go on: in a reply, the
+    position in the sender's state (its records after its own) of the first record this page
+    left out, 0 if it is the last page; in a request, the position the reply is to start at (0
+    for a whole exchange). A node that gets a reply with a cursor asks for the next page in a
+    new exchange, until the cursor is 0. A cursor of 0 is not encoded (the message is then the
+    4-field push-pull of earlier versions).
+    """
 
     TYPE: ClassVar[int] = 6
     members: tuple[MemberRecord, ...]
     extras: tuple[Update, ...] = ()
     join: bool = False
     reply: bool = False
+    cursor: int = 0
 
     def fields(self) -> list[Any]:
-        return [
+        out = [
             [m.to_wire() for m in self.members],
             [u.to_wire() for u in self.extras],
             self.join,
             self.reply,
         ]
+        if self.cursor:
+            out.append(self.cursor)
+        return out
 
     @classmethod
     def from_fields(cls, f: list[Any]) -> PushPull:
-        if len(f) != 4:
-            raise _fail("push-pull needs 4 fields")
+        if len(f) not in (4, 5):
+            raise _fail("push-pull needs 4 or 5 fields")
         members = _updates(f[0], "push-pull members")
         if not all(type(m) is MemberRecord for m in members):
             raise _fail("push-pull members must be member records")
@@ -584,6 +600,7 @@ class PushPull:
             _updates(f[1], "push-pull extras"),
             _bool(f[2], "push-pull join"),
             _bool(f[3], "push-pull reply"),
+            _int(f[4], "push-pull cursor", 1, MAX_PUSH_PULL_CURSOR) if len(f) == 5 else 0,
         )
 
 

@@ -23,6 +23,7 @@ import attrs
 import pytest
 
 from mesh._membership import (
+    MAX_PUSH_PULL_PAGES,
     MemberEvent,
     Membership,
     MemberView,
@@ -38,6 +39,7 @@ from mesh._sim import INSTANT, SimNode, Simulator
 from mesh._wire import (
     MAX_COUNTER,
     MAX_DATAGRAM,
+    MAX_FRAME,
     Ack,
     Address,
     Dead,
@@ -226,6 +228,73 @@ def test_join_through_one_member_reaches_the_others_by_gossip() -> None:
     assert net.run(2.0, stop=lambda: status(b, c) == "alive")  # a gossips c on
     joined = net.first("joined", about=c, seen_by=b)
     assert joined is not None and joined <= LAN.gossip_interval + 1e-9
+
+
+def test_a_group_larger_than_one_frame_joins_in_pages() -> None:
+    """20,000 members (about 1.3 MB of records, over the 1 MiB frame): the joiner gets the
+    state in pages, each a frame that fits, and knows every member after the last."""
+    records = [record(i) for i in range(1, 20_001)]
+    a = core(records[0], 1, snapshot=Snapshot.of(records))
+    c = core(record(20_001), 3)
+    wire = Wire([a, c])
+    assert sum(update_size(r) for r in records) > MAX_FRAME
+    asked: list[int] = []  # the cursor each request asked for
+    answered: list[int] = []  # the cursor of each reply
+    stream, deliver = wire._stream, wire._receive
+
+    def request(src: Membership, out: OpenStream) -> None:
+        asked.append(out.body.cursor)
+        stream(src, out)  # encode_frame raises MessageTooLarge above MAX_FRAME
+
+    def receive(dest: Address, src: Address, data: bytes, kind: str = "") -> Any:
+        got = deliver(dest, src, data, kind)
+        if kind == "reply" and got is not None:
+            answered.append(got.body.cursor)
+        return got
+
+    wire._stream, wire._receive = request, receive  # type: ignore[method-assign]
+    c.add_candidate(0.0, a.me.address)
+    wire.flush()
+    assert len(asked) == len(answered) >= 2  # more than one page
+    assert asked[0] == 0 and answered[-1] == 0  # from the start to the end
+    assert asked[1:] == answered[:-1]  # each request asks where the last page ended
+    assert all(a < b for a, b in zip(asked, answered[:-1], strict=False))  # always forwards
+    assert c.live_count() == 20_001  # everyone, itself included
+    assert status(a, c) == "alive"
+    assert not wire.refused
+
+
+def test_a_peer_whose_pages_never_end_is_not_asked_for_ever() -> None:
+    """Someone else answers every page with one more: the joiner stops after
+    MAX_PUSH_PULL_PAGES exchanges and counts it."""
+    c = core(record(1), 1)
+    liar = record(2)
+    c.add_candidate(0.0, liar.address)
+    asked = 0
+    for _ in range(10 * MAX_PUSH_PULL_PAGES):
+        opened = [o for o in c.take_outputs() if isinstance(o, OpenStream)]
+        if not opened:
+            break
+        asked += 1
+        (out,) = opened
+        page = PushPull((liar, record(1000 + asked)), reply=True, cursor=out.body.cursor + 1)
+        c.handle_stream_reply(float(asked), out.exchange, page)
+    assert asked == MAX_PUSH_PULL_PAGES
+    assert c.statistics().refused["push-pull pages"] == 1
+    # A page that does not move forwards is not followed either.
+    d = core(record(3), 3)
+    d.add_candidate(0.0, liar.address)
+    (out,) = d.take_outputs()
+    assert isinstance(out, OpenStream)
+    d.handle_stream_reply(0.0, out.exchange, PushPull((liar,), reply=True, cursor=0))
+    assert d.take_outputs() == []
+
+
+def test_a_state_that_fits_is_one_push_pull_of_the_earlier_format() -> None:
+    a, b = converged(2)
+    reply = a.handle_stream(0.0, b.me.address, b.node_id, PushPull((b.me,)))
+    assert reply.cursor == 0 and len(reply.members) == 2
+    assert len(reply.fields()) == 4
 
 
 # ---------------------------------------------------------------------------------------------

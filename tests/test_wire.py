@@ -22,6 +22,7 @@ from mesh._wire import (
     MAX_COUNTER,
     MAX_DATAGRAM,
     MAX_FRAME,
+    MAX_PUSH_PULL_CURSOR,
     NODE_ID_LENGTH,
     TAG_SIZE,
     WIRE_VERSION,
@@ -125,6 +126,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
         update_lists,
         st.booleans(),
         st.booleans(),
+        st.one_of(st.just(0), st.integers(1, MAX_PUSH_PULL_CURSOR)),
     ),
     st.builds(ClockRequest, counters, finite),
     st.builds(ClockReply, counters, finite, finite, finite, finite.map(abs), st.booleans()),
@@ -391,6 +393,25 @@ def test_reasons_are_stable(data: bytes, reason: str) -> None:
     with pytest.raises(InvalidMessage) as info:
         WireCodec().decode(data)
     assert info.value.reason == reason
+
+
+def test_a_push_pull_cursor_is_optional_and_bounded() -> None:
+    """A whole state is the 4-field push-pull of earlier versions; a page's cursor is a 5th
+    field, from 1 to MAX_PUSH_PULL_CURSOR; anything else is refused as malformed."""
+    codec = WireCodec()
+    header = [PushPull.TYPE, "f", "a" * 32, 0, 0, 0.0]
+    whole = codec.encode(Envelope("f", "a" * 32, 0, 0, 0.0, PushPull(())))
+    assert whole == UNSIGNED_UNBOUND + msgpack.packb([*header, [], [], False, False])
+    page = codec.decode(UNSIGNED_UNBOUND + msgpack.packb([*header, [], [], False, True, 7]))
+    assert page.body == PushPull((), reply=True, cursor=7)
+    for bad in (0, -1, MAX_PUSH_PULL_CURSOR + 1, 1.5, "7", None):
+        data = UNSIGNED_UNBOUND + msgpack.packb([*header, [], [], False, True, bad])
+        with pytest.raises(InvalidMessage) as info:
+            codec.decode(data)
+        assert info.value.reason == "malformed"
+    six = UNSIGNED_UNBOUND + msgpack.packb([*header, [], [], False, True, 7, 8])
+    with pytest.raises(InvalidMessage, match="4 or 5 fields"):
+        codec.decode(six)
 
 
 def test_invalid_names_and_ids_are_refused() -> None:
