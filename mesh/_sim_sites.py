@@ -107,6 +107,21 @@ class SiteSimulator(Simulator):
         site = self.site_of.get(src)
         return self.link if site is not None and site == self.site_of.get(dest) else self.wan
 
+    def site_at(self, address: Address) -> int | None:
+        """The site of *address* (None if it has none)."""
+        return self.site_of.get(address)
+
+    def _link(self, node: SimNode, dest: Address, target: SimNode | None) -> LinkModel:
+        # As link_between, from the sites the two nodes carry (no look-up by address: this is
+        # every datagram's path). Without a node at *dest* the datagram is dropped whatever
+        # the link, so "another site" is as good an answer as any there.
+        site = node.site
+        return (
+            self.link
+            if site is not None and target is not None and site == target.site
+            else self.wan
+        )
+
     def record_at(self, site: int, name: str, orchestra: str) -> MemberRecord:
         """A fresh member record with a new id and the next free virtual host, at *site*."""
         record = self.new_record(name, orchestra)
@@ -213,6 +228,11 @@ def collector_off() -> Iterator[None]:
     try:
         yield
     finally:
+        # Everything made meanwhile counts as young: the first collection after enabling
+        # would walk all of it (a second at 100,000 nodes). Freezing and thawing moves it to
+        # the oldest generation instead, where a later full collection still finds any cycle.
+        gc.freeze()
+        gc.unfreeze()
         if enabled:
             gc.enable()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from mesh._membership import Membership
+from mesh._sim import LinkModel, SimNode
 from mesh._sim_sites import (
     LAN_LINK,
     SUMMARY_KEY,
@@ -46,15 +47,18 @@ def test_only_supernodes_talk_across_sites_and_members_know_only_their_orchestra
     sim = SiteSimulator(seed=11)
     federation = SiteFederation(sim, sites=4, per_site=10)
     crossings: list[tuple[int, int]] = []
-    plain = sim.link_between
+    plain = sim._link
 
-    def counting(src: tuple[str, int], dest: tuple[str, int]) -> object:
+    def counting(node: SimNode, dest: tuple[str, int], target: SimNode | None) -> LinkModel:
+        src = node.address
         if sim.site_of[src] != sim.site_of[dest]:
             crossings.append((sim.site_of[src], sim.site_of[dest]))
             assert src in sim.tier_addresses and dest in sim.tier_addresses
-        return plain(src, dest)
+        link = plain(node, dest, target)
+        assert link == sim.link_between(src, dest)  # the fast path gives the same link
+        return link
 
-    sim.link_between = counting  # type: ignore[method-assign, assignment]
+    sim._link = counting  # type: ignore[method-assign]
     sim.run_until(10.0)
     assert crossings, "the supernodes never spoke across sites"
     for site in federation.sites:
