@@ -2,10 +2,10 @@
 
 One binary heap of every pending event (a timer per node, every datagram in flight) costs
 ``log2(n)`` tuple comparisons per push and per pop, each on a tuple somewhere in a heap of a
-hundred thousand entries at 100,000 simulated nodes, far apart in memory. Here an event goes into the bucket of its time (:data:`BUCKET_S` wide),
-appended in O(1); only the bucket being run is a heap (a few hundred events, close together).
-The order is exactly the heap's: by time, then by the order of pushing (so a seed's run, and
-its trace hash, are the same).
+hundred thousand entries at 100,000 simulated nodes, far apart in memory. Here an event goes
+into the bucket of its time (:data:`BUCKET_S` wide), appended in O(1); only the bucket being
+run is a heap (a few hundred events, close together). The order is exactly the heap's: by
+time, then by the order of pushing (so a seed's run, and its trace hash, are the same).
 """
 
 from __future__ import annotations
