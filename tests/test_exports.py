@@ -121,6 +121,7 @@ MESH_CORES = [
     "_osc_core",
     "_profiles",
     "_sim",
+    "_simqueue",
     "_simregistry",
     "_tempo",
     "_wire",
