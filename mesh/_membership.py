@@ -403,6 +403,7 @@ class Membership:
     # is not shared between instances (1.5 kB each, and slower to read).
     __slots__ = (
         "_awareness",
+        "_contacts",
         "_dead",
         "_events",
         "_exchange_counter",
@@ -415,6 +416,7 @@ class Membership:
         "_next_push_pull_at",
         "_next_reap_at",
         "_next_reconnect_at",
+        "_next_wan_probe_at",
         "_outputs",
         "_probe",
         "_probe_counter",
@@ -434,10 +436,13 @@ class Membership:
         "_streams",
         "_suspicions",
         "_table",
+        "_wan_probe",
+        "_wan_turn",
         "join_retry",
         "piggyback_budget",
         "profile",
         "push_pull_budget",
+        "wan",
     )
 
     def __init__(
