@@ -92,6 +92,7 @@ class SiteSimulator(Simulator):
         self.site_of: dict[Address, int] = {}
         """Every address's site."""
         self.tier_addresses: set[Address] = set()
+        self._sites_link = type(self).link_between is SiteSimulator.link_between
         self.core_factory = self._site_factory
 
     def _site_factory(
@@ -114,7 +115,10 @@ class SiteSimulator(Simulator):
     def _link(self, node: SimNode, dest: Address, target: SimNode | None) -> LinkModel:
         # As link_between, from the sites the two nodes carry (no look-up by address: this is
         # every datagram's path). Without a node at *dest* the datagram is dropped whatever
-        # the link, so "another site" is as good an answer as any there.
+        # the link, so "another site" is as good an answer as any there. A subclass with its
+        # own link_between (NATs between sites...) is asked as it asks.
+        if not self._sites_link:
+            return self.link_between(node.address, dest)
         site = node.site
         return (
             self.link
