@@ -78,8 +78,14 @@ def bounded_trio_run(limit: float) -> Callable[..., Any]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Give the tests of the pure cores the lower limit (unless a test sets its own), and run
-    each trio test under its limit inside trio (:func:`bounded_trio_run`)."""
+    """Give the tests of the pure cores the lower limit (unless a test sets its own), run each
+    trio test under its limit inside trio (:func:`bounded_trio_run`), and start the long tests
+    first.
+
+    The suite runs on several pytest-xdist workers (``.ci/run``), which take tests in
+    collection order: handing out the ``slow``-marked ones first keeps one of them from being
+    the last test left while the other workers idle (longest-first scheduling)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     for item in items:
         if item.path.stem in IN_PROCESS_MODULES and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(IN_PROCESS_TIMEOUT))
