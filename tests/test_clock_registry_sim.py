@@ -14,6 +14,7 @@ from mesh._clockfaults import FAULTS, LAN_BOUND, run_registry_fault
 SEEDS_PER_FAULT = 63
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", FAULTS)
 def test_the_lan_keeps_time_and_the_registry_never_breaks_it(fault: str) -> None:
     worst_lan = worst_rate = 0.0

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import pytest
 
 from mesh._clock import ClockConfig, ClockCore, SkewedClock
 from mesh._wire import ClockReply, ClockRequest
@@ -275,6 +276,7 @@ def random_run(
 # The properties
 
 
+@pytest.mark.slow
 def test_bound_holds_and_time_never_decreases_over_200_seeds() -> None:
     diffs: list[float] = []
     for seed in range(200):

@@ -15,6 +15,7 @@ CHUNKS = 5
 SEEDS_PER_CHUNK = 100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_one_conductor_one_supernode_per_orchestra_and_honest_clocks(chunk: int) -> None:
     worst = 0.0
@@ -30,6 +31,7 @@ def test_one_conductor_one_supernode_per_orchestra_and_honest_clocks(chunk: int)
     print(f"chunk {chunk}: worst time to agreement {worst:.1f} s")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_one_conductor_across_sites_that_only_the_registry_joins(chunk: int) -> None:
     worst = 0.0

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.security.edge_fuzz import FuzzStats, drive, steps
 
 STATS = FuzzStats()
 
+# Both tests on one pytest-xdist worker, the guard after the fuzz (it reads the fuzz's STATS).
+pytestmark = pytest.mark.xdist_group("edge_fuzz")
 
+
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(example=steps, seed=st.integers(0, 2**16))
 def test_hostile_input_never_escapes_the_edge_or_the_core(example: list[Any], seed: int) -> None:
