@@ -22,7 +22,13 @@ from typing import Any
 import pytest
 
 from tests.netns import Host, Lan
-from tests.test_netns_two_sites import start_node, start_registry, status, wait_until
+from tests.test_netns_two_sites import (
+    one_conductor_in,
+    start_node,
+    start_registry,
+    status,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -60,9 +66,7 @@ def test_sites_that_cannot_reach_each_other_gossip_through_the_relay_then_direct
 
         def one_conductor() -> bool:
             docs[:] = [status(lan, host, u) for host, u in nodes]
-            conductors = {d["conductor"] for d in docs}
-            flagged = [sum(m["conductor"] for m in d["members"]) for d in docs]
-            return len(conductors) == 1 and None not in conductors and flagged == [1, 1]
+            return one_conductor_in(docs)
 
         wait_until(one_conductor, 20, "exactly one conductor, the same on both sites")
         for doc in docs:

@@ -29,7 +29,13 @@ import pytest
 
 from tests.netns import Host, Lan, Spawned
 from tests.test_netns_clock_registry import SAMPLER, read, smoothed
-from tests.test_netns_two_sites import start_node, start_registry, status, wait_until
+from tests.test_netns_two_sites import (
+    one_conductor_in,
+    start_node,
+    start_registry,
+    status,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -74,9 +80,7 @@ def test_two_sites_of_two_behind_nats_agree_through_the_relay(tmp_path: Path) ->
 
         def one_conductor() -> bool:
             docs[:] = [status(lan, host, u) for host, u in nodes]
-            conductors = {d["conductor"] for d in docs}
-            flagged = [sum(m["conductor"] for m in d["members"]) for d in docs]
-            return len(conductors) == 1 and None not in conductors and flagged == [1] * 4
+            return one_conductor_in(docs)
 
         wait_until(one_conductor, 30, "exactly one conductor, the same on both sites")
 

@@ -84,6 +84,14 @@ def start_registry(lan: Lan, host: Host, tmp: Path) -> str:
     return f"http://{host.address}:{REGISTRY_PORT}"
 
 
+def one_conductor_in(docs: list[dict[str, Any]]) -> bool:
+    """Whether the nodes' status documents *docs* name one and the same conductor, each listing
+    exactly one member flagged as the conductor."""
+    conductors = {d["conductor"] for d in docs}
+    flagged = [sum(m["conductor"] for m in d["members"]) for d in docs]
+    return len(conductors) == 1 and None not in conductors and flagged == [1] * len(docs)
+
+
 def status(lan: Lan, host: Host, url: str) -> dict[str, Any]:
     out = lan.run(host, sys.executable, "-m", "mesh", "status", url, "--json").stdout
     doc: dict[str, Any] = json.loads(out)
@@ -141,10 +149,8 @@ def test_two_sites_merge_through_the_registry(tmp_path: Path) -> None:
 
         def one_conductor() -> bool:
             docs[:] = [status(lan, host, u) for host, u in nodes]
-            conductors = {d["conductor"] for d in docs}
-            flagged = [sum(m["conductor"] for m in d["members"]) for d in docs]
             same_supernodes = len({json.dumps(d["supernodes"], sort_keys=True) for d in docs})
-            return len(conductors) == 1 and flagged == [1] * len(docs) and same_supernodes == 1
+            return one_conductor_in(docs) and same_supernodes == 1
 
         wait_until(one_conductor, 30, "exactly one conductor, the same everywhere")
         conductor = docs[0]["conductor"]
