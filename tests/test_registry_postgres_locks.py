@@ -5,6 +5,7 @@ processes on the session's real PostgreSQL cluster."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ import httpx
 import psycopg
 import trio
 
+from registry_bridge import RegistryStore
 from registry_bridge._postgres import FEDERATION_LOCK, federation_key
 from tests.harness import wait_for
 from tests.postgres import Cluster
@@ -217,3 +219,58 @@ async def test_a_federation_whose_lock_is_held_does_not_hold_up_another_federati
                 "first",
                 "late",
             ]
+
+
+async def test_a_group_commit_call_whose_federation_is_busy_runs_again_alone_after_the_group(
+    postgres_cluster: Cluster,
+) -> None:
+    """In one group commit, a call on federation ``free`` and one on ``held`` (whose lock a
+    test connection holds): the group does not wait while it holds ``free``'s lock; it commits
+    the ``free`` registration, then the ``held`` call waits for its lock alone, and succeeds
+    once the lock is let go."""
+    db = postgres_cluster.new_database(template=MIGRATED_TEMPLATE)
+    store = RegistryStore(db)
+    key = federation_key("held") % 2**32
+    try:
+        calls = [
+            functools.partial(
+                store.register, fed, "o", name, host="127.0.0.1", port=7471, create=True
+            )
+            for fed, name in (("free", "a"), ("held", "b"))
+        ]
+        with trio.fail_after(30), holding(db, "held") as conn:
+
+            def count(sql: str, *args: object) -> int:
+                row = conn.execute(sql, args).fetchone()
+                return int(row[0]) if row is not None else 0
+
+            def free_committed_and_held_waits() -> bool:
+                free = count(
+                    "SELECT count(*) FROM registrations r JOIN federations f"
+                    " ON f.id = r.federation_id WHERE f.name = 'free'"
+                )
+                waits = count(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    " AND classid = %s AND objid = %s AND objsubid = 2",
+                    FEDERATION_LOCK,
+                    key,
+                )
+                return free == 1 and waits == 1
+
+            outcomes: list[list[tuple[bool, Any]]] = []
+            async with trio.open_nursery() as nursery:
+
+                async def group() -> None:
+                    outcomes.append(await trio.to_thread.run_sync(store.run_group, calls))
+
+                nursery.start_soon(group)
+                await wait_for(free_committed_and_held_waits, 10, "free committed, held waiting")
+                assert outcomes == []
+                conn.execute("COMMIT")
+                conn.execute("BEGIN")  # for holding()'s own COMMIT
+        [results] = outcomes
+        assert [ok for ok, _ in results] == [True, True], results
+        assert [r["path"] for _, r in results] == ["/o/a", "/o/b"]
+        assert store.check_consistency() == []
+    finally:
+        store.close()
