@@ -20,24 +20,11 @@ from registry_bridge._postgres import FEDERATION_LOCK, federation_key
 from tests.harness import wait_for
 from tests.postgres import Cluster
 from tests.registries import MIGRATED_TEMPLATE, running_registry
+from tests.test_registry_postgres import NO_LIMIT, gather
 
-NO_LIMIT = ("--register-rate", "0")
 ROUNDS = 25
 CANDIDATES = 12
 API = "/api/v1/federations/"
-
-
-async def gather(calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
-    """Run *calls* at once; their results in order."""
-    results: list[Any] = [None] * len(calls)
-
-    async def run(i: int) -> None:
-        results[i] = await calls[i]()
-
-    async with trio.open_nursery() as nursery:
-        for i in range(len(calls)):
-            nursery.start_soon(run, i)
-    return results
 
 
 async def test_two_registries_racing_for_one_federations_conductor_grant_one_while_another_federation_writes(  # noqa: E501
