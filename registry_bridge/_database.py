@@ -3,9 +3,13 @@
 :class:`~registry_bridge._store.RegistryStore` holds the registry's rules and speaks portable
 SQL (``?`` placeholders, ``INSERT ... ON CONFLICT DO NOTHING``, ``RETURNING``) to a
 :class:`Database`. A backend owns everything its engine does differently: opening and closing,
-the schema and its versioned upgrades, transaction control and the lock that makes write
-transactions one at a time across every process using the database, and the translation of
-its driver's errors. :func:`open_database` picks the backend from the target: a
+the schema and its versioned upgrades, transaction control and the locks that order write
+transactions across every process using the database, and the translation of its driver's
+errors. SQLite has one lock for the whole file, so its transactions run one at a time;
+PostgreSQL locks only the federation a transaction works on (``registry_bridge._postgres``
+says which lock each store call takes), so the calls of different federations run side by
+side, in one registry process's group commits and across a fleet of registries.
+:func:`open_database` picks the backend from the target: a
 ``postgresql://`` (or ``postgres://``) URL is PostgreSQL (``registry_bridge._postgres``),
 anything else a SQLite file (``registry_bridge._sqlite``).
 
@@ -28,6 +32,7 @@ from registry_bridge._errors import RegistryBridgeError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Busy",
     "Database",
     "DatabaseError",
     "Duplicate",
@@ -56,6 +61,13 @@ class Unreachable(DatabaseError):
     write lock not had in time). Nothing of the transaction under way was acknowledged."""
 
 
+class Busy(Exception):
+    """A lock asked for without waiting (:meth:`Database.lock` inside a group commit) is held
+    by another transaction, or the database cancelled the statement to break a deadlock
+    between two transactions. What the call did is undone (its savepoint, or its whole
+    transaction); running it again in a transaction of its own, which may wait, is safe."""
+
+
 class Duplicate(Exception):
     """A row was refused by a uniqueness constraint (the backend's driver error, translated)."""
 
@@ -80,21 +92,39 @@ class Rows(Protocol):
 class Database(Protocol):
     """One registry database. Not thread-safe: the store calls it under its own lock.
 
-    Every statement runs inside a transaction opened by :meth:`begin`, which also takes the
-    database-wide write lock (SQLite: ``BEGIN IMMEDIATE`` plus an optional ``flock``;
-    PostgreSQL: a transaction-level advisory lock), so transactions of all processes on the
-    database run one at a time and each sees every earlier one committed.
+    Every statement runs inside a transaction opened by :meth:`begin`. How transactions of
+    all processes on the database are ordered is the backend's: SQLite takes the whole file
+    at :meth:`begin` (``BEGIN IMMEDIATE`` plus an optional ``flock``), so they run one at a
+    time and :meth:`lock` has nothing left to do; PostgreSQL takes a lock per federation
+    (:meth:`lock`, or *federation* at :meth:`begin`) and the whole database only for what
+    spans federations (*whole*). Either way each transaction sees every one committed before
+    it took its lock.
     """
 
     shown: str
     """The database for messages: a file path, or the URL without its password."""
 
+    per_federation: bool
+    """Whether transactions lock single federations (PostgreSQL), so the store must say
+    which one each works on and sweep expired registrations one federation at a time;
+    ``False`` when :meth:`begin` already holds the whole database (SQLite)."""
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
         """Run one portable statement (``?`` placeholders); :class:`Duplicate` for a row a
-        uniqueness constraint refused, :class:`Unreachable` if the database is gone."""
+        uniqueness constraint refused, :class:`Unreachable` if the database is gone,
+        :class:`Busy` if the database cancelled it to break a deadlock."""
 
-    def begin(self) -> None:
-        """Open a write transaction holding the database-wide write lock."""
+    def begin(self, *, whole: bool = False, federation: str | None = None) -> None:
+        """Open a write transaction: holding the whole database if *whole* (nothing else
+        runs beside it), else beside others, holding *federation*'s lock if given (waiting
+        for it)."""
+
+    def lock(self, federation: str | None) -> None:
+        """Inside the open transaction, take *federation*'s lock (``None``: the whole
+        database), held until the transaction ends. It is waited for only by a transaction
+        that holds no lock yet (so two transactions never wait for each other); otherwise
+        :class:`Busy` if another transaction holds it. The whole database is never waited
+        for here: a transaction that needs it asks at :meth:`begin`."""
 
     def commit(self) -> None:
         """Commit the open transaction (durable for every later reader before it returns)."""

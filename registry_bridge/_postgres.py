@@ -1,18 +1,60 @@
 """The registry's PostgreSQL backend: psycopg 3 with a connection pool.
 
-Any number of registry processes, on any hosts, may use one database. Their write
-transactions run one at a time: each takes the transaction-level advisory lock
-``(7480, 1)`` first (let go by ``COMMIT`` or ``ROLLBACK``, and by PostgreSQL itself when the
-session dies), exactly as SQLite's ``BEGIN IMMEDIATE`` does for one file, so every rule the
-store checks with a read before it writes (one supernode per orchestra, the conductor's
-compare-and-set and its term) holds across processes. ``READ COMMITTED`` then gives each
-statement every earlier transaction committed. A transaction commits before the store
-answers (``synchronous_commit`` as the server has it: ``on`` by default, durable across a
-crash of the database server too).
+Any number of registry processes, on any hosts, may use one database. A transaction locks
+only what it works on, with transaction-level advisory locks (let go by ``COMMIT`` or
+``ROLLBACK``, and by PostgreSQL itself when the session dies), so the calls of different
+federations run side by side, across processes and within one process's group commits:
+
+- **the whole database**, ``(7480, 1)`` (:data:`LOCK_KEY`): every transaction holds it
+  *shared* from ``BEGIN``; the few that span federations hold it *exclusive* and so run
+  alone, seeing every federation at rest: export and import
+  (:meth:`~registry_bridge._store.RegistryStore.transaction`), ``check_consistency``, and
+  ``stagemesh registry migrate``.
+- **a federation**, ``(7481, k)`` with *k* a 32-bit hash of its name
+  (:func:`federation_key`; two names with one hash share a lock, which is only slower):
+  held exclusive by every call that reads more than one row of the federation or writes
+  anything but a heartbeat. Named by the call: ``create_federation``, ``federation_id``,
+  ``federation``, ``delete_federation``, ``reset_federation``, ``create_orchestra``,
+  ``orchestra_id``, ``list_orchestras``, ``register`` (with ``create`` too: the name is
+  locked before the federation exists, so two creators queue), ``unregister_path``,
+  ``conductor``, ``set_conductor``, ``elapsed``, ``epoch``, ``epoch_lineage``,
+  ``offer_epoch``. Found from a token first (the federation of a registration never
+  changes; if the registration is gone meanwhile the call says so): ``unregister``, a
+  heartbeat carrying a members report, ``relay_queue`` and ``relay_take`` (sender and
+  recipient are of one federation). Every rule the store checks with a read before it
+  writes concerns one federation (one supernode per orchestra, the conductor's
+  compare-and-set and its term, the epoch and its lineage, the relay queue of a supernode,
+  who holds a path), so holding that federation's lock makes the check and the write one
+  step, exactly as the single lock did: two registry processes cannot grant two
+  conductors. The compare-and-set is also fenced in its ``UPDATE ... WHERE conductor_term``.
+- **no advisory lock** beyond the shared one: a plain heartbeat is one ``UPDATE`` of its
+  registration's row (PostgreSQL's row lock orders it against a concurrent delete: after
+  the delete it finds no row and says the token is unknown), and ``list_federations`` is one
+  ``SELECT`` (one snapshot of every federation with its counts).
+- **expiry sweeps** (at most one a sweep interval across all processes, chosen by a
+  conditional ``UPDATE`` of the shared stamp row in a transaction of its own) list the
+  federations with expired registrations or relayed frames, then sweep each in a
+  transaction holding that federation's lock. A registration is deleted only if still
+  expired (``DELETE ... WHERE last_seen < ?``: a heartbeat that committed meanwhile keeps
+  it, PostgreSQL re-reading the row after the heartbeat's lock), so a sweep never drops
+  what a heartbeat kept alive, and two sweeps never fight.
+
+A transaction waits for a federation's lock only while it holds no other one (a call of
+its own, or the first call of a group commit); any later lock in a group is only tried,
+and a call that finds it taken (:class:`~registry_bridge._database.Busy`) is undone to its
+savepoint and run again after the group in a transaction of its own. So two transactions
+never wait for each other's advisory locks. Row locks can still meet (a group's heartbeat
+of a registration another group is deleting, while that group heartbeats one the first
+already touched): PostgreSQL breaks such a deadlock by cancelling one statement, which the
+store treats the same way (``Busy``: run again alone). ``READ COMMITTED`` gives each
+statement every transaction committed before it, so a call sees everything committed
+before it took its lock. A transaction commits before the store answers
+(``synchronous_commit`` as the server has it: ``on`` by default, durable across a crash of
+the database server too).
 
 Each session is told ``idle_in_transaction_session_timeout`` (a registry process frozen
-while holding the lock, say stopped with SIGSTOP, is cut off after 10 s and its lock let go)
-and ``lock_timeout`` (a transaction that waited 10 s for the lock gives up: 503, nothing
+while holding a lock, say stopped with SIGSTOP, is cut off after 10 s and its locks let go)
+and ``lock_timeout`` (a transaction that waited 10 s for a lock gives up: 503, nothing
 done). Connection failures become :class:`~registry_bridge._database.Unreachable` (the
 store answers 503); a connection found dead when a transaction starts is replaced at once,
 and the pool opens fresh ones for later transactions.
@@ -22,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +75,7 @@ import psycopg_pool
 
 from registry_bridge._database import (
     SCHEMA_VERSION,
+    Busy,
     DatabaseError,
     Duplicate,
     Rows,
@@ -42,11 +86,22 @@ from registry_bridge._database import (
     shown_target,
 )
 
-__all__ = ["LOCK_KEY", "PostgresDatabase"]
+__all__ = ["FEDERATION_LOCK", "LOCK_KEY", "PostgresDatabase", "federation_key"]
 
 LOCK_KEY = (7480, 1)
-"""The advisory lock every write transaction holds (two 32-bit keys: the registry's port and
-1), the same in every process using the database."""
+"""The advisory lock of the whole database (two 32-bit keys: the registry's port and 1), the
+same in every process using the database: every transaction holds it shared, the few that
+span federations exclusive."""
+FEDERATION_LOCK = 7481
+"""The first key of a federation's advisory lock; the second is :func:`federation_key`."""
+
+
+def federation_key(name: str) -> int:
+    """The second key of federation *name*'s advisory lock: a signed 32-bit hash of the name,
+    the same in every process and on every host (BLAKE2b, not Python's salted ``hash``)."""
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
 
 _SESSION = {
     "application_name": "stagemesh-registry",
@@ -58,7 +113,10 @@ _SESSION = {
 }
 _OPTIONS = "-c idle_in_transaction_session_timeout=10000 -c lock_timeout=10000"
 
-_BEGIN = f"BEGIN; SELECT pg_advisory_xact_lock({LOCK_KEY[0]}, {LOCK_KEY[1]})"
+_WHOLE = f"{LOCK_KEY[0]}, {LOCK_KEY[1]}"
+_BEGIN = f"BEGIN; SELECT pg_advisory_xact_lock_shared({_WHOLE})"
+_BEGIN_WHOLE = f"BEGIN; SELECT pg_advisory_xact_lock({_WHOLE})"
+_TRY_WHOLE = f"SELECT pg_try_advisory_xact_lock({_WHOLE})"
 
 # _MIGRATIONS[v] takes the schema from version v to v + 1. Names sort byte by byte (COLLATE
 # "C"), as SQLite's do, so both backends list things in the same order.
@@ -152,7 +210,7 @@ def _sql(portable: str) -> str:
 
 
 class PostgresDatabase:
-    """One PostgreSQL database (see the module's docstring).
+    """One PostgreSQL database (see the module's docstring: which lock each call takes).
 
     Opening connects once to check the URL, the server and the credentials
     (:class:`DatabaseError` in one line otherwise, without the password), then keeps a pool
@@ -174,6 +232,10 @@ class PostgresDatabase:
         with self._connect():
             pass
         self._conn: psycopg.Connection[Any] | None = None
+        # the federation locks the open transaction holds (keys), and the sets saved at the
+        # savepoint (a savepoint rolled back lets go of the locks taken since)
+        self._held: set[int] = set()
+        self._saved: set[int] = set()
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = (
             psycopg_pool.ConnectionPool(
                 self._conninfo,
@@ -212,11 +274,17 @@ class PostgresDatabase:
             return self._conn.execute(_sql(sql), params)
         except psycopg.errors.UniqueViolation as exc:
             raise Duplicate(str(exc)) from None
+        except psycopg.errors.DeadlockDetected as exc:
+            raise Busy(str(exc)) from None
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise self._lost(exc) from None
 
-    def begin(self) -> None:
-        """Take a pooled connection, ``BEGIN`` and wait for the advisory lock.
+    per_federation = True
+    """Transactions lock the federations they work on (see the module's docstring)."""
+
+    def begin(self, *, whole: bool = False, federation: str | None = None) -> None:
+        """Take a pooled connection, ``BEGIN`` and wait for the whole database's lock (shared,
+        or exclusive if *whole*) and *federation*'s lock if given, in one round trip.
 
         A pooled connection found dead here (the server restarted, or cut it off) is
         replaced, once, after the pool tested its other connections: nothing has been done
@@ -227,7 +295,12 @@ class PostgresDatabase:
             except psycopg_pool.PoolTimeout as exc:
                 raise self._lost(exc) from None
             try:
-                self._conn.execute(_BEGIN)
+                begin = _BEGIN_WHOLE if whole else _BEGIN
+                if federation is not None:
+                    key = federation_key(federation)
+                    begin += f"; SELECT pg_advisory_xact_lock({FEDERATION_LOCK}, {key})"
+                    self._held = {key}
+                self._conn.execute(begin)
                 return
             except BaseException as exc:
                 lost = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
@@ -241,6 +314,27 @@ class PostgresDatabase:
                 # the others in the pool may be dead too (the server restarted): test them
                 with contextlib.suppress(psycopg.Error, psycopg_pool.PoolTimeout):
                     self._pool.check()
+
+    def lock(self, federation: str | None) -> None:
+        """Take *federation*'s lock for the rest of the transaction (nothing to do if held):
+        wait for it if the transaction holds no federation's lock yet, else only try
+        (:class:`Busy` if another transaction holds it). ``None`` tries the whole database
+        exclusive (never waited for here: a transaction that needs it asks at
+        :meth:`begin`, holding nothing yet)."""
+        if federation is None:
+            if not self.execute(_TRY_WHOLE).fetchone()[0]:
+                raise Busy("another transaction is using the database")
+            return
+        key = federation_key(federation)
+        if key in self._held:
+            return
+        if not self._held:
+            self.execute(f"SELECT pg_advisory_xact_lock({FEDERATION_LOCK}, {key})")
+        else:
+            got = self.execute(f"SELECT pg_try_advisory_xact_lock({FEDERATION_LOCK}, {key})")
+            if not got.fetchone()[0]:
+                raise Busy(f"another transaction holds federation {federation!r}")
+        self._held.add(key)
 
     def commit(self) -> None:
         """``COMMIT`` and give the connection back."""
@@ -259,6 +353,7 @@ class PostgresDatabase:
         self._put()
 
     def _put(self) -> None:
+        self._held = set()
         conn, self._conn = self._conn, None
         if conn is not None:
             # a broken connection is closed and replaced by the pool
@@ -268,11 +363,13 @@ class PostgresDatabase:
     def savepoint(self) -> None:
         """``SAVEPOINT call``."""
         self.execute("SAVEPOINT call")
+        self._saved = set(self._held)
 
     def rollback_to_savepoint(self) -> None:
         """``ROLLBACK TO SAVEPOINT call`` and release it."""
         self.execute("ROLLBACK TO SAVEPOINT call")
         self.execute("RELEASE SAVEPOINT call")
+        self._held = set(self._saved)
 
     def release_savepoint(self) -> None:
         """``RELEASE SAVEPOINT call``."""
@@ -301,11 +398,11 @@ class PostgresDatabase:
             raise self._fail(exc, "read the schema version of") from None
 
     def migrate(self) -> tuple[int, int]:
-        """Create or upgrade the schema in one transaction, under the write lock (two
+        """Create or upgrade the schema in one transaction, holding the whole database (two
         ``migrate`` at once: the second finds the work done)."""
         try:
             with self._connect() as conn:
-                conn.execute(_BEGIN)
+                conn.execute(_BEGIN_WHOLE)
                 before = self._version(conn)
                 if before > SCHEMA_VERSION:
                     check_version(self.shown, before, hint="")

@@ -134,6 +134,14 @@ def take(db: Database, now: float, token: str, limit: int = BATCH_LIMIT) -> list
     ]
 
 
-def sweep(db: Database, now: float) -> None:
-    """Drop every frame that waited longer than :data:`FRAME_TTL`."""
-    db.execute("DELETE FROM relay WHERE queued_at < ?", (now - FRAME_TTL,))
+def sweep(db: Database, now: float, federation_id: int | None = None) -> None:
+    """Drop every frame (queued in federation *federation_id*, or in any) that waited longer
+    than :data:`FRAME_TTL`."""
+    if federation_id is None:
+        db.execute("DELETE FROM relay WHERE queued_at < ?", (now - FRAME_TTL,))
+        return
+    db.execute(
+        "DELETE FROM relay WHERE queued_at < ? AND recipient IN"
+        " (SELECT token FROM registrations WHERE federation_id = ?)",
+        (now - FRAME_TTL, federation_id),
+    )

@@ -158,8 +158,12 @@ class SqliteDatabase:
                 raise Duplicate(str(exc)) from None
             raise
 
-    def begin(self) -> None:
-        """``BEGIN IMMEDIATE``, after the lock file's ``flock`` (if any).
+    per_federation = False
+    """SQLite has one write lock for the file: every transaction holds all of it."""
+
+    def begin(self, *, whole: bool = False, federation: str | None = None) -> None:
+        """``BEGIN IMMEDIATE``, after the lock file's ``flock`` (if any): the whole file,
+        whatever *whole* and *federation* ask for.
 
         SQLite serialises writers of one file itself, but a writer that finds the file locked
         polls with sleeps of 1, 2, 5, 10 ... ms; a ``flock`` hands the lock over as soon as the
@@ -173,6 +177,9 @@ class SqliteDatabase:
         except BaseException:
             self._unlock()
             raise
+
+    def lock(self, federation: str | None) -> None:
+        """Nothing to do: :meth:`begin` already holds the whole file."""
 
     def commit(self) -> None:
         """``COMMIT``; the write lock is let go either way."""

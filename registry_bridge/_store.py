@@ -4,10 +4,11 @@ The store is plain blocking code over one database (:mod:`registry_bridge._datab
 SQLite file, or PostgreSQL for any number of registry processes on any hosts). Every public
 method is one transaction that is committed before it returns, so an answer the HTTP layer
 sends after a call has reached the database; a process killed with ``kill -9`` afterwards
-loses nothing it acknowledged. Write transactions run one at a time across every process
-using the database (the backend's write lock), so each rule below is checked and applied as
-one step. :class:`AsyncStore` runs the calls from trio or asyncio on a worker thread; calls
-queued together share one transaction (group commit), each in its own savepoint, and none is
+loses nothing it acknowledged. Each call holds the lock of what it works on across every
+process using the database (SQLite: the whole file; PostgreSQL: its federation, see
+``registry_bridge._postgres``), so each rule below is checked and applied as one step.
+:class:`AsyncStore` runs the calls from trio or asyncio on a worker thread; calls queued
+together share one transaction (group commit), each in its own savepoint, and none is
 answered before that transaction committed.
 
 Time is injected (``clock``, wall-clock seconds) so expiry can be tested without waiting.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import queue
 import secrets
@@ -47,6 +49,7 @@ import trio
 
 from registry_bridge import _relaystore
 from registry_bridge._database import (
+    Busy,
     Database,
     Duplicate,
     Unreachable,
@@ -111,6 +114,40 @@ def is_epoch_tag(value: object) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= 128 and set(value) <= _LINEAGE_CHARS
 
 
+_ATTEMPTS = 3
+"""Times a call runs at most when the database breaks a deadlock by cancelling it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scope:
+    """What a store call works on, so a backend that locks single federations (PostgreSQL,
+    see ``registry_bridge._postgres``) knows which lock to take: a federation by name, the
+    federation of a registration token, the *whole* database, or none of them (a call that
+    reads or writes one row, ordered by the database's row locks)."""
+
+    federation: str | None = None
+    token: str | None = None
+    whole: bool = False
+
+
+def _federation(name: object) -> _Scope:
+    """The scope of a call on federation *name* (a name that is not a string locks nothing:
+    the call refuses it before it reads anything)."""
+    return _Scope(federation=name if isinstance(name, str) else None)
+
+
+def _registration(token: str) -> _Scope:
+    """The scope of a call on the registration holding *token* (its federation's lock)."""
+    return _Scope(token=token)
+
+
+_WHOLE = _Scope(whole=True)
+_ONE_ROW = _Scope()
+
+_FED_COLUMNS = (
+    "id, name, created_at, epoch, version, conductor_path, conductor_node_id, conductor_host,"
+    " conductor_port, conductor_term"
+)
 _REG_COLUMNS = (
     "r.token, o.name, r.name, r.node_id, r.host, r.port, r.supernode, r.conductor,"
     " r.heartbeat, r.registered_at, r.last_seen"
@@ -167,10 +204,11 @@ class RegistryStore:
 
     Thread-safe: calls are serialised by a lock (the connection is shared by threads).
     Several processes may share one database (``stagemesh registry --workers N``, or
-    registries on several hosts over one PostgreSQL): the backend's write lock runs their
-    transactions one at a time. *ttl* is how long a heartbeat registration lives without a
-    heartbeat; *legacy_ttl* how long one made through the legacy text API (which has no
-    heartbeat) lives after its last ``register``.
+    registries on several hosts over one PostgreSQL): the backend's locks order their
+    transactions (SQLite one at a time, PostgreSQL one at a time per federation). *ttl* is
+    how long a heartbeat registration lives without a heartbeat; *legacy_ttl* how long one
+    made through the legacy text API (which has no heartbeat) lives after its last
+    ``register``.
     """
 
     def __init__(
@@ -224,7 +262,7 @@ class RegistryStore:
         """Run ``fn(database, now)`` as one transaction of the store (under its write lock,
         committed before it returns, rolled back if *fn* raises): for work on every table at
         once, such as export and import (``registry_bridge._transfer``)."""
-        return self._tx(lambda now: fn(self._db, now))
+        return self._tx(lambda now: fn(self._db, now), _WHOLE)
 
     def close(self) -> None:
         """Close the database connection (everything is already committed)."""
@@ -233,12 +271,16 @@ class RegistryStore:
 
     # ----------------------------------------------------------------- plumbing
 
-    def _tx(self, fn: Callable[[float], _T]) -> _T:
+    def _tx(self, fn: Callable[[float], _T], scope: _Scope) -> _T:
+        """Run ``fn(now)`` as one transaction holding *scope*'s lock (inside
+        :meth:`run_group`: one savepoint of the group's transaction); a call the database
+        cancelled to break a deadlock runs again, at most :data:`_ATTEMPTS` times."""
         if self._group_thread == threading.get_ident():
             # Inside run_group: one savepoint of the group's transaction, so a failing call
             # undoes only its own changes.
             self._db.savepoint()
             try:
+                self._take(scope)
                 result = fn(self._clock())
             except BaseException:
                 self._db.rollback_to_savepoint()
@@ -246,19 +288,54 @@ class RegistryStore:
             self._db.release_savepoint()
             return result
         with self._lock:
-            try:
-                self._begin()
+            for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    result = fn(self._clock())
-                except BaseException:
-                    self._db.rollback()
-                    raise
-                self._db.commit()
-            except Unreachable as exc:
-                raise Unavailable(str(exc)) from None
-            return result
+                    self._begin(whole=scope.whole, federation=scope.federation)
+                    try:
+                        if scope.token is not None:
+                            self._take(scope)
+                        result = fn(self._clock())
+                    except BaseException:
+                        self._db.rollback()
+                        raise
+                    self._db.commit()
+                except Unreachable as exc:
+                    raise Unavailable(str(exc)) from None
+                except Busy as exc:
+                    if attempt == _ATTEMPTS:
+                        raise Unavailable(str(exc)) from None
+                    continue
+                return result
+        raise AssertionError("not reached")
 
-    def _begin(self) -> None:
+    def _take(self, scope: _Scope) -> None:
+        """Inside the open transaction, take *scope*'s lock (a backend that holds the whole
+        database from ``begin`` has nothing to do); :class:`Busy` from a group's transaction
+        that would have to wait while it holds another federation's lock."""
+        if not self._db.per_federation:
+            return
+        if scope.whole:
+            self._db.lock(None)
+        elif scope.token is not None:
+            row = self._db.execute(
+                "SELECT f.name FROM registrations r JOIN federations f"
+                " ON f.id = r.federation_id WHERE r.token = ?",
+                (scope.token,),
+            ).fetchone()
+            if row is not None:  # else the call finds no registration and says so
+                self._db.lock(str(row[0]))
+        elif scope.federation is not None:
+            self._db.lock(scope.federation)
+
+    def _begin(self, *, whole: bool = False, federation: str | None = None) -> None:
+        """Open a transaction (see :meth:`Database.begin`), sweeping first if it is time."""
+        if self._db.per_federation:
+            now = self._clock()
+            if now - self._last_sweep >= self._sweep_every():
+                self._sweep_apart(now)
+                self._last_sweep = now
+            self._db.begin(whole=whole, federation=federation)
+            return
         self._db.begin()
         now = self._clock()
         if now - self._last_sweep >= self._sweep_every():
@@ -299,30 +376,97 @@ class RegistryStore:
                 self._db.commit()
             except Exception as exc:
                 return [(False, _unavailable(exc))] * len(calls)
+        # a call that found a federation's lock taken (or was cancelled to break a deadlock)
+        # left no trace: it runs again in a transaction of its own, which may wait
+        for i, (ok, value) in enumerate(results):
+            if not ok and isinstance(value, Busy):
+                try:
+                    results[i] = (True, calls[i]())
+                except Exception as exc:
+                    results[i] = (False, exc)
         return [(ok, _unavailable(value) if not ok else value) for ok, value in results]
 
-    def _sweep(self, now: float) -> None:
-        """Drop expired registrations, unless another process sharing the database did so
-        less than a sweep interval ago (by this host's clock; a stamp in this host's future
-        counts as old, so a fast clock elsewhere cannot stop the sweeps)."""
+    def _sweep_turn(self, now: float) -> bool:
+        """Whether this process sweeps now: not if another process sharing the database did
+        so less than a sweep interval ago (by this host's clock; a stamp in this host's
+        future counts as old, so a fast clock elsewhere cannot stop the sweeps). One
+        conditional ``UPDATE`` of the shared stamp: of two processes at once, one sweeps."""
         every = self._sweep_every()
         turn = self._db.execute(
             "UPDATE expiry_sweep SET last = ? WHERE id = 1 AND NOT (last > ? AND last <= ?)",
             (now, now - every, now),
         )
-        if turn.rowcount != 1:
+        return turn.rowcount == 1
+
+    def _sweep(self, now: float) -> None:
+        """Drop expired registrations and relayed frames, in the transaction under way (a
+        backend holding the whole database), if it is this process's turn."""
+        if not self._sweep_turn(now):
             return
         _relaystore.sweep(self._db, now)
-        rows = self._db.execute(
-            "SELECT token FROM registrations WHERE heartbeat = 1 AND last_seen < ?"
-            " UNION ALL SELECT token FROM registrations WHERE heartbeat = 0 AND last_seen < ?",
-            (now - self.ttl, now - self.legacy_ttl),
-        ).fetchall()
-        for (token,) in rows:
-            self._drop(token)
+        self._drop_expired(now, None)
 
-    def _drop(self, token: str) -> None:
-        """Delete one registration, releasing the conductor if it held it."""
+    def _sweep_apart(self, now: float) -> None:
+        """The sweep of a backend that locks single federations, in transactions of its own
+        before the caller's: the turn and the list of federations with something expired,
+        then each of those under its own lock (a federation whose sweep the database
+        cancelled to break a deadlock is swept next time)."""
+        self._db.begin()
+        try:
+            names: list[str] = []
+            if self._sweep_turn(now):
+                names = [
+                    str(name)
+                    for (name,) in self._db.execute(
+                        "SELECT f.name FROM registrations r JOIN federations f"
+                        " ON f.id = r.federation_id WHERE r.heartbeat = 1 AND r.last_seen < ?"
+                        " UNION SELECT f.name FROM registrations r JOIN federations f"
+                        " ON f.id = r.federation_id WHERE r.heartbeat = 0 AND r.last_seen < ?"
+                        " UNION SELECT f.name FROM relay q JOIN registrations r"
+                        " ON r.token = q.recipient JOIN federations f ON f.id = r.federation_id"
+                        " WHERE q.queued_at < ?",
+                        (now - self.ttl, now - self.legacy_ttl, now - _relaystore.FRAME_TTL),
+                    )
+                ]
+        except BaseException:
+            self._db.rollback()
+            raise
+        self._db.commit()
+        for name in names:
+            self._db.begin(federation=name)
+            try:
+                row = self._db.execute(
+                    "SELECT id FROM federations WHERE name = ?", (name,)
+                ).fetchone()
+                if row is not None:
+                    _relaystore.sweep(self._db, now, int(row[0]))
+                    self._drop_expired(now, int(row[0]))
+            except Busy:
+                self._db.rollback()
+                continue
+            except BaseException:
+                self._db.rollback()
+                raise
+            self._db.commit()
+
+    def _drop_expired(self, now: float, fed_id: int | None) -> None:
+        """Drop the registrations (of federation *fed_id*, or all) expired at *now*."""
+        cutoffs = {1: now - self.ttl, 0: now - self.legacy_ttl}
+        where = "" if fed_id is None else " AND federation_id = ?"
+        by = () if fed_id is None else (fed_id,)
+        rows = self._db.execute(
+            f"SELECT token, heartbeat FROM registrations WHERE heartbeat = 1 AND last_seen < ?"
+            f"{where} UNION ALL SELECT token, heartbeat FROM registrations WHERE heartbeat = 0"
+            f" AND last_seen < ?{where}",
+            (cutoffs[1], *by, cutoffs[0], *by),
+        ).fetchall()
+        for token, heartbeat in rows:
+            self._drop(token, seen_before=cutoffs[int(heartbeat)])
+
+    def _drop(self, token: str, *, seen_before: float | None = None) -> None:
+        """Delete one registration, releasing the conductor if it held it; with
+        *seen_before*, only if it was last seen before then (an expired one: a heartbeat that
+        committed meanwhile, which takes no federation lock, keeps it)."""
         row = self._db.execute(
             "SELECT r.federation_id, o.name, r.name, r.conductor FROM registrations r"
             " JOIN orchestras o ON o.id = r.orchestra_id WHERE r.token = ?",
@@ -331,7 +475,16 @@ class RegistryStore:
         if row is None:
             return
         fed_id, orchestra, name, conductor = row
-        self._db.execute("DELETE FROM registrations WHERE token = ?", (token,))
+        if seen_before is None:
+            self._db.execute("DELETE FROM registrations WHERE token = ?", (token,))
+        elif (
+            self._db.execute(
+                "DELETE FROM registrations WHERE token = ? AND last_seen < ?",
+                (token, seen_before),
+            ).rowcount
+            != 1
+        ):
+            return
         if conductor:
             self._db.execute(
                 "UPDATE federations SET conductor_path = NULL, conductor_node_id = NULL,"
@@ -345,9 +498,7 @@ class RegistryStore:
     def _fed(self, name: object) -> tuple[Any, ...]:
         fed = _name(name, "federation")
         row = self._db.execute(
-            "SELECT id, name, created_at, epoch, version, conductor_path, conductor_node_id,"
-            " conductor_host, conductor_port, conductor_term FROM federations WHERE name = ?",
-            (fed,),
+            f"SELECT {_FED_COLUMNS} FROM federations WHERE name = ?", (fed,)
         ).fetchone()
         if row is None:
             raise NotFound(f"no federation {fed!r}")
@@ -376,12 +527,18 @@ class RegistryStore:
     def _elapsed(fed: tuple[Any, ...], now: float) -> float:
         return 0.0 if fed[3] is None else max(0.0, now - fed[3])
 
-    def _summary(self, fed: tuple[Any, ...], now: float) -> dict[str, Any]:
-        counts = self._db.execute(
-            "SELECT (SELECT count(*) FROM orchestras WHERE federation_id = ?),"
-            " (SELECT count(*) FROM registrations WHERE federation_id = ?)",
-            (fed[0], fed[0]),
-        ).fetchone()
+    def _summary(
+        self, fed: tuple[Any, ...], now: float, counts: tuple[Any, ...] | None = None
+    ) -> dict[str, Any]:
+        """The federation *fed* (a row of :data:`_FED_COLUMNS`) with its counts of
+        orchestras and registrations (read now unless given)."""
+        if counts is None:
+            counts = self._db.execute(
+                "SELECT (SELECT count(*) FROM orchestras WHERE federation_id = ?),"
+                " (SELECT count(*) FROM registrations WHERE federation_id = ?)",
+                (fed[0], fed[0]),
+            ).fetchone()
+            assert counts is not None
         return {
             "id": fed[0],
             "name": fed[1],
@@ -409,7 +566,7 @@ class RegistryStore:
                 raise Conflict(f"federation {fed!r} already exists") from None
             return self._summary(self._fed(fed), now)
 
-        return self._tx(run)
+        return self._tx(run, _federation(fed))
 
     def federation_id(self, name: object, *, create: bool = False) -> int:
         """Return the federation's id, ``-1`` if absent (created first when *create*)."""
@@ -426,16 +583,21 @@ class RegistryStore:
             )
             return int(cur.fetchone()[0])
 
-        return self._tx(run)
+        return self._tx(run, _federation(fed))
 
     def list_federations(self) -> list[dict[str, Any]]:
         """Every federation with its counts, by name."""
 
         def run(now: float) -> list[dict[str, Any]]:
-            names = [r[0] for r in self._db.execute("SELECT name FROM federations ORDER BY name")]
-            return [self._summary(self._fed(n), now) for n in names]
+            # one statement: one snapshot of every federation, without locking any
+            rows = self._db.execute(
+                f"SELECT {_FED_COLUMNS}, (SELECT count(*) FROM orchestras o"
+                " WHERE o.federation_id = f.id), (SELECT count(*) FROM registrations r"
+                " WHERE r.federation_id = f.id) FROM federations f ORDER BY name"
+            ).fetchall()
+            return [self._summary(tuple(row[:-2]), now, tuple(row[-2:])) for row in rows]
 
-        return self._tx(run)
+        return self._tx(run, _ONE_ROW)
 
     def federation(self, name: object) -> dict[str, Any]:
         """The whole view of one federation: orchestras with their registrations, conductor."""
@@ -474,7 +636,7 @@ class RegistryStore:
             view["legacy_ttl"] = self.legacy_ttl
             return view
 
-        return self._tx(run)
+        return self._tx(run, _federation(name))
 
     def delete_federation(self, name: object) -> None:
         """Delete a federation and everything in it; :class:`NotFound` if absent."""
@@ -485,7 +647,7 @@ class RegistryStore:
             self._db.execute("DELETE FROM orchestras WHERE federation_id = ?", (fed[0],))
             self._db.execute("DELETE FROM federations WHERE id = ?", (fed[0],))
 
-        self._tx(run)
+        self._tx(run, _federation(name))
 
     def reset_federation(self, name: object) -> dict[str, Any]:
         """Start a federation afresh: drop its registrations, release the conductor (the term
@@ -502,7 +664,7 @@ class RegistryStore:
             )
             return self._summary(self._fed(name), now)
 
-        return self._tx(run)
+        return self._tx(run, _federation(name))
 
     # ----------------------------------------------------------------- orchestras
 
@@ -525,7 +687,7 @@ class RegistryStore:
             self._db.execute("UPDATE federations SET version = version + 1 WHERE id = ?", (fed[0],))
             return {"id": oid, "federation": fed[1], "name": orch, "created_at": now}
 
-        return self._tx(run)
+        return self._tx(run, _federation(federation))
 
     def orchestra_id(self, federation: object, name: object, *, create: bool = False) -> int:
         """Return the orchestra's id, ``-1`` if absent (created first when *create*).
@@ -548,7 +710,7 @@ class RegistryStore:
             )
             return int(cur.fetchone()[0])
 
-        return self._tx(run)
+        return self._tx(run, _federation(federation))
 
     def list_orchestras(self, federation: object) -> list[dict[str, Any]]:
         """The orchestras of a federation with their registration counts."""
@@ -565,7 +727,7 @@ class RegistryStore:
                 )
             ]
 
-        return self._tx(run)
+        return self._tx(run, _federation(federation))
 
     # ----------------------------------------------------------------- registrations
 
@@ -709,7 +871,7 @@ class RegistryStore:
                 "conductor_granted": conductor_granted,
             }
 
-        return self._tx(run)
+        return self._tx(run, _federation(federation))
 
     def _registration_of(self, fed_id: int, path: str) -> tuple[Any, ...] | None:
         """``(token, node_id, host, port, heartbeat)`` of the registration of *path*, if any."""
@@ -791,7 +953,7 @@ class RegistryStore:
         (400 naming the field; 403 for a member of another orchestra, 409 for a path named
         twice) and changes nothing, not even ``last_seen``."""
         if members is not None:
-            return self._tx(lambda now: self._report(now, token, members))
+            return self._tx(lambda now: self._report(now, token, members), _registration(token))
 
         def run(now: float) -> dict[str, Any]:
             # one statement (one round trip to a database server)
@@ -813,17 +975,21 @@ class RegistryStore:
                 "conductor_term": row[3],
             }
 
-        return self._tx(run)
+        return self._tx(run, _ONE_ROW)
 
     def relay_queue(self, token: str, to: object, frames: Sequence[bytes]) -> dict[str, Any]:
         """Queue *frames* from the supernode holding *token* for the supernode at path *to*
         (see ``registry_bridge._relaystore``: who may, the bounds, the answer)."""
-        return self._tx(lambda now: _relaystore.queue(self._db, now, token, to, frames))
+        return self._tx(
+            lambda now: _relaystore.queue(self._db, now, token, to, frames), _registration(token)
+        )
 
     def relay_take(self, token: str, limit: int = _relaystore.BATCH_LIMIT) -> list[dict[str, Any]]:
         """Remove and return the frames queued for the supernode holding *token* (see
         ``registry_bridge._relaystore``)."""
-        return self._tx(lambda now: _relaystore.take(self._db, now, token, limit))
+        return self._tx(
+            lambda now: _relaystore.take(self._db, now, token, limit), _registration(token)
+        )
 
     def _report(self, now: float, token: str, members: object) -> dict[str, Any]:
         """A heartbeat that carries a members report (see :meth:`heartbeat`)."""
@@ -872,7 +1038,7 @@ class RegistryStore:
                 raise NotFound("unknown or expired registration token")
             self._drop(token)
 
-        self._tx(run)
+        self._tx(run, _registration(token))
 
     def unregister_path(self, federation: object, orchestra: object, name: object) -> bool:
         """Remove the legacy registration of ``/<orchestra>/<name>`` (legacy API); return
@@ -899,13 +1065,13 @@ class RegistryStore:
             self._drop(row[0])
             return True
 
-        return self._tx(run)
+        return self._tx(run, _federation(federation))
 
     # ----------------------------------------------------------------- conductor and time
 
     def conductor(self, federation: object) -> dict[str, Any]:
         """The federation's conductor: ``holder`` path (or ``None``), node id, address, term."""
-        return self._tx(lambda now: self._conductor(self._fed(federation)))
+        return self._tx(lambda now: self._conductor(self._fed(federation)), _federation(federation))
 
     def set_conductor(
         self,
@@ -990,7 +1156,7 @@ class RegistryStore:
                 )
             return self._conductor(self._fed(fed[1]))
 
-        return self._tx(run)
+        return self._tx(run, _federation(federation))
 
     def elapsed(self, federation: object) -> dict[str, Any]:
         """Seconds since the federation's epoch (0.0 before its first registration)."""
@@ -999,11 +1165,11 @@ class RegistryStore:
             fed = self._fed(federation)
             return {"federation": fed[1], "epoch": fed[3], "elapsed": self._elapsed(fed, now)}
 
-        return self._tx(run)
+        return self._tx(run, _federation(federation))
 
     def epoch(self, federation: object) -> float | None:
         """The federation's epoch (wall-clock seconds), ``None`` before its first registration."""
-        return self._tx(lambda now: self._fed(federation)[3])  # type: ignore[no-any-return]
+        return self._tx(lambda now: self._fed(federation)[3], _federation(federation))  # type: ignore[no-any-return]
 
     # ----------------------------------------------------------------- the federation's time
 
@@ -1029,7 +1195,7 @@ class RegistryStore:
             fed = self._fed(federation)
             return fed[3], *self._lineage(fed)
 
-        return self._tx(run)
+        return self._tx(run, _federation(federation))
 
     def offer_epoch(
         self,
@@ -1097,7 +1263,7 @@ class RegistryStore:
                 "elapsed": self._elapsed(fed, now),
             }
 
-        return self._tx(run)
+        return self._tx(run, _federation(federation))
 
     def check_consistency(self) -> list[str]:
         """Return every broken invariant (empty when the state is sound); used by tests."""
@@ -1131,7 +1297,7 @@ class RegistryStore:
                 problems.append(f"registration of missing federation {fid}")
             return problems
 
-        return self._tx(run)
+        return self._tx(run, _WHOLE)
 
 
 def _unavailable(exc: BaseException) -> BaseException:
