@@ -41,6 +41,7 @@ import trio
 import zeroconf
 
 from mesh._errors import MeshError
+from mesh._inbound import SourceBudget
 from mesh._interfaces import DiscoveryInterfaces, choose_interfaces, local_addresses
 from mesh._names import check_name, is_valid_name
 from mesh._ports import DEFAULT_BEACON_PORT, DEFAULT_GOSSIP_PORT
@@ -60,6 +61,8 @@ from mesh._wire import (
 __all__ = [
     "ANSWER_GAP",
     "BEACON_MAX_AGE",
+    "BEACON_SOURCE_BURST",
+    "BEACON_SOURCE_RATE",
     "DEFAULT_BEACON_PORT",
     "DEFAULT_GOSSIP_PORT",
     "SEED_RESOLVE_TIMEOUT",
@@ -88,6 +91,12 @@ log = logging.getLogger(__name__)
 SERVICE_TYPE = "_stagemesh._udp.local."
 BEACON_MAX_AGE = 30.0
 """Signed beacons whose ``sent_at`` is further than this from our wall clock are dropped."""
+BEACON_SOURCE_RATE = 500.0
+"""Datagrams a second looked at on the beacon port from one IP address: a node beacons 10 a
+second in its first second, then 1, so a hundred nodes on one host (tests, demos) starting
+together stay under it; a stranger flooding from any number of ports is cut to this."""
+BEACON_SOURCE_BURST = 1000.0
+"""How many datagrams one address may have looked at at once after a quiet time."""
 ANSWER_GAP = 0.05
 """A beacon from a node not heard before is answered with an early beacon, at most this often."""
 SEED_RESOLVE_TIMEOUT = 5.0
@@ -212,7 +221,9 @@ class BeaconStatistics:
 
     ``answers`` counts early beacons sent because a new node was heard; ``rejected`` counts
     datagrams that were not valid beacons, by
-    :attr:`~mesh._wire.InvalidMessage.reason`; ``ignored_*`` count valid beacons that are not
+    :attr:`~mesh._wire.InvalidMessage.reason`, and (``source limit``) those dropped unread
+    because their source address spent its budget (:data:`BEACON_SOURCE_RATE` a second,
+    bursts of :data:`BEACON_SOURCE_BURST`); ``ignored_*`` count valid beacons that are not
     for us (our own, another federation, a sender not reachable through our interfaces).
     """
 
@@ -289,7 +300,9 @@ async def serve_beacons(
     orchestra)``; identical hints are repeated at most every *repeat_after* seconds. A node not
     heard before gets an early beacon in answer (at most every :data:`ANSWER_GAP` seconds), so
     a newcomer hears everyone at once rather than within a second. Invalid datagrams are
-    counted by reason and dropped. Reports a :class:`BeaconService`.
+    counted by reason and dropped; each source address has a budget of datagrams looked at
+    (beyond it they are dropped unread, counted as ``source limit``), so a flood costs a
+    ``recvfrom`` per datagram, not a decode and a hint. Reports a :class:`BeaconService`.
     """
     interfaces = config.choose_interfaces()
     service = BeaconService(config, interfaces)
@@ -297,6 +310,7 @@ async def serve_beacons(
     repeats = _Repeats(repeat_after)
     counts, rejected = service._counts, service._rejected
     known: set[str] = set()  # senders heard; a new one is answered with an early beacon
+    budget = SourceBudget(BEACON_SOURCE_RATE, BEACON_SOURCE_BURST)
     wake = _Wake()
 
     with _beacon_socket() as listener:
@@ -343,6 +357,9 @@ async def serve_beacons(
                 while True:
                     data, (host, _port) = await listener.recvfrom(65536)
                     counts["received"] += 1
+                    if not budget.allow(host, trio.current_time()):
+                        rejected["source limit"] += 1
+                        continue
                     try:
                         env = codec.decode(data, MAX_DATAGRAM)
                         if not isinstance(env.body, Beacon):

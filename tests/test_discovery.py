@@ -531,3 +531,49 @@ async def test_discovery_refuses_an_impossible_interface_choice() -> None:
     config = _config(bind="127.0.0.1", interfaces=("no-such-if0",))
     with trio.fail_after(5), pytest.raises(InterfaceError, match="no-such-if0"):
         await serve_discovery(config, Collector())  # raises before anything starts
+
+
+async def test_a_stranger_flooding_beacons_is_limited_and_a_peer_still_gets_through() -> None:
+    # Someone else on the LAN sends 5,000 valid-looking beacons, each from a new sender id
+    # and spread over 50 source ports: the node looks at no more than its budget for that
+    # address (the rest are dropped unread, counted), and a real peer's beacon from another
+    # address is still heard.
+    from mesh._discovery import BEACON_SOURCE_BURST, BEACON_SOURCE_RATE
+
+    port = free_port("udp")
+    config = _config(beacon_port=port)
+    sink = Collector()
+    codec = WireCodec()
+    flood = [codec.encode(_beacon(config)) for _ in range(5000)]
+    peer = _beacon(config)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            service = await nursery.start(serve_beacons, config, sink)
+            started = trio.current_time()
+            socks = [
+                trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) for _ in range(50)
+            ]
+            try:
+                for sock in socks:
+                    await sock.bind(("127.0.0.1", 0))
+                for k, data in enumerate(flood):
+                    await socks[k % len(socks)].sendto(data, ("127.0.0.1", port))
+            finally:
+                for sock in socks:
+                    sock.close()
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+                await sock.bind(("127.0.0.2", 0))
+                await sock.sendto(codec.encode(peer), ("127.0.0.1", port))
+            await wait_for(lambda: peer.sender in sink.ids())
+            # Everything sent has been read (the peer's beacon came last).
+            await wait_for(lambda: service.statistics().received >= len(flood) + 1)
+            elapsed = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+    stats = service.statistics()
+    allowed = BEACON_SOURCE_BURST + BEACON_SOURCE_RATE * elapsed
+    limited = stats.rejected.get("source limit", 0)
+    assert limited >= len(flood) - allowed, (limited, elapsed)
+    strangers = sink.ids() - {peer.sender}
+    assert 0 < len(strangers) <= allowed
+    assert len(strangers) + limited >= len(flood)  # (the node's own beacons share the address)
+    assert PeerHint(("127.0.0.2", 7000), "beacon", peer.sender, "x", "y") in sink.hints
