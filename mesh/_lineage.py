@@ -21,7 +21,10 @@ Sans-IO like the other cores: the caller passes local time ``now`` and its feder
 :class:`EpochSeal` signs and checks the federation's time as it passes through the registry:
 in a keyed federation a node hands the registry its epoch with an HMAC tag by the federation
 key, and takes an epoch and lineage from the registry only with a tag that a key of its own
-verifies (registering needs no secret, so anyone may offer the registry an epoch).
+verifies (registering needs no secret, so anyone may offer the registry an epoch). The tag
+also covers the registry's **generation** of the federation (a random value it replaces at
+every reset), so a handover captured before a reset does not verify after it. The registry
+keeps several handovers (:class:`Handover`) and a node takes the oldest one it verifies.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "MAX_DECISION_BOUND",
     "TIE_ZONE",
     "EpochSeal",
+    "Handover",
     "LineageProbes",
     "Meeting",
     "lineage_id",
@@ -60,7 +64,19 @@ def lineage_id(node_id: str, started: float) -> str:
     return f"{node_id[:10]}{round(started * 1000) & 0xFFFFFFFF:08x}"
 
 
-_EPOCH_CONTEXT = b"stagemesh epoch tag v1\x00"  # no wire or frame tag covers bytes like these
+_EPOCH_CONTEXT = b"stagemesh epoch tag v2\x00"  # no wire or frame tag covers bytes like these
+
+
+@attrs.frozen
+class Handover:
+    """One epoch handed over at the registry, as it hands it back: the registry-clock reading
+    at federation time 0 (``epoch``), the ``lineage`` it belongs to and the ``tag`` it came
+    with (``None``: unsigned, or the registry's own epoch). The registry cannot check tags, so
+    it keeps several (a stranger's offer does not hide a member's)."""
+
+    epoch: float
+    lineage: str
+    tag: str | None = None
 
 
 @attrs.frozen
@@ -68,23 +84,27 @@ class EpochSeal:
     """The federation key applied to the federation's time at the registry.
 
     A tag is ``"<key id>.<hex>"``: HMAC-SHA256 (truncated to 128 bits, as on the wire) by the
-    key *key id* of the keyring, over a domain-separated encoding of the federation, the epoch
-    (the registry's clock reading at federation time 0, as the 8 bytes of a double), the
-    lineage and the key id. A node signs with the keyring's primary key and verifies with any
-    key it holds (a key being rotated in or out), so only a holder of the federation key can
-    name the federation's time, and a tag fits no other epoch, lineage or federation.
+    key *key id* of the keyring, over a domain-separated encoding of the federation, the
+    registry's generation of it (replaced at every reset: a tag of an earlier generation fits
+    no later one), the epoch (the registry's clock reading at federation time 0, as the 8 bytes
+    of a double), the lineage and the key id. A node signs with the keyring's primary key and
+    verifies with any key it holds (a key being rotated in or out), so only a holder of the
+    federation key can name the federation's time, and a tag fits no other generation, epoch,
+    lineage or federation.
     """
 
     federation: str
     keyring: Keyring
 
-    def _mac(self, key_id: int, epoch: float, lineage: str) -> str:
-        fed, lin = self.federation.encode(), lineage.encode()
+    def _mac(self, key_id: int, generation: str, epoch: float, lineage: str) -> str:
+        fed, gen, lin = self.federation.encode(), generation.encode(), lineage.encode()
         data = b"".join(
             (
                 _EPOCH_CONTEXT,
                 struct.pack("!BI", key_id, len(fed)),
                 fed,
+                struct.pack("!I", len(gen)),
+                gen,
                 struct.pack("!I", len(lin)),
                 lin,
                 struct.pack("!d", epoch),
@@ -92,14 +112,16 @@ class EpochSeal:
         )
         return hmac.new(self.keyring.keys[key_id], data, hashlib.sha256).digest()[:TAG_SIZE].hex()
 
-    def tag(self, epoch: float, lineage: str) -> str:
-        """The tag of *epoch* in *lineage*, by the primary key."""
+    def tag(self, generation: str, epoch: float, lineage: str) -> str:
+        """The tag of *epoch* in *lineage* at the registry's *generation*, by the primary
+        key."""
         key_id = self.keyring.primary
-        return f"{key_id}.{self._mac(key_id, epoch, lineage)}"
+        return f"{key_id}.{self._mac(key_id, generation, epoch, lineage)}"
 
-    def verifies(self, epoch: float, lineage: str, tag: str | None) -> bool:
-        """Whether *tag* is a tag of *epoch* in *lineage* by a key of the keyring (``False``
-        for no tag, a malformed one, or one by a key this node does not hold)."""
+    def verifies(self, generation: str, epoch: float, lineage: str, tag: str | None) -> bool:
+        """Whether *tag* is a tag of *epoch* in *lineage* at *generation* by a key of the
+        keyring (``False`` for no tag, a malformed one, or one by a key this node does not
+        hold)."""
         if tag is None:
             return False
         key_id, _, mac = tag.partition(".")
@@ -107,7 +129,7 @@ class EpochSeal:
             return False
         if int(key_id) not in self.keyring.keys or not mac.isascii():
             return False
-        return hmac.compare_digest(self._mac(int(key_id), epoch, lineage), mac)
+        return hmac.compare_digest(self._mac(int(key_id), generation, epoch, lineage), mac)
 
 
 @attrs.frozen

@@ -28,7 +28,7 @@ import random
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from mesh._extensions import Extension
 from mesh._inbound import Binding, binding
 from mesh._interfaces import choose_interfaces, local_addresses
 from mesh._keys import KeyEntry, keyring_at, read_entries
-from mesh._lineage import EpochSeal
+from mesh._lineage import EpochSeal, Handover
 from mesh._membership import (
     MemberEvent,
     MemberView,
@@ -453,28 +453,28 @@ class Node:
         self,
         reply: ClockReply,
         source: str,
-        epoch: float | None,
-        lineage: str | None,
-        tag: str | None = None,
+        handovers: Sequence[Handover] = (),
+        generation: str | None = None,
     ) -> bool:
-        """Hand in the external clock's answer: its own clock readings as ``t2``/``t3``, its
-        *epoch* on that clock and the *lineage* of its federation time (``None``, ``None`` when
-        it has none) with the *tag* that signs them; call it as soon as the answer arrives (its
-        arrival time is the fourth timestamp). Returns whether the sample was used. With a
-        federation key, an epoch whose tag no key of this node verifies is ignored (the node
-        keeps its time), counted (status ``clock.external.refused``) and logged once."""
+        """Hand in the external clock's answer: its own clock readings as ``t2``/``t3``, the
+        *handovers* it keeps (epochs on that clock with their lineage and tag; none when it
+        has no time) and its *generation* of the federation (tags cover it); call it as soon
+        as the answer arrives (its arrival time is the fourth timestamp). Returns whether the
+        sample was used. With a federation key, the node takes the oldest handover whose tag a
+        key of its own verifies; each other one is ignored, counted (status
+        ``clock.external.refused``) and the first logged."""
         now = self.local_now()
         refused = self.core.external_refused
-        used = self.core.handle_external_clock_reply(now, reply, source, epoch, lineage, tag)
+        used = self.core.handle_external_clock_reply(now, reply, source, handovers, generation)
         if self.core.external_refused > refused:
             log = logger.warning if refused == 0 else logger.debug
             log(
-                "%s: ignored the federation time %s offers (lineage %s): it is not signed with"
-                " this federation's key (someone without the key handed it over); keeping this"
-                " node's time",
+                "%s: ignored federation time %s offers (%d handover(s) in all): not signed with"
+                " this federation's key for the registry's current generation (someone without"
+                " the key, or a handover from before a reset); not taking it",
                 self.path,
                 source,
-                lineage,
+                len(handovers),
             )
         self._pump()
         return used

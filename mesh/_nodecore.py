@@ -20,9 +20,11 @@ a clock sample or a publication travels:
   node alone in its lineage: a node joining a federation). A follower never follows a
   reference of another lineage: it keeps its own time until the two are one. A top older than
   the registry hands the registry its epoch (:class:`EpochOffer`). In a keyed federation
-  (``epoch_seal``) the offer carries a tag by the federation key, and the registry's epoch and
-  lineage count only with a tag that verifies: any other is taken as no time at all (the node
-  keeps its own, and counts and reports the refusal). Every step is a
+  (``epoch_seal``) the offer carries a tag by the federation key (over the registry's current
+  generation of the federation, so a handover from before a reset never verifies after it),
+  and of the handovers the registry keeps, the node takes the oldest whose tag verifies: the
+  others are ignored (counted and reported); none at all is no time (the node keeps its own).
+  Every step is a
   :class:`ClockStepped` event;
 - clock requests go to the reference's gossip address; every node answers them;
 - requests for the outside world (conductor claims for the arbiter, clock requests and epoch
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import attrs
@@ -65,6 +67,7 @@ from mesh._events import ClockStepped, NodeEvent, Publication, TimeSourceChanged
 from mesh._lineage import (
     MAX_DECISION_BOUND,
     EpochSeal,
+    Handover,
     LineageProbes,
     Meeting,
     lineage_id,
@@ -111,11 +114,14 @@ class EpochOffer:
     ``epoch`` is the registry's own clock reading at which federation time was 0, measured
     NTP-style (so it does not depend on how long the offer takes to arrive). ``tag`` signs
     them by the federation key (see :class:`~mesh._lineage.EpochSeal`; ``None`` in an open
-    federation): the registry keeps it with the epoch and hands it back with it."""
+    federation) at the registry's ``generation`` of the federation (as last answered; the
+    registry refuses an offer for another one): the registry keeps it with the epoch and hands
+    it back with it."""
 
     lineage: str
     epoch: float
     tag: str | None = None
+    generation: str | None = None
 
 
 ExternalRequest: TypeAlias = ClaimRequest | ClockRequest | EpochOffer
@@ -130,6 +136,7 @@ _EXT_TIMEOUT = 3.0  # following it, without a usable answer for this long: run o
 _EXT_OFFER_INTERVAL = 1.0
 _EXT_DECISION_BOUND = 0.25  # an external probe this uncertain decides no lineage question
 _EXT_LAG = 0.002  # the registry's time this far (beyond the bound) behind ours is corrected
+_MAX_HANDOVERS = 64  # handovers of one answer looked at (the registry keeps fewer)
 _EXT_SETTLE = 1.0  # a young clock meets its LAN's lineages before the registry's
 _JOIN_WAIT = 0.5  # a site's reference measures every lineage around before it joins one
 _META_LAG = 2.0  # how long the metadata of a node that stepped with this one may lag
@@ -230,7 +237,8 @@ class NodeCore:
         self._ext_bound = (math.inf, now)  # cross-site bound when last following it, and when
         self._seal = epoch_seal
         self._ext_refused = 0  # epochs of the external clock without a valid tag (keyed)
-        self._ext_refused_last: tuple[float, str] | None = None  # the last one, counted once
+        self._ext_refused_seen: frozenset[Handover] = frozenset()  # last answer's, counted once
+        self._ext_generation: str | None = None  # the registry's generation, as last answered
         self._external_requests: list[ExternalRequest] = []
         self._direct: frozenset[str] = frozenset()  # other sites' members reached directly
         self._deadband = False  # what the clock was last told (see _choose_time_source)
@@ -383,21 +391,23 @@ class NodeCore:
         now: float,
         reply: ClockReply,
         source: str,
-        epoch: float | None,
-        lineage: str | None,
-        tag: str | None = None,
+        handovers: Sequence[Handover] = (),
+        generation: str | None = None,
     ) -> bool:
         """The external clock's answer to a request, received at local time *now*: its own
-        clock readings (``t2``, ``t3``: the registry host's clock), its *epoch* on that clock and
-        the *lineage* of the federation time it keeps (both ``None``: it has none, after a reset
-        or an empty restart), and the *tag* that came with them. In a keyed federation an epoch
-        whose tag does not verify is taken as none (see :attr:`external_refused`). Returns
-        whether the clock took it as a sample."""
+        clock readings (``t2``, ``t3``: the registry host's clock), the *handovers* it keeps
+        (epochs on that clock with their lineage and tag; none: it has no time, after a reset
+        or an empty restart) and its *generation* of the federation (replaced at every reset;
+        tags cover it). The federation's time there is the oldest handover, in a keyed
+        federation the oldest whose tag verifies (the others: see :attr:`external_refused`).
+        Returns whether the clock took it as a sample."""
         self._apply_step(now)
         if source != self._external:
             return False
-        if not self._signed(now, epoch, lineage, tag):
-            epoch = lineage = None  # someone without the federation key named it: not our time
+        self._ext_generation = generation
+        chosen = self._choose(now, handovers, generation or "")
+        epoch = None if chosen is None else chosen.epoch
+        lineage = None if chosen is None else chosen.lineage
         self._set_available(now, True)
         used = False
         fed = self.clock.federation_time(now)
@@ -432,35 +442,49 @@ class NodeCore:
         epoch handovers with *seal* from now on."""
         self._seal = seal
 
-    def _signed(
-        self, now: float, epoch: float | None, lineage: str | None, tag: str | None
-    ) -> bool:
-        """Whether the external clock's *epoch* and *lineage* may be taken: always in an open
-        federation; in a keyed one only with a *tag* a key of this node verifies. A refused
-        pair is counted once, unless it is the registry's own epoch (set by a first
-        registration, named ``registry-<epoch>``, never signed: refused without a word).
+    def _choose(
+        self, now: float, handovers: Sequence[Handover], generation: str
+    ) -> Handover | None:
+        """The handover that is the federation's time at the external clock: the oldest; in a
+        keyed federation the oldest whose tag a key of this node verifies at *generation*.
+        Each handover that does not verify is counted once while the registry keeps it,
+        unless it is the registry's own epoch (set by a first registration, named
+        ``registry-<epoch>``, never signed: skipped without a word).
 
         This node's own lineage, signed by a key other than the one it signs with now (a key
         rotation), is signed again: the same epoch, handed over with the new key's tag (the
         registry takes that), so the old key can be retired."""
+        ordered = sorted(handovers[:_MAX_HANDOVERS], key=lambda h: h.epoch)
         seal = self._seal
-        if seal is None or epoch is None:
-            return True
-        if lineage is not None and tag is not None and seal.verifies(epoch, lineage, tag):
-            if (
-                lineage == self.lineage_id
-                and not tag.startswith(f"{seal.keyring.primary}.")
-                and now >= self._ext_offer_due
-            ):
-                self._ext_offer_due = now + _EXT_OFFER_INTERVAL
-                self._push_external(EpochOffer(lineage, epoch, seal.tag(epoch, lineage)))
-            return True
-        if tag is None and lineage == f"registry-{epoch:.6f}":
-            return False
-        if self._ext_refused_last != (epoch, str(lineage)):
-            self._ext_refused_last = (epoch, str(lineage))
-            self._ext_refused += 1
-        return False
+        if seal is None:
+            return ordered[0] if ordered else None
+        chosen: Handover | None = None
+        refused: set[Handover] = set()
+        for handover in ordered:
+            epoch, lineage, tag = handover.epoch, handover.lineage, handover.tag
+            if seal.verifies(generation, epoch, lineage, tag):
+                chosen = chosen or handover
+            elif tag is not None or lineage != f"registry-{epoch:.6f}":
+                refused.add(handover)
+        self._ext_refused += len(refused - self._ext_refused_seen)
+        self._ext_refused_seen = frozenset(refused)
+        if (
+            chosen is not None
+            and chosen.lineage == self.lineage_id
+            and not str(chosen.tag).startswith(f"{seal.keyring.primary}.")
+            and now >= self._ext_offer_due
+        ):
+            self._ext_offer_due = now + _EXT_OFFER_INTERVAL
+            self._push_external(self._offer(chosen.epoch))
+        return chosen
+
+    def _offer(self, epoch: float) -> EpochOffer:
+        """This node's lineage at *epoch* for the external clock, signed in a keyed
+        federation at the registry's generation as last answered."""
+        generation = self._ext_generation
+        seal = self._seal
+        tag = None if seal is None else seal.tag(generation or "", epoch, self.lineage_id)
+        return EpochOffer(self.lineage_id, epoch, tag, generation)
 
     @property
     def external_refused(self) -> int:
@@ -1003,8 +1027,7 @@ class NodeCore:
             # node alone is the federation, as far as anyone can tell).
             return
         self._ext_offer_due = now + _EXT_OFFER_INTERVAL
-        tag = None if self._seal is None else self._seal.tag(epoch, self.lineage_id)
-        self._push_external(EpochOffer(self.lineage_id, epoch, tag))
+        self._push_external(self._offer(epoch))
 
     def _announce_step(self, now: float, size: float, lineage: str) -> None:
         """This node's lineage steps by *size* to the older *lineage*: now, if no other node

@@ -35,6 +35,7 @@ import attrs
 
 from mesh._clock import SkewedClock
 from mesh._election import CONDUCTOR, ClaimAnswer, ClaimRequest
+from mesh._lineage import Handover
 from mesh._nodecore import EpochOffer, NodeCore
 from mesh._sim import SimNode, Simulator
 from mesh._wire import Address, ClockReply, ClockRequest
@@ -328,7 +329,8 @@ class SimRegistry:
             def clock_back(local: float, result: tuple[float, float | None, str | None]) -> None:
                 t, epoch, lineage = result
                 reply = ClockReply(request.probe, request.t1, t, t, 0.0, True)
-                core.handle_external_clock_reply(local, reply, REGISTRY, epoch, lineage)
+                held = () if epoch is None or lineage is None else (Handover(epoch, lineage),)
+                core.handle_external_clock_reply(local, reply, REGISTRY, held)
 
             self._exchange(node, bridge, clock, clock_back)
         elif isinstance(request, ClaimRequest):

@@ -53,7 +53,14 @@ from registry_bridge._limits import (
     retry_after,
 )
 from registry_bridge._openapi import NODE_ID_EXCLUDED, TERM_LIMIT, openapi_document
-from registry_bridge._store import AsyncStore, RegistryStore, StoreError, is_epoch_tag
+from registry_bridge._store import (
+    AsyncStore,
+    RegistryStore,
+    StoreError,
+    handover_source,
+    is_epoch_tag,
+    is_generation,
+)
 
 __all__ = ["DEFAULT_MAX_BODY", "LEGACY_PATHS", "create_app"]
 
@@ -630,17 +637,16 @@ class _Registry:
     async def elapsed(self, request: Request) -> Response:
         received = self.raw.now()
         fed = request.path_params["federation"]
-        epoch, lineage, tag = await self.store.call(self.raw.epoch_lineage, fed)
+        time = await self.store.call(self.raw.federation_time, fed)
         sent = self.raw.now()
+        epoch = time["epoch"]
         base = received if epoch is None else epoch
         t2 = max(0.0, received - base) if epoch is not None else 0.0
         t3 = max(0.0, sent - base) if epoch is not None else 0.0
         return _json(
             {
                 "federation": fed,
-                "epoch": epoch,
-                "lineage": lineage,
-                "tag": tag,
+                **time,
                 "elapsed": t3,
                 "t2": t2,
                 "t3": t3,
@@ -654,9 +660,12 @@ class _Registry:
         It changes the federation's state, so it is a JSON write on behalf of a registration
         of that federation (its token, as for the conductor's compare-and-set): a stranger's
         offer is refused (404) and changes nothing. ``tag`` (optional: a keyed federation's
-        signature of epoch and lineage) is kept opaquely and handed back with them."""
+        signature of generation, epoch and lineage) is kept opaquely and handed back with
+        them, one handover per client address (:func:`handover_source`)."""
         _require_json(request.headers.get("content-type"))
-        fields = _Fields(await self.json_body(request), {"token", "epoch", "lineage", "tag"})
+        fields = _Fields(
+            await self.json_body(request), {"token", "epoch", "lineage", "tag", "generation"}
+        )
         token = fields.string("token")
         if token is None:
             raise HttpError(400, "missing field 'token' (the offering node's registration token)")
@@ -672,6 +681,13 @@ class _Registry:
                 400,
                 f"tag must be null or 1-128 letters, digits, '.', '_' or '-', not {_shown(tag)}",
             )
+        generation = fields.string("generation")
+        if generation is not None and not is_generation(generation):
+            raise HttpError(
+                400,
+                "generation must be null or 1-128 letters, digits, '.', '_' or '-', not"
+                f" {_shown(generation)}",
+            )
         token = _check_token(token)
         answer = await self.store.call(
             self.raw.offer_epoch,
@@ -680,6 +696,8 @@ class _Registry:
             float(value),
             lineage,
             tag,
+            generation=generation,
+            source=handover_source(self.client_host(request)),
         )
         return _json(answer)
 

@@ -22,7 +22,8 @@ carries their requests to the registry and brings the answers back (a plain driv
   releases it;
 * carries the node's **clock requests** to ``GET .../elapsed`` (stamped as they leave; the
   answer's arrival is the fourth timestamp), handing the node the registry's own clock
-  readings with its epoch and lineage, and **epoch offers**
+  readings with the epochs it keeps (handovers, with lineage and tag) and its generation of
+  the federation, and **epoch offers**
   (:class:`~mesh._nodecore.EpochOffer`: the registry's clock reading at which the node's
   federation time was 0, as the node measured it) to ``POST .../epoch``;
 * reports, while supernode, its orchestra's **members** (path, state, posts) with each
@@ -300,7 +301,7 @@ class RegistryBridge(Extension):
         # The registry's own clock, with its epoch and lineage: the node works out the rest.
         reply = ClockReply(stamped.probe, stamped.t1, sample.clock_t2, sample.clock_t3, 0.0, True)
         used = node.external_clock_reply(
-            reply, REGISTRY_CLOCK, sample.epoch, sample.lineage, sample.tag
+            reply, REGISTRY_CLOCK, sample.handovers, sample.generation
         )
         self.clock_samples += int(used)
         self._connected(node, client)
@@ -351,7 +352,12 @@ class RegistryBridge(Extension):
             await self._ensure_registered(node, client)
             assert self._token is not None
             answer = await client.offer_epoch(
-                node.config.federation, self._token, offer.epoch, offer.lineage, offer.tag
+                node.config.federation,
+                self._token,
+                offer.epoch,
+                offer.lineage,
+                offer.tag,
+                offer.generation,
             )
         except RegistryUnreachable as exc:
             self._failed(node, exc, client)

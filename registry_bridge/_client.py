@@ -22,7 +22,9 @@ from typing import Any
 import attrs
 import httpx
 
+from mesh._lineage import Handover
 from registry_bridge._errors import RegistryBridgeError
+from registry_bridge._openapi import MAX_HANDOVERS
 
 __all__ = [
     "ConductorConflict",
@@ -162,7 +164,10 @@ class ElapsedSample:
     to the client) and the registry's federation times on receive and send (``t2``, ``t3``);
     ``epoch`` and ``lineage`` are ``None`` while the federation has no time (before its first
     registration, after a reset); ``tag`` is the one the node that handed the epoch over gave
-    with it (``None``: none, or the registry's own epoch)."""
+    with it (``None``: none, or the registry's own epoch). ``handovers`` are every epoch the
+    registry keeps for the federation, oldest first (the first is ``epoch``; a keyed node
+    takes the oldest whose tag it verifies), and ``generation`` the registry's generation of
+    the federation (replaced at every reset; keyed nodes sign it with the epoch)."""
 
     t1: float
     t2: float
@@ -175,6 +180,8 @@ class ElapsedSample:
     clock_t3: float | None = None
     """... and when the answer left."""
     tag: str | None = None
+    handovers: tuple[Handover, ...] = ()
+    generation: str | None = None
 
     @property
     def offset(self) -> float:
@@ -372,6 +379,7 @@ class RegistryClient:
         t4 = self._clock()
         lineage = d.get("lineage")
         tag = d.get("tag")
+        generation = d.get("generation")
         return ElapsedSample(
             t1,
             d["t2"],
@@ -382,19 +390,31 @@ class RegistryClient:
             d.get("clock_t2"),
             d.get("clock_t3"),
             tag if isinstance(tag, str) else None,
+            _handovers(d),
+            generation if isinstance(generation, str) else None,
         )
 
     async def offer_epoch(
-        self, federation: str, token: str, epoch: float, lineage: str, tag: str | None = None
+        self,
+        federation: str,
+        token: str,
+        epoch: float,
+        lineage: str,
+        tag: str | None = None,
+        generation: str | None = None,
     ) -> dict[str, Any]:
         """Hand the registry the federation's time: *epoch* is the registry's clock reading
-        at which federation time (of *lineage*) was 0. It takes it when it has no epoch or an
-        older one is offered. Needs a live registration's *token*. *tag* (a keyed federation's
-        signature of the epoch, see :class:`mesh._lineage.EpochSeal`) is kept with the epoch
-        and handed back with it."""
+        at which federation time (of *lineage*) was 0. It keeps it among the federation's
+        handovers (see ``docs/registry.md``). Needs a live registration's *token*. *tag* (a
+        keyed federation's signature of the epoch at *generation*, see
+        :class:`mesh._lineage.EpochSeal`) is kept with the epoch and handed back with it; an
+        offer for another *generation* than the registry's (a reset came between) is not
+        taken."""
         body: dict[str, Any] = {"token": token, "epoch": epoch, "lineage": lineage}
         if tag is not None:
             body["tag"] = tag
+        if generation is not None:
+            body["generation"] = generation
         result: dict[str, Any] = await self._call("POST", f"/federations/{federation}/epoch", body)
         return result
 
@@ -420,3 +440,25 @@ class RegistryClient:
                 raise RegistryUnreachable("the relay answered a malformed frame") from None
             out.append(RelayedFrame(str(item.get("from")), frame, float(item.get("age", 0.0))))
         return out
+
+
+def _handovers(answer: dict[str, Any]) -> tuple[Handover, ...]:
+    """The handovers of an ``elapsed`` answer, oldest first (a registry that lists none
+    gives its epoch alone); entries of the wrong shape are left out."""
+    listed = answer.get("handovers")
+    if not isinstance(listed, list):
+        epoch, lineage, tag = answer.get("epoch"), answer.get("lineage"), answer.get("tag")
+        listed = [{"epoch": epoch, "lineage": lineage, "tag": tag}] if epoch is not None else []
+    out = []
+    for entry in listed[:MAX_HANDOVERS]:
+        if not isinstance(entry, dict):
+            continue
+        epoch, lineage, tag = entry.get("epoch"), entry.get("lineage"), entry.get("tag")
+        if (
+            isinstance(epoch, int | float)
+            and not isinstance(epoch, bool)
+            and isinstance(lineage, str)
+            and (tag is None or isinstance(tag, str))
+        ):
+            out.append(Handover(float(epoch), lineage, tag))
+    return tuple(sorted(out, key=lambda h: h.epoch))

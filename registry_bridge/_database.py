@@ -16,8 +16,10 @@ anything else a SQLite file (``registry_bridge._sqlite``).
 Schema versions: 1 is the schema before versioning (SQLite files made by older registries,
 no ``schema_version`` table), 2 adds the ``schema_version`` row and the shared expiry-sweep
 stamp, 3 the ``epochs`` lineage of federation time, 4 the ``relay`` queue (gossip relayed
-between supernodes of different sites), 5 a supernode's members report on its registration.
-:data:`SCHEMA_VERSION` is what this code needs.
+between supernodes of different sites), 5 a supernode's members report on its registration,
+6 the tag a keyed federation's node signs its epoch with, 7 a federation's ``generation``
+(replaced at every reset) and its ``handovers`` (several epochs, one per source, in place of
+``epochs``). :data:`SCHEMA_VERSION` is what this code needs.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ __all__ = [
     "shown_target",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The schema version this code reads and writes."""
 
 _SCHEMES = ("postgresql://", "postgres://")

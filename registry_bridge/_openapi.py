@@ -19,6 +19,9 @@ TERM_LIMIT = 2**62
 """The largest ``expected_term`` magnitude the server takes (it stays a SQLite integer)."""
 MAX_CLOCK_READING = 1e11
 """The largest magnitude of an offered epoch, in seconds (anything larger is not a clock)."""
+MAX_HANDOVERS = 16
+"""The most epoch handovers the registry keeps for one federation (one per client address, see
+``RegistryStore.offer_epoch``), besides its own epoch."""
 NODE_ID_EXCLUDED = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029"
 """The characters a ``node_id`` may not hold (a regular expression class, the same for the
 server and the document): control characters and whatever starts a new line."""
@@ -95,6 +98,11 @@ _NULLNUM = {"type": ["number", "null"]}
 _NULLTAG = {
     "type": ["string", "null"],
     "description": "the tag handed over with the epoch and lineage (null: none)",
+}
+_NULLGEN = {
+    "type": ["string", "null"],
+    "description": "the federation's generation: random, replaced at every reset; keyed nodes"
+    " sign it with the epoch they hand over",
 }
 _FED_OF_BODY = {"federation": "$response.body#/name"}
 
@@ -349,6 +357,8 @@ def _schemas() -> dict[str, Any]:
                 "epoch",
                 "lineage",
                 "tag",
+                "handovers",
+                "generation",
                 "elapsed",
                 "t2",
                 "t3",
@@ -364,6 +374,18 @@ def _schemas() -> dict[str, Any]:
                     "description": "the lineage of federation time the epoch belongs to",
                 },
                 "tag": _NULLTAG,
+                "handovers": {
+                    "type": "array",
+                    "maxItems": MAX_HANDOVERS + 1,
+                    "description": "every epoch the registry keeps for the federation, oldest"
+                    " first (the first is epoch): a keyed node takes the oldest whose tag"
+                    " verifies",
+                    "items": _object(
+                        ["epoch", "lineage", "tag"],
+                        {"epoch": {"type": "number"}, "lineage": _ref("Lineage"), "tag": _NULLTAG},
+                    ),
+                },
+                "generation": _NULLGEN,
                 "t2": {"type": "number", "description": "federation time the request arrived"},
                 "t3": {"type": "number", "description": "federation time the answer left"},
                 "clock_t2": {"type": "number", "description": "the registry's clock, arrival"},
@@ -399,20 +421,27 @@ def _schemas() -> dict[str, Any]:
                 },
                 "lineage": _ref("Lineage"),
                 "tag": {"oneOf": [_ref("EpochTag"), {"type": "null"}]},
+                "generation": {
+                    "oneOf": [_ref("EpochTag"), {"type": "null"}],
+                    "description": "the generation the node read (and signed); another than"
+                    " the federation's (a reset came between): not taken",
+                },
             },
         },
         "EpochAnswer": _object(
-            ["federation", "accepted", "epoch", "lineage", "tag", "elapsed"],
+            ["federation", "accepted", "epoch", "lineage", "tag", "elapsed", "generation"],
             {
                 "federation": _ref("Name"),
                 "accepted": {
                     "type": "boolean",
-                    "description": "the offer changed the epoch (or signed it again: its tag)",
+                    "description": "the registry keeps the offer among the federation's"
+                    " handovers (new, older than this address's, or signed again)",
                 },
                 "epoch": _NULLNUM,
                 "lineage": {"type": ["string", "null"]},
                 "tag": _NULLTAG,
                 "elapsed": {"type": "number"},
+                "generation": _NULLGEN,
             },
         ),
         "NameBody": {
@@ -663,8 +692,8 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "operationId": "offerEpoch",
                 "summary": "Hand over the federation's time as a registration (its token):"
-                " taken when the registry has no epoch or an older one is offered (elapsed"
-                " then goes on after a reset)",
+                " kept among the federation's handovers, one per client address (the oldest"
+                " is the epoch: elapsed goes on after a reset)",
                 "requestBody": _json_body(_ref("EpochOffer")),
                 "responses": _ok("the federation's time", _ref("EpochAnswer"))
                 | _errors(400, 404, 413, 415),

@@ -200,6 +200,30 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # the tag a node of a keyed federation signed its epoch and lineage with (opaque here)
         "ALTER TABLE epochs ADD COLUMN tag TEXT",
     ),
+    (
+        # the federation's generation (replaced at every reset) and its epoch handovers, one
+        # per source (RegistryStore.offer_epoch), in place of epochs
+        "ALTER TABLE federations ADD COLUMN generation TEXT",
+        "UPDATE federations SET generation = substr(md5(random()::text || clock_timestamp()::text"
+        " || id::text), 1, 24)",
+        """CREATE TABLE handovers (
+            federation_id BIGINT NOT NULL REFERENCES federations(id) ON DELETE CASCADE,
+            source TEXT COLLATE "C" NOT NULL,
+            token TEXT,
+            epoch DOUBLE PRECISION NOT NULL,
+            lineage TEXT,
+            tag TEXT,
+            PRIMARY KEY (federation_id, source)
+        )""",
+        "INSERT INTO handovers (federation_id, source, token, epoch, lineage, tag)"
+        " SELECT f.id, '-', NULL, e.epoch, e.lineage, e.tag FROM epochs e"
+        " JOIN federations f ON f.id = e.federation_id AND f.epoch = e.epoch",
+        "INSERT INTO handovers (federation_id, source, token, epoch, lineage, tag)"
+        " SELECT f.id, '', NULL, f.epoch, NULL, NULL FROM federations f"
+        " WHERE f.epoch IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM handovers h WHERE h.federation_id = f.id)",
+        "DROP TABLE epochs",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

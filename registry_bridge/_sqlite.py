@@ -116,6 +116,32 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # came, handed back with them: the registry has no key, the nodes check it)
         "ALTER TABLE epochs ADD COLUMN tag TEXT",
     ),
+    (
+        # the federation's generation: random, replaced at every reset (keyed nodes sign it
+        # with the epoch, so a handover from before a reset never verifies after it)
+        "ALTER TABLE federations ADD COLUMN generation TEXT",
+        "UPDATE federations SET generation = lower(hex(randomblob(12)))",
+        # the epochs handed over (RegistryStore.offer_epoch): one per source (the offering
+        # client's address; '' the registry's own epoch, lineage NULL), the federation's
+        # epoch being the oldest; kept after the registration (token) that handed it over
+        """CREATE TABLE handovers (
+            federation_id INTEGER NOT NULL REFERENCES federations(id) ON DELETE CASCADE,
+            source TEXT NOT NULL,
+            token TEXT,
+            epoch REAL NOT NULL,
+            lineage TEXT,
+            tag TEXT,
+            PRIMARY KEY (federation_id, source)
+        )""",
+        "INSERT INTO handovers (federation_id, source, token, epoch, lineage, tag)"
+        " SELECT f.id, '-', NULL, e.epoch, e.lineage, e.tag FROM epochs e"
+        " JOIN federations f ON f.id = e.federation_id AND f.epoch = e.epoch",
+        "INSERT INTO handovers (federation_id, source, token, epoch, lineage, tag)"
+        " SELECT f.id, '', NULL, f.epoch, NULL, NULL FROM federations f"
+        " WHERE f.epoch IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM handovers h WHERE h.federation_id = f.id)",
+        "DROP TABLE epochs",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 

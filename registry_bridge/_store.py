@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import ipaddress
 import queue
 import secrets
 import threading
@@ -72,7 +73,7 @@ from registry_bridge._members import (
     decode_members,
     encode_members,
 )
-from registry_bridge._openapi import MAX_CLOCK_READING
+from registry_bridge._openapi import MAX_CLOCK_READING, MAX_HANDOVERS
 
 __all__ = [
     "DEFAULT_LEGACY_TTL",
@@ -84,6 +85,11 @@ __all__ = [
     "RegistryStore",
     "StoreError",
     "Unavailable",
+    "handover_source",
+    "is_epoch_tag",
+    "is_generation",
+    "is_lineage",
+    "new_generation",
 ]
 
 DEFAULT_TTL = 30.0
@@ -146,8 +152,40 @@ _ONE_ROW = _Scope()
 
 _FED_COLUMNS = (
     "id, name, created_at, epoch, version, conductor_path, conductor_node_id, conductor_host,"
-    " conductor_port, conductor_term"
+    " conductor_port, conductor_term, generation"
 )
+
+
+def is_generation(value: object) -> bool:
+    """Whether *value* has the shape of a federation's generation (see
+    :func:`new_generation`; an imported one is checked with this)."""
+    return is_epoch_tag(value)
+
+
+def new_generation() -> str:
+    """A fresh generation of a federation: random, made when the federation is created and
+    again at every reset. Keyed nodes sign it with the epoch they hand over, so a handover
+    made before a reset never verifies after it."""
+    return secrets.token_hex(12)
+
+
+def handover_source(client: str) -> str:
+    """Whom an epoch handover is counted against (:meth:`RegistryStore.offer_epoch` keeps one
+    per source): the client's address, an IPv6 address by its /64 (one host holds a whole
+    /64), an IPv4-mapped one as IPv4."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client[:64] or "-"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+_OWN = ""  # the source of the registry's own epoch (set by a first registration)
+
 _REG_COLUMNS = (
     "r.token, o.name, r.name, r.node_id, r.host, r.port, r.supernode, r.conductor,"
     " r.heartbeat, r.registered_at, r.last_seen"
@@ -560,7 +598,8 @@ class RegistryStore:
         def run(now: float) -> dict[str, Any]:
             try:
                 self._db.execute(
-                    "INSERT INTO federations (name, created_at) VALUES (?, ?)", (fed, now)
+                    "INSERT INTO federations (name, created_at, generation) VALUES (?, ?, ?)",
+                    (fed, now, new_generation()),
                 )
             except Duplicate:
                 raise Conflict(f"federation {fed!r} already exists") from None
@@ -579,7 +618,9 @@ class RegistryStore:
             if not create:
                 return -1
             cur = self._db.execute(
-                "INSERT INTO federations (name, created_at) VALUES (?, ?) RETURNING id", (fed, now)
+                "INSERT INTO federations (name, created_at, generation) VALUES (?, ?, ?)"
+                " RETURNING id",
+                (fed, now, new_generation()),
             )
             return int(cur.fetchone()[0])
 
@@ -651,16 +692,19 @@ class RegistryStore:
 
     def reset_federation(self, name: object) -> dict[str, Any]:
         """Start a federation afresh: drop its registrations, release the conductor (the term
-        still increases, so fencing stays valid) and clear the epoch; orchestras stay."""
+        still increases, so fencing stays valid), clear the epoch with every handover and
+        start a new generation (no tag signed before verifies after); orchestras stay."""
 
         def run(now: float) -> dict[str, Any]:
             fed = self._fed(name)
             self._db.execute("DELETE FROM registrations WHERE federation_id = ?", (fed[0],))
+            self._db.execute("DELETE FROM handovers WHERE federation_id = ?", (fed[0],))
             self._db.execute(
                 "UPDATE federations SET epoch = NULL, version = version + 1,"
                 " conductor_path = NULL, conductor_node_id = NULL, conductor_host = NULL,"
-                " conductor_port = NULL, conductor_term = conductor_term + 1 WHERE id = ?",
-                (fed[0],),
+                " conductor_port = NULL, conductor_term = conductor_term + 1, generation = ?"
+                " WHERE id = ?",
+                (new_generation(), fed[0]),
             )
             return self._summary(self._fed(name), now)
 
@@ -767,9 +811,9 @@ class RegistryStore:
             if create:
                 fed_name = _name(federation, "federation")
                 self._db.execute(
-                    "INSERT INTO federations (name, created_at) VALUES (?, ?)"
+                    "INSERT INTO federations (name, created_at, generation) VALUES (?, ?, ?)"
                     " ON CONFLICT DO NOTHING",
-                    (fed_name, now),
+                    (fed_name, now, new_generation()),
                 )
                 fid = self._fed(fed_name)[0]
                 self._db.execute(
@@ -856,6 +900,12 @@ class RegistryStore:
             if epoch is None:
                 epoch = now
                 self._db.execute("UPDATE federations SET epoch = ? WHERE id = ?", (now, fed_id))
+                self._db.execute(
+                    "INSERT INTO handovers (federation_id, source, token, epoch, lineage, tag)"
+                    " VALUES (?, ?, NULL, ?, NULL, NULL) ON CONFLICT (federation_id, source)"
+                    " DO UPDATE SET epoch = excluded.epoch",
+                    (fed_id, _OWN, now),
+                )
             if conductor_granted:
                 term_bump = 0 if holder == path else 1
                 self._db.execute(
@@ -1173,19 +1223,32 @@ class RegistryStore:
 
     # ----------------------------------------------------------------- the federation's time
 
+    def _handovers(self, fed: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """The federation's handovers, oldest first: ``epoch``, ``lineage`` and ``tag`` as a
+        node handed them over; the registry's own epoch (first registration) has a lineage
+        named after it and no tag."""
+        return [
+            {
+                "epoch": epoch,
+                "lineage": f"registry-{epoch:.6f}" if lineage is None else str(lineage),
+                "tag": None if tag is None else str(tag),
+            }
+            for epoch, lineage, tag in self._db.execute(
+                "SELECT epoch, lineage, tag FROM handovers WHERE federation_id = ?"
+                " ORDER BY epoch, source",
+                (fed[0],),
+            )
+        ]
+
     def _lineage(self, fed: tuple[Any, ...]) -> tuple[str | None, str | None]:
-        """The lineage of the federation's epoch and its tag: the ones a node handed over, or
-        a lineage named after the epoch (no tag) when the registry set it itself (first
-        registration); ``(None, None)`` without an epoch."""
+        """The lineage of the federation's epoch (its oldest handover) and its tag;
+        ``(None, None)`` without an epoch."""
         if fed[3] is None:
             return None, None
-        row = self._db.execute(
-            "SELECT lineage, tag FROM epochs WHERE federation_id = ? AND epoch = ?",
-            (fed[0], fed[3]),
-        ).fetchone()
-        if row is None:
+        handovers = self._handovers(fed)
+        if not handovers:
             return f"registry-{fed[3]:.6f}", None
-        return str(row[0]), None if row[1] is None else str(row[1])
+        return handovers[0]["lineage"], handovers[0]["tag"]
 
     def epoch_lineage(self, federation: object) -> tuple[float | None, str | None, str | None]:
         """The federation's epoch, its lineage and the tag handed over with them
@@ -1197,6 +1260,25 @@ class RegistryStore:
 
         return self._tx(run, _federation(federation))
 
+    def federation_time(self, federation: object) -> dict[str, Any]:
+        """What ``GET .../elapsed`` says of the federation's time: its ``epoch`` (the oldest
+        handover), that one's ``lineage`` and ``tag``, every ``handovers`` the registry keeps
+        (oldest first) and the federation's ``generation``."""
+
+        def run(now: float) -> dict[str, Any]:
+            fed = self._fed(federation)
+            handovers = self._handovers(fed)
+            first = handovers[0] if handovers and fed[3] is not None else None
+            return {
+                "epoch": fed[3],
+                "lineage": None if first is None else first["lineage"],
+                "tag": None if first is None else first["tag"],
+                "handovers": handovers if fed[3] is not None else [],
+                "generation": fed[10],
+            }
+
+        return self._tx(run, _federation(federation))
+
     def offer_epoch(
         self,
         federation: object,
@@ -1204,19 +1286,27 @@ class RegistryStore:
         epoch: object,
         lineage: object,
         tag: object = None,
+        *,
+        generation: object = None,
+        source: str = "-",
     ) -> dict[str, Any]:
         """A running node (holder of registration *token* in *federation*) hands over the
         federation's time: *epoch* is the registry's clock reading at which its federation
         time was 0 (the node measured the registry's clock, NTP-style), in lineage *lineage*.
 
-        The registry takes it when it has no epoch (reset, emptied) or when the offered one is
-        older than its own (and not in the future), or the same epoch and lineage with
-        another tag (signed again after a key rotation): federation time belongs to the
-        federation, so ``elapsed`` goes on after a reset, for 2012 clients too; it never moves
-        the epoch later. *tag* (a keyed federation's signature of epoch and lineage, or
-        ``None``) is kept as it came and handed back with them: the registry holds no key, so
-        it cannot tell a member's offer from a stranger's; the nodes check the tag. Returns the
-        federation's time after the offer (``accepted`` says whether it changed).
+        The registry holds no key, so it cannot tell a member's offer from a stranger's: it
+        keeps several **handovers** and the nodes take the oldest whose *tag* (a keyed
+        federation's signature of generation, epoch and lineage, kept as it came) verifies.
+        One per *source* (the offering client's address, see :func:`handover_source`), so a
+        stranger's offer replaces only its own: a source's handover is replaced by an older
+        one, or by the same epoch and lineage with another tag (signed again after a key
+        rotation). At most :data:`MAX_HANDOVERS` sources (besides the registry's own epoch):
+        a new one then takes the place of the youngest whose registration is gone (never the
+        oldest), else it is not taken. An offer in the future, or for another *generation*
+        than the federation's (a reset came between), is not taken. The federation's epoch
+        (``elapsed``, for 2012 clients too) is the oldest handover: a reset clears them all,
+        and the next node hands its time back, so ``elapsed`` goes on. Returns the
+        federation's time after the offer (``accepted`` says whether the offer was kept).
         """
         if not (
             isinstance(epoch, int | float)
@@ -1228,6 +1318,9 @@ class RegistryStore:
             raise StoreError("lineage must be 1-64 letters, digits, '.', '_' or '-'")
         if tag is not None and not is_epoch_tag(tag):
             raise StoreError("tag must be null or 1-128 letters, digits, '.', '_' or '-'")
+        if generation is not None and not is_generation(generation):
+            raise StoreError("generation must be null or 1-128 letters, digits, '.', '_' or '-'")
+        source = source or "-"  # never the registry's own
 
         def run(now: float) -> dict[str, Any]:
             fed = self._fed(federation)
@@ -1238,19 +1331,16 @@ class RegistryStore:
             if row is None:
                 raise NotFound("unknown or expired registration token")
             offered = float(epoch)
-            handed, handed_tag = self._lineage(fed)
-            older = offered <= now and (fed[3] is None or offered < fed[3])
-            # the same epoch and lineage signed again (a key rotation): the new tag replaces
-            # the old one (the nodes check it; the registry cannot)
-            resigned = offered == fed[3] and lineage == handed and tag not in (None, handed_tag)
-            accepted = older or resigned
+            accepted = (
+                offered <= now
+                and generation in (None, fed[10])
+                and self._keep_handover(fed[0], source, token, offered, str(lineage), tag)
+            )
             if accepted:
-                self._db.execute("UPDATE federations SET epoch = ? WHERE id = ?", (offered, fed[0]))
                 self._db.execute(
-                    "INSERT INTO epochs (federation_id, epoch, lineage, tag) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (federation_id) DO UPDATE"
-                    " SET epoch = excluded.epoch, lineage = excluded.lineage, tag = excluded.tag",
-                    (fed[0], offered, lineage, tag),
+                    "UPDATE federations SET epoch = (SELECT min(epoch) FROM handovers"
+                    " WHERE federation_id = ?) WHERE id = ?",
+                    (fed[0], fed[0]),
                 )
                 fed = self._fed(fed[1])
             handed, handed_tag = self._lineage(fed)
@@ -1261,9 +1351,56 @@ class RegistryStore:
                 "lineage": handed,
                 "tag": handed_tag,
                 "elapsed": self._elapsed(fed, now),
+                "generation": fed[10],
             }
 
         return self._tx(run, _federation(federation))
+
+    def _keep_handover(
+        self, fed_id: int, source: str, token: str, epoch: float, lineage: str, tag: object
+    ) -> bool:
+        """Keep the handover of *source* (see :meth:`offer_epoch`); whether it was kept."""
+        old = self._db.execute(
+            "SELECT epoch, lineage, tag FROM handovers WHERE federation_id = ? AND source = ?",
+            (fed_id, source),
+        ).fetchone()
+        if old is not None:
+            resigned = epoch == old[0] and lineage == old[1] and tag not in (None, old[2])
+            if not (epoch < old[0] or resigned):
+                if (epoch, lineage, tag) == tuple(old):  # the same again: now held by *token*
+                    self._db.execute(
+                        "UPDATE handovers SET token = ? WHERE federation_id = ? AND source = ?",
+                        (token, fed_id, source),
+                    )
+                return False
+        else:
+            kept = self._db.execute(
+                "SELECT count(*) FROM handovers WHERE federation_id = ? AND source != ?",
+                (fed_id, _OWN),
+            ).fetchone()[0]
+            if kept >= MAX_HANDOVERS:
+                # the youngest whose registration is gone (never the oldest) makes room
+                gone = self._db.execute(
+                    "SELECT source FROM handovers h WHERE federation_id = ? AND source != ?"
+                    " AND NOT EXISTS (SELECT 1 FROM registrations r WHERE r.token = h.token)"
+                    " AND epoch > (SELECT min(epoch) FROM handovers WHERE federation_id = ?)"
+                    " ORDER BY epoch DESC, source LIMIT 1",
+                    (fed_id, _OWN, fed_id),
+                ).fetchone()
+                if gone is None:
+                    return False
+                self._db.execute(
+                    "DELETE FROM handovers WHERE federation_id = ? AND source = ?",
+                    (fed_id, gone[0]),
+                )
+        self._db.execute(
+            "INSERT INTO handovers (federation_id, source, token, epoch, lineage, tag)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (federation_id, source) DO UPDATE"
+            " SET token = excluded.token, epoch = excluded.epoch, lineage = excluded.lineage,"
+            " tag = excluded.tag",
+            (fed_id, source, token, epoch, lineage, tag),
+        )
+        return True
 
     def check_consistency(self) -> list[str]:
         """Return every broken invariant (empty when the state is sound); used by tests."""

@@ -1,8 +1,9 @@
 """Export and import of a registry's whole state as JSON (``stagemesh registry export`` /
 ``import``), so an operator can move an event from SQLite to PostgreSQL and back.
 
-The document keeps everything: ids (the legacy API shows them), epochs (with the lineage a
-node handed over and its tag), versions, the conductor and its term, and every registration with its
+The document keeps everything: ids (the legacy API shows them), epochs (every handover kept,
+with its source, lineage and tag), each federation's generation, versions, the conductor and
+its term, and every registration with its
 token, so nodes keep heartbeating with the tokens they hold after the move. Tokens are
 credentials: keep the file private (``export --output`` writes it readable by its owner only).
 
@@ -19,7 +20,16 @@ from collections.abc import Callable
 from typing import Any
 
 from registry_bridge._database import Database, Duplicate
-from registry_bridge._store import RegistryStore, StoreError, _name, is_epoch_tag, is_lineage
+from registry_bridge._openapi import MAX_HANDOVERS
+from registry_bridge._store import (
+    RegistryStore,
+    StoreError,
+    _name,
+    is_epoch_tag,
+    is_generation,
+    is_lineage,
+    new_generation,
+)
 
 __all__ = ["FORMAT", "export_state", "import_state"]
 
@@ -34,9 +44,10 @@ def export_state(store: RegistryStore) -> dict[str, Any]:
         federations = []
         for row in db.execute(
             "SELECT id, name, created_at, epoch, version, conductor_path, conductor_node_id,"
-            " conductor_host, conductor_port, conductor_term FROM federations ORDER BY id"
+            " conductor_host, conductor_port, conductor_term, generation FROM federations"
+            " ORDER BY id"
         ).fetchall():
-            fid, name, created, epoch, version, cpath, cnode, chost, cport, term = row
+            fid, name, created, epoch, version, cpath, cnode, chost, cport, term, gen = row
             orchestras = [
                 {"id": oid, "name": oname, "created_at": ocreated}
                 for oid, oname, ocreated in db.execute(
@@ -67,10 +78,16 @@ def export_state(store: RegistryStore) -> dict[str, Any]:
                     (fid,),
                 )
             ]
-            handed = db.execute(
-                "SELECT lineage, tag FROM epochs WHERE federation_id = ? AND epoch = ?",
-                (fid, epoch),
-            ).fetchone()
+            handovers = [
+                {"source": h[0], "token": h[1], "epoch": h[2], "lineage": h[3], "tag": h[4]}
+                for h in db.execute(
+                    "SELECT source, token, epoch, lineage, tag FROM handovers"
+                    " WHERE federation_id = ? ORDER BY epoch, source",
+                    (fid,),
+                )
+            ]
+            first = handovers[0] if handovers else None
+            handed = None if first is None else (first["lineage"], first["tag"])
             federations.append(
                 {
                     "id": fid,
@@ -81,6 +98,10 @@ def export_state(store: RegistryStore) -> dict[str, Any]:
                     "lineage": handed[0] if handed is not None else None,
                     # ... and the tag it signed them with (null: none; older exports have none)
                     "tag": handed[1] if handed is not None else None,
+                    # every handover kept (source "": the registry's own epoch, lineage null)
+                    "handovers": handovers,
+                    # the generation keyed nodes sign (older exports have none: a new one)
+                    "generation": gen,
                     "version": version,
                     "conductor": {
                         "path": cpath,
@@ -146,13 +167,14 @@ def _list(doc: _Doc, key: str) -> list[Any]:
     return value
 
 
-_Federation = tuple[tuple[Any, ...], list[Any], list[Any], "tuple[str, str | None] | None"]
+_Federation = tuple[tuple[Any, ...], list[Any], list[Any], list[tuple[Any, ...]]]
 
 
 def _federation_rows(raw: object, index: int) -> _Federation:
-    """One federation of the document, checked: its row, orchestra rows, registration rows,
-    and the lineage of its epoch with its tag (``None``: the registry's own; older exports
-    have none)."""
+    """One federation of the document, checked: its row (with its generation, a new one for
+    an older export), orchestra rows, registration rows, and its handover rows (an older
+    export has the lineage and tag of its epoch alone: that one handover, or the registry's
+    own epoch)."""
     fed = _Doc(raw, f"federation #{index + 1}")
     name = _name(fed.get("name", _text, "a name"), "federation")
     fed.where = f"federation {name!r}"
@@ -169,7 +191,10 @@ def _federation_rows(raw: object, index: int) -> _Federation:
         conductor.get("host", _maybe(_text), "an address or null"),
         conductor.get("port", _maybe(_port), "a port or null"),
         conductor.get("term", _int, "an integer"),
+        fed.value.get("generation") or new_generation(),
     )
+    if not is_generation(row[-1]):
+        raise StoreError(f"{fed.where}: generation must be 1-128 letters, digits, '.', '_', '-'")
     orchestras: dict[str, int] = {}
     orch_rows = []
     for i, raw_orch in enumerate(_list(fed, "orchestras")):
@@ -227,7 +252,25 @@ def _federation_rows(raw: object, index: int) -> _Federation:
         )
     lineage = fed.get("lineage", _maybe(is_lineage), "a lineage or null")
     tag = fed.get("tag", _maybe(is_epoch_tag), "an epoch tag or null")
-    handed = (lineage, tag) if row[3] is not None and lineage is not None else None
+    if "handovers" not in fed.value:  # an export made before handovers
+        handed = [] if row[3] is None else [("-" if lineage else "", None, row[3], lineage, tag)]
+        return row, orch_rows, reg_rows, handed
+    handed = []
+    for i, raw_h in enumerate(_list(fed, "handovers")[: MAX_HANDOVERS + 1]):
+        h = _Doc(raw_h, f"{fed.where}: handover #{i + 1}")
+        handed.append(
+            (
+                h.get("source", lambda v: isinstance(v, str) and len(v) <= 64, "an address"),
+                h.get("token", _maybe(_text), "a token or null"),
+                h.get("epoch", _time, "a time"),
+                h.get("lineage", _maybe(is_lineage), "a lineage or null"),
+                h.get("tag", _maybe(is_epoch_tag), "an epoch tag or null"),
+            )
+        )
+    if len({h[0] for h in handed}) != len(handed):
+        raise StoreError(f"{fed.where}: two handovers of one source")
+    if (row[3] is None) != (not handed) or (handed and row[3] != min(h[2] for h in handed)):
+        raise StoreError(f"{fed.where}: the epoch is not the oldest handover")
     return row, orch_rows, reg_rows, handed
 
 
@@ -279,14 +322,15 @@ def _insert(db: Database, feds: list[_Federation]) -> None:
     for fed_row, orch_rows, reg_rows, handed in feds:
         db.execute(
             "INSERT INTO federations (id, name, created_at, epoch, version, conductor_path,"
-            " conductor_node_id, conductor_host, conductor_port, conductor_term)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " conductor_node_id, conductor_host, conductor_port, conductor_term, generation)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             fed_row,
         )
-        if handed is not None:
+        for handover in handed:
             db.execute(
-                "INSERT INTO epochs (federation_id, epoch, lineage, tag) VALUES (?, ?, ?, ?)",
-                (fed_row[0], fed_row[3], *handed),
+                "INSERT INTO handovers (federation_id, source, token, epoch, lineage, tag)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (fed_row[0], *handover),
             )
         for orch_row in orch_rows:
             db.execute(

@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from registry_bridge import NotFound, RegistryStore, StoreError, create_app
+from registry_bridge._openapi import MAX_HANDOVERS
+from registry_bridge._store import handover_source
 from registry_bridge._transfer import export_state, import_state
 from tests.registries import Databases
 
@@ -199,8 +201,126 @@ def test_export_and_import_keep_the_lineage_a_node_handed_over(stores: Stores) -
         broken = {**document, "federations": [{**document["federations"][0], "tag": bad}]}
         with pytest.raises(StoreError, match="tag"):
             import_state(stores(clock), broken)
-    # an export made before tags (no "tag" field) still imports, without a tag
-    untagged = {k: v for k, v in document["federations"][0].items() if k != "tag"}
+    # an export made before tags and handovers still imports: its epoch the one handover
+    untagged = {
+        k: v
+        for k, v in document["federations"][0].items()
+        if k not in ("tag", "handovers", "generation")
+    }
     old = stores(clock)
     import_state(old, {**document, "federations": [untagged]})
     assert old.epoch_lineage("sleo") == (clock.t - 90.0, "abc123", None)
+    assert old.federation_time("sleo")["generation"]  # a new one
+
+
+def test_export_and_import_keep_every_handover_and_the_generation(stores: Stores) -> None:
+    clock = Clock()
+    s = stores(clock)
+    token = register(s)
+    s.offer_epoch("sleo", token, clock.t - 90.0, "member", "1.9a", source="10.0.0.1")
+    s.offer_epoch("sleo", token, clock.t - 900.0, "stranger", source="10.6.6.6")
+    before = s.federation_time("sleo")
+    document = export_state(s)
+    moved = stores(clock)
+    import_state(moved, document)
+    assert moved.federation_time("sleo") == before
+    assert len(before["handovers"]) == 3  # the stranger's, the member's, the registry's own
+    # the epoch must be the oldest handover; a source appears once
+    fed = document["federations"][0]
+    for broken in (
+        {**fed, "epoch": clock.t},
+        {**fed, "handovers": fed["handovers"] + fed["handovers"][:1]},
+        {**fed, "generation": "a b"},
+    ):
+        with pytest.raises(StoreError):
+            import_state(stores(clock), {**document, "federations": [broken]})
+
+
+def test_a_strangers_older_handover_does_not_hide_a_members(stores: Stores) -> None:
+    """One handover per source (client address): a stranger's older epoch, from its own
+    address, is kept beside the member's, not instead of it; the nodes pick (the registry
+    cannot check tags). The federation's epoch (elapsed, for 2012 clients) is the oldest."""
+    clock = Clock()
+    s = stores(clock)
+    member = register(s)
+    own = clock.t
+    clock.t += 5.0
+    assert s.offer_epoch("sleo", member, own - 1.0, "site", "1.aa", source="192.0.2.1")["accepted"]
+    stranger = register(s, "m", federation="sleo")
+    answer = s.offer_epoch("sleo", stranger, own - 3600.0, "mallory", source="198.51.100.7")
+    assert answer["accepted"] and answer["epoch"] == own - 3600.0
+    time = s.federation_time("sleo")
+    assert [(h["lineage"], h["tag"]) for h in time["handovers"]] == [
+        ("mallory", None),
+        ("site", "1.aa"),
+        (f"registry-{own:.6f}", None),
+    ]
+    assert (time["epoch"], time["lineage"]) == (own - 3600.0, "mallory")
+    assert s.elapsed("sleo")["elapsed"] == pytest.approx(3605.0)
+    # the stranger replaces only its own handover (by an older one), never the member's
+    assert s.offer_epoch("sleo", stranger, own - 7200.0, "mallory2", source="198.51.100.7")[
+        "accepted"
+    ]
+    assert not s.offer_epoch("sleo", stranger, own - 60.0, "mallory3", source="198.51.100.7")[
+        "accepted"
+    ]
+    lineages = [h["lineage"] for h in s.federation_time("sleo")["handovers"]]
+    assert lineages == ["mallory2", "site", f"registry-{own:.6f}"]
+    # a member's handover signed again (a key rotation) replaces its own tag
+    assert s.offer_epoch("sleo", member, own - 1.0, "site", "2.bb", source="192.0.2.1")["accepted"]
+    assert [h["tag"] for h in s.federation_time("sleo")["handovers"]][1] == "2.bb"
+    # an IPv6 client counts by its /64
+    assert handover_source("2001:db8:1:2::7") == handover_source("2001:db8:1:2:ffff::1")
+    assert handover_source("2001:db8:1:3::7") != handover_source("2001:db8:1:2::7")
+    assert handover_source("::ffff:192.0.2.1") == "192.0.2.1"
+
+
+def test_handovers_are_bounded_and_a_flood_cannot_push_out_a_live_one(stores: Stores) -> None:
+    clock = Clock()
+    s = stores(clock)
+    member = register(s)
+    clock.t += 5.0
+    assert s.offer_epoch("sleo", member, clock.t - 10.0, "site", "1.aa", source="192.0.2.1")[
+        "accepted"
+    ]
+    flood = [register(s, f"m{i}") for i in range(MAX_HANDOVERS + 4)]
+    taken = [
+        s.offer_epoch("sleo", t, clock.t - 1000.0 - i, f"m{i}", source=f"10.9.0.{i}")["accepted"]
+        for i, t in enumerate(flood)
+    ]
+    # the member's handover and MAX_HANDOVERS - 1 of the flood; the rest not taken
+    assert taken == [True] * (MAX_HANDOVERS - 1) + [False] * 5
+    time = s.federation_time("sleo")
+    assert len(time["handovers"]) == MAX_HANDOVERS + 1  # and the registry's own epoch
+    assert "site" in [h["lineage"] for h in time["handovers"]]
+    # a handover whose registration is gone makes room (the youngest such; never the oldest)
+    s.unregister(flood[3])
+    assert s.offer_epoch("sleo", flood[-1], clock.t - 5.0, "late", source="10.9.1.1")["accepted"]
+    lineages = [h["lineage"] for h in s.federation_time("sleo")["handovers"]]
+    assert "m3" not in lineages and "late" in lineages and "site" in lineages
+    assert len(lineages) == MAX_HANDOVERS + 1
+
+
+def test_a_reset_starts_a_new_generation(stores: Stores) -> None:
+    """Keyed nodes sign the generation with the epoch: a reset replaces it (so a handover
+    captured before it verifies at no node after it), and an offer made for the old one is
+    not taken."""
+    clock = Clock()
+    s = stores(clock)
+    token = register(s)
+    first = s.federation_time("sleo")["generation"]
+    assert isinstance(first, str) and len(first) == 24
+    assert s.offer_epoch("sleo", token, clock.t - 5.0, "site", "1.aa", generation=first)[
+        "accepted"
+    ]
+    s.reset_federation("sleo")
+    token = register(s)
+    second = s.federation_time("sleo")["generation"]
+    assert second != first
+    late = s.offer_epoch("sleo", token, clock.t - 5.0, "site", "1.aa", generation=first)
+    assert not late["accepted"] and late["generation"] == second
+    assert s.offer_epoch("sleo", token, clock.t - 5.0, "site", "1.bb", generation=second)[
+        "accepted"
+    ]
+    with pytest.raises(StoreError, match="generation"):
+        s.offer_epoch("sleo", token, clock.t - 5.0, "site", generation="a b")

@@ -71,29 +71,33 @@ def test_of_a_node_and_its_reference_one_always_joins_the_other(
     assert node_joins or reference_joins, "both would wait for the other forever"
 
 
-def test_an_epoch_tag_fits_only_its_federation_epoch_lineage_and_key() -> None:
+def test_an_epoch_tag_fits_only_its_federation_generation_epoch_lineage_and_key() -> None:
     """What a keyed node hands the registry with its epoch (see EpochSeal): only a holder of the
-    key makes one, and it fits nothing else; a keyring being rotated verifies by any key."""
+    key makes one, and it fits nothing else (not another generation: the registry's changes at
+    every reset); a keyring being rotated verifies by any key."""
     old, new = b"o" * 32, b"n" * 32
+    gen = "5eed0f5eed0f5eed0f5eed0f"
     seal = EpochSeal("sleo", Keyring.single(old))
-    tag = seal.tag(1_700_000_000.25, "abc")
+    tag = seal.tag(gen, 1_700_000_000.25, "abc")
     assert tag.startswith("1.") and len(tag) == 2 + 32
-    assert seal.verifies(1_700_000_000.25, "abc", tag)
+    assert seal.verifies(gen, 1_700_000_000.25, "abc", tag)
     rotated = EpochSeal("sleo", Keyring({1: old, 2: new}, primary=2))
-    assert rotated.verifies(1_700_000_000.25, "abc", tag)  # the old key still verifies
-    assert rotated.tag(1.0, "abc").startswith("2.") and not seal.verifies(
-        1.0, "abc", rotated.tag(1.0, "abc")
+    assert rotated.verifies(gen, 1_700_000_000.25, "abc", tag)  # the old key still verifies
+    assert rotated.tag(gen, 1.0, "abc").startswith("2.") and not seal.verifies(
+        gen, 1.0, "abc", rotated.tag(gen, 1.0, "abc")
     )  # a key the node does not hold
     others = [
-        (seal, 1_700_000_000.25 - 3600.0, "abc", tag),  # another epoch
-        (seal, 1_700_000_000.25, "abd", tag),  # another lineage
-        (EpochSeal("other", Keyring.single(old)), 1_700_000_000.25, "abc", tag),
-        (EpochSeal("sleo", Keyring.single(new, 1)), 1_700_000_000.25, "abc", tag),  # wrong key
+        (seal, gen, 1_700_000_000.25 - 3600.0, "abc", tag),  # another epoch
+        (seal, gen, 1_700_000_000.25, "abd", tag),  # another lineage
+        (seal, "0" * 24, 1_700_000_000.25, "abc", tag),  # another generation (after a reset)
+        (seal, "", 1_700_000_000.25, "abc", tag),
+        (EpochSeal("other", Keyring.single(old)), gen, 1_700_000_000.25, "abc", tag),
+        (EpochSeal("sleo", Keyring.single(new, 1)), gen, 1_700_000_000.25, "abc", tag),
     ]
-    for checker, epoch, lineage, given in others:
-        assert not checker.verifies(epoch, lineage, given)
+    for checker, generation, epoch, lineage, given in others:
+        assert not checker.verifies(generation, epoch, lineage, given)
     for bad in (None, "", "1", "1.", "x.00", "9999.00", "1." + "0" * 32, "1.\u00e9", "-1.00"):
-        assert not seal.verifies(1_700_000_000.25, "abc", bad)
+        assert not seal.verifies(gen, 1_700_000_000.25, "abc", bad)
 
 
 def test_lineage_ids_are_unique_per_run() -> None:
