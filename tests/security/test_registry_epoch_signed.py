@@ -10,6 +10,14 @@ each is refused, counted once (``clock.external.refused``) and logged, and every
 time; a member's handover still crosses the registry, to a node holding the key it was signed
 with (a key being rotated in keeps the old one).
 
+The registry keeps one handover per client address (it cannot tell which is a member's), so a
+stranger's older epoch, from its own address, sits beside the member's and no longer stops the
+sites from sharing the federation's time through the registry; and the tag covers the
+registry's generation of the federation, replaced at every reset, so a member's handover read
+from the registry's public answers and handed back after an organiser's reset verifies at no
+node: the reset stands. The strangers here talk from other loopback addresses (127.0.0.2,
+127.0.0.3), as someone on another network would.
+
 Each test runs a real ``stagemesh registry`` process (on SQLite and on PostgreSQL) and real
 nodes with the registry bridge on loopback, and talks to the registry over HTTP as the
 stranger.
@@ -21,6 +29,7 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import httpx
@@ -36,6 +45,7 @@ from tests.test_clock_registry_live import FEDERATION, Watch, agreed, config as 
 ELAPSED = f"/api/v1/federations/{FEDERATION}/elapsed"
 EPOCH = f"/api/v1/federations/{FEDERATION}/epoch"
 KEY = Keyring.single(b"the federation's key, 32 bytes.")
+PASSWORD = "organiser-secret"
 
 
 def config(
@@ -54,10 +64,10 @@ async def site(tmp: Path, url: str) -> AsyncIterator[list[Node]]:
         yield [n0, n1]
 
 
-async def registry_time(http: httpx.AsyncClient) -> dict[str, object]:
+async def registry_time(http: httpx.AsyncClient) -> dict[str, Any]:
     answer = await http.get(ELAPSED)
     assert answer.status_code == 200, answer.text
-    result: dict[str, object] = answer.json()
+    result: dict[str, Any] = answer.json()
     return result
 
 
@@ -65,6 +75,24 @@ async def handed_over(http: httpx.AsyncClient, node: Node) -> bool:
     """The registry's time is the node's lineage, with a tag by the federation key."""
     time = await registry_time(http)
     return time["lineage"] == node.status()["clock"]["lineage"] and time["tag"] is not None
+
+
+def stranger(url: str, address: str) -> httpx.AsyncClient:
+    """An HTTP client of the registry talking from another loopback *address*."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    return httpx.AsyncClient(base_url=url, timeout=10, transport=transport)
+
+
+async def stranger_registers(http: httpx.AsyncClient, name: str = "m") -> str:
+    """Someone registers in the federation as /mallory/*name* (no secret needed); the
+    token."""
+    answer = await http.post(
+        f"/api/v1/federations/{FEDERATION}/registrations",
+        json={"orchestra": "mallory", "name": name, "create": True},
+    )
+    assert answer.status_code == 201, answer.text
+    token: str = answer.json()["token"]
+    return token
 
 
 def refused(node: Node) -> int:
@@ -108,7 +136,7 @@ async def test_a_stranger_cannot_jump_a_keyed_federations_time(
                 {
                     "epoch": ours["epoch"] - 7200.0,
                     "lineage": lineage,
-                    "tag": other_key.tag(ours["epoch"] - 7200.0, lineage),
+                    "tag": other_key.tag(ours["generation"], ours["epoch"] - 7200.0, lineage),
                 },
                 # three hours older, in the site's lineage, with the member's own tag copied
                 {"epoch": ours["epoch"] - 10800.0, "lineage": lineage, "tag": ours["tag"]},
@@ -177,3 +205,131 @@ async def test_a_members_handover_still_crosses_the_registry_with_a_rotated_key(
                 theirs = await registry_time(http)
                 after = b0.now()
                 assert before - 0.05 <= float(str(theirs["elapsed"])) <= after + 0.05
+
+
+async def test_a_strangers_older_epoch_does_not_stop_keyed_sites_sharing_time(
+    databases: Databases, tmp_path: Path
+) -> None:
+    """Site a hands the registry its time; two strangers, each from its own address, hand the
+    registry older epochs (one unsigned, one in a's lineage signed with another key): the
+    registry keeps them beside a's (its epoch, and 2012 clients' ``Elapsed:``, is now the
+    oldest), site a keeps its time, and node b0, started alone after site a stopped, still
+    takes a's time from the registry (the oldest handover its key verifies), refusing both."""
+    other_key = EpochSeal(FEDERATION, Keyring.single(secrets.token_bytes(32)))
+    with trio.fail_after(90):
+        async with (
+            running_registry(databases.new()) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+            stranger(url, "127.0.0.2") as mallory,
+            stranger(url, "127.0.0.3") as trudy,
+        ):
+            async with site(tmp_path / "a", url) as nodes:
+                await wait_for(lambda: agreed(nodes), 15, "the orchestra synced")
+                await wait_for(lambda: handed_over(http, nodes[0]), 15, "the registry has a's time")
+                ours = await registry_time(http)
+                assert isinstance(ours["epoch"], float) and isinstance(ours["generation"], str)
+                lineage = nodes[0].status()["clock"]["lineage"]
+                steps = [n.status()["clock"]["steps"] for n in nodes]
+                forgeries = [
+                    (mallory, {"epoch": ours["epoch"] - 3600.0, "lineage": "mallory"}),
+                    (
+                        trudy,
+                        {
+                            "epoch": ours["epoch"] - 7200.0,
+                            "lineage": lineage,
+                            "tag": other_key.tag(
+                                ours["generation"], ours["epoch"] - 7200.0, lineage
+                            ),
+                            "generation": ours["generation"],
+                        },
+                    ),
+                ]
+                for number, (client, forged) in enumerate(forgeries):
+                    token = await stranger_registers(client, f"m{number}")
+                    taken = await client.post(EPOCH, json={**forged, "token": token})
+                    assert taken.status_code == 200 and taken.json()["accepted"], taken.text
+                await wait_for(lambda: refused(nodes[0]) >= 2, 10, "site a refused both")
+                time = await registry_time(http)
+                # the registry's epoch is the oldest (it cannot tell), a's handover is kept
+                assert time["epoch"] == ours["epoch"] - 7200.0
+                assert float(str(time["elapsed"])) > 7200.0
+                kept = [(h["lineage"], h["tag"]) for h in time["handovers"]]
+                assert (lineage, ours["tag"]) in kept and len(kept) == 4, kept
+                # site a kept its time: no step, its lineage
+                assert [n.status()["clock"]["steps"] for n in nodes] == steps
+                assert all(n.status()["clock"]["lineage"] == lineage for n in nodes)
+            # site a stopped; b0 starts alone (a younger lineage) with the federation key
+            async with open_node(config(tmp_path / "b", "n2", url, KEY)) as b0:
+
+                async def stepped() -> bool:
+                    return b0.status()["clock"]["lineage"] == lineage
+
+                await wait_for(stepped, 15, "b0 took a's time from the registry")
+                clock = b0.status()["clock"]
+                assert clock["steps"] == 1 and clock["last_step"]["new_lineage"] == lineage
+                assert clock["external"]["refused"] == 2  # the strangers', each counted once
+                # b0 is hours behind the strangers' epochs, seconds from a's: a's time
+                assert b0.now() < 600.0
+
+
+async def test_a_handover_replayed_after_a_reset_is_refused_and_the_reset_stands(
+    databases: Databases, tmp_path: Path
+) -> None:
+    """Site a hands the registry its time (signed); someone reads that handover from the
+    registry's public answers. The organiser resets the federation (the next event) and node
+    b0 starts: a new time. The stranger hands a's earlier handover back (epoch, lineage and
+    tag as read, with the registry's new generation): the registry keeps it (it cannot tell),
+    but its tag was made for the generation before the reset, so b0 refuses it and keeps its
+    time; node c0, started after b0, takes b0's time from the registry, not a's."""
+    env = {"STAGEMESH_ADMIN_PASSWORD": PASSWORD}
+    with trio.fail_after(100):
+        async with (
+            running_registry(databases.new(), env=env) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+            stranger(url, "127.0.0.2") as mallory,
+        ):
+            async with site(tmp_path / "a", url) as nodes:
+                await wait_for(lambda: agreed(nodes), 15, "the orchestra synced")
+                await wait_for(lambda: handed_over(http, nodes[0]), 15, "the registry has a's time")
+                captured = await registry_time(http)  # public: anyone may read it
+                a_lineage = nodes[0].status()["clock"]["lineage"]
+            answer = await http.post(
+                f"/api/v1/federations/{FEDERATION}/reset", json={}, auth=("admin", PASSWORD)
+            )
+            assert answer.status_code == 200, answer.text
+            assert (await registry_time(http))["generation"] != captured["generation"]
+            async with open_node(config(tmp_path / "b", "n1", url, KEY)) as b0:
+                await wait_for(lambda: handed_over(http, b0), 15, "the registry has b0's time")
+                b_lineage = b0.status()["clock"]["lineage"]
+                assert b_lineage != a_lineage and b0.status()["clock"]["steps"] == 0
+                now = await registry_time(http)
+                token = await stranger_registers(mallory)
+                replay = {
+                    "token": token,
+                    "epoch": captured["epoch"],
+                    "lineage": captured["lineage"],
+                    "tag": captured["tag"],
+                    "generation": now["generation"],
+                }
+                taken = await mallory.post(EPOCH, json=replay)
+                assert taken.status_code == 200 and taken.json()["accepted"], taken.text
+                assert (await registry_time(http))["lineage"] == a_lineage  # the oldest
+                await wait_for(lambda: refused(b0) >= 1, 10, "b0 refused the replay")
+                watch = Watch([b0])
+                await watch.run(1.0)
+                watch.check()
+                clock = b0.status()["clock"]
+                assert clock["lineage"] == b_lineage and clock["steps"] == 0, clock
+                assert refused(b0) == 1
+                assert b0.now() < 600.0
+                b_time = b0.now()
+            # b0 stopped; c0 starts alone later: it takes b0's time, the reset stands
+            async with open_node(config(tmp_path / "c", "n2", url, KEY)) as c0:
+
+                async def stepped() -> bool:
+                    return c0.status()["clock"]["lineage"] == b_lineage
+
+                await wait_for(stepped, 15, "c0 took b0's time from the registry")
+                clock = c0.status()["clock"]
+                assert clock["steps"] == 1 and clock["external"]["refused"] == 1
+                assert b_time <= c0.now() < b_time + 60.0
