@@ -35,6 +35,7 @@ FIELDS = (
     "lineage",
     "members",
     "tag",
+    "generation",
 )
 """The fields and parameters of the API, JSON and legacy."""
 SUBJECTS: dict[int, tuple[str, ...]] = {
