@@ -11,7 +11,10 @@ import httpx
 import pytest
 
 from registry_bridge import NotFound, RegistryStore, StoreError, create_app
+from registry_bridge._database import open_database
 from registry_bridge._openapi import MAX_HANDOVERS
+from registry_bridge._postgres import _MIGRATIONS as _postgres_migrations
+from registry_bridge._sqlite import _MIGRATIONS as _sqlite_migrations
 from registry_bridge._store import handover_source
 from registry_bridge._transfer import export_state, import_state
 from tests.registries import Databases
@@ -310,9 +313,7 @@ def test_a_reset_starts_a_new_generation(stores: Stores) -> None:
     token = register(s)
     first = s.federation_time("sleo")["generation"]
     assert isinstance(first, str) and len(first) == 24
-    assert s.offer_epoch("sleo", token, clock.t - 5.0, "site", "1.aa", generation=first)[
-        "accepted"
-    ]
+    assert s.offer_epoch("sleo", token, clock.t - 5.0, "site", "1.aa", generation=first)["accepted"]
     s.reset_federation("sleo")
     token = register(s)
     second = s.federation_time("sleo")["generation"]
@@ -324,3 +325,38 @@ def test_a_reset_starts_a_new_generation(stores: Stores) -> None:
     ]
     with pytest.raises(StoreError, match="generation"):
         s.offer_epoch("sleo", token, clock.t - 5.0, "site", generation="a b")
+
+
+def test_the_upgrade_to_schema_7_keeps_each_epoch_as_a_handover(databases: Databases) -> None:
+    """A version 6 database (one epoch per federation, with the lineage and tag a node handed
+    over, or the registry's own) upgraded by ``migrate``: each federation gets a generation of
+    its own and keeps its epoch, as its one handover."""
+    db = databases.new(migrated=False)
+    migrations = _postgres_migrations if databases.backend == "postgresql" else _sqlite_migrations
+    database = open_database(db)
+    database.begin()
+    for statements in migrations[:6]:
+        for statement in statements:
+            database.execute(statement)
+    database.execute("UPDATE schema_version SET version = 6")
+    for name, epoch in (("handed", 100.0), ("own", 200.0), ("none", None)):
+        database.execute(
+            "INSERT INTO federations (name, created_at, epoch) VALUES (?, 1.0, ?)", (name, epoch)
+        )
+    database.execute(
+        "INSERT INTO epochs (federation_id, epoch, lineage, tag) SELECT id, 100.0, 'abc', '1.ab'"
+        " FROM federations WHERE name = 'handed'"
+    )
+    database.commit()
+    assert database.migrate() == (6, 7)
+    database.close()
+    s = RegistryStore(db, clock=Clock())
+    try:
+        handed, own, none = (s.federation_time(n) for n in ("handed", "own", "none"))
+        assert handed["handovers"] == [{"epoch": 100.0, "lineage": "abc", "tag": "1.ab"}]
+        assert own["handovers"] == [{"epoch": 200.0, "lineage": "registry-200.000000", "tag": None}]
+        assert none["handovers"] == [] and none["epoch"] is None
+        generations = {t["generation"] for t in (handed, own, none)}
+        assert len(generations) == 3 and all(len(str(g)) == 24 for g in generations)
+    finally:
+        s.close()
