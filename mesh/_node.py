@@ -469,9 +469,9 @@ class Node:
         if self.core.external_refused > refused:
             log = logger.warning if refused == 0 else logger.debug
             log(
-                "%s: ignored federation time %s offers (%d handover(s) in all): not signed with"
-                " this federation's key for the registry's current generation (someone without"
-                " the key, or a handover from before a reset); not taking it",
+                "%s: ignored a federation time the %s keeps (of %d handover(s)): its tag does"
+                " not verify with this federation's key at the registry's current generation"
+                " (handed over by someone without the key, or before a reset)",
                 self.path,
                 source,
                 len(handovers),

@@ -300,9 +300,7 @@ class RegistryBridge(Extension):
             return
         # The registry's own clock, with its epoch and lineage: the node works out the rest.
         reply = ClockReply(stamped.probe, stamped.t1, sample.clock_t2, sample.clock_t3, 0.0, True)
-        used = node.external_clock_reply(
-            reply, REGISTRY_CLOCK, sample.handovers, sample.generation
-        )
+        used = node.external_clock_reply(reply, REGISTRY_CLOCK, sample.handovers, sample.generation)
         self.clock_samples += int(used)
         self._connected(node, client)
 

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from registry_bridge._errors import RegistryBridgeError
 
 __all__ = [
+    "HANDOVERS_FROM_EPOCHS",
     "SCHEMA_VERSION",
     "Busy",
     "Database",
@@ -47,6 +48,20 @@ __all__ = [
 
 SCHEMA_VERSION = 7
 """The schema version this code reads and writes."""
+
+HANDOVERS_FROM_EPOCHS = (
+    "INSERT INTO handovers (federation_id, source, token, epoch, lineage, tag)"
+    " SELECT f.id, '-', NULL, e.epoch, e.lineage, e.tag FROM epochs e"
+    " JOIN federations f ON f.id = e.federation_id AND f.epoch = e.epoch",
+    "INSERT INTO handovers (federation_id, source, token, epoch, lineage, tag)"
+    " SELECT f.id, '', NULL, f.epoch, NULL, NULL FROM federations f"
+    " WHERE f.epoch IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM handovers h WHERE h.federation_id = f.id)",
+    "DROP TABLE epochs",
+)
+"""The upgrade to version 7 after both backends created ``handovers`` (portable SQL): each
+federation's epoch becomes its one handover (a node's with its lineage and tag, source
+``-``; else the registry's own, source ``''``), and ``epochs`` goes."""
 
 _SCHEMES = ("postgresql://", "postgres://")
 _USERINFO = re.compile(r"(://[^:/@\s]*):[^@\s]*@")

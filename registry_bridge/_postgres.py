@@ -74,6 +74,7 @@ import psycopg.errors
 import psycopg_pool
 
 from registry_bridge._database import (
+    HANDOVERS_FROM_EPOCHS,
     SCHEMA_VERSION,
     Busy,
     DatabaseError,
@@ -215,14 +216,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             tag TEXT,
             PRIMARY KEY (federation_id, source)
         )""",
-        "INSERT INTO handovers (federation_id, source, token, epoch, lineage, tag)"
-        " SELECT f.id, '-', NULL, e.epoch, e.lineage, e.tag FROM epochs e"
-        " JOIN federations f ON f.id = e.federation_id AND f.epoch = e.epoch",
-        "INSERT INTO handovers (federation_id, source, token, epoch, lineage, tag)"
-        " SELECT f.id, '', NULL, f.epoch, NULL, NULL FROM federations f"
-        " WHERE f.epoch IS NOT NULL"
-        " AND NOT EXISTS (SELECT 1 FROM handovers h WHERE h.federation_id = f.id)",
-        "DROP TABLE epochs",
+        *HANDOVERS_FROM_EPOCHS,
     ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION

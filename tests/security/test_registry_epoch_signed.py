@@ -40,6 +40,7 @@ from mesh._lineage import EpochSeal
 from mesh._wire import Keyring
 from tests.livenodes import wait_for
 from tests.registries import Databases, running_registry
+from tests.security.test_registry_epoch import register
 from tests.test_clock_registry_live import FEDERATION, Watch, agreed, config as unkeyed_config
 
 ELAPSED = f"/api/v1/federations/{FEDERATION}/elapsed"
@@ -81,18 +82,6 @@ def stranger(url: str, address: str) -> httpx.AsyncClient:
     """An HTTP client of the registry talking from another loopback *address*."""
     transport = httpx.AsyncHTTPTransport(local_address=address)
     return httpx.AsyncClient(base_url=url, timeout=10, transport=transport)
-
-
-async def stranger_registers(http: httpx.AsyncClient, name: str = "m") -> str:
-    """Someone registers in the federation as /mallory/*name* (no secret needed); the
-    token."""
-    answer = await http.post(
-        f"/api/v1/federations/{FEDERATION}/registrations",
-        json={"orchestra": "mallory", "name": name, "create": True},
-    )
-    assert answer.status_code == 201, answer.text
-    token: str = answer.json()["token"]
-    return token
 
 
 def refused(node: Node) -> int:
@@ -245,7 +234,7 @@ async def test_a_strangers_older_epoch_does_not_stop_keyed_sites_sharing_time(
                     ),
                 ]
                 for number, (client, forged) in enumerate(forgeries):
-                    token = await stranger_registers(client, f"m{number}")
+                    token = await register(client, FEDERATION, f"m{number}")
                     taken = await client.post(EPOCH, json={**forged, "token": token})
                     assert taken.status_code == 200 and taken.json()["accepted"], taken.text
                 await wait_for(lambda: refused(nodes[0]) >= 2, 10, "site a refused both")
@@ -303,7 +292,7 @@ async def test_a_handover_replayed_after_a_reset_is_refused_and_the_reset_stands
                 b_lineage = b0.status()["clock"]["lineage"]
                 assert b_lineage != a_lineage and b0.status()["clock"]["steps"] == 0
                 now = await registry_time(http)
-                token = await stranger_registers(mallory)
+                token = await register(mallory, FEDERATION, "m")
                 replay = {
                     "token": token,
                     "epoch": captured["epoch"],
