@@ -44,6 +44,20 @@ IN_PROCESS_MODULES = frozenset(
     }
 )
 """Test modules that drive sans-IO cores by hand, with no process, socket or real clock."""
+SIMULATED_MODULES = IN_PROCESS_MODULES | {
+    "test_clock_registry_sim",
+    "test_clock_sim",
+    "test_edge_fuzz",
+    "test_node_sim",
+    "test_roles_manager_sim",
+    "test_sim",
+    "test_sim_sites",
+    "test_sim_wan_tier",
+    "test_simqueue",
+}
+"""Test modules whose tests run in simulated time (the simulator, or cores driven by hand):
+no real timer to miss, so ``.ci/run`` runs them on two workers side by side, and the tests
+with real processes and real timers after them, one at a time (the ``simulated`` marker)."""
 
 
 T = TypeVar("T")
@@ -77,6 +91,7 @@ def bounded_trio_run(limit: float) -> Callable[..., Any]:
     return run
 
 
+@pytest.hookimpl(tryfirst=True)  # the markers first: -m selects on them
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Give the tests of the pure cores the lower limit (unless a test sets its own), run each
     trio test under its limit inside trio (:func:`bounded_trio_run`), and start the long tests
@@ -87,6 +102,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     the last test left while the other workers idle (longest-first scheduling)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     for item in items:
+        if item.path.stem in SIMULATED_MODULES:
+            item.add_marker(pytest.mark.simulated)
         if item.path.stem in IN_PROCESS_MODULES and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(IN_PROCESS_TIMEOUT))
         function = getattr(item, "obj", None)
