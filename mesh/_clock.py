@@ -301,6 +301,11 @@ class ClockCore:
         self._last_sample_at = -math.inf
         self._ref_bound = math.inf  # the followed node's own bound in its last reply
         self._ref_bound_at = now
+        # A hand-over (see set_reference) or a reset of a synced clock: it stays synced from
+        # this local time on while it learns the reference again (None: no hand-over) ...
+        self._holdover: float | None = None
+        # ... on this bound (and when it was given) until the first sample makes an estimate.
+        self._held_bound: tuple[float, float] | None = None
         # Counters.
         self._requests = 0
         self._replies = 0
@@ -314,7 +319,13 @@ class ClockCore:
     # Inputs
 
     def set_reference(
-        self, now: float, reference_id: str | None, is_self: bool, *, deadband: bool = False
+        self,
+        now: float,
+        reference_id: str | None,
+        is_self: bool,
+        *,
+        deadband: bool = False,
+        handover: float | None = None,
     ) -> None:
         """Follow *reference_id* (a node id), or be the reference (*is_self*), or follow no one
         (``None`` and not self: between elections; the clock runs on its last estimate).
@@ -327,6 +338,13 @@ class ClockCore:
         error interval, at ``deadband_slew_rate`` (a site's reference following the registry:
         an outside clock must not shake the site, whose members follow this node's every
         move).
+
+        With *handover* (seconds) the new reference keeps the same time as the one before (the
+        caller knows: one lineage, the old reference synced and this clock synced to it within
+        *handover* of the top of its chain): the clock stays synced on that bound, aged by the
+        drift, while it learns the new reference (until ``min_samples`` of its samples, or for
+        ``stale_after`` at most), so a change of path to the same time never unsyncs it or the
+        nodes that follow it. A bound beyond ``step_threshold`` is no hand-over.
         """
         now = self._tick(now)
         if deadband != self._deadband:
@@ -363,9 +381,15 @@ class ClockCore:
             self._next_poll = None
             return
         self._start_following(now)
+        if handover is not None and handover <= self._cfg.step_threshold:
+            self._holdover, self._held_bound = now, (handover, now)
+            self._ref_synced = True  # (until the new reference answers for itself)
+            self._last_sample_at = now  # staleness counts from the hand-over
+            self._ref_bound, self._ref_bound_at = 0.0, now  # (the held bound has it all)
 
     def _start_following(self, now: float) -> None:
         # Keep the line (continuity) but nothing is known of the new reference yet.
+        self._holdover, self._held_bound = None, None
         self._samples.clear()
         self._accepted = 0
         self._start_over_on_next_sample = False
@@ -527,6 +551,11 @@ class ClockCore:
             self._start_following(now)
         if not self._consistent(sample):
             # Samples and estimate cannot both be right: the reference's time or a rate changed.
+            # A synced clock stays synced while it learns the reference again (the new
+            # estimate's bound says how far off it is; synced still needs it within the step
+            # threshold): the reference slewing a correction must not unsync its followers.
+            if self._holdover is None and self._synced(now):
+                self._holdover = now
             self._resets += 1
             self._samples.clear()
             self._accepted = 0
@@ -536,6 +565,9 @@ class ClockCore:
             self._next_poll = now + self._cfg.fast_interval
         self._samples.append(sample)
         self._accepted += 1
+        if self._accepted >= self._cfg.min_samples:
+            self._holdover = None
+        self._held_bound = None  # (an estimate is made of the samples from here on)
         self._last_sample_at = now
         if first_of_pair:
             # Ask again at once, while both processes are awake: the second exchange does not
@@ -687,17 +719,21 @@ class ClockCore:
         return self._ref_bound + self._max_drift * max(0.0, at - self._ref_bound_at)
 
     def _bound(self, at: float, lan: bool = False) -> float:
+        if self._est is None and self._held_bound is not None:
+            held, since = self._held_bound
+            return held + self._max_drift * max(0.0, at - since)
         bound = self._est_bound(at) + abs(self._residual(at))
         return bound if lan else bound + self._ref_part(at)
 
     def _synced(self, now: float) -> bool:
         if self._is_self:
             return True
-        if self._reference is None or self._est is None:
+        held = self._holdover is not None and now - self._holdover <= self._cfg.stale_after
+        if self._reference is None or (self._est is None and not held):
             return False
         return (
             self._ref_synced
-            and self._accepted >= self._cfg.min_samples
+            and (self._accepted >= self._cfg.min_samples or held)
             and now - self._last_sample_at <= self._cfg.stale_after
             and self._bound(now, lan=True) <= self._cfg.step_threshold
         )

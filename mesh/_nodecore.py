@@ -845,13 +845,29 @@ class NodeCore:
             if self._time_source == (self._external, False) and self._external is not None:
                 # Leaving the registry: its bound is remembered, and grows with age.
                 self._ext_bound = (self.clock.error_bound(now), now)
+            handover = self._handover(now, source)
             self._time_source = source
-            self.clock.set_reference(now, source[0], source[1], deadband=deadband)
+            self.clock.set_reference(
+                now, source[0], source[1], deadband=deadband, handover=handover
+            )
             self._events.append(TimeSourceChanged(None if source[1] else source[0], source[1]))
             self._reference_start = self._start_of(source)
         elif deadband != self._deadband:
             self.clock.set_reference(now, source[0], source[1], deadband=deadband)
         self._deadband = deadband
+
+    def _handover(self, now: float, source: tuple[str | None, bool]) -> float | None:
+        """The bound this node's time keeps when it moves to *source* (see
+        :meth:`ClockCore.set_reference`), or ``None``: only from one followed source to
+        another (the registry, a supernode, the conductor), both in this node's lineage (a
+        source of another is never chosen), while the clock is synced. A site's top moving
+        between the registry and another site's supernode, or a member between supernodes,
+        keeps its LAN synced; a node that defined the time itself does not claim another's."""
+        old = self._time_source
+        if old is None or old[1] or old[0] is None or source[1] or source[0] is None:
+            return None
+        snapshot = self.clock.snapshot(now)
+        return snapshot.error_bound if snapshot.synced else None
 
     def _registry_aligns_sites(self) -> bool:
         """With sites: whether another site is timed against this one only through the
