@@ -510,3 +510,71 @@ def test_a_restarted_reference_is_followed_afresh() -> None:
     clocks.run(t, 13.0, watch=[n])
     snap = n.core.snapshot(n.clock(13.0))
     assert snap.synced and abs(n.fed(13.0) - new.fed(13.0)) <= min(snap.error_bound, 5e-6)
+
+
+def synced_throughout(clocks: Clocks, nodes: list[Node], start: float, end: float) -> None:
+    """Run from *start* to *end*, asserting at every 10 ms that each of *nodes* is synced with
+    a finite error bound."""
+    t = start
+    while t < end - 1e-9:
+        t = clocks.run(t, min(t + 0.01, end))
+        for n in nodes:
+            snap = n.core.snapshot(n.clock(t))
+            assert snap.synced and math.isfinite(snap.error_bound), (n.name, t, snap)
+
+
+def test_a_hand_over_to_a_reference_of_the_same_time_keeps_the_chain_synced() -> None:
+    # r is the top; s follows it (a site's top on the registry) and m follows s (a member).
+    # s moves to s2, which follows r too (another site's supernode, once reached directly):
+    # with the hand-over neither s nor m is ever unsynced, and s ends within its bound of r.
+    r = make("r", reference=True, initial_time=100.0)
+    s = make("s", skew=0.2, drift=30.0)
+    s2 = make("s2", skew=-0.4, drift=-20.0)
+    m = make("m", skew=0.7, drift=60.0)
+    follow(s, r, 0.0)
+    follow(s2, r, 0.0)
+    follow(m, s, 0.0)
+    clocks = Clocks(r, s, s2, m, delay=100e-6, jitter=50e-6, seed=5)
+    clocks.run(0.0, 20.0)
+    t = 20.0
+    before = s.core.snapshot(s.clock(t))
+    assert before.synced and m.core.snapshot(m.clock(t)).synced
+    s.core.set_reference(s.clock(t), "s2", is_self=False, handover=before.error_bound)
+    synced_throughout(clocks, [s, m], t, 30.0)
+    snap = s.core.snapshot(s.clock(30.0))
+    assert snap.reference == "s2" and snap.samples >= ClockConfig().min_samples
+    assert abs(s.fed(30.0) - r.fed(30.0)) <= snap.error_bound
+
+
+def test_without_a_hand_over_a_new_reference_is_learned_unsynced() -> None:
+    # What the hand-over changes: the same move without it unsyncs s until it has samples.
+    r = make("r", reference=True, initial_time=100.0)
+    s = make("s", skew=0.2, drift=30.0)
+    s2 = make("s2", skew=-0.4, drift=-20.0)
+    follow(s, r, 0.0)
+    follow(s2, r, 0.0)
+    clocks = Clocks(r, s, s2, delay=100e-6, seed=5)
+    clocks.run(0.0, 20.0)
+    follow(s, s2, 20.0)
+    assert not s.core.snapshot(s.clock(20.0)).synced
+    # (A bound beyond the step threshold is no hand-over.)
+    s.core.set_reference(s.clock(20.0), "r", is_self=False, handover=0.5)
+    assert not s.core.snapshot(s.clock(20.0)).synced
+
+
+def test_a_reference_that_corrects_its_time_leaves_its_followers_synced() -> None:
+    # The reference's time moves 3 ms (a top that slews to the registry's estimate): the
+    # follower's samples no longer fit its estimate and it starts over, synced all along (its
+    # bound owns up to the move while it slews).
+    r = make("r", reference=True, initial_time=100.0)
+    m = make("m", skew=0.7, drift=60.0)
+    follow(m, r, 0.0)
+    clocks = Clocks(r, m, delay=100e-6, seed=6)
+    clocks.run(0.0, 20.0)
+    before = m.core.snapshot(m.clock(20.0))
+    assert before.synced
+    r.core.step(r.clock(20.0), 0.003)
+    synced_throughout(clocks, [m], 20.0, 30.0)
+    after = m.core.snapshot(m.clock(30.0))
+    assert after.resets > before.resets  # (it did start over)
+    assert abs(m.fed(30.0) - r.fed(30.0)) <= after.error_bound
