@@ -12,6 +12,11 @@ The sites are behind NATs: only the two supernodes reach each other (as through 
 relay); a datagram from any other node of one site to the other site is lost. The same
 federation as one flat group (every node probing every node) declares the other site's live
 members dead.
+
+With a simulated registry (:class:`~mesh._simregistry.SimRegistry`) on an open network, a site's
+supernode that moves from timing its site by the registry to following the other site's
+supernode directly (the registry bridge confirms the path) keeps every node of both sites
+synced throughout.
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from mesh._clock import SkewedClock
+from mesh._clockfaults import _starter
+from mesh._election import ConductorArbiter
 from mesh._membership import MemberEvent
 from mesh._nodecore import NodeCore
 from mesh._profiles import Profile, get_profile
-from mesh._sim import LinkModel, SimNode
+from mesh._sim import LinkModel, SimNode, Simulator
 from mesh._sim_sites import LAN_LINK, SiteSimulator
+from mesh._simregistry import SimRegistry
 from mesh._wire import Address, MemberRecord
 
 WAN = LinkModel(delay=0.2, jitter=0.0, loss=0.02)
@@ -146,3 +155,66 @@ def test_without_the_tier_members_behind_nats_declare_the_other_site_dead() -> N
     fed.sim.run_until(60.0)
     members = {n.node_id for site in fed.sites for n in site[1:]}
     assert {dead for _, _, dead in fed.deaths} & members
+
+
+def site_core(me: MemberRecord, now: float, rng: random.Random, snapshot: Any) -> NodeCore:
+    """A node of the site tier as a node with a registry runs it: every node a conductor
+    candidate, each site's ``n0`` its supernode candidate, the registry the arbiter."""
+    return NodeCore(
+        me,
+        get_profile("lan"),
+        now=now,
+        rng=rng,
+        snapshot=snapshot,
+        supernode=me.name.endswith("0"),
+        conductor=True,
+        joined_at=now,
+        arbiter=ConductorArbiter(),
+        wan_profile=get_profile("wan"),
+    )
+
+
+def lost_time(sim: Simulator) -> list[str]:
+    """The nodes of *sim* not keeping the federation's time now (neither synced nor the
+    reference)."""
+    lost = []
+    for node in sim.nodes.values():
+        core = node.core
+        assert isinstance(core, NodeCore)
+        snap = core.clock_snapshot(node.local(sim.now))
+        if not (snap.synced or snap.is_reference):
+            lost.append(f"{node.record.name} at {sim.now:.2f}")
+    return lost
+
+
+def test_a_site_top_moving_from_the_registry_to_the_other_site_keeps_every_lan_synced() -> None:
+    # Two sites of two on the site tier with a simulated registry, as the registry bridge runs
+    # them (site_core): site b's supernode first times its site by the registry (the
+    # conductor's site not confirmed direct), then direct acks confirm it (set_direct) and it
+    # follows the conductor over UDP. Every node keeps the federation's time at every look
+    # (50 ms) for 10 s: b0 hands its time over rather than learning a0 unsynced, which
+    # unsynced b0 and b1 for a burst.
+    for seed in range(3):
+        sim = Simulator(seed, get_profile("lan"), LinkModel(delay=0.0003, jitter=0.0004))
+        sim.core_factory = site_core
+        SimRegistry(sim, clock=SkewedClock(1.5, 20.0))
+        first: dict[str, SimNode] = {}
+        for k, (site, i) in enumerate([("a", 0), ("a", 1), ("b", 0), ("b", 1)]):
+            record = sim.new_record(f"{site}{i}", site)
+            clock = SkewedClock(0.3 * k, 40.0 * (k - 1.5))
+            start = (0.0 if site == "a" else 2.0) + 0.3 * i
+            sim.schedule(start, _starter(sim, record, clock, first))
+        sim.run_until(20.0)
+        a0, b0 = first["a"], first["b"]
+        assert isinstance(a0.core, NodeCore) and isinstance(b0.core, NodeCore)
+        assert b0.core.conductor() == a0.node_id and b0.core.clock_snapshot(0.0).is_reference
+        assert lost_time(sim) == []
+        for node, other in ((a0, b0), (b0, a0)):
+            core = node.core
+            sim.call_node(node, 0.0, lambda now, c=core, o=other: c.set_direct(now, [o.node_id]))
+        t = sim.now
+        while t < 30.0:
+            t += 0.05
+            sim.run_until(t)
+            assert lost_time(sim) == [], f"seed {seed}"
+        assert b0.core.clock_snapshot(0.0).reference == a0.node_id  # (b0 did move)
