@@ -24,7 +24,7 @@ import httpx
 
 from mesh._lineage import Handover
 from registry_bridge._errors import RegistryBridgeError
-from registry_bridge._openapi import MAX_HANDOVERS
+from registry_bridge._openapi import MAX_CLOCK_READING, MAX_HANDOVERS
 
 __all__ = [
     "ConductorConflict",
@@ -380,15 +380,18 @@ class RegistryClient:
         lineage = d.get("lineage")
         tag = d.get("tag")
         generation = d.get("generation")
+        t2, t3 = _reading(d.get("t2")), _reading(d.get("t3"))
+        if t2 is None or t3 is None:
+            raise RegistryUnreachable("the registry answered an elapsed without its t2 and t3")
         return ElapsedSample(
             t1,
-            d["t2"],
-            d["t3"],
+            t2,
+            t3,
             t4,
-            d["epoch"],
+            _reading(d.get("epoch")),
             lineage if isinstance(lineage, str) else None,
-            d.get("clock_t2"),
-            d.get("clock_t3"),
+            _reading(d.get("clock_t2")),
+            _reading(d.get("clock_t3")),
             tag if isinstance(tag, str) else None,
             _handovers(d),
             generation if isinstance(generation, str) else None,
@@ -442,6 +445,16 @@ class RegistryClient:
         return out
 
 
+def _reading(value: object) -> float | None:
+    """*value* as a clock reading of the registry's answer, or ``None`` when it is not one (a
+    number within the registry's own bound: not a bool, a NaN or an infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not abs(value) <= MAX_CLOCK_READING:  # NaN fails this too
+        return None
+    return float(value)
+
+
 def _handovers(answer: dict[str, Any]) -> tuple[Handover, ...]:
     """The handovers of an ``elapsed`` answer, oldest first (a registry that lists none
     gives its epoch alone); entries of the wrong shape are left out."""
@@ -453,12 +466,7 @@ def _handovers(answer: dict[str, Any]) -> tuple[Handover, ...]:
     for entry in listed[:MAX_HANDOVERS]:
         if not isinstance(entry, dict):
             continue
-        epoch, lineage, tag = entry.get("epoch"), entry.get("lineage"), entry.get("tag")
-        if (
-            isinstance(epoch, int | float)
-            and not isinstance(epoch, bool)
-            and isinstance(lineage, str)
-            and (tag is None or isinstance(tag, str))
-        ):
-            out.append(Handover(float(epoch), lineage, tag))
+        epoch, lineage, tag = _reading(entry.get("epoch")), entry.get("lineage"), entry.get("tag")
+        if epoch is not None and isinstance(lineage, str) and (tag is None or isinstance(tag, str)):
+            out.append(Handover(epoch, lineage, tag))
     return tuple(sorted(out, key=lambda h: h.epoch))

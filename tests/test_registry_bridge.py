@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import socket
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from registry_bridge import (
     RegistryBridge,
     RegistryClient,
     RegistryConfig,
+    RegistryUnreachable,
     registry_extension_factory,
 )
 from registry_bridge._plugin import REGISTRY, registry_urls
@@ -384,14 +386,28 @@ async def test_a_bridge_whose_registries_are_all_dead_backs_off_from_each(
         assert node.status()["registry"]["state"] == "unreachable"
 
 
-def reference_of(nodes: list[Node]) -> Node | None:
-    """The node every node agrees is the federation's time reference, if they agree."""
+def registry_tops(nodes: list[Node]) -> list[Node] | None:
+    """The nodes that keep the federation's time by the registry, if every other node follows
+    one of them, directly or through its site's supernode: one for the federation once the
+    sites' supernodes are confirmed direct, or each site's supernode until then (the supernode
+    tier: a site whose path to the other is not confirmed is timed by the registry,
+    docs/clock.md)."""
     tops = [n for n in nodes if n.clock.is_reference]
-    if len(tops) != 1:
+    if not tops or any(top.clock.reference != "registry" for top in tops):
         return None
-    top = tops[0]
-    followers_ok = all(n.clock.reference == top.id for n in nodes if n is not top)
-    return top if followers_ok else None
+    by_id = {n.id: n for n in nodes}
+
+    def reaches_a_top(node: Node) -> bool:
+        for _ in nodes:
+            if node.clock.is_reference:
+                return True
+            followed = by_id.get(node.clock.reference or "")
+            if followed is None:
+                return False
+            node = followed
+        return False
+
+    return tops if all(reaches_a_top(n) for n in nodes) else None
 
 
 async def test_the_federations_reference_follows_the_registry_and_everyone_follows_it(
@@ -406,8 +422,8 @@ async def test_the_federations_reference_follows_the_registry_and_everyone_follo
         nodes = [a0, a1, b0]
 
         def synced() -> bool:
-            top = reference_of(nodes)
-            if top is None or top.clock.reference != "registry" or bridge_of(top).clock_samples < 8:
+            tops = registry_tops(nodes)
+            if tops is None or any(bridge_of(top).clock_samples < 8 for top in tops):
                 return False
             for node in nodes:
                 clock = node.clock
@@ -429,3 +445,64 @@ async def test_the_federations_reference_follows_the_registry_and_everyone_follo
             slack = node.clock.error_bound + 0.002
             assert low - slack <= registry_now <= high + slack, (node.path, low, high, registry_now)
         assert sample.lineage == a0.status()["clock"]["lineage"]
+
+
+HOSTILE_ELAPSED = [
+    (b'{"t2": "soon", "t3": 1.0}', "without its t2 and t3"),
+    (b'{"t3": 1.0}', "without its t2 and t3"),
+    (b'{"t2": NaN, "t3": 1.0}', "without its t2 and t3"),
+    (b'{"t2": 1.0, "t3": 1e300}', "without its t2 and t3"),
+]
+
+
+@pytest.mark.parametrize(("body", "error"), HOSTILE_ELAPSED)
+async def test_a_hostile_registrys_elapsed_is_an_error_not_a_crash(body: bytes, error: str) -> None:
+    """A registry (or whoever answers at its address) that sends readings that are not numbers
+    within the registry's bound is a RegistryError the bridge handles (it tries again, moves to
+    the next registry), never a KeyError or a NaN in the node's clock."""
+    async with serving_raw_json(body) as url, RegistryClient(url, timeout=5) as client:
+        with pytest.raises(RegistryUnreachable, match=error):
+            await client.elapsed(FEDERATION)
+
+
+async def test_a_hostile_registrys_odd_readings_and_handovers_are_left_out() -> None:
+    """Optional readings that are not numbers within the bound read as absent, and handovers
+    of the wrong shape or with a NaN or an infinite epoch are left out."""
+    body = (
+        b'{"t2": 1.0, "t3": 2.0, "epoch": Infinity, "clock_t2": "x", "clock_t3": -1e200,'
+        b' "handovers": [{"epoch": NaN, "lineage": "a"}, {"epoch": true, "lineage": "b"},'
+        b' {"epoch": 5, "lineage": "c", "tag": 7}, {"epoch": 3.5, "lineage": "d"}, 9]}'
+    )
+    async with serving_raw_json(body) as url, RegistryClient(url, timeout=5) as client:
+        sample = await client.elapsed(FEDERATION)
+    assert (sample.t2, sample.t3) == (1.0, 2.0)
+    assert sample.epoch is None and sample.clock_t2 is None and sample.clock_t3 is None
+    assert [(h.epoch, h.lineage) for h in sample.handovers] == [(3.5, "d")]
+
+
+@contextlib.asynccontextmanager
+async def serving_raw_json(body: bytes) -> Any:
+    """A server on loopback answering every request with 200 and *body* as JSON, as it is."""
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+    async def handle(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return
+                request += chunk
+            await stream.send_all(answer)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+        nursery.cancel_scope.cancel()
