@@ -264,6 +264,7 @@ class Node:
         self._persist_failed = False
         self._subscribers: dict[str, list[trio.MemorySendChannel[Publication]]] = {}
         self._event_sinks: list[trio.MemorySendChannel[NodeEvent]] = []
+        self._dropped: dict[trio.MemorySendChannel[Any], int] = {}  # by a full channel
         self._timer_scope = trio.CancelScope()
         self._external_ready = trio.Event()
         self._request_ids = 0
@@ -361,6 +362,7 @@ class Node:
             yield receive
         finally:
             self._subscribers[topic].remove(send)
+            self._dropped.pop(send, None)
             send.close()
 
     @contextlib.asynccontextmanager
@@ -377,6 +379,7 @@ class Node:
             yield receive
         finally:
             self._event_sinks.remove(send)
+            self._dropped.pop(send, None)
             send.close()
 
     def handle(self, kind: str, handler: RequestHandler) -> None:
@@ -670,15 +673,27 @@ class Node:
             )
         if isinstance(event, Publication):
             for sink in self._subscribers.get(event.topic, ()):
-                try:
-                    sink.send_nowait(event)
-                except trio.WouldBlock:
-                    logger.warning("subscriber to %r is behind; publication dropped", event.topic)
+                self._deliver(sink, event, f"subscriber to {event.topic!r}", "publication")
         for events_sink in self._event_sinks:
-            try:
-                events_sink.send_nowait(event)
-            except trio.WouldBlock:
-                logger.warning("events reader is behind; %s dropped", type(event).__name__)
+            self._deliver(events_sink, event, "events reader", type(event).__name__)
+
+    def _deliver(
+        self, sink: trio.MemorySendChannel[Any], event: NodeEvent, reader: str, what: str
+    ) -> None:
+        """Put *event* on a reader's channel without waiting. A full channel drops it: the
+        first drop is a warning, the later ones are counted until the reader keeps up again,
+        then the count is logged (a reader that stopped reading must not flood the log)."""
+        try:
+            sink.send_nowait(event)
+        except trio.WouldBlock:
+            dropped = self._dropped.get(sink, 0)
+            if not dropped:
+                logger.warning("%s is behind; %s dropped", reader, what)
+            self._dropped[sink] = dropped + 1
+        else:
+            dropped = self._dropped.pop(sink, 0)
+            if dropped:
+                logger.info("%s kept up again after %d dropped", reader, dropped)
 
     def _path_conflict(self, holder: MemberView) -> None:
         """Another live node announces this node's path: say so (once per node), never stop.
