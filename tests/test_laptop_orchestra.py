@@ -29,6 +29,8 @@ def _concert(out: Path, *args: str) -> tuple[dict[str, Any], str]:
         timeout=240,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # every player read what it subscribed to: no ready notice was dropped (nor logged so)
+    assert "is behind" not in done.stdout + done.stderr, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout
 
 

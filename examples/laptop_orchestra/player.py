@@ -140,14 +140,17 @@ async def tune(node: mesh.Node, tempo: mesh.TempoKeeper, args: argparse.Namespac
 
 async def perform(node: mesh.Node, tempo: mesh.TempoKeeper, args: argparse.Namespace) -> None:
     """Tune, let the conductor start the piece, play one note per beat; log and render."""
-    async with node.subscribe(READY_TOPIC) as ready, trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery:
         nursery.start_soon(tune, node, tempo, args)
         if args.conductor:
-            with trio.fail_after(READY_TIMEOUT):
-                while node.conductor is None:  # noqa: ASYNC110 (the election has no event here)
-                    await trio.sleep(0.05)
-            if node.conductor == node.path:
-                await conduct(node, tempo, args, ready)
+            # Only a candidate reads the players' ready notices, and only while it may conduct:
+            # a subscription nobody reads fills up and drops (and logs) every later notice.
+            async with node.subscribe(READY_TOPIC) as ready:
+                with trio.fail_after(READY_TIMEOUT):
+                    while node.conductor is None:  # noqa: ASYNC110 (no election event here)
+                        await trio.sleep(0.05)
+                if node.conductor == node.path:
+                    await conduct(node, tempo, args, ready)
     with trio.fail_after(READY_TIMEOUT):
         current = await tempo.wait()
     onsets: list[dict[str, Any]] = []
