@@ -4,6 +4,7 @@ hard time limit of every test."""
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -59,6 +60,19 @@ SIMULATED_MODULES = IN_PROCESS_MODULES | {
 no real timer to miss, so ``.ci/run`` runs them on two workers side by side, and the tests
 with real processes and real timers after them, one at a time (the ``simulated`` marker)."""
 
+WAITING_TESTS = (
+    "tests/test_sleeping_node.py::",
+    "tests/test_netns_wan.py::",
+    "tests/test_registry_chaos.py::",
+    "tests/test_soak.py::",
+    "tests/security/test_edge_addresses.py::",
+)
+"""Live tests (node ids, or a module's prefix) that run long because they wait on real time (a
+laptop asleep for 30 s, a 60 s soak or registry chaos, a slow WAN link) while using little CPU
+(about a quarter of one core), and whose bounds do not depend on an idle machine: ``.ci/run``
+runs them in a lane of their own beside the other live tests (the ``waiting`` marker).
+Tests that bound a clock's spread or a failover's time to the millisecond stay out of it."""
+
 
 T = TypeVar("T")
 TRIO_SHARE = 0.95
@@ -97,13 +111,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     trio test under its limit inside trio (:func:`bounded_trio_run`), and start the long tests
     first.
 
-    The suite runs on several pytest-xdist workers (``.ci/run``), which take tests in
-    collection order: handing out the ``slow``-marked ones first keeps one of them from being
-    the last test left while the other workers idle (longest-first scheduling)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    Under pytest-xdist (``.ci/run``'s first part) the workers take tests in collection order:
+    handing out the ``slow``-marked ones first keeps one of them from being the last test left
+    while the other worker idles (longest-first scheduling). In one process (the live lanes of
+    ``.ci/run``'s second part) the slow ones go last instead: they hold the live tests with the
+    tightest bounds on real time, and by then the lane of ``waiting`` tests beside them has
+    ended, so they have the machine to themselves."""
+    slow_first = "PYTEST_XDIST_WORKER" in os.environ
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None) == slow_first)
     for item in items:
         if item.path.stem in SIMULATED_MODULES:
             item.add_marker(pytest.mark.simulated)
+        if item.nodeid.startswith(WAITING_TESTS):
+            item.add_marker(pytest.mark.waiting)
         if item.path.stem in IN_PROCESS_MODULES and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(IN_PROCESS_TIMEOUT))
         function = getattr(item, "obj", None)
