@@ -6,8 +6,8 @@ python3 tests/link_probe.py watch --quantum 4 [--every 0.05] [--duration 60]
     Link's clock is CLOCK_MONOTONIC_RAW, the same in every namespace of a host, so two
     probes' lines with the same "k" describe the same instant.
 python3 tests/link_probe.py set-tempo BPM
-    joins, waits (<= 10 s) for a peer, sets the session's tempo (as a DAW user would),
-    prints "set", and leaves a second later.
+    joins, waits (<= 20 s) for a peer, sets the session's tempo (as a DAW user would),
+    prints "set PEERS", and leaves once a peer moved the tempo again (or after 10 s).
 """
 
 from __future__ import annotations
@@ -46,14 +46,18 @@ def watch(quantum: float, every: float, duration: float) -> None:
 def set_tempo(bpm: float) -> None:
     session = link.Link(bpm)
     session.enabled = True
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while session.numPeers() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     state = session.captureAppSessionState()
     state.setTempo(bpm, session.clock().micros())
     session.commitAppSessionState(state)
     print("set", session.numPeers(), flush=True)
-    time.sleep(1.0)
+    # Stay until a peer moved the session off this tempo (a stagemesh node undoes it), or
+    # 10 s: leaving at once could take the change away before a loaded peer heard it.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and abs(session.captureAppSessionState().tempo() - bpm) < 0.5:
+        time.sleep(0.05)
     session.enabled = False
 
 

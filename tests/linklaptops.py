@@ -113,8 +113,10 @@ class Laptops:
 
     def daw_sets_tempo(self, index: int, bpm: float) -> None:
         """A DAW user on laptop *index* changes the Link session's tempo."""
-        out = self.lan.run(self.lan.hosts[index], sys.executable, PROBE, "set-tempo", str(bpm))
-        assert out.stdout.startswith("set "), out.stdout
+        out = self.lan.run(
+            self.lan.hosts[index], sys.executable, PROBE, "set-tempo", str(bpm), timeout=60
+        )
+        assert out.stdout.startswith("set ") and int(out.stdout.split()[1]) >= 1, out.stdout
 
     def wait_synced(self, timeout: float = 60.0) -> None:
         """Until laptop 1 follows the conductor (laptop 0) and its clock is synced."""
