@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from mesh._clock import ClockCore
 from mesh._election import ElectionCore, ElectionEvent
@@ -48,12 +48,31 @@ class PeerDirectory:
         self.names[record.node_id] = name
 
 
-class _SingleCore:
-    """What every adapter answers alike: no streams, no candidates, incarnation 0 unless
-    set."""
+class _Timed(Protocol):
+    def handle_timer(self, now: float) -> None: ...
 
+    def next_deadline(self) -> float | None: ...
+
+
+CoreT = TypeVar("CoreT", bound=_Timed)
+
+
+class _SingleCore(Generic[CoreT]):
+    """What every adapter answers alike: the core's timer, no streams, no candidates,
+    incarnation 0 unless set."""
+
+    core: CoreT
     node_id: str
     incarnation: int = 0
+
+    def handle_timer(self, now: float) -> None:
+        """The core's timer (a clock's poll, an election's claim or re-announcement)."""
+        self.core.handle_timer(now)
+
+    def next_deadline(self) -> float:
+        """The core's next timer (infinity: none)."""
+        deadline = self.core.next_deadline()
+        return math.inf if deadline is None else deadline
 
     def add_candidate(self, now: float, address: Address) -> None:
         """Nothing to join: the caller models membership."""
@@ -66,7 +85,7 @@ class _SingleCore:
         """Never called: these cores open no streams."""
 
 
-class ClockPeer(_SingleCore):
+class ClockPeer(_SingleCore[ClockCore]):
     """A :class:`~mesh._clock.ClockCore` as a simulator node: the requests it sends and the
     replies it gives are its datagrams (to the node *directory* names), its polls its timer.
     Its local time is the simulated node's clock (``add_node(..., clock=SkewedClock(...))``)."""
@@ -84,15 +103,6 @@ class ClockPeer(_SingleCore):
             self._out.append(SendDatagram(src, self.core.handle_request(now, body), sender))
         elif isinstance(body, ClockReply):
             self.core.handle_reply(now, body, sender=self.directory.names.get(sender, sender))
-
-    def handle_timer(self, now: float) -> None:
-        """The core's poll."""
-        self.core.handle_timer(now)
-
-    def next_deadline(self) -> float:
-        """The core's next poll (infinity: none)."""
-        deadline = self.core.next_deadline()
-        return math.inf if deadline is None else deadline
 
     def take_outputs(self) -> list[SendDatagram]:
         """The replies, then the core's requests addressed to the nodes they name."""
@@ -112,7 +122,7 @@ Spread = Callable[[list[Lease]], list[SendDatagram]]
 how many rounds is the caller's model of gossip)."""
 
 
-class ElectionPeer(_SingleCore):
+class ElectionPeer(_SingleCore[ElectionCore]):
     """An :class:`~mesh._election.ElectionCore` as a simulator node: the lease records it gives
     out go out as the datagrams *spread* makes of them, the updates of a :class:`Gossip` it
     receives are taken in, its claims and re-announcements are its timer. Its membership view
@@ -131,15 +141,6 @@ class ElectionPeer(_SingleCore):
             for update in body.updates:
                 if isinstance(update, Lease):
                     self.core.handle_lease(now, update)
-
-    def handle_timer(self, now: float) -> None:
-        """The core's claim or re-announcement."""
-        self.core.handle_timer(now)
-
-    def next_deadline(self) -> float:
-        """The core's next timer (infinity: none)."""
-        deadline = self.core.next_deadline()
-        return math.inf if deadline is None else deadline
 
     def take_outputs(self) -> list[SendDatagram]:
         """The core's lease records, as *spread* sends them."""
