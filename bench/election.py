@@ -1,7 +1,8 @@
 """Election benchmark: time to agreement over many seeds of the election harness.
 
-Runs the deterministic random harness of ``tests/test_election_core.py`` (election cores over a
-virtual, lossy, partitionable network with modelled membership views) and prints, per scenario,
+Runs the election's deterministic random harness, :mod:`mesh._electionsim` (election cores on
+the project's simulator: a lossy, partitionable network with modelled membership views;
+``tests/test_election_core.py`` runs 500 seeds of it) and prints, per scenario,
 the time until every live node sees the same single conductor and supernode per orchestra:
 
 * ``node-chaos``: the same question asked of the real thing: :func:`mesh._chaos.run_chaos`
@@ -30,7 +31,6 @@ Exit status 1 if any seed failed to agree.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import statistics
@@ -42,7 +42,6 @@ from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-HARNESS = ROOT / "tests" / "test_election_core.py"
 
 TARGETS = {
     "node-chaos": "bounded (real cores in mesh._sim; membership healing included)",
@@ -55,14 +54,12 @@ TARGETS = {
 
 
 def load_harness() -> ModuleType:
-    """Import the test module that holds the harness (tests/ is not a package)."""
+    """The election's harness module (importable once the repository is on the path)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location("election_harness", HARNESS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import mesh._electionsim
+
+    return mesh._electionsim
 
 
 def _run_chunk(args: tuple[str, list[int]]) -> list[dict[str, Any]]:

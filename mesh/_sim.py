@@ -22,6 +22,7 @@ Models: FoundationDB's simulation testing, TigerBeetle's VOPR.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -84,12 +85,43 @@ class SimCore(Protocol):
 @attrs.frozen
 class LinkModel:
     """How the virtual network treats a datagram: lost with probability ``loss``, delayed by
-    ``delay`` plus a uniform ``jitter`` (which reorders), duplicated with ``duplicate``."""
+    ``delay`` plus a ``jitter`` (which reorders), duplicated with ``duplicate``.
+
+    The shape of the delay (every default keeps the plain model, and a seed's run with it is
+    the same as before these fields existed: they draw no random number unless set):
+    ``exponential`` jitter (a queue's long tail), ``asymmetry`` between a pair's two directions
+    (which a clock's round-trip estimate cannot see), and ``outlier`` datagrams that are much
+    later than the rest (a scheduler or a Wi-Fi retry holding one back).
+    """
 
     loss: float = 0.0
+    """Probability that a datagram is lost."""
     delay: float = 0.0005
+    """The smallest one-way delay, in seconds."""
     jitter: float = 0.001
+    """Seconds added to ``delay``: uniform in [0, jitter), or with ``exponential`` an
+    exponential draw of mean ``jitter``."""
     duplicate: float = 0.0
+    """Probability that a datagram arrives twice (the copy with a delay of its own)."""
+    exponential: bool = False
+    """The jitter is exponential with mean ``jitter`` (a long tail) instead of uniform."""
+    asymmetry: float = 1.0
+    """The jitter of traffic from a lower to a higher address (addresses compared as tuples)
+    is multiplied by this; the other direction's is not. 1.0: both directions alike."""
+    outlier: float = 0.0
+    """Probability that a datagram is an outlier, later by ``outlier_delay`` plus a uniform
+    draw in [0, ``outlier_jitter``)."""
+    outlier_delay: float = 0.0
+    """Seconds an outlier is late (fixed part)."""
+    outlier_jitter: float = 0.0
+    """Up to this many seconds more for an outlier (uniform)."""
+    shaped: bool = attrs.field(init=False, repr=False, eq=False)
+    """Whether any of ``exponential``, ``asymmetry`` or ``outlier`` is set (derived: the
+    simulator's fast path skips the shaping otherwise)."""
+
+    @shaped.default
+    def _shaped(self) -> bool:
+        return self.exponential or self.asymmetry != 1.0 or self.outlier > 0.0
 
 
 INSTANT = LinkModel(loss=0.0, delay=0.0, jitter=0.0, duplicate=0.0)
@@ -401,7 +433,8 @@ class Simulator:
             if type(body) is bytes:
                 env = self._check(node, origin.address, body, "request")
                 if env is None:  # refused: the opener's connection is closed at once
-                    latency = self._latency(self._link(node, origin.address, origin))
+                    link = self._link(node, origin.address, origin)
+                    latency = self._latency(link, node.address, origin.address)
                     self._push(self.now + latency, _STREAM_REPLY, (origin, exchange, None))
                     return
                 assert type(env.body) is PushPull  # only push-pulls go over streams here
@@ -414,7 +447,8 @@ class Simulator:
                 node.sent_bytes += len(answer) + _TCP_OVERHEAD
             else:
                 node.sent_bytes += self._size(node, reply, stream=True)
-            latency = self._latency(self._link(node, origin.address, origin))
+            link = self._link(node, origin.address, origin)
+            latency = self._latency(link, node.address, origin.address)
             self._push(self.now + latency, _STREAM_REPLY, (origin, exchange, answer))
         elif kind == _STREAM_REPLY:
             _, exchange, answered = data
@@ -463,8 +497,22 @@ class Simulator:
         site-aware simulator (:mod:`mesh._sim_sites`) tells LAN from WAN."""
         return self.link
 
-    def _latency(self, link: LinkModel) -> float:
-        return link.delay + self._net_rng.random() * link.jitter
+    def _latency(self, link: LinkModel, src: Address, dest: Address) -> float:
+        """A one-way delay on *link* from *src* to *dest* (one draw unless the link is
+        :attr:`~LinkModel.shaped`)."""
+        rng = self._net_rng
+        if not link.shaped:
+            return link.delay + rng.random() * link.jitter
+        draw = rng.random()
+        jitter = -math.log(1.0 - draw) * link.jitter if link.exponential else draw * link.jitter
+        if link.asymmetry != 1.0 and src < dest:
+            jitter *= link.asymmetry
+        latency = link.delay + jitter
+        if link.outlier > 0.0 and rng.random() < link.outlier:
+            latency += link.outlier_delay
+            if link.outlier_jitter > 0.0:
+                latency += rng.random() * link.outlier_jitter
+        return latency
 
     def _size(self, node: SimNode, body: Message, stream: bool = False) -> int:
         node.seq += 1
@@ -541,9 +589,13 @@ class Simulator:
             return
         self.delivered += 1
         data = (target, node.address, node.node_id, payload)
-        self._push(self.now + (link.delay + rng.random() * link.jitter), _DATAGRAM, data)
+        if link.shaped:
+            latency = self._latency(link, node.address, dest)
+        else:
+            latency = link.delay + rng.random() * link.jitter
+        self._push(self.now + latency, _DATAGRAM, data)
         if link.duplicate and rng.random() < link.duplicate:
-            self._push(self.now + self._latency(link), _DATAGRAM, data)
+            self._push(self.now + self._latency(link, node.address, dest), _DATAGRAM, data)
 
     def _open_stream(self, node: SimNode, out: OpenStream) -> None:
         node.sent_messages += 1
@@ -561,7 +613,7 @@ class Simulator:
             self._push(self.now + timeout, _STREAM_REPLY, (node, out.exchange, None))
             return
         self._push(
-            self.now + self._latency(self._link(node, out.dest, target)),
+            self.now + self._latency(self._link(node, out.dest, target), node.address, out.dest),
             _STREAM,
             (target, node, out.exchange, body, node.node_id),
         )

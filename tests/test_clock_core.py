@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
 
 import attrs
 import pytest
 
 from mesh._clock import MAX_REPORTED_ERROR, ClockConfig, ClockCore, SkewedClock
-from mesh._membership import SendDatagram
 from mesh._profiles import get_profile
 from mesh._sim import LinkModel, Simulator
-from mesh._wire import Address, ClockReply, ClockRequest, MemberRecord, Message
+from mesh._simpeers import ClockPeer, PeerDirectory
+from mesh._wire import Address, ClockReply, ClockRequest, Message
 
 
 @attrs.define
@@ -51,46 +50,28 @@ def make(
     return Node(name, clock, core)
 
 
-class ClockPeer:
-    """A node's clock core as the simulator drives a node's core: clock requests and replies
-    are its datagrams, its polls its timer. Every reply must be taken into the estimate."""
+class StrictPeer(ClockPeer):
+    """A node's clock core on the simulator (:class:`mesh._simpeers.ClockPeer`) whose every
+    reply must be taken into the estimate, and whose polls are noted."""
 
     def __init__(self, node: Node, net: Clocks) -> None:
+        super().__init__(node.core, net.directory.records[node.name].node_id, net.directory)
         self.node = node
         self.net = net
-        self.node_id = net.ids[node.name]
-        self.incarnation = 0
         self.polls: list[float] = []
         """When (true time) its timer sent a request (the first of a pair)."""
-        self._out: list[SendDatagram] = []
 
     def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
-        core = self.node.core
-        if isinstance(body, ClockRequest):
-            self._out.append(SendDatagram(src, core.handle_request(now, body), sender))
+        if isinstance(body, ClockReply):
+            assert self.core.handle_reply(now, body, sender=self.directory.names[sender])
         else:
-            assert isinstance(body, ClockReply)
-            assert core.handle_reply(now, body, sender=self.net.names[sender])
+            super().handle_message(now, src, sender, body)
 
     def handle_timer(self, now: float) -> None:
-        core = self.node.core
-        before = core.snapshot(now).requests
-        core.handle_timer(now)
-        if core.snapshot(now).requests > before:
+        before = self.core.snapshot(now).requests
+        super().handle_timer(now)
+        if self.core.snapshot(now).requests > before:
             self.polls.append(self.net.sim.now)
-
-    def next_deadline(self) -> float:
-        deadline = self.node.core.next_deadline()
-        return math.inf if deadline is None else deadline
-
-    def take_outputs(self) -> list[SendDatagram]:
-        for dest, req in self.node.core.take_outputs():
-            self._out.append(SendDatagram(self.net.addresses[dest], req, self.net.ids[dest]))
-        out, self._out = self._out, []
-        return out
-
-    def take_events(self) -> list[Any]:
-        return []
 
 
 class Clocks:
@@ -100,29 +81,25 @@ class Clocks:
 
     def __init__(self, *nodes: Node, delay: float = 50e-6, jitter: float = 0.0, seed: int = 1):
         self.sim = Simulator(seed, get_profile("lan"), LinkModel(delay=delay, jitter=jitter))
-        self.ids: dict[str, str] = {}
-        self.names: dict[str, str] = {}
-        self.addresses: dict[str, Address] = {}
+        self.directory = PeerDirectory()
         for node in nodes:
             self.add(node)
 
-    def peer(self, node: Node) -> ClockPeer:
-        peer = self.sim.nodes[self.addresses[node.name]].core
-        assert isinstance(peer, ClockPeer)
+    def peer(self, node: Node) -> StrictPeer:
+        peer = self.sim.nodes[self.directory.records[node.name].address].core
+        assert isinstance(peer, StrictPeer)
         return peer
 
     def add(self, node: Node) -> None:
         """Start *node* now; one of the same name is replaced (a restart)."""
-        if node.name not in self.ids:
+        record = self.directory.records.get(node.name)
+        if record is None:
             record = self.sim.new_record(node.name)
-            self.ids[node.name], self.names[record.node_id] = record.node_id, node.name
-            self.addresses[node.name] = record.address
-        address = self.addresses[node.name]
-        old = self.sim.nodes.get(address)
+            self.directory.add(node.name, record)
+        old = self.sim.nodes.get(record.address)
         if old is not None:
             self.sim.crash(old)
-        record = MemberRecord(self.ids[node.name], node.name, "sim", address, 0)
-        self.sim.add_node(record, core=ClockPeer(node, self), clock=node.clock)  # type: ignore[arg-type]
+        self.sim.add_node(record, core=StrictPeer(node, self), clock=node.clock)
 
     def run(
         self, start: float, end: float, tick: float = 0.01, watch: list[Node] | None = None

@@ -6,21 +6,19 @@ Three layers:
   (:class:`Elections`: each core's output leases are gossiped to the others at once, time
   moves with the cores' timers; the test plays membership);
 * hypothesis properties of the merge rule :func:`pick_lease` and of message-order independence;
-* a small deterministic random harness (:func:`simulate_election`): many nodes in 2-4
-  orchestras with message loss, delay and reorder, crashes, restarts, graceful leaves, false
-  suspicions and partitions, then a connected, loss-free tail in which every node must come to
-  see the same single conductor and supernodes. It models membership only as each node's
-  (delayed, sometimes wrong) view of who is alive; the project-wide simulator drives the real
-  membership core. ``bench/election.py`` runs it over 10,000 seeds.
+* the election's deterministic random harness (:mod:`mesh._electionsim`: election cores on
+  the project's simulator): many nodes in 2-4 orchestras with message loss, delay and
+  reorder, crashes, restarts, graceful leaves, false suspicions and partitions, then a
+  connected, loss-free tail in which every node must come to see the same single conductor
+  and supernodes. It models membership only as each node's (delayed, sometimes wrong) view of
+  who is alive; the whole-node runs (:mod:`mesh._chaos`) drive the real membership core.
+  ``bench/election.py`` runs it over 10,000 seeds.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -42,10 +40,12 @@ from mesh._election import (
     post_orchestra,
     supernode_post,
 )
+from mesh._electionsim import AGREEMENT_BOUND, run_seeds, simulate_election
 from mesh._membership import SendDatagram
 from mesh._profiles import get_profile
 from mesh._sim import INSTANT, SimNode, Simulator
-from mesh._wire import Address, Gossip, Lease, MemberRecord, Message
+from mesh._simpeers import ElectionPeer
+from mesh._wire import Gossip, Lease, MemberRecord
 
 
 def nid(n: int) -> str:
@@ -56,40 +56,6 @@ def nid(n: int) -> str:
 A, B, C, D, E, F = (nid(i) for i in range(1, 7))
 SN_X = supernode_post("x")
 SN_Y = supernode_post("y")
-
-
-class ElectionPeer:
-    """An election core as the simulator drives a node's core: the lease records it gives
-    out are gossiped to every other node (each its own datagram), the ones it receives taken
-    in, its claims and re-announcements its timer. Its membership view is the test's
-    (:meth:`Elections.refresh`)."""
-
-    def __init__(self, core: ElectionCore, net: Elections) -> None:
-        self.core = core
-        self.net = net
-        self.node_id = core.self_id
-        self.incarnation = 0
-
-    def handle_message(self, now: float, src: Address, sender: str, body: Message) -> None:
-        assert isinstance(body, Gossip)
-        for lease in body.updates:
-            assert isinstance(lease, Lease)
-            self.core.handle_lease(now, lease)
-
-    def handle_timer(self, now: float) -> None:
-        self.core.handle_timer(now)
-
-    def next_deadline(self) -> float:
-        deadline = self.core.next_deadline()
-        return math.inf if deadline is None else deadline
-
-    def take_outputs(self) -> list[SendDatagram]:
-        leases = self.core.take_outputs()
-        assert all(isinstance(lease, Lease) for lease in leases)  # no arbiter here
-        return [out for lease in leases for out in self.net.gossip(self.node_id, lease)]  # type: ignore[arg-type]
-
-    def take_events(self) -> list[ElectionEvent]:
-        return self.core.take_events()
 
 
 class Elections:
@@ -132,6 +98,10 @@ class Elections:
             if node != sender
         ]
 
+    def spread(self, sender: str, leases: list[Lease]) -> list[SendDatagram]:
+        """Each of *leases* from *sender* to every other node."""
+        return [out for lease in leases for out in self.gossip(sender, lease)]
+
     def start(self, node: str) -> None:
         """Start *node* with a fresh core (again, if it ran before)."""
         if node not in self.records:
@@ -139,8 +109,8 @@ class Elections:
         self.cores[node] = ElectionCore(node, self.now, **self.knobs)
         self.events[node] = []
         self.down.discard(node)
-        peer = ElectionPeer(self.cores[node], self)
-        self.sim.add_node(self.records[node], core=peer)  # type: ignore[arg-type]
+        peer = ElectionPeer(self.cores[node], lambda leases: self.spread(node, leases))
+        self.sim.add_node(self.records[node], core=peer)
         self.refresh()
 
     def add(self, member: Candidate) -> None:
@@ -790,505 +760,7 @@ def test_cores_keep_the_same_winner_whatever_the_order(
 
 
 # ---------------------------------------------------------------------------------------------
-# The random harness
-
-
-@attrs.frozen
-class SimResult:
-    """One run of :func:`simulate_election`.
-
-    ``agreement_after`` is the time from the end of the faults (network whole, loss-free) until
-    every live node saw the same single conductor and supernodes for good (None: never);
-    ``views_settled_after`` is when the last membership view changed (the election's own share
-    is the difference).
-    """
-
-    seed: int
-    scenario: str
-    nodes: int
-    orchestras: int
-    conductor_candidates_alive: int
-    faults_end: float
-    agreement_after: float | None
-    views_settled_after: float
-    claims: int
-    step_downs: int
-    messages: int
-    failure: str
-
-    @property
-    def ok(self) -> bool:
-        return not self.failure
-
-
-TAIL = 30.0
-"""Seconds the loss-free, connected tail runs after the faults end."""
-
-AGREEMENT_BOUND = 8.0
-"""Bound on :attr:`SimResult.agreement_after`: membership views settle within 3 s of the end
-of the faults (detection, rediscovery and false suspicions all end by then), the best
-candidate claims 0.3 s later (plus one settle second for a node that just restarted), and a
-record lost during the faults is repaired by the next push-pull (every 1-2 s)."""
-
-
-FANOUT = 3
-"""Peers each gossip message goes to (memberlist's default gossip fanout)."""
-GOSSIP_ROUNDS = 3
-GOSSIP_INTERVAL = 0.2
-"""Each update is gossiped in this many rounds this far apart (memberlist retransmits an
-update 4 * log10(N + 1) times, three per round, every 200 ms)."""
-
-
-_ACTOR = {
-    "deliver": 1,
-    "timer": 0,
-    "view": 0,
-    "leave-seen": 0,
-    "suspect": 0,
-    "pushpull": 0,
-    "antientropy": 0,
-    "regossip": 0,
-}
-"""Which argument of an event names the node that acts on it (a stalled one acts late)."""
-
-
-class _Sim:
-    """The event loop of one run: a virtual clock, a lossy network and per-node views."""
-
-    def __init__(self, seed: int, n: int, orchestras: int) -> None:
-        self.rng = rng = random.Random(seed)
-        self.t = 0.0
-        self.queue: list[tuple[float, int, str, tuple[Any, ...]]] = []
-        self.counter = itertools.count()
-        self.loss = 0.0
-        self.slow = 0.0  # probability of a long delay (reordering)
-        self.dup = 0.0  # probability of a duplicate
-        self.frozen: dict[str, float] = {}  # stalled node -> until when
-        self.faults_end = 0.0
-        self.ids = sorted(f"{rng.getrandbits(128):032x}" for _ in range(n))
-        rng.shuffle(self.ids)
-        names = [f"o{k}" for k in range(orchestras)]
-        self.orch = {
-            i: names[k] if k < orchestras else rng.choice(names) for k, i in enumerate(self.ids)
-        }
-        self.sflag = {i: rng.random() < 0.3 for i in self.ids}
-        self.cflag = {i: rng.random() < 0.3 for i in self.ids}
-        if rng.random() < 0.9 and not any(self.cflag.values()):
-            for i in rng.sample(self.ids, 2):
-                self.cflag[i] = True
-        self.offset = {i: rng.uniform(-0.01, 0.01) for i in self.ids}
-        self.joined: dict[str, float] = {}
-        self.up: dict[str, bool] = dict.fromkeys(self.ids, False)
-        self.gen: dict[str, int] = dict.fromkeys(self.ids, 0)
-        self.side: dict[str, int] = dict.fromkeys(self.ids, 0)
-        self.views: dict[str, dict[str, bool]] = {i: {} for i in self.ids}
-        self.cores: dict[str, ElectionCore] = {}
-        self.timer_at: dict[str, float | None] = {}
-        self.claims = 0
-        self.step_downs = 0
-        self.messages = 0
-        self.last_view_change = 0.0
-        self.changed = False  # some node's view of a holder changed, or a node came or went
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    def at(self, when: float, kind: str, *args: Any) -> None:
-        heapq.heappush(self.queue, (when, next(self.counter), kind, args))
-
-    def now(self, i: str) -> float:
-        return self.t + self.offset[i]
-
-    def reachable(self, i: str, j: str) -> bool:
-        return self.up[i] and self.up[j] and self.side[i] == self.side[j]
-
-    def delay(self) -> float:
-        d = self.rng.uniform(0.001, 0.05)
-        if self.slow and self.rng.random() < self.slow:
-            d += self.rng.uniform(0.0, 1.5)
-        return d
-
-    def candidates(self, i: str) -> list[Candidate]:
-        return [
-            Candidate(j, self.orch[j], self.sflag[j], self.cflag[j], self.joined[j], alive)
-            for j, alive in self.views[i].items()
-        ]
-
-    def after(self, i: str) -> None:
-        """Send what core *i* wants sent, note its events, re-arm its timer."""
-        core = self.cores[i]
-        for event in core.take_events():
-            if isinstance(event, SteppedDown):
-                self.step_downs += 1
-            self.changed = True
-        outputs = core.take_outputs()
-        if outputs:
-            self.broadcast(i, outputs)
-        deadline = core.next_deadline()
-        if deadline != self.timer_at.get(i):
-            self.timer_at[i] = deadline
-            if deadline is not None:
-                self.at(max(self.t, deadline - self.offset[i]), "timer", i, self.gen[i], deadline)
-
-    def broadcast(self, src: str, records: list[Lease], rounds: int = GOSSIP_ROUNDS) -> None:
-        """Gossip: to FANOUT peers *src* believes alive, now and in the next rounds (receivers
-        pass news on in turn)."""
-        if rounds > 1:
-            self.at(self.t + GOSSIP_INTERVAL, "regossip", src, self.gen[src], records, rounds - 1)
-        peers = [j for j, alive in self.views[src].items() if alive and j != src]
-        for j in self.rng.sample(peers, min(FANOUT, len(peers))):
-            if self.reachable(src, j) and self.rng.random() >= self.loss:
-                self.send(src, j, records)
-
-    def send(self, src: str, dst: str, records: list[Lease]) -> None:
-        self.messages += 1
-        self.at(self.t + self.delay(), "deliver", src, dst, self.gen[dst], records)
-        if self.dup and self.rng.random() < self.dup:
-            self.at(self.t + self.delay(), "deliver", src, dst, self.gen[dst], records)
-
-    def set_view(self, i: str, j: str, alive: bool) -> None:
-        if not self.up[i] or self.views[i].get(j) == alive:
-            return
-        self.views[i][j] = alive
-        self.last_view_change = self.t
-        candidate = Candidate(j, self.orch[j], self.sflag[j], self.cflag[j], self.joined[j], alive)
-        self.cores[i].update_member(self.now(i), candidate)
-        self.after(i)
-
-    def observe(self, i: str, j: str, lo: float, hi: float) -> None:
-        """Observer *i* brings its view of *j* up to date after a delay in [lo, hi]."""
-        self.at(self.t + self.rng.uniform(lo, hi), "view", i, j)
-
-    # -- faults -----------------------------------------------------------------------------
-
-    def start(self, i: str) -> None:
-        self.up[i] = True
-        self.gen[i] += 1
-        self.joined[i] = self.now(i)
-        self.views[i] = {i: True}
-        self.cores[i] = ElectionCore(i, self.now(i))
-        self.timer_at[i] = None
-        self.cores[i].update_members(self.now(i), self.candidates(i))
-        self.after(i)
-        others = [j for j in self.ids if j != i and self.up[j]]
-        for j in others:
-            self.observe(i, j, 0.02, 0.3)  # the join push-pull tells i of everyone
-            self.observe(j, i, 0.02, 0.5)  # gossip tells everyone of i
-        if others:
-            self.at(self.t + self.rng.uniform(0.005, 0.05), "pushpull", i, self.rng.choice(others))
-        self.at(self.t + self.rng.uniform(1.0, 2.0), "antientropy", i, self.gen[i])
-        self.changed = True
-
-    def stop(self, i: str, graceful: bool) -> None:
-        """*i* crashes, or leaves gracefully: then it hands its posts off, and its leave
-        announcement (seen by all within 5-200 ms) carries the handoff records."""
-        handoff = self.cores[i].handoff(self.now(i)) if graceful else []
-        if handoff:
-            self.broadcast(i, handoff)
-        self.up[i] = False
-        self.views[i] = {}
-        self.changed = True
-        for j in self.ids:
-            if j != i and self.up[j]:
-                if graceful:
-                    self.at(self.t + self.rng.uniform(0.005, 0.2), "leave-seen", j, i, handoff)
-                else:
-                    self.observe(j, i, 1.0, 3.0)
-
-    def holder_of(self, post: str) -> str | None:
-        votes = [core.holder(post) for i, core in self.cores.items() if self.up[i]]
-        votes = [v for v in votes if v is not None]
-        return max(set(votes), key=votes.count) if votes else None
-
-    def pick_victim(self) -> str | None:
-        up = [i for i in self.ids if self.up[i]]
-        if len(up) <= 2:
-            return None
-        if self.rng.random() < 0.5:  # hit a holder: that is what the election must survive
-            holder = self.holder_of(
-                CONDUCTOR if self.rng.random() < 0.6 else supernode_post(self.orch[up[0]])
-            )
-            if holder is not None and self.up[holder]:
-                return holder
-        return self.rng.choice(up)
-
-    # -- the loop ---------------------------------------------------------------------------
-
-    def handle(self, kind: str, args: tuple[Any, ...]) -> None:
-        rng = self.rng
-        actor = _ACTOR.get(kind)
-        if actor is not None:
-            until = self.frozen.get(args[actor], 0.0)
-            if kind == "pushpull":
-                until = max(until, self.frozen.get(args[1], 0.0))
-            if until > self.t:  # a stalled node does everything late
-                self.at(until, kind, *args)
-                return
-        if kind == "deliver":
-            src, dst, gen, records = args
-            if self.up[dst] and self.gen[dst] == gen and self.side[src] == self.side[dst]:
-                core = self.cores[dst]
-                for lease in records:
-                    core.handle_lease(self.now(dst), lease)
-                self.after(dst)
-        elif kind == "timer":
-            i, gen, deadline = args
-            if self.up[i] and self.gen[i] == gen and self.timer_at.get(i) == deadline:
-                self.timer_at[i] = None
-                # The virtual clock's float arithmetic may land a hair before the deadline.
-                self.cores[i].handle_timer(max(self.now(i), deadline))
-                self.after(i)
-        elif kind == "view":
-            i, j = args
-            self.set_view(i, j, self.reachable(i, j))
-        elif kind == "leave-seen":
-            i, j, records = args
-            if self.up[i] and self.rng.random() < 0.5:  # either order within the datagram
-                self.set_view(i, j, self.reachable(i, j))
-            if self.up[i] and self.side[i] == self.side[j]:
-                for lease in records:
-                    self.cores[i].handle_lease(self.now(i), lease)
-                self.after(i)
-            self.set_view(i, j, self.reachable(i, j))
-        elif kind == "suspect":
-            i, j = args
-            if self.up[i] and self.up[j]:
-                self.set_view(i, j, False)
-                self.observe(i, j, 0.3, 2.0)  # refuted: alive again
-        elif kind == "pushpull":
-            i, j = args
-            if self.reachable(i, j) and rng.random() >= self.loss:
-                self.send(i, j, self.cores[i].leases())
-                self.send(j, i, self.cores[j].leases())
-        elif kind == "antientropy":
-            i, gen = args
-            if self.up[i] and self.gen[i] == gen:
-                peers = [j for j, alive in self.views[i].items() if alive and j != i]
-                if peers:
-                    self.handle("pushpull", (i, rng.choice(peers)))
-                self.at(self.t + rng.uniform(1.0, 2.0), "antientropy", i, gen)
-        elif kind == "crash":
-            victim = self.pick_victim()
-            if victim is not None:
-                self.stop(victim, graceful=False)
-        elif kind == "leave":
-            victim = self.pick_victim()
-            if victim is not None:
-                self.stop(victim, graceful=True)
-        elif kind == "restart":
-            down = [i for i in self.ids if not self.up[i] and i in self.joined]
-            if down:
-                self.start(rng.choice(down))
-        elif kind == "partition":
-            groups = rng.randint(2, 3)
-            old = dict(self.side)
-            for i in self.ids:
-                self.side[i] = rng.randrange(groups)
-            self.resides(old, (1.0, 3.0), (0.1, 2.0))
-        elif kind == "heal":
-            old = dict(self.side)
-            self.side = dict.fromkeys(self.ids, 0)
-            self.resides(old, (1.0, 3.0), (0.1, 2.0))
-        elif kind == "suspicions":
-            up = [i for i in self.ids if self.up[i]]
-            for _ in range(rng.randint(1, 4)):
-                i, j = rng.sample(up, 2) if len(up) >= 2 else (up[0], up[0])
-                if i != j:
-                    self.at(self.t, "suspect", i, j)
-        elif kind == "weather":
-            self.loss, self.slow, self.dup = args
-        elif kind == "stall":
-            up = [i for i in self.ids if self.up[i]]
-            if up:
-                i = rng.choice(up)
-                until = min(self.t + rng.uniform(0.5, 3.0), self.faults_end)
-                self.frozen[i] = until
-                if until - self.t > 1.0:  # long enough for some peers to suspect it
-                    for j in rng.sample(up, k=len(up) // 2):
-                        if j != i:
-                            self.at(rng.uniform(self.t + 1.0, until), "suspect", j, i)
-        elif kind == "regossip":
-            i, gen, records, rounds = args
-            if self.up[i] and self.gen[i] == gen:
-                self.broadcast(i, records, rounds)
-        elif kind == "start":
-            self.start(args[0])
-        elif kind == "failover":
-            self.failover(graceful=args[0])
-        else:  # pragma: no cover
-            raise AssertionError(kind)
-
-    def failover(self, graceful: bool) -> None:
-        """The conductor (or, without candidates, a supernode) crashes or leaves."""
-        victim = self.holder_of(CONDUCTOR) or self.holder_of(supernode_post(self.orch[self.ids[0]]))
-        assert victim is not None
-        if graceful:
-            self.stop(victim, graceful=True)
-            return
-        self.up[victim] = False
-        self.views[victim] = {}
-        self.changed = True
-        detect = self.rng.uniform(1.5, 2.5)  # membership's decision spreads from one place
-        for j in self.ids:
-            if j != victim and self.up[j]:
-                self.at(self.t + detect + self.rng.uniform(0.0, 0.3), "view", j, victim)
-
-    def resides(
-        self, old: dict[str, int], lose: tuple[float, float], regain: tuple[float, float]
-    ) -> None:
-        """After a partition change, views follow: lost peers after failure detection,
-        regained ones after rediscovery."""
-        for i in self.ids:
-            for j in self.ids:
-                if (
-                    i != j
-                    and self.up[i]
-                    and self.up[j]
-                    and (old[i] == old[j]) != (self.side[i] == self.side[j])
-                ):
-                    self.observe(i, j, *(regain if self.side[i] == self.side[j] else lose))
-        self.changed = True
-
-    def agreement(self) -> str:
-        """ "" if every live node sees the same single conductor and supernodes, else why not."""
-        up = [i for i in self.ids if self.up[i]]
-        cores = [self.cores[i] for i in up]
-        conductors = {c.conductor() for c in cores}
-        candidates = [i for i in up if self.cflag[i]]
-        if len(conductors) != 1:
-            return f"conductors seen: {sorted(map(str, conductors))}"
-        (conductor,) = conductors
-        if candidates and (conductor is None or conductor not in candidates):
-            return f"conductor {conductor} is not a live candidate"
-        if not candidates and conductor is not None:
-            return "a conductor without candidates"
-        holding = [i for i in up if self.cores[i].holds(CONDUCTOR)]
-        if holding != ([conductor] if conductor else []):
-            return f"nodes that believe they conduct: {holding}"
-        for orchestra in sorted({self.orch[i] for i in up}):
-            post = supernode_post(orchestra)
-            supers = {c.holder(post) for c in cores}
-            if len(supers) != 1:
-                return f"{post} seen as {sorted(map(str, supers))}"
-            (sn,) = supers
-            if sn is None or not self.up[sn] or self.orch[sn] != orchestra:
-                return f"{post} held by {sn}"
-            if [i for i in up if self.cores[i].holds(post)] != [sn]:
-                return f"more than one node believes it holds {post}"
-        return ""
-
-    def run(self, until: float, watch_from: float) -> tuple[float | None, str]:
-        """Run to *until*; from *watch_from* on, track when agreement last began."""
-        agreed_since: float | None = None
-        checked = False
-        steps = 0
-        while self.queue and self.queue[0][0] <= until:
-            when, _, kind, args = heapq.heappop(self.queue)
-            if when > self.t and when >= watch_from and (self.changed or not checked):
-                # Evaluate at the end of the previous instant (all its effects applied).
-                self.t = max(self.t, watch_from)
-                agreed_since = self.track(agreed_since)
-                checked = True
-            self.t = max(self.t, when)
-            self.handle(kind, args)
-            steps += 1
-            if steps > 200_000:  # pragma: no cover (a few thousand is normal)
-                return None, "the simulation did not quiesce"
-        self.t = until
-        agreed_since = self.track(agreed_since)
-        why = self.agreement()
-        return (agreed_since, "") if not why else (None, why)
-
-    def track(self, agreed_since: float | None) -> float | None:
-        self.changed = False
-        if self.agreement():
-            return None
-        return self.t if agreed_since is None else agreed_since
-
-
-SCENARIOS = ("chaos", "chaos-large", "crash", "leave")
-
-
-def simulate_election(seed: int, scenario: str = "chaos") -> SimResult:
-    """Run one seeded simulation and return what happened (never raises on disagreement).
-
-    ``"chaos"``: 5-14 nodes in 2-4 orchestras start over 2 s, then for 5-25 s the network loses
-    up to 30% of messages, duplicates up to 10% and delays up to 20% by up to 1.5 s, while nodes
-    crash, restart, leave, stall for up to 3 s, views wrongly suspect live nodes, and partitions
-    split and heal; then the network is whole and loss-free. ``"chaos-large"``: the same with
-    30-60 nodes.
-    ``"crash"`` / ``"leave"``: a quiet, loss-free cluster whose conductor crashes (failure
-    detected after 1.5-2.5 s, each observer 0-0.3 s apart) or leaves with a handoff at t=10;
-    ``agreement_after`` is then the failover time.
-    """
-    if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}")
-    rng = random.Random(seed)
-    orchestras = rng.randint(2, 4)
-    if scenario == "chaos-large":
-        n = rng.randint(30, 60)
-    else:
-        n = rng.randint(max(5, orchestras + 1), 14)
-    sim = _Sim(rng.getrandbits(64), n, orchestras)
-    for i in sim.ids:
-        sim.at(sim.rng.uniform(0.0, 2.0), "start", i)
-    if scenario.startswith("chaos"):
-        faults_end = sim.faults_end = sim.rng.uniform(5.0, 25.0)
-        r = sim.rng
-        sim.at(2.0, "weather", r.uniform(0.0, 0.3), r.uniform(0.0, 0.2), r.uniform(0.0, 0.1))
-        for _ in range(r.randint(2, 10)):
-            kind = r.choice(
-                [
-                    "crash",
-                    "crash",
-                    "leave",
-                    "restart",
-                    "restart",
-                    "partition",
-                    "suspicions",
-                    "stall",
-                ]
-            )
-            sim.at(r.uniform(2.0, faults_end), kind)
-        if r.random() < 0.5:
-            sim.at(r.uniform(2.0, faults_end), "partition")
-        sim.at(faults_end, "heal")
-        sim.at(faults_end, "weather", 0.0, 0.0, 0.0)
-        watch_from = faults_end
-    else:
-        faults_end = 10.0
-        sim.at(faults_end, "failover", scenario == "leave")
-        watch_from = faults_end
-
-    agreed_at, failure = sim.run(faults_end + TAIL, watch_from)
-    return SimResult(
-        seed=seed,
-        scenario=scenario,
-        nodes=n,
-        orchestras=orchestras,
-        conductor_candidates_alive=sum(1 for i in sim.ids if sim.up[i] and sim.cflag[i]),
-        faults_end=faults_end,
-        agreement_after=None if agreed_at is None else agreed_at - faults_end,
-        views_settled_after=max(0.0, sim.last_view_change - faults_end),
-        claims=sum(c.statistics().claims for c in sim.cores.values()),
-        step_downs=sim.step_downs,
-        messages=sim.messages,
-        failure=failure,
-    )
-
-
-def run_seeds(
-    seeds: Iterable[int],
-    scenario: str = "chaos",
-    progress: Callable[[SimResult], None] | None = None,
-) -> list[SimResult]:
-    """:func:`simulate_election` over *seeds* (for the test and ``bench/election.py``)."""
-    results = []
-    for seed in seeds:
-        result = simulate_election(seed, scenario)
-        if progress is not None:
-            progress(result)
-        results.append(result)
-    return results
+# The random harness (mesh/_electionsim.py)
 
 
 def test_harness_is_deterministic() -> None:
