@@ -740,7 +740,8 @@ class Membership:
         """Handle an incoming push-pull over TCP and return the reply to send back: this
         node's state from the position the request asks for, one frame's worth (its
         ``cursor`` says where the rest goes on)."""
-        members, rest = self._state_page(body.cursor)
+        asker = body.members[0] if body.members else None
+        members, rest = self._state_page(body.cursor, self._page_budget(asker))
         extras = self._state_extras if body.cursor == 0 else ()
         reply = PushPull(members, extras, join=False, reply=True, cursor=rest)
         self._merge(now, body, (src, sender))
@@ -1000,15 +1001,24 @@ class Membership:
             if rec is not None:
                 self._send_to(rec, Gossip(tuple(updates)))
 
-    def _state_page(self, start: int) -> tuple[tuple[MemberRecord, ...], int]:
+    def _page_budget(self, peer: MemberRecord | None) -> int:
+        """Bytes of records a push-pull page with *peer* may carry: :attr:`push_pull_budget`,
+        or less with another site (or a peer not known yet, with sites) if the ``wan``
+        profile says so (that path may be a relay with small frames)."""
+        page = None if self.wan is None else self.wan.push_pull_page
+        if page is None or (peer is not None and not self._remote(peer)):
+            return self.push_pull_budget
+        return min(page, self.push_pull_budget)
+
+    def _state_page(self, start: int, budget: int) -> tuple[tuple[MemberRecord, ...], int]:
         """This node's record, then its other records from position *start* on, as many as
-        fit :attr:`push_pull_budget` bytes (with the extras on the first page); and the
-        position of the first record left out (0: none was).
+        fit *budget* bytes (with the extras on the first page); and the position of the first
+        record left out (0: none was).
 
         Positions are those of the member table's order, which only grows at its end (a
         removed tombstone shifts the later ones by one: a record may then come twice or be
         missed until the next exchange)."""
-        budget = self.push_pull_budget - update_size(self._me)
+        budget -= update_size(self._me)
         if start == 0:
             budget -= sum(update_size(e) for e in self._state_extras)
         members = [self._me]
@@ -1030,7 +1040,7 @@ class Membership:
         self._streams[self._exchange_counter] = (address, to, 0, 1)
         # A request carries the first page of our state (the peer learns the rest from its
         # own exchanges) and asks for the peer's from its start.
-        members, _ = self._state_page(0)
+        members, _ = self._state_page(0, self._page_budget(peer))
         self._outputs.append(
             OpenStream(
                 address,

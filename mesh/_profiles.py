@@ -51,6 +51,9 @@ class Profile:
     """How long dead and left members are remembered."""
     awareness_max: int
     """Lifeguard's local-health multiplier ceiling: probe interval and timeout scale up to this."""
+    push_pull_page: int | None = None
+    """Bytes of member records one push-pull page carries on this profile's paths; ``None``:
+    as many as one frame holds (:data:`mesh._membership.PUSH_PULL_BUDGET`)."""
 
     def suspicion_bounds(self, members: int) -> tuple[float, float]:
         """Return (min, max) suspicion timeouts for a group of *members*."""
@@ -105,6 +108,10 @@ PROFILES: dict[str, Profile] = {
         gossip_to_dead=60.0,
         tombstone_timeout=6 * 3600.0,
         awareness_max=8,
+        # A path between venues may be the registry's relay, whose frames hold 32 KiB at most
+        # (a state exchange larger than that could not cross it): pages of 24 KiB, about 150
+        # members each, cross it, and arrive sooner on a slow, lossy path anyway.
+        push_pull_page=24 * 1024,
     ),
     "loopback": Profile(
         name="loopback",

@@ -43,6 +43,7 @@ from mesh._wire import (
     Ack,
     Address,
     Dead,
+    Envelope,
     Gossip,
     Keyring,
     Lease,
@@ -58,6 +59,7 @@ from mesh._wire import (
     WireCodec,
     update_size,
 )
+from registry_bridge._relaystore import FRAME_MAX as RELAY_FRAME_MAX
 
 LAN = get_profile("lan")
 FEDERATION = "f" * 64  # the longest federation name: the largest header a datagram can have
@@ -255,6 +257,52 @@ def test_a_group_larger_than_one_frame_joins_in_pages() -> None:
     assert c.live_count() == 20_001  # everyone, itself included
     assert status(a, c) == "alive"
     assert not net.sim.refused
+
+
+def test_a_state_exchange_with_another_site_fits_the_registrys_relay() -> None:
+    """With sites (the ``wan`` profile), a state exchange with another site's supernode goes
+    in pages that each fit one frame of the registry's relay (32 KiB: the path between two
+    venues behind NATs), both ways, and the pages still bring every member; a member of the
+    same site gets the whole state in one page, as before."""
+    wan = get_profile("wan")
+    assert wan.push_pull_page is not None
+
+    def site(name: str, first: int) -> tuple[Membership, list[MemberRecord]]:
+        records = [record(i, orchestra=name) for i in range(first, first + 600)]
+        snapshot = Snapshot.of(records)
+        core = Membership(records[0], LAN, now=0.0, rng=random.Random(first), snapshot=snapshot,
+                          wan=wan)  # fmt: skip
+        return core, records
+
+    (a, site_a), (b, _) = site("a", 1), site("b", 1001)
+
+    def relayed_size(sender: Membership, to: Membership, body: Message) -> int:
+        """The bytes the relay link carries for *body*: a kind byte, an 8-byte exchange id
+        and the signed frame (with the largest header a message can have)."""
+        env = Envelope(FEDERATION, sender.node_id, MAX_COUNTER, MAX_COUNTER, 1.7e9, body,
+                       to.node_id, MAX_COUNTER)  # fmt: skip
+        return 1 + 8 + len(CODECS[1].encode_frame(env))
+
+    assert sum(update_size(r) for r in site_a) > RELAY_FRAME_MAX
+    b.add_candidate(0.0, a.me.address)  # b's supernode joins a's across the relay
+    (request,) = [o for o in b.take_outputs() if isinstance(o, OpenStream)]
+    assert relayed_size(b, a, request.body) <= RELAY_FRAME_MAX
+    known: set[str] = set()
+    cursor, pages = 0, 0
+    while True:
+        body = request.body if cursor == 0 else PushPull((b.me,), cursor=cursor)
+        reply = a.handle_stream(0.0, b.me.address, b.node_id, body)
+        assert relayed_size(a, b, reply) <= RELAY_FRAME_MAX
+        known.update(r.node_id for r in reply.members)
+        pages += 1
+        if reply.cursor == 0:
+            break
+        assert reply.cursor > cursor
+        cursor = reply.cursor
+    assert pages >= 3
+    assert known >= {r.node_id for r in site_a}
+    local = record(700, orchestra="a")
+    assert a.handle_stream(0.0, local.address, local.node_id, PushPull((local,))).cursor == 0
 
 
 def test_a_peer_whose_pages_never_end_is_not_asked_for_ever() -> None:
