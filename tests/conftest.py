@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -104,6 +105,17 @@ def bounded_trio_run(limit: float) -> Callable[..., Any]:
         return trio.run(bounded, clock=clock, instruments=instruments)
 
     return run
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give Ctrl-C (SIGINT) its default meaning back if this run was started with it ignored.
+
+    A shell without job control starts a command in the background (``&``: ``.ci/run``'s lane
+    of waiting tests, ``nohup``) with SIGINT ignored, and a process keeps an ignored signal
+    ignored across ``exec``: every node a test started would then ignore the Ctrl-C a test
+    sends it (``test_cli_errors``' exit 130), and hang."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(tryfirst=True)  # the markers first: -m selects on them
