@@ -7,7 +7,7 @@ longer than a datagram, wrong key ids, unsigned messages) from another address, 
 process can send them, at one of five keyed nodes. The node keeps its membership (nobody is
 suspected or declared dead, on any node) and its clock, keeps answering its status API, does
 not grow, and accounts for every datagram: each one it read is refused and counted by its
-reason (most unread, by the per-source budget: ``source limit``), and the kernel counted the
+reason (beyond the per-source budget, unread: ``source limit``), and the kernel counted the
 rest as dropped.
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from mesh._inbound import SOURCE_BURST, SOURCE_RATE
 from tests.flood import run_flood
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]  # netns: the capture needs root
@@ -49,12 +50,18 @@ async def test_a_flood_from_a_stranger_is_counted_and_changes_nothing(tmp_path: 
         "unknown key",
         "unsigned",
         "too large",
-        "source limit",
     ):
         assert result.rejected.get(reason, 0) > 0, (reason, result.rejected)
     # The budget is per source: the stranger's datagrams beyond it were not even read, the
-    # peers' traffic (from 127.0.0.1) was.
-    assert result.rejected["source limit"] > COUNT // 4 or result.kernel_drops > COUNT // 4
+    # peers' traffic (from 127.0.0.1) was. What shed the flood, the budget or the kernel's
+    # full queue, depends on how much the node read while the 0.03 s burst lasted: once it
+    # read more of the stranger's datagrams than the budget allows, the rest were refused
+    # unread; a node the machine kept from reading saw the kernel drop them instead.
+    limited = result.rejected.get("source limit", 0)
+    stranger_read = result.received - result.accepted
+    if stranger_read > SOURCE_BURST + SOURCE_RATE * result.window:
+        assert limited > 0, (stranger_read, result.rejected)
+    assert limited > COUNT // 4 or result.kernel_drops > COUNT // 4, (limited, result.kernel_drops)
 
     # Membership and clock held, on every node, during the flood and after it. (A node that
     # the machine's load keeps from reading for a while may suspect a peer whose datagrams the
