@@ -293,6 +293,7 @@ class ElectionCore:
         self._pending_until = -math.inf
         self._next_renew: float | None = None
         self._deferred = False  # the arbiter refused this node: it may not hold the conductor
+        self._confirmed: Lease | None = None  # this node's conductor record the arbiter granted
         self._claim_requests = 0
         self._refusals = 0
         self._settle_until = now + settle_time
@@ -372,7 +373,10 @@ class ElectionCore:
             return
         if lease.term > self._max_term.get(lease.post, 0):
             self._max_term[lease.post] = lease.term
-        winner = lease if current is None else self._pick(current, lease)
+        if current is not None and self._arbiter_confirms(current):
+            winner = current  # (the other learns at its own renewal; it is told below)
+        else:
+            winner = lease if current is None else self._pick(current, lease)
         if winner != current:
             self._records[lease.post] = winner
             self._adopted += 1
@@ -418,6 +422,8 @@ class ElectionCore:
         if was_pending:
             self._pending = None
         if answer.granted:
+            if record == claim:
+                self._confirmed = record
             if not was_pending or self._leaving:
                 return  # a renewal confirmed, or an answer too late to matter
             self._deferred = False
@@ -425,8 +431,10 @@ class ElectionCore:
             if record is None or record.holder != self.self_id:
                 term = max(claim.term, self._next_term(CONDUCTOR))
                 self._take(Lease(CONDUCTOR, self.self_id, term, claim.tenure_start))
+            self._confirmed = self._records.get(CONDUCTOR)
             self._next_renew = now + arbiter.renew
         else:
+            self._confirmed = None
             self._refusals += 1
             if was_pending:
                 self._retry_at[CONDUCTOR] = now + arbiter.retry
@@ -443,6 +451,7 @@ class ElectionCore:
         if self.arbiter is None or available == self._arbiter_available:
             return
         self._arbiter_available = available
+        self._confirmed = None
         self._pending = None
         self._retry_at.pop(CONDUCTOR, None)
         if available:
@@ -582,6 +591,23 @@ class ElectionCore:
             return False
         candidate = self._candidates.get(holder)
         return candidate is not None and is_eligible(post, candidate)
+
+    def _arbiter_confirms(self, record: Lease) -> bool:
+        """Whether *record* is this node's conductor record that the arbiter granted at its
+        last answer, and the arbiter is reachable: a competing record (a claim made under the
+        local rule while the arbiter was out of reach, meeting this one now) does not make
+        this node step down, whatever the local order says; the competitor's own renewal is
+        refused. Before, the two records met after the sites' gossip did, the local order
+        (same term and tenure: the lower id) made the granted holder step down, and the
+        competitor was refused a moment later: the federation saw no conductor until the
+        granted one claimed again (chaos seed 204 of the registry sweep)."""
+        return (
+            record.post == CONDUCTOR
+            and record == self._confirmed
+            and record.holder == self.self_id
+            and self._arbiter_available
+            and not self._deferred
+        )
 
     def _pick(self, a: Lease, b: Lease) -> Lease:
         return pick_lease(a, b, _Valid(self, a.post))

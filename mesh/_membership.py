@@ -43,6 +43,10 @@ core keeps two tiers in one table:
   gossip. A death notice about such a member from a member of its own orchestra is taken as it
   comes (its LAN saw it die); any other suspicion or death notice about a member of another
   orchestra runs out on the ``wan`` suspicion timeout.
+- Only the supernodes cross, so what crosses once may be lost: a supernode that saw a death in
+  the last ``wan`` ``gossip_to_dead`` exchanges state with a contact every reconnect interval;
+  a stale notice about an alive member of this site from another site is answered with the
+  member's record; a lease re-announcement is passed across the boundary it came to.
 """
 
 from __future__ import annotations
@@ -418,6 +422,7 @@ class Membership:
         "_next_reconnect_at",
         "_next_wan_probe_at",
         "_outputs",
+        "_passed_on",
         "_probe",
         "_probe_counter",
         "_queue",
@@ -463,6 +468,7 @@ class Membership:
         """The supernode tier's timing (see :meth:`set_contacts`); ``None``: one flat group, every
         member probed with ``profile``."""
         self._contacts: frozenset[str] = frozenset()
+        self._passed_on: dict[str, float] = {}  # post -> when its lease last went to contacts
         self.piggyback_budget = piggyback_budget
         self.push_pull_budget = push_pull_budget
         self.join_retry = join_retry
@@ -818,7 +824,7 @@ class Membership:
             self._next_reconnect_at = now + self.profile.reconnect_interval * (
                 0.75 + self._rng.random() / 2
             )
-            self._reconnect()
+            self._reconnect(now)
         if now >= self._next_reap_at:
             self._next_reap_at = now + self.profile.tombstone_timeout / 10
             self._reap(now)
@@ -925,8 +931,16 @@ class Membership:
         wan = p is self._wan_probe and self.wan is not None
         if wan:
             self._wan_probe = None
-            if not p.acked and now - p.end_at <= self.profile.probe_interval:
-                # A far site's silence says nothing of this node's health: no awareness.
+            if (
+                not p.acked
+                and now - p.end_at <= self.profile.probe_interval
+                and p.target in self._contacts
+            ):
+                # A far site's silence says nothing of this node's health: no awareness. Nor
+                # does the silence of a member that is no longer a contact (this node stopped
+                # being its site's supernode meanwhile, so the other site stopped talking to
+                # it): suspecting it after a heal made the sites' views disagree for a moment
+                # (chaos seed 173 of the registry sweep).
                 self._stats["probes_failed"] += 1
                 rec = self._table.get(p.target)
                 if rec is not None and rec.status in _LIVE:
@@ -1100,7 +1114,7 @@ class Membership:
         if refuted and origin is not None:
             self._send_member(*origin, Gossip((self._me,)))
 
-    def _reconnect(self) -> None:
+    def _reconnect(self, now: float) -> None:
         dead = (
             [r for r in self._table.records() if r.status == DEAD and self._reachable(r)]
             if self._table.slots() <= 4096
@@ -1109,6 +1123,8 @@ class Membership:
         # A few at a time, in turn (not at random): after a partition most dead records may be
         # truly dead, and the one that is not must be found within a bounded time (memberlist
         # tries one at random every 30 s).
+        if self._contacts:
+            self._exchange_with_sites_after_deaths(now)
         if not dead:
             return
         count = min(_RECONNECT_TRIES, len(dead))
@@ -1117,6 +1133,29 @@ class Membership:
         for i in range(count):
             rec = dead[(start + i) % len(dead)]
             self._open_push_pull(rec.address, join=False, peer=rec)
+
+    def _exchange_with_sites_after_deaths(self, now: float) -> None:
+        """A supernode that saw a member die less than the ``wan`` ``gossip_to_dead`` ago (of
+        its own site or another) makes a push-pull with one contact each reconnect interval
+        (in turn): the one gossip of a verdict across the WAN may have been lost (the sites
+        were cut off then), and only the sites' supernodes cross. Its own site's dead then
+        reach the other sites, and a member of another site that refuted its death there is
+        alive here again, within a reconnect interval instead of at whatever push-pull
+        between the two supernodes happened to come next (minutes: the other site kept a dead
+        member alive, or a live one dead; chaos seeds 21 and 108 of the registry sweep)."""
+        wan = self.wan
+        if wan is None:
+            return
+        if not any(
+            r.status == DEAD and now - self._since.get(r.node_id, -math.inf) < wan.gossip_to_dead
+            for r in self._table.records()
+        ):
+            return
+        live = sorted(c for c in self._contacts if self._is_live(c))
+        if live:
+            rec = self._table.get(live[int(now) % len(live)])
+            if rec is not None:
+                self._open_push_pull(rec.address, join=False, peer=rec)
 
     def _reap(self, now: float) -> None:
         limit = now - self.profile.tombstone_timeout
@@ -1154,6 +1193,34 @@ class Membership:
                 self._events.append(UpdateReceived(update))
             if new and rebroadcast:
                 self._queue.put(update)
+            elif isinstance(update, Lease) and self._contacts and origin is not None:
+                self._pass_on_reannouncement(now, update, origin[1])
+
+    def _pass_on_reannouncement(self, now: float, lease: Lease, sender: str) -> None:
+        """A lease record this node has seen already, re-announced by its holder: a supernode
+        sends it across the tier boundary it came to, once a second per post at most (the
+        holder's gossip brings each re-announcement several times): from a member of its own
+        site on to each contact, from another site on to ``gossip_fanout`` random members of
+        its own site (who relay nothing they have seen: no loop). A record is relayed by gossip
+        only the first time a node sees it, and only a site's supernode gossips across: without
+        this, a lease whose one crossing the WAN or the site's LAN lost (the sites were cut off
+        then) reached the other site's members only at a push-pull that happened to carry it
+        (minutes without a conductor or supernode in their view: chaos seeds 48 and 71 of the
+        registry sweep)."""
+        by = self._table.get(sender)
+        if by is None or now - self._passed_on.get(lease.post, -1.0) < 1.0:
+            return
+        if len(self._passed_on) > 1024:
+            self._passed_on.clear()
+        self._passed_on[lease.post] = now
+        if self._remote(by):
+            targets = self._random_live(self.profile.gossip_fanout, where=self._local)
+        else:
+            targets = sorted(c for c in self._contacts if self._is_live(c))
+        for node_id in targets:
+            rec = self._table.get(node_id)
+            if rec is not None:
+                self._send_to(rec, Gossip((lease,)))
 
     def _remember_extension(self, update: Lease | Publish) -> bool:
         key = _seen_key(update)
@@ -1248,6 +1315,7 @@ class Membership:
             return
         cur = self._table.get(s.node_id)
         if cur is None or cur.status in (DEAD, LEFT) or s.incarnation < cur.incarnation:
+            self._speak_for_site(cur, s.incarnation, origin)
             return
         if s.incarnation > cur.incarnation:
             s = Suspect(s.node_id, self._capped(s.node_id, s.incarnation, cur), s.reporter)
@@ -1297,6 +1365,29 @@ class Membership:
         by = self._table.get(reporter)
         return by is not None and by.orchestra == rec.orchestra
 
+    def _speak_for_site(
+        self, cur: MemberRecord | None, incarnation: int, origin: tuple[Address, str] | None
+    ) -> None:
+        """A suspicion or death notice about *cur*, an alive member of this node's own site, at
+        an incarnation older than the one it refuted with, from a member of another site: that
+        site cannot reach the member to hear its refutation (only the contacts cross), so this
+        node answers for it with the member's current record, as the member answers a stale
+        notice about itself. Without it, a refutation the WAN lost while the sites were cut
+        off never reached the other site, which declared the live member dead and kept it
+        dead until a push-pull between the two supernodes happened to pass it on (minutes:
+        chaos seed 21 of the registry sweep)."""
+        if (
+            cur is None
+            or origin is None
+            or cur.status != ALIVE  # (a member this site suspects too is not vouched for)
+            or incarnation >= cur.incarnation
+            or self._remote(cur)
+        ):
+            return
+        sender = self._table.get(origin[1])
+        if sender is not None and self._remote(sender):
+            self._send_member(*origin, Gossip((cur,)))
+
     def _suspicion_expired(self, now: float, node_id: str) -> None:
         self._suspicions.pop(node_id, None)
         rec = self._table.get(node_id)
@@ -1320,6 +1411,7 @@ class Membership:
             return
         cur = self._table.get(d.node_id)
         if cur is None or cur.status in (DEAD, LEFT) or d.incarnation < cur.incarnation:
+            self._speak_for_site(cur, d.incarnation, origin)
             return
         if d.incarnation > cur.incarnation:
             capped = self._capped(d.node_id, d.incarnation, cur)

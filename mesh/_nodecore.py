@@ -997,8 +997,12 @@ class NodeCore:
             p for p in self._differing if self._meetings.get(p, ("",))[0] != self._lineage_of(p)
         ]
         first = min(self._first_join.values())
-        if unmeasured and self._top and now - first < _JOIN_WAIT:
-            return  # (_probe_lineages wakes this node up when the wait is over)
+        if unmeasured and self._top and now < first + _JOIN_WAIT:
+            # (_probe_lineages wakes this node up when the wait is over, at first + _JOIN_WAIT:
+            # the same sum here. `now - first < _JOIN_WAIT` can hold at that very instant in
+            # floating point, and the node woke up at the same time forever: chaos seed 1756
+            # of the registry sweep on sites hung.)
+            return
         theirs, meeting = max(self._joins.values(), key=lambda j: (j[1].ahead, j[0]))
         # Clearly older: step to the lower edge of its time; as old (a tie): join its lineage
         # without a step, the clock slews the difference away.

@@ -16,7 +16,9 @@ taking a round trip drawn from ``latency``. The faults: the registry killed (:me
 :meth:`start`: connection refused, state kept), restarted on an empty database
 (:meth:`restart_empty`), reset by an organiser (:meth:`reset`), slow (:attr:`slow`, seconds
 added to every request), unreachable from some orchestras' sites (:attr:`cut`: requests time
-out). Everything random comes from the simulator's seed.
+out). With ``direct_paths`` each round also tells a supernode which other sites'
+supernodes it reaches directly (those the network carries both ways now), as the real bridge
+does from its relay's paths. Everything random comes from the simulator's seed.
 
 The bridge's decisions here mirror ``registry_bridge._bridge.RegistryBridge`` (the mesh library
 cannot import it), and the model's rules the real store's: the conductor claim is granted when
@@ -207,8 +209,14 @@ class SimRegistry:
         interval: float = 2.0,
         timeout: float = 2.0,
         ttl: float = 10.0,
+        direct_paths: bool = False,
     ) -> None:
         self.sim = sim
+        self.direct_paths = direct_paths
+        """Whether each round tells a supernode which other sites' supernodes it reaches
+        directly (:meth:`~mesh._nodecore.NodeCore.set_direct`), as the real bridge does from
+        its relay's paths: those the network carries both ways now. Without, no site is
+        direct (every site behind its own NAT: each site's top times it by the registry)."""
         self.model = RegistryModel(clock if clock is not None else SkewedClock(), ttl)
         self.latency = latency
         self.interval = interval
@@ -395,10 +403,25 @@ class SimRegistry:
                 chosen = []
             for _, _, peer in chosen:
                 core.add_candidate(local_now, peer)
+            if self.direct_paths:
+                core.set_direct(local_now, self._direct(node, others) if supernode else ())
 
         self._exchange(node, bridge, at_registry, back)
         delay = self.interval if bridge.reached is not False else min(8.0, 2 * self.interval)
         self._schedule_round(node, bridge, delay)
+
+    def _direct(self, node: SimNode, others: list[tuple[str, str, Address]]) -> list[str]:
+        """The other sites' supernodes among *others* that *node* reaches directly now: running,
+        and the network carries traffic both ways."""
+        sim = self.sim
+        direct = []
+        for node_id, orchestra, address in others:
+            peer = sim.nodes.get(address)
+            if orchestra == node.record.orchestra or peer is None or not peer.up:
+                continue
+            if sim.reachable(node.address, address) and sim.reachable(address, node.address):
+                direct.append(node_id)
+        return direct
 
 
 def _ignore(local: float, result: object) -> None:

@@ -785,3 +785,22 @@ def test_conductor_failover_is_fast(scenario: str) -> None:
     assert all(r.ok for r in results), [r for r in results if not r.ok][:3]
     worst = max(r.agreement_after or 0.0 for r in results)
     assert worst <= (5.0 if scenario == "crash" else 0.5)
+
+
+def test_a_holder_the_arbiter_granted_keeps_the_post_against_a_local_rule_record() -> None:
+    # A is granted the post; B's record of the same term, made by the local rule while B could
+    # not reach the arbiter (so with a longer tenure), meets it: the local order would make A
+    # step down, though B is refused at its next renewal.
+    core = arbitrated(A, member(B, conductor=True))
+    core.handle_timer(1.0)
+    (request,) = requests(core)
+    core.handle_claim_answer(1.1, ClaimAnswer(request.claim, granted=True))
+    core.take_outputs()
+    rival = Lease(CONDUCTOR, B, request.claim.term, request.claim.tenure_start - 0.5)
+    core.handle_lease(1.2, rival)
+    assert core.holds(CONDUCTOR) and core.conductor() == A
+    assert request.claim in core.take_outputs()  # B is told who holds it
+    # Without the arbiter, the local rule decides again.
+    core.set_arbiter_available(1.3, False)
+    core.handle_lease(1.4, rival)
+    assert core.conductor() == B

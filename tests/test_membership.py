@@ -1091,3 +1091,48 @@ def test_with_sites_a_death_reported_by_the_members_own_orchestra_stands() -> No
         0.1, its_mate.address, its_mate.node_id, Gossip((Dead(far.node_id, 0, its_mate.node_id),))
     )
     assert m.member(far.node_id).status == "dead"  # type: ignore[union-attr]
+
+
+def gossiped_to(outputs: Iterable[object], node_id: str) -> list[object]:
+    """The updates of every Gossip datagram among *outputs* bound to *node_id*."""
+    return [
+        update
+        for o in outputs
+        if isinstance(o, SendDatagram) and o.to == node_id and isinstance(o.body, Gossip)
+        for update in o.body.updates
+    ]
+
+
+def test_with_sites_a_stale_notice_from_another_site_is_answered_for_the_member() -> None:
+    # The other site suspects this site's member at the incarnation it refuted (the refutation
+    # was lost across the WAN): it cannot reach the member, so this node answers for it.
+    me, mate = record(1, orchestra="a"), attrs.evolve(record(2, orchestra="a"), incarnation=2)
+    far = record(3, orchestra="b")
+    m = site_core(me, [mate, far])
+    m.set_contacts([far.node_id])
+    m.handle_message(
+        0.0, far.address, far.node_id, Gossip((Suspect(mate.node_id, 1, far.node_id),))
+    )
+    assert mate in gossiped_to(m.take_outputs(), far.node_id)
+    assert m.member(mate.node_id).status == "alive"  # type: ignore[union-attr]
+    # A notice from its own site is not answered so (the member answers for itself).
+    m.handle_message(0.1, mate.address, mate.node_id, Gossip((Dead(mate.node_id, 1, me.node_id),)))
+    assert gossiped_to(m.take_outputs(), mate.node_id) == []
+
+
+def test_with_sites_a_supernode_passes_a_lease_reannouncement_across() -> None:
+    me, mate = record(1, orchestra="a"), record(2, orchestra="a")
+    contact = record(3, orchestra="b")
+    m = site_core(me, [mate, contact])
+    m.set_contacts([contact.node_id])
+    lease = Lease("conductor", mate.node_id, 1, 0.0)
+    m.handle_message(0.0, mate.address, mate.node_id, Gossip((lease,)))  # new: gossiped as usual
+    m.take_outputs()
+    # Re-announced by its holder, already seen: straight on to the contact, once a second.
+    m.handle_message(3.0, mate.address, mate.node_id, Gossip((lease,)))
+    assert gossiped_to(m.take_outputs(), contact.node_id) == [lease]
+    m.handle_message(3.5, mate.address, mate.node_id, Gossip((lease,)))
+    assert gossiped_to(m.take_outputs(), contact.node_id) == []
+    # From the other site, already seen: on to this site's members.
+    m.handle_message(6.0, contact.address, contact.node_id, Gossip((lease,)))
+    assert gossiped_to(m.take_outputs(), mate.node_id) == [lease]
