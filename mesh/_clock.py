@@ -15,12 +15,7 @@ How it works (docs/clock.md has the full story):
   worst-case error ``rtt / 2 + the reference's own error bound``.
 - **Estimate.** A weighted least-squares line (offset and drift) through the lowest-round-trip
   quarter of the last ``history`` samples; early on, or right after a reference change, a
-  weighted mean of the samples projected along the previous drift instead. Weights are
-  ``1 / q**2``, ``q`` half a sample's round-trip excess over the least round trip (with
-  symmetric jitter, what its offset can be off by). On a jittery network (judged by the round
-  trips) the estimate uses 512 samples instead of 256 (the mean the best 128 of them instead
-  of 3 of 16) and polls faster while imprecise. Optionally (``ClockConfig.holdover``, off)
-  the time the clock kept is a prior that a new reference's first estimates are blended with.
+  weighted mean of the best few recent samples projected along the previous drift instead.
 - **Slewing.** Federation time never decreases and runs at the local rate within
   ``slew_rate`` (0.4%): a correction is absorbed at most 4 ms per second. The clock steps, only
   forward, on its first sync (``step_on_first_sync``, for a clock used on its own) and when its
@@ -45,10 +40,7 @@ counted (``rejected``) and ignored. :class:`ClockCore` and :class:`ClockConfig` 
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import math
-import operator
 from collections import deque
 
 import attrs
@@ -68,8 +60,6 @@ MAX_REPORTED_ERROR = 1e6
 the wire carries only finite numbers. Samples this bad carry no weight."""
 
 _MIN_BOUND = 1e-9  # floor of a sample's error bound (keeps the weights finite)
-_FIT_LEAST = 3  # the fit of offset and drift uses at least this many samples
-_RTT, _LAN, _FIRST = operator.attrgetter("rtt"), operator.attrgetter("lan"), operator.itemgetter(0)
 
 
 @attrs.frozen
@@ -136,16 +126,6 @@ class ClockConfig:
     max_interval: float = attrs.field(default=0.25, validator=_positive)
     """... capped at this many seconds (more samples, and so a better drift estimate, are what
     buy agreement within tens of microseconds) ..."""
-    precise: float = attrs.field(default=100e-6, validator=_positive)
-    imprecise_interval: float = attrs.field(default=0.05, validator=_positive)
-    """... or at most this many seconds while the estimate is likely off by more than
-    ``precise`` seconds (a jittery network: more samples, and the best of them, are what
-    narrow it; on a quiet LAN the estimate is precise within seconds)."""
-    holdover: bool = False
-    """After a change of reference, blend the new reference's first estimates with the time
-    this clock kept (a prior weighed by its statistical error). It narrows the simulated
-    agreement across reference changes, but in the live soak (partitions, elections,
-    lineages) it widened the tail, so it is off by default."""
     pairs: bool = True
     """Each poll is a pair of exchanges: the second request goes out as soon as the first is
     answered, while both processes are awake (on a host whose processes sleep between polls,
@@ -162,22 +142,9 @@ class ClockConfig:
     best: int = attrs.field(default=3, validator=_count)
     """... using this many of them (the lowest-error ones), weighted."""
     history: int = attrs.field(default=256, validator=_count)
-    """Samples used for the fit of offset and drift ..."""
-    jittery: float = attrs.field(default=400e-6, validator=_positive)
-    """... but on a jittery network (the mean of the best ``best`` of the last ``window``
-    samples likely off by more than this many seconds, judged by their round trips; quiet
-    again below half of it) ..."""
-    jittery_history: int = attrs.field(default=512, validator=_count)
-    """... both the offset and the fit use this many most recent samples ..."""
-    jittery_best: int = attrs.field(default=128, validator=_count)
-    """... the offset the best ``jittery_best`` of them (no more than ``fit_fraction``). A
-    quiet network keeps the short history: it follows a reference whose rate changes (a site's
-    top following an outside clock) more closely, and costs less."""
+    """Samples kept for the fit of offset and drift ..."""
     fit_fraction: float = attrs.field(default=0.25, validator=_positive)
     """... which uses this fraction of them with the lowest round trips (at least ``best``)."""
-    quality_floor: float = attrs.field(default=0.25, validator=_positive)
-    """Samples are weighted by ``1 / q**2``, ``q`` half their round trip's excess over the
-    least round trip held plus this fraction of half that least round trip."""
     min_samples: int = attrs.field(default=4, validator=_count)
     """Samples from the current reference needed before the clock says it is synced (it also
     needs a synced reference and an error bound within ``step_threshold``)."""
@@ -214,8 +181,6 @@ class ClockConfig:
             raise ValueError("fast_slew_rate plus max drift must stay below 1 (time must advance)")
         if self.best > self.window or self.window > self.history:
             raise ValueError("need best <= window <= history")
-        if self.jittery_best > self.jittery_history:
-            raise ValueError("need jittery_best <= jittery_history")
 
 
 @attrs.frozen
@@ -313,14 +278,6 @@ class ClockCore:
         self._d_hi = self._max_drift
         self._d_at = now
         self._rate_err = self._max_drift  # how precise the rate is thought to be (not a bound)
-        # Statistics (not bounds): how far the line is likely off at its anchor, the same for
-        # the clock as it stood when it became the reference (its holdover), and the clock's
-        # time taken over from the previous reference as (local, federation time, sigma),
-        # blended with a new reference's first estimates (see _update).
-        self._sigma = math.inf
-        self._held: tuple[float, float, float] = (now, math.inf, 0.0)  # (at, sigma, rate err)
-        self._prior: tuple[float, float, float] | None = None
-        self._gap = 0.0  # the line's offset from the estimate its bound describes
         # The last bounds computed, and for which estimate and instant.
         self._bound_key: tuple[object, object, tuple[float, ...]] | None = None
         self._est_cached = math.inf
@@ -338,18 +295,11 @@ class ClockCore:
         self._pair_first: set[int] = set()  # probes whose answer triggers a second request
         self._outputs: list[tuple[str, ClockRequest]] = []
         # Samples from the current reference.
-        # Whether the network is jittery (see ClockConfig.jittery_history): a property of the
-        # network, so it is kept across references.
-        self._jittery = False
-        self._samples: deque[_Sample] = deque(maxlen=self._kept())
-        self._floor_seen = math.inf  # the least round trip of an earlier reference's samples
+        self._samples: deque[_Sample] = deque(maxlen=self._cfg.history)
         self._accepted = 0
         self._ref_synced = False
         self._last_sample_at = -math.inf
         self._ref_bound = math.inf  # the followed node's own bound in its last reply
-        # ... and the largest it reported with the samples the estimate was made of (the
-        # estimate follows the node's time as it was then, within that node's bound then).
-        self._ref_used = 0.0
         self._ref_bound_at = now
         # A hand-over (see set_reference) or a reset of a synced clock: it stays synced from
         # this local time on while it learns the reference again (None: no hand-over) ...
@@ -409,7 +359,6 @@ class ClockCore:
         self._outstanding.clear()
         self._pair_first.clear()
         self._outputs.clear()  # requests not sent yet were for the old reference
-        self._floor_seen = min((s.rtt for s in self._samples), default=self._floor_seen)
         self._samples.clear()
         self._accepted = 0
         self._ref_synced = False
@@ -417,15 +366,12 @@ class ClockCore:
         self._start_over_on_next_sample = False
         if reference_id is not None or is_self:  # (following no one, the last bound ages on)
             self._ref_bound, self._ref_bound_at = math.inf, now
-        prior = self._statistics(now)
-        self._prior = None
         if is_self:
             # Freeze the current federation time and rate as the definition of time.
-            self._held = (now, prior, self._rate_err)
             fed = self._read(now)
             self._a_local, self._a_fed = now, fed
             self._res0, self._res_at, self._res_floor = 0.0, now, 0.0
-            self._rate_gap, self._gap, self._sigma = 0.0, 0.0, 0.0
+            self._rate_gap = 0.0
             self._est, self._alt = _EXACT, None
             self._rate_err = 0.0  # its rate is the federation's, by definition
             self._next_poll = None
@@ -440,32 +386,14 @@ class ClockCore:
             self._ref_synced = True  # (until the new reference answers for itself)
             self._last_sample_at = now  # staleness counts from the hand-over
             self._ref_bound, self._ref_bound_at = 0.0, now  # (the held bound has it all)
-        if self._cfg.holdover and math.isfinite(prior):
-            # The new reference most likely kept the same time as the old one (or as this
-            # clock): the clock's time is where its first estimates are weighed against.
-            self._prior = (now, self._read(now), prior)
-
-    def _statistics(self, now: float) -> float:
-        """How far the clock is likely off its reference's time at *now* (a standard
-        deviation, not a bound), counting the reference's own likely error as this clock's
-        (a new reference followed the same time): ``inf`` when unknown."""
-        if self._is_self:
-            at, sigma, rate_err = self._held
-        else:
-            at, sigma, rate_err = self._a_local, self._sigma, self._rate_err
-        if self._est is None or not math.isfinite(sigma):
-            return math.inf
-        return math.sqrt(2.0) * math.hypot(sigma, rate_err * (now - at)) + abs(self._residual(now))
 
     def _start_following(self, now: float) -> None:
         # Keep the line (continuity) but nothing is known of the new reference yet.
         self._holdover, self._held_bound = None, None
-        self._floor_seen = min((s.rtt for s in self._samples), default=self._floor_seen)
         self._samples.clear()
         self._accepted = 0
         self._start_over_on_next_sample = False
         self._est, self._alt = None, None
-        self._prior, self._sigma, self._gap = None, math.inf, 0.0
         # The rate is kept (it is likely still right) but the worst-case interval restarts.
         self._d_lo, self._d_hi, self._d_at = -self._max_drift, self._max_drift, now
         extra = self._cfg.reference_drift_ppm * 1e-6
@@ -493,12 +421,9 @@ class ClockCore:
         if self._alt is not None:
             fed, rate, bound = self._alt
             self._alt = (fed + delta, rate, bound)
-        if self._prior is not None:
-            at, fed, sigma = self._prior
-            self._prior = (at, fed + delta, sigma)
         self._samples = deque(
             (attrs.evolve(x, offset=x.offset + delta) for x in self._samples),
-            maxlen=self._kept(),
+            maxlen=self._cfg.history,
         )
         self._outstanding.clear()
         self._pair_first.clear()
@@ -636,7 +561,6 @@ class ClockCore:
             self._accepted = 0
             self._d_lo, self._d_hi, self._d_at = -self._max_drift, self._max_drift, now
             self._rate_err = self._max_drift
-            self._prior = None
             self._poll_start = now
             self._next_poll = now + self._cfg.fast_interval
         self._samples.append(sample)
@@ -702,7 +626,7 @@ class ClockCore:
         """The clock's state at local time *now* as a frozen value (for status and tests)."""
         now = self._tick(now)
         fed = self._read(now)
-        recent = self._last(self._cfg.window)
+        recent = list(self._samples)[-self._cfg.window :]
         lo, hi = self._drift_interval(now)
         d = self._rate
         local_per_fed = 1.0 / (1.0 + d) - 1.0
@@ -778,28 +702,21 @@ class ClockCore:
             and cached[1] is self._alt
             and cached[2] == key
         ):
-            bound = (
-                self._est.at(at)
-                + abs(self._rate_gap * (at - self._a_local))
-                + abs(self._gap)
-            )
+            bound = self._est.at(at, self._a_local) + abs(self._rate_gap * (at - self._a_local))
             if self._alt is not None:
                 fed, rate, alt = self._alt
                 gap = abs(fed + (1.0 + rate) * (at - self._a_local) - self._line(at))
-                bound = min(bound, alt.at(at) + gap)
+                bound = min(bound, alt.at(at, self._a_local) + gap)
             self._bound_key = (self._est, self._alt, key)
             self._est_cached = bound
         return self._est_cached
 
     def _ref_part(self, at: float) -> float:
-        """The followed node's own bound (against the top of its chain), grown by the drift
-        since its last reply: the largest it reported in that reply or with the samples held
-        (its time may have moved within a larger bound since the samples were taken, and the
-        estimate follows its time as it was then)."""
+        """The followed node's own bound (against the top of its chain) in its last reply,
+        grown by the drift since."""
         if self._is_self:
             return 0.0
-        bound = max(self._ref_bound, self._ref_used)
-        return bound + self._max_drift * max(0.0, at - self._ref_bound_at)
+        return self._ref_bound + self._max_drift * max(0.0, at - self._ref_bound_at)
 
     def _bound(self, at: float, lan: bool = False) -> float:
         if self._est is None and self._held_bound is not None:
@@ -827,9 +744,7 @@ class ClockCore:
         if elapsed < cfg.burst_duration and self._accepted < cfg.burst_samples:
             return cfg.fast_interval
         per_poll = 2 if cfg.pairs else 1
-        imprecise = self._jittery and self._sigma > cfg.precise
-        steady = cfg.imprecise_interval if imprecise else cfg.max_interval
-        cap = max(steady, per_poll * self._group_size / cfg.reference_load)
+        cap = max(cfg.max_interval, per_poll * self._group_size / cfg.reference_load)
         return min(cap, max(cfg.fast_interval, cfg.backoff * elapsed))
 
     def _drift_interval(self, now: float) -> tuple[float, float]:
@@ -851,104 +766,54 @@ class ClockCore:
         estimate = self._est_bound(s.mid) + min(self._ref_part(s.mid), step)
         return abs(s.offset - predicted) <= tolerance + estimate + 1e-9
 
-    def _kept(self) -> int:
-        """How many samples are held: as many as the estimate uses on this network."""
-        return self._cfg.jittery_history if self._jittery else self._cfg.history
-
-    def _used(self) -> list[_Sample]:
-        """The most recent samples the fit uses (more of them on a jittery network)."""
-        return self._last(self._cfg.jittery_history if self._jittery else self._cfg.history)
-
-    def _last(self, n: int) -> list[_Sample]:
-        """The last *n* samples held (without copying the rest)."""
-        held = self._samples
-        return list(itertools.islice(held, max(0, len(held) - n), None))
-
-    def _rtt_floor(self) -> float:
-        """The least round trip among the samples held, or seen from an earlier reference
-        (the network's floor: a new reference's first few samples are judged against it)."""
-        floor = min(min(map(_RTT, self._samples), default=math.inf), self._floor_seen)
-        return floor if math.isfinite(floor) else 0.0
-
-    def _quality(self, s: _Sample, floor: float) -> float:
-        """How far a sample's offset is likely off (a statistical scale, not a bound): half
-        its round trip's excess over the floor, plus a share of the floor (the floor's own
-        asymmetry and timestamping noise). With symmetric jitter a sample's offset error is
-        at most half its queueing, so the samples nearest the floor count most (NTP's clock
-        filter, Huygens' coded probes), whatever the floor itself."""
-        return (s.rtt - floor) / 2 + self._cfg.quality_floor * floor / 2 + _MIN_BOUND
-
-    def _fit(self, now: float, floor: float) -> _Fit | None:
-        """Weighted least squares of offset against time over the lowest-error samples
-        (*floor*: the least round trip, see :meth:`_rtt_floor`)."""
+    def _fit(self, now: float) -> _Fit | None:
+        """Weighted least squares of offset against time over the lowest-error samples."""
         cfg = self._cfg
-        used = self._used()
-        keep = max(_FIT_LEAST, math.ceil(len(used) * cfg.fit_fraction))
-        pts = sorted(used, key=_LAN)[:keep]
+        keep = max(cfg.best, math.ceil(len(self._samples) * cfg.fit_fraction))
+        pts = sorted(self._samples, key=lambda s: s.lan)[:keep]
         if len(pts) < 2:
             return None
-        mul = operator.mul
-        share = cfg.quality_floor * floor / 2  # (as in _quality)
-        qs = [(s.rtt - floor) / 2 + share + _MIN_BOUND for s in pts]
-        ws = [1.0 / (q * q) for q in qs]
-        mids = [s.mid for s in pts]
-        offsets = [s.offset for s in pts]
-        lans = [s.lan for s in pts]
+        ws = [1.0 / (s.lan * s.lan) for s in pts]
         wsum = sum(ws)
-        mbar = sum(map(mul, ws, mids)) / wsum
-        ds = [m - mbar for m in mids]
-        sxx = sum([w * d * d for w, d in zip(ws, ds, strict=True)])
+        mbar = sum(w * s.mid for w, s in zip(ws, pts, strict=True)) / wsum
+        sxx = sum(w * (s.mid - mbar) ** 2 for w, s in zip(ws, pts, strict=True))
         if sxx <= 0.0:
             return None
-        cs = [w * d / sxx for w, d in zip(ws, ds, strict=True)]
-        ahead = now - mbar
-        hs = [w / wsum + c * ahead for w, c in zip(ws, cs, strict=True)]
-        rate = sum(map(mul, cs, offsets))
-        rate_error = sum([abs(c) * b for c, b in zip(cs, lans, strict=True)])
+        cs = [w * (s.mid - mbar) / sxx for w, s in zip(ws, pts, strict=True)]
+        hs = [w / wsum + c * (now - mbar) for w, c in zip(ws, cs, strict=True)]
+        rate = sum(c * s.offset for c, s in zip(cs, pts, strict=True))
+        rate_error = sum(abs(c) * s.lan for c, s in zip(cs, pts, strict=True))
         # The statistical error of the rate, from the residuals when there are enough of them.
         sigma = rate_error
         if len(pts) >= 8:
-            obar = sum(map(mul, ws, offsets)) / wsum
+            obar = sum(w * s.offset for w, s in zip(ws, pts, strict=True)) / wsum
             k = sum(
-                [w * (o - obar - rate * d) ** 2 for w, o, d in zip(ws, offsets, ds, strict=True)]
+                w * (s.offset - obar - rate * (s.mid - mbar)) ** 2
+                for w, s in zip(ws, pts, strict=True)
             ) / (len(pts) - 2)
             sigma = min(math.sqrt(k / sxx), rate_error)
         return _Fit(
             rate=rate,
             rate_error=rate_error,
             sigma=sigma,
-            offset=sum(map(mul, hs, offsets)),
-            # A sample off by at most q either way: uniform, variance q**2 / 3.
-            offset_sigma=math.sqrt(sum([(h * q) ** 2 for h, q in zip(hs, qs, strict=True)]) / 3),
+            offset=sum(h * s.offset for h, s in zip(hs, pts, strict=True)),
             bound=_Bound(
-                now, 0.0, [(h, c, m, b, 0.0) for h, c, m, b in zip(hs, cs, mids, lans, strict=True)]
+                0.0,
+                tuple(
+                    _Term(h, c, s.mid, s.lan, 0.0)
+                    for h, c, s in zip(hs, cs, pts, strict=True)
+                ),
             ),
         )
 
-    def _judge_network(self, floor: float) -> None:
-        """Whether the network is jittery (see ``ClockConfig.jittery``). Round trips alone
-        decide, so the judgement does not feed on the estimate it chooses."""
-        cfg = self._cfg
-        recent = self._last(cfg.window)
-        qs = sorted(self._quality(s, floor) for s in recent)[: cfg.best]
-        # Weights 1 / q**2, each sample off by up to q (uniform): the weighted mean's sigma.
-        sigma = 1.0 / math.sqrt(3.0 * sum(1.0 / (q * q) for q in qs))
-        jittery = sigma > cfg.jittery or (self._jittery and sigma >= cfg.jittery / 2)
-        if jittery != self._jittery:
-            self._jittery = jittery
-            self._samples = deque(self._samples, maxlen=self._kept())
-
     def _update(self, now: float) -> None:
         cfg = self._cfg
-        floor = self._rtt_floor()
-        self._judge_network(floor)
-        self._ref_used = max((s.bound - s.lan for s in self._samples), default=0.0)
         # 1. Drift: intersect the aged worst-case interval with the fit's; take the fit's rate
         #    unless it is statistically vaguer than the current rate and agrees with it.
         self._widen_drift(now)
         lo, hi = self._d_lo, self._d_hi
         hint = self._rate
-        fit = self._fit(now, floor)
+        fit = self._fit(now)
         if fit is not None and abs(fit.rate) > self._max_drift + fit.rate_error:
             # Not a clock rate: the reference's time is not running straight (it is slewing a
             # large correction itself; its error bound says so). Take nothing from the fit.
@@ -971,52 +836,28 @@ class ClockCore:
         #    (b) a weighted mean of the best recent samples projected to now along the drift
         #    estimate (best early, and after a reference change, when the old rate is better
         #    known than the fit's). The fit is used when it was also the better drift source.
-        recent = self._used() if self._jittery else self._last(cfg.window)
+        recent = list(self._samples)[-cfg.window :]
         # (Chosen and weighted by how precise the rate is thought to be; bounded honestly.)
         err = max(self._rate_err, 1e-9)
-        q0 = self._quality(_Sample(now, 0.0, 0.0, 0.0, 0.0), floor)  # (inlined: q0 + rtt / 2)
-        scored = sorted(
-            ((q0 + s.rtt / 2 + err * (now - s.mid), s) for s in recent), key=_FIRST
-        )
-        share = max(_FIT_LEAST, math.ceil(len(recent) * cfg.fit_fraction))  # as in the fit
-        chosen = scored[: min(cfg.jittery_best if self._jittery else cfg.best, share)]
+        scored = sorted(((s.lan + err * (now - s.mid), s) for s in recent), key=lambda x: x[0])
+        chosen = scored[: cfg.best]
         weights = [1.0 / (score * score) for score, _ in chosen]
         wsum = sum(weights)
         offset = 0.0
-        variance = 0.0
-        terms: list[tuple[float, float, float, float, float]] = []
-        for w, (score, s) in zip(weights, chosen, strict=True):
+        terms = []
+        for w, (_, s) in zip(weights, chosen, strict=True):
             offset += w / wsum * (s.offset + rate * (now - s.mid))
-            variance += (w / wsum * score) ** 2 / 3
-            terms.append((w / wsum, 0.0, s.mid, s.lan, w / wsum))
-        mean = (now + offset, rate, _Bound(now, u, terms))
+            terms.append(_Term(w / wsum, 0.0, s.mid, s.lan, w / wsum))
+        mean = (now + offset, rate, _Bound(u, tuple(terms)))
         current = self._fed(now)
         previous_rate = self._rate
         self._a_local = now
         if fit is not None and hint == fit.rate:
             self._a_fed, self._rate, self._est = now + fit.offset, fit.rate, fit.bound
             self._alt = mean
-            self._sigma = fit.offset_sigma
         else:
             self._a_fed, self._rate, self._est = mean
             self._alt = None if fit is None else (now + fit.offset, fit.rate, fit.bound)
-            self._sigma = math.sqrt(variance)
-        self._gap = 0.0
-        if self._prior is not None:
-            # Holdover: the time this clock kept (from the previous reference) and the new
-            # estimate, each weighed by how likely it is right; the prior fades as samples
-            # come, and is dropped if the two disagree (the new reference keeps other time).
-            at, fed, sigma_p = self._prior
-            prior = fed + (1.0 + self._rate) * (now - at)
-            sigma_p = math.hypot(sigma_p, self._rate_err * (now - at))
-            keep = sigma_p * sigma_p + self._sigma * self._sigma
-            if abs(prior - self._a_fed) > 4.0 * math.sqrt(keep) or sigma_p > 100 * self._sigma:
-                self._prior = None
-            else:
-                alpha = self._sigma * self._sigma / keep
-                self._gap = alpha * (prior - self._a_fed)
-                self._a_fed += self._gap
-                self._sigma = math.sqrt(alpha) * sigma_p
         self._rate_gap = 0.0
         if self._deadband:
             # The line's rate follows the estimate's slowly; the bound owns up to the gap.
@@ -1039,49 +880,31 @@ class ClockCore:
         self._res_floor = min(abs(r), noise) if self._deadband else 0.0
 
 
-class _AbsSum:
-    """``sum(a * abs(x - r))`` over pairs ``(a, r)``, for any ``x`` in O(log n): the ``r``
-    sorted, with prefix sums (an estimate's bound is asked for at many instants)."""
-
-    __slots__ = ("_a", "_ar", "_rs")
-
-    def __init__(self, pairs: list[tuple[float, float]]) -> None:
-        pairs.sort(key=lambda p: p[1])
-        self._rs = [r for _, r in pairs]
-        self._a = list(itertools.accumulate((a for a, _ in pairs), initial=0.0))
-        self._ar = list(itertools.accumulate((a * r for a, r in pairs), initial=0.0))
-
-    def at(self, x: float) -> float:
-        k = bisect.bisect_right(self._rs, x)
-        a, ar = self._a, self._ar
-        below = x * a[k] - ar[k]
-        above = (ar[-1] - ar[k]) - x * (a[-1] - a[k])
-        return max(0.0, below + above)
+@attrs.frozen
+class _Term:
+    # One sample's share in the estimate's error bound at local time L (line anchored at a):
+    # |h + g * (L - a)| * bound + w * drift_uncertainty * |L - mid|  (the sample's bound
+    # against the followed node's time: the followed node's own bound is added at the end)
+    h: float
+    g: float
+    mid: float
+    bound: float
+    w: float
 
 
+@attrs.frozen
 class _Bound:
-    """The worst-case error bound of an estimate anchored at local time ``anchor``: the sum
-    over its samples of ``|h + g * (L - anchor)| * bound + w * u * |L - mid|`` at local time
-    ``L`` (each sample's bound against the followed node's time; the followed node's own bound
-    is added at the end), ``u`` the drift uncertainty. No samples: exact."""
+    # The error bound of an estimate: the sum of its terms (none: exact).
+    u: float  # drift uncertainty
+    terms: tuple[_Term, ...]
 
-    __slots__ = ("_ages", "_anchor", "_const", "_lines", "_u")
-
-    def __init__(
-        self, anchor: float, u: float, terms: list[tuple[float, float, float, float, float]]
-    ) -> None:
-        # terms: (h, g, mid, bound, w). |h + g*x| * b = |g| * b * |x - (-h / g)|.
-        self._anchor, self._u = anchor, u
-        self._const = sum(abs(h) * b for h, g, _, b, _ in terms if g == 0.0)
-        self._lines = _AbsSum([(abs(g) * b, -h / g) for h, g, _, b, _ in terms if g != 0.0])
-        self._ages = _AbsSum([(w, mid - anchor) for _, _, mid, _, w in terms if w != 0.0])
-
-    def at(self, at: float) -> float:
-        x = at - self._anchor
-        return self._const + self._lines.at(x) + self._u * self._ages.at(x)
+    def at(self, at: float, anchor: float) -> float:
+        dt = at - anchor
+        u = self.u
+        return sum(abs(t.h + t.g * dt) * t.bound + t.w * u * abs(at - t.mid) for t in self.terms)
 
 
-_EXACT = _Bound(0.0, 0.0, [])
+_EXACT = _Bound(0.0, ())
 
 
 @attrs.frozen
@@ -1090,5 +913,4 @@ class _Fit:
     rate_error: float  # worst case
     sigma: float  # statistical
     offset: float  # at the time the fit was made for
-    offset_sigma: float  # statistical
     bound: _Bound
