@@ -215,6 +215,11 @@ class NodeConfig:
             raise ValueError(f"bind address {self.bind!r} is not an IPv4 address")
 
 
+
+def _reader(topic: str | None) -> str:
+    """How the log names a reader: a subscriber to *topic*, or an events reader."""
+    return "events reader" if topic is None else f"subscriber to {topic!r}"
+
 class Node:
     """A running node; get one from :func:`open_node`."""
 
@@ -673,27 +678,28 @@ class Node:
             )
         if isinstance(event, Publication):
             for sink in self._subscribers.get(event.topic, ()):
-                self._deliver(sink, event, f"subscriber to {event.topic!r}", "publication")
+                self._deliver(sink, event, event.topic, "publication")
         for events_sink in self._event_sinks:
-            self._deliver(events_sink, event, "events reader", type(event).__name__)
+            self._deliver(events_sink, event, None, type(event).__name__)
 
     def _deliver(
-        self, sink: trio.MemorySendChannel[Any], event: NodeEvent, reader: str, what: str
+        self, sink: trio.MemorySendChannel[Any], event: NodeEvent, topic: str | None, what: str
     ) -> None:
-        """Put *event* on a reader's channel without waiting. A full channel drops it: the
-        first drop is a warning, the later ones are counted until the reader keeps up again,
-        then the count is logged (a reader that stopped reading must not flood the log)."""
+        """Put *event* on a reader's channel without waiting (a subscriber's to *topic*, or an
+        events reader's if ``None``). A full channel drops it: the first drop is a warning, the
+        later ones are counted until the reader keeps up again, then the count is logged (a
+        reader that stopped reading must not flood the log)."""
         try:
             sink.send_nowait(event)
         except trio.WouldBlock:
             dropped = self._dropped.get(sink, 0)
             if not dropped:
-                logger.warning("%s is behind; %s dropped", reader, what)
+                logger.warning("%s is behind; %s dropped", _reader(topic), what)
             self._dropped[sink] = dropped + 1
         else:
             dropped = self._dropped.pop(sink, 0)
             if dropped:
-                logger.info("%s kept up again after %d dropped", reader, dropped)
+                logger.info("%s kept up again after %d dropped", _reader(topic), dropped)
 
     def _path_conflict(self, holder: MemberView) -> None:
         """Another live node announces this node's path: say so (once per node), never stop.
