@@ -169,14 +169,20 @@ class Views:
         self.docs: list[dict[str, Any]] = []
         self.polls = 0
         self.violations: list[str] = []
+        self.moment = "before the kill"
+        """What the test is at, for the violations' messages."""
 
     def read(self) -> list[dict[str, Any]]:
         self.docs = [self.lan.get_json(host, url + "/api/status") for host, url in self.nodes]
         return self.docs
 
     def whole(self) -> bool:
-        """Whether every view holds everyone alive and one conductor, the same everywhere."""
-        return all(
+        """Whether every view holds everyone alive and one conductor, the same everywhere, and
+        the federation's time has one reference that every other node is synced to (until the
+        site tops meet, each is its site's reference; the one that then follows the other
+        relearns it, and says so, for a moment)."""
+        references = sum(bool(d["clock"]["is_reference"]) for d in self.docs)
+        return references == 1 and all(
             {m["path"] for m in d["members"] if m["state"] == "alive"} == self.everyone
             and sum(m["conductor"] for m in d["members"]) == 1
             and d["conductor"] == self.docs[0]["conductor"] is not None
@@ -194,7 +200,17 @@ class Views:
             if alive != self.everyone:
                 self.violations.append(f"{d['node']['path']} lost {self.everyone - alive}")
             if not keeps_time(d):
-                self.violations.append(f"{d['node']['path']} lost the federation's time")
+                clocks = {
+                    e["node"]["path"]: {
+                        k: e["clock"][k]
+                        for k in ("reference", "is_reference", "synced", "error_bound")
+                    }
+                    for e in docs
+                }
+                self.violations.append(
+                    f"{d['node']['path']} lost the federation's time "
+                    f"(poll {self.polls}, {self.moment}: {clocks})"
+                )
             if d["conductor"] != self.conductor or flagged != [self.conductor]:
                 self.violations.append(
                     f"{d['node']['path']}: conductor {d['conductor']}, flagged {flagged}, "
@@ -253,6 +269,7 @@ def test_killing_the_registry_in_use_moves_every_bridge_and_loses_nothing(
             acked_before = client.acknowledged()
             killed_wall, killed = time.time(), time.monotonic()
             registry_1.kill()
+            views.moment = "after the kill"
 
             wait_until(
                 lambda: all(on(d, urls[1]) for d in views.poll()),
@@ -261,6 +278,7 @@ def test_killing_the_registry_in_use_moves_every_bridge_and_loses_nothing(
                 every=0.05,
             )
             moved_after = time.monotonic() - killed
+            views.moment = f"{moved_after:.2f} s after the kill, every bridge moved"
             assert moved_after <= SWITCH_WITHIN, f"bridges moved after {moved_after:.2f} s"
             assert all(d["registry"]["switches"] == 1 for d in views.docs), [
                 d["registry"] for d in views.docs
