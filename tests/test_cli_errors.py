@@ -116,6 +116,16 @@ def test_a_bad_variable_is_a_usage_error_naming_it(tmp_path: Path) -> None:
     one_error(env_result, 2, "STAGEMESH_PORT='seventy'")
 
 
+def blocked_reading_a_pipe(pid: int) -> bool:
+    """Whether process *pid* sleeps in the kernel reading a pipe or FIFO (its wait channel)."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state == "S" and "pipe_read" in wchan
+
+
 async def test_ctrl_c_while_reading_the_configuration_exits_130(tmp_path: Path) -> None:
     """The node blocks reading its key file (a FIFO nobody writes) when Ctrl-C comes."""
     fifo = tmp_path / "key.fifo"
@@ -136,6 +146,10 @@ async def test_ctrl_c_while_reading_the_configuration_exits_130(tmp_path: Path) 
             return True
 
         await wait_for(reader_is_waiting, 30, "the node opens its key file")
+        # Opening the writer lets the node's open() return; it then reads. A signal that lands
+        # between the two is lost (CPython runs its handler at the next bytecode, and the read
+        # has begun by then: a second Ctrl-C ends it). Ctrl-C is sent once it is reading.
+        await wait_for(lambda: blocked_reading_a_pipe(process.pid), 30, "the node reads the FIFO")
         process.send_signal(signal.SIGINT)
         with trio.fail_after(30):
             status = await process.wait()
