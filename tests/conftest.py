@@ -4,6 +4,7 @@ hard time limit of every test."""
 from __future__ import annotations
 
 import inspect
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -61,6 +62,19 @@ SIMULATED_MODULES = IN_PROCESS_MODULES | {
 no real timer to miss, so ``.ci/run`` runs them on two workers side by side, and the tests
 with real processes and real timers after them, one at a time (the ``simulated`` marker)."""
 
+WAITING_TESTS = (
+    "tests/test_sleeping_node.py::",
+    "tests/test_netns_wan.py::",
+    "tests/test_registry_chaos.py::",
+    "tests/test_soak.py::",
+    "tests/security/test_edge_addresses.py::",
+)
+"""Live tests (node ids, or a module's prefix) that run long because they wait on real time (a
+laptop asleep for 30 s, a 60 s soak or registry chaos, a slow WAN link) while using little CPU
+(about a quarter of one core), and whose bounds do not depend on an idle machine: ``.ci/run``
+runs them in a lane of their own beside the other live tests (the ``waiting`` marker).
+Tests that bound a clock's spread or a failover's time to the millisecond stay out of it."""
+
 
 T = TypeVar("T")
 TRIO_SHARE = 0.95
@@ -96,10 +110,10 @@ def bounded_trio_run(limit: float) -> Callable[..., Any]:
 def pytest_configure(config: pytest.Config) -> None:
     """Give Ctrl-C (SIGINT) its default meaning back if this run was started with it ignored.
 
-    A shell without job control starts a command in the background (``&``, as a script that
-    runs the tests in the background does) with SIGINT ignored, and a process keeps an ignored
-    signal ignored across ``exec``: every node a test started would then ignore the Ctrl-C a
-    test sends it (``test_cli_errors``' exit 130), and hang."""
+    A shell without job control starts a command in the background (``&``: ``.ci/run``'s lane
+    of waiting tests, ``nohup``) with SIGINT ignored, and a process keeps an ignored signal
+    ignored across ``exec``: every node a test started would then ignore the Ctrl-C a test
+    sends it (``test_cli_errors``' exit 130), and hang."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -110,13 +124,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     trio test under its limit inside trio (:func:`bounded_trio_run`), and start the long tests
     first.
 
-    The suite runs on several pytest-xdist workers (``.ci/run``), which take tests in
-    collection order: handing out the ``slow``-marked ones first keeps one of them from being
-    the last test left while the other workers idle (longest-first scheduling)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    Under pytest-xdist (``.ci/run``'s first part) the workers take tests in collection order:
+    handing out the ``slow``-marked ones first keeps one of them from being the last test left
+    while the other worker idles (longest-first scheduling). In one process (the live lanes of
+    ``.ci/run``'s second part) the slow ones go last instead: they hold the live tests with the
+    tightest bounds on real time, and by then the lane of ``waiting`` tests beside them has
+    ended, so they have the machine to themselves."""
+    slow_first = "PYTEST_XDIST_WORKER" in os.environ
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None) == slow_first)
     for item in items:
         if item.path.stem in SIMULATED_MODULES:
             item.add_marker(pytest.mark.simulated)
+        if item.nodeid.startswith(WAITING_TESTS):
+            item.add_marker(pytest.mark.waiting)
         if item.path.stem in IN_PROCESS_MODULES and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(IN_PROCESS_TIMEOUT))
         function = getattr(item, "obj", None)
