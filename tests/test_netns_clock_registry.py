@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness import wait_until
 from tests.netns import Host, Lan, Spawned
 from tests.registries import registry_argv
 
@@ -47,6 +48,7 @@ PASSWORD = "organiser-secret"
 REGISTRY_PORT = 7480
 BEACON = {"a": 17510, "b": 17530}
 SAMPLER = str(Path(__file__).with_name("clock_sampler.py"))
+STATUS_URL = "http://127.0.0.1:7490"  # every node's, in its own host's namespace
 SKEW = {1: (1.2, 60.0), 2: (-0.8, -40.0), 3: (0.3, 90.0), 4: (-1.5, 30.0), 5: (0.9, -70.0)}
 
 RESET_SCRIPT = """
@@ -108,6 +110,7 @@ def start_node(lan: Lan, host: Host, tmp: Path, site: str, url: str) -> tuple[Sp
         *("--state-dir", str(tmp / f"state{host.index}"), "--no-mdns"),
         *("--broadcast-port", str(BEACON[site]), "--registry", url),
         *("--clock-skew", str(skew), "--clock-drift", str(drift)),
+        *("--status", STATUS_URL.removeprefix("http://")),
         *(("--conductor",) if host.index in (1, 4) else ()),
     )
     line = proc.wait_for(lambda text: text.startswith("ready "), timeout=30)
@@ -228,10 +231,16 @@ def test_federation_time_through_every_registry_fault(tmp_path: Path) -> None:
         for index, site in sites.items():
             if site == "b" and "a" in started:
                 wait(1.0)  # site b starts a little later: its lineage is the younger one
+            # The sampler first, so that it reads from the node's first instant (started
+            # after it, it was seconds late on a loaded machine: its own start counted as the
+            # site's time to sync).
+            out = tmp_path / f"s{index}"
+            running.append(lan.spawn(hosts[index], sys.executable, SAMPLER, STATUS_URL, str(out)))
+            wait_until(lambda p=out: p.exists() and p.stat().st_size > 0, 30, "the sampler runs")
             node, url = start_node(lan, hosts[index], tmp_path, site, registry.url)
+            assert url == STATUS_URL, url
             started[site] = time.time()
-            out = str(tmp_path / f"s{index}")
-            running += [node, lan.spawn(hosts[index], sys.executable, SAMPLER, url, out)]
+            running.append(node)
 
         wait(3.0)  # each site syncs on its LAN (measured below) and settles its elections
         t = time.time()
