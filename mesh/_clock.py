@@ -15,7 +15,10 @@ How it works (docs/clock.md has the full story):
   worst-case error ``rtt / 2 + the reference's own error bound``.
 - **Estimate.** A weighted least-squares line (offset and drift) through the lowest-round-trip
   quarter of the last ``history`` samples; early on, or right after a reference change, a
-  weighted mean of the best few recent samples projected along the previous drift instead.
+  weighted mean of the samples projected along the previous drift instead. Weights are
+  ``1 / q**2``, ``q`` half a sample's round-trip excess over the least round trip (with
+  symmetric jitter, what its offset can be off by). After a change of reference the time the
+  clock kept is a prior that the first estimates are blended with (holdover).
 - **Slewing.** Federation time never decreases and runs at the local rate within
   ``slew_rate`` (0.4%): a correction is absorbed at most 4 ms per second. The clock steps, only
   forward, on its first sync (``step_on_first_sync``, for a clock used on its own) and when its
@@ -60,6 +63,7 @@ MAX_REPORTED_ERROR = 1e6
 the wire carries only finite numbers. Samples this bad carry no weight."""
 
 _MIN_BOUND = 1e-9  # floor of a sample's error bound (keeps the weights finite)
+_FIT_LEAST = 3  # the fit of offset and drift uses at least this many samples
 
 
 @attrs.frozen
@@ -126,6 +130,11 @@ class ClockConfig:
     max_interval: float = attrs.field(default=0.25, validator=_positive)
     """... capped at this many seconds (more samples, and so a better drift estimate, are what
     buy agreement within tens of microseconds) ..."""
+    precise: float = attrs.field(default=100e-6, validator=_positive)
+    imprecise_interval: float = attrs.field(default=0.05, validator=_positive)
+    """... or at most this many seconds while the estimate is likely off by more than
+    ``precise`` seconds (a jittery network: more samples, and the best of them, are what
+    narrow it; on a quiet LAN the estimate is precise within seconds)."""
     pairs: bool = True
     """Each poll is a pair of exchanges: the second request goes out as soon as the first is
     answered, while both processes are awake (on a host whose processes sleep between polls,
@@ -137,14 +146,17 @@ class ClockConfig:
     """A reply later than this (round trip) is stale and ignored."""
     max_outstanding: int = attrs.field(default=8, validator=_count)
     """Requests awaiting a reply that are remembered (the oldest is forgotten first)."""
-    window: int = attrs.field(default=16, validator=_count)
+    window: int = attrs.field(default=512, validator=_count)
     """The offset is taken from the best of this many most recent samples ..."""
-    best: int = attrs.field(default=3, validator=_count)
+    best: int = attrs.field(default=128, validator=_count)
     """... using this many of them (the lowest-error ones), weighted."""
-    history: int = attrs.field(default=256, validator=_count)
+    history: int = attrs.field(default=512, validator=_count)
     """Samples kept for the fit of offset and drift ..."""
     fit_fraction: float = attrs.field(default=0.25, validator=_positive)
     """... which uses this fraction of them with the lowest round trips (at least ``best``)."""
+    quality_floor: float = attrs.field(default=0.25, validator=_positive)
+    """Samples are weighted by ``1 / q**2``, ``q`` half their round trip's excess over the
+    least round trip held plus this fraction of half that least round trip."""
     min_samples: int = attrs.field(default=4, validator=_count)
     """Samples from the current reference needed before the clock says it is synced (it also
     needs a synced reference and an error bound within ``step_threshold``)."""
@@ -278,6 +290,14 @@ class ClockCore:
         self._d_hi = self._max_drift
         self._d_at = now
         self._rate_err = self._max_drift  # how precise the rate is thought to be (not a bound)
+        # Statistics (not bounds): how far the line is likely off at its anchor, the same for
+        # the clock as it stood when it became the reference (its holdover), and the clock's
+        # time taken over from the previous reference as (local, federation time, sigma),
+        # blended with a new reference's first estimates (see _update).
+        self._sigma = math.inf
+        self._held: tuple[float, float, float] = (now, math.inf, 0.0)  # (at, sigma, rate err)
+        self._prior: tuple[float, float, float] | None = None
+        self._gap = 0.0  # the line's offset from the estimate its bound describes
         # The last bounds computed, and for which estimate and instant.
         self._bound_key: tuple[object, object, tuple[float, ...]] | None = None
         self._est_cached = math.inf
@@ -296,6 +316,7 @@ class ClockCore:
         self._outputs: list[tuple[str, ClockRequest]] = []
         # Samples from the current reference.
         self._samples: deque[_Sample] = deque(maxlen=self._cfg.history)
+        self._floor_seen = math.inf  # the least round trip of an earlier reference's samples
         self._accepted = 0
         self._ref_synced = False
         self._last_sample_at = -math.inf
@@ -359,6 +380,7 @@ class ClockCore:
         self._outstanding.clear()
         self._pair_first.clear()
         self._outputs.clear()  # requests not sent yet were for the old reference
+        self._floor_seen = min((s.rtt for s in self._samples), default=self._floor_seen)
         self._samples.clear()
         self._accepted = 0
         self._ref_synced = False
@@ -366,12 +388,15 @@ class ClockCore:
         self._start_over_on_next_sample = False
         if reference_id is not None or is_self:  # (following no one, the last bound ages on)
             self._ref_bound, self._ref_bound_at = math.inf, now
+        prior = self._statistics(now)
+        self._prior = None
         if is_self:
             # Freeze the current federation time and rate as the definition of time.
+            self._held = (now, prior, self._rate_err)
             fed = self._read(now)
             self._a_local, self._a_fed = now, fed
             self._res0, self._res_at, self._res_floor = 0.0, now, 0.0
-            self._rate_gap = 0.0
+            self._rate_gap, self._gap, self._sigma = 0.0, 0.0, 0.0
             self._est, self._alt = _EXACT, None
             self._rate_err = 0.0  # its rate is the federation's, by definition
             self._next_poll = None
@@ -386,14 +411,32 @@ class ClockCore:
             self._ref_synced = True  # (until the new reference answers for itself)
             self._last_sample_at = now  # staleness counts from the hand-over
             self._ref_bound, self._ref_bound_at = 0.0, now  # (the held bound has it all)
+        if math.isfinite(prior):
+            # The new reference most likely kept the same time as the old one (or as this
+            # clock): the clock's time is where its first estimates are weighed against.
+            self._prior = (now, self._read(now), prior)
+
+    def _statistics(self, now: float) -> float:
+        """How far the clock is likely off its reference's time at *now* (a standard
+        deviation, not a bound), counting the reference's own likely error as this clock's
+        (a new reference followed the same time): ``inf`` when unknown."""
+        if self._is_self:
+            at, sigma, rate_err = self._held
+        else:
+            at, sigma, rate_err = self._a_local, self._sigma, self._rate_err
+        if self._est is None or not math.isfinite(sigma):
+            return math.inf
+        return math.sqrt(2.0) * math.hypot(sigma, rate_err * (now - at)) + abs(self._residual(now))
 
     def _start_following(self, now: float) -> None:
         # Keep the line (continuity) but nothing is known of the new reference yet.
         self._holdover, self._held_bound = None, None
+        self._floor_seen = min((s.rtt for s in self._samples), default=self._floor_seen)
         self._samples.clear()
         self._accepted = 0
         self._start_over_on_next_sample = False
         self._est, self._alt = None, None
+        self._prior, self._sigma, self._gap = None, math.inf, 0.0
         # The rate is kept (it is likely still right) but the worst-case interval restarts.
         self._d_lo, self._d_hi, self._d_at = -self._max_drift, self._max_drift, now
         extra = self._cfg.reference_drift_ppm * 1e-6
@@ -421,6 +464,9 @@ class ClockCore:
         if self._alt is not None:
             fed, rate, bound = self._alt
             self._alt = (fed + delta, rate, bound)
+        if self._prior is not None:
+            at, fed, sigma = self._prior
+            self._prior = (at, fed + delta, sigma)
         self._samples = deque(
             (attrs.evolve(x, offset=x.offset + delta) for x in self._samples),
             maxlen=self._cfg.history,
@@ -561,6 +607,7 @@ class ClockCore:
             self._accepted = 0
             self._d_lo, self._d_hi, self._d_at = -self._max_drift, self._max_drift, now
             self._rate_err = self._max_drift
+            self._prior = None
             self._poll_start = now
             self._next_poll = now + self._cfg.fast_interval
         self._samples.append(sample)
@@ -702,7 +749,11 @@ class ClockCore:
             and cached[1] is self._alt
             and cached[2] == key
         ):
-            bound = self._est.at(at, self._a_local) + abs(self._rate_gap * (at - self._a_local))
+            bound = (
+                self._est.at(at, self._a_local)
+                + abs(self._rate_gap * (at - self._a_local))
+                + abs(self._gap)
+            )
             if self._alt is not None:
                 fed, rate, alt = self._alt
                 gap = abs(fed + (1.0 + rate) * (at - self._a_local) - self._line(at))
@@ -744,7 +795,8 @@ class ClockCore:
         if elapsed < cfg.burst_duration and self._accepted < cfg.burst_samples:
             return cfg.fast_interval
         per_poll = 2 if cfg.pairs else 1
-        cap = max(cfg.max_interval, per_poll * self._group_size / cfg.reference_load)
+        steady = cfg.max_interval if self._sigma <= cfg.precise else cfg.imprecise_interval
+        cap = max(steady, per_poll * self._group_size / cfg.reference_load)
         return min(cap, max(cfg.fast_interval, cfg.backoff * elapsed))
 
     def _drift_interval(self, now: float) -> tuple[float, float]:
@@ -766,14 +818,29 @@ class ClockCore:
         estimate = self._est_bound(s.mid) + min(self._ref_part(s.mid), step)
         return abs(s.offset - predicted) <= tolerance + estimate + 1e-9
 
+    def _rtt_floor(self) -> float:
+        """The least round trip among the samples held, or seen from an earlier reference
+        (the network's floor: a new reference's first few samples are judged against it)."""
+        floor = min(min((s.rtt for s in self._samples), default=math.inf), self._floor_seen)
+        return floor if math.isfinite(floor) else 0.0
+
+    def _quality(self, s: _Sample, floor: float) -> float:
+        """How far a sample's offset is likely off (a statistical scale, not a bound): half
+        its round trip's excess over the floor, plus a share of the floor (the floor's own
+        asymmetry and timestamping noise). With symmetric jitter a sample's offset error is
+        at most half its queueing, so the samples nearest the floor count most (NTP's clock
+        filter, Huygens' coded probes), whatever the floor itself."""
+        return (s.rtt - floor) / 2 + self._cfg.quality_floor * floor / 2 + _MIN_BOUND
+
     def _fit(self, now: float) -> _Fit | None:
         """Weighted least squares of offset against time over the lowest-error samples."""
         cfg = self._cfg
-        keep = max(cfg.best, math.ceil(len(self._samples) * cfg.fit_fraction))
+        keep = max(_FIT_LEAST, math.ceil(len(self._samples) * cfg.fit_fraction))
         pts = sorted(self._samples, key=lambda s: s.lan)[:keep]
         if len(pts) < 2:
             return None
-        ws = [1.0 / (s.lan * s.lan) for s in pts]
+        floor = self._rtt_floor()
+        ws = [1.0 / self._quality(s, floor) ** 2 for s in pts]
         wsum = sum(ws)
         mbar = sum(w * s.mid for w, s in zip(ws, pts, strict=True)) / wsum
         sxx = sum(w * (s.mid - mbar) ** 2 for w, s in zip(ws, pts, strict=True))
@@ -797,12 +864,13 @@ class ClockCore:
             rate_error=rate_error,
             sigma=sigma,
             offset=sum(h * s.offset for h, s in zip(hs, pts, strict=True)),
+            # A sample off by at most q either way: uniform, variance q**2 / 3.
+            offset_sigma=math.sqrt(
+                sum((h * self._quality(s, floor)) ** 2 for h, s in zip(hs, pts, strict=True)) / 3
+            ),
             bound=_Bound(
                 0.0,
-                tuple(
-                    _Term(h, c, s.mid, s.lan, 0.0)
-                    for h, c, s in zip(hs, cs, pts, strict=True)
-                ),
+                tuple(_Term(h, c, s.mid, s.lan, 0.0) for h, c, s in zip(hs, cs, pts, strict=True)),
             ),
         )
 
@@ -839,14 +907,21 @@ class ClockCore:
         recent = list(self._samples)[-cfg.window :]
         # (Chosen and weighted by how precise the rate is thought to be; bounded honestly.)
         err = max(self._rate_err, 1e-9)
-        scored = sorted(((s.lan + err * (now - s.mid), s) for s in recent), key=lambda x: x[0])
-        chosen = scored[: cfg.best]
+        floor = self._rtt_floor()
+        scored = sorted(
+            ((self._quality(s, floor) + err * (now - s.mid), s) for s in recent),
+            key=lambda x: x[0],
+        )
+        share = max(_FIT_LEAST, math.ceil(len(recent) * cfg.fit_fraction))  # as in the fit
+        chosen = scored[: min(cfg.best, share)]
         weights = [1.0 / (score * score) for score, _ in chosen]
         wsum = sum(weights)
         offset = 0.0
+        variance = 0.0
         terms = []
-        for w, (_, s) in zip(weights, chosen, strict=True):
+        for w, (score, s) in zip(weights, chosen, strict=True):
             offset += w / wsum * (s.offset + rate * (now - s.mid))
+            variance += (w / wsum * score) ** 2 / 3
             terms.append(_Term(w / wsum, 0.0, s.mid, s.lan, w / wsum))
         mean = (now + offset, rate, _Bound(u, tuple(terms)))
         current = self._fed(now)
@@ -855,9 +930,27 @@ class ClockCore:
         if fit is not None and hint == fit.rate:
             self._a_fed, self._rate, self._est = now + fit.offset, fit.rate, fit.bound
             self._alt = mean
+            self._sigma = fit.offset_sigma
         else:
             self._a_fed, self._rate, self._est = mean
             self._alt = None if fit is None else (now + fit.offset, fit.rate, fit.bound)
+            self._sigma = math.sqrt(variance)
+        self._gap = 0.0
+        if self._prior is not None:
+            # Holdover: the time this clock kept (from the previous reference) and the new
+            # estimate, each weighed by how likely it is right; the prior fades as samples
+            # come, and is dropped if the two disagree (the new reference keeps other time).
+            at, fed, sigma_p = self._prior
+            prior = fed + (1.0 + self._rate) * (now - at)
+            sigma_p = math.hypot(sigma_p, self._rate_err * (now - at))
+            keep = sigma_p * sigma_p + self._sigma * self._sigma
+            if abs(prior - self._a_fed) > 4.0 * math.sqrt(keep) or sigma_p > 100 * self._sigma:
+                self._prior = None
+            else:
+                alpha = self._sigma * self._sigma / keep
+                self._gap = alpha * (prior - self._a_fed)
+                self._a_fed += self._gap
+                self._sigma = math.sqrt(alpha) * sigma_p
         self._rate_gap = 0.0
         if self._deadband:
             # The line's rate follows the estimate's slowly; the bound owns up to the gap.
@@ -913,4 +1006,5 @@ class _Fit:
     rate_error: float  # worst case
     sigma: float  # statistical
     offset: float  # at the time the fit was made for
+    offset_sigma: float  # statistical
     bound: _Bound

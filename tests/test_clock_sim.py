@@ -87,3 +87,22 @@ def test_bound_holds_along_a_chain_of_references() -> None:
     # Errors add up along the chain (on the jittery LAN, three hops reach a few ms: see
     # docs/clock.md); on loopback it stays well inside the 1 ms requirement.
     assert percentile(loopback, 0.99) <= 300e-6
+
+
+SOAK = NetProfile("soak", 10e-3, 30e-3, loss=0.05)
+"""The soak's network (tests/soak.py): 20 ms +- 10 ms one way, uniform and symmetric (which
+reorders), 5% loss."""
+
+
+def test_agreement_on_a_jittery_lossy_network_is_within_1_ms() -> None:
+    # Eight nodes, 20 ms +- 10 ms each way and 5% loss, three minutes, judged after 30 s. A
+    # sample's offset is off by up to half its round trip's excess over the floor: the
+    # samples nearest the floor are weighted most, over a long history, and the poll rate
+    # stays up while the estimate is imprecise (the best-3-of-16 estimate measured p99 1.6 ms).
+    diffs: list[float] = []
+    for seed in range(4):
+        sim = ClockSim(seed, nodes=8, profile=SOAK)
+        r = sim.run(180.0, check_every=0.1, warmup=30.0)
+        assert r.violations == [] and r.decreases == 0, (seed, r.violations[:3])
+        diffs += r.diffs
+    assert percentile(diffs, 0.99) <= 1e-3, percentile(diffs, 0.99)
