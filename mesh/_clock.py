@@ -135,6 +135,11 @@ class ClockConfig:
     """... or at most this many seconds while the estimate is likely off by more than
     ``precise`` seconds (a jittery network: more samples, and the best of them, are what
     narrow it; on a quiet LAN the estimate is precise within seconds)."""
+    holdover: bool = False
+    """After a change of reference, blend the new reference's first estimates with the time
+    this clock kept (a prior weighed by its statistical error). It narrows the simulated
+    agreement across reference changes, but in the live soak (partitions, elections,
+    lineages) it widened the tail, so it is off by default."""
     pairs: bool = True
     """Each poll is a pair of exchanges: the second request goes out as soon as the first is
     answered, while both processes are awake (on a host whose processes sleep between polls,
@@ -411,7 +416,7 @@ class ClockCore:
             self._ref_synced = True  # (until the new reference answers for itself)
             self._last_sample_at = now  # staleness counts from the hand-over
             self._ref_bound, self._ref_bound_at = 0.0, now  # (the held bound has it all)
-        if math.isfinite(prior):
+        if self._cfg.holdover and math.isfinite(prior):
             # The new reference most likely kept the same time as the old one (or as this
             # clock): the clock's time is where its first estimates are weighed against.
             self._prior = (now, self._read(now), prior)

@@ -84,6 +84,8 @@ class SoakConfig:
     sample_every: float = 0.5
     merge_every: float = 0.1
     warmup: float = 10.0
+    settled: float = 0.025
+    """Before the soak begins, every follower's error bound must be this small (seconds)."""
     seed: int = 1
     profile: str = "lan"
 
@@ -293,6 +295,18 @@ def run_soak(
             )
 
         formed_after = wait_until(formed, 120, "all nodes alive, one conductor, clocks synced")
+
+        def settled() -> bool:
+            # Synced means within 100 ms; a clock that has just joined its lineage may still be
+            # slewing tens of ms: the soak judges clocks that have settled (their bounds).
+            rnd = sample_round()
+            return all(
+                doc is not None
+                and (doc["clock"]["is_reference"] or doc["clock"]["error_bound"] <= config.settled)
+                for doc in rnd.statuses
+            )
+
+        formed_after += wait_until(settled, 120, "every clock's error bound settled")
         first = sample_round().statuses[0]
         first_conductor = None if first is None else first["conductor"]
         progress(f"formed after {formed_after:.1f} s more; conductor {first_conductor}")
