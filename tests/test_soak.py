@@ -45,6 +45,7 @@ def test_soak_under_loss_delay_and_partitions(tmp_path: Path) -> None:
     # The clock never steps back, and every error stays within the bound the node reports.
     assert not verdict["clock_went_back"], verdict["clock_went_back"]
     assert not verdict["clock_bound_violations"], verdict["clock_bound_violations"][:5]
-    # Issue 13 asks for p99 <= 1 ms; with 10 ms of jitter each way the clock's estimate is
-    # measured at a few ms (docs/testing.md). This holds it to the jitter of the network.
+    # Issue 13 asks for p99 <= 1 ms; measured about 0.75 ms before the first partition and
+    # 2-3 ms over the run, the followers that change reference at each partition and heal
+    # starting a new estimate (docs/testing.md). This holds it to the jitter of the network.
     assert verdict["clock_p99_us"] <= 10_000, verdict["clock_us"]
