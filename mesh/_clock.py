@@ -43,6 +43,8 @@ counted (``rejected``) and ignored. :class:`ClockCore` and :class:`ClockConfig` 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections import deque
 
@@ -151,12 +153,22 @@ class ClockConfig:
     """A reply later than this (round trip) is stale and ignored."""
     max_outstanding: int = attrs.field(default=8, validator=_count)
     """Requests awaiting a reply that are remembered (the oldest is forgotten first)."""
-    window: int = attrs.field(default=512, validator=_count)
+    window: int = attrs.field(default=16, validator=_count)
     """The offset is taken from the best of this many most recent samples ..."""
-    best: int = attrs.field(default=128, validator=_count)
+    best: int = attrs.field(default=3, validator=_count)
     """... using this many of them (the lowest-error ones), weighted."""
-    history: int = attrs.field(default=512, validator=_count)
-    """Samples kept for the fit of offset and drift ..."""
+    history: int = attrs.field(default=256, validator=_count)
+    """Samples used for the fit of offset and drift ..."""
+    jittery: float = attrs.field(default=400e-6, validator=_positive)
+    """... but on a jittery network (the mean of the best ``best`` of the last ``window``
+    samples likely off by more than this many seconds, judged by their round trips; quiet
+    again below half of it) ..."""
+    jittery_history: int = attrs.field(default=512, validator=_count)
+    """... both the offset and the fit use this many most recent samples ..."""
+    jittery_best: int = attrs.field(default=128, validator=_count)
+    """... the offset the best ``jittery_best`` of them (no more than ``fit_fraction``). A
+    quiet network keeps the short history: it follows a reference whose rate changes (a site's
+    top following an outside clock) more closely, and costs less."""
     fit_fraction: float = attrs.field(default=0.25, validator=_positive)
     """... which uses this fraction of them with the lowest round trips (at least ``best``)."""
     quality_floor: float = attrs.field(default=0.25, validator=_positive)
@@ -198,6 +210,8 @@ class ClockConfig:
             raise ValueError("fast_slew_rate plus max drift must stay below 1 (time must advance)")
         if self.best > self.window or self.window > self.history:
             raise ValueError("need best <= window <= history")
+        if self.jittery_best > self.jittery_history:
+            raise ValueError("need jittery_best <= jittery_history")
 
 
 @attrs.frozen
@@ -320,7 +334,10 @@ class ClockCore:
         self._pair_first: set[int] = set()  # probes whose answer triggers a second request
         self._outputs: list[tuple[str, ClockRequest]] = []
         # Samples from the current reference.
-        self._samples: deque[_Sample] = deque(maxlen=self._cfg.history)
+        self._samples: deque[_Sample] = deque(maxlen=self._kept())
+        # Whether the network is jittery (see ClockConfig.jittery_history): a property of the
+        # network, so it is kept across references.
+        self._jittery = False
         self._floor_seen = math.inf  # the least round trip of an earlier reference's samples
         self._accepted = 0
         self._ref_synced = False
@@ -474,7 +491,7 @@ class ClockCore:
             self._prior = (at, fed + delta, sigma)
         self._samples = deque(
             (attrs.evolve(x, offset=x.offset + delta) for x in self._samples),
-            maxlen=self._cfg.history,
+            maxlen=self._kept(),
         )
         self._outstanding.clear()
         self._pair_first.clear()
@@ -755,14 +772,14 @@ class ClockCore:
             and cached[2] == key
         ):
             bound = (
-                self._est.at(at, self._a_local)
+                self._est.at(at)
                 + abs(self._rate_gap * (at - self._a_local))
                 + abs(self._gap)
             )
             if self._alt is not None:
                 fed, rate, alt = self._alt
                 gap = abs(fed + (1.0 + rate) * (at - self._a_local) - self._line(at))
-                bound = min(bound, alt.at(at, self._a_local) + gap)
+                bound = min(bound, alt.at(at) + gap)
             self._bound_key = (self._est, self._alt, key)
             self._est_cached = bound
         return self._est_cached
@@ -800,7 +817,8 @@ class ClockCore:
         if elapsed < cfg.burst_duration and self._accepted < cfg.burst_samples:
             return cfg.fast_interval
         per_poll = 2 if cfg.pairs else 1
-        steady = cfg.max_interval if self._sigma <= cfg.precise else cfg.imprecise_interval
+        imprecise = self._jittery and self._sigma > cfg.precise
+        steady = cfg.imprecise_interval if imprecise else cfg.max_interval
         cap = max(steady, per_poll * self._group_size / cfg.reference_load)
         return min(cap, max(cfg.fast_interval, cfg.backoff * elapsed))
 
@@ -823,6 +841,14 @@ class ClockCore:
         estimate = self._est_bound(s.mid) + min(self._ref_part(s.mid), step)
         return abs(s.offset - predicted) <= tolerance + estimate + 1e-9
 
+    def _kept(self) -> int:
+        return max(self._cfg.history, self._cfg.jittery_history)
+
+    def _used(self) -> list[_Sample]:
+        """The most recent samples the fit uses (more of them on a jittery network)."""
+        n = self._cfg.jittery_history if self._jittery else self._cfg.history
+        return list(self._samples)[-n:]
+
     def _rtt_floor(self) -> float:
         """The least round trip among the samples held, or seen from an earlier reference
         (the network's floor: a new reference's first few samples are judged against it)."""
@@ -837,15 +863,17 @@ class ClockCore:
         filter, Huygens' coded probes), whatever the floor itself."""
         return (s.rtt - floor) / 2 + self._cfg.quality_floor * floor / 2 + _MIN_BOUND
 
-    def _fit(self, now: float) -> _Fit | None:
-        """Weighted least squares of offset against time over the lowest-error samples."""
+    def _fit(self, now: float, floor: float) -> _Fit | None:
+        """Weighted least squares of offset against time over the lowest-error samples
+        (*floor*: the least round trip, see :meth:`_rtt_floor`)."""
         cfg = self._cfg
-        keep = max(_FIT_LEAST, math.ceil(len(self._samples) * cfg.fit_fraction))
-        pts = sorted(self._samples, key=lambda s: s.lan)[:keep]
+        used = self._used()
+        keep = max(_FIT_LEAST, math.ceil(len(used) * cfg.fit_fraction))
+        pts = sorted(used, key=lambda s: s.lan)[:keep]
         if len(pts) < 2:
             return None
-        floor = self._rtt_floor()
-        ws = [1.0 / self._quality(s, floor) ** 2 for s in pts]
+        qs = [self._quality(s, floor) for s in pts]
+        ws = [1.0 / (q * q) for q in qs]
         wsum = sum(ws)
         mbar = sum(w * s.mid for w, s in zip(ws, pts, strict=True)) / wsum
         sxx = sum(w * (s.mid - mbar) ** 2 for w, s in zip(ws, pts, strict=True))
@@ -871,22 +899,36 @@ class ClockCore:
             offset=sum(h * s.offset for h, s in zip(hs, pts, strict=True)),
             # A sample off by at most q either way: uniform, variance q**2 / 3.
             offset_sigma=math.sqrt(
-                sum((h * self._quality(s, floor)) ** 2 for h, s in zip(hs, pts, strict=True)) / 3
+                sum((h * q) ** 2 for h, q in zip(hs, qs, strict=True)) / 3
             ),
             bound=_Bound(
-                0.0,
-                tuple(_Term(h, c, s.mid, s.lan, 0.0) for h, c, s in zip(hs, cs, pts, strict=True)),
+                now, 0.0, [(h, c, s.mid, s.lan, 0.0) for h, c, s in zip(hs, cs, pts, strict=True)]
             ),
         )
 
+    def _judge_network(self, floor: float) -> None:
+        """Whether the network is jittery (see ``ClockConfig.jittery``). Round trips alone
+        decide, so the judgement does not feed on the estimate it chooses."""
+        cfg = self._cfg
+        recent = list(self._samples)[-cfg.window :]
+        qs = sorted(self._quality(s, floor) for s in recent)[: cfg.best]
+        # Weights 1 / q**2, each sample off by up to q (uniform): the weighted mean's sigma.
+        sigma = 1.0 / math.sqrt(3.0 * sum(1.0 / (q * q) for q in qs))
+        if sigma > cfg.jittery:
+            self._jittery = True
+        elif sigma < cfg.jittery / 2:
+            self._jittery = False
+
     def _update(self, now: float) -> None:
         cfg = self._cfg
+        floor = self._rtt_floor()
+        self._judge_network(floor)
         # 1. Drift: intersect the aged worst-case interval with the fit's; take the fit's rate
         #    unless it is statistically vaguer than the current rate and agrees with it.
         self._widen_drift(now)
         lo, hi = self._d_lo, self._d_hi
         hint = self._rate
-        fit = self._fit(now)
+        fit = self._fit(now, floor)
         if fit is not None and abs(fit.rate) > self._max_drift + fit.rate_error:
             # Not a clock rate: the reference's time is not running straight (it is slewing a
             # large correction itself; its error bound says so). Take nothing from the fit.
@@ -909,26 +951,25 @@ class ClockCore:
         #    (b) a weighted mean of the best recent samples projected to now along the drift
         #    estimate (best early, and after a reference change, when the old rate is better
         #    known than the fit's). The fit is used when it was also the better drift source.
-        recent = list(self._samples)[-cfg.window :]
+        recent = self._used() if self._jittery else list(self._samples)[-cfg.window :]
         # (Chosen and weighted by how precise the rate is thought to be; bounded honestly.)
         err = max(self._rate_err, 1e-9)
-        floor = self._rtt_floor()
+        q0 = self._quality(_Sample(now, 0.0, 0.0, 0.0, 0.0), floor)  # (inlined: q0 + rtt / 2)
         scored = sorted(
-            ((self._quality(s, floor) + err * (now - s.mid), s) for s in recent),
-            key=lambda x: x[0],
+            ((q0 + s.rtt / 2 + err * (now - s.mid), s) for s in recent), key=lambda x: x[0]
         )
         share = max(_FIT_LEAST, math.ceil(len(recent) * cfg.fit_fraction))  # as in the fit
-        chosen = scored[: min(cfg.best, share)]
+        chosen = scored[: min(cfg.jittery_best if self._jittery else cfg.best, share)]
         weights = [1.0 / (score * score) for score, _ in chosen]
         wsum = sum(weights)
         offset = 0.0
         variance = 0.0
-        terms = []
+        terms: list[tuple[float, float, float, float, float]] = []
         for w, (score, s) in zip(weights, chosen, strict=True):
             offset += w / wsum * (s.offset + rate * (now - s.mid))
             variance += (w / wsum * score) ** 2 / 3
-            terms.append(_Term(w / wsum, 0.0, s.mid, s.lan, w / wsum))
-        mean = (now + offset, rate, _Bound(u, tuple(terms)))
+            terms.append((w / wsum, 0.0, s.mid, s.lan, w / wsum))
+        mean = (now + offset, rate, _Bound(now, u, terms))
         current = self._fed(now)
         previous_rate = self._rate
         self._a_local = now
@@ -978,31 +1019,49 @@ class ClockCore:
         self._res_floor = min(abs(r), noise) if self._deadband else 0.0
 
 
-@attrs.frozen
-class _Term:
-    # One sample's share in the estimate's error bound at local time L (line anchored at a):
-    # |h + g * (L - a)| * bound + w * drift_uncertainty * |L - mid|  (the sample's bound
-    # against the followed node's time: the followed node's own bound is added at the end)
-    h: float
-    g: float
-    mid: float
-    bound: float
-    w: float
+class _AbsSum:
+    """``sum(a * abs(x - r))`` over pairs ``(a, r)``, for any ``x`` in O(log n): the ``r``
+    sorted, with prefix sums (an estimate's bound is asked for at many instants)."""
+
+    __slots__ = ("_a", "_ar", "_rs")
+
+    def __init__(self, pairs: list[tuple[float, float]]) -> None:
+        pairs.sort(key=lambda p: p[1])
+        self._rs = [r for _, r in pairs]
+        self._a = list(itertools.accumulate((a for a, _ in pairs), initial=0.0))
+        self._ar = list(itertools.accumulate((a * r for a, r in pairs), initial=0.0))
+
+    def at(self, x: float) -> float:
+        k = bisect.bisect_right(self._rs, x)
+        a, ar = self._a, self._ar
+        below = x * a[k] - ar[k]
+        above = (ar[-1] - ar[k]) - x * (a[-1] - a[k])
+        return max(0.0, below + above)
 
 
-@attrs.frozen
 class _Bound:
-    # The error bound of an estimate: the sum of its terms (none: exact).
-    u: float  # drift uncertainty
-    terms: tuple[_Term, ...]
+    """The worst-case error bound of an estimate anchored at local time ``anchor``: the sum
+    over its samples of ``|h + g * (L - anchor)| * bound + w * u * |L - mid|`` at local time
+    ``L`` (each sample's bound against the followed node's time; the followed node's own bound
+    is added at the end), ``u`` the drift uncertainty. No samples: exact."""
 
-    def at(self, at: float, anchor: float) -> float:
-        dt = at - anchor
-        u = self.u
-        return sum(abs(t.h + t.g * dt) * t.bound + t.w * u * abs(at - t.mid) for t in self.terms)
+    __slots__ = ("_ages", "_anchor", "_const", "_lines", "_u")
+
+    def __init__(
+        self, anchor: float, u: float, terms: list[tuple[float, float, float, float, float]]
+    ) -> None:
+        # terms: (h, g, mid, bound, w). |h + g*x| * b = |g| * b * |x - (-h / g)|.
+        self._anchor, self._u = anchor, u
+        self._const = sum(abs(h) * b for h, g, _, b, _ in terms if g == 0.0)
+        self._lines = _AbsSum([(abs(g) * b, -h / g) for h, g, _, b, _ in terms if g != 0.0])
+        self._ages = _AbsSum([(w, mid - anchor) for _, _, mid, _, w in terms if w != 0.0])
+
+    def at(self, at: float) -> float:
+        x = at - self._anchor
+        return self._const + self._lines.at(x) + self._u * self._ages.at(x)
 
 
-_EXACT = _Bound(0.0, ())
+_EXACT = _Bound(0.0, 0.0, [])
 
 
 @attrs.frozen
