@@ -113,6 +113,16 @@ def report(baseline: SoakResult | None, main: SoakResult) -> list[str]:
                     figures["p99"] <= 1000 if result is main and phase == "all" else None,
                 )
             )
+    for label, result in (("baseline", baseline), ("soak", main)):
+        spread = None if result is None else result.verdict.get("clock_read_spread_us")
+        if spread and spread["samples"]:
+            lines.append(
+                row(
+                    f"clock reading's own error, {label} (spread of 3)",
+                    f"p50 {spread['p50']:.0f} us, p99 {spread['p99']:.0f} us, "
+                    f"max {spread['max']:.0f} us",
+                )
+            )
     lines.append(
         row(
             "clock error beyond its reported bound",

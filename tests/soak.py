@@ -231,10 +231,16 @@ def sample_node(
 
     A node reads its federation time, then the host's; if it is preempted in between (a busy
     machine), ``federation_time - host_time`` comes out too small by the pause. The largest of
-    a few readings is the least disturbed one."""
+    a few readings is the least disturbed one; how far the others fell short of it
+    (``read_spread``, seconds) bounds what such pauses cost one reading, the measurement's own
+    error (the node's federation time runs at the host clock's rate within its slew rate, so
+    readings a few milliseconds apart differ by microseconds at most otherwise)."""
     status = _get(lan, host, url + "/api/status")
     clocks = [doc for doc in (_get(lan, host, url + "/api/clock") for _ in range(reads)) if doc]
+    offsets = [d["federation_time"] - d["host_time"] for d in clocks]
     clock = max(clocks, key=lambda d: d["federation_time"] - d["host_time"], default=None)
+    if clock is not None and len(offsets) > 1:
+        clock = {**clock, "read_spread": max(offsets) - min(offsets)}
     return status, clock
 
 
@@ -498,6 +504,7 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
     bound_violations = []
     went_back = []
     unanswered = 0
+    read_spreads: list[float] = []
     last_time: dict[int, float] = {}
     for rnd in result.rounds:
         disturbed = any(c.started <= rnd.ended <= c.healed + settle_after for c in cuts)
@@ -507,6 +514,8 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
                 unanswered += 1
                 continue
             offsets[paths[i]] = doc["federation_time"] - doc["host_time"]
+            if "read_spread" in doc:
+                read_spreads.append(doc["read_spread"])
             if doc["federation_time"] < last_time.get(i, -math.inf):
                 went_back.append({"node": paths[i], "time": rnd.started})
             last_time[i] = doc["federation_time"]
@@ -536,6 +545,7 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
         "merge_max": max(merge_times, default=0.0),
         "clock_us": {phase: _spread(values) for phase, values in (("all", every), *errors.items())},
         "clock_p99_us": 1e6 * _percentile(every, 0.99),
+        "clock_read_spread_us": _spread(read_spreads),
         "clock_bound_violations": bound_violations,
         "clock_went_back": went_back,
         "nodes_exited": {p: e for p, e in zip(paths, result.exits, strict=True) if e is not None},
