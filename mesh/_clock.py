@@ -46,6 +46,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import operator
 from collections import deque
 
 import attrs
@@ -66,6 +67,7 @@ the wire carries only finite numbers. Samples this bad carry no weight."""
 
 _MIN_BOUND = 1e-9  # floor of a sample's error bound (keeps the weights finite)
 _FIT_LEAST = 3  # the fit of offset and drift uses at least this many samples
+_RTT, _LAN, _FIRST = operator.attrgetter("rtt"), operator.attrgetter("lan"), operator.itemgetter(0)
 
 
 @attrs.frozen
@@ -334,10 +336,10 @@ class ClockCore:
         self._pair_first: set[int] = set()  # probes whose answer triggers a second request
         self._outputs: list[tuple[str, ClockRequest]] = []
         # Samples from the current reference.
-        self._samples: deque[_Sample] = deque(maxlen=self._kept())
         # Whether the network is jittery (see ClockConfig.jittery_history): a property of the
         # network, so it is kept across references.
         self._jittery = False
+        self._samples: deque[_Sample] = deque(maxlen=self._kept())
         self._floor_seen = math.inf  # the least round trip of an earlier reference's samples
         self._accepted = 0
         self._ref_synced = False
@@ -695,7 +697,7 @@ class ClockCore:
         """The clock's state at local time *now* as a frozen value (for status and tests)."""
         now = self._tick(now)
         fed = self._read(now)
-        recent = list(self._samples)[-self._cfg.window :]
+        recent = self._last(self._cfg.window)
         lo, hi = self._drift_interval(now)
         d = self._rate
         local_per_fed = 1.0 / (1.0 + d) - 1.0
@@ -842,17 +844,22 @@ class ClockCore:
         return abs(s.offset - predicted) <= tolerance + estimate + 1e-9
 
     def _kept(self) -> int:
-        return max(self._cfg.history, self._cfg.jittery_history)
+        """How many samples are held: as many as the estimate uses on this network."""
+        return self._cfg.jittery_history if self._jittery else self._cfg.history
 
     def _used(self) -> list[_Sample]:
         """The most recent samples the fit uses (more of them on a jittery network)."""
-        n = self._cfg.jittery_history if self._jittery else self._cfg.history
-        return list(self._samples)[-n:]
+        return self._last(self._cfg.jittery_history if self._jittery else self._cfg.history)
+
+    def _last(self, n: int) -> list[_Sample]:
+        """The last *n* samples held (without copying the rest)."""
+        held = self._samples
+        return list(itertools.islice(held, max(0, len(held) - n), None))
 
     def _rtt_floor(self) -> float:
         """The least round trip among the samples held, or seen from an earlier reference
         (the network's floor: a new reference's first few samples are judged against it)."""
-        floor = min(min((s.rtt for s in self._samples), default=math.inf), self._floor_seen)
+        floor = min(min(map(_RTT, self._samples), default=math.inf), self._floor_seen)
         return floor if math.isfinite(floor) else 0.0
 
     def _quality(self, s: _Sample, floor: float) -> float:
@@ -869,40 +876,44 @@ class ClockCore:
         cfg = self._cfg
         used = self._used()
         keep = max(_FIT_LEAST, math.ceil(len(used) * cfg.fit_fraction))
-        pts = sorted(used, key=lambda s: s.lan)[:keep]
+        pts = sorted(used, key=_LAN)[:keep]
         if len(pts) < 2:
             return None
-        qs = [self._quality(s, floor) for s in pts]
+        mul = operator.mul
+        share = cfg.quality_floor * floor / 2  # (as in _quality)
+        qs = [(s.rtt - floor) / 2 + share + _MIN_BOUND for s in pts]
         ws = [1.0 / (q * q) for q in qs]
+        mids = [s.mid for s in pts]
+        offsets = [s.offset for s in pts]
+        lans = [s.lan for s in pts]
         wsum = sum(ws)
-        mbar = sum(w * s.mid for w, s in zip(ws, pts, strict=True)) / wsum
-        sxx = sum(w * (s.mid - mbar) ** 2 for w, s in zip(ws, pts, strict=True))
+        mbar = sum(map(mul, ws, mids)) / wsum
+        ds = [m - mbar for m in mids]
+        sxx = sum([w * d * d for w, d in zip(ws, ds, strict=True)])
         if sxx <= 0.0:
             return None
-        cs = [w * (s.mid - mbar) / sxx for w, s in zip(ws, pts, strict=True)]
-        hs = [w / wsum + c * (now - mbar) for w, c in zip(ws, cs, strict=True)]
-        rate = sum(c * s.offset for c, s in zip(cs, pts, strict=True))
-        rate_error = sum(abs(c) * s.lan for c, s in zip(cs, pts, strict=True))
+        cs = [w * d / sxx for w, d in zip(ws, ds, strict=True)]
+        ahead = now - mbar
+        hs = [w / wsum + c * ahead for w, c in zip(ws, cs, strict=True)]
+        rate = sum(map(mul, cs, offsets))
+        rate_error = sum([abs(c) * b for c, b in zip(cs, lans, strict=True)])
         # The statistical error of the rate, from the residuals when there are enough of them.
         sigma = rate_error
         if len(pts) >= 8:
-            obar = sum(w * s.offset for w, s in zip(ws, pts, strict=True)) / wsum
+            obar = sum(map(mul, ws, offsets)) / wsum
             k = sum(
-                w * (s.offset - obar - rate * (s.mid - mbar)) ** 2
-                for w, s in zip(ws, pts, strict=True)
+                [w * (o - obar - rate * d) ** 2 for w, o, d in zip(ws, offsets, ds, strict=True)]
             ) / (len(pts) - 2)
             sigma = min(math.sqrt(k / sxx), rate_error)
         return _Fit(
             rate=rate,
             rate_error=rate_error,
             sigma=sigma,
-            offset=sum(h * s.offset for h, s in zip(hs, pts, strict=True)),
+            offset=sum(map(mul, hs, offsets)),
             # A sample off by at most q either way: uniform, variance q**2 / 3.
-            offset_sigma=math.sqrt(
-                sum((h * q) ** 2 for h, q in zip(hs, qs, strict=True)) / 3
-            ),
+            offset_sigma=math.sqrt(sum([(h * q) ** 2 for h, q in zip(hs, qs, strict=True)]) / 3),
             bound=_Bound(
-                now, 0.0, [(h, c, s.mid, s.lan, 0.0) for h, c, s in zip(hs, cs, pts, strict=True)]
+                now, 0.0, [(h, c, m, b, 0.0) for h, c, m, b in zip(hs, cs, mids, lans, strict=True)]
             ),
         )
 
@@ -910,14 +921,14 @@ class ClockCore:
         """Whether the network is jittery (see ``ClockConfig.jittery``). Round trips alone
         decide, so the judgement does not feed on the estimate it chooses."""
         cfg = self._cfg
-        recent = list(self._samples)[-cfg.window :]
+        recent = self._last(cfg.window)
         qs = sorted(self._quality(s, floor) for s in recent)[: cfg.best]
         # Weights 1 / q**2, each sample off by up to q (uniform): the weighted mean's sigma.
         sigma = 1.0 / math.sqrt(3.0 * sum(1.0 / (q * q) for q in qs))
-        if sigma > cfg.jittery:
-            self._jittery = True
-        elif sigma < cfg.jittery / 2:
-            self._jittery = False
+        jittery = sigma > cfg.jittery or (self._jittery and sigma >= cfg.jittery / 2)
+        if jittery != self._jittery:
+            self._jittery = jittery
+            self._samples = deque(self._samples, maxlen=self._kept())
 
     def _update(self, now: float) -> None:
         cfg = self._cfg
@@ -951,12 +962,12 @@ class ClockCore:
         #    (b) a weighted mean of the best recent samples projected to now along the drift
         #    estimate (best early, and after a reference change, when the old rate is better
         #    known than the fit's). The fit is used when it was also the better drift source.
-        recent = self._used() if self._jittery else list(self._samples)[-cfg.window :]
+        recent = self._used() if self._jittery else self._last(cfg.window)
         # (Chosen and weighted by how precise the rate is thought to be; bounded honestly.)
         err = max(self._rate_err, 1e-9)
         q0 = self._quality(_Sample(now, 0.0, 0.0, 0.0, 0.0), floor)  # (inlined: q0 + rtt / 2)
         scored = sorted(
-            ((q0 + s.rtt / 2 + err * (now - s.mid), s) for s in recent), key=lambda x: x[0]
+            ((q0 + s.rtt / 2 + err * (now - s.mid), s) for s in recent), key=_FIRST
         )
         share = max(_FIT_LEAST, math.ceil(len(recent) * cfg.fit_fraction))  # as in the fit
         chosen = scored[: min(cfg.jittery_best if self._jittery else cfg.best, share)]

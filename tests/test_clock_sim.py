@@ -95,14 +95,16 @@ reorders), 5% loss."""
 
 
 def test_agreement_on_a_jittery_lossy_network_is_within_1_ms() -> None:
-    # Eight nodes, 20 ms +- 10 ms each way and 5% loss, three minutes, judged after 30 s. A
-    # sample's offset is off by up to half its round trip's excess over the floor: the
-    # samples nearest the floor are weighted most, over a long history, and the poll rate
-    # stays up while the estimate is imprecise (the best-3-of-16 estimate measured p99 1.6 ms).
+    # Four nodes, 20 ms +- 10 ms each way and 5% loss, two minutes, judged after 30 s (the
+    # 512 samples of a jittery network are held after 13 s). A sample's offset is off by up
+    # to half its round trip's excess over the floor: the samples nearest the floor are
+    # weighted most, over a long history, and the poll rate stays up while the estimate is
+    # imprecise (the best-3-of-16 estimate measured p99 1.6 ms; eight nodes for three minutes
+    # measure p99 0.92 ms, four times the work).
     diffs: list[float] = []
     for seed in range(4):
-        sim = ClockSim(seed, nodes=8, profile=SOAK)
-        r = sim.run(180.0, check_every=0.1, warmup=30.0)
+        sim = ClockSim(seed, nodes=4, profile=SOAK)
+        r = sim.run(120.0, check_every=0.1, warmup=30.0)
         assert r.violations == [] and r.decreases == 0, (seed, r.violations[:3])
         diffs += r.diffs
     assert percentile(diffs, 0.99) <= 1e-3, percentile(diffs, 0.99)
