@@ -114,11 +114,11 @@ def report(baseline: SoakResult | None, main: SoakResult) -> list[str]:
                 )
             )
     for label, result in (("baseline", baseline), ("soak", main)):
-        spread = None if result is None else result.verdict.get("clock_read_spread_us")
+        spread = None if result is None else result.verdict.get("clock_read_error_us")
         if spread and spread["samples"]:
             lines.append(
                 row(
-                    f"clock reading's own error, {label} (spread of 3)",
+                    f"clock measurement's own error bound, {label}",
                     f"p50 {spread['p50']:.0f} us, p99 {spread['p99']:.0f} us, "
                     f"max {spread['max']:.0f} us",
                 )

@@ -5,8 +5,11 @@ Reading is open (to whoever can reach the address, 127.0.0.1 by default):
 - ``GET /api/status``: the node's view (:meth:`Node.status`), stable field names, plus
   ``security`` (``"open"`` without a federation key, ``"keyed"`` with one) and ``local_api``
   (the state-changing calls this API refused, by reason).
-- ``GET /api/clock``: ``{"federation_time", "host_time"}`` read at one instant, so a test on
-  one host can compare the clocks of several nodes.
+- ``GET /api/clock``: ``{"federation_time", "host_time", "host_window"}``, so a test on one
+  host can compare the clocks of several nodes: the host's wall clock is read just before and
+  just after federation time, ``host_time`` is the middle of the two and ``host_window`` the
+  time between them (federation time was read within ``host_window / 2`` of ``host_time``; a
+  busy machine that preempts the node in between widens it).
 - ``GET /``: the HTML dashboard: the federation drawn (``mesh._picture``), every member's
   clock offset and error bound, the stations' role processes and the conductor's last push
   to each (``mesh._dashboard``, which asks the members with a read-only request this server
@@ -254,7 +257,16 @@ def create_status_app(node: Node, secret: str, secret_path: Path | None = None) 
         return JSONResponse(doc)
 
     async def clock(request: Request) -> Response:
-        return JSONResponse({"federation_time": node.now(), "host_time": time.time()})
+        before = time.time()
+        federation_time = node.now()
+        after = time.time()
+        return JSONResponse(
+            {
+                "federation_time": federation_time,
+                "host_time": (before + after) / 2,
+                "host_window": after - before,
+            }
+        )
 
     def failure(error_type: str, message: str, exc: BaseException | None = None) -> JSONResponse:
         return JSONResponse(

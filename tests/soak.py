@@ -27,7 +27,9 @@ Used by ``tests/test_soak.py`` (60 s) and ``bench/soak.py`` (10 minutes). One ru
      node alive and all name one conductor;
    - **clock**: for every sample of a synced node, the difference between its federation time
      and its reference's (its conductor), both as ``federation_time - host_time`` read at one
-     instant in each node (all namespaces share the host's clock): p50, p99, max.
+     instant in each node (all namespaces share the host's clock; the host's clock is read
+     just before and after federation time, and the narrowest of three readings kept: half
+     of the two windows is the measurement's own error bound, reported too): p50, p99, max.
 
 Nothing here sleeps to synchronise: sleeps keep the schedule of partitions (and pace the
 sampler, which runs on its own thread so that a node that stops answering cannot delay a
@@ -229,18 +231,13 @@ def sample_node(
     """One node's ``/api/status`` and the best of *reads* ``/api/clock`` answers (``None``:
     no answer).
 
-    A node reads its federation time, then the host's; if it is preempted in between (a busy
-    machine), ``federation_time - host_time`` comes out too small by the pause. The largest of
-    a few readings is the least disturbed one; how far the others fell short of it
-    (``read_spread``, seconds) bounds what such pauses cost one reading, the measurement's own
-    error (the node's federation time runs at the host clock's rate within its slew rate, so
-    readings a few milliseconds apart differ by microseconds at most otherwise)."""
+    A node reads the host's clock just before and just after its federation time
+    (``host_window`` apart): if it is preempted in between (a busy machine), the window is
+    wide, and ``federation_time - host_time`` is off by up to half of it. The reading with the
+    narrowest window is kept: half its window is the measurement's own error bound."""
     status = _get(lan, host, url + "/api/status")
     clocks = [doc for doc in (_get(lan, host, url + "/api/clock") for _ in range(reads)) if doc]
-    offsets = [d["federation_time"] - d["host_time"] for d in clocks]
-    clock = max(clocks, key=lambda d: d["federation_time"] - d["host_time"], default=None)
-    if clock is not None and len(offsets) > 1:
-        clock = {**clock, "read_spread": max(offsets) - min(offsets)}
+    clock = min(clocks, key=lambda d: d["host_window"], default=None)
     return status, clock
 
 
@@ -504,18 +501,18 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
     bound_violations = []
     went_back = []
     unanswered = 0
-    read_spreads: list[float] = []
+    read_errors: list[float] = []
     last_time: dict[int, float] = {}
     for rnd in result.rounds:
         disturbed = any(c.started <= rnd.ended <= c.healed + settle_after for c in cuts)
         offsets: dict[str, float] = {}
+        windows: dict[str, float] = {}
         for i, doc in enumerate(rnd.clocks):
             if doc is None:
                 unanswered += 1
                 continue
             offsets[paths[i]] = doc["federation_time"] - doc["host_time"]
-            if "read_spread" in doc:
-                read_spreads.append(doc["read_spread"])
+            windows[paths[i]] = doc["host_window"]
             if doc["federation_time"] < last_time.get(i, -math.inf):
                 went_back.append({"node": paths[i], "time": rnd.started})
             last_time[i] = doc["federation_time"]
@@ -525,6 +522,7 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
             reference = doc["clock"]["reference"]
             if paths[i] in offsets and reference in offsets:
                 error = abs(offsets[paths[i]] - offsets[reference])
+                read_errors.append(windows[paths[i]] / 2 + windows[reference] / 2)
                 errors["partition" if disturbed else "steady"].append(error)
                 bound = doc["clock"]["error_bound"]
                 if bound is not None and error > bound:
@@ -545,7 +543,7 @@ def judge(result: SoakResult, settle_after: float = 10.0) -> dict[str, Any]:
         "merge_max": max(merge_times, default=0.0),
         "clock_us": {phase: _spread(values) for phase, values in (("all", every), *errors.items())},
         "clock_p99_us": 1e6 * _percentile(every, 0.99),
-        "clock_read_spread_us": _spread(read_spreads),
+        "clock_read_error_us": _spread(read_errors),
         "clock_bound_violations": bound_violations,
         "clock_went_back": went_back,
         "nodes_exited": {p: e for p, e in zip(paths, result.exits, strict=True) if e is not None},

@@ -174,7 +174,8 @@ async def test_status_api_and_dashboard(tmp_path: Path) -> None:
             "reference",
             "synced",
         }
-        assert set(clock) == {"federation_time", "host_time"}
+        assert set(clock) == {"federation_time", "host_time", "host_window"}
+        assert 0.0 <= clock["host_window"] < 1.0
         assert page.status_code == 200 and "/o1/n1" in page.text
         assert doc["security"] == "open" and "OPEN federation" in page.text
 
