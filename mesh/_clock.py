@@ -17,8 +17,10 @@ How it works (docs/clock.md has the full story):
   quarter of the last ``history`` samples; early on, or right after a reference change, a
   weighted mean of the samples projected along the previous drift instead. Weights are
   ``1 / q**2``, ``q`` half a sample's round-trip excess over the least round trip (with
-  symmetric jitter, what its offset can be off by). After a change of reference the time the
-  clock kept is a prior that the first estimates are blended with (holdover).
+  symmetric jitter, what its offset can be off by). On a jittery network (judged by the round
+  trips) the estimate uses 512 samples instead of 256 (the mean the best 128 of them instead
+  of 3 of 16) and polls faster while imprecise. Optionally (``ClockConfig.holdover``, off)
+  the time the clock kept is a prior that a new reference's first estimates are blended with.
 - **Slewing.** Federation time never decreases and runs at the local rate within
   ``slew_rate`` (0.4%): a correction is absorbed at most 4 ms per second. The clock steps, only
   forward, on its first sync (``step_on_first_sync``, for a clock used on its own) and when its
