@@ -347,6 +347,9 @@ class ClockCore:
         self._ref_synced = False
         self._last_sample_at = -math.inf
         self._ref_bound = math.inf  # the followed node's own bound in its last reply
+        # ... and the largest it reported with the samples the estimate was made of (the
+        # estimate follows the node's time as it was then, within that node's bound then).
+        self._ref_used = 0.0
         self._ref_bound_at = now
         # A hand-over (see set_reference) or a reset of a synced clock: it stays synced from
         # this local time on while it learns the reference again (None: no hand-over) ...
@@ -789,11 +792,14 @@ class ClockCore:
         return self._est_cached
 
     def _ref_part(self, at: float) -> float:
-        """The followed node's own bound (against the top of its chain) in its last reply,
-        grown by the drift since."""
+        """The followed node's own bound (against the top of its chain), grown by the drift
+        since its last reply: the largest it reported in that reply or with the samples held
+        (its time may have moved within a larger bound since the samples were taken, and the
+        estimate follows its time as it was then)."""
         if self._is_self:
             return 0.0
-        return self._ref_bound + self._max_drift * max(0.0, at - self._ref_bound_at)
+        bound = max(self._ref_bound, self._ref_used)
+        return bound + self._max_drift * max(0.0, at - self._ref_bound_at)
 
     def _bound(self, at: float, lan: bool = False) -> float:
         if self._est is None and self._held_bound is not None:
@@ -936,6 +942,7 @@ class ClockCore:
         cfg = self._cfg
         floor = self._rtt_floor()
         self._judge_network(floor)
+        self._ref_used = max((s.bound - s.lan for s in self._samples), default=0.0)
         # 1. Drift: intersect the aged worst-case interval with the fit's; take the fit's rate
         #    unless it is statistically vaguer than the current rate and agrees with it.
         self._widen_drift(now)
