@@ -103,7 +103,7 @@ def test_agreement_on_a_jittery_lossy_network_is_within_1_ms() -> None:
     # poll rate stays up while the estimate is imprecise (the best-3-of-16 estimate measured
     # p99 1.6 ms).
     diffs: list[float] = []
-    for seed in range(4):
+    for seed in range(2):  # (four seeds measure p99 0.95 ms: twice the time)
         sim = ClockSim(seed, nodes=8, link=SOAK)
         r = sim.run(120.0, check_every=0.1, warmup=30.0)
         assert r.violations == [] and r.decreases == 0, (seed, r.violations[:3])
