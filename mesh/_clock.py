@@ -263,6 +263,7 @@ class _Sample:
     rtt: float
     bound: float  # worst-case |offset error| against the top of the chain of references
     lan: float  # ... against the followed node's time alone
+    synced: bool = True  # whether the followed node said it was synced when it answered
 
 
 class ClockCore:
@@ -351,6 +352,9 @@ class ClockCore:
         # estimate follows the node's time as it was then, within that node's bound then).
         self._ref_used = 0.0
         self._ref_bound_at = now
+        # Some samples held may have been taken while it said it was not synced (they are
+        # forgotten at its first synced reply, see _forget_unsynced).
+        self._unsynced_held = False
         # A hand-over (see set_reference) or a reset of a synced clock: it stays synced from
         # this local time on while it learns the reference again (None: no hand-over) ...
         self._holdover: float | None = None
@@ -613,6 +617,7 @@ class ClockCore:
             rtt=rtt,
             bound=lan + ref_bound,
             lan=lan,
+            synced=reply.synced,
         )
         self._replies += 1
         self._ref_synced = reply.synced
@@ -624,6 +629,8 @@ class ClockCore:
         self._ref_bound_at = now
         if self._start_over_on_next_sample:
             self._start_following(now)
+        if reply.synced and self._unsynced_held:
+            self._forget_unsynced(now)
         if not self._consistent(sample):
             # Samples and estimate cannot both be right: the reference's time or a rate changed.
             # A synced clock stays synced while it learns the reference again (the new
@@ -640,6 +647,7 @@ class ClockCore:
             self._poll_start = now
             self._next_poll = now + self._cfg.fast_interval
         self._samples.append(sample)
+        self._unsynced_held |= not sample.synced
         self._accepted += 1
         if self._accepted >= self._cfg.min_samples:
             self._holdover = None
@@ -795,7 +803,8 @@ class ClockCore:
         """The followed node's own bound (against the top of its chain), grown by the drift
         since its last reply: the largest it reported in that reply or with the samples held
         (its time may have moved within a larger bound since the samples were taken, and the
-        estimate follows its time as it was then)."""
+        estimate follows its time as it was then). Once it is synced, the samples held are all
+        from replies that said so (see :meth:`_forget_unsynced`)."""
         if self._is_self:
             return 0.0
         bound = max(self._ref_bound, self._ref_used)
@@ -850,6 +859,25 @@ class ClockCore:
         tolerance = min(s.bound, s.lan + step)
         estimate = self._est_bound(s.mid) + min(self._ref_part(s.mid), step)
         return abs(s.offset - predicted) <= tolerance + estimate + 1e-9
+
+    def _forget_unsynced(self, now: float) -> None:
+        """The followed node says it is synced (again): forget the samples taken while it
+        said it was not. Its time then was not yet its chain's (it was still slewing or about
+        to step, within the large bound it gave): an estimate made of them follows a time it
+        has left, and counting their bounds would hold the follower's bound up for as long as
+        they are held (hundreds of samples). The drift learned with them is forgotten too, and
+        the follower polls fast again to learn the reference anew."""
+        kept = [s for s in self._samples if s.synced]
+        self._unsynced_held = False
+        if len(kept) == len(self._samples):
+            return
+        self._samples = deque(kept, maxlen=self._kept())
+        self._accepted = min(self._accepted, len(kept))
+        self._d_lo, self._d_hi, self._d_at = -self._max_drift, self._max_drift, now
+        self._rate_err = self._max_drift
+        self._prior = None
+        self._poll_start = now
+        self._next_poll = now + self._cfg.fast_interval
 
     def _kept(self) -> int:
         """How many samples are held: as many as the estimate uses on this network."""

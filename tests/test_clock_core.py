@@ -555,3 +555,28 @@ def test_a_reference_that_corrects_its_time_leaves_its_followers_synced() -> Non
     after = m.core.snapshot(m.clock(30.0))
     assert after.resets > before.resets  # (it did start over)
     assert abs(m.fed(30.0) - r.fed(30.0)) <= after.error_bound
+
+
+def test_a_follower_forgets_what_its_reference_said_before_it_was_synced() -> None:
+    # s starts 0.15 s ahead of the top r and slews back (it never steps back): for tens of
+    # seconds it answers m unsynced, with a bound of about 0.15 s. Once s is synced, m's
+    # samples from before are forgotten: 5 s later m's bound counts the largest bound s gave
+    # since it synced (its bound then, 0.1 s) on top of m's own, not the 0.15 s it gave
+    # while it slewed unsynced, and m agrees with r within it.
+    r = make("r", reference=True, initial_time=100.0)
+    s = make("s", skew=0.2, drift=30.0, initial_time=100.15)
+    m = make("m", skew=0.7, drift=60.0)
+    follow(s, r, 0.0)
+    follow(m, s, 0.0)
+    clocks = Clocks(r, s, m, delay=100e-6, jitter=20e-6, seed=7)
+    clocks.run(0.0, 5.0)
+    early = m.core.snapshot(m.clock(5.0))
+    assert not s.core.snapshot(s.clock(5.0)).synced and early.samples > 8
+    assert early.error_bound > 0.05  # (what s said of itself while it slewed)
+    assert clocks.sim.run_until(60.0, stop=lambda: s.core.snapshot(s.clock(clocks.sim.now)).synced)
+    t = clocks.sim.now
+    s_bound = s.core.snapshot(s.clock(t)).error_bound
+    clocks.run(t, t + 5.0, watch=[m])
+    snap = m.core.snapshot(m.clock(t + 5.0))
+    assert snap.synced and snap.error_bound <= s_bound + snap.lan_error_bound + 1e-4, s_bound
+    assert abs(m.fed(t + 5.0) - r.fed(t + 5.0)) <= snap.error_bound
