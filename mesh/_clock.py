@@ -263,7 +263,7 @@ class _Sample:
     rtt: float
     bound: float  # worst-case |offset error| against the top of the chain of references
     lan: float  # ... against the followed node's time alone
-    synced: bool = True  # whether the followed node said it was synced when it answered
+    known: bool = True  # whether the followed node said it was synced, with a known bound
 
 
 class ClockCore:
@@ -352,9 +352,9 @@ class ClockCore:
         # estimate follows the node's time as it was then, within that node's bound then).
         self._ref_used = 0.0
         self._ref_bound_at = now
-        # Some samples held may have been taken while it said it was not synced (they are
-        # forgotten at its first synced reply, see _forget_unsynced).
-        self._unsynced_held = False
+        # Some samples held may have been taken while it did not know its time (they are
+        # forgotten at its first reply that says it does, see _forget_unknown).
+        self._unknown_held = False
         # A hand-over (see set_reference) or a reset of a synced clock: it stays synced from
         # this local time on while it learns the reference again (None: no hand-over) ...
         self._holdover: float | None = None
@@ -617,9 +617,10 @@ class ClockCore:
             rtt=rtt,
             bound=lan + ref_bound,
             lan=lan,
-            synced=reply.synced,
+            known=reply.synced and ref_bound < MAX_REPORTED_ERROR,
         )
         self._replies += 1
+        was_synced = sample.known and self._unknown_held and self._synced(now)
         self._ref_synced = reply.synced
         if ref_bound >= MAX_REPORTED_ERROR and not reply.synced:
             # The reference does not know its own time (a young clock that may yet adopt an
@@ -629,8 +630,8 @@ class ClockCore:
         self._ref_bound_at = now
         if self._start_over_on_next_sample:
             self._start_following(now)
-        if reply.synced and self._unsynced_held:
-            self._forget_unsynced(now)
+        if sample.known and self._unknown_held:
+            self._forget_unknown(now, was_synced)
         if not self._consistent(sample):
             # Samples and estimate cannot both be right: the reference's time or a rate changed.
             # A synced clock stays synced while it learns the reference again (the new
@@ -647,7 +648,7 @@ class ClockCore:
             self._poll_start = now
             self._next_poll = now + self._cfg.fast_interval
         self._samples.append(sample)
-        self._unsynced_held |= not sample.synced
+        self._unknown_held |= not sample.known
         self._accepted += 1
         if self._accepted >= self._cfg.min_samples:
             self._holdover = None
@@ -803,8 +804,8 @@ class ClockCore:
         """The followed node's own bound (against the top of its chain), grown by the drift
         since its last reply: the largest it reported in that reply or with the samples held
         (its time may have moved within a larger bound since the samples were taken, and the
-        estimate follows its time as it was then). Once it is synced, the samples held are all
-        from replies that said so (see :meth:`_forget_unsynced`)."""
+        estimate follows its time as it was then). Once it knows its time, the samples held
+        are all from replies that said so (see :meth:`_forget_unknown`)."""
         if self._is_self:
             return 0.0
         bound = max(self._ref_bound, self._ref_used)
@@ -860,17 +861,22 @@ class ClockCore:
         estimate = self._est_bound(s.mid) + min(self._ref_part(s.mid), step)
         return abs(s.offset - predicted) <= tolerance + estimate + 1e-9
 
-    def _forget_unsynced(self, now: float) -> None:
-        """The followed node says it is synced (again): forget the samples taken while it
-        said it was not. Its time then was not yet its chain's (it was still slewing or about
-        to step, within the large bound it gave): an estimate made of them follows a time it
-        has left, and counting their bounds would hold the follower's bound up for as long as
-        they are held (hundreds of samples). The drift learned with them is forgotten too, and
-        the follower polls fast again to learn the reference anew."""
-        kept = [s for s in self._samples if s.synced]
-        self._unsynced_held = False
+    def _forget_unknown(self, now: float, was_synced: bool) -> None:
+        """The followed node says it knows its time (synced, with a bound it knows): forget
+        the samples taken while it did not (it was not synced, or it was a site's top whose
+        bound against the outside clock was unknown). Its time then was not yet its chain's
+        (it slewed or stepped since, within the bound it gave): an estimate made of them
+        follows a time it has left, and counting their bounds would hold the follower's bound
+        up (at up to ``MAX_REPORTED_ERROR``) for as long as they are held, hundreds of samples.
+        The drift learned with them is forgotten too, and the follower polls fast to learn the
+        reference anew; a follower that *was_synced* stays synced meanwhile (a hold-over, as
+        when its samples contradict its estimate), its bound saying how good it is."""
+        kept = [s for s in self._samples if s.known]
+        self._unknown_held = False
         if len(kept) == len(self._samples):
             return
+        if was_synced and self._holdover is None:
+            self._holdover = now
         self._samples = deque(kept, maxlen=self._kept())
         self._accepted = min(self._accepted, len(kept))
         self._d_lo, self._d_hi, self._d_at = -self._max_drift, self._max_drift, now

@@ -580,3 +580,38 @@ def test_a_follower_forgets_what_its_reference_said_before_it_was_synced() -> No
     snap = m.core.snapshot(m.clock(t + 5.0))
     assert snap.synced and snap.error_bound <= s_bound + snap.lan_error_bound + 1e-4, s_bound
     assert abs(m.fed(t + 5.0) - r.fed(t + 5.0)) <= snap.error_bound
+
+
+class SiteTop(ClockCore):
+    """A site's top as its followers see it (mesh._nodecore): synced on its LAN, its bound
+    against the outside clock ``reported`` (``MAX_REPORTED_ERROR`` until it has one)."""
+
+    reported = MAX_REPORTED_ERROR
+
+    def handle_request(self, now: float, request: ClockRequest) -> ClockReply:
+        reply = super().handle_request(now, request)
+        return attrs.evolve(reply, error_bound=self.reported, synced=True)
+
+
+def test_a_follower_forgets_what_its_reference_said_before_it_knew_its_bound() -> None:
+    # r is a site's top whose bound against the registry is unknown for its first 10 s: m,
+    # synced on the LAN, has a bound of 1e6 s. Once r answers with 2 ms, m forgets the
+    # samples from before and stays synced while it learns r anew: 2 s later its bound is
+    # r's 2 ms on top of its own, and it was synced all along.
+    clock = SkewedClock(0.0, 0.0)
+    r = Node("r", clock, SiteTop(clock(0.0), is_reference=True, reference_id="r"))
+    assert isinstance(r.core, SiteTop)
+    m = make("m", skew=0.7, drift=60.0)
+    follow(m, r, 0.0)
+    clocks = Clocks(r, m, delay=100e-6, jitter=20e-6, seed=8)
+    clocks.run(0.0, 10.0)
+    before = m.core.snapshot(m.clock(10.0))
+    assert before.synced and before.error_bound >= MAX_REPORTED_ERROR
+    r.core.reported = 0.002
+    t = 10.0
+    while t < 12.0 - 1e-9:
+        t = clocks.run(t, t + 0.01)
+        assert m.core.snapshot(m.clock(t)).synced, t
+    snap = m.core.snapshot(m.clock(12.0))
+    assert snap.error_bound <= 0.002 + snap.lan_error_bound + 1e-4, snap  # (+ drift since)
+    assert snap.samples >= ClockConfig().min_samples
