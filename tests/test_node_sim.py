@@ -35,17 +35,17 @@ def test_one_conductor_one_supernode_per_orchestra_and_honest_clocks(chunk: int)
 
 
 OPEN_REGISTRY_SEEDS = {
-    1: "a member of the other site declared dead on a suspicion its target never heard of",
-    58: "a member of the other site declared dead on a suspicion its target never heard of",
-    354: "a member of the other site declared dead on a suspicion its target never heard of",
+    127: "a refutation that did not cross to the other site before its suspicion timed out",
 }
 """Seeds of the sweep on sites that still fail, for an open cause (docs/testing.md, "Whole
-nodes with the registry, on sites"): a member that is not its site's supernode holds a
-suspicion of another site's member (learned in a push-pull during the faults) that never
-reached the member's own site, so nobody refutes it; after the faults its wan timeout runs out
-and it declares the member dead, until the next state exchange revives it (agreement reached,
-then lost for a few seconds). Each must still fail that way and only that way: a fix shows
-here, and the seed moves to REGISTRY_REGRESSION_SEEDS."""
+nodes with the registry, on sites"): what crossed the WAN once and was lost waits for a chance
+state exchange between the sites' supernodes. In 127 a member suspected in the faults refutes
+at once on its own site, but the refutation does not reach the other site for 12 s; after the
+faults the other site's members' `wan` suspicion runs out and they declare it dead (agreement
+reached, then lost). Each must still fail that way and only that way: a fix shows here, and
+the seed moves to REGISTRY_REGRESSION_SEEDS. (1, 58 and 354 were open for the same gap: a
+suspicion of another site's member that never reached the member's own site, so nobody
+refuted it; they pass since the clock changed their traces.)"""
 OPEN_FAILURE = "agreement did not hold after it was reached"
 
 
