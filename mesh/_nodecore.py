@@ -1035,8 +1035,10 @@ class NodeCore:
             # The registry's lineage is older (or the same age): the site steps to it, to the
             # middle of the measurement (the registry's time is known only to an HTTP round
             # trip: the lower edge would leave this site a whole bound behind the others).
+            # A registry behind us by less than the bound is not stepped back to: our time
+            # stays that far ahead of the middle, and the bound says so.
             self._announce_step(now, max(0.0, ahead), lineage)
-            self._ext_bound = (meeting.bound, now)
+            self._ext_bound = (meeting.bound + max(0.0, -ahead), now)
         else:
             self._offer_epoch(now, meeting.ahead)  # ours is older: the registry takes it
 
