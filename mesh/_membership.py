@@ -292,6 +292,10 @@ class _Suspicion:
     low: float
     high: float
     deadline: float = 0.0
+    passed_on: bool = False
+    """A suspicion of another site's member that ran out once at a node that cannot check it
+    (not its site's supernode): it was handed to the site again instead (see
+    :meth:`Membership._suspicion_expired`)."""
 
     def recompute(self) -> None:
         c = len(self.confirmations) - 1
@@ -420,6 +424,7 @@ class Membership:
         "_next_push_pull_at",
         "_next_reap_at",
         "_next_reconnect_at",
+        "_next_site_exchange_at",
         "_next_wan_probe_at",
         "_outputs",
         "_passed_on",
@@ -436,6 +441,7 @@ class Membership:
         "_round_stride",
         "_seen_extensions",
         "_since",
+        "_site_turn",
         "_state_extras",
         "_stats",
         "_streams",
@@ -515,6 +521,10 @@ class Membership:
         self._next_gossip_at = now + jitter * profile.gossip_interval
         self._next_push_pull_at = now + (0.5 + jitter) * self._push_pull_period()
         self._next_reconnect_at = now + (0.5 + jitter) * profile.reconnect_interval
+        # (No draw of its own: a flat group's runs stay what they were. Within one period of
+        # the start, so a supernode exchanges with the other sites at most 1.25 periods apart.)
+        self._next_site_exchange_at = now + jitter * (wan or profile).push_pull_interval
+        self._site_turn = 0
         self._next_reap_at = now + profile.tombstone_timeout / 10
         self._stats = {
             "probes_sent": 0,
@@ -628,8 +638,10 @@ class Membership:
             t = self._next_wan_probe_at
         if self._queue.items and self._next_gossip_at < t:
             t = self._next_gossip_at
-        if self._dead and self._next_reconnect_at < t:
+        if (self._dead or self._contacts) and self._next_reconnect_at < t:
             t = self._next_reconnect_at
+        if self._contacts and self._next_site_exchange_at < t:
+            t = self._next_site_exchange_at
         if self._suspicions:
             for s in self._suspicions.values():
                 if s.deadline < t:
@@ -825,6 +837,11 @@ class Membership:
                 0.75 + self._rng.random() / 2
             )
             self._reconnect(now)
+        if self.wan is not None and now >= self._next_site_exchange_at:
+            self._next_site_exchange_at = now + self.wan.push_pull_period(self._live) * (
+                0.75 + self._rng.random() / 2
+            )
+            self._exchange_with_a_site()
         if now >= self._next_reap_at:
             self._next_reap_at = now + self.profile.tombstone_timeout / 10
             self._reap(now)
@@ -1142,20 +1159,58 @@ class Membership:
         reach the other sites, and a member of another site that refuted its death there is
         alive here again, within a reconnect interval instead of at whatever push-pull
         between the two supernodes happened to come next (minutes: the other site kept a dead
-        member alive, or a live one dead; chaos seeds 21 and 108 of the registry sweep)."""
+        member alive, or a live one dead; chaos seeds 21 and 108 of the registry sweep).
+
+        So does a supernode that suspects a member of another site, with that site's contact:
+        a suspicion of another site's member is that site's to answer, and what crossed once
+        may have been lost either way. The exchange carries the suspicion there (the site
+        suspects the member, tells it, and it refutes) and brings back the member's current
+        record (a refutation that was lost on the way here). The ``wan`` suspicion's shortest
+        timeout (8 s) is longer than a reconnect interval with its jitter (6.25 s on the LAN),
+        so a suspicion is checked at least once before this node acts on it. Without it, a
+        refutation lost across while the sites were cut off left the suspicion to run out, and
+        the whole site declared the live member dead a few seconds after the faults (chaos
+        seeds 58, 354 and 662 of the registry sweep)."""
         wan = self.wan
         if wan is None:
             return
-        if not any(
+        live = sorted(c for c in self._contacts if self._is_live(c))
+        if not live:
+            return
+        chosen: list[str] = []
+        if any(
             r.status == DEAD and now - self._since.get(r.node_id, -math.inf) < wan.gossip_to_dead
             for r in self._table.records()
         ):
-            return
-        live = sorted(c for c in self._contacts if self._is_live(c))
-        if live:
-            rec = self._table.get(live[int(now) % len(live)])
+            chosen.append(live[int(now) % len(live)])
+        suspected = {
+            rec.orchestra
+            for node_id in self._suspicions
+            if (rec := self._table.get(node_id)) is not None and self._remote(rec)
+        }
+        for contact in live:
+            rec = self._table.get(contact)
+            if rec is not None and rec.orchestra in suspected and contact not in chosen:
+                chosen.append(contact)
+        for contact in chosen:
+            rec = self._table.get(contact)
             if rec is not None:
                 self._open_push_pull(rec.address, join=False, peer=rec)
+
+    def _exchange_with_a_site(self) -> None:
+        """A supernode's periodic push-pull with one contact, in turn, every ``wan`` push-pull
+        period (memberlist's periodic exchange, on the tier that crosses): only the sites'
+        supernodes cross, so a record whose one crossing was lost (a member that joined
+        another site while the sites were cut off) would otherwise wait for a push-pull that
+        happened to pick a contact (chaos seed 2247 of the registry sweep: one site never
+        learned a member of the other)."""
+        live = sorted(c for c in self._contacts if self._is_live(c))
+        if not live:
+            return
+        rec = self._table.get(live[self._site_turn % len(live)])
+        self._site_turn += 1
+        if rec is not None:
+            self._open_push_pull(rec.address, join=False, peer=rec)
 
     def _reap(self, now: float) -> None:
         limit = now - self.profile.tombstone_timeout
@@ -1389,9 +1444,37 @@ class Membership:
             self._send_member(*origin, Gossip((cur,)))
 
     def _suspicion_expired(self, now: float, node_id: str) -> None:
-        self._suspicions.pop(node_id, None)
+        suspicion = self._suspicions.pop(node_id, None)
         rec = self._table.get(node_id)
         if rec is None or rec.status != SUSPECT:
+            return
+        if (
+            suspicion is not None
+            and not suspicion.passed_on
+            and self._remote(rec)
+            and node_id not in self._contacts
+        ):
+            # A suspicion of another site's member (not a contact, which this node's own wan
+            # probes check) is that site's to answer, and what crossed once may have been
+            # lost: the suspicion never reached the member's site (a supernode held the member
+            # dead at an older incarnation then and dropped it, or this node was the
+            # supernode when it raised it), or the member's refutation never came back. So it
+            # runs out twice before it is acted on: at the first, this node hands it to its
+            # site again (the supernode passes it across, where the member hears of it and
+            # refutes, or its site answers with the newer record) and a supernode checks it
+            # with the member's site at once (a push-pull with that site's contact). A death
+            # that site sees meanwhile stands as it comes. (Chaos seeds 1 and 354 of the
+            # registry sweep: a live member declared dead a few seconds after the faults.)
+            suspicion.passed_on = True
+            suspicion.start = now
+            suspicion.recompute()
+            self._suspicions[node_id] = suspicion
+            reporter = next(iter(suspicion.confirmations), self._me.node_id)
+            self._queue.put(Suspect(node_id, rec.incarnation, reporter))
+            for contact in sorted(self._contacts):
+                peer = self._table.get(contact)
+                if peer is not None and peer.status in _LIVE and peer.orchestra == rec.orchestra:
+                    self._open_push_pull(peer.address, join=False, peer=peer)
             return
         self._stats["deaths_declared"] += 1
         self._apply(now, Dead(node_id, rec.incarnation, self._me.node_id), None)
