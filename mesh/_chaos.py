@@ -113,7 +113,14 @@ def registry_agreement_bound_s(
        What runs meanwhile is shorter: the LAN verdicts (probe period plus the LAN suspicion's
        longest: 0.3 + 3 s), the registry's expiry of a dead holder's registration (``ttl``),
        and each bridge learning the registry is back (a timed-out request plus its backed-off
-       round: ``timeout + 2 * interval``);
+       round: ``timeout + 2 * interval``), and a record whose one crossing was lost (a
+       member that joined or restarted while the sites were cut off), which waits for the
+       supernodes' next periodic state exchange: at most 1.25 ``wan`` push-pull periods
+       (75 s). (Before that exchange there was no such term: the record waited for a push-pull
+       that happened to pick a contact, and seed 2328 agreed 133 s after the faults.) A
+       suspicion of another site's member that is not a contact, which now runs out twice
+       before it is acted on, is not on this path: that member's death is its own site's
+       verdict, or the contacts' (the chain above), and stands as it comes;
     2. **a claim**: the post's next holder asks the registry: a refused claim's retry and an
        unanswered one's time-out (``retry + timeout`` of the arbiter), then one bridge round;
     3. **the news crosses**: a supernode that saw a death exchanges state with the other
@@ -125,7 +132,10 @@ def registry_agreement_bound_s(
     per_site = -(-nodes // sites)
     across = per_site * (wan.probe_interval + wan.suspicion_bounds(nodes)[1])
     meanwhile = max(
-        lan.probe_interval + lan.suspicion_bounds(nodes)[1], ttl, timeout + 2 * interval
+        lan.probe_interval + lan.suspicion_bounds(nodes)[1],
+        ttl,
+        timeout + 2 * interval,
+        1.25 * wan.push_pull_period(nodes),
     )
     claim = arbiter.retry + arbiter.timeout + interval
     crossing = 1.25 * lan.reconnect_interval
