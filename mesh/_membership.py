@@ -43,10 +43,15 @@ core keeps two tiers in one table:
   gossip. A death notice about such a member from a member of its own orchestra is taken as it
   comes (its LAN saw it die); any other suspicion or death notice about a member of another
   orchestra runs out on the ``wan`` suspicion timeout.
-- Only the supernodes cross, so what crosses once may be lost: a supernode that saw a death in
-  the last ``wan`` ``gossip_to_dead`` exchanges state with a contact every reconnect interval;
-  a stale notice about an alive member of this site from another site is answered with the
-  member's record; a lease re-announcement is passed across the boundary it came to.
+- Only the supernodes cross, so what crosses once may be lost: the supernodes exchange state
+  with their contacts every ``wan`` push-pull period; a supernode that saw a death in the last
+  ``wan`` ``gossip_to_dead``, or that suspects a member of another site, exchanges state with
+  a contact (that site's) every reconnect interval; a suspicion of another site's member that
+  is not a contact is never acted on by a node's own timer (each time it runs out it is handed
+  to the site again, and a supernode checks it with the member's site): a refutation or that
+  site's verdict ends it; a contact is told of its suspicion once more before it is declared
+  dead; a notice about a member from across the site boundary that this node knows better is
+  answered for the member; a lease re-announcement is passed across the boundary it came to.
 """
 
 from __future__ import annotations
@@ -292,10 +297,11 @@ class _Suspicion:
     low: float
     high: float
     deadline: float = 0.0
-    passed_on: bool = False
-    """A suspicion of another site's member that ran out once at a node that cannot check it
-    (not its site's supernode): it was handed to the site again instead (see
+    told_again: bool = False
+    """A suspicion of a contact that ran out once: the contact was told once more (see
     :meth:`Membership._suspicion_expired`)."""
+    not_before: float = 0.0
+    """The deadline is never earlier than this (the wait after telling a contact once more)."""
 
     def recompute(self) -> None:
         c = len(self.confirmations) - 1
@@ -304,7 +310,7 @@ class _Suspicion:
         else:
             frac = math.log(c + 1) / math.log(self.k + 1)
             timeout = max(self.low, self.high - frac * (self.high - self.low))
-        self.deadline = self.start + timeout
+        self.deadline = max(self.start + timeout, self.not_before)
 
 
 @attrs.define
@@ -1116,7 +1122,12 @@ class Membership:
                 # A remote "dead" only makes us suspect, so a push-pull after a partition does
                 # not kill nodes we can still reach (memberlist does the same).
                 cur = self._table.get(rec.node_id)
-                if cur is not None and cur.status == ALIVE:
+                if cur is not None and cur.status in _LIVE and self._its_site_says(cur, sender):
+                    # Another site's member, dead in the state of a member of its own site:
+                    # that site's verdict, which stands as it does in gossip (the exchange
+                    # carries it when its one gossip across was lost).
+                    self._apply(now, Dead(rec.node_id, rec.incarnation, sender), origin)
+                elif cur is not None and cur.status == ALIVE:
                     self._apply(now, Suspect(rec.node_id, rec.incarnation, sender), origin)
                     # Buddy system here too: tell the member at once so it can refute. Without
                     # this, after a partition healed, the far side's "dead" views (distinct
@@ -1165,12 +1176,13 @@ class Membership:
         a suspicion of another site's member is that site's to answer, and what crossed once
         may have been lost either way. The exchange carries the suspicion there (the site
         suspects the member, tells it, and it refutes) and brings back the member's current
-        record (a refutation that was lost on the way here). The ``wan`` suspicion's shortest
-        timeout (8 s) is longer than a reconnect interval with its jitter (6.25 s on the LAN),
-        so a suspicion is checked at least once before this node acts on it. Without it, a
-        refutation lost across while the sites were cut off left the suspicion to run out, and
-        the whole site declared the live member dead a few seconds after the faults (chaos
-        seeds 58, 354 and 662 of the registry sweep)."""
+        record (a refutation that was lost on the way here, or the site's verdict). The ``wan``
+        suspicion's shortest timeout (8 s) is longer than a reconnect interval with its jitter
+        (6.25 s on the LAN), so it is checked at least once each time before it runs out (and
+        handed on: such a suspicion is never acted on by a timer, see _suspicion_expired).
+        Without it, a refutation lost across while the sites were cut off left the suspicion
+        to run out, and the whole site declared the live member dead a few seconds after the
+        faults (chaos seeds 58, 354 and 662 of the registry sweep)."""
         wan = self.wan
         if wan is None:
             return
@@ -1370,7 +1382,7 @@ class Membership:
             return
         cur = self._table.get(s.node_id)
         if cur is None or cur.status in (DEAD, LEFT) or s.incarnation < cur.incarnation:
-            self._speak_for_site(cur, s.incarnation, origin)
+            self._speak_for_site(cur, s.incarnation, origin, suspicion=True)
             return
         if s.incarnation > cur.incarnation:
             s = Suspect(s.node_id, self._capped(s.node_id, s.incarnation, cur), s.reporter)
@@ -1421,51 +1433,97 @@ class Membership:
         return by is not None and by.orchestra == rec.orchestra
 
     def _speak_for_site(
-        self, cur: MemberRecord | None, incarnation: int, origin: tuple[Address, str] | None
+        self,
+        cur: MemberRecord | None,
+        incarnation: int,
+        origin: tuple[Address, str] | None,
+        suspicion: bool = False,
     ) -> None:
-        """A suspicion or death notice about *cur*, an alive member of this node's own site, at
-        an incarnation older than the one it refuted with, from a member of another site: that
-        site cannot reach the member to hear its refutation (only the contacts cross), so this
-        node answers for it with the member's current record, as the member answers a stale
-        notice about itself. Without it, a refutation the WAN lost while the sites were cut
-        off never reached the other site, which declared the live member dead and kept it
-        dead until a push-pull between the two supernodes happened to pass it on (minutes:
-        chaos seed 21 of the registry sweep)."""
-        if (
-            cur is None
-            or origin is None
-            or cur.status != ALIVE  # (a member this site suspects too is not vouched for)
-            or incarnation >= cur.incarnation
-            or self._remote(cur)
-        ):
+        """A notice about *cur* that this node knows better, from a node on the other side of
+        the site boundary from the member (only the contacts cross, so the sender cannot hear
+        the member itself): this node answers for the member, as the member answers a stale
+        notice about itself.
+
+        - *cur* is an alive member of this node's own site, the notice (a suspicion or a
+          death) is about an incarnation older than the one it refuted with, and the sender
+          is of another site: answered with the member's current record. Without it, a
+          refutation the WAN lost while the sites were cut off never reached the other site,
+          which declared the live member dead and kept it dead until a push-pull between the
+          two supernodes happened to pass it on (minutes: chaos seed 21 of the registry
+          sweep).
+        - *cur* is a member of another site and the sender is of this node's own site: a
+          notice older than the member's alive record here is answered with the record, and
+          a *suspicion* of a member this node holds dead or gone (at the suspicion's
+          incarnation or later) with the death notice, so a member that missed its site's
+          verdict or refutation does not hold a suspicion nobody ends (it hands it to its site
+          again each time it runs out, see :meth:`_suspicion_expired`). A death notice is not
+          answered with a death notice (two nodes that agree would answer each other for
+          ever).
+        """
+        if cur is None or origin is None:
             return
         sender = self._table.get(origin[1])
-        if sender is not None and self._remote(sender):
+        if sender is None:
+            return
+        if self._remote(cur):
+            across = sender.orchestra == self._me.orchestra
+        else:
+            across = self._remote(sender)
+        if not across:
+            return
+        if cur.status == ALIVE and incarnation < cur.incarnation:
+            # (A member this node suspects too is not vouched for.)
             self._send_member(*origin, Gossip((cur,)))
+        elif (
+            suspicion
+            and self._remote(cur)
+            and cur.status in (DEAD, LEFT)
+            and incarnation <= cur.incarnation
+        ):
+            notice = Dead(cur.node_id, cur.incarnation, self._me.node_id, cur.status == LEFT)
+            self._send_member(*origin, Gossip((notice,)))
 
     def _suspicion_expired(self, now: float, node_id: str) -> None:
         suspicion = self._suspicions.pop(node_id, None)
         rec = self._table.get(node_id)
         if rec is None or rec.status != SUSPECT:
             return
+        wan = self.wan
         if (
             suspicion is not None
-            and not suspicion.passed_on
-            and self._remote(rec)
-            and node_id not in self._contacts
+            and wan is not None
+            and not suspicion.told_again
+            and node_id in self._contacts
         ):
-            # A suspicion of another site's member (not a contact, which this node's own wan
-            # probes check) is that site's to answer, and what crossed once may have been
-            # lost: the suspicion never reached the member's site (a supernode held the member
-            # dead at an older incarnation then and dropped it, or this node was the
-            # supernode when it raised it), or the member's refutation never came back. So it
-            # runs out twice before it is acted on: at the first, this node hands it to its
-            # site again (the supernode passes it across, where the member hears of it and
-            # refutes, or its site answers with the newer record) and a supernode checks it
-            # with the member's site at once (a push-pull with that site's contact). A death
-            # that site sees meanwhile stands as it comes. (Chaos seeds 1 and 354 of the
-            # registry sweep: a live member declared dead a few seconds after the faults.)
-            suspicion.passed_on = True
+            # A contact: this node's own wan probes checked it, but a probe carries the
+            # suspicion to the contact only while the path works, and the sites may have been
+            # cut off until a moment ago. Tell it once more and wait a wan probe timeout: a
+            # live contact refutes within a round trip (chaos seed 2336 of the registry sweep:
+            # a contact declared dead 0.4 s after the sites' partition healed, and back 50 ms
+            # later).
+            suspicion.told_again = True
+            suspicion.not_before = now + wan.probe_timeout
+            suspicion.recompute()
+            self._suspicions[node_id] = suspicion
+            reporter = next(iter(suspicion.confirmations), self._me.node_id)
+            self._send_to(rec, Gossip((Suspect(node_id, rec.incarnation, reporter),)))
+            return
+        if suspicion is not None and self._remote(rec) and node_id not in self._contacts:
+            # A suspicion of another site's member that is not a contact (which this node's own
+            # wan probes check) is that site's to answer, and this node cannot check it; what
+            # crossed once may have been lost: the suspicion never reached the member's site (a
+            # supernode held the member dead at an older incarnation then and dropped it, or
+            # this node was the supernode when it raised it), or the member's refutation, or
+            # its new record after a restart, never came back. So it is never acted on here:
+            # each time it runs out, this node hands it to its site again (the supernode passes
+            # it across, where the member hears of it and refutes, or its site answers with the
+            # newer record; a member of this site that holds it dead answers with the death),
+            # and a supernode checks it with the member's site at once (a push-pull with that
+            # site's contact). What ends it is a verdict: a refutation, the member's own site's
+            # death notice (by gossip or in a state exchange), or, for a site that vanished
+            # whole, the supernode's verdict on each of its members as it becomes a contact.
+            # (Chaos seeds 1, 58, 354 and 662 of the registry sweep: a live member declared
+            # dead a few seconds after the faults.)
             suspicion.start = now
             suspicion.recompute()
             self._suspicions[node_id] = suspicion
