@@ -106,10 +106,11 @@ def registry_agreement_bound_s(
     1. **verdicts across the WAN**: a site's supernode (the other sites' only contact) that
        died when nobody of its site was left to tell, is found dead by another site's
        supernode on the ``wan`` timings: one wan probe period plus the wan suspicion's longest
-       timeout for the group (2 + 32 s at six nodes, longer than the flat bound on its own).
+       timeout for the group, plus a wan probe timeout in which the contact, told once more,
+       may refute (2 + 32 + 1 s at six nodes, longer than the flat bound on its own).
        A site that vanished whole is found dead member by member (each next best candidate
        of its supernode post becomes the contact once the one before is dead): as many such
-       verdicts in a row as the largest site has members (3 at six nodes in two sites: 102 s).
+       verdicts in a row as the largest site has members (3 at six nodes in two sites: 105 s).
        What runs meanwhile is shorter: the LAN verdicts (probe period plus the LAN suspicion's
        longest: 0.3 + 3 s), the registry's expiry of a dead holder's registration (``ttl``),
        and each bridge learning the registry is back (a timed-out request plus its backed-off
@@ -118,9 +119,10 @@ def registry_agreement_bound_s(
        supernodes' next periodic state exchange: at most 1.25 ``wan`` push-pull periods
        (75 s). (Before that exchange there was no such term: the record waited for a push-pull
        that happened to pick a contact, and seed 2328 agreed 133 s after the faults.) A
-       suspicion of another site's member that is not a contact, which now runs out twice
-       before it is acted on, is not on this path: that member's death is its own site's
-       verdict, or the contacts' (the chain above), and stands as it comes;
+       suspicion of another site's member that is not a contact, which no node's timer acts
+       on, is not on this path: that member's death is its own site's verdict (a LAN verdict
+       that crosses, or that the next exchange after a death carries), or the contacts' (the
+       chain above), and stands as it comes;
     2. **a claim**: the post's next holder asks the registry: a refused claim's retry and an
        unanswered one's time-out (``retry + timeout`` of the arbiter), then one bridge round;
     3. **the news crosses**: a supernode that saw a death exchanges state with the other
@@ -130,7 +132,7 @@ def registry_agreement_bound_s(
     wan = wan or get_profile("wan")
     arbiter = arbiter or ConductorArbiter()
     per_site = -(-nodes // sites)
-    across = per_site * (wan.probe_interval + wan.suspicion_bounds(nodes)[1])
+    across = per_site * (wan.probe_interval + wan.suspicion_bounds(nodes)[1] + wan.probe_timeout)
     meanwhile = max(
         lan.probe_interval + lan.suspicion_bounds(nodes)[1],
         ttl,

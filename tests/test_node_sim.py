@@ -12,8 +12,8 @@ import pytest
 from mesh._chaos import AGREEMENT_BOUND_S, registry_agreement_bound_s, run_chaos
 
 REGISTRY_BOUND_S = registry_agreement_bound_s(6, 2)
-"""114 s: a verdict across the WAN takes the wan suspicion, one per member of a site that
-vanished whole (see the function); most seeds agree within a second or two."""
+"""117 s: a verdict across the WAN takes the wan suspicion and a probe timeout, one per member
+of a site that vanished whole (see the function); most seeds agree within a second or two."""
 CHUNKS = 5
 SEEDS_PER_CHUNK = 100
 
@@ -85,9 +85,10 @@ REGISTRY_REGRESSION_SEEDS = {
     204: "the granted conductor stepped down for a local-rule claim the registry refused",
     1756: "a site top's lineage wait ended at first + wait, which now - first did not reach",
     # A suspicion of another site's member (not a contact) ran out into a death a few seconds
-    # after the faults, before that site had answered it: it now runs out twice before it is
-    # acted on (handed to the site again the first time), and a supernode checks it with the
-    # member's site (a push-pull with its contact) while it lasts.
+    # after the faults, before that site had answered it: no node's timer acts on it now (it
+    # is handed to the site again each time it runs out), a supernode checks it with the
+    # member's site (a push-pull with its contact), and a refutation or that site's verdict
+    # ends it.
     1: "a member's suspicion of the other site's member never reached that site: unrefuted",
     354: "a refutation lost across: the supernode's suspicion of it ran out unchecked",
     58: "a suspicion of the other site's member ran out before that site answered it",
@@ -103,6 +104,9 @@ REGISTRY_REGRESSION_SEEDS = {
     # push-pull period.
     2247: "a member's record lost across: the other site never learned it",
     2328: "a member's record lost across: learned at a chance push-pull 130 s after the faults",
+    # Found by the first version of the fixes above (the 2500 seeds again).
+    549: "a member held another site's dead member suspect a second wan timeout (64 s)",
+    2336: "a contact declared dead 0.4 s after the sites' partition healed, never told again",
 }
 
 
