@@ -42,7 +42,8 @@ core keeps two tiers in one table:
   but never contacted: their liveness is their own site's to decide, and its verdicts arrive by
   gossip. A death notice about such a member from a member of its own orchestra is taken as it
   comes (its LAN saw it die); any other suspicion or death notice about a member of another
-  orchestra runs out on the ``wan`` suspicion timeout.
+  orchestra is a suspicion on the ``wan`` timings, which a contact's runs out into a death
+  (this node probes it) and another member's never does (its site's verdict ends it).
 - Only the supernodes cross, so what crosses once may be lost: the supernodes exchange state
   with their contacts every ``wan`` push-pull period; a supernode that saw a death in the last
   ``wan`` ``gossip_to_dead``, or that suspects a member of another site, exchanges state with
