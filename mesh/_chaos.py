@@ -119,10 +119,12 @@ def registry_agreement_bound_s(
        supernodes' next periodic state exchange: at most 1.25 ``wan`` push-pull periods
        (75 s). (Before that exchange there was no such term: the record waited for a push-pull
        that happened to pick a contact, and seed 2328 agreed 133 s after the faults.) A
-       suspicion of another site's member that is not a contact, which no node's timer acts
-       on, is not on this path: that member's death is its own site's verdict (a LAN verdict
-       that crosses, or that the next exchange after a death carries), or the contacts' (the
-       chain above), and stands as it comes;
+       suspicion of another site's member that is not a contact, which a node's timer acts on
+       only when nobody answered it for two of its longest timeouts, is not on this path
+       either: that member's death is its own site's verdict (a LAN verdict that crosses, or
+       that the next exchange after a death carries), or the contacts' (the chain above), and
+       stands as it comes; one that nobody can answer (an incarnation only one node heard
+       of) is acted on within three longest timeouts of its start (96 s);
     2. **a claim**: the post's next holder asks the registry: a refused claim's retry and an
        unanswered one's time-out (``retry + timeout`` of the arbiter), then one bridge round;
     3. **the news crosses**: a supernode that saw a death exchanges state with the other
@@ -138,6 +140,7 @@ def registry_agreement_bound_s(
         ttl,
         timeout + 2 * interval,
         1.25 * wan.push_pull_period(nodes),
+        3 * wan.suspicion_bounds(nodes)[1],
     )
     claim = arbiter.retry + arbiter.timeout + interval
     crossing = 1.25 * lan.reconnect_interval

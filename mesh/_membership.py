@@ -303,6 +303,9 @@ class _Suspicion:
     :meth:`Membership._suspicion_expired`)."""
     not_before: float = 0.0
     """The deadline is never earlier than this (the wait after telling a contact once more)."""
+    began: float | None = None
+    """When a suspicion that was handed on again (see :meth:`Membership._suspicion_expired`)
+    began (``start`` is then its latest hand-on)."""
 
     def recompute(self) -> None:
         c = len(self.confirmations) - 1
@@ -1509,7 +1512,12 @@ class Membership:
             reporter = next(iter(suspicion.confirmations), self._me.node_id)
             self._send_to(rec, Gossip((Suspect(node_id, rec.incarnation, reporter),)))
             return
-        if suspicion is not None and self._remote(rec) and node_id not in self._contacts:
+        if (
+            suspicion is not None
+            and self._remote(rec)
+            and node_id not in self._contacts
+            and (suspicion.began is None or now - suspicion.began < 2 * suspicion.high)
+        ):
             # A suspicion of another site's member that is not a contact (which this node's own
             # wan probes check) is that site's to answer, and this node cannot check it; what
             # crossed once may have been lost: the suspicion never reached the member's site (a
@@ -1524,7 +1532,12 @@ class Membership:
             # death notice (by gossip or in a state exchange), or, for a site that vanished
             # whole, the supernode's verdict on each of its members as it becomes a contact.
             # (Chaos seeds 1, 58, 354 and 662 of the registry sweep: a live member declared
-            # dead a few seconds after the faults.)
+            # dead a few seconds after the faults.) Only if nobody answers for two of its
+            # longest timeouts is it acted on, at its next time out: an incarnation only this
+            # node ever heard of (the member lived at it a moment and died, and its site never
+            # knew) has nobody to end it otherwise (chaos seed 16).
+            if suspicion.began is None:
+                suspicion.began = suspicion.start
             suspicion.start = now
             suspicion.recompute()
             self._suspicions[node_id] = suspicion

@@ -85,10 +85,10 @@ REGISTRY_REGRESSION_SEEDS = {
     204: "the granted conductor stepped down for a local-rule claim the registry refused",
     1756: "a site top's lineage wait ended at first + wait, which now - first did not reach",
     # A suspicion of another site's member (not a contact) ran out into a death a few seconds
-    # after the faults, before that site had answered it: no node's timer acts on it now (it
-    # is handed to the site again each time it runs out), a supernode checks it with the
-    # member's site (a push-pull with its contact), and a refutation or that site's verdict
-    # ends it.
+    # after the faults, before that site had answered it: it is handed to the site again each
+    # time it runs out, a supernode checks it with the member's site (a push-pull with its
+    # contact), a refutation or that site's verdict ends it, and a node's timer acts on it
+    # only if nobody answered it for two of its longest timeouts.
     1: "a member's suspicion of the other site's member never reached that site: unrefuted",
     354: "a refutation lost across: the supernode's suspicion of it ran out unchecked",
     58: "a suspicion of the other site's member ran out before that site answered it",
@@ -107,6 +107,10 @@ REGISTRY_REGRESSION_SEEDS = {
     # Found by the first version of the fixes above (the 2500 seeds again).
     549: "a member held another site's dead member suspect a second wan timeout (64 s)",
     2336: "a contact declared dead 0.4 s after the sites' partition healed, never told again",
+    # ... and by the second (a suspicion of another site's member never acted on by a timer).
+    16: "a suspicion of an incarnation only one node heard of, which nobody could answer",
+    446: "a suspicion of an incarnation only one node heard of, which nobody could answer",
+    477: "a suspicion of an incarnation only one node heard of, which nobody could answer",
 }
 
 
