@@ -42,11 +42,17 @@ core keeps two tiers in one table:
   but never contacted: their liveness is their own site's to decide, and its verdicts arrive by
   gossip. A death notice about such a member from a member of its own orchestra is taken as it
   comes (its LAN saw it die); any other suspicion or death notice about a member of another
-  orchestra runs out on the ``wan`` suspicion timeout.
-- Only the supernodes cross, so what crosses once may be lost: a supernode that saw a death in
-  the last ``wan`` ``gossip_to_dead`` exchanges state with a contact every reconnect interval;
-  a stale notice about an alive member of this site from another site is answered with the
-  member's record; a lease re-announcement is passed across the boundary it came to.
+  orchestra is a suspicion on the ``wan`` timings, which a contact's runs out into a death
+  (this node probes it) and another member's never does (its site's verdict ends it).
+- Only the supernodes cross, so what crosses once may be lost: the supernodes exchange state
+  with their contacts every ``wan`` push-pull period; a supernode that saw a death in the last
+  ``wan`` ``gossip_to_dead``, or that suspects a member of another site, exchanges state with
+  a contact (that site's) every reconnect interval; a suspicion of another site's member that
+  is not a contact is never acted on by a node's own timer (each time it runs out it is handed
+  to the site again, and a supernode checks it with the member's site): a refutation or that
+  site's verdict ends it; a contact is told of its suspicion once more before it is declared
+  dead; a notice about a member from across the site boundary that this node knows better is
+  answered for the member; a lease re-announcement is passed across the boundary it came to.
 """
 
 from __future__ import annotations
@@ -292,6 +298,14 @@ class _Suspicion:
     low: float
     high: float
     deadline: float = 0.0
+    told_again: bool = False
+    """A suspicion of a contact that ran out once: the contact was told once more (see
+    :meth:`Membership._suspicion_expired`)."""
+    not_before: float = 0.0
+    """The deadline is never earlier than this (the wait after telling a contact once more)."""
+    began: float | None = None
+    """When a suspicion that was handed on again (see :meth:`Membership._suspicion_expired`)
+    began (``start`` is then its latest hand-on)."""
 
     def recompute(self) -> None:
         c = len(self.confirmations) - 1
@@ -300,7 +314,7 @@ class _Suspicion:
         else:
             frac = math.log(c + 1) / math.log(self.k + 1)
             timeout = max(self.low, self.high - frac * (self.high - self.low))
-        self.deadline = self.start + timeout
+        self.deadline = max(self.start + timeout, self.not_before)
 
 
 @attrs.define
@@ -420,6 +434,7 @@ class Membership:
         "_next_push_pull_at",
         "_next_reap_at",
         "_next_reconnect_at",
+        "_next_site_exchange_at",
         "_next_wan_probe_at",
         "_outputs",
         "_passed_on",
@@ -436,6 +451,7 @@ class Membership:
         "_round_stride",
         "_seen_extensions",
         "_since",
+        "_site_turn",
         "_state_extras",
         "_stats",
         "_streams",
@@ -515,6 +531,10 @@ class Membership:
         self._next_gossip_at = now + jitter * profile.gossip_interval
         self._next_push_pull_at = now + (0.5 + jitter) * self._push_pull_period()
         self._next_reconnect_at = now + (0.5 + jitter) * profile.reconnect_interval
+        # (No draw of its own: a flat group's runs stay what they were. Within one period of
+        # the start, so a supernode exchanges with the other sites at most 1.25 periods apart.)
+        self._next_site_exchange_at = now + jitter * (wan or profile).push_pull_interval
+        self._site_turn = 0
         self._next_reap_at = now + profile.tombstone_timeout / 10
         self._stats = {
             "probes_sent": 0,
@@ -628,8 +648,10 @@ class Membership:
             t = self._next_wan_probe_at
         if self._queue.items and self._next_gossip_at < t:
             t = self._next_gossip_at
-        if self._dead and self._next_reconnect_at < t:
+        if (self._dead or self._contacts) and self._next_reconnect_at < t:
             t = self._next_reconnect_at
+        if self._contacts and self._next_site_exchange_at < t:
+            t = self._next_site_exchange_at
         if self._suspicions:
             for s in self._suspicions.values():
                 if s.deadline < t:
@@ -825,6 +847,11 @@ class Membership:
                 0.75 + self._rng.random() / 2
             )
             self._reconnect(now)
+        if self.wan is not None and now >= self._next_site_exchange_at:
+            self._next_site_exchange_at = now + self.wan.push_pull_period(self._live) * (
+                0.75 + self._rng.random() / 2
+            )
+            self._exchange_with_a_site()
         if now >= self._next_reap_at:
             self._next_reap_at = now + self.profile.tombstone_timeout / 10
             self._reap(now)
@@ -1099,7 +1126,12 @@ class Membership:
                 # A remote "dead" only makes us suspect, so a push-pull after a partition does
                 # not kill nodes we can still reach (memberlist does the same).
                 cur = self._table.get(rec.node_id)
-                if cur is not None and cur.status == ALIVE:
+                if cur is not None and cur.status in _LIVE and self._its_site_says(cur, sender):
+                    # Another site's member, dead in the state of a member of its own site:
+                    # that site's verdict, which stands as it does in gossip (the exchange
+                    # carries it when its one gossip across was lost).
+                    self._apply(now, Dead(rec.node_id, rec.incarnation, sender), origin)
+                elif cur is not None and cur.status == ALIVE:
                     self._apply(now, Suspect(rec.node_id, rec.incarnation, sender), origin)
                     # Buddy system here too: tell the member at once so it can refute. Without
                     # this, after a partition healed, the far side's "dead" views (distinct
@@ -1142,20 +1174,59 @@ class Membership:
         reach the other sites, and a member of another site that refuted its death there is
         alive here again, within a reconnect interval instead of at whatever push-pull
         between the two supernodes happened to come next (minutes: the other site kept a dead
-        member alive, or a live one dead; chaos seeds 21 and 108 of the registry sweep)."""
+        member alive, or a live one dead; chaos seeds 21 and 108 of the registry sweep).
+
+        So does a supernode that suspects a member of another site, with that site's contact:
+        a suspicion of another site's member is that site's to answer, and what crossed once
+        may have been lost either way. The exchange carries the suspicion there (the site
+        suspects the member, tells it, and it refutes) and brings back the member's current
+        record (a refutation that was lost on the way here, or the site's verdict). The ``wan``
+        suspicion's shortest timeout (8 s) is longer than a reconnect interval with its jitter
+        (6.25 s on the LAN), so it is checked at least once each time before it runs out (and
+        handed on: such a suspicion is never acted on by a timer, see _suspicion_expired).
+        Without it, a refutation lost across while the sites were cut off left the suspicion
+        to run out, and the whole site declared the live member dead a few seconds after the
+        faults (chaos seeds 58, 354 and 662 of the registry sweep)."""
         wan = self.wan
         if wan is None:
             return
-        if not any(
+        live = sorted(c for c in self._contacts if self._is_live(c))
+        if not live:
+            return
+        chosen: list[str] = []
+        if any(
             r.status == DEAD and now - self._since.get(r.node_id, -math.inf) < wan.gossip_to_dead
             for r in self._table.records()
         ):
-            return
-        live = sorted(c for c in self._contacts if self._is_live(c))
-        if live:
-            rec = self._table.get(live[int(now) % len(live)])
+            chosen.append(live[int(now) % len(live)])
+        suspected = {
+            rec.orchestra
+            for node_id in self._suspicions
+            if (rec := self._table.get(node_id)) is not None and self._remote(rec)
+        }
+        for contact in live:
+            rec = self._table.get(contact)
+            if rec is not None and rec.orchestra in suspected and contact not in chosen:
+                chosen.append(contact)
+        for contact in chosen:
+            rec = self._table.get(contact)
             if rec is not None:
                 self._open_push_pull(rec.address, join=False, peer=rec)
+
+    def _exchange_with_a_site(self) -> None:
+        """A supernode's periodic push-pull with one contact, in turn, every ``wan`` push-pull
+        period (memberlist's periodic exchange, on the tier that crosses): only the sites'
+        supernodes cross, so a record whose one crossing was lost (a member that joined
+        another site while the sites were cut off) would otherwise wait for a push-pull that
+        happened to pick a contact (chaos seed 2247 of the registry sweep: one site never
+        learned a member of the other)."""
+        live = sorted(c for c in self._contacts if self._is_live(c))
+        if not live:
+            return
+        rec = self._table.get(live[self._site_turn % len(live)])
+        self._site_turn += 1
+        if rec is not None:
+            self._open_push_pull(rec.address, join=False, peer=rec)
 
     def _reap(self, now: float) -> None:
         limit = now - self.profile.tombstone_timeout
@@ -1315,7 +1386,7 @@ class Membership:
             return
         cur = self._table.get(s.node_id)
         if cur is None or cur.status in (DEAD, LEFT) or s.incarnation < cur.incarnation:
-            self._speak_for_site(cur, s.incarnation, origin)
+            self._speak_for_site(cur, s.incarnation, origin, suspicion=True)
             return
         if s.incarnation > cur.incarnation:
             s = Suspect(s.node_id, self._capped(s.node_id, s.incarnation, cur), s.reporter)
@@ -1366,32 +1437,116 @@ class Membership:
         return by is not None and by.orchestra == rec.orchestra
 
     def _speak_for_site(
-        self, cur: MemberRecord | None, incarnation: int, origin: tuple[Address, str] | None
+        self,
+        cur: MemberRecord | None,
+        incarnation: int,
+        origin: tuple[Address, str] | None,
+        suspicion: bool = False,
     ) -> None:
-        """A suspicion or death notice about *cur*, an alive member of this node's own site, at
-        an incarnation older than the one it refuted with, from a member of another site: that
-        site cannot reach the member to hear its refutation (only the contacts cross), so this
-        node answers for it with the member's current record, as the member answers a stale
-        notice about itself. Without it, a refutation the WAN lost while the sites were cut
-        off never reached the other site, which declared the live member dead and kept it
-        dead until a push-pull between the two supernodes happened to pass it on (minutes:
-        chaos seed 21 of the registry sweep)."""
-        if (
-            cur is None
-            or origin is None
-            or cur.status != ALIVE  # (a member this site suspects too is not vouched for)
-            or incarnation >= cur.incarnation
-            or self._remote(cur)
-        ):
+        """A notice about *cur* that this node knows better, from a node on the other side of
+        the site boundary from the member (only the contacts cross, so the sender cannot hear
+        the member itself): this node answers for the member, as the member answers a stale
+        notice about itself.
+
+        - *cur* is an alive member of this node's own site, the notice (a suspicion or a
+          death) is about an incarnation older than the one it refuted with, and the sender
+          is of another site: answered with the member's current record. Without it, a
+          refutation the WAN lost while the sites were cut off never reached the other site,
+          which declared the live member dead and kept it dead until a push-pull between the
+          two supernodes happened to pass it on (minutes: chaos seed 21 of the registry
+          sweep).
+        - *cur* is a member of another site and the sender is of this node's own site: a
+          notice older than the member's alive record here is answered with the record, and
+          a *suspicion* of a member this node holds dead or gone (at the suspicion's
+          incarnation or later) with the death notice, so a member that missed its site's
+          verdict or refutation does not hold a suspicion nobody ends (it hands it to its site
+          again each time it runs out, see :meth:`_suspicion_expired`). A death notice is not
+          answered with a death notice (two nodes that agree would answer each other for
+          ever).
+        """
+        if cur is None or origin is None:
             return
         sender = self._table.get(origin[1])
-        if sender is not None and self._remote(sender):
+        if sender is None:
+            return
+        if self._remote(cur):
+            across = sender.orchestra == self._me.orchestra
+        else:
+            across = self._remote(sender)
+        if not across:
+            return
+        if cur.status == ALIVE and incarnation < cur.incarnation:
+            # (A member this node suspects too is not vouched for.)
             self._send_member(*origin, Gossip((cur,)))
+        elif (
+            suspicion
+            and self._remote(cur)
+            and cur.status in (DEAD, LEFT)
+            and incarnation <= cur.incarnation
+        ):
+            notice = Dead(cur.node_id, cur.incarnation, self._me.node_id, cur.status == LEFT)
+            self._send_member(*origin, Gossip((notice,)))
 
     def _suspicion_expired(self, now: float, node_id: str) -> None:
-        self._suspicions.pop(node_id, None)
+        suspicion = self._suspicions.pop(node_id, None)
         rec = self._table.get(node_id)
         if rec is None or rec.status != SUSPECT:
+            return
+        wan = self.wan
+        if (
+            suspicion is not None
+            and wan is not None
+            and not suspicion.told_again
+            and node_id in self._contacts
+        ):
+            # A contact: this node's own wan probes checked it, but a probe carries the
+            # suspicion to the contact only while the path works, and the sites may have been
+            # cut off until a moment ago. Tell it once more and wait a wan probe timeout: a
+            # live contact refutes within a round trip (chaos seed 2336 of the registry sweep:
+            # a contact declared dead 0.4 s after the sites' partition healed, and back 50 ms
+            # later).
+            suspicion.told_again = True
+            suspicion.not_before = now + wan.probe_timeout
+            suspicion.recompute()
+            self._suspicions[node_id] = suspicion
+            reporter = next(iter(suspicion.confirmations), self._me.node_id)
+            self._send_to(rec, Gossip((Suspect(node_id, rec.incarnation, reporter),)))
+            return
+        if (
+            suspicion is not None
+            and self._remote(rec)
+            and node_id not in self._contacts
+            and (suspicion.began is None or now - suspicion.began < 2 * suspicion.high)
+        ):
+            # A suspicion of another site's member that is not a contact (which this node's own
+            # wan probes check) is that site's to answer, and this node cannot check it; what
+            # crossed once may have been lost: the suspicion never reached the member's site (a
+            # supernode held the member dead at an older incarnation then and dropped it, or
+            # this node was the supernode when it raised it), or the member's refutation, or
+            # its new record after a restart, never came back. So it is never acted on here:
+            # each time it runs out, this node hands it to its site again (the supernode passes
+            # it across, where the member hears of it and refutes, or its site answers with the
+            # newer record; a member of this site that holds it dead answers with the death),
+            # and a supernode checks it with the member's site at once (a push-pull with that
+            # site's contact). What ends it is a verdict: a refutation, the member's own site's
+            # death notice (by gossip or in a state exchange), or, for a site that vanished
+            # whole, the supernode's verdict on each of its members as it becomes a contact.
+            # (Chaos seeds 1, 58, 354 and 662 of the registry sweep: a live member declared
+            # dead a few seconds after the faults.) Only if nobody answers for two of its
+            # longest timeouts is it acted on, at its next time out: an incarnation only this
+            # node ever heard of (the member lived at it a moment and died, and its site never
+            # knew) has nobody to end it otherwise (chaos seed 16).
+            if suspicion.began is None:
+                suspicion.began = suspicion.start
+            suspicion.start = now
+            suspicion.recompute()
+            self._suspicions[node_id] = suspicion
+            reporter = next(iter(suspicion.confirmations), self._me.node_id)
+            self._queue.put(Suspect(node_id, rec.incarnation, reporter))
+            for contact in sorted(self._contacts):
+                peer = self._table.get(contact)
+                if peer is not None and peer.status in _LIVE and peer.orchestra == rec.orchestra:
+                    self._open_push_pull(peer.address, join=False, peer=peer)
             return
         self._stats["deaths_declared"] += 1
         self._apply(now, Dead(node_id, rec.incarnation, self._me.node_id), None)

@@ -1136,3 +1136,206 @@ def test_with_sites_a_supernode_passes_a_lease_reannouncement_across() -> None:
     # From the other site, already seen: on to this site's members.
     m.handle_message(6.0, contact.address, contact.node_id, Gossip((lease,)))
     assert gossiped_to(m.take_outputs(), mate.node_id) == [lease]
+
+
+def run_site_core(
+    m: Membership, until: float, answering: Iterable[MemberRecord], now: float = 0.0
+) -> tuple[float, list[tuple[float, object]]]:
+    """Run *m*'s timers until *until*, acking its pings to the members *answering* (so they
+    stay alive); return *until* and every output with the time it was made."""
+    answer = {r.node_id for r in answering}
+    outputs: list[tuple[float, object]] = []
+    while True:
+        deadline = m.next_deadline()
+        if deadline > until:
+            return until, outputs
+        now = deadline
+        m.handle_timer(now)
+        for out in m.take_outputs():
+            outputs.append((now, out))
+            body = out.body if isinstance(out, SendDatagram) else None
+            if isinstance(body, Ping) and out.to in answer:
+                m.handle_message(now, out.dest, body.target, Ack(body.probe, body.target))
+
+
+def test_with_sites_a_member_never_acts_on_a_suspicion_of_another_sites_member() -> None:
+    # A member that is not its site's supernode holds a suspicion of another site's member
+    # that may never have reached that site (its supernode held the member dead at an older
+    # incarnation then, and dropped it), or whose refutation was lost across: nobody would
+    # refute it, and it declared a live member dead a few seconds after the faults (chaos
+    # seed 1 of the registry sweep). It cannot check it: each time it runs out, it hands it to
+    # its site again, and a verdict ends it; only if nobody answers for two of its longest
+    # timeouts is it acted on (an incarnation only this node heard of: chaos seed 16).
+    me, mate = record(1, orchestra="a"), record(2, orchestra="a")
+    far, its_mate = record(3, orchestra="b"), record(4, orchestra="b")
+    m = site_core(me, [mate, far, its_mate])
+    notice = Suspect(far.node_id, 0, mate.node_id)
+    m.handle_message(0.0, mate.address, mate.node_id, Gossip((notice,)))
+    timeout = WAN.suspicion_bounds(m.live_count())[1]  # no confirmations: the longest
+    now, outputs = run_site_core(m, 2 * timeout - 0.5, [mate])
+    assert m.member(far.node_id).status == "suspect"  # type: ignore[union-attr]
+    handed = [t for t, o in outputs if notice in gossiped_to([o], mate.node_id)]
+    assert any(t >= timeout for t in handed)  # handed to the site again
+    assert m.statistics().deaths_declared == 0
+    # Unanswered for two of its longest timeouts: acted on at its next time out.
+    unanswered = site_core(me, [mate, far, its_mate], seed=3)
+    unanswered.handle_message(0.0, mate.address, mate.node_id, Gossip((notice,)))
+    run_site_core(unanswered, 2 * timeout + 0.5, [mate])
+    assert unanswered.member(far.node_id).status == "dead"  # type: ignore[union-attr]
+    # A refutation ends it, as any suspicion.
+    refuted = attrs.evolve(far, incarnation=1)
+    m.handle_message(now, mate.address, mate.node_id, Gossip((refuted,)))
+    assert m.member(far.node_id).status == "alive"  # type: ignore[union-attr]
+    # So does the member's own site's verdict.
+    m.handle_message(
+        now, mate.address, mate.node_id, Gossip((Suspect(far.node_id, 1, mate.node_id),))
+    )
+    m.handle_message(
+        now, mate.address, mate.node_id, Gossip((Dead(far.node_id, 1, its_mate.node_id),))
+    )
+    assert m.member(far.node_id).status == "dead"  # type: ignore[union-attr]
+
+
+def test_with_sites_a_member_answers_its_site_for_another_sites_member() -> None:
+    # A member of this site that missed its site's verdict or refutation about another site's
+    # member hands its suspicion to the site again: whoever here knows better answers it.
+    me, mate = record(1, orchestra="a"), record(2, orchestra="a")
+    far, gone = attrs.evolve(record(3, orchestra="b"), incarnation=2), record(4, orchestra="b")
+    m = site_core(me, [mate, far, gone])
+    verdict = Dead(gone.node_id, 0, gone.node_id)  # (its own site's: stands)
+    m.handle_message(0.0, mate.address, mate.node_id, Gossip((verdict,)))
+    assert m.member(gone.node_id).status == "dead"  # type: ignore[union-attr]
+    m.take_outputs()
+    # A suspicion of a member held dead: answered with the death.
+    m.handle_message(
+        1.0, mate.address, mate.node_id, Gossip((Suspect(gone.node_id, 0, mate.node_id),))
+    )
+    assert Dead(gone.node_id, 0, me.node_id) in gossiped_to(m.take_outputs(), mate.node_id)
+    # A death notice is not answered with one (two nodes that agree would answer for ever).
+    m.handle_message(
+        1.1, mate.address, mate.node_id, Gossip((Dead(gone.node_id, 0, mate.node_id),))
+    )
+    assert gossiped_to(m.take_outputs(), mate.node_id) == []
+    # A notice older than the member's alive record here: answered with the record.
+    m.handle_message(
+        1.2, mate.address, mate.node_id, Gossip((Suspect(far.node_id, 1, mate.node_id),))
+    )
+    assert far in gossiped_to(m.take_outputs(), mate.node_id)
+    assert m.member(far.node_id).status == "alive"  # type: ignore[union-attr]
+
+
+def told_once_more(m: Membership, contact: MemberRecord, until: float) -> float:
+    """Run *m* (its mate answering) until it tells *contact* of its suspicion in a datagram of
+    its own (not a probe) after the shortest wan suspicion; return when."""
+    low = WAN.suspicion_bounds(m.live_count())[0]
+    now = 0.0
+    while now < until:
+        now, outputs = run_site_core(m, now + 0.05, [record(2, orchestra="a")], now)
+        for t, o in outputs:
+            if (
+                t >= low - 1e-6
+                and isinstance(o, SendDatagram)
+                and isinstance(o.body, Gossip)
+                and any(isinstance(u, Suspect) for u in gossiped_to([o], contact.node_id))
+            ):
+                return t
+    raise AssertionError("never told once more")
+
+
+def test_with_sites_a_contact_is_told_once_more_before_it_is_declared_dead() -> None:
+    # The supernode's own wan probes suspected its contact while the sites were cut off; they
+    # carried the suspicion to it only while the path worked. When the suspicion runs out,
+    # the contact is told once more and has a wan probe timeout to refute (chaos seed 2336 of
+    # the registry sweep: declared dead 0.4 s after the partition healed, back 50 ms later).
+    me, mate = record(1, orchestra="a"), record(2, orchestra="a")
+    contact = record(3, orchestra="b")
+    notice = Gossip((Suspect(contact.node_id, 0, mate.node_id),))
+    for refutes in (False, True):
+        m = site_core(me, [mate, contact], seed=2 if refutes else 1)
+        m.set_contacts([contact.node_id])
+        m.handle_message(0.0, mate.address, mate.node_id, notice)
+        told = told_once_more(m, contact, 60.0)
+        assert m.member(contact.node_id).status == "suspect"  # type: ignore[union-attr]
+        if refutes:
+            refuted = attrs.evolve(contact, incarnation=1)
+            m.handle_message(told, contact.address, contact.node_id, Gossip((refuted,)))
+        run_site_core(m, told + WAN.probe_timeout - 0.01, [mate, contact], told)
+        assert m.member(contact.node_id).status == ("alive" if refutes else "suspect")  # type: ignore[union-attr]
+        run_site_core(m, told + WAN.probe_timeout + 0.5, [mate, contact], told)
+        # No refutation within the probe timeout: dead; a refutation: alive.
+        assert m.member(contact.node_id).status == ("alive" if refutes else "dead")  # type: ignore[union-attr]
+
+
+def exchanges_with(outputs: Iterable[tuple[float, object]], node_id: str) -> list[float]:
+    """When the push-pulls among *outputs* bound to *node_id* were opened."""
+    return [t for t, o in outputs if isinstance(o, OpenStream) and o.to == node_id]
+
+
+def test_with_sites_a_supernode_checks_its_suspicion_of_another_sites_member_there() -> None:
+    # The supernode suspects a member of the other site (not a contact: that site decides its
+    # liveness), at the incarnation the member refuted while the sites were cut off (the
+    # refutation was lost across). It exchanges state with that site's contact every reconnect
+    # interval while the suspicion lasts (the exchange carries the suspicion there, and brings
+    # the member's current record back), once more at once each time the suspicion runs out,
+    # and does not declare the member dead on its own timer while its site may answer (chaos
+    # seeds 354, 58 and 662 of the registry sweep).
+    me, mate = record(1, orchestra="a"), record(2, orchestra="a")
+    contact, far = record(3, orchestra="b"), record(4, orchestra="b")
+    m = site_core(me, [mate, contact, far])
+    m.set_contacts([contact.node_id])
+    notice = Gossip((Suspect(far.node_id, 0, mate.node_id),))
+    m.handle_message(0.0, mate.address, mate.node_id, notice)
+    low, high = WAN.suspicion_bounds(m.live_count())
+    now, outputs = run_site_core(m, low, [mate, contact])
+    asked = exchanges_with(outputs, contact.node_id)
+    assert asked and asked[0] <= 1.25 * LAN.reconnect_interval  # checked before the shortest
+    # The request carries the suspicion to the member's site.
+    first = next(o for _, o in outputs if isinstance(o, OpenStream) and o.to == contact.node_id)
+    assert isinstance(first, OpenStream)
+    held = {r.node_id: r.status for r in first.body.members}
+    assert held[far.node_id] == MemberStatus.SUSPECT
+    # Every reconnect interval while it lasts; and at each time out, at once.
+    now, outputs = run_site_core(m, 2 * high - 0.5, [mate, contact], now)
+    asked = exchanges_with(outputs, contact.node_id)
+    gaps = [b - a for a, b in itertools.pairwise([*asked])]
+    assert gaps and max(gaps) <= 1.25 * LAN.reconnect_interval + 1e-6
+    assert m.member(far.node_id).status == "suspect"  # type: ignore[union-attr]
+    assert any(abs(t - high) < 0.5 for t in asked)
+    # The answer: the member refuted there; the suspicion ends here.
+    exchange = next(o for _, o in outputs if isinstance(o, OpenStream) and o.to == contact.node_id)
+    assert isinstance(exchange, OpenStream)
+    refuted = attrs.evolve(far, incarnation=1)
+    m.handle_stream_reply(now, exchange.exchange, PushPull((contact, refuted), reply=True))
+    assert m.member(far.node_id).status == "alive"  # type: ignore[union-attr]
+    assert m.member(far.node_id).incarnation == 1  # type: ignore[union-attr]
+    # Or the answer is its site's verdict, which stands as it does in gossip.
+    m.handle_message(
+        now, mate.address, mate.node_id, Gossip((Suspect(far.node_id, 1, mate.node_id),))
+    )
+    assert m.member(far.node_id).status == "suspect"  # type: ignore[union-attr]
+    # (In a state exchange the member's site started: its dead record is that site's verdict.)
+    dead = attrs.evolve(far, incarnation=1, status=MemberStatus.DEAD)
+    m.handle_stream(now, contact.address, contact.node_id, PushPull((contact, dead)))
+    assert m.member(far.node_id).status == "dead"  # type: ignore[union-attr]
+
+
+def test_with_sites_supernodes_exchange_state_on_the_wan_schedule() -> None:
+    # Only the supernodes cross, so a record whose one crossing was lost (a member that joined
+    # the other site while the sites were cut off) waited for a push-pull that happened to
+    # pick a contact: 130 s after the faults (chaos seeds 2247 and 2328 of the registry
+    # sweep). A supernode now exchanges state with a contact every wan push-pull period (0.75
+    # to 1.25 of it), the first within one period; a member that is not a supernode never.
+    me, mate = record(1, orchestra="a"), record(2, orchestra="a")
+    contact = record(3, orchestra="b")
+    period = WAN.push_pull_period(3)
+    for seed in range(5):
+        m = site_core(me, [mate, contact], seed=seed)
+        m.set_contacts([contact.node_id])
+        _, outputs = run_site_core(m, 5 * period, [mate, contact])
+        asked = exchanges_with(outputs, contact.node_id)
+        assert asked and asked[0] <= period
+        gaps = [b - a for a, b in itertools.pairwise([0.0, *asked])]
+        assert max(gaps) <= 1.25 * period + 1e-6
+        member = site_core(mate, [me, contact], seed=seed)
+        _, outputs = run_site_core(member, 5 * period, [me])
+        assert exchanges_with(outputs, contact.node_id) == []
