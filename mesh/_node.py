@@ -215,10 +215,10 @@ class NodeConfig:
             raise ValueError(f"bind address {self.bind!r} is not an IPv4 address")
 
 
-
 def _reader(topic: str | None) -> str:
     """How the log names a reader: a subscriber to *topic*, or an events reader."""
     return "events reader" if topic is None else f"subscriber to {topic!r}"
+
 
 class Node:
     """A running node; get one from :func:`open_node`."""
