@@ -211,14 +211,16 @@ class RelayLink:
 
     async def _take_loop(self, transport: Transport) -> None:
         while True:
-            token = self._token
+            # The event of this token: a re-registration during the take (a new token, and the
+            # old one's take answered 404) has set it already, so the loop never waits for it.
+            token, changed = self._token, self._token_changed
             if token is None:
-                await self._token_changed.wait()
+                await changed.wait()
                 continue
             try:
                 frames = await self.client.relay_take(token, self.wait)
             except RegistryNotFound:
-                await self._token_changed.wait()  # the bridge registers again
+                await changed.wait()  # the bridge registers again
                 continue
             except RegistryError as exc:
                 logger.debug("relay take failed: %s", exc)

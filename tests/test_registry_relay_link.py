@@ -56,6 +56,7 @@ class Sites:
     link_b: RelayLink
     bob_at: Address
     nursery: trio.Nursery
+    client_b: RegistryClient
 
 
 @contextlib.asynccontextmanager
@@ -77,10 +78,16 @@ async def two_sites(tmp_path: Path, *, bob_at: Address | None = None) -> AsyncIt
             bob = bob_at or b.address
             async with RegistryClient(url) as client_a, RegistryClient(url) as client_b:
                 reg_a = await client_a.register(
-                    "sleo", "cmu", "alice", host="127.0.0.1", port=a.address[1], supernode=True
+                    "sleo",
+                    "cmu",
+                    "alice",
+                    host="127.0.0.1",
+                    port=a.address[1],
+                    node_id=ALICE,
+                    supernode=True,
                 )
                 reg_b = await client_b.register(
-                    "sleo", "colorado", "bob", host=bob[0], port=bob[1], supernode=True
+                    "sleo", "colorado", "bob", host=bob[0], port=bob[1], node_id=BOB, supernode=True
                 )
                 timing = PathConfig(probe_budget=0.5, retry_every=0.5)
                 link_a = RelayLink(client_a, config=timing, wait=1.0)
@@ -91,7 +98,7 @@ async def two_sites(tmp_path: Path, *, bob_at: Address | None = None) -> AsyncIt
                 link_b.set_peers({a.address: "/cmu/alice"})
                 await nursery.start(link_a.run, a)
                 await nursery.start(link_b.run, b)
-                yield Sites(a, b, link_a, link_b, bob, nursery)
+                yield Sites(a, b, link_a, link_b, bob, nursery, client_b)
                 stop.set()
                 nursery.cancel_scope.cancel()
     finally:
@@ -159,3 +166,45 @@ async def test_a_join_exchange_goes_through_the_relay_once_direct_tcp_failed(
             [(src, env)] = asked
             assert src == s.a.address and env.sender == ALICE
             assert s.link_a.status()["exchanges"] == 1
+
+
+async def test_a_registration_renewed_during_a_take_goes_on_taking_with_the_new_token(
+    tmp_path: Path,
+) -> None:
+    """The bridge registers again (its conductor flag changed, a lapsed registration): the new
+    registration has a new token, and the take still waiting with the old one is answered 404,
+    usually just after the bridge handed the link the new token. The link takes on with the new
+    token (it once waited for a change of token that had already happened, and bob heard nothing
+    through the relay again: two sites behind NATs never merged)."""
+    with trio.fail_after(30):
+        async with two_sites(tmp_path) as s:
+            await s.nursery.start(s.b.serve_datagrams, lambda src, env: None)
+            await s.nursery.start(s.a.serve_datagrams, lambda src, env: None)
+            probe = 0
+
+            def ping() -> bool:
+                nonlocal probe
+                probe += 1
+                s.a.send_nowait(s.b.address, Ping(probe, BOB), to=(BOB, 1))
+                return s.link_b.received > 0
+
+            await wait_for(ping, 15, "alice's pings reach bob through the relay", every=0.1)
+            for _ in range(3):  # each time, bob's link is waiting in a take with the old token
+                again = await s.client_b.register(
+                    "sleo",
+                    "colorado",
+                    "bob",
+                    host="127.0.0.1",
+                    port=s.b.address[1],
+                    node_id=BOB,
+                    supernode=True,
+                    takeover=True,
+                )
+                s.link_b.set_token(again.token)
+                heard = s.link_b.received
+
+                def heard_again(before: int = heard) -> bool:
+                    ping()
+                    return s.link_b.received > before
+
+                await wait_for(heard_again, 10, "bob hears alice through the relay again")
