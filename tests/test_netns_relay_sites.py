@@ -76,7 +76,19 @@ def test_two_sites_of_two_behind_nats_agree_through_the_relay(tmp_path: Path) ->
                 for d in docs
             )
 
-        wait_until(merged, 60, "both orchestras' members in every view")
+        try:
+            took = wait_until(merged, 60, "both orchestras' members in every view")
+        except AssertionError as e:
+            views = {
+                d["node"]["path"]: (
+                    sorted((m["path"], m["state"]) for m in d["members"]),
+                    d["supernodes"],
+                    d["registry"],
+                )
+                for d in docs
+            }
+            raise AssertionError(f"{e}; the views: {views}") from None
+        print(f"both sites merged {took:.1f} s after the last node started")
 
         def one_conductor() -> bool:
             docs[:] = [status(lan, host, u) for host, u in nodes]
