@@ -9,8 +9,9 @@ runtime passes that view in as :class:`Candidate` values). The rules (DESIGN.md 
 * An alive incumbent keeps its post: a "better" node joining changes nothing.
 * When the holder leaves or is declared dead, the post is vacant; the best candidate (flagged
   before unflagged, then earliest join, then lowest id) claims it with ``term + 1`` after a short
-  claim delay. Lower-ranked candidates wait longer (one ``rank_delay`` per place), so a stale or
-  disagreeing view still ends in a claim, and normally only one node claims.
+  claim delay. Lower-ranked candidates wait longer (one ``rank_delay`` per place, counted from
+  when the best would claim, after the settle time too), so a stale or disagreeing view still
+  ends in a claim, and normally only one node claims.
 * Every orchestra with a live member has a supernode (any member may hold it if no
   ``--supernode`` one is alive); only ``--conductor`` nodes may conduct.
 * Two holders at once (a healed partition, a race): the longer tenure wins, then the lower id
@@ -773,8 +774,11 @@ class ElectionCore:
         if rank is None:
             self._claim_due.pop(post, None)
         else:
-            due = since + self.claim_delay + rank * self.rank_delay
-            self._claim_due[post] = max(due, self._settle_until, self._retry_at.get(post, due))
+            # The places behind the best count from the end of the settle period: counted from
+            # the vacancy alone they passed during it, and at its end the best candidates all
+            # claimed at once (a group of nodes started together: two or more holders).
+            due = max(since + self.claim_delay, self._settle_until) + rank * self.rank_delay
+            self._claim_due[post] = max(due, self._retry_at.get(post, due))
 
     def _after_reconcile(self, now: float) -> None:
         if self.self_id in self._holders.values():

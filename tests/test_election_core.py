@@ -425,9 +425,11 @@ def test_a_lower_ranked_candidate_claims_when_the_best_one_stays_silent() -> Non
     w = Elections([member(A, joined=2.0), member(B, joined=3.0)], rank_delay=1.0)
     w.info[C] = member(C, joined=1.0)
     w.refresh()
-    w.advance(1.2)
+    w.advance(1.9)
     assert w.supernodes("x") == {None}
-    w.advance(1.31)  # vacant since 0, claim delay 0.3, A is second: one rank delay
+    # Vacant since 0, inside the settle time (1 s): the best would claim at its end; A is
+    # second, one rank delay later.
+    w.advance(2.01)
     assert w.supernodes("x") == {A}
 
 
@@ -480,6 +482,23 @@ def test_a_holder_that_becomes_ineligible_steps_down() -> None:
     assert SteppedDown(CONDUCTOR, 1, "ineligible", None) in events
     w.advance(w.now + 0.5)
     assert w.conductors() == {C}
+
+
+def test_candidates_behind_the_best_keep_their_rank_delays_after_the_settle_time() -> None:
+    # Nodes started together: the post is vacant from the start, so the places behind the best
+    # count from the end of the settle period, not from the vacancy. Counted from the vacancy,
+    # they ran out during the settle time and the best two claimed at once at its end (a live
+    # group of 6 nodes started together: 2 holders of each post, every time).
+    view = [member(A, conductor=True), member(B, conductor=True), member(C, conductor=True)]
+    due = {}
+    for node in (A, B, C):
+        core = ElectionCore(node, 0.0, settle_time=1.5, claim_delay=0.3, rank_delay=1.0)
+        core.update_members(0.0, view)
+        due[node] = core.next_deadline()
+        core.handle_timer(1.5)
+        claims = [lease for lease in core.take_outputs() if lease.post == CONDUCTOR]
+        assert claims == ([Lease(CONDUCTOR, A, 1, 1.5)] if node == A else []), node
+    assert due == {A: 1.5, B: 2.5, C: 3.5}
 
 
 def test_invalid_posts_are_dropped_and_counted() -> None:
