@@ -264,10 +264,11 @@ class ElectionCore:
 
     Knobs: ``claim_delay`` (seconds a post stays vacant before the best candidate claims it),
     ``rank_delay`` (extra wait per place behind the best candidate, so somebody claims even if
-    the best one cannot), ``settle_time`` (no claims this long after start, so a new node first
-    learns the leases in force), ``reannounce_interval`` (a holder re-gossips its records this
-    often), ``conflict_resend_interval`` (at most this often, answer a conflicting live claim
-    with the winning record so its holder steps down fast).
+    the best one cannot), ``settle_time`` (no claims this long after start, or after
+    :meth:`settle` where the driver holds claims until its node can hear its peers, so a new
+    node first learns the leases in force), ``reannounce_interval`` (a holder re-gossips its
+    records this often), ``conflict_resend_interval`` (at most this often, answer a conflicting
+    live claim with the winning record so its holder steps down fast).
     """
 
     def __init__(
@@ -297,7 +298,9 @@ class ElectionCore:
         self._confirmed: Lease | None = None  # this node's conductor record the arbiter granted
         self._claim_requests = 0
         self._refusals = 0
+        self.settle_time = settle_time
         self._settle_until = now + settle_time
+        self._claims_held = False  # hold_claims() until settle()
         self._candidates: dict[str, Candidate] = {}
         self._known: Counter[str] = Counter()  # orchestra -> members known (alive or not)
         self._alive: Counter[str] = Counter()  # orchestra -> live members
@@ -392,6 +395,27 @@ class ElectionCore:
             self._outputs.append(current)
         self._reconcile_post(now, lease.post)
         self._after_reconcile(now)
+
+    def hold_claims(self) -> None:
+        """Make no claim until :meth:`settle` is called: the node cannot hear its peers yet.
+
+        A driver whose node looks for peers only a while after it made the core (its
+        discovery starts after its status server, up to a second or more on a loaded host)
+        holds claims from the start, then calls :meth:`settle` when discovery runs.
+        Otherwise the settle period ran out before the node had looked, and every node of a
+        group started together claimed, each alone in its view (8 holders at term 1 for up to
+        0.3 s in every soak, ``bench/soak.py``).
+        """
+        self._claims_held = True
+        self._claim_due.clear()
+
+    def settle(self, now: float) -> None:
+        """The node can hear its peers from *now*: end a :meth:`hold_claims` and make no
+        claim before ``now + settle_time`` (so it first learns the leases in force and the
+        candidates around it; a later end only)."""
+        self._claims_held = False
+        self._settle_until = max(self._settle_until, now + self.settle_time)
+        self._reconcile(now)
 
     def handle_timer(self, now: float) -> None:
         """Do what is due: claim vacant posts this node should claim, re-announce held posts."""
@@ -771,7 +795,7 @@ class ElectionCore:
             return
         since = self._vacant_since.setdefault(post, now)
         rank = self._self_rank(post)
-        if rank is None:
+        if rank is None or self._claims_held:
             self._claim_due.pop(post, None)
         else:
             # The places behind the best count from the end of the settle period: counted from

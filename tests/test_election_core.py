@@ -501,6 +501,23 @@ def test_candidates_behind_the_best_keep_their_rank_delays_after_the_settle_time
     assert due == {A: 1.5, B: 2.5, C: 3.5}
 
 
+def test_held_claims_wait_for_the_settle_call() -> None:
+    # A node whose discovery starts a second after the core was made: no claim before the
+    # node could hear its peers, then the settle time from then.
+    core = ElectionCore(A, 0.0, settle_time=1.0)
+    core.hold_claims()
+    core.update_members(0.0, [member(A, conductor=True)])
+    assert core.next_deadline() is None
+    core.handle_timer(1.5)
+    assert core.take_outputs() == [] and core.conductor() is None
+    core.settle(1.5)
+    assert core.next_deadline() == 2.5
+    core.update_members(1.6, [member(A, conductor=True), member(B, conductor=True)])
+    core.handle_timer(2.5)
+    assert {lease.post for lease in core.take_outputs()} == {CONDUCTOR, SN_X}
+    assert core.conductor() == A
+
+
 def test_invalid_posts_are_dropped_and_counted() -> None:
     core = ElectionCore(A, 0.0)
     core.update_members(0.0, [member(A)])
