@@ -10,8 +10,9 @@ runtime passes that view in as :class:`Candidate` values). The rules (DESIGN.md 
 * When the holder leaves or is declared dead, the post is vacant; the best candidate (flagged
   before unflagged, then earliest join, then lowest id) claims it with ``term + 1`` after a short
   claim delay. Lower-ranked candidates wait longer (one ``rank_delay`` per place, counted from
-  when the best would claim, after the settle time too), so a stale or disagreeing view still
-  ends in a claim, and normally only one node claims.
+  when the best would claim: after the settle time, and after this node last moved up a
+  place), so a stale or disagreeing view still ends in a claim, and normally only one node
+  claims.
 * Every orchestra with a live member has a supernode (any member may hold it if no
   ``--supernode`` one is alive); only ``--conductor`` nodes may conduct.
 * Two holders at once (a healed partition, a race): the longer tenure wins, then the lower id
@@ -308,6 +309,7 @@ class ElectionCore:
         self._max_term: dict[str, int] = {}
         self._holders: dict[str, str] = {}  # post -> holder in force, as last reported
         self._vacant_since: dict[str, float] = {}
+        self._ranks: dict[str, tuple[int, float]] = {}  # vacant post -> (rank, when it fell)
         self._claim_due: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}  # post -> when to ask a refusing arbiter again
         self._held_terms: dict[str, int] = {}  # post -> term of this node's record in force
@@ -705,6 +707,7 @@ class ElectionCore:
         self._holders.pop(post, None)
         self._held_terms.pop(post, None)
         self._vacant_since.pop(post, None)
+        self._ranks.pop(post, None)
         self._claim_due.pop(post, None)
         self._retry_at.pop(post, None)
         self._last_resent.pop(post, None)
@@ -784,6 +787,7 @@ class ElectionCore:
                     # rule while it was unreachable): confirm with it now.
                     self._next_renew = now
             self._vacant_since.pop(post, None)
+            self._ranks.pop(post, None)
             self._claim_due.pop(post, None)
             self._retry_at.pop(post, None)
             return
@@ -791,18 +795,27 @@ class ElectionCore:
         if orchestra is not None and orchestra not in self._alive:
             # Nobody could hold it: no vacancy to time (it starts when a member comes alive).
             self._vacant_since.pop(post, None)
+            self._ranks.pop(post, None)
             self._claim_due.pop(post, None)
             return
         since = self._vacant_since.setdefault(post, now)
         rank = self._self_rank(post)
         if rank is None or self._claims_held:
+            self._ranks.pop(post, None)
             self._claim_due.pop(post, None)
-        else:
-            # The places behind the best count from the end of the settle period: counted from
-            # the vacancy alone they passed during it, and at its end the best candidates all
-            # claimed at once (a group of nodes started together: two or more holders).
-            due = max(since + self.claim_delay, self._settle_until) + rank * self.rank_delay
-            self._claim_due[post] = max(due, self._retry_at.get(post, due))
+            return
+        # The places behind the best count from when the best would claim: not before the end
+        # of the settle period, and not before the best became the best. Counted from the
+        # vacancy alone, the places passed meanwhile, and the best candidates claimed at once:
+        # at the end of the settle time (a group of nodes started together), or when the
+        # better candidates of the far side of a partition were declared dead (every node of
+        # this side moved up a place at about the same moment).
+        before, fell = self._ranks.get(post, (rank, since))
+        if rank < before:
+            fell = now
+        self._ranks[post] = (rank, fell)
+        due = max(since + self.claim_delay, self._settle_until, fell) + rank * self.rank_delay
+        self._claim_due[post] = max(due, self._retry_at.get(post, due))
 
     def _after_reconcile(self, now: float) -> None:
         if self.self_id in self._holders.values():

@@ -501,6 +501,32 @@ def test_candidates_behind_the_best_keep_their_rank_delays_after_the_settle_time
     assert due == {A: 1.5, B: 2.5, C: 3.5}
 
 
+def test_the_far_side_declared_dead_moves_this_side_up_one_place_at_a_time() -> None:
+    # A partition: D (the conductor) and A (a better candidate) are on the far side. This side
+    # declares D dead at 10 and A at 11.2, at about the same moment on every node: B becomes
+    # the best and claims at once; C, second now, still waits one rank delay from then, so
+    # B's claim has time to reach it. Counted from the vacancy alone, C's place came at 11.3
+    # and C claimed unless B's claim had reached it within 0.1 s: two holders on one side.
+    view = [member(n, conductor=True, joined=j) for n, j in ((D, 0), (A, 1), (B, 2), (C, 3))]
+    cores = {n: ElectionCore(n, 0.0) for n in (B, C)}
+    for core in cores.values():
+        core.update_members(0.0, view)
+        core.handle_lease(0.5, Lease(CONDUCTOR, D, 1, 0.5))
+        core.update_member(10.0, member(D, conductor=True, joined=0, alive=False))
+        core.handle_timer(11.1)
+        core.update_member(11.2, member(A, conductor=True, joined=1, alive=False))
+        assert core.conductor() is None
+        core.take_outputs()
+    cores[B].handle_timer(11.2)
+    claim = Lease(CONDUCTOR, B, 2, 11.2)
+    assert [r for r in cores[B].take_outputs() if r.post == CONDUCTOR] == [claim]
+    cores[C].handle_timer(11.3)  # B's claim is late (5 % loss: a gossip round)
+    assert [r for r in cores[C].take_outputs() if r.post == CONDUCTOR] == []
+    cores[C].handle_lease(11.5, claim)
+    cores[C].handle_timer(12.2)
+    assert cores[C].conductor() == B and not cores[C].holds(CONDUCTOR)
+
+
 def test_held_claims_wait_for_the_settle_call() -> None:
     # A node whose discovery starts a second after the core was made: no claim before the
     # node could hear its peers, then the settle time from then.
