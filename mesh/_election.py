@@ -310,6 +310,8 @@ class ElectionCore:
         self._holders: dict[str, str] = {}  # post -> holder in force, as last reported
         self._vacant_since: dict[str, float] = {}
         self._ranks: dict[str, tuple[int, float]] = {}  # vacant post -> (rank, when it fell)
+        # post -> a live competitor's record that lost to the one in force, when last heard
+        self._runners_up: dict[str, tuple[Lease, float]] = {}
         self._claim_due: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}  # post -> when to ask a refusing arbiter again
         self._held_terms: dict[str, int] = {}  # post -> term of this node's record in force
@@ -383,6 +385,9 @@ class ElectionCore:
             winner = current  # (the other learns at its own renewal; it is told below)
         else:
             winner = lease if current is None else self._pick(current, lease)
+        loser = None if current is None else (current if winner is lease else lease)
+        if loser is not None and self._may_hold(loser.post, loser.holder):
+            self._keep_runner_up(now, loser)
         if winner != current:
             self._records[lease.post] = winner
             self._adopted += 1
@@ -708,6 +713,7 @@ class ElectionCore:
         self._held_terms.pop(post, None)
         self._vacant_since.pop(post, None)
         self._ranks.pop(post, None)
+        self._runners_up.pop(post, None)
         self._claim_due.pop(post, None)
         self._retry_at.pop(post, None)
         self._last_resent.pop(post, None)
@@ -755,9 +761,30 @@ class ElectionCore:
             self._reconcile_post(now, post)
         self._after_reconcile(now)
 
+    def _keep_runner_up(self, now: float, record: Lease) -> None:
+        """Keep *record*, which lost to the record in force while its holder may hold the
+        post, as the post's runner-up (the better of two), with when it was last heard."""
+        kept = self._runners_up.get(record.post)
+        if kept is None or kept[0] == record or self._pick(kept[0], record) == record:
+            self._runners_up[record.post] = (record, now)
+
     def _reconcile_post(self, now: float, post: str) -> None:
         """Report a change of *post*'s holder, track its vacancy, schedule this node's claim."""
         record = self._records.get(post)
+        if record is not None and not self._may_hold(post, record.holder):
+            runner_up, heard = self._runners_up.pop(post, (None, -math.inf))
+            # A holder re-announces its post every reannounce_interval: a record not heard
+            # for two is one its holder no longer asserts (it stepped down).
+            fresh = now - heard <= 2 * self.reannounce_interval
+            if runner_up is not None and fresh and self._may_hold(post, runner_up.holder):
+                # The holder in force is gone, and a live competitor's claim lost to it here
+                # before: that claim holds the post now. Dropped, the post looked vacant until
+                # the competitor's next re-announcement (up to 3 s), and this node could claim
+                # it meanwhile: two holders on one side of a partition (a node that declared
+                # the far side's conductor dead 1.7 s after the others, soak at 5 % loss).
+                record = self._records[post] = runner_up
+                self._adopted += 1
+                self._outputs.append(runner_up)
         holder = self.holder(post)
         old = self._holders.get(post)
         if holder != old:

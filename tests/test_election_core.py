@@ -527,6 +527,38 @@ def test_the_far_side_declared_dead_moves_this_side_up_one_place_at_a_time() -> 
     assert cores[C].conductor() == B and not cores[C].holds(CONDUCTOR)
 
 
+def test_a_live_competitors_claim_takes_over_when_the_holder_in_force_is_declared_dead() -> None:
+    # A partition: this node (C) still sees D, the far side's conductor, alive when A, the
+    # best of this side, claims the post; A's claim loses to D's record here. When C declares
+    # D dead, A holds the post at once in C's view. Before, C had dropped A's claim: the post
+    # looked vacant until A re-announced it (1.8 s in a soak), and C could claim meanwhile.
+    view = [member(n, conductor=True, joined=j) for n, j in ((D, 0), (A, 1), (B, 2), (C, 3))]
+    core = ElectionCore(C, 0.0, reannounce_interval=3.0)
+    core.update_members(0.0, view)
+    core.handle_lease(0.5, Lease(CONDUCTOR, D, 1, 0.5))
+    claim = Lease(CONDUCTOR, A, 2, 12.9)
+    core.handle_lease(12.9, claim)
+    assert core.conductor() == D
+    core.take_outputs()
+    core.update_member(14.3, member(D, conductor=True, joined=0, alive=False))
+    assert core.conductor() == A and core.lease(CONDUCTOR) == claim
+    assert claim in core.take_outputs()  # passed on, for the nodes that dropped it too
+    core.handle_timer(20.0)
+    assert core.conductor() == A and not core.holds(CONDUCTOR)
+
+
+def test_a_competing_record_not_heard_again_does_not_take_over() -> None:
+    # The competitor stepped down (it stopped re-announcing): two re-announce intervals
+    # later its old record no longer counts, and the post falls vacant when D is dead.
+    view = [member(n, conductor=True, joined=j) for n, j in ((D, 0), (A, 1), (B, 2), (C, 3))]
+    core = ElectionCore(C, 0.0, reannounce_interval=3.0)
+    core.update_members(0.0, view)
+    core.handle_lease(0.5, Lease(CONDUCTOR, D, 1, 0.5))
+    core.handle_lease(12.9, Lease(CONDUCTOR, A, 2, 12.9))
+    core.update_member(19.0, member(D, conductor=True, joined=0, alive=False))
+    assert core.conductor() is None
+
+
 def test_held_claims_wait_for_the_settle_call() -> None:
     # A node whose discovery starts a second after the core was made: no claim before the
     # node could hear its peers, then the settle time from then.
