@@ -9,8 +9,10 @@ runtime passes that view in as :class:`Candidate` values). The rules (DESIGN.md 
 * An alive incumbent keeps its post: a "better" node joining changes nothing.
 * When the holder leaves or is declared dead, the post is vacant; the best candidate (flagged
   before unflagged, then earliest join, then lowest id) claims it with ``term + 1`` after a short
-  claim delay. Lower-ranked candidates wait longer (one ``rank_delay`` per place), so a stale or
-  disagreeing view still ends in a claim, and normally only one node claims.
+  claim delay. Lower-ranked candidates wait longer (one ``rank_delay`` per place, counted from
+  when the best would claim: after the settle time, and after this node last moved up a
+  place), so a stale or disagreeing view still ends in a claim, and normally only one node
+  claims.
 * Every orchestra with a live member has a supernode (any member may hold it if no
   ``--supernode`` one is alive); only ``--conductor`` nodes may conduct.
 * Two holders at once (a healed partition, a race): the longer tenure wins, then the lower id
@@ -263,10 +265,11 @@ class ElectionCore:
 
     Knobs: ``claim_delay`` (seconds a post stays vacant before the best candidate claims it),
     ``rank_delay`` (extra wait per place behind the best candidate, so somebody claims even if
-    the best one cannot), ``settle_time`` (no claims this long after start, so a new node first
-    learns the leases in force), ``reannounce_interval`` (a holder re-gossips its records this
-    often), ``conflict_resend_interval`` (at most this often, answer a conflicting live claim
-    with the winning record so its holder steps down fast).
+    the best one cannot), ``settle_time`` (no claims this long after start, or after
+    :meth:`settle` where the driver holds claims until its node can hear its peers, so a new
+    node first learns the leases in force), ``reannounce_interval`` (a holder re-gossips its
+    records this often), ``conflict_resend_interval`` (at most this often, answer a conflicting
+    live claim with the winning record so its holder steps down fast).
     """
 
     def __init__(
@@ -296,7 +299,9 @@ class ElectionCore:
         self._confirmed: Lease | None = None  # this node's conductor record the arbiter granted
         self._claim_requests = 0
         self._refusals = 0
+        self.settle_time = settle_time
         self._settle_until = now + settle_time
+        self._claims_held = False  # hold_claims() until settle()
         self._candidates: dict[str, Candidate] = {}
         self._known: Counter[str] = Counter()  # orchestra -> members known (alive or not)
         self._alive: Counter[str] = Counter()  # orchestra -> live members
@@ -304,6 +309,9 @@ class ElectionCore:
         self._max_term: dict[str, int] = {}
         self._holders: dict[str, str] = {}  # post -> holder in force, as last reported
         self._vacant_since: dict[str, float] = {}
+        self._ranks: dict[str, tuple[int, float]] = {}  # vacant post -> (rank, when it fell)
+        # post -> a live competitor's record that lost to the one in force, when last heard
+        self._runners_up: dict[str, tuple[Lease, float]] = {}
         self._claim_due: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}  # post -> when to ask a refusing arbiter again
         self._held_terms: dict[str, int] = {}  # post -> term of this node's record in force
@@ -377,6 +385,9 @@ class ElectionCore:
             winner = current  # (the other learns at its own renewal; it is told below)
         else:
             winner = lease if current is None else self._pick(current, lease)
+        loser = None if current is None else (current if winner is lease else lease)
+        if loser is not None and self._may_hold(loser.post, loser.holder):
+            self._keep_runner_up(now, loser)
         if winner != current:
             self._records[lease.post] = winner
             self._adopted += 1
@@ -391,6 +402,27 @@ class ElectionCore:
             self._outputs.append(current)
         self._reconcile_post(now, lease.post)
         self._after_reconcile(now)
+
+    def hold_claims(self) -> None:
+        """Make no claim until :meth:`settle` is called: the node cannot hear its peers yet.
+
+        A driver whose node looks for peers only a while after it made the core (its
+        discovery starts after its status server, up to a second or more on a loaded host)
+        holds claims from the start, then calls :meth:`settle` when discovery runs.
+        Otherwise the settle period ran out before the node had looked, and every node of a
+        group started together claimed, each alone in its view (8 holders at term 1 for up to
+        0.3 s in every soak, ``bench/soak.py``).
+        """
+        self._claims_held = True
+        self._claim_due.clear()
+
+    def settle(self, now: float) -> None:
+        """The node can hear its peers from *now*: end a :meth:`hold_claims` and make no
+        claim before ``now + settle_time`` (so it first learns the leases in force and the
+        candidates around it; a later end only)."""
+        self._claims_held = False
+        self._settle_until = max(self._settle_until, now + self.settle_time)
+        self._reconcile(now)
 
     def handle_timer(self, now: float) -> None:
         """Do what is due: claim vacant posts this node should claim, re-announce held posts."""
@@ -680,6 +712,8 @@ class ElectionCore:
         self._holders.pop(post, None)
         self._held_terms.pop(post, None)
         self._vacant_since.pop(post, None)
+        self._ranks.pop(post, None)
+        self._runners_up.pop(post, None)
         self._claim_due.pop(post, None)
         self._retry_at.pop(post, None)
         self._last_resent.pop(post, None)
@@ -727,9 +761,30 @@ class ElectionCore:
             self._reconcile_post(now, post)
         self._after_reconcile(now)
 
+    def _keep_runner_up(self, now: float, record: Lease) -> None:
+        """Keep *record*, which lost to the record in force while its holder may hold the
+        post, as the post's runner-up (the better of two), with when it was last heard."""
+        kept = self._runners_up.get(record.post)
+        if kept is None or kept[0] == record or self._pick(kept[0], record) == record:
+            self._runners_up[record.post] = (record, now)
+
     def _reconcile_post(self, now: float, post: str) -> None:
         """Report a change of *post*'s holder, track its vacancy, schedule this node's claim."""
         record = self._records.get(post)
+        if record is not None and not self._may_hold(post, record.holder):
+            runner_up, heard = self._runners_up.pop(post, (None, -math.inf))
+            # A holder re-announces its post every reannounce_interval: a record not heard
+            # for two is one its holder no longer asserts (it stepped down).
+            fresh = now - heard <= 2 * self.reannounce_interval
+            if runner_up is not None and fresh and self._may_hold(post, runner_up.holder):
+                # The holder in force is gone, and a live competitor's claim lost to it here
+                # before: that claim holds the post now. Dropped, the post looked vacant until
+                # the competitor's next re-announcement (up to 3 s), and this node could claim
+                # it meanwhile: two holders on one side of a partition (a node that declared
+                # the far side's conductor dead 1.7 s after the others, soak at 5 % loss).
+                record = self._records[post] = runner_up
+                self._adopted += 1
+                self._outputs.append(runner_up)
         holder = self.holder(post)
         old = self._holders.get(post)
         if holder != old:
@@ -759,6 +814,7 @@ class ElectionCore:
                     # rule while it was unreachable): confirm with it now.
                     self._next_renew = now
             self._vacant_since.pop(post, None)
+            self._ranks.pop(post, None)
             self._claim_due.pop(post, None)
             self._retry_at.pop(post, None)
             return
@@ -766,15 +822,27 @@ class ElectionCore:
         if orchestra is not None and orchestra not in self._alive:
             # Nobody could hold it: no vacancy to time (it starts when a member comes alive).
             self._vacant_since.pop(post, None)
+            self._ranks.pop(post, None)
             self._claim_due.pop(post, None)
             return
         since = self._vacant_since.setdefault(post, now)
         rank = self._self_rank(post)
-        if rank is None:
+        if rank is None or self._claims_held:
+            self._ranks.pop(post, None)
             self._claim_due.pop(post, None)
-        else:
-            due = since + self.claim_delay + rank * self.rank_delay
-            self._claim_due[post] = max(due, self._settle_until, self._retry_at.get(post, due))
+            return
+        # The places behind the best count from when the best would claim: not before the end
+        # of the settle period, and not before the best became the best. Counted from the
+        # vacancy alone, the places passed meanwhile, and the best candidates claimed at once:
+        # at the end of the settle time (a group of nodes started together), or when the
+        # better candidates of the far side of a partition were declared dead (every node of
+        # this side moved up a place at about the same moment).
+        before, fell = self._ranks.get(post, (rank, since))
+        if rank < before:
+            fell = now
+        self._ranks[post] = (rank, fell)
+        due = max(since + self.claim_delay, self._settle_until, fell) + rank * self.rank_delay
+        self._claim_due[post] = max(due, self._retry_at.get(post, due))
 
     def _after_reconcile(self, now: float) -> None:
         if self.self_id in self._holders.values():

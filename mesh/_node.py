@@ -263,6 +263,9 @@ class Node:
                 None,
             ),
         )
+        # No claims before discovery runs (then _serve_discovery lets the election settle):
+        # until then this node cannot learn of any peer or lease.
+        self.core.election.hold_claims()
         transport.incarnation = incarnation
         self._handlers: dict[str, RequestHandler] = {}
         self._conflicts_told: set[str] = set()
@@ -868,6 +871,9 @@ class Node:
                 source = getattr(discovery, name)
                 if source is not None:
                     self.discovery_stats[name] = source.statistics
+            # The node looks for peers from now: its election settles from now.
+            self.core.election.settle(self.core.federation_time(self.local_now()))
+            self._pump()
             task_status.started()
 
     def _alone(self) -> bool:

@@ -425,9 +425,11 @@ def test_a_lower_ranked_candidate_claims_when_the_best_one_stays_silent() -> Non
     w = Elections([member(A, joined=2.0), member(B, joined=3.0)], rank_delay=1.0)
     w.info[C] = member(C, joined=1.0)
     w.refresh()
-    w.advance(1.2)
+    w.advance(1.9)
     assert w.supernodes("x") == {None}
-    w.advance(1.31)  # vacant since 0, claim delay 0.3, A is second: one rank delay
+    # Vacant since 0, inside the settle time (1 s): the best would claim at its end; A is
+    # second, one rank delay later.
+    w.advance(2.01)
     assert w.supernodes("x") == {A}
 
 
@@ -480,6 +482,98 @@ def test_a_holder_that_becomes_ineligible_steps_down() -> None:
     assert SteppedDown(CONDUCTOR, 1, "ineligible", None) in events
     w.advance(w.now + 0.5)
     assert w.conductors() == {C}
+
+
+def test_candidates_behind_the_best_keep_their_rank_delays_after_the_settle_time() -> None:
+    # Nodes started together: the post is vacant from the start, so the places behind the best
+    # count from the end of the settle period, not from the vacancy. Counted from the vacancy,
+    # they ran out during the settle time and the best two claimed at once at its end (a live
+    # group of 6 nodes started together: 2 holders of each post, every time).
+    view = [member(A, conductor=True), member(B, conductor=True), member(C, conductor=True)]
+    due = {}
+    for node in (A, B, C):
+        core = ElectionCore(node, 0.0, settle_time=1.5, claim_delay=0.3, rank_delay=1.0)
+        core.update_members(0.0, view)
+        due[node] = core.next_deadline()
+        core.handle_timer(1.5)
+        claims = [lease for lease in core.take_outputs() if lease.post == CONDUCTOR]
+        assert claims == ([Lease(CONDUCTOR, A, 1, 1.5)] if node == A else []), node
+    assert due == {A: 1.5, B: 2.5, C: 3.5}
+
+
+def test_the_far_side_declared_dead_moves_this_side_up_one_place_at_a_time() -> None:
+    # A partition: D (the conductor) and A (a better candidate) are on the far side. This side
+    # declares D dead at 10 and A at 11.2, at about the same moment on every node: B becomes
+    # the best and claims at once; C, second now, still waits one rank delay from then, so
+    # B's claim has time to reach it. Counted from the vacancy alone, C's place came at 11.3
+    # and C claimed unless B's claim had reached it within 0.1 s: two holders on one side.
+    view = [member(n, conductor=True, joined=j) for n, j in ((D, 0), (A, 1), (B, 2), (C, 3))]
+    cores = {n: ElectionCore(n, 0.0) for n in (B, C)}
+    for core in cores.values():
+        core.update_members(0.0, view)
+        core.handle_lease(0.5, Lease(CONDUCTOR, D, 1, 0.5))
+        core.update_member(10.0, member(D, conductor=True, joined=0, alive=False))
+        core.handle_timer(11.1)
+        core.update_member(11.2, member(A, conductor=True, joined=1, alive=False))
+        assert core.conductor() is None
+        core.take_outputs()
+    cores[B].handle_timer(11.2)
+    claim = Lease(CONDUCTOR, B, 2, 11.2)
+    assert [r for r in cores[B].take_outputs() if r.post == CONDUCTOR] == [claim]
+    cores[C].handle_timer(11.3)  # B's claim is late (5 % loss: a gossip round)
+    assert [r for r in cores[C].take_outputs() if r.post == CONDUCTOR] == []
+    cores[C].handle_lease(11.5, claim)
+    cores[C].handle_timer(12.2)
+    assert cores[C].conductor() == B and not cores[C].holds(CONDUCTOR)
+
+
+def test_a_live_competitors_claim_takes_over_when_the_holder_in_force_is_declared_dead() -> None:
+    # A partition: this node (C) still sees D, the far side's conductor, alive when A, the
+    # best of this side, claims the post; A's claim loses to D's record here. When C declares
+    # D dead, A holds the post at once in C's view. Before, C had dropped A's claim: the post
+    # looked vacant until A re-announced it (1.8 s in a soak), and C could claim meanwhile.
+    view = [member(n, conductor=True, joined=j) for n, j in ((D, 0), (A, 1), (B, 2), (C, 3))]
+    core = ElectionCore(C, 0.0, reannounce_interval=3.0)
+    core.update_members(0.0, view)
+    core.handle_lease(0.5, Lease(CONDUCTOR, D, 1, 0.5))
+    claim = Lease(CONDUCTOR, A, 2, 12.9)
+    core.handle_lease(12.9, claim)
+    assert core.conductor() == D
+    core.take_outputs()
+    core.update_member(14.3, member(D, conductor=True, joined=0, alive=False))
+    assert core.conductor() == A and core.lease(CONDUCTOR) == claim
+    assert claim in core.take_outputs()  # passed on, for the nodes that dropped it too
+    core.handle_timer(20.0)
+    assert core.conductor() == A and not core.holds(CONDUCTOR)
+
+
+def test_a_competing_record_not_heard_again_does_not_take_over() -> None:
+    # The competitor stepped down (it stopped re-announcing): two re-announce intervals
+    # later its old record no longer counts, and the post falls vacant when D is dead.
+    view = [member(n, conductor=True, joined=j) for n, j in ((D, 0), (A, 1), (B, 2), (C, 3))]
+    core = ElectionCore(C, 0.0, reannounce_interval=3.0)
+    core.update_members(0.0, view)
+    core.handle_lease(0.5, Lease(CONDUCTOR, D, 1, 0.5))
+    core.handle_lease(12.9, Lease(CONDUCTOR, A, 2, 12.9))
+    core.update_member(19.0, member(D, conductor=True, joined=0, alive=False))
+    assert core.conductor() is None
+
+
+def test_held_claims_wait_for_the_settle_call() -> None:
+    # A node whose discovery starts a second after the core was made: no claim before the
+    # node could hear its peers, then the settle time from then.
+    core = ElectionCore(A, 0.0, settle_time=1.0)
+    core.hold_claims()
+    core.update_members(0.0, [member(A, conductor=True)])
+    assert core.next_deadline() is None
+    core.handle_timer(1.5)
+    assert core.take_outputs() == [] and core.conductor() is None
+    core.settle(1.5)
+    assert core.next_deadline() == 2.5
+    core.update_members(1.6, [member(A, conductor=True), member(B, conductor=True)])
+    core.handle_timer(2.5)
+    assert {lease.post for lease in core.take_outputs()} == {CONDUCTOR, SN_X}
+    assert core.conductor() == A
 
 
 def test_invalid_posts_are_dropped_and_counted() -> None:
