@@ -74,8 +74,8 @@ def test_agreement_once_reached_holds_regression_seeds(seed: int) -> None:
 
 
 # Seeds of the registry sweep on sites that once failed, each named for its root cause (fixed
-# in the cores: mesh/_membership.py, mesh/_election.py); later changes may make them run
-# differently, as for the seeds above.
+# in the cores: mesh/_membership.py, mesh/_election.py, mesh/_nodecore.py); later changes may
+# make them run differently, as for the seeds above.
 REGISTRY_REGRESSION_SEEDS = {
     21: "a site's refutation lost across the WAN: the other site kept the member dead",
     48: "a conductor lease's one crossing lost: the other site saw no conductor for minutes",
@@ -115,6 +115,12 @@ REGISTRY_REGRESSION_SEEDS = {
     # none left): the suspicion ended in a death a moment later, refuted at once.
     2687: "a contact's suspicion pending at the heal, declared 0.3 s after it, counted agreed",
     3058: "a contact's suspicion pending at the heal, declared 0.5 s after it, counted agreed",
+    # A site's top that had run on its own while cut off handed the registry an older epoch
+    # of its own lineage (a "correction"): the registry's time moved under every node that
+    # followed it, beyond their bounds until their next sample (mesh/_nodecore.py; shown by
+    # tests/test_clock_registry_core.py).
+    6010: "a top moved its lineage's registry time 3.4 ms: a member's bound (via its top) short",
+    6494: "a top moved its lineage's registry time 5.4 ms: the other top's bound short",
 }
 
 
