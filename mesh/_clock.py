@@ -247,7 +247,8 @@ class ClockSnapshot:
     is_reference: bool
     synced: bool
     samples: int
-    """Samples held from the current reference."""
+    """Samples held from the current reference (not counting those carried across a
+    hand-over from the previous one)."""
     rtt: float | None
     """The lowest round trip among the recent samples, if any."""
     requests: int
@@ -267,6 +268,7 @@ class _Sample:
     bound: float  # worst-case |offset error| against the top of the chain of references
     lan: float  # ... against the followed node's time alone
     known: bool = True  # whether the followed node said it was synced, with a known bound
+    carried: bool = False  # taken from the previous reference, carried across a hand-over
 
 
 class ClockCore:
@@ -312,6 +314,9 @@ class ClockCore:
         # (_alt, same anchor) tightens the bound: the truth lies within both.
         self._est: _Bound | None = None
         self._alt: tuple[float, float, _Bound] | None = None  # (federation time at a, rate, bound)
+        # While samples carried across a hand-over are held: what the new reference's own
+        # samples say of its offset, (local time, lowest, highest) there (see _carried_bound).
+        self._carry: tuple[float, float, float] | None = None
         # Drift (the line's rate) as a worst-case interval, widened as it ages.
         self._d_lo = -self._max_drift
         self._d_hi = self._max_drift
@@ -411,6 +416,8 @@ class ClockCore:
             self._deadband = deadband
         if reference_id == self._reference and is_self == self._is_self:
             return
+        carry = self._carriable(handover) and not is_self and reference_id is not None
+        carried = [attrs.evolve(x, carried=True) for x in self._samples] if carry else []
         self._reference = reference_id
         self._is_self = is_self
         self._outstanding.clear()
@@ -447,10 +454,42 @@ class ClockCore:
             self._ref_synced = True  # (until the new reference answers for itself)
             self._last_sample_at = now  # staleness counts from the hand-over
             self._ref_bound, self._ref_bound_at = 0.0, now  # (the held bound has it all)
+        if carried:
+            # The new reference keeps the same time (it followed the old one): what this
+            # clock learned of that time goes on counting in the estimate, the new
+            # reference's samples taking over as they come; the bound rests on them alone
+            # (see _carried_bound).
+            self._samples = deque(carried, maxlen=self._kept())
         if self._cfg.holdover and math.isfinite(prior):
             # The new reference most likely kept the same time as the old one (or as this
             # clock): the clock's time is where its first estimates are weighed against.
             self._prior = (now, self._read(now), prior)
+
+    def _carriable(self, handover: float | None) -> bool:
+        """Whether a change of reference with *handover* (see :meth:`set_reference`) carries
+        the samples held across: the new reference keeps the same time, this clock has an
+        estimate of it, and the network is jittery (a new estimate then takes many seconds of
+        samples to come within a millisecond; on a quiet one it is as good within one)."""
+        return (
+            handover is not None
+            and handover <= self._cfg.step_threshold
+            and self._jittery
+            and self._est is not None
+            and not self._is_self
+            and bool(self._samples)
+        )
+
+    def _carried_bound(self, at: float, carry: tuple[float, float, float]) -> float:
+        """The line's bound against the new reference while carried samples are held, from
+        the new reference's own samples alone: each puts its offset within its bound of
+        where it was measured, and the offset moves by at most ``max_drift`` a second since;
+        the line is bounded by how far it lies from either end of what they all allow. (The
+        carried samples move the line, not the bound: the new reference's time is the old
+        one's only within its own error, which this node does not know.)"""
+        when, lowest, highest = carry
+        widen = self._max_drift * abs(at - when)
+        offset = self._line(at) - at
+        return max(offset - (lowest - widen), (highest + widen) - offset, 0.0)
 
     def _statistics(self, now: float) -> float:
         """How far the clock is likely off its reference's time at *now* (a standard
@@ -471,7 +510,7 @@ class ClockCore:
         self._samples.clear()
         self._accepted = 0
         self._start_over_on_next_sample = False
-        self._est, self._alt = None, None
+        self._est, self._alt, self._carry = None, None, None
         self._prior, self._sigma, self._gap = None, math.inf, 0.0
         # The rate is kept (it is likely still right) but the worst-case interval restarts.
         self._d_lo, self._d_hi, self._d_at = -self._max_drift, self._max_drift, now
@@ -503,6 +542,9 @@ class ClockCore:
         if self._prior is not None:
             at, fed, sigma = self._prior
             self._prior = (at, fed + delta, sigma)
+        if self._carry is not None:
+            at, lowest, highest = self._carry
+            self._carry = (at, lowest + delta, highest + delta)
         self._samples = deque(
             (attrs.evolve(x, offset=x.offset + delta) for x in self._samples),
             maxlen=self._kept(),
@@ -729,7 +771,7 @@ class ClockCore:
             reference=self._reference,
             is_reference=self._is_self,
             synced=self._synced(now),
-            samples=len(self._samples),
+            samples=sum(not s.carried for s in self._samples),
             rtt=min((s.rtt for s in recent), default=None),
             requests=self._requests,
             replies=self._replies,
@@ -799,6 +841,8 @@ class ClockCore:
                 fed, rate, alt = self._alt
                 gap = abs(fed + (1.0 + rate) * (at - self._a_local) - self._line(at))
                 bound = min(bound, alt.at(at) + gap)
+            if self._carry is not None:  # (the estimate's own bound counts carried samples)
+                bound = self._carried_bound(at, self._carry)
             self._bound_key = (self._est, self._alt, key)
             self._est_cached = bound
         return self._est_cached
@@ -840,7 +884,8 @@ class ClockCore:
         if elapsed < cfg.burst_duration and self._accepted < cfg.burst_samples:
             return cfg.fast_interval
         per_poll = 2 if cfg.pairs else 1
-        imprecise = self._jittery and self._sigma > cfg.precise
+        # (While carried samples are held, the new reference's own samples make the bound.)
+        imprecise = self._jittery and (self._sigma > cfg.precise or self._carry is not None)
         steady = cfg.imprecise_interval if imprecise else cfg.max_interval
         cap = max(steady, per_poll * self._group_size / cfg.reference_load)
         return min(cap, max(cfg.fast_interval, cfg.backoff * elapsed))
@@ -965,6 +1010,16 @@ class ClockCore:
             ),
         )
 
+    def _fresh_interval(self, now: float) -> tuple[float, float, float] | None:
+        """Where the current reference's own samples put its offset at *now*: (now, lowest,
+        highest); None if they allow nothing (or there are none)."""
+        lowest, highest = -math.inf, math.inf
+        for s in self._samples:
+            if not s.carried:
+                widen = s.lan + self._max_drift * abs(now - s.mid)
+                lowest, highest = max(lowest, s.offset - widen), min(highest, s.offset + widen)
+        return (now, lowest, highest) if lowest <= highest else None
+
     def _judge_network(self, floor: float) -> None:
         """Whether the network is jittery (see ``ClockConfig.jittery``). Round trips alone
         decide, so the judgement does not feed on the estimate it chooses."""
@@ -981,8 +1036,17 @@ class ClockCore:
     def _update(self, now: float) -> None:
         cfg = self._cfg
         floor = self._rtt_floor()
+        self._carry = None
+        if any(s.carried for s in self._samples):
+            self._carry = self._fresh_interval(now)
+            if self._carry is None:  # the two references' times disagree: start over
+                self._samples = deque(
+                    (s for s in self._samples if not s.carried), maxlen=self._kept()
+                )
         self._judge_network(floor)
-        self._ref_used = max((s.bound - s.lan for s in self._samples), default=0.0)
+        self._ref_used = max(
+            (s.bound - s.lan for s in self._samples if not s.carried), default=0.0
+        )
         # 1. Drift: intersect the aged worst-case interval with the fit's; take the fit's rate
         #    unless it is statistically vaguer than the current rate and agrees with it.
         self._widen_drift(now)
