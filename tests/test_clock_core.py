@@ -525,13 +525,19 @@ def test_a_hand_over_to_a_reference_of_the_same_time_keeps_the_chain_synced() ->
     assert abs(s.fed(30.0) - r.fed(30.0)) <= snap.error_bound
 
 
-def test_without_a_hand_over_a_new_reference_is_learned_unsynced() -> None:
-    # What the hand-over changes: the same move without it unsyncs s until it has samples.
+def two_following() -> tuple[Node, Node, Node]:
+    """A reference r and two nodes s and s2 following it from 0 (skewed and drifting)."""
     r = make("r", reference=True, initial_time=100.0)
     s = make("s", skew=0.2, drift=30.0)
     s2 = make("s2", skew=-0.4, drift=-20.0)
     follow(s, r, 0.0)
     follow(s2, r, 0.0)
+    return r, s, s2
+
+
+def test_without_a_hand_over_a_new_reference_is_learned_unsynced() -> None:
+    # What the hand-over changes: the same move without it unsyncs s until it has samples.
+    r, s, s2 = two_following()
     clocks = Clocks(r, s, s2, delay=100e-6, seed=5)
     clocks.run(0.0, 20.0)
     follow(s, s2, 20.0)
@@ -626,20 +632,15 @@ def test_a_hand_over_on_a_jittery_network_carries_the_estimate_across() -> None:
     # own samples come: s stays within what the two were off r before (a new estimate from
     # s2's samples alone went 1.84 ms off, beyond the 1.56 ms of that), within 1 ms, and
     # within its bound, which rests on s2's samples alone, all along.
-    r = make("r", reference=True, initial_time=100.0)
-    s = make("s", skew=0.2, drift=30.0)
-    s2 = make("s2", skew=-0.4, drift=-20.0)
-    follow(s, r, 0.0)
-    follow(s2, r, 0.0)
+    r, s, s2 = two_following()
     clocks = Clocks(r, s, s2, delay=10e-3, jitter=20e-3, seed=1)
     t = clocks.run(0.0, 30.0)
-    apart = 0.0  # how far s and s2 could be apart at the change: each one's error against r
     errors = {"s": 0.0, "s2": 0.0}
     while t < 40.0:
         t = clocks.run(t, t + 0.1)
         for n in (s, s2):
             errors[n.name] = max(errors[n.name], abs(n.fed(t) - r.fed(t)))
-    apart = errors["s"] + errors["s2"]
+    apart = errors["s"] + errors["s2"]  # how far s and s2 could be apart at the change
     before = s.core.snapshot(s.clock(t))
     assert before.synced
     s2.core.set_reference(s2.clock(t), "s2", is_self=True)
