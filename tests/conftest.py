@@ -33,6 +33,7 @@ beside the live tests, which may leave them a third of a core for a while."""
 IN_PROCESS_MODULES = frozenset(
     {
         "test_clock_core",
+        "test_clock_registry_core",
         "test_election_core",
         "test_exports",
         "test_lineage",
