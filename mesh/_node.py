@@ -265,7 +265,7 @@ class Node:
         )
         # No claims before discovery runs (then _serve_discovery lets the election settle):
         # until then this node cannot learn of any peer or lease.
-        self.core.election.hold_claims()
+        self.core.hold_claims()
         transport.incarnation = incarnation
         self._handlers: dict[str, RequestHandler] = {}
         self._conflicts_told: set[str] = set()
@@ -871,8 +871,7 @@ class Node:
                 source = getattr(discovery, name)
                 if source is not None:
                     self.discovery_stats[name] = source.statistics
-            # The node looks for peers from now: its election settles from now.
-            self.core.election.settle(self.core.federation_time(self.local_now()))
+            self.core.discovery_started(self.local_now())
             self._pump()
             task_status.started()
 

@@ -315,6 +315,17 @@ class NodeCore:
         self.membership.handle_stream_reply(now, exchange, reply)
         self._refresh(now)
 
+    def hold_claims(self) -> None:
+        """Make no election claim until :meth:`discovery_started`: a driver whose node looks for
+        peers only a while after it made the core holds them from the start (see
+        :meth:`ElectionCore.hold_claims`)."""
+        self.election.hold_claims()
+
+    def discovery_started(self, now: float) -> None:
+        """The node looks for peers from local time *now*: its election settles from there
+        (the driver routes the outputs afterwards, as after any input)."""
+        self.election.settle(self.clock.federation_time(now))
+
     def handle_timer(self, now: float) -> None:
         """Run due timers."""
         self._apply_step(now)
