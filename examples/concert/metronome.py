@@ -8,7 +8,11 @@ the shared federation clock, so all of them tick together whatever their local c
 
 The onsets are measured on one clock all players share on this host (its monotonic clock), not
 on each player's own: the spread printed for a beat is how far apart the players really ticked,
-and the period is the time between two beats as the host saw it (250 ms at 240 bpm).
+and the period is the time between two beats as the host saw it (250 ms at 240 bpm). A busy
+machine wakes a player late now and then (all four alike: they share this process); how late,
+on federation time, is printed too, and the clock's period is the time between the two
+instants federation time reached the two beats, as the host saw it: that is the tempo, however
+late a player woke.
 
 With ``--registry`` the players also join a registry (run here, on loopback) and halfway through
 an organiser resets it: federation time belongs to the federation, so the tempo does not change
@@ -86,12 +90,13 @@ async def local_registry(tmp: Path) -> AsyncIterator[tuple[str, RegistryStore]]:
 async def player(
     node: mesh.Node,
     beats: int,
-    onsets: dict[str, list[float]],
+    onsets: dict[str, list[tuple[float, float]]],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Wait for the tempo, then tick on every beat of federation time; note each onset on the
-    host's monotonic clock (the one reference all players on this host share)."""
+    host's monotonic clock (the one reference all players on this host share), with how late
+    on federation time the player woke for it."""
     async with node.subscribe("tempo") as tempo:
         task_status.started()
         message = await tempo.receive()
@@ -104,7 +109,8 @@ async def player(
     for beat in range(beats):
         due = start + beat * period
         await trio.sleep(max(0.0, due - node.now()))  # federation time drives the schedule
-        mine.append(time.monotonic())
+        onset = time.monotonic()
+        mine.append((onset, node.now() - due))
 
 
 async def reset_halfway(store: RegistryStore, at: float, node: mesh.Node) -> None:
@@ -133,7 +139,7 @@ async def main(beats: int, with_registry: bool) -> None:
             conductor = next(n for n in nodes if n.conductor == n.path)
             print(f"conductor: {conductor.path}; supernodes: "
                   f"{nodes[0].supernode('cmu')}, {nodes[0].supernode('colorado')}")  # fmt: skip
-            onsets: dict[str, list[float]] = {}
+            onsets: dict[str, list[tuple[float, float]]] = {}
             period = 60.0 / BPM
             async with trio.open_nursery() as nursery:
                 for node in nodes:
@@ -144,13 +150,28 @@ async def main(beats: int, with_registry: bool) -> None:
                     middle = start + (beats // 2 - 0.5) * period  # between two beats
                     nursery.start_soon(reset_halfway, store, middle, conductor)
             for beat in range(beats):
-                ticks = [times[beat] for times in onsets.values()]
-                spread = (max(ticks) - min(ticks)) * 1000
-                line = f"beat {beat}: {len(ticks)} players, spread {spread:.2f} ms"
-                if beat:
-                    gaps = [times[beat] - times[beat - 1] for times in onsets.values()]
-                    line += f", period {sum(gaps) / len(gaps) * 1000:.1f} ms"
-                print(line)
+                print(beat_line(beat, list(onsets.values())))
+
+
+def beat_line(beat: int, onsets: list[list[tuple[float, float]]]) -> str:
+    """What the players did on *beat*: how far apart they ticked and, after the first, the
+    period on the host's clock, the clock's period (each onset less how late its player woke)
+    and how late the players woke (the latest)."""
+    ticks = [times[beat][0] for times in onsets]
+    line = f"beat {beat}: {len(ticks)} players, spread {(max(ticks) - min(ticks)) * 1000:.2f} ms"
+    if beat:
+        gaps = [times[beat][0] - times[beat - 1][0] for times in onsets]
+        clock_gaps = [
+            (times[beat][0] - times[beat][1]) - (times[beat - 1][0] - times[beat - 1][1])
+            for times in onsets
+        ]
+        late = max(times[beat][1] for times in onsets)
+        line += (
+            f", period {sum(gaps) / len(gaps) * 1000:.1f} ms"
+            f" (clock {sum(clock_gaps) / len(clock_gaps) * 1000:.1f} ms,"
+            f" woke {late * 1000:.1f} ms late)"
+        )
+    return line
 
 
 if __name__ == "__main__":
