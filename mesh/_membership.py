@@ -344,7 +344,8 @@ class _Relay:
 class _Broadcast:
     update: Update
     size: int
-    transmits: int = 0
+    transmits: int = 0  # to this node's own site (everyone, in a flat group)
+    crossings: int = 0  # to contacts: other sites' supernodes
 
 
 def _key(update: Update) -> tuple[str, ...]:
@@ -375,12 +376,37 @@ class _BroadcastQueue:
         self.items.pop(key, None)
         self.items[key] = _Broadcast(update, update_size(update))
 
-    def take(self, budget: int, limit: int) -> list[Update]:
+    def take(
+        self, budget: int, limit: int, *, across: bool = False, cross_limit: int = 0
+    ) -> list[Update]:
+        """Updates for one datagram of at most *budget* bytes: to a member of this node's own
+        site, or *across* to a contact. Each is sent *limit* times within the site and
+        *cross_limit* times across (0: no contacts), counted apart: before, the site's own
+        probes and gossip could spend all of an update's sends, and a supernode then never
+        passed it to the other sites (a tempo publication that one site never heard)."""
+        # Dropped once spent both ways, *cross_limit* as it is now (contacts come and go).
+        for key in [
+            key
+            for key, item in self.items.items()
+            if item.transmits >= limit and item.crossings >= cross_limit
+        ]:
+            del self.items[key]
         if not self.items:
             return []
+
+        def sent(item: _Broadcast) -> int:
+            return item.crossings if across else item.transmits
+
         # Fewest transmissions first, oldest first among equals (so publications from one
         # origin usually arrive in order; sorted() is stable).
-        ordered = sorted(self.items.items(), key=lambda kv: kv[1].transmits)
+        ordered = sorted(
+            (
+                (key, item)
+                for key, item in self.items.items()
+                if sent(item) < (cross_limit if across else limit)
+            ),
+            key=lambda kv: sent(kv[1]),
+        )
         out: list[Update] = []
         spent = 0
         for key, item in ordered:
@@ -388,8 +414,11 @@ class _BroadcastQueue:
                 continue
             spent += item.size
             out.append(item.update)
-            item.transmits += 1
-            if item.transmits >= limit:
+            if across:
+                item.crossings += 1
+            else:
+                item.transmits += 1
+            if item.transmits >= limit and item.crossings >= cross_limit:
                 del self.items[key]
         return out
 
@@ -728,8 +757,8 @@ class Membership:
             if body.target != self._me.node_id:
                 self._refused["ping for another node"] += 1
             elif not self._left:
-                updates = self._piggyback()
                 pinger = self._table.get(sender)
+                updates = self._piggyback(pinger)
                 if pinger is None:
                     # A member we do not know probes us: our views diverged (we missed its
                     # join while stalled or cut off); a push-pull repairs it now, not at the
@@ -924,7 +953,7 @@ class Membership:
             indirect_at=indirect_at,
             end_at=end_at,
         )
-        updates = self._piggyback()
+        updates = self._piggyback(rec)
         if rec.status == SUSPECT:
             # Buddy system: tell a suspect it is suspected so it can refute at once.
             suspicion = self._suspicions.get(target)
@@ -1021,10 +1050,18 @@ class Membership:
 
     # -- dissemination ------------------------------------------------------------------------
 
-    def _piggyback(self) -> list[Update]:
+    def _piggyback(self, to: MemberRecord | None) -> list[Update]:
+        """Queued updates for a datagram to *to* (``None``: a sender not known yet)."""
         if not self._queue.items:
             return []
-        return self._queue.take(self.piggyback_budget, self.profile.retransmit_limit(self._live))
+        contacts = sum(1 for c in self._contacts if self._is_live(c))
+        return self._queue.take(
+            self.piggyback_budget,
+            self.profile.retransmit_limit(self._live),
+            across=to is not None and self._remote(to),
+            # Each contact gets each update as often as a member of a site of its size would.
+            cross_limit=0 if self.wan is None else contacts * self.wan.retransmit_mult,
+        )
 
     def _gossip(self, now: float) -> None:
         if not self._queue.items:
@@ -1035,11 +1072,11 @@ class Membership:
         if self._dead:
             targets += self._recently_dead(now, 1)
         for node_id in targets:
-            updates = self._piggyback()
-            if not updates:
-                return
             rec = self._table.get(node_id)
-            if rec is not None:
+            if rec is None:
+                continue
+            updates = self._piggyback(rec)
+            if updates:
                 self._send_to(rec, Gossip(tuple(updates)))
 
     def _page_budget(self, peer: MemberRecord | None) -> int:

@@ -1138,6 +1138,42 @@ def test_with_sites_a_supernode_passes_a_lease_reannouncement_across() -> None:
     assert gossiped_to(m.take_outputs(), mate.node_id) == [lease]
 
 
+def test_with_sites_a_supernode_passes_news_across_however_often_its_site_had_it() -> None:
+    # A member pinging the supernode often (each ack carries the queued news) spent every
+    # send an update had before the supernode's next gossip round reached its contact: the
+    # conductor's tempo never reached the other site (the concert metronome waited for it
+    # forever, 1 run in 10). Sends within the site and across are counted apart.
+    me, mate = record(1, orchestra="a"), record(2, orchestra="a")
+    contact = record(3, orchestra="b")
+    m = site_core(me, [mate, contact])
+    m.set_contacts([contact.node_id])
+    tempo = Publish(me.node_id, 1, "tempo", {"bpm": 240})
+    m.broadcast(tempo)
+    for probe in range(LAN.retransmit_limit(m.live_count())):
+        m.handle_message(0.0, mate.address, mate.node_id, Ping(probe, me.node_id))
+    assert gossiped_to(m.take_outputs(), contact.node_id) == []
+    _, outputs = run_site_core(m, 5.0, [mate, contact])
+    sent = [o for _, o in outputs]
+    crossed = [u for u in carried_to(sent, contact.node_id) if u == tempo]
+    assert len(crossed) == WAN.retransmit_mult  # as often as a member of a site of its own
+    assert tempo not in carried_to(sent, mate.node_id)  # the site's sends were spent
+    m.set_contacts([])
+    m.broadcast(Publish(me.node_id, 2, "tempo", {"bpm": 120}))
+    _, outputs = run_site_core(m, 10.0, [mate], now=5.0)
+    assert carried_to([o for _, o in outputs], contact.node_id) == []  # no contact: no crossing
+
+
+def carried_to(outputs: Iterable[object], node_id: str) -> list[object]:
+    """The updates every datagram among *outputs* bound to *node_id* carries (gossip, or
+    piggybacked on a ping or an ack)."""
+    return [
+        update
+        for o in outputs
+        if isinstance(o, SendDatagram) and o.to == node_id
+        for update in getattr(o.body, "updates", ())
+    ]
+
+
 def run_site_core(
     m: Membership, until: float, answering: Iterable[MemberRecord], now: float = 0.0
 ) -> tuple[float, list[tuple[float, object]]]:
