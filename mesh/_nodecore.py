@@ -236,8 +236,9 @@ class NodeCore:
         self._ext_probe_due = -math.inf
         self._ext_offer_due = -math.inf
         self._ext_bound = (math.inf, now)  # cross-site bound when last following it, and when
-        # The last meeting with its lineage that this node stepped for, as (the registry's
-        # federation time minus ours, its bound, the registry's lineage, local time then).
+        # The last meeting with its lineage that this node announced a step for, as (the
+        # registry's federation time minus ours, its bound, the registry's lineage, local time
+        # then), until this node's lineage changes.
         self._ext_meeting: tuple[float, float, str, float] | None = None
         self._seal = epoch_seal
         self._ext_refused = 0  # epochs of the external clock without a valid tag (keyed)
@@ -1100,8 +1101,8 @@ class NodeCore:
         measure their own step, and all of the lineage take the earliest announced: the other
         top's, of a size this one did not measure (chaos seed 3547: 12.6 ms off)."""
         met = self._ext_meeting
-        if met is None or met[2] != lineage:
-            return 0.0
+        if met is None or met[2] != lineage or not self._top:
+            return 0.0  # (a node that is no top follows another: its time is not what it met)
         ahead, bound, _, met_at = met
         # Local time at the step (federation time runs within 1% of local time).
         until = now + 1.01 * max(0.0, at - self.clock.federation_time(now))
@@ -1169,6 +1170,7 @@ class NodeCore:
         self._previous_lineage = (old, now) if group else ("", -math.inf)
         self._founded = False
         self._settled = True
+        self._ext_meeting = None  # (measured against the time this node just left)
         self._meetings.clear()
         self._joins.clear()
         self._first_join.clear()
