@@ -280,17 +280,23 @@ def test_an_announced_step_moves_time_and_estimate_together() -> None:
         n.core.step(n.clock(8.0), -1.0)
 
 
+def member_synced_for_20_s() -> tuple[Node, Node, Clocks]:
+    """A reference r and a member m following it from 0 (skewed and drifting), run to 20 s."""
+    r = make("r", reference=True, initial_time=100.0)
+    m = make("m", skew=0.7, drift=60.0)
+    follow(m, r, 0.0)
+    clocks = Clocks(r, m, delay=100e-6, seed=6)
+    clocks.run(0.0, 20.0)
+    return r, m, clocks
+
+
 def test_a_follower_stepping_to_another_lineage_owns_up_to_the_steps_uncertainty_at_once() -> None:
     # r is a site's top and m its member. The site steps 5 s to an older lineage (the
     # registry's) that r measured only within u = 12.8 ms: after the step r's time is the new
     # lineage's within u (here 12.2 ms off), so m's bound against the top of its chain must
     # cover u from the step on, not from its next sample of r (chaos seed 3547 of the registry
     # sweep: two members 12.2 ms off the registry's time with bounds of 2.3-2.4 ms).
-    r = make("r", reference=True, initial_time=100.0)
-    m = make("m", skew=0.7, drift=60.0)
-    follow(m, r, 0.0)
-    clocks = Clocks(r, m, delay=100e-6, seed=6)
-    clocks.run(0.0, 20.0)
+    r, m, clocks = member_synced_for_20_s()
     t = 20.0
     before = m.core.snapshot(m.clock(t))
     assert before.synced and before.error_bound < 0.001
@@ -599,11 +605,7 @@ def test_a_reference_that_corrects_its_time_leaves_its_followers_synced() -> Non
     # The reference's time moves 3 ms (a top that slews to the registry's estimate): the
     # follower's samples no longer fit its estimate and it starts over, synced all along (its
     # bound owns up to the move while it slews).
-    r = make("r", reference=True, initial_time=100.0)
-    m = make("m", skew=0.7, drift=60.0)
-    follow(m, r, 0.0)
-    clocks = Clocks(r, m, delay=100e-6, seed=6)
-    clocks.run(0.0, 20.0)
+    r, m, clocks = member_synced_for_20_s()
     before = m.core.snapshot(m.clock(20.0))
     assert before.synced
     r.core.step(r.clock(20.0), 0.003)
