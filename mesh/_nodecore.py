@@ -224,7 +224,9 @@ class NodeCore:
         self._started = now
         self._previous_lineage = ("", -math.inf)  # (the lineage this node left, when)
         self._group_step = False  # the pending step is the whole lineage's (announced)
-        self._pending_step: tuple[float, float, str] | None = None  # (at, size, lineage)
+        # (at, size, lineage, uncertainty: how far the step may leave the top of the chain
+        # from the time stepped to, the largest announced with it or measured here)
+        self._pending_step: tuple[float, float, str, float] | None = None
         self._steps = 0
         self._last_step: ClockStepped | None = None
         # The external clock (the registry) and the arbiter.
@@ -234,6 +236,10 @@ class NodeCore:
         self._ext_probe_due = -math.inf
         self._ext_offer_due = -math.inf
         self._ext_bound = (math.inf, now)  # cross-site bound when last following it, and when
+        # The last meeting with its lineage that this node announced a step for, as (the
+        # registry's federation time minus ours, its bound, the registry's lineage, local time
+        # then), until this node's lineage changes.
+        self._ext_meeting: tuple[float, float, str, float] | None = None
         self._seal = epoch_seal
         self._ext_refused = 0  # epochs of the external clock without a valid tag (keyed)
         self._ext_refused_seen: frozenset[Handover] = frozenset()  # last answer's, counted once
@@ -572,7 +578,12 @@ class NodeCore:
             "last_step": None if last is None else attrs.asdict(last),
             "pending_step": None
             if pending is None
-            else {"federation_time": pending[0], "size": pending[1], "lineage": pending[2]},
+            else {
+                "federation_time": pending[0],
+                "size": pending[1],
+                "lineage": pending[2],
+                "uncertainty": pending[3],
+            },
             "provisional": self._provisional(),
             "external": external,
         }
@@ -1050,8 +1061,10 @@ class NodeCore:
             # trip: the lower edge would leave this site a whole bound behind the others).
             # A registry behind us by less than the bound is not stepped back to: our time
             # stays that far ahead of the middle, and the bound says so.
+            self._ext_meeting = (ahead, meeting.bound, lineage, now)
             self._announce_step(now, max(0.0, ahead), lineage)
-            self._ext_bound = (meeting.bound + max(0.0, -ahead), now)
+            fed = self.clock.federation_time(now)
+            self._ext_bound = (self._step_uncertainty(now, max(0.0, ahead), lineage, fed), now)
         else:
             self._offer_epoch(now, meeting.ahead)  # ours is older: the registry takes it
 
@@ -1072,17 +1085,35 @@ class NodeCore:
             return  # one step at a time (the earliest announced wins, see below)
         fed = self.clock.federation_time(now)
         at = fed + (_STEP_LEAD if self._same else 0.0)
-        self._pending_step = (at, size, lineage)
+        self._pending_step = (at, size, lineage, self._step_uncertainty(now, size, lineage, at))
         self._group_step = bool(self._same)
         if self._same:
-            self._set_meta(now, ls=[at, size, lineage])
+            self._set_meta(now, ls=list(self._pending_step))
         self._apply_step(now)
+
+    def _step_uncertainty(self, now: float, size: float, lineage: str, at: float) -> float:
+        """How far a step of *size* to *lineage* at federation time *at* leaves this node from
+        that lineage's time at the registry, as far as this node measured it (a site's top that
+        met the registry in that lineage: its measurement's bound, the distance between the
+        step and what it measured, and the drift from then until the step); 0 without such a
+        measurement. Two tops of one lineage
+        that ran apart (sites joined only by the registry, while it kept another lineage) each
+        measure their own step, and all of the lineage take the earliest announced: the other
+        top's, of a size this one did not measure (chaos seed 3547: 12.6 ms off)."""
+        met = self._ext_meeting
+        if met is None or met[2] != lineage or not self._top:
+            return 0.0  # (a node that is no top follows another: its time is not what it met)
+        ahead, bound, _, met_at = met
+        # Local time at the step (federation time runs within 1% of local time).
+        until = now + 1.01 * max(0.0, at - self.clock.federation_time(now))
+        return bound + abs(ahead - size) + self.clock.max_drift * max(0.0, until - met_at)
 
     def _watch_announced_steps(self, now: float) -> None:
         """Take the earliest step that a live node of this lineage announced (and that is
         still ahead), unless this node already holds an earlier one."""
         fed = self.clock.federation_time(now)
         best = self._pending_step
+        heard: list[tuple[float, float, str, float]] = []
         for view in self.membership.members():
             if not view.is_live or view.node_id == self.node_id:
                 continue
@@ -1092,11 +1123,27 @@ class NodeCore:
             step = _announced(meta.get("ls"))
             if step is None or step[2] == self.lineage_id or step[0] <= fed:
                 continue
+            heard.append(step)
             if best is None or step[:2] < best[:2]:
                 best = step
-        if best is not None and best != self._pending_step:
-            self._pending_step = best
+        if best is None:
+            return
+        # The step's uncertainty: the largest any node of the lineage announced with it (a
+        # top whose own measurement the step misses says how far), and this node's own (taken
+        # once, when it takes the step up).
+        at, size, lineage, uncertainty = best
+        for step in heard:
+            if step[:3] == best[:3]:
+                uncertainty = max(uncertainty, step[3])
+        pending = self._pending_step
+        if pending is None or best[:3] != pending[:3]:
+            own = self._step_uncertainty(now, size, lineage, at)
             self._group_step = True
+        else:
+            own = pending[3]
+        best = (at, size, lineage, max(uncertainty, own))
+        if best != pending:
+            self._pending_step = best
             self._set_meta(now, ls=list(best))  # passed on: every node of the lineage hears
 
     def _apply_step(self, now: float) -> None:
@@ -1104,10 +1151,14 @@ class NodeCore:
         if pending is None or self.clock.federation_time(now) < pending[0] - 1e-9:
             return
         self._pending_step = None
-        _, size, lineage = pending
+        at, size, lineage, uncertainty = pending
         self.clock.take_stepped()
-        self.clock.step(now, size)
+        self.clock.step(now, size, uncertainty=uncertainty)
         self.clock.take_stepped()
+        met = self._ext_meeting
+        if self._top and met is not None and met[2] == lineage:
+            # A top's bound against the registry is what it measured of the step it took.
+            self._ext_bound = (self._step_uncertainty(now, size, lineage, at), now)
         self._probes.forget_pending()  # their answers would straddle the step
         self._change_lineage(now, lineage, size, group=self._group_step)
 
@@ -1119,6 +1170,7 @@ class NodeCore:
         self._previous_lineage = (old, now) if group else ("", -math.inf)
         self._founded = False
         self._settled = True
+        self._ext_meeting = None  # (measured against the time this node just left)
         self._meetings.clear()
         self._joins.clear()
         self._first_join.clear()
@@ -1156,17 +1208,21 @@ class NodeCore:
         return bound + self.clock.max_drift * max(0.0, now - since)
 
 
-def _announced(value: object) -> tuple[float, float, str] | None:
-    """A step announced in member metadata (``[federation time, size, lineage]``), checked."""
-    if not (isinstance(value, list) and len(value) == 3):
+def _announced(value: object) -> tuple[float, float, str, float] | None:
+    """A step announced in member metadata (``[federation time, size, lineage,
+    uncertainty]``; without the uncertainty, 0), checked."""
+    if not (isinstance(value, list) and len(value) in (3, 4)):
         return None
-    at, size, lineage = value
+    at, size, lineage, *rest = value
+    uncertainty = rest[0] if rest else 0.0
     if (
         isinstance(at, int | float)
         and isinstance(size, int | float)
         and isinstance(lineage, str)
+        and isinstance(uncertainty, int | float)
         and math.isfinite(at)
         and 0.0 <= size < 1e9
+        and 0.0 <= uncertainty < 1e9
     ):
-        return float(at), float(size), lineage
+        return float(at), float(size), lineage, float(uncertainty)
     return None

@@ -280,6 +280,60 @@ def test_an_announced_step_moves_time_and_estimate_together() -> None:
         n.core.step(n.clock(8.0), -1.0)
 
 
+def member_synced_for_20_s() -> tuple[Node, Node, Clocks]:
+    """A reference r and a member m following it from 0 (skewed and drifting), run to 20 s."""
+    r = make("r", reference=True, initial_time=100.0)
+    m = make("m", skew=0.7, drift=60.0)
+    follow(m, r, 0.0)
+    clocks = Clocks(r, m, delay=100e-6, seed=6)
+    clocks.run(0.0, 20.0)
+    return r, m, clocks
+
+
+def test_a_follower_stepping_to_another_lineage_owns_up_to_the_steps_uncertainty_at_once() -> None:
+    # r is a site's top and m its member. The site steps 5 s to an older lineage (the
+    # registry's) that r measured only within u = 12.8 ms: after the step r's time is the new
+    # lineage's within u (here 12.2 ms off), so m's bound against the top of its chain must
+    # cover u from the step on, not from its next sample of r (chaos seed 3547 of the registry
+    # sweep: two members 12.2 ms off the registry's time with bounds of 2.3-2.4 ms).
+    r, m, clocks = member_synced_for_20_s()
+    t = 20.0
+    before = m.core.snapshot(m.clock(t))
+    assert before.synced and before.error_bound < 0.001
+    u, off = 0.0128, 0.0122
+    lineage_time = r.fed(t) + 5.0 + off  # the new lineage's time (the registry's) now
+    for node in (r, m):  # the announced step: both at the same instant, by the same size
+        node.core.step(node.clock(t), 5.0, uncertainty=u)
+    after = m.core.snapshot(m.clock(t))
+    assert after.synced and after.lan_error_bound == pytest.approx(before.lan_error_bound)
+    assert after.error_bound >= before.error_bound + u
+    assert abs(after.federation_time - lineage_time) <= after.error_bound
+    # The reference's own bound is its owner's (NodeCore's, against the registry): r's clock
+    # core defines the time. The followed node's next answer says how well it knows the new
+    # time (here r's core says exactly: m's bound is back to what it was).
+    assert r.core.snapshot(r.clock(t)).error_bound == 0.0
+    clocks.run(t, t + 1.0)
+    assert m.core.snapshot(m.clock(t + 1.0)).error_bound < 0.001
+    for bad in (-1e-3, math.nan, math.inf):
+        with pytest.raises(ValueError):
+            m.core.step(m.clock(t + 1.0), 0.0, uncertainty=bad)
+
+
+def test_a_follower_handed_over_owns_up_to_a_steps_uncertainty_on_its_held_bound() -> None:
+    # A node handed over to a new reference (see the hand-over tests below) holds a bound
+    # until the new reference's first answer; a step to another lineage then grows it too.
+    r, s, s2 = two_following()
+    clocks = Clocks(r, s, s2, delay=100e-6, seed=5)
+    clocks.run(0.0, 20.0)
+    t = 20.0
+    held = s.core.snapshot(s.clock(t)).error_bound
+    s.core.set_reference(s.clock(t), "s2", is_self=False, handover=held)
+    assert s.core.snapshot(s.clock(t)).error_bound == pytest.approx(held)
+    s.core.step(s.clock(t), 1.0, uncertainty=0.005)
+    snap = s.core.snapshot(s.clock(t))
+    assert snap.synced and snap.error_bound == pytest.approx(held + 0.005)
+
+
 def test_drift_is_estimated_within_a_few_ppm() -> None:
     ref = make("r", skew=0.3, reference=True)
     n = make("n", skew=-1.9, drift=100.0)
@@ -551,11 +605,7 @@ def test_a_reference_that_corrects_its_time_leaves_its_followers_synced() -> Non
     # The reference's time moves 3 ms (a top that slews to the registry's estimate): the
     # follower's samples no longer fit its estimate and it starts over, synced all along (its
     # bound owns up to the move while it slews).
-    r = make("r", reference=True, initial_time=100.0)
-    m = make("m", skew=0.7, drift=60.0)
-    follow(m, r, 0.0)
-    clocks = Clocks(r, m, delay=100e-6, seed=6)
-    clocks.run(0.0, 20.0)
+    r, m, clocks = member_synced_for_20_s()
     before = m.core.snapshot(m.clock(20.0))
     assert before.synced
     r.core.step(r.clock(20.0), 0.003)

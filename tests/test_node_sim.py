@@ -121,6 +121,12 @@ REGISTRY_REGRESSION_SEEDS = {
     # tests/test_clock_registry_core.py).
     6010: "a top moved its lineage's registry time 3.4 ms: a member's bound (via its top) short",
     6494: "a top moved its lineage's registry time 5.4 ms: the other top's bound short",
+    # Two sites' tops of one lineage that ran apart each met the registry's older lineage and
+    # announced a step (0 and 12.6 ms); all took the earliest, and one site's members held the
+    # bound they had against the old lineage: a step now carries its uncertainty, the largest
+    # any top of the lineage measured for it (mesh/_nodecore.py, ClockCore.step; shown by
+    # tests/test_clock_core.py).
+    3547: "a site stepped to the registry's lineage 12.6 ms off: its members' bounds short",
 }
 
 
