@@ -1,22 +1,22 @@
 """Finding 13: the admin forms' CSRF secret is per login session, and failed logins are
 slowed per address.
 
-A real ``stagemesh registry`` process with an admin password, over HTTP on loopback. The
-attacker is a web page the logged-in organiser visits: it can read the registry's public pages
-and make the organiser's browser POST a form (with the cached Basic credentials, but neither
-the registry's cookie, which is SameSite=Strict, nor anything it cannot read).
+A real ``stagemesh registry`` process (on SQLite and on PostgreSQL) with an admin password,
+over HTTP on loopback. The attacker is a web page the logged-in organiser visits: it can read
+the registry's public pages and make the organiser's browser POST a form (with the cached
+Basic credentials, but neither the registry's cookie, which is SameSite=Strict, nor anything
+it cannot read).
 """
 
 from __future__ import annotations
 
 import base64
 import re
-from pathlib import Path
 
 import httpx
 import trio
 
-from tests.registries import running_registry
+from tests.registries import Databases, running_registry
 
 PASSWORD = "correct horse"
 ENV = {"STAGEMESH_ADMIN_PASSWORD": PASSWORD}
@@ -33,9 +33,9 @@ async def registrations(http: httpx.AsyncClient) -> int:
     return count
 
 
-async def test_csrf_secret_is_per_login_and_not_on_public_pages(tmp_path: Path) -> None:
+async def test_csrf_secret_is_per_login_and_not_on_public_pages(databases: Databases) -> None:
     with trio.fail_after(30):
-        async with running_registry(tmp_path / "r.db", env=ENV) as url:
+        async with running_registry(databases.new(), env=ENV) as url:
             async with httpx.AsyncClient(base_url=url, timeout=10) as http:
                 r = await http.post(
                     "/api/v1/federations/sleo/registrations",
@@ -90,9 +90,11 @@ async def test_csrf_secret_is_per_login_and_not_on_public_pages(tmp_path: Path) 
                 assert await registrations(organiser) == 0
 
 
-async def test_2000_wrong_passwords_are_not_all_answered_at_full_speed(tmp_path: Path) -> None:
+async def test_2000_wrong_passwords_are_not_all_answered_at_full_speed(
+    databases: Databases,
+) -> None:
     with trio.fail_after(60):
-        async with running_registry(tmp_path / "r.db", env=ENV) as url:
+        async with running_registry(databases.new(), env=ENV) as url:
             async with httpx.AsyncClient(base_url=url, timeout=10) as http:
                 await http.post("/api/v1/federations", json={"name": "sleo"})
                 statuses: list[int] = []

@@ -1,19 +1,19 @@
 """Finding 14: input the registry refuses (a clear 4xx), never a 500, a stored oddity or a
 forged line in a 2012 client's answer.
 
-A real ``stagemesh registry`` process over HTTP on loopback, sent what a hostile client would.
+A real ``stagemesh registry`` process (on SQLite and on PostgreSQL) over HTTP on loopback, sent
+what a hostile client would.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
 from registry_bridge import RegistryStore
-from tests.registries import registry_http
+from tests.registries import Databases, registry_http
 
 REG = "/api/v1/federations/sleo/registrations"
 LEGACY = {"federation": "sleo", "orchestra": "cmu"}
@@ -29,9 +29,9 @@ async def paths(http: httpx.AsyncClient) -> list[str]:
     return [n["path"] for o in view["orchestras"] for n in o["nodes"]]
 
 
-async def test_legacy_port_must_be_ascii_digits_in_range(tmp_path: Path) -> None:
+async def test_legacy_port_must_be_ascii_digits_in_range(databases: Databases) -> None:
     with trio.fail_after(30):
-        async with registry_http(tmp_path / "r.db") as http:
+        async with registry_http(databases.new()) as http:
             await setup(http)
             for port in ["\u00b2", "\u0663", "7" * 5000, "0", "65536", "-1", "+80", " 80", "8_0"]:
                 r = await http.get("/register", params={**LEGACY, "name": "n", "port": port})
@@ -42,10 +42,10 @@ async def test_legacy_port_must_be_ascii_digits_in_range(tmp_path: Path) -> None
             assert ok.status_code == 200
 
 
-async def test_hosts_are_bounded_ip_literals_and_cannot_forge_a_line(tmp_path: Path) -> None:
+async def test_hosts_are_bounded_ip_literals_and_cannot_forge_a_line(databases: Databases) -> None:
     forged = "fe80::1%x\nConductor:\nsleo evil evil 6.6.6.6 7471"
     with trio.fail_after(30):
-        async with registry_http(tmp_path / "r.db") as http:
+        async with registry_http(databases.new()) as http:
             await setup(http)
             bad = [forged, "fe80::1%" + "x" * 60_000, "10.0.0.1\r\n", "a" * 60_000, "my-laptop"]
             for host in bad:
@@ -65,9 +65,9 @@ async def test_hosts_are_bounded_ip_literals_and_cannot_forge_a_line(tmp_path: P
             assert good.status_code == 201
 
 
-async def test_dot_names_are_refused_everywhere(tmp_path: Path) -> None:
+async def test_dot_names_are_refused_everywhere(databases: Databases) -> None:
     with trio.fail_after(30):
-        async with registry_http(tmp_path / "r.db") as http:
+        async with registry_http(databases.new()) as http:
             for name in (".", ".."):
                 j = await http.post("/api/v1/federations", json={"name": name})
                 assert j.status_code == 400 and "'.' or '..'" in j.json()["error"], name
@@ -83,10 +83,10 @@ async def test_dot_names_are_refused_everywhere(tmp_path: Path) -> None:
             assert (await http.post("/api/v1/federations", json={"name": "..a"})).status_code == 201
 
 
-async def test_json_writes_need_application_json(tmp_path: Path) -> None:
+async def test_json_writes_need_application_json(databases: Databases) -> None:
     body = b'{"orchestra": "cmu", "name": "alice", "create": true}'
     with trio.fail_after(30):
-        async with registry_http(tmp_path / "r.db") as http:
+        async with registry_http(databases.new()) as http:
             writes = [
                 ("/api/v1/federations", b'{"name": "x"}'),
                 ("/api/v1/federations/sleo/orchestras", b'{"name": "cmu"}'),
@@ -104,9 +104,9 @@ async def test_json_writes_need_application_json(tmp_path: Path) -> None:
             assert r.status_code == 201
 
 
-async def test_head_never_writes(tmp_path: Path) -> None:
+async def test_head_never_writes(databases: Databases) -> None:
     with trio.fail_after(30):
-        async with registry_http(tmp_path / "r.db") as http:
+        async with registry_http(databases.new()) as http:
             created = await http.head("/federation", params={"federation": "x", "create": "yes"})
             assert created.status_code == 405
             assert (await http.get("/federation", params={"federation": "x"})).text == "-1\n"
@@ -122,9 +122,9 @@ async def test_head_never_writes(tmp_path: Path) -> None:
             assert (await http.head("/federations/sleo")).status_code == 200
 
 
-async def test_node_ids_cannot_forge_a_line(tmp_path: Path) -> None:
+async def test_node_ids_cannot_forge_a_line(databases: Databases) -> None:
     forged = "x\nConductor:\nsleo cmu /cmu/evil 6.6.6.6 7471"
-    db = tmp_path / "r.db"
+    db = databases.new()
     # a registration stored by a registry older than the check, with such a node id
     old = RegistryStore(db)
     old.register("sleo", "cmu", "old", host="10.0.0.1", port=1, node_id=forged, create=True)

@@ -1,19 +1,18 @@
 """Finding 12: registration tokens own registrations, and the conductor follows them.
 
-Each test runs a real ``stagemesh registry`` process and talks to it over HTTP on loopback,
-as the owner of a registration and as someone else who tries to remove it, take its path or
-its conductor post.
+Each test runs a real ``stagemesh registry`` process (on SQLite and on PostgreSQL) and talks
+to it over HTTP on loopback, as the owner of a registration and as someone else who tries to
+remove it, take its path or its conductor post.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
-from tests.registries import registry_http
+from tests.registries import Databases, registry_http
 
 REG = "/api/v1/federations/sleo/registrations"
 CAS = "/api/v1/federations/sleo/conductor"
@@ -30,10 +29,10 @@ async def nodes(http: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
 
 
 async def test_legacy_calls_cannot_remove_or_take_over_a_json_registration(
-    tmp_path: Path,
+    databases: Databases,
 ) -> None:
     with trio.fail_after(30):
-        async with registry_http(tmp_path / "r.db") as http:
+        async with registry_http(databases.new()) as http:
             owner = await register(http, "alice", node_id="node-a", conductor=True)
             assert owner.status_code == 201 and owner.json()["conductor_granted"]
             token = owner.json()["token"]
@@ -64,9 +63,9 @@ async def test_legacy_calls_cannot_remove_or_take_over_a_json_registration(
             assert beat.status_code == 200
 
 
-async def test_a_path_held_with_a_node_id_cannot_be_taken_without_it(tmp_path: Path) -> None:
+async def test_a_path_held_with_a_node_id_cannot_be_taken_without_it(databases: Databases) -> None:
     with trio.fail_after(30):
-        async with registry_http(tmp_path / "r.db") as http:
+        async with registry_http(databases.new()) as http:
             owner = await register(http, "alice", node_id="node-a", supernode=True)
             assert owner.status_code == 201
             for attempt in ({}, {"node_id": "node-b"}):
@@ -79,9 +78,9 @@ async def test_a_path_held_with_a_node_id_cannot_be_taken_without_it(tmp_path: P
             assert again.status_code == 201 and again.json()["supernode_granted"]
 
 
-async def test_conductor_compare_and_set_needs_the_claimants_token(tmp_path: Path) -> None:
+async def test_conductor_compare_and_set_needs_the_claimants_token(databases: Databases) -> None:
     with trio.fail_after(30):
-        async with registry_http(tmp_path / "r.db") as http:
+        async with registry_http(databases.new()) as http:
             a = (await register(http, "alice", node_id="node-a", conductor=True)).json()
             b = (await register(http, "bob", node_id="node-b")).json()
             assert a["conductor_granted"] and a["conductor_term"] == 1
@@ -118,10 +117,10 @@ async def test_conductor_compare_and_set_needs_the_claimants_token(tmp_path: Pat
 
 
 async def test_anonymous_legacy_gets_cannot_squat_the_conductor_of_a_bridged_federation(
-    tmp_path: Path,
+    databases: Databases,
 ) -> None:
     with trio.fail_after(30):
-        async with registry_http(tmp_path / "r.db") as http:
+        async with registry_http(databases.new()) as http:
             # a bridged orchestra's supernode is registered (no conductor candidate yet)
             sup = await register(http, "alice", node_id="node-a", supernode=True)
             assert sup.status_code == 201

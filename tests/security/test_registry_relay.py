@@ -1,19 +1,19 @@
 """Only the registered supernode a relayed frame is for may take it; only supernodes relay.
 
-A real ``stagemesh registry`` process over HTTP on loopback: alice (supernode of cmu) queues
-frames for bob (supernode of colorado); then everyone else tries to read bob's queue or to
-inject into it, and is refused; bob gets every frame afterwards.
+A real ``stagemesh registry`` process (on SQLite and on PostgreSQL) over HTTP on loopback:
+alice (supernode of cmu) queues frames for bob (supernode of colorado); then everyone else
+tries to read bob's queue or to inject into it, and is refused; bob gets every frame
+afterwards.
 """
 
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import httpx
 import trio
 
-from tests.registries import registry_http
+from tests.registries import Databases, registry_http
 
 REG = "/api/v1/federations/sleo/registrations"
 
@@ -29,9 +29,9 @@ def relay(token: str) -> str:
     return f"/api/v1/registrations/{token}/relay"
 
 
-async def test_someone_else_cannot_take_or_inject_relayed_frames(tmp_path: Path) -> None:
+async def test_someone_else_cannot_take_or_inject_relayed_frames(databases: Databases) -> None:
     with trio.fail_after(30):
-        async with registry_http(tmp_path / "r.db") as http:
+        async with registry_http(databases.new()) as http:
             alice = await register(http, "cmu", "alice", supernode=True)
             bob = await register(http, "colorado", "bob", supernode=True)
             carol = await register(http, "colorado", "carol")  # bob's orchestra, a member
