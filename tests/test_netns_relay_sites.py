@@ -34,16 +34,11 @@ from typing import Any
 
 import pytest
 
+from tests.harness import wait_until
 from tests.netns import Host, Lan, Spawned
 from tests.soak import member_events
 from tests.test_netns_clock_registry import SAMPLER, read, smoothed
-from tests.test_netns_two_sites import (
-    one_conductor_in,
-    start_node,
-    start_registry,
-    status,
-    wait_until,
-)
+from tests.test_netns_two_sites import one_conductor_in, start_node, start_registry, status
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
