@@ -89,7 +89,17 @@ async def test_one_conductor_one_supernode_per_orchestra_and_clocks_agree(tmp_pa
             view = await agreed(nodes, bound=0.0005) or {}
             return bool(view)
 
-        await wait_for(settled, 30, every=0.1, what="one agreed conductor and synced clocks")
+        try:
+            await wait_for(settled, 60, every=0.1, what="one agreed conductor and synced clocks")
+        except AssertionError as error:
+            views = [await node.status() for node in nodes]
+            summary = [
+                (v["node"]["path"], v["conductor"], v["clock"]["synced"], v["clock"]["error_bound"])
+                for v in views
+            ]
+            raise AssertionError(
+                f"{error}; (path, conductor, synced, error bound): {summary}"
+            ) from None
         assert view["conductor"] in ("/oa/a1", "/ob/b1")
         assert set(view["supernodes"]) == {"oa", "ob"}
         assert view["supernodes"]["oa"].startswith("/oa/")
