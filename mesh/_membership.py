@@ -344,8 +344,8 @@ class _Relay:
 class _Broadcast:
     update: Update
     size: int
-    transmits: int = 0  # to this node's own site (everyone, in a flat group)
-    crossings: int = 0  # to contacts: other sites' supernodes
+    transmits: int = 0
+    crossings: int = 0  # a publication's sends to contacts (other sites' supernodes)
 
 
 def _key(update: Update) -> tuple[str, ...]:
@@ -380,31 +380,40 @@ class _BroadcastQueue:
         self, budget: int, limit: int, *, across: bool = False, cross_limit: int = 0
     ) -> list[Update]:
         """Updates for one datagram of at most *budget* bytes: to a member of this node's own
-        site, or *across* to a contact. Each is sent *limit* times within the site and
-        *cross_limit* times across (0: no contacts), counted apart: before, the site's own
-        probes and gossip could spend all of an update's sends, and a supernode then never
-        passed it to the other sites (a tempo publication that one site never heard)."""
-        # Dropped once spent both ways, *cross_limit* as it is now (contacts come and go).
+        site, or *across* to a contact. Each is sent *limit* times; a publication is sent
+        *limit* times within the site and, apart, *cross_limit* times across (0: no
+        contacts). A publication has no other way to another site: a state exchange carries
+        members and leases, not publications, and a lease re-announced is passed across. When
+        one count served both, the site's own pings, acks and gossip could spend all of a
+        publication's sends before the supernode's next gossip round reached its contact (the
+        conductor's tempo that one site never heard). Membership news keeps one count: sent
+        across more often, a stale death notice crossed after its refutation and the other
+        site's view flapped (chaos seeds 1039, 6149 and 7579 of the registry sweep)."""
+        # A publication is dropped once spent both ways, *cross_limit* as it is now (contacts
+        # come and go); anything else when its one count is spent (below, as it is sent).
         for key in [
             key
             for key, item in self.items.items()
-            if item.transmits >= limit and item.crossings >= cross_limit
+            if isinstance(item.update, Publish)
+            and item.transmits >= limit
+            and item.crossings >= cross_limit
         ]:
             del self.items[key]
         if not self.items:
             return []
 
         def sent(item: _Broadcast) -> int:
-            return item.crossings if across else item.transmits
+            return item.crossings if across and isinstance(item.update, Publish) else item.transmits
+
+        def due(item: _Broadcast) -> bool:
+            if across and isinstance(item.update, Publish):
+                return item.crossings < cross_limit
+            return not isinstance(item.update, Publish) or item.transmits < limit
 
         # Fewest transmissions first, oldest first among equals (so publications from one
         # origin usually arrive in order; sorted() is stable).
         ordered = sorted(
-            (
-                (key, item)
-                for key, item in self.items.items()
-                if sent(item) < (cross_limit if across else limit)
-            ),
+            ((key, item) for key, item in self.items.items() if due(item)),
             key=lambda kv: sent(kv[1]),
         )
         out: list[Update] = []
@@ -414,11 +423,13 @@ class _BroadcastQueue:
                 continue
             spent += item.size
             out.append(item.update)
-            if across:
+            if across and isinstance(item.update, Publish):
                 item.crossings += 1
             else:
                 item.transmits += 1
-            if item.transmits >= limit and item.crossings >= cross_limit:
+            if item.transmits >= limit and (
+                not isinstance(item.update, Publish) or item.crossings >= cross_limit
+            ):
                 del self.items[key]
         return out
 
