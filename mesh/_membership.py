@@ -347,6 +347,13 @@ class _Broadcast:
     transmits: int = 0
     crossings: int = 0  # a publication's sends to contacts (other sites' supernodes)
 
+    def spent(self, limit: int, cross_limit: int) -> bool:
+        """Whether it was sent all the times it is due: *limit* in all, or, a publication,
+        *limit* within the site and *cross_limit* across (see :meth:`_BroadcastQueue.take`)."""
+        if not isinstance(self.update, Publish):
+            return self.transmits >= limit
+        return self.transmits >= limit and self.crossings >= cross_limit
+
 
 def _key(update: Update) -> tuple[str, ...]:
     """The queue key: a newer update with the same key replaces an older one."""
@@ -390,46 +397,47 @@ class _BroadcastQueue:
         across more often, a stale death notice crossed after its refutation and the other
         site's view flapped (chaos seeds 1039, 6149 and 7579 of the registry sweep)."""
         # A publication is dropped once spent both ways, *cross_limit* as it is now (contacts
-        # come and go); anything else when its one count is spent (below, as it is sent).
+        # come and go); anything else only as it is sent for the last time (below: a smaller
+        # group's lower *limit* still lets it go once more).
         for key in [
             key
             for key, item in self.items.items()
-            if isinstance(item.update, Publish)
-            and item.transmits >= limit
-            and item.crossings >= cross_limit
+            if isinstance(item.update, Publish) and item.spent(limit, cross_limit)
         ]:
             del self.items[key]
         if not self.items:
             return []
 
-        def sent(item: _Broadcast) -> int:
-            return item.crossings if across and isinstance(item.update, Publish) else item.transmits
+        def crossing(item: _Broadcast) -> bool:
+            return across and isinstance(item.update, Publish)
 
-        def due(item: _Broadcast) -> bool:
-            if across and isinstance(item.update, Publish):
-                return item.crossings < cross_limit
-            return not isinstance(item.update, Publish) or item.transmits < limit
+        def sent(item: _Broadcast) -> int:
+            return item.crossings if crossing(item) else item.transmits
 
         # Fewest transmissions first, oldest first among equals (so publications from one
-        # origin usually arrive in order; sorted() is stable).
+        # origin usually arrive in order; sorted() is stable). A publication spent within the
+        # site waits here only for its crossings.
         ordered = sorted(
-            ((key, item) for key, item in self.items.items() if due(item)),
+            (
+                (key, item)
+                for key, item in self.items.items()
+                if sent(item) < (cross_limit if crossing(item) else limit)
+                or not isinstance(item.update, Publish)
+            ),
             key=lambda kv: sent(kv[1]),
         )
         out: list[Update] = []
-        spent = 0
+        used = 0
         for key, item in ordered:
-            if spent + item.size > budget:
+            if used + item.size > budget:
                 continue
-            spent += item.size
+            used += item.size
             out.append(item.update)
-            if across and isinstance(item.update, Publish):
+            if crossing(item):
                 item.crossings += 1
             else:
                 item.transmits += 1
-            if item.transmits >= limit and (
-                not isinstance(item.update, Publish) or item.crossings >= cross_limit
-            ):
+            if item.spent(limit, cross_limit):
                 del self.items[key]
         return out
 
@@ -1065,13 +1073,15 @@ class Membership:
         """Queued updates for a datagram to *to* (``None``: a sender not known yet)."""
         if not self._queue.items:
             return []
-        contacts = sum(1 for c in self._contacts if self._is_live(c))
+        cross_limit = 0  # each live contact gets each publication wan.retransmit_mult times
+        if self.wan is not None:
+            live_contacts = sum(1 for c in self._contacts if self._is_live(c))
+            cross_limit = live_contacts * self.wan.retransmit_mult
         return self._queue.take(
             self.piggyback_budget,
             self.profile.retransmit_limit(self._live),
             across=to is not None and self._remote(to),
-            # Each contact gets each update as often as a member of a site of its size would.
-            cross_limit=0 if self.wan is None else contacts * self.wan.retransmit_mult,
+            cross_limit=cross_limit,
         )
 
     def _gossip(self, now: float) -> None:
