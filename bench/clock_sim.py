@@ -12,10 +12,18 @@
    worst spread within an orchestra and across sites, the worst rate, the steps after the start
    and how long the registry kept its own time after a reset.
 
+With ``--scenario partition`` it runs instead the live soak's clock, simulated
+(:func:`mesh._clocksim.partition_run`: 8 nodes, 20 ms +- 10 ms each way, 5 % loss, a random
+half cut off for 15 s every 40 s, that half taking its own reference), with the clock as
+configured and, in the same run as the baseline, without its rate history and stash
+(``ClockConfig(rate_history=0)``), and prints each follower's agreement with its own
+reference, whole run and by phase.
+
 Writes the numbers as JSON.
 
     python3 bench/clock_sim.py [--seeds 200] [--duration 60] [--fault-seeds 10000] [--jobs 2]
                                [--json bench/results/clock_sim.json]
+    python3 bench/clock_sim.py --scenario partition [--seeds 3] [--duration 120] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -141,16 +149,107 @@ def measure_faults(seeds: int, jobs: int) -> list[dict[str, Any]]:
     return out
 
 
+def _partition_seed(args: tuple[int, float, bool]) -> dict[str, Any]:
+    seed, duration, history = args
+    h = _harness()
+    from mesh._clock import ClockConfig
+
+    config = None if history else ClockConfig(rate_history=0)
+    run = h.partition_run(seed, duration, config=config)
+    result = run.sim.result
+    return {
+        "steady": run.steady,
+        "partition": run.partition,
+        "healed": run.healed,
+        "violations": len(result.violations),
+        "went_back": result.decreases,
+    }
+
+
+def measure_partitions(seeds: int, duration: float, jobs: int) -> list[dict[str, Any]]:
+    """The partition scenario over *seeds* seeds, with and without the rate history: one row
+    per variant and phase."""
+    h = _harness()
+    rows = []
+    for history in (False, True):
+        start = time.perf_counter()
+        with ProcessPoolExecutor(jobs) as pool:
+            runs = list(pool.map(_partition_seed, [(s, duration, history) for s in range(seeds)]))
+        wall = time.perf_counter() - start
+        phases = {k: [d for r in runs for d in r[k]] for k in ("steady", "partition", "healed")}
+        phases = {"whole run": [d for v in phases.values() for d in v], **phases}
+        for phase, diffs in phases.items():
+            rows.append(
+                {
+                    "clock": "as configured" if history else "rate_history=0 (baseline)",
+                    "phase": phase,
+                    "samples": len(diffs),
+                    "p50_us": h.percentile(diffs, 0.50) * 1e6,
+                    "p99_us": h.percentile(diffs, 0.99) * 1e6,
+                    "max_us": max(diffs) * 1e6,
+                    "bound_violations": sum(r["violations"] for r in runs),
+                    "time_went_back": sum(r["went_back"] for r in runs),
+                    "wall_s": wall,
+                }
+            )
+    return rows
+
+
+def partitions_main(args: argparse.Namespace) -> int:
+    """``--scenario partition``: print and write the partition table."""
+    rows = measure_partitions(args.seeds, args.duration, args.jobs)
+    print(
+        f"clock agreement of each synced follower with its own reference, {args.seeds} seeds x"
+        f" {args.duration:g} s simulated, 8 nodes, 20 ms +- 10 ms each way, 5 % loss; a random"
+        " half cut off for 15 s every 40 s from 30 s on (phases: steady; partition, from each"
+        " cut to its heal; healed, the 10 s after each heal)"
+    )
+    header = (
+        f"{'clock':<26} {'phase':<10} {'samples':>8} {'p50 us':>8} {'p99 us':>8} {'max us':>8}"
+        f" {'viol':>5} {'back':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['clock']:<26} {r['phase']:<10} {r['samples']:>8} {r['p50_us']:>8.0f}"
+            f" {r['p99_us']:>8.0f} {r['max_us']:>8.0f} {r['bound_violations']:>5}"
+            f" {r['time_went_back']:>5}"
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps({"benchmark": "clock_sim --scenario partition", "rows": rows}, indent=2) + "\n"
+    )
+    print(f"wrote {args.json}")
+    configured = [r for r in rows if r["clock"] == "as configured"]
+    ok = all(r["bound_violations"] == 0 and r["time_went_back"] == 0 for r in configured)
+    return 0 if ok and configured[0]["p99_us"] <= 1000 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=200, help="0: the registry faults only")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="200 (partition: 3); 0: the registry faults only"
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="simulated seconds per seed")
     parser.add_argument("--json", type=Path, default=_ROOT / "bench" / "results" / "clock_sim.json")
     parser.add_argument(
         "--fault-seeds", type=int, default=10_000, help="registry fault scenarios, in all"
     )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for the faults")
+    parser.add_argument(
+        "--scenario",
+        choices=["profiles", "partition"],
+        default="profiles",
+        help="partition: the soak's partitions and heals instead (see above)",
+    )
     args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 3 if args.scenario == "partition" else 200
+    if args.scenario == "partition":
+        if "--json" not in (argv if argv is not None else sys.argv):
+            args.json = _ROOT / "bench" / "results" / "clock_sim_partition.json"
+        return partitions_main(args)
     h = _harness()
     runs = [("loopback", False), ("loopback-uniform", False), ("lan", False), ("lan", True)]
     rows = [measure(h, p, args.seeds, args.duration, change) for p, change in runs if args.seeds]

@@ -19,7 +19,10 @@ How it works (docs/clock.md has the full story):
   ``1 / rtt**2`` on a quiet network; on a jittery one (judged by the round trips) ``1 / q**2``,
   ``q`` half a sample's round-trip excess over the least round trip (with symmetric jitter,
   what its offset can be off by), and the estimate uses 512 samples instead of 256 (the mean
-  the best 128 of them instead of 3 of 16) and polls faster while imprecise. Optionally
+  the best 128 of them instead of 3 of 16) and polls faster while imprecise; there the rate
+  comes from the best sample of each of the last 120 s when that is tighter, and a node
+  followed again takes up the samples held when it was left (``ClockConfig.rate_history``).
+  Optionally
   (``ClockConfig.holdover``, off) the time the clock kept is a prior that a new reference's
   first estimates are blended with.
 - **Slewing.** Federation time never decreases and runs at the local rate within
@@ -69,6 +72,7 @@ MAX_REPORTED_ERROR = 1e6
 the wire carries only finite numbers. Samples this bad carry no weight."""
 
 _MIN_BOUND = 1e-9  # floor of a sample's error bound (keeps the weights finite)
+_HISTORIES = 4  # followed nodes whose rate history is kept (the most recent ones)
 _FIT_LEAST = 3  # the fit of offset and drift uses at least this many samples
 _RTT, _LAN, _FIRST = operator.attrgetter("rtt"), operator.attrgetter("lan"), operator.itemgetter(0)
 
@@ -174,6 +178,17 @@ class ClockConfig:
     """... the offset the best ``jittery_best`` of them (no more than ``fit_fraction``). A
     quiet network keeps the short history: it follows a reference whose rate changes (a site's
     top following an outside clock) more closely, and costs less."""
+    rate_history: float = attrs.field(default=120.0, validator=_non_negative)
+    """Seconds of a followed node's samples remembered (0: none), for two uses on a jittery
+    network, where the estimate's samples span only seconds (``jittery_history`` at
+    ``imprecise_interval``) and a rate fitted over them is off by tens of ppm. The best sample
+    of each second makes a **rate history**: the estimate takes the rate of a fit over it when
+    that is statistically tighter and agrees with its own fit (a follower that becomes the
+    reference at a partition keeps that rate, so the time its side keeps stays with the time
+    the other side keeps). And the samples held of a node when the clock stops following it
+    are **stashed**: following it again within this span (after the partition's heal) takes
+    them up again, rather than a new estimate from the first few samples, off by
+    milliseconds on such a network."""
     fit_fraction: float = attrs.field(default=0.25, validator=_positive)
     """... which uses this fraction of them with the lowest round trips (at least ``best``)."""
     quality_floor: float = attrs.field(default=0.25, validator=_positive)
@@ -351,6 +366,10 @@ class ClockCore:
         # network, so it is kept across references.
         self._jittery = False
         self._samples: deque[_Sample] = deque(maxlen=self._kept())
+        # The best sample of each second, for the last rate_history seconds, per followed node.
+        self._history: dict[str, deque[_Sample]] = {}
+        # The samples held of each node followed before, as they were when it was left.
+        self._stash: dict[str, list[_Sample]] = {}
         self._floor_seen = math.inf  # the least round trip of an earlier reference's samples
         self._accepted = 0
         self._ref_synced = False
@@ -418,6 +437,12 @@ class ClockCore:
             return
         carry = self._carriable(handover) and not is_self and reference_id is not None
         carried = [attrs.evolve(x, carried=True) for x in self._samples] if carry else []
+        previous = self._reference
+        if previous is not None and not self._is_self and self._cfg.rate_history > 0.0:
+            self._stash.pop(previous, None)
+            if len(self._stash) >= _HISTORIES:
+                del self._stash[next(iter(self._stash))]
+            self._stash[previous] = [x for x in self._samples if not x.carried and x.known]
         self._reference = reference_id
         self._is_self = is_self
         self._outstanding.clear()
@@ -454,6 +479,13 @@ class ClockCore:
             self._ref_synced = True  # (until the new reference answers for itself)
             self._last_sample_at = now  # staleness counts from the hand-over
             self._ref_bound, self._ref_bound_at = 0.0, now  # (the held bound has it all)
+        restored = self._restorable(now, reference_id) if not carried else []
+        if restored:
+            # Followed before (back after a partition): what its samples said of its time
+            # then still holds (a time that changed since contradicts them and starts over,
+            # see _consistent), and on a jittery network a new estimate takes many seconds
+            # of samples to come within a millisecond.
+            self._samples.extend(restored)
         if carried:
             # The new reference keeps the same time (it followed the old one): what this
             # clock learned of that time goes on counting in the estimate, the new
@@ -464,6 +496,49 @@ class ClockCore:
             # The new reference most likely kept the same time as the old one (or as this
             # clock): the clock's time is where its first estimates are weighed against.
             self._prior = (now, self._read(now), prior)
+
+    def _remember(self, s: _Sample) -> None:
+        """Keep *s* in the followed node's rate history if it is the best of its second."""
+        span = self._cfg.rate_history
+        if span <= 0.0 or self._reference is None or not s.known:
+            return
+        kept = self._history.get(self._reference)
+        if kept is None:
+            if len(self._history) >= _HISTORIES:
+                del self._history[next(iter(self._history))]
+            kept = self._history[self._reference] = deque()
+        if kept and math.floor(kept[-1].mid) == math.floor(s.mid):
+            if s.rtt < kept[-1].rtt:
+                kept[-1] = s
+        else:
+            kept.append(s)
+        while kept and s.mid - kept[0].mid > span:
+            kept.popleft()
+
+    def _restorable(self, now: float, reference_id: str | None) -> list[_Sample]:
+        """The samples of *reference_id* held when this clock last left it, if the network
+        is jittery and they are younger than ``rate_history`` (its rate history spans them)."""
+        stash = self._stash.pop(reference_id, None) if reference_id is not None else None
+        if not stash or not self._jittery or now - stash[-1].mid > self._cfg.rate_history:
+            return []
+        return stash
+
+    def _history_rate(self, fit: _Fit, hint: float) -> float:
+        """The rate to estimate with on a jittery network: that of a fit over the followed
+        node's rate history (it spans up to ``rate_history`` seconds, where the estimate's
+        samples span seconds) when it is tighter than the rate chosen and agrees with the
+        estimate's fit, else *hint*. Sets ``_rate_err`` to go with it."""
+        kept = self._history.get(self._reference) if self._reference is not None else None
+        if kept is None or len(kept) < _FIT_LEAST * 3:
+            return hint
+        long = _line_fit(kept, self._cfg.quality_floor)
+        if long is None:
+            return hint
+        rate, sigma = long
+        if sigma < self._rate_err and abs(rate - fit.rate) <= 4.0 * math.hypot(sigma, fit.sigma):
+            self._rate_err = sigma
+            return rate
+        return hint
 
     def _carriable(self, handover: float | None) -> bool:
         """Whether a change of reference with *handover* (see :meth:`set_reference`) carries
@@ -567,6 +642,10 @@ class ClockCore:
             (attrs.evolve(x, offset=x.offset + delta) for x in self._samples),
             maxlen=self._kept(),
         )
+        for node, kept in self._history.items():
+            self._history[node] = deque(attrs.evolve(x, offset=x.offset + delta) for x in kept)
+        for node, stash in self._stash.items():
+            self._stash[node] = [attrs.evolve(x, offset=x.offset + delta) for x in stash]
         self._outstanding.clear()
         self._pair_first.clear()
         self._steps += 1
@@ -692,6 +771,8 @@ class ClockCore:
         self._ref_bound = math.inf if ref_bound >= MAX_REPORTED_ERROR else ref_bound
         self._ref_bound_at = now
         if self._start_over_on_next_sample:
+            self._history.pop(pending[1], None)  # (another process's clock)
+            self._stash.pop(pending[1], None)
             self._start_following(now)
         if sample.known and self._unknown_held:
             self._forget_unknown(now, was_synced)
@@ -704,6 +785,7 @@ class ClockCore:
                 self._holdover = now
             self._resets += 1
             self._samples.clear()
+            self._history.pop(pending[1], None)
             self._accepted = 0
             self._d_lo, self._d_hi, self._d_at = -self._max_drift, self._max_drift, now
             self._rate_err = self._max_drift
@@ -711,6 +793,7 @@ class ClockCore:
             self._poll_start = now
             self._next_poll = now + self._cfg.fast_interval
         self._samples.append(sample)
+        self._remember(sample)
         self._unknown_held |= not sample.known
         self._accepted += 1
         if self._accepted >= self._cfg.min_samples:
@@ -1085,6 +1168,8 @@ class ClockCore:
                 hint = fit.rate
                 self._rate_err = fit.sigma
             lo, hi = n_lo, n_hi
+            if self._jittery:
+                hint = self._history_rate(fit, hint)
         self._d_lo, self._d_hi = lo, hi
         hint = min(max(hint, -self._max_drift), self._max_drift)
         rate = min(max(hint, lo), hi)
@@ -1162,6 +1247,27 @@ class ClockCore:
         # With a deadband, what lies within the estimate's error interval is not corrected.
         noise = self._est_bound(now)
         self._res_floor = min(abs(r), noise) if self._deadband else 0.0
+
+
+def _line_fit(samples: deque[_Sample], quality_floor: float) -> tuple[float, float] | None:
+    """The rate (slope of offset against local time) of a weighted least-squares line through
+    *samples* and its standard error from the residuals, weights as on a jittery network (see
+    ``ClockConfig.quality_floor``); None if they do not span any time."""
+    floor = min(map(_RTT, samples))
+    share = quality_floor * floor / 2
+    ws = [1.0 / ((s.rtt - floor) / 2 + share + _MIN_BOUND) ** 2 for s in samples]
+    wsum = sum(ws)
+    mbar = sum(w * s.mid for w, s in zip(ws, samples, strict=True)) / wsum
+    obar = sum(w * s.offset for w, s in zip(ws, samples, strict=True)) / wsum
+    sxx = sum(w * (s.mid - mbar) ** 2 for w, s in zip(ws, samples, strict=True))
+    if sxx <= 0.0:
+        return None
+    rate = sum(w * (s.mid - mbar) * s.offset for w, s in zip(ws, samples, strict=True)) / sxx
+    k = sum(
+        w * (s.offset - obar - rate * (s.mid - mbar)) ** 2
+        for w, s in zip(ws, samples, strict=True)
+    ) / max(1, len(samples) - 2)
+    return rate, math.sqrt(k / sxx)
 
 
 class _AbsSum:

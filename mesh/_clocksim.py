@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 
@@ -33,9 +33,12 @@ __all__ = [
     "LOOPBACK",
     "LOOPBACK_UNIFORM",
     "PROFILES",
+    "SOAK",
     "ClockNode",
     "ClockSim",
     "ClockSimResult",
+    "PartitionResult",
+    "partition_run",
     "percentile",
     "random_run",
 ]
@@ -61,6 +64,9 @@ LOOPBACK = LinkModel(
 """Loopback as measured (a round trip of ~40 us median, ~140 us p99 between two Python
 processes): 20 us plus exponential jitter of mean 20 us (30 us the other way), 2% outliers of
 200 us."""
+SOAK = LinkModel(loss=0.05, delay=10e-3, jitter=20e-3)
+"""The soak's network (tests/soak.py): 20 ms +- 10 ms one way, uniform and symmetric (which
+reorders), 5% loss."""
 PROFILES = {"loopback": LOOPBACK, "loopback-uniform": LOOPBACK_UNIFORM, "lan": LAN}
 """The delay profiles by name."""
 
@@ -84,6 +90,8 @@ class ClockSimResult:
     seed: int
     diffs: list[float] = attrs.Factory(list)
     """|follower - reference| of every synced follower at every check after warm-up."""
+    at: list[float] = attrs.Factory(list)
+    """The (true) time of each of ``diffs``."""
     violations: list[str] = attrs.Factory(list)
     decreases: int = 0
     checks: int = 0
@@ -139,6 +147,8 @@ class ClockSim:
             self.nodes.append(node)
             self._by_sim_node[node.sim_node] = node
         self.reference = 0
+        self.follows = [0] * nodes
+        """The node each node takes its time from (itself: it is a reference)."""
         self._ref_set_at = dict.fromkeys(range(1, nodes), 0.0)
         for t, index in reference_changes:
             self.sim.schedule(t, self._reference_change(index))
@@ -163,9 +173,26 @@ class ClockSim:
 
     def _set_reference(self, index: int) -> None:
         self.reference = index
-        self._ref_set_at = {i: self.sim.now for i in range(len(self.nodes)) if i != index}
-        for i, node in enumerate(self.nodes):
-            self.sim.call_node(node.sim_node, 0.0, _setter(node.core, index, i == index))
+        self.set_references(range(len(self.nodes)), index, handover=False)
+
+    def set_references(self, members: Iterable[int], index: int, *, handover: bool) -> None:
+        """Make node *index* the reference of *members* (itself included if it is one of
+        them); with *handover* each follower keeps the bound it has if it is synced (as a
+        node does when its reference changes within one lineage, see
+        :meth:`mesh._clock.ClockCore.set_reference`)."""
+        for i in members:
+            self.sim.call_node(self.nodes[i].sim_node, 0.0, self._follow(i, index, handover))
+
+    def _follow(self, i: int, index: int, handover: bool) -> NodeCall:
+        set_it = _setter(self.nodes[i].core, index, i == index, handover=handover)
+
+        def act(now: float) -> None:
+            set_it(now)
+            self.follows[i] = index
+            if i != index:
+                self._ref_set_at[i] = self.sim.now
+
+        return act
 
     def run(
         self,
@@ -193,13 +220,17 @@ class ClockSim:
 
     def _check(self) -> None:
         now = self.sim.now
-        ref = self.nodes[self.reference]
-        ref_fed = ref.core.federation_time(ref.clock(now))
-        if ref_fed < ref.last_fed:
-            self.result.decreases += 1
-        ref.last_fed = ref_fed
+        feds: dict[int, float] = {}
+        for r in sorted(set(self.follows)):
+            ref = self.nodes[r]
+            feds[r] = ref.core.federation_time(ref.clock(now))
+            if r == self.follows[r]:
+                if feds[r] < ref.last_fed:
+                    self.result.decreases += 1
+                ref.last_fed = feds[r]
         for i, node in enumerate(self.nodes):
-            if i == self.reference:
+            r = self.follows[i]
+            if r == i:
                 continue
             snap = node.core.snapshot(node.clock(now))
             self.result.checks += 1
@@ -212,7 +243,7 @@ class ClockSim:
             self.result.synced_at.setdefault(node.node_id, now)
             if i in self._ref_set_at:
                 self.result.sync_delays.append(now - self._ref_set_at.pop(i))
-            diff = snap.federation_time - ref_fed
+            diff = snap.federation_time - feds[r]
             if abs(diff) > snap.error_bound:
                 self.result.violations.append(
                     f"t={now:.6f} {node.node_id} off by {diff * 1e6:.1f} us, "
@@ -220,11 +251,21 @@ class ClockSim:
                 )
             if now >= self._warmup:
                 self.result.diffs.append(abs(diff))
+                self.result.at.append(now)
 
 
-def _setter(core: ClockCore, reference: int, is_self: bool) -> NodeCall:
-    """Give *core* the reference node *reference* at the node's time."""
-    return lambda now: core.set_reference(now, f"n{reference}", is_self=is_self)
+def _setter(core: ClockCore, reference: int, is_self: bool, *, handover: bool = False) -> NodeCall:
+    """Give *core* the reference node *reference* at the node's time (with *handover*, the
+    bound it has if synced: see :meth:`ClockSim.set_references`)."""
+
+    def act(now: float) -> None:
+        held = None
+        if handover and not core.is_reference:  # (a node that defined the time claims no other)
+            snap = core.snapshot(now)
+            held = snap.error_bound if snap.synced else None
+        core.set_reference(now, f"n{reference}", is_self=is_self, handover=held)
+
+    return act
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -244,3 +285,77 @@ def random_run(
         changes = ((rng.uniform(12.0, 18.0), rng.randrange(1, n)),)
     sim = ClockSim(seed, nodes=n, link=link, reference_changes=changes)
     return sim, sim.run(until, check_every=0.1, warmup=until / 2)
+
+
+@attrs.define
+class PartitionResult:
+    """What :func:`partition_run` measured: each synced follower against its own reference,
+    by phase."""
+
+    sim: ClockSim
+    steady: list[float] = attrs.Factory(list)
+    """Before the first partition (after warm-up) and from 10 s after each heal on."""
+    partition: list[float] = attrs.Factory(list)
+    """From each cut to its heal."""
+    healed: list[float] = attrs.Factory(list)
+    """The 10 s after each heal."""
+
+    @property
+    def whole(self) -> list[float]:
+        """Every sample of the run after warm-up."""
+        return self.steady + self.partition + self.healed
+
+
+def partition_run(
+    seed: int,
+    until: float = 120.0,
+    *,
+    nodes: int = 8,
+    link: LinkModel = SOAK,
+    first: float = 30.0,
+    every: float = 40.0,
+    length: float = 15.0,
+    elected_after: float = 3.0,
+    merged_after: float = 0.5,
+    config: ClockConfig | None = None,
+) -> PartitionResult:
+    """The live soak's clock, simulated: *nodes* nodes on the soak's network; from *first* on,
+    every *every* seconds a random half is cut off from the rest for *length* seconds. The half
+    without the reference (node 0) takes one of its own as reference *elected_after* seconds
+    into the cut (its followers hand over, as nodes of one lineage do), and all follow node 0
+    again *merged_after* seconds after the heal (its longer tenure wins the post back)."""
+    rng = random.Random(seed * 104729 + 7)
+    sim = ClockSim(seed, nodes=nodes, link=link, config=config)
+    cuts: list[tuple[float, float]] = []
+    t = first
+    while t + length < until:
+        half = rng.sample(range(nodes), nodes // 2)
+        near = [i for i in range(nodes) if (i in half) == (0 in half)]
+        far = [i for i in range(nodes) if i not in near]
+        new_reference = rng.choice(far)
+        cuts.append((t, t + length))
+        sim.sim.schedule(t, _cut(sim, near, far))
+        sim.sim.schedule(t + elected_after, _elect(sim, far, new_reference))
+        sim.sim.schedule(t + length, sim.sim.heal)
+        sim.sim.schedule(t + length + merged_after, _elect(sim, far, 0))
+        t += every
+    run = sim.run(until, check_every=0.1, warmup=first)
+    out = PartitionResult(sim)
+    for at, diff in zip(run.at, run.diffs, strict=True):
+        if any(cut <= at < heal for cut, heal in cuts):
+            out.partition.append(diff)
+        elif any(heal <= at < heal + 10.0 for _, heal in cuts):
+            out.healed.append(diff)
+        else:
+            out.steady.append(diff)
+    return out
+
+
+def _cut(sim: ClockSim, near: list[int], far: list[int]) -> Callable[[], None]:
+    return lambda: sim.sim.partition(
+        [sim.nodes[i].sim_node for i in near], [sim.nodes[i].sim_node for i in far]
+    )
+
+
+def _elect(sim: ClockSim, members: list[int], reference: int) -> Callable[[], None]:
+    return lambda: sim.set_references(members, reference, handover=True)
