@@ -45,7 +45,8 @@ def test_soak_under_loss_delay_and_partitions(tmp_path: Path) -> None:
     # The clock never steps back, and every error stays within the bound the node reports.
     assert not verdict["clock_went_back"], verdict["clock_went_back"]
     assert not verdict["clock_bound_violations"], verdict["clock_bound_violations"][:5]
-    # Issue 13 asks for p99 <= 1 ms; measured about 0.75 ms before the first partition and
-    # 2-3 ms over the run, the followers that change reference at each partition and heal
-    # starting a new estimate (docs/testing.md). This holds it to the jitter of the network.
-    assert verdict["clock_p99_us"] <= 10_000, verdict["clock_us"]
+    # Issue 13 asks for p99 <= 1 ms (bench/soak.py measures it over 10 minutes); here, with
+    # three partitions in a minute and a short rate history, measured 0.95 ms on a quiet
+    # machine (2-3 ms before the clock's rate history and stash, docs/testing.md). The limit
+    # leaves room for a loaded machine's scheduling.
+    assert verdict["clock_p99_us"] <= 3_000, verdict["clock_us"]
