@@ -1,11 +1,13 @@
 """The guardian: stops a station's role processes when the station dies, however it dies.
 
 A station's supervisor starts one guardian, a small process in its own session
-(``python -I -S <this file> <station pid>``: the standard library only, nothing of the package,
+(``python -I -S <this file> <station pid> [<pid>:<start_time>:<grace> ...]``: the standard
+library only, nothing of the package,
 so it starts in a few tens of milliseconds and holds a few MiB), and keeps the write end of the
-guardian's stdin.
-It tells the guardian about every role process group it starts and every one that is gone, one
-line each::
+guardian's stdin. A guardian started again (the last one died) gets the groups already
+watched on its command line, so no guardian ever runs without knowing them (a station killed
+just after it started one would leave its roles running). Then the station tells the guardian
+about every role process group it starts and every one that is gone, one line each::
 
     watch <pid> <start_time> <grace>
     forget <pid>
@@ -159,6 +161,12 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # a terminal's ^C is for the station, not for us
     watched: dict[int, tuple[int, float]] = {}
+    for spec in sys.argv[2:]:
+        try:
+            pid_text, start_text, grace_text = spec.split(":")
+            watched[int(pid_text)] = (int(start_text), float(grace_text))
+        except ValueError:
+            print(f"stagemesh guardian: ignoring a malformed argument {spec!r}", file=sys.stderr)
     for raw in sys.stdin.buffer:
         parts = raw.decode("ascii", "replace").split()
         try:

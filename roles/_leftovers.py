@@ -241,11 +241,13 @@ class Guardian:
             await trio.sleep(0.2)  # a guardian that cannot run must not spin
 
     async def _start(self) -> trio.Process | None:
-        """Start a guardian and tell it everything watched now."""
+        """Start a guardian that knows everything watched now (on its command line: it never
+        runs without knowing, however soon the station dies after starting it)."""
         async with self._lock:
+            watched = [f"{pid}:{start}:{grace}" for pid, (start, grace) in self._watched.items()]
             try:
                 process = await trio.lowlevel.open_process(
-                    [sys.executable, "-I", "-S", _GUARDIAN_SCRIPT, str(os.getpid())],
+                    [sys.executable, "-I", "-S", _GUARDIAN_SCRIPT, str(os.getpid()), *watched],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     start_new_session=True,
@@ -254,11 +256,6 @@ class Guardian:
                 logger.error("cannot start the guardian of the role processes: %s", exc)
                 return None
             self._process = process
-            lines = "".join(
-                f"watch {pid} {start} {grace}\n" for pid, (start, grace) in self._watched.items()
-            )
-            if lines:
-                await self._write(lines)
             return process
 
     async def watch(self, pid: int, start_time: int, grace: float) -> None:

@@ -26,6 +26,7 @@ from roles import (
     StationIdentity,
     SupervisorEvent,
     SupervisorInUse,
+    _guardian as roles_guardian,
     open_station,
     process_group_alive,
 )
@@ -299,3 +300,29 @@ async def test_two_stations_never_share_a_state_directory(tmp_path: Path) -> Non
             assert status is not None and status.state in ("starting", "running")
         async with open_station(tmp_path, identity=IDENTITY):
             pass  # free again once the first one closed
+
+
+def test_a_guardian_started_again_knows_what_to_watch_from_its_start(
+    bystander: subprocess.Popen[bytes],
+) -> None:
+    # A guardian started again (the last one died) gets the groups already watched on its
+    # command line, not in a first line written after it started: a station killed in
+    # between (here: stdin closed at once, before any line) left its roles running.
+    spec = f"{bystander.pid}:{start_time(bystander)}:1.0"
+    guardian = subprocess.run(
+        [sys.executable, "-I", "-S", str(Path(roles_guardian.__file__)), str(os.getpid()), spec],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+    )
+    assert guardian.returncode == 0, guardian.stderr
+    assert bystander.wait(timeout=10) == -signal.SIGTERM
+    assert b"stopped its role process group(s)" in guardian.stderr
+    # A malformed argument is reported and ignored, as a malformed line is.
+    other = subprocess.run(
+        [sys.executable, "-I", "-S", str(Path(roles_guardian.__file__)), "1", "x:y"],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+    )
+    assert other.returncode == 0 and b"malformed argument" in other.stderr
