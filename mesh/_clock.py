@@ -370,6 +370,7 @@ class ClockCore:
         self._history: dict[str, deque[_Sample]] = {}
         # The samples held of each node followed before, as they were when it was left.
         self._stash: dict[str, list[_Sample]] = {}
+        self._steady = True  # the followed clock keeps one time under its id (set_reference)
         self._floor_seen = math.inf  # the least round trip of an earlier reference's samples
         self._accepted = 0
         self._ref_synced = False
@@ -407,6 +408,7 @@ class ClockCore:
         *,
         deadband: bool = False,
         handover: float | None = None,
+        steady: bool = True,
     ) -> None:
         """Follow *reference_id* (a node id), or be the reference (*is_self*), or follow no one
         (``None`` and not self: between elections; the clock runs on its last estimate).
@@ -426,6 +428,11 @@ class ClockCore:
         drift, while it learns the new reference (until ``min_samples`` of its samples, or for
         ``stale_after`` at most), so a change of path to the same time never unsyncs it or the
         nodes that follow it. A bound beyond ``step_threshold`` is no hand-over.
+
+        *steady* says that the followed clock keeps one time under its id (a node), so its
+        samples may go into its rate history and be taken up again when it is followed again
+        (``ClockConfig.rate_history``); not the registry, whose time is an epoch that a reset or
+        an empty restart replaces under the same id.
         """
         now = self._tick(now)
         if deadband != self._deadband:
@@ -438,7 +445,9 @@ class ClockCore:
         carry = self._carriable(handover) and not is_self and reference_id is not None
         carried = [attrs.evolve(x, carried=True) for x in self._samples] if carry else []
         previous = self._reference
-        if previous is not None and not self._is_self and self._cfg.rate_history > 0.0:
+        keep = self._steady and self._cfg.rate_history > 0.0
+        self._steady = steady
+        if previous is not None and not self._is_self and keep:
             self._stash.pop(previous, None)
             if len(self._stash) >= _HISTORIES:
                 del self._stash[next(iter(self._stash))]
@@ -479,7 +488,7 @@ class ClockCore:
             self._ref_synced = True  # (until the new reference answers for itself)
             self._last_sample_at = now  # staleness counts from the hand-over
             self._ref_bound, self._ref_bound_at = 0.0, now  # (the held bound has it all)
-        restored = self._restorable(now, reference_id) if not carried else []
+        restored = self._restorable(now, reference_id) if not carried and steady else []
         if restored:
             # Followed before (back after a partition): what its samples said of its time
             # then still holds (a time that changed since contradicts them and starts over,
@@ -500,7 +509,7 @@ class ClockCore:
     def _remember(self, s: _Sample) -> None:
         """Keep *s* in the followed node's rate history if it is the best of its second."""
         span = self._cfg.rate_history
-        if span <= 0.0 or self._reference is None or not s.known:
+        if span <= 0.0 or self._reference is None or not s.known or not self._steady:
             return
         kept = self._history.get(self._reference)
         if kept is None:

@@ -869,7 +869,12 @@ class NodeCore:
             handover = self._handover(now, source)
             self._time_source = source
             self.clock.set_reference(
-                now, source[0], source[1], deadband=deadband, handover=handover
+                now,
+                source[0],
+                source[1],
+                deadband=deadband,
+                handover=handover,
+                steady=not external,  # (the registry's time is an epoch it may replace)
             )
             self._events.append(TimeSourceChanged(None if source[1] else source[0], source[1]))
             self._reference_start = self._start_of(source)

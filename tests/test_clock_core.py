@@ -704,3 +704,21 @@ def test_a_hand_over_on_a_jittery_network_carries_the_estimate_across() -> None:
         worst = max(worst, error)
     assert worst <= min(apart, 1e-3), (worst, apart)
     assert s.core.snapshot(s.clock(t)).samples >= ClockConfig().min_samples
+
+
+def test_a_clock_that_is_not_steady_is_neither_remembered_nor_taken_up_again() -> None:
+    # The registry's time is an epoch that a reset or an empty restart replaces under the
+    # same id: its samples from before must not be taken up when the node follows it again
+    # (steady=False), as a node's are on a jittery network (ClockConfig.rate_history).
+    for steady, taken_up in ((True, True), (False, False)):
+        r = make("r", reference=True, initial_time=100.0)
+        s = make("s", skew=0.2, drift=30.0)
+        s.core.set_reference(s.clock(0.0), "r", is_self=False, steady=steady)
+        clocks = Clocks(r, s, delay=10e-3, jitter=20e-3, seed=1)
+        t = clocks.run(0.0, 20.0)
+        held = s.core.snapshot(s.clock(t)).samples
+        assert held > 100
+        s.core.set_reference(s.clock(t), None, is_self=False)
+        t = clocks.run(t, t + 1.0)  # (replies in flight are for the clock left)
+        s.core.set_reference(s.clock(t), "r", is_self=False, steady=steady)
+        assert s.core.snapshot(s.clock(t)).samples == (held if taken_up else 0), steady
