@@ -228,6 +228,9 @@ class RolesExtension(Extension):
         self._station_ready = trio.Event()
         self._poke = trio.Event()
         self._save_needed = trio.Event()
+        self._saves_wanted = 0  # Persist outputs taken so far
+        self._saves_done = 0  # how many of those the last finished save covers
+        self._save_finished = trio.Event()
         self._answered: dict[int, trio.Event] = {}
         self._answers: dict[int, PushAnswered] = {}
         self._last_push: dict[str, dict[str, Any]] = {}
@@ -535,9 +538,16 @@ class RolesExtension(Extension):
         finally:  # also when the caller gives up: the manager finishes the push anyway
             del self._answered[push]
             self._answers.pop(push, None)
+        await self._saved(self._saves_wanted)  # acknowledged only once it survives a crash
         if result.error is not None:
             raise result.error
         return _plain(result.answer)
+
+    async def _saved(self, wanted: int) -> None:
+        """Return once a save that covers the first *wanted* changes of the desired state has
+        finished (at once when this node keeps no state directory)."""
+        while self._desired_path is not None and self._saves_done < wanted:
+            await self._save_finished.wait()
 
     def _view(self, node: Node) -> MeshView:
         """The manager's view of the mesh, from the node's members and the conductor lease."""
@@ -565,6 +575,7 @@ class RolesExtension(Extension):
                     self._answers[output.push] = output
                     answered.set()
             elif isinstance(output, Persist):
+                self._saves_wanted += 1
                 self._save_needed.set()
             elif isinstance(output, CheckConfig):
                 payload: Value = {"config": _plain(output.config.to_dict())}
@@ -697,11 +708,15 @@ class RolesExtension(Extension):
             path = self._desired_path
             if path is None:
                 continue
+            covers = self._saves_wanted
             doc = {"format": 2, "saved_at": time.time(), "desired": self.desired.to_dict()}
             try:
                 await trio.to_thread.run_sync(write_json_atomic, path, doc)
             except OSError as exc:
                 logger.error("cannot save the desired role configurations to %s: %s", path, exc)
+            self._saves_done = covers
+            self._save_finished.set()
+            self._save_finished = trio.Event()
 
     @staticmethod
     def _load_desired(path: Path) -> DesiredState:

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ import roles
 from mesh.__main__ import main as stagemesh
 from mesh._cli import UsageError
 from mesh._node import Node, NodeConfig, RemoteError, open_node
+from mesh._state import write_json_atomic
 from mesh._status import read_api_secret
 from mesh._wire import Keyring, Value
 from roles import (
@@ -451,3 +453,25 @@ def test_saved_desired_state_is_loaded_and_a_bad_file_ignored(tmp_path: Path) ->
     saved.write_text('{"format": 2, "desired": {"stations": {"nope": []}}}')
     assert RolesExtension._load_desired(saved) == roles.DesiredState()
     assert RolesExtension._load_desired(tmp_path / "missing.json") == roles.DesiredState()
+
+
+async def test_a_push_is_acknowledged_only_once_the_desired_state_holding_it_is_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conductor killed just after it answered a push must not lose the pushed order: the
+    answer waits for the save (here made slow), so the order is on disk when it comes."""
+
+    def slow_write(path: Path, doc: Any) -> None:
+        time.sleep(0.5)  # in the save's worker thread: a slow disk
+        write_json_atomic(path, doc)
+
+    monkeypatch.setattr("roles._extension.write_json_atomic", slow_write)
+    async with group(tmp_path, ["/ctl/c1"], []) as g:
+        answer = await push_config(
+            g.nodes["/ctl/c1"], "/room-b/absent", sleeper("cam-9"), operator_key=OPERATOR
+        )
+        assert answer["pending"] is True, answer
+        saved = tmp_path / "state" / "rolesnode" / "ctl" / "c1" / "roles" / "desired.json"
+        on_disk = json.loads(saved.read_text())["desired"]
+        kept = roles.DesiredState.from_dict(on_disk).config_for("/room-b/absent")
+        assert kept.digest() == answer["digest"]
