@@ -451,7 +451,9 @@ class ClockCore:
             self._stash.pop(previous, None)
             if len(self._stash) >= _HISTORIES:
                 del self._stash[next(iter(self._stash))]
-            self._stash[previous] = [x for x in self._samples if not x.carried and x.known]
+            held = [x for x in self._samples if not x.carried]
+            if held and all(map(_straight, held)):
+                self._stash[previous] = held
         self._reference = reference_id
         self._is_self = is_self
         self._outstanding.clear()
@@ -474,7 +476,7 @@ class ClockCore:
             self._a_local, self._a_fed = now, fed
             self._res0, self._res_at, self._res_floor = 0.0, now, 0.0
             self._rate_gap, self._gap, self._sigma = 0.0, 0.0, 0.0
-            self._est, self._alt = _EXACT, None
+            self._est, self._alt, self._carry = _EXACT, None, None
             self._rate_err = 0.0  # its rate is the federation's, by definition
             self._next_poll = None
             return
@@ -507,9 +509,10 @@ class ClockCore:
             self._prior = (now, self._read(now), prior)
 
     def _remember(self, s: _Sample) -> None:
-        """Keep *s* in the followed node's rate history if it is the best of its second."""
+        """Keep *s* in the followed node's rate history if it is the best of its second and
+        the followed node defines the time (see :func:`_straight`)."""
         span = self._cfg.rate_history
-        if span <= 0.0 or self._reference is None or not s.known or not self._steady:
+        if span <= 0.0 or self._reference is None or not _straight(s) or not self._steady:
             return
         kept = self._history.get(self._reference)
         if kept is None:
@@ -1256,6 +1259,15 @@ class ClockCore:
         # With a deadband, what lies within the estimate's error interval is not corrected.
         noise = self._est_bound(now)
         self._res_floor = min(abs(r), noise) if self._deadband else 0.0
+
+
+def _straight(s: _Sample) -> bool:
+    """Whether *s* was answered by a node that defines the time (synced, with a bound of 0: a
+    reference at the top of its chain, whose time runs straight at the rate it froze). A node
+    that follows another clock slews towards each new estimate of it (a site's top tracking
+    the registry), so its time is a straight line only over seconds, and neither a line
+    through minutes of its samples nor its samples from before a partition describe it."""
+    return s.known and s.bound <= s.lan
 
 
 def _line_fit(samples: deque[_Sample], quality_floor: float) -> tuple[float, float] | None:

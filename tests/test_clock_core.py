@@ -722,3 +722,64 @@ def test_a_clock_that_is_not_steady_is_neither_remembered_nor_taken_up_again() -
         t = clocks.run(t, t + 1.0)  # (replies in flight are for the clock left)
         s.core.set_reference(s.clock(t), "r", is_self=False, steady=steady)
         assert s.core.snapshot(s.clock(t)).samples == (held if taken_up else 0), steady
+
+
+def test_a_node_that_becomes_the_reference_while_carrying_samples_reports_a_bound_of_0() -> None:
+    # A node that becomes the reference defines the time: its bound is 0, whatever it held as
+    # a follower. One that still carried samples across a hand-over (a follower of a
+    # partition's own reference, elected in turn) went on reporting the carried estimate's
+    # bound, which its followers counted as theirs (and took for a reference whose time
+    # does not run straight, keeping no rate history of it).
+    r, s, s2 = two_following()
+    clocks = Clocks(r, s, s2, delay=10e-3, jitter=20e-3, seed=1)
+    t = clocks.run(0.0, 30.0)
+    held = s.core.snapshot(s.clock(t))
+    assert held.synced
+    s2.core.set_reference(s2.clock(t), "s2", is_self=True)
+    s.core.set_reference(s.clock(t), "s2", is_self=False, handover=held.error_bound)
+    t = clocks.run(t, t + 2.0)  # (s carries r's samples for the 13 s s2's take to replace)
+    following = s.core.snapshot(s.clock(t))
+    assert following.synced and following.error_bound > 0.0
+    s.core.set_reference(s.clock(t), "s", is_self=True)
+    assert s.core.snapshot(s.clock(t)).error_bound == 0.0
+    assert s.core.handle_request(s.clock(t), ClockRequest(1, 0.0)).error_bound == 0.0
+    t = clocks.run(t, t + 1.0)
+    assert s.core.snapshot(s.clock(t)).error_bound == 0.0
+
+
+def test_a_node_followed_again_is_taken_up_again_only_if_it_defines_the_time() -> None:
+    # On a jittery network a node that follows again a node it followed before takes up the
+    # samples it held of it (ClockConfig.rate_history: the stash), but only of a node that
+    # defines the time (r, the reference): s, which follows r, slews towards each new estimate
+    # of r, so its samples from before describe a time it has left.
+    r, s, s2 = two_following()
+    clocks = Clocks(r, s, s2, delay=10e-3, jitter=20e-3, seed=1)
+    t = clocks.run(0.0, 20.0)
+    s2.core.set_reference(s2.clock(t), "s", is_self=False)  # (a chain: s2 -> s -> r)
+    t = clocks.run(t, 30.0)
+    assert s2.core.snapshot(s2.clock(t)).samples > 100
+    # (Each switch back comes a second later: replies in flight are for the node left.)
+    s2.core.set_reference(s2.clock(t), "r", is_self=False)
+    t = clocks.run(t, t + 1.0)
+    s2.core.set_reference(s2.clock(t), "s", is_self=False)
+    assert s2.core.snapshot(s2.clock(t)).samples == 0  # s's samples: not taken up
+    t = clocks.run(t, 40.0)
+    s2.core.set_reference(s2.clock(t), "r", is_self=False)
+    t = clocks.run(t, 50.0)
+    held = s2.core.snapshot(s2.clock(t)).samples
+    assert held > 100
+    s2.core.set_reference(s2.clock(t), "s", is_self=False)
+    t = clocks.run(t, t + 1.0)
+    s2.core.set_reference(s2.clock(t), "r", is_self=False)
+    assert s2.core.snapshot(s2.clock(t)).samples == held  # r's samples: taken up again
+    # Without the stash (rate_history 0) nothing is taken up.
+    r = make("r", reference=True, initial_time=100.0)
+    s2 = make("s2", skew=-0.4, drift=-20.0, config=ClockConfig(rate_history=0))
+    follow(s2, r, 0.0)
+    clocks = Clocks(r, s2, delay=10e-3, jitter=20e-3, seed=1)
+    t = clocks.run(0.0, 20.0)
+    assert s2.core.snapshot(s2.clock(t)).samples > 100
+    s2.core.set_reference(s2.clock(t), None, is_self=False)
+    t = clocks.run(t, t + 1.0)
+    s2.core.set_reference(s2.clock(t), "r", is_self=False)
+    assert s2.core.snapshot(s2.clock(t)).samples == 0
