@@ -70,12 +70,14 @@ WAITING_TESTS = (
     "tests/test_registry_chaos.py::",
     "tests/test_soak.py::",
     "tests/security/test_edge_addresses.py::",
+    "tests/test_docs.py::test_block_runs",
 )
 """Live tests (node ids, or a module's prefix) that run long because they wait on real time (a
-laptop asleep for 30 s, a 60 s soak or registry chaos, a slow WAN link) while using little CPU
-(about a quarter of one core), and whose bounds do not depend on an idle machine: ``.ci/run``
-runs them in a lane of their own beside the other live tests (the ``waiting`` marker).
-Tests that bound a clock's spread or a failover's time to the millisecond stay out of it."""
+laptop asleep for 30 s, a 60 s soak or registry chaos, a slow WAN link, the docs' blocks playing
+their bars) while using little CPU (a quarter to half of one core), and whose bounds do not
+depend on an idle machine: ``.ci/run`` runs them in a lane of their own beside the other live
+tests (the ``waiting`` marker). Tests that bound a clock's spread or a failover's time to the
+millisecond stay out of it."""
 
 
 T = TypeVar("T")
