@@ -41,7 +41,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mesh._picture import mesh_picture
 from registry_bridge._limits import (
@@ -864,6 +864,43 @@ def _between(path: str, ends: tuple[str, str]) -> str | None:
     return None
 
 
+class _BodyFirst:
+    """Raw-ASGI middleware, outermost: read the request's body (up to *limit* bytes) before the
+    app answers, and hand it to the app as it came.
+
+    granian (hyper underneath) closes a keep-alive connection after an answer sent before the
+    request's body has arrived, without a ``Connection: close`` to say so: an answer that needs
+    no body (an unknown path or token, a wrong ``Content-Type``) can leave before the client's
+    second write. A client that reuses the connection for its next call then sees it drop with
+    no answer (httpx: "Server disconnected without sending a response"), a failed heartbeat or
+    registration where nothing was wrong. A body over *limit* bytes is not read ahead: the app
+    answers 413 and the connection closes, as it should for a client that sends too much.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ahead: list[Message] = []
+        size = 0
+        while size <= self.limit:
+            message = await receive()
+            ahead.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+            size += len(message.get("body", b""))
+        ahead.reverse()
+
+        async def replay() -> Message:
+            return ahead.pop() if ahead else await receive()
+
+        await self.app(scope, replay, send)
+
+
 class _HotPaths:
     """Raw-ASGI fast path for the calls every node makes: JSON register and heartbeat, and the
     legacy ``GET /register``.
@@ -1063,7 +1100,10 @@ def create_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(_HotPaths, registry=reg)] if fast_path else [],
+        middleware=[
+            Middleware(_BodyFirst, limit=max_body),
+            *([Middleware(_HotPaths, registry=reg)] if fast_path else []),
+        ],
         exception_handlers={
             HttpError: on_error,
             StoreError: on_error,

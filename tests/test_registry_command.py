@@ -378,3 +378,66 @@ async def test_export_and_import_move_an_event_from_sqlite_to_postgres_and_back(
         assert refused.returncode == 2 and says in refused.stderr, refused.stderr
     refused = registry_command("import", "--db", str(tmp_path / "new.db"), "-", stdin="{")
     assert refused.returncode == 2 and "stdin is not JSON" in refused.stderr
+
+
+async def _answer(stream: trio.SocketStream, pending: bytes) -> tuple[bytes, bytes]:
+    """Read one HTTP/1.1 answer (its head and its Content-Length body) from *stream*, starting
+    with the bytes already *pending*; return it and what came after it. EOFError if the
+    connection closes first."""
+    data = pending
+    while b"\r\n\r\n" not in data:
+        more = await stream.receive_some()
+        if not more:
+            raise EOFError(f"the connection closed after {data!r}")
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(rest) < length:
+        more = await stream.receive_some()
+        if not more:
+            raise EOFError(f"the connection closed within the body after {head!r}")
+        rest += more
+    return head + b"\r\n\r\n" + rest[:length], rest[length:]
+
+
+@pytest.mark.parametrize(
+    ("target", "content_type", "status"),
+    [
+        ("/api/v1/relay/take", "application/json", b"404"),  # no such path
+        ("/api/v1/registrations/%2e/relay/take", "application/json", b"404"),  # not a token
+        ("/api/v1/federations/f/registrations", "text/plain", b"415"),  # the fast path's
+    ],
+)
+async def test_an_answer_waits_for_the_body_and_the_connection_stays_usable(
+    tmp_path: Path, target: str, content_type: str, status: bytes
+) -> None:
+    """httpx sends a request's head and its body in two writes. An answer that needs no body
+    left before the body came, and granian then closed the connection without saying so: the
+    client's next call on it failed with no answer (seen in CI as "Server disconnected without
+    sending a response" on a relay call). The registry now answers once the body is in, on a
+    connection that serves the next request."""
+    body = b"{}"
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: registry\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with registry_http(tmp_path / "registry.db") as http:
+        host, port = http.base_url.host, http.base_url.port
+        assert port is not None
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(head)
+            early = b""
+            with trio.move_on_after(1.0):  # the client's second write is late
+                early = await stream.receive_some()
+            assert early == b"", f"answered before the body came: {early!r}"
+            await stream.send_all(body)
+            first, rest = await _answer(stream, b"")
+            assert first.startswith(b"HTTP/1.1 " + status), first
+            await stream.send_all(b"GET /api/v1/federations HTTP/1.1\r\nHost: registry\r\n\r\n")
+            second, _ = await _answer(stream, rest)
+            assert second.startswith(b"HTTP/1.1 200"), second
