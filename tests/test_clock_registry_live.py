@@ -97,6 +97,10 @@ def agreed(nodes: list[Node], within: float = 0.002) -> bool:
     return max(times) - min(times) <= within
 
 
+LAST_SEEN: dict[str, str] = {}
+"""What :func:`registry_has_our_time` saw last, for a failure's message."""
+
+
 async def registry_has_our_time(reg: InProcessRegistry, node: Node, within: float) -> bool:
     """The registry's federation time is the node's lineage, and within *within* of its
     federation time (read just before and just after the request)."""
@@ -104,12 +108,17 @@ async def registry_has_our_time(reg: InProcessRegistry, node: Node, within: floa
         before = node.now()
         try:
             sample = await client.elapsed(FEDERATION)
-        except RegistryError:
+        except RegistryError as exc:
+            LAST_SEEN["registry"] = f"error {exc}"
             return False
         after = node.now()
     theirs = (sample.t2 + sample.t3) / 2
-    lineage = node.status()["clock"]["lineage"]
-    return sample.lineage == lineage and before - within <= theirs <= after + within
+    clock = node.status()["clock"]
+    LAST_SEEN["registry"] = (
+        f"registry lineage {sample.lineage} at {theirs - (before + after) / 2:+.4f} s from "
+        f"{node.path} (read within {after - before:.4f} s), whose clock is {clock}"
+    )
+    return sample.lineage == clock["lineage"] and before - within <= theirs <= after + within
 
 
 async def test_an_orchestra_syncs_on_its_lan_with_the_registry_down_and_it_learns_the_time(
@@ -154,7 +163,12 @@ async def test_a_reset_or_an_empty_restart_changes_no_tempo_and_elapsed_goes_on(
         watch = Watch(nodes)
         await watch.run(1.0)
         await fault(reg)
-        await wait_for(lambda: registry_has_our_time(reg, nodes[0], 0.005), 15, "elapsed went on")
+        try:
+            await wait_for(
+                lambda: registry_has_our_time(reg, nodes[0], 0.005), 15, "elapsed went on"
+            )
+        except AssertionError as failed:  # (rare under load: say what the registry had)
+            raise AssertionError(f"{failed}; last seen: {LAST_SEEN.get('registry')}") from None
         await watch.run(2.0)
         _, spread = watch.check()
         assert spread <= 0.002 and agreed(nodes)
