@@ -873,8 +873,9 @@ class _BodyFirst:
     no body (an unknown path or token, a wrong ``Content-Type``) can leave before the client's
     second write. A client that reuses the connection for its next call then sees it drop with
     no answer (httpx: "Server disconnected without sending a response"), a failed heartbeat or
-    registration where nothing was wrong. A body over *limit* bytes is not read ahead: the app
-    answers 413 and the connection closes, as it should for a client that sends too much.
+    registration where nothing was wrong. At most *limit* bytes (and the chunk that passes
+    them) are read ahead: the rest of a longer body is left to the app, which answers 413, and
+    the connection closes, as it should for a client that sends too much.
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:

@@ -156,6 +156,13 @@ def stop_processes(
     return [pid for pid, _ in targets]
 
 
+def _watch(watched: dict[int, tuple[int, float]], fields: list[str]) -> None:
+    """Watch the group of *fields* ``[pid, start_time, grace]`` (a command-line argument's or
+    a ``watch`` line's); ValueError if they are not that."""
+    pid, start, grace = fields
+    watched[int(pid)] = (int(start), float(grace))
+
+
 def main() -> int:
     """Run the guardian: watch what stdin says, and at its end stop what is still watched."""
     for sig in (signal.SIGINT, signal.SIGHUP):
@@ -163,15 +170,14 @@ def main() -> int:
     watched: dict[int, tuple[int, float]] = {}
     for spec in sys.argv[2:]:
         try:
-            pid_text, start_text, grace_text = spec.split(":")
-            watched[int(pid_text)] = (int(start_text), float(grace_text))
+            _watch(watched, spec.split(":"))
         except ValueError:
             print(f"stagemesh guardian: ignoring a malformed argument {spec!r}", file=sys.stderr)
     for raw in sys.stdin.buffer:
         parts = raw.decode("ascii", "replace").split()
         try:
-            if parts[0] == "watch" and len(parts) == 4:
-                watched[int(parts[1])] = (int(parts[2]), float(parts[3]))
+            if parts[0] == "watch":
+                _watch(watched, parts[1:])
             elif parts[0] == "forget" and len(parts) == 2:
                 watched.pop(int(parts[1]), None)
             else:
